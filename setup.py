@@ -1,0 +1,31 @@
+"""Build script: declares the one compiled extension, ``vtpu._core``.
+
+``VTPU_DEBUG=1`` builds with line tracing and writes Cython's annotated HTML.
+"""
+import os
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = bool(os.environ.get("VTPU_DEBUG"))
+
+extensions = [
+    Extension(
+        "vtpu._core",
+        ["vtpu/_core.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        + ([("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []),
+        extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        annotate=DEBUG,
+        compiler_directives={"embedsignature": True, "linetrace": DEBUG},
+    )
+)
