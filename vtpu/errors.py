@@ -1,0 +1,155 @@
+"""The vtpu exception tree.
+
+One root, :class:`VTPUError`, with builtin mix-ins wherever an error means the same as a
+builtin, so ``except ValueError`` / ``except ConnectionError`` keep working for callers
+who never heard of vtpu. Every message says what went wrong and where.
+
+Server errors travel as ``(code, message)`` pairs; :data:`CODE_TO_ERROR` maps a code to
+the class raised on the client, so both sides agree on one table.
+"""
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "VTPUError",
+    "CoordinateError",
+    "InterfaceError",
+    "ProtocolError",
+    "ConnectionError",
+    "TimeoutError",
+    "ServerError",
+    "AuthError",
+    "VersionConflict",
+    "NotFoundError",
+    "LimitError",
+    "StorageError",
+    "PhextError",
+    "CODE_TO_ERROR",
+    "error_code",
+    "error_from_code",
+]
+
+
+class VTPUError(Exception):
+    """Root of every error vtpu raises on purpose."""
+
+
+class CoordinateError(VTPUError, ValueError):
+    """Caller's fault: a malformed coordinate, pattern, delta or name.
+
+    The message quotes the input and names the faulty component.
+    """
+
+
+class InterfaceError(VTPUError, ValueError):
+    """Caller's fault: wrong type, dtype, shape or argument for an API call."""
+
+
+class ProtocolError(VTPUError):
+    """A frame that violates the protocol; the connection it came on is poisoned."""
+
+
+class ConnectionError(VTPUError, builtins.ConnectionError):  # noqa: A001 - intended mix-in
+    """The connection to the server failed, closed or could not be made."""
+
+
+class TimeoutError(VTPUError, builtins.TimeoutError):  # noqa: A001 - intended mix-in
+    """A connect or call deadline passed before the server answered."""
+
+
+class ServerError(VTPUError):
+    """The server answered a request with an error.
+
+    :ivar code: the protocol error code (a short upper-case string, see PROTOCOL.md).
+    :ivar message: the server's human-readable explanation.
+    """
+
+    code = "SERVER"
+
+    def __init__(self, message: str = "", code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.code))
+
+
+class AuthError(ServerError):
+    """HELLO was refused: missing or wrong token."""
+
+    code = "AUTH"
+
+
+class VersionConflict(ServerError):
+    """A compare-and-set (``if_version=``) found another version at the coordinate."""
+
+    code = "CONFLICT"
+
+
+class NotFoundError(ServerError):
+    """A request named something that does not exist (an unknown name id, say)."""
+
+    code = "NOT_FOUND"
+
+
+class LimitError(ServerError):
+    """A request exceeded a configured limit (frame size, name table, result size)."""
+
+    code = "LIMIT"
+
+
+class StorageError(VTPUError):
+    """The durable store is unusable: locked by another server, torn or corrupt."""
+
+
+class PhextError(VTPUError, ValueError):
+    """A scroll or coordinate that a .phext file cannot hold, or a malformed .phext file."""
+
+
+# Codes carried in error replies. Caller-side errors keep their builtin mix-ins on the
+# client: a bad coordinate sent to the server comes back as CoordinateError.
+CODE_TO_ERROR: dict[str, type[VTPUError]] = {
+    "COORD": CoordinateError,
+    "ARG": InterfaceError,
+    "PROTOCOL": ProtocolError,
+    "AUTH": AuthError,
+    "CONFLICT": VersionConflict,
+    "NOT_FOUND": NotFoundError,
+    "LIMIT": LimitError,
+    "STORAGE": StorageError,
+    "PHEXT": PhextError,
+    "SERVER": ServerError,
+}
+
+_ERROR_TO_CODE = {cls: code for code, cls in CODE_TO_ERROR.items()}
+
+
+def error_code(exc: BaseException) -> str:
+    """Return the protocol error code for an exception (``"SERVER"`` if none fits).
+
+    :param exc: any exception raised while serving a request.
+    :returns: a code from :data:`CODE_TO_ERROR`.
+    """
+    for cls in type(exc).__mro__:
+        code = _ERROR_TO_CODE.get(cls)
+        if code is not None:
+            return code
+    if isinstance(exc, (ValueError, TypeError, KeyError)):
+        return "ARG"
+    return "SERVER"
+
+
+def error_from_code(code: str, message: str) -> VTPUError:
+    """Build the exception a client raises for an error reply.
+
+    :param code: the reply's error code; unknown codes give a plain :class:`ServerError`.
+    :param message: the reply's message.
+    :returns: an exception instance (not raised).
+    """
+    cls = CODE_TO_ERROR.get(code, ServerError)
+    if issubclass(cls, ServerError):
+        return cls(message, code)
+    return cls(message)
