@@ -406,6 +406,17 @@ class Storage:
             self._check_open()
             self._segments.append([_NAMES, params])
 
+    def discard_pending(self) -> int:
+        """Drop everything queued since the last commit (after a commit failure that
+        will not go away, e.g. a row of the wrong type).
+
+        :returns: the number of operations dropped.
+        """
+        with self._mutex:
+            n = sum(len(s[1]) for s in self._segments)
+            self._segments = []
+            return n
+
     @property
     def pending(self) -> int:
         """Number of queued operations not yet committed."""
@@ -573,9 +584,8 @@ class Storage:
             raise StorageError(f"storage {self.path!r} is closed")
 
     def _db_error(self, doing: str, exc: sqlite3.Error) -> StorageError:
-        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-            exc, (sqlite3.OperationalError, sqlite3.IntegrityError)
-        ):
+        name = getattr(exc, "sqlite_errorname", "")
+        if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or type(exc) is sqlite3.DatabaseError:
             return StorageError(
                 f"database {self.db_path!r} is corrupt ({doing}: {exc}); restore it "
                 "from a backup or move it away to start empty"
