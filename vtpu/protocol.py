@@ -1,0 +1,675 @@
+"""The vtpu wire protocol: a sans-IO codec shared by the server, the sync client and the
+asyncio client.
+
+Nothing in this module touches a socket. It turns Python values into frames and bytes
+back into values, and knows the per-opcode argument and result shapes. The language-
+neutral specification is ``protocol/PROTOCOL.md``; the golden vectors in
+``protocol/vectors/`` pin every shape and are checked by ``tests/test_protocol.py``.
+
+Frame
+    4-byte big-endian body length, then exactly one msgpack object (the body).
+    Bodies larger than ``max_frame_size`` are refused on both encode and decode.
+Request   ``[msgid, opcode, args]``              (msgid: uint >= 1, opcode: str, args: array)
+Response  ``[msgid, 0, result]`` or ``[msgid, 1, [code, message]]``
+Push      ``[0, "push", kind, payload]``          (msgid 0 is never used by requests)
+
+Content values use msgpack with ext type 1 for numpy arrays (:func:`pack_value`).
+Coordinates travel packed: one coordinate = 18 bytes big-endian, many = one N*18 blob,
+a pattern = 36 bytes (lo || hi), a delta = 72 bytes (9 int32 ops || 9 int32 values).
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable, Iterator, NamedTuple
+
+import msgpack
+import numpy as np
+
+from .errors import (
+    InterfaceError,
+    LimitError,
+    ProtocolError,
+    error_code,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_PORT",
+    "STATUS_OK",
+    "STATUS_ERROR",
+    "PUSH",
+    "EXT_NDARRAY",
+    "KEY_SIZE",
+    "OpSpec",
+    "OPS",
+    "pack_value",
+    "unpack_value",
+    "packb",
+    "unpackb",
+    "encode_frame",
+    "encode_request",
+    "encode_response",
+    "encode_error",
+    "encode_push",
+    "FrameDecoder",
+    "parse_request",
+    "parse_reply",
+    "Reply",
+    "Push",
+    "pack_coords",
+    "unpack_coords",
+    "pack_coord",
+    "unpack_coord",
+    "pack_pattern",
+    "unpack_pattern",
+    "pack_patterns",
+    "unpack_patterns",
+    "pack_delta",
+    "unpack_delta",
+    "pack_deltas",
+    "unpack_deltas",
+    "check_key",
+    "check_blob",
+    "scrolls_to_wire",
+    "wire_to_rows",
+    "scroll_to_wire",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+DEFAULT_PORT = 1337
+STATUS_OK = 0
+STATUS_ERROR = 1
+PUSH = "push"
+EXT_NDARRAY = 1
+KEY_SIZE = 18  # 9 x uint16 big-endian
+PATTERN_SIZE = 2 * KEY_SIZE
+DELTA_SIZE = 72  # 2 x 9 x int32 big-endian
+
+_LEN = struct.Struct(">I")
+_BE_U16 = np.dtype(">u2")
+_BE_I32 = np.dtype(">i4")
+
+
+# ---------------------------------------------------------------------------------------
+# Content codec: msgpack + ext type 1 for numpy arrays.
+
+
+def _default(obj: Any) -> Any:
+    # msgpack calls this for every type it does not know; keep the common cases first.
+    if isinstance(obj, np.ndarray):
+        return _ndarray_ext(obj)
+    if isinstance(obj, np.generic):
+        # numpy scalars (np.float32(1.5), np.int64(3)) travel as plain numbers.
+        return obj.item()
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise InterfaceError(f"cannot encode a value of type {type(obj).__name__!r}")
+
+
+def _ndarray_ext(a: np.ndarray) -> msgpack.ExtType:
+    dt = a.dtype
+    if dt.hasobject or dt.fields is not None or dt.subdtype is not None:
+        raise InterfaceError(
+            f"cannot encode a numpy array of dtype {dt!r}: only plain numeric/bytes dtypes"
+        )
+    a = np.ascontiguousarray(a)
+    payload = msgpack.packb([dt.str, list(a.shape), a.tobytes()], use_bin_type=True)
+    return msgpack.ExtType(EXT_NDARRAY, payload)
+
+
+def _decode_ndarray(data: bytes) -> np.ndarray:
+    try:
+        dtype_str, shape, raw = msgpack.unpackb(data, raw=False, use_list=True)
+        dt = np.dtype(dtype_str)
+        if dt.hasobject or dt.fields is not None:
+            raise ValueError(f"dtype {dtype_str!r} not allowed")
+        if not isinstance(shape, list) or not all(
+            isinstance(n, int) and n >= 0 for n in shape
+        ):
+            raise ValueError(f"bad shape {shape!r}")
+        count = 1
+        for n in shape:
+            count *= n
+        if count * dt.itemsize != len(raw):
+            raise ValueError(
+                f"{len(raw)} bytes do not hold shape {shape} of dtype {dtype_str}"
+            )
+        # Zero-copy view on the received bytes: arrays read from the store are read-only,
+        # which also means a caller cannot mutate a value another caller holds.
+        return np.frombuffer(raw, dtype=dt, count=count).reshape(shape)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # any malformed payload is the sender's protocol error
+        raise ProtocolError(f"malformed ndarray ext payload: {exc}") from None
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_NDARRAY:
+        return _decode_ndarray(data)
+    raise ProtocolError(f"unknown msgpack ext type {code}")
+
+
+_packer_kw = dict(use_bin_type=True, default=_default, datetime=False)
+
+
+def packb(obj: Any) -> bytes:
+    """Encode one value as msgpack with the vtpu extensions (ndarray ext type 1).
+
+    :param obj: a msgpack-able value; numpy arrays become ext type 1, numpy scalars plain
+        numbers, tuples arrays.
+    :returns: the msgpack bytes.
+    :raises InterfaceError: for a value msgpack cannot hold (object dtype, a set, ...).
+    """
+    try:
+        return msgpack.packb(obj, **_packer_kw)
+    except InterfaceError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InterfaceError(f"cannot encode value: {exc}") from None
+
+
+def unpackb(data: bytes | bytearray | memoryview) -> Any:
+    """Decode exactly one msgpack object with the vtpu extensions.
+
+    :param data: the encoded bytes (must hold exactly one object).
+    :returns: the decoded value (arrays as lists, str as str, bin as bytes).
+    :raises ProtocolError: on malformed input, trailing bytes or an unknown ext type.
+    """
+    try:
+        return msgpack.unpackb(
+            data, raw=False, ext_hook=_ext_hook, strict_map_key=False, use_list=True
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # ExtraData, FormatError, StackError, UnicodeDecodeError ...
+        raise ProtocolError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
+
+
+def pack_value(obj: Any) -> bytes:
+    """Encode a scroll content (the storage and wire content codec).
+
+    str stays str, bytes stay bytes, numpy arrays keep dtype and shape (ext type 1).
+
+    :param obj: the content.
+    :returns: msgpack bytes.
+    :raises InterfaceError: if the value cannot be encoded.
+    """
+    return packb(obj)
+
+
+def unpack_value(data: bytes | bytearray | memoryview) -> Any:
+    """Decode a content encoded by :func:`pack_value`.
+
+    :param data: bytes from :func:`pack_value`.
+    :returns: the content; numpy arrays come back read-only.
+    :raises ProtocolError: if the bytes are not one valid value.
+    """
+    return unpackb(data)
+
+
+# ---------------------------------------------------------------------------------------
+# Frames
+
+
+def encode_frame(obj: Any, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode one message as a frame (4-byte big-endian length + msgpack body).
+
+    :param obj: the message.
+    :param max_frame_size: the largest body allowed.
+    :returns: the frame bytes.
+    :raises LimitError: if the body is larger than ``max_frame_size`` (nothing was sent,
+        the connection stays usable).
+    :raises InterfaceError: if the message holds a value msgpack cannot encode.
+    """
+    body = packb(obj)
+    n = len(body)
+    if n > max_frame_size:
+        raise LimitError(
+            f"frame body of {n} bytes exceeds max_frame_size {max_frame_size}", "LIMIT"
+        )
+    return _LEN.pack(n) + body
+
+
+def encode_request(
+    msgid: int, opcode: str, args: list, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+) -> bytes:
+    """Encode a request frame ``[msgid, opcode, args]``.
+
+    :param msgid: request id, 1 .. 2**32-1, unique among the requests in flight.
+    :param opcode: an opcode name from :data:`OPS`.
+    :param args: the positional argument array for the opcode.
+    :returns: the frame bytes.
+    :raises LimitError: if the frame is too large.
+    """
+    return encode_frame([msgid, opcode, args], max_frame_size)
+
+
+def encode_response(msgid: int, result: Any, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode a success response frame ``[msgid, 0, result]``.
+
+    :raises LimitError: if the frame is too large.
+    """
+    return encode_frame([msgid, STATUS_OK, result], max_frame_size)
+
+
+def encode_error(msgid: int, code: str, message: str) -> bytes:
+    """Encode an error response frame ``[msgid, 1, [code, message]]``.
+
+    Error frames are small by construction (the message is cut at 4 KiB), so they never
+    hit the frame limit.
+
+    :param msgid: the failed request's id, or 0 for a connection-level error.
+    :param code: an error code from :data:`vtpu.errors.CODE_TO_ERROR`.
+    :param message: human-readable text.
+    :returns: the frame bytes.
+    """
+    if len(message) > 4096:
+        message = message[:4093] + "..."
+    return encode_frame([msgid, STATUS_ERROR, [code, message]])
+
+
+def encode_push(kind: str, payload: Any, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode a server push frame ``[0, "push", kind, payload]``."""
+    return encode_frame([0, PUSH, kind, payload], max_frame_size)
+
+
+class FrameDecoder:
+    """Incremental frame decoder: ``feed(bytes)`` then ``next_frame()`` until ``None``.
+
+    It never reads from anywhere; the caller feeds whatever bytes arrived, in pieces of
+    any size (one byte at a time works). A length above ``max_frame_size`` is refused
+    before anything is allocated for it.
+
+    :param max_frame_size: the largest body accepted.
+    """
+
+    __slots__ = ("max_frame_size", "_buf", "_pos")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE):
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+        self._pos = 0  # start of unread data in _buf; compacted lazily to avoid O(n^2)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes.
+
+        :param data: any number of bytes (possibly empty, possibly several frames).
+        """
+        if self._pos and self._pos == len(self._buf):
+            # Everything consumed: reuse the buffer instead of growing it forever.
+            del self._buf[:]
+            self._pos = 0
+        self._buf += data
+
+    def buffered(self) -> int:
+        """Return how many received bytes are not yet consumed (a partial frame)."""
+        return len(self._buf) - self._pos
+
+    def next_body(self) -> bytes | None:
+        """Return the next complete frame body as raw bytes, or ``None`` if incomplete.
+
+        :raises ProtocolError: on a zero or oversized length (the stream is unusable).
+        """
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail < 4:
+            return None
+        (n,) = _LEN.unpack_from(buf, pos)
+        if n > self.max_frame_size:
+            raise ProtocolError(
+                f"frame body of {n} bytes exceeds max_frame_size {self.max_frame_size}"
+            )
+        if n == 0:
+            raise ProtocolError("frame with an empty body")
+        if avail < 4 + n:
+            return None
+        end = pos + 4 + n
+        body = bytes(buf[pos + 4 : end])
+        if end == len(buf):
+            del buf[:]
+            self._pos = 0
+        elif end > 65536 and end > len(buf) // 2:
+            del buf[:end]
+            self._pos = 0
+        else:
+            self._pos = end
+        return body
+
+    def next_frame(self) -> Any:
+        """Return the next decoded message, or ``None`` if no complete frame is buffered.
+
+        :raises ProtocolError: on an oversized/empty length or a body that is not exactly
+            one valid msgpack object. After this error the stream is unusable.
+        """
+        body = self.next_body()
+        if body is None:
+            return None
+        return unpackb(body)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate over the complete messages buffered so far."""
+        while True:
+            msg = self.next_frame()
+            if msg is None:
+                return
+            yield msg
+
+
+# ---------------------------------------------------------------------------------------
+# Message shapes
+
+
+class Reply(NamedTuple):
+    """A decoded response: ``ok`` tells whether ``value`` is a result or ``(code, message)``."""
+
+    msgid: int
+    ok: bool
+    value: Any
+
+
+class Push(NamedTuple):
+    """A decoded server push."""
+
+    kind: str
+    payload: Any
+
+
+def parse_request(msg: Any) -> tuple[int, str, list]:
+    """Check the shape of a decoded request.
+
+    :param msg: a decoded frame body.
+    :returns: ``(msgid, opcode, args)``.
+    :raises ProtocolError: if it is not ``[uint msgid >= 1, str opcode, array args]``;
+        ``exc.msgid`` holds the id when one could be read (else 0).
+    """
+    msgid = 0
+    if type(msg) is list and len(msg) == 3:
+        msgid, op, args = msg
+        if type(msgid) is int and 1 <= msgid <= 0xFFFFFFFF:
+            if type(op) is str and type(args) is list:
+                return msgid, op, args
+        else:
+            msgid = 0
+    err = ProtocolError("malformed request: expected [msgid >= 1, opcode str, args array]")
+    err.msgid = msgid  # type: ignore[attr-defined]
+    raise err
+
+
+def parse_reply(msg: Any) -> Reply | Push:
+    """Check the shape of a decoded response or push.
+
+    :param msg: a decoded frame body.
+    :returns: a :class:`Reply` or a :class:`Push`.
+    :raises ProtocolError: for any other shape.
+    """
+    if type(msg) is list:
+        n = len(msg)
+        if n == 3:
+            msgid, status, value = msg
+            if type(msgid) is int and msgid >= 0:
+                if status == STATUS_OK:
+                    return Reply(msgid, True, value)
+                if (
+                    status == STATUS_ERROR
+                    and type(value) is list
+                    and len(value) == 2
+                    and type(value[0]) is str
+                    and type(value[1]) is str
+                ):
+                    return Reply(msgid, False, (value[0], value[1]))
+        elif n == 4 and msg[0] == 0 and msg[1] == PUSH and type(msg[2]) is str:
+            return Push(msg[2], msg[3])
+    raise ProtocolError(f"malformed reply: {str(msg)[:200]}")
+
+
+# ---------------------------------------------------------------------------------------
+# Packed coordinate forms
+
+
+def pack_coords(arr: Any) -> bytes:
+    """Pack an ``(N, 9)`` uint16 array into an N*18-byte big-endian blob.
+
+    :raises InterfaceError: for a wrong shape or values outside 0..65535.
+    """
+    a = np.asarray(arr)
+    if a.ndim != 2 or a.shape[1] != 9:
+        raise InterfaceError(f"expected an (N, 9) coordinate array, got shape {a.shape}")
+    if a.dtype != np.uint16:
+        if a.size and (a.min() < 0 or a.max() > 0xFFFF):
+            raise InterfaceError("coordinate components must be in 0..65535")
+    return a.astype(_BE_U16, copy=False).tobytes()
+
+
+def unpack_coords(blob: bytes) -> np.ndarray:
+    """Unpack an N*18-byte blob into a writable ``(N, 9)`` uint16 array.
+
+    :raises InterfaceError: if the length is not a multiple of 18.
+    """
+    if len(blob) % KEY_SIZE:
+        raise InterfaceError(f"coordinate blob of {len(blob)} bytes is not a multiple of 18")
+    return np.frombuffer(blob, dtype=_BE_U16).reshape(-1, 9).astype(np.uint16)
+
+
+def pack_coord(c: Any) -> bytes:
+    """Pack one coordinate (9 components) into 18 bytes."""
+    return pack_coords(np.asarray(c).reshape(1, 9))
+
+
+def unpack_coord(key: bytes) -> np.ndarray:
+    """Unpack 18 bytes into a ``(9,)`` uint16 array.
+
+    :raises InterfaceError: if ``key`` is not 18 bytes.
+    """
+    if len(key) != KEY_SIZE:
+        raise InterfaceError(f"a packed coordinate is 18 bytes, got {len(key)}")
+    return unpack_coords(key)[0]
+
+
+def pack_pattern(p: Any) -> bytes:
+    """Pack a ``(2, 9)`` pattern (lo row, hi row, both inclusive) into 36 bytes."""
+    a = np.asarray(p)
+    if a.shape != (2, 9):
+        raise InterfaceError(f"a pattern is a (2, 9) array, got shape {a.shape}")
+    return pack_coords(a)
+
+
+def unpack_pattern(b: bytes) -> np.ndarray:
+    """Unpack 36 bytes into a ``(2, 9)`` uint16 pattern.
+
+    :raises InterfaceError: if ``b`` is not 36 bytes.
+    """
+    if len(b) != PATTERN_SIZE:
+        raise InterfaceError(f"a packed pattern is 36 bytes, got {len(b)}")
+    return unpack_coords(b)
+
+
+def pack_patterns(p: Any) -> bytes:
+    """Pack a ``(Q, 2, 9)`` stack of patterns into a Q*36-byte blob."""
+    a = np.asarray(p)
+    if a.ndim != 3 or a.shape[1:] != (2, 9):
+        raise InterfaceError(f"expected a (Q, 2, 9) pattern array, got shape {a.shape}")
+    return pack_coords(a.reshape(-1, 9))
+
+
+def unpack_patterns(b: bytes) -> np.ndarray:
+    """Unpack a Q*36-byte blob into a ``(Q, 2, 9)`` uint16 array."""
+    if len(b) % PATTERN_SIZE:
+        raise InterfaceError(f"pattern blob of {len(b)} bytes is not a multiple of 36")
+    return unpack_coords(b).reshape(-1, 2, 9)
+
+
+def pack_deltas(d: Any) -> bytes:
+    """Pack an ``(R, 2, 9)`` int32 stack of deltas into R*72 bytes (big-endian int32)."""
+    a = np.asarray(d)
+    if a.ndim != 3 or a.shape[1:] != (2, 9):
+        raise InterfaceError(f"expected an (R, 2, 9) delta array, got shape {a.shape}")
+    return a.astype(_BE_I32).tobytes()
+
+
+def unpack_deltas(b: bytes) -> np.ndarray:
+    """Unpack an R*72-byte blob into an ``(R, 2, 9)`` int32 array."""
+    if len(b) % DELTA_SIZE:
+        raise InterfaceError(f"delta blob of {len(b)} bytes is not a multiple of 72")
+    return np.frombuffer(b, dtype=_BE_I32).reshape(-1, 2, 9).astype(np.int32)
+
+
+def pack_delta(d: Any) -> bytes:
+    """Pack one ``(2, 9)`` int32 delta (row 0 ops, row 1 values) into 72 bytes."""
+    a = np.asarray(d)
+    if a.shape != (2, 9):
+        raise InterfaceError(f"a delta is a (2, 9) array, got shape {a.shape}")
+    return pack_deltas(a.reshape(1, 2, 9))
+
+
+def unpack_delta(b: bytes) -> np.ndarray:
+    """Unpack 72 bytes into a ``(2, 9)`` int32 delta."""
+    if len(b) != DELTA_SIZE:
+        raise InterfaceError(f"a packed delta is 72 bytes, got {len(b)}")
+    return unpack_deltas(b)[0]
+
+
+def check_key(key: Any, what: str = "key") -> bytes:
+    """Validate a packed coordinate argument (bin of 18 bytes).
+
+    :raises InterfaceError: otherwise.
+    """
+    if type(key) is not bytes or len(key) != KEY_SIZE:
+        raise InterfaceError(f"{what} must be a packed coordinate (bin of 18 bytes)")
+    return key
+
+
+def check_blob(blob: Any, unit: int = KEY_SIZE, what: str = "coordinates") -> bytes:
+    """Validate a packed array argument (bin whose length is a multiple of ``unit``).
+
+    :raises InterfaceError: otherwise.
+    """
+    if type(blob) is not bytes or len(blob) % unit:
+        raise InterfaceError(f"{what} must be a bin whose length is a multiple of {unit}")
+    return blob
+
+
+# ---------------------------------------------------------------------------------------
+# Scrolls on the wire
+
+
+def scroll_to_wire(s: Any) -> list | None:
+    """Encode one Scroll (or ``None``) as ``[key, content, version, created_at, updated_at]``."""
+    if s is None:
+        return None
+    return [s.key, s.content, s.version, s.created_at, s.updated_at]
+
+
+_ZERO_KEY = bytes(KEY_SIZE)
+
+
+def scrolls_to_wire(scrolls: list) -> list:
+    """Encode a list of Scrolls (``None`` allowed) column-wise.
+
+    ``[keys_blob, contents, versions, created, updated]``: one N*18 bin for the keys and
+    one array per field; a ``None`` entry has version 0, a zero key and nil fields.
+    """
+    keys = []
+    contents = []
+    versions = []
+    created = []
+    updated = []
+    for s in scrolls:
+        if s is None:
+            keys.append(_ZERO_KEY)
+            contents.append(None)
+            versions.append(0)
+            created.append(None)
+            updated.append(None)
+        else:
+            keys.append(s.key)
+            contents.append(s.content)
+            versions.append(s.version)
+            created.append(s.created_at)
+            updated.append(s.updated_at)
+    return [b"".join(keys), contents, versions, created, updated]
+
+
+def wire_to_rows(w: Any) -> Iterator[tuple | None]:
+    """Iterate over a column-wise scroll list, yielding
+    ``(key, content, version, created_at, updated_at)`` or ``None`` (version 0).
+
+    :raises ProtocolError: if the shape is wrong.
+    """
+    try:
+        keys, contents, versions, created, updated = w
+        n = len(versions)
+        if len(keys) != n * KEY_SIZE or not (len(contents) == len(created) == len(updated) == n):
+            raise ValueError("column lengths differ")
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed scroll list: {exc}") from None
+    for i in range(n):
+        v = versions[i]
+        if v:
+            yield (keys[i * KEY_SIZE : (i + 1) * KEY_SIZE], contents[i], v, created[i], updated[i])
+        else:
+            yield None
+
+
+# ---------------------------------------------------------------------------------------
+# Opcode table
+
+
+class OpSpec(NamedTuple):
+    """One opcode: its engine method, whether a retry is safe, whether it writes."""
+
+    name: str
+    method: str | None  # Engine method it maps to (None: handled by the server itself)
+    idempotent: bool
+    writes: bool
+    summary: str
+
+
+OPS: dict[str, OpSpec] = {
+    s.name: s
+    for s in [
+        OpSpec("HELLO", None, True, False, "open a session: version, token, options"),
+        OpSpec("PING", None, True, False, "liveness check; returns 'PONG'"),
+        OpSpec("GET", "get", True, False, "one scroll or nil"),
+        OpSpec("GET_MANY", "get_many", True, False, "many scrolls, one per key"),
+        OpSpec("PUT", "put", False, True, "write one scroll; returns its new version"),
+        OpSpec("PUT_MANY", "put_many", False, True, "write many scrolls; returns versions"),
+        OpSpec("DEL", "delete", False, True, "delete one key; returns 0 or 1"),
+        OpSpec("DEL_MANY", "delete_many", False, True, "delete many keys; returns count"),
+        OpSpec("DEL_RANGE", "delete_range", False, True, "delete by pattern; returns count"),
+        OpSpec("RANGE", "range", True, False, "scrolls (or keys) matching a pattern, paged"),
+        OpSpec("COUNT", "count", True, False, "how many scrolls match a pattern"),
+        OpSpec("NEAREST", "nearest", True, False, "k nearest stored coordinates"),
+        OpSpec("HIER", "hier", True, False, "next/previous stored coordinate"),
+        OpSpec("ATTEND", "attend", True, False, "attention over matching vectors"),
+        OpSpec("ATTEND_MANY", "attend_many", True, False, "many attention queries"),
+        OpSpec("KG", "kg", True, False, "multi-hop traversal"),
+        OpSpec("INTERN", "intern", True, True, "intern names; returns ids"),
+        OpSpec("NAMES", "name_table", True, False, "the whole name table"),
+        OpSpec("HEALTH", "health", True, False, "health report"),
+        OpSpec("STATS", "stats", True, False, "statistics"),
+        OpSpec("IMPORT_PHEXT", "import_phext", False, True, "import a .phext text"),
+        OpSpec("EXPORT_PHEXT", "export_phext", True, False, "export scrolls as .phext text"),
+        OpSpec("BATCH", None, False, True, "many operations in one frame"),
+    ]
+}
+
+
+def batch_idempotent(ops: list) -> bool:
+    """A BATCH is safe to retry only if every operation inside it is."""
+    return all(OPS[op].idempotent for op, _ in ops)
+
+
+def error_pair(exc: BaseException) -> list:
+    """Turn an exception into the ``[code, message]`` pair of an error reply."""
+    msg = exc.message if hasattr(exc, "message") and isinstance(exc.message, str) else str(exc)
+    if not msg:
+        msg = type(exc).__name__
+    return [error_code(exc), msg]
+
+
+ResultDecoder = Callable[[Any], Any]
