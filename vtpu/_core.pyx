@@ -1,0 +1,1705 @@
+# cython: language_level=3, embedsignature=True, cdivision=True
+"""vtpu._core: the compiled coordinate core.
+
+Everything here works on packed coordinates: one coordinate is 9 x uint16, many are a
+C-contiguous ``(N, 9) uint16`` numpy array, a pattern is a ``(2, 9) uint16`` array of
+inclusive (lo, hi) bounds and a delta is a ``(2, 9) int32`` array of (op, value).
+Inner loops run on raw pointers without the GIL; Python objects appear only at the
+edges (strings in, strings out, names resolved through a name table).
+"""
+cimport cython
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.unicode cimport PyUnicode_DecodeASCII
+
+import numpy as np
+
+from vtpu.errors import CoordinateError, InterfaceError
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+
+COMPONENTS = ("library", "shelf", "series", "collection", "volume", "book",
+              "chapter", "section", "scroll")
+MAX_NUMERIC_VALUE = MAX_NUMERIC
+NAME_BASE_ID = NAME_BASE
+NAME_MAX_LEN = 64
+
+# ---------------------------------------------------------------------------------------
+# Argument checking: every array entering a kernel is checked here, so a wrong dtype,
+# shape or layout is an InterfaceError naming the argument, never a crash.
+# ---------------------------------------------------------------------------------------
+
+def _coords_arg(arr, str what="coords"):
+    """Return ``arr`` as a C-contiguous (N, 9) uint16 array or raise InterfaceError."""
+    if not isinstance(arr, np.ndarray):
+        raise InterfaceError(f"{what} must be a numpy (N, 9) uint16 array, got {type(arr).__name__}")
+    if arr.dtype != np.uint16:
+        raise InterfaceError(f"{what} must have dtype uint16, got {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] != NDIM:
+        raise InterfaceError(f"{what} must have shape (N, 9), got {arr.shape}")
+    if not arr.flags.c_contiguous:
+        raise InterfaceError(f"{what} must be C-contiguous (use numpy.ascontiguousarray)")
+    return arr
+
+
+def _coord_arg(c, str what="coordinate"):
+    """Return ``c`` as a (9,) uint16 array or raise InterfaceError."""
+    if not isinstance(c, np.ndarray):
+        raise InterfaceError(f"{what} must be a numpy (9,) uint16 array, got {type(c).__name__}")
+    if c.dtype != np.uint16 or c.shape != (NDIM,):
+        raise InterfaceError(f"{what} must be a (9,) uint16 array, got {c.dtype} {c.shape}")
+    return np.ascontiguousarray(c)
+
+
+def _pattern_arg(p, str what="pattern"):
+    """Return ``p`` as a C-contiguous (2, 9) uint16 array or raise InterfaceError."""
+    if not isinstance(p, np.ndarray):
+        raise InterfaceError(f"{what} must be a numpy (2, 9) uint16 array, got {type(p).__name__}")
+    if p.dtype != np.uint16 or p.shape != (2, NDIM):
+        raise InterfaceError(f"{what} must be a (2, 9) uint16 array, got {p.dtype} {p.shape}")
+    return np.ascontiguousarray(p)
+
+
+def _delta_arg(d, str what="delta"):
+    """Return ``d`` as a C-contiguous (2, 9) int32 array or raise InterfaceError."""
+    if not isinstance(d, np.ndarray):
+        raise InterfaceError(f"{what} must be a numpy (2, 9) int32 array, got {type(d).__name__}")
+    if d.dtype != np.int32 or d.shape != (2, NDIM):
+        raise InterfaceError(f"{what} must be a (2, 9) int32 array, got {d.dtype} {d.shape}")
+    return np.ascontiguousarray(d)
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing. One tokenizer for coordinates, patterns and deltas; it fills 9 tokens and
+# reports the first error with its byte position and component. Names are recorded as
+# offsets and resolved afterwards through the caller's name table (the rare, slow path).
+# ---------------------------------------------------------------------------------------
+
+cdef enum TokKind:
+    TK_NUM = 0
+    TK_STAR = 1
+    TK_RANGE = 2
+    TK_NAME = 3
+    TK_SETNUM = 4
+    TK_SETNAME = 5
+    TK_ADD = 6
+
+cdef enum ParseMode:
+    M_COORD = 0
+    M_PATTERN = 1
+    M_DELTA = 2
+
+cdef enum ParseErr:
+    E_OK = 0
+    E_EMPTY = 1
+    E_CHAR = 2
+    E_RANGE = 3
+    E_FEW = 4
+    E_MANY = 5
+    E_NAMELEN = 6
+    E_INTERVAL = 7
+    E_SEP = 8
+    E_EMPTYIV = 9
+
+cdef struct Tok:
+    int kind
+    int64_t a
+    int64_t b
+
+
+cdef inline bint _is_digit(char ch) noexcept nogil:
+    return b'0' <= ch <= b'9'
+
+
+cdef inline bint _is_name_start(char ch) noexcept nogil:
+    return (b'a' <= ch <= b'z') or (b'A' <= ch <= b'Z') or ch == b'_'
+
+
+cdef inline bint _is_name_char(char ch) noexcept nogil:
+    return _is_name_start(ch) or _is_digit(ch) or ch == b'-'
+
+
+cdef inline Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n,
+                               int64_t* out) noexcept nogil:
+    """Read decimal digits at i; return the index after them (== i if none).
+
+    The value saturates just above 0xFFFF so huge inputs cannot overflow."""
+    cdef int64_t v = 0
+    while i < n and _is_digit(s[i]):
+        if v <= 0x10000:
+            v = v * 10 + (s[i] - 48)
+        i += 1
+    out[0] = v
+    return i
+
+
+cdef int _tokenize(const char* s, Py_ssize_t n, int mode, Tok* toks,
+                   Py_ssize_t* errpos, int* errcomp) noexcept nogil:
+    cdef Py_ssize_t i = 0, start, j0
+    cdef int comp = 0
+    cdef int64_t v, w
+    cdef char ch
+    while i < n and s[i] == b' ':
+        i += 1
+    while True:
+        errcomp[0] = comp
+        errpos[0] = i
+        start = i
+        if i >= n or s[i] == b'.' or s[i] == b'/' or s[i] == b';' or s[i] == b' ':
+            return E_EMPTY if comp > 0 or n > 0 else E_FEW
+        ch = s[i]
+        if _is_digit(ch):
+            i = _number(s, i, n, &v)
+            if v > MAX_NUMERIC:
+                return E_RANGE
+            toks[comp].kind = TK_ADD if mode == M_DELTA else TK_NUM
+            toks[comp].a = v
+        elif _is_name_start(ch):
+            while i < n and _is_name_char(s[i]):
+                i += 1
+            if i - start > 64:
+                return E_NAMELEN
+            toks[comp].kind = TK_SETNAME if mode == M_DELTA else TK_NAME
+            toks[comp].a = start
+            toks[comp].b = i
+        elif ch == b'*' and mode != M_COORD:
+            i += 1
+            toks[comp].kind = TK_STAR
+        elif ch == b'[' and mode == M_PATTERN:
+            i += 1
+            j0 = i
+            i = _number(s, i, n, &v)
+            if i == j0:
+                v = 0
+            if i >= n or s[i] != b':':
+                errpos[0] = i
+                return E_INTERVAL
+            i += 1
+            j0 = i
+            i = _number(s, i, n, &w)
+            if i == j0:
+                w = MAX_NUMERIC + 1
+            if i >= n or s[i] != b']':
+                errpos[0] = i
+                return E_INTERVAL
+            i += 1
+            if v > MAX_NUMERIC or w > MAX_NUMERIC + 1:
+                return E_RANGE
+            if w <= v:
+                return E_EMPTYIV
+            toks[comp].kind = TK_RANGE
+            toks[comp].a = v
+            toks[comp].b = w - 1
+        elif mode == M_DELTA and (ch == b'+' or ch == b'-' or ch == b'='):
+            i += 1
+            if i < n and _is_digit(s[i]):
+                i = _number(s, i, n, &v)
+                if v > MAX_NUMERIC:
+                    return E_RANGE
+                if ch == b'=':
+                    toks[comp].kind = TK_SETNUM
+                    toks[comp].a = v
+                else:
+                    toks[comp].kind = TK_ADD
+                    toks[comp].a = -v if ch == b'-' else v
+            elif i < n and _is_name_start(s[i]) and ch != b'-':
+                j0 = i
+                while i < n and _is_name_char(s[i]):
+                    i += 1
+                if i - j0 > 64:
+                    return E_NAMELEN
+                toks[comp].kind = TK_SETNAME
+                toks[comp].a = j0
+                toks[comp].b = i
+            else:
+                errpos[0] = i
+                return E_CHAR
+        else:
+            return E_CHAR
+        # separator after this component
+        if comp == NDIM - 1:
+            while i < n and s[i] == b' ':
+                i += 1
+            if i < n:
+                errpos[0] = i
+                return E_MANY
+            return E_OK
+        if comp == 2 or comp == 5:
+            while i < n and s[i] == b' ':
+                i += 1
+            if i >= n:
+                errpos[0] = i
+                return E_FEW
+            if s[i] != b'/' and s[i] != b';':
+                errpos[0] = i
+                return E_SEP
+            i += 1
+            while i < n and s[i] == b' ':
+                i += 1
+        else:
+            if i >= n:
+                errpos[0] = i
+                return E_FEW
+            if s[i] != b'.':
+                errpos[0] = i
+                return E_SEP if s[i] in b'/;' else E_CHAR
+            i += 1
+        comp += 1
+
+
+def _count_parts(str text):
+    import re
+    return len([p for p in re.split(r"\s*[/;]\s*|\.", text.strip())])
+
+
+cdef object _parse_error(str what, str text, int code, Py_ssize_t pos, int comp):
+    cdef str label = f"component {comp + 1} ({COMPONENTS[comp]})"
+    if not text.strip():
+        msg = "is empty"
+    elif code == E_FEW or code == E_MANY:
+        nparts = _count_parts(text)
+        if code == E_MANY and nparts <= NDIM:
+            msg = f"unexpected text at position {pos} after the 9th component"
+        else:
+            msg = f"has {nparts} components, expected 9 (a.b.c/d.e.f/g.h.i)"
+    elif code == E_EMPTY:
+        msg = f"{label} is empty"
+    elif code == E_RANGE:
+        msg = f"{label} is out of range 0..{MAX_NUMERIC}"
+    elif code == E_NAMELEN:
+        msg = f"{label} is a name longer than 64 characters"
+    elif code == E_INTERVAL:
+        msg = f"{label} is not a valid interval [a:b] (at position {pos})"
+    elif code == E_EMPTYIV:
+        msg = f"{label} is an empty interval (need a < b)"
+    elif code == E_SEP:
+        sep = "'/'" if comp in (2, 5) else "'.'"
+        msg = f"expected {sep} after {label} at position {pos}"
+    else:
+        bad = text.encode("utf-8", "replace")[pos:pos + 1].decode("utf-8", "replace") or "end"
+        msg = f"{label} has an unexpected character {bad!r} at position {pos}"
+    return CoordinateError(f"bad {what} {text!r}: {msg}")
+
+
+cdef int _name_id(object names, str text, Tok* t, int comp, bint intern, str what) except -1:
+    cdef bytes raw = text.encode("utf-8")[t.a:t.b]
+    name = raw.decode("ascii")
+    if names is None:
+        raise CoordinateError(f"bad {what} {text!r}: component {comp + 1} ({COMPONENTS[comp]}) "
+                              f"is the name {name!r}, which needs a name table")
+    ident = names.lookup(name, intern)
+    if ident is None:
+        raise CoordinateError(f"bad {what} {text!r}: component {comp + 1} ({COMPONENTS[comp]}) "
+                              f"is the unknown name {name!r}")
+    return ident
+
+
+cdef inline const char* _utf8(object s, Py_ssize_t* n, str what) except NULL:
+    if not isinstance(s, str):
+        raise CoordinateError(f"{what} must be a str, got {type(s).__name__}: {s!r:.80}")
+    return PyUnicode_AsUTF8AndSize(s, n)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int _parse_coord_into(object s, uint16_t* out, object names, bint intern) except -1:
+    cdef Tok toks[NDIM]
+    cdef Py_ssize_t n, errpos
+    cdef int errcomp, code, j
+    cdef const char* p = _utf8(s, &n, "coordinate")
+    with nogil:
+        code = _tokenize(p, n, M_COORD, toks, &errpos, &errcomp)
+    if code != E_OK:
+        raise _parse_error("coordinate", s, code, errpos, errcomp)
+    for j in range(NDIM):
+        if toks[j].kind == TK_NUM:
+            out[j] = <uint16_t>toks[j].a
+        else:
+            out[j] = <uint16_t>_name_id(names, s, &toks[j], j, intern, "coordinate")
+    return 0
+
+
+def parse_coord(s, names=None, bint intern=True):
+    """Parse one coordinate string into a (9,) uint16 array.
+
+    :param s: ``"a.b.c/d.e.f/g.h.i"``; ``;`` may replace ``/``; spaces around separators are ok.
+    :param names: a name table (``lookup(name, intern) -> id``) for name components.
+    :param intern: give unknown names a new id (True) or report them (False).
+    :returns: numpy array of shape (9,), dtype uint16.
+    :raises CoordinateError: quoting the input and naming the faulty component.
+    """
+    out = np.empty(NDIM, dtype=np.uint16)
+    cdef uint16_t[::1] o = out
+    _parse_coord_into(s, &o[0], names, intern)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def parse_coords(seq, names=None, bint intern=True):
+    """Parse many coordinate strings into an (N, 9) uint16 array.
+
+    :param seq: a sequence (list/tuple) of coordinate strings.
+    :param names: name table for name components (see :func:`parse_coord`).
+    :param intern: intern unknown names (True) or report them (False).
+    :returns: C-contiguous (N, 9) uint16 array.
+    :raises CoordinateError: for the first bad string, quoting it and its index.
+    """
+    if isinstance(seq, str):
+        raise InterfaceError("parse_coords takes a sequence of strings, not one string")
+    seq = list(seq)
+    cdef Py_ssize_t i, n = len(seq)
+    out = np.empty((n, NDIM), dtype=np.uint16)
+    if n == 0:
+        return out
+    cdef uint16_t[:, ::1] o = out
+    for i in range(n):
+        try:
+            _parse_coord_into(seq[i], &o[i, 0], names, intern)
+        except CoordinateError as e:
+            raise CoordinateError(f"item {i}: {e}") from None
+    return out
+
+
+def parse_pattern(s, names=None, bint intern=True):
+    """Parse a pattern string into a (2, 9) uint16 array of inclusive (lo, hi) bounds.
+
+    Components: a number, a name, ``*`` (any value, names included) or a half-open
+    interval ``[a:b]`` meaning a <= v < b (``[a:]`` and ``[:b]`` allowed; numeric only).
+
+    :param s: the pattern text.
+    :param names: name table for name components.
+    :param intern: intern unknown names (True) or report them (False).
+    :returns: array ``p`` with ``p[0]`` the lower and ``p[1]`` the upper bounds.
+    :raises CoordinateError: quoting the input and naming the faulty component.
+    """
+    cdef Tok toks[NDIM]
+    cdef Py_ssize_t n, errpos
+    cdef int errcomp, code, j
+    cdef const char* p = _utf8(s, &n, "pattern")
+    with nogil:
+        code = _tokenize(p, n, M_PATTERN, toks, &errpos, &errcomp)
+    if code != E_OK:
+        raise _parse_error("pattern", s, code, errpos, errcomp)
+    out = np.empty((2, NDIM), dtype=np.uint16)
+    cdef uint16_t[:, ::1] o = out
+    for j in range(NDIM):
+        k = toks[j].kind
+        if k == TK_NUM:
+            o[0, j] = o[1, j] = <uint16_t>toks[j].a
+        elif k == TK_STAR:
+            o[0, j] = 0
+            o[1, j] = 0xFFFF
+        elif k == TK_RANGE:
+            o[0, j] = <uint16_t>toks[j].a
+            o[1, j] = <uint16_t>toks[j].b
+        else:
+            o[0, j] = o[1, j] = <uint16_t>_name_id(names, s, &toks[j], j, intern, "pattern")
+    return out
+
+
+def parse_delta(s, names=None, bint intern=True):
+    """Parse a delta string into a (2, 9) int32 array of (op, value).
+
+    Per component: ``+n``/``-n``/``n`` add, ``=n`` set, a name (or ``+name``/``=name``)
+    set to that name, ``*`` make the component a wildcard.
+
+    :param s: the delta text, e.g. ``"+0.0.0/+0.0.5/+0.0.0"``.
+    :param names: name table for name components.
+    :param intern: intern unknown names (True) or report them (False).
+    :returns: array ``d`` with ``d[0]`` the ops (0 add, 1 set, 2 wildcard), ``d[1]`` values.
+    :raises CoordinateError: quoting the input and naming the faulty component.
+    """
+    cdef Tok toks[NDIM]
+    cdef Py_ssize_t n, errpos
+    cdef int errcomp, code, j
+    cdef const char* p = _utf8(s, &n, "delta")
+    with nogil:
+        code = _tokenize(p, n, M_DELTA, toks, &errpos, &errcomp)
+    if code != E_OK:
+        raise _parse_error("delta", s, code, errpos, errcomp)
+    out = np.zeros((2, NDIM), dtype=np.int32)
+    cdef int32_t[:, ::1] o = out
+    for j in range(NDIM):
+        k = toks[j].kind
+        if k == TK_ADD:
+            o[0, j] = DELTA_ADD
+            o[1, j] = <int32_t>toks[j].a
+        elif k == TK_SETNUM:
+            o[0, j] = DELTA_SET
+            o[1, j] = <int32_t>toks[j].a
+        elif k == TK_STAR:
+            o[0, j] = DELTA_WILD
+        else:
+            o[0, j] = DELTA_SET
+            o[1, j] = _name_id(names, s, &toks[j], j, intern, "delta")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _put_uint(char* buf, Py_ssize_t pos, uint32_t v) noexcept nogil:
+    cdef char tmp[8]
+    cdef int k = 0
+    if v == 0:
+        buf[pos] = b'0'
+        return pos + 1
+    while v:
+        tmp[k] = <char>(48 + v % 10)
+        v //= 10
+        k += 1
+    while k:
+        k -= 1
+        buf[pos] = tmp[k]
+        pos += 1
+    return pos
+
+
+cdef str _name_text(object names, uint16_t v, int comp):
+    if names is None:
+        raise CoordinateError(f"component {comp + 1} ({COMPONENTS[comp]}) holds name id "
+                              f"0x{v:04X}, which needs a name table to format")
+    return names.name_of(v)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef str _format_row(const uint16_t* c, object names):
+    cdef char buf[128]
+    cdef Py_ssize_t pos = 0
+    cdef int j
+    cdef bint has_name = False
+    for j in range(NDIM):
+        if c[j] > MAX_NUMERIC:
+            has_name = True
+            break
+        pos = _put_uint(buf, pos, c[j])
+        if j < NDIM - 1:
+            buf[pos] = b'/' if (j == 2 or j == 5) else b'.'
+            pos += 1
+    if not has_name:
+        return PyUnicode_DecodeASCII(buf, pos, NULL)
+    parts = []
+    for j in range(NDIM):
+        parts.append(_name_text(names, c[j], j) if c[j] > MAX_NUMERIC else str(c[j]))
+    return "/".join(".".join(parts[k:k + 3]) for k in (0, 3, 6))
+
+
+def format_coord(c, names=None):
+    """Format one coordinate as ``a.b.c/d.e.f/g.h.i``.
+
+    :param c: a (9,) uint16 array (or 18-byte packed key).
+    :param names: name table used for components >= 0xF000.
+    :returns: the coordinate text.
+    :raises CoordinateError: a name id with no table (or unknown to it).
+    """
+    if isinstance(c, bytes):
+        c = unpack(c)
+    c = _coord_arg(c)
+    cdef const uint16_t[::1] v = c
+    return _format_row(&v[0], names)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def format_coords(arr, names=None):
+    """Format an (N, 9) uint16 array as a list of N coordinate strings.
+
+    :param arr: C-contiguous (N, 9) uint16 array.
+    :param names: name table used for components >= 0xF000.
+    :returns: list of str.
+    :raises InterfaceError: wrong dtype/shape; CoordinateError: unformattable name id.
+    """
+    _coords_arg(arr)
+    cdef Py_ssize_t i, n = arr.shape[0]
+    out = [None] * n
+    if n == 0:
+        return out
+    cdef const uint16_t[:, ::1] a = arr
+    for i in range(n):
+        out[i] = _format_row(&a[i, 0], names)
+    return out
+
+
+def format_pattern(p, names=None):
+    """Format a (2, 9) pattern array back to text (``*``, ``[a:b]``, numbers, names).
+
+    :param p: (2, 9) uint16 inclusive bounds.
+    :param names: name table for name ids.
+    :returns: the pattern text; an empty component (lo > hi) formats as ``[lo:lo]``.
+    """
+    p = _pattern_arg(p)
+    parts = []
+    for j in range(NDIM):
+        lo, hi = int(p[0, j]), int(p[1, j])
+        if lo == 0 and hi == 0xFFFF:
+            parts.append("*")
+        elif lo == hi:
+            parts.append(_name_text(names, lo, j) if lo > MAX_NUMERIC else str(lo))
+        else:
+            top = "" if hi >= MAX_NUMERIC else str(hi + 1)
+            if hi < lo:
+                top = str(lo)
+            parts.append(f"[{lo if lo else ''}:{top}]")
+    return "/".join(".".join(parts[k:k + 3]) for k in (0, 3, 6))
+
+
+# ---------------------------------------------------------------------------------------
+# Packing: 18 bytes big-endian per coordinate, so byte order == coordinate order.
+# ---------------------------------------------------------------------------------------
+
+cdef inline void _pack_row(const uint16_t* c, unsigned char* o) noexcept nogil:
+    cdef int j
+    for j in range(NDIM):
+        o[2 * j] = <unsigned char>(c[j] >> 8)
+        o[2 * j + 1] = <unsigned char>(c[j] & 0xFF)
+
+
+cdef inline void _unpack_row(const unsigned char* b, uint16_t* c) noexcept nogil:
+    cdef int j
+    for j in range(NDIM):
+        c[j] = <uint16_t>((b[2 * j] << 8) | b[2 * j + 1])
+
+
+def pack(c):
+    """Pack one (9,) uint16 coordinate into its 18-byte big-endian key.
+
+    :raises InterfaceError: wrong dtype or shape.
+    """
+    c = _coord_arg(c)
+    cdef const uint16_t[::1] v = c
+    out = PyBytes_FromStringAndSize(NULL, KEY_BYTES)
+    _pack_row(&v[0], <unsigned char*>PyBytes_AS_STRING(out))
+    return out
+
+
+def unpack(b):
+    """Unpack an 18-byte key into a (9,) uint16 coordinate.
+
+    :raises InterfaceError: not bytes-like or not 18 bytes long.
+    """
+    cdef const unsigned char[::1] v
+    try:
+        v = b
+    except (TypeError, ValueError):
+        raise InterfaceError(f"a packed coordinate must be bytes, got {type(b).__name__}") from None
+    if v.shape[0] != KEY_BYTES:
+        raise InterfaceError(f"a packed coordinate is 18 bytes, got {v.shape[0]}")
+    out = np.empty(NDIM, dtype=np.uint16)
+    cdef uint16_t[::1] o = out
+    _unpack_row(&v[0], &o[0])
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def pack_many(arr):
+    """Pack an (N, 9) uint16 array into one N*18-byte big-endian blob.
+
+    :raises InterfaceError: wrong dtype, shape or layout.
+    """
+    _coords_arg(arr)
+    cdef Py_ssize_t i, n = arr.shape[0]
+    out = PyBytes_FromStringAndSize(NULL, n * KEY_BYTES)
+    if n == 0:
+        return out
+    cdef const uint16_t[:, ::1] a = arr
+    cdef unsigned char* o = <unsigned char*>PyBytes_AS_STRING(out)
+    with nogil:
+        for i in range(n):
+            _pack_row(&a[i, 0], o + i * KEY_BYTES)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def unpack_many(b):
+    """Unpack a blob of N*18 bytes into an (N, 9) uint16 array.
+
+    :raises InterfaceError: not bytes-like or its length is not a multiple of 18.
+    """
+    cdef const unsigned char[::1] v
+    try:
+        v = b
+    except (TypeError, ValueError):
+        raise InterfaceError(f"packed coordinates must be bytes, got {type(b).__name__}") from None
+    cdef Py_ssize_t i, n = v.shape[0] // KEY_BYTES
+    if v.shape[0] % KEY_BYTES:
+        raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {v.shape[0]}")
+    out = np.empty((n, NDIM), dtype=np.uint16)
+    if n == 0:
+        return out
+    cdef uint16_t[:, ::1] o = out
+    with nogil:
+        for i in range(n):
+            _unpack_row(&v[i * KEY_BYTES], &o[i, 0])
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Morton (Z-order). The 144-bit key interleaves the components' bits, most significant
+# bit of component 0 first; it is held as 9 uint16 words, word 0 most significant, so
+# lexicographic order of the words is numeric order of the key. Each byte of a
+# component is spread with a 256-entry table (bit b -> bit 9b) and shifted into one of
+# two 72-bit halves held in a 128-bit integer.
+# ---------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    typedef unsigned __int128 vtpu_u128;
+    """
+    ctypedef unsigned long long u128 "vtpu_u128"
+
+cdef uint64_t SPREAD8[256]
+
+cdef void _init_spread() noexcept:
+    cdef int x, b
+    cdef uint64_t v
+    for x in range(256):
+        v = 0
+        for b in range(8):
+            if x & (1 << b):
+                v |= (<uint64_t>1) << (9 * b)
+        SPREAD8[x] = v
+
+_init_spread()
+
+
+cdef inline void _morton_row(const uint16_t* c, uint16_t* z) noexcept nogil:
+    cdef u128 hi = 0, lo = 0
+    cdef int j
+    for j in range(NDIM):
+        hi |= (<u128>SPREAD8[c[j] >> 8]) << (8 - j)
+        lo |= (<u128>SPREAD8[c[j] & 0xFF]) << (8 - j)
+    z[0] = <uint16_t>(hi >> 56)
+    z[1] = <uint16_t>(hi >> 40)
+    z[2] = <uint16_t>(hi >> 24)
+    z[3] = <uint16_t>(hi >> 8)
+    z[4] = <uint16_t>(((hi & 0xFF) << 8) | (lo >> 64))
+    z[5] = <uint16_t>(lo >> 48)
+    z[6] = <uint16_t>(lo >> 32)
+    z[7] = <uint16_t>(lo >> 16)
+    z[8] = <uint16_t>lo
+
+
+cdef inline void _demorton_row(const uint16_t* z, uint16_t* c) noexcept nogil:
+    cdef u128 hi = ((<u128>z[0]) << 56) | ((<u128>z[1]) << 40) | ((<u128>z[2]) << 24) \
+        | ((<u128>z[3]) << 8) | (z[4] >> 8)
+    cdef u128 lo = ((<u128>(z[4] & 0xFF)) << 64) | ((<u128>z[5]) << 48) \
+        | ((<u128>z[6]) << 32) | ((<u128>z[7]) << 16) | z[8]
+    cdef int j, b
+    cdef uint32_t h, l
+    for j in range(NDIM):
+        h = 0
+        l = 0
+        for b in range(8):
+            h |= <uint32_t>((hi >> (9 * b + 8 - j)) & 1) << b
+            l |= <uint32_t>((lo >> (9 * b + 8 - j)) & 1) << b
+        c[j] = <uint16_t>((h << 8) | l)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def morton_encode(arr):
+    """Z-order keys of an (N, 9) array, as an (N, 9) uint16 array of key words.
+
+    :param arr: C-contiguous (N, 9) uint16 coordinates.
+    :returns: (N, 9) uint16; row i word 0 holds the 16 most significant key bits.
+    :raises InterfaceError: wrong dtype, shape or layout.
+    """
+    _coords_arg(arr)
+    cdef Py_ssize_t i, n = arr.shape[0]
+    out = np.empty((n, NDIM), dtype=np.uint16)
+    if n == 0:
+        return out
+    cdef const uint16_t[:, ::1] a = arr
+    cdef uint16_t[:, ::1] o = out
+    with nogil:
+        for i in range(n):
+            _morton_row(&a[i, 0], &o[i, 0])
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def morton_decode(z):
+    """Inverse of :func:`morton_encode`: (N, 9) key words back to coordinates.
+
+    :raises InterfaceError: wrong dtype, shape or layout.
+    """
+    _coords_arg(z, "z")
+    cdef Py_ssize_t i, n = z.shape[0]
+    out = np.empty((n, NDIM), dtype=np.uint16)
+    if n == 0:
+        return out
+    cdef const uint16_t[:, ::1] a = z
+    cdef uint16_t[:, ::1] o = out
+    with nogil:
+        for i in range(n):
+            _demorton_row(&a[i, 0], &o[i, 0])
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# BIGMIN / LITMAX (Tropf & Herzog), walked over the coordinate form: bit positions are
+# visited in Z order (level 15..0, component 0..8) and the "load" steps rewrite one
+# component's low bits, which is exactly the Z-key operation without materialising keys.
+# ---------------------------------------------------------------------------------------
+
+cdef inline uint16_t _load_1000(uint16_t v, int level) noexcept nogil:
+    cdef uint32_t mask = (<uint32_t>2 << level) - 1   # bits level..0
+    return <uint16_t>((v & ~mask) | (<uint32_t>1 << level))
+
+
+cdef inline uint16_t _load_0111(uint16_t v, int level) noexcept nogil:
+    cdef uint32_t mask = (<uint32_t>2 << level) - 1
+    return <uint16_t>((v & ~mask) | ((<uint32_t>1 << level) - 1))
+
+
+cdef bint _bigmin(const uint16_t* z, const uint16_t* lo_in, const uint16_t* hi_in,
+                  uint16_t* out) noexcept nogil:
+    """Smallest point of the box [lo, hi] whose Z key is > the Z key of z.
+
+    Returns False when there is none. Coordinates in, coordinate out."""
+    cdef uint16_t mn[NDIM]
+    cdef uint16_t mx[NDIM]
+    cdef bint found = False
+    cdef int level, j
+    cdef int zb, nb, xb
+    memcpy(mn, lo_in, sizeof(uint16_t) * NDIM)
+    memcpy(mx, hi_in, sizeof(uint16_t) * NDIM)
+    for level in range(15, -1, -1):
+        for j in range(NDIM):
+            zb = (z[j] >> level) & 1
+            nb = (mn[j] >> level) & 1
+            xb = (mx[j] >> level) & 1
+            if zb == 0:
+                if nb == 0 and xb == 1:
+                    memcpy(out, mn, sizeof(uint16_t) * NDIM)
+                    out[j] = _load_1000(mn[j], level)
+                    found = True
+                    mx[j] = _load_0111(mx[j], level)
+                elif nb == 1:
+                    memcpy(out, mn, sizeof(uint16_t) * NDIM)
+                    return True
+            else:
+                if xb == 0:
+                    return found
+                if nb == 0:
+                    mn[j] = _load_1000(mn[j], level)
+    return found
+
+
+cdef bint _litmax(const uint16_t* z, const uint16_t* lo_in, const uint16_t* hi_in,
+                  uint16_t* out) noexcept nogil:
+    """Largest point of the box [lo, hi] whose Z key is < the Z key of z."""
+    cdef uint16_t mn[NDIM]
+    cdef uint16_t mx[NDIM]
+    cdef bint found = False
+    cdef int level, j
+    cdef int zb, nb, xb
+    memcpy(mn, lo_in, sizeof(uint16_t) * NDIM)
+    memcpy(mx, hi_in, sizeof(uint16_t) * NDIM)
+    for level in range(15, -1, -1):
+        for j in range(NDIM):
+            zb = (z[j] >> level) & 1
+            nb = (mn[j] >> level) & 1
+            xb = (mx[j] >> level) & 1
+            if zb == 0:
+                if nb == 1:
+                    return found
+                if xb == 1:
+                    mx[j] = _load_0111(mx[j], level)
+            else:
+                if xb == 0:
+                    memcpy(out, mx, sizeof(uint16_t) * NDIM)
+                    return True
+                if nb == 0:
+                    memcpy(out, mx, sizeof(uint16_t) * NDIM)
+                    out[j] = _load_0111(mx[j], level)
+                    found = True
+                    mn[j] = _load_1000(mn[j], level)
+    return found
+
+
+def bigmin(z, pattern):
+    """BIGMIN: the smallest coordinate inside the pattern's box whose Z key exceeds z's.
+
+    :param z: (9,) uint16 coordinate (typically one just found outside the box).
+    :param pattern: (2, 9) uint16 inclusive bounds.
+    :returns: (9,) uint16 coordinate, or None when no such point exists.
+    """
+    z = _coord_arg(z, "z")
+    pattern = _pattern_arg(pattern)
+    cdef const uint16_t[::1] zv = z
+    cdef const uint16_t[:, ::1] p = pattern
+    out = np.empty(NDIM, dtype=np.uint16)
+    cdef uint16_t[::1] o = out
+    if not _bigmin(&zv[0], &p[0, 0], &p[1, 0], &o[0]):
+        return None
+    return out
+
+
+def litmax(z, pattern):
+    """LITMAX: the largest coordinate inside the pattern's box whose Z key is below z's.
+
+    :returns: (9,) uint16 coordinate, or None when no such point exists.
+    """
+    z = _coord_arg(z, "z")
+    pattern = _pattern_arg(pattern)
+    cdef const uint16_t[::1] zv = z
+    cdef const uint16_t[:, ::1] p = pattern
+    out = np.empty(NDIM, dtype=np.uint16)
+    cdef uint16_t[::1] o = out
+    if not _litmax(&zv[0], &p[0, 0], &p[1, 0], &o[0]):
+        return None
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Matching, distances, top-k
+# ---------------------------------------------------------------------------------------
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def match(arr, pattern):
+    """Boolean mask of the rows of ``arr`` inside the pattern's box.
+
+    :param arr: C-contiguous (N, 9) uint16.
+    :param pattern: (2, 9) uint16 inclusive bounds.
+    :returns: (N,) bool array.
+    """
+    _coords_arg(arr)
+    pattern = _pattern_arg(pattern)
+    cdef Py_ssize_t i, n = arr.shape[0]
+    out = np.zeros(n, dtype=np.bool_)
+    if n == 0:
+        return out
+    cdef const uint16_t[:, ::1] a = arr
+    cdef const uint16_t[:, ::1] p = pattern
+    cdef uint8_t[::1] o = out.view(np.uint8)
+    # Only the constrained components are checked: a prefix pattern costs 3 compares.
+    cdef int cols[NDIM]
+    cdef int ncols = 0, j, k
+    cdef uint16_t lo[NDIM]
+    cdef uint16_t hi[NDIM]
+    cdef bint ok
+    for j in range(NDIM):
+        if p[0, j] > p[1, j]:
+            return out
+        if p[0, j] != 0 or p[1, j] != 0xFFFF:
+            cols[ncols] = j
+            lo[ncols] = p[0, j]
+            hi[ncols] = p[1, j]
+            ncols += 1
+    with nogil:
+        for i in range(n):
+            ok = True
+            for k in range(ncols):
+                if a[i, cols[k]] < lo[k] or a[i, cols[k]] > hi[k]:
+                    ok = False
+                    break
+            o[i] = ok
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def l1(c, arr):
+    """L1 distance (sum of absolute component differences) from c to every row.
+
+    :returns: (N,) uint32.
+    """
+    c = _coord_arg(c)
+    _coords_arg(arr)
+    cdef Py_ssize_t i, n = arr.shape[0]
+    out = np.empty(n, dtype=np.uint32)
+    if n == 0:
+        return out
+    cdef const uint16_t[::1] q = c
+    cdef const uint16_t[:, ::1] a = arr
+    cdef uint32_t[::1] o = out
+    cdef int j
+    cdef int32_t d
+    cdef uint32_t s
+    with nogil:
+        for i in range(n):
+            s = 0
+            for j in range(NDIM):
+                d = <int32_t>a[i, j] - <int32_t>q[j]
+                s += <uint32_t>(d if d >= 0 else -d)
+            o[i] = s
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def hamming(c, arr):
+    """Hamming distance (number of differing components) from c to every row.
+
+    :returns: (N,) uint8.
+    """
+    c = _coord_arg(c)
+    _coords_arg(arr)
+    cdef Py_ssize_t i, n = arr.shape[0]
+    out = np.empty(n, dtype=np.uint8)
+    if n == 0:
+        return out
+    cdef const uint16_t[::1] q = c
+    cdef const uint16_t[:, ::1] a = arr
+    cdef uint8_t[::1] o = out
+    cdef int j
+    cdef uint8_t s
+    with nogil:
+        for i in range(n):
+            s = 0
+            for j in range(NDIM):
+                s += a[i, j] != q[j]
+            o[i] = s
+    return out
+
+
+cdef inline bint _worse(uint32_t da, const uint16_t* ca, uint32_t db,
+                        const uint16_t* cb) noexcept nogil:
+    """True when (da, ca) orders after (db, cb): larger distance, ties by coordinate."""
+    if da != db:
+        return da > db
+    return lex_cmp(ca, cb) > 0
+
+
+cdef void _sift_down(int64_t* heap, uint32_t* hd, Py_ssize_t size, Py_ssize_t pos,
+                     const uint16_t* base) noexcept nogil:
+    # Max-heap on (distance, coordinate): the root is the worst of the current best k.
+    cdef Py_ssize_t child, big
+    cdef int64_t ti
+    cdef uint32_t td
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            return
+        big = child
+        if child + 1 < size and _worse(hd[child + 1], base + NDIM * heap[child + 1],
+                                       hd[child], base + NDIM * heap[child]):
+            big = child + 1
+        if not _worse(hd[big], base + NDIM * heap[big], hd[pos], base + NDIM * heap[pos]):
+            return
+        ti = heap[pos]; heap[pos] = heap[big]; heap[big] = ti
+        td = hd[pos]; hd[pos] = hd[big]; hd[big] = td
+        pos = big
+
+
+cdef void _sift_up(int64_t* heap, uint32_t* hd, Py_ssize_t pos,
+                   const uint16_t* base) noexcept nogil:
+    cdef Py_ssize_t parent
+    cdef int64_t ti
+    cdef uint32_t td
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if not _worse(hd[pos], base + NDIM * heap[pos], hd[parent], base + NDIM * heap[parent]):
+            return
+        ti = heap[pos]; heap[pos] = heap[parent]; heap[parent] = ti
+        td = hd[pos]; hd[pos] = hd[parent]; hd[parent] = td
+        pos = parent
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def topk(c, arr, Py_ssize_t k, str metric="l1", mask=None):
+    """The k rows nearest to c, without sorting everything (a bounded max-heap).
+
+    :param c: (9,) uint16 query coordinate.
+    :param arr: C-contiguous (N, 9) uint16 candidates.
+    :param k: how many to return (fewer when fewer rows qualify).
+    :param metric: ``"l1"`` (sum of |differences|) or ``"hamming"`` (differing components).
+    :param mask: optional (N,) bool array; only rows where it is True are candidates.
+    :returns: ``(idx, dist)``: int64 row indices and uint32 distances, nearest first,
+        ties broken by coordinate order.
+    :raises InterfaceError: bad metric, k < 0, or wrong array types.
+    """
+    c = _coord_arg(c)
+    _coords_arg(arr)
+    if metric not in ("l1", "hamming"):
+        raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
+    if k < 0:
+        raise InterfaceError(f"k must be >= 0, got {k}")
+    cdef Py_ssize_t n = arr.shape[0]
+    cdef const uint8_t[::1] m
+    cdef bint use_mask = mask is not None
+    if use_mask:
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != (n,):
+            raise InterfaceError(f"mask must be a ({n},) bool array")
+        m = np.ascontiguousarray(mask).view(np.uint8)
+    else:
+        m = np.ones(1, dtype=np.uint8)
+    if k > n:
+        k = n
+    heap_a = np.empty(max(k, 1), dtype=np.int64)
+    hd_a = np.empty(max(k, 1), dtype=np.uint32)
+    cdef int64_t[::1] heap = heap_a
+    cdef uint32_t[::1] hd = hd_a
+    cdef const uint16_t[::1] q = c
+    cdef const uint16_t* base
+    cdef Py_ssize_t i, size = 0
+    cdef int j
+    cdef int32_t d
+    cdef uint32_t s
+    cdef bint ham = metric == "hamming"
+    if k == 0 or n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint32)
+    cdef const uint16_t[:, ::1] a = arr
+    base = &a[0, 0]
+    cdef const uint16_t* row
+    cdef uint32_t bound = 0xFFFFFFFF
+    with nogil:
+        for i in range(n):
+            if use_mask and not m[i]:
+                continue
+            row = base + NDIM * i
+            s = 0
+            if ham:
+                for j in range(NDIM):
+                    s += row[j] != q[j]
+            else:
+                # Early abandon: once the heap is full, a row whose partial sum already
+                # exceeds the worst kept distance cannot enter it.
+                for j in range(NDIM):
+                    d = <int32_t>row[j] - <int32_t>q[j]
+                    s += <uint32_t>(d if d >= 0 else -d)
+                    if s > bound:
+                        break
+            if size < k:
+                heap[size] = i
+                hd[size] = s
+                _sift_up(&heap[0], &hd[0], size, base)
+                size += 1
+                if size == k:
+                    bound = hd[0]
+            elif s < hd[0] or (s == hd[0] and lex_cmp(row, base + NDIM * heap[0]) < 0):
+                heap[0] = i
+                hd[0] = s
+                _sift_down(&heap[0], &hd[0], size, 0, base)
+                bound = hd[0]
+    idx = heap_a[:size].copy()
+    dist = hd_a[:size].copy()
+    # Sort the k winners: by distance, then coordinate (k is small).
+    rows = arr[idx]
+    order = np.lexsort(tuple(rows[:, j] for j in range(NDIM - 1, -1, -1)) + (dist,))
+    return idx[order], dist[order]
+
+
+# ---------------------------------------------------------------------------------------
+# Deltas
+# ---------------------------------------------------------------------------------------
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def apply_delta(arr, delta):
+    """Apply a delta's add/set ops to every row (wildcard ops leave the value as is).
+
+    :param arr: C-contiguous (N, 9) uint16 coordinates.
+    :param delta: (2, 9) int32 (op, value) from :func:`parse_delta`.
+    :returns: new (N, 9) uint16 array.
+    :raises CoordinateError: a result outside 0..61439, or adding to a name component;
+        the message names the row and component.
+    """
+    _coords_arg(arr)
+    delta = _delta_arg(delta)
+    cdef Py_ssize_t i, n = arr.shape[0]
+    out = np.empty((n, NDIM), dtype=np.uint16)
+    if n == 0:
+        return out
+    cdef const uint16_t[:, ::1] a = arr
+    cdef const int32_t[:, ::1] dl = delta
+    cdef uint16_t[:, ::1] o = out
+    cdef int j, badj = -1
+    cdef Py_ssize_t badi = -1
+    cdef int64_t v
+    with nogil:
+        for i in range(n):
+            for j in range(NDIM):
+                if dl[0, j] == DELTA_ADD:
+                    if dl[1, j] == 0:
+                        o[i, j] = a[i, j]
+                        continue
+                    v = <int64_t>a[i, j] + dl[1, j]
+                    if a[i, j] > MAX_NUMERIC or v < 0 or v > MAX_NUMERIC:
+                        badi = i
+                        badj = j
+                        break
+                    o[i, j] = <uint16_t>v
+                elif dl[0, j] == DELTA_SET:
+                    o[i, j] = <uint16_t>dl[1, j]
+                else:
+                    o[i, j] = a[i, j]
+            if badj >= 0:
+                break
+    if badj >= 0:
+        old = int(arr[badi, badj])
+        add = int(delta[1, badj])
+        what = ("a name component cannot be added to" if old > MAX_NUMERIC
+                else f"{old} {'+' if add >= 0 else '-'} {abs(add)} = {old + add} is outside 0..{MAX_NUMERIC}")
+        raise CoordinateError(f"delta leaves the coordinate range at row {badi}, "
+                              f"component {badj + 1} ({COMPONENTS[badj]}): {what}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Hashing: xxh64 (bit-exact with the xxhash package) and jump consistent hash.
+# ---------------------------------------------------------------------------------------
+
+cdef uint64_t P1 = 0x9E3779B185EBCA87ULL
+cdef uint64_t P2 = 0xC2B2AE3D27D4EB4FULL
+cdef uint64_t P3 = 0x165667B19E3779F9ULL
+cdef uint64_t P4 = 0x85EBCA77C2B2AE63ULL
+cdef uint64_t P5 = 0x27D4EB2F165667C5ULL
+
+
+cdef inline uint64_t _rotl(uint64_t x, int r) noexcept nogil:
+    return (x << r) | (x >> (64 - r))
+
+
+cdef inline uint64_t _read64(const unsigned char* p) noexcept nogil:
+    # Little-endian read assembled byte by byte: correct on any host byte order.
+    return (<uint64_t>p[0]) | (<uint64_t>p[1] << 8) | (<uint64_t>p[2] << 16) \
+        | (<uint64_t>p[3] << 24) | (<uint64_t>p[4] << 32) | (<uint64_t>p[5] << 40) \
+        | (<uint64_t>p[6] << 48) | (<uint64_t>p[7] << 56)
+
+
+cdef inline uint64_t _read32(const unsigned char* p) noexcept nogil:
+    return (<uint64_t>p[0]) | (<uint64_t>p[1] << 8) | (<uint64_t>p[2] << 16) \
+        | (<uint64_t>p[3] << 24)
+
+
+cdef inline uint64_t _round(uint64_t acc, uint64_t inp) noexcept nogil:
+    acc += inp * P2
+    acc = _rotl(acc, 31)
+    return acc * P1
+
+
+cdef inline uint64_t _merge(uint64_t acc, uint64_t val) noexcept nogil:
+    acc ^= _round(0, val)
+    return acc * P1 + P4
+
+
+cdef uint64_t _xxh64(const unsigned char* p, Py_ssize_t n, uint64_t seed) noexcept nogil:
+    cdef const unsigned char* end = p + n
+    cdef uint64_t h, v1, v2, v3, v4
+    if n >= 32:
+        v1 = seed + P1 + P2
+        v2 = seed + P2
+        v3 = seed
+        v4 = seed - P1
+        while p + 32 <= end:
+            v1 = _round(v1, _read64(p))
+            v2 = _round(v2, _read64(p + 8))
+            v3 = _round(v3, _read64(p + 16))
+            v4 = _round(v4, _read64(p + 24))
+            p += 32
+        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+        h = _merge(h, v1)
+        h = _merge(h, v2)
+        h = _merge(h, v3)
+        h = _merge(h, v4)
+    else:
+        h = seed + P5
+    h += <uint64_t>n
+    while p + 8 <= end:
+        h ^= _round(0, _read64(p))
+        h = _rotl(h, 27) * P1 + P4
+        p += 8
+    if p + 4 <= end:
+        h ^= _read32(p) * P1
+        h = _rotl(h, 23) * P2 + P3
+        p += 4
+    while p < end:
+        h ^= (<uint64_t>p[0]) * P5
+        h = _rotl(h, 11) * P1
+        p += 1
+    h ^= h >> 33
+    h *= P2
+    h ^= h >> 29
+    h *= P3
+    h ^= h >> 32
+    return h
+
+
+cdef inline int32_t _jump(uint64_t key, int32_t n) noexcept nogil:
+    cdef int64_t b = -1, j = 0
+    while j < n:
+        b = j
+        key = key * 2862933555777941757ULL + 1
+        j = <int64_t>((b + 1) * (<double>(1LL << 31) / <double>((key >> 33) + 1)))
+    return <int32_t>b
+
+
+def xxh64(data, uint64_t seed=0):
+    """xxHash64 of a bytes-like object; equal to ``xxhash.xxh64_intdigest(data, seed)``.
+
+    :raises InterfaceError: data is not bytes-like.
+    """
+    cdef const unsigned char[::1] v
+    try:
+        v = data
+    except (TypeError, ValueError):
+        raise InterfaceError(f"xxh64 needs bytes, got {type(data).__name__}") from None
+    if v.shape[0] == 0:
+        return _xxh64(<const unsigned char*>b"", 0, seed)
+    return _xxh64(&v[0], v.shape[0], seed)
+
+
+def jump_hash(uint64_t key, int32_t n):
+    """Jump consistent hash (Lamping & Veach) of a 64-bit key into n buckets.
+
+    :returns: bucket in 0..n-1.
+    :raises InterfaceError: n < 1.
+    """
+    if n < 1:
+        raise InterfaceError(f"number of buckets must be >= 1, got {n}")
+    return _jump(key, n)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def jump_hash_many(keys, int32_t n):
+    """Jump consistent hash of every key of a uint64 array into n buckets.
+
+    :returns: (N,) int32 buckets.
+    """
+    if n < 1:
+        raise InterfaceError(f"number of buckets must be >= 1, got {n}")
+    if not isinstance(keys, np.ndarray) or keys.dtype != np.uint64 or keys.ndim != 1:
+        raise InterfaceError("keys must be a 1-d uint64 array")
+    keys = np.ascontiguousarray(keys)
+    cdef Py_ssize_t i, m = keys.shape[0]
+    out = np.empty(m, dtype=np.int32)
+    if m == 0:
+        return out
+    cdef const uint64_t[::1] kv = keys
+    cdef int32_t[::1] o = out
+    with nogil:
+        for i in range(m):
+            o[i] = _jump(kv[i], n)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def prefix_hashes(arr, int level=3, uint64_t seed=0):
+    """xxh64 of each row's packed first ``level`` components (2*level big-endian bytes).
+
+    :param arr: (N, 9) uint16 coordinates.
+    :param level: 1..9 components hashed.
+    :returns: (N,) uint64.
+    """
+    _coords_arg(arr)
+    if not 1 <= level <= NDIM:
+        raise InterfaceError(f"level must be in 1..9, got {level}")
+    cdef Py_ssize_t i, n = arr.shape[0]
+    out = np.empty(n, dtype=np.uint64)
+    if n == 0:
+        return out
+    cdef const uint16_t[:, ::1] a = arr
+    cdef uint64_t[::1] o = out
+    cdef unsigned char buf[KEY_BYTES]
+    with nogil:
+        for i in range(n):
+            _pack_row(&a[i, 0], buf)
+            o[i] = _xxh64(buf, 2 * level, seed)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def route(arr, int32_t n, int level=3):
+    """CROUTE: the node (0..n-1) owning each coordinate.
+
+    ``jump_hash(xxh64(packed first `level` components, seed 0), n)``, so a whole subtree
+    sharing those components lands on one node and every client agrees.
+
+    :returns: (N,) int32.
+    """
+    if n < 1:
+        raise InterfaceError(f"number of nodes must be >= 1, got {n}")
+    h = prefix_hashes(arr, level)
+    return jump_hash_many(h, n)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def moe(arr, int32_t n, int top_k=1):
+    """CMOE over token coordinates: hash routing of each token to experts.
+
+    Expert r of a token is ``jump_hash(xxh64(packed token, seed=r'), n)`` for the r-th
+    seed r' that yields an expert not chosen yet (seeds 0, 1, 2, ...; after 16*top_k
+    seeds the lowest unused experts fill in, so the result is always defined).
+
+    :param arr: (N, 9) uint16 token coordinates.
+    :param n: number of experts (>= 1).
+    :param top_k: experts per token (1..n).
+    :returns: (N,) int32 when top_k == 1, else (N, top_k) int32.
+    """
+    _coords_arg(arr)
+    if n < 1:
+        raise InterfaceError(f"number of experts must be >= 1, got {n}")
+    if not 1 <= top_k <= n:
+        raise InterfaceError(f"top_k must be in 1..{n}, got {top_k}")
+    cdef Py_ssize_t i, m = arr.shape[0]
+    out = np.empty((m, top_k), dtype=np.int32)
+    cdef const uint16_t[:, ::1] a
+    cdef int32_t[:, ::1] o = out
+    cdef unsigned char buf[KEY_BYTES]
+    if m:
+        a = arr
+        with nogil:
+            for i in range(m):
+                _pack_row(&a[i, 0], buf)
+                _moe_row(buf, KEY_BYTES, n, top_k, &o[i, 0])
+    return out[:, 0].copy() if top_k == 1 else out
+
+
+cdef void _moe_row(const unsigned char* buf, Py_ssize_t nbytes, int32_t n, int top_k,
+                   int32_t* out) noexcept nogil:
+    cdef int got = 0, r, t
+    cdef int32_t e, cand
+    cdef bint dup
+    for r in range(16 * top_k):
+        if got == top_k:
+            return
+        e = _jump(_xxh64(buf, nbytes, <uint64_t>r), n)
+        dup = False
+        for t in range(got):
+            if out[t] == e:
+                dup = True
+                break
+        if not dup:
+            out[got] = e
+            got += 1
+    cand = 0
+    while got < top_k:
+        dup = False
+        for t in range(got):
+            if out[t] == cand:
+                dup = True
+                break
+        if not dup:
+            out[got] = cand
+            got += 1
+        cand += 1
+
+
+def moe_pattern(pattern, int32_t n, int top_k=1):
+    """CMOE for one token given as a pattern: hashes its bounds.
+
+    A pattern whose components are all concrete hashes exactly like that coordinate;
+    otherwise the 36 bytes packed lo || packed hi are hashed.
+
+    :returns: int expert (top_k == 1) or a list of top_k experts.
+    """
+    pattern = _pattern_arg(pattern)
+    if n < 1:
+        raise InterfaceError(f"number of experts must be >= 1, got {n}")
+    if not 1 <= top_k <= n:
+        raise InterfaceError(f"top_k must be in 1..{n}, got {top_k}")
+    cdef const uint16_t[:, ::1] p = pattern
+    cdef unsigned char buf[2 * KEY_BYTES]
+    cdef Py_ssize_t nbytes = KEY_BYTES
+    _pack_row(&p[0, 0], buf)
+    if not (pattern[0] == pattern[1]).all():
+        _pack_row(&p[1, 0], buf + KEY_BYTES)
+        nbytes = 2 * KEY_BYTES
+    out = np.empty(top_k, dtype=np.int32)
+    cdef int32_t[::1] o = out
+    _moe_row(buf, nbytes, n, top_k, &o[0])
+    return int(out[0]) if top_k == 1 else [int(x) for x in out]
+
+
+# ---------------------------------------------------------------------------------------
+# Sorted-array index primitives (used by the engine): lexicographic binary and galloping
+# search over (N, 9) word arrays, and the two pattern scans with skipping.
+# ---------------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _lower_bound(const uint16_t* base, Py_ssize_t lo, Py_ssize_t hi,
+                                    const uint16_t* key) noexcept nogil:
+    """First index in [lo, hi) whose row is >= key."""
+    cdef Py_ssize_t mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if lex_cmp(base + NDIM * mid, key) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline Py_ssize_t _gallop(const uint16_t* base, Py_ssize_t start, Py_ssize_t n,
+                               const uint16_t* key) noexcept nogil:
+    """First index >= start whose row is >= key, searching outwards from start.
+
+    Cost grows with the log of the distance jumped, not of the array size: skips in a
+    scan are usually short."""
+    cdef Py_ssize_t step = 1, lo = start, hi
+    if lo >= n or lex_cmp(base + NDIM * lo, key) >= 0:
+        return lo
+    while True:
+        hi = lo + step
+        if hi >= n:
+            return _lower_bound(base, lo + 1, n, key)
+        if lex_cmp(base + NDIM * hi, key) >= 0:
+            return _lower_bound(base, lo + 1, hi + 1, key)
+        lo = hi
+        step <<= 1
+
+
+def lower_bound(sorted_arr, key):
+    """First row index of a lexicographically sorted (N, 9) array that is >= key.
+
+    :param sorted_arr: C-contiguous (N, 9) uint16, sorted.
+    :param key: (9,) uint16.
+    :returns: int in 0..N.
+    """
+    _coords_arg(sorted_arr, "sorted_arr")
+    key = _coord_arg(key, "key")
+    cdef Py_ssize_t n = sorted_arr.shape[0]
+    if n == 0:
+        return 0
+    cdef const uint16_t[:, ::1] a = sorted_arr
+    cdef const uint16_t[::1] k = key
+    return _lower_bound(&a[0, 0], 0, n, &k[0])
+
+
+cdef bint _lex_next(const uint16_t* c, const uint16_t* lo, const uint16_t* hi,
+                    uint16_t* out) noexcept nogil:
+    """Smallest coordinate >= c (lexicographic) inside the box; False if none."""
+    cdef int j, i
+    for j in range(NDIM):
+        if c[j] < lo[j]:
+            memcpy(out, c, sizeof(uint16_t) * j)
+            memcpy(out + j, lo + j, sizeof(uint16_t) * (NDIM - j))
+            return True
+        if c[j] > hi[j]:
+            # carry: bump the deepest earlier component that still has room
+            i = j - 1
+            while i >= 0 and c[i] >= hi[i]:
+                i -= 1
+            if i < 0:
+                return False
+            memcpy(out, c, sizeof(uint16_t) * i)
+            out[i] = c[i] + 1
+            memcpy(out + i + 1, lo + i + 1, sizeof(uint16_t) * (NDIM - i - 1))
+            return True
+    memcpy(out, c, sizeof(uint16_t) * NDIM)
+    return True
+
+
+cdef enum:
+    STEP_BEFORE_SKIP = 4   # rows stepped linearly before a skip is computed
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def lex_scan(sorted_arr, pattern, Py_ssize_t start=0, Py_ssize_t limit=-1):
+    """Row indices of a lexicographically sorted array that match the pattern.
+
+    Seeks to the first row >= the box's low corner, steps a few rows, and when it meets
+    a row outside the box jumps (galloping search) to the next coordinate that could be
+    inside. Results come out in coordinate order.
+
+    :param sorted_arr: C-contiguous (N, 9) uint16, sorted lexicographically.
+    :param pattern: (2, 9) uint16 inclusive bounds.
+    :param start: first row index to consider (for paging).
+    :param limit: stop after this many matches (-1: no limit).
+    :returns: ``(idx, seeks)``: int64 matching row indices and the number of jumps made.
+    """
+    _coords_arg(sorted_arr, "sorted_arr")
+    pattern = _pattern_arg(pattern)
+    cdef Py_ssize_t n = sorted_arr.shape[0]
+    if n == 0 or limit == 0 or (pattern[0] > pattern[1]).any():
+        return np.empty(0, dtype=np.int64), 0
+    cdef const uint16_t[:, ::1] a = sorted_arr
+    cdef const uint16_t[:, ::1] p = pattern
+    cdef const uint16_t* base = &a[0, 0]
+    cdef const uint16_t* lo = &p[0, 0]
+    cdef const uint16_t* hi = &p[1, 0]
+    cdef uint16_t nxt[NDIM]
+    cdef Py_ssize_t i, cap = 64, cnt = 0, seeks = 0
+    cdef int misses = 0
+    out = np.empty(cap, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    i = _gallop(base, start, n, lo) if start > 0 else _lower_bound(base, 0, n, lo)
+    while i < n:
+        if lex_cmp(base + NDIM * i, hi) > 0:
+            break
+        if in_box(base + NDIM * i, lo, hi):
+            if cnt == cap:
+                cap *= 2
+                out = np.resize(out, cap)
+                o = out
+            o[cnt] = i
+            cnt += 1
+            if cnt == limit:
+                break
+            i += 1
+            misses = 0
+            continue
+        misses += 1
+        if misses < STEP_BEFORE_SKIP:
+            i += 1
+            continue
+        if not _lex_next(base + NDIM * i, lo, hi, nxt):
+            break
+        if lex_cmp(nxt, base + NDIM * i) <= 0:
+            i += 1
+            continue
+        i = _gallop(base, i + 1, n, nxt)
+        seeks += 1
+        misses = 0
+    return out[:cnt].copy(), seeks
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def z_scan(zkeys, zcoords, pattern, Py_ssize_t limit=-1):
+    """Row indices of a Z-ordered index that match the pattern, with BIGMIN skipping.
+
+    Seeks to the first key >= Z(lo corner), steps a few keys, and when a key lies
+    outside the box jumps to BIGMIN (the next Z key inside the box) by galloping search;
+    stops past Z(hi corner). Results come out in Z order.
+
+    :param zkeys: C-contiguous (N, 9) uint16 Morton keys, sorted.
+    :param zcoords: (N, 9) uint16 coordinates in the same row order.
+    :param pattern: (2, 9) uint16 inclusive bounds.
+    :param limit: stop after this many matches (-1: no limit).
+    :returns: ``(idx, seeks)``: int64 matching row indices and the number of jumps made.
+    """
+    _coords_arg(zkeys, "zkeys")
+    _coords_arg(zcoords, "zcoords")
+    pattern = _pattern_arg(pattern)
+    cdef Py_ssize_t n = zkeys.shape[0]
+    if zcoords.shape[0] != n:
+        raise InterfaceError("zkeys and zcoords must have the same length")
+    if n == 0 or limit == 0 or (pattern[0] > pattern[1]).any():
+        return np.empty(0, dtype=np.int64), 0
+    cdef const uint16_t[:, ::1] zk = zkeys
+    cdef const uint16_t[:, ::1] zc = zcoords
+    cdef const uint16_t[:, ::1] p = pattern
+    cdef const uint16_t* kb = &zk[0, 0]
+    cdef const uint16_t* cb = &zc[0, 0]
+    cdef const uint16_t* lo = &p[0, 0]
+    cdef const uint16_t* hi = &p[1, 0]
+    cdef uint16_t zmin[NDIM]
+    cdef uint16_t zmax[NDIM]
+    cdef uint16_t nxt[NDIM]
+    cdef uint16_t znxt[NDIM]
+    cdef Py_ssize_t i, cap = 64, cnt = 0, seeks = 0
+    cdef int misses = 0
+    out = np.empty(cap, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    _morton_row(lo, zmin)
+    _morton_row(hi, zmax)
+    i = _lower_bound(kb, 0, n, zmin)
+    while i < n:
+        if lex_cmp(kb + NDIM * i, zmax) > 0:
+            break
+        if in_box(cb + NDIM * i, lo, hi):
+            if cnt == cap:
+                cap *= 2
+                out = np.resize(out, cap)
+                o = out
+            o[cnt] = i
+            cnt += 1
+            if cnt == limit:
+                break
+            i += 1
+            misses = 0
+            continue
+        misses += 1
+        if misses < STEP_BEFORE_SKIP:
+            i += 1
+            continue
+        if not _bigmin(cb + NDIM * i, lo, hi, nxt):
+            break
+        _morton_row(nxt, znxt)
+        i = _gallop(kb, i + 1, n, znxt)
+        seeks += 1
+        misses = 0
+    return out[:cnt].copy(), seeks
+
+
+def lex_sort_order(arr):
+    """Permutation that sorts an (N, 9) uint16 array lexicographically (stable).
+
+    :returns: (N,) int64 indices.
+    """
+    _coords_arg(arr)
+    return np.lexsort(tuple(arr[:, j] for j in range(NDIM - 1, -1, -1)))
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def merge_sorted(a_keys, a_keep, b_keys, a_vals=None, b_vals=None):
+    """Merge two lexicographically sorted (N, 9) arrays, dropping rows of ``a`` not kept.
+
+    Keys present in both are taken once (from ``b``). Optional value arrays of the same
+    (N, 9) shape travel with their keys (the Z index carries coordinates with its keys).
+
+    :param a_keys: sorted (Na, 9) uint16.
+    :param a_keep: (Na,) bool mask, or None to keep all of a.
+    :param b_keys: sorted (Nb, 9) uint16.
+    :returns: ``merged_keys`` or ``(merged_keys, merged_vals)`` when values are given.
+    """
+    _coords_arg(a_keys, "a_keys")
+    _coords_arg(b_keys, "b_keys")
+    cdef bint vals = a_vals is not None
+    if vals:
+        _coords_arg(a_vals, "a_vals")
+        _coords_arg(b_vals, "b_vals")
+    cdef Py_ssize_t na = a_keys.shape[0], nb = b_keys.shape[0]
+    if a_keep is None:
+        a_keep = np.ones(na, dtype=np.bool_)
+    cdef const uint8_t[::1] keep = np.ascontiguousarray(a_keep).view(np.uint8)
+    out = np.empty((na + nb, NDIM), dtype=np.uint16)
+    outv = np.empty((na + nb, NDIM), dtype=np.uint16) if vals else out
+    cdef uint16_t[:, ::1] o = out
+    cdef uint16_t[:, ::1] ov = outv
+    cdef const uint16_t[:, ::1] ak
+    cdef const uint16_t[:, ::1] bk
+    cdef const uint16_t[:, ::1] av
+    cdef const uint16_t[:, ::1] bv
+    # Empty arrays cannot be viewed through a pointer: pad them with one dummy row.
+    ak = a_keys if na else np.zeros((1, NDIM), np.uint16)
+    bk = b_keys if nb else np.zeros((1, NDIM), np.uint16)
+    av = (a_vals if na else np.zeros((1, NDIM), np.uint16)) if vals else ak
+    bv = (b_vals if nb else np.zeros((1, NDIM), np.uint16)) if vals else bk
+    cdef Py_ssize_t i = 0, j = 0, k = 0
+    cdef int c
+    with nogil:
+        while i < na or j < nb:
+            if i < na and not keep[i]:
+                i += 1
+                continue
+            if j >= nb:
+                c = -1
+            elif i >= na:
+                c = 1
+            else:
+                c = lex_cmp(&ak[i, 0], &bk[j, 0])
+            if c < 0:
+                memcpy(&o[k, 0], &ak[i, 0], 2 * NDIM)
+                if vals:
+                    memcpy(&ov[k, 0], &av[i, 0], 2 * NDIM)
+                i += 1
+            else:
+                memcpy(&o[k, 0], &bk[j, 0], 2 * NDIM)
+                if vals:
+                    memcpy(&ov[k, 0], &bv[j, 0], 2 * NDIM)
+                j += 1
+                if c == 0:
+                    i += 1
+            k += 1
+    if vals:
+        return out[:k].copy(), outv[:k].copy()
+    return out[:k].copy()
