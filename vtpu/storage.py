@@ -84,6 +84,8 @@ LOAD_BATCH = 65536
 # A put segment this large is sorted by key before insertion: inserting into the clustered
 # B-tree in key order touches each page once instead of randomly (bulk imports).
 SORT_THRESHOLD = 4096
+# Size the WAL is grown to at open (just under the 1000-page autocheckpoint, 4 KiB pages).
+WAL_PREALLOC = 3 << 20
 
 _SYNCHRONOUS = {"always": "FULL", "everysec": "NORMAL", "never": "OFF"}
 
@@ -239,6 +241,8 @@ class Storage:
                     f"reads version {FORMAT_VERSION}"
                 )
             conn.execute("COMMIT")
+            if self.fsync != "never":
+                self._preallocate_wal()
         except StorageError:
             self._rollback_quietly()
             raise
@@ -248,6 +252,34 @@ class Storage:
                 f"database {self.db_path!r} is unreadable or corrupt ({exc}); restore it "
                 "from a backup or move it away to start empty"
             ) from exc
+
+    def _preallocate_wal(self) -> None:
+        """Grow the WAL file to its working size once, then restart it at offset 0.
+
+        SQLite never shrinks the WAL (no journal_size_limit), so later commits overwrite
+        existing blocks instead of appending; fdatasync then need not also flush the file
+        size, which makes a durable commit ~1.5x faster on a fresh WAL. Costs one ~4 MB
+        unsynced write at open, and leaves ~4 MB of free pages in the database file that
+        later writes reuse.
+        """
+        try:
+            if os.path.getsize(self._wal_path) >= WAL_PREALLOC:
+                return
+        except OSError:
+            pass
+        conn = self._conn
+        conn.execute("PRAGMA synchronous=OFF")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("CREATE TABLE _wal_prealloc (x BLOB)")
+            conn.execute("INSERT INTO _wal_prealloc VALUES (zeroblob(?))", (WAL_PREALLOC,))
+            conn.execute("DROP TABLE _wal_prealloc")
+            conn.execute("COMMIT")
+            # RESTART: copy everything back and make the next writer start at frame 0.
+            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        finally:
+            conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.fsync]}")
+        self._fsync_wal()
 
     def _rollback_quietly(self) -> None:
         try:
