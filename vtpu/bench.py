@@ -374,33 +374,40 @@ class Report:
             return f"{x:,.1f}x better" if x < 1000 else f"{x:,.0f}x better"
         return f"{x:.2f}x (worse)"
 
-    def table(self) -> str:
+    def table(self, notes: bool = True) -> str:
         """Render the summary table as text.
 
+        :param notes: include the note column.
         :returns: the table.
         """
-        head = ["test", "measure", "vtpu", "prototype proj.", "prototype actual", "peer",
-                "peer value", "ratio", "target"]
+        head = ["test", "measure", "vtpu", "prototype (projection | measured)", "peer (same run)",
+                "ratio", "target"] + (["note"] if notes else [])
         lines = []
         for r in self.rows:
             tgt = "-"
             if r.get("target"):
                 mark = {True: "met", False: "MISSED", None: ""}[r.get("target_ok")]
                 tgt = f"{r['target']} {mark}".strip()
-            lines.append([r["test"], r["measure"], self._fmt(r["vtpu"], r["unit"]),
-                          r.get("projection") or "-", r.get("prototype") or "-",
-                          r.get("peer") or "-", self._fmt(r.get("peer_value"), r["unit"]),
-                          self.ratio_text(r), tgt])
+            proto = " | ".join(x for x in (r.get("projection"), r.get("prototype")) if x) or "-"
+            peer = "-"
+            if r.get("peer"):
+                pv = r.get("peer_value")
+                peer = r["peer"] + (f" {self._fmt(pv, r['unit'])}" if pv is not None else "")
+            line = [r["test"], r["measure"], self._fmt(r["vtpu"], r["unit"]), proto, peer,
+                    self.ratio_text(r), tgt]
+            if notes:
+                line.append((r.get("note") or "")[:90])
+            lines.append(line)
         widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h)
                   for i, h in enumerate(head)]
         fmt = "  ".join("{:<%d}" % w for w in widths)
-        out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        out = [fmt.format(*head).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()]
         prev = None
         for x in lines:
             if prev is not None and x[0] != prev:
                 out.append("")
             prev = x[0]
-            out.append(fmt.format(*x))
+            out.append(fmt.format(*x).rstrip())
         return "\n".join(out)
 
     def to_json(self, machine: dict, config: dict, started: float) -> dict:
@@ -1299,8 +1306,8 @@ def parse_pattern_py(p: str) -> List[tuple]:
 
 
 def prototype_scan(coords: List[str], pattern: str) -> int:
-    """The prototype's CRANGE: parse every stored coordinate string and compare it with
-    the pattern, component by component.
+    """The prototype's CRANGE: parse every stored coordinate string into its 9 integers,
+    then compare them with the pattern's bounds.
 
     :param coords: all stored coordinates as strings.
     :param pattern: the pattern.
@@ -1309,14 +1316,8 @@ def prototype_scan(coords: List[str], pattern: str) -> int:
     bounds = parse_pattern_py(pattern)
     n = 0
     for s in coords:
-        comps = s.replace("/", ".").split(".")
-        ok = True
-        for x, (lo, hi) in zip(comps, bounds):
-            v = int(x)
-            if v < lo or v > hi:
-                ok = False
-                break
-        if ok:
+        comps = [int(x) for x in s.replace("/", ".").split(".")]
+        if all(lo <= v <= hi for v, (lo, hi) in zip(comps, bounds)):
             n += 1
     return n
 
@@ -1829,7 +1830,8 @@ def plot(report: Report, path: str) -> bool:
     for label, s in dists:
         a = np.sort(np.asarray(s, dtype=float))
         if a.size:
-            ax.plot(a, np.linspace(0, 1, a.size), label=label)
+            style = "--" if label.startswith("cput") else ("-." if " x" in label else "-")
+            ax.plot(a, np.linspace(0, 1, a.size), style, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("latency (µs, log)")
     ax.set_ylabel("fraction of requests")

@@ -1,0 +1,110 @@
+"""`vtpu bench` harness: a real (short) run against a loopback server, plus the pieces
+that need no server (data generators, pattern counts, report, echo peer). No timing
+assertions: only that the harness runs and reports what it says."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vtpu import bench
+from vtpu import peers
+
+
+@pytest.mark.integration
+def test_bench_cget_exports_rows(tmp_path):
+    pytest.importorskip("vtpu.server")
+    out = tmp_path / "results.json"
+    rc = bench.main(["--test", "cget", "--trials", "50", "--export", str(out)])
+    doc = json.loads(out.read_text())
+    assert rc == 0, doc.get("errors")
+    assert doc["format"] == "vtpu-bench/1"
+    assert doc["config"]["tests"] == ["cget"]
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["python"]
+    assert "numpy" in doc["machine"] and "peers" in doc["machine"]
+    rows = [r for r in doc["rows"] if r["test"] == "cget"]
+    measures = {r["measure"] for r in rows}
+    assert "p50 latency" in measures
+    assert any(m.startswith("batched") for m in measures)
+    p50 = next(r for r in rows if r["measure"] == "p50 latency")
+    assert p50["vtpu"] > 0 and p50["unit"] == "us"
+    assert p50["projection"] == "50-100 us"
+    single = doc["tests"]["cget"]["single"]
+    assert single["stats_us"]["vtpu"]["n"] == 50
+    # every peer either ran or was reported as skipped with a reason
+    for name in ("echo", "redis", "memcached"):
+        ran = name in single["stats_us"]
+        said = any(name in s for s in doc["skipped"])
+        assert ran or said, name
+    assert not doc["errors"]
+
+
+def test_crange_patterns_match_their_designed_counts():
+    arr = bench.dataset_coords(1_000_000)
+    assert arr.shape == (1_000_000, 9) and arr.dtype == np.uint16
+    assert len(np.unique(arr[:, :6], axis=0)) == 1_000_000
+    for shape, pats in bench.CRANGE_SHAPES.items():
+        for want, pat in pats.items():
+            assert len(bench.numpy_scan(arr, pat)) == want, (shape, pat)
+
+
+def test_prototype_scan_agrees_with_numpy():
+    arr = bench.dataset_coords(1_000_000)[:20_000]
+    strings = bench.fmt_coords(arr)
+    for pat in ("3.*.*/*.*.*/*.*.*", "*.*.4/1.[0:5].*/1.*.*", "[2:4].1.*/*.*.9/1.1.*"):
+        assert bench.prototype_scan(strings, pat) == len(bench.numpy_scan(arr, pat))
+
+
+def test_window_attention_reference_matches_dense_with_full_window():
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((32, 8)) for _ in range(3))
+    np.testing.assert_allclose(bench.numpy_window_attention(q, k, v, 32),
+                               bench.numpy_dense_attention(q, k, v), atol=1e-12)
+    pats = bench.window_patterns(32, 4)
+    assert pats.shape == (32, 2, 9)
+    assert pats[0, 0, 8] == 0 and pats[0, 1, 8] == 4 and pats[31, 0, 8] == 27
+
+
+def test_report_table_json_and_ratios():
+    rep = bench.Report()
+    rep.row("cget", "p50 latency", 20.0, "us", peer="echo floor", peer_value=16.0,
+            ratio_kind="of_floor", target="<=1.3x floor", target_ok=True)
+    r = rep.row("cget", "p50 vs Redis GET", 20.0, "us", peer="redis", peer_value=40.0)
+    assert r["ratio"] == pytest.approx(2.0)
+    t = rep.row("cget", "batched", 1e6, "ops/s", better="higher", peer="redis",
+                peer_value=5e5)
+    assert t["ratio"] == pytest.approx(2.0)
+    text = rep.table()
+    assert "1.25x floor" in text and "2.0x better" in text
+    doc = bench._jsonable(rep.to_json({"cores": 2}, {}, 0.0))
+    json.dumps(doc)
+    assert len(doc["rows"]) == 3
+
+
+def test_echo_peer_round_trip_and_stop():
+    p = peers.start_echo(lambda m: None)
+    if p is None:
+        pytest.skip("echo server could not start")
+    try:
+        c = peers.EchoClient(p.host, p.port)
+        assert c.call(b"hello") == 9
+        assert c.send_many([b"a", b"bc"] * 3) == 3 * (5 + 6)
+        c.close()
+    finally:
+        p.stop()
+    assert not p.alive()
+
+
+def test_missing_peer_is_skipped_with_a_line(monkeypatch):
+    monkeypatch.setattr(peers.shutil, "which", lambda name: None)
+    lines = []
+    assert peers.start_redis(lines.append) is None
+    assert peers.start_memcached(lines.append) is None
+    assert peers.start_etcd(lines.append) is None
+    assert len(lines) == 3 and all(line.startswith("skip ") for line in lines)
+
+
+def test_unknown_test_is_a_usage_error():
+    assert bench.main(["--test", "nope"]) == 2
