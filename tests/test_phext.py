@@ -247,3 +247,17 @@ def test_large_round_trip():
     doc = format_phext(items)
     assert parse_phext(doc) == items
     assert explode(doc) == items
+
+
+class _Names:
+    def name_of(self, ident):
+        if ident == 0xF000:
+            return "query"
+        raise KeyError(ident)
+
+
+def test_error_shows_names_when_given():
+    with pytest.raises(PhextError, match=r"1\.1\.1/query\.1\.1/1\.1\.1.*name id"):
+        format_phext([((1, 1, 1, 0xF000, 1, 1, 1, 1, 1), "x")], names=_Names())
+    with pytest.raises(PhextError, match=r"1\.1\.1/61441\.1\.1/1\.1\.1"):
+        format_phext([((1, 1, 1, 0xF001, 1, 1, 1, 1, 1), "x")], names=_Names())

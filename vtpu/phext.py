@@ -155,10 +155,24 @@ _DIM_NAMES = (
 )
 
 
-def _fmt(c: Sequence[int]) -> str:
+def _fmt(c: Sequence[int], names=None) -> str:
+    """Format a coordinate for a message; name ids become names when ``names`` (a
+    NameTable with ``name_of``) knows them."""
     try:
-        return "{}.{}.{}/{}.{}.{}/{}.{}.{}".format(*c)
-    except (IndexError, TypeError):
+        parts = []
+        for v in c:
+            v = int(v)
+            if v >= NAME_ID_MIN and names is not None:
+                try:
+                    parts.append(str(names.name_of(v)))
+                    continue
+                except Exception:  # unknown id: show the number
+                    pass
+            parts.append(str(v))
+        if len(parts) != 9:
+            return repr(c)
+        return "{}.{}.{}/{}.{}.{}/{}.{}.{}".format(*parts)
+    except (TypeError, ValueError):
         return repr(c)
 
 
@@ -224,7 +238,8 @@ def check_item(coord, content) -> str | None:
     return None
 
 
-def format_phext(items: Iterable, *, skip_invalid: bool = False, return_skipped: bool = False):
+def format_phext(items: Iterable, *, skip_invalid: bool = False, return_skipped: bool = False,
+                 names=None):
     """Write scrolls as one phext document.
 
     :param items: ``(coordinate, content)`` pairs. A coordinate is 9 ints (tuple, list
@@ -233,6 +248,8 @@ def format_phext(items: Iterable, *, skip_invalid: bool = False, return_skipped:
     :param skip_invalid: skip what a phext file cannot hold (see the module docstring)
         instead of raising.
     :param return_skipped: also return the skipped items.
+    :param names: optional name table (``name_of(id)``), only to show name components
+        by name in error messages.
     :returns: the document (``str``); with ``return_skipped``, ``(document, skipped)``
         where ``skipped`` is a list of ``(coordinate tuple, content, reason)``.
     :raises PhextError: an item cannot be represented (message names its coordinate
@@ -266,7 +283,9 @@ def format_phext(items: Iterable, *, skip_invalid: bool = False, return_skipped:
             if reason is None:  # flagged by the fast pass but fine (a str subclass)
                 continue
             if not skip_invalid:
-                raise PhextError(f"scroll {_fmt(coords[i])} cannot be written to phext: {reason}")
+                raise PhextError(
+                    f"scroll {_fmt(coords[i], names)} cannot be written to phext: {reason}"
+                )
             skipped.append((coords[i], texts[i], reason))
             drop.add(i)
         if drop:
@@ -283,7 +302,7 @@ def format_phext(items: Iterable, *, skip_invalid: bool = False, return_skipped:
         if dups:
             if not skip_invalid:
                 raise PhextError(
-                    f"scroll {_fmt(coords[dups[0]])} appears more than once; a phext file "
+                    f"scroll {_fmt(coords[dups[0]], names)} appears more than once; a phext file "
                     "holds one scroll per coordinate"
                 )
             drop = set(dups)
@@ -334,7 +353,8 @@ def read_phext(path: str | os.PathLike, *, strict: bool = False):
     return parse_phext(text, strict=strict)
 
 
-def write_phext(path: str | os.PathLike, items: Iterable, *, skip_invalid: bool = False):
+def write_phext(path: str | os.PathLike, items: Iterable, *, skip_invalid: bool = False,
+                names=None):
     """Write scrolls to a ``.phext`` file (UTF-8, newlines written as given).
 
     The file is written to a temporary name, fsynced and renamed over ``path``, so a
@@ -343,11 +363,13 @@ def write_phext(path: str | os.PathLike, items: Iterable, *, skip_invalid: bool 
     :param path: the file.
     :param items: as :func:`format_phext`.
     :param skip_invalid: as :func:`format_phext`.
+    :param names: as :func:`format_phext`.
     :returns: the list of skipped ``(coordinate, content, reason)`` (empty if none).
     :raises PhextError: as :func:`format_phext`, or text not encodable as UTF-8.
     :raises OSError: the file cannot be written.
     """
-    doc, skipped = format_phext(items, skip_invalid=skip_invalid, return_skipped=True)
+    doc, skipped = format_phext(items, skip_invalid=skip_invalid, return_skipped=True,
+                                names=names)
     try:
         data = doc.encode("utf-8")
     except UnicodeEncodeError as exc:
