@@ -116,7 +116,8 @@ def _ndarray_ext(a: np.ndarray) -> msgpack.ExtType:
         raise InterfaceError(
             f"cannot encode a numpy array of dtype {dt!r}: only plain numeric/bytes dtypes"
         )
-    a = np.ascontiguousarray(a)
+    if not a.flags.c_contiguous:
+        a = a.copy(order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
     payload = msgpack.packb([dt.str, list(a.shape), a.tobytes()], use_bin_type=True)
     return msgpack.ExtType(EXT_NDARRAY, payload)
 
@@ -140,7 +141,7 @@ def _decode_ndarray(data: bytes) -> np.ndarray:
             )
         # Zero-copy view on the received bytes: arrays read from the store are read-only,
         # which also means a caller cannot mutate a value another caller holds.
-        return np.frombuffer(raw, dtype=dt, count=count).reshape(shape)
+        return np.frombuffer(raw, dtype=dt, count=count).reshape(tuple(shape))
     except ProtocolError:
         raise
     except Exception as exc:  # any malformed payload is the sender's protocol error

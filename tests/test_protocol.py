@@ -1,0 +1,386 @@
+"""The sans-IO codec against the golden vectors, fed whole, byte at a time and in random
+splits; oversized, truncated and garbage frames; packed forms; client-side hashes."""
+from __future__ import annotations
+
+import json
+import pathlib
+import random
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+
+from vtpu import errors as E
+from vtpu import protocol as P
+
+VEC_DIR = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors"
+
+
+def load(name: str) -> dict:
+    with open(VEC_DIR / f"{name}.json") as f:
+        return json.load(f)
+
+
+FRAMES = load("frames")
+VALUES = load("values")
+COORDS = load("coords")
+HASHES = load("hash")
+
+
+def to_json(v):
+    """Decoded value -> the vectors' JSON form (bins and ndarrays tagged)."""
+    if isinstance(v, bytes):
+        return {"$bin": v.hex()}
+    if isinstance(v, np.ndarray):
+        return {"$ndarray": [v.dtype.str, list(v.shape), v.tobytes(order="C").hex()]}
+    if isinstance(v, (list, tuple)):
+        return [to_json(x) for x in v]
+    if isinstance(v, dict):
+        return {k: to_json(x) for k, x in v.items()}
+    return v
+
+
+def from_json(v):
+    """The vectors' JSON form -> the Python value it stands for."""
+    if isinstance(v, dict):
+        if set(v) == {"$bin"}:
+            return bytes.fromhex(v["$bin"])
+        if set(v) == {"$ndarray"}:
+            dt, shape, raw = v["$ndarray"]
+            return np.frombuffer(bytes.fromhex(raw), dtype=np.dtype(dt)).reshape(shape)
+        return {k: from_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [from_json(x) for x in v]
+    return v
+
+
+def decode_all(data: bytes, max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE, chunks=None):
+    d = P.FrameDecoder(max_frame_size)
+    out = []
+    if chunks is None:
+        chunks = [data]
+    for c in chunks:
+        d.feed(c)
+        out.extend(d)
+    return out, d
+
+
+def split_random(data: bytes, rng: random.Random):
+    out, i = [], 0
+    while i < len(data):
+        n = rng.randint(1, 7)
+        out.append(data[i : i + n])
+        i += n
+    return out
+
+
+# -- valid frames --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vec", FRAMES["valid"], ids=lambda v: v["name"])
+def test_frame_vector_decodes_whole(vec):
+    msgs, d = decode_all(bytes.fromhex(vec["hex"]))
+    assert len(msgs) == 1
+    assert to_json(msgs[0]) == vec["value"]
+    assert d.buffered() == 0
+
+
+@pytest.mark.parametrize("vec", FRAMES["valid"], ids=lambda v: v["name"])
+def test_frame_vector_decodes_byte_at_a_time(vec):
+    data = bytes.fromhex(vec["hex"])
+    d = P.FrameDecoder()
+    got = []
+    for i in range(len(data)):
+        d.feed(data[i : i + 1])
+        m = d.next_frame()
+        if m is not None:
+            got.append((i, m))
+    assert len(got) == 1 and got[0][0] == len(data) - 1
+    assert to_json(got[0][1]) == vec["value"]
+
+
+@pytest.mark.parametrize("vec", [v for v in FRAMES["valid"] if v["encode"]], ids=lambda v: v["name"])
+def test_frame_vector_encodes(vec):
+    assert P.encode_frame(from_json(vec["value"])).hex() == vec["hex"]
+
+
+@pytest.mark.parametrize("vec", FRAMES["valid"], ids=lambda v: v["name"])
+def test_frame_vector_shape(vec):
+    msg = from_json(vec["value"])
+    if "request" in vec["name"]:
+        msgid, op, args = P.parse_request(msg)
+        assert op in P.OPS and msgid == msg[0]
+    else:
+        r = P.parse_reply(msg)
+        assert isinstance(r, (P.Reply, P.Push))
+
+
+def test_all_vectors_in_one_stream_random_splits():
+    data = b"".join(bytes.fromhex(v["hex"]) for v in FRAMES["valid"])
+    want = [v["value"] for v in FRAMES["valid"]]
+    rng = random.Random(1)
+    for _ in range(20):
+        msgs, d = decode_all(data, chunks=split_random(data, rng))
+        assert [to_json(m) for m in msgs] == want
+        assert d.buffered() == 0
+
+
+def test_every_opcode_has_a_request_vector():
+    ops = {from_json(v["value"])[1] for v in FRAMES["valid"] if "request" in v["name"]}
+    assert set(P.OPS) <= ops
+
+
+# -- invalid frames ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vec", FRAMES["invalid"], ids=lambda v: v["name"])
+def test_invalid_vector(vec):
+    data = bytes.fromhex(vec["hex"])
+    mfs = vec.get("max_frame_size", P.DEFAULT_MAX_FRAME_SIZE)
+    d = P.FrameDecoder(mfs)
+    if vec.get("incomplete"):
+        d.feed(data)
+        assert d.next_frame() is None
+        return
+    assert vec["error"] == "ProtocolError"
+    if vec["stage"] == "frame":
+        d.feed(data)
+        with pytest.raises(E.ProtocolError):
+            d.next_frame()
+        # byte at a time raises too, at the latest at the last byte
+        d = P.FrameDecoder(mfs)
+        with pytest.raises(E.ProtocolError):
+            for i in range(len(data)):
+                d.feed(data[i : i + 1])
+                d.next_frame()
+    else:
+        d.feed(data)
+        msg = d.next_frame()
+        parse = P.parse_request if vec["stage"] == "request" else P.parse_reply
+        with pytest.raises(E.ProtocolError):
+            parse(msg)
+
+
+def test_oversized_refused_from_header_alone():
+    d = P.FrameDecoder(1000)
+    d.feed(struct.pack(">I", 1001))
+    with pytest.raises(E.ProtocolError, match="exceeds max_frame_size"):
+        d.next_frame()
+
+
+def test_frame_at_exact_limit_is_accepted():
+    body = msgpack.packb("x" * 95)
+    d = P.FrameDecoder(len(body))
+    d.feed(struct.pack(">I", len(body)) + body)
+    assert d.next_frame() == "x" * 95
+
+
+def test_encode_refuses_oversized_without_poisoning():
+    with pytest.raises(E.LimitError):
+        P.encode_frame(b"x" * 100, max_frame_size=50)
+    assert len(P.encode_frame(b"x" * 10, max_frame_size=50)) > 10
+
+
+def test_encode_rejects_unencodable_values():
+    with pytest.raises(E.InterfaceError):
+        P.pack_value({1, 2})
+    with pytest.raises(E.InterfaceError):
+        P.pack_value(np.array([object()], dtype=object))
+    with pytest.raises(E.InterfaceError):
+        P.pack_value(np.zeros(2, dtype=[("a", "<i4")]))
+
+
+def test_truncated_stream_keeps_waiting():
+    frame = P.encode_request(1, "PUT", [bytes(18), "x" * 1000])
+    d = P.FrameDecoder()
+    d.feed(frame[:-1])
+    assert d.next_frame() is None
+    assert d.buffered() == len(frame) - 1
+    d.feed(frame[-1:])
+    assert d.next_frame()[1] == "PUT"
+
+
+def test_large_frames_and_buffer_reuse():
+    big = np.arange(300_000, dtype="<f8")
+    frames = b"".join(P.encode_response(i, big) for i in range(1, 4))
+    msgs, d = decode_all(frames, chunks=[frames[i : i + 65536] for i in range(0, len(frames), 65536)])
+    assert [m[0] for m in msgs] == [1, 2, 3]
+    assert all(np.array_equal(m[2], big) for m in msgs)
+    assert d.buffered() == 0
+
+
+def test_garbage_after_valid_frame():
+    d = P.FrameDecoder()
+    d.feed(P.encode_request(1, "PING", []) + b"\x00\x00\x00\x02\xc1\xc1")
+    assert d.next_frame() == [1, "PING", []]
+    with pytest.raises(E.ProtocolError):
+        d.next_frame()
+
+
+def test_random_garbage_never_crashes_the_decoder():
+    rng = random.Random(7)
+    for _ in range(300):
+        n = rng.randint(1, 64)
+        data = struct.pack(">I", n) + bytes(rng.getrandbits(8) for _ in range(n))
+        d = P.FrameDecoder()
+        d.feed(data)
+        try:
+            msg = d.next_frame()
+        except E.ProtocolError:
+            continue
+        try:
+            P.parse_request(msg)
+        except E.ProtocolError:
+            pass
+
+
+# -- content values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vec", VALUES["valid"], ids=lambda v: v["name"])
+def test_value_vector(vec):
+    value = from_json(vec["value"])
+    assert P.pack_value(value).hex() == vec["hex"]
+    back = P.unpack_value(bytes.fromhex(vec["hex"]))
+    assert to_json(back) == vec["value"]
+    if isinstance(value, np.ndarray):
+        assert back.dtype == value.dtype and back.shape == value.shape
+
+
+def test_ndarray_roundtrip_keeps_dtype_shape_and_order():
+    a = np.asfortranarray(np.arange(12, dtype=np.int16).reshape(3, 4))
+    b = P.unpack_value(P.pack_value(a))
+    assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
+    v = a[:, 1]  # non-contiguous view
+    assert np.array_equal(P.unpack_value(P.pack_value(v)), v)
+
+
+def test_numpy_scalars_become_numbers():
+    assert P.unpack_value(P.pack_value([np.float32(1.5), np.int64(3), np.bool_(True)])) == [1.5, 3, True]
+
+
+# -- packed coordinates --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vec", COORDS["coordinates"], ids=lambda v: v["name"])
+def test_coordinate_vector(vec):
+    c = np.array(vec["coord"], dtype=np.uint16)
+    assert P.pack_coord(c).hex() == vec["hex"]
+    assert P.unpack_coord(bytes.fromhex(vec["hex"])).tolist() == vec["coord"]
+    core = pytest.importorskip("vtpu._core")
+    assert core.pack(c).hex() == vec["hex"]
+
+
+def test_coordinate_array_vectors():
+    for vec in COORDS["arrays"]:
+        arr = np.array(vec["coords"], dtype=np.uint16).reshape(-1, 9)
+        assert P.pack_coords(arr).hex() == vec["hex"]
+        assert P.unpack_coords(bytes.fromhex(vec["hex"])).tolist() == arr.tolist()
+
+
+@pytest.mark.parametrize("vec", COORDS["patterns"], ids=lambda v: v["name"])
+def test_pattern_vector(vec):
+    p = np.array([vec["lo"], vec["hi"]], dtype=np.uint16)
+    assert P.pack_pattern(p).hex() == vec["hex"]
+    assert P.unpack_pattern(bytes.fromhex(vec["hex"])).tolist() == p.tolist()
+    core = pytest.importorskip("vtpu._core")
+    assert core.parse_pattern(vec["text"]).tolist() == p.tolist()
+
+
+@pytest.mark.parametrize("vec", COORDS["deltas"], ids=lambda v: v["name"])
+def test_delta_vector(vec):
+    d = np.array([vec["ops"], vec["values"]], dtype=np.int32)
+    assert P.pack_delta(d).hex() == vec["hex"]
+    assert P.unpack_delta(bytes.fromhex(vec["hex"])).tolist() == d.tolist()
+
+
+def test_packed_forms_reject_bad_sizes():
+    with pytest.raises(E.InterfaceError):
+        P.unpack_coords(b"\x00" * 17)
+    with pytest.raises(E.InterfaceError):
+        P.unpack_pattern(b"\x00" * 18)
+    with pytest.raises(E.InterfaceError):
+        P.pack_coords(np.zeros((2, 8), dtype=np.uint16))
+    with pytest.raises(E.InterfaceError):
+        P.pack_coords(np.full((1, 9), 70000))
+
+
+def test_keys_sort_like_coordinates():
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 0xFFFF, size=(200, 9), dtype=np.uint16)
+    keys = [P.pack_coord(r) for r in arr]
+    order = sorted(range(200), key=lambda i: tuple(arr[i].tolist()))
+    assert sorted(range(200), key=lambda i: keys[i]) == order
+
+
+def test_scroll_list_roundtrip():
+    class S:
+        def __init__(self, k, c, v):
+            self.key, self.content, self.version = k, c, v
+            self.created_at = self.updated_at = 1.0
+
+    k1, k2 = bytes(range(18)), bytes(18)
+    w = P.scrolls_to_wire([S(k1, "a", 1), None, S(k2, b"b", 3)])
+    rows = list(P.wire_to_rows(P.unpackb(P.packb(w))))
+    assert rows == [(k1, "a", 1, 1.0, 1.0), None, (k2, b"b", 3, 1.0, 1.0)]
+    with pytest.raises(E.ProtocolError):
+        list(P.wire_to_rows([b"x", [], [1], [], []]))
+
+
+# -- client-side hashes (CROUTE / CMOE) ----------------------------------------------------
+
+
+def test_xxh64_vectors():
+    import xxhash
+
+    core = pytest.importorskip("vtpu._core")
+    for v in HASHES["xxh64"]:
+        data = bytes.fromhex(v["hex"])
+        assert xxhash.xxh64_intdigest(data, v["seed"]) == v["xxh64"]
+        assert core.xxh64(data, v["seed"]) == v["xxh64"]
+
+
+def test_jump_vectors():
+    core = pytest.importorskip("vtpu._core")
+    for v in HASHES["jump"]:
+        assert core.jump_hash(v["key"], v["n"]) == v["bucket"]
+
+
+def test_route_vectors():
+    core = pytest.importorskip("vtpu._core")
+    for v in HASHES["route"]:
+        arr = np.array([v["coord"]], dtype=np.uint16)
+        assert int(core.route(arr, v["n"], v["level"])[0]) == v["node"]
+
+
+def test_moe_vectors():
+    core = pytest.importorskip("vtpu._core")
+    for v in HASHES["moe"]:
+        if "coord" in v:
+            r = core.moe(np.array([v["coord"]], dtype=np.uint16), v["n"], v["top_k"])
+            got = [int(r[0])] if v["top_k"] == 1 else [int(x) for x in r[0]]
+        else:
+            r = core.moe_pattern(np.array(v["pattern"], dtype=np.uint16), v["n"], v["top_k"])
+            got = [r] if v["top_k"] == 1 else list(r)
+        assert got == v["experts"]
+
+
+# -- opcode table and errors ---------------------------------------------------------------
+
+
+def test_opcode_table():
+    assert not P.OPS["PUT"].idempotent and P.OPS["GET"].idempotent
+    assert all(not s.idempotent for s in P.OPS.values() if s.name.startswith(("PUT", "DEL")))
+    assert P.batch_idempotent([("GET", []), ("COUNT", [])])
+    assert not P.batch_idempotent([("GET", []), ("PUT", [])])
+
+
+def test_error_pairs_map_back_to_classes():
+    for exc in [E.CoordinateError("bad"), E.InterfaceError("x"), E.VersionConflict("v"),
+                E.LimitError("l"), E.AuthError("a"), ValueError("plain")]:
+        code, msg = P.error_pair(exc)
+        back = E.error_from_code(code, msg)
+        assert isinstance(back, E.VTPUError)
+        if isinstance(exc, E.VTPUError):
+            assert type(back) is type(exc)

@@ -1,0 +1,818 @@
+"""The vtpu server: one asyncio event loop owns the engine, many clients talk to it.
+
+Redis-style: requests are executed on the loop thread in arrival order, so the engine
+needs no locks. Each connection decodes frames with the same sans-IO codec as the
+clients (:mod:`vtpu.protocol`). Pipelined requests are answered in order; a BATCH frame
+carries many operations.
+
+Durability (group commit): replies to writes are held back until the end of the current
+loop iteration, then ``engine.storage.commit()`` runs once for everything written by
+every connection in that iteration, and only then are the replies written. With
+``fsync="always"`` an acknowledged write is therefore on disk.
+
+Bad input never takes the server down or changes data: a malformed frame, an unknown
+opcode, a wrong argument or a bad coordinate gets a typed error reply; a stream that can
+no longer be framed (garbage length, oversized frame) gets one error frame with msgid 0
+and is closed; any other connection keeps being served.
+
+Entry points: :func:`start_server` (async, returns a handle with ``.port`` and
+``.close()``), :func:`serve` (blocking, handles SIGINT/SIGTERM), :func:`main` (argv).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from . import protocol as P
+from ._version import __version__
+from .errors import (
+    InterfaceError,
+    LimitError,
+    ProtocolError,
+    VTPUError,
+)
+
+__all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE"]
+
+log = logging.getLogger("vtpu.server")
+
+DEFAULT_PAGE_SIZE = 65536  # scrolls per RANGE page; a page is one engine call
+DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
+# Frames handled per read before yielding to the loop, so one client pipelining
+# thousands of requests cannot starve the others.
+FRAMES_PER_SLICE = 128
+_NAME_BASE = 0xF000
+
+
+# ---------------------------------------------------------------------------------------
+# Argument helpers: every check raises InterfaceError (code "ARG") before the engine is
+# touched, so a malformed request cannot change data.
+
+
+def _nargs(args: list, lo: int, hi: int, op: str) -> None:
+    if not lo <= len(args) <= hi:
+        want = str(lo) if lo == hi else f"{lo}..{hi}"
+        raise InterfaceError(f"{op} takes {want} arguments, got {len(args)}")
+
+
+def _opt(args: list, i: int, default: Any = None) -> Any:
+    return args[i] if len(args) > i else default
+
+
+def _int(v: Any, what: str, lo: int = 0, hi: int = 2**63 - 1, none_ok: bool = False) -> Any:
+    if v is None and none_ok:
+        return None
+    if type(v) is not int or not lo <= v <= hi:
+        raise InterfaceError(f"{what} must be an integer in {lo}..{hi}, got {v!r}")
+    return v
+
+
+def _bool(v: Any, what: str) -> bool:
+    if v is None:
+        return False
+    if type(v) is not bool:
+        raise InterfaceError(f"{what} must be a boolean, got {v!r}")
+    return v
+
+
+def _pattern(v: Any, what: str = "pattern") -> np.ndarray:
+    if type(v) is not bytes or len(v) != P.PATTERN_SIZE:
+        raise InterfaceError(f"{what} must be a packed pattern (bin of 36 bytes)")
+    return P.unpack_pattern(v)
+
+
+def _coord(v: Any, what: str = "coordinate") -> np.ndarray:
+    return P.unpack_coord(P.check_key(v, what))
+
+
+class _Dispatcher:
+    """Decodes arguments, calls the engine, encodes results. One per server."""
+
+    def __init__(self, engine: Any, page_size: int, max_batch: int):
+        self.engine = engine
+        self.page_size = page_size
+        self.max_batch = max_batch
+        e = engine
+        # Bound methods resolved once: the hot path is a dict lookup and a call.
+        self.table: dict[str, Callable[[list], Any]] = {
+            "PING": lambda a: "PONG",
+            "GET": self.get,
+            "GET_MANY": self.get_many,
+            "PUT": self.put,
+            "PUT_MANY": self.put_many,
+            "DEL": self.delete,
+            "DEL_MANY": self.delete_many,
+            "DEL_RANGE": self.delete_range,
+            "RANGE": self.range,
+            "COUNT": self.count,
+            "NEAREST": self.nearest,
+            "HIER": self.hier,
+            "ATTEND": self.attend,
+            "ATTEND_MANY": self.attend_many,
+            "KG": self.kg,
+            "INTERN": self.intern,
+            "NAMES": lambda a: (_nargs(a, 0, 0, "NAMES"), list(e.name_table()))[1],
+            "HEALTH": lambda a: (_nargs(a, 0, 0, "HEALTH"), e.health())[1],
+            "STATS": lambda a: (_nargs(a, 0, 0, "STATS"), e.stats())[1],
+            "IMPORT_PHEXT": self.import_phext,
+            "EXPORT_PHEXT": self.export_phext,
+        }
+        self._get = e.get
+        self._put = e.put
+
+    # -- names ---------------------------------------------------------------------------
+    def _check_names(self, arr: np.ndarray) -> None:
+        """Refuse keys naming ids that were never interned (they could not be formatted)."""
+        if arr.size and arr.max() >= _NAME_BASE:
+            n = len(self.engine.names)
+            bad = arr[(arr >= _NAME_BASE) & (arr >= _NAME_BASE + n)]
+            if bad.size:
+                from .errors import CoordinateError
+
+                raise CoordinateError(
+                    f"name id {int(bad[0]):#06x} is not in the name table ({n} names)"
+                )
+
+    # -- single key ----------------------------------------------------------------------
+    def get(self, a: list) -> Any:
+        if len(a) != 1:
+            _nargs(a, 1, 1, "GET")
+        s = self._get(P.check_key(a[0]))
+        if s is None:
+            return None
+        return [s.key, s.content, s.version, s.created_at, s.updated_at]
+
+    def put(self, a: list) -> int:
+        _nargs(a, 2, 3, "PUT")
+        key = P.check_key(a[0])
+        # Name ids live in the top 4096 values; only then is the table consulted.
+        if max(key[0::2]) >= 0xF0:
+            self._check_names(P.unpack_coord(key))
+        ifv = _int(_opt(a, 2), "if_version", 0, none_ok=True)
+        return self._put(key, a[1], ifv) if ifv is not None else self._put(key, a[1])
+
+    def delete(self, a: list) -> int:
+        _nargs(a, 1, 1, "DEL")
+        return self.engine.delete(P.check_key(a[0]))
+
+    # -- many keys -----------------------------------------------------------------------
+    def get_many(self, a: list) -> list:
+        _nargs(a, 1, 1, "GET_MANY")
+        return P.scrolls_to_wire(self.engine.get_many(P.check_blob(a[0])))
+
+    def put_many(self, a: list) -> list:
+        _nargs(a, 2, 2, "PUT_MANY")
+        blob = P.check_blob(a[0])
+        n = len(blob) // P.KEY_SIZE
+        contents = a[1]
+        if isinstance(contents, np.ndarray):
+            if contents.ndim < 1 or contents.shape[0] != n:
+                raise InterfaceError(
+                    f"PUT_MANY: content array has {contents.shape[:1]} rows for {n} keys"
+                )
+        elif type(contents) is list:
+            if len(contents) != n:
+                raise InterfaceError(f"PUT_MANY: {len(contents)} contents for {n} keys")
+        else:
+            raise InterfaceError("PUT_MANY: contents must be an array or an ndarray")
+        self._check_names(P.unpack_coords(blob))
+        versions = self.engine.put_many(blob, contents)
+        if isinstance(versions, np.ndarray):
+            versions = versions.tolist()
+        return versions
+
+    def delete_many(self, a: list) -> int:
+        _nargs(a, 1, 1, "DEL_MANY")
+        return self.engine.delete_many(P.check_blob(a[0]))
+
+    def delete_range(self, a: list) -> int:
+        _nargs(a, 1, 1, "DEL_RANGE")
+        return self.engine.delete_range(_pattern(a[0]))
+
+    # -- queries -------------------------------------------------------------------------
+    def range(self, a: list) -> list:
+        _nargs(a, 1, 4, "RANGE")
+        pat = _pattern(a[0])
+        limit = _int(_opt(a, 1), "limit", 0, none_ok=True)
+        after = _opt(a, 2)
+        if after is not None:
+            P.check_key(after, "after")
+        keys_only = _bool(_opt(a, 3), "keys_only")
+        # Long results are paged: the server answers at most page_size items and says
+        # where to continue, so one huge range never holds the loop for long.
+        page = self.page_size * (16 if keys_only else 1)
+        want = page if limit is None or limit > page else limit
+        res = self.engine.range(pat, limit=want + 1, after=after, keys_only=keys_only)
+        more = len(res) > want
+        if more:
+            res = res[:want]
+        if keys_only:
+            arr = np.asarray(res, dtype=np.uint16).reshape(-1, 9)
+            nxt = P.pack_coord(arr[-1]) if more else None
+            return [P.pack_coords(arr), nxt]
+        nxt = res[-1].key if more else None
+        return [P.scrolls_to_wire(res), nxt]
+
+    def count(self, a: list) -> int:
+        _nargs(a, 1, 1, "COUNT")
+        return int(self.engine.count(_pattern(a[0])))
+
+    def nearest(self, a: list) -> list:
+        _nargs(a, 1, 4, "NEAREST")
+        c = _coord(a[0])
+        k = _int(_opt(a, 1, 10), "k", 0, 1 << 31)
+        metric = _opt(a, 2, "l1")
+        if metric not in ("l1", "hamming"):
+            raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
+        within = _opt(a, 3)
+        within = None if within is None else _pattern(within, "within")
+        coords, dist = self.engine.nearest(c, k=k, metric=metric, within=within)
+        return [P.pack_coords(np.asarray(coords).reshape(-1, 9)), np.asarray(dist, dtype=np.int64)]
+
+    def hier(self, a: list) -> Any:
+        _nargs(a, 2, 2, "HIER")
+        c = _coord(a[0])
+        d = a[1]
+        if d not in ("NEXT", "PREV"):
+            raise InterfaceError(f"HIER direction must be 'NEXT' or 'PREV', got {d!r}")
+        r = self.engine.hier(c, d)
+        return None if r is None else P.pack_coord(r)
+
+    def _values(self, v: Any) -> Any:
+        if v is None:
+            return None
+        if type(v) is bytes and len(v) == P.PATTERN_SIZE:
+            return P.unpack_pattern(v)
+        if type(v) is bytes and len(v) == P.DELTA_SIZE:
+            return P.unpack_delta(v)
+        raise InterfaceError("values must be nil, a 36-byte pattern or a 72-byte delta")
+
+    def attend(self, a: list) -> dict:
+        _nargs(a, 2, 5, "ATTEND")
+        q = a[0]
+        if not (isinstance(q, np.ndarray) or (type(q) is bytes and len(q) == P.KEY_SIZE)):
+            raise InterfaceError("ATTEND query must be an ndarray or an 18-byte key")
+        pat = _pattern(a[1], "key pattern")
+        top_k = _int(_opt(a, 2), "top_k", 0, none_ok=True)
+        values = self._values(_opt(a, 3))
+        ret = _opt(a, 4, True)
+        ret = True if ret is None else _bool(ret, "return_output")
+        r = self.engine.attend(q, pat, top_k=top_k, values=values, return_output=ret)
+        return _attend_out(r)
+
+    def attend_many(self, a: list) -> dict:
+        _nargs(a, 2, 5, "ATTEND_MANY")
+        q = a[0]
+        if not isinstance(q, np.ndarray):
+            q = P.check_blob(q, P.KEY_SIZE, "queries")
+        pats = P.unpack_patterns(P.check_blob(a[1], P.PATTERN_SIZE, "key patterns"))
+        kw: dict = {}
+        top_k = _int(_opt(a, 2), "top_k", 0, none_ok=True)
+        if top_k is not None:
+            kw["top_k"] = top_k  # engines without top_k reject it (ARG), never ignore it
+        values = self._values(_opt(a, 3))
+        if values is not None:
+            kw["values"] = values
+        if _bool(_opt(a, 4), "return_weights"):
+            kw["return_weights"] = True
+        return _attend_out(self.engine.attend_many(q, pats, **kw))
+
+    def kg(self, a: list) -> list:
+        _nargs(a, 2, 4, "KG")
+        start = _pattern(a[0], "start")
+        deltas = P.unpack_deltas(P.check_blob(a[1], P.DELTA_SIZE, "deltas"))
+        hops = _int(_opt(a, 2, 1), "hops", 0, 1 << 20)
+        mf = _int(_opt(a, 3, 10000), "max_frontier", 1, 1 << 31)
+        return P.scrolls_to_wire(self.engine.kg(start, deltas, hops, max_frontier=mf))
+
+    def intern(self, a: list) -> list:
+        _nargs(a, 1, 2, "INTERN")
+        names = a[0]
+        if type(names) is not list or not all(type(n) is str for n in names):
+            raise InterfaceError("INTERN takes an array of strings")
+        flag = _opt(a, 1)
+        if flag is not None and not _bool(flag, "intern"):
+            # Look-up only: unknown names answer nil and nothing is added.
+            ids = self.engine.lookup_names(names)
+            return [None if i is None else int(i) for i in ids]
+        return [int(i) for i in self.engine.intern(names)]
+
+    def import_phext(self, a: list) -> int:
+        _nargs(a, 1, 2, "IMPORT_PHEXT")
+        if type(a[0]) is not str:
+            raise InterfaceError("IMPORT_PHEXT text must be a string")
+        return self.engine.import_phext(a[0], skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
+
+    def export_phext(self, a: list) -> str:
+        _nargs(a, 0, 2, "EXPORT_PHEXT")
+        pat = _opt(a, 0)
+        pat = None if pat is None else _pattern(pat)
+        return self.engine.export_phext(pat, skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
+
+
+def _attend_out(r: dict) -> dict:
+    out = dict(r)
+    keys = out.get("keys")
+    if keys is not None:
+        out["keys"] = P.pack_coords(np.asarray(keys, dtype=np.uint16).reshape(-1, 9))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Connections
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: frames in, replies out, in request order."""
+
+    def __init__(self, server: "_Server"):
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.decoder = P.FrameDecoder(server.max_frame_size)
+        self.authed = server.token is None
+        self.hello = False
+        self.out_limit = server.max_frame_size  # lowered by the client's HELLO option
+        self.track = False
+        self.pending: list[bytes] = []  # replies waiting for the group commit
+        self.closing = False
+        self.read_paused = False  # by us, to yield after FRAMES_PER_SLICE
+        self.write_paused = False  # by the transport's flow control
+        self.peer = None
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")
+        self.server.conns.add(self)
+        # Replies are written whole; keep the buffer small so a client that stops
+        # reading is paused quickly instead of growing server memory.
+        transport.set_write_buffer_limits(high=4 * 1024 * 1024)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.conns.discard(self)
+        self.pending.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if self.write_paused or self.read_paused:
+            t.pause_reading()
+        else:
+            t.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.decoder.feed(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        # A client vanishing mid-frame: whatever partial frame is buffered is dropped.
+        return None
+
+    # -- request processing --------------------------------------------------------------
+    def _process(self) -> None:
+        out: list[bytes] = []
+        wrote = False
+        handled = 0
+        server = self.server
+        try:
+            while handled < FRAMES_PER_SLICE:
+                body = self.decoder.next_body()
+                if body is None:
+                    break
+                handled += 1
+                frame, w = server.handle_body(self, body)
+                out.append(frame)
+                wrote = wrote or w
+                if self.closing:
+                    break
+        except ProtocolError as exc:
+            # The byte stream can no longer be framed: say why once, then close.
+            code = "LIMIT" if "exceeds max_frame_size" in str(exc) else "PROTOCOL"
+            out.append(P.encode_error(0, code, str(exc)))
+            self.closing = True
+        self._send(out, wrote)
+        if self.closing:
+            return
+        if handled >= FRAMES_PER_SLICE and self.decoder.buffered():
+            # More requests already buffered: let other connections run first.
+            self.read_paused = True
+            self._update_reading()
+            server.loop.call_soon(self._continue)
+
+    def _continue(self) -> None:
+        self.read_paused = False
+        if self.closing:
+            return
+        self._update_reading()
+        self._process()
+
+    def _send(self, out: list[bytes], wrote: bool) -> None:
+        if not out:
+            if self.closing:
+                self._close_after_flush()
+            return
+        server = self.server
+        if (wrote and server.storage is not None) or self.pending:
+            # Hold the replies until the group commit at the end of this loop iteration.
+            self.pending.extend(out)
+            server.schedule_flush(self)
+        else:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            if self.closing:
+                self._close_after_flush()
+
+    def flush_pending(self) -> None:
+        if self.pending and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.pending))
+        self.pending.clear()
+        if self.closing:
+            self._close_after_flush()
+
+    def _close_after_flush(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            # close() flushes what is buffered, then closes.
+            t.close()
+
+
+class _Server:
+    """Shared state of one listening server."""
+
+    def __init__(self, engine: Any, token: str | None, max_frame_size: int, page_size: int,
+                 max_batch: int):
+        self.engine = engine
+        self.storage = getattr(engine, "storage", None)
+        self.token = token
+        self.max_frame_size = max_frame_size
+        self.max_batch = max_batch
+        self.page_size = page_size
+        self.dispatch = _Dispatcher(engine, page_size, max_batch)
+        self.table = self.dispatch.table
+        self.conns: set[_Connection] = set()
+        self.loop = asyncio.get_running_loop()
+        self._dirty: list[_Connection] = []
+        self._flush_scheduled = False
+        self._invalidate: list[bytes | None] = []  # keys written this iteration (push)
+        self.started = time.time()
+
+    # -- group commit --------------------------------------------------------------------
+    def schedule_flush(self, conn: _Connection) -> None:
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Commit once for every write of this loop iteration, then release the replies."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        if self.storage is not None:
+            try:
+                self.storage.commit()
+            except Exception:
+                # Not durable, so not acknowledged: drop the held replies and close those
+                # connections; their clients see a connection error for these writes.
+                log.exception("storage commit failed; closing %d connection(s)", len(dirty))
+                for c in dirty:
+                    c.pending.clear()
+                    c.closing = True
+                    if c.transport is not None:
+                        c.transport.abort()
+                return
+        seen = set()
+        for c in dirty:
+            if id(c) not in seen:
+                seen.add(id(c))
+                c.flush_pending()
+        self._push_invalidations()
+
+    def _push_invalidations(self) -> None:
+        if not self._invalidate:
+            return
+        inv, self._invalidate = self._invalidate, []
+        watchers = [c for c in self.conns if c.track and not c.closing]
+        if not watchers:
+            return
+        payload = None if any(k is None for k in inv) else b"".join(inv)
+        frame = P.encode_push("invalidate", payload)
+        for c in watchers:
+            if c.transport is not None and not c.transport.is_closing():
+                c.transport.write(frame)
+
+    # -- one frame -----------------------------------------------------------------------
+    def handle_body(self, conn: _Connection, body: bytes) -> tuple[bytes, bool]:
+        """Decode and execute one request frame body. Returns (reply frame, wrote)."""
+        try:
+            msg = P.unpackb(body)
+            msgid, op, args = P.parse_request(msg)
+        except ProtocolError as exc:
+            # The frame boundary is intact, so the connection survives a bad message.
+            return P.encode_error(getattr(exc, "msgid", 0), "PROTOCOL", str(exc)), False
+        if not conn.authed and op != "HELLO":
+            code = "AUTH" if self.token is not None else "PROTOCOL"
+            return P.encode_error(msgid, code, f"{op}: HELLO must come first"), False
+        if op == "HELLO":
+            return self.hello(conn, msgid, args), False
+        spec = P.OPS.get(op)
+        if spec is None:
+            return P.encode_error(msgid, "PROTOCOL", f"unknown opcode {op[:64]!r}"), False
+        try:
+            if op == "BATCH":
+                result = self.batch(args)
+            else:
+                result = self.table[op](args)
+                if spec.writes:
+                    self.note_write(op, args)
+            return P.encode_response(msgid, result, conn.out_limit), spec.writes
+        except Exception as exc:
+            return self.error_frame(msgid, op, exc), spec.writes
+
+    def error_frame(self, msgid: int, op: str, exc: BaseException) -> bytes:
+        if not isinstance(exc, (VTPUError, ValueError, TypeError, KeyError)):
+            log.exception("internal error in %s", op)
+        code, msg = P.error_pair(exc)
+        if isinstance(exc, LimitError) and op in ("RANGE", "GET_MANY", "KG"):
+            msg += " (use a smaller limit or fewer keys per call)"
+        return P.encode_error(msgid, code, f"{op}: {msg}")
+
+    def note_write(self, op: str, args: list) -> None:
+        if not self.conns or not any(c.track for c in self.conns):
+            return
+        if op in ("PUT", "DEL", "PUT_MANY", "DEL_MANY"):
+            self._invalidate.append(args[0])
+        elif op != "INTERN":
+            self._invalidate.append(None)  # a range/import touched unknown keys
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def batch(self, args: list) -> list:
+        _nargs(args, 1, 1, "BATCH")
+        ops = args[0]
+        if type(ops) is not list:
+            raise InterfaceError("BATCH takes one array of [opcode, args] pairs")
+        if len(ops) > self.max_batch:
+            raise LimitError(f"{len(ops)} operations exceed max_batch {self.max_batch}", "LIMIT")
+        results = []
+        for item in ops:
+            if (
+                type(item) is not list
+                or len(item) != 2
+                or type(item[0]) is not str
+                or type(item[1]) is not list
+            ):
+                results.append([P.STATUS_ERROR, ["PROTOCOL", "batch item must be [opcode, args]"]])
+                continue
+            op, a = item
+            spec = P.OPS.get(op)
+            if spec is None or op in ("HELLO", "BATCH"):
+                results.append([P.STATUS_ERROR, ["PROTOCOL", f"opcode {op[:64]!r} not allowed in BATCH"]])
+                continue
+            try:
+                r = self.table[op](a)
+                if spec.writes:
+                    self.note_write(op, a)
+                results.append([P.STATUS_OK, r])
+            except Exception as exc:
+                if not isinstance(exc, (VTPUError, ValueError, TypeError, KeyError)):
+                    log.exception("internal error in BATCH %s", op)
+                results.append([P.STATUS_ERROR, P.error_pair(exc)])
+        return results
+
+    def hello(self, conn: _Connection, msgid: int, args: list) -> bytes:
+        version = args[0] if args else None
+        token = args[1] if len(args) > 1 else None
+        options = args[2] if len(args) > 2 and args[2] is not None else {}
+        if version != P.PROTOCOL_VERSION:
+            conn.closing = True
+            return P.encode_error(
+                msgid, "PROTOCOL",
+                f"HELLO: protocol version {version!r} not supported (server speaks "
+                f"{P.PROTOCOL_VERSION})",
+            )
+        if self.token is not None:
+            ok = isinstance(token, str) and hmac.compare_digest(
+                token.encode("utf-8", "surrogatepass"), self.token.encode("utf-8")
+            )
+            if not ok:
+                conn.closing = True
+                return P.encode_error(msgid, "AUTH", "HELLO: missing or wrong token")
+        if type(options) is not dict:
+            return P.encode_error(msgid, "ARG", "HELLO: options must be a map")
+        mfs = options.get("max_frame_size")
+        if type(mfs) is int and mfs >= 1024:
+            conn.out_limit = min(self.max_frame_size, mfs)
+        conn.track = bool(options.get("track", False))
+        conn.authed = True
+        conn.hello = True
+        names = getattr(self.engine, "names", None)
+        epoch = getattr(names, "epoch", None)
+        result = {
+            "server": "vtpu",
+            "version": __version__,
+            "protocol": P.PROTOCOL_VERSION,
+            "max_frame_size": self.max_frame_size,
+            "max_batch": self.max_batch,
+            "page_size": self.page_size,
+            "names_epoch": epoch if isinstance(epoch, int) else 0,
+        }
+        return P.encode_response(msgid, result)
+
+
+class ServerHandle:
+    """A running server: ``.host``, ``.port``, ``await .close()`` / ``.close()``."""
+
+    def __init__(self, server: _Server, aserver: asyncio.base_events.Server, host: str, port: int):
+        self._server = server
+        self._aserver = aserver
+        self.host = host
+        self.port = port
+        self.engine = server.engine
+
+    @property
+    def connections(self) -> int:
+        """Number of open client connections."""
+        return len(self._server.conns)
+
+    def close(self) -> None:
+        """Stop accepting, close every client connection (pending replies are flushed
+        after one last commit). Safe to call twice. Use :meth:`wait_closed` to wait."""
+        self._aserver.close()
+        if self._server._dirty:
+            self._server.flush()
+        for c in list(self._server.conns):
+            c.closing = True
+            if c.transport is not None:
+                c.transport.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the listening socket is closed."""
+        await self._aserver.wait_closed()
+
+    async def aclose(self) -> None:
+        """Close and wait."""
+        self.close()
+        await self.wait_closed()
+
+
+async def start_server(
+    engine: Any = None,
+    host: str = "127.0.0.1",
+    port: int = P.DEFAULT_PORT,
+    token: str | None = None,
+    max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    reuse_address: bool = True,
+) -> ServerHandle:
+    """Start serving ``engine`` on the running event loop.
+
+    :param engine: a :class:`vtpu.engine.Engine` (a fresh in-memory one if ``None``).
+    :param host: address to bind; loopback by default.
+    :param port: TCP port; 0 picks a free one (read it back from ``.port``).
+    :param token: if set, HELLO must carry this token.
+    :param max_frame_size: largest frame body accepted and sent.
+    :param page_size: scrolls per RANGE page.
+    :param max_batch: most operations in one BATCH frame.
+    :returns: a :class:`ServerHandle`.
+    :raises OSError: if the address cannot be bound.
+    """
+    if engine is None:
+        from .engine import Engine
+
+        engine = Engine()
+    if getattr(engine, "storage", None) is not None and hasattr(engine, "autocommit"):
+        # The server commits once per loop iteration (group commit), not per write.
+        engine.autocommit = False
+    state = _Server(engine, token, max_frame_size, page_size, max_batch)
+    aserver = await asyncio.get_running_loop().create_server(
+        lambda: _Connection(state), host, port, reuse_address=reuse_address
+    )
+    sock = aserver.sockets[0]
+    bound = sock.getsockname()
+    return ServerHandle(state, aserver, bound[0], bound[1])
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # type: ignore
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = P.DEFAULT_PORT,
+    data: str | None = None,
+    fsync: str = "everysec",
+    token: str | None = None,
+    max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE,
+    ready: Callable[[ServerHandle], None] | None = None,
+) -> None:
+    """Run a server until SIGINT/SIGTERM (blocking).
+
+    On a signal it stops accepting, flushes held replies after a last commit, closes the
+    connections and the storage, and returns.
+
+    :param host: address to bind (loopback by default).
+    :param port: TCP port (0 = any free port; printed on stderr).
+    :param data: directory for durable storage; ``None`` keeps everything in memory.
+    :param fsync: ``"always"``, ``"everysec"`` or ``"never"`` (with ``data``).
+    :param token: if set, clients must present it in HELLO.
+    :param max_frame_size: largest frame body accepted and sent.
+    :param ready: called with the handle once listening (tests, CLI banners).
+    :raises StorageError: if ``data`` is locked by another server or unusable.
+    """
+    from .engine import Engine
+
+    storage = None
+    if data is not None:
+        from .storage import Storage
+
+        os.makedirs(data, exist_ok=True)
+        storage = Storage(data, fsync=fsync)
+    engine = Engine(storage=storage, autocommit=False) if storage is not None else Engine()
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        handle = await start_server(engine, host, port, token=token, max_frame_size=max_frame_size)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread / not supported: rely on KeyboardInterrupt
+        print(
+            f"vtpu {__version__} serving on {handle.host}:{handle.port}"
+            + (f" data={data} fsync={fsync}" if data else " (in memory)"),
+            file=sys.stderr,
+            flush=True,
+        )
+        if ready is not None:
+            ready(handle)
+        try:
+            await stop.wait()
+        finally:
+            await handle.aclose()
+
+    try:
+        loop.run_until_complete(run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        try:
+            if storage is not None:
+                storage.commit()
+                storage.close()
+        finally:
+            loop.close()
+            asyncio.set_event_loop(None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vtpu serve`` / ``python -m vtpu.server``: parse ``argv`` and run :func:`serve`.
+
+    :param argv: arguments without the program name (``None``: ``sys.argv[1:]``).
+    :returns: process exit status.
+    """
+    ap = argparse.ArgumentParser(prog="vtpu serve", description="Run a vtpu server.")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=P.DEFAULT_PORT)
+    ap.add_argument("--data", default=None, help="directory for durable storage")
+    ap.add_argument("--fsync", default="everysec", choices=["always", "everysec", "never"])
+    ap.add_argument("--token", default=os.environ.get("VTPU_TOKEN"))
+    ap.add_argument("--max-frame-size", type=int, default=P.DEFAULT_MAX_FRAME_SIZE)
+    ap.add_argument("--log-level", default="WARNING")
+    ns = ap.parse_args(argv)
+    logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr)
+    serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=ns.token,
+          max_frame_size=ns.max_frame_size)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
