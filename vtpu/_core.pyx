@@ -261,7 +261,8 @@ cdef object _parse_error(str what, str text, int code, Py_ssize_t pos, int comp)
     elif code == E_FEW or code == E_MANY:
         nparts = _count_parts(text)
         if code == E_MANY and nparts <= NDIM:
-            msg = f"unexpected text at position {pos} after the 9th component"
+            bad = text.encode("utf-8", "replace")[pos:pos + 1].decode("utf-8", "replace")
+            msg = f"{label} is followed by unexpected text {bad!r} at position {pos}"
         else:
             msg = f"has {nparts} components, expected 9 (a.b.c/d.e.f/g.h.i)"
     elif code == E_EMPTY:
@@ -584,6 +585,8 @@ def unpack(b):
     """
     cdef const unsigned char[::1] v
     try:
+        if b is None:  # a typed memoryview would accept None as empty
+            raise TypeError
         v = b
     except (TypeError, ValueError):
         raise InterfaceError(f"a packed coordinate must be bytes, got {type(b).__name__}") from None
@@ -624,6 +627,8 @@ def unpack_many(b):
     """
     cdef const unsigned char[::1] v
     try:
+        if b is None:
+            raise TypeError
         v = b
     except (TypeError, ValueError):
         raise InterfaceError(f"packed coordinates must be bytes, got {type(b).__name__}") from None
@@ -839,6 +844,9 @@ def bigmin(z, pattern):
     cdef const uint16_t[:, ::1] p = pattern
     out = np.empty(NDIM, dtype=np.uint16)
     cdef uint16_t[::1] o = out
+    # An empty box (lo > hi somewhere) has no points; the bit walk assumes lo <= hi.
+    if (pattern[0] > pattern[1]).any():
+        return None
     if not _bigmin(&zv[0], &p[0, 0], &p[1, 0], &o[0]):
         return None
     return out
@@ -855,6 +863,8 @@ def litmax(z, pattern):
     cdef const uint16_t[:, ::1] p = pattern
     out = np.empty(NDIM, dtype=np.uint16)
     cdef uint16_t[::1] o = out
+    if (pattern[0] > pattern[1]).any():
+        return None
     if not _litmax(&zv[0], &p[0, 0], &p[1, 0], &o[0]):
         return None
     return out
@@ -1243,6 +1253,8 @@ def xxh64(data, uint64_t seed=0):
     """
     cdef const unsigned char[::1] v
     try:
+        if data is None:
+            raise TypeError
         v = data
     except (TypeError, ValueError):
         raise InterfaceError(f"xxh64 needs bytes, got {type(data).__name__}") from None
@@ -1703,3 +1715,85 @@ def merge_sorted(a_keys, a_keep, b_keys, a_vals=None, b_vals=None):
     if vals:
         return out[:k].copy(), outv[:k].copy()
     return out[:k].copy()
+
+
+# ---------------------------------------------------------------------------------------
+# Posting-list / bitmap kernels for the engine's per-component index.
+# ---------------------------------------------------------------------------------------
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def match_rows(arr, rows, pattern):
+    """The entries of ``rows`` whose row of ``arr`` matches the pattern (order kept).
+
+    :param arr: C-contiguous (N, 9) uint16.
+    :param rows: 1-d int32 or int64 array of row indices into arr (all < N).
+    :param pattern: (2, 9) uint16 inclusive bounds.
+    :returns: int64 array, a subsequence of rows.
+    :raises InterfaceError: wrong types, or a row index out of range.
+    """
+    _coords_arg(arr)
+    pattern = _pattern_arg(pattern)
+    if not isinstance(rows, np.ndarray) or rows.ndim != 1:
+        raise InterfaceError("rows must be a 1-d integer array")
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    cdef Py_ssize_t n = arr.shape[0], m = rows.shape[0], i, cnt = 0
+    out = np.empty(m, dtype=np.int64)
+    if m == 0 or n == 0:
+        return out[:0]
+    if rows.min() < 0 or rows.max() >= n:
+        raise InterfaceError("row index out of range")
+    cdef const uint16_t[:, ::1] a = arr
+    cdef const uint16_t[:, ::1] p = pattern
+    cdef const int64_t[::1] r = rows
+    cdef int64_t[::1] o = out
+    with nogil:
+        for i in range(m):
+            if in_box(&a[r[i], 0], &p[0, 0], &p[1, 0]):
+                o[cnt] = r[i]
+                cnt += 1
+    return out[:cnt]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
+    """AND several bitmaps (uint64 arrays, bit i of word w = row 64*w + i) and list the set rows.
+
+    :param bitmaps: non-empty list of equally long 1-d uint64 arrays.
+    :param nbits: number of valid rows (bits past it are ignored).
+    :returns: int64 ascending row indices.
+    """
+    cdef Py_ssize_t nb = len(bitmaps), w, nw, k, cnt = 0, cap = 256
+    if nb == 0:
+        raise InterfaceError("bitmap_and_rows needs at least one bitmap")
+    mats = np.ascontiguousarray(np.stack(bitmaps), dtype=np.uint64) if nb > 1 else \
+        np.ascontiguousarray(bitmaps[0], dtype=np.uint64).reshape(1, -1)
+    nw = mats.shape[1]
+    cdef const uint64_t[:, ::1] mv = mats
+    out = np.empty(cap, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    cdef uint64_t word
+    cdef int64_t row
+    for w in range(nw):
+        word = mv[0, w]
+        k = 1
+        while word and k < nb:
+            word &= mv[k, w]
+            k += 1
+        while word:
+            row = 64 * w + __builtin_ctzll(word)
+            word &= word - 1
+            if row >= nbits:
+                break
+            if cnt == cap:
+                cap *= 2
+                out = np.resize(out, cap)
+                o = out
+            o[cnt] = row
+            cnt += 1
+    return out[:cnt].copy()
+
+
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long) nogil

@@ -1,0 +1,479 @@
+"""Value types over the compiled core: the name table, Scroll, Coordinate, Pattern, Delta.
+
+The core (:mod:`vtpu._core`) works on packed arrays; this module gives them names and
+turns whatever a caller hands the facade (strings, lists, arrays, 18-byte keys) into the
+packed forms, with one clear error when that is impossible.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from vtpu import _core
+from vtpu.errors import CoordinateError, InterfaceError, LimitError
+
+__all__ = [
+    "NAME_BASE",
+    "MAX_NAMES",
+    "MAX_NUMERIC",
+    "NameTable",
+    "Scroll",
+    "Coordinate",
+    "Pattern",
+    "Delta",
+    "to_key",
+    "to_keys_blob",
+    "to_coords",
+    "to_pattern",
+    "to_delta",
+    "is_pattern_text",
+]
+
+NAME_BASE = 0xF000
+MAX_NAMES = 0x1000
+MAX_NUMERIC = 0xEFFF
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
+
+
+class NameTable:
+    """Names <-> ids (0xF000 + index) for name components of coordinates.
+
+    The store owns the authoritative table; clients hold a cache whose misses go to the
+    store through ``resolver``. Ids never change once given, so a cache is never stale,
+    only incomplete.
+
+    :param names: initial names, in id order.
+    :param resolver: ``resolver(names, intern) -> list[int | None]`` asked for names not
+        in the table (client caches); None for the authoritative table.
+    :param on_intern: ``on_intern(first_index, names)`` called after new names were
+        added by this table itself (the engine persists them).
+
+    Thread safety: lookups are lock-free reads; additions take a lock.
+    """
+
+    def __init__(
+        self,
+        names: Iterable[str] = (),
+        resolver: Callable[[list, bool], list] | None = None,
+        on_intern: Callable[[int, list], None] | None = None,
+    ):
+        self._ids: dict[str, int] = {}
+        self._names: list[str] = []
+        self._resolver = resolver
+        self._on_intern = on_intern
+        self._lock = threading.Lock()
+        self.extend(list(names))
+
+    @property
+    def epoch(self) -> int:
+        """Number of names known; grows by one with every new name."""
+        return len(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._ids
+
+    @staticmethod
+    def check_name(name: Any) -> str:
+        """Validate a name (``[A-Za-z_][A-Za-z0-9_-]*``, at most 64 characters).
+
+        :returns: the name.
+        :raises CoordinateError: the name is not valid.
+        """
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise CoordinateError(
+                f"bad name {name!r}: a name is [A-Za-z_][A-Za-z0-9_-]*, at most 64 characters"
+            )
+        return name
+
+    def extend(self, names: list[str]) -> None:
+        """Append names known to hold the next ids (cache sync; no persistence hook)."""
+        with self._lock:
+            for name in names:
+                if name not in self._ids:
+                    self._ids[name] = NAME_BASE + len(self._names)
+                    self._names.append(name)
+
+    def lookup(self, name: str, intern: bool = True) -> int | None:
+        """The id of ``name``.
+
+        :param name: a valid name.
+        :param intern: give an unknown name the next free id (True) or return None.
+        :returns: id in 0xF000..0xFFFF, or None (unknown and not interned).
+        :raises LimitError: the table is full (4096 names).
+        :raises CoordinateError: the name is not valid.
+        """
+        ident = self._ids.get(name)
+        if ident is not None:
+            return ident
+        return self.intern_many([name], intern)[0]
+
+    def intern_many(self, names: list[str], intern: bool = True) -> list[int | None]:
+        """Ids of many names, interning the unknown ones when ``intern``.
+
+        :returns: list of ids (None for unknown names when not interning).
+        :raises LimitError: the table would exceed 4096 names.
+        """
+        missing = [n for n in dict.fromkeys(names) if n not in self._ids]
+        if missing:
+            for n in missing:
+                self.check_name(n)
+            if self._resolver is not None:
+                ids = self._resolver(missing, intern)
+                with self._lock:
+                    for n, i in zip(missing, ids):
+                        if i is not None:
+                            self._ids[n] = i
+                            idx = i - NAME_BASE
+                            while len(self._names) <= idx:
+                                self._names.append("")
+                            self._names[idx] = n
+            elif intern:
+                with self._lock:
+                    fresh = [n for n in missing if n not in self._ids]
+                    if len(self._names) + len(fresh) > MAX_NAMES:
+                        raise LimitError(
+                            f"name table full: {MAX_NAMES} names, cannot add {fresh[:3]}"
+                        )
+                    first = len(self._names)
+                    for n in fresh:
+                        self._ids[n] = NAME_BASE + len(self._names)
+                        self._names.append(n)
+                if fresh and self._on_intern is not None:
+                    self._on_intern(first, fresh)
+        return [self._ids.get(n) for n in names]
+
+    def name_of(self, ident: int) -> str:
+        """The name with id ``ident``.
+
+        :raises CoordinateError: unknown id.
+        """
+        idx = int(ident) - NAME_BASE
+        if 0 <= idx < len(self._names) and self._names[idx]:
+            return self._names[idx]
+        if self._resolver is not None and idx >= 0:
+            self.refresh()
+            if 0 <= idx < len(self._names) and self._names[idx]:
+                return self._names[idx]
+        raise CoordinateError(f"unknown name id 0x{int(ident):04X}")
+
+    def refresh(self) -> None:
+        """Re-read the whole table from the resolver's store (client caches)."""
+        if self._resolver is not None and hasattr(self._resolver, "full_table"):
+            self.extend_from(self._resolver.full_table())
+
+    def extend_from(self, names: list[str]) -> None:
+        """Replace the cache with the store's complete table (ids are stable)."""
+        with self._lock:
+            self._names = list(names)
+            self._ids = {n: NAME_BASE + i for i, n in enumerate(names) if n}
+
+    def to_list(self) -> list[str]:
+        """All names in id order (index i is id 0xF000 + i)."""
+        return list(self._names)
+
+
+class Scroll:
+    """One stored scroll: coordinate, content, version and timestamps.
+
+    Readable as attributes and as a mapping (``s['content']``, ``dict(s)``), like the
+    prototype's dict replies. Immutable.
+    """
+
+    __slots__ = ("key", "content", "version", "created_at", "updated_at", "_names")
+    _FIELDS = ("coordinate", "content", "version", "created_at", "updated_at")
+
+    def __init__(self, key: bytes, content: Any, version: int, created_at: float,
+                 updated_at: float, names: NameTable | None = None):
+        self.key = key
+        self.content = content
+        self.version = version
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self._names = names
+
+    @property
+    def coordinate(self) -> str:
+        """The coordinate as text (names resolved through the table)."""
+        return _core.format_coord(_core.unpack(self.key), self._names)
+
+    @property
+    def coords(self) -> np.ndarray:
+        """The coordinate as a (9,) uint16 array."""
+        return _core.unpack(self.key)
+
+    def __getitem__(self, field: str) -> Any:
+        if field in self._FIELDS:
+            return getattr(self, field)
+        raise KeyError(field)
+
+    def get(self, field: str, default: Any = None) -> Any:
+        """Mapping-style access with a default."""
+        return getattr(self, field) if field in self._FIELDS else default
+
+    def keys(self):
+        """The field names, as for a dict."""
+        return self._FIELDS
+
+    def __iter__(self):
+        return iter(self._FIELDS)
+
+    def __len__(self) -> int:
+        return len(self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Scroll):
+            return NotImplemented
+        return (self.key, self.version, self.created_at, self.updated_at) == (
+            other.key, other.version, other.created_at, other.updated_at
+        ) and _content_equal(self.content, other.content)
+
+    __hash__ = None  # mutable-looking content: not hashable
+
+    def __repr__(self) -> str:
+        content = self.content
+        text = repr(content) if not isinstance(content, np.ndarray) else (
+            f"ndarray(dtype={content.dtype}, shape={content.shape})")
+        if len(text) > 60:
+            text = text[:57] + "..."
+        try:
+            coord = self.coordinate
+        except CoordinateError:
+            coord = self.key.hex()
+        return f"Scroll({coord}, version={self.version}, content={text})"
+
+
+def _content_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b))
+    return a == b
+
+
+# ---------------------------------------------------------------------------------------
+# Conversions used by the facade: anything a caller may pass -> packed forms.
+# ---------------------------------------------------------------------------------------
+
+def is_pattern_text(text: str) -> bool:
+    """True when a coordinate text contains wildcards or intervals."""
+    return "*" in text or "[" in text
+
+
+def to_key(c: Any, names: NameTable | None = None, intern: bool = True) -> bytes:
+    """One coordinate (str, (9,) array, 9 ints, Coordinate or 18-byte key) -> 18-byte key.
+
+    :raises CoordinateError: malformed text or values out of range.
+    :raises InterfaceError: a type that is not a coordinate.
+    """
+    if isinstance(c, str):
+        return _core.pack(_core.parse_coord(c, names, intern))
+    if isinstance(c, bytes):
+        if len(c) != 18:
+            raise InterfaceError(f"a packed coordinate is 18 bytes, got {len(c)}")
+        return c
+    if isinstance(c, Coordinate):
+        return c.key
+    if isinstance(c, np.ndarray) and c.dtype == np.uint16 and c.shape == (9,):
+        return _core.pack(c)
+    if isinstance(c, (tuple, list, np.ndarray)) and len(c) == 9:
+        return _core.pack(_values_to_array([c], "coordinate")[0])
+    raise InterfaceError(f"not a coordinate: {type(c).__name__} {c!r:.80}")
+
+
+def _values_to_array(rows: Sequence, what: str) -> np.ndarray:
+    arr = np.asarray(rows)
+    if arr.ndim != 2 or arr.shape[1] != 9:
+        raise InterfaceError(f"{what} must have 9 components per row, got shape {arr.shape}")
+    if arr.dtype != np.uint16:
+        if arr.dtype.kind not in "iu":
+            raise InterfaceError(f"{what} must hold integers, got dtype {arr.dtype}")
+        if arr.size and (arr.min() < 0 or arr.max() > 0xFFFF):
+            bad = np.argwhere((arr < 0) | (arr > 0xFFFF))[0]
+            raise CoordinateError(
+                f"{what} row {bad[0]} component {bad[1] + 1} = {arr[tuple(bad)]} "
+                f"is outside 0..{MAX_NUMERIC}")
+        arr = arr.astype(np.uint16)
+    return np.ascontiguousarray(arr)
+
+
+def to_coords(cs: Any, names: NameTable | None = None, intern: bool = True) -> np.ndarray:
+    """Many coordinates (list of str/keys, (N, 9) array, or an N*18-byte blob) -> (N, 9) uint16.
+
+    :raises CoordinateError: a malformed coordinate (the message names its index).
+    :raises InterfaceError: a type that is not a list/array of coordinates.
+    """
+    if isinstance(cs, np.ndarray):
+        if cs.dtype == np.uint16 and cs.ndim == 2 and cs.shape[1] == 9:
+            return np.ascontiguousarray(cs)
+        return _values_to_array(cs, "coordinates")
+    if isinstance(cs, (bytes, bytearray, memoryview)):
+        return _core.unpack_many(bytes(cs))
+    if isinstance(cs, str):
+        raise InterfaceError("expected a list of coordinates, got one string")
+    cs = list(cs)
+    if not cs:
+        return np.empty((0, 9), dtype=np.uint16)
+    if all(isinstance(c, str) for c in cs):
+        return _core.parse_coords(cs, names, intern)
+    return _core.unpack_many(b"".join(to_key(c, names, intern) for c in cs))
+
+
+def to_keys_blob(cs: Any, names: NameTable | None = None, intern: bool = True) -> bytes:
+    """Many coordinates -> one N*18-byte blob (see :func:`to_coords`)."""
+    if isinstance(cs, (bytes, bytearray)) and len(cs) % 18 == 0:
+        return bytes(cs)
+    return _core.pack_many(to_coords(cs, names, intern))
+
+
+def to_pattern(p: Any, names: NameTable | None = None, intern: bool = True) -> np.ndarray:
+    """A pattern (text, Pattern, (2, 9) bounds, or a concrete coordinate) -> (2, 9) uint16.
+
+    :raises CoordinateError: malformed pattern text.
+    :raises InterfaceError: not a pattern.
+    """
+    if isinstance(p, str):
+        return _core.parse_pattern(p, names, intern)
+    if isinstance(p, Pattern):
+        return p.bounds
+    if isinstance(p, np.ndarray) and p.dtype == np.uint16 and p.shape == (2, 9):
+        return np.ascontiguousarray(p)
+    c = _core.unpack(to_key(p, names, intern))
+    return np.stack([c, c])
+
+
+def to_delta(d: Any, names: NameTable | None = None, intern: bool = True) -> np.ndarray:
+    """A delta (text, Delta, or (2, 9) int32 ops/values) -> (2, 9) int32.
+
+    :raises CoordinateError: malformed delta text.
+    """
+    if isinstance(d, str):
+        return _core.parse_delta(d, names, intern)
+    if isinstance(d, Delta):
+        return d.ops
+    if isinstance(d, np.ndarray) and d.dtype == np.int32 and d.shape == (2, 9):
+        return np.ascontiguousarray(d)
+    raise InterfaceError(f"not a delta: {type(d).__name__} {d!r:.80}")
+
+
+def apply_delta_any(base: np.ndarray, delta: np.ndarray):
+    """Apply a delta to (N, 9) coordinates.
+
+    :returns: (N, 9) uint16 coordinates, or, when the delta has wildcard components, a
+        list of N (2, 9) patterns.
+    :raises CoordinateError: a result leaves 0..61439.
+    """
+    out = _core.apply_delta(base, delta)
+    wild = delta[0] == 2
+    if not wild.any():
+        return out
+    pats = []
+    for row in out:
+        lo = row.copy()
+        hi = row.copy()
+        lo[wild] = 0
+        hi[wild] = 0xFFFF
+        pats.append(np.stack([lo, hi]))
+    return pats
+
+
+class Coordinate:
+    """A coordinate value: text in, packed forms out.
+
+    ``Coordinate("1.2.3/4.5.6/7.8.9")``; ``.array`` (9,) uint16, ``.key`` 18 bytes,
+    ``str()`` the text, ``c + "+0.0.0/+0.0.5/+0.0.0"`` applies a delta.
+    """
+
+    __slots__ = ("array", "_names")
+
+    def __init__(self, value: Any, names: NameTable | None = None):
+        self.array = _core.unpack(to_key(value, names))
+        self.array.flags.writeable = False
+        self._names = names
+
+    @property
+    def key(self) -> bytes:
+        """The 18-byte big-endian packed form."""
+        return _core.pack(self.array)
+
+    def __str__(self) -> str:
+        return _core.format_coord(self.array, self._names)
+
+    def __repr__(self) -> str:
+        return f"Coordinate({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Coordinate):
+            return self.key == other.key
+        if isinstance(other, str):
+            try:
+                return self.key == to_key(other, self._names, intern=False)
+            except (CoordinateError, InterfaceError):
+                return False
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __lt__(self, other: "Coordinate") -> bool:
+        return self.key < other.key
+
+    def __add__(self, delta: Any) -> "Coordinate | Pattern":
+        d = to_delta(delta, self._names)
+        res = apply_delta_any(self.array.reshape(1, 9), d)
+        if isinstance(res, list):
+            return Pattern(res[0], self._names)
+        return Coordinate(res[0], self._names)
+
+
+class Pattern:
+    """A pattern value: 9 inclusive (lo, hi) bounds (``*``, ``[a:b]``, numbers, names)."""
+
+    __slots__ = ("bounds", "_names")
+
+    def __init__(self, value: Any, names: NameTable | None = None):
+        self.bounds = to_pattern(value, names)
+        self._names = names
+
+    def matches(self, coords: Any) -> np.ndarray:
+        """Boolean mask of the coordinates inside this pattern."""
+        return _core.match(to_coords(coords, self._names), self.bounds)
+
+    @property
+    def is_concrete(self) -> bool:
+        """True when every component is one value (the pattern is a coordinate)."""
+        return bool((self.bounds[0] == self.bounds[1]).all())
+
+    def __str__(self) -> str:
+        return _core.format_pattern(self.bounds, self._names)
+
+    def __repr__(self) -> str:
+        return f"Pattern({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Pattern):
+            return bool((self.bounds == other.bounds).all())
+        return NotImplemented
+
+    __hash__ = None
+
+
+class Delta:
+    """A delta value: per component add, set, set-to-name or wildcard."""
+
+    __slots__ = ("ops", "_names")
+
+    def __init__(self, value: Any, names: NameTable | None = None):
+        self.ops = to_delta(value, names)
+        self._names = names
+
+    def apply(self, coords: Any):
+        """Apply to coordinates; see :func:`apply_delta_any`."""
+        return apply_delta_any(to_coords(coords, self._names), self.ops)
+
+    def __repr__(self) -> str:
+        return f"Delta({self.ops.tolist()!r})"
