@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -382,3 +383,76 @@ def test_name_table_gap_is_an_error(tmp_path):
         s.commit()
         with pytest.raises(StorageError, match="gap"):
             s.load()
+
+
+# ---------------------------------------------------------------------------- engine level
+
+
+def _engine_mod():
+    return pytest.importorskip("vtpu.engine")
+
+
+CONTENTS = [
+    "text \u00e9\u4e2d\r\n", "", b"", b"\x00\xffbytes", 0, -2**63, 2**64 - 1, 1.5, float("inf"),
+    None, True, [1, "two", [3.0]], {"a": 1, "b": [b"x", None]},
+    np.arange(12, dtype=np.float32).reshape(3, 4), np.zeros((0, 5), dtype=np.int8),
+    np.array([1, 2, 3], dtype=">u2"), np.array([[True, False]]), np.float64(2.5) * np.ones(7),
+]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+                and np.array_equal(a, b) and a.dtype.newbyteorder("=") == b.dtype.newbyteorder("="))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def test_engine_round_trip_all_content_kinds(tmp_path):
+    Engine = _engine_mod().Engine
+    e = Engine(storage=Storage(tmp_path, fsync="always"))
+    (qid,) = e.intern(["query"])
+    keys = []
+    for i, c in enumerate(CONTENTS):
+        k = key(1, 2, 3, qid if i % 3 == 0 else 4, 5, 6, 7, 8, i + 1)
+        keys.append(k)
+        e.put(k, c)
+    e.put(keys[0], "overwritten")  # version 2
+    e.delete(keys[1])
+    before = {k: e.get(k) for k in keys}
+    e.close()
+
+    e2 = Engine(storage=Storage(tmp_path))
+    try:
+        assert e2.name_table() == ["query"]
+        for k in keys:
+            a, b = before[k], e2.get(k)
+            if a is None:
+                assert b is None
+                continue
+            assert b is not None
+            assert _same(a.content, b.content), (a.content, b.content)
+            assert (a.version, a.created_at, a.updated_at) == (b.version, b.created_at, b.updated_at)
+        assert e2.get(keys[0]).version == 2
+    finally:
+        e2.close()
+
+
+def test_engine_phext_import_export_survives_restart(tmp_path):
+    Engine = _engine_mod().Engine
+    from vtpu.phext import parse_phext, read_phext
+
+    path = "/work/shared/data/phext/basic.phext"
+    if not os.path.exists(path):
+        pytest.skip("basic.phext not available")
+    with open(path, newline="") as f:
+        text = f.read()
+    e = Engine(storage=Storage(tmp_path))
+    assert e.import_phext(text) == len(read_phext(path))
+    e.close()
+    e2 = Engine(storage=Storage(tmp_path))
+    try:
+        assert parse_phext(e2.export_phext()) == sorted(parse_phext(text))
+    finally:
+        e2.close()
