@@ -338,7 +338,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.decoder = P.FrameDecoder(server.max_frame_size)
-        self.authed = server.token is None
+        self.authed = False  # set by a successful HELLO (required first, token or not)
         self.hello = False
         self.out_limit = server.max_frame_size  # lowered by the client's HELLO option
         self.track = False
