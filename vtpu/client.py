@@ -378,7 +378,8 @@ class Client:
         else:
             raise InterfaceError("cattend needs query_coord or query")
         p = to_pattern(key_pattern, self._b.names)
-        res = self._run("cattend", self._b.attend, q, p, top_k, self._values_arg(values), True)
+        res = self._run("cattend", self._b.attend, q, p, top_k=top_k,
+                        values=self._values_arg(values))
         coords = self._fmt(res["keys"])
         recs = [AttentionRecord(coordinate=c, score=float(s), weight=float(w), content=t)
                 for c, s, w, t in zip(coords, res["scores"], res["weights"], res["contents"])]
@@ -403,7 +404,8 @@ class Client:
             kp = np.stack([to_pattern(p, names) for p in key_patterns]) if len(key_patterns) \
                 else np.empty((0, 2, 9), dtype=np.uint16)
         v = None if values is None else to_delta(values, names)
-        return self._run("cattend_many", self._b.attend_many, q, kp, v, return_weights)
+        return self._run("cattend_many", self._b.attend_many, q, kp, values=v,
+                         return_weights=return_weights)
 
     # -- CKG ------------------------------------------------------------------------------
 

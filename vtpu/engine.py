@@ -393,15 +393,16 @@ class Engine:
                 "contents": [scrolls[i].content for i in order], "output": output, "n": n,
                 "mode": mode}
 
-    def attend_many(self, queries, key_patterns: np.ndarray, values=None,
-                    return_weights: bool = False) -> dict:
+    def attend_many(self, queries, key_patterns: np.ndarray, top_k: int | None = None,
+                    values=None, return_weights: bool = False) -> dict:
         """Batched CATTEND: one attention output per query (windowed/sparse attention).
 
         :param queries: (Q, d) float array, or an N*18-byte blob of keys of query vectors.
         :param key_patterns: (Q, 2, 9) uint16 patterns, one per query.
         :param values: None (keys are also values) or a (2, 9) int32 delta mapping each key
             coordinate to its value coordinate.
-        :param return_weights: include each query's weights (list of arrays).
+        :param top_k: with ``return_weights``, keep each query's ``top_k`` largest weights.
+        :param return_weights: include each query's weights (list of arrays, key order).
         :returns: dict ``outputs`` (Q, d_v) float64, ``counts`` (Q,) int64 keys per query,
             and ``weights`` when asked.
         :raises InterfaceError: shapes disagree, or a key/value scroll holds no vector.
@@ -432,7 +433,6 @@ class Engine:
         V = K if values is None else self._value_vectors(ucoords, values)
         starts = np.empty(nq, dtype=np.int64)
         ends = np.empty(nq, dtype=np.int64)
-        exact = True
         for i in range(nq):
             starts[i] = _core.lower_bound(ucoords, kp[i, 0])
             e = _core.lower_bound(ucoords, kp[i, 1])
@@ -451,11 +451,9 @@ class Engine:
             idx = starts[c0:c1, None] + cols[None, :]
             valid = cols[None, :] < counts[c0:c1, None]
             idx = np.where(valid, idx, 0)
-            if exact:
-                # rows inside a window's lexicographic span might still miss its box
-                sub = ucoords[idx.ravel()].reshape(c1 - c0, width, 9)
-                inbox = ((sub >= kp[c0:c1, None, 0, :]) & (sub <= kp[c0:c1, None, 1, :])).all(-1)
-                valid &= inbox
+            # rows inside a window's lexicographic span might still miss its box
+            sub = ucoords[idx.ravel()].reshape(c1 - c0, width, 9)
+            valid &= ((sub >= kp[c0:c1, None, 0, :]) & (sub <= kp[c0:c1, None, 1, :])).all(-1)
             s = np.einsum("qwd,qd->qw", K[idx], Q[c0:c1]) * scale
             s = np.where(valid, s, -np.inf)
             mx = s.max(axis=1, keepdims=True)
@@ -465,7 +463,11 @@ class Engine:
             w = np.divide(w, tot, out=np.zeros_like(w), where=tot > 0)
             outputs[c0:c1] = np.einsum("qw,qwd->qd", w, V[idx])
             if weights_out is not None:
-                weights_out.extend(w[r, valid[r]] for r in range(c1 - c0))
+                for r in range(c1 - c0):
+                    wr = w[r, valid[r]]
+                    if top_k is not None:
+                        wr = np.sort(wr)[::-1][:top_k]
+                    weights_out.append(wr)
             counts[c0:c1] = valid.sum(axis=1)
         res = {"outputs": outputs, "counts": counts}
         if weights_out is not None:
