@@ -10,6 +10,8 @@ Measures, in one run:
   (``always`` = fsync per commit, ``everysec``, ``never``);
 * ``Storage.load`` of 1M rows (what an engine restart reads before rebuilding its
   indexes), in seconds; ``VTPU_BENCH_LOAD_ROWS`` changes the row count;
+* a whole ``Engine`` restart on 1M rows (load + decode + index rebuild), when the engine
+  is importable;
 * an etcd put through its v3 HTTP/JSON gateway (a Raft write, fsynced) on one
   keep-alive connection, when the ``etcd`` binary is installed (skipped otherwise);
 
@@ -110,6 +112,31 @@ def test_load_1m(benchmark, loaded_dir):
 
     benchmark.pedantic(op, rounds=3, iterations=1)
     _record("load_rows", benchmark)
+
+
+def test_engine_restart_1m(benchmark, tmp_path_factory):
+    """Engine start-up on a 1M-row store: Storage.load + content decoding + index rebuild."""
+    engine_mod = pytest.importorskip("vtpu.engine")
+    from vtpu.protocol import pack_value
+
+    d = tmp_path_factory.mktemp("engine_load")
+    blob = pack_value("scroll text of moderate length")
+    with Storage(d, fsync="never") as s:
+        step = 100_000
+        for start in range(0, LOAD_ROWS, step):
+            now = time.time()
+            s.put_many([(struct.pack(">9H", 1, 1, 1, 1, 1 + i // 1000000, 1 + (i // 10000) % 100,
+                                     1 + (i // 100) % 100, 1 + i % 100, 1), blob, 1, now, now)
+                        for i in range(start, min(start + step, LOAD_ROWS))])
+            s.commit()
+        s.checkpoint()
+
+    def op():
+        e = engine_mod.Engine(storage=Storage(d))
+        e.close()
+
+    benchmark.pedantic(op, rounds=1, iterations=1)
+    _record("engine_restart_rows", benchmark)
 
 
 # --------------------------------------------------------------------------- etcd peer

@@ -134,7 +134,9 @@ class Raw:
         while True:
             body = self.dec.next_frame()
             if body is not None:
-                r = P.parse_reply(P.unpackb(body) if isinstance(body, (bytes, bytearray, memoryview)) else body)
+                if isinstance(body, (bytes, bytearray, memoryview)):
+                    body = P.unpackb(body)
+                r = P.parse_reply(body)
                 if isinstance(r, P.Push):
                     continue
                 return r

@@ -157,7 +157,8 @@ def test_everysec_background_fsync_clears_dirty(tmp_path):
         s.sync()  # explicit sync works under any policy
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(
     st.tuples(st.sampled_from(["put", "del", "commit"]), st.integers(1, 6), st.binary(max_size=20)),
     max_size=40,
@@ -433,7 +434,8 @@ def test_engine_round_trip_all_content_kinds(tmp_path):
                 continue
             assert b is not None
             assert _same(a.content, b.content), (a.content, b.content)
-            assert (a.version, a.created_at, a.updated_at) == (b.version, b.created_at, b.updated_at)
+            assert (a.version, a.created_at, a.updated_at) == (
+                b.version, b.created_at, b.updated_at)
         assert e2.get(keys[0]).version == 2
     finally:
         e2.close()
