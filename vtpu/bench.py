@@ -646,9 +646,9 @@ def vtpu_connect(url: str):
     :param url: ``vtpu://host:port``.
     :returns: the client.
     """
-    import vtpu
+    from .client import connect
 
-    return vtpu.connect(url)
+    return connect(url)
 
 
 def coords_array(rows: Sequence[Sequence[int]]) -> np.ndarray:
@@ -821,9 +821,9 @@ def _single_ops(ctx: Ctx, op: str) -> None:
             mc.set_many(dict(zip(mk, [VALUE] * nkeys)), noreply=False)
             samplers["memcached"] = ((lambda i: mc.get(mk[i % nkeys])) if op == "cget"
                                      else (lambda i: mc.set(mk[i % nkeys], VALUE, noreply=False)))
-    prog = Progress(f"{op} single ops x{len(samplers)}", 5 * len(samplers), ctx.show)
+    prog = Progress(f"{op} single ops x{len(samplers)}", 10 * len(samplers), ctx.show)
     with ctx.pinned() as pin:
-        res = interleaved(samplers, trials, rounds=5, progress=prog)
+        res = interleaved(samplers, trials, rounds=10, progress=prog)
     st = {k: stats_us(v) for k, v in res.items()}
     what = "GET" if op == "cget" else "SET"
     detail = {"pinned_cpu": ctx.cpu if pin.ok else None, "trials": trials,
@@ -910,20 +910,38 @@ def _batched(ctx: Ctx, op: str) -> None:
 
 
 def vtpu_pipeline(client, op: str, rows: List[np.ndarray]) -> list:
-    """Send len(rows) independent CGET/CPUT requests pipelined on one connection.
+    """Send len(rows) independent CGET/CPUT requests pipelined on one connection (one
+    write, then every reply is read).
+
+    Uses the facade's ``client.pipeline()``; if that cannot queue calls, the transport's
+    pipeline with packed 18-byte keys (the same requests on the wire).
 
     :param client: vtpu client.
     :param op: "cget" or "cput".
     :param rows: coordinates.
     :returns: the replies in order.
     """
-    with client.pipeline() as p:
-        for r in rows:
-            if op == "cget":
+    try:
+        p = client.pipeline()
+        if op == "cget":
+            for r in rows:
                 p.cget(r)
-            else:
+        else:
+            for r in rows:
                 p.cput(r, VALUE)
-    return p.results
+        execute = getattr(p, "execute", None) or p.backend.execute
+        return execute()
+    except (AttributeError, TypeError):
+        pass
+    keys = [np.asarray(r, dtype=">u2").tobytes() for r in rows]
+    bp = client.backend.pipeline()
+    if op == "cget":
+        for k in keys:
+            bp.get(k)
+    else:
+        for k in keys:
+            bp.put(k, VALUE)
+    return bp.execute()
 
 
 def _pipelined(ctx: Ctx, op: str) -> None:
@@ -1207,13 +1225,48 @@ def _concurrent(ctx: Ctx) -> None:
                 better="higher", peer="redis-py, same layout", peer_value=r["ops_per_s"])
 
 
+def _embedded(ctx: Ctx) -> None:
+    """Embedded (``mem://``) CGET with a packed 18-byte key vs a Python dict lookup over
+    the same keys (the data set's 1M coordinates), timed as tight loops."""
+    from .client import connect
+
+    rep, sz = ctx.report, ctx.sizes
+    arr = dataset_coords(sz["n_scrolls"])
+    n = len(arr)
+    m = connect("mem://")
+    t0 = time.perf_counter()
+    for s, e in in_batches(n, 100_000):
+        m.cput_many(arr[s:e], list(range(s, e)))
+    load = time.perf_counter() - t0
+    be = np.ascontiguousarray(arr.astype(">u2")).view(np.dtype((np.void, 18))).ravel()
+    allkeys = [bytes(k) for k in be]
+    d = dict(zip(allkeys, range(n)))
+    rng = np.random.default_rng(17)
+    keys = [allkeys[i] for i in rng.integers(0, n, 20_000)]
+    if m.cget(keys[0]) is None:
+        raise RuntimeError("mem:// cget of a stored key returned None")
+    cget = m.cget
+    get = d.get
+    t_m = best_of(lambda: [cget(k) for k in keys], 3) / len(keys)
+    t_d = best_of(lambda: [get(k) for k in keys], 3) / len(keys)
+    rep.tests.setdefault("cget", {})["embedded"] = {"n": n, "load_s": load,
+                                                   "mem_cget_ns": t_m * 1e9,
+                                                   "dict_get_ns": t_d * 1e9}
+    rep.row("cget", f"embedded mem:// CGET, {n / 1e6:g}M keys", t_m * 1e9, "ns",
+            peer="Python dict.get", peer_value=t_d * 1e9, ratio_kind="of_floor",
+            target="<=5x dict", target_ok=t_m <= 5 * t_d,
+            note=f"packed 18-byte key; load {n / load:,.0f} scrolls/s in-process")
+    m.close()
+
+
 def t_cget(ctx: Ctx) -> None:
     """CGET: single-op latency vs echo/Redis/memcached, batched 10k vs MGET, 1000
-    pipelined vs a redis-py pipeline, 64 concurrent clients."""
+    pipelined vs a redis-py pipeline, 64 concurrent clients, embedded vs a dict."""
     _single_ops(ctx, "cget")
     _batched(ctx, "cget")
     _pipelined(ctx, "cget")
     _concurrent(ctx)
+    _embedded(ctx)
 
 
 def t_cput(ctx: Ctx) -> None:
@@ -1391,10 +1444,14 @@ def t_crange(ctx: Ctx) -> None:
             if not ok:
                 rep.errors[f"crange {pat}"] = f"returned {len(got)}, numpy finds {len(expect)}"
             proj_ms = PROTO["crange_ms_per_100"] * max(len(expect), 1) / 100.0
+            # DESIGN §8 sets the targets for *selective* patterns: here <= 100 of 1M
+            # (0.01%); bigger results are reported without a target.
+            selective = len(expect) <= 100
             rep.row("crange", f"{shape} {len(expect):,} results", t * 1e3, "ms",
                     projection=f"{proj_ms:g} ms", peer="prototype scan (Python)",
                     peer_value=scan_s * 1e3,
-                    target=">=1000x scan", target_ok=scan_s >= 1000 * t,
+                    target=">=1000x scan, >=20x numpy" if selective else None,
+                    target_ok=(scan_s >= 1000 * t and np_s >= 20 * t) if selective else None,
                     note=(f"{pat}; numpy scan {np_s * 1e3:.1f} ms = {np_s / t:.1f}x"
                           + ("" if ok else f"; WRONG COUNT {len(got)}")))
             step += 1
@@ -1406,14 +1463,13 @@ def t_crange(ctx: Ctx) -> None:
               for p, d in sd["patterns"].items() if d["vtpu_s"] > 0]
     if ratios:
         lo, hi = min(ratios), max(ratios)
-        sel = [(r, p) for r, p in ratios
-               if details_count(details, p) <= 1000]
+        sel = [(r, p) for r, p in ratios if details_count(details, p) <= 100]
         worst_sel = min(sel) if sel else lo
-        rep.row("crange", "vs numpy scan (worst, <=1000 results)", None, "x",
+        rep.row("crange", "vs numpy scan, selective (<=100 results)", None, "x",
                 peer="numpy vectorised scan", target=">=20x numpy",
                 target_ok=worst_sel[0] >= 20,
                 note=f"worst {worst_sel[0]:.1f}x ({worst_sel[1]}); best {hi[0]:.1f}x; "
-                     f"all-shapes worst {lo[0]:.1f}x")
+                     f"worst over all sizes {lo[0]:.1f}x ({lo[1]})")
 
 
 def details_count(details: Dict[str, dict], pat: str) -> int:

@@ -388,28 +388,31 @@ def start_etcd(log: Log = _stderr) -> Optional[PeerProcess]:
 ECHO_SERVER_SOURCE = r'''
 import socket, struct, sys, threading
 def serve(conn):
+    # Reads whatever arrived, sends back every complete frame in one sendall: one
+    # recv + one send per round trip, and pipelined frames go back in bulk.
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = bytearray(1 << 16)
-    view = memoryview(buf)
+    rbuf = bytearray(1 << 16)
+    rview = memoryview(rbuf)
+    pending = bytearray()
+    unpack = struct.Struct(">I").unpack_from
     try:
         while True:
-            got = 0
-            while got < 4:
-                n = conn.recv_into(view[got:4])
-                if not n:
-                    return
-                got += n
-            size = struct.unpack_from(">I", buf, 0)[0]
-            if size + 4 > len(buf):
-                buf = bytearray(size + 4)
-                buf[0:4] = struct.pack(">I", size)
-                view = memoryview(buf)
-            while got < size + 4:
-                n = conn.recv_into(view[got:size + 4])
-                if not n:
-                    return
-                got += n
-            conn.sendall(view[:size + 4])
+            n = conn.recv_into(rbuf)
+            if not n:
+                return
+            if not pending and n >= 4 and unpack(rbuf, 0)[0] + 4 == n:
+                conn.sendall(rview[:n])  # the common case: exactly one whole frame
+                continue
+            pending += rview[:n]
+            off, end = 0, len(pending)
+            while end - off >= 4:
+                size = unpack(pending, off)[0]
+                if end - off - 4 < size:
+                    break
+                off += 4 + size
+            if off:
+                conn.sendall(pending[:off])
+                del pending[:off]
     except OSError:
         pass
     finally:
@@ -429,8 +432,9 @@ while True:
 def start_echo(log: Log = _stderr) -> Optional[PeerProcess]:
     """Start the bare TCP echo server (the latency floor) in a Python subprocess.
 
-    It echoes 4-byte big-endian length-prefixed frames unchanged, one thread per
-    connection, binding 127.0.0.1 port 0 and printing the port it got.
+    It echoes 4-byte big-endian length-prefixed frames unchanged (every complete frame
+    received is sent back in one write), one thread per connection, binding 127.0.0.1
+    port 0 and printing the port it got.
 
     :param log: receives a one-line reason when the echo server cannot start.
     :returns: the running peer, or None.
