@@ -1670,8 +1670,13 @@ def merge_sorted(a_keys, a_keep, b_keys, a_vals=None, b_vals=None):
         _coords_arg(a_vals, "a_vals")
         _coords_arg(b_vals, "b_vals")
     cdef Py_ssize_t na = a_keys.shape[0], nb = b_keys.shape[0]
+    # The loops below read a_keep[i], a_vals[i], b_vals[j] without bounds checks.
+    if vals and (a_vals.shape[0] != na or b_vals.shape[0] != nb):
+        raise InterfaceError("a_vals/b_vals must have as many rows as a_keys/b_keys")
     if a_keep is None:
         a_keep = np.ones(na, dtype=np.bool_)
+    elif not isinstance(a_keep, np.ndarray) or a_keep.dtype != np.bool_ or a_keep.shape != (na,):
+        raise InterfaceError(f"a_keep must be None or a ({na},) bool array")
     cdef const uint8_t[::1] keep = np.ascontiguousarray(a_keep).view(np.uint8)
     out = np.empty((na + nb, NDIM), dtype=np.uint16)
     outv = np.empty((na + nb, NDIM), dtype=np.uint16) if vals else out

@@ -1,0 +1,321 @@
+"""Packing, Morton keys, BIGMIN/LITMAX, matching, distances and top-k against pyref."""
+import os
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
+
+import pyref  # noqa: E402
+from pyref import row, rows  # noqa: E402
+from vtpu import _core  # noqa: E402
+from vtpu.errors import InterfaceError  # noqa: E402
+
+word = st.one_of(st.integers(0, 0xFFFF), st.sampled_from([0, 1, 0x7FFF, 0x8000, 0xEFFF, 0xF000, 0xFFFF]))
+coord = st.lists(word, min_size=9, max_size=9)
+
+
+def as_arr(values):
+    return np.array(values, dtype=np.uint16).reshape(-1, 9)
+
+
+coord_arrays = st.lists(coord, max_size=40).map(as_arr)
+
+
+@st.composite
+def patterns(draw):
+    """Boxes with a mix of fixed, wildcard, interval and (sometimes) empty components."""
+    lo, hi = [], []
+    for _ in range(9):
+        kind = draw(st.sampled_from(["fixed", "star", "interval", "interval", "empty"]
+                                    if draw(st.booleans()) else ["fixed", "star", "interval"]))
+        if kind == "fixed":
+            v = draw(word)
+            lo.append(v), hi.append(v)
+        elif kind == "star":
+            lo.append(0), hi.append(0xFFFF)
+        elif kind == "interval":
+            a, b = sorted([draw(word), draw(word)])
+            lo.append(a), hi.append(b)
+        else:
+            a = draw(st.integers(1, 0xFFFF))
+            lo.append(a), hi.append(draw(st.integers(0, a - 1)))
+    return np.array([lo, hi], dtype=np.uint16)
+
+
+# ---------------------------------------------------------------------------------------
+# Packing
+# ---------------------------------------------------------------------------------------
+
+@given(coord_arrays)
+def test_pack_round_trips_and_matches_reference(arr):
+    blob = _core.pack_many(arr)
+    assert isinstance(blob, bytes) and len(blob) == 18 * len(arr)
+    assert blob == pyref.pack_many(rows(arr))
+    back = _core.unpack_many(blob)
+    assert back.dtype == np.uint16 and back.shape == arr.shape
+    assert np.array_equal(back, arr)
+    assert rows(back) == pyref.unpack_many(blob)
+    for c in arr:
+        b = _core.pack(c)
+        assert b == pyref.pack(c)
+        assert row(_core.unpack(b)) == row(c)
+        assert row(_core.unpack(bytearray(b))) == row(c)
+        assert row(_core.unpack(memoryview(b))) == row(c)
+
+
+@given(coord, coord)
+def test_pack_order_is_coordinate_order(a, b):
+    pa, pb = _core.pack(np.array(a, np.uint16)), _core.pack(np.array(b, np.uint16))
+    assert (pa < pb) == (tuple(a) < tuple(b))
+
+
+def test_pack_edges():
+    assert _core.pack(np.zeros(9, np.uint16)) == bytes(18)
+    assert _core.pack(np.full(9, 0xFFFF, np.uint16)) == b"\xff" * 18
+    assert _core.pack(np.array([0xEFFF, 1, 0, 0, 0, 0, 0, 0, 0x0102], np.uint16)) == \
+        b"\xef\xff\x00\x01" + bytes(12) + b"\x01\x02"
+    assert _core.pack_many(np.empty((0, 9), np.uint16)) == b""
+    assert _core.unpack_many(b"").shape == (0, 9)
+    for bad in (b"", bytes(17), bytes(19)):
+        with pytest.raises(InterfaceError):
+            _core.unpack(bad)
+    with pytest.raises(InterfaceError):
+        _core.unpack_many(bytes(19))
+    for bad in ("x" * 18, 5, None):
+        with pytest.raises(InterfaceError):
+            _core.unpack(bad)
+        with pytest.raises(InterfaceError):
+            _core.unpack_many(bad)
+
+
+# ---------------------------------------------------------------------------------------
+# Morton
+# ---------------------------------------------------------------------------------------
+
+@given(coord_arrays)
+@example(as_arr([[0] * 9, [0xFFFF] * 9, [0xEFFF] * 9, [1] + [0] * 8, [0] * 8 + [1]]))
+def test_morton_matches_bitwise_reference_and_round_trips(arr):
+    z = _core.morton_encode(arr)
+    assert z.dtype == np.uint16 and z.shape == arr.shape
+    assert rows(z) == pyref.morton_encode(rows(arr))
+    back = _core.morton_decode(z)
+    assert np.array_equal(back, arr)
+    assert rows(back) == pyref.morton_decode(rows(z))
+
+
+@given(st.lists(word, min_size=9, max_size=9).map(lambda v: as_arr([v])))
+def test_morton_decode_is_a_bijection(z):
+    # Every 144-bit key decodes to a coordinate that encodes back to it.
+    assert np.array_equal(_core.morton_encode(_core.morton_decode(z)), z)
+
+
+@given(coord, coord)
+def test_morton_order_is_z_order(a, b):
+    za, zb = _core.morton_encode(as_arr([a, b]))
+    assert (tuple(za) < tuple(zb)) == (pyref.morton_int(a) < pyref.morton_int(b))
+
+
+def test_morton_known_bits():
+    # Component 0's top bit is key bit 143 (word 0's top bit); component 8's lowest bit
+    # is key bit 0 (word 8's lowest bit).
+    z = _core.morton_encode(as_arr([[0x8000] + [0] * 8, [0] * 8 + [1], [0, 0x8000] + [0] * 7]))
+    assert row(z[0]) == (0x8000,) + (0,) * 8
+    assert row(z[1]) == (0,) * 8 + (1,)
+    assert row(z[2]) == (0x4000,) + (0,) * 8
+    assert _core.morton_encode(np.empty((0, 9), np.uint16)).shape == (0, 9)
+    assert _core.morton_decode(np.empty((0, 9), np.uint16)).shape == (0, 9)
+
+
+# ---------------------------------------------------------------------------------------
+# BIGMIN / LITMAX
+# ---------------------------------------------------------------------------------------
+
+@st.composite
+def small_box_and_point(draw):
+    """A box with up to 3 varying components of width <= 3 (so <= 27 points) and a
+    query point near it, plus the box's dims chosen anywhere in 0..0xFFFF."""
+    varying = draw(st.lists(st.integers(0, 8), min_size=0, max_size=3, unique=True))
+    lo, hi = [], []
+    for j in range(9):
+        base = draw(st.one_of(st.integers(0, 0xFFFC), st.integers(0, 12),
+                              st.sampled_from([0x7FFE, 0x7FFF, 0xEFFD, 0xFFFC])))
+        width = draw(st.integers(1, 3)) if j in varying else 1
+        lo.append(base)
+        hi.append(base + width - 1)
+    z = []
+    for j in range(9):
+        z.append(draw(st.one_of(st.integers(max(lo[j] - 3, 0), min(hi[j] + 3, 0xFFFF)),
+                                st.integers(0, 0xFFFF))))
+    return np.array(z, np.uint16), np.array([lo, hi], np.uint16)
+
+
+@settings(max_examples=400)
+@given(small_box_and_point())
+def test_bigmin_litmax_against_brute_force(zp):
+    z, p = zp
+    bm, lm = _core.bigmin(z, p), _core.litmax(z, p)
+    exp_bm, exp_lm = pyref.bigmin_brute(z, p), pyref.litmax_brute(z, p)
+    assert (None if bm is None else row(bm)) == exp_bm
+    assert (None if lm is None else row(lm)) == exp_lm
+    # and the textbook integer algorithm of pyref agrees with the brute force
+    assert pyref.bigmin(z, p) == exp_bm
+    assert pyref.litmax(z, p) == exp_lm
+
+
+def test_bigmin_litmax_exhaustive_tiny_boxes():
+    # Every box [lo, hi] within 0..3 on components 6..8 (others fixed at 5) and every
+    # query point in 0..4 on those components.
+    import itertools
+    pts = list(itertools.product(range(5), repeat=3))
+    spans = [(a, b) for a in range(4) for b in range(a, 4)]
+    for (a6, b6), (a7, b7), (a8, b8) in itertools.product(spans, repeat=3):
+        if (b6 - a6 + 1) * (b7 - a7 + 1) * (b8 - a8 + 1) > 8 and (a6 + a7 + a8) % 3:
+            continue  # keep the run short: a third of the larger boxes suffice
+        p = np.array([[5] * 6 + [a6, a7, a8], [5] * 6 + [b6, b7, b8]], np.uint16)
+        for q in pts:
+            z = np.array([5] * 6 + list(q), np.uint16)
+            bm, lm = _core.bigmin(z, p), _core.litmax(z, p)
+            assert (None if bm is None else row(bm)) == pyref.bigmin_brute(z, p), (q, p)
+            assert (None if lm is None else row(lm)) == pyref.litmax_brute(z, p), (q, p)
+
+
+@given(coord, patterns())
+def test_bigmin_litmax_large_boxes_against_textbook(z, p):
+    z = np.array(z, np.uint16)
+    bm, lm = _core.bigmin(z, p), _core.litmax(z, p)
+    assert (None if bm is None else row(bm)) == pyref.bigmin(z, p)
+    assert (None if lm is None else row(lm)) == pyref.litmax(z, p)
+    zk = pyref.morton_int(z)
+    lo, hi = row(p[0]), row(p[1])
+    if bm is not None:
+        assert pyref.in_box(row(bm), (lo, hi)) and pyref.morton_int(bm) > zk
+    if lm is not None:
+        assert pyref.in_box(row(lm), (lo, hi)) and pyref.morton_int(lm) < zk
+
+
+def test_bigmin_litmax_empty_box_is_none():
+    p = np.array([[0] * 8 + [5], [3] * 8 + [2]], np.uint16)  # lo > hi on the last component
+    assert _core.bigmin(np.zeros(9, np.uint16), p) is None
+    assert _core.litmax(np.full(9, 9, np.uint16), p) is None
+
+
+# ---------------------------------------------------------------------------------------
+# Matching and distances
+# ---------------------------------------------------------------------------------------
+
+@given(coord_arrays, patterns())
+def test_match_matches_reference(arr, p):
+    # Put some rows inside the box so matches actually happen.
+    if len(arr) and not (p[0] > p[1]).any():
+        arr = arr.copy()
+        arr[::2] = np.maximum(np.minimum(arr[::2], p[1]), p[0])
+    m = _core.match(arr, p)
+    assert m.dtype == np.bool_ and m.shape == (len(arr),)
+    assert m.tolist() == pyref.match(rows(arr), p)
+
+
+def test_match_edges():
+    arr = as_arr([[0] * 9, [0xFFFF] * 9, [0xEFFF] * 9])
+    star = np.array([[0] * 9, [0xFFFF] * 9], np.uint16)
+    assert _core.match(arr, star).tolist() == [True, True, True]
+    numeric = _core.parse_pattern("[:].[:].[:]/[:].[:].[:]/[:].[:].[:]")
+    assert _core.match(arr, numeric).tolist() == [True, False, True]
+    assert _core.match(np.empty((0, 9), np.uint16), star).shape == (0,)
+
+
+@given(coord, coord_arrays)
+def test_l1_hamming_match_reference(c, arr):
+    c = np.array(c, np.uint16)
+    d = _core.l1(c, arr)
+    h = _core.hamming(c, arr)
+    assert d.dtype == np.uint32 and h.dtype == np.uint8
+    assert d.tolist() == pyref.l1(c, rows(arr))
+    assert h.tolist() == pyref.hamming(c, rows(arr))
+
+
+def test_l1_extremes():
+    c = np.zeros(9, np.uint16)
+    arr = as_arr([[0xFFFF] * 9])
+    assert _core.l1(c, arr).tolist() == [9 * 0xFFFF]
+    assert _core.l1(arr[0], as_arr([[0] * 9])).tolist() == [9 * 0xFFFF]
+    assert _core.hamming(c, arr).tolist() == [9]
+
+
+# ---------------------------------------------------------------------------------------
+# top-k
+# ---------------------------------------------------------------------------------------
+
+small_word = st.integers(0, 6)
+clustered_arrays = st.lists(st.lists(small_word, min_size=9, max_size=9), max_size=60).map(as_arr)
+
+
+def check_topk(c, arr, k, metric, mask):
+    idx, dist = _core.topk(c, arr, k, metric=metric, mask=mask)
+    exp_idx, exp_dist = pyref.topk(c, rows(arr), k, metric, None if mask is None else mask.tolist())
+    assert idx.dtype == np.int64 and dist.dtype == np.uint32
+    assert len(idx) == len(exp_idx) == min(k, len(exp_idx))
+    assert dist.tolist() == exp_dist
+    # Rows equal in (distance, coordinate) are interchangeable; compare coordinates and
+    # then check the indices are distinct, admissible and at the right distance.
+    assert rows(arr[idx]) == [row(arr[i]) for i in exp_idx]
+    assert len(set(idx.tolist())) == len(idx)
+    full = _core.l1(c, arr) if metric == "l1" else _core.hamming(c, arr)
+    for i, d in zip(idx, dist):
+        assert full[i] == d
+        assert mask is None or mask[i]
+    if len(np.unique(arr, axis=0)) == len(arr):
+        assert idx.tolist() == exp_idx
+
+
+@settings(max_examples=300)
+@given(st.lists(small_word, min_size=9, max_size=9), clustered_arrays,
+       st.integers(0, 70), st.sampled_from(["l1", "hamming"]), st.data())
+def test_topk_matches_sorted_reference(c, arr, k, metric, data):
+    c = np.array(c, np.uint16)
+    mask = None
+    if data.draw(st.booleans()):
+        mask = np.array(data.draw(st.lists(st.booleans(), min_size=len(arr), max_size=len(arr))),
+                        dtype=bool)
+    check_topk(c, arr, k, metric, mask)
+
+
+@given(coord, coord_arrays, st.integers(0, 45))
+def test_topk_wide_values(c, arr, k):
+    check_topk(np.array(c, np.uint16), arr, k, "l1", None)
+
+
+def test_topk_large_random():
+    rng = np.random.default_rng(7)
+    arr = rng.integers(0, 200, size=(20000, 9), dtype=np.uint16)
+    c = rng.integers(0, 200, size=9, dtype=np.uint16)
+    for k in (1, 10, 100):
+        idx, dist = _core.topk(c, arr, k)
+        full = _core.l1(c, arr)
+        assert dist.tolist() == sorted(full.tolist())[:k]
+        order = sorted(range(len(arr)), key=lambda i: (int(full[i]), row(arr[i]), i))[:k]
+        assert rows(arr[idx]) == [row(arr[i]) for i in order]
+
+
+def test_topk_edges():
+    c = np.zeros(9, np.uint16)
+    empty = np.empty((0, 9), np.uint16)
+    idx, dist = _core.topk(c, empty, 10)
+    assert idx.shape == (0,) and dist.shape == (0,) and idx.dtype == np.int64
+    arr = as_arr([[1] * 9, [0] * 9])
+    idx, dist = _core.topk(c, arr, 0)
+    assert len(idx) == 0
+    idx, dist = _core.topk(c, arr, 5)
+    assert idx.tolist() == [1, 0] and dist.tolist() == [0, 9]
+    idx, dist = _core.topk(c, arr, 5, mask=np.array([False, False]))
+    assert len(idx) == 0
+    with pytest.raises(InterfaceError):
+        _core.topk(c, arr, -1)
+    with pytest.raises(InterfaceError):
+        _core.topk(c, arr, 1, metric="l2")
+    for bad_mask in (np.array([True]), np.array([1, 0]), [True, False], np.array([[True, False]])):
+        with pytest.raises(InterfaceError):
+            _core.topk(c, arr, 1, mask=bad_mask)
