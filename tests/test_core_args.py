@@ -1,0 +1,133 @@
+"""Wrong types, dtypes, shapes and layouts give a clear InterfaceError (a ValueError),
+never a crash or a silently wrong answer."""
+import numpy as np
+import pytest
+
+from vtpu import _core
+from vtpu.errors import InterfaceError
+
+ARR = np.arange(5 * 9, dtype=np.uint16).reshape(5, 9)
+C = np.arange(9, dtype=np.uint16)
+P = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
+D = np.zeros((2, 9), dtype=np.int32)
+
+BAD_ARRAYS = {
+    "list": ARR.tolist(),
+    "int32": ARR.astype(np.int32),
+    "uint8": ARR.astype(np.uint8),
+    "float": ARR.astype(np.float64),
+    "shape (5, 8)": np.ascontiguousarray(ARR[:, :8]),
+    "shape (45,)": ARR.ravel(),
+    "shape (5, 9, 1)": ARR.reshape(5, 9, 1),
+    "fortran": np.asfortranarray(ARR),
+    "strided rows": np.zeros((10, 9), np.uint16)[::2],
+    "strided cols": np.zeros((5, 18), np.uint16)[:, ::2],
+    "none": None,
+}
+
+# (name, call taking the (N, 9) array argument)
+ARRAY_CALLS = [
+    ("format_coords", lambda a: _core.format_coords(a)),
+    ("pack_many", lambda a: _core.pack_many(a)),
+    ("morton_encode", lambda a: _core.morton_encode(a)),
+    ("morton_decode", lambda a: _core.morton_decode(a)),
+    ("match", lambda a: _core.match(a, P)),
+    ("l1", lambda a: _core.l1(C, a)),
+    ("hamming", lambda a: _core.hamming(C, a)),
+    ("topk", lambda a: _core.topk(C, a, 3)),
+    ("apply_delta", lambda a: _core.apply_delta(a, D)),
+    ("prefix_hashes", lambda a: _core.prefix_hashes(a)),
+    ("route", lambda a: _core.route(a, 4)),
+    ("moe", lambda a: _core.moe(a, 4)),
+    ("lower_bound", lambda a: _core.lower_bound(a, C)),
+    ("lex_scan", lambda a: _core.lex_scan(a, P)),
+    ("z_scan keys", lambda a: _core.z_scan(a, ARR, P)),
+    ("z_scan coords", lambda a: _core.z_scan(ARR, a, P)),
+    ("lex_sort_order", lambda a: _core.lex_sort_order(a)),
+    ("merge_sorted a", lambda a: _core.merge_sorted(a, None, ARR)),
+    ("merge_sorted b", lambda a: _core.merge_sorted(ARR, None, a)),
+]
+
+
+@pytest.mark.parametrize("bad", list(BAD_ARRAYS), ids=list(BAD_ARRAYS))
+@pytest.mark.parametrize("name,call", ARRAY_CALLS, ids=[n for n, _ in ARRAY_CALLS])
+def test_bad_coordinate_arrays(name, call, bad):
+    with pytest.raises(InterfaceError) as ei:
+        call(BAD_ARRAYS[bad])
+    assert isinstance(ei.value, ValueError)
+    assert str(ei.value)
+
+
+BAD_SINGLE = {
+    "list": C.tolist(),
+    "int32": C.astype(np.int32),
+    "shape (8,)": C[:8].copy(),
+    "shape (1, 9)": C.reshape(1, 9),
+    "bytes": b"x" * 9,
+    "none": None,
+}
+
+SINGLE_CALLS = [
+    ("pack", lambda c: _core.pack(c)),
+    ("format_coord", lambda c: _core.format_coord(c)),
+    ("bigmin", lambda c: _core.bigmin(c, P)),
+    ("litmax", lambda c: _core.litmax(c, P)),
+    ("l1", lambda c: _core.l1(c, ARR)),
+    ("hamming", lambda c: _core.hamming(c, ARR)),
+    ("topk", lambda c: _core.topk(c, ARR, 2)),
+    ("lower_bound", lambda c: _core.lower_bound(ARR, c)),
+]
+
+
+@pytest.mark.parametrize("bad", list(BAD_SINGLE), ids=list(BAD_SINGLE))
+@pytest.mark.parametrize("name,call", SINGLE_CALLS, ids=[n for n, _ in SINGLE_CALLS])
+def test_bad_single_coordinates(name, call, bad):
+    with pytest.raises(InterfaceError):
+        call(BAD_SINGLE[bad])
+
+
+def test_strided_single_coordinate_is_accepted():
+    # A (9,) view with strides is copied, not rejected: the answer equals the contiguous one.
+    c = np.zeros((9, 2), np.uint16)[:, 0]
+    c[:] = C
+    assert _core.pack(c) == _core.pack(C)
+    assert _core.l1(c, ARR).tolist() == _core.l1(C, ARR).tolist()
+
+
+BAD_PATTERNS = {
+    "list": P.tolist(),
+    "int32": P.astype(np.int32),
+    "shape (9,)": P[0].copy(),
+    "shape (3, 9)": np.zeros((3, 9), np.uint16),
+    "shape (2, 8)": np.ascontiguousarray(P[:, :8]),
+    "none": None,
+}
+
+PATTERN_CALLS = [
+    ("format_pattern", lambda p: _core.format_pattern(p)),
+    ("bigmin", lambda p: _core.bigmin(C, p)),
+    ("litmax", lambda p: _core.litmax(C, p)),
+    ("match", lambda p: _core.match(ARR, p)),
+    ("moe_pattern", lambda p: _core.moe_pattern(p, 4)),
+    ("lex_scan", lambda p: _core.lex_scan(ARR, p)),
+    ("z_scan", lambda p: _core.z_scan(ARR, ARR, p)),
+]
+
+
+@pytest.mark.parametrize("bad", list(BAD_PATTERNS), ids=list(BAD_PATTERNS))
+@pytest.mark.parametrize("name,call", PATTERN_CALLS, ids=[n for n, _ in PATTERN_CALLS])
+def test_bad_patterns(name, call, bad):
+    with pytest.raises(InterfaceError):
+        call(BAD_PATTERNS[bad])
+
+
+def test_fortran_pattern_is_accepted():
+    pf = np.asfortranarray(_core.parse_pattern("1.*.[2:5]/*.*.*/*.*.*"))
+    assert _core.match(ARR, pf).tolist() == _core.match(ARR, np.ascontiguousarray(pf)).tolist()
+
+
+@pytest.mark.parametrize("bad", [D.tolist(), D.astype(np.int64), D.astype(np.uint16),
+                                 np.zeros((3, 9), np.int32), None])
+def test_bad_deltas(bad):
+    with pytest.raises(InterfaceError):
+        _core.apply_delta(ARR, bad)
