@@ -88,6 +88,7 @@ class CoordIndex:
         self._post: list[_Postings | None] = [None] * 9
         self._min_merge = min_merge
         self.last_plan = ""
+        self.force_path: str | None = None   # tests pin an access path to check each one
 
     # -- maintenance --------------------------------------------------------------------
 
@@ -236,24 +237,25 @@ class CoordIndex:
         """Ascending main row ids matching p (alive only), from start_row on."""
         if len(self.main) == 0:
             return np.empty(0, dtype=np.int64)
-        path, _ = self.plan(p)
+        path = self.force_path or self.plan(p)[0]
         self.last_plan = path
         if path == "lex":
             rows, _ = _core.lex_scan(self.main, p, start_row,
                                      limit if not self._dead else -1)
         elif path == "post":
-            best = min(range(9), key=lambda j: self._post[j].size(int(p[0, j]), int(p[1, j]))
-                       if self._post[j] is not None
-                       and (p[0, j] != _FULL_LO or p[1, j] != _FULL_HI) else 1 << 62)
+            best = min(range(9), key=lambda j: self._postings(j).size(int(p[0, j]), int(p[1, j])))
             cand = self._post[best].rows(int(p[0, best]), int(p[1, best]))
             rows = _core.match_rows(self.main, cand, p)
             if p[0, best] != p[1, best]:
                 rows = np.sort(rows)
         elif path == "bitmap":
-            maps = [self._post[j].bitmaps[int(p[0, j])] for j in range(9)
-                    if p[0, j] == p[1, j] and self._post[j] is not None
-                    and int(p[0, j]) in self._post[j].bitmaps]
-            rows = _core.match_rows(self.main, _core.bitmap_and_rows(maps, len(self.main)), p)
+            maps = [self._postings(j).bitmaps[int(p[0, j])] for j in range(9)
+                    if p[0, j] == p[1, j] and int(p[0, j]) in self._postings(j).bitmaps]
+            if maps:
+                cand = _core.bitmap_and_rows(maps, len(self.main))
+            else:
+                cand = np.arange(len(self.main), dtype=np.int64)
+            rows = _core.match_rows(self.main, cand, p)
         else:
             zk, zc, zrows = self._zindex()
             idx, _ = _core.z_scan(zk, zc, p)

@@ -1,0 +1,407 @@
+"""Semantics of every instruction, run against mem:// and a real loopback server."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xxhash
+
+import vtpu
+from vtpu import CoordinateError, InterfaceError, VersionConflict
+
+
+# -- CGET / CPUT / CDEL ----------------------------------------------------------------------
+
+def test_missing_scroll_is_none(client):
+    assert client.cget("1.1.1/1.1.1/1.1.1") is None
+
+
+@pytest.mark.parametrize("content", [
+    "Hello vTPU", "", "ünïcödé\r\nline", b"\x00\x01\xff", 42, -7, 3.5, True, None,
+    [1, "two", [3.0]], {"a": 1, "b": [1, 2], "c": {"d": None}},
+])
+def test_put_get_round_trip(client, content):
+    v = client.cput("1.2.3/4.5.6/7.8.9", content)
+    s = client.cget("1.2.3/4.5.6/7.8.9")
+    assert v == 1 and s.version == 1
+    assert s.content == content and type(s.content) is type(content)
+    assert s["content"] == content and s["coordinate"] == "1.2.3/4.5.6/7.8.9"
+    assert dict(s)["version"] == 1
+
+
+@pytest.mark.parametrize("arr", [
+    np.arange(12, dtype=np.float32).reshape(3, 4),
+    np.array([1, -2, 3], dtype=np.int64),
+    np.zeros((2, 0, 3), dtype=np.uint8),
+    np.array(7.5, dtype=np.float64),
+    np.arange(6, dtype=">i4").reshape(2, 3),
+])
+def test_numpy_content_keeps_dtype_and_shape(client, arr):
+    client.cput("9.9.9/9.9.9/9.9.9", arr)
+    got = client.cget("9.9.9/9.9.9/9.9.9").content
+    assert isinstance(got, np.ndarray)
+    assert got.dtype == arr.dtype and got.shape == arr.shape
+    assert np.array_equal(got, arr)
+
+
+def test_versions_and_timestamps(client):
+    c = "1.1.1/1.1.1/1.1.2"
+    assert client.cput(c, "a") == 1
+    first = client.cget(c)
+    assert client.cput(c, "b") == 2
+    second = client.cget(c)
+    assert second.version == 2 and second.content == "b"
+    assert second.created_at == first.created_at
+    assert second.updated_at >= first.updated_at
+
+
+def test_compare_and_set(client):
+    c = "1.1.1/1.1.1/1.1.3"
+    assert client.cput(c, "new", if_version=0) == 1
+    with pytest.raises(VersionConflict) as e:
+        client.cput(c, "again", if_version=0)
+    assert "1.1.1/1.1.1/1.1.3" in str(e.value)
+    assert client.cput(c, "v2", if_version=1) == 2
+    with pytest.raises(VersionConflict):
+        client.cput(c, "stale", if_version=1)
+    s = client.cget(c)
+    assert s.content == "v2" and s.version == 2
+
+
+def test_delete_single_pattern_many(client):
+    coords = [f"1.1.{i}/2.2.2/3.3.3" for i in range(1, 11)]
+    client.cput_many(coords, [f"s{i}" for i in range(10)])
+    assert client.cdel(coords[0]) == 1
+    assert client.cdel(coords[0]) == 0
+    assert client.cget(coords[0]) is None
+    assert client.cdel("1.1.[2:5]/2.2.2/3.3.3") == 3
+    assert client.cdel_many(coords[5:8] + ["7.7.7/7.7.7/7.7.7"]) == 3
+    assert client.crange("1.1.*/2.2.2/3.3.3", keys_only=True) == coords[4:5] + coords[8:]
+
+
+def test_batched_get_put(client):
+    arr = np.array([[1, 2, 3, 4, 5, 6, 7, 8, i] for i in range(100)], dtype=np.uint16)
+    vers = client.cput_many(arr, [f"x{i}" for i in range(100)])
+    assert list(vers) == [1] * 100
+    got = client.cget_many(arr)
+    assert [s.content for s in got] == [f"x{i}" for i in range(100)]
+    mixed = client.cget_many(["1.2.3/4.5.6/7.8.0", "1.2.3/4.5.6/7.8.999"])
+    assert mixed[0].content == "x0" and mixed[1] is None
+    # an array of contents: row i is content i
+    client.cput_many(arr[:3], np.eye(3, dtype=np.float32))
+    assert np.array_equal(client.cget(arr[1]).content, np.eye(3, dtype=np.float32)[1])
+    assert client.cput_many(arr[:2], ["a", "b"]) == [3, 3]
+
+
+def test_bad_input_changes_nothing(client):
+    client.cput("1.1.1/1.1.1/1.1.1", "keep")
+    for bad in ["1.1.1/1.1.1", "1.1.1/1.1.1/1.1.1.1", "1.1.x!/1.1.1/1.1.1", "1.1.-1/1.1.1/1.1.1",
+                "1.1.70000/1.1.1/1.1.1", ""]:
+        with pytest.raises(CoordinateError) as e:
+            client.cput(bad, "x")
+        assert repr(bad)[1:-1] in str(e.value)
+    with pytest.raises(InterfaceError):
+        client.cput("1.1.1/1.1.1/1.1.1", object())
+    with pytest.raises(InterfaceError):
+        client.cput_many(["1.1.1/1.1.1/1.1.1", "1.1.1/1.1.1/1.1.2"], ["only one"])
+    s = client.cget("1.1.1/1.1.1/1.1.1")
+    assert s.content == "keep" and s.version == 1
+    assert client.crange("*.*.*/*.*.*/*.*.*", count=True) == 1
+
+
+# -- CRANGE ------------------------------------------------------------------------------
+
+@pytest.fixture
+def grid(client):
+    coords = [f"{a}.{b}.1/{c}.1.1/1.1.{d}" for a in range(1, 4) for b in range(1, 4)
+              for c in range(1, 4) for d in range(1, 4)]
+    client.cput_many(coords, coords)
+    return coords
+
+
+def _matches(coords, pred):
+    return sorted((c for c in coords if pred([int(x) for x in c.replace("/", ".").split(".")])),
+                  key=lambda c: [int(x) for x in c.replace("/", ".").split(".")])
+
+
+@pytest.mark.parametrize("pattern,pred", [
+    ("2.*.*/*.*.*/*.*.*", lambda v: v[0] == 2),
+    ("*.*.*/3.*.*/*.*.*", lambda v: v[3] == 3),
+    ("*.*.*/*.*.*/*.*.2", lambda v: v[8] == 2),
+    ("[1:3].*.*/*.*.*/*.*.[2:]", lambda v: 1 <= v[0] < 3 and v[8] >= 2),
+    ("1.2.1/[:3].1.1/1.1.*", lambda v: v[0] == 1 and v[1] == 2 and v[3] < 3),
+    ("*.*.*/*.*.*/*.*.*", lambda v: True),
+    ("4.*.*/*.*.*/*.*.*", lambda v: False),
+])
+def test_crange_shapes(client, grid, pattern, pred):
+    expected = _matches(grid, pred)
+    got = client.crange(pattern)
+    assert [s.coordinate for s in got] == expected
+    assert all(s.content == s.coordinate for s in got)
+    assert client.crange(pattern, keys_only=True) == expected
+    assert client.crange(pattern, count=True) == len(expected)
+
+
+def test_crange_limit_and_paging(client, grid):
+    pattern = "*.*.*/*.*.*/*.*.*"
+    everything = client.crange(pattern, keys_only=True)
+    assert client.crange(pattern, limit=5, keys_only=True) == everything[:5]
+    pages, after = [], None
+    for _ in range(100):
+        page = client.crange(pattern, limit=7, after=after, keys_only=True)
+        pages.extend(page)
+        if len(page) < 7:
+            break
+        after = page[-1]
+    assert pages == everything
+    assert [s.coordinate for s in client.crange_iter(pattern, page_size=10)] == everything
+    arr = client.crange("2.*.*/*.*.*/*.*.*", keys_only=True, as_array=True)
+    assert arr.dtype == np.uint16 and arr.shape == (27, 9)
+
+
+def test_crange_names(client):
+    client.cput("3.8.1/key.0.0/1.1.1", "k1")
+    client.cput("3.8.2/key.0.0/1.1.1", "k2")
+    client.cput("3.8.2/query.0.0/1.1.1", "q")
+    got = client.crange("3.8.*/key.0.0/1.1.1")
+    assert [s.coordinate for s in got] == ["3.8.1/key.0.0/1.1.1", "3.8.2/key.0.0/1.1.1"]
+    assert client.crange("3.8.*/nothere.0.0/1.1.1") == []
+
+
+# -- CDELTA -------------------------------------------------------------------------------
+
+def test_cdelta(client):
+    assert client.cdelta("2.1.3/4.7.11/18.29.47", "+0.0.0/+0.0.5/+0.0.0") == "2.1.3/4.7.16/18.29.47"
+    assert client.cdelta("2.1.3/4.7.11/18.29.47", "=9.-1.0/0.0.=1/*.0.0") == "9.0.3/4.7.1/*.29.47"
+    with pytest.raises(CoordinateError, match="component 1"):
+        client.cdelta("2.1.3/4.7.11/18.29.47", "-3.0.0/0.0.0/0.0.0")
+    with pytest.raises(CoordinateError, match="61439"):
+        client.cdelta("61439.1.3/4.7.11/18.29.47", "+1.0.0/0.0.0/0.0.0")
+    arr = np.array([[1] * 9, [2] * 9], dtype=np.uint16)
+    out = client.cdelta(arr, "+1.0.0/0.0.0/0.0.=7")
+    assert out.tolist() == [[2] + [1] * 7 + [7], [3] + [2] * 7 + [7]]
+    assert client.cdelta(["1.1.1/1.1.1/1.1.1"], "0.0.0/rel.0.0/0.0.0") == ["1.1.1/rel.1.1/1.1.1"]
+
+
+# -- CNEAREST -----------------------------------------------------------------------------
+
+def test_cnearest_matches_brute_force(client):
+    rng = np.random.default_rng(3)
+    arr = np.unique(rng.integers(0, 6, (400, 9)).astype(np.uint16), axis=0)
+    client.cput_many(arr, ["x"] * len(arr))
+    q = rng.integers(0, 6, 9).astype(np.uint16)
+    for metric in ("l1", "hamming"):
+        if metric == "l1":
+            d = np.abs(arr.astype(int) - q.astype(int)).sum(1)
+        else:
+            d = (arr != q).sum(1)
+        ref = sorted(zip(d.tolist(), map(tuple, arr.tolist())))[:10]
+        got = client.cnearest(q, k=10, metric=metric)
+        assert [(dist, tuple(int(x) for x in c.replace("/", ".").split("."))) for c, dist in got] == ref
+    within = "[0:3].*.*/*.*.*/*.*.*"
+    got = client.cnearest(q, k=5, within=within)
+    sel = arr[arr[:, 0] < 3]
+    d = np.abs(sel.astype(int) - q.astype(int)).sum(1)
+    assert [dist for _, dist in got] == sorted(d.tolist())[:5]
+    assert client.cnearest(q, k=0) == []
+
+
+# -- CHIER --------------------------------------------------------------------------------
+
+def test_chier(client):
+    assert client.chier("2.1.3/4.7.11/18.29.47", "UP") == "2.1.3/4.7.11/18.29.*"
+    assert client.chier("2.1.3/4.7.11/18.29.*", "UP") == "2.1.3/4.7.11/18.*.*"
+    for c in ["2.1.3/4.7.11/18.29.47", "2.1.3/4.7.11/18.29.48", "2.1.3/4.7.11/18.30.1",
+              "2.1.3/4.7.12/1.1.1"]:
+        client.cput(c, "x")
+    assert client.chier("2.1.3/4.7.11/18.29.*", "DOWN") == [
+        "2.1.3/4.7.11/18.29.47", "2.1.3/4.7.11/18.29.48"]
+    assert client.chier("2.1.3/4.7.11/18.29.47", "NEXT") == "2.1.3/4.7.11/18.29.48"
+    assert client.chier("2.1.3/4.7.11/18.29.48", "NEXT") == "2.1.3/4.7.11/18.30.1"
+    assert client.chier("2.1.3/4.7.11/18.30.1", "PREV") == "2.1.3/4.7.11/18.29.48"
+    assert client.chier("2.1.3/4.7.11/18.29.47", "PREV") is None
+    assert client.chier("2.1.3/4.7.12/1.1.1", "NEXT") is None
+    client.cdel("2.1.3/4.7.11/18.29.48")
+    assert client.chier("2.1.3/4.7.11/18.29.47", "NEXT") == "2.1.3/4.7.11/18.30.1"
+    with pytest.raises(InterfaceError):
+        client.chier("2.1.3/4.7.11/18.29.47", "SIDEWAYS")
+
+
+# -- CROUTE / CMOE ------------------------------------------------------------------------
+
+def _jump(key, n):
+    b, j = -1, 0
+    while j < n:
+        b = j
+        key = (key * 2862933555777941757 + 1) & (2 ** 64 - 1)
+        j = int((b + 1) * ((1 << 31) / ((key >> 33) + 1)))
+    return b
+
+
+def test_croute_definition_and_subtrees(client):
+    c = "2.1.3/4.7.11/18.29.47"
+    prefix = bytes.fromhex("000200010003")
+    assert client.croute(c, 16) == _jump(xxhash.xxh64_intdigest(prefix), 16)
+    assert client.croute("2.1.3/9.9.9/9.9.9", 16) == client.croute(c, 16)
+    arr = np.random.default_rng(0).integers(0, 1000, (1000, 9)).astype(np.uint16)
+    nodes = client.croute(arr, 8)
+    assert nodes.dtype == np.int32 and nodes.min() >= 0 and nodes.max() < 8
+
+
+def test_croute_stable_across_processes(client):
+    coords = [f"{i}.{i * 7 % 13}.{i % 5}/1.2.3/4.5.6" for i in range(50)]
+    here = [client.croute(c, 10) for c in coords]
+    code = ("import vtpu; c = vtpu.connect('mem://'); "
+            f"print([c.croute(x, 10) for x in {coords!r}])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env={"PYTHONHASHSEED": "12345", "PATH": ""})
+    assert out.returncode == 0, out.stderr
+    assert eval(out.stdout) == here
+
+
+def test_cmoe_balanced_and_deterministic(client):
+    rng = np.random.default_rng(7)
+    tokens = rng.integers(0, 61440, (64000, 9)).astype(np.uint16)
+    experts = client.cmoe(tokens, 64)
+    counts = np.bincount(experts, minlength=64)
+    expected = len(tokens) / 64
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 150   # 63 degrees of freedom: p < 1e-6 above ~120
+    assert client.cmoe(tokens[:10], 64).tolist() == experts[:10].tolist()
+    e = client.cmoe("0.512.768/3.*.*/expert.*.*", num_experts=64)
+    assert 0 <= e < 64
+    top = client.cmoe("0.512.768/3.1.1/1.1.1", num_experts=8, top_k=3)
+    assert len(set(top)) == 3 and top[0] == client.cmoe("0.512.768/3.1.1/1.1.1", 8)
+    assert client.cmoe(tokens[:5], 8, top_k=2).shape == (5, 2)
+
+
+# -- CATTEND ------------------------------------------------------------------------------
+
+def _softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def test_cattend_equals_numpy(client):
+    rng = np.random.default_rng(11)
+    d, n = 16, 40
+    K = rng.normal(size=(n, d))
+    V = rng.normal(size=(n, d))
+    q = rng.normal(size=d)
+    client.cput_many([f"3.8.{i}/key.0.0/1.1.1" for i in range(n)], K)
+    client.cput_many([f"3.8.{i}/value.0.0/1.1.1" for i in range(n)], V)
+    client.cput("3.8.512/query.0.0/1.1.1", q)
+    # a scroll outside the pattern must not take part
+    client.cput("3.9.0/key.0.0/1.1.1", rng.normal(size=d))
+    res = client.cattend(query_coord="3.8.512/query.0.0/1.1.1", key_pattern="3.8.*/key.0.0/1.1.1",
+                         top_k=5, values="+0.0.0/=value.0.0/+0.0.0")
+    scores = K @ q / math.sqrt(d)
+    w = _softmax(scores)
+    assert res.n == n and res.mode == "dot"
+    np.testing.assert_allclose(res.output, w @ V, rtol=1e-9, atol=1e-12)
+    top = np.argsort(-scores)[:5]
+    assert [r["coordinate"] for r in res] == [f"3.8.{i}/key.0.0/1.1.1" for i in top]
+    np.testing.assert_allclose([r["score"] for r in res], scores[top])
+    np.testing.assert_allclose([r["weight"] for r in res], w[top])
+    assert np.array_equal(res[0]["content"], K[top[0]])
+    # values given as a pattern aligned with the keys
+    res2 = client.cattend(query=q, key_pattern="3.8.*/key.0.0/1.1.1",
+                          values="3.8.*/value.0.0/1.1.1")
+    np.testing.assert_allclose(res2.output, w @ V, rtol=1e-9)
+
+
+def test_cattend_text_fallback(client):
+    client.cput("3.8.1/key.0.0/1.1.1", "a")
+    client.cput("3.8.5/key.0.0/1.1.1", "b")
+    client.cput("3.8.512/query.0.0/1.1.1", "the query")
+    res = client.cattend(query_coord="3.8.512/query.0.0/1.1.1",
+                         key_pattern="3.8.*/key.0.0/1.1.1", top_k=32)
+    assert res.mode == "distance" and len(res) == 2
+    q = vtpu.Coordinate("3.8.512/query.0.0/1.1.1", client.names).array.astype(int)
+    k = vtpu.Coordinate("3.8.5/key.0.0/1.1.1", client.names).array.astype(int)
+    assert res[0]["coordinate"] == "3.8.5/key.0.0/1.1.1"
+    assert res[0]["score"] == pytest.approx(1 / (1 + np.abs(q - k).sum()))
+    assert sum(r["weight"] for r in res) == pytest.approx(1.0)
+
+
+def test_cattend_many_windowed_equals_numpy(client):
+    rng = np.random.default_rng(5)
+    seq, d, win = 64, 8, 4
+    K = rng.normal(size=(seq, d))
+    V = rng.normal(size=(seq, d))
+    Q = rng.normal(size=(seq, d))
+    client.cput_many([f"1.1.1/1.1.1/1.{i}.1" for i in range(seq)], K)
+    client.cput_many([f"1.1.1/1.1.1/2.{i}.1" for i in range(seq)], V)
+    pats = [f"1.1.1/1.1.1/1.[{max(0, i - win)}:{min(seq, i + win + 1)}].1" for i in range(seq)]
+    res = client.cattend_many(Q, pats, values="0.0.0/0.0.0/=2.0.0")
+    for i in range(seq):
+        lo, hi = max(0, i - win), min(seq, i + win + 1)
+        w = _softmax(K[lo:hi] @ Q[i] / math.sqrt(d))
+        np.testing.assert_allclose(res["outputs"][i], w @ V[lo:hi], rtol=1e-9, atol=1e-12)
+    assert res["counts"].tolist() == [min(seq, i + win + 1) - max(0, i - win) for i in range(seq)]
+
+
+# -- CKG ----------------------------------------------------------------------------------
+
+def test_ckg_follows_pointers_and_terminates_on_cycles(client):
+    # person.N.1/attr.name.1/1.1.1 holds a name; person.N.1/rel.spouse.1/1.1.1 points at
+    # the spouse's name scroll.
+    client.cput("person.1001.1/attr.name.1/1.1.1", "Alice")
+    client.cput("person.1002.1/attr.name.1/1.1.1", "Bob")
+    client.cput("person.1001.1/rel.spouse.1/1.1.1", "person.1002.1/attr.name.1/1.1.1")
+    client.cput("person.1002.1/rel.spouse.1/1.1.1", "person.1001.1/attr.name.1/1.1.1")
+    one = client.ckg(start_coord="person.1001.*/attr.*.*/1.1.1",
+                     relation_deltas=["+0.0.0/+rel.spouse.*/+0.0.0"], hops=1)
+    assert [s.content for s in one] == ["Bob"]
+    # the cycle Alice -> Bob -> Alice stops: Alice was visited at the start
+    three = client.ckg("person.1001.1/attr.name.1/1.1.1", ["+0.0.0/+rel.spouse.*/+0.0.0"], hops=3)
+    assert three == []
+    two = client.ckg("person.1001.1/attr.name.1/1.1.1", "+0.0.0/+rel.spouse.*/+0.0.0", hops=1)
+    assert [s.content for s in two] == ["Bob"]
+
+
+def test_ckg_edges_without_pointers_and_frontier_bound(client):
+    # a chain 1 -> 2 -> 3 ... where each edge is the next node itself (no pointer content)
+    for i in range(1, 20):
+        client.cput(f"1.1.1/1.1.1/1.1.{i}", i)
+    res = client.ckg("1.1.1/1.1.1/1.1.1", ["+0.0.0/+0.0.0/+0.0.1"], hops=3)
+    assert [s.coordinate for s in res] == ["1.1.1/1.1.1/1.1.4"]
+    fan = client.ckg("1.1.1/1.1.1/1.1.*", ["+0.0.0/+0.0.0/+0.0.1"], hops=1, max_frontier=5)
+    assert len(fan) <= 5
+
+
+# -- prototype README ---------------------------------------------------------------------
+
+def test_prototype_readme_examples(client):
+    vt = client
+    assert vt.health()["status"] == "ok"
+    vt.cput("1.1.1/1.1.1/1.1.1", "Hello vTPU")
+    result = vt.cget("1.1.1/1.1.1/1.1.1")
+    assert result["content"] == "Hello vTPU"
+    scrolls = vt.crange("1.1.*/1.1.1/1.1.1")
+    assert len(scrolls) == 1
+    assert vt.cdelta("2.1.3/4.7.11/18.29.47", "+0.0.0/+0.0.5/+0.0.0") == "2.1.3/4.7.16/18.29.47"
+    assert vt.chier("2.1.3/4.7.11/18.29.47", "UP") == "2.1.3/4.7.11/18.29.*"
+    assert isinstance(vt.chier("2.1.3/4.7.11/18.29.*", "DOWN"), list)
+    neighbors = vt.cnearest("2.1.3/4.7.11/18.29.47", k=10)
+    assert all(isinstance(c, str) and isinstance(d, int) for c, d in neighbors)
+    scores = vt.cattend(query_coord="3.8.512/query.0.0/1.1.1", key_pattern="3.8.*/key.0.0/1.1.1",
+                        top_k=32)
+    assert len(scores) <= 32
+    expert_id = vt.cmoe("0.512.768/3.*.*/expert.*.*", num_experts=64)
+    assert 0 <= expert_id < 64
+    entities = vt.ckg(start_coord="person.1001.*/attr.*.*/1.1.1",
+                      relation_deltas=["+0.0.0/+rel.spouse.*/+0.0.0"], hops=1)
+    assert entities == []
+    stats = vt.get_stats()
+    assert stats["total_calls"] >= 8 and stats["avg_latency_ms"] >= 0
+    assert vt.stats()["scrolls"] == 1
+
+
+def test_names_round_trip(client):
+    ids = client.intern(["query", "key"])
+    assert all(0xF000 <= i <= 0xFFFF for i in ids)
+    client.cput("3.8.512/query.0.0/1.1.1", "q")
+    assert client.crange("3.8.*/query.*.*/*.*.*", keys_only=True) == ["3.8.512/query.0.0/1.1.1"]
+    assert client.intern(["query"]) == ids[:1]
