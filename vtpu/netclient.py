@@ -41,6 +41,7 @@ import numpy as np
 
 from . import errors as E
 from . import protocol as P
+from .coords import NameTable, Scroll
 
 __all__ = ["RemoteEngine", "Pipeline", "ClientOps", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT"]
 
@@ -58,7 +59,13 @@ _OPBYTES = {name: P.packb(name) for name in P.OPS}
 _GET_TAIL = _OPBYTES["GET"] + b"\x91\xc4\x12"  # args = [bin8(18)]
 _PUT2 = _OPBYTES["PUT"] + b"\x92\xc4\x12"  # args = [bin8(18), content]
 _LEN = struct.Struct(">I")
-_ERR_PROTOCOL = "PROTOCOL"
+_unpackb = P.unpackb
+
+# Fork detection without a system call per request (os.getpid() is not cached by
+# glibc): the child bumps a generation counter, connections remember theirs.
+_fork_gen = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _fork_gen.__setitem__(0, _fork_gen[0] + 1))
 
 
 def _request_frame(msgid: int, op: str, tail: bytes, max_frame_size: int) -> bytes:
@@ -442,8 +449,9 @@ class RemoteEngine(ClientOps):
         #: the server's HELLO answer, once connected
         self.server_info: dict | None = None
         self._dec = _Decoders(self)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._gen = _fork_gen[0]
         self._sock: Any = None
         self._sock_timeout: float | None = -1.0  # what settimeout() was last given
         self._msgid = 0
@@ -464,8 +472,6 @@ class RemoteEngine(ClientOps):
         return self._names
 
     def _make_names(self) -> Any:
-        from .coords import NameTable
-
         return NameTable(resolver=_Resolver(self))
 
     def _learn_names(self, names: list, ids: Any) -> None:
@@ -483,15 +489,13 @@ class RemoteEngine(ClientOps):
             self._names.extend_from(names)
 
     def _make_scroll(self, key, content, version, created, updated):
-        from .coords import Scroll
-
-        return Scroll(key, content, version, created, updated, self.names)
+        return Scroll(key, content, version, created, updated, self._names or self.names)
 
     # -- connection ----------------------------------------------------------------------
     @property
     def connected(self) -> bool:
         """Whether a socket is currently open (it may still turn out to be dead)."""
-        return self._sock is not None and self._pid == os.getpid()
+        return self._sock is not None and self._gen == _fork_gen[0]
 
     def close(self) -> None:
         """Close the connection. The engine stays usable: the next call reconnects."""
@@ -523,13 +527,14 @@ class RemoteEngine(ClientOps):
 
     def _check_fork(self) -> None:
         pid = os.getpid()
-        if pid != self._pid:
+        if pid != self._pid or self._gen != _fork_gen[0]:
             # Forked: the socket belongs to the parent. Forget it without touching it
             # (closing our copy of the fd would be harmless, sending on it would not).
             self._pid = pid
+            self._gen = _fork_gen[0]
             self._sock = None
             self._rstart = self._rend = 0
-            self._lock = threading.RLock()
+            self._lock = threading.Lock()
 
     def _connect(self) -> None:
         deadline = None if self.connect_timeout is None else time.monotonic() + self.connect_timeout
@@ -570,7 +575,7 @@ class RemoteEngine(ClientOps):
         self.server_info = value
 
     def _ensure(self) -> Any:
-        if self._pid != os.getpid():
+        if self._gen != _fork_gen[0]:
             self._check_fork()
         sock = self._sock
         if sock is not None and time.monotonic() - self._last_io > IDLE_CHECK_SECONDS:
@@ -608,15 +613,23 @@ class RemoteEngine(ClientOps):
 
     # -- raw I/O (the one place socket errors are translated) ------------------------------
     def _set_timeout(self, deadline: float | None) -> None:
+        # settimeout() is a system call, so the common case must not need one: the
+        # socket keeps its current timeout while that still fits the remaining budget
+        # with some slack, and is lowered to the remaining time only near the deadline.
+        # (Each blocking operation is thereby bounded by the deadline plus at most a
+        # quarter of the previous setting.)
+        cur = self._sock_timeout
         if deadline is None:
-            t = None
-        else:
-            t = deadline - time.monotonic()
-            if t <= 0:
-                raise E.TimeoutError(f"call to {self.host}:{self.port} timed out")
-        if t != self._sock_timeout:
-            self._sock.settimeout(t)
-            self._sock_timeout = t
+            if cur is not None:
+                self._sock.settimeout(None)
+                self._sock_timeout = None
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise E.TimeoutError(f"call to {self.host}:{self.port} timed out")
+        if cur is None or cur <= 0 or left < cur * 0.75 or left > cur * 4:
+            self._sock.settimeout(left)
+            self._sock_timeout = left
 
     def _send(self, data: bytes, deadline: float | None) -> None:
         try:
@@ -710,18 +723,69 @@ class RemoteEngine(ClientOps):
     def _roundtrip(self, op: str, tail: bytes, deadline: float | None) -> tuple[bool, Any]:
         """Send one request and read its reply; closes the socket on any failure."""
         with self._lock:
-            self._ensure()
-            msgid = self._next_id()
-            frame = _request_frame(msgid, op, tail, self.max_frame_size)
+            sock = self._sock
+            now = time.monotonic()
+            if sock is None or self._gen != _fork_gen[0] or now - self._last_io > IDLE_CHECK_SECONDS:
+                sock = self._ensure()
+            m = self._msgid + 1
+            if m > 0xFFFFFFFF:
+                m = 1
+            self._msgid = m
+            n = len(tail) + 6
+            if n > self.max_frame_size:
+                raise E.LimitError(
+                    f"{op}: request of {n} bytes exceeds max_frame_size {self.max_frame_size}",
+                    "LIMIT",
+                )
             try:
-                self._send(frame, deadline)
-                ok, value = self._recv_reply(msgid, deadline)
+                self._set_timeout(deadline)
+                sock.sendall(_HDR.pack(n, 0x93, 0xCE, m) + tail)
+                if self._rend == self._rstart:
+                    # Fast path: the whole reply usually arrives in one recv.
+                    got = sock.recv_into(self._rview)
+                    if got >= 4:
+                        size = _LEN.unpack_from(self._rbuf)[0]
+                        if size + 4 == got and 0 < size <= self.max_frame_size:
+                            self._rstart = self._rend = 0
+                            msg = _unpackb(self._rview[4:got])
+                            if type(msg) is list and len(msg) == 3 and msg[0] == m:
+                                self._last_io = time.monotonic()
+                                if msg[1] == 0:
+                                    return True, msg[2]
+                                return False, P.parse_reply(msg).value
+                            self._handle_stray(msg, m)  # a push: consumed
+                            got = 0
+                    elif not got:
+                        raise E.ConnectionError(
+                            f"server {self.host}:{self.port} closed the connection"
+                        )
+                    self._rstart, self._rend = 0, got
+                ok, value = self._recv_reply(m, deadline)
+            except builtins_timeout as exc:
+                self._drop()
+                raise E.TimeoutError(f"no reply from {self.host}:{self.port} in time") from exc
+            except E.VTPUError:
+                self._drop()
+                raise
+            except OSError as exc:
+                self._drop()
+                raise E.ConnectionError(f"{op} to {self.host}:{self.port} failed: {exc}") from exc
             except BaseException:
                 # Whatever happened, the stream may hold half a reply: never reuse it.
                 self._drop()
                 raise
             self._last_io = time.monotonic()
             return ok, value
+
+    def _handle_stray(self, msg: Any, msgid: int) -> None:
+        """A frame that is not our reply arrived alone: a push, or a fatal error."""
+        r = P.parse_reply(msg)
+        if isinstance(r, P.Push):
+            self._handle_push(r)
+            return
+        if r.msgid == 0 and not r.ok:
+            raise E.error_from_code(r.value[0], r.value[1])
+        raise E.ProtocolError(f"reply id {r.msgid} does not match request id {msgid}")
 
     def _call_tail(self, op: str, tail: bytes, idempotent: bool, timeout: float | None) -> Any:
         deadline = self._deadline(timeout)
@@ -780,7 +844,9 @@ class RemoteEngine(ClientOps):
         r = self._call_tail("GET", _GET_TAIL + key, True, timeout)
         if r is None:
             return None
-        return self._dec.scroll(r)
+        if type(r) is list and len(r) == 5:
+            return Scroll(r[0], r[1], r[2], r[3], r[4], self._names or self.names)
+        return self._dec.scroll(r)  # raises the ProtocolError
 
     def put(self, key: bytes, content: Any, if_version: int | None = None, *,
             timeout: float | None = None) -> int:

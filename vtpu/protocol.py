@@ -20,6 +20,7 @@ a pattern = 36 bytes (lo || hi), a delta = 72 bytes (9 int32 ops || 9 int32 valu
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Any, Callable, Iterator, NamedTuple
 
 import msgpack
@@ -155,6 +156,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 _packer_kw = dict(use_bin_type=True, default=_default, datetime=False)
+# One reusable Packer per thread: msgpack.packb() builds a Packer and parses keyword
+# arguments on every call, which costs more than packing a small request itself.
+_tls = threading.local()
 
 
 def packb(obj: Any) -> bytes:
@@ -166,11 +170,19 @@ def packb(obj: Any) -> bytes:
     :raises InterfaceError: for a value msgpack cannot hold (object dtype, a set, ...).
     """
     try:
-        return msgpack.packb(obj, **_packer_kw)
-    except InterfaceError:
+        pk = _tls.packer
+    except AttributeError:
+        pk = _tls.packer = msgpack.Packer(**_packer_kw)
+    try:
+        return pk.pack(obj)
+    except BaseException as exc:
+        # A failed pack may leave partial output in the packer: never reuse it.
+        _tls.packer = msgpack.Packer(**_packer_kw)
+        if isinstance(exc, InterfaceError):
+            raise
+        if isinstance(exc, (TypeError, ValueError, OverflowError)):
+            raise InterfaceError(f"cannot encode value: {exc}") from None
         raise
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InterfaceError(f"cannot encode value: {exc}") from None
 
 
 def unpackb(data: bytes | bytearray | memoryview) -> Any:

@@ -382,7 +382,17 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.decoder.feed(data)
+        dec = self.decoder
+        n = len(data)
+        if n > 4 and not dec.buffered() and not self.read_paused:
+            # Fast path (one whole request in one read, the unpipelined case): decode
+            # straight from the received bytes without going through the buffer.
+            size = int.from_bytes(data[:4], "big")
+            if size + 4 == n and size <= dec.max_frame_size:
+                frame, wrote = self.server.handle_body(self, data[4:])
+                self._send([frame], wrote)
+                return
+        dec.feed(data)
         self._process()
 
     def eof_received(self) -> bool | None:
