@@ -540,16 +540,19 @@ class Engine:
         return self.names.to_list()
 
     def import_phext(self, text: str, skip_invalid: bool = False) -> int:
-        """Store every scroll of a .phext document; returns how many were stored."""
+        """Store every scroll of a .phext document; returns how many were stored.
+
+        Reading agrees scroll for scroll with the reference ``explode``; every scroll a
+        phext file holds is storable, so ``skip_invalid`` has nothing to skip on import
+        (it is accepted for symmetry with :meth:`export_phext`).
+        """
         from vtpu import phext
 
         items = phext.parse_phext(text)
         if not items:
             return 0
-        coords = np.array([c for c, _ in items], dtype=np.int64)
-        if (coords > 0xEFFF).any():
-            raise InterfaceError("phext coordinate outside 0..61439")
-        blob = _core.pack_many(np.ascontiguousarray(coords.astype(np.uint16)))
+        # parse_phext yields components in 1..999 only, so they always fit uint16.
+        blob = _core.pack_many(np.array([c for c, _ in items], dtype=np.uint16))
         self.put_many(blob, [t for _, t in items])
         return len(items)
 

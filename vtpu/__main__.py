@@ -1,0 +1,4 @@
+"""``python -m vtpu``: the vtpu command."""
+from vtpu.cli import main
+
+raise SystemExit(main())
