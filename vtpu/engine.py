@@ -439,36 +439,40 @@ class Engine:
             if e < len(ucoords) and (ucoords[e] == kp[i, 1]).all():
                 e += 1
             ends[i] = e
-        counts = ends - starts
-        width = int(counts.max()) if nq else 0
-        outputs = np.zeros((nq, V.shape[1] if V.ndim == 2 and len(V) else d))
-        weights_out = [] if return_weights else None
+        dv = V.shape[1] if V.ndim == 2 and len(V) else d
+        outputs = np.zeros((nq, dv))
+        counts = np.zeros(nq, dtype=np.int64)
+        weights_out: list | None = [None] * nq if return_weights else None
         scale = 1.0 / math.sqrt(d)
-        cols = np.arange(width)
-        chunk = max(1, (1 << 22) // max(1, width * d))   # bound the gathered block's size
-        for c0 in range(0, nq, chunk):
-            c1 = min(nq, c0 + chunk)
-            idx = starts[c0:c1, None] + cols[None, :]
-            valid = cols[None, :] < counts[c0:c1, None]
-            idx = np.where(valid, idx, 0)
-            # rows inside a window's lexicographic span might still miss its box
-            sub = ucoords[idx.ravel()].reshape(c1 - c0, width, 9)
-            valid &= ((sub >= kp[c0:c1, None, 0, :]) & (sub <= kp[c0:c1, None, 1, :])).all(-1)
-            s = np.einsum("qwd,qd->qw", K[idx], Q[c0:c1]) * scale
-            s = np.where(valid, s, -np.inf)
-            mx = s.max(axis=1, keepdims=True)
+        # Queries in window order, in blocks: one dense (block x span) matmul per block
+        # with a mask, so neighbouring windows share their keys instead of gathering a
+        # (Q, W, d) copy. Rows inside a window's lexicographic span that miss its box
+        # (possible when a later component is constrained) are masked out too.
+        order = np.argsort(starts, kind="stable")
+        block = 128
+        for b0 in range(0, nq, block):
+            qi = order[b0:b0 + block]
+            s0, e0 = int(starts[qi].min()), int(ends[qi].max())
+            if e0 <= s0:
+                continue
+            valid = np.zeros((len(qi), e0 - s0), dtype=np.bool_)
+            for r, i in enumerate(qi):
+                a, b = int(starts[i]), int(ends[i])
+                if b > a:
+                    valid[r, a - s0:b - s0] = _core.match(ucoords[a:b], kp[i])
+            sc = (Q[qi] @ K[s0:e0].T) * scale
+            sc = np.where(valid, sc, -np.inf)
+            mx = sc.max(axis=1, keepdims=True)
             mx = np.where(np.isfinite(mx), mx, 0.0)
-            w = np.exp(s - mx)
+            w = np.exp(sc - mx)
             tot = w.sum(axis=1, keepdims=True)
             w = np.divide(w, tot, out=np.zeros_like(w), where=tot > 0)
-            outputs[c0:c1] = np.einsum("qw,qwd->qd", w, V[idx])
+            outputs[qi] = w @ V[s0:e0]
+            counts[qi] = valid.sum(axis=1)
             if weights_out is not None:
-                for r in range(c1 - c0):
+                for r, i in enumerate(qi):
                     wr = w[r, valid[r]]
-                    if top_k is not None:
-                        wr = np.sort(wr)[::-1][:top_k]
-                    weights_out.append(wr)
-            counts[c0:c1] = valid.sum(axis=1)
+                    weights_out[i] = np.sort(wr)[::-1][:top_k] if top_k is not None else wr
         res = {"outputs": outputs, "counts": counts}
         if weights_out is not None:
             res["weights"] = weights_out
