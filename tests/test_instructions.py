@@ -405,3 +405,21 @@ def test_names_round_trip(client):
     client.cput("3.8.512/query.0.0/1.1.1", "q")
     assert client.crange("3.8.*/query.*.*/*.*.*", keys_only=True) == ["3.8.512/query.0.0/1.1.1"]
     assert client.intern(["query"]) == ids[:1]
+
+
+def test_pipeline_results_and_errors(client):
+    p = client.pipeline(raise_on_error=False)
+    p.cput("1.1.1/1.1.1/1.1.1", "a")
+    p.cput("1.1.1/1.1.1/1.1.1", "x", if_version=5)
+    p.cget("1.1.1/1.1.1/1.1.1")
+    p.crange("1.1.1/1.1.1/1.1.*", keys_only=True)
+    res = p.execute()
+    assert res[0] == 1
+    assert isinstance(res[1], VersionConflict)
+    assert res[2].content == "a"
+    assert res[3].tolist() == [[1] * 9]
+    with pytest.raises(VersionConflict):
+        with client.pipeline() as q:
+            q.cput("1.1.1/1.1.1/1.1.1", "y", if_version=9)
+            q.cput("1.1.1/1.1.1/1.1.2", "z")
+    assert client.cget("1.1.1/1.1.1/1.1.2").content == "z"   # ran before the raise

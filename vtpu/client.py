@@ -35,7 +35,7 @@ from vtpu.coords import (
 )
 from vtpu.errors import CoordinateError, InterfaceError
 
-__all__ = ["Client", "vTPU", "connect", "AttentionRecord", "AttentionResult"]
+__all__ = ["Client", "ClientPipeline", "vTPU", "connect", "AttentionRecord", "AttentionResult"]
 
 
 class AttentionRecord(dict):
@@ -127,10 +127,10 @@ class Client:
             self._ops[op] = self._ops.get(op, 0) + 1
 
     def _key(self, c) -> bytes:
-        return to_key(c, self._b.names)
+        return to_key(c, self.names)
 
     def _fmt(self, arr: np.ndarray) -> list[str]:
-        return _core.format_coords(np.ascontiguousarray(arr), self._b.names)
+        return _core.format_coords(np.ascontiguousarray(arr), self.names)
 
     def close(self) -> None:
         """Close the connection (remote) or the durable store (file://)."""
@@ -163,7 +163,7 @@ class Client:
 
         :param coords: list of coordinates, an (N, 9) uint16 array or an N*18-byte blob.
         """
-        return self._run("cget_many", self._b.get_many, to_keys_blob(coords, self._b.names))
+        return self._run("cget_many", self._b.get_many, to_keys_blob(coords, self.names))
 
     def cput(self, coord, content: Any, if_version: int | None = None) -> int:
         """CPUT: write a scroll and return its new version.
@@ -181,7 +181,7 @@ class Client:
         :param coords: list of coordinates or an (N, 9) uint16 array.
         :param contents: list of N contents, or an array whose row i is content i.
         """
-        blob = to_keys_blob(coords, self._b.names)
+        blob = to_keys_blob(coords, self.names)
         return self._run("cput_many", self._b.put_many, blob, contents)
 
     def cdel(self, target) -> int:
@@ -190,12 +190,12 @@ class Client:
         :returns: how many scrolls were deleted.
         """
         if isinstance(target, str) and is_pattern_text(target):
-            return self._run("cdel", self._b.delete_range, to_pattern(target, self._b.names))
+            return self._run("cdel", self._b.delete_range, to_pattern(target, self.names))
         return self._run("cdel", self._b.delete, self._key(target))
 
     def cdel_many(self, coords) -> int:
         """Batched CDEL of many coordinates; returns how many existed."""
-        return self._run("cdel_many", self._b.delete_many, to_keys_blob(coords, self._b.names))
+        return self._run("cdel_many", self._b.delete_many, to_keys_blob(coords, self.names))
 
     # -- CRANGE -------------------------------------------------------------------------
 
@@ -210,7 +210,7 @@ class Client:
         :param after: exclusive start coordinate (the last one of the previous page).
         :returns: list of Scroll, list of str / (M, 9) array, or int.
         """
-        p = to_pattern(pattern, self._b.names)
+        p = to_pattern(pattern, self.names)
         if count:
             return self._run("crange", self._b.count, p)
         akey = None if after is None else self._key(after)
@@ -221,7 +221,7 @@ class Client:
 
     def crange_iter(self, pattern, page_size: int = 10000) -> Iterator[Scroll]:
         """Stream every scroll matching a pattern, fetched in pages of ``page_size``."""
-        p = to_pattern(pattern, self._b.names)
+        p = to_pattern(pattern, self.names)
         after = None
         while True:
             page = self._run("crange", self._b.range, p, page_size, after, False)
@@ -232,7 +232,7 @@ class Client:
 
     def ccount(self, pattern) -> int:
         """How many scrolls match a pattern."""
-        return self._run("ccount", self._b.count, to_pattern(pattern, self._b.names))
+        return self._run("ccount", self._b.count, to_pattern(pattern, self.names))
 
     # -- CDELTA (pure) --------------------------------------------------------------------
 
@@ -246,7 +246,7 @@ class Client:
         :returns: same shape as ``base``; patterns come back as text.
         :raises CoordinateError: a result leaves 0..61439 (never clamped).
         """
-        names = self._b.names
+        names = self.names
         d = to_delta(delta, names)
         if isinstance(base, str):
             if is_pattern_text(base):
@@ -278,7 +278,7 @@ class Client:
         if metric not in ("l1", "hamming"):
             raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
         c = _core.unpack(self._key(coord))
-        w = None if within is None else to_pattern(within, self._b.names)
+        w = None if within is None else to_pattern(within, self.names)
         coords, dists = self._run("cnearest", self._b.nearest, c, int(k), metric, w)
         if as_array:
             return coords, dists
@@ -293,7 +293,7 @@ class Client:
             order, or None).
         """
         d = str(direction).upper()
-        names = self._b.names
+        names = self.names
         if d == "UP":
             p = to_pattern(coord, names).copy()
             concrete = np.flatnonzero(p[0] == p[1])
@@ -321,7 +321,7 @@ class Client:
         if isinstance(coord, (str, bytes)) or (isinstance(coord, np.ndarray) and coord.ndim == 1):
             arr = _core.unpack(self._key(coord)).reshape(1, 9)
             return int(_core.route(arr, num_nodes, level)[0])
-        return _core.route(to_coords(coord, self._b.names), num_nodes, level)
+        return _core.route(to_coords(coord, self.names), num_nodes, level)
 
     def cmoe(self, token, num_experts: int, top_k: int = 1):
         """CMOE: hash routing of a token to experts (hash-layer MoE).
@@ -330,7 +330,7 @@ class Client:
             array of token coordinates (then an int array comes back).
         :returns: expert id, or a list of ``top_k`` distinct experts; arrays for many.
         """
-        names = self._b.names
+        names = self.names
         if isinstance(token, str):
             return _core.moe_pattern(to_pattern(token, names), num_experts, top_k)
         if isinstance(token, (bytes, np.ndarray)) and (
@@ -347,7 +347,7 @@ class Client:
     def _values_arg(self, values):
         if values is None:
             return None
-        names = self._b.names
+        names = self.names
         if isinstance(values, str):
             return to_delta(values, names) if _is_delta_text(values) else to_pattern(values, names)
         if isinstance(values, np.ndarray) and values.shape == (2, 9) and values.dtype in (
@@ -377,7 +377,7 @@ class Client:
             q = self._key(query_coord)
         else:
             raise InterfaceError("cattend needs query_coord or query")
-        p = to_pattern(key_pattern, self._b.names)
+        p = to_pattern(key_pattern, self.names)
         res = self._run("cattend", self._b.attend, q, p, top_k=top_k,
                         values=self._values_arg(values))
         coords = self._fmt(res["keys"])
@@ -393,7 +393,7 @@ class Client:
         :param values: None (keys are values) or a delta from each key to its value.
         :returns: dict ``outputs`` (Q, d_v) and ``counts`` (Q,) (+ ``weights``).
         """
-        names = self._b.names
+        names = self.names
         if isinstance(queries, np.ndarray) and queries.dtype.kind == "f":
             q = queries
         else:
@@ -421,7 +421,7 @@ class Client:
         :param relation_deltas: a delta or a list of deltas.
         :returns: the scrolls at the final frontier, in coordinate order.
         """
-        names = self._b.names
+        names = self.names
         if isinstance(relation_deltas, (str, np.ndarray)) and not (
                 isinstance(relation_deltas, np.ndarray) and relation_deltas.ndim == 3):
             relation_deltas = [relation_deltas]
@@ -467,22 +467,103 @@ class Client:
         :returns: the document text.
         :raises PhextError: a scroll a phext file cannot hold (unless ``skip_invalid``).
         """
-        p = None if pattern is None else to_pattern(pattern, self._b.names)
+        p = None if pattern is None else to_pattern(pattern, self.names)
         text = self._run("export_phext", self._b.export_phext, p, skip_invalid)
         if path is not None:
             with open(path, "w", encoding="utf-8", newline="") as f:
                 f.write(text)
         return text
 
-    def pipeline(self):
-        """Queue many calls and send them in one write (remote) / run them in one go.
+    def pipeline(self, raise_on_error: bool = True) -> "ClientPipeline":
+        """Queue calls and send them in one write (remote) or run them in one go (embedded).
 
-        Use as a context manager; ``execute()`` returns the results in order.
+        ``with client.pipeline() as p: p.cput(c1, x); p.cget(c2)`` then ``p.results``;
+        or call ``p.execute()``. Every reply is read before the first error is raised
+        (unless ``raise_on_error`` is false: errors are then returned in the results).
+        Results are the plain engine results: Scroll / None, versions, counts, lists.
         """
         make = getattr(self._b, "pipeline", None)
-        if make is None:
-            raise InterfaceError("this backend has no pipeline")
-        return Client(make(), self.url)
+        pipe = make(raise_on_error=raise_on_error) if make is not None else \
+            _LocalPipeline(self._b, raise_on_error)
+        return ClientPipeline(pipe, self.names, self.url)
+
+
+class _LocalPipeline:
+    """Queued calls on an embedded engine, run in order by :meth:`execute`."""
+
+    def __init__(self, engine, raise_on_error: bool):
+        self._engine = engine
+        self._queue: list = []
+        self.raise_on_error = raise_on_error
+        self.results: list | None = None
+
+    def __getattr__(self, name: str):
+        method = getattr(self._engine, name)
+
+        def queue(*args, **kw):
+            self._queue.append((method, args, kw))
+            return self
+        return queue
+
+    def execute(self) -> list:
+        queue, self._queue = self._queue, []
+        results, first = [], None
+        for method, args, kw in queue:
+            try:
+                results.append(method(*args, **kw))
+            except Exception as exc:  # reported after every call ran, like a remote pipeline
+                results.append(exc)
+                first = first or exc
+        self.results = results
+        if first is not None and self.raise_on_error:
+            raise first
+        return results
+
+
+class ClientPipeline(Client):
+    """A :class:`Client` whose calls are queued; see :meth:`Client.pipeline`.
+
+    Point and batch calls (cget, cput, cdel and their ``_many`` forms, crange, ccount)
+    can be queued; calls whose results the facade post-processes cannot.
+    """
+
+    def __init__(self, pipe, names: NameTable, url: str):
+        super().__init__(pipe, url)
+        self._names = names
+        self.results: list | None = None
+
+    @property
+    def names(self) -> NameTable:
+        return self._names
+
+    def _key(self, c) -> bytes:
+        return to_key(c, self._names)
+
+    def _run(self, op: str, fn, *args, **kw):
+        fn(*args, **kw)
+        return None
+
+    def crange(self, pattern, limit=None, keys_only=False, count=False, after=None,
+               as_array=False):
+        """Queue a CRANGE (``keys_only`` gives an array in a pipeline)."""
+        return super().crange(pattern, limit, keys_only, count, after, as_array=True)
+
+    def _not_queued(self, *a, **kw):
+        raise InterfaceError("this call cannot be queued in a pipeline")
+
+    cnearest = chier = cattend = cattend_many = ckg = crange_iter = _not_queued
+
+    def execute(self) -> list:
+        """Send / run every queued call; returns the results in order."""
+        self.results = self._b.execute()
+        return self.results
+
+    def __enter__(self) -> "ClientPipeline":
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is None:
+            self.execute()
 
 
 def _read_phext_source(source) -> str:
