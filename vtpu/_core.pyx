@@ -917,6 +917,41 @@ def match(arr, pattern):
     return out
 
 
+cdef enum:
+    DIST_BLOCK = 512   # rows per distance block: the uint16 scratch (2 x 9 KB) stays in L1
+
+
+cdef inline void _tile_query(const uint16_t* q, uint16_t* qt) noexcept nogil:
+    """Repeat the query DIST_BLOCK times so a block of rows can be compared flat."""
+    cdef Py_ssize_t t
+    for t in range(NDIM * DIST_BLOCK):
+        qt[t] = q[t % NDIM]
+
+
+cdef inline void _dist_block(const uint16_t* src, const uint16_t* qt, uint16_t* tmp,
+                             uint32_t* ds, Py_ssize_t nb, bint ham) noexcept nogil:
+    """L1 (or Hamming) distances of nb consecutive rows to the tiled query qt.
+
+    Two flat passes rather than one loop per row: an elementwise |x - y| (or x != y)
+    over 9*nb uint16, which the compiler vectorises, then each row's 9 terms summed.
+    This is several times faster than a per-row loop with early abandoning, whose
+    unpredictable branch costs more than the arithmetic it saves."""
+    cdef Py_ssize_t t, i, m = NDIM * nb
+    cdef uint16_t x, y
+    cdef const uint16_t* p
+    if ham:
+        for t in range(m):
+            tmp[t] = src[t] != qt[t]
+    else:
+        for t in range(m):
+            x = src[t]
+            y = qt[t]
+            tmp[t] = <uint16_t>(x - y) if x > y else <uint16_t>(y - x)
+    for i in range(nb):
+        p = tmp + NDIM * i
+        ds[i] = (<uint32_t>p[0] + p[1] + p[2] + p[3] + p[4] + p[5] + p[6] + p[7]) + p[8]
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def l1(c, arr):
@@ -933,16 +968,16 @@ def l1(c, arr):
     cdef const uint16_t[::1] q = c
     cdef const uint16_t[:, ::1] a = arr
     cdef uint32_t[::1] o = out
-    cdef int j
-    cdef int32_t d
-    cdef uint32_t s
+    cdef uint16_t qt[NDIM * DIST_BLOCK]
+    cdef uint16_t tmp[NDIM * DIST_BLOCK]
+    cdef Py_ssize_t nb
+    _tile_query(&q[0], qt)
     with nogil:
-        for i in range(n):
-            s = 0
-            for j in range(NDIM):
-                d = <int32_t>a[i, j] - <int32_t>q[j]
-                s += <uint32_t>(d if d >= 0 else -d)
-            o[i] = s
+        i = 0
+        while i < n:
+            nb = DIST_BLOCK if n - i > DIST_BLOCK else n - i
+            _dist_block(&a[i, 0], qt, tmp, &o[i], nb, False)
+            i += nb
     return out
 
 
@@ -1064,35 +1099,39 @@ def topk(c, arr, Py_ssize_t k, str metric="l1", mask=None):
     base = &a[0, 0]
     cdef const uint16_t* row
     cdef uint32_t bound = 0xFFFFFFFF
+    cdef uint16_t qt[NDIM * DIST_BLOCK]
+    cdef uint16_t tmp[NDIM * DIST_BLOCK]
+    cdef uint32_t ds[DIST_BLOCK]
+    cdef Py_ssize_t b0, nb, ii
+    _tile_query(&q[0], qt)
     with nogil:
-        for i in range(n):
-            if use_mask and not m[i]:
-                continue
-            row = base + NDIM * i
-            s = 0
-            if ham:
-                for j in range(NDIM):
-                    s += row[j] != q[j]
-            else:
-                # Early abandon: once the heap is full, a row whose partial sum already
-                # exceeds the worst kept distance cannot enter it.
-                for j in range(NDIM):
-                    d = <int32_t>row[j] - <int32_t>q[j]
-                    s += <uint32_t>(d if d >= 0 else -d)
-                    if s > bound:
-                        break
-            if size < k:
-                heap[size] = i
-                hd[size] = s
-                _sift_up(&heap[0], &hd[0], size, base)
-                size += 1
-                if size == k:
+        b0 = 0
+        while b0 < n:
+            nb = DIST_BLOCK if n - b0 > DIST_BLOCK else n - b0
+            _dist_block(base + NDIM * b0, qt, tmp, ds, nb, ham)
+            for ii in range(nb):
+                s = ds[ii]
+                # Once the heap is full, bound is its worst distance: almost every row
+                # fails this one predictable compare.
+                if s > bound:
+                    continue
+                i = b0 + ii
+                if use_mask and not m[i]:
+                    continue
+                row = base + NDIM * i
+                if size < k:
+                    heap[size] = i
+                    hd[size] = s
+                    _sift_up(&heap[0], &hd[0], size, base)
+                    size += 1
+                    if size == k:
+                        bound = hd[0]
+                elif s < hd[0] or (s == hd[0] and lex_cmp(row, base + NDIM * heap[0]) < 0):
+                    heap[0] = i
+                    hd[0] = s
+                    _sift_down(&heap[0], &hd[0], size, 0, base)
                     bound = hd[0]
-            elif s < hd[0] or (s == hd[0] and lex_cmp(row, base + NDIM * heap[0]) < 0):
-                heap[0] = i
-                hd[0] = s
-                _sift_down(&heap[0], &hd[0], size, 0, base)
-                bound = hd[0]
+            b0 += nb
     idx = heap_a[:size].copy()
     dist = hd_a[:size].copy()
     # Sort the k winners: by distance, then coordinate (k is small).
