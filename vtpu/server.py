@@ -210,11 +210,16 @@ class _Dispatcher:
         # Long results are paged: the server answers at most page_size items and says
         # where to continue, so one huge range never holds the loop for long.
         page = self.page_size * (16 if keys_only else 1)
-        want = page if limit is None or limit > page else limit
-        res = self.engine.range(pat, limit=want + 1, after=after, keys_only=keys_only)
-        more = len(res) > want
-        if more:
-            res = res[:want]
+        if limit is not None and limit <= page:
+            # The caller's limit fits one page: the answer is complete by definition.
+            res = self.engine.range(pat, limit=limit, after=after, keys_only=keys_only)
+            more = False
+        else:
+            # Ask for one more than a page to learn whether another page follows.
+            res = self.engine.range(pat, limit=page + 1, after=after, keys_only=keys_only)
+            more = len(res) > page
+            if more:
+                res = res[:page]
         if keys_only:
             arr = np.asarray(res, dtype=np.uint16).reshape(-1, 9)
             nxt = P.pack_coord(arr[-1]) if more else None
