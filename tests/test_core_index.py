@@ -180,3 +180,23 @@ def test_merge_sorted_rejects_mismatched_arguments():
     assert _core.merge_sorted(empty, None, empty).shape == (0, 9)
     assert rows(_core.merge_sorted(empty, None, b)) == rows(b)
     assert rows(_core.merge_sorted(a, np.zeros(10, bool), empty)) == []
+
+
+@given(data_arrays, patterns(), st.data())
+def test_match_rows_equals_brute_force(arr, p, data):
+    picked = data.draw(st.lists(st.integers(0, len(arr) - 1), max_size=60)) if len(arr) else []
+    got = _core.match_rows(arr, np.array(picked, dtype=np.int64), p)
+    lo_hi = (row(p[0]), row(p[1]))
+    assert got.tolist() == [i for i in picked if pyref.in_box(row(arr[i]), lo_hi)]
+
+
+@given(st.integers(1, 300), st.data())
+def test_bitmap_and_rows_equals_brute_force(nbits, data):
+    nw = (nbits + 63) // 64
+    nmaps = data.draw(st.integers(1, 4))
+    maps = [np.array(data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=nw, max_size=nw)),
+                     dtype=np.uint64) for _ in range(nmaps)]
+    got = _core.bitmap_and_rows(maps, nbits)
+    want = [i for i in range(nbits)
+            if all((int(m[i // 64]) >> (i % 64)) & 1 for m in maps)]
+    assert got.tolist() == want
