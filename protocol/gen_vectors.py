@@ -86,6 +86,8 @@ def frame_vectors():
     add("get_many_request", [4, "GET_MANY", [K1 + K2]])
     add("get_many_response", [4, 0, [K1 + bytes(18), ["hello", None], [2, 0], [T, None], [T + 1, None]]],
         note="second key absent: version 0, zero key, nil fields")
+    add("get_many_response_stacked", [4, 0, [K1 + K2, np.arange(6, dtype="<f4").reshape(2, 3), [1, 1], [T, T], [T, T]]],
+        note="contents as one stacked ext-1 array: row i is content i")
     add("put_request", [5, "PUT", [K1, "hello"]])
     add("put_request_if_version", [6, "PUT", [K1, "hello again", 1]])
     add("put_request_ndarray", [7, "PUT", [K2, VEC]])

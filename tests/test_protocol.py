@@ -384,3 +384,34 @@ def test_error_pairs_map_back_to_classes():
         assert isinstance(back, E.VTPUError)
         if isinstance(exc, E.VTPUError):
             assert type(back) is type(exc)
+
+
+def test_ndarray_ext_any_valid_msgpack_encoding_decodes():
+    # Wider-than-needed ints and a str8 dtype: other encoders may write these.
+    raw = np.arange(3, dtype="<i2").tobytes()
+    payload = b"\x93" + b"\xd9\x03<i2" + b"\x91\xcf" + (3).to_bytes(8, "big") + b"\xc5\x00\x06" + raw
+    v = P.unpack_value(P.packb(msgpack.ExtType(1, payload)))
+    assert v.dtype == np.dtype("<i2") and v.tolist() == [0, 1, 2]
+    for bad in [payload[:-1], payload + b"\x00", b"\x93\xa3<i2\x91\x04\xc4\x06" + raw,
+                b"\x93\xa3<i2\x91\xff\xc4\x06" + raw]:
+        with pytest.raises(E.ProtocolError):
+            P.unpack_value(P.packb(msgpack.ExtType(1, bad)))
+
+
+def test_scroll_list_stacks_uniform_arrays():
+    class S:
+        def __init__(self, k, c):
+            self.key, self.content, self.version = k, c, 1
+            self.created_at = self.updated_at = 2.0
+
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
+    w = P.scrolls_to_wire([S(bytes([i]) * 18, rows[i].copy()) for i in range(4)])
+    assert isinstance(w[1], np.ndarray) and w[1].shape == (4, 3)
+    back = list(P.wire_to_rows(P.unpackb(P.packb(w))))
+    assert [r[1].tolist() for r in back] == rows.tolist()
+    assert all(r[1].dtype == np.float32 and r[1].shape == (3,) for r in back)
+    # mixed shapes, scalars-in-arrays and absent entries keep the list form
+    for scrolls in ([S(bytes(18), np.zeros(3)), S(bytes(18), np.zeros(4))],
+                    [S(bytes(18), np.float64(1)), S(bytes(18), np.zeros(()))],
+                    [S(bytes(18), np.zeros(3)), None]):
+        assert isinstance(P.scrolls_to_wire(scrolls)[1], list)

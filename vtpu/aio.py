@@ -207,7 +207,8 @@ class AsyncRemoteEngine(ClientOps):
             if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, E.VTPUError):
                 raise E.TimeoutError(f"connect to {self.host}:{self.port} timed out") from None
             if isinstance(exc, OSError) and not isinstance(exc, E.VTPUError):
-                raise E.ConnectionError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+                raise E.ConnectionError(
+                    f"cannot connect to {self.host}:{self.port}: {exc}") from None
             raise
         self._connecting.set_result(None)
         self._connecting = None
@@ -389,7 +390,8 @@ class AsyncPipeline(ClientOps):
         return results
 
 
-async def connect(host: str = "127.0.0.1", port: int = P.DEFAULT_PORT, **kw: Any) -> AsyncRemoteEngine:
+async def connect(host: str = "127.0.0.1", port: int = P.DEFAULT_PORT,
+                  **kw: Any) -> AsyncRemoteEngine:
     """Open an :class:`AsyncRemoteEngine` and connect it.
 
     :raises ConnectionError, TimeoutError, AuthError: when the connection or HELLO fails.

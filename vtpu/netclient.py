@@ -177,7 +177,8 @@ class ClientOps:
         :returns: the new version.
         :raises VersionConflict: the compare-and-set failed.
         """
-        args = [_as_key(key), content] if if_version is None else [_as_key(key), content, if_version]
+        k = _as_key(key)
+        args = [k, content] if if_version is None else [k, content, if_version]
         return self._execute("PUT", args, None, timeout)
 
     def delete(self, key: bytes, *, timeout: float | None = None) -> int:
@@ -725,7 +726,8 @@ class RemoteEngine(ClientOps):
         with self._lock:
             sock = self._sock
             now = time.monotonic()
-            if sock is None or self._gen != _fork_gen[0] or now - self._last_io > IDLE_CHECK_SECONDS:
+            if (sock is None or self._gen != _fork_gen[0]
+                    or now - self._last_io > IDLE_CHECK_SECONDS):
                 sock = self._ensure()
             m = self._msgid + 1
             if m > 0xFFFFFFFF:

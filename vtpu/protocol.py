@@ -119,30 +119,94 @@ def _ndarray_ext(a: np.ndarray) -> msgpack.ExtType:
         )
     if not a.flags.c_contiguous:
         a = a.copy(order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
-    payload = msgpack.packb([dt.str, list(a.shape), a.tobytes()], use_bin_type=True)
+    try:
+        inner = _tls.inner
+    except AttributeError:
+        # A second packer: this runs inside the outer packer's default hook.
+        inner = _tls.inner = msgpack.Packer(use_bin_type=True)
+    payload = inner.pack([dt.str, list(a.shape), a.tobytes()])
     return msgpack.ExtType(EXT_NDARRAY, payload)
+
+
+_DTYPES: dict = {}  # dtype string -> np.dtype, for strings that passed the checks
+
+
+def _dtype(dtype_str: Any) -> np.dtype:
+    dt = _DTYPES.get(dtype_str)
+    if dt is None:
+        if type(dtype_str) is not str:
+            raise ValueError(f"dtype must be a string, got {dtype_str!r}")
+        dt = np.dtype(dtype_str)
+        if dt.hasobject or dt.fields is not None or dt.subdtype is not None:
+            raise ValueError(f"dtype {dtype_str!r} not allowed")
+        if len(_DTYPES) < 256:
+            _DTYPES[dtype_str] = dt
+    return dt
+
+
+def _parse_ndarray_header(data: bytes) -> tuple | None:
+    """Fast path for the common encodings: (dtype str, shape, offset of raw, raw length)."""
+    if len(data) < 4 or data[0] != 0x93 or not 0xA0 <= data[1] <= 0xBF:
+        return None
+    pos = 2 + (data[1] & 0x1F)
+    dts = data[2:pos].decode("ascii")
+    h = data[pos]
+    if not 0x90 <= h <= 0x9F:
+        return None
+    pos += 1
+    shape = []
+    for _ in range(h & 0x0F):
+        b = data[pos]
+        if b < 0x80:
+            shape.append(b)
+            pos += 1
+        elif b == 0xCC:
+            shape.append(data[pos + 1])
+            pos += 2
+        elif b == 0xCD:
+            shape.append(int.from_bytes(data[pos + 1 : pos + 3], "big"))
+            pos += 3
+        elif b == 0xCE:
+            shape.append(int.from_bytes(data[pos + 1 : pos + 5], "big"))
+            pos += 5
+        else:
+            return None
+    b = data[pos]
+    if b == 0xC4:
+        n, pos = data[pos + 1], pos + 2
+    elif b == 0xC5:
+        n, pos = int.from_bytes(data[pos + 1 : pos + 3], "big"), pos + 3
+    elif b == 0xC6:
+        n, pos = int.from_bytes(data[pos + 1 : pos + 5], "big"), pos + 5
+    else:
+        return None
+    if pos + n != len(data):
+        raise ValueError("ndarray payload has trailing or missing bytes")
+    return dts, shape, pos, n
 
 
 def _decode_ndarray(data: bytes) -> np.ndarray:
     try:
-        dtype_str, shape, raw = msgpack.unpackb(data, raw=False, use_list=True)
-        dt = np.dtype(dtype_str)
-        if dt.hasobject or dt.fields is not None:
-            raise ValueError(f"dtype {dtype_str!r} not allowed")
-        if not isinstance(shape, list) or not all(
-            isinstance(n, int) and n >= 0 for n in shape
-        ):
-            raise ValueError(f"bad shape {shape!r}")
+        head = _parse_ndarray_header(data)
+        if head is None:
+            # Any other valid msgpack encoding of [dtype, shape, raw] (wider ints...).
+            dtype_str, shape, raw = msgpack.unpackb(data, raw=False, use_list=True)
+            if type(raw) is not bytes or type(shape) is not list:
+                raise ValueError("expected [dtype str, shape array, raw bin]")
+            data, offset, nbytes = raw, 0, len(raw)
+        else:
+            dtype_str, shape, offset, nbytes = head
+        dt = _dtype(dtype_str)
         count = 1
         for n in shape:
+            if type(n) is not int or n < 0:
+                raise ValueError(f"bad shape {shape!r}")
             count *= n
-        if count * dt.itemsize != len(raw):
-            raise ValueError(
-                f"{len(raw)} bytes do not hold shape {shape} of dtype {dtype_str}"
-            )
+        if count * dt.itemsize != nbytes:
+            raise ValueError(f"{nbytes} bytes do not hold shape {shape} of dtype {dtype_str}")
         # Zero-copy view on the received bytes: arrays read from the store are read-only,
         # which also means a caller cannot mutate a value another caller holds.
-        return np.frombuffer(raw, dtype=dt, count=count).reshape(tuple(shape))
+        return np.frombuffer(data, dtype=dt, count=count, offset=offset).reshape(tuple(shape))
     except ProtocolError:
         raise
     except Exception as exc:  # any malformed payload is the sender's protocol error
@@ -585,6 +649,9 @@ def scrolls_to_wire(scrolls: list) -> list:
 
     ``[keys_blob, contents, versions, created, updated]``: one N*18 bin for the keys and
     one array per field; a ``None`` entry has version 0, a zero key and nil fields.
+    When every content is a numpy array of one dtype and shape (the embedding case),
+    ``contents`` is a single stacked ndarray whose row i is content i: one ext value
+    instead of N, which is most of the cost of a large result.
     """
     keys = []
     contents = []
@@ -604,7 +671,20 @@ def scrolls_to_wire(scrolls: list) -> list:
             versions.append(s.version)
             created.append(s.created_at)
             updated.append(s.updated_at)
-    return [b"".join(keys), contents, versions, created, updated]
+    return [b"".join(keys), _stack_if_uniform(contents), versions, created, updated]
+
+
+def _stack_if_uniform(contents: list) -> Any:
+    if len(contents) < 2:
+        return contents
+    first = contents[0]
+    if type(first) is not np.ndarray or first.ndim == 0:
+        return contents
+    dt, shape = first.dtype, first.shape
+    for c in contents:
+        if type(c) is not np.ndarray or c.shape != shape or c.dtype != dt:
+            return contents
+    return np.stack(contents)
 
 
 def wire_to_rows(w: Any) -> Iterator[tuple | None]:
@@ -616,6 +696,10 @@ def wire_to_rows(w: Any) -> Iterator[tuple | None]:
     try:
         keys, contents, versions, created, updated = w
         n = len(versions)
+        if isinstance(contents, np.ndarray):
+            if contents.ndim < 2:
+                raise ValueError("stacked contents need at least 2 dimensions")
+            contents = list(contents)  # row views, no copies
         if len(keys) != n * KEY_SIZE or not (len(contents) == len(created) == len(updated) == n):
             raise ValueError("column lengths differ")
     except (TypeError, ValueError) as exc:

@@ -602,7 +602,8 @@ class _Server:
             op, a = item
             spec = P.OPS.get(op)
             if spec is None or op in ("HELLO", "BATCH"):
-                results.append([P.STATUS_ERROR, ["PROTOCOL", f"opcode {op[:64]!r} not allowed in BATCH"]])
+                msg = f"opcode {op[:64]!r} not allowed in BATCH"
+                results.append([P.STATUS_ERROR, ["PROTOCOL", msg]])
                 continue
             try:
                 r = self.table[op](a)
