@@ -133,9 +133,10 @@ class Engine:
         m = self._map
         for key, blob, version, created, updated in rows:
             m[key] = Scroll(key, unpack_value(blob), version, created, updated, table)
-        if m:
-            self._index.add_many(list(m))
-            self._index.merge()
+        keys = list(m)
+        if any(keys[i] >= keys[i + 1] for i in range(len(keys) - 1)):
+            keys.sort()   # the storage returns key order; never trust it blindly
+        self._index.load_sorted(b"".join(keys))
         self.load_seconds = time.perf_counter() - t0
 
     def _persist(self, scrolls: list[Scroll]) -> None:

@@ -121,6 +121,15 @@ class CoordIndex:
         if len(self._delta) > self._merge_limit():
             self.merge()
 
+    def load_sorted(self, blob: bytes) -> None:
+        """Replace the contents with keys given in ascending order (start-up from disk).
+
+        :param blob: N*18 bytes of distinct keys, ascending (a store's primary-key order).
+        """
+        self.clear()
+        self.main = _core.unpack_many(blob)
+        self.alive = np.ones(len(self.main), dtype=np.bool_)
+
     def remove(self, key: bytes) -> None:
         """Drop a stored key from the index."""
         if key in self._delta:
