@@ -37,14 +37,8 @@ ops = st.lists(st.tuples(st.sampled_from(["put", "put", "put", "del"]), coord),
                min_size=1, max_size=300)
 
 
-def _brute(ref, p):
-    return sorted(c for c in ref if all(p[0, j] <= c[j] <= p[1, j] for j in range(9)))
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=ops, pats=st.lists(pattern(), min_size=1, max_size=5),
-       merge=st.sampled_from([2, 16, 4096]), path=st.sampled_from(PATHS))
-def test_index_equals_brute_force(ops, pats, merge, path):
+def _replay(ops, merge):
+    """Apply put/delete ops to a fresh index and to a reference set."""
     ix = CoordIndex(min_merge=merge)
     ref = set()
     for op, c in ops:
@@ -55,6 +49,18 @@ def test_index_equals_brute_force(ops, pats, merge, path):
         elif op == "del" and c in ref:
             ix.remove(key)
             ref.discard(c)
+    return ix, ref
+
+
+def _brute(ref, p):
+    return sorted(c for c in ref if all(p[0, j] <= c[j] <= p[1, j] for j in range(9)))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops, pats=st.lists(pattern(), min_size=1, max_size=5),
+       merge=st.sampled_from([2, 16, 4096]), path=st.sampled_from(PATHS))
+def test_index_equals_brute_force(ops, pats, merge, path):
+    ix, ref = _replay(ops, merge)
     ix.force_path = path
     assert len(ix) == len(ref)
     for p in pats:
@@ -72,16 +78,7 @@ def test_index_equals_brute_force(ops, pats, merge, path):
 @given(ops=ops, q=coord, k=st.integers(0, 12), metric=st.sampled_from(["l1", "hamming"]),
        within=st.one_of(st.none(), pattern()), merge=st.sampled_from([2, 4096]))
 def test_nearest_and_neighbours_equal_brute_force(ops, q, k, metric, within, merge):
-    ix = CoordIndex(min_merge=merge)
-    ref = set()
-    for op, c in ops:
-        key = _core.pack(np.array(c, dtype=np.uint16))
-        if op == "put" and c not in ref:
-            ix.add(key)
-            ref.add(c)
-        elif op == "del" and c in ref:
-            ix.remove(key)
-            ref.discard(c)
+    ix, ref = _replay(ops, merge)
     qa = np.array(q, dtype=np.uint16)
     cands = ref if within is None else set(_brute(ref, within))
 
