@@ -1841,3 +1841,49 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
 
 cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def window_spans(sorted_arr, patterns):
+    """For each pattern, the span of a sorted array between its box corners.
+
+    Row span i is [starts[i], ends[i]): the rows lexicographically between pattern i's
+    low and high corners, a superset of its matches. ``exact[i]`` says every row of the
+    span matches (the usual case for windows over one component), so callers need no
+    per-row check for it.
+
+    :param sorted_arr: C-contiguous (N, 9) uint16, sorted lexicographically.
+    :param patterns: C-contiguous (Q, 2, 9) uint16 patterns.
+    :returns: ``(starts, ends, exact)``: int64, int64 and bool arrays of length Q.
+    """
+    _coords_arg(sorted_arr, "sorted_arr")
+    if not isinstance(patterns, np.ndarray) or patterns.dtype != np.uint16 or \
+            patterns.ndim != 3 or patterns.shape[1:] != (2, NDIM):
+        raise InterfaceError("patterns must be a (Q, 2, 9) uint16 array")
+    patterns = np.ascontiguousarray(patterns)
+    cdef Py_ssize_t n = sorted_arr.shape[0], q = patterns.shape[0], i, r, s, e
+    starts = np.zeros(q, dtype=np.int64)
+    ends = np.zeros(q, dtype=np.int64)
+    exact = np.ones(q, dtype=np.bool_)
+    if q == 0 or n == 0:
+        return starts, ends, exact
+    cdef const uint16_t[:, ::1] a = sorted_arr
+    cdef const uint16_t[:, :, ::1] p = patterns
+    cdef int64_t[::1] st = starts
+    cdef int64_t[::1] en = ends
+    cdef uint8_t[::1] ex = exact.view(np.uint8)
+    cdef const uint16_t* base = &a[0, 0]
+    with nogil:
+        for i in range(q):
+            s = _lower_bound(base, 0, n, &p[i, 0, 0])
+            e = _lower_bound(base, s, n, &p[i, 1, 0])
+            if e < n and lex_cmp(base + NDIM * e, &p[i, 1, 0]) == 0:
+                e += 1
+            st[i] = s
+            en[i] = e
+            for r in range(s, e):
+                if not in_box(base + NDIM * r, &p[i, 0, 0], &p[i, 1, 0]):
+                    ex[i] = 0
+                    break
+    return starts, ends, exact
