@@ -423,3 +423,22 @@ def test_pipeline_results_and_errors(client):
             q.cput("1.1.1/1.1.1/1.1.1", "y", if_version=9)
             q.cput("1.1.1/1.1.1/1.1.2", "z")
     assert client.cget("1.1.1/1.1.1/1.1.2").content == "z"   # ran before the raise
+
+
+def test_cattend_many_float32_within_1e5_of_numpy(client):
+    rng = np.random.default_rng(9)
+    seq, d, win = 300, 16, 20
+    K = rng.normal(size=(seq, d)).astype(np.float32)
+    Q = rng.normal(size=(seq, d)).astype(np.float32)
+    client.cput_many([f"1.1.1/1.1.1/1.{i}.1" for i in range(seq)], K)
+    kp = np.zeros((seq, 2, 9), np.uint16)
+    kp[:, :, :] = [1, 1, 1, 1, 1, 1, 1, 0, 1]
+    kp[:, 0, 7] = np.maximum(0, np.arange(seq) - win)
+    kp[:, 1, 7] = np.minimum(seq - 1, np.arange(seq) + win)
+    res = client.cattend_many(Q, kp)
+    assert res["outputs"].dtype == np.float32
+    K64, Q64 = K.astype(np.float64), Q.astype(np.float64)
+    for i in range(0, seq, 17):
+        lo, hi = max(0, i - win), min(seq, i + win + 1)
+        w = _softmax(K64[lo:hi] @ Q64[i] / math.sqrt(d))
+        np.testing.assert_allclose(res["outputs"][i], w @ K64[lo:hi], atol=1e-5)

@@ -333,7 +333,7 @@ class Engine:
             return q, None
         raise InterfaceError(f"query must be a key or a vector, got {type(q).__name__}")
 
-    def _value_vectors(self, keys: np.ndarray, values) -> np.ndarray:
+    def _value_vectors(self, keys: np.ndarray, values, cast: bool = True) -> np.ndarray:
         if values.dtype == np.int32:           # a delta applied to every key
             vcoords = apply_delta_any(keys, values)
             if isinstance(vcoords, list):
@@ -349,7 +349,10 @@ class Engine:
             if v is None:
                 raise InterfaceError("every value scroll must hold a 1-d numeric vector")
             vecs.append(v)
-        return np.stack(vecs).astype(np.float64) if vecs else np.empty((0, 0))
+        if not vecs:
+            return np.empty((0, 0))
+        out = np.stack(vecs)
+        return out.astype(np.float64) if cast else out
 
     def attend(self, q, key_pattern: np.ndarray, top_k: int | None = None, values=None,
                return_output: bool = True) -> dict:
@@ -412,17 +415,18 @@ class Engine:
             qs = [self._map.get(bytes(queries[i:i + 18])) for i in range(0, len(queries), 18)]
             if any(s is None or _vector(s.content) is None for s in qs):
                 raise InterfaceError("every query key must hold a vector")
-            Q = np.stack([_vector(s.content) for s in qs]).astype(np.float64)
+            Q = np.stack([_vector(s.content) for s in qs])
         else:
-            Q = np.asarray(queries, dtype=np.float64)
+            Q = np.asarray(queries)
         kp = np.asarray(key_patterns)
-        if Q.ndim != 2 or kp.shape != (Q.shape[0], 2, 9) or kp.dtype != np.uint16:
-            raise InterfaceError(f"need (Q, d) queries and (Q, 2, 9) uint16 patterns, got "
-                                 f"{Q.shape} and {kp.shape} {kp.dtype}")
+        if Q.ndim != 2 or Q.dtype.kind not in "biuf" or kp.shape != (Q.shape[0], 2, 9) \
+                or kp.dtype != np.uint16:
+            raise InterfaceError(f"need (Q, d) numeric queries and (Q, 2, 9) uint16 patterns, "
+                                 f"got {Q.shape} {Q.dtype} and {kp.shape} {kp.dtype}")
         nq, d = Q.shape
         if nq == 0:
             return {"outputs": np.empty((0, d)), "counts": np.empty(0, dtype=np.int64)}
-        # One index query for the union box of all windows, then per-query slices.
+        # One index query for the union box of all windows, then per-query spans of it.
         union = np.stack([kp[:, 0].min(axis=0), kp[:, 1].max(axis=0)]).astype(np.uint16)
         ucoords = self._index.query(union)
         blob = _core.pack_many(ucoords)
@@ -430,21 +434,18 @@ class Engine:
         kv = [_vector(m[blob[i:i + 18]].content) for i in range(0, len(blob), 18)]
         if any(v is None or v.shape != (d,) for v in kv):
             raise InterfaceError(f"every key scroll must hold a vector of size {d}")
-        K = np.stack(kv).astype(np.float64) if kv else np.empty((0, d))
-        V = K if values is None else self._value_vectors(ucoords, values)
-        starts = np.empty(nq, dtype=np.int64)
-        ends = np.empty(nq, dtype=np.int64)
-        for i in range(nq):
-            starts[i] = _core.lower_bound(ucoords, kp[i, 0])
-            e = _core.lower_bound(ucoords, kp[i, 1])
-            if e < len(ucoords) and (ucoords[e] == kp[i, 1]).all():
-                e += 1
-            ends[i] = e
+        K = np.stack(kv) if kv else np.empty((0, d))
+        V = K if values is None else self._value_vectors(ucoords, values, cast=False)
+        # float32 throughout when everything stored is float32 (as models keep it),
+        # float64 otherwise.
+        ft = np.float32 if Q.dtype == K.dtype == V.dtype == np.float32 else np.float64
+        Q, K, V = Q.astype(ft, copy=False), K.astype(ft, copy=False), V.astype(ft, copy=False)
+        starts, ends, exact = _core.window_spans(ucoords, np.ascontiguousarray(kp))
         dv = V.shape[1] if V.ndim == 2 and len(V) else d
-        outputs = np.zeros((nq, dv))
+        outputs = np.zeros((nq, dv), dtype=ft)
         counts = np.zeros(nq, dtype=np.int64)
         weights_out: list | None = [None] * nq if return_weights else None
-        scale = 1.0 / math.sqrt(d)
+        scale = ft(1.0 / math.sqrt(d))
         # Queries in window order, in blocks: one dense (block x span) matmul per block
         # with a mask, so neighbouring windows share their keys instead of gathering a
         # (Q, W, d) copy. Rows inside a window's lexicographic span that miss its box
@@ -456,15 +457,16 @@ class Engine:
             s0, e0 = int(starts[qi].min()), int(ends[qi].max())
             if e0 <= s0:
                 continue
-            valid = np.zeros((len(qi), e0 - s0), dtype=np.bool_)
-            for r, i in enumerate(qi):
+            pos = np.arange(s0, e0)
+            valid = (pos >= starts[qi, None]) & (pos < ends[qi, None])
+            for r in np.flatnonzero(~exact[qi]):
+                i = qi[r]
                 a, b = int(starts[i]), int(ends[i])
-                if b > a:
-                    valid[r, a - s0:b - s0] = _core.match(ucoords[a:b], kp[i])
+                valid[r, a - s0:b - s0] = _core.match(ucoords[a:b], kp[i])
             sc = (Q[qi] @ K[s0:e0].T) * scale
-            sc = np.where(valid, sc, -np.inf)
+            sc[~valid] = -np.inf
             mx = sc.max(axis=1, keepdims=True)
-            mx = np.where(np.isfinite(mx), mx, 0.0)
+            mx[~np.isfinite(mx)] = 0
             w = np.exp(sc - mx)
             tot = w.sum(axis=1, keepdims=True)
             w = np.divide(w, tot, out=np.zeros_like(w), where=tot > 0)
