@@ -1816,7 +1816,11 @@ def t_sync(ctx: Ctx) -> None:
         res: Dict[str, dict] = {}
         log(f"  sync: {agents} agents x {writes} writes, and 1 agent, per target")
         for name, (kind, addr) in targets.items():
-            one = run_clients(kind, addr, 1, 1, writes, writes)
+            # One agent is a latency run: like every latency run here (DESIGN §8) its
+            # client and the servers share one CPU; the forked agent inherits the pin.
+            extra = [durable.pid] if durable is not None else []
+            with ctx.pinned(extra):
+                one = run_clients(kind, addr, 1, 1, writes, writes)
             many = run_clients(kind, addr, agents, agents, writes, writes)
             res[name] = {"one_agent": one, "agents": many}
             if many.get("errors"):
