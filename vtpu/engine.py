@@ -96,6 +96,37 @@ def _parse_targets(content: Any, names: NameTable) -> list[bytes] | None:
     return out
 
 
+_SCROLL_CONTENT = Scroll.content   # the slot descriptor holding a Scroll's content
+
+
+class _StoredScroll(Scroll):
+    """A Scroll loaded from disk whose content is decoded on first access.
+
+    Start-up then costs one object per row, not one msgpack decode per row; a scroll
+    that is never read is never decoded.
+    """
+
+    __slots__ = ("_blob",)
+
+    def __init__(self, key, blob, version, created_at, updated_at, names):
+        self.key = key
+        self._blob = blob
+        self.version = version
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self._names = names
+
+    @property
+    def content(self):
+        blob = self._blob
+        if blob is not None:
+            from vtpu.protocol import unpack_value
+
+            _SCROLL_CONTENT.__set__(self, unpack_value(blob))
+            self._blob = None
+        return _SCROLL_CONTENT.__get__(self)
+
+
 class Engine:
     """An in-memory, indexed coordinate store with optional durable storage.
 
@@ -124,15 +155,13 @@ class Engine:
             self.storage.add_names(first, names)
 
     def _load(self) -> None:
-        from vtpu.protocol import unpack_value
-
         t0 = time.perf_counter()
         names, rows = self.storage.load()
         self.names.extend(list(names))
         table = self.names
         m = self._map
         for key, blob, version, created, updated in rows:
-            m[key] = Scroll(key, unpack_value(blob), version, created, updated, table)
+            m[key] = _StoredScroll(key, blob, version, created, updated, table)
         keys = list(m)
         if any(keys[i] >= keys[i + 1] for i in range(len(keys) - 1)):
             keys.sort()   # the storage returns key order; never trust it blindly
