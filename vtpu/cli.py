@@ -3,7 +3,7 @@
 ::
 
     vtpu serve  [--host 127.0.0.1] [--port 1337] [--data DIR] [--fsync always|everysec|never] [--token T]
-    vtpu demo   [--host H --port P]
+    vtpu demo   [--host H --port P | --url mem://]
     vtpu bench  [--all | --test NAME] [--trials N] [--export FILE.json] [--plot FILE.png] [--host H --port P]
     vtpu get C | put C TEXT | range PATTERN | del C      [--url URL]
     vtpu import FILE.phext | export FILE.phext           [--url URL]
@@ -43,11 +43,13 @@ def _show(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def demo(host: str | None = None, port: int | None = None, out=sys.stdout) -> int:
+def demo(host: str | None = None, port: int | None = None, url: str | None = None,
+         out=sys.stdout) -> int:
     """The prototype's quick test plus one line per remaining instruction.
 
-    Runs against ``host:port`` when given, else a loopback server it starts itself
-    (in a background thread, on a free port) and stops at the end.
+    Runs against ``url`` (e.g. ``mem://`` for the embedded engine) or ``host:port`` when
+    given, else against a loopback server it starts itself (in a background thread, on a
+    free port) and stops at the end.
 
     :returns: exit status (0 when every step worked).
     """
@@ -56,15 +58,15 @@ def demo(host: str | None = None, port: int | None = None, out=sys.stdout) -> in
     import vtpu
 
     server = None
-    if host is None:
+    if url is None and host is None:
         from vtpu.testing import running_server
 
         server = running_server()
         host, port = server.__enter__()
     try:
-        v = vtpu.vTPU(host=host, port=port or 1337)
+        v = vtpu.connect(url) if url else vtpu.vTPU(host=host, port=port or 1337)
         p = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
-        p(f"=== vtpu demo (vtpu://{host}:{port}) ===")
+        p(f"=== vtpu demo ({url or f'vtpu://{host}:{port}'}) ===")
         p("1. Health check:")
         p(f"   Status: {v.health()['status']}")
         p("2. CPUT test:")
@@ -122,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the quick test on a loopback server")
     d.add_argument("--host")
     d.add_argument("--port", type=int)
+    d.add_argument("--url", help="run against this store instead (mem:// = embedded engine)")
     for name, arg, hlp in [("get", "coordinate", "print a scroll"),
                            ("del", "target", "delete a scroll or a pattern"),
                            ("range", "pattern", "list scrolls matching a pattern")]:
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if ns.cmd == "demo":
-            return demo(ns.host, ns.port)
+            return demo(ns.host, ns.port, ns.url)
         with _client(ns.url) as c:
             if ns.cmd == "get":
                 s = c.cget(ns.coordinate)
