@@ -523,6 +523,7 @@ class _LocalPipeline:
         return queue
 
     def execute(self) -> list:
+        """Run every queued call in order; raise the first error after all ran."""
         queue, self._queue = self._queue, []
         results, first = [], None
         for method, args, kw in queue:
@@ -551,6 +552,7 @@ class ClientPipeline(Client):
 
     @property
     def names(self) -> NameTable:
+        """The parent client's name table."""
         return self._names
 
     def _key(self, c) -> bytes:

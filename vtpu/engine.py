@@ -118,6 +118,7 @@ class _StoredScroll(Scroll):
 
     @property
     def content(self):
+        """The content, decoded from its stored form on first access."""
         blob = self._blob
         if blob is not None:
             from vtpu.protocol import unpack_value

@@ -65,9 +65,11 @@ class _Postings:
             self.bitmaps[int(v)] = padded.view(np.uint64)
 
     def size(self, lo: int, hi: int) -> int:
+        """Number of rows whose value lies in [lo, hi]."""
         return int(self.cum[hi + 1] - self.cum[lo])
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
+        """Row ids whose value lies in [lo, hi], grouped by value, ascending within one."""
         return self.order[self.cum[lo]: self.cum[hi + 1]]
 
 
