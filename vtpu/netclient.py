@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _core
 from . import errors as E
 from . import protocol as P
 from .coords import NameTable, Scroll
@@ -665,8 +666,8 @@ class RemoteEngine(ClientOps):
             raise E.ConnectionError(f"server {self.host}:{self.port} closed the connection")
         self._rend += n
 
-    def _recv_msg(self, deadline: float | None) -> Any:
-        """Read exactly one frame and decode it."""
+    def _recv_msg(self, deadline: float | None, raw: bool = False) -> Any:
+        """Read exactly one frame and decode it (``raw``: return the body bytes)."""
         while True:
             avail = self._rend - self._rstart
             if avail >= 4:
@@ -678,6 +679,8 @@ class RemoteEngine(ClientOps):
                 if avail >= 4 + n:
                     start = self._rstart + 4
                     self._rstart = start + n
+                    if raw:
+                        return bytes(self._rview[start : start + n])
                     return P.unpackb(self._rview[start : start + n])
                 if 4 + n > len(self._rbuf):
                     # A big reply: grow the buffer once to hold it whole.
@@ -689,10 +692,20 @@ class RemoteEngine(ClientOps):
                     self._rstart, self._rend = 0, avail
             self._fill(deadline)
 
-    def _recv_reply(self, msgid: int, deadline: float | None) -> tuple[bool, Any]:
-        """Read frames until the reply to ``msgid``; pushes in between go to on_push."""
+    def _recv_reply(self, msgid: int, deadline: float | None,
+                    raw: bool = False) -> tuple[bool, Any]:
+        """Read frames until the reply to ``msgid``; pushes in between go to on_push.
+
+        With ``raw``, a success reply's value is returned undecoded, as
+        ``(body bytes, offset of the value)``.
+        """
+        head = b"\x93" + P.packb(msgid) + b"\x00" if raw else None
         while True:
-            msg = self._recv_msg(deadline)
+            msg = self._recv_msg(deadline, raw)
+            if raw:
+                if msg.startswith(head):
+                    return True, (msg, len(head))
+                msg = P.unpackb(msg)
             if type(msg) is list and len(msg) == 3 and msg[0] == msgid:
                 status = msg[1]
                 if status == 0:
@@ -838,7 +851,54 @@ class RemoteEngine(ClientOps):
             got += len(page.items)
         return _merge_pages(pages, page.keys_only)
 
+    def _call_raw(self, op: str, tail: bytes, timeout: float | None) -> tuple[bytes, int]:
+        """An idempotent call whose success value is returned undecoded:
+        ``(reply body, offset of the value)``."""
+        deadline = self._deadline(timeout)
+        attempt = 0
+        while True:
+            try:
+                ok, value = self._exchange_raw(op, tail, deadline)
+                break
+            except E.ConnectionError:
+                if attempt >= self.retries:
+                    raise
+                _jitter_sleep(self.retry_backoff, attempt)
+                attempt += 1
+        if ok:
+            return value
+        raise E.error_from_code(value[0], value[1])
+
+    def _exchange_raw(self, op: str, tail: bytes, deadline: float | None) -> tuple[bool, Any]:
+        with self._lock:
+            self._ensure()
+            m = self._next_id()
+            try:
+                self._send(_request_frame(m, op, tail, self.max_frame_size), deadline)
+                ok, value = self._recv_reply(m, deadline, raw=True)
+            except BaseException:
+                self._drop()
+                raise
+            self._last_io = time.monotonic()
+            return ok, value
+
     # -- hot paths: bypass the generic encoder -----------------------------------------
+    def get_many(self, blob: bytes, *, timeout: float | None = None) -> Any:
+        """Read many scrolls in one round trip (see :meth:`ClientOps.get_many`).
+
+        :returns: a :class:`vtpu._core.ScrollList`: behaves like a list of Scroll/None
+            (len, indexing, iteration, ``==`` with a list) and makes each Scroll only
+            when it is first read.
+        """
+        tail = _OPBYTES["GET_MANY"] + P.packb([_as_blob(blob)])
+        body, pos = self._call_raw("GET_MANY", tail, timeout)
+        r = _core.parse_scroll_columns(body, pos, Scroll, self._names or self.names,
+                                       _unpackb)
+        if r is not None and r[1] == len(body):
+            return r[0]
+        # Another encoding of the same value (stacked ndarray contents, say).
+        return self._dec.scrolls_or_none(_unpackb(memoryview(body)[pos:]))
+
     def get(self, key: bytes, *, timeout: float | None = None) -> Any:
         """Read one scroll (see :meth:`ClientOps.get`)."""
         if type(key) is not bytes or len(key) != 18:

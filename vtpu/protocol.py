@@ -51,6 +51,7 @@ __all__ = [
     "encode_frame",
     "encode_request",
     "encode_response",
+    "encode_response_raw",
     "encode_error",
     "encode_push",
     "FrameDecoder",
@@ -333,6 +334,28 @@ def encode_response(msgid: int, result: Any, max_frame_size: int = DEFAULT_MAX_F
     return encode_frame([msgid, STATUS_OK, result], max_frame_size)
 
 
+def encode_response_raw(msgid: int, raw_result: bytes,
+                        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode a success response frame around a result that is already msgpack bytes.
+
+    The frame equals ``encode_response(msgid, unpackb(raw_result))``; the compiled
+    encoders of large results use it to skip a decode/encode round.
+
+    :param msgid: the request id.
+    :param raw_result: exactly one msgpack-encoded value.
+    :param max_frame_size: the largest body allowed.
+    :returns: the frame bytes.
+    :raises LimitError: if the frame is too large.
+    """
+    head = b"\x93" + packb(msgid) + b"\x00"
+    n = len(head) + len(raw_result)
+    if n > max_frame_size:
+        raise LimitError(
+            f"frame body of {n} bytes exceeds max_frame_size {max_frame_size}", "LIMIT"
+        )
+    return b"".join((_LEN.pack(n), head, raw_result))
+
+
 def encode_error(msgid: int, code: str, message: str) -> bytes:
     """Encode an error response frame ``[msgid, 1, [code, message]]``.
 
@@ -385,6 +408,30 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Return how many received bytes are not yet consumed (a partial frame)."""
         return len(self._buf) - self._pos
+
+    def unread(self) -> tuple[bytearray, int]:
+        """Return ``(buffer, offset)``: the unread bytes are ``buffer[offset:]``.
+
+        For decoders that read frames in place (the server's compiled GET/PUT loop);
+        call :meth:`advance` with the offset after what they consumed. The buffer must
+        not be kept or resized.
+        """
+        return self._buf, self._pos
+
+    def advance(self, pos: int) -> None:
+        """Mark everything before offset ``pos`` of the buffer as consumed.
+
+        :param pos: an offset returned with :meth:`unread`'s buffer, on a frame boundary.
+        """
+        buf = self._buf
+        if pos >= len(buf):
+            del buf[:]
+            self._pos = 0
+        elif pos > 65536 and pos > len(buf) // 2:
+            del buf[:pos]
+            self._pos = 0
+        else:
+            self._pos = pos
 
     def next_body(self) -> bytes | None:
         """Return the next complete frame body as raw bytes, or ``None`` if incomplete.

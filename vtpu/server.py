@@ -32,8 +32,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _core
 from . import protocol as P
 from ._version import __version__
+from .coords import Scroll
 from .errors import (
     InterfaceError,
     LimitError,
@@ -128,6 +130,17 @@ class _Dispatcher:
         }
         self._get = e.get
         self._put = e.put
+        # The compiled fast paths read the engine's key -> Scroll map directly; that is
+        # only the same as calling the engine while its get/get_many are the stock ones.
+        from .engine import Engine
+
+        m = getattr(e, "_map", None)
+        stock = (isinstance(e, Engine) and type(m) is dict
+                 and type(e).get is Engine.get and type(e).get_many is Engine.get_many)
+        self.map: dict | None = m if stock else None
+        #: ops answered with already-encoded result bytes (see handle_body)
+        self.raw_table: dict[str, Callable[[list], bytes | None]] = (
+            {"GET_MANY": self.get_many_raw} if stock else {})
 
     # -- names ---------------------------------------------------------------------------
     def _check_names(self, arr: np.ndarray) -> None:
@@ -168,6 +181,12 @@ class _Dispatcher:
     def get_many(self, a: list) -> list:
         _nargs(a, 1, 1, "GET_MANY")
         return P.scrolls_to_wire(self.engine.get_many(P.check_blob(a[0])))
+
+    def get_many_raw(self, a: list) -> bytes | None:
+        """GET_MANY encoded in one compiled loop: the msgpack bytes of the column-wise
+        result, or None when the generic encoder must do it (stacked ndarray contents)."""
+        _nargs(a, 1, 1, "GET_MANY")
+        return _core.scroll_columns_msgpack(self.map, P.check_blob(a[0]), P.packb, Scroll)
 
     def put_many(self, a: list) -> list:
         _nargs(a, 2, 2, "PUT_MANY")
@@ -364,6 +383,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        if self.track:
+            self.track = False
+            self.server.trackers -= 1
         self.server.conns.discard(self)
         self.pending.clear()
 
@@ -390,13 +412,27 @@ class _Connection(asyncio.Protocol):
         dec = self.decoder
         n = len(data)
         if n > 4 and not dec.buffered() and not self.read_paused:
-            # Fast path (one whole request in one read, the unpipelined case): decode
-            # straight from the received bytes without going through the buffer.
-            size = int.from_bytes(data[:4], "big")
-            if size + 4 == n and size <= dec.max_frame_size:
-                frame, wrote = self.server.handle_body(self, data[4:])
-                self._send([frame], wrote)
-                return
+            server = self.server
+            if self.authed and server.map is not None:
+                # Plain GET/PUT frames are answered by one compiled loop straight from
+                # the received bytes (the unpipelined case is one frame per read).
+                pos, out, count, wrote = server.fast_frames(
+                    self, data, 0, n, FRAMES_PER_SLICE)
+                if pos == n:
+                    self._send(out, wrote)
+                    return
+                if count:
+                    dec.feed(memoryview(data)[pos:])
+                    self._process(out, wrote, count)
+                    return
+            else:
+                # One whole request in one read: decode straight from the received
+                # bytes without going through the buffer.
+                size = int.from_bytes(data[:4], "big")
+                if size + 4 == n and size <= dec.max_frame_size:
+                    frame, wrote = server.handle_body(self, data[4:])
+                    self._send([frame], wrote)
+                    return
         dec.feed(data)
         self._process()
 
@@ -405,14 +441,26 @@ class _Connection(asyncio.Protocol):
         return None
 
     # -- request processing --------------------------------------------------------------
-    def _process(self) -> None:
-        out: list[bytes] = []
-        wrote = False
-        handled = 0
+    def _process(self, out: list[bytes] | None = None, wrote: bool = False,
+                 handled: int = 0) -> None:
+        if out is None:
+            out = []
         server = self.server
+        dec = self.decoder
         try:
             while handled < FRAMES_PER_SLICE:
-                body = self.decoder.next_body()
+                if self.authed and server.map is not None and dec.buffered() > 4:
+                    buf, start = dec.unread()
+                    pos, o, c, w = server.fast_frames(
+                        self, buf, start, len(buf), FRAMES_PER_SLICE - handled)
+                    if c:
+                        dec.advance(pos)
+                        out.extend(o)
+                        handled += c
+                        wrote = wrote or w
+                        if handled >= FRAMES_PER_SLICE:
+                            break
+                body = dec.next_body()
                 if body is None:
                     break
                 handled += 1
@@ -429,7 +477,7 @@ class _Connection(asyncio.Protocol):
         self._send(out, wrote)
         if self.closing:
             return
-        if handled >= FRAMES_PER_SLICE and self.decoder.buffered():
+        if handled >= FRAMES_PER_SLICE and dec.buffered():
             # More requests already buffered: let other connections run first.
             self.read_paused = True
             self._update_reading()
@@ -484,6 +532,9 @@ class _Server:
         self.page_size = page_size
         self.dispatch = _Dispatcher(engine, page_size, max_batch)
         self.table = self.dispatch.table
+        self.raw_table = self.dispatch.raw_table
+        self.map = self.dispatch.map  # for the compiled GET/PUT frame loop (or None)
+        self.trackers = 0  # connections that asked for invalidation pushes
         self.conns: set[_Connection] = set()
         self.loop = asyncio.get_running_loop()
         self._dirty: list[_Connection] = []
@@ -535,6 +586,26 @@ class _Server:
             if c.transport is not None and not c.transport.is_closing():
                 c.transport.write(frame)
 
+    # -- plain GET/PUT frames ------------------------------------------------------------
+    def fast_frames(self, conn: _Connection, buf: Any, pos: int, end: int,
+                    max_frames: int) -> tuple[int, list[bytes], int, bool]:
+        """Answer the plain GET/PUT frames at ``buf[pos:end]`` in the compiled loop.
+
+        Stops at the first frame of another kind (the caller handles it generically).
+        PUTs go through the engine's ``put``; they are left to the generic path while a
+        connection wants invalidation pushes (those need the written keys).
+
+        :returns: ``(pos after the handled frames, reply frames, frames handled, wrote)``.
+        """
+        put = self.engine.put if not self.trackers else None
+        pos, replies, count, wrote, err = _core.serve_requests(
+            buf, pos, end, self.map, put, P.packb, P.unpackb, Scroll,
+            self.max_frame_size, conn.out_limit, max_frames)
+        out = [replies] if replies else []
+        if err is not None:
+            out.append(self.error_frame(err[0], "PUT", err[1]))
+        return pos, out, count, wrote
+
     # -- one frame -----------------------------------------------------------------------
     def handle_body(self, conn: _Connection, body: bytes) -> tuple[bytes, bool]:
         """Decode and execute one request frame body. Returns (reply frame, wrote)."""
@@ -553,6 +624,11 @@ class _Server:
         if spec is None:
             return P.encode_error(msgid, "PROTOCOL", f"unknown opcode {op[:64]!r}"), False
         try:
+            raw_fn = self.raw_table.get(op)
+            if raw_fn is not None:
+                raw = raw_fn(args)
+                if raw is not None:
+                    return P.encode_response_raw(msgid, raw, conn.out_limit), False
             if op == "BATCH":
                 result = self.batch(args)
             else:
@@ -639,7 +715,9 @@ class _Server:
         mfs = options.get("max_frame_size")
         if type(mfs) is int and mfs >= 1024:
             conn.out_limit = min(self.max_frame_size, mfs)
-        conn.track = bool(options.get("track", False))
+        track = bool(options.get("track", False))
+        self.trackers += int(track) - int(conn.track)
+        conn.track = track
         conn.authed = True
         conn.hello = True
         names = getattr(self.engine, "names", None)
