@@ -70,6 +70,11 @@ def check_content(content: Any) -> Any:
         "array or a msgpack-able value")
 
 
+def _frozen_row(row: np.ndarray) -> np.ndarray:
+    """Content check for rows of an array the engine already copied and froze."""
+    return row
+
+
 def _vector(content: Any) -> np.ndarray | None:
     """The content as a 1-d float vector, or None when it is not one."""
     if isinstance(content, np.ndarray) and content.ndim == 1 and content.dtype.kind in "biuf":
@@ -246,42 +251,28 @@ class Engine:
         :raises InterfaceError: lengths differ or a content is unstorable (nothing is
             written then).
         """
-        if len(blob) % 18:
-            raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {len(blob)}")
+        if type(blob) is not bytes:
+            blob = bytes(blob)
         n = len(blob) // 18
+        check = check_content
         if isinstance(contents, np.ndarray):
             if contents.ndim == 0 or contents.shape[0] != n:
                 raise InterfaceError(f"{n} coordinates but contents of shape {contents.shape}")
             frozen = np.array(contents, copy=True, order="C")
             frozen.flags.writeable = False
             contents = list(frozen) if frozen.ndim > 1 else [x.item() for x in frozen]
+            check = _frozen_row   # rows of one frozen copy: nothing left to copy or check
         else:
             contents = list(contents)
             if len(contents) != n:
                 raise InterfaceError(f"{n} coordinates but {len(contents)} contents")
-            contents = [check_content(c) for c in contents]
-        now = time.time()
-        m = self._map
-        names = self.names
-        new_keys = []
-        out = [0] * n
-        written = {}
-        for i in range(n):
-            key = blob[18 * i: 18 * i + 18]
-            old = written.get(key) or m.get(key)
-            if old is None:
-                s = Scroll(key, contents[i], 1, now, now, names)
-                new_keys.append(key)
-            else:
-                s = Scroll(key, contents[i], old.version + 1, old.created_at, now, names)
-            written[key] = s
-            out[i] = s.version
-        m.update(written)
+        versions, new_keys, written = _core.put_scrolls(self._map, blob, contents, time.time(),
+                                                        self.names, Scroll, check)
         if new_keys:
             self._index.add_many(new_keys)
         if self.storage is not None:
-            self._persist(list(written.values()))
-        return out
+            self._persist(written)
+        return versions
 
     def delete(self, key: bytes) -> int:
         """CDEL of one key: returns 1 if a scroll was removed, else 0."""
