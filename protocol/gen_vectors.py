@@ -88,6 +88,10 @@ def frame_vectors():
         note="second key absent: version 0, zero key, nil fields")
     add("get_many_response_stacked", [4, 0, [K1 + K2, np.arange(6, dtype="<f4").reshape(2, 3), [1, 1], [T, T], [T, T]]],
         note="contents as one stacked ext-1 array: row i is content i")
+    add("get_many_request_content_only", [31, "GET_MANY", [K1 + K2, True]],
+        note="values only (like Redis MGET): the result is one array of N contents")
+    add("get_many_response_content_only", [31, 0, ["hello", None]],
+        note="second key absent: nil (a stored nil content reads the same)")
     add("put_request", [5, "PUT", [K1, "hello"]])
     add("put_request_if_version", [6, "PUT", [K1, "hello again", 1]])
     add("put_request_ndarray", [7, "PUT", [K2, VEC]])

@@ -2819,6 +2819,283 @@ def serve_requests(const unsigned char[::1] data, Py_ssize_t pos, Py_ssize_t end
         PyMem_Free(b.p)
 
 
+# -- values-only batched reads (GET_MANY with content_only) --------------------------------
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def scroll_contents(dict m, bytes blob, object scroll_cls):
+    """Look up N packed keys in a ``{key: Scroll}`` map and return their contents.
+
+    :param m: the engine's map from 18-byte keys to Scroll objects.
+    :param blob: N*18 bytes of packed keys.
+    :param scroll_cls: the Scroll class (its content slot is read directly when a
+        scroll is exactly that class; subclasses go through the attribute).
+    :returns: a list of N contents, ``None`` where nothing is stored.
+    :raises InterfaceError: if ``blob`` is not a multiple of 18 bytes.
+    """
+    cdef Py_ssize_t nb = len(blob)
+    if nb % 18:
+        raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {nb}")
+    cdef Py_ssize_t n = nb // 18, i
+    cdef const char* kp = PyBytes_AS_STRING(blob)
+    cdef _Slots sl = _scroll_slots(scroll_cls)
+    cdef list out = PyList_New(n) if n else []
+    cdef PyObject* hit
+    for i in range(n):
+        key = PyBytes_FromStringAndSize(kp + 18 * i, 18)
+        hit = PyDict_GetItem(m, key)
+        v = None if hit == NULL else _slot_or_attr(sl, <object>hit, 1, "content")
+        Py_INCREF(v)
+        PyList_SET_ITEM(out, i, v)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def scroll_contents_msgpack(dict m, bytes blob, object packb, object scroll_cls):
+    """The msgpack bytes of ``[content or nil for each key]`` in one C loop: the result of
+    ``GET_MANY [keys, true]``.
+
+    The bytes equal ``packb(scroll_contents(m, blob, scroll_cls))``.
+
+    :param m: the engine's map from 18-byte keys to Scroll objects.
+    :param blob: N*18 bytes of packed keys.
+    :param packb: the generic encoder, for contents that are not bytes, str, float, None
+        or non-negative int (numpy arrays, lists, maps...), and for its errors.
+    :param scroll_cls: the Scroll class.
+    :returns: the msgpack bytes of one array of N values.
+    :raises InterfaceError: if ``blob`` is not a multiple of 18 bytes, or a content
+        cannot be encoded.
+    """
+    cdef Py_ssize_t nb = len(blob)
+    if nb % 18:
+        raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {nb}")
+    cdef Py_ssize_t n = nb // 18, i
+    cdef const char* kp = PyBytes_AS_STRING(blob)
+    cdef _Slots sl = _scroll_slots(scroll_cls)
+    cdef PyObject* hit
+    cdef _Buf b
+    _buf_init(&b, 64 + 40 * n)
+    try:
+        _wput_arrhdr(&b, n)
+        for i in range(n):
+            key = PyBytes_FromStringAndSize(kp + 18 * i, 18)
+            hit = PyDict_GetItem(m, key)
+            if hit == NULL:
+                _wput(&b, "\xc0", 1)
+            else:
+                _wput_value(&b, _slot_or_attr(sl, <object>hit, 1, "content"), packb)
+        return PyBytes_FromStringAndSize(b.p, b.n)
+    finally:
+        PyMem_Free(b.p)
+
+
+# -- pipelined GETs on the client: request frames out, reply frames in ----------------------
+
+cimport numpy as cnp
+cnp.import_array()
+
+
+def key_of(c):
+    """The 18-byte big-endian key of one coordinate given as a ``(9,)`` uint16 array,
+    read straight from the array's memory (any strides), or None for anything else.
+
+    For the hot paths that take a row of an ``(N, 9)`` array: :func:`pack` costs
+    several times more in argument checks. Other inputs (other dtypes or shapes,
+    byte-swapped arrays, non-arrays) answer None, and the caller uses its general
+    conversion, which also reports errors.
+
+    :param c: any object.
+    :returns: 18 bytes, or None.
+    """
+    cdef cnp.ndarray a
+    cdef const char* base
+    cdef Py_ssize_t st
+    cdef unsigned char* o
+    cdef int j
+    cdef uint16_t v
+    if cnp.PyArray_Check(c):
+        a = <cnp.ndarray>c
+        if (cnp.PyArray_TYPE(a) == cnp.NPY_UINT16 and cnp.PyArray_NDIM(a) == 1
+                and cnp.PyArray_DIM(a, 0) == NDIM and cnp.PyArray_ISNOTSWAPPED(a)):
+            base = <const char*>cnp.PyArray_DATA(a)
+            st = cnp.PyArray_STRIDE(a, 0)
+            out = PyBytes_FromStringAndSize(NULL, KEY_BYTES)
+            o = <unsigned char*>PyBytes_AS_STRING(out)
+            for j in range(NDIM):
+                memcpy(&v, base + j * st, 2)
+                o[2 * j] = <unsigned char>(v >> 8)
+                o[2 * j + 1] = <unsigned char>(v & 0xFF)
+            return out
+    return None
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def get_request_frames(list keys, uint64_t msgid):
+    """Encode one GET request frame per key, back to back, with msgids counting up from
+    ``msgid``: the bytes of ``encode_request(msgid + i, "GET", [keys[i]])`` with the
+    msgid written as uint32 (``ce``), as the client writes every request header.
+
+    :param keys: 18-byte keys.
+    :param msgid: the first request's id; the last one, ``msgid + len(keys) - 1``, must
+        not exceed 2**32 - 1.
+    :returns: the frames as one bytes object.
+    :raises InterfaceError: a key that is not 18 bytes, or msgids out of range.
+    """
+    cdef Py_ssize_t n = len(keys), i
+    if msgid < 1 or msgid + <uint64_t>n - 1 > 0xFFFFFFFFULL:
+        raise InterfaceError("msgids must stay within 1 .. 2**32-1")
+    out = PyBytes_FromStringAndSize(NULL, 35 * n)
+    cdef char* o = PyBytes_AS_STRING(out)
+    cdef object k
+    for i in range(n):
+        k = <object>PyList_GET_ITEM(keys, i)
+        if not PyBytes_CheckExact(k) or len(<bytes>k) != KEY_BYTES:
+            raise InterfaceError("GET keys must be packed coordinates (bytes of 18)")
+        # length 31 | fixarray(3) | uint32 msgid | "GET" | fixarray(1) | bin8(18) key
+        memcpy(o, b"\x00\x00\x00\x1f\x93\xce", 6)
+        _be32(o + 6, <uint32_t>(msgid + <uint64_t>i))
+        memcpy(o + 10, b"\xa3GET\x91\xc4\x12", 7)
+        memcpy(o + 17, PyBytes_AS_STRING(k), KEY_BYTES)
+        o += 35
+    return out
+
+
+cdef inline Py_ssize_t _read_double(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                                    double* out) noexcept nogil:
+    cdef uint64_t u
+    cdef uint32_t w
+    cdef float f
+    if pos + 9 <= end and p[pos] == 0xCB:
+        u = _rd64(p + pos + 1)
+        memcpy(out, &u, 8)
+        return pos + 9
+    if pos + 5 <= end and p[pos] == 0xCA:
+        w = _rd32(p + pos + 1)
+        memcpy(&f, &w, 4)
+        out[0] = f
+        return pos + 5
+    return -1
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def parse_get_replies(const unsigned char[::1] data, Py_ssize_t pos, Py_ssize_t end,
+                      uint64_t msgid, Py_ssize_t count, list out, Py_ssize_t at,
+                      object scroll_cls, object names, object unpackb,
+                      Py_ssize_t max_frame):
+    """Decode a run of GET success replies straight from the receive buffer.
+
+    Starting at ``data[pos]``, every complete frame whose body is
+    ``[msgid, 0, nil]`` or ``[msgid, 0, [key bin(18), content, version uint,
+    created float, updated float]]``, with the msgid expected next (``msgid``, then
+    ``msgid + 1``, ...), becomes ``None`` or a Scroll stored at ``out[at]``,
+    ``out[at + 1]``, ...; the loop stops after ``count`` frames, at an incomplete frame,
+    or at the first frame of any other kind (an error reply, a push, another encoding),
+    which the caller then reads with the generic decoder. Contents that are not bin,
+    str or nil are decoded by ``unpackb``.
+
+    :param data: the receive buffer (bytes or bytearray).
+    :param pos: offset of the next unread frame.
+    :param end: end of the received bytes.
+    :param msgid: the id the first reply must carry.
+    :param count: most frames to decode.
+    :param out: result list, at least ``at + count`` long.
+    :param at: index in ``out`` of the first result.
+    :param scroll_cls: the Scroll class.
+    :param names: the name table given to every Scroll.
+    :param unpackb: the generic decoder for other contents.
+    :param max_frame: largest frame body accepted (a larger one is left to the generic
+        reader, which refuses it).
+    :returns: ``(pos, decoded, need_more)``: the offset after the decoded frames, how
+        many were decoded, and whether the loop stopped at an incomplete frame (rather
+        than at the count or at a frame it does not decode).
+    """
+    cdef const unsigned char* p = &data[0] if data.shape[0] else NULL
+    cdef Py_ssize_t size, body, cend, q, kl, cs, ce, done = 0
+    cdef uint64_t mid, ver
+    cdef double created, updated
+    cdef unsigned char c
+    cdef _Slots sl = _scroll_slots(scroll_cls)
+    cdef bint need_more = False
+    if end > data.shape[0]:
+        end = data.shape[0]
+    if at < 0 or at + count > len(out):
+        raise IndexError("result list too short")
+    while done < count:
+        if pos + 4 > end:
+            need_more = True
+            break
+        size = _rd32(p + pos)
+        body = pos + 4
+        if size == 0 or size > max_frame:
+            break
+        if body + size > end:
+            need_more = True
+            break
+        cend = body + size
+        if size < 4 or p[body] != 0x93:
+            break
+        q = _read_uint(p, body + 1, cend, &mid)
+        if q < 0 or mid != msgid + <uint64_t>done or q + 2 > cend or p[q] != 0x00:
+            break
+        q += 1
+        if p[q] == 0xC0:
+            if q + 1 != cend:
+                break
+            v = None
+        else:
+            if p[q] != 0x95:
+                break
+            q += 1
+            q = _read_binhdr(p, q, cend, &kl)
+            if q < 0 or kl != KEY_BYTES:
+                break
+            key = PyBytes_FromStringAndSize(<const char*>p + q, KEY_BYTES)
+            q += KEY_BYTES
+            if q >= cend:
+                break
+            c = p[q]
+            if c == 0xC0:
+                content = None
+                q += 1
+            elif _read_binhdr(p, q, cend, &kl) >= 0:
+                cs = _read_binhdr(p, q, cend, &kl)
+                content = PyBytes_FromStringAndSize(<const char*>p + cs, kl)
+                q = cs + kl
+            elif _read_strhdr(p, q, cend, &kl) >= 0:
+                cs = _read_strhdr(p, q, cend, &kl)
+                content = (<const char*>p + cs)[:kl].decode("utf-8")
+                q = cs + kl
+            else:
+                ce = _skip(p, q, cend, 0)
+                if ce < 0:
+                    break
+                content = unpackb(bytes((<const char*>p + q)[:ce - q]))
+                q = ce
+            q = _read_uint(p, q, cend, &ver)
+            if q < 0 or ver == 0:
+                break
+            q = _read_double(p, q, cend, &created)
+            if q < 0:
+                break
+            q = _read_double(p, q, cend, &updated)
+            if q != cend:
+                break
+            if sl.ok:
+                v = sl.new(key, content, ver, created, updated, names)
+            else:
+                v = scroll_cls(key, content, ver, created, updated, names)
+        old = <object>PyList_GET_ITEM(out, at + done)
+        Py_INCREF(v)
+        PyList_SET_ITEM(out, at + done, v)
+        Py_DECREF(old)
+        pos = cend
+        done += 1
+    return pos, done, need_more
+
+
 # ---------------------------------------------------------------------------------------
 # Batched writes for the engine: one C loop over the keys of a CPUT_MANY.
 # ---------------------------------------------------------------------------------------

@@ -161,7 +161,11 @@ class Client:
         # The hottest call: no lock (a point read is one dict lookup, atomic under the
         # GIL, or a remote call whose connection has its own lock) and cheap accounting.
         t0 = _perf()
-        key = coord if type(coord) is bytes and len(coord) == 18 else self._key(coord)
+        if type(coord) is bytes and len(coord) == 18:
+            key = coord
+        else:
+            # A (9,) uint16 row is packed in C; anything else (text...) by to_key.
+            key = _core.key_of(coord) or self._key(coord)
         try:
             s = self._b.get(key)
         except BaseException:
@@ -171,12 +175,21 @@ class Client:
         self._read_time += _perf() - t0
         return s
 
-    def cget_many(self, coords) -> list:
+    def cget_many(self, coords, content_only: bool = False) -> list:
         """Batched CGET in one call: a list of Scroll-or-None in input order.
 
         :param coords: list of coordinates, an (N, 9) uint16 array or an N*18-byte blob.
+        :param content_only: return only the contents (like Redis MGET returns values):
+            a list of N contents, ``None`` where nothing is stored (a stored ``None``
+            content reads the same). Remotely the reply carries no keys, versions or
+            times, and no Scroll objects are made.
+        :returns: a list of N Scrolls / None, or of N contents with ``content_only``.
+        :raises CoordinateError: a malformed coordinate.
         """
-        return self._run("cget_many", self._b.get_many, to_keys_blob(coords, self.names))
+        blob = to_keys_blob(coords, self.names)
+        if content_only:
+            return self._run("cget_many", self._b.get_many, blob, content_only=True)
+        return self._run("cget_many", self._b.get_many, blob)
 
     def cput(self, coord, content: Any, if_version: int | None = None) -> int:
         """CPUT: write a scroll and return its new version.
@@ -561,6 +574,15 @@ class ClientPipeline(Client):
     def _run(self, op: str, fn, *args, **kw):
         fn(*args, **kw)
         return None
+
+    def cget(self, coord) -> None:
+        """Queue a CGET; its result (Scroll or None) comes with :meth:`execute`."""
+        # Queued by the thousand: no timing or counters here, and a (9,) uint16 row is
+        # packed in C.
+        if type(coord) is bytes and len(coord) == 18:
+            self._b.get(coord)
+        else:
+            self._b.get(_core.key_of(coord) or to_key(coord, self._names))
 
     def crange(self, pattern, limit=None, keys_only=False, count=False, after=None,
                as_array=False):

@@ -208,10 +208,19 @@ class Engine:
         """CGET: the scroll at an 18-byte key, or None."""
         return self._map.get(key)
 
-    def get_many(self, blob: bytes) -> list:
-        """Batched CGET over an N*18-byte blob; None where nothing is stored."""
+    def get_many(self, blob: bytes, content_only: bool = False) -> list:
+        """Batched CGET over an N*18-byte blob.
+
+        :param blob: N*18 bytes of packed keys.
+        :param content_only: return the contents only, not Scroll objects.
+        :returns: a list of N Scrolls, None where nothing is stored; with
+            ``content_only`` a list of N contents, None where nothing is stored.
+        :raises InterfaceError: the blob is not a multiple of 18 bytes.
+        """
         if len(blob) % 18:
             raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {len(blob)}")
+        if content_only:
+            return _core.scroll_contents(self._map, bytes(blob), Scroll)
         g = self._map.get
         return [g(blob[i:i + 18]) for i in range(0, len(blob), 18)]
 

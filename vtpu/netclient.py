@@ -187,13 +187,22 @@ class ClientOps:
         return self._execute("DEL", [_as_key(key)], None, timeout)
 
     # -- many keys -----------------------------------------------------------------------
-    def get_many(self, blob: bytes, *, timeout: float | None = None) -> Any:
+    def get_many(self, blob: bytes, content_only: bool = False, *,
+                 timeout: float | None = None) -> Any:
         """Read many scrolls in one round trip.
 
         :param blob: N*18 bytes of packed keys (or an ``(N, 9)`` array).
-        :returns: a list of N entries, each a Scroll or ``None``.
+        :param content_only: return only the contents (``GET_MANY [keys, true]``): the
+            server sends one array of N values, no keys, versions or times.
+        :returns: a list of N entries, each a Scroll or ``None``; with ``content_only`` a
+            list of N contents, ``None`` where nothing is stored.
+        :raises ProtocolError: a values-only reply that is not an array of N values.
         """
-        return self._execute("GET_MANY", [_as_blob(blob)], self._dec.scrolls_or_none, timeout)
+        b = _as_blob(blob)
+        if content_only:
+            return self._execute("GET_MANY", [b, True], _contents_decoder(len(b) // P.KEY_SIZE),
+                                 timeout)
+        return self._execute("GET_MANY", [b], self._dec.scrolls_or_none, timeout)
 
     def put_many(self, blob: bytes, contents: Any, *, timeout: float | None = None) -> Any:
         """Write many scrolls in one round trip.
@@ -321,6 +330,22 @@ class ClientOps:
 def _dec_nearest(r: Any) -> tuple:
     blob, dist = r
     return P.unpack_coords(blob), np.asarray(dist, dtype=np.int64)
+
+
+def _contents_decoder(n: int) -> Callable[[Any], Any]:
+    """Decoder of a values-only GET_MANY reply: an array of exactly ``n`` values."""
+
+    def dec(r: Any) -> Any:
+        return _check_contents(r, n)
+
+    return dec
+
+
+def _check_contents(r: Any, n: int) -> list:
+    if type(r) is not list or len(r) != n:
+        got = f"{len(r)} values" if type(r) is list else type(r).__name__
+        raise E.ProtocolError(f"GET_MANY values-only reply: expected {n} values, got {got}")
+    return r
 
 
 def _dec_coord(r: Any) -> Any:
@@ -883,14 +908,22 @@ class RemoteEngine(ClientOps):
             return ok, value
 
     # -- hot paths: bypass the generic encoder -----------------------------------------
-    def get_many(self, blob: bytes, *, timeout: float | None = None) -> Any:
+    def get_many(self, blob: bytes, content_only: bool = False, *,
+                 timeout: float | None = None) -> Any:
         """Read many scrolls in one round trip (see :meth:`ClientOps.get_many`).
 
+        :param content_only: return the list of contents only (``None`` where nothing
+            is stored), decoded from one msgpack array.
         :returns: a :class:`vtpu._core.ScrollList`: behaves like a list of Scroll/None
             (len, indexing, iteration, ``==`` with a list) and makes each Scroll only
-            when it is first read.
+            when it is first read; with ``content_only`` a plain list of contents.
         """
-        tail = _OPBYTES["GET_MANY"] + P.packb([_as_blob(blob)])
+        b = _as_blob(blob)
+        if content_only:
+            tail = _OPBYTES["GET_MANY"] + P.packb([b, True])
+            return _check_contents(self._call_tail("GET_MANY", tail, True, timeout),
+                                   len(b) // P.KEY_SIZE)
+        tail = _OPBYTES["GET_MANY"] + P.packb([b])
         body, pos = self._call_raw("GET_MANY", tail, timeout)
         r = _core.parse_scroll_columns(body, pos, Scroll, self._names or self.names,
                                        _unpackb)
@@ -961,6 +994,16 @@ class Pipeline(ClientOps):
         self._queue.append((op, args, decode))
         return self
 
+    def get(self, key: bytes, *, timeout: float | None = None) -> "Pipeline":
+        """Queue one GET (see :meth:`ClientOps.get`); its result is a Scroll or ``None``."""
+        # The common call of a pipeline: queued without the generic encoder's work.
+        if type(key) is not bytes or len(key) != 18:
+            key = _as_key(key)
+        if timeout is not None:
+            self._timeout = timeout if self._timeout is None else max(self._timeout, timeout)
+        self._queue.append(("GET", [key], self._dec.scroll))
+        return self
+
     def __enter__(self) -> "Pipeline":
         return self
 
@@ -989,16 +1032,18 @@ class Pipeline(ClientOps):
         attempt = 0
         while True:
             try:
-                raw = self._exchange(queue, deadline)
+                results, pairs = self._exchange(queue, deadline)
                 break
             except E.ConnectionError:
                 if not idempotent or attempt >= eng.retries:
                     raise
                 _jitter_sleep(eng.retry_backoff, attempt)
                 attempt += 1
-        results: list = []
+        # results[i] is final already unless i is in pairs (then it is (ok, value)).
         first_error: BaseException | None = None
-        for (op, _args, decode), (ok, value) in zip(queue, raw):
+        for i in pairs:
+            op, _args, decode = queue[i]
+            ok, value = results[i]
             if ok:
                 try:
                     value = value if decode is None else decode(value)
@@ -1010,41 +1055,64 @@ class Pipeline(ClientOps):
             else:
                 value = E.error_from_code(value[0], f"{op}: {value[1]}")
                 first_error = first_error or value
-            results.append(value)
+            results[i] = value
         self.results = results
         if first_error is not None and self.raise_on_error:
             raise first_error
         return results
 
-    def _exchange(self, queue: list, deadline: float | None) -> list:
+    def _exchange(self, queue: list, deadline: float | None) -> tuple[list, Any]:
+        """Send the queue and read every reply.
+
+        :returns: ``(results, pairs)``: ``results[i]`` is the finished result of call i
+            (a GET reply decoded by the compiled reader), or its ``(ok, value)`` pair when
+            ``i`` is in ``pairs`` (ascending indexes), which the caller decodes.
+        """
         eng = self.engine
         mfs = eng.max_frame_size
+        n = len(queue)
         with eng._lock:
             eng._ensure()
+            all_get = False
             if self.batch:
                 msgid = eng._next_id()
                 frames = [P.encode_request(msgid, "BATCH", [[[op, a] for op, a, _ in queue]], mfs)]
                 ids = [msgid]
             else:
-                ids = []
-                frames = []
-                for op, a, _ in queue:
-                    m = eng._next_id()
-                    ids.append(m)
-                    frames.append(_request_frame(m, op, _OPBYTES[op] + P.packb(a), mfs))
+                first = eng._msgid + 1
+                all_get = first + n - 1 <= 0xFFFFFFFF and all(op == "GET" for op, _, _ in queue)
+                if all_get:
+                    # Every call a GET (the common pipeline): all frames in one C loop,
+                    # msgids counting up without a wrap.
+                    eng._msgid = first + n - 1
+                    ids = range(first, first + n)
+                    frames = [_core.get_request_frames([a[0] for _, a, _ in queue], first)]
+                else:
+                    ids = []
+                    frames = []
+                    for op, a, _ in queue:
+                        m = eng._next_id()
+                        ids.append(m)
+                        if op == "GET":
+                            frames.append(_HDR.pack(31, 0x93, 0xCE, m) + _GET_TAIL + a[0])
+                        else:
+                            frames.append(_request_frame(m, op, _OPBYTES[op] + P.packb(a), mfs))
             try:
-                eng._send(b"".join(frames), deadline)
-                replies = [eng._recv_reply(m, deadline) for m in ids]
+                eng._send(b"".join(frames) if len(frames) > 1 else frames[0], deadline)
+                if self.batch:
+                    replies = [eng._recv_reply(ids[0], deadline)]
+                else:
+                    replies, pairs = self._read_replies(queue, ids, all_get, deadline)
             except BaseException:
                 eng._drop()
                 raise
             eng._last_io = time.monotonic()
         if not self.batch:
-            return replies
+            return replies, pairs
         ok, value = replies[0]
         if not ok:
             # The BATCH frame itself was refused (too many ops, say): every call failed.
-            return [(False, value)] * len(queue)
+            return [(False, value)] * len(queue), range(len(queue))
         if type(value) is not list or len(value) != len(queue):
             raise E.ProtocolError("BATCH reply does not hold one result per operation")
         out = []
@@ -1052,4 +1120,52 @@ class Pipeline(ClientOps):
             if type(item) is not list or len(item) != 2:
                 raise E.ProtocolError("malformed BATCH result item")
             out.append((item[0] == P.STATUS_OK, item[1]))
-        return out
+        return out, range(len(out))
+
+    def _read_replies(self, queue: list, ids: Any, all_get: bool,
+                      deadline: float | None) -> tuple[list, list]:
+        """Read one reply per queued call (see :meth:`_exchange` for the result).
+
+        Runs of GET replies are decoded by ``_core.parse_get_replies`` straight from the
+        receive buffer, whatever was received so far per call; a frame it does not
+        decode (an error, a push, another encoding) goes through the generic reader.
+        """
+        eng = self.engine
+        n = len(queue)
+        out: list = [None] * n
+        pairs: list = []
+        names = eng._names or eng.names
+        parse = _core.parse_get_replies
+        mfs = eng.max_frame_size
+        i = 0
+        while i < n:
+            if queue[i][0] != "GET":
+                out[i] = eng._recv_reply(ids[i], deadline)
+                pairs.append(i)
+                i += 1
+                continue
+            # The run of GETs with consecutive msgids starting at i.
+            if all_get:
+                j = n
+            else:
+                j = i + 1
+                while j < n and queue[j][0] == "GET" and ids[j] == ids[j - 1] + 1:
+                    j += 1
+            while i < j:
+                pos, k, need_more = parse(eng._rbuf, eng._rstart, eng._rend, ids[i], j - i,
+                                          out, i, Scroll, names, _unpackb, mfs)
+                eng._rstart = pos
+                i += k
+                if i == j:
+                    break
+                if need_more:
+                    avail = eng._rend - pos
+                    if avail < 4 or 4 + _LEN.unpack_from(eng._rbuf, pos)[0] <= len(eng._rbuf):
+                        eng._fill(deadline)
+                        continue
+                # A frame the compiled reader leaves alone (or one larger than the
+                # buffer): the generic reader handles it, pushes and errors included.
+                out[i] = eng._recv_reply(ids[i], deadline)
+                pairs.append(i)
+                i += 1
+        return out, pairs

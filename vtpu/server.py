@@ -179,14 +179,22 @@ class _Dispatcher:
 
     # -- many keys -----------------------------------------------------------------------
     def get_many(self, a: list) -> list:
-        _nargs(a, 1, 1, "GET_MANY")
-        return P.scrolls_to_wire(self.engine.get_many(P.check_blob(a[0])))
+        _nargs(a, 1, 2, "GET_MANY")
+        blob = P.check_blob(a[0])
+        if _bool(_opt(a, 1), "content_only"):
+            # Values only: one array of N contents (nil where nothing is stored).
+            return list(self.engine.get_many(blob, content_only=True))
+        return P.scrolls_to_wire(self.engine.get_many(blob))
 
     def get_many_raw(self, a: list) -> bytes | None:
         """GET_MANY encoded in one compiled loop: the msgpack bytes of the column-wise
-        result, or None when the generic encoder must do it (stacked ndarray contents)."""
-        _nargs(a, 1, 1, "GET_MANY")
-        return _core.scroll_columns_msgpack(self.map, P.check_blob(a[0]), P.packb, Scroll)
+        result (or, with ``content_only``, of the array of contents), or None when the
+        generic encoder must do it (stacked ndarray contents)."""
+        _nargs(a, 1, 2, "GET_MANY")
+        blob = P.check_blob(a[0])
+        if _bool(_opt(a, 1), "content_only"):
+            return _core.scroll_contents_msgpack(self.map, blob, P.packb, Scroll)
+        return _core.scroll_columns_msgpack(self.map, blob, P.packb, Scroll)
 
     def put_many(self, a: list) -> list:
         _nargs(a, 2, 2, "PUT_MANY")

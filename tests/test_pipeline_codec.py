@@ -1,0 +1,382 @@
+"""Pipelined GETs on the client: the compiled request encoder and reply decoder
+(``_core.get_request_frames`` / ``_core.parse_get_replies``), ``_core.key_of``, and the
+pipeline paths that use them, checked against the generic codec and end to end over a
+real loopback server (pushes in between, errors, short reads, large replies, msgid wrap).
+No timing assertions.
+"""
+import socket
+
+import numpy as np
+import pytest
+
+import vtpu
+from vtpu import _core
+from vtpu import errors as E
+from vtpu import protocol as P
+from vtpu.coords import NameTable, Scroll
+from vtpu.engine import Engine
+from vtpu.netclient import RemoteEngine
+from vtpu.testing import ServerThread
+
+MIXED = [
+    b"v" * 32, "héllo", 3, -5, 2.5, None, True, [1, "a"], {"x": b"y"},
+    np.arange(3, dtype=np.float32), "x" * 40, "y" * 300, b"z" * 70000, 1 << 63, "",
+    b"", 0,
+]
+
+
+def keys_of(n, first=1):
+    arr = np.zeros((n, 9), dtype=np.uint16)
+    arr[:, 0] = 7
+    arr[:, 8] = np.arange(first, first + n)
+    return [_core.pack(r) for r in arr]
+
+
+def same_scroll(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    ca, cb = a.content, b.content
+    if isinstance(ca, np.ndarray):
+        ok = isinstance(cb, np.ndarray) and ca.dtype == cb.dtype and np.array_equal(ca, cb)
+    else:
+        ok = type(ca) is type(cb) and ca == cb
+    return ok and (a.key, a.version, a.created_at, a.updated_at) == (
+        b.key, b.version, b.created_at, b.updated_at)
+
+
+# -- key_of ------------------------------------------------------------------------------------
+
+
+def test_key_of_matches_pack():
+    arr = np.arange(90, dtype=np.uint16).reshape(10, 9) * 700
+    for r in arr:
+        assert _core.key_of(r) == _core.pack(r)
+    col = np.arange(90, dtype=np.uint16).reshape(9, 10)[:, 3]  # strided view
+    assert _core.key_of(col) == _core.pack(np.ascontiguousarray(col))
+    assert _core.key_of(np.full(9, 0xFFFF, np.uint16)) == b"\xff" * 18
+
+
+@pytest.mark.parametrize("other", [
+    "1.2.3/4.5.6/7.8.9", b"x" * 18, [1] * 9, None, np.zeros(8, np.uint16),
+    np.zeros(9, np.int64), np.zeros((1, 9), np.uint16), np.zeros(9, ">u2"),
+])
+def test_key_of_declines_other_inputs(other):
+    assert _core.key_of(other) is None
+
+
+# -- get_request_frames ---------------------------------------------------------------------
+
+
+def test_get_request_frames_are_the_generic_frames():
+    ks = keys_of(5)
+    got = _core.get_request_frames(ks, 1000)
+    dec = P.FrameDecoder()
+    dec.feed(got)
+    assert list(dec) == [[1000 + i, "GET", [k]] for i, k in enumerate(ks)]
+    # the client's fixed header form (uint32 msgid), frame by frame
+    one = _core.get_request_frames(ks[:1], 3)
+    assert one.hex() == "0000001f93ce00000003a3474554" + "91c412" + ks[0].hex()
+    assert _core.get_request_frames([], 5) == b""
+    top = _core.get_request_frames(ks[:2], 0xFFFFFFFE)
+    assert P.unpackb(top[4:35])[0] == 0xFFFFFFFE and P.unpackb(top[39:])[0] == 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("bad", [[b"x" * 17], ["a" * 18], [bytearray(18)], [None]])
+def test_get_request_frames_refuses_bad_keys(bad):
+    with pytest.raises(E.InterfaceError):
+        _core.get_request_frames(bad, 1)
+
+
+def test_get_request_frames_refuses_msgid_overflow():
+    with pytest.raises(E.InterfaceError):
+        _core.get_request_frames(keys_of(2), 0xFFFFFFFF)
+    with pytest.raises(E.InterfaceError):
+        _core.get_request_frames(keys_of(1), 0)
+
+
+# -- parse_get_replies ----------------------------------------------------------------------
+
+
+def reply_frames(engine, ks, first):
+    out = []
+    for i, k in enumerate(ks):
+        s = engine.get(k)
+        wire = None if s is None else [s.key, s.content, s.version, s.created_at, s.updated_at]
+        out.append(P.encode_response(first + i, wire))
+    return out
+
+
+@pytest.fixture
+def filled():
+    e = Engine()
+    ks = keys_of(len(MIXED))
+    for k, v in zip(ks, MIXED):
+        e.put(k, v)
+    e.put(ks[0], b"v" * 32)  # version 2
+    return e, ks
+
+
+def parse(buf, pos, end, msgid, count, out, at=0, names=None):
+    return _core.parse_get_replies(buf, pos, end, msgid, count, out, at, Scroll, names,
+                                   P.unpackb, P.DEFAULT_MAX_FRAME_SIZE)
+
+
+def test_parse_get_replies_matches_the_generic_decoder(filled):
+    e, ks = filled
+    ks = ks + keys_of(2, first=900)  # two absent keys
+    buf = bytearray(b"".join(reply_frames(e, ks, 40)))
+    out = [0] * len(ks)
+    pos, n, more = parse(buf, 0, len(buf), 40, len(ks), out)
+    assert (pos, n, more) == (len(buf), len(ks), False)
+    assert out[-1] is None and out[-2] is None
+    for k, s in zip(ks, out):
+        assert same_scroll(s, e.get(k))
+    # names reach the Scroll (coordinate strings)
+    t = NameTable()
+    out2 = [0]
+    parse(bytes(buf), 0, len(buf), 40, 1, out2, 0, t)
+    assert out2[0].coordinate == "7.0.0/0.0.0/0.0.1" and out2[0]._names is t
+
+
+def test_parse_get_replies_stops_where_it_must(filled):
+    e, ks = filled
+    frames = reply_frames(e, ks[:3], 10)
+    buf = b"".join(frames)
+    out = [0] * 3
+    # count
+    assert parse(buf, 0, len(buf), 10, 2, out) == (len(frames[0]) + len(frames[1]), 2, False)
+    # an incomplete frame: need more bytes
+    for cut in (1, 3, 4, len(frames[0]) - 1):
+        out = [0] * 3
+        assert parse(buf, 0, cut, 10, 3, out) == (0, 0, True)
+    end = len(frames[0]) + 5
+    assert parse(buf, 0, end, 10, 3, [0] * 3) == (len(frames[0]), 1, True)
+    # an unexpected msgid, an error reply, a push: left to the generic reader
+    assert parse(buf, 0, len(buf), 11, 3, [0] * 3) == (0, 0, False)
+    err = P.encode_error(10, "CONFLICT", "no")
+    assert parse(err + buf, 0, len(err) + len(buf), 10, 3, [0] * 3) == (0, 0, False)
+    push = P.encode_push("invalidate", None)
+    assert parse(frames[0] + push, 0, len(frames[0]) + len(push), 10, 3, [0] * 3) == (
+        len(frames[0]), 1, False)
+    # another result shape (a PUT's version) and a too-large frame
+    ver = P.encode_response(10, 3)
+    assert parse(ver, 0, len(ver), 10, 1, [0]) == (0, 0, False)
+    big = frames[0]
+    assert _core.parse_get_replies(big, 0, len(big), 10, 1, [0], 0, Scroll, None, P.unpackb,
+                                   len(big) - 5) == (0, 0, False)
+    # offsets: start in the middle, write at an index
+    out = [0, 0, 0]
+    off = len(frames[0])
+    assert parse(buf, off, len(buf), 11, 2, out, 1) == (len(buf), 2, False)
+    assert out[0] == 0 and out[1].key == ks[1]
+
+
+@pytest.mark.parametrize("body", [
+    [5, 0, [b"k" * 17, "c", 1, 1.0, 1.0]],          # short key
+    [5, 0, [b"k" * 18, "c", 0, 1.0, 1.0]],          # version 0
+    [5, 0, [b"k" * 18, "c", 1, 1, 1.0]],            # integer time
+    [5, 0, [b"k" * 18, "c", 1, 1.0]],               # 4 fields
+    [5, 0, [b"k" * 18, "c", -1, 1.0, 1.0]],         # negative version
+    [5, 0, "PONG"],
+    [5, 1, ["PROTOCOL", "x"]],
+])
+def test_parse_get_replies_leaves_other_shapes(body):
+    f = P.encode_frame(body)
+    assert parse(f, 0, len(f), 5, 1, [0]) == (0, 0, False)
+
+
+def test_parse_get_replies_accepts_other_encodings():
+    # msgid in a wider form, float32 times, a str8 content: still a GET reply
+    body = (b"\x93\xce\x00\x00\x00\x05\x00\x95\xc4\x12" + b"k" * 18 + b"\xd9\x03abc"
+            + b"\xcd\x01\x00" + b"\xca\x3f\xc0\x00\x00" + b"\xcb" + np.float64(2.5).byteswap().tobytes())
+    f = len(body).to_bytes(4, "big") + body
+    out = [0]
+    assert parse(f, 0, len(f), 5, 1, out) == (len(f), 1, False)
+    s = out[0]
+    assert (s.key, s.content, s.version, s.created_at, s.updated_at) == (
+        b"k" * 18, "abc", 256, 1.5, 2.5)
+
+
+def test_parse_get_replies_bad_arguments():
+    with pytest.raises(IndexError):
+        parse(b"", 0, 0, 1, 2, [0])
+    assert parse(b"", 0, 0, 1, 1, [0]) == (0, 0, True)
+
+
+# -- pipelines end to end -------------------------------------------------------------------
+
+
+@pytest.fixture
+def server():
+    with ServerThread(Engine()) as st:
+        yield st
+
+
+@pytest.fixture
+def remote(server):
+    r = RemoteEngine(port=server.port, timeout=20, connect_timeout=10)
+    yield r
+    r.close()
+
+
+def generic_get(r, k):
+    return r._execute("GET", [k], r._dec.scroll, None)
+
+
+def test_pipelined_gets_equal_single_gets(remote):
+    ks = keys_of(len(MIXED))
+    remote.put_many(b"".join(ks), MIXED)
+    ks = ks + keys_of(3, first=500)
+    order = ks * 20  # 1000+ replies, more than one receive buffer (a 70 kB content too)
+    with remote.pipeline() as p:
+        for k in order:
+            p.get(k)
+    want = {k: generic_get(remote, k) for k in ks}
+    assert len(p.results) == len(order)
+    assert all(same_scroll(s, want[k]) for s, k in zip(p.results, order))
+
+
+def test_mixed_pipeline_with_errors_in_between(remote):
+    ks = keys_of(4)
+    remote.put(ks[0], "a")
+    p = remote.pipeline(raise_on_error=False)
+    p.get(ks[0])
+    p.put(ks[1], "b", if_version=5)  # conflict
+    p.get(ks[0])
+    p.get(ks[1])
+    p.put(ks[2], "c")
+    p.count(np.array([[0] * 9, [0xFFFF] * 9], np.uint16))
+    p.get(ks[2])
+    p.get_many(b"".join(ks[:3]), content_only=True)
+    res = p.execute()
+    assert res[0].content == "a" and isinstance(res[1], E.VersionConflict)
+    assert res[2].content == "a" and res[3] is None and res[4] == 1 and res[5] == 2
+    assert res[6].content == "c" and res[7] == ["a", None, "c"]
+    p = remote.pipeline()
+    p.get(ks[0])
+    p.put(ks[0], "x", if_version=9)
+    p.get(ks[0])
+    with pytest.raises(E.VersionConflict):
+        p.execute()
+    assert p.results[0].content == "a" and p.results[2].content == "a"
+
+
+def test_pushes_between_pipelined_replies(server):
+    seen = []
+    r = RemoteEngine(port=server.port, timeout=20, track=True)
+    w = RemoteEngine(port=server.port, timeout=20)
+    try:
+        r.on_push = lambda kind, payload: seen.append((kind, payload))
+        ks = keys_of(50)
+        r.put_many(b"".join(ks), [f"v{i}" for i in range(50)])
+        assert r.ping() == "PONG"
+        for i in range(3):
+            w.put(ks[i], "changed")  # each write pushes an invalidation to r
+        assert w.ping() == "PONG"
+        with r.pipeline() as p:
+            for k in ks:
+                p.get(k)
+        assert [s.content for s in p.results] == ["changed"] * 3 + [f"v{i}" for i in range(3, 50)]
+        assert len(seen) >= 1 and all(kind == "invalidate" for kind, _ in seen)
+    finally:
+        r.close()
+        w.close()
+
+
+class ShortReadSocket:
+    """A socket whose reads return at most 7 bytes."""
+
+    def __init__(self, s):
+        self._s = s
+
+    def recv_into(self, buf, nbytes=0):
+        return self._s.recv_into(buf, min(7, len(buf) if not nbytes else nbytes))
+
+    def recv(self, n, flags=0):
+        return self._s.recv(min(n, 7), flags)
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+
+def test_pipelined_gets_with_short_reads(server):
+    r = RemoteEngine(port=server.port, timeout=20, socket_factory=lambda a, t: ShortReadSocket(
+        socket.create_connection(a, timeout=t)))
+    try:
+        ks = keys_of(40)
+        r.put_many(b"".join(ks), [("s" * i) for i in range(40)])
+        with r.pipeline() as p:
+            for k in ks:
+                p.get(k)
+            p.get(keys_of(1, first=999)[0])
+        assert [s.content for s in p.results[:-1]] == ["s" * i for i in range(40)]
+        assert p.results[-1] is None
+    finally:
+        r.close()
+
+
+def test_pipelined_gets_across_the_msgid_wrap(remote):
+    ks = keys_of(10)
+    remote.put_many(b"".join(ks), list(range(10)))
+    remote._msgid = 0xFFFFFFFF - 4
+    with remote.pipeline() as p:
+        for k in ks:
+            p.get(k)
+    assert [s.content for s in p.results] == list(range(10))
+    assert remote._msgid == 6  # ...fffc .. ffffffff, then 1 .. 6
+    assert generic_get(remote, ks[3]).content == 3
+
+
+def test_pipeline_batch_mode_still_works(remote):
+    ks = keys_of(3)
+    remote.put(ks[0], "a")
+    p = remote.pipeline(batch=True)
+    for k in ks:
+        p.get(k)
+    assert [None if s is None else s.content for s in p.execute()] == ["a", None, None]
+
+
+def test_pipeline_reply_over_the_client_limit(server):
+    r = RemoteEngine(port=server.port, timeout=20, max_frame_size=4096)
+    try:
+        k1, k2 = keys_of(2)
+        r.put(k1, "small")
+        w = RemoteEngine(port=server.port, timeout=20)
+        w.put(k2, b"x" * 5000)  # its GET reply is larger than the client's frames
+        w.close()
+        p = r.pipeline(raise_on_error=False)
+        p.get(k1)
+        p.get(k2)
+        p.get(k1)
+        res = p.execute()
+        assert res[0].content == "small" and isinstance(res[1], E.LimitError)
+        assert res[2].content == "small"
+    finally:
+        r.close()
+
+
+def test_facade_pipeline_cget_forms(server):
+    c = vtpu.connect(f"vtpu://127.0.0.1:{server.port}", timeout=20)
+    m = vtpu.connect("mem://")
+    try:
+        for cl in (c, m):
+            cl.cput("1.2.3/4.5.6/7.8.9", "x")
+            arr = np.array([[1, 2, 3, 4, 5, 6, 7, 8, 9]], dtype=np.uint16)
+            with cl.pipeline() as p:
+                p.cget("1.2.3/4.5.6/7.8.9")
+                p.cget(arr[0])
+                p.cget(_core.pack(arr[0]))
+                p.cget([1, 2, 3, 4, 5, 6, 7, 8, 9])
+                p.cget(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9]))  # int64 row
+                p.cget("9.9.9/9.9.9/9.9.9")
+            assert [s.content for s in p.results[:5]] == ["x"] * 5 and p.results[5] is None
+            with pytest.raises(ValueError):
+                with cl.pipeline() as p:
+                    p.cget("1.2.3")
+            assert cl.cget(arr[0]).content == "x"
+            assert cl.cget(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9])).content == "x"
+            with pytest.raises(ValueError):
+                cl.cget(np.array([1, 2, 3], np.uint16))
+    finally:
+        c.close()
+        m.close()
