@@ -3,8 +3,6 @@
 The server runs in a background thread on 127.0.0.1, port 0, started with a timeout by
 :func:`vtpu.testing.running_server`; every test gets a fresh engine.
 """
-import os
-
 import pytest
 
 import vtpu
@@ -33,5 +31,3 @@ def mem():
     """An embedded client only (engine internals are inspected)."""
     return vtpu.connect("mem://")
 
-
-DATA_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

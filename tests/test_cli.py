@@ -10,9 +10,9 @@ import pytest
 import vtpu
 from vtpu.cli import demo, main
 from vtpu.phext import parse_phext
-from vtpu.testing import running_server
+from vtpu.testing import running_server, shared_data_dir
 
-PHEXT_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "phext")
+PHEXT_DIR = os.path.join(shared_data_dir(), "phext")
 
 
 def test_demo_on_a_loopback_server_it_starts():

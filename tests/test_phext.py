@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 
 from vtpu.errors import PhextError
 from vtpu.phext import BREAKS, format_phext, parse_phext, read_phext, write_phext
+from vtpu.testing import shared_data_dir
 
 phext_ref = pytest.importorskip("phext.phext")  # listed in the [test] extra; fallback only
 
-DATA = os.environ.get("VTPU_PHEXT_DATA", "/work/shared/data/phext")
+DATA = os.environ.get("VTPU_PHEXT_DATA", os.path.join(shared_data_dir(), "phext"))
 FILES = sorted(glob.glob(os.path.join(DATA, "*.phext")))
 HERE = os.path.dirname(os.path.abspath(__file__))
 FILES += sorted(glob.glob(os.path.join(HERE, "data", "*.phext")))
@@ -38,7 +39,10 @@ def implode(items) -> str:
 # ---------------------------------------------------------------------------- reading
 
 
-@pytest.mark.skipif(not FILES, reason=f"no .phext files under {DATA}")
+def test_real_files_are_there():
+    assert FILES, f"no .phext files under {DATA} (set VTPU_PHEXT_DATA)"
+
+
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
 def test_agrees_with_explode_on_real_files(path):
     with open(path, newline="") as f:

@@ -16,11 +16,12 @@ from a fixture::
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 import threading
 from typing import Any, Iterator
 
-__all__ = ["ServerThread", "running_server", "START_TIMEOUT"]
+__all__ = ["ServerThread", "running_server", "START_TIMEOUT", "shared_data_dir"]
 
 START_TIMEOUT = 30.0
 
@@ -131,3 +132,19 @@ def running_server(engine: Any = None, token: str | None = None, **kw: Any) -> I
         yield (st.host, st.port)
     finally:
         st.stop()
+
+
+def shared_data_dir() -> str:
+    """The shared data folder with the real test files (``.phext`` files and others).
+
+    ``$VTPU_SHARED_DATA`` if set, else ``shared/data`` beside the checkout (where CI puts
+    it), else ``/work/shared/data``.
+
+    :returns: the folder's path (which may be missing: tests then fail, loudly).
+    """
+    env = os.environ.get("VTPU_SHARED_DATA")
+    if env:
+        return env
+    here = os.path.dirname(os.path.abspath(__file__))
+    beside = os.path.normpath(os.path.join(here, "..", "..", "shared", "data"))
+    return beside if os.path.isdir(beside) else "/work/shared/data"
