@@ -971,6 +971,7 @@ class RemoteEngine(ClientOps):
 
 
 builtins_timeout = socket.timeout  # == builtins.TimeoutError on 3.10+
+_ONLY_GET = {"GET"}
 
 
 class Pipeline(ClientOps):
@@ -1028,11 +1029,12 @@ class Pipeline(ClientOps):
         if timeout is None:
             timeout = self._timeout
         deadline = eng._deadline(timeout)
-        idempotent = all(P.OPS[op].idempotent for op, _, _ in queue)
+        ops = {op for op, _, _ in queue}
+        idempotent = all(P.OPS[op].idempotent for op in ops)
         attempt = 0
         while True:
             try:
-                results, pairs = self._exchange(queue, deadline)
+                results, pairs = self._exchange(queue, deadline, ops == _ONLY_GET)
                 break
             except E.ConnectionError:
                 if not idempotent or attempt >= eng.retries:
@@ -1061,8 +1063,9 @@ class Pipeline(ClientOps):
             raise first_error
         return results
 
-    def _exchange(self, queue: list, deadline: float | None) -> tuple[list, Any]:
-        """Send the queue and read every reply.
+    def _exchange(self, queue: list, deadline: float | None,
+                  only_get: bool = False) -> tuple[list, Any]:
+        """Send the queue and read every reply (``only_get``: every call is a GET).
 
         :returns: ``(results, pairs)``: ``results[i]`` is the finished result of call i
             (a GET reply decoded by the compiled reader), or its ``(ok, value)`` pair when
@@ -1080,7 +1083,7 @@ class Pipeline(ClientOps):
                 ids = [msgid]
             else:
                 first = eng._msgid + 1
-                all_get = first + n - 1 <= 0xFFFFFFFF and all(op == "GET" for op, _, _ in queue)
+                all_get = only_get and first + n - 1 <= 0xFFFFFFFF
                 if all_get:
                     # Every call a GET (the common pipeline): all frames in one C loop,
                     # msgids counting up without a wrap.
