@@ -954,11 +954,8 @@ cdef inline void _dist_block(const uint16_t* src, const uint16_t* qt, uint16_t* 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def l1(c, arr):
-    """L1 distance (sum of absolute component differences) from c to every row.
-
-    :returns: (N,) uint32.
-    """
+cdef _distances(c, arr, bint ham):
+    """Per-row L1 (ham false) or Hamming (ham true) distances from c, as uint32."""
     c = _coord_arg(c)
     _coords_arg(arr)
     cdef Py_ssize_t i, n = arr.shape[0]
@@ -976,24 +973,25 @@ def l1(c, arr):
         i = 0
         while i < n:
             nb = DIST_BLOCK if n - i > DIST_BLOCK else n - i
-            _dist_block(&a[i, 0], qt, tmp, &o[i], nb, False)
+            _dist_block(&a[i, 0], qt, tmp, &o[i], nb, ham)
             i += nb
     return out
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
+def l1(c, arr):
+    """L1 distance (sum of absolute component differences) from c to every row.
+
+    :returns: (N,) uint32.
+    """
+    return _distances(c, arr, False)
+
+
 def hamming(c, arr):
     """Hamming distance (number of differing components) from c to every row.
 
     :returns: (N,) uint8.
     """
-    c = _coord_arg(c)
-    _coords_arg(arr)
-    cdef Py_ssize_t i, n = arr.shape[0]
-    out = np.empty(n, dtype=np.uint8)
-    if n == 0:
-        return out
+    return _distances(c, arr, True).astype(np.uint8)
     cdef const uint16_t[::1] q = c
     cdef const uint16_t[:, ::1] a = arr
     cdef uint8_t[::1] o = out
