@@ -1805,9 +1805,17 @@ def vtpu_window_attention(client, seq: int, window: int) -> np.ndarray:
 
 def t_sparse(ctx: Ctx) -> None:
     """Windowed attention (seq 2048, window ±128, d 64) through batched CATTEND over stored
-    Q/K/V, checked against numpy (<= 1e-5), timed against dense numpy attention."""
+    Q/K/V, checked against numpy (<= 1e-5), timed against dense numpy attention; again at
+    seq 4096, where DESIGN §8 sets the target."""
+    seqs = [ctx.sizes["seq"]] + ([4096] if ctx.sizes["seq"] < 4096 else [])
+    for seq in seqs:
+        _sparse_at(ctx, seq)
+
+
+def _sparse_at(ctx: Ctx, seq: int) -> None:
+    """One windowed-attention measurement at sequence length ``seq`` (see :func:`t_sparse`)."""
     rep, c, sz = ctx.report, ctx.client, ctx.sizes
-    seq, w, d = sz["seq"], sz["window"], sz["dim"]
+    w, d = sz["window"], sz["dim"]
     rng = np.random.default_rng(13)
     Q, K, V = (rng.standard_normal((seq, d)).astype(np.float32) for _ in range(3))
     for kind, mat in ((1, Q), (2, K), (3, V)):
@@ -1822,17 +1830,20 @@ def t_sparse(ctx: Ctx) -> None:
                                                         for x in (Q, K, V))), 3)
     t_win = best_of(lambda: numpy_window_attention(Q, K, V, w), 1)
     theo = seq / (2 * w + 1)
-    rep.tests["sparse"] = {"seq": seq, "window": w, "dim": d, "max_abs_err": err,
-                           "vtpu_s": t_v, "numpy_dense_f32_s": t_dense,
-                           "numpy_dense_f64_s": t_dense64, "numpy_window_loop_s": t_win,
-                           "theoretical_flops_ratio": theo}
+    rep.tests.setdefault("sparse", {})[str(seq)] = {
+        "seq": seq, "window": w, "dim": d, "max_abs_err": err, "vtpu_s": t_v,
+        "numpy_dense_f32_s": t_dense, "numpy_dense_f64_s": t_dense64,
+        "numpy_window_loop_s": t_win, "theoretical_flops_ratio": theo}
     if not err <= 1e-5:
-        rep.errors["sparse"] = f"max |vtpu - numpy| = {err:.3g} > 1e-5 (shape {out.shape})"
+        rep.errors[f"sparse {seq}"] = f"max |vtpu - numpy| = {err:.3g} > 1e-5 (shape {out.shape})"
     rep.row("sparse", f"windowed CATTEND seq {seq} +-{w} d{d}", t_v * 1e3, "ms",
             projection=f"{PROTO['sparse_projection_x']:g}x vs dense",
             prototype=f"{PROTO['sparse_theoretical_x']:g}x (theoretical)",
             peer="dense numpy f32", peer_value=t_dense * 1e3,
-            target="== numpy (1e-5), < dense", target_ok=(err <= 1e-5 and t_v < t_dense),
+            # DESIGN §8 asks for beating dense attention at seq 4096; shorter sequences
+            # are reported with their ratio but only the numerical check as a target.
+            target="== numpy (1e-5), < dense" if seq >= 4096 else "== numpy (1e-5)",
+            target_ok=err <= 1e-5 and (t_v < t_dense or seq < 4096),
             note=f"max err {err:.2g}; dense f64 {t_dense64 * 1e3:.1f} ms; numpy window loop "
                  f"{t_win * 1e3:.0f} ms; FLOP ratio {theo:.1f}x")
 
