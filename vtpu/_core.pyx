@@ -303,17 +303,25 @@ cdef inline const char* _utf8(object s, Py_ssize_t* n, str what) except NULL:
     return PyUnicode_AsUTF8AndSize(s, n)
 
 
+cdef int _tokens(object s, int mode, str what, Tok* toks) except -1:
+    """Tokenize ``s`` (a coordinate, pattern or delta) into 9 tokens, or raise the
+    CoordinateError that quotes it and names the faulty component."""
+    cdef Py_ssize_t n, errpos
+    cdef int errcomp, code
+    cdef const char* p = _utf8(s, &n, what)
+    with nogil:
+        code = _tokenize(p, n, mode, toks, &errpos, &errcomp)
+    if code != E_OK:
+        raise _parse_error(what, s, code, errpos, errcomp)
+    return 0
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef int _parse_coord_into(object s, uint16_t* out, object names, bint intern) except -1:
     cdef Tok toks[NDIM]
-    cdef Py_ssize_t n, errpos
-    cdef int errcomp, code, j
-    cdef const char* p = _utf8(s, &n, "coordinate")
-    with nogil:
-        code = _tokenize(p, n, M_COORD, toks, &errpos, &errcomp)
-    if code != E_OK:
-        raise _parse_error("coordinate", s, code, errpos, errcomp)
+    cdef int j
+    _tokens(s, M_COORD, "coordinate", toks)
     for j in range(NDIM):
         if toks[j].kind == TK_NUM:
             out[j] = <uint16_t>toks[j].a
@@ -377,13 +385,8 @@ def parse_pattern(s, names=None, bint intern=True):
     :raises CoordinateError: quoting the input and naming the faulty component.
     """
     cdef Tok toks[NDIM]
-    cdef Py_ssize_t n, errpos
-    cdef int errcomp, code, j
-    cdef const char* p = _utf8(s, &n, "pattern")
-    with nogil:
-        code = _tokenize(p, n, M_PATTERN, toks, &errpos, &errcomp)
-    if code != E_OK:
-        raise _parse_error("pattern", s, code, errpos, errcomp)
+    cdef int j
+    _tokens(s, M_PATTERN, "pattern", toks)
     out = np.empty((2, NDIM), dtype=np.uint16)
     cdef uint16_t[:, ::1] o = out
     for j in range(NDIM):
@@ -414,13 +417,8 @@ def parse_delta(s, names=None, bint intern=True):
     :raises CoordinateError: quoting the input and naming the faulty component.
     """
     cdef Tok toks[NDIM]
-    cdef Py_ssize_t n, errpos
-    cdef int errcomp, code, j
-    cdef const char* p = _utf8(s, &n, "delta")
-    with nogil:
-        code = _tokenize(p, n, M_DELTA, toks, &errpos, &errcomp)
-    if code != E_OK:
-        raise _parse_error("delta", s, code, errpos, errcomp)
+    cdef int j
+    _tokens(s, M_DELTA, "delta", toks)
     out = np.zeros((2, NDIM), dtype=np.int32)
     cdef int32_t[:, ::1] o = out
     for j in range(NDIM):
