@@ -737,14 +737,8 @@ class RemoteEngine(ClientOps):
                     return True, msg[2]
                 r = P.parse_reply(msg)
                 return False, r.value
-            r = P.parse_reply(msg)
-            if isinstance(r, P.Push):
-                self._handle_push(r)
-                continue
-            if r.msgid == 0 and not r.ok:
-                # Connection-level error: the server closes after sending it.
-                raise E.error_from_code(r.value[0], r.value[1])
-            raise E.ProtocolError(f"reply id {r.msgid} does not match request id {msgid}")
+            # A push is handed on and reading goes on; anything else raises.
+            self._handle_stray(msg, msgid)
 
     def _handle_push(self, push: P.Push) -> None:
         cb = self.on_push
@@ -824,6 +818,7 @@ class RemoteEngine(ClientOps):
             self._handle_push(r)
             return
         if r.msgid == 0 and not r.ok:
+            # Connection-level error: the server closes after sending it.
             raise E.error_from_code(r.value[0], r.value[1])
         raise E.ProtocolError(f"reply id {r.msgid} does not match request id {msgid}")
 
