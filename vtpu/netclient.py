@@ -822,18 +822,22 @@ class RemoteEngine(ClientOps):
             raise E.error_from_code(r.value[0], r.value[1])
         raise E.ProtocolError(f"reply id {r.msgid} does not match request id {msgid}")
 
-    def _call_tail(self, op: str, tail: bytes, idempotent: bool, timeout: float | None) -> Any:
-        deadline = self._deadline(timeout)
+    def _with_retry(self, idempotent: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        """Return ``fn(*args)``; after a ConnectionError, call it again with a jittered
+        backoff, up to ``retries`` times, but only when the exchange is idempotent."""
         attempt = 0
         while True:
             try:
-                ok, value = self._roundtrip(op, tail, deadline)
-                break
+                return fn(*args)
             except E.ConnectionError:
                 if not idempotent or attempt >= self.retries:
                     raise
                 _jitter_sleep(self.retry_backoff, attempt)
                 attempt += 1
+
+    def _call_tail(self, op: str, tail: bytes, idempotent: bool, timeout: float | None) -> Any:
+        ok, value = self._with_retry(idempotent, self._roundtrip, op, tail,
+                                     self._deadline(timeout))
         if ok:
             return value
         raise E.error_from_code(value[0], value[1])
@@ -874,17 +878,8 @@ class RemoteEngine(ClientOps):
     def _call_raw(self, op: str, tail: bytes, timeout: float | None) -> tuple[bytes, int]:
         """An idempotent call whose success value is returned undecoded:
         ``(reply body, offset of the value)``."""
-        deadline = self._deadline(timeout)
-        attempt = 0
-        while True:
-            try:
-                ok, value = self._exchange_raw(op, tail, deadline)
-                break
-            except E.ConnectionError:
-                if attempt >= self.retries:
-                    raise
-                _jitter_sleep(self.retry_backoff, attempt)
-                attempt += 1
+        ok, value = self._with_retry(True, self._exchange_raw, op, tail,
+                                     self._deadline(timeout))
         if ok:
             return value
         raise E.error_from_code(value[0], value[1])
@@ -1026,16 +1021,8 @@ class Pipeline(ClientOps):
         deadline = eng._deadline(timeout)
         ops = {op for op, _, _ in queue}
         idempotent = all(P.OPS[op].idempotent for op in ops)
-        attempt = 0
-        while True:
-            try:
-                results, pairs = self._exchange(queue, deadline, ops == _ONLY_GET)
-                break
-            except E.ConnectionError:
-                if not idempotent or attempt >= eng.retries:
-                    raise
-                _jitter_sleep(eng.retry_backoff, attempt)
-                attempt += 1
+        results, pairs = eng._with_retry(idempotent, self._exchange, queue, deadline,
+                                         ops == _ONLY_GET)
         # results[i] is final already unless i is in pairs (then it is (ok, value)).
         first_error: BaseException | None = None
         for i in pairs:
