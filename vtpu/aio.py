@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from . import errors as E
 from . import protocol as P
+from ._core import NAME_BASE
 from .netclient import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -154,7 +155,7 @@ class AsyncRemoteEngine(ClientOps):
             return
         table = self.names
         for name, i in zip(names, ids):
-            if name not in table and i == 0xF000 + len(table):
+            if name not in table and i == NAME_BASE + len(table):
                 table.extend([name])
 
     def _learn_table(self, names: Any) -> None:

@@ -508,7 +508,7 @@ class RemoteEngine(ClientOps):
         if table is None or not isinstance(ids, list):
             return
         for name, i in zip(names, ids):
-            if name not in table and i == 0xF000 + len(table):
+            if name not in table and i == _core.NAME_BASE + len(table):
                 table.extend([name])
 
     def _learn_table(self, names: Any) -> None:

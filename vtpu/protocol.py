@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import msgpack
 import numpy as np
 
+from ._core import KEY_BYTES as KEY_SIZE
 from .errors import (
     InterfaceError,
     LimitError,
@@ -85,7 +86,6 @@ STATUS_OK = 0
 STATUS_ERROR = 1
 PUSH = "push"
 EXT_NDARRAY = 1
-KEY_SIZE = 18  # 9 x uint16 big-endian
 PATTERN_SIZE = 2 * KEY_SIZE
 DELTA_SIZE = 72  # 2 x 9 x int32 big-endian
 

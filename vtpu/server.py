@@ -34,6 +34,7 @@ import numpy as np
 
 from . import _core
 from . import protocol as P
+from ._core import NAME_BASE as _NAME_BASE
 from ._version import __version__
 from .coords import Scroll
 from .errors import (
@@ -52,7 +53,6 @@ DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
-_NAME_BASE = 0xF000
 
 
 # ---------------------------------------------------------------------------------------
