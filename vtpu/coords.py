@@ -16,6 +16,8 @@ from vtpu import _core
 from vtpu._core import MAX_NAMES, MAX_NUMERIC, NAME_BASE
 from vtpu.errors import CoordinateError, InterfaceError, LimitError
 
+_format_key = _core.format_key   # Scroll.coordinate: one core call on the 18 bytes
+
 __all__ = [
     "NAME_BASE",
     "MAX_NAMES",
@@ -198,7 +200,7 @@ class Scroll:
     @property
     def coordinate(self) -> str:
         """The coordinate as text (names resolved through the table)."""
-        return _core.format_coord(_core.unpack(self.key), self._names)
+        return _format_key(self.key, self._names)
 
     @property
     def coords(self) -> np.ndarray:

@@ -1,0 +1,869 @@
+# ---------------------------------------------------------------------------------------
+# The column store: every scroll of an engine as one row of C columns.
+#
+# A row holds a packed 18-byte key (one contiguous key column, the form the indexes sort
+# and CNEAREST scans), a version (int64), created/updated times (float64) and a content
+# reference: a kind byte, an offset and a length. str and bytes contents and numpy arrays
+# live in one byte arena; other values (lists, dicts, numbers) stay Python objects in one
+# list. Nothing at rest is a Python object per scroll.
+#
+# An open-addressing hash (linear probing, 4-byte slots holding row + 1) finds a key's
+# row; the keys themselves stay in the key column. Rows are appended and never move
+# until compact(), which drops deleted rows and arena garbage and returns the old -> new
+# row map. A deleted row keeps its place (kind CK_DEAD) and leaves a tombstone slot.
+# ---------------------------------------------------------------------------------------
+
+cimport cython
+from libc.stdint cimport uint8_t, uint32_t, int64_t, uint64_t
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcpy, memcmp, memset
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS
+
+import numpy as np
+from vtpu.errors import InterfaceError
+
+cdef object _NDARRAY = np.ndarray
+cdef object _frombuffer = np.frombuffer
+
+
+# -- the key hash ------------------------------------------------------------------------
+
+cdef int kh_alloc(KeyHash* h, Py_ssize_t cap) except -1:
+    """Give ``h`` ``cap`` empty slots (a power of two); the old slots are not freed."""
+    h.slots = <uint32_t*>calloc(cap, sizeof(uint32_t))
+    if h.slots == NULL:
+        raise MemoryError()
+    h.cap = cap
+    h.live = 0
+    h.deleted = 0
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline Py_ssize_t kh_find(const KeyHash* h, const unsigned char* keys,
+                               const unsigned char* key) noexcept nogil:
+    """The row holding ``key`` (18 bytes), or -1."""
+    cdef size_t mask = <size_t>h.cap - 1
+    cdef size_t i = <size_t>key_hash(key) & mask
+    cdef uint32_t s
+    while True:
+        s = h.slots[i]
+        if s == SLOT_EMPTY:
+            return -1
+        if s != SLOT_DELETED and memcmp(keys + <size_t>(s - 1) * KEY_BYTES, key,
+                                        KEY_BYTES) == 0:
+            return s - 1
+        i = (i + 1) & mask
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void kh_place(KeyHash* h, const unsigned char* key, uint32_t row) noexcept nogil:
+    """Put ``row`` (whose key is not in the hash) in the first free slot of its probe."""
+    cdef size_t mask = <size_t>h.cap - 1
+    cdef size_t i = <size_t>key_hash(key) & mask
+    cdef uint32_t s
+    while True:
+        s = h.slots[i]
+        if s == SLOT_EMPTY or s == SLOT_DELETED:
+            if s == SLOT_DELETED:
+                h.deleted -= 1
+            h.slots[i] = row + 1
+            h.live += 1
+            return
+        i = (i + 1) & mask
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef Py_ssize_t kh_remove(KeyHash* h, const unsigned char* keys,
+                          const unsigned char* key) noexcept nogil:
+    """Take ``key`` out of the hash; returns its row, or -1 when it was not there."""
+    cdef size_t mask = <size_t>h.cap - 1
+    cdef size_t i = <size_t>key_hash(key) & mask
+    cdef uint32_t s
+    while True:
+        s = h.slots[i]
+        if s == SLOT_EMPTY:
+            return -1
+        if s != SLOT_DELETED and memcmp(keys + <size_t>(s - 1) * KEY_BYTES, key,
+                                        KEY_BYTES) == 0:
+            break
+        i = (i + 1) & mask
+    h.live -= 1
+    # A slot followed by an empty one ends every probe that reaches it, so it can be
+    # empty again rather than a tombstone, and so can the tombstones just before it.
+    if h.slots[(i + 1) & mask] == SLOT_EMPTY:
+        h.slots[i] = SLOT_EMPTY
+        i = (i - 1) & mask
+        while h.slots[i] == SLOT_DELETED:
+            h.slots[i] = SLOT_EMPTY
+            h.deleted -= 1
+            i = (i - 1) & mask
+    else:
+        h.slots[i] = SLOT_DELETED
+        h.deleted += 1
+    return s - 1
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int kh_rebuild(KeyHash* h, const unsigned char* keys, const uint8_t* kinds,
+                    Py_ssize_t nrows, Py_ssize_t live) except -1:
+    """Refill the hash with every live row (kind != CK_DEAD), sized for a load <= 1/2."""
+    cdef Py_ssize_t cap = 16, r
+    while cap < 2 * live:
+        cap *= 2
+    cdef uint32_t* old = h.slots
+    kh_alloc(h, cap)
+    free(old)
+    with nogil:
+        for r in range(nrows):
+            if kinds[r] != CK_DEAD:
+                kh_place(h, keys + r * KEY_BYTES, <uint32_t>r)
+    return 0
+
+
+cdef inline bint kh_full(const KeyHash* h) noexcept nogil:
+    """True when one more row would take the slots in use above 7/10."""
+    return (h.live + h.deleted + 1) * 10 > h.cap * 7
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+cdef void* _grow_buf(void* p, size_t n) except NULL:
+    cdef void* q = realloc(p, n if n else 1)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
+cdef inline bint _in_arena(uint8_t kind) noexcept nogil:
+    return kind == CK_STR or kind == CK_BYTES or kind == CK_ARRAY or kind == CK_PACKED
+
+
+cdef object _array_from(const char* base, int64_t off, int64_t ln, object owner,
+                        list types):
+    """The numpy array stored at base[off:off+ln] (type id, then data), read-only.
+
+    With an owner (a bytes object whose buffer is ``base``) the array is a view of it;
+    without one the data is copied first (the store's arena moves).
+    """
+    cdef uint32_t tid
+    memcpy(&tid, base + off, 4)
+    dtype, shape = types[tid]
+    if ln == 4:
+        a = np.empty(shape, dtype)
+        a.flags.writeable = False
+        return a
+    if owner is None:
+        a = _frombuffer(PyBytes_FromStringAndSize(base + off + 4, ln - 4), dtype)
+    else:
+        a = _frombuffer(owner, dtype, (ln - 4) // dtype.itemsize, off + 4)
+    return a.reshape(shape)
+
+
+cdef object _content_from(uint8_t kind, const char* base, int64_t off, int64_t ln,
+                          object owner, list objs, list types, object unpackb):
+    """Materialise one content held as (kind, off, ln) over ``base``/``objs``."""
+    if kind == CK_STR:
+        return PyUnicode_DecodeUTF8(base + off, ln, NULL)
+    if kind == CK_BYTES:
+        return PyBytes_FromStringAndSize(base + off, ln)
+    if kind == CK_OBJECT:
+        return objs[off]
+    if kind == CK_ARRAY:
+        return _array_from(base, off, ln, owner, types)
+    if kind == CK_PACKED:
+        return unpackb(PyBytes_FromStringAndSize(base + off, ln))
+    return None   # CK_NONE, CK_DEAD
+
+
+def _rows_arg(rows):
+    """Row ids as a C-contiguous int64 array."""
+    a = np.ascontiguousarray(rows, dtype=np.int64)
+    if a.ndim != 1:
+        raise InterfaceError(f"rows must be a 1-d array of row ids, got shape {a.shape}")
+    return a
+
+
+cdef inline Py_ssize_t _blob_rows(object blob) except -1:
+    if type(blob) is not bytes:
+        raise InterfaceError(f"packed coordinates must be bytes, got {type(blob).__name__}")
+    cdef Py_ssize_t nb = len(<bytes>blob)
+    if nb % KEY_BYTES:
+        raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {nb}")
+    return nb // KEY_BYTES
+
+
+cdef inline const unsigned char* _key_arg(object key) except NULL:
+    if type(key) is not bytes or len(<bytes>key) != KEY_BYTES:
+        raise InterfaceError("a packed coordinate is 18 bytes")
+    return <const unsigned char*>PyBytes_AS_STRING(key)
+
+
+# -- the store ---------------------------------------------------------------------------
+
+cdef class ColumnStore:
+    """Scrolls as rows of C columns, found by packed key through an open-addressing hash.
+
+    :param scroll_cls: the class of the scrolls :meth:`get` and results build (default
+        :class:`vtpu.coords.Scroll`).
+    :param names: the name table every built scroll refers to.
+    :param unpackb: decoder for contents kept encoded (``set(..., packed=True)``); default
+        :func:`vtpu.protocol.unpack_value`.
+
+    Writes take contents already validated (the engine's ``check_content``). str
+    (UTF-8), bytes and numpy arrays (dtype and shape kept, read back read-only) live in
+    the arena; None takes no space; anything else stays the object it is. A version
+    counts writes to a key since it was last absent; times are unix seconds.
+    """
+    cdef unsigned char* keys
+    cdef int64_t* versions
+    cdef double* created
+    cdef double* updated
+    cdef int64_t* offs
+    cdef uint32_t* lens
+    cdef uint8_t* kinds
+    cdef Py_ssize_t n, cap, live
+    cdef char* arena
+    cdef Py_ssize_t arena_n, arena_cap, garbage
+    cdef list objs
+    cdef uint32_t* free_objs
+    cdef Py_ssize_t nfree, free_cap
+    cdef readonly list array_types   # type id -> (dtype, shape), append-only
+    cdef dict type_ids
+    cdef KeyHash ht
+    cdef _Slots slots
+    cdef readonly object names
+    cdef object unpackb
+
+    def __cinit__(self):
+        self.keys = NULL
+        self.versions = self.offs = NULL
+        self.created = self.updated = NULL
+        self.lens = self.free_objs = NULL
+        self.kinds = NULL
+        self.arena = NULL
+        self.ht.slots = NULL
+
+    def __init__(self, scroll_cls=None, names=None, unpackb=None):
+        if scroll_cls is None:
+            from vtpu.coords import Scroll as scroll_cls
+        if unpackb is None:
+            from vtpu.protocol import unpack_value as unpackb
+        self.slots = _scroll_slots(scroll_cls)
+        self.names = names
+        self.unpackb = unpackb
+        self.objs = []
+        self.array_types = []
+        self.type_ids = {}
+        self.n = self.cap = self.live = 0
+        self.arena_n = self.arena_cap = self.garbage = 0
+        self.nfree = self.free_cap = 0
+        free(self.ht.slots)
+        kh_alloc(&self.ht, 16)
+
+    def __dealloc__(self):
+        free(self.keys)
+        free(self.versions)
+        free(self.created)
+        free(self.updated)
+        free(self.offs)
+        free(self.lens)
+        free(self.kinds)
+        free(self.arena)
+        free(self.free_objs)
+        free(self.ht.slots)
+
+    # -- sizes -------------------------------------------------------------------------
+
+    def __len__(self):
+        return self.live
+
+    @property
+    def rows(self):
+        """Rows in use, deleted ones included (compaction drops those)."""
+        return self.n
+
+    @property
+    def dead_rows(self):
+        """Deleted rows waiting for compaction."""
+        return self.n - self.live
+
+    @property
+    def garbage_bytes(self):
+        """Arena bytes no row refers to any more (overwritten or deleted contents)."""
+        return self.garbage
+
+    @property
+    def arena_bytes(self):
+        """Arena bytes in use, garbage included."""
+        return self.arena_n
+
+    @property
+    def hash_slots(self):
+        """(capacity, live slots, tombstones) of the key hash."""
+        return self.ht.cap, self.ht.live, self.ht.deleted
+
+    def nbytes(self):
+        """Bytes held by the columns, the arena and the hash (allocated capacity).
+
+        :returns: dict with ``keys``, ``columns`` (versions, times, content references),
+            ``arena``, ``hash``, ``objects`` (the object list's pointers) and ``total``.
+        """
+        cols = self.cap * (8 + 8 + 8 + 8 + 4 + 1)
+        out = {"keys": self.cap * KEY_BYTES, "columns": cols, "arena": self.arena_cap,
+               "hash": self.ht.cap * 4, "objects": 8 * len(self.objs)}
+        out["total"] = sum(out.values())
+        return out
+
+    # -- growth ------------------------------------------------------------------------
+
+    cdef int _reserve_rows(self, Py_ssize_t need) except -1:
+        if need <= self.cap:
+            return 0
+        if need > MAX_ROWS:
+            raise MemoryError(f"a column store holds at most {MAX_ROWS} rows")
+        cdef Py_ssize_t cap = self.cap * 2 if self.cap else 64
+        while cap < need:
+            cap *= 2
+        # Each realloc either succeeds or leaves its column as it was, so a failure part
+        # way leaves some columns larger than self.cap, which is harmless.
+        self.keys = <unsigned char*>_grow_buf(self.keys, cap * KEY_BYTES)
+        self.versions = <int64_t*>_grow_buf(self.versions, cap * sizeof(int64_t))
+        self.created = <double*>_grow_buf(self.created, cap * sizeof(double))
+        self.updated = <double*>_grow_buf(self.updated, cap * sizeof(double))
+        self.offs = <int64_t*>_grow_buf(self.offs, cap * sizeof(int64_t))
+        self.lens = <uint32_t*>_grow_buf(self.lens, cap * sizeof(uint32_t))
+        self.kinds = <uint8_t*>_grow_buf(self.kinds, cap)
+        self.cap = cap
+        return 0
+
+    cdef int _reserve_arena(self, Py_ssize_t extra) except -1:
+        cdef Py_ssize_t need = self.arena_n + extra
+        if need <= self.arena_cap:
+            return 0
+        cdef Py_ssize_t cap = self.arena_cap * 2 if self.arena_cap else 4096
+        while cap < need:
+            cap *= 2
+        self.arena = <char*>_grow_buf(self.arena, cap)
+        self.arena_cap = cap
+        return 0
+
+    cdef Py_ssize_t _alloc_obj(self, object value) except -1:
+        cdef Py_ssize_t slot
+        if self.nfree:
+            self.nfree -= 1
+            slot = self.free_objs[self.nfree]
+            self.objs[slot] = value
+            return slot
+        self.objs.append(value)
+        return len(self.objs) - 1
+
+    cdef int _free_obj(self, Py_ssize_t slot) except -1:
+        if self.nfree == self.free_cap:
+            self.free_cap = self.free_cap * 2 if self.free_cap else 64
+            self.free_objs = <uint32_t*>_grow_buf(self.free_objs,
+                                                 self.free_cap * sizeof(uint32_t))
+        self.objs[slot] = None
+        self.free_objs[self.nfree] = <uint32_t>slot
+        self.nfree += 1
+        return 0
+
+    cdef Py_ssize_t _type_id(self, object arr):
+        """The id of an array's (dtype, shape), -1 when it cannot be kept in the arena."""
+        dt = arr.dtype
+        if dt.itemsize == 0 or dt.hasobject or dt.fields is not None:
+            return -1
+        key = (dt, arr.shape)
+        tid = self.type_ids.get(key)
+        if tid is None:
+            if len(self.array_types) >= MAX_ARRAY_TYPES:
+                return -1
+            tid = len(self.array_types)
+            self.array_types.append(key)
+            self.type_ids[key] = tid
+        return tid
+
+    # -- content -----------------------------------------------------------------------
+
+    cdef int _set_content(self, Py_ssize_t row, object content, bint fresh,
+                          bint packed) except -1:
+        """Make ``content`` the content of ``row``; ``fresh``: the row had none before.
+
+        With ``packed``, ``content`` is the msgpack encoding of the value (bytes). Only
+        MemoryError can be raised, and only before anything changed.
+        """
+        cdef const char* src = NULL
+        cdef Py_ssize_t ln = 0, total, tid = 0, oldlen, off, slot
+        cdef uint8_t kind, old
+        cdef Py_buffer view
+        cdef bint have_view = False
+        t = type(content)
+        if packed:
+            kind = CK_PACKED
+            src = PyBytes_AS_STRING(content)
+            ln = len(<bytes>content)
+        elif content is None:
+            kind = CK_NONE
+        elif t is str:
+            kind = CK_STR
+            try:
+                src = PyUnicode_AsUTF8AndSize(content, &ln)
+            except UnicodeEncodeError:
+                kind = CK_OBJECT   # lone surrogates: no UTF-8 form, keep the object
+        elif t is bytes:
+            kind = CK_BYTES
+            src = PyBytes_AS_STRING(content)
+            ln = len(<bytes>content)
+        elif t is _NDARRAY:
+            kind = CK_OBJECT
+            tid = self._type_id(content)
+            if tid >= 0:
+                try:
+                    PyObject_GetBuffer(content, &view, PyBUF_C_CONTIGUOUS)
+                    have_view = True
+                    kind = CK_ARRAY
+                    src = <const char*>view.buf
+                    ln = view.len
+                except (BufferError, TypeError, ValueError):
+                    pass
+        else:
+            kind = CK_OBJECT
+        try:
+            total = ln + 4 if kind == CK_ARRAY else ln
+            if total > 0xFFFFFFFF:
+                if kind == CK_PACKED:
+                    raise MemoryError("an encoded content over 4 GiB")
+                kind = CK_OBJECT
+            old = CK_DEAD if fresh else self.kinds[row]
+            oldlen = self.lens[row] if _in_arena(old) else 0
+            if _in_arena(kind):
+                if _in_arena(old) and total <= oldlen:
+                    off = self.offs[row]   # fits where the old content was
+                else:
+                    self._reserve_arena(total)
+                    off = self.arena_n
+                    self.arena_n += total
+                    self.garbage += oldlen
+                    oldlen = total
+                self.garbage += oldlen - total
+                if kind == CK_ARRAY:
+                    memcpy(self.arena + off, &tid, 4)
+                    memcpy(self.arena + off + 4, src, ln)
+                else:
+                    memcpy(self.arena + off, src, ln)
+                if old == CK_OBJECT:
+                    self._free_obj(self.offs[row])
+                self.offs[row] = off
+                self.lens[row] = <uint32_t>total
+            else:
+                slot = self._alloc_obj(content) if kind == CK_OBJECT else 0
+                if old == CK_OBJECT:
+                    self._free_obj(self.offs[row])
+                self.garbage += oldlen
+                self.offs[row] = slot
+                self.lens[row] = 0
+            self.kinds[row] = kind
+        finally:
+            if have_view:
+                PyBuffer_Release(&view)
+        return 0
+
+    cdef object _content(self, Py_ssize_t row):
+        return _content_from(self.kinds[row], self.arena, self.offs[row], self.lens[row],
+                             None, self.objs, self.array_types, self.unpackb)
+
+    cdef object _scroll(self, Py_ssize_t row, object key):
+        content = self._content(row)
+        if self.slots.ok:
+            return self.slots.new(key, content, self.versions[row], self.created[row],
+                                  self.updated[row], self.names)
+        return self.slots.cls(key, content, self.versions[row], self.created[row],
+                              self.updated[row], self.names)
+
+    # -- writes ------------------------------------------------------------------------
+
+    cdef Py_ssize_t _append(self, const unsigned char* key, object content, int64_t version,
+                            double created, double updated, bint packed) except -1:
+        """A new row for a key that is not stored."""
+        cdef Py_ssize_t row = self.n
+        self._reserve_rows(row + 1)
+        self._set_content(row, content, True, packed)
+        memcpy(self.keys + row * KEY_BYTES, key, KEY_BYTES)
+        self.versions[row] = version
+        self.created[row] = created
+        self.updated[row] = updated
+        self.n += 1
+        self.live += 1
+        if kh_full(&self.ht):
+            kh_rebuild(&self.ht, self.keys, self.kinds, self.n, self.live)
+        else:
+            kh_place(&self.ht, key, <uint32_t>row)
+        return row
+
+    cpdef int64_t put(self, bytes key, object content, double now) except -1:
+        """Write a content at a key: a new row (version 1, created = updated = now) or
+        the next version of the stored row (created kept, updated = now).
+
+        :param key: 18-byte packed key.
+        :param content: a validated content.
+        :param now: the write time.
+        :returns: the new version.
+        :raises InterfaceError: a key that is not 18 bytes.
+        """
+        cdef const unsigned char* k = _key_arg(key)
+        cdef Py_ssize_t row = kh_find(&self.ht, self.keys, k)
+        if row < 0:
+            self._append(k, content, 1, now, now, False)
+            return 1
+        self._set_content(row, content, False, False)
+        self.versions[row] += 1
+        self.updated[row] = now
+        return self.versions[row]
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def put_many(self, bytes blob, list contents, double now):
+        """Write N contents at N packed keys, in order (a key given twice is written
+        twice, its version counting up).
+
+        :param blob: N*18 bytes of keys.
+        :param contents: N validated contents.
+        :param now: the write time.
+        :returns: ``(versions, new_keys)``: the N new versions (a list) and the keys that
+            were not stored before (bytes objects, in order, once each).
+        :raises InterfaceError: lengths disagree.
+        """
+        cdef Py_ssize_t n = _blob_rows(blob), i, row
+        if len(contents) != n:
+            raise InterfaceError(f"{n} coordinates but {len(contents)} contents")
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+        versions = [None] * n
+        new_keys = []
+        self._reserve_rows(self.n + n)
+        for i in range(n):
+            row = kh_find(&self.ht, self.keys, p + i * KEY_BYTES)
+            if row < 0:
+                self._append(p + i * KEY_BYTES, contents[i], 1, now, now, False)
+                versions[i] = 1
+                new_keys.append(PyBytes_FromStringAndSize(<const char*>p + i * KEY_BYTES,
+                                                          KEY_BYTES))
+            else:
+                self._set_content(row, contents[i], False, False)
+                self.versions[row] += 1
+                self.updated[row] = now
+                versions[i] = self.versions[row]
+        return versions, new_keys
+
+    def set(self, bytes key, object content, int64_t version, double created,
+            double updated, bint packed=False):
+        """Store a row exactly as given (start-up from storage, undoing a write).
+
+        :param key: 18-byte packed key; an existing row for it is overwritten.
+        :param content: the content, or with ``packed`` its msgpack encoding (bytes),
+            decoded each time it is read.
+        :returns: True when the key was not stored before.
+        :raises InterfaceError: a malformed key, or ``packed`` with a non-bytes content.
+        """
+        cdef const unsigned char* k = _key_arg(key)
+        if packed and type(content) is not bytes:
+            raise InterfaceError("a packed content is bytes")
+        cdef Py_ssize_t row = kh_find(&self.ht, self.keys, k)
+        if row < 0:
+            self._append(k, content, version, created, updated, packed)
+            return True
+        self._set_content(row, content, False, packed)
+        self.versions[row] = version
+        self.created[row] = created
+        self.updated[row] = updated
+        return False
+
+    cdef int _kill(self, Py_ssize_t row) except -1:
+        cdef uint8_t kind = self.kinds[row]
+        if kind == CK_OBJECT:
+            self._free_obj(self.offs[row])
+        elif _in_arena(kind):
+            self.garbage += self.lens[row]
+        self.kinds[row] = CK_DEAD
+        self.live -= 1
+        return 0
+
+    def delete(self, bytes key):
+        """Remove the row of a key; returns True when one was removed.
+
+        :raises InterfaceError: a key that is not 18 bytes.
+        """
+        cdef Py_ssize_t row = kh_remove(&self.ht, self.keys, _key_arg(key))
+        if row < 0:
+            return False
+        self._kill(row)
+        return True
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def delete_many(self, bytes blob):
+        """Remove the rows of N packed keys.
+
+        :returns: the keys that were removed (bytes objects, in order, once each).
+        :raises InterfaceError: the blob is not a multiple of 18 bytes.
+        """
+        cdef Py_ssize_t n = _blob_rows(blob), i, row
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+        gone = []
+        for i in range(n):
+            row = kh_remove(&self.ht, self.keys, p + i * KEY_BYTES)
+            if row >= 0:
+                self._kill(row)
+                gone.append(PyBytes_FromStringAndSize(<const char*>p + i * KEY_BYTES,
+                                                      KEY_BYTES))
+        return gone
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def compact(self):
+        """Drop deleted rows and arena garbage; the hash is rebuilt without tombstones.
+
+        Live rows keep their order. Row ids change, so anything holding them must follow
+        the returned map.
+
+        :returns: (old rows,) int64 array: the new row of each old row, -1 for a deleted
+            one.
+        """
+        cdef Py_ssize_t n = self.n, r, w = 0, pos = 0, ln
+        remap = np.full(n, -1, dtype=np.int64)
+        cdef int64_t[::1] rm = remap
+        cdef Py_ssize_t live_bytes = self.arena_n - self.garbage
+        cdef char* arena = <char*>malloc(live_bytes if live_bytes else 1)
+        if arena == NULL:
+            raise MemoryError()
+        cdef list objs = []
+        cdef list old_objs = self.objs
+        cdef uint8_t kind
+        for r in range(n):
+            kind = self.kinds[r]
+            if kind == CK_DEAD:
+                continue
+            rm[r] = w
+            if _in_arena(kind):
+                ln = self.lens[r]
+                memcpy(arena + pos, self.arena + self.offs[r], ln)
+                self.offs[w] = pos
+                pos += ln
+            elif kind == CK_OBJECT:
+                objs.append(old_objs[self.offs[r]])
+                self.offs[w] = len(objs) - 1
+            else:
+                self.offs[w] = 0
+            if w != r:
+                memcpy(self.keys + w * KEY_BYTES, self.keys + r * KEY_BYTES, KEY_BYTES)
+                self.versions[w] = self.versions[r]
+                self.created[w] = self.created[r]
+                self.updated[w] = self.updated[r]
+                self.lens[w] = self.lens[r]
+                self.kinds[w] = kind
+            w += 1
+        free(self.arena)
+        self.arena = arena
+        self.arena_n = self.arena_cap = pos
+        self.garbage = 0
+        self.objs = objs
+        self.nfree = 0
+        self.n = w
+        kh_rebuild(&self.ht, self.keys, self.kinds, self.n, self.live)
+        return remap
+
+    # -- reads -------------------------------------------------------------------------
+
+    def find(self, bytes key):
+        """The row of a key, or -1.
+
+        :raises InterfaceError: a key that is not 18 bytes.
+        """
+        return kh_find(&self.ht, self.keys, _key_arg(key))
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def find_many(self, bytes blob):
+        """Rows of N packed keys in one loop.
+
+        :returns: (N,) int64 array, -1 where a key is not stored.
+        :raises InterfaceError: the blob is not a multiple of 18 bytes.
+        """
+        cdef Py_ssize_t n = _blob_rows(blob), i
+        out = np.empty(n, dtype=np.int64)
+        if n == 0:
+            return out
+        cdef int64_t[::1] o = out
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+        with nogil:
+            for i in range(n):
+                o[i] = kh_find(&self.ht, self.keys, p + i * KEY_BYTES)
+        return out
+
+    def __contains__(self, key):
+        return type(key) is bytes and len(<bytes>key) == KEY_BYTES and \
+            kh_find(&self.ht, self.keys, <const unsigned char*>PyBytes_AS_STRING(key)) >= 0
+
+    cpdef object get(self, bytes key):
+        """The scroll at a key (built now, with its content decoded), or None.
+
+        :raises InterfaceError: a key that is not 18 bytes.
+        """
+        cdef Py_ssize_t row = kh_find(&self.ht, self.keys, _key_arg(key))
+        if row < 0:
+            return None
+        return self._scroll(row, key)
+
+    def version(self, bytes key):
+        """The stored version of a key, 0 when it is not stored."""
+        cdef Py_ssize_t row = kh_find(&self.ht, self.keys, _key_arg(key))
+        return 0 if row < 0 else self.versions[row]
+
+    def content(self, bytes key, default=None):
+        """The content at a key, or ``default`` when it is not stored."""
+        cdef Py_ssize_t row = kh_find(&self.ht, self.keys, _key_arg(key))
+        return default if row < 0 else self._content(row)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def contents(self, bytes blob):
+        """The contents at N packed keys (the values-only batched read).
+
+        :returns: a list of N contents, None where a key is not stored.
+        :raises InterfaceError: the blob is not a multiple of 18 bytes.
+        """
+        cdef Py_ssize_t n = _blob_rows(blob), i, row
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+        out = [None] * n
+        for i in range(n):
+            row = kh_find(&self.ht, self.keys, p + i * KEY_BYTES)
+            if row >= 0:
+                out[i] = self._content(row)
+        return out
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def get_many(self, bytes blob):
+        """The scrolls at N packed keys, as one column result.
+
+        :returns: a :class:`Scrolls` of N items, None where a key is not stored (its key
+            in ``.keys`` is still the one asked for).
+        :raises InterfaceError: the blob is not a multiple of 18 bytes.
+        """
+        cdef Py_ssize_t n = _blob_rows(blob), i
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+        cdef int64_t* rows = <int64_t*>malloc((n if n else 1) * sizeof(int64_t))
+        if rows == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                for i in range(n):
+                    rows[i] = kh_find(&self.ht, self.keys, p + i * KEY_BYTES)
+            return self._take(rows, n, blob)
+        finally:
+            free(rows)
+
+    def take(self, rows):
+        """The scrolls of the given rows, as one column result (a snapshot).
+
+        :param rows: row ids (-1, or a deleted row, reads as None).
+        :returns: a :class:`Scrolls`.
+        :raises IndexError: a row id outside the store.
+        """
+        a = _rows_arg(rows)
+        cdef Py_ssize_t n = a.shape[0]
+        if n == 0:
+            return self._take(NULL, 0, None)
+        cdef const int64_t[::1] r = a
+        return self._take(&r[0], n, None)
+
+    def keys_of(self, rows):
+        """The packed keys of the given rows, as one N*18-byte blob.
+
+        :raises IndexError: a row id outside the store (or -1).
+        """
+        a = _rows_arg(rows)
+        cdef Py_ssize_t n = a.shape[0], i, row
+        out = PyBytes_FromStringAndSize(NULL, n * KEY_BYTES)
+        cdef char* o = PyBytes_AS_STRING(out)
+        cdef const int64_t[::1] r = a
+        for i in range(n):
+            row = r[i]
+            if row < 0 or row >= self.n:
+                raise IndexError(f"row {row} is not in the store ({self.n} rows)")
+            memcpy(o + i * KEY_BYTES, self.keys + row * KEY_BYTES, KEY_BYTES)
+        return out
+
+    def all_rows(self):
+        """Every live row id, ascending (row order, not key order)."""
+        out = np.empty(self.live, dtype=np.int64)
+        cdef int64_t[::1] o = out
+        cdef Py_ssize_t r, w = 0
+        for r in range(self.n):
+            if self.kinds[r] != CK_DEAD:
+                o[w] = r
+                w += 1
+        return out
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef Scrolls _take(self, const int64_t* rows, Py_ssize_t n, object keys):
+        """Gather rows into a new Scrolls; ``keys``: the result's key blob, or None to
+        copy the rows' keys (rows < 0 then get a zero key)."""
+        cdef Py_ssize_t i, row, total = 0
+        cdef uint8_t kind
+        for i in range(n):
+            row = rows[i]
+            if row >= self.n or row < -1:
+                raise IndexError(f"row {row} is not in the store ({self.n} rows)")
+            if row >= 0 and _in_arena(self.kinds[row]):
+                total += self.lens[row]
+        cdef Scrolls out = _new_scrolls(n, self.slots, self.names, self.array_types,
+                                        self.unpackb)
+        data = PyBytes_FromStringAndSize(NULL, total)
+        cdef char* d = PyBytes_AS_STRING(data)
+        cdef char* kp
+        if keys is None:
+            keys = PyBytes_FromStringAndSize(NULL, n * KEY_BYTES)
+            kp = PyBytes_AS_STRING(keys)
+            for i in range(n):
+                row = rows[i]
+                if row >= 0:
+                    memcpy(kp + i * KEY_BYTES, self.keys + row * KEY_BYTES, KEY_BYTES)
+                else:
+                    memset(kp + i * KEY_BYTES, 0, KEY_BYTES)
+        cdef list objs = []
+        cdef Py_ssize_t pos = 0, ln
+        for i in range(n):
+            row = rows[i]
+            kind = self.kinds[row] if row >= 0 else CK_DEAD
+            out.kinds[i] = kind
+            if kind == CK_DEAD:
+                out.ver[i] = 0
+                out.ctime[i] = out.utime[i] = 0.0
+                out.offs[i] = out.lens[i] = 0
+                continue
+            out.ver[i] = self.versions[row]
+            out.ctime[i] = self.created[row]
+            out.utime[i] = self.updated[row]
+            if _in_arena(kind):
+                ln = self.lens[row]
+                memcpy(d + pos, self.arena + self.offs[row], ln)
+                out.offs[i] = pos
+                out.lens[i] = ln
+                pos += ln
+            elif kind == CK_OBJECT:
+                out.offs[i] = len(objs)
+                out.lens[i] = 0
+                objs.append(self.objs[self.offs[row]])
+            else:
+                out.offs[i] = out.lens[i] = 0
+        out._keys = keys
+        out._data = data
+        out._objs = objs
+        return out
