@@ -506,7 +506,7 @@ cdef class ColumnStore:
             kh_place(&self.ht, key, <uint32_t>row)
         return row
 
-    cpdef int64_t put(self, bytes key, object content, double now) except -1:
+    cpdef int64_t put(self, object key, object content, double now) except -1:
         """Write a content at a key: a new row (version 1, created = updated = now) or
         the next version of the stored row (created kept, updated = now).
 
@@ -528,7 +528,7 @@ cdef class ColumnStore:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def put_many(self, bytes blob, list contents, double now):
+    def put_many(self, object blob, list contents, double now):
         """Write N contents at N packed keys, in order (a key given twice is written
         twice, its version counting up).
 
@@ -560,7 +560,7 @@ cdef class ColumnStore:
                 versions[i] = self.versions[row]
         return versions, new_keys
 
-    def set(self, bytes key, object content, int64_t version, double created,
+    def set(self, object key, object content, int64_t version, double created,
             double updated, bint packed=False):
         """Store a row exactly as given (start-up from storage, undoing a write).
 
@@ -593,7 +593,7 @@ cdef class ColumnStore:
         self.live -= 1
         return 0
 
-    def delete(self, bytes key):
+    def delete(self, object key):
         """Remove the row of a key; returns True when one was removed.
 
         :raises InterfaceError: a key that is not 18 bytes.
@@ -606,7 +606,7 @@ cdef class ColumnStore:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def delete_many(self, bytes blob):
+    def delete_many(self, object blob):
         """Remove the rows of N packed keys.
 
         :returns: the keys that were removed (bytes objects, in order, once each).
@@ -679,7 +679,7 @@ cdef class ColumnStore:
 
     # -- reads -------------------------------------------------------------------------
 
-    def find(self, bytes key):
+    def find(self, object key):
         """The row of a key, or -1.
 
         :raises InterfaceError: a key that is not 18 bytes.
@@ -688,7 +688,7 @@ cdef class ColumnStore:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def find_many(self, bytes blob):
+    def find_many(self, object blob):
         """Rows of N packed keys in one loop.
 
         :returns: (N,) int64 array, -1 where a key is not stored.
@@ -709,7 +709,7 @@ cdef class ColumnStore:
         return type(key) is bytes and len(<bytes>key) == KEY_BYTES and \
             kh_find(&self.ht, self.keys, <const unsigned char*>PyBytes_AS_STRING(key)) >= 0
 
-    cpdef object get(self, bytes key):
+    cpdef object get(self, object key):
         """The scroll at a key (built now, with its content decoded), or None.
 
         :raises InterfaceError: a key that is not 18 bytes.
@@ -719,19 +719,19 @@ cdef class ColumnStore:
             return None
         return self._scroll(row, key)
 
-    def version(self, bytes key):
+    def version(self, object key):
         """The stored version of a key, 0 when it is not stored."""
         cdef Py_ssize_t row = kh_find(&self.ht, self.keys, _key_arg(key))
         return 0 if row < 0 else self.versions[row]
 
-    def content(self, bytes key, default=None):
+    def content(self, object key, default=None):
         """The content at a key, or ``default`` when it is not stored."""
         cdef Py_ssize_t row = kh_find(&self.ht, self.keys, _key_arg(key))
         return default if row < 0 else self._content(row)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def contents(self, bytes blob):
+    def contents(self, object blob):
         """The contents at N packed keys (the values-only batched read).
 
         :returns: a list of N contents, None where a key is not stored.
@@ -748,7 +748,7 @@ cdef class ColumnStore:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def get_many(self, bytes blob):
+    def get_many(self, object blob):
         """The scrolls at N packed keys, as one column result.
 
         :returns: a :class:`Scrolls` of N items, None where a key is not stored (its key
