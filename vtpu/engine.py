@@ -445,7 +445,7 @@ class Engine:
             qs = [self._map.get(bytes(queries[i:i + 18])) for i in range(0, len(queries), 18)]
             if any(s is None or _vector(s.content) is None for s in qs):
                 raise InterfaceError("every query key must hold a vector")
-            Q = np.stack([_vector(s.content) for s in qs])
+            Q = np.stack([_vector(s.content) for s in qs]) if qs else np.empty((0, 0))
         else:
             Q = np.asarray(queries)
         kp = np.asarray(key_patterns)

@@ -27,9 +27,11 @@ import msgpack
 import numpy as np
 
 from .errors import (
+    FrameTooLarge,
     InterfaceError,
     LimitError,
     ProtocolError,
+    VTPUError,
     error_code,
 )
 
@@ -436,7 +438,8 @@ class FrameDecoder:
     def next_body(self) -> bytes | None:
         """Return the next complete frame body as raw bytes, or ``None`` if incomplete.
 
-        :raises ProtocolError: on a zero or oversized length (the stream is unusable).
+        :raises FrameTooLarge: on a length above ``max_frame_size``.
+        :raises ProtocolError: on a zero length (either way the stream is unusable).
         """
         buf = self._buf
         pos = self._pos
@@ -445,7 +448,7 @@ class FrameDecoder:
             return None
         (n,) = _LEN.unpack_from(buf, pos)
         if n > self.max_frame_size:
-            raise ProtocolError(
+            raise FrameTooLarge(
                 f"frame body of {n} bytes exceeds max_frame_size {self.max_frame_size}"
             )
         if n == 0:
@@ -812,9 +815,13 @@ def batch_idempotent(ops: list) -> bool:
 def error_pair(exc: BaseException) -> list:
     """Turn an exception into the ``[code, message]`` pair of an error reply."""
     msg = exc.message if hasattr(exc, "message") and isinstance(exc.message, str) else str(exc)
-    if not msg:
+    code = error_code(exc)
+    if code == "INTERNAL" and not isinstance(exc, VTPUError):
+        # A bug, not the request: name the exception, the traceback is in the server log.
+        msg = f"internal error ({type(exc).__name__}: {msg}); see the server log"
+    elif not msg:
         msg = type(exc).__name__
-    return [error_code(exc), msg]
+    return [code, msg]
 
 
 ResultDecoder = Callable[[Any], Any]

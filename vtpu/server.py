@@ -40,7 +40,7 @@ from .errors import (
     InterfaceError,
     LimitError,
     ProtocolError,
-    VTPUError,
+    is_internal,
 )
 
 __all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE"]
@@ -263,7 +263,7 @@ class _Dispatcher:
         c = _coord(a[0])
         k = _int(_opt(a, 1, 10), "k", 0, 1 << 31)
         metric = _opt(a, 2, "l1")
-        if metric not in ("l1", "hamming"):
+        if type(metric) is not str or metric not in ("l1", "hamming"):
             raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
         within = _opt(a, 3)
         within = None if within is None else _pattern(within, "within")
@@ -274,7 +274,7 @@ class _Dispatcher:
         _nargs(a, 2, 2, "HIER")
         c = _coord(a[0])
         d = a[1]
-        if d not in ("NEXT", "PREV"):
+        if type(d) is not str or d not in ("NEXT", "PREV"):
             raise InterfaceError(f"HIER direction must be 'NEXT' or 'PREV', got {d!r}")
         r = self.engine.hier(c, d)
         return None if r is None else P.pack_coord(r)
@@ -479,8 +479,7 @@ class _Connection(asyncio.Protocol):
                     break
         except ProtocolError as exc:
             # The byte stream can no longer be framed: say why once, then close.
-            code = "LIMIT" if "exceeds max_frame_size" in str(exc) else "PROTOCOL"
-            out.append(P.encode_error(0, code, str(exc)))
+            out.append(P.encode_error(0, *P.error_pair(exc)))
             self.closing = True
         self._send(out, wrote)
         if self.closing:
@@ -648,8 +647,10 @@ class _Server:
             return self.error_frame(msgid, op, exc), spec.writes
 
     def error_frame(self, msgid: int, op: str, exc: BaseException) -> bytes:
-        if not isinstance(exc, (VTPUError, ValueError, TypeError, KeyError)):
-            log.exception("internal error in %s", op)
+        if is_internal(exc):
+            # Not a validation error: a bug. The traceback stays here, the client
+            # gets INTERNAL (never ARG) and the connection stays open.
+            log.error("internal error in %s", op, exc_info=exc)
         code, msg = P.error_pair(exc)
         if isinstance(exc, LimitError) and op in ("RANGE", "GET_MANY", "KG"):
             msg += " (use a smaller limit or fewer keys per call)"
@@ -695,8 +696,8 @@ class _Server:
                     self.note_write(op, a)
                 results.append([P.STATUS_OK, r])
             except Exception as exc:
-                if not isinstance(exc, (VTPUError, ValueError, TypeError, KeyError)):
-                    log.exception("internal error in BATCH %s", op)
+                if is_internal(exc):
+                    log.error("internal error in BATCH %s", op, exc_info=exc)
                 results.append([P.STATUS_ERROR, P.error_pair(exc)])
         return results
 
