@@ -441,6 +441,9 @@ class Engine:
             and ``weights`` when asked.
         :raises InterfaceError: shapes disagree, or a key/value scroll holds no vector.
         """
+        if top_k is not None and not return_weights:
+            # top_k only trims the returned weights; accepting it alone would ignore it.
+            raise InterfaceError("attend_many: top_k applies only with return_weights=True")
         if isinstance(queries, (bytes, bytearray)):
             qs = [self._map.get(bytes(queries[i:i + 18])) for i in range(0, len(queries), 18)]
             if any(s is None or _vector(s.content) is None for s in qs):
