@@ -215,3 +215,37 @@ def test_oversized_frame_is_frame_too_large_on_the_client():
     d.feed(struct.pack(">I", 1025))
     with pytest.raises(E.FrameTooLarge):
         d.next_frame()
+
+
+def test_async_client_same_error_contract(caplog):
+    import asyncio
+
+    from vtpu import aio
+
+    caplog.set_level(logging.ERROR, logger="vtpu.client")
+
+    async def run(host, port):
+        watcher = await aio.connect(host, port, track=True)
+        writer = await aio.connect(host, port)
+        watcher.on_push = lambda kind, payload: 1 / 0
+        await writer.put(bytes(18), "x")
+        for _ in range(100):  # bounded: the push arrives within a few loop turns
+            if caplog.records:
+                break
+            await asyncio.sleep(0.01)
+        assert await watcher.ping() == "PONG"  # the connection went on
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        try:
+            with pytest.raises(E.TimeoutError):
+                await aio.connect("127.0.0.1", silent.getsockname()[1], connect_timeout=0.2)
+        finally:
+            silent.close()
+        await watcher.close()
+        await writer.close()
+
+    with running_server() as (host, port):
+        asyncio.run(run(host, port))
+    msgs = [r for r in caplog.records if r.name == "vtpu.client"]
+    assert len(msgs) == 1 and msgs[0].exc_info[0] is ZeroDivisionError
