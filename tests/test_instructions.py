@@ -279,7 +279,8 @@ def test_cmoe_balanced_and_deterministic(client):
     assert client.intern(["expert"]) == [0xF000]
     e = client.cmoe("0.512.768/3.*.*/expert.*.*", num_experts=64)
     ref_names = pyref.RefNames(["expert"])
-    assert e == pyref.moe_pattern(pyref.parse_pattern("0.512.768/3.*.*/expert.*.*", ref_names), 64)
+    ref_pattern = pyref.parse_pattern("0.512.768/3.*.*/expert.*.*", ref_names)
+    assert e == pyref.moe_pattern(ref_pattern, 64)
     top = client.cmoe("0.512.768/3.1.1/1.1.1", num_experts=8, top_k=3)
     assert top == pyref.moe([(0, 512, 768, 3, 1, 1, 1, 1, 1)], 8, 3)[0]
     assert len(set(top)) == 3 and top[0] == client.cmoe("0.512.768/3.1.1/1.1.1", 8)
