@@ -379,7 +379,7 @@ class BackendContract:
         self._refuses_pattern(eng, bad)
         assert eng.count(ALL) == 1
 
-    @disagree(NETWORK, "a (2, 9) pattern of dtype float64 or int32: Engine raises "
+    @disagree(NETWORK, "a (2, 9) pattern of dtype float64, int32 or int64: Engine raises "
               "InterfaceError ('pattern must be a (2, 9) uint16 array'), RemoteEngine/"
               "AsyncRemoteEngine cast it to uint16 (protocol.pack_pattern) and answer the "
               "cast pattern")
