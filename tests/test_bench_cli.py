@@ -83,6 +83,7 @@ def test_report_table_json_and_ratios():
     assert len(doc["rows"]) == 3
 
 
+@pytest.mark.integration
 def test_echo_peer_round_trip_and_stop():
     p = peers.start_echo(lambda m: None)
     if p is None:
