@@ -163,6 +163,7 @@ def server():
         yield st
 
 
+@pytest.mark.integration
 def test_wire_request_and_reply(server):
     r = RemoteEngine(port=server.port, timeout=20)
     try:
@@ -186,6 +187,7 @@ def test_wire_request_and_reply(server):
         r.close()
 
 
+@pytest.mark.integration
 def test_wire_limit_applies(server):
     r = RemoteEngine(port=server.port, timeout=20, max_frame_size=2048)
     try:
@@ -201,6 +203,7 @@ def test_wire_limit_applies(server):
         r.close()
 
 
+@pytest.mark.integration
 def test_async_client_content_only(server):
     from vtpu.aio import AsyncRemoteEngine
 
@@ -221,6 +224,7 @@ def test_async_client_content_only(server):
     asyncio.run(asyncio.wait_for(go(), 60))
 
 
+@pytest.mark.integration
 def test_facade_over_a_server_thread(server):
     c = vtpu.connect(f"vtpu://127.0.0.1:{server.port}", timeout=20)
     try:

@@ -286,6 +286,7 @@ def test_put_errors_are_reported_with_their_msgid(engine):
 # -- end to end ------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_remote_get_many_and_pipelines_end_to_end():
     with running_server() as (host, port):
         c = vtpu.connect(f"vtpu://{host}:{port}", timeout=30)

@@ -20,6 +20,7 @@ Use one AsyncRemoteEngine per event loop; it is not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Callable
 
@@ -38,6 +39,8 @@ from .netclient import (
 )
 
 __all__ = ["AsyncRemoteEngine", "AsyncPipeline", "connect"]
+
+log = logging.getLogger("vtpu.client")
 
 
 class _NoResolver:
@@ -74,7 +77,7 @@ class _Proto(asyncio.Protocol):
                         try:
                             cb(r.kind, r.payload)
                         except Exception:
-                            pass
+                            log.exception("on_push callback failed for a %r push", r.kind)
                     continue
                 if r.msgid == 0 and not r.ok:
                     self.fail(E.error_from_code(r.value[0], r.value[1]))
@@ -205,11 +208,8 @@ class AsyncRemoteEngine(ClientOps):
         except BaseException as exc:
             self._connecting.set_result(None)
             self._connecting = None
-            if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, E.VTPUError):
-                raise E.TimeoutError(f"connect to {self.host}:{self.port} timed out") from None
-            if isinstance(exc, OSError) and not isinstance(exc, E.VTPUError):
-                raise E.ConnectionError(
-                    f"cannot connect to {self.host}:{self.port}: {exc}") from None
+            if isinstance(exc, (asyncio.TimeoutError, OSError)) and not isinstance(exc, E.VTPUError):
+                raise E.translate_socket_error(exc, f"connect to {self.host}:{self.port}") from None
             raise
         self._connecting.set_result(None)
         self._connecting = None
@@ -285,13 +285,13 @@ class AsyncRemoteEngine(ClientOps):
                 fut = self._raw(proto, op, args)
                 ok, value = await (fut if t is None else asyncio.wait_for(fut, t))
                 break
-            except asyncio.TimeoutError:
-                raise E.TimeoutError(f"{op} to {self.host}:{self.port} timed out") from None
             except E.ConnectionError:
                 if not idempotent or attempt >= self.retries:
                     raise
                 attempt += 1
                 await asyncio.sleep(0.05 * attempt)
+            except (asyncio.TimeoutError, OSError) as exc:
+                raise E.translate_socket_error(exc, f"{op} to {self.host}:{self.port}") from None
         if ok:
             return value
         raise E.error_from_code(value[0], value[1])
@@ -363,8 +363,8 @@ class AsyncPipeline(ClientOps):
         gathered = asyncio.gather(*futs, return_exceptions=True)
         try:
             replies = await (gathered if t is None else asyncio.wait_for(gathered, t))
-        except asyncio.TimeoutError:
-            raise E.TimeoutError(f"pipeline to {eng.host}:{eng.port} timed out") from None
+        except (asyncio.TimeoutError, OSError) as exc:
+            raise E.translate_socket_error(exc, f"pipeline to {eng.host}:{eng.port}") from None
         results: list = []
         first: BaseException | None = None
         start = time.monotonic()
