@@ -1,10 +1,13 @@
-"""The store: a hash map of scrolls, the coordinate indexes and the instructions.
+"""The store: a column store of scrolls, the coordinate indexes and the instructions.
 
 One :class:`Engine` serves both the server (one per process, owned by its event loop)
 and the embedded ``mem://`` / ``file://`` modes. Every argument is already packed:
 18-byte keys, N*18-byte blobs, (2, 9) uint16 patterns, (2, 9) int32 deltas; the facade
-(:mod:`vtpu.client`) and the server do the parsing. Point lookups are one dict access;
-pattern queries go through :class:`vtpu.index.CoordIndex`.
+(:mod:`vtpu.client`) and the server do the parsing. Scrolls are rows of a
+:class:`vtpu._core.ColumnStore` (no Python object per scroll at rest): a point lookup is
+one probe of its key hash, a batched read one core call, and results of pattern queries
+are :class:`vtpu.results.Scrolls` (columns; a Scroll is made only when one is read).
+Pattern queries go through :class:`vtpu.index.CoordIndex`.
 
 The engine is not thread-safe by design (Redis-style: one loop owns it). The embedded
 client serialises calls with a lock.
@@ -101,38 +104,6 @@ def _parse_targets(content: Any, names: NameTable) -> list[bytes] | None:
     return out
 
 
-_SCROLL_CONTENT = Scroll.content   # the slot descriptor holding a Scroll's content
-
-
-class _StoredScroll(Scroll):
-    """A Scroll loaded from disk whose content is decoded on first access.
-
-    Start-up then costs one object per row, not one msgpack decode per row; a scroll
-    that is never read is never decoded.
-    """
-
-    __slots__ = ("_blob",)
-
-    def __init__(self, key, blob, version, created_at, updated_at, names):
-        self.key = key
-        self._blob = blob
-        self.version = version
-        self.created_at = created_at
-        self.updated_at = updated_at
-        self._names = names
-
-    @property
-    def content(self):
-        """The content, decoded from its stored form on first access."""
-        blob = self._blob
-        if blob is not None:
-            from vtpu.protocol import unpack_value
-
-            _SCROLL_CONTENT.__set__(self, unpack_value(blob))
-            self._blob = None
-        return _SCROLL_CONTENT.__get__(self)
-
-
 class Engine:
     """An in-memory, indexed coordinate store with optional durable storage.
 
@@ -146,7 +117,8 @@ class Engine:
         self.storage = storage
         self.autocommit = autocommit
         self.names = NameTable(on_intern=self._names_added)
-        self._map: dict[bytes, Scroll] = {}
+        # key -> scroll: the rows of the column store (mapping access: get, [], in, len)
+        self._map = _core.ColumnStore(Scroll, self.names)
         self._index = CoordIndex()
         self._started = time.time()
         self._ops: dict[str, int] = {}
@@ -164,13 +136,14 @@ class Engine:
         t0 = time.perf_counter()
         names, rows = self.storage.load()
         self.names.extend(list(names))
-        table = self.names
         m = self._map
+        keys = []
         for key, blob, version, created, updated in rows:
-            m[key] = _StoredScroll(key, blob, version, created, updated, table)
-        keys = list(m)
+            # contents stay encoded in the store, decoded when read
+            m.set(key, blob, version, created, updated, packed=True)
+            keys.append(key)
         if any(keys[i] >= keys[i + 1] for i in range(len(keys) - 1)):
-            keys.sort()   # the storage returns key order; never trust it blindly
+            keys = sorted(set(keys))   # the storage returns key order; never trust it blindly
         self._index.load_sorted(b"".join(keys))
         self.load_seconds = time.perf_counter() - t0
 
@@ -199,30 +172,41 @@ class Engine:
             self.storage.close()
             self.storage = None
 
+    def _maybe_compact(self) -> None:
+        """Compact the store once deleted rows or dead content bytes are a quarter of it
+        (amortised: a compaction costs about as much as the writes since the last one)."""
+        m = self._map
+        if m.dead_rows > max(4096, len(m) // 4) or \
+                m.garbage_bytes > max(1 << 20, m.arena_bytes // 4):
+            m.compact()
+
     def _count(self, op: str, n: int = 1) -> None:
         self._ops[op] = self._ops.get(op, 0) + n
 
     # -- point operations -----------------------------------------------------------------
 
     def get(self, key: bytes) -> Scroll | None:
-        """CGET: the scroll at an 18-byte key, or None."""
+        """CGET: the scroll at an 18-byte key (made now from its row), or None.
+
+        :raises InterfaceError: a key that is not 18 bytes.
+        """
         return self._map.get(key)
 
-    def get_many(self, blob: bytes, content_only: bool = False) -> list:
-        """Batched CGET over an N*18-byte blob.
+    def get_many(self, blob: bytes, content_only: bool = False):
+        """Batched CGET over an N*18-byte blob, in one core call.
 
         :param blob: N*18 bytes of packed keys.
-        :param content_only: return the contents only, not Scroll objects.
-        :returns: a list of N Scrolls, None where nothing is stored; with
-            ``content_only`` a list of N contents, None where nothing is stored.
+        :param content_only: return the contents only, not scrolls.
+        :returns: a :class:`~vtpu.results.Scrolls` of N items, None where nothing is
+            stored; with ``content_only`` a list of N contents, None where nothing is
+            stored.
         :raises InterfaceError: the blob is not a multiple of 18 bytes.
         """
-        if len(blob) % 18:
-            raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {len(blob)}")
+        if type(blob) is not bytes:
+            blob = bytes(blob)
         if content_only:
-            return _core.scroll_contents(self._map, bytes(blob), Scroll)
-        g = self._map.get
-        return [g(blob[i:i + 18]) for i in range(0, len(blob), 18)]
+            return self._map.contents(blob)
+        return self._map.get_many(blob)
 
     def put(self, key: bytes, content: Any, if_version: int | None = None) -> int:
         """CPUT: write a scroll; returns its new version.
@@ -235,22 +219,18 @@ class Engine:
         if type(key) is not bytes or len(key) != 18:
             raise InterfaceError("a packed coordinate is 18 bytes")
         content = check_content(content)
-        old = self._map.get(key)
+        m = self._map
         if if_version is not None:
-            have = 0 if old is None else old.version
+            have = m.version(key)
             if have != if_version:
                 raise VersionConflict(
                     f"version conflict at {self._fmt(key)}: expected {if_version}, found {have}")
-        now = time.time()
-        if old is None:
-            s = Scroll(key, content, 1, now, now, self.names)
+        version = m.put(key, content, time.time())
+        if version == 1:   # the key was not stored
             self._index.add(key)
-        else:
-            s = Scroll(key, content, old.version + 1, old.created_at, now, self.names)
-        self._map[key] = s
         if self.storage is not None:
-            self._persist([s])
-        return s.version
+            self._persist([m.get(key)])
+        return version
 
     def put_many(self, blob: bytes, contents: Any) -> list[int]:
         """Batched CPUT: ``contents[i]`` goes to the i-th key of the blob.
@@ -275,33 +255,36 @@ class Engine:
             contents = list(contents)
             if len(contents) != n:
                 raise InterfaceError(f"{n} coordinates but {len(contents)} contents")
-        versions, new_keys, written = _core.put_scrolls(self._map, blob, contents, time.time(),
-                                                        self.names, Scroll, check)
+        # Every content is checked before anything is written.
+        for i, c in enumerate(contents):
+            if type(c) is not str and type(c) is not bytes:
+                contents[i] = check(c)
+        versions, new_keys = self._map.put_many(blob, contents, time.time())
         if new_keys:
             self._index.add_many(new_keys)
         if self.storage is not None:
-            self._persist(written)
+            self._persist(list(self._map.get_many(blob)))
+        self._maybe_compact()
         return versions
 
     def delete(self, key: bytes) -> int:
         """CDEL of one key: returns 1 if a scroll was removed, else 0."""
-        if self._map.pop(key, None) is None:
+        if not self._map.delete(key):
             return 0
         self._index.remove(key)
         if self.storage is not None:
             self._persist_delete([key])
+        self._maybe_compact()
         return 1
 
     def delete_many(self, blob: bytes) -> int:
         """CDEL of many keys: returns how many scrolls were removed."""
-        keys = [blob[i:i + 18] for i in range(0, len(blob), 18)]
-        gone = []
-        for key in keys:
-            if self._map.pop(key, None) is not None:
-                self._index.remove(key)
-                gone.append(key)
+        gone = self._map.delete_many(bytes(blob))
+        for key in gone:
+            self._index.remove(key)
         if gone and self.storage is not None:
             self._persist_delete(gone)
+        self._maybe_compact()
         return len(gone)
 
     def delete_range(self, pattern: np.ndarray) -> int:
@@ -325,9 +308,7 @@ class Engine:
                                    limit)
         if keys_only:
             return coords
-        blob = _core.pack_many(coords)
-        m = self._map
-        return [m[blob[i:i + 18]] for i in range(0, len(blob), 18)]
+        return self._map.get_many(_core.pack_many(coords))
 
     def count(self, pattern: np.ndarray) -> int:
         """CRANGE count: how many scrolls match the pattern."""
@@ -621,6 +602,7 @@ class Engine:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return {"scrolls": len(self._map), "names": len(self.names),
                 "index": self._index.sizes(), "last_plan": self._index.last_plan,
+                "store": self._map.nbytes(),
                 "max_rss_bytes": rss, "pid": os.getpid(),
                 "load_seconds": self.load_seconds,
                 "durable": self.storage is not None}

@@ -135,7 +135,7 @@ class _Dispatcher:
         from .engine import Engine
 
         m = getattr(e, "_map", None)
-        stock = (isinstance(e, Engine) and type(m) is dict
+        stock = (isinstance(e, Engine) and type(m) in (dict, _core.ColumnStore)
                  and type(e).get is Engine.get and type(e).get_many is Engine.get_many)
         self.map: dict | None = m if stock else None
         #: ops answered with already-encoded result bytes (see handle_body)

@@ -342,6 +342,8 @@ cdef class Scrolls:
     def __eq__(self, other):
         if isinstance(other, Scrolls):
             other = (<Scrolls>other).tolist()
+        elif isinstance(other, ScrollList):
+            other = (<ScrollList>other).tolist()
         elif not isinstance(other, list):
             return NotImplemented
         return self.tolist() == other
@@ -359,10 +361,7 @@ cdef class Scrolls:
         return list(other) + self.tolist()
 
     def __repr__(self):
-        if self.n <= 4:
-            return f"Scrolls({self.tolist()!r})"
-        head = ", ".join(repr(self._item(i)) for i in range(3))
-        return f"Scrolls([{head}, ...], {self.n} scrolls)"
+        return repr(self.tolist())   # as the list it stands for
 
     def __reduce__(self):
         return (_scrolls_from_list, (self.tolist(), self._names))

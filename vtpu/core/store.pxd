@@ -22,6 +22,41 @@ cdef enum:
     MAX_ARRAY_TYPES = 65536     # distinct (dtype, shape) pairs kept in the arena
 
 
+# Large buffers (columns, arena, hash slots) come straight from the kernel: pages are
+# resident only once written, growth moves pages instead of copying them, and a freed
+# buffer goes back whole, so the malloc heap is neither used nor fragmented by them.
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    #include <string.h>
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    static void* vtpu_pages_resize(void* p, size_t old, size_t n) {
+        void* q;
+        if (n == 0) n = 1;
+        if (p == NULL)
+            q = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        else
+            q = mremap(p, old ? old : 1, n, MREMAP_MAYMOVE);
+        return q == MAP_FAILED ? NULL : q;
+    }
+    static void vtpu_pages_free(void* p, size_t n) {
+        if (p != NULL) munmap(p, n ? n : 1);
+    }
+    #else
+    static void* vtpu_pages_resize(void* p, size_t old, size_t n) {
+        void* q = realloc(p, n ? n : 1);
+        if (q != NULL && n > old) memset((char*)q + old, 0, n - old);
+        return q;
+    }
+    static void vtpu_pages_free(void* p, size_t n) { free(p); }
+    #endif
+    """
+    # Resize a page buffer (p NULL: a new one), new bytes zero; NULL when out of memory.
+    void* vtpu_pages_resize(void* p, size_t old, size_t n) nogil
+    void vtpu_pages_free(void* p, size_t n) nogil
+
+
 cdef struct KeyHash:
     uint32_t* slots     # row + 1, or SLOT_EMPTY / SLOT_DELETED
     Py_ssize_t cap      # number of slots, a power of two

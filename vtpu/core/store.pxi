@@ -32,7 +32,7 @@ cdef object _frombuffer = np.frombuffer
 
 cdef int kh_alloc(KeyHash* h, Py_ssize_t cap) except -1:
     """Give ``h`` ``cap`` empty slots (a power of two); the old slots are not freed."""
-    h.slots = <uint32_t*>calloc(cap, sizeof(uint32_t))
+    h.slots = <uint32_t*>vtpu_pages_resize(NULL, 0, cap * sizeof(uint32_t))
     if h.slots == NULL:
         raise MemoryError()
     h.cap = cap
@@ -118,8 +118,9 @@ cdef int kh_rebuild(KeyHash* h, const unsigned char* keys, const uint8_t* kinds,
     while cap < 2 * live:
         cap *= 2
     cdef uint32_t* old = h.slots
+    cdef Py_ssize_t old_cap = h.cap
     kh_alloc(h, cap)
-    free(old)
+    vtpu_pages_free(old, old_cap * sizeof(uint32_t))
     with nogil:
         for r in range(nrows):
             if kinds[r] != CK_DEAD:
@@ -136,6 +137,13 @@ cdef inline bint kh_full(const KeyHash* h) noexcept nogil:
 
 cdef void* _grow_buf(void* p, size_t n) except NULL:
     cdef void* q = realloc(p, n if n else 1)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
+cdef void* _grow_pages(void* p, size_t old, size_t n) except NULL:
+    cdef void* q = vtpu_pages_resize(p, old, n)
     if q == NULL:
         raise MemoryError()
     return q
@@ -205,6 +213,14 @@ cdef inline const unsigned char* _key_arg(object key) except NULL:
     return <const unsigned char*>PyBytes_AS_STRING(key)
 
 
+cdef object _find_scroll(object m, object key):
+    """The scroll at a key of an engine's key -> scroll map (a dict or a ColumnStore), or
+    None: what the wire fast paths look keys up in."""
+    if type(m) is ColumnStore:
+        return (<ColumnStore>m).get(key)
+    return (<dict>m).get(key)
+
+
 # -- the store ---------------------------------------------------------------------------
 
 cdef class ColumnStore:
@@ -255,29 +271,28 @@ cdef class ColumnStore:
             from vtpu.coords import Scroll as scroll_cls
         if unpackb is None:
             from vtpu.protocol import unpack_value as unpackb
+        if self.ht.slots != NULL:
+            raise TypeError("a ColumnStore is initialised once")
         self.slots = _scroll_slots(scroll_cls)
         self.names = names
         self.unpackb = unpackb
         self.objs = []
         self.array_types = []
         self.type_ids = {}
-        self.n = self.cap = self.live = 0
-        self.arena_n = self.arena_cap = self.garbage = 0
-        self.nfree = self.free_cap = 0
-        free(self.ht.slots)
         kh_alloc(&self.ht, 16)
 
     def __dealloc__(self):
-        free(self.keys)
-        free(self.versions)
-        free(self.created)
-        free(self.updated)
-        free(self.offs)
-        free(self.lens)
-        free(self.kinds)
-        free(self.arena)
+        cdef size_t c = self.cap
+        vtpu_pages_free(self.keys, c * KEY_BYTES)
+        vtpu_pages_free(self.versions, c * sizeof(int64_t))
+        vtpu_pages_free(self.created, c * sizeof(double))
+        vtpu_pages_free(self.updated, c * sizeof(double))
+        vtpu_pages_free(self.offs, c * sizeof(int64_t))
+        vtpu_pages_free(self.lens, c * sizeof(uint32_t))
+        vtpu_pages_free(self.kinds, c)
+        vtpu_pages_free(self.arena, self.arena_cap)
+        vtpu_pages_free(self.ht.slots, self.ht.cap * sizeof(uint32_t))
         free(self.free_objs)
-        free(self.ht.slots)
 
     # -- sizes -------------------------------------------------------------------------
 
@@ -331,15 +346,17 @@ cdef class ColumnStore:
         cdef Py_ssize_t cap = self.cap * 2 if self.cap else 64
         while cap < need:
             cap *= 2
-        # Each realloc either succeeds or leaves its column as it was, so a failure part
-        # way leaves some columns larger than self.cap, which is harmless.
-        self.keys = <unsigned char*>_grow_buf(self.keys, cap * KEY_BYTES)
-        self.versions = <int64_t*>_grow_buf(self.versions, cap * sizeof(int64_t))
-        self.created = <double*>_grow_buf(self.created, cap * sizeof(double))
-        self.updated = <double*>_grow_buf(self.updated, cap * sizeof(double))
-        self.offs = <int64_t*>_grow_buf(self.offs, cap * sizeof(int64_t))
-        self.lens = <uint32_t*>_grow_buf(self.lens, cap * sizeof(uint32_t))
-        self.kinds = <uint8_t*>_grow_buf(self.kinds, cap)
+        # A failed resize raises and leaves its column as it was; the columns grown
+        # before it keep their larger mapping (whose tail is then never used or freed,
+        # accepted on the out-of-memory path) and self.cap stays right for all of them.
+        cdef size_t o = self.cap
+        self.keys = <unsigned char*>_grow_pages(self.keys, o * KEY_BYTES, cap * KEY_BYTES)
+        self.versions = <int64_t*>_grow_pages(self.versions, o * 8, cap * 8)
+        self.created = <double*>_grow_pages(self.created, o * 8, cap * 8)
+        self.updated = <double*>_grow_pages(self.updated, o * 8, cap * 8)
+        self.offs = <int64_t*>_grow_pages(self.offs, o * 8, cap * 8)
+        self.lens = <uint32_t*>_grow_pages(self.lens, o * 4, cap * 4)
+        self.kinds = <uint8_t*>_grow_pages(self.kinds, o, cap)
         self.cap = cap
         return 0
 
@@ -350,7 +367,7 @@ cdef class ColumnStore:
         cdef Py_ssize_t cap = self.arena_cap * 2 if self.arena_cap else 4096
         while cap < need:
             cap *= 2
-        self.arena = <char*>_grow_buf(self.arena, cap)
+        self.arena = <char*>_grow_pages(self.arena, self.arena_cap, cap)
         self.arena_cap = cap
         return 0
 
@@ -638,9 +655,7 @@ cdef class ColumnStore:
         remap = np.full(n, -1, dtype=np.int64)
         cdef int64_t[::1] rm = remap
         cdef Py_ssize_t live_bytes = self.arena_n - self.garbage
-        cdef char* arena = <char*>malloc(live_bytes if live_bytes else 1)
-        if arena == NULL:
-            raise MemoryError()
+        cdef char* arena = <char*>_grow_pages(NULL, 0, live_bytes)
         cdef list objs = []
         cdef list old_objs = self.objs
         cdef uint8_t kind
@@ -667,7 +682,7 @@ cdef class ColumnStore:
                 self.lens[w] = self.lens[r]
                 self.kinds[w] = kind
             w += 1
-        free(self.arena)
+        vtpu_pages_free(self.arena, self.arena_cap)
         self.arena = arena
         self.arena_n = self.arena_cap = pos
         self.garbage = 0
@@ -704,6 +719,13 @@ cdef class ColumnStore:
             for i in range(n):
                 o[i] = kh_find(&self.ht, self.keys, p + i * KEY_BYTES)
         return out
+
+    def __getitem__(self, key):
+        """The scroll at a key; raises KeyError when none is stored (mapping access)."""
+        s = self.get(key)
+        if s is None:
+            raise KeyError(key)
+        return s
 
     def __contains__(self, key):
         return type(key) is bytes and len(<bytes>key) == KEY_BYTES and \

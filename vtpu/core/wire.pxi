@@ -274,7 +274,7 @@ cdef object _slot_or_attr(_Slots sl, object s, int i, str name):
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def scroll_columns_msgpack(dict m, bytes blob, object packb, object scroll_cls):
+def scroll_columns_msgpack(object m, bytes blob, object packb, object scroll_cls):
     """Look up N packed keys in a ``{key: Scroll}`` map and encode the result as the
     column-wise scroll list of the wire protocol, in one C loop.
 
@@ -282,7 +282,7 @@ def scroll_columns_msgpack(dict m, bytes blob, object packb, object scroll_cls):
     for the shapes handled here: ``[keys bin, [contents], [versions], [created],
     [updated]]`` with a zero key, nil content, version 0 and nil times for a missing key.
 
-    :param m: the engine's map from 18-byte keys to Scroll objects.
+    :param m: the engine's map from 18-byte keys to scrolls (a dict or a ColumnStore).
     :param blob: N*18 bytes of packed keys.
     :param packb: the generic encoder, used for contents that are not bytes, str, float,
         None or non-negative int (and for its errors).
@@ -303,7 +303,8 @@ def scroll_columns_msgpack(dict m, bytes blob, object packb, object scroll_cls):
     cdef bint first = True
     for i in range(n):
         key = PyBytes_FromStringAndSize(kp + 18 * i, 18)
-        hit = PyDict_GetItem(m, key)
+        held = _find_scroll(m, key)
+        hit = NULL if held is None else <PyObject*>held
         if hit == NULL:
             s = None
         else:
@@ -804,7 +805,7 @@ cdef object _bad_columns():
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def serve_requests(const unsigned char[::1] data, Py_ssize_t pos, Py_ssize_t end, dict m,
+def serve_requests(const unsigned char[::1] data, Py_ssize_t pos, Py_ssize_t end, object m,
                    object put, object packb, object unpackb, object scroll_cls,
                    Py_ssize_t max_frame, Py_ssize_t out_limit, Py_ssize_t max_frames):
     """Answer a run of plain GET (and PUT) request frames in one C loop.
@@ -886,7 +887,8 @@ def serve_requests(const unsigned char[::1] data, Py_ssize_t pos, Py_ssize_t end
             q += 25  # after the key
             frame_start = b.n
             if not is_put:
-                hit = PyDict_GetItem(m, key)
+                held = _find_scroll(m, key)
+                hit = NULL if held is None else <PyObject*>held
                 _buf_reserve(&b, 4)
                 b.n += 4
                 _wput(&b, "\x93", 1)
@@ -954,10 +956,10 @@ def serve_requests(const unsigned char[::1] data, Py_ssize_t pos, Py_ssize_t end
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def scroll_contents(dict m, bytes blob, object scroll_cls):
+def scroll_contents(object m, bytes blob, object scroll_cls):
     """Look up N packed keys in a ``{key: Scroll}`` map and return their contents.
 
-    :param m: the engine's map from 18-byte keys to Scroll objects.
+    :param m: the engine's map from 18-byte keys to scrolls (a dict or a ColumnStore).
     :param blob: N*18 bytes of packed keys.
     :param scroll_cls: the Scroll class (its content slot is read directly when a
         scroll is exactly that class; subclasses go through the attribute).
@@ -974,7 +976,8 @@ def scroll_contents(dict m, bytes blob, object scroll_cls):
     cdef PyObject* hit
     for i in range(n):
         key = PyBytes_FromStringAndSize(kp + 18 * i, 18)
-        hit = PyDict_GetItem(m, key)
+        held = _find_scroll(m, key)
+        hit = NULL if held is None else <PyObject*>held
         v = None if hit == NULL else _slot_or_attr(sl, <object>hit, 1, "content")
         Py_INCREF(v)
         PyList_SET_ITEM(out, i, v)
@@ -983,13 +986,13 @@ def scroll_contents(dict m, bytes blob, object scroll_cls):
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def scroll_contents_msgpack(dict m, bytes blob, object packb, object scroll_cls):
+def scroll_contents_msgpack(object m, bytes blob, object packb, object scroll_cls):
     """The msgpack bytes of ``[content or nil for each key]`` in one C loop: the result of
     ``GET_MANY [keys, true]``.
 
     The bytes equal ``packb(scroll_contents(m, blob, scroll_cls))``.
 
-    :param m: the engine's map from 18-byte keys to Scroll objects.
+    :param m: the engine's map from 18-byte keys to scrolls (a dict or a ColumnStore).
     :param blob: N*18 bytes of packed keys.
     :param packb: the generic encoder, for contents that are not bytes, str, float, None
         or non-negative int (numpy arrays, lists, maps...), and for its errors.
@@ -1011,7 +1014,8 @@ def scroll_contents_msgpack(dict m, bytes blob, object packb, object scroll_cls)
         _wput_arrhdr(&b, n)
         for i in range(n):
             key = PyBytes_FromStringAndSize(kp + 18 * i, 18)
-            hit = PyDict_GetItem(m, key)
+            held = _find_scroll(m, key)
+            hit = NULL if held is None else <PyObject*>held
             if hit == NULL:
                 _wput(&b, "\xc0", 1)
             else:
