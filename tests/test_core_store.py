@@ -140,14 +140,19 @@ def test_store_matches_reference(seq):
             rows_before = store.rows
             live_before = store.all_rows()
             keys_before = store.keys_of(live_before)
-            remap = store.compact()
+            remap = store.compact(arena=True)
             assert len(remap) == rows_before
             assert store.rows == len(ref.rows) and store.garbage_bytes == 0
             assert store.dead_rows == 0
-            # live rows keep their order and their keys
-            assert list(remap[live_before]) == list(range(len(live_before)))
+            # live rows are now in key order, each with its key; the run is their keys
+            assert sorted(remap[live_before]) == list(range(len(live_before)))
             assert (remap >= 0).sum() == len(live_before)
-            assert store.keys_of(store.all_rows()) == keys_before
+            want = sorted(keys_before[i:i + 18] for i in range(0, len(keys_before), 18))
+            assert store.keys_of(store.all_rows()) == b"".join(want)
+            for old, new in zip(live_before, remap[live_before]):
+                assert store.keys_of([new]) == keys_before[18 * list(live_before).index(old):][:18]
+            assert _core.pack_many(store.run) == b"".join(want) and store.tail_rows == 0
+            assert not store.run.flags.writeable
         ref.check(store, pool)
     store.compact()
     ref.check(store, pool)
@@ -190,7 +195,9 @@ def test_overwrite_reuses_space_and_compaction_frees_it():
     store.put(k, [1, 2], 4.0)          # an object: the 150 arena bytes are garbage
     assert store.garbage_bytes == 250
     store.put(key(2), "kept", 5.0)
-    store.compact()
+    store.compact(arena=False)
+    assert store.garbage_bytes == 250
+    store.compact()            # garbage is over a quarter of the arena: rewritten
     assert store.arena_bytes == 4 and store.garbage_bytes == 0
     assert store.get(k).content == [1, 2] and store.get(k).version == 4
     assert store.get(key(2)).content == "kept"

@@ -119,7 +119,8 @@ class Engine:
         self.names = NameTable(on_intern=self._names_added)
         # key -> scroll: the rows of the column store (mapping access: get, [], in, len)
         self._map = _core.ColumnStore(Scroll, self.names)
-        self._index = CoordIndex()
+        # The index's main array is the store's sorted run: keys are held once.
+        self._index = CoordIndex(source=self._map)
         self._started = time.time()
         self._ops: dict[str, int] = {}
         self.load_seconds = 0.0
@@ -178,7 +179,7 @@ class Engine:
         m = self._map
         if m.dead_rows > max(4096, len(m) // 4) or \
                 m.garbage_bytes > max(1 << 20, m.arena_bytes // 4):
-            m.compact()
+            self._index.merge()   # the index's merge is the store's compaction
 
     def _count(self, op: str, n: int = 1) -> None:
         self._ops[op] = self._ops.get(op, 0) + n

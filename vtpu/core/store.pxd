@@ -1,6 +1,6 @@
 # The column store (store.pxi): content kinds shared with the result type (results.pxi),
 # the key hash's slot markers and its hash function.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t, uint64_t
 from libc.string cimport memcpy
 
 # How a row's content is held. In the store: CK_DEAD marks a deleted row; arena kinds
@@ -22,9 +22,11 @@ cdef enum:
     MAX_ARRAY_TYPES = 65536     # distinct (dtype, shape) pairs kept in the arena
 
 
-# Large buffers (columns, arena, hash slots) come straight from the kernel: pages are
-# resident only once written, growth moves pages instead of copying them, and a freed
-# buffer goes back whole, so the malloc heap is neither used nor fragmented by them.
+# Large buffers (key column, row records, arena, hash slots) come straight from the
+# kernel: pages are resident only once written, growth moves pages instead of copying
+# them, and a freed buffer goes back whole, so the malloc heap is neither used nor
+# fragmented by them. What the heap's other large users (numpy temporaries of a
+# compaction) leave free in it is given back by vtpu_trim_heap.
 cdef extern from *:
     """
     #include <stdlib.h>
@@ -51,10 +53,44 @@ cdef extern from *:
     }
     static void vtpu_pages_free(void* p, size_t n) { free(p); }
     #endif
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static void vtpu_trim_heap(void) { malloc_trim(0); }
+    #else
+    static void vtpu_trim_heap(void) { }
+    #endif
     """
     # Resize a page buffer (p NULL: a new one), new bytes zero; NULL when out of memory.
     void* vtpu_pages_resize(void* p, size_t old, size_t n) nogil
     void vtpu_pages_free(void* p, size_t n) nogil
+    # Give the free pages of the malloc heap back to the system (glibc; else nothing).
+    void vtpu_trim_heap() nogil
+
+
+# The fixed-size fields of one row, together: a point read touches one or two cache
+# lines for all of them (the keys are a column of their own, see KeyCols).
+cdef struct Row:
+    int64_t off         # arena offset (arena kinds) or object slot (CK_OBJECT)
+    int64_t version
+    double created
+    double updated
+    uint32_t len        # arena bytes (arena kinds)
+    uint8_t kind        # ContentKind
+
+
+# The key column, native uint16 x 9 per row, in two runs: rows [0, m) are the sorted run
+# (a read-only numpy array that the coordinate index shares as its main array), rows
+# [m, n) the tail appended since the last compaction.
+cdef struct KeyCols:
+    const uint16_t* run
+    Py_ssize_t m
+    uint16_t* tail
+
+
+cdef inline const uint16_t* kc_at(const KeyCols* kc, size_t r) noexcept nogil:
+    if r < <size_t>kc.m:
+        return kc.run + r * 9
+    return kc.tail + (r - <size_t>kc.m) * 9
 
 
 cdef struct KeyHash:

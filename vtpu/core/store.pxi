@@ -1,25 +1,31 @@
 # ---------------------------------------------------------------------------------------
 # The column store: every scroll of an engine as one row of C columns.
 #
-# A row holds a packed 18-byte key (one contiguous key column, the form the indexes sort
-# and CNEAREST scans), a version (int64), created/updated times (float64) and a content
-# reference: a kind byte, an offset and a length. str and bytes contents and numpy arrays
-# live in one byte arena; other values (lists, dicts, numbers) stay Python objects in one
-# list. Nothing at rest is a Python object per scroll.
+# A row is a key in the key column (9 native uint16, the form the coordinate index sorts
+# and CNEAREST scans) and a fixed-size record (Row: version int64, created/updated
+# float64, and the content reference: kind byte, offset, length). str and bytes contents
+# and numpy arrays live in one byte arena; other values (lists, dicts, numbers) stay
+# Python objects in one list. Nothing at rest is a Python object per scroll.
+#
+# The key column has two runs: the sorted run (rows [0, m): a read-only numpy array,
+# shared with the coordinate index as its main array, so keys are held once) and the
+# tail (rows [m, n), appended since). compact() puts every live row in key order (one
+# merge of the run with the sorted tail), drops deleted rows, rewrites the arena when a
+# quarter of it is garbage, and returns the old -> new row map.
 #
 # An open-addressing hash (linear probing, 4-byte slots holding row + 1) finds a key's
-# row; the keys themselves stay in the key column. Rows are appended and never move
-# until compact(), which drops deleted rows and arena garbage and returns the old -> new
-# row map. A deleted row keeps its place (kind CK_DEAD) and leaves a tombstone slot.
+# row; the keys themselves stay in the key column. A deleted row keeps its place (kind
+# CK_DEAD) until compaction and leaves a tombstone slot.
 # ---------------------------------------------------------------------------------------
 
 cimport cython
-from libc.stdint cimport uint8_t, uint32_t, int64_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_FillInfo,
+                             PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE)
 
 import numpy as np
 from vtpu.errors import InterfaceError
@@ -43,28 +49,27 @@ cdef int kh_alloc(KeyHash* h, Py_ssize_t cap) except -1:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef inline Py_ssize_t kh_find(const KeyHash* h, const unsigned char* keys,
-                               const unsigned char* key) noexcept nogil:
-    """The row holding ``key`` (18 bytes), or -1."""
+cdef inline Py_ssize_t kh_find(const KeyHash* h, const KeyCols* kc,
+                               const uint16_t* key) noexcept nogil:
+    """The row holding ``key`` (9 native uint16), or -1."""
     cdef size_t mask = <size_t>h.cap - 1
-    cdef size_t i = <size_t>key_hash(key) & mask
+    cdef size_t i = <size_t>key_hash(<const unsigned char*>key) & mask
     cdef uint32_t s
     while True:
         s = h.slots[i]
         if s == SLOT_EMPTY:
             return -1
-        if s != SLOT_DELETED and memcmp(keys + <size_t>(s - 1) * KEY_BYTES, key,
-                                        KEY_BYTES) == 0:
+        if s != SLOT_DELETED and memcmp(kc_at(kc, s - 1), key, KEY_BYTES) == 0:
             return s - 1
         i = (i + 1) & mask
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef inline void kh_place(KeyHash* h, const unsigned char* key, uint32_t row) noexcept nogil:
+cdef inline void kh_place(KeyHash* h, const uint16_t* key, uint32_t row) noexcept nogil:
     """Put ``row`` (whose key is not in the hash) in the first free slot of its probe."""
     cdef size_t mask = <size_t>h.cap - 1
-    cdef size_t i = <size_t>key_hash(key) & mask
+    cdef size_t i = <size_t>key_hash(<const unsigned char*>key) & mask
     cdef uint32_t s
     while True:
         s = h.slots[i]
@@ -79,18 +84,16 @@ cdef inline void kh_place(KeyHash* h, const unsigned char* key, uint32_t row) no
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef Py_ssize_t kh_remove(KeyHash* h, const unsigned char* keys,
-                          const unsigned char* key) noexcept nogil:
+cdef Py_ssize_t kh_remove(KeyHash* h, const KeyCols* kc, const uint16_t* key) noexcept nogil:
     """Take ``key`` out of the hash; returns its row, or -1 when it was not there."""
     cdef size_t mask = <size_t>h.cap - 1
-    cdef size_t i = <size_t>key_hash(key) & mask
+    cdef size_t i = <size_t>key_hash(<const unsigned char*>key) & mask
     cdef uint32_t s
     while True:
         s = h.slots[i]
         if s == SLOT_EMPTY:
             return -1
-        if s != SLOT_DELETED and memcmp(keys + <size_t>(s - 1) * KEY_BYTES, key,
-                                        KEY_BYTES) == 0:
+        if s != SLOT_DELETED and memcmp(kc_at(kc, s - 1), key, KEY_BYTES) == 0:
             break
         i = (i + 1) & mask
     h.live -= 1
@@ -111,7 +114,7 @@ cdef Py_ssize_t kh_remove(KeyHash* h, const unsigned char* keys,
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef int kh_rebuild(KeyHash* h, const unsigned char* keys, const uint8_t* kinds,
+cdef int kh_rebuild(KeyHash* h, const KeyCols* kc, const Row* meta,
                     Py_ssize_t nrows, Py_ssize_t live) except -1:
     """Refill the hash with every live row (kind != CK_DEAD), sized for a load <= 1/2."""
     cdef Py_ssize_t cap = 16, r
@@ -123,8 +126,8 @@ cdef int kh_rebuild(KeyHash* h, const unsigned char* keys, const uint8_t* kinds,
     vtpu_pages_free(old, old_cap * sizeof(uint32_t))
     with nogil:
         for r in range(nrows):
-            if kinds[r] != CK_DEAD:
-                kh_place(h, keys + r * KEY_BYTES, <uint32_t>r)
+            if meta[r].kind != CK_DEAD:
+                kh_place(h, kc_at(kc, r), <uint32_t>r)
     return 0
 
 
@@ -207,11 +210,42 @@ cdef inline Py_ssize_t _blob_rows(object blob) except -1:
     return nb // KEY_BYTES
 
 
-cdef inline const unsigned char* _key_arg(object key) except NULL:
+cdef inline int _key_arg(object key, uint16_t* out) except -1:
+    """Unpack an 18-byte packed key into 9 native uint16."""
     if type(key) is not bytes or len(<bytes>key) != KEY_BYTES:
         raise InterfaceError("a packed coordinate is 18 bytes")
-    return <const unsigned char*>PyBytes_AS_STRING(key)
+    _unpack_row(<const unsigned char*>PyBytes_AS_STRING(key), out)
+    return 0
 
+
+cdef class _Pages:
+    """A read-only buffer of pages (vtpu_pages_resize), freed with the object: what the
+    sorted run's numpy array is a view of."""
+    cdef void* p
+    cdef size_t n
+
+    def __cinit__(self):
+        self.p = NULL
+        self.n = 0
+
+    def __dealloc__(self):
+        vtpu_pages_free(self.p, self.n)
+
+    def __getbuffer__(self, Py_buffer* buf, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("the sorted run is read-only")
+        PyBuffer_FillInfo(buf, self, self.p, self.n, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer* buf):
+        pass
+
+
+cdef object _run_array(_Pages pages, Py_ssize_t m):
+    """The (m, 9) uint16 read-only array over a page buffer."""
+    return _frombuffer(pages, np.uint16, m * NDIM).reshape(m, NDIM)
+
+
+# -- the store ---------------------------------------------------------------------------
 
 cdef object _find_scroll(object m, object key):
     """The scroll at a key of an engine's key -> scroll map (a dict or a ColumnStore), or
@@ -220,8 +254,6 @@ cdef object _find_scroll(object m, object key):
         return (<ColumnStore>m).get(key)
     return (<dict>m).get(key)
 
-
-# -- the store ---------------------------------------------------------------------------
 
 cdef class ColumnStore:
     """Scrolls as rows of C columns, found by packed key through an open-addressing hash.
@@ -235,15 +267,14 @@ cdef class ColumnStore:
     Writes take contents already validated (the engine's ``check_content``). str
     (UTF-8), bytes and numpy arrays (dtype and shape kept, read back read-only) live in
     the arena; None takes no space; anything else stays the object it is. A version
-    counts writes to a key since it was last absent; times are unix seconds.
+    counts writes to a key since it was last absent; times are unix seconds. Keys given
+    and returned are packed (18 bytes big-endian); rows are numbered in the store's
+    order (key order after :meth:`compact`).
     """
-    cdef unsigned char* keys
-    cdef int64_t* versions
-    cdef double* created
-    cdef double* updated
-    cdef int64_t* offs
-    cdef uint32_t* lens
-    cdef uint8_t* kinds
+    cdef KeyCols kc
+    cdef object _run         # rows [0, m): (m, 9) uint16 read-only array, key order
+    cdef Py_ssize_t tail_cap
+    cdef Row* meta
     cdef Py_ssize_t n, cap, live
     cdef char* arena
     cdef Py_ssize_t arena_n, arena_cap, garbage
@@ -258,11 +289,11 @@ cdef class ColumnStore:
     cdef object unpackb
 
     def __cinit__(self):
-        self.keys = NULL
-        self.versions = self.offs = NULL
-        self.created = self.updated = NULL
-        self.lens = self.free_objs = NULL
-        self.kinds = NULL
+        self.kc.run = NULL
+        self.kc.tail = NULL
+        self.kc.m = 0
+        self.meta = NULL
+        self.free_objs = NULL
         self.arena = NULL
         self.ht.slots = NULL
 
@@ -279,20 +310,22 @@ cdef class ColumnStore:
         self.objs = []
         self.array_types = []
         self.type_ids = {}
+        cdef _Pages pages = _Pages()
+        pages.p = _grow_pages(NULL, 0, 0)
+        self._set_run(pages, 0)
         kh_alloc(&self.ht, 16)
 
     def __dealloc__(self):
-        cdef size_t c = self.cap
-        vtpu_pages_free(self.keys, c * KEY_BYTES)
-        vtpu_pages_free(self.versions, c * sizeof(int64_t))
-        vtpu_pages_free(self.created, c * sizeof(double))
-        vtpu_pages_free(self.updated, c * sizeof(double))
-        vtpu_pages_free(self.offs, c * sizeof(int64_t))
-        vtpu_pages_free(self.lens, c * sizeof(uint32_t))
-        vtpu_pages_free(self.kinds, c)
+        vtpu_pages_free(self.kc.tail, self.tail_cap * KEY_BYTES)
+        vtpu_pages_free(self.meta, self.cap * sizeof(Row))
         vtpu_pages_free(self.arena, self.arena_cap)
         vtpu_pages_free(self.ht.slots, self.ht.cap * sizeof(uint32_t))
         free(self.free_objs)
+
+    cdef _set_run(self, _Pages pages, Py_ssize_t m):
+        self._run = _run_array(pages, m)
+        self.kc.run = <const uint16_t*>pages.p
+        self.kc.m = m
 
     # -- sizes -------------------------------------------------------------------------
 
@@ -324,14 +357,25 @@ cdef class ColumnStore:
         """(capacity, live slots, tombstones) of the key hash."""
         return self.ht.cap, self.ht.live, self.ht.deleted
 
-    def nbytes(self):
-        """Bytes held by the columns, the arena and the hash (allocated capacity).
+    @property
+    def run(self):
+        """The sorted run: the keys of rows [0, m) as a read-only (m, 9) uint16 array,
+        in coordinate order (the coordinate index's main array)."""
+        return self._run
 
-        :returns: dict with ``keys``, ``columns`` (versions, times, content references),
+    @property
+    def tail_rows(self):
+        """Rows appended since the last compaction (they follow the sorted run)."""
+        return self.n - self.kc.m
+
+    def nbytes(self):
+        """Bytes held by the key column, the row records, the arena and the hash.
+
+        :returns: dict with ``keys`` (sorted run + tail capacity), ``rows`` (records),
             ``arena``, ``hash``, ``objects`` (the object list's pointers) and ``total``.
         """
-        cols = self.cap * (8 + 8 + 8 + 8 + 4 + 1)
-        out = {"keys": self.cap * KEY_BYTES, "columns": cols, "arena": self.arena_cap,
+        out = {"keys": (self.kc.m + self.tail_cap) * KEY_BYTES,
+               "rows": self.cap * sizeof(Row), "arena": self.arena_cap,
                "hash": self.ht.cap * 4, "objects": 8 * len(self.objs)}
         out["total"] = sum(out.values())
         return out
@@ -339,25 +383,23 @@ cdef class ColumnStore:
     # -- growth ------------------------------------------------------------------------
 
     cdef int _reserve_rows(self, Py_ssize_t need) except -1:
-        if need <= self.cap:
-            return 0
+        """Room for ``need`` rows in all (records and tail keys)."""
+        cdef Py_ssize_t cap, tail_need = need - self.kc.m
         if need > MAX_ROWS:
             raise MemoryError(f"a column store holds at most {MAX_ROWS} rows")
-        cdef Py_ssize_t cap = self.cap * 2 if self.cap else 64
-        while cap < need:
-            cap *= 2
-        # A failed resize raises and leaves its column as it was; the columns grown
-        # before it keep their larger mapping (whose tail is then never used or freed,
-        # accepted on the out-of-memory path) and self.cap stays right for all of them.
-        cdef size_t o = self.cap
-        self.keys = <unsigned char*>_grow_pages(self.keys, o * KEY_BYTES, cap * KEY_BYTES)
-        self.versions = <int64_t*>_grow_pages(self.versions, o * 8, cap * 8)
-        self.created = <double*>_grow_pages(self.created, o * 8, cap * 8)
-        self.updated = <double*>_grow_pages(self.updated, o * 8, cap * 8)
-        self.offs = <int64_t*>_grow_pages(self.offs, o * 8, cap * 8)
-        self.lens = <uint32_t*>_grow_pages(self.lens, o * 4, cap * 4)
-        self.kinds = <uint8_t*>_grow_pages(self.kinds, o, cap)
-        self.cap = cap
+        if need > self.cap:
+            cap = self.cap * 2 if self.cap else 64
+            while cap < need:
+                cap *= 2
+            self.meta = <Row*>_grow_pages(self.meta, self.cap * sizeof(Row), cap * sizeof(Row))
+            self.cap = cap
+        if tail_need > self.tail_cap:
+            cap = self.tail_cap * 2 if self.tail_cap else 64
+            while cap < tail_need:
+                cap *= 2
+            self.kc.tail = <uint16_t*>_grow_pages(self.kc.tail, self.tail_cap * KEY_BYTES,
+                                                  cap * KEY_BYTES)
+            self.tail_cap = cap
         return 0
 
     cdef int _reserve_arena(self, Py_ssize_t extra) except -1:
@@ -371,6 +413,14 @@ cdef class ColumnStore:
         self.arena_cap = cap
         return 0
 
+    cdef int _reserve_free(self) except -1:
+        """Room in the free-slot list for one more object slot."""
+        if self.nfree == self.free_cap:
+            self.free_cap = self.free_cap * 2 if self.free_cap else 64
+            self.free_objs = <uint32_t*>_grow_buf(self.free_objs,
+                                                 self.free_cap * sizeof(uint32_t))
+        return 0
+
     cdef Py_ssize_t _alloc_obj(self, object value) except -1:
         cdef Py_ssize_t slot
         if self.nfree:
@@ -381,15 +431,11 @@ cdef class ColumnStore:
         self.objs.append(value)
         return len(self.objs) - 1
 
-    cdef int _free_obj(self, Py_ssize_t slot) except -1:
-        if self.nfree == self.free_cap:
-            self.free_cap = self.free_cap * 2 if self.free_cap else 64
-            self.free_objs = <uint32_t*>_grow_buf(self.free_objs,
-                                                 self.free_cap * sizeof(uint32_t))
+    cdef void _free_obj(self, Py_ssize_t slot):
+        # The caller made room with _reserve_free.
         self.objs[slot] = None
         self.free_objs[self.nfree] = <uint32_t>slot
         self.nfree += 1
-        return 0
 
     cdef Py_ssize_t _type_id(self, object arr):
         """The id of an array's (dtype, shape), -1 when it cannot be kept in the arena."""
@@ -408,15 +454,17 @@ cdef class ColumnStore:
 
     # -- content -----------------------------------------------------------------------
 
-    cdef int _set_content(self, Py_ssize_t row, object content, bint fresh,
-                          bint packed) except -1:
-        """Make ``content`` the content of ``row``; ``fresh``: the row had none before.
+    cdef int _set_content(self, Row* r, object content, bint fresh, bint packed) except -1:
+        """Make ``content`` the content of row ``r``; ``fresh``: it had none before.
 
         With ``packed``, ``content`` is the msgpack encoding of the value (bytes). Only
-        MemoryError can be raised, and only before anything changed.
+        MemoryError can be raised, and only before anything changed. ``r`` must not move
+        meanwhile (nothing here grows the records).
         """
         cdef const char* src = NULL
-        cdef Py_ssize_t ln = 0, total, tid = 0, oldlen, off, slot
+        cdef Py_ssize_t ln = 0, total, oldlen, off, slot
+        cdef uint32_t tid = 0
+        cdef Py_ssize_t t_id
         cdef uint8_t kind, old
         cdef Py_buffer view
         cdef bint have_view = False
@@ -439,12 +487,13 @@ cdef class ColumnStore:
             ln = len(<bytes>content)
         elif t is _NDARRAY:
             kind = CK_OBJECT
-            tid = self._type_id(content)
-            if tid >= 0:
+            t_id = self._type_id(content)
+            if t_id >= 0:
                 try:
                     PyObject_GetBuffer(content, &view, PyBUF_C_CONTIGUOUS)
                     have_view = True
                     kind = CK_ARRAY
+                    tid = <uint32_t>t_id
                     src = <const char*>view.buf
                     ln = view.len
                 except (BufferError, TypeError, ValueError):
@@ -457,11 +506,13 @@ cdef class ColumnStore:
                 if kind == CK_PACKED:
                     raise MemoryError("an encoded content over 4 GiB")
                 kind = CK_OBJECT
-            old = CK_DEAD if fresh else self.kinds[row]
-            oldlen = self.lens[row] if _in_arena(old) else 0
+            old = CK_DEAD if fresh else r.kind
+            oldlen = r.len if _in_arena(old) else 0
+            if old == CK_OBJECT:
+                self._reserve_free()
             if _in_arena(kind):
                 if _in_arena(old) and total <= oldlen:
-                    off = self.offs[row]   # fits where the old content was
+                    off = r.off   # fits where the old content was
                 else:
                     self._reserve_arena(total)
                     off = self.arena_n
@@ -475,50 +526,51 @@ cdef class ColumnStore:
                 else:
                     memcpy(self.arena + off, src, ln)
                 if old == CK_OBJECT:
-                    self._free_obj(self.offs[row])
-                self.offs[row] = off
-                self.lens[row] = <uint32_t>total
+                    self._free_obj(r.off)
+                r.off = off
+                r.len = <uint32_t>total
             else:
                 slot = self._alloc_obj(content) if kind == CK_OBJECT else 0
                 if old == CK_OBJECT:
-                    self._free_obj(self.offs[row])
+                    self._free_obj(r.off)
                 self.garbage += oldlen
-                self.offs[row] = slot
-                self.lens[row] = 0
-            self.kinds[row] = kind
+                r.off = slot
+                r.len = 0
+            r.kind = kind
         finally:
             if have_view:
                 PyBuffer_Release(&view)
         return 0
 
-    cdef object _content(self, Py_ssize_t row):
-        return _content_from(self.kinds[row], self.arena, self.offs[row], self.lens[row],
-                             None, self.objs, self.array_types, self.unpackb)
+    cdef inline object _content(self, Py_ssize_t row):
+        cdef Row* r = &self.meta[row]
+        return _content_from(r.kind, self.arena, r.off, r.len, None, self.objs,
+                             self.array_types, self.unpackb)
 
     cdef object _scroll(self, Py_ssize_t row, object key):
         content = self._content(row)
+        cdef Row* r = &self.meta[row]
         if self.slots.ok:
-            return self.slots.new(key, content, self.versions[row], self.created[row],
-                                  self.updated[row], self.names)
-        return self.slots.cls(key, content, self.versions[row], self.created[row],
-                              self.updated[row], self.names)
+            return self.slots.new(key, content, r.version, r.created, r.updated, self.names)
+        return self.slots.cls(key, content, r.version, r.created, r.updated, self.names)
 
     # -- writes ------------------------------------------------------------------------
 
-    cdef Py_ssize_t _append(self, const unsigned char* key, object content, int64_t version,
+    cdef Py_ssize_t _append(self, const uint16_t* key, object content, int64_t version,
                             double created, double updated, bint packed) except -1:
         """A new row for a key that is not stored."""
         cdef Py_ssize_t row = self.n
         self._reserve_rows(row + 1)
-        self._set_content(row, content, True, packed)
-        memcpy(self.keys + row * KEY_BYTES, key, KEY_BYTES)
-        self.versions[row] = version
-        self.created[row] = created
-        self.updated[row] = updated
+        cdef Row* r = &self.meta[row]
+        self._set_content(r, content, True, packed)
+        memcpy(self.kc.tail + (row - self.kc.m) * NDIM, key, KEY_BYTES)
+        r.version = version
+        r.created = created
+        r.updated = updated
         self.n += 1
         self.live += 1
         if kh_full(&self.ht):
-            kh_rebuild(&self.ht, self.keys, self.kinds, self.n, self.live)
+            kh_rebuild(&self.ht, &self.kc, self.meta, self.n, self.live)
         else:
             kh_place(&self.ht, key, <uint32_t>row)
         return row
@@ -533,15 +585,17 @@ cdef class ColumnStore:
         :returns: the new version.
         :raises InterfaceError: a key that is not 18 bytes.
         """
-        cdef const unsigned char* k = _key_arg(key)
-        cdef Py_ssize_t row = kh_find(&self.ht, self.keys, k)
+        cdef uint16_t k[NDIM]
+        _key_arg(key, k)
+        cdef Py_ssize_t row = kh_find(&self.ht, &self.kc, k)
         if row < 0:
             self._append(k, content, 1, now, now, False)
             return 1
-        self._set_content(row, content, False, False)
-        self.versions[row] += 1
-        self.updated[row] = now
-        return self.versions[row]
+        cdef Row* r = &self.meta[row]
+        self._set_content(r, content, False, False)
+        r.version += 1
+        r.updated = now
+        return r.version
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -560,21 +614,25 @@ cdef class ColumnStore:
         if len(contents) != n:
             raise InterfaceError(f"{n} coordinates but {len(contents)} contents")
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+        cdef uint16_t k[NDIM]
+        cdef Row* r
         versions = [None] * n
         new_keys = []
         self._reserve_rows(self.n + n)
         for i in range(n):
-            row = kh_find(&self.ht, self.keys, p + i * KEY_BYTES)
+            _unpack_row(p + i * KEY_BYTES, k)
+            row = kh_find(&self.ht, &self.kc, k)
             if row < 0:
-                self._append(p + i * KEY_BYTES, contents[i], 1, now, now, False)
+                self._append(k, contents[i], 1, now, now, False)
                 versions[i] = 1
                 new_keys.append(PyBytes_FromStringAndSize(<const char*>p + i * KEY_BYTES,
                                                           KEY_BYTES))
             else:
-                self._set_content(row, contents[i], False, False)
-                self.versions[row] += 1
-                self.updated[row] = now
-                versions[i] = self.versions[row]
+                r = &self.meta[row]
+                self._set_content(r, contents[i], False, False)
+                r.version += 1
+                r.updated = now
+                versions[i] = r.version
         return versions, new_keys
 
     def set(self, object key, object content, int64_t version, double created,
@@ -587,26 +645,29 @@ cdef class ColumnStore:
         :returns: True when the key was not stored before.
         :raises InterfaceError: a malformed key, or ``packed`` with a non-bytes content.
         """
-        cdef const unsigned char* k = _key_arg(key)
+        cdef uint16_t k[NDIM]
+        _key_arg(key, k)
         if packed and type(content) is not bytes:
             raise InterfaceError("a packed content is bytes")
-        cdef Py_ssize_t row = kh_find(&self.ht, self.keys, k)
+        cdef Py_ssize_t row = kh_find(&self.ht, &self.kc, k)
         if row < 0:
             self._append(k, content, version, created, updated, packed)
             return True
-        self._set_content(row, content, False, packed)
-        self.versions[row] = version
-        self.created[row] = created
-        self.updated[row] = updated
+        cdef Row* r = &self.meta[row]
+        self._set_content(r, content, False, packed)
+        r.version = version
+        r.created = created
+        r.updated = updated
         return False
 
     cdef int _kill(self, Py_ssize_t row) except -1:
-        cdef uint8_t kind = self.kinds[row]
-        if kind == CK_OBJECT:
-            self._free_obj(self.offs[row])
-        elif _in_arena(kind):
-            self.garbage += self.lens[row]
-        self.kinds[row] = CK_DEAD
+        cdef Row* r = &self.meta[row]
+        if r.kind == CK_OBJECT:
+            self._reserve_free()
+            self._free_obj(r.off)
+        elif _in_arena(r.kind):
+            self.garbage += r.len
+        r.kind = CK_DEAD
         self.live -= 1
         return 0
 
@@ -615,7 +676,9 @@ cdef class ColumnStore:
 
         :raises InterfaceError: a key that is not 18 bytes.
         """
-        cdef Py_ssize_t row = kh_remove(&self.ht, self.keys, _key_arg(key))
+        cdef uint16_t k[NDIM]
+        _key_arg(key, k)
+        cdef Py_ssize_t row = kh_remove(&self.ht, &self.kc, k)
         if row < 0:
             return False
         self._kill(row)
@@ -631,9 +694,11 @@ cdef class ColumnStore:
         """
         cdef Py_ssize_t n = _blob_rows(blob), i, row
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+        cdef uint16_t k[NDIM]
         gone = []
         for i in range(n):
-            row = kh_remove(&self.ht, self.keys, p + i * KEY_BYTES)
+            _unpack_row(p + i * KEY_BYTES, k)
+            row = kh_remove(&self.ht, &self.kc, k)
             if row >= 0:
                 self._kill(row)
                 gone.append(PyBytes_FromStringAndSize(<const char*>p + i * KEY_BYTES,
@@ -642,55 +707,130 @@ cdef class ColumnStore:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def compact(self):
-        """Drop deleted rows and arena garbage; the hash is rebuilt without tombstones.
+    cdef object _key_order(self):
+        """Old row ids of the live rows in key order: the run's live rows (already in
+        order) merged with the tail's live rows (sorted here)."""
+        cdef Py_ssize_t m = self.kc.m, n = self.n, r, i, t = 0, a = 0, b = 0, w = 0
+        for r in range(m, n):
+            if self.meta[r].kind != CK_DEAD:
+                t += 1
+        tail_rows = np.empty(t, dtype=np.int64)
+        cdef int64_t[::1] tr = tail_rows
+        i = 0
+        for r in range(m, n):
+            if self.meta[r].kind != CK_DEAD:
+                tr[i] = r
+                i += 1
+        if t:
+            tk = np.empty((t, NDIM), dtype=np.uint16)
+            self._gather_keys(tail_rows, tk)
+            tail_rows = tail_rows[lex_sort_order(tk)]
+            tr = tail_rows
+        order = np.empty(self.live, dtype=np.int64)
+        cdef int64_t[::1] o = order
+        cdef const uint16_t* ka
+        cdef const uint16_t* kb
+        while True:
+            while a < m and self.meta[a].kind == CK_DEAD:
+                a += 1
+            if a >= m:
+                while b < t:
+                    o[w] = tr[b]
+                    w += 1
+                    b += 1
+                break
+            if b >= t:
+                while a < m:
+                    if self.meta[a].kind != CK_DEAD:
+                        o[w] = a
+                        w += 1
+                    a += 1
+                break
+            ka = kc_at(&self.kc, a)
+            kb = kc_at(&self.kc, tr[b])
+            if lex_cmp(ka, kb) < 0:
+                o[w] = a
+                a += 1
+            else:
+                o[w] = tr[b]
+                b += 1
+            w += 1
+        return order
 
-        Live rows keep their order. Row ids change, so anything holding them must follow
-        the returned map.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef _gather_keys(self, const int64_t[::1] rows, uint16_t[:, ::1] out):
+        cdef Py_ssize_t i
+        for i in range(rows.shape[0]):
+            memcpy(&out[i, 0], kc_at(&self.kc, rows[i]), KEY_BYTES)
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def compact(self, arena=None):
+        """Put the live rows in key order as the new sorted run, drop deleted rows, and
+        rebuild the hash without tombstones.
+
+        :param arena: rewrite the arena without its garbage: True, False, or None (the
+            default) for when a quarter of it or more is garbage.
         :returns: (old rows,) int64 array: the new row of each old row, -1 for a deleted
-            one.
+            one. Row ids change, so anything holding them must follow this map.
         """
-        cdef Py_ssize_t n = self.n, r, w = 0, pos = 0, ln
+        cdef Py_ssize_t n = self.n, w, old, live = self.live
+        if arena is None:
+            arena = self.garbage * 4 >= self.arena_n and self.garbage > 0
+        order = self._key_order()
+        cdef const int64_t[::1] o = order
         remap = np.full(n, -1, dtype=np.int64)
         cdef int64_t[::1] rm = remap
-        cdef Py_ssize_t live_bytes = self.arena_n - self.garbage
-        cdef char* arena = <char*>_grow_pages(NULL, 0, live_bytes)
+        # New sorted run, new records (the old ones are read while these are written).
+        cdef _Pages pages = _Pages()
+        pages.p = _grow_pages(NULL, 0, live * KEY_BYTES)
+        pages.n = live * KEY_BYTES
+        cdef uint16_t* run = <uint16_t*>pages.p
+        cdef Py_ssize_t cap = 64
+        while cap < live:
+            cap *= 2
+        cdef Row* meta = <Row*>_grow_pages(NULL, 0, cap * sizeof(Row))
+        cdef char* new_arena = NULL
+        cdef Py_ssize_t pos = 0, ln
+        cdef Py_ssize_t new_cap = self.arena_n - self.garbage
         cdef list objs = []
         cdef list old_objs = self.objs
-        cdef uint8_t kind
-        for r in range(n):
-            kind = self.kinds[r]
-            if kind == CK_DEAD:
-                continue
-            rm[r] = w
-            if _in_arena(kind):
-                ln = self.lens[r]
-                memcpy(arena + pos, self.arena + self.offs[r], ln)
-                self.offs[w] = pos
+        try:
+            if arena:
+                new_arena = <char*>_grow_pages(NULL, 0, new_cap)
+        except MemoryError:
+            vtpu_pages_free(meta, cap * sizeof(Row))
+            raise
+        for w in range(live):
+            old = o[w]
+            rm[old] = w
+            memcpy(run + w * NDIM, kc_at(&self.kc, old), KEY_BYTES)
+            meta[w] = self.meta[old]
+            if meta[w].kind == CK_OBJECT:
+                meta[w].off = len(objs)
+                objs.append(old_objs[self.meta[old].off])
+            elif arena and _in_arena(meta[w].kind):
+                ln = meta[w].len
+                memcpy(new_arena + pos, self.arena + meta[w].off, ln)
+                meta[w].off = pos
                 pos += ln
-            elif kind == CK_OBJECT:
-                objs.append(old_objs[self.offs[r]])
-                self.offs[w] = len(objs) - 1
-            else:
-                self.offs[w] = 0
-            if w != r:
-                memcpy(self.keys + w * KEY_BYTES, self.keys + r * KEY_BYTES, KEY_BYTES)
-                self.versions[w] = self.versions[r]
-                self.created[w] = self.created[r]
-                self.updated[w] = self.updated[r]
-                self.lens[w] = self.lens[r]
-                self.kinds[w] = kind
-            w += 1
-        vtpu_pages_free(self.arena, self.arena_cap)
-        self.arena = arena
-        self.arena_n = self.arena_cap = pos
-        self.garbage = 0
+        vtpu_pages_free(self.meta, self.cap * sizeof(Row))
+        self.meta = meta
+        self.cap = cap
+        if arena:
+            vtpu_pages_free(self.arena, self.arena_cap)
+            self.arena = new_arena
+            self.arena_n = pos
+            self.arena_cap = new_cap
+            self.garbage = 0
         self.objs = objs
         self.nfree = 0
-        self.n = w
-        kh_rebuild(&self.ht, self.keys, self.kinds, self.n, self.live)
+        self.n = live
+        self._set_run(pages, live)   # the tail is now empty; its buffer is kept
+        kh_rebuild(&self.ht, &self.kc, self.meta, self.n, self.live)
         return remap
+
 
     # -- reads -------------------------------------------------------------------------
 
@@ -699,7 +839,9 @@ cdef class ColumnStore:
 
         :raises InterfaceError: a key that is not 18 bytes.
         """
-        return kh_find(&self.ht, self.keys, _key_arg(key))
+        cdef uint16_t k[NDIM]
+        _key_arg(key, k)
+        return kh_find(&self.ht, &self.kc, k)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -709,16 +851,21 @@ cdef class ColumnStore:
         :returns: (N,) int64 array, -1 where a key is not stored.
         :raises InterfaceError: the blob is not a multiple of 18 bytes.
         """
-        cdef Py_ssize_t n = _blob_rows(blob), i
+        cdef Py_ssize_t n = _blob_rows(blob)
         out = np.empty(n, dtype=np.int64)
         if n == 0:
             return out
         cdef int64_t[::1] o = out
-        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
-        with nogil:
-            for i in range(n):
-                o[i] = kh_find(&self.ht, self.keys, p + i * KEY_BYTES)
+        self._find_rows(<const unsigned char*>PyBytes_AS_STRING(blob), n, &o[0])
         return out
+
+    cdef void _find_rows(self, const unsigned char* p, Py_ssize_t n,
+                         int64_t* out) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef uint16_t k[NDIM]
+        for i in range(n):
+            _unpack_row(p + i * KEY_BYTES, k)
+            out[i] = kh_find(&self.ht, &self.kc, k)
 
     def __getitem__(self, key):
         """The scroll at a key; raises KeyError when none is stored (mapping access)."""
@@ -728,27 +875,36 @@ cdef class ColumnStore:
         return s
 
     def __contains__(self, key):
-        return type(key) is bytes and len(<bytes>key) == KEY_BYTES and \
-            kh_find(&self.ht, self.keys, <const unsigned char*>PyBytes_AS_STRING(key)) >= 0
+        cdef uint16_t k[NDIM]
+        if type(key) is not bytes or len(<bytes>key) != KEY_BYTES:
+            return False
+        _unpack_row(<const unsigned char*>PyBytes_AS_STRING(key), k)
+        return kh_find(&self.ht, &self.kc, k) >= 0
 
     cpdef object get(self, object key):
         """The scroll at a key (built now, with its content decoded), or None.
 
         :raises InterfaceError: a key that is not 18 bytes.
         """
-        cdef Py_ssize_t row = kh_find(&self.ht, self.keys, _key_arg(key))
+        cdef uint16_t k[NDIM]
+        _key_arg(key, k)
+        cdef Py_ssize_t row = kh_find(&self.ht, &self.kc, k)
         if row < 0:
             return None
         return self._scroll(row, key)
 
     def version(self, object key):
         """The stored version of a key, 0 when it is not stored."""
-        cdef Py_ssize_t row = kh_find(&self.ht, self.keys, _key_arg(key))
-        return 0 if row < 0 else self.versions[row]
+        cdef uint16_t k[NDIM]
+        _key_arg(key, k)
+        cdef Py_ssize_t row = kh_find(&self.ht, &self.kc, k)
+        return 0 if row < 0 else self.meta[row].version
 
     def content(self, object key, default=None):
         """The content at a key, or ``default`` when it is not stored."""
-        cdef Py_ssize_t row = kh_find(&self.ht, self.keys, _key_arg(key))
+        cdef uint16_t k[NDIM]
+        _key_arg(key, k)
+        cdef Py_ssize_t row = kh_find(&self.ht, &self.kc, k)
         return default if row < 0 else self._content(row)
 
     @cython.boundscheck(False)
@@ -761,15 +917,15 @@ cdef class ColumnStore:
         """
         cdef Py_ssize_t n = _blob_rows(blob), i, row
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+        cdef uint16_t k[NDIM]
         out = [None] * n
         for i in range(n):
-            row = kh_find(&self.ht, self.keys, p + i * KEY_BYTES)
+            _unpack_row(p + i * KEY_BYTES, k)
+            row = kh_find(&self.ht, &self.kc, k)
             if row >= 0:
                 out[i] = self._content(row)
         return out
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     def get_many(self, object blob):
         """The scrolls at N packed keys, as one column result.
 
@@ -777,15 +933,12 @@ cdef class ColumnStore:
             in ``.keys`` is still the one asked for).
         :raises InterfaceError: the blob is not a multiple of 18 bytes.
         """
-        cdef Py_ssize_t n = _blob_rows(blob), i
-        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+        cdef Py_ssize_t n = _blob_rows(blob)
         cdef int64_t* rows = <int64_t*>malloc((n if n else 1) * sizeof(int64_t))
         if rows == NULL:
             raise MemoryError()
         try:
-            with nogil:
-                for i in range(n):
-                    rows[i] = kh_find(&self.ht, self.keys, p + i * KEY_BYTES)
+            self._find_rows(<const unsigned char*>PyBytes_AS_STRING(blob), n, rows)
             return self._take(rows, n, blob)
         finally:
             free(rows)
@@ -812,22 +965,22 @@ cdef class ColumnStore:
         a = _rows_arg(rows)
         cdef Py_ssize_t n = a.shape[0], i, row
         out = PyBytes_FromStringAndSize(NULL, n * KEY_BYTES)
-        cdef char* o = PyBytes_AS_STRING(out)
+        cdef unsigned char* o = <unsigned char*>PyBytes_AS_STRING(out)
         cdef const int64_t[::1] r = a
         for i in range(n):
             row = r[i]
             if row < 0 or row >= self.n:
                 raise IndexError(f"row {row} is not in the store ({self.n} rows)")
-            memcpy(o + i * KEY_BYTES, self.keys + row * KEY_BYTES, KEY_BYTES)
+            _pack_row(kc_at(&self.kc, row), o + i * KEY_BYTES)
         return out
 
     def all_rows(self):
-        """Every live row id, ascending (row order, not key order)."""
+        """Every live row id, ascending."""
         out = np.empty(self.live, dtype=np.int64)
         cdef int64_t[::1] o = out
         cdef Py_ssize_t r, w = 0
         for r in range(self.n):
-            if self.kinds[r] != CK_DEAD:
+            if self.meta[r].kind != CK_DEAD:
                 o[w] = r
                 w += 1
         return out
@@ -836,56 +989,69 @@ cdef class ColumnStore:
     @cython.wraparound(False)
     cdef Scrolls _take(self, const int64_t* rows, Py_ssize_t n, object keys):
         """Gather rows into a new Scrolls; ``keys``: the result's key blob, or None to
-        copy the rows' keys (rows < 0 then get a zero key)."""
+        pack the rows' keys (rows < 0 then get a zero key)."""
         cdef Py_ssize_t i, row, total = 0
         cdef uint8_t kind
+        cdef Row* r
         for i in range(n):
             row = rows[i]
             if row >= self.n or row < -1:
                 raise IndexError(f"row {row} is not in the store ({self.n} rows)")
-            if row >= 0 and _in_arena(self.kinds[row]):
-                total += self.lens[row]
+            if row >= 0 and _in_arena(self.meta[row].kind):
+                total += self.meta[row].len
         cdef Scrolls out = _new_scrolls(n, self.slots, self.names, self.array_types,
                                         self.unpackb)
         data = PyBytes_FromStringAndSize(NULL, total)
         cdef char* d = PyBytes_AS_STRING(data)
-        cdef char* kp
+        cdef unsigned char* kp
         if keys is None:
             keys = PyBytes_FromStringAndSize(NULL, n * KEY_BYTES)
-            kp = PyBytes_AS_STRING(keys)
+            kp = <unsigned char*>PyBytes_AS_STRING(keys)
             for i in range(n):
                 row = rows[i]
                 if row >= 0:
-                    memcpy(kp + i * KEY_BYTES, self.keys + row * KEY_BYTES, KEY_BYTES)
+                    _pack_row(kc_at(&self.kc, row), kp + i * KEY_BYTES)
                 else:
                     memset(kp + i * KEY_BYTES, 0, KEY_BYTES)
         cdef list objs = []
         cdef Py_ssize_t pos = 0, ln
         for i in range(n):
             row = rows[i]
-            kind = self.kinds[row] if row >= 0 else CK_DEAD
+            kind = self.meta[row].kind if row >= 0 else CK_DEAD
             out.kinds[i] = kind
             if kind == CK_DEAD:
                 out.ver[i] = 0
                 out.ctime[i] = out.utime[i] = 0.0
                 out.offs[i] = out.lens[i] = 0
                 continue
-            out.ver[i] = self.versions[row]
-            out.ctime[i] = self.created[row]
-            out.utime[i] = self.updated[row]
+            r = &self.meta[row]
+            out.ver[i] = r.version
+            out.ctime[i] = r.created
+            out.utime[i] = r.updated
             if _in_arena(kind):
-                ln = self.lens[row]
-                memcpy(d + pos, self.arena + self.offs[row], ln)
+                ln = r.len
+                memcpy(d + pos, self.arena + r.off, ln)
                 out.offs[i] = pos
                 out.lens[i] = ln
                 pos += ln
             elif kind == CK_OBJECT:
                 out.offs[i] = len(objs)
                 out.lens[i] = 0
-                objs.append(self.objs[self.offs[row]])
+                objs.append(self.objs[r.off])
             else:
                 out.offs[i] = out.lens[i] = 0
         out._keys = keys
         out._data = data
         out._objs = objs
         return out
+
+
+def trim_heap():
+    """Give the malloc heap's free pages back to the system.
+
+    A compaction's temporaries (numpy arrays of a few bytes per row) are freed into the
+    heap, where glibc keeps them resident; a store that compacts from time to time calls
+    this afterwards so its RSS is what it holds. A no-op off glibc.
+    """
+    with nogil:
+        vtpu_trim_heap()
