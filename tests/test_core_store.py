@@ -341,3 +341,115 @@ def test_format_key_matches_format_coord():
         _core.format_key(b"short")
     with pytest.raises(InterfaceError):
         _core.format_keys(b"x" * 17)
+
+
+# -- the engine: store and index together ----------------------------------------------
+
+small = st.integers(0, 3)
+coord9 = st.tuples(*[small] * 9)
+
+
+@st.composite
+def patterns(draw):
+    lo, hi = [], []
+    for _ in range(9):
+        kind = draw(st.sampled_from(["any", "any", "eq", "range"]))
+        if kind == "any":
+            a, b = 0, 0xFFFF
+        elif kind == "eq":
+            a = b = draw(small)
+        else:
+            a = draw(small)
+            b = draw(st.integers(a, 4))
+        lo.append(a), hi.append(b)
+    return np.array([lo, hi], dtype=np.uint16)
+
+
+engine_ops = st.lists(st.one_of(
+    st.tuples(st.just("put"), coord9, st.integers(0, 99)),
+    st.tuples(st.just("put_many"), st.lists(coord9, max_size=12)),
+    st.tuples(st.just("del"), coord9),
+    st.tuples(st.just("del_many"), st.lists(coord9, max_size=6)),
+    st.tuples(st.just("del_range"), patterns()),
+), min_size=1, max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(engine_ops, st.lists(patterns(), min_size=1, max_size=3), coord9,
+       st.sampled_from([2, 8, 4096]), st.sampled_from([None, "lex", "post", "bitmap", "z"]))
+def test_engine_store_and_index_agree_with_brute_force(ops, pats, q, merge, path):
+    """Writes, deletes and compactions (the index's merges) keep the store, its sorted run
+    and the index answering exactly what a dict would, on every access path."""
+    from vtpu.engine import Engine
+    from vtpu.index import CoordIndex
+
+    eng = Engine()
+    eng._index = CoordIndex(min_merge=merge, source=eng._map)
+    eng._index.force_path = path
+    ref = {}
+    pk = lambda c: _core.pack(np.array(c, dtype=np.uint16))  # noqa: E731
+    for i, op in enumerate(ops):
+        if op[0] == "put":
+            eng.put(pk(op[1]), op[2])
+            ref[op[1]] = op[2]
+        elif op[0] == "put_many":
+            eng.put_many(b"".join(pk(c) for c in op[1]), [f"v{i}"] * len(op[1]))
+            ref.update((c, f"v{i}") for c in op[1])
+        elif op[0] == "del":
+            assert eng.delete(pk(op[1])) == (1 if op[1] in ref else 0)
+            ref.pop(op[1], None)
+        elif op[0] == "del_many":
+            want = len({c for c in op[1] if c in ref})
+            assert eng.delete_many(b"".join(pk(c) for c in op[1])) == want
+            for c in op[1]:
+                ref.pop(c, None)
+        else:
+            p = op[1]
+            gone = [c for c in ref if all(p[0, j] <= c[j] <= p[1, j] for j in range(9))]
+            assert eng.delete_range(p) == len(gone)
+            for c in gone:
+                del ref[c]
+    ix = eng._index
+    assert len(eng._map) == len(ix) == len(ref)
+    assert ix.main is eng._map.run   # one copy of the keys
+    # main row r is alive exactly when store row r is live: rows are shared
+    live = eng._map.all_rows()
+    assert list(np.flatnonzero(ix.alive)) == [r for r in live if r < len(ix.main)]
+    everything = sorted(ref)
+    for p in pats:
+        exp = [c for c in everything if all(p[0, j] <= c[j] <= p[1, j] for j in range(9))]
+        got = eng.range(p)
+        assert isinstance(got, Scrolls)
+        assert [tuple(int(x) for x in r) for r in got.coords] == exp
+        assert got.contents == [ref[c] for c in exp] or (not exp and got.contents == [])
+        assert eng.count(p) == len(exp)
+    qa = np.array(q, dtype=np.uint16)
+    coords, dists = eng.nearest(qa, 5, "l1")
+    exp = sorted((sum(abs(a - b) for a, b in zip(c, q)), c) for c in ref)[:5]
+    assert [(int(d), tuple(int(x) for x in c)) for c, d in zip(coords, dists)] == exp
+    later = [c for c in everything if c > q]
+    nxt = eng.hier(qa, "NEXT")
+    assert (None if nxt is None else tuple(int(x) for x in nxt)) == (later[0] if later else None)
+    got = eng.get_many(b"".join(pk(c) for c in everything) + pk((4,) * 9))
+    assert [s.content for s in got[:-1]] == [ref[c] for c in everything] and got[-1] is None
+    ix.merge()
+    assert ix.main is eng._map.run and eng._map.tail_rows == 0
+    assert [tuple(int(x) for x in r) for r in eng._map.run] == everything
+
+
+def test_a_key_deleted_from_the_run_and_written_again_is_a_new_row():
+    from vtpu.engine import Engine
+    from vtpu.index import CoordIndex
+
+    eng = Engine()
+    eng._index = ix = CoordIndex(min_merge=2, source=eng._map)
+    keys = [key(i) for i in range(4)]
+    eng.put_many(b"".join(keys), ["a", "b", "c", "d"])   # merged: the sorted run
+    assert eng._map.tail_rows == 0 and len(ix.main) == 4
+    assert eng.delete(keys[1]) == 1
+    assert eng.put(keys[1], "b2") == 1
+    row = eng._map.find(keys[1])
+    assert row >= len(ix.main)                      # in the tail, not the old run row
+    assert list(np.flatnonzero(ix.alive)) == [r for r in eng._map.all_rows() if r < 4]
+    assert [s.content for s in eng.range(np.array([[0] * 9, [0xFFFF] * 9], np.uint16))] \
+        == ["a", "b2", "c", "d"]

@@ -281,8 +281,7 @@ class Engine:
     def delete_many(self, blob: bytes) -> int:
         """CDEL of many keys: returns how many scrolls were removed."""
         gone = self._map.delete_many(bytes(blob))
-        for key in gone:
-            self._index.remove(key)
+        self._index.remove_many(gone)
         if gone and self.storage is not None:
             self._persist_delete(gone)
         self._maybe_compact()

@@ -154,6 +154,19 @@ class CoordIndex:
 
     def remove(self, key: bytes) -> None:
         """Drop a stored key from the index."""
+        self._drop(key)
+        if len(self._dead) > self._merge_limit():
+            self.merge()
+
+    def remove_many(self, keys: list[bytes]) -> None:
+        """Drop stored keys from the index, merging (if due) once all are dropped: with a
+        source, which already lost every one of them, a merge half way would not match."""
+        for key in keys:
+            self._drop(key)
+        if len(self._dead) > self._merge_limit():
+            self.merge()
+
+    def _drop(self, key: bytes) -> None:
         if key in self._delta:
             del self._delta[key]
             self._delta_arr = None
@@ -162,8 +175,6 @@ class CoordIndex:
         row = _core.lower_bound(self.main, c)
         self.alive[row] = False
         self._dead[key] = row
-        if len(self._dead) > self._merge_limit():
-            self.merge()
 
     def merge(self) -> None:
         """Fold the delta into main and drop deleted rows (one linear merge)."""
