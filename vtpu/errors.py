@@ -10,6 +10,8 @@ the class raised on the client, so both sides agree on one table.
 from __future__ import annotations
 
 import builtins
+import socket
+import sys
 
 __all__ = [
     "VTPUError",
@@ -28,6 +30,7 @@ __all__ = [
     "CODE_TO_ERROR",
     "error_code",
     "error_from_code",
+    "translate_socket_error",
 ]
 
 
@@ -153,3 +156,26 @@ def error_from_code(code: str, message: str) -> VTPUError:
     if issubclass(cls, ServerError):
         return cls(message, code)
     return cls(message)
+
+
+def translate_socket_error(exc: BaseException, where: str) -> VTPUError:
+    """Turn a socket-level failure into the vtpu error a caller sees.
+
+    The one translation used by the sync and the asyncio client: a timeout (socket or
+    asyncio) becomes :class:`TimeoutError`, any other ``OSError`` a
+    :class:`ConnectionError`; a vtpu error is returned unchanged.
+
+    :param exc: the caught exception.
+    :param where: what was being done, e.g. ``"send to 127.0.0.1:1337"``.
+    :returns: an exception instance (not raised); raise it ``from exc``.
+    """
+    if isinstance(exc, VTPUError):
+        return exc
+    aio = sys.modules.get("asyncio")
+    if isinstance(exc, (builtins.TimeoutError, socket.timeout)) or (
+        aio is not None and isinstance(exc, aio.TimeoutError)
+    ):
+        return TimeoutError(f"{where} timed out")
+    if isinstance(exc, OSError):
+        return ConnectionError(f"{where} failed: {exc.strerror or exc}")
+    return ConnectionError(f"{where} failed: {type(exc).__name__}: {exc}")
