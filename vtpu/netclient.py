@@ -415,7 +415,7 @@ class RemoteEngine(ClientOps):
                                            None if t is None else _monotonic() + t))
 
     # -- pipelines --------------------------------------------------------------------------------
-    def pipeline(self, batch: bool = False, raise_on_error: bool = True) -> "Pipeline":
+    def pipeline(self, raise_on_error: bool = True, *, batch: bool = False) -> "Pipeline":
         """Queue calls and send them together.
 
         ``with engine.pipeline() as p: p.get(k1); p.put(k2, v)`` sends every queued
@@ -423,9 +423,9 @@ class RemoteEngine(ClientOps):
         raises the first error (if ``raise_on_error``). Results: ``p.results`` (or the
         return value of :meth:`Pipeline.execute`).
 
-        :param batch: send one BATCH frame instead of one frame per call.
         :param raise_on_error: if false, errors are returned in ``results`` as exception
             objects.
+        :param batch: send one BATCH frame instead of one frame per call.
         """
         return Pipeline(self, batch=batch, raise_on_error=raise_on_error)
 
