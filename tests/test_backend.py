@@ -52,6 +52,7 @@ def seed(c):
     c.cput("2.1.1/1.1.1/1.1.2", np.ones(4, dtype=np.float32))
 
 
+@pytest.mark.integration  # the client fixture includes a loopback server
 def test_each_range_method_returns_one_type(client):
     seed(client)
     pat = "1.1.1/1.1.1/1.1.*"
@@ -72,6 +73,7 @@ def test_each_range_method_returns_one_type(client):
                                                           ("1.1.1/1.1.1/1.1.2", 1)]
 
 
+@pytest.mark.integration  # the client fixture includes a loopback server
 def test_the_deprecated_flags_forward_and_say_so(client):
     seed(client)
     pat = "1.1.1/1.1.1/1.1.*"
@@ -87,6 +89,7 @@ def test_the_deprecated_flags_forward_and_say_so(client):
     assert c[:, 8].tolist() == [3, 2] and d.tolist() == [0, 1]
 
 
+@pytest.mark.integration  # the client fixture includes a loopback server
 def test_the_pipeline_wraps_the_client_and_returns_what_it_returns(client):
     seed(client)
     p = client.pipeline()
@@ -125,6 +128,7 @@ def test_the_pipeline_wraps_the_client_and_returns_what_it_returns(client):
             assert have == want, name
 
 
+@pytest.mark.integration  # the client fixture includes a loopback server
 def test_pipeline_errors_come_after_every_call_ran(client):
     p = client.pipeline(raise_on_error=False)
     p.cput("1.1.1/1.1.1/1.1.1", "a")
