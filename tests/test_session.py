@@ -219,6 +219,30 @@ def test_a_reply_larger_than_the_receive_buffer():
     assert s.scroll_reply(s.read_reply(m)).content == big
 
 
+def test_many_replies_fed_at_once_and_in_odd_pieces():
+    s = Session()
+    ex = s.exchange(entries(lambda q: [q.get(k) for k in KEYS * 50]))
+    data = b"".join(reply(m, scroll_wire(a[0], "y" * 200)) for m, _, a in requests(s))
+    assert len(data) > 4 * 65536
+    s.feed(data[:3])  # not even a length yet
+    assert s.receive() == []
+    s.feed(data[3:])  # more than the buffer holds, nothing read in between
+    assert s.receive() == [ex] and len(ex.results) == 2000
+    assert all(r.content == "y" * 200 for r in ex.results) and s.buffered() == 0
+    # a partial frame left at the end of a full buffer is moved to the front
+    s = Session()
+    ex = s.exchange(entries(lambda q: [q.get(k) for k in KEYS * 2]))
+    data = b"".join(reply(m, scroll_wire(a[0], "z" * 1000)) for m, _, a in requests(s))
+    view = s.get_buffer()
+    cut = len(view)
+    assert len(data) > cut
+    view[:] = data[:cut]
+    s.buffer_updated(cut)
+    assert s.receive() == [] and 0 < s.buffered() < 1100
+    s.feed(data[cut:])
+    assert s.receive() == [ex] and [r.content for r in ex.results] == ["z" * 1000] * 80
+
+
 # -- results: errors kept as values, pipelines, BATCH ----------------------------------------------
 
 

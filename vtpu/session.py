@@ -300,9 +300,18 @@ class Session:
             self._rstart = self._rend = 0
             return self._rview
         if self._rend == len(self._rbuf):
-            # Move the partial frame to the front before reading more.
             n = self._rend - self._rstart
-            self._rbuf[:n] = self._rview[self._rstart:self._rend]
+            if self._rstart:
+                # Move the unread bytes to the front (through a copy: the two ranges
+                # may overlap).
+                self._rbuf[:n] = bytes(self._rview[self._rstart:self._rend])
+            else:
+                # Full of unread bytes (fed faster than read): make room.
+                nb = bytearray(2 * len(self._rbuf))
+                nb[:n] = self._rview[:n]
+                self._rview.release()
+                self._rbuf = nb
+                self._rview = memoryview(nb)
             self._rstart, self._rend = 0, n
         return self._rview[self._rend:]
 
