@@ -371,7 +371,9 @@ class Session:
     def read_reply(self, msgid: int) -> tuple[bool, Any] | None:
         """The reply to a request made with :meth:`encode`/:meth:`encode_get`, from the
         buffered bytes: ``(True, value)``, ``(False, (code, message))``, or None when it
-        has not fully arrived. Pushes before it are delivered.
+        has not fully arrived. Pushes before it are delivered. For a client with one
+        request in flight (the sync client's single calls); with exchanges pending, use
+        :meth:`receive`.
 
         :raises ProtocolError: a malformed frame, or a reply no request waits for.
         :raises ServerError: a connection-level error (msgid 0).
