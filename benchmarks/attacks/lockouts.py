@@ -25,7 +25,6 @@ from vtpu import protocol as P
 from . import data
 from .harness import (LOOPBACK, NEW_CLIENT_MS, Run, RawConn, StartFailed, TIMEOUT,
                       reply_code, wait_reply)
-from .memory import _put_big_value
 from .registry import attack
 
 SERVER_NOFILE = 1024
@@ -84,7 +83,7 @@ def _wait_fds_settle(pid: int, seconds: float, quiet: float = 1.0) -> int:
 
 def _idle(run: Run, n: int) -> None:
     srv = run.server(nofile=SERVER_NOFILE)
-    _put_big_value(srv, 16)
+    data.put_probe_key(srv)
     run.begin(srv)
     log0 = srv.log_size()
     # In batches the size of the listen backlog, each accepted before the next: a burst
@@ -150,7 +149,7 @@ def intern_flood(run: Run) -> None:
     restart of the durable store)."""
     d = f"{run.workdir}/data"
     srv = run.server(data=d)
-    _put_big_value(srv, 16)
+    data.put_probe_key(srv)
     run.begin(srv)
     a = run.connect(srv)
     t0 = time.monotonic()
@@ -198,7 +197,7 @@ def hello_odd_types(run: Run) -> None:
     server with a token: a typed error reply or a dropped connection, and log per attempt."""
     attempts = run.size(50, 5)
     srv = run.server(token=secrets.token_hex(16))
-    _put_big_value(srv, 16)
+    data.put_probe_key(srv)
     run.begin(srv)
     log0 = srv.log_size()
     outcomes = {}
@@ -231,7 +230,7 @@ def fastpath_bad_utf8(run: Run) -> None:
     """A plain PUT (the compiled fast path) whose str content is invalid UTF-8; the same
     bytes through the generic path (with ``if_version``) for comparison."""
     srv = run.server()
-    _put_big_value(srv, 16)
+    data.put_probe_key(srv)
     key = _core.pack(np.array([5, 5, 5, 5, 5, 5, 5, 5, 5], dtype=np.uint16))
     run.begin(srv)
 

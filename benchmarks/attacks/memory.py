@@ -26,6 +26,7 @@ SLOW_READER_RCVBUF = 64 * 1024  # a client that never reads: keep the kernel's s
 
 
 def _put_big_value(server, size: int = MiB) -> None:
+    """Store ``size`` bytes at BIG_KEY, and the probe's key."""
     c = RemoteEngine(port=server.port, token=server.token, timeout=60)
     try:
         c.put(BIG_KEY, b"\xab" * size)
@@ -40,12 +41,24 @@ def _reply_check(run: Run, m, seconds: float, codes=("LIMIT",)) -> None:
     run.check(f"refused with {'/'.join(codes)}", code in codes, run.outcome)
 
 
+@attack("control")
+def baseline(run: Run) -> None:
+    """No attack: the probe alone for 2 s (the noise floor of its latencies here)."""
+    srv = run.server()
+    data.put_probe_key(srv)
+    run.begin(srv)
+    time.sleep(run.size(2.0, 0.5))
+    run.end()
+    run.outcome = "idle server, probe only"
+    run.finish()
+
+
 @attack("memory")
 def hello_bomb(run: Run) -> None:
     """48 MiB frame of empty maps sent before HELLO to a server with a token."""
-    size = run.size(48 * MiB, 4 * MiB)
+    size = run.size(48 * MiB, 2 * MiB)
     srv = run.server(token=secrets.token_hex(16))
-    _put_big_value(srv, 16)
+    data.put_probe_key(srv)
     run.begin(srv)
     c = run.connect(srv, hello=False)
     n = size - 5
@@ -78,7 +91,7 @@ def get_pipeline_unread(run: Run) -> None:
 @attack("memory")
 def get_many_same_key(run: Run) -> None:
     """GET_MANY of the same 1 MiB key 1,000 times (an 18 KB request)."""
-    count = run.size(1000, 150)
+    count = run.size(1000, 100)
     srv = run.server()
     _put_big_value(srv)
     run.begin(srv)
@@ -92,12 +105,16 @@ def get_many_same_key(run: Run) -> None:
 
 @attack("memory")
 def batch_range(run: Run) -> None:
-    """BATCH of 300 RANGE over the whole data set (a 13.8 KB request)."""
-    ops = run.size(300, 100)
+    """BATCH of 300 RANGE over the whole data set (a 13.8 KB request).
+
+    The quick version (30 RANGEs of 20k scrolls, a ~37 MB reply) announces an 8 MiB
+    receive limit in its HELLO, so its reply cannot fit either.
+    """
+    ops, limit = run.size((300, None), (30, 8 * MiB))
     srv = run.server()
     run.note(**data.load(srv, run.size(data.FULL_N, data.QUICK_N)))
     run.begin(srv)
-    c = run.connect(srv)
+    c = run.connect(srv, options={"max_frame_size": limit} if limit else None)
     c.request("BATCH", [[["RANGE", [data.ALL]]] * ops])
     m, secs = wait_reply(c, min(30.0, run.remaining() - 12))
     run.end()
@@ -120,7 +137,7 @@ def _fill_name_table(server) -> int:
 @attack("memory")
 def batch_names(run: Run) -> None:
     """BATCH of 100k NAMES with a full name table (4,096 names of 64 characters)."""
-    ops = run.size(100_000, 2000)
+    ops = run.size(100_000, 300)
     srv = run.server()
     run.note(names=_fill_name_table(srv))
     run.begin(srv)
@@ -136,9 +153,9 @@ def batch_names(run: Run) -> None:
 def track_unread(run: Run) -> None:
     """A ``track`` connection that never reads while another client does 200 PUT_MANYs of
     50k keys (the same keys each time, so the stored data does not grow)."""
-    rounds, keys = run.size((200, 50_000), (60, 25_000))
+    rounds, keys = run.size((200, 50_000), (80, 25_000))
     srv = run.server()
-    _put_big_value(srv, 16)
+    data.put_probe_key(srv)
     blob = _core.pack_many(data.parts(4 * keys)[0][:keys])
     contents = [0] * keys
     # The writer is a well-behaved client: its bytes are reported, not charged to the
@@ -168,7 +185,7 @@ def partial_frames(run: Run) -> None:
     """16 connections each holding 60 MiB of an unfinished frame (after HELLO)."""
     n, per, hold = run.size((16, 60 * MiB, 20.0), (4, 8 * MiB, 10.0))
     srv = run.server()
-    _put_big_value(srv, 16)
+    data.put_probe_key(srv)
     run.begin(srv)
     conns = []
     header = (64 * MiB).to_bytes(4, "big")  # the largest frame the server accepts

@@ -6,14 +6,14 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 
 from .harness import HARD_TIMEOUT, MEM_LIMIT, Run, Stalled
 
-CLASSES = ("memory", "stalls", "lockouts", "storage")
+CLASSES = ("control", "memory", "stalls", "lockouts", "storage")
 
 
 class Attack(NamedTuple):
     """One registered attack.
 
     :ivar name: its name (the function's).
-    :ivar cls: memory, stalls, lockouts or storage.
+    :ivar cls: one of :data:`CLASSES` (``control`` is the no-attack baseline).
     :ivar fn: ``fn(run)`` performs it on a :class:`~benchmarks.attacks.harness.Run`.
     :ivar doc: the first line of its docstring.
     :ivar probe: whether the probe runs during it.

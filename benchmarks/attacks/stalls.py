@@ -117,7 +117,7 @@ def cdel_all_durable(run: Run) -> None:
 @attack("stalls")
 def batch_count(run: Run) -> None:
     """BATCH of 100k COUNT of every scroll."""
-    ops = run.size(100_000, 200)
+    ops = run.size(100_000, 2000)
     stall(run, _loaded(run), "BATCH", [[["COUNT", [data.ALL]]] * ops])
 
 
