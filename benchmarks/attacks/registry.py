@@ -15,7 +15,7 @@ class Attack(NamedTuple):
     :ivar name: its name (the function's).
     :ivar cls: one of :data:`CLASSES` (``control`` is the no-attack baseline).
     :ivar fn: ``fn(run)`` performs it on a :class:`~benchmarks.attacks.harness.Run`.
-    :ivar doc: the first line of its docstring.
+    :ivar doc: the first paragraph of its docstring, on one line.
     :ivar probe: whether the probe runs during it.
     """
 
@@ -35,7 +35,8 @@ def attack(cls: str, probe: bool = True) -> Callable:
         raise ValueError(f"unknown attack class {cls!r}")
 
     def deco(fn: Callable[[Run], None]) -> Callable[[Run], None]:
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else fn.__name__
+        para = (fn.__doc__ or fn.__name__).strip().split("\n\n")[0]
+        doc = " ".join(line.strip() for line in para.splitlines())
         ATTACKS[fn.__name__] = Attack(fn.__name__, cls, fn, doc, probe)
         return fn
 

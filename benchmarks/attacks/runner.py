@@ -4,6 +4,7 @@
 
     python -m benchmarks.attacks [--quick] [--only CLASS|NAME[,...]] [--export FILE.json]
                                  [--timeout SECONDS] [--no-mem-limit] [--keep] [--list]
+    python -m benchmarks.attacks --table FILE.json     # the Markdown table of an export
 
 Attacks run one after another, each on its own server(s), each stopped and cleaned up
 before the next starts. Exit status 0 when every attack passed, 1 otherwise.
@@ -86,7 +87,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="run the servers without the 2 GiB address-space limit")
     ap.add_argument("--keep", action="store_true", help="keep work directories (logs, data)")
     ap.add_argument("--list", action="store_true", help="list the attacks and exit")
+    ap.add_argument("--table", metavar="FILE.json",
+                    help="print the Markdown table of an --export file and exit")
     ns = ap.parse_args(argv)
+    if ns.table:
+        with open(ns.table) as f:
+            print(markdown_table(json.load(f)["results"]))
+        return 0
     try:
         chosen = select(ns.only)
     except KeyError as exc:
