@@ -740,17 +740,21 @@ class Run:
         server = server or self.main
         self.end()
         self.close_attackers()
-        died = not server.running()
-        self.details["exit_status"] = server.proc.returncode if died else None
         if alive:
             ok, secs, what = server.answers(min(ALIVE_TIMEOUT, max(0.5, self.remaining() - 3)))
             self.details["alive_s"] = round(secs, 4)
+        # Looked at after the fresh client: a process on its way out still accepts.
+        time.sleep(0.3)
+        died = not server.running()
+        self.details["exit_status"] = server.proc.returncode if died else None
+        if died:
+            self.details["log_tail"] = server.log_text()[-600:]
+        if alive:
             self.check("process never dies (2 GiB limit)", not died,
                        f"exited with {server.proc.returncode}" if died else "running")
             self.check("answers a fresh client", ok,
                        f"in {secs * 1000:.1f} ms" if ok else (what or "no"))
         if server.running():
-            time.sleep(0.3)
             self.rss_after = server.status().get("VmRSS")
         if memory and self.rss_before is not None and self.rss_peak is not None:
             growth = self.rss_peak - self.rss_before
@@ -771,6 +775,8 @@ class Run:
                            f"p99 {p99:.2f} ms, max {mx:.1f} ms", timing=True)
             else:
                 self.details["probe"] = {"n": 0, "errors": self.probe.errors}
+            self.check("probe's GETs never fail", self.probe.errors == 0,
+                       f"{self.probe.errors} failed")
 
     def verdict(self) -> str:
         """PASS when every bar holds; STALLED after the hard timeout; else FAIL."""

@@ -199,9 +199,9 @@ def hello_odd_types(run: Run) -> None:
     srv = run.server(token=secrets.token_hex(16))
     data.put_probe_key(srv)
     run.begin(srv)
-    log0 = srv.log_size()
-    outcomes = {}
+    outcomes, log_per = {}, {}
     for label, make in _ODD_HELLOS.items():
+        log0 = srv.log_size()
         codes = []
         for _ in range(attempts):
             run.alive_or_stalled()
@@ -210,18 +210,19 @@ def hello_odd_types(run: Run) -> None:
             m, _ = wait_reply(c, 5.0)
             codes.append("no reply" if m is TIMEOUT else (reply_code(m) or "dropped"))
             c.close()
+        time.sleep(0.1)  # let the server's log line of the last attempt land
         outcomes[label] = {k: codes.count(k) for k in sorted(set(codes))}
-    time.sleep(0.2)
-    log_bytes = srv.log_size() - log0
-    total = attempts * len(_ODD_HELLOS)
+        log_per[label] = (srv.log_size() - log0) / attempts
+    worst = max(log_per, key=log_per.get)
     run.end()
     typed = all(set(o) <= {"ARG", "PROTOCOL", "AUTH"} for o in outcomes.values())
     run.outcome = "; ".join(f"{k}: " + ", ".join(f"{n}x {c}" for c, n in v.items())
                             for k, v in outcomes.items())
-    run.note(outcomes=outcomes, log_bytes=log_bytes, log_bytes_per_attempt=log_bytes / total)
+    run.note(outcomes=outcomes, log_bytes_per_attempt=log_per)
     run.check("every odd HELLO answered with a typed error", typed, run.outcome)
     run.check(f"log <= {LOG_BYTES_PER_ATTEMPT} B per attempt",
-              log_bytes / total <= LOG_BYTES_PER_ATTEMPT, f"{log_bytes / total:,.0f} B per attempt")
+              log_per[worst] <= LOG_BYTES_PER_ATTEMPT,
+              f"{log_per[worst]:,.0f} B per attempt ({worst})")
     run.finish()
 
 
