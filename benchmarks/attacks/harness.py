@@ -564,7 +564,7 @@ class Run:
     """One attack: its servers, probe and connections, its numbers, checks and verdict.
 
     :param name: the attack's name.
-    :param cls: its class (memory, stalls, lockouts, storage).
+    :param cls: its class (control, memory, stalls, lockouts, storage).
     :param quick: run the small version.
     :param timeout: the hard timeout of the attack phase (set-up not counted).
     :param mem_limit: the address-space limit of the servers it starts.
@@ -590,11 +590,9 @@ class Run:
         self.probe: Optional[Probe] = None
         self.t0 = self.t1 = None
         self.rss_before = self.rss_peak = self.rss_after = None
-        self.log_before = 0
         self._sampler: Optional[RssSampler] = None
         self._hwm0 = 0
         self._watchdog: Optional[threading.Timer] = None
-        self._extra_bytes = 0
         self.arm(SETUP_TIMEOUT)
 
     # -- sizes -----------------------------------------------------------------------------
@@ -650,14 +648,10 @@ class Run:
             self.conns.append(c)
         return c
 
-    def count_bytes(self, n: int) -> None:
-        """Add bytes an attacker moved through something other than a RawConn."""
-        self._extra_bytes += n
-
     @property
     def bytes_moved(self) -> int:
         """Bytes the attacker's connections really sent plus read."""
-        return sum(c.sent + c.read for c in self.conns) + self._extra_bytes
+        return sum(c.sent + c.read for c in self.conns)
 
     def mount_tmpfs(self, path: str, size: str) -> None:
         """Mount a tmpfs of ``size`` at ``path`` (root only); unmounted at the end."""
@@ -685,7 +679,6 @@ class Run:
         st = server.status()
         self.rss_before = st.get("VmRSS")
         self._hwm0 = st.get("VmHWM", 0)
-        self.log_before = server.log_size()
         self._sampler = RssSampler(server.pid).start()
         self.arm(self.timeout)
         self.t0 = time.monotonic()
@@ -828,7 +821,7 @@ class Run:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-# =========================================================================== helpers
+# =========================================================================== waiting for replies
 
 TIMEOUT = "no reply"  # what :func:`wait_reply` returns when nothing came in time
 
