@@ -172,11 +172,11 @@ def test_wire_request_and_reply(server):
         assert r.get_many(ks + bytes(18), True) == ["a", None, b"c", None]
         assert r.get_many(ks, content_only=True) == ["a", None, b"c"]
         # the argument is a boolean; nil means the default (scrolls)
-        assert r._execute("GET_MANY", [ks, None], None, None)[2] == [1, 1, 1]
+        assert r.request("GET_MANY", [ks, None])[2] == [1, 1, 1]
         with pytest.raises(InterfaceError):
-            r._execute("GET_MANY", [ks, 1], None, None)
+            r.request("GET_MANY", [ks, 1])
         with pytest.raises(InterfaceError):
-            r._execute("GET_MANY", [ks, True, 3], None, None)
+            r.request("GET_MANY", [ks, True, 3])
         # inside a BATCH the generic encoder answers the same values
         p = r.pipeline(batch=True)
         p.get_many(ks, content_only=True)

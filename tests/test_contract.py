@@ -798,11 +798,6 @@ class TestAsyncRemoteEngine(BackendContract):
         yield a
         a.close()
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "AsyncRemoteEngine._raw registers the reply future in proto.waiters before it "
-        "encodes the request; when encoding fails (put of 1 << 64) the future is never "
-        "removed, and at close it is failed with ConnectionError that nobody retrieves "
-        "('Future exception was never retrieved')"))
     def test_refused_encoding_leaves_no_pending_reply(self, eng):
         import gc
 

@@ -16,6 +16,7 @@ from vtpu import protocol as P
 from vtpu.coords import NameTable, Scroll
 from vtpu.engine import Engine
 from vtpu.netclient import RemoteEngine
+from vtpu.session import ClientOps
 from vtpu.testing import ServerThread
 
 MIXED = [
@@ -220,7 +221,8 @@ def remote(server):
 
 
 def generic_get(r, k):
-    return r._execute("GET", [k], r._dec.scroll, None)
+    # The generic request path (an exchange of one call), not the lean GET override.
+    return ClientOps.get(r, k)
 
 
 @pytest.mark.integration
@@ -323,12 +325,12 @@ def test_pipelined_gets_with_short_reads(server):
 def test_pipelined_gets_across_the_msgid_wrap(remote):
     ks = keys_of(10)
     remote.put_many(b"".join(ks), list(range(10)))
-    remote._msgid = 0xFFFFFFFF - 4
+    remote.session.msgid = 0xFFFFFFFF - 4
     with remote.pipeline() as p:
         for k in ks:
             p.get(k)
     assert [s.content for s in p.results] == list(range(10))
-    assert remote._msgid == 6  # ...fffc .. ffffffff, then 1 .. 6
+    assert remote.session.msgid == 10  # no wrap inside one write: ids 1 .. 10
     assert generic_get(remote, ks[3]).content == 3
 
 
