@@ -141,15 +141,10 @@ class Engine:
         t0 = time.perf_counter()
         names, rows = self.storage.load()
         self.names.extend(list(names))
-        m = self._map
-        keys = []
-        for key, blob, version, created, updated in rows:
-            # contents stay encoded in the store, decoded when read
-            m.set(key, blob, version, created, updated, packed=True)
-            keys.append(key)
-        if any(keys[i] >= keys[i + 1] for i in range(len(keys) - 1)):
-            keys = sorted(set(keys))   # the storage returns key order; never trust it blindly
-        self._index.load_sorted(b"".join(keys))
+        # The rows come in key order: the store takes them as its sorted run in one
+        # pass (it checks the order), and the index's main array is that run.
+        self._map.load(rows)
+        self._index.clear()
         self.load_seconds = time.perf_counter() - t0
 
     def _persist(self, scrolls: list[Scroll]) -> None:

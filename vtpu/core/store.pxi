@@ -193,6 +193,30 @@ cdef object _content_from(uint8_t kind, const char* base, int64_t off, int64_t l
     return None   # CK_NONE, CK_DEAD
 
 
+cdef inline (uint8_t, Py_ssize_t) _plain_payload(const unsigned char* b, Py_ssize_t n) noexcept nogil:
+    """(kind, header length) of a msgpack-encoded content that is exactly one str, bin
+    or nil: its payload can be kept as is. CK_PACKED for anything else."""
+    cdef Py_ssize_t hl = 0, ln = -1
+    cdef uint8_t kind = CK_PACKED
+    if n == 0:
+        return CK_PACKED, 0
+    cdef unsigned char c = b[0]
+    if c == 0xC0:
+        return (CK_NONE, 1) if n == 1 else (CK_PACKED, 0)
+    if 0xA0 <= c <= 0xBF:
+        kind, hl, ln = CK_STR, 1, c & 0x1F
+    elif (c == 0xD9 or c == 0xC4) and n >= 2:
+        kind, hl, ln = (CK_STR if c == 0xD9 else CK_BYTES), 2, b[1]
+    elif (c == 0xDA or c == 0xC5) and n >= 3:
+        kind, hl, ln = (CK_STR if c == 0xDA else CK_BYTES), 3, (b[1] << 8) | b[2]
+    elif (c == 0xDB or c == 0xC6) and n >= 5:
+        kind, hl = (CK_STR if c == 0xDB else CK_BYTES), 5
+        ln = (<Py_ssize_t>b[1] << 24) | (b[2] << 16) | (b[3] << 8) | b[4]
+    if ln < 0 or hl + ln != n:
+        return CK_PACKED, 0
+    return kind, hl
+
+
 def _rows_arg(rows):
     """Row ids as a C-contiguous int64 array."""
     a = np.ascontiguousarray(rows, dtype=np.int64)
@@ -659,6 +683,84 @@ cdef class ColumnStore:
         r.created = created
         r.updated = updated
         return False
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def load(self, rows):
+        """Fill an empty store from a storage's rows, built straight into the layout.
+
+        Rows in ascending key order (a store's primary-key order) are appended with no
+        hash probe, the hash is built once at the end and their keys become the sorted
+        run as they are; a row out of order (never from a sound storage) falls back to
+        :meth:`set` for the rest and a compaction at the end sorts them. A content
+        encoded as a msgpack str, bin or nil is kept decoded (its payload is copied to
+        the arena); any other is kept encoded and decoded when read.
+
+        :param rows: an iterable of ``(key, packed content, version, created, updated)``.
+        :returns: the number of rows read.
+        :raises InterfaceError: the store is not empty, a key is malformed or a content
+            is not bytes.
+        """
+        if self.n:
+            raise InterfaceError("load fills an empty store")
+        cdef uint16_t k[NDIM]
+        cdef uint16_t prev[NDIM]
+        cdef bint ascending = True
+        cdef Py_ssize_t count = 0, row, hl, ln
+        cdef const unsigned char* b
+        cdef Row* r
+        cdef uint8_t kind
+        for key, blob, version, created, updated in rows:
+            _key_arg(key, k)
+            if type(blob) is not bytes:
+                raise InterfaceError(f"row {count}: a packed content is bytes")
+            if ascending and count and lex_cmp(prev, k) >= 0:
+                ascending = False
+                kh_rebuild(&self.ht, &self.kc, self.meta, self.n, self.live)
+            count += 1
+            if not ascending:
+                self.set(key, blob, version, created, updated, True)
+                continue
+            memcpy(prev, k, KEY_BYTES)
+            b = <const unsigned char*>PyBytes_AS_STRING(blob)
+            ln = len(<bytes>blob)
+            kind, hl = _plain_payload(b, ln)
+            row = self.n
+            self._reserve_rows(row + 1)
+            r = &self.meta[row]
+            if kind == CK_PACKED:
+                self._set_content(r, blob, True, True)
+            else:
+                r.kind = kind
+                r.len = <uint32_t>(ln - hl)
+                r.off = 0
+                if r.len:
+                    self._reserve_arena(r.len)
+                    r.off = self.arena_n
+                    memcpy(self.arena + self.arena_n, b + hl, r.len)
+                    self.arena_n += r.len
+            memcpy(self.kc.tail + (row - self.kc.m) * NDIM, k, KEY_BYTES)
+            r.version = version
+            r.created = created
+            r.updated = updated
+            self.n += 1
+            self.live += 1
+        if not ascending:
+            self.compact(arena=False)
+            return count
+        if count == 0:
+            return 0
+        # The tail holds every row in key order: it becomes the run as it is.
+        cdef _Pages pages = _Pages()
+        pages.p = self.kc.tail
+        pages.n = self.n * KEY_BYTES
+        if self.tail_cap > self.n:
+            pages.p = _grow_pages(self.kc.tail, self.tail_cap * KEY_BYTES, pages.n)
+        self.kc.tail = NULL
+        self.tail_cap = 0
+        self._set_run(pages, self.n)
+        kh_rebuild(&self.ht, &self.kc, self.meta, self.n, self.live)
+        return count
 
     cdef int _kill(self, Py_ssize_t row) except -1:
         cdef Row* r = &self.meta[row]
