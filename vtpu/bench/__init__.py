@@ -3,8 +3,8 @@
 Reruns the prototype's benchmarks against a real vtpu server over the binary protocol and
 prints, beside each measurement, the prototype's projection, the prototype's own measured
 figure where it gave one, and peers measured *in the same run* (a bare TCP echo floor,
-Redis via redis-py + hiredis, memcached via pymemcache, etcd, a Python linear scan, numpy),
-as ratios. Peers that are missing are skipped with one line.
+Redis via redis-py + hiredis, memcached via pymemcache, etcd, a Python linear scan, numpy,
+FAISS), as ratios. Peers that are missing are skipped with one line.
 
 Usage (also ``python -m vtpu.bench``)::
 
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="vtpu bench",
         description="Benchmark vtpu against the prototype's projections and peers found "
-                    "on this machine (echo floor, Redis, memcached, etcd, numpy).")
+                    "on this machine (echo floor, Redis, memcached, etcd, numpy, FAISS).")
     ap.add_argument("--all", action="store_true", help="run every test (the default)")
     ap.add_argument("--test", action="append", default=[], metavar="NAME",
                     help="test to run (repeat or comma-separate): " + ", ".join(TESTS))

@@ -279,16 +279,6 @@ def read_each(res) -> int:
     return n
 
 
-def result_path(res) -> str:
-    """Which read path :func:`read_columns` takes on this kind of result.
-
-    :param res: a result.
-    :returns: ``"columns"`` or ``"per-scroll"``.
-    """
-    return "columns" if (getattr(res, "coordinates", None) is not None
-                         and hasattr(res, "contents")) else "per-scroll"
-
-
 def rss_bytes(pid: int) -> Optional[int]:
     """Resident set size of a process, from ``/proc/PID/status`` (VmRSS).
 
