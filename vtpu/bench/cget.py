@@ -101,8 +101,11 @@ def _embedded(ctx: Ctx) -> None:
         raise RuntimeError("mem:// cget of a stored key returned None")
     cget = m.cget
     get = d.get
-    t_m = best_of(lambda: [cget(k) for k in keys], 3) / len(keys)
-    t_d = best_of(lambda: [get(k) for k in keys], 3) / len(keys)
+    # Alternating best-of rounds: on a shared machine a burst of load then hits both.
+    t_m = t_d = float("inf")
+    for _ in range(5):
+        t_m = min(t_m, best_of(lambda: [cget(k) for k in keys], 1) / len(keys))
+        t_d = min(t_d, best_of(lambda: [get(k) for k in keys], 1) / len(keys))
     # CGET_MANY of 10,000 packed keys: the call, then the call with every coordinate and
     # content read (as columns when the result has them).
     nb = min(10_000, n)
