@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from typing import List
 
 import numpy as np
@@ -48,8 +49,6 @@ def startup_coords(n: int) -> np.ndarray:
 
 
 def _load(path: str, n: int) -> dict:
-    import time
-
     from ..client import connect
     from .memory import text_contents
 
@@ -64,8 +63,6 @@ def _load(path: str, n: int) -> dict:
 
 
 def _open(path: str, first: List[int]) -> dict:
-    import time
-
     from ..client import connect
 
     t1 = time.perf_counter()
@@ -76,7 +73,13 @@ def _open(path: str, first: List[int]) -> dict:
         raise RuntimeError(f"the first cget after start-up read {s!r}")
     st = c.stats()
     c.close()
-    return {"start_s": t2 - t1, "engine_load_s": st.get("load_seconds"),
+    try:
+        import resource  # Unix only
+    except ImportError:
+        peak = None
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    return {"start_s": t2 - t1, "engine_load_s": st.get("load_seconds"), "peak_rss": peak,
             "scrolls": st.get("scrolls"), "content": s.content}
 
 
@@ -140,11 +143,13 @@ def run(ctx: Ctx) -> None:
         detail[str(n)] = d
         label = f"{n / 1e6:g}M" if n >= 100_000 else f"{n:,}"
         eng = [o["engine_load_s"] for o in d["opens"] if o["engine_load_s"] is not None]
+        peaks = [o["peak_rss"] for o in d["opens"] if o["peak_rss"]]
         one_m = n == 1_000_000
         rep.row("startup", f"durable start-up, {label} scrolls (connect to first cget)",
                 d["start_s"], "s", target=f"<={TARGET_S} s" if one_m else None,
                 target_ok=(d["start_s"] <= TARGET_S) if one_m else None,
-                note=f"median of {OPENS}; engine load {np.median(eng):.2f} s; "
+                note=f"median of {OPENS}; engine load {np.median(eng):.2f} s; peak RSS "
+                     f"{max(peaks) / n if peaks else float('nan'):.0f} B/scroll; "
                      f"{d['disk_bytes'] / n:.0f} B/scroll on disk; written in "
                      f"{d['load_s']:.1f} s" if eng else f"median of {OPENS}")
     rep.tests["startup"] = detail
