@@ -154,16 +154,21 @@ def test_read_patterns_match_their_designed_counts():
             assert sorted(coords) == sorted(common.fmt_coords(arr[idx]))
 
 
-def test_read_columns_uses_columns_when_the_result_has_them():
-    from vtpu.coords import Scroll
+def test_read_columns_reads_what_the_store_holds():
+    from vtpu import connect
 
-    arr = crange.dataset_coords(1_000_000)[:3]
-    scrolls = [Scroll(bytes(arr[i].astype(">u2").tobytes()), i, 1, 0.0, 0.0)
-               for i in range(3)]
-    path, coords, contents = common.read_columns(scrolls)
-    assert path == "per-scroll" and contents == [0, 1, 2]
-    assert coords == common.fmt_coords(arr)
-    assert common.read_each(scrolls) == 3
+    arr = crange.dataset_coords(1_000_000)[:300]
+    m = connect("mem://")
+    m.cput_many(arr, list(range(300)))
+    res = m.crange("*.*.*/*.*.*/1.1.1")
+    path, coords, contents = common.read_columns(res)
+    # Today's results are lists of Scrolls; a columnar result is read through its columns.
+    assert path == ("columns" if hasattr(res, "coordinates") else "per-scroll")
+    assert sorted(coords) == sorted(common.fmt_coords(arr))
+    assert sorted(int(x) for x in contents) == list(range(300))
+    assert dict(zip(coords, (int(x) for x in contents)))[common.fmt_coord(arr[7])] == 7
+    assert common.read_each(res) == 300
+    m.close()
 
     class Columns(list):
         coordinates = ["a", "b"]

@@ -42,6 +42,10 @@ def faiss_index(arr: np.ndarray, report) -> Optional[Callable[[np.ndarray], np.n
 
 
 def _dists(got) -> np.ndarray:
+    # A columnar result carries its distances as a column; a list has (coordinate, d) pairs.
+    col = getattr(got, "distances", None)
+    if col is not None:
+        return np.sort(np.asarray(col, dtype=np.int64))
     return np.sort(np.asarray([int(x[1]) for x in got], dtype=np.int64))
 
 
