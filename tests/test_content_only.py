@@ -146,15 +146,14 @@ def test_scroll_contents_msgpack_matches_the_generic_encoder():
 
 
 def test_scroll_contents_reads_lazily_loaded_contents():
-    # Scrolls loaded from disk decode their content on first access (a Scroll subclass
-    # with a content property): the compiled loops must go through it.
-    from vtpu.engine import _StoredScroll
-
+    # Contents loaded from disk stay encoded in the store until read: the compiled loops
+    # must decode them.
     k = bytes(18)
-    s = _StoredScroll(k, P.packb(["stored", 1]), 1, 1.0, 1.0, None)
-    assert _core.scroll_contents({k: s}, k, Scroll) == [["stored", 1]]
-    s = _StoredScroll(k, P.packb("stored"), 1, 1.0, 1.0, None)
-    assert _core.scroll_contents_msgpack({k: s}, k, P.packb, Scroll) == P.packb(["stored"])
+    m = _core.ColumnStore(Scroll)
+    m.set(k, P.packb(["stored", 1]), 1, 1.0, 1.0, packed=True)
+    assert _core.scroll_contents(m, k, Scroll) == [["stored", 1]]
+    m.set(k, P.packb({"a": "stored"}), 2, 1.0, 1.0, packed=True)
+    assert _core.scroll_contents_msgpack(m, k, P.packb, Scroll) == P.packb([{"a": "stored"}])
 
 
 @pytest.fixture

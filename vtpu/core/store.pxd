@@ -40,15 +40,7 @@ cdef extern from *:
             q = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         else
             q = mremap(p, old ? old : 1, n, MREMAP_MAYMOVE);
-        if (q == MAP_FAILED)
-            return NULL;
-    #if defined(MADV_HUGEPAGE)
-        /* Rows are read at random: 2 MiB pages keep the TLB misses of a point read
-           down. Only for large buffers, where the partly used last page matters less. */
-        if (n >= ((size_t)8 << 20))
-            madvise(q, n, MADV_HUGEPAGE);
-    #endif
-        return q;
+        return q == MAP_FAILED ? NULL : q;
     }
     static void vtpu_pages_free(void* p, size_t n) {
         if (p != NULL) munmap(p, n ? n : 1);
@@ -75,15 +67,33 @@ cdef extern from *:
     void vtpu_trim_heap() nogil
 
 
-# The fixed-size fields of one row, together: a point read touches one or two cache
-# lines for all of them (the keys are a column of their own, see KeyCols).
-cdef struct Row:
-    int64_t off         # arena offset (arena kinds) or object slot (CK_OBJECT)
-    int64_t version
-    double created
-    double updated
-    uint32_t len        # arena bytes (arena kinds)
-    uint8_t kind        # ContentKind
+# The fixed-size fields of one row, together in 32 bytes: a point read touches one cache
+# line for all of them (the keys are a column of their own, see KeyCols). The content
+# reference packs into one word: offset (40 bits: a 1 TiB arena), length (21 bits: a
+# content of 2 MiB or more is kept as an object instead) and kind (3 bits).
+cdef extern from *:
+    """
+    typedef struct {
+        uint64_t off : 40;
+        uint64_t len : 21;
+        uint64_t kind : 3;
+        int64_t version;
+        double created;
+        double updated;
+    } vtpu_row;
+    #define VTPU_ROW_MAX_OFF ((int64_t)1 << 40)
+    """
+    ctypedef struct Row "vtpu_row":
+        uint64_t off        # arena offset (arena kinds) or object slot (CK_OBJECT)
+        uint64_t len        # arena bytes (arena kinds)
+        uint64_t kind       # ContentKind
+        int64_t version
+        double created
+        double updated
+    const int64_t ROW_MAX_OFF "VTPU_ROW_MAX_OFF"   # arena size limit (1 TiB)
+
+cdef enum:
+    ROW_MAX_LEN = (1 << 21) - 1     # largest content kept in the arena
 
 
 # The key column, native uint16 x 9 per row, in two runs: rows [0, m) are the sorted run

@@ -430,6 +430,8 @@ cdef class ColumnStore:
         cdef Py_ssize_t need = self.arena_n + extra
         if need <= self.arena_cap:
             return 0
+        if need > ROW_MAX_OFF:
+            raise MemoryError("the content arena is full (1 TiB)")
         cdef Py_ssize_t cap = self.arena_cap * 2 if self.arena_cap else 4096
         while cap < need:
             cap *= 2
@@ -492,6 +494,9 @@ cdef class ColumnStore:
         cdef uint8_t kind, old
         cdef Py_buffer view
         cdef bint have_view = False
+        if packed and len(<bytes>content) > ROW_MAX_LEN:
+            content = self.unpackb(content)   # too large for the arena: kept decoded
+            packed = False
         t = type(content)
         if packed:
             kind = CK_PACKED
@@ -526,10 +531,8 @@ cdef class ColumnStore:
             kind = CK_OBJECT
         try:
             total = ln + 4 if kind == CK_ARRAY else ln
-            if total > 0xFFFFFFFF:
-                if kind == CK_PACKED:
-                    raise MemoryError("an encoded content over 4 GiB")
-                kind = CK_OBJECT
+            if total > ROW_MAX_LEN:
+                kind = CK_OBJECT   # large contents stay the objects they are
             old = CK_DEAD if fresh else r.kind
             oldlen = r.len if _in_arena(old) else 0
             if old == CK_OBJECT:
@@ -552,7 +555,7 @@ cdef class ColumnStore:
                 if old == CK_OBJECT:
                     self._free_obj(r.off)
                 r.off = off
-                r.len = <uint32_t>total
+                r.len = total
             else:
                 slot = self._alloc_obj(content) if kind == CK_OBJECT else 0
                 if old == CK_OBJECT:
@@ -725,6 +728,8 @@ cdef class ColumnStore:
             b = <const unsigned char*>PyBytes_AS_STRING(blob)
             ln = len(<bytes>blob)
             kind, hl = _plain_payload(b, ln)
+            if ln - hl > ROW_MAX_LEN:
+                kind = CK_PACKED   # _set_content keeps it decoded, as an object
             row = self.n
             self._reserve_rows(row + 1)
             r = &self.meta[row]
@@ -732,7 +737,7 @@ cdef class ColumnStore:
                 self._set_content(r, blob, True, True)
             else:
                 r.kind = kind
-                r.len = <uint32_t>(ln - hl)
+                r.len = ln - hl
                 r.off = 0
                 if r.len:
                     self._reserve_arena(r.len)
