@@ -30,6 +30,7 @@ __all__ = [
     "to_pattern",
     "to_delta",
     "is_pattern_text",
+    "delta_in_range",
 ]
 
 NAME_BASE = 0xF000
@@ -358,6 +359,25 @@ def to_delta(d: Any, names: NameTable | None = None, intern: bool = True) -> np.
     if isinstance(d, np.ndarray) and d.dtype == np.int32 and d.shape == (2, 9):
         return np.ascontiguousarray(d)
     raise InterfaceError(f"not a delta: {type(d).__name__} {d!r:.80}")
+
+
+def delta_in_range(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Which rows of ``base`` a delta keeps inside the coordinate space.
+
+    A row drops out when an add takes a numeric component outside 0..61439, or adds a
+    non-zero amount to a name component: exactly the rows :func:`apply_delta_any`
+    refuses.
+
+    :param base: (N, 9) uint16 coordinates.
+    :param delta: (2, 9) int32 delta.
+    :returns: (N,) bool mask.
+    """
+    adds = (delta[0] == 0) & (delta[1] != 0)
+    if not adds.any():
+        return np.ones(len(base), dtype=bool)
+    old = base[:, adds].astype(np.int64)
+    new = old + delta[1, adds].astype(np.int64)
+    return ((old <= MAX_NUMERIC) & (new >= 0) & (new <= MAX_NUMERIC)).all(axis=1)
 
 
 def apply_delta_any(base: np.ndarray, delta: np.ndarray):

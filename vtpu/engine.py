@@ -21,7 +21,7 @@ import numpy as np
 
 from vtpu import _core
 from vtpu._version import __version__
-from vtpu.coords import NameTable, Scroll, apply_delta_any
+from vtpu.coords import NameTable, Scroll, apply_delta_any, delta_in_range
 from vtpu.errors import CoordinateError, InterfaceError, VersionConflict
 from vtpu.index import CoordIndex
 
@@ -542,10 +542,13 @@ class Engine:
             base = _core.unpack_many(b"".join(frontier))
             nxt: dict[bytes, None] = {}
             for delta in deltas:
-                try:
-                    targets = apply_delta_any(base, np.ascontiguousarray(delta))
-                except CoordinateError:
-                    continue   # a relation leading out of the coordinate space has no edge
+                delta = np.ascontiguousarray(delta)
+                # A row the delta takes out of the coordinate space has no edge for this
+                # relation; the other rows go on.
+                keep = delta_in_range(base, delta)
+                if not keep.any():
+                    continue
+                targets = apply_delta_any(base if keep.all() else base[keep], delta)
                 if isinstance(targets, list):
                     edges = [s for p in targets for s in self.range(p, limit=max_frontier)]
                 else:
