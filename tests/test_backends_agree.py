@@ -63,3 +63,35 @@ def test_ckg_multi_hop_keeps_the_rows_still_in_range(store):
     assert _coords(store.ckg("1.5.0/0.0.0/0.0.0", rels, hops=1)) == fan
     got = store.ckg("1.5.0/0.0.0/0.0.0", rels, hops=2)
     assert _coords(got) == ["3.0.0/0.0.0/0.0.0", "3.1.0/0.0.0/0.0.0"]
+
+
+@pytest.mark.parametrize("form", ["key", "keys", "row", "rows", "text", "text_list", "mixed"])
+def test_ckg_follows_every_coordinate_form_of_an_edge(store, form):
+    t1, t2 = "2.2.2/2.2.2/2.2.2", "3.3.3/3.3.3/3.3.3"
+    k1, k2 = struct.pack(">9H", *[2] * 9), struct.pack(">9H", *[3] * 9)
+    content = {
+        "key": k1,
+        "keys": [k1, k2],
+        "row": np.array([2] * 9, dtype=np.uint16),
+        "rows": np.array([[2] * 9, [3] * 9], dtype=np.uint16),
+        "text": "  2.2.2/2.2.2/2.2.2\n",
+        "text_list": [t1, t2],
+        "mixed": [t1, k2],
+    }[form]
+    store.cput("1.1.1/1.1.1/1.1.2", content)
+    store.cput(t1, "target one")
+    store.cput(t2, "target two")
+    got = store.ckg("1.1.1/1.1.1/1.1.1", ["+0.0.0/0.0.0/0.0.1"])
+    want = [t1] if form in ("key", "row", "text") else [t1, t2]
+    assert _coords(got) == want
+
+
+@pytest.mark.parametrize("content", [
+    b"\x00" * 17, [1, 2, 3, 4, 5, 6, 7, 8, 9], np.arange(9, dtype=np.int64), "not a coordinate",
+    [], ["2.2.2/2.2.2/2.2.2", "nope"], np.zeros((0, 9), np.uint16), {"to": "2.2.2/2.2.2/2.2.2"},
+])
+def test_ckg_edge_that_is_no_coordinate_is_the_next_frontier(store, content):
+    store.cput("1.1.1/1.1.1/1.1.2", content)
+    store.cput("2.2.2/2.2.2/2.2.2", "not reached")
+    got = store.ckg("1.1.1/1.1.1/1.1.1", ["+0.0.0/0.0.0/0.0.1"])
+    assert _coords(got) == ["1.1.1/1.1.1/1.1.2"]

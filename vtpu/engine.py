@@ -85,19 +85,44 @@ def _vector(content: Any) -> np.ndarray | None:
     return None
 
 
-def _parse_targets(content: Any, names: NameTable) -> list[bytes] | None:
-    """Coordinates an edge's content points at (CKG), or None when it points nowhere."""
+def _edge_key(item: Any, names: NameTable) -> bytes | None:
+    """The key one coordinate-valued item stands for (CKG).
+
+    :returns: 18 bytes, or None when the item is not a coordinate (text that does not
+        parse, any other value).
+    """
+    if isinstance(item, str):
+        try:
+            return _core.pack(_core.parse_coord(item.strip(), names, False))
+        except CoordinateError:
+            return None
+    if isinstance(item, bytes):
+        return item if len(item) == 18 else None
+    if isinstance(item, np.ndarray) and item.dtype == np.uint16 and item.shape == (9,):
+        return _core.pack(item)
+    return None
+
+
+def _edge_targets(content: Any, names: NameTable) -> list[bytes] | None:
+    """Coordinates an edge's content points at (CKG), or None when it points nowhere.
+
+    A coordinate is text (surrounding whitespace ignored), an 18-byte key or a (9,)
+    uint16 array; a list of them or an (N, 9) uint16 array points at each. Anything
+    else (including an empty list) is no pointer: the edge itself is the target.
+    """
+    if isinstance(content, np.ndarray) and content.dtype == np.uint16 and \
+            content.ndim == 2 and content.shape[1] == 9:
+        blob = _core.pack_many(np.ascontiguousarray(content))
+        return [blob[i:i + 18] for i in range(0, len(blob), 18)] or None
     items = content if isinstance(content, list) else [content]
     if not items:
         return None
     out = []
     for item in items:
-        if not isinstance(item, str):
+        key = _edge_key(item, names)
+        if key is None:
             return None
-        try:
-            out.append(_core.pack(_core.parse_coord(item.strip(), names, False)))
-        except CoordinateError:
-            return None
+        out.append(key)
     return out
 
 
@@ -556,7 +581,8 @@ class Engine:
                     edges = [s for s in (m.get(blob[i:i + 18]) for i in range(0, len(blob), 18))
                              if s is not None]
                 for e in edges:
-                    for t in (_parse_targets(e.content, self.names) or [e.key]):
+                    found = _edge_targets(e.content, self.names)
+                    for t in (found if found is not None else [e.key]):
                         if t not in visited:
                             visited.add(t)
                             nxt[t] = None
