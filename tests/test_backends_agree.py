@@ -95,3 +95,110 @@ def test_ckg_edge_that_is_no_coordinate_is_the_next_frontier(store, content):
     store.cput("2.2.2/2.2.2/2.2.2", "not reached")
     got = store.ckg("1.1.1/1.1.1/1.1.1", ["+0.0.0/0.0.0/0.0.1"])
     assert _coords(got) == ["1.1.1/1.1.1/1.1.2"]
+
+
+# -- CATTEND --------------------------------------------------------------------------------
+
+def _keys8(store, prefix="300.1", n=3, d=8):
+    rng = np.random.default_rng(3)
+    K = rng.normal(size=(n, d))
+    store.cput_many([f"{prefix}.{i}/0.0.0/1.1.1" for i in range(n)], K)
+    return K
+
+
+def test_cattend_query_and_key_sizes_must_agree(store):
+    _keys8(store)
+    with pytest.raises(InterfaceError) as e:
+        store.cattend(query=np.ones(4), key_pattern="300.1.*/0.0.0/1.1.1")
+    assert "size 4" in str(e.value) and "size 8" in str(e.value)
+    assert "300.1.0/0.0.0/1.1.1" in str(e.value)
+    # the same through a stored query scroll: no switch to coordinate distance
+    store.cput("300.9.9/0.0.0/1.1.1", np.ones(4))
+    with pytest.raises(InterfaceError) as e:
+        store.cattend(query_coord="300.9.9/0.0.0/1.1.1", key_pattern="300.1.*/0.0.0/1.1.1")
+    assert "size 4" in str(e.value) and "size 8" in str(e.value)
+
+
+def test_cattend_keys_of_mixed_kinds_are_an_error_unless_distance_is_asked(store):
+    K = _keys8(store)
+    store.cput("300.1.9/0.0.0/1.1.1", "a text scroll")
+    store.cput("300.9.9/0.0.0/1.1.1", np.ones(8))
+    with pytest.raises(InterfaceError) as e:
+        store.cattend(query=np.ones(8), key_pattern="300.1.*/0.0.0/1.1.1")
+    assert "300.1.9/0.0.0/1.1.1" in str(e.value) and "mode='distance'" in str(e.value)
+    with pytest.raises(InterfaceError):
+        store.cattend(query_coord="300.9.9/0.0.0/1.1.1", key_pattern="300.1.*/0.0.0/1.1.1",
+                      mode="dot")
+    res = store.cattend(query_coord="300.9.9/0.0.0/1.1.1", key_pattern="300.1.*/0.0.0/1.1.1",
+                        mode="distance")
+    assert res.mode == "distance" and res.n == 4
+    q = np.array([300, 9, 9, 0, 0, 0, 1, 1, 1])
+    ks = [np.array([300, 1, i, 0, 0, 0, 1, 1, 1]) for i in (0, 1, 2, 9)]
+    scores = np.array([1 / (1 + np.abs(q - k).sum()) for k in ks])
+    assert [r["coordinate"] for r in res] == [f"300.1.{i}/0.0.0/1.1.1" for i in (9, 2, 1, 0)]
+    np.testing.assert_allclose(res.weights, (scores / scores.sum())[::-1], rtol=1e-12)
+    # explicit dot mode over the vectors alone works
+    res = store.cattend(query=np.ones(8), key_pattern="300.1.[0:3]/0.0.0/1.1.1", mode="dot")
+    s = K @ np.ones(8) / np.sqrt(8)
+    np.testing.assert_allclose(sorted(res.scores), sorted(s), rtol=1e-12)
+    # a vector query has no coordinate to measure distance from
+    with pytest.raises(InterfaceError):
+        store.cattend(query=np.ones(8), key_pattern="300.1.*/0.0.0/1.1.1", mode="distance")
+    with pytest.raises(InterfaceError):
+        store.cattend(query=np.ones(8), key_pattern="300.1.*/0.0.0/1.1.1", mode="cosine")
+
+
+def test_cattend_vector_query_scroll_over_text_keys_needs_distance_mode(store):
+    store.cput("5.5.1/0.0.0/1.1.1", "a")
+    store.cput("5.5.2/0.0.0/1.1.1", "b")
+    store.cput("5.5.9/0.0.0/1.1.1", np.ones(8))
+    with pytest.raises(InterfaceError):
+        store.cattend(query_coord="5.5.9/0.0.0/1.1.1", key_pattern="5.5.[1:3]/0.0.0/1.1.1")
+    store.cput("5.5.8/0.0.0/1.1.1", "text query")
+    res = store.cattend(query_coord="5.5.8/0.0.0/1.1.1", key_pattern="5.5.[1:3]/0.0.0/1.1.1")
+    assert res.mode == "distance" and [r["coordinate"] for r in res] == [
+        "5.5.2/0.0.0/1.1.1", "5.5.1/0.0.0/1.1.1"]
+    # a text query over vector keys is the same mix the other way round
+    with pytest.raises(InterfaceError):
+        store.cattend(query_coord="5.5.8/0.0.0/1.1.1", key_pattern="5.5.[8:10]/0.0.0/1.1.1")
+
+
+def test_cattend_empty_key_pattern_gives_an_empty_result_for_both_query_forms(store):
+    store.cput("300.9.9/0.0.0/1.1.1", np.ones(3))
+    for kw in ({"query": np.ones(3)}, {"query_coord": "300.9.9/0.0.0/1.1.1"}):
+        res = store.cattend(key_pattern="999.*.*/*.*.*/*.*.*", top_k=4, values="+1.0.0/0.0.0/0.0.0",
+                            **kw)
+        assert list(res) == [] and res.n == 0 and res.output is None and res.mode == "dot"
+
+
+def test_cattend_query_coord_with_nothing_stored_is_not_found(store):
+    _keys8(store)
+    with pytest.raises(NotFoundError) as e:
+        store.cattend(query_coord="888.1.1/0.0.0/1.1.1", key_pattern="300.1.*/0.0.0/1.1.1")
+    assert "888.1.1/0.0.0/1.1.1" in str(e.value)
+    # distance mode needs the coordinate only
+    res = store.cattend(query_coord="300.1.7/0.0.0/1.1.1", key_pattern="300.1.*/0.0.0/1.1.1",
+                        mode="distance", top_k=1)
+    assert [r["coordinate"] for r in res] == ["300.1.2/0.0.0/1.1.1"]
+
+
+def test_cattend_top_k_must_not_be_negative(store):
+    _keys8(store)
+    with pytest.raises(InterfaceError):
+        store.cattend(query=np.ones(8), key_pattern="300.1.*/0.0.0/1.1.1", top_k=-1)
+    assert len(store.cattend(query=np.ones(8), key_pattern="300.1.*/0.0.0/1.1.1", top_k=0)) == 0
+
+
+def test_cattend_value_sizes_must_agree(store):
+    _keys8(store, n=2)
+    store.cput("301.1.0/0.0.0/1.1.1", np.ones(5))
+    store.cput("301.1.1/0.0.0/1.1.1", np.ones(6))
+    with pytest.raises(InterfaceError) as e:
+        store.cattend(query=np.ones(8), key_pattern="300.1.*/0.0.0/1.1.1",
+                      values="+1.0.0/0.0.0/0.0.0")
+    assert "size 5" in str(e.value) and "size 6" in str(e.value)
+    store.cdel("301.1.1/0.0.0/1.1.1")
+    with pytest.raises(InterfaceError) as e:
+        store.cattend(query=np.ones(8), key_pattern="300.1.*/0.0.0/1.1.1",
+                      values="+1.0.0/0.0.0/0.0.0")
+    assert "301.1.1/0.0.0/1.1.1" in str(e.value)

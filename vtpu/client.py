@@ -405,18 +405,26 @@ class Client:
         raise InterfaceError("values must be a pattern or a delta")
 
     def cattend(self, query_coord=None, key_pattern=None, top_k: int | None = None,
-                values=None, query=None) -> AttentionResult:
+                values=None, query=None, mode: str = "auto") -> AttentionResult:
         """CATTEND: attention of a query over the scrolls matching ``key_pattern``.
 
         When scrolls hold vectors: scores q.k/sqrt(d), softmax weights over every matched
         key, the top-k records, and with ``values`` (a pattern aligned with the keys, or a
         delta from each key to its value) the weighted sum of value vectors in
-        ``result.output``. Text scrolls fall back to 1/(1 + L1 distance).
+        ``result.output``. Text scrolls fall back to 1/(1 + L1 distance) between
+        coordinates, weights score/sum.
 
         :param query_coord: coordinate of the scroll holding the query vector.
         :param query: the query vector itself (instead of ``query_coord``).
+        :param mode: ``"auto"``: dot-product scores when the query is a vector, the
+            distance fallback when the query scroll and every key scroll hold no vector,
+            an error for anything in between; ``"dot"`` or ``"distance"`` force one.
         :returns: :class:`AttentionResult` of :class:`AttentionRecord` (``r['coordinate']``,
-            ``r['score']``, ``r['weight']``, ``r['content']``).
+            ``r['score']``, ``r['weight']``, ``r['content']``); empty when nothing matches.
+        :raises NotFoundError: nothing is stored at ``query_coord`` (unless ``mode`` is
+            ``"distance"``, which needs the coordinate only).
+        :raises InterfaceError: the query and key sizes differ (both are named), or the
+            keys mix vectors and other contents.
         """
         if key_pattern is None:
             raise InterfaceError("cattend needs key_pattern")
@@ -428,7 +436,7 @@ class Client:
             raise InterfaceError("cattend needs query_coord or query")
         p = to_pattern(key_pattern, self.names)
         res = self._run("cattend", self._b.attend, q, p, top_k=top_k,
-                        values=self._values_arg(values))
+                        values=self._values_arg(values), mode=mode)
         coords = self._fmt(res["keys"])
         recs = [AttentionRecord(coordinate=c, score=float(s), weight=float(w), content=t)
                 for c, s, w, t in zip(coords, res["scores"], res["weights"], res["contents"])]

@@ -22,7 +22,7 @@ import numpy as np
 from vtpu import _core
 from vtpu._version import __version__
 from vtpu.coords import NameTable, Scroll, apply_delta_any, delta_in_range
-from vtpu.errors import CoordinateError, InterfaceError, VersionConflict
+from vtpu.errors import CoordinateError, InterfaceError, NotFoundError, VersionConflict
 from vtpu.index import CoordIndex
 
 __all__ = ["Engine", "check_content"]
@@ -83,6 +83,23 @@ def _vector(content: Any) -> np.ndarray | None:
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in content):
         return np.asarray(content, dtype=np.float64)
     return None
+
+
+def _kind(content: Any) -> str:
+    """What a content is, for messages ("a str", "an array of shape (2, 3) int64")."""
+    if isinstance(content, np.ndarray):
+        return f"an array of shape {content.shape} {content.dtype}"
+    name = type(content).__name__
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _count_arg(v: Any, what: str) -> int | None:
+    """None or a non-negative integer argument, else InterfaceError (as the server's ARG)."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise InterfaceError(f"{what} must be an integer >= 0, got {v!r}")
+    return int(v)
 
 
 def _edge_key(item: Any, names: NameTable) -> bytes | None:
@@ -376,17 +393,63 @@ class Engine:
 
     # -- compound instructions ------------------------------------------------------------
 
-    def _query_vector(self, q) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(vector, coordinate) of an attention query given as a key or a vector."""
+    def _query_vector(self, q, mode: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(vector, coordinate) of an attention query given as a key or a vector.
+
+        :returns: the query vector (None when the query scroll holds something else) and
+            the query coordinate (None for a vector query).
+        :raises NotFoundError: the key holds no scroll (``mode="distance"`` needs only
+            the coordinate, so there it may be empty).
+        """
         if isinstance(q, bytes):
+            if len(q) != 18:
+                raise InterfaceError(f"a query key is 18 bytes, got {len(q)}")
             s = self._map.get(q)
-            vec = _vector(s.content) if s is not None else None
+            if s is None and mode != "distance":
+                raise NotFoundError(f"no scroll at the query coordinate {self._fmt(q)}")
+            vec = None if s is None else _vector(s.content)
+            if vec is not None and vec.size == 0:
+                raise InterfaceError(f"the query scroll at {self._fmt(q)} holds an empty vector")
             return vec, _core.unpack(q)
         if isinstance(q, np.ndarray):
             if q.ndim != 1 or q.dtype.kind not in "biuf":
-                raise InterfaceError("a query vector must be a 1-d numeric array")
+                raise InterfaceError("a query vector must be a 1-d numeric array, got "
+                                     f"shape {q.shape} dtype {q.dtype}")
+            if q.size == 0:
+                raise InterfaceError("the query vector is empty")
             return q, None
         raise InterfaceError(f"query must be a key or a vector, got {type(q).__name__}")
+
+    def _vectors(self, scrolls: list, size: int | None, what: str, against: str = "",
+                 hint: str = "") -> np.ndarray:
+        """The contents of ``scrolls`` stacked as (n, size) vectors, dtype kept.
+
+        :param size: the size every vector must have (None: the first one's).
+        :param what: "query", "key" or "value", for messages.
+        :param against: what fixed the size ("the query vector"), for messages.
+        :param hint: appended to the message about a scroll holding no vector.
+        :raises InterfaceError: a scroll holds no 1-d numeric vector, or one of another
+            size; the message names its coordinate and both sizes.
+        """
+        vecs = []
+        for s in scrolls:
+            v = None if s is None else _vector(s.content)
+            if v is None:
+                held = "nothing" if s is None else _kind(s.content)
+                where = "" if s is None else f" at {self._fmt(s.key)}"
+                raise InterfaceError(
+                    f"the {what} scroll{where} holds {held}, not a vector"
+                    + (f" of size {size}" if size is not None else "") + hint)
+            if size is None:
+                size, against = v.shape[0], f"the {what} scroll at {self._fmt(s.key)}"
+            elif v.shape[0] != size:
+                raise InterfaceError(
+                    f"{against} has size {size} but the {what} scroll at {self._fmt(s.key)} "
+                    f"holds a vector of size {v.shape[0]}")
+            vecs.append(v)
+        if not vecs:
+            return np.empty((0, size or 0))
+        return np.stack(vecs)
 
     def _value_vectors(self, keys: np.ndarray, values, cast: bool = True) -> np.ndarray:
         if values.dtype == np.int32:           # a delta applied to every key
@@ -394,56 +457,83 @@ class Engine:
             if isinstance(vcoords, list):
                 raise InterfaceError("a values delta must not contain wildcards")
             scrolls = self.get_many(_core.pack_many(vcoords))
+            for i, s in enumerate(scrolls):
+                if s is None:
+                    raise InterfaceError(
+                        f"no value scroll at {self._fmt(_core.pack(vcoords[i]))} (the value "
+                        f"of the key at {self._fmt(_core.pack(keys[i]))})")
         else:                                   # a pattern aligned with the keys
             scrolls = self.range(values)
         if len(scrolls) != len(keys):
             raise InterfaceError(f"values give {len(scrolls)} scrolls for {len(keys)} keys")
-        vecs = []
-        for s in scrolls:
-            v = None if s is None else _vector(s.content)
-            if v is None:
-                raise InterfaceError("every value scroll must hold a 1-d numeric vector")
-            vecs.append(v)
-        if not vecs:
-            return np.empty((0, 0))
-        out = np.stack(vecs)
+        out = self._vectors(scrolls, None, "value")
         return out.astype(np.float64) if cast else out
 
     def attend(self, q, key_pattern: np.ndarray, top_k: int | None = None, values=None,
-               return_output: bool = True) -> dict:
+               return_output: bool = True, mode: str | None = "auto") -> dict:
         """CATTEND: attention of one query over the scrolls matching ``key_pattern``.
 
-        With vector contents: scores q.k/sqrt(d), softmax weights over all matched keys,
-        and (with ``values``) the weighted sum of value vectors. Otherwise the fallback
-        score 1/(1 + L1 distance) between coordinates, weights normalised to sum to 1.
+        Modes: ``"dot"`` scores q.k/sqrt(d) with softmax weights over all matched keys;
+        ``"distance"`` scores 1/(1 + L1 distance) between the query and key coordinates
+        with weights score/sum (the text fallback); ``"auto"`` is "dot" when the query is
+        a vector and "distance" when the query scroll and every key scroll hold no vector.
+        Anything else (a vector query over text keys, keys of mixed kinds or sizes) is an
+        error, never a silent switch. With ``values`` the output is the weighted sum of
+        the value vectors.
 
+        :param q: an 18-byte key of the scroll holding the query, or a 1-d vector.
+        :param top_k: return only the ``top_k`` best keys (the weights are over all).
+        :param values: None, a (2, 9) uint16 pattern aligned with the keys or a (2, 9)
+            int32 delta from each key to its value.
+        :param mode: "auto" (None), "dot" or "distance".
         :returns: dict with ``keys`` (top-k coordinates by score, ties by coordinate),
-            ``scores``, ``weights``, ``contents``, ``output`` (or None), ``n`` matched,
-            ``mode`` ("dot" or "distance").
+            ``scores``, ``weights``, ``contents``, ``output`` (None without ``values`` or
+            when no key matched), ``n`` matched, ``mode`` ("dot" or "distance").
+        :raises NotFoundError: the query key holds no scroll (modes "auto" and "dot").
+        :raises InterfaceError: sizes or kinds disagree (the message names both sizes),
+            or a bad argument.
         """
-        qvec, qcoord = self._query_vector(q)
+        mode = "auto" if mode is None else mode
+        if mode not in ("auto", "dot", "distance"):
+            raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
+        top_k = _count_arg(top_k, "top_k")
+        qvec, qcoord = self._query_vector(q, mode)
         scrolls = self.range(key_pattern)
         n = len(scrolls)
         keys = _core.unpack_many(b"".join(s.key for s in scrolls)) if n else \
             np.empty((0, 9), dtype=np.uint16)
-        kvecs = [_vector(s.content) for s in scrolls] if qvec is not None else []
-        output = None
-        if qvec is not None and n and all(v is not None and v.shape == qvec.shape for v in kvecs):
-            K = np.stack(kvecs).astype(np.float64)
-            scores = K @ qvec.astype(np.float64) / math.sqrt(qvec.shape[0])
-            w = np.exp(scores - scores.max())
-            weights = w / w.sum()
-            mode = "dot"
-            if values is not None and return_output:
-                V = self._value_vectors(keys, values)
-                output = weights @ V
+        if mode == "auto":
+            if qvec is None:
+                for s in scrolls:
+                    v = _vector(s.content)
+                    if v is not None:
+                        raise InterfaceError(
+                            f"the query scroll at {self._fmt(q)} holds "
+                            f"{_kind(self._map[q].content)}, not a vector, but the key scroll "
+                            f"at {self._fmt(s.key)} holds a vector of size {v.shape[0]}: "
+                            "store a query vector, or pass mode='distance'")
+            mode = "dot" if qvec is not None else "distance"
+        if mode == "dot":
+            if qvec is None:
+                raise InterfaceError(f"mode 'dot' needs a query vector; the query scroll at "
+                                     f"{self._fmt(q)} holds {_kind(self._map[q].content)}")
+            d = qvec.shape[0]
+            K = self._vectors(scrolls, d, "key", "the query vector",
+                              " (keys of mixed kinds: pass mode='distance' to score every key "
+                              "by coordinate distance)").astype(np.float64)
+            scores = K @ qvec.astype(np.float64) / math.sqrt(d)
+            w = np.exp(scores - scores.max()) if n else scores
+            weights = w / w.sum() if n else w
         else:
             if qcoord is None:
-                raise InterfaceError("a vector query needs key scrolls holding vectors of its size")
+                raise InterfaceError("mode 'distance' scores coordinates: give the query as a "
+                                     "coordinate (query_coord), not a vector")
             dist = _core.l1(qcoord, keys).astype(np.float64) if n else np.empty(0)
             scores = 1.0 / (1.0 + dist)
             weights = scores / scores.sum() if n else scores
-            mode = "distance"
+        output = None
+        if values is not None and return_output and n:
+            output = weights @ self._value_vectors(keys, values)
         order = np.lexsort(tuple(keys[:, j] for j in range(8, -1, -1)) + (-scores,)) if n else \
             np.empty(0, dtype=np.int64)
         if top_k is not None:

@@ -258,14 +258,18 @@ class ClientOps:
         return self._execute("HIER", [_as_key(c, "c"), d], _dec_coord, timeout)
 
     def attend(self, q: Any, key_pattern: Any, top_k: int | None = None, values: Any = None,
-               return_output: bool = True, *, timeout: float | None = None) -> dict:
+               return_output: bool = True, mode: str | None = "auto", *,
+               timeout: float | None = None) -> dict:
         """Attention of query ``q`` (a stored key or a vector) over matching scrolls.
 
+        :param mode: "auto", "dot" or "distance" (see :meth:`vtpu.engine.Engine.attend`).
         :returns: the dict described in CONTRACTS.md (``keys`` as an ``(m, 9)`` array).
         """
         if not isinstance(q, np.ndarray):
             q = _as_key(q, "q")
         args = [q, _as_pattern(key_pattern), top_k, _as_values(values), bool(return_output)]
+        if mode not in (None, "auto"):
+            args.append(mode)   # sent only when asked, so older servers keep working
         return self._execute("ATTEND", args, _dec_attend, timeout)
 
     def attend_many(self, queries: Any, key_patterns: Any, top_k: int | None = None,

@@ -289,16 +289,20 @@ class _Dispatcher:
         raise InterfaceError("values must be nil, a 36-byte pattern or a 72-byte delta")
 
     def attend(self, a: list) -> dict:
-        _nargs(a, 2, 5, "ATTEND")
+        _nargs(a, 2, 6, "ATTEND")
         q = a[0]
         if not (isinstance(q, np.ndarray) or (type(q) is bytes and len(q) == P.KEY_SIZE)):
-            raise InterfaceError("ATTEND query must be an ndarray or an 18-byte key")
+            raise InterfaceError("the query must be an ndarray or an 18-byte key")
         pat = _pattern(a[1], "key pattern")
         top_k = _int(_opt(a, 2), "top_k", 0, none_ok=True)
         values = self._values(_opt(a, 3))
         ret = _opt(a, 4, True)
         ret = True if ret is None else _bool(ret, "return_output")
-        r = self.engine.attend(q, pat, top_k=top_k, values=values, return_output=ret)
+        mode = _opt(a, 5)
+        if mode is not None and mode not in ("auto", "dot", "distance"):
+            raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
+        kw = {} if mode is None else {"mode": mode}
+        r = self.engine.attend(q, pat, top_k=top_k, values=values, return_output=ret, **kw)
         return _attend_out(r)
 
     def attend_many(self, a: list) -> dict:
