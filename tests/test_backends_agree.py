@@ -202,3 +202,52 @@ def test_cattend_value_sizes_must_agree(store):
         store.cattend(query=np.ones(8), key_pattern="300.1.*/0.0.0/1.1.1",
                       values="+1.0.0/0.0.0/0.0.0")
     assert "301.1.1/0.0.0/1.1.1" in str(e.value)
+
+
+def test_cattend_many_reads_only_the_scrolls_inside_its_windows(store):
+    rng = np.random.default_rng(4)
+    K1, K2 = rng.normal(size=(3, 8)), rng.normal(size=(3, 8))
+    store.cput_many([f"310.1.{i}/0.0.0/1.1.1" for i in range(3)], K1)
+    store.cput_many([f"311.3.{i}/0.0.0/1.1.1" for i in range(3)], K2)
+    # in the box spanning both windows, but in neither window
+    store.cput("310.2.0/0.0.0/1.1.1", "text")
+    store.cput("310.1.0/0.0.0/2.1.1", np.ones(3))
+    Q = rng.normal(size=(2, 8))
+    res = store.cattend_many(Q, ["310.1.*/0.0.0/1.1.1", "311.3.*/0.0.0/1.1.1"])
+    assert res["counts"].tolist() == [3, 3]
+    for q, K, out in zip(Q, (K1, K2), res["outputs"]):
+        s = K @ q / np.sqrt(8)
+        w = np.exp(s - s.max())
+        np.testing.assert_allclose(out, (w / w.sum()) @ K, rtol=1e-9)
+    # values by delta: only the windows' keys need a value scroll
+    store.cput_many([f"410.1.{i}/0.0.0/1.1.1" for i in range(3)], K1 * 2)
+    store.cput_many([f"411.3.{i}/0.0.0/1.1.1" for i in range(3)], K2 * 2)
+    res2 = store.cattend_many(Q, ["310.1.*/0.0.0/1.1.1", "311.3.*/0.0.0/1.1.1"],
+                              values="+100.0.0/0.0.0/0.0.0")
+    np.testing.assert_allclose(res2["outputs"], 2 * res["outputs"], rtol=1e-9)
+    # a scroll inside a window that holds no vector is still an error naming it
+    store.cput("311.3.5/0.0.0/1.1.1", "text in a window")
+    with pytest.raises(InterfaceError) as e:
+        store.cattend_many(Q, ["310.1.*/0.0.0/1.1.1", "311.3.*/0.0.0/1.1.1"])
+    assert "311.3.5/0.0.0/1.1.1" in str(e.value)
+    with pytest.raises(InterfaceError) as e:
+        store.cattend_many(np.ones((1, 4)), ["310.1.*/0.0.0/1.1.1"])
+    assert "size 4" in str(e.value) and "size 8" in str(e.value)
+
+
+def test_cattend_many_query_keys_must_hold_vectors(store):
+    _keys8(store)
+    store.cput("300.9.0/0.0.0/1.1.1", np.ones(8))
+    store.cput("300.9.1/0.0.0/1.1.1", "text")
+    store.cput("300.9.2/0.0.0/1.1.1", np.ones(4))
+    pats = ["300.1.*/0.0.0/1.1.1"] * 2
+    with pytest.raises(NotFoundError):
+        store.cattend_many(["300.9.0/0.0.0/1.1.1", "300.9.7/0.0.0/1.1.1"], pats)
+    with pytest.raises(InterfaceError) as e:
+        store.cattend_many(["300.9.0/0.0.0/1.1.1", "300.9.1/0.0.0/1.1.1"], pats)
+    assert "300.9.1/0.0.0/1.1.1" in str(e.value)
+    with pytest.raises(InterfaceError) as e:
+        store.cattend_many(["300.9.0/0.0.0/1.1.1", "300.9.2/0.0.0/1.1.1"], pats)
+    assert "size 8" in str(e.value) and "size 4" in str(e.value)
+    res = store.cattend_many(["300.9.0/0.0.0/1.1.1"], pats[:1])
+    assert res["counts"].tolist() == [3]

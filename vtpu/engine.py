@@ -102,6 +102,23 @@ def _count_arg(v: Any, what: str) -> int | None:
     return int(v)
 
 
+def _rows_in_windows(coords: np.ndarray, kp: np.ndarray, starts: np.ndarray,
+                     ends: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Which rows of sorted ``coords`` match at least one window pattern.
+
+    :param starts, ends, exact: :func:`vtpu._core.window_spans` of ``coords`` and ``kp``.
+    :returns: (N,) bool mask.
+    """
+    n = len(coords)
+    whole = exact & (ends > starts)
+    cover = np.bincount(starts[whole], minlength=n + 1) - np.bincount(ends[whole], minlength=n + 1)
+    inside = np.cumsum(cover[:n]) > 0
+    for i in np.flatnonzero(~exact):
+        a, b = int(starts[i]), int(ends[i])
+        inside[a:b] |= _core.match(coords[a:b], kp[i])
+    return inside
+
+
 def _edge_key(item: Any, names: NameTable) -> bytes | None:
     """The key one coordinate-valued item stands for (CKG).
 
@@ -546,6 +563,10 @@ class Engine:
                     values=None, return_weights: bool = False) -> dict:
         """Batched CATTEND: one attention output per query (windowed/sparse attention).
 
+        Query i attends over the scrolls matching its pattern (its window) with dot-product
+        scores and softmax weights; only scrolls inside some window are read, so anything
+        stored between windows may hold any content.
+
         :param queries: (Q, d) float array, or an N*18-byte blob of keys of query vectors.
         :param key_patterns: (Q, 2, 9) uint16 patterns, one per query.
         :param values: None (keys are also values) or a (2, 9) int32 delta mapping each key
@@ -554,13 +575,23 @@ class Engine:
         :param return_weights: include each query's weights (list of arrays, key order).
         :returns: dict ``outputs`` (Q, d_v) float64, ``counts`` (Q,) int64 keys per query,
             and ``weights`` when asked.
-        :raises InterfaceError: shapes disagree, or a key/value scroll holds no vector.
+        :raises NotFoundError: a query key holds no scroll.
+        :raises InterfaceError: shapes disagree (the message names both sizes), or a
+            query/key/value scroll holds no vector.
         """
+        m = self._map
+        top_k = _count_arg(top_k, "top_k")
         if isinstance(queries, (bytes, bytearray)):
-            qs = [self._map.get(bytes(queries[i:i + 18])) for i in range(0, len(queries), 18)]
-            if any(s is None or _vector(s.content) is None for s in qs):
-                raise InterfaceError("every query key must hold a vector")
-            Q = np.stack([_vector(s.content) for s in qs])
+            if len(queries) % 18:
+                raise InterfaceError(f"query keys need a multiple of 18 bytes, got {len(queries)}")
+            qs = []
+            for i in range(0, len(queries), 18):
+                s = m.get(bytes(queries[i:i + 18]))
+                if s is None:
+                    raise NotFoundError(f"no scroll at the query coordinate "
+                                        f"{self._fmt(bytes(queries[i:i + 18]))} (query {i // 18})")
+                qs.append(s)
+            Q = self._vectors(qs, None, "query")
         else:
             Q = np.asarray(queries)
         kp = np.asarray(key_patterns)
@@ -568,24 +599,32 @@ class Engine:
                 or kp.dtype != np.uint16:
             raise InterfaceError(f"need (Q, d) numeric queries and (Q, 2, 9) uint16 patterns, "
                                  f"got {Q.shape} {Q.dtype} and {kp.shape} {kp.dtype}")
+        if values is not None and values.dtype != np.int32:
+            raise InterfaceError("batched attention takes values as a delta from each key to "
+                                 "its value (a pattern cannot be aligned with many windows)")
         nq, d = Q.shape
         if nq == 0:
             return {"outputs": np.empty((0, d)), "counts": np.empty(0, dtype=np.int64)}
-        # One index query for the union box of all windows, then per-query spans of it.
+        if d == 0:
+            raise InterfaceError("the query vectors are empty (d = 0)")
+        kp = np.ascontiguousarray(kp)
+        # One index query for the union box of all windows, then per-query spans of it;
+        # rows of the box that are in no window are dropped before any content is read.
         union = np.stack([kp[:, 0].min(axis=0), kp[:, 1].max(axis=0)]).astype(np.uint16)
         ucoords = self._index.query(union)
+        starts, ends, exact = _core.window_spans(ucoords, kp)
+        inside = _rows_in_windows(ucoords, kp, starts, ends, exact)
+        if not inside.all():
+            ucoords = np.ascontiguousarray(ucoords[inside])
+            starts, ends, exact = _core.window_spans(ucoords, kp)
         blob = _core.pack_many(ucoords)
-        m = self._map
-        kv = [_vector(m[blob[i:i + 18]].content) for i in range(0, len(blob), 18)]
-        if any(v is None or v.shape != (d,) for v in kv):
-            raise InterfaceError(f"every key scroll must hold a vector of size {d}")
-        K = np.stack(kv) if kv else np.empty((0, d))
+        K = self._vectors([m[blob[i:i + 18]] for i in range(0, len(blob), 18)], d, "key",
+                          "each query vector")
         V = K if values is None else self._value_vectors(ucoords, values, cast=False)
         # float32 throughout when everything stored is float32 (as models keep it),
         # float64 otherwise.
         ft = np.float32 if Q.dtype == K.dtype == V.dtype == np.float32 else np.float64
         Q, K, V = Q.astype(ft, copy=False), K.astype(ft, copy=False), V.astype(ft, copy=False)
-        starts, ends, exact = _core.window_spans(ucoords, np.ascontiguousarray(kp))
         dv = V.shape[1] if V.ndim == 2 and len(V) else d
         outputs = np.zeros((nq, dv), dtype=ft)
         counts = np.zeros(nq, dtype=np.int64)
