@@ -448,9 +448,13 @@ class Engine:
         :raises InterfaceError: a scroll holds no 1-d numeric vector, or one of another
             size; the message names its coordinate and both sizes.
         """
-        vecs = []
-        for s in scrolls:
-            v = None if s is None else _vector(s.content)
+        vecs = [None if s is None else _vector(s.content) for s in scrolls]
+        if not vecs:
+            return np.empty((0, size or 0))
+        shapes = {None if v is None else v.shape for v in vecs}
+        if len(shapes) == 1 and None not in shapes and (size is None or shapes == {(size,)}):
+            return np.stack(vecs)
+        for s, v in zip(scrolls, vecs):   # name the first scroll that does not fit
             if v is None:
                 held = "nothing" if s is None else _kind(s.content)
                 where = "" if s is None else f" at {self._fmt(s.key)}"
@@ -463,10 +467,7 @@ class Engine:
                 raise InterfaceError(
                     f"{against} has size {size} but the {what} scroll at {self._fmt(s.key)} "
                     f"holds a vector of size {v.shape[0]}")
-            vecs.append(v)
-        if not vecs:
-            return np.empty((0, size or 0))
-        return np.stack(vecs)
+        raise AssertionError("unreachable: the shapes differ, so some scroll does not fit")
 
     def _value_vectors(self, keys: np.ndarray, values, cast: bool = True) -> np.ndarray:
         if values.dtype == np.int32:           # a delta applied to every key
