@@ -251,3 +251,30 @@ def test_cattend_many_query_keys_must_hold_vectors(store):
     assert "size 8" in str(e.value) and "size 4" in str(e.value)
     res = store.cattend_many(["300.9.0/0.0.0/1.1.1"], pats[:1])
     assert res["counts"].tolist() == [3]
+
+
+# -- names ----------------------------------------------------------------------------------
+
+def test_writes_refuse_name_ids_never_interned(store):
+    with pytest.raises(CoordinateError) as e:
+        store.cput(b"\xff" * 18, "x")
+    assert "0xFFFF" in str(e.value)
+    with pytest.raises(CoordinateError):
+        store.cput(np.array([0xFEEE] + [1] * 8, dtype=np.uint16), "x")
+    rows = np.ones((3, 9), dtype=np.uint16)
+    rows[2, 4] = 0xF000
+    with pytest.raises(CoordinateError) as e:
+        store.cput_many(rows, ["a", "b", "c"])
+    assert "row 2" in str(e.value)
+    assert store.ccount("*.*.*/*.*.*/*.*.*") == 0     # nothing of the refused batch stored
+    # ids the table gave out are fine
+    (ident,) = store.intern(["alpha"])
+    assert ident == 0xF000
+    assert store.cput_many(rows, ["a", "b", "c"]) == [1, 2, 1]
+    assert store.cput(np.array([ident] + [2] * 8, dtype=np.uint16), "y") == 1
+    with pytest.raises(CoordinateError):
+        store.cput(np.array([ident + 1] + [2] * 8, dtype=np.uint16), "y")
+    # what is stored can always be listed and formatted
+    assert store.crange("*.*.*/*.*.*/*.*.*", keys_only=True) == [
+        "1.1.1/1.1.1/1.1.1", "1.1.1/1.alpha.1/1.1.1", "alpha.2.2/2.2.2/2.2.2"]
+    assert [c for c, _ in store.cnearest("1.1.1/1.1.1/1.1.1", k=5)][0] == "1.1.1/1.1.1/1.1.1"

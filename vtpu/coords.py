@@ -149,6 +149,23 @@ class NameTable:
                     self._on_intern(first, fresh)
         return [self._ids.get(n) for n in names]
 
+    def check_ids(self, coords: np.ndarray) -> None:
+        """Refuse coordinates holding name ids this table never gave out.
+
+        :param coords: (9,) or (N, 9) uint16 coordinates.
+        :raises CoordinateError: a component is an id >= 0xF000 + len(table) (such a key
+            could never be formatted or matched by name); the message names the row.
+        """
+        top = NAME_BASE + len(self._names)
+        arr = np.asarray(coords).reshape(-1, 9)
+        bad = np.argwhere(arr >= top)
+        if len(bad):
+            i, j = (int(x) for x in bad[0])
+            row = f"row {i} " if arr.shape[0] > 1 else ""
+            raise CoordinateError(
+                f"{row}component {j + 1} holds name id 0x{int(arr[i, j]):04X}, which is not "
+                f"in the name table ({len(self._names)} names): intern the name first")
+
     def name_of(self, ident: int) -> str:
         """The name with id ``ident``.
 

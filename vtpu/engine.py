@@ -261,6 +261,19 @@ class Engine:
     def _count(self, op: str, n: int = 1) -> None:
         self._ops[op] = self._ops.get(op, 0) + n
 
+    def _check_names(self, blob: bytes) -> None:
+        """Refuse keys holding name ids never interned (COORD): nothing could format them.
+
+        :raises CoordinateError: naming the row and the id.
+        """
+        # Name ids are 0xF000 and up, so only a high byte >= 0xF0 needs the table.
+        if len(blob) == 18:
+            if max(blob[0::2]) < 0xF0:
+                return
+        elif not blob or np.frombuffer(blob, np.uint8)[0::2].max() < 0xF0:
+            return
+        self.names.check_ids(_core.unpack_many(blob))
+
     # -- point operations -----------------------------------------------------------------
 
     def get(self, key: bytes) -> Scroll | None:
@@ -293,6 +306,7 @@ class Engine:
         """
         if type(key) is not bytes or len(key) != 18:
             raise InterfaceError("a packed coordinate is 18 bytes")
+        self._check_names(key)
         content = check_content(content)
         old = self._map.get(key)
         if if_version is not None:
@@ -321,6 +335,7 @@ class Engine:
         """
         if type(blob) is not bytes:
             blob = bytes(blob)
+        self._check_names(blob)
         n = len(blob) // 18
         check = check_content
         if isinstance(contents, np.ndarray):

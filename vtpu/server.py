@@ -52,7 +52,6 @@ DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
-_NAME_BASE = 0xF000
 
 
 # ---------------------------------------------------------------------------------------
@@ -142,19 +141,6 @@ class _Dispatcher:
         self.raw_table: dict[str, Callable[[list], bytes | None]] = (
             {"GET_MANY": self.get_many_raw} if stock else {})
 
-    # -- names ---------------------------------------------------------------------------
-    def _check_names(self, arr: np.ndarray) -> None:
-        """Refuse keys naming ids that were never interned (they could not be formatted)."""
-        if arr.size and arr.max() >= _NAME_BASE:
-            n = len(self.engine.names)
-            bad = arr[(arr >= _NAME_BASE) & (arr >= _NAME_BASE + n)]
-            if bad.size:
-                from .errors import CoordinateError
-
-                raise CoordinateError(
-                    f"name id {int(bad[0]):#06x} is not in the name table ({n} names)"
-                )
-
     # -- single key ----------------------------------------------------------------------
     def get(self, a: list) -> Any:
         if len(a) != 1:
@@ -167,9 +153,6 @@ class _Dispatcher:
     def put(self, a: list) -> int:
         _nargs(a, 2, 3, "PUT")
         key = P.check_key(a[0])
-        # Name ids live in the top 4096 values; only then is the table consulted.
-        if max(key[0::2]) >= 0xF0:
-            self._check_names(P.unpack_coord(key))
         ifv = _int(_opt(a, 2), "if_version", 0, none_ok=True)
         return self._put(key, a[1], ifv) if ifv is not None else self._put(key, a[1])
 
@@ -211,7 +194,6 @@ class _Dispatcher:
                 raise InterfaceError(f"PUT_MANY: {len(contents)} contents for {n} keys")
         else:
             raise InterfaceError("PUT_MANY: contents must be an array or an ndarray")
-        self._check_names(P.unpack_coords(blob))
         versions = self.engine.put_many(blob, contents)
         if isinstance(versions, np.ndarray):
             versions = versions.tolist()
