@@ -278,3 +278,110 @@ def test_writes_refuse_name_ids_never_interned(store):
     assert store.crange("*.*.*/*.*.*/*.*.*", keys_only=True) == [
         "1.1.1/1.1.1/1.1.1", "1.1.1/1.alpha.1/1.1.1", "alpha.2.2/2.2.2/2.2.2"]
     assert [c for c, _ in store.cnearest("1.1.1/1.1.1/1.1.1", k=5)][0] == "1.1.1/1.1.1/1.1.1"
+
+
+def _names(store):
+    return list(store.backend.name_table())
+
+
+def _unknown_name_reads(store):
+    """Every read naming the never-interned name ``ghost``, with the answer it must give."""
+    g = "ghost.1.1/1.1.1/1.1.1"
+    return [
+        ("cget", lambda: store.cget(g), None),
+        ("cget_many", lambda: [None if s is None else s.content
+                               for s in store.cget_many(["1.1.1/1.1.1/1.1.1", g])], ["one", None]),
+        ("cget_many values", lambda: store.cget_many([g, "1.1.1/1.1.1/1.1.1"], content_only=True),
+         [None, "one"]),
+        ("crange", lambda: store.crange("ghost.*.*/*.*.*/*.*.*"), []),
+        ("crange keys", lambda: store.crange("*.*.*/ghost.*.*/*.*.*", keys_only=True), []),
+        ("crange count", lambda: store.crange("*.*.*/*.*.*/*.*.ghost", count=True), 0),
+        ("ccount", lambda: store.ccount("1.1.1/1.1.1/1.1.ghost"), 0),
+        ("crange_iter", lambda: list(store.crange_iter("ghost.*.*/*.*.*/*.*.*")), []),
+        ("cdel", lambda: store.cdel(g), 0),
+        ("cdel pattern", lambda: store.cdel("ghost.*.*/*.*.*/*.*.*"), 0),
+        ("cdel_many", lambda: store.cdel_many([g, "9.9.9/9.9.9/9.9.9"]), 0),
+        ("cnearest", lambda: store.cnearest(g, k=3), []),
+        ("cnearest within", lambda: store.cnearest("1.1.1/1.1.1/1.1.1", within="ghost.*.*/*.*.*/*.*.*"),
+         []),
+        ("chier down", lambda: store.chier("ghost.*.*/*.*.*/*.*.*", "DOWN"), []),
+        ("chier next", lambda: store.chier(g, "NEXT"), None),
+        ("chier up", lambda: store.chier(g, "UP"), "ghost.1.1/1.1.1/1.1.*"),
+        ("cdelta", lambda: store.cdelta("1.1.1/1.1.1/1.1.1", "=ghost.+0.+0/+0.+0.+0/+0.+0.+0"), g),
+        ("cattend keys", lambda: list(store.cattend(query=np.ones(2), key_pattern="ghost.*.*/*.*.*/*.*.*")),
+         []),
+        ("cattend_many window", lambda: store.cattend_many(
+            np.ones((1, 2)), ["ghost.*.*/*.*.*/*.*.*"])["counts"].tolist(), [0]),
+        ("ckg start", lambda: store.ckg(g, ["+0.0.0/0.0.0/0.0.1"]), []),
+        ("ckg delta", lambda: store.ckg("1.1.1/1.1.1/1.1.1", ["=ghost.+0.+0/+0.+0.+0/+0.+0.+0"]), []),
+        ("export", lambda: store.export_phext(pattern="ghost.*.*/*.*.*/*.*.*"), ""),
+    ]
+
+
+def test_reads_never_intern_names(store):
+    store.cput("1.1.1/1.1.1/1.1.1", "one")
+    for what, read, want in _unknown_name_reads(store):
+        assert read() == want, what
+        assert _names(store) == [], what
+    with pytest.raises(NotFoundError):
+        store.cattend(query_coord="ghost.1.1/1.1.1/1.1.1", key_pattern="1.*.*/*.*.*/*.*.*")
+    with pytest.raises(CoordinateError):
+        store.crange("*.*.*/*.*.*/*.*.*", after="ghost.1.1/1.1.1/1.1.1")
+    assert _names(store) == []
+    # a pipeline keeps its results in step with its calls
+    p = store.pipeline()
+    p.cget("ghost.1.1/1.1.1/1.1.1")
+    p.cget("1.1.1/1.1.1/1.1.1")
+    p.cdel("ghost.1.1/1.1.1/1.1.1")
+    p.cget_many(["ghost.1.1/1.1.1/1.1.1", "1.1.1/1.1.1/1.1.1"])
+    p.ccount("ghost.*.*/*.*.*/*.*.*")
+    res = p.execute()
+    assert res[0] is None and res[1].content == "one" and res[2] == 0
+    assert res[3][0] is None and res[3][1].content == "one" and res[4] == 0
+    assert _names(store) == []
+    # a name written once is known to every read afterwards
+    store.cput("ghost.1.1/1.1.1/1.1.1", "boo")
+    assert store.cget("ghost.1.1/1.1.1/1.1.1").content == "boo"
+    assert store.crange("ghost.*.*/*.*.*/*.*.*", keys_only=True) == ["ghost.1.1/1.1.1/1.1.1"]
+    assert _names(store) == ["ghost"]
+
+
+def test_reads_with_a_full_name_table_answer_no_match(store):
+    store.cput("1.1.1/1.1.1/1.1.1", "one")
+    store.intern([f"n{i}" for i in range(4096)])
+    assert len(_names(store)) == 4096
+    for what, read, want in _unknown_name_reads(store):
+        assert read() == want, what
+    with pytest.raises(LimitError):
+        store.cput("ghost.1.1/1.1.1/1.1.1", "a write does need an id")
+    assert len(_names(store)) == 4096
+
+
+@pytest.mark.integration
+def test_asyncio_client_reads_never_intern():
+    import asyncio
+
+    from vtpu.aio import AsyncRemoteEngine
+    from vtpu.testing import running_server
+
+    async def main(port):
+        async with AsyncRemoteEngine(port=port) as a:
+            assert await a.key("ghost.1.1/1.1.1/1.1.1", intern=False) is None
+            assert await a.count(await a.pattern("ghost.*.*/*.*.*/*.*.*")) == 0
+            assert await a.name_table() == []
+            # another client interns names: the cache learns them on a read, uninterned
+            other = vtpu.connect(f"vtpu://127.0.0.1:{port}")
+            other.cput("zero.1.1/1.1.1/1.1.1", "z")
+            other.cput("ghost.1.1/1.1.1/1.1.1", "boo")
+            other.close()
+            key = await a.key("ghost.1.1/1.1.1/1.1.1", intern=False)
+            assert (await a.get(key)).content == "boo"
+            assert await a.count(await a.pattern("ghost.*.*/*.*.*/*.*.*")) == 1
+            assert await a.name_table() == ["zero", "ghost"]
+            # writes still intern
+            k = await a.key("fresh.1.1/1.1.1/1.1.1")
+            assert await a.put(k, "f") == 1
+            assert await a.name_table() == ["zero", "ghost", "fresh"]
+
+    with running_server() as (_, port):
+        asyncio.run(main(port))

@@ -13,7 +13,10 @@ retried once after a connection failure.
 
 Name ids: the client loads the server's name table when it connects and learns names
 returned by :meth:`intern`. Parse coordinate text with names through
-``await engine.key("a.b.c/...")`` / ``await engine.pattern(...)``, which intern first.
+``await engine.key("a.b.c/...")`` (which interns first: for writes),
+``await engine.key(text, intern=False)`` and ``await engine.pattern(...)`` (which never
+intern: for reads; a name the server never interned gives None / a pattern matching
+nothing).
 
 Use one AsyncRemoteEngine per event loop; it is not thread-safe.
 """
@@ -161,26 +164,42 @@ class AsyncRemoteEngine(ClientOps):
         if isinstance(names, list):
             self.names.extend_from(names)
 
-    async def key(self, text: str) -> bytes:
-        """Parse coordinate text (interning its names on the server) into an 18-byte key."""
-        from . import _core
+    async def key(self, text: str, intern: bool = True) -> bytes | None:
+        """Parse coordinate text into an 18-byte key.
 
-        await self._intern_text_names(text)
-        return _core.pack(_core.parse_coord(text, self.names, False))
+        :param intern: intern its names on the server first (for writes); with False
+            nothing is interned (for reads).
+        :returns: the key; None (only with ``intern=False``) when the text names a name
+            the server never interned, so that nothing can be stored there.
+        """
+        from . import _core
+        from .coords import read_key
+
+        await self._learn_text_names(text, intern)
+        if intern:
+            return _core.pack(_core.parse_coord(text, self.names, False))
+        return read_key(text, self.names)
 
     async def pattern(self, text: str) -> Any:
-        """Parse pattern text (interning its names on the server) into a (2, 9) array."""
-        from . import _core
+        """Parse pattern text into a (2, 9) array, interning nothing (patterns are read).
 
-        await self._intern_text_names(text)
-        return _core.parse_pattern(text, self.names, False)
+        :returns: the bounds; a pattern matching nothing when the text names a name the
+            server never interned.
+        """
+        from .coords import read_pattern
 
-    async def _intern_text_names(self, text: str) -> None:
+        await self._learn_text_names(text, False)
+        return read_pattern(text, self.names)
+
+    async def _learn_text_names(self, text: str, intern: bool) -> None:
         import re
 
         names = [n for n in re.findall(r"[A-Za-z_][A-Za-z0-9_-]*", text) if n not in self.names]
-        if names:
-            await self.intern(names)
+        if not names:
+            return
+        ids = await self.intern(names, intern)
+        if any(i is not None and n not in self.names for n, i in zip(names, ids)):
+            await self.name_table()   # ids beyond the cached ones: load the whole table
 
     # -- connection ----------------------------------------------------------------------
     async def connect(self) -> "AsyncRemoteEngine":

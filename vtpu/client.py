@@ -23,17 +23,22 @@ import numpy as np
 
 from vtpu import _core
 from vtpu.coords import (
+    NOTHING,
     NameTable,
     Scroll,
     apply_delta_any,
     is_pattern_text,
+    read_delta,
+    read_key,
+    read_keys,
+    read_pattern,
     to_coords,
     to_delta,
     to_key,
     to_keys_blob,
     to_pattern,
 )
-from vtpu.errors import CoordinateError, InterfaceError
+from vtpu.errors import CoordinateError, InterfaceError, NotFoundError
 
 __all__ = ["Client", "ClientPipeline", "vTPU", "connect", "AttentionRecord", "AttentionResult"]
 
@@ -86,6 +91,13 @@ class Client:
     18-byte keys, 9-int sequences or uint16 arrays; batched ``*_many`` methods take lists
     or ``(N, 9)`` arrays and make one call.
 
+    Names: writes (cput, cput_many) and the hashes (croute, cmoe) intern the names they
+    use. Reads never do: a name the store never interned is in no stored coordinate, so a
+    read naming it matches nothing (cget -> None, crange -> [], ccount -> 0, cdel -> 0,
+    cnearest -> [], ckg -> [], CATTEND keys -> empty; a CATTEND query there ->
+    NotFoundError) and the durable 4096-name table does not grow. CDELTA and CHIER UP on
+    text are pure text computations and need no ids.
+
     Errors: malformed input raises :class:`~vtpu.errors.CoordinateError` or
     :class:`~vtpu.errors.InterfaceError` (both ``ValueError``) before anything is sent;
     server-side failures raise :class:`~vtpu.errors.ServerError` subclasses; transport
@@ -136,6 +148,24 @@ class Client:
     def _key(self, c) -> bytes:
         return to_key(c, self.names)
 
+    def _read_key(self, c) -> bytes | None:
+        return read_key(c, self.names)
+
+    def _nothing(self, op: str, value):
+        """The answer of a read naming a never-interned name; the store is not asked
+        (counted as a call, like the others)."""
+        return self._run(op, lambda: value)
+
+    def _refuse(self, op: str, exc: BaseException):
+        """Raise ``exc`` for a call refused before reaching the store (counted as one)."""
+        def refuse():
+            raise exc
+        return self._run(op, refuse)
+
+    def _then(self, result, finish):
+        """``finish(result)``: a pipeline applies it when it has the result."""
+        return finish(result)
+
     def _fmt(self, arr: np.ndarray) -> list[str]:
         return _core.format_coords(np.ascontiguousarray(arr), self.names)
 
@@ -169,8 +199,11 @@ class Client:
         if type(coord) is bytes and len(coord) == 18:
             key = coord
         else:
-            # A (9,) uint16 row is packed in C; anything else (text...) by to_key.
-            key = _core.key_of(coord) or self._key(coord)
+            # A (9,) uint16 row is packed in C; anything else (text...) by read_key.
+            key = _core.key_of(coord) or self._read_key(coord)
+            if key is None:   # names a name the store never interned: nothing there
+                self._reads += 1
+                return None
         try:
             s = self._b.get(key)
         except BaseException:
@@ -191,10 +224,12 @@ class Client:
         :returns: a list of N Scrolls / None, or of N contents with ``content_only``.
         :raises CoordinateError: a malformed coordinate.
         """
-        blob = to_keys_blob(coords, self.names)
+        blob, known = read_keys(coords, self.names)
         if content_only:
-            return self._run("cget_many", self._b.get_many, blob, content_only=True)
-        return self._run("cget_many", self._b.get_many, blob)
+            res = self._run("cget_many", self._b.get_many, blob, content_only=True)
+        else:
+            res = self._run("cget_many", self._b.get_many, blob)
+        return res if known is None else self._then(res, lambda r: _spread(r, known))
 
     def cput(self, coord, content: Any, if_version: int | None = None) -> int:
         """CPUT: write a scroll and return its new version.
@@ -239,12 +274,15 @@ class Client:
         :returns: how many scrolls were deleted.
         """
         if isinstance(target, str) and is_pattern_text(target):
-            return self._run("cdel", self._b.delete_range, to_pattern(target, self.names))
-        return self._run("cdel", self._b.delete, self._key(target))
+            return self._run("cdel", self._b.delete_range, read_pattern(target, self.names))
+        key = self._read_key(target)
+        if key is None:
+            return self._nothing("cdel", 0)
+        return self._run("cdel", self._b.delete, key)
 
     def cdel_many(self, coords) -> int:
         """Batched CDEL of many coordinates; returns how many existed."""
-        return self._run("cdel_many", self._b.delete_many, to_keys_blob(coords, self.names))
+        return self._run("cdel_many", self._b.delete_many, read_keys(coords, self.names)[0])
 
     # -- CRANGE -------------------------------------------------------------------------
 
@@ -259,10 +297,13 @@ class Client:
         :param after: exclusive start coordinate (the last one of the previous page).
         :returns: list of Scroll, list of str / (M, 9) array, or int.
         """
-        p = to_pattern(pattern, self.names)
+        p = read_pattern(pattern, self.names)
         if count:
             return self._run("crange", self._b.count, p)
-        akey = None if after is None else self._key(after)
+        akey = None if after is None else self._read_key(after)
+        if after is not None and akey is None:
+            raise CoordinateError(f"after={after!r} names a name the store never interned, "
+                                  "so it is no position in the store")
         res = self._run("crange", self._b.range, p, limit, akey, keys_only)
         if keys_only and not as_array:
             return self._fmt(res)
@@ -270,7 +311,7 @@ class Client:
 
     def crange_iter(self, pattern, page_size: int = 10000) -> Iterator[Scroll]:
         """Stream every scroll matching a pattern, fetched in pages of ``page_size``."""
-        p = to_pattern(pattern, self.names)
+        p = read_pattern(pattern, self.names)
         after = None
         while True:
             page = self._run("crange", self._b.range, p, page_size, after, False)
@@ -281,7 +322,7 @@ class Client:
 
     def ccount(self, pattern) -> int:
         """How many scrolls match a pattern."""
-        return self._run("ccount", self._b.count, to_pattern(pattern, self.names))
+        return self._run("ccount", self._b.count, read_pattern(pattern, self.names))
 
     # -- CDELTA (pure) --------------------------------------------------------------------
 
@@ -296,6 +337,9 @@ class Client:
         :raises CoordinateError: a result leaves 0..61439 (never clamped).
         """
         names = self.names
+        if isinstance(delta, str) and (isinstance(base, str) or (
+                isinstance(base, (list, tuple)) and all(isinstance(b, str) for b in base))):
+            names = NameTable()   # text in, text out: names need no ids of the store
         d = to_delta(delta, names)
         if isinstance(base, str):
             if is_pattern_text(base):
@@ -310,7 +354,7 @@ class Client:
             return res if not isinstance(res, list) else np.stack(res)
         if isinstance(res, list):
             return [_core.format_pattern(p, names) for p in res]
-        return self._fmt(res)
+        return _core.format_coords(np.ascontiguousarray(res), names)
 
     # -- CNEAREST / CHIER -----------------------------------------------------------------
 
@@ -326,9 +370,14 @@ class Client:
         """
         if metric not in ("l1", "hamming"):
             raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
-        c = _core.unpack(self._key(coord))
-        w = None if within is None else to_pattern(within, self.names)
-        coords, dists = self._run("cnearest", self._b.nearest, c, int(k), metric, w)
+        key = self._read_key(coord)
+        w = None if within is None else read_pattern(within, self.names)
+        if key is None:   # a coordinate no stored one can be near: it names no known name
+            coords, dists = self._nothing("cnearest", (np.empty((0, 9), np.uint16),
+                                                       np.empty(0, np.int64)))
+        else:
+            coords, dists = self._run("cnearest", self._b.nearest, _core.unpack(key), int(k),
+                                      metric, w)
         if as_array:
             return coords, dists
         return list(zip(self._fmt(coords), (int(x) for x in dists)))
@@ -344,6 +393,8 @@ class Client:
         d = str(direction).upper()
         names = self.names
         if d == "UP":
+            if isinstance(coord, str):
+                names = NameTable()   # text in, text out: names need no ids of the store
             p = to_pattern(coord, names).copy()
             concrete = np.flatnonzero(p[0] == p[1])
             if len(concrete):
@@ -351,11 +402,13 @@ class Client:
                 p[0, j], p[1, j] = 0, 0xFFFF
             return _core.format_pattern(p, names)
         if d == "DOWN":
-            p = to_pattern(coord, names)
+            p = read_pattern(coord, names)
             return self._fmt(self._run("chier", self._b.range, p, None, None, True))
         if d in ("NEXT", "PREV"):
-            c = _core.unpack(self._key(coord))
-            res = self._run("chier", self._b.hier, c, d)
+            key = self._read_key(coord)
+            if key is None:   # names a name the store never interned: no position in it
+                return self._nothing("chier", None)
+            res = self._run("chier", self._b.hier, _core.unpack(key), d)
             return None if res is None else _core.format_coord(res, names)
         raise InterfaceError(f"direction must be UP, DOWN, NEXT or PREV, got {direction!r}")
 
@@ -398,7 +451,13 @@ class Client:
             return None
         names = self.names
         if isinstance(values, str):
-            return to_delta(values, names) if _is_delta_text(values) else to_pattern(values, names)
+            if not _is_delta_text(values):
+                return read_pattern(values, names)
+            d = read_delta(values, names)
+            if d is None:
+                raise InterfaceError(f"values {values!r} sets a name the store never interned: "
+                                     "no value scroll can be there")
+            return d
         if isinstance(values, np.ndarray) and values.shape == (2, 9) and values.dtype in (
                 np.int32, np.uint16):
             return np.ascontiguousarray(values)
@@ -431,10 +490,14 @@ class Client:
         if query is not None:
             q = np.asarray(query)
         elif query_coord is not None:
-            q = self._key(query_coord)
+            q = self._read_key(query_coord)
+            if q is None:
+                return self._refuse("cattend", NotFoundError(
+                    f"no scroll at the query coordinate {query_coord!r}: it names a name the "
+                    "store never interned"))
         else:
             raise InterfaceError("cattend needs query_coord or query")
-        p = to_pattern(key_pattern, self.names)
+        p = read_pattern(key_pattern, self.names)
         res = self._run("cattend", self._b.attend, q, p, top_k=top_k,
                         values=self._values_arg(values), mode=mode)
         coords = self._fmt(res["keys"])
@@ -454,13 +517,21 @@ class Client:
         if isinstance(queries, np.ndarray) and queries.dtype.kind == "f":
             q = queries
         else:
-            q = to_keys_blob(queries, names)
+            q, known = read_keys(queries, names)
+            if known is not None:
+                i = int(np.flatnonzero(~known)[0])
+                return self._refuse("cattend_many", NotFoundError(
+                    f"no scroll at query coordinate {i} ({list(queries)[i]!r}): it names a "
+                    "name the store never interned"))
         if isinstance(key_patterns, np.ndarray):
             kp = np.ascontiguousarray(key_patterns, dtype=np.uint16)
         else:
-            kp = np.stack([to_pattern(p, names) for p in key_patterns]) if len(key_patterns) \
+            kp = np.stack([read_pattern(p, names) for p in key_patterns]) if len(key_patterns) \
                 else np.empty((0, 2, 9), dtype=np.uint16)
-        v = None if values is None else to_delta(values, names)
+        v = None if values is None else read_delta(values, names)
+        if values is not None and v is None:
+            raise InterfaceError(f"values {values!r} sets a name the store never interned: "
+                                 "no value scroll can be there")
         return self._run("cattend_many", self._b.attend_many, q, kp, values=v,
                          return_weights=return_weights)
 
@@ -482,9 +553,10 @@ class Client:
         if isinstance(relation_deltas, (str, np.ndarray)) and not (
                 isinstance(relation_deltas, np.ndarray) and relation_deltas.ndim == 3):
             relation_deltas = [relation_deltas]
-        ds = np.stack([to_delta(d, names) for d in relation_deltas]) if len(relation_deltas) \
-            else np.empty((0, 2, 9), dtype=np.int32)
-        start = to_pattern(start_coord, names)
+        # A relation setting a name the store never interned leads to no stored scroll.
+        ds = [d for d in (read_delta(d, names) for d in relation_deltas) if d is not None]
+        ds = np.stack(ds) if ds else np.empty((0, 2, 9), dtype=np.int32)
+        start = read_pattern(start_coord, names)
         return self._run("ckg", self._b.kg, start, ds, int(hops), int(max_frontier))
 
     # -- names, admin ---------------------------------------------------------------------
@@ -529,7 +601,7 @@ class Client:
         :returns: the document text.
         :raises PhextError: a scroll a phext file cannot hold (unless ``skip_invalid``).
         """
-        p = None if pattern is None else to_pattern(pattern, self.names)
+        p = None if pattern is None else read_pattern(pattern, self.names)
         text = self._run("export_phext", self._b.export_phext, p, skip_invalid)
         if path is not None:
             with open(path, "w", encoding="utf-8", newline="") as f:
@@ -558,6 +630,9 @@ class _LocalPipeline:
         self._queue: list = []
         self.raise_on_error = raise_on_error
         self.results: list | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue)
 
     def __getattr__(self, name: str):
         method = getattr(self._engine, name)
@@ -594,6 +669,7 @@ class ClientPipeline(Client):
         super().__init__(pipe, url)
         self._names = names
         self.results: list | None = None
+        self._finish: dict[int, Any] = {}   # queue position -> function of its result
 
     @property
     def names(self) -> NameTable:
@@ -607,14 +683,27 @@ class ClientPipeline(Client):
         fn(*args, **kw)
         return None
 
+    def _nothing(self, op: str, value):
+        # Keep the results in step with the calls: queue a call that reads nothing and
+        # answer it with ``value``.
+        self._b.count(NOTHING)
+        self._finish[len(self._b) - 1] = lambda r: value
+
+    def _then(self, result, finish):
+        self._finish[len(self._b) - 1] = finish
+
     def cget(self, coord) -> None:
         """Queue a CGET; its result (Scroll or None) comes with :meth:`execute`."""
         # Queued by the thousand: no timing or counters here, and a (9,) uint16 row is
         # packed in C.
         if type(coord) is bytes and len(coord) == 18:
             self._b.get(coord)
+            return
+        key = _core.key_of(coord) or read_key(coord, self._names)
+        if key is None:
+            self._nothing("cget", None)
         else:
-            self._b.get(_core.key_of(coord) or to_key(coord, self._names))
+            self._b.get(key)
 
     def crange(self, pattern, limit=None, keys_only=False, count=False, after=None,
                as_array=False):
@@ -628,8 +717,13 @@ class ClientPipeline(Client):
 
     def execute(self) -> list:
         """Send / run every queued call; returns the results in order."""
-        self.results = self._b.execute()
-        return self.results
+        finish, self._finish = self._finish, {}
+        results = self._b.execute()
+        for i, fn in finish.items():
+            if not isinstance(results[i], BaseException):
+                results[i] = fn(results[i])
+        self.results = results
+        return results
 
     def __enter__(self) -> "ClientPipeline":
         return self
@@ -637,6 +731,14 @@ class ClientPipeline(Client):
     def __exit__(self, exc_type, *rest) -> None:
         if exc_type is None:
             self.execute()
+
+
+def _spread(found: list, known: np.ndarray) -> list:
+    """Results for the known inputs put back in place, None for the others."""
+    out: list = [None] * len(known)
+    for i, r in zip(np.flatnonzero(known), found):
+        out[i] = r
+    return out
 
 
 def _read_phext_source(source) -> str:

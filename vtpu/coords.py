@@ -30,6 +30,11 @@ __all__ = [
     "to_pattern",
     "to_delta",
     "is_pattern_text",
+    "NOTHING",
+    "read_key",
+    "read_keys",
+    "read_pattern",
+    "read_delta",
     "delta_in_range",
 ]
 
@@ -37,6 +42,38 @@ NAME_BASE = 0xF000
 MAX_NAMES = 0x1000
 MAX_NUMERIC = 0xEFFF
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
+
+
+class UnknownName(LookupError):
+    """A read named a name the store never interned: it can match nothing.
+
+    Raised by :class:`_ReadNames` while parsing and caught by the ``read_*`` conversions,
+    which turn it into "no match". Not a CoordinateError on purpose: the core's batch
+    parsers re-raise those with the item's index, and this must pass through unchanged.
+    """
+
+    def __init__(self, name: str):
+        super().__init__(f"{name!r} is not a name of this store (never interned)")
+        self.name = name
+
+
+class _ReadNames:
+    """A name table as reads see it: lookups never intern, unknown names raise.
+
+    The core's parsers call ``lookup(name, intern)``; this view ignores ``intern``.
+    """
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: "NameTable"):
+        self.table = table
+
+    def lookup(self, name: str, intern: bool = False) -> int:
+        """The id of a known name. :raises UnknownName: the store never interned it."""
+        ident = self.table.lookup(name, False)
+        if ident is None:
+            raise UnknownName(name)
+        return ident
 
 
 class NameTable:
@@ -66,6 +103,8 @@ class NameTable:
         self._resolver = resolver
         self._on_intern = on_intern
         self._lock = threading.Lock()
+        #: the read-only view for parsing read arguments (see :func:`read_key`)
+        self.reader = _ReadNames(self)
         self.extend(list(names))
 
     @property
@@ -376,6 +415,74 @@ def to_delta(d: Any, names: NameTable | None = None, intern: bool = True) -> np.
     if isinstance(d, np.ndarray) and d.dtype == np.int32 and d.shape == (2, 9):
         return np.ascontiguousarray(d)
     raise InterfaceError(f"not a delta: {type(d).__name__} {d!r:.80}")
+
+
+# Reads never intern: a name the store never interned is in no stored coordinate, so a
+# read naming it has a known answer ("no match") and must not grow the durable,
+# 4096-entry table (nor fail with LimitError once it is full).
+
+#: A pattern that matches nothing (lo > hi in the first component).
+NOTHING = np.array([[0xFFFF] + [0] * 8, [0] + [0xFFFF] * 8], dtype=np.uint16)
+NOTHING.flags.writeable = False
+
+
+def _reader(names: NameTable | None):
+    return None if names is None else names.reader
+
+
+def read_key(c: Any, names: NameTable | None) -> bytes | None:
+    """A coordinate argument of a read as an 18-byte key, without interning.
+
+    :returns: the key, or None when the coordinate names a name the store never
+        interned (nothing can be stored there).
+    :raises CoordinateError: malformed text; :raises InterfaceError: not a coordinate.
+    """
+    try:
+        return to_key(c, _reader(names), False)
+    except UnknownName:
+        return None
+
+
+def read_keys(cs: Any, names: NameTable | None) -> tuple[bytes, np.ndarray | None]:
+    """Many coordinates of a read as one blob, without interning.
+
+    :returns: ``(blob, known)``: the keys of the coordinates that can exist, and None
+        when that is all of them, else a boolean mask over the inputs saying which ones
+        the blob holds (the others name never-interned names).
+    """
+    reader = _reader(names)
+    try:
+        return to_keys_blob(cs, reader, False), None
+    except UnknownName:
+        pass
+    # Only text can name a name, so ``cs`` is a sequence here: sort it out one by one.
+    keys = [read_key(c, names) for c in cs]
+    known = np.array([k is not None for k in keys], dtype=bool)
+    return b"".join(k for k in keys if k is not None), known
+
+
+def read_pattern(p: Any, names: NameTable | None) -> np.ndarray:
+    """A pattern argument of a read as (2, 9) bounds, without interning.
+
+    :returns: the bounds, or :data:`NOTHING` when a component names a name the store
+        never interned (every component must match, so nothing can).
+    """
+    try:
+        return to_pattern(p, _reader(names), False)
+    except UnknownName:
+        return NOTHING
+
+
+def read_delta(d: Any, names: NameTable | None) -> np.ndarray | None:
+    """A delta argument of a read as (2, 9) int32, without interning.
+
+    :returns: the delta, or None when it sets a component to a name the store never
+        interned (every coordinate it leads to is empty).
+    """
+    try:
+        return to_delta(d, _reader(names), False)
+    except UnknownName:
+        return None
 
 
 def delta_in_range(base: np.ndarray, delta: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from vtpu import _core
 from vtpu._version import __version__
-from vtpu.coords import NameTable, Scroll, apply_delta_any, delta_in_range
+from vtpu.coords import NameTable, Scroll, UnknownName, apply_delta_any, delta_in_range
 from vtpu.errors import CoordinateError, InterfaceError, NotFoundError, VersionConflict
 from vtpu.index import CoordIndex
 
@@ -122,12 +122,15 @@ def _rows_in_windows(coords: np.ndarray, kp: np.ndarray, starts: np.ndarray,
 def _edge_key(item: Any, names: NameTable) -> bytes | None:
     """The key one coordinate-valued item stands for (CKG).
 
-    :returns: 18 bytes, or None when the item is not a coordinate (text that does not
-        parse, any other value).
+    :returns: 18 bytes; ``b""`` for coordinate text naming a name the store never
+        interned (a coordinate where nothing can be stored); None when the item is not
+        a coordinate (text that does not parse, any other value).
     """
     if isinstance(item, str):
         try:
-            return _core.pack(_core.parse_coord(item.strip(), names, False))
+            return _core.pack(_core.parse_coord(item.strip(), names.reader, False))
+        except UnknownName:
+            return b""
         except CoordinateError:
             return None
     if isinstance(item, bytes):
@@ -143,6 +146,7 @@ def _edge_targets(content: Any, names: NameTable) -> list[bytes] | None:
     A coordinate is text (surrounding whitespace ignored), an 18-byte key or a (9,)
     uint16 array; a list of them or an (N, 9) uint16 array points at each. Anything
     else (including an empty list) is no pointer: the edge itself is the target.
+    Coordinates naming never-interned names hold nothing and are left out.
     """
     if isinstance(content, np.ndarray) and content.dtype == np.uint16 and \
             content.ndim == 2 and content.shape[1] == 9:
@@ -156,7 +160,8 @@ def _edge_targets(content: Any, names: NameTable) -> list[bytes] | None:
         key = _edge_key(item, names)
         if key is None:
             return None
-        out.append(key)
+        if key:
+            out.append(key)
     return out
 
 

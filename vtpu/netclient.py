@@ -295,10 +295,15 @@ class ClientOps:
         return self._execute("KG", args, self._dec.scrolls, timeout)
 
     # -- names and admin -----------------------------------------------------------------
-    def intern(self, names: list, *, timeout: float | None = None) -> list:
-        """Intern names on the server; returns their ids (0xF000 + index)."""
+    def intern(self, names: list, intern: bool = True, *, timeout: float | None = None) -> list:
+        """Intern names on the server; returns their ids (0xF000 + index).
+
+        :param intern: False only looks the names up: unknown ones answer None and
+            nothing is added (what a read needs).
+        """
         names = list(names)
-        return self._execute("INTERN", [names], self._dec.interned(names), timeout)
+        args = [names] if intern else [names, False]
+        return self._execute("INTERN", args, self._dec.interned(names), timeout)
 
     def name_table(self, *, timeout: float | None = None) -> list:
         """The server's whole name table (index i = id 0xF000 + i)."""
