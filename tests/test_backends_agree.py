@@ -385,3 +385,37 @@ def test_asyncio_client_reads_never_intern():
 
     with running_server() as (_, port):
         asyncio.run(main(port))
+
+
+# -- same input, same error ------------------------------------------------------------------
+
+_C = "1.1.1/1.1.1/1.1.1"
+_ALL = "*.*.*/*.*.*/*.*.*"
+_REL = ["+0.0.0/0.0.0/0.0.1"]
+_BAD_ARGUMENTS = {
+    "if_version -1": lambda s: s.cput("5.5.5/5.5.5/5.5.5", "x", if_version=-1),
+    "if_version True": lambda s: s.cput("5.5.5/5.5.5/5.5.5", "x", if_version=True),
+    "if_version 1.0": lambda s: s.cput("5.5.5/5.5.5/5.5.5", "x", if_version=1.0),
+    "if_version '0'": lambda s: s.cput("5.5.5/5.5.5/5.5.5", "x", if_version="0"),
+    "limit -1": lambda s: s.crange(_ALL, limit=-1),
+    "limit 1.5": lambda s: s.crange(_ALL, limit=1.5),
+    "k -1": lambda s: s.cnearest(_C, k=-1),
+    "k 2**40": lambda s: s.cnearest(_C, k=2 ** 40),
+    "hops -1": lambda s: s.ckg(_C, _REL, hops=-1),
+    "hops 2**21": lambda s: s.ckg(_C, _REL, hops=2 ** 21),
+    "max_frontier 0": lambda s: s.ckg(_C, _REL, max_frontier=0),
+    "max_frontier 2**40": lambda s: s.ckg(_C, _REL, max_frontier=2 ** 40),
+    "top_k -1": lambda s: s.cattend(query=np.ones(4), key_pattern=_ALL, top_k=-1),
+    "top_k 1.5": lambda s: s.cattend(query=np.ones(4), key_pattern=_ALL, top_k=1.5),
+    "top_k True": lambda s: s.cattend(query=np.ones(4), key_pattern=_ALL, top_k=True),
+    "empty query": lambda s: s.cattend(query=np.ones(0), key_pattern=_ALL),
+    "2-d query": lambda s: s.cattend(query=np.ones((2, 4)), key_pattern=_ALL),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_ARGUMENTS))
+def test_bad_arguments_are_interface_errors_on_every_backend(store, case):
+    store.cput(_C, np.ones(4))
+    with pytest.raises(InterfaceError):
+        _BAD_ARGUMENTS[case](store)
+    assert store.ccount(_ALL) == 1 and store.cget("5.5.5/5.5.5/5.5.5") is None

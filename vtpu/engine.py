@@ -28,6 +28,10 @@ from vtpu.index import CoordIndex
 __all__ = ["Engine", "check_content"]
 
 _FULL = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
+#: Bounds of CNEAREST's k and CKG's hops / max_frontier (the wire accepts no more).
+MAX_K = 1 << 31
+MAX_HOPS = 1 << 20
+MAX_FRONTIER = 1 << 31
 _SCALARS = (str, bytes, int, float, bool, type(None))
 
 
@@ -93,12 +97,15 @@ def _kind(content: Any) -> str:
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 
-def _count_arg(v: Any, what: str) -> int | None:
-    """None or a non-negative integer argument, else InterfaceError (as the server's ARG)."""
+def _count_arg(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int | None:
+    """None or an integer in lo..hi, else InterfaceError: the server's ARG check, so every
+    backend refuses the same arguments the same way."""
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-        raise InterfaceError(f"{what} must be an integer >= 0, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or \
+            (hi is not None and v > hi):
+        span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise InterfaceError(f"{what} must be an integer {span}, got {v!r}")
     return int(v)
 
 
@@ -311,6 +318,7 @@ class Engine:
         """
         if type(key) is not bytes or len(key) != 18:
             raise InterfaceError("a packed coordinate is 18 bytes")
+        if_version = _count_arg(if_version, "if_version")
         self._check_names(key)
         content = check_content(content)
         old = self._map.get(key)
@@ -398,8 +406,7 @@ class Engine:
         :param after: exclusive start key (the last key of the previous page).
         :param keys_only: return an (M, 9) uint16 array of coordinates instead of scrolls.
         """
-        if limit is not None and limit < 0:
-            raise InterfaceError(f"limit must be >= 0, got {limit}")
+        limit = _count_arg(limit, "limit")
         coords = self._index.query(pattern, None if after is None else _core.unpack(after),
                                    limit)
         if keys_only:
@@ -418,8 +425,7 @@ class Engine:
         :returns: ((m, 9) uint16 coordinates, (m,) int64 distances), nearest first, ties
             by coordinate order.
         """
-        if k < 0:
-            raise InterfaceError(f"k must be >= 0, got {k}")
+        k = _count_arg(k, "k", 0, MAX_K)
         return self._index.nearest(c, k, metric, within)
 
     def hier(self, c: np.ndarray, direction: str):
@@ -703,8 +709,8 @@ class Engine:
         deltas = np.asarray(deltas)
         if deltas.ndim != 3 or deltas.shape[1:] != (2, 9) or deltas.dtype != np.int32:
             raise InterfaceError(f"deltas must be an (R, 2, 9) int32 array, got {deltas.shape}")
-        if hops < 0 or max_frontier < 1:
-            raise InterfaceError("hops must be >= 0 and max_frontier >= 1")
+        hops = _count_arg(hops, "hops", 0, MAX_HOPS)
+        max_frontier = _count_arg(max_frontier, "max_frontier", 1, MAX_FRONTIER)
         if (start[0] == start[1]).all():
             frontier = [_core.pack(start[0])]
         else:

@@ -36,6 +36,7 @@ from . import _core
 from . import protocol as P
 from ._version import __version__
 from .coords import Scroll
+from .engine import MAX_FRONTIER, MAX_HOPS, MAX_K
 from .errors import (
     InterfaceError,
     LimitError,
@@ -243,7 +244,7 @@ class _Dispatcher:
     def nearest(self, a: list) -> list:
         _nargs(a, 1, 4, "NEAREST")
         c = _coord(a[0])
-        k = _int(_opt(a, 1, 10), "k", 0, 1 << 31)
+        k = _int(_opt(a, 1, 10), "k", 0, MAX_K)
         metric = _opt(a, 2, "l1")
         if metric not in ("l1", "hamming"):
             raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
@@ -308,8 +309,8 @@ class _Dispatcher:
         _nargs(a, 2, 4, "KG")
         start = _pattern(a[0], "start")
         deltas = P.unpack_deltas(P.check_blob(a[1], P.DELTA_SIZE, "deltas"))
-        hops = _int(_opt(a, 2, 1), "hops", 0, 1 << 20)
-        mf = _int(_opt(a, 3, 10000), "max_frontier", 1, 1 << 31)
+        hops = _int(_opt(a, 2, 1), "hops", 0, MAX_HOPS)
+        mf = _int(_opt(a, 3, 10000), "max_frontier", 1, MAX_FRONTIER)
         return P.scrolls_to_wire(self.engine.kg(start, deltas, hops, max_frontier=mf))
 
     def intern(self, a: list) -> list:
