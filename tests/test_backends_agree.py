@@ -419,3 +419,31 @@ def test_bad_arguments_are_interface_errors_on_every_backend(store, case):
     with pytest.raises(InterfaceError):
         _BAD_ARGUMENTS[case](store)
     assert store.ccount(_ALL) == 1 and store.cget("5.5.5/5.5.5/5.5.5") is None
+
+
+# -- error messages ---------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_server_error_messages_name_the_opcode_once():
+    from vtpu.netclient import RemoteEngine
+    from vtpu.testing import running_server
+
+    keys2 = b"".join(struct.pack(">9H", *[1] * 8, i) for i in (1, 2))
+    with running_server() as (host, port):
+        eng = RemoteEngine(host, port)
+        calls = {
+            "PUT_MANY": lambda t: t.put_many(keys2, np.ones((3, 4))),
+            "HIER": lambda t: t.hier(np.ones(9, np.uint16), "SIDEWAYS"),
+            "PUT": lambda t: t.put(b"\xff" * 18, "x"),
+            "NEAREST": lambda t: t.nearest(np.ones(9, np.uint16), k=-1),
+        }
+        for op, call in calls.items():
+            with pytest.raises(vtpu.VTPUError) as e:
+                call(eng)
+            assert str(e.value).startswith(f"{op}: ") and f"{op}: {op}" not in str(e.value), op
+            for batch in (False, True):    # a pipeline reports it the same way
+                p = eng.pipeline(batch=batch, raise_on_error=False)
+                call(p)
+                (err,) = p.execute()
+                assert type(err) is type(e.value) and str(err) == str(e.value), (op, batch)
+        eng.close()

@@ -399,7 +399,7 @@ class AsyncPipeline(ClientOps):
                     except Exception as exc:
                         value = exc
                 else:
-                    value = E.error_from_code(value[0], f"{op}: {value[1]}")
+                    value = E.error_from_code(value[0], value[1])  # the server names the op
             if isinstance(value, BaseException) and first is None:
                 first = value
             results.append(value)

@@ -1046,7 +1046,7 @@ class Pipeline(ClientOps):
                     value = exc
                     first_error = first_error or exc
             else:
-                value = E.error_from_code(value[0], f"{op}: {value[1]}")
+                value = E.error_from_code(value[0], value[1])  # the server names the op
                 first_error = first_error or value
             results[i] = value
         self.results = results

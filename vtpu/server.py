@@ -60,10 +60,11 @@ FRAMES_PER_SLICE = 128
 # touched, so a malformed request cannot change data.
 
 
-def _nargs(args: list, lo: int, hi: int, op: str) -> None:
+def _nargs(args: list, lo: int, hi: int) -> None:
+    # Messages never name the opcode: every error reply is prefixed with it once.
     if not lo <= len(args) <= hi:
         want = str(lo) if lo == hi else f"{lo}..{hi}"
-        raise InterfaceError(f"{op} takes {want} arguments, got {len(args)}")
+        raise InterfaceError(f"takes {want} arguments, got {len(args)}")
 
 
 def _opt(args: list, i: int, default: Any = None) -> Any:
@@ -122,9 +123,9 @@ class _Dispatcher:
             "ATTEND_MANY": self.attend_many,
             "KG": self.kg,
             "INTERN": self.intern,
-            "NAMES": lambda a: (_nargs(a, 0, 0, "NAMES"), list(e.name_table()))[1],
-            "HEALTH": lambda a: (_nargs(a, 0, 0, "HEALTH"), e.health())[1],
-            "STATS": lambda a: (_nargs(a, 0, 0, "STATS"), e.stats())[1],
+            "NAMES": lambda a: (_nargs(a, 0, 0), list(e.name_table()))[1],
+            "HEALTH": lambda a: (_nargs(a, 0, 0), e.health())[1],
+            "STATS": lambda a: (_nargs(a, 0, 0), e.stats())[1],
             "IMPORT_PHEXT": self.import_phext,
             "EXPORT_PHEXT": self.export_phext,
         }
@@ -145,25 +146,25 @@ class _Dispatcher:
     # -- single key ----------------------------------------------------------------------
     def get(self, a: list) -> Any:
         if len(a) != 1:
-            _nargs(a, 1, 1, "GET")
+            _nargs(a, 1, 1)
         s = self._get(P.check_key(a[0]))
         if s is None:
             return None
         return [s.key, s.content, s.version, s.created_at, s.updated_at]
 
     def put(self, a: list) -> int:
-        _nargs(a, 2, 3, "PUT")
+        _nargs(a, 2, 3)
         key = P.check_key(a[0])
         ifv = _int(_opt(a, 2), "if_version", 0, none_ok=True)
         return self._put(key, a[1], ifv) if ifv is not None else self._put(key, a[1])
 
     def delete(self, a: list) -> int:
-        _nargs(a, 1, 1, "DEL")
+        _nargs(a, 1, 1)
         return self.engine.delete(P.check_key(a[0]))
 
     # -- many keys -----------------------------------------------------------------------
     def get_many(self, a: list) -> list:
-        _nargs(a, 1, 2, "GET_MANY")
+        _nargs(a, 1, 2)
         blob = P.check_blob(a[0])
         if _bool(_opt(a, 1), "content_only"):
             # Values only: one array of N contents (nil where nothing is stored).
@@ -174,43 +175,43 @@ class _Dispatcher:
         """GET_MANY encoded in one compiled loop: the msgpack bytes of the column-wise
         result (or, with ``content_only``, of the array of contents), or None when the
         generic encoder must do it (stacked ndarray contents)."""
-        _nargs(a, 1, 2, "GET_MANY")
+        _nargs(a, 1, 2)
         blob = P.check_blob(a[0])
         if _bool(_opt(a, 1), "content_only"):
             return _core.scroll_contents_msgpack(self.map, blob, P.packb, Scroll)
         return _core.scroll_columns_msgpack(self.map, blob, P.packb, Scroll)
 
     def put_many(self, a: list) -> list:
-        _nargs(a, 2, 2, "PUT_MANY")
+        _nargs(a, 2, 2)
         blob = P.check_blob(a[0])
         n = len(blob) // P.KEY_SIZE
         contents = a[1]
         if isinstance(contents, np.ndarray):
             if contents.ndim < 1 or contents.shape[0] != n:
                 raise InterfaceError(
-                    f"PUT_MANY: content array has {contents.shape[:1]} rows for {n} keys"
+                    f"a content array of shape {contents.shape} for {n} keys (row i is content i)"
                 )
         elif type(contents) is list:
             if len(contents) != n:
-                raise InterfaceError(f"PUT_MANY: {len(contents)} contents for {n} keys")
+                raise InterfaceError(f"{len(contents)} contents for {n} keys")
         else:
-            raise InterfaceError("PUT_MANY: contents must be an array or an ndarray")
+            raise InterfaceError("contents must be an array or an ndarray")
         versions = self.engine.put_many(blob, contents)
         if isinstance(versions, np.ndarray):
             versions = versions.tolist()
         return versions
 
     def delete_many(self, a: list) -> int:
-        _nargs(a, 1, 1, "DEL_MANY")
+        _nargs(a, 1, 1)
         return self.engine.delete_many(P.check_blob(a[0]))
 
     def delete_range(self, a: list) -> int:
-        _nargs(a, 1, 1, "DEL_RANGE")
+        _nargs(a, 1, 1)
         return self.engine.delete_range(_pattern(a[0]))
 
     # -- queries -------------------------------------------------------------------------
     def range(self, a: list) -> list:
-        _nargs(a, 1, 4, "RANGE")
+        _nargs(a, 1, 4)
         pat = _pattern(a[0])
         limit = _int(_opt(a, 1), "limit", 0, none_ok=True)
         after = _opt(a, 2)
@@ -238,11 +239,11 @@ class _Dispatcher:
         return [P.scrolls_to_wire(res), nxt]
 
     def count(self, a: list) -> int:
-        _nargs(a, 1, 1, "COUNT")
+        _nargs(a, 1, 1)
         return int(self.engine.count(_pattern(a[0])))
 
     def nearest(self, a: list) -> list:
-        _nargs(a, 1, 4, "NEAREST")
+        _nargs(a, 1, 4)
         c = _coord(a[0])
         k = _int(_opt(a, 1, 10), "k", 0, MAX_K)
         metric = _opt(a, 2, "l1")
@@ -254,11 +255,11 @@ class _Dispatcher:
         return [P.pack_coords(np.asarray(coords).reshape(-1, 9)), np.asarray(dist, dtype=np.int64)]
 
     def hier(self, a: list) -> Any:
-        _nargs(a, 2, 2, "HIER")
+        _nargs(a, 2, 2)
         c = _coord(a[0])
         d = a[1]
         if d not in ("NEXT", "PREV"):
-            raise InterfaceError(f"HIER direction must be 'NEXT' or 'PREV', got {d!r}")
+            raise InterfaceError(f"direction must be 'NEXT' or 'PREV', got {d!r}")
         r = self.engine.hier(c, d)
         return None if r is None else P.pack_coord(r)
 
@@ -272,7 +273,7 @@ class _Dispatcher:
         raise InterfaceError("values must be nil, a 36-byte pattern or a 72-byte delta")
 
     def attend(self, a: list) -> dict:
-        _nargs(a, 2, 6, "ATTEND")
+        _nargs(a, 2, 6)
         q = a[0]
         if not (isinstance(q, np.ndarray) or (type(q) is bytes and len(q) == P.KEY_SIZE)):
             raise InterfaceError("the query must be an ndarray or an 18-byte key")
@@ -289,7 +290,7 @@ class _Dispatcher:
         return _attend_out(r)
 
     def attend_many(self, a: list) -> dict:
-        _nargs(a, 2, 5, "ATTEND_MANY")
+        _nargs(a, 2, 5)
         q = a[0]
         if not isinstance(q, np.ndarray):
             q = P.check_blob(q, P.KEY_SIZE, "queries")
@@ -306,7 +307,7 @@ class _Dispatcher:
         return _attend_out(self.engine.attend_many(q, pats, **kw))
 
     def kg(self, a: list) -> list:
-        _nargs(a, 2, 4, "KG")
+        _nargs(a, 2, 4)
         start = _pattern(a[0], "start")
         deltas = P.unpack_deltas(P.check_blob(a[1], P.DELTA_SIZE, "deltas"))
         hops = _int(_opt(a, 2, 1), "hops", 0, MAX_HOPS)
@@ -314,10 +315,10 @@ class _Dispatcher:
         return P.scrolls_to_wire(self.engine.kg(start, deltas, hops, max_frontier=mf))
 
     def intern(self, a: list) -> list:
-        _nargs(a, 1, 2, "INTERN")
+        _nargs(a, 1, 2)
         names = a[0]
         if type(names) is not list or not all(type(n) is str for n in names):
-            raise InterfaceError("INTERN takes an array of strings")
+            raise InterfaceError("names must be an array of strings")
         flag = _opt(a, 1)
         if flag is not None and not _bool(flag, "intern"):
             # Look-up only: unknown names answer nil and nothing is added.
@@ -326,13 +327,13 @@ class _Dispatcher:
         return [int(i) for i in self.engine.intern(names)]
 
     def import_phext(self, a: list) -> int:
-        _nargs(a, 1, 2, "IMPORT_PHEXT")
+        _nargs(a, 1, 2)
         if type(a[0]) is not str:
-            raise InterfaceError("IMPORT_PHEXT text must be a string")
+            raise InterfaceError("the text must be a string")
         return self.engine.import_phext(a[0], skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
 
     def export_phext(self, a: list) -> str:
-        _nargs(a, 0, 2, "EXPORT_PHEXT")
+        _nargs(a, 0, 2)
         pat = _opt(a, 0)
         pat = None if pat is None else _pattern(pat)
         return self.engine.export_phext(pat, skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
@@ -654,10 +655,10 @@ class _Server:
             self.loop.call_soon(self.flush)
 
     def batch(self, args: list) -> list:
-        _nargs(args, 1, 1, "BATCH")
+        _nargs(args, 1, 1)
         ops = args[0]
         if type(ops) is not list:
-            raise InterfaceError("BATCH takes one array of [opcode, args] pairs")
+            raise InterfaceError("takes one array of [opcode, args] pairs")
         if len(ops) > self.max_batch:
             raise LimitError(f"{len(ops)} operations exceed max_batch {self.max_batch}", "LIMIT")
         results = []
@@ -684,7 +685,8 @@ class _Server:
             except Exception as exc:
                 if not isinstance(exc, (VTPUError, ValueError, TypeError, KeyError)):
                     log.exception("internal error in BATCH %s", op)
-                results.append([P.STATUS_ERROR, P.error_pair(exc)])
+                code, msg = P.error_pair(exc)
+                results.append([P.STATUS_ERROR, [code, f"{op}: {msg}"]])   # as error_frame
         return results
 
     def hello(self, conn: _Connection, msgid: int, args: list) -> bytes:
