@@ -447,3 +447,18 @@ def test_server_error_messages_name_the_opcode_once():
                 (err,) = p.execute()
                 assert type(err) is type(e.value) and str(err) == str(e.value), (op, batch)
         eng.close()
+
+
+@pytest.mark.parametrize("text", [" 1.2.3/4.5.6/7.8.9", "1.2.3/4.5.6/7.8.9  ", "1.2.3 / 4.5.6 ; 7.8.9"])
+def test_text_accepts_spaces_at_the_ends_and_around_slashes(text):
+    c = vtpu.connect("mem://")
+    c.cput(text, "x")
+    assert c.crange(_ALL, keys_only=True) == ["1.2.3/4.5.6/7.8.9"]
+    assert c.cget(text).content == "x"
+
+
+@pytest.mark.parametrize("text", ["\t1.2.3/4.5.6/7.8.9", "1.2.3/4.5.6/7.8.9\n", "1.2.3/4. 5.6/7.8.9",
+                                  "1.2.3/4 .5.6/7.8.9", "1.2.3/4.5.6/7.8.9 1"])
+def test_text_refuses_other_whitespace(text):
+    with pytest.raises(CoordinateError):
+        vtpu.connect("mem://").cget(text)
