@@ -462,3 +462,34 @@ def test_text_accepts_spaces_at_the_ends_and_around_slashes(text):
 def test_text_refuses_other_whitespace(text):
     with pytest.raises(CoordinateError):
         vtpu.connect("mem://").cget(text)
+
+
+@pytest.mark.parametrize("text, char, pos", [
+    ("1.2.3/4.5.6/7.8.\u0661", "\u0661", 16), ("1.2.\uff13/4.5.6/7.8.9", "\uff13", 4),
+    ("1.2.3/4.5.6/7.8\u00b2", "\u00b2", 15), ("\u00e9.2.3/4.5.6/7.8.9", "\u00e9", 0),
+    ("\u00e9\u00e9.2.3/4.5.6/7.8.9\u00e9", "\u00e9", 0), ("1.\u00e9.3/4.5.6/7.8.9", "\u00e9", 2),
+])
+def test_non_ascii_errors_quote_the_character_and_its_position(store, text, char, pos):
+    with pytest.raises(CoordinateError) as e:
+        store.cget(text)
+    msg = str(e.value)
+    assert f"character {char!r} at position {pos}" in msg and "\ufffd" not in msg
+    with pytest.raises(CoordinateError) as e:   # a lone surrogate is no character at all
+        store.cget("1.2.3/4.5.6/\ud800.8.9")
+    assert "position 12" in str(e.value)
+
+
+def test_a_space_inside_a_group_is_named_as_a_space(store):
+    for text, comp, pos in [("1.2.3/4. 5.6/7.8.9", 5, 8), ("1.2.3/4 .5.6/7.8.9", 4, 7)]:
+        with pytest.raises(CoordinateError) as e:
+            store.cget(text)
+        assert f"component {comp} " in str(e.value) and f"holds a space at position {pos}" in \
+            str(e.value) and "empty" not in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["1" * 10000, "1.2.3/4.5.6/7.8.9" + "x" * 10000,
+                                  "\u00e9" * 10000, "*.*.*/*.*.*/*.*.[1:" + "9" * 10000])
+def test_errors_quote_at_most_about_80_characters(store, text):
+    with pytest.raises(CoordinateError) as e:
+        store.crange(text)
+    assert len(str(e.value)) < 300
