@@ -493,3 +493,13 @@ def test_errors_quote_at_most_about_80_characters(store, text):
     with pytest.raises(CoordinateError) as e:
         store.crange(text)
     assert len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: s.cget_many(None), lambda s: s.cdel_many(5), lambda s: s.cput_many(None, []),
+    lambda s: s.ckg(_C, None), lambda s: s.cattend_many(np.ones((1, 4)), None),
+    lambda s: s.cattend_many(np.ones((1, 4)), 7),
+])
+def test_arguments_of_the_wrong_type_are_interface_errors(store, call):
+    with pytest.raises(InterfaceError):
+        call(store)

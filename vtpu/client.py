@@ -525,6 +525,9 @@ class Client:
                     "name the store never interned"))
         if isinstance(key_patterns, np.ndarray):
             kp = np.ascontiguousarray(key_patterns, dtype=np.uint16)
+        elif not isinstance(key_patterns, (list, tuple)):
+            raise InterfaceError(f"key_patterns must be a list of patterns or a (Q, 2, 9) array, "
+                                 f"got {type(key_patterns).__name__}")
         else:
             kp = np.stack([read_pattern(p, names) for p in key_patterns]) if len(key_patterns) \
                 else np.empty((0, 2, 9), dtype=np.uint16)
@@ -553,6 +556,9 @@ class Client:
         if isinstance(relation_deltas, (str, np.ndarray)) and not (
                 isinstance(relation_deltas, np.ndarray) and relation_deltas.ndim == 3):
             relation_deltas = [relation_deltas]
+        if not isinstance(relation_deltas, (list, tuple, np.ndarray)):
+            raise InterfaceError(f"relation_deltas must be a delta or a list of deltas, got "
+                                 f"{type(relation_deltas).__name__}")
         # A relation setting a name the store never interned leads to no stored scroll.
         ds = [d for d in (read_delta(d, names) for d in relation_deltas) if d is not None]
         ds = np.stack(ds) if ds else np.empty((0, 2, 9), dtype=np.int32)

@@ -372,7 +372,11 @@ def to_coords(cs: Any, names: NameTable | None = None, intern: bool = True) -> n
         return _core.unpack_many(bytes(cs))
     if isinstance(cs, str):
         raise InterfaceError("expected a list of coordinates, got one string")
-    cs = list(cs)
+    try:
+        cs = list(cs)
+    except TypeError:
+        raise InterfaceError(f"expected a list or array of coordinates, got {type(cs).__name__}") \
+            from None
     if not cs:
         return np.empty((0, 9), dtype=np.uint16)
     if all(isinstance(c, str) for c in cs):
