@@ -134,6 +134,37 @@ def test_sync_client_idle_connection_survives_and_keeps_pushes(tls_server, certs
 
 
 @pytest.mark.integration
+def test_many_tls_connections_at_once(tls_server, certs):
+    # The server reads every TLS connection through one shared buffer: interleaved big
+    # requests from several clients must each arrive intact.
+    import threading
+
+    errors = []
+
+    def work(t):
+        try:
+            c = RemoteEngine(port=tls_server.port, tls_ca=certs.ca)
+            for i in range(5):
+                k = key(f"1.1.1/1.1.{t + 1}/1.1.{i + 1}")
+                v = np.full(50_000, t * 10 + i, dtype=np.int32)
+                assert c.put(k, v) == 1
+                assert np.array_equal(c.get(k).content, v)
+            c.close()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors
+    c = RemoteEngine(port=tls_server.port, tls_ca=certs.ca)
+    assert c.count(ALL) == 20
+    c.close()
+
+
+@pytest.mark.integration
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_fork_child_opens_its_own_tls_connection(tls_server, certs):
     c = RemoteEngine(port=tls_server.port, tls_ca=certs.ca)
