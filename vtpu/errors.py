@@ -243,15 +243,18 @@ def _tls_reason(ssl, exc: BaseException) -> str:
 def closed_before_hello(exc: BaseException, tls: bool) -> BaseException:
     """The error a client raises when its connection failed before HELLO was answered.
 
-    A plaintext client talking to a TLS server sees exactly that (the server drops a
-    connection whose first bytes are not a TLS handshake), so a plaintext client's
-    :class:`ConnectionError` gets a hint; anything else is returned unchanged.
+    Two configuration mistakes look exactly like that, so a :class:`ConnectionError`
+    gets a hint: a plaintext client talking to a TLS server (which drops a connection
+    whose first bytes are not a TLS handshake), and a TLS client without a certificate
+    talking to a server that requires one (with TLS 1.3 the server refuses it after the
+    client's handshake is done). Anything else is returned unchanged.
 
     :param exc: what the HELLO exchange failed with.
     :param tls: whether the connection was TLS.
     :returns: the exception to raise (``from exc``).
     """
-    if tls or type(exc) is not ConnectionError:
+    if type(exc) is not ConnectionError:
         return exc
-    return ConnectionError(f"{exc} before answering HELLO (if the server uses TLS, "
-                           "connect with vtpus://HOST:PORT or ssl=True)")
+    hint = ("if the server requires client certificates, pass tls_cert= and tls_key="
+            if tls else "if the server uses TLS, connect with vtpus://HOST:PORT or ssl=True")
+    return ConnectionError(f"{exc} before answering HELLO ({hint})")
