@@ -87,10 +87,8 @@ SLOW = [
         "BATCH of 20k COUNT, client gone after 0.5 s: 39% CPU for the next 3 s")),
     pytest.param("idle_2000", marks=known(
         "2,000 idle connections at nofile=1024: a new client is closed without a reply")),
-    pytest.param("unprotected_bind", marks=known(
-        "--host 0.0.0.0 without a token starts and serves")),
-    pytest.param("token_in_cmdline", marks=known(
-        "--token shows in /proc/PID/cmdline without a warning; --token-file is unknown")),
+    pytest.param("unprotected_bind"),
+    pytest.param("token_in_cmdline"),
     pytest.param("wal_flipped", marks=known(
         "kill -9, 16 bytes flipped mid-WAL: starts, 2,500 of 5,000 acknowledged writes lost")),
     pytest.param("db_bit_flips", marks=known(

@@ -20,6 +20,10 @@ returned by :meth:`intern`. Parse coordinate text with names through
 intern: for reads; a name the server never interned gives None / a pattern matching
 nothing).
 
+TLS: ``ssl=``/``tls_ca=``/``tls_verify=``/``server_hostname=``/``tls_cert=``/``tls_key=``
+as on the sync client (:func:`vtpu.tls.client_context`); the transport is then asyncio's
+TLS transport and the session sees the same decrypted bytes.
+
 Use one AsyncRemoteEngine per event loop; it is not thread-safe.
 """
 from __future__ import annotations
@@ -130,6 +134,13 @@ class AsyncRemoteEngine(ClientOps):
     :param retries: retries of idempotent calls after a connection failure.
     :param retry_backoff: base of the jittered exponential backoff between retries.
     :param track: ask for invalidation pushes (delivered to :attr:`on_push`).
+    :param ssl: TLS: ``True``, an :class:`ssl.SSLContext`, or ``None``/``False``
+        (plaintext unless ``tls_ca``/``tls_cert`` is given).
+    :param tls_ca: PEM file of the CA the server's certificate must chain to (implies TLS).
+    :param tls_verify: ``False`` skips certificate and host name checks.
+    :param server_hostname: the name the certificate must carry (default: ``host``).
+    :param tls_cert: client certificate (PEM) for a server that requires one.
+    :param tls_key: its private key (``None``: it is in ``tls_cert``).
     """
 
     def __init__(
@@ -144,6 +155,12 @@ class AsyncRemoteEngine(ClientOps):
         track: bool = False,
         retry_backoff: float = 0.05,
         retry: Retry | None = None,
+        ssl: Any = None,
+        tls_ca: str | None = None,
+        tls_verify: bool = True,
+        server_hostname: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ):
         self.host = host
         self.port = port
@@ -154,6 +171,13 @@ class AsyncRemoteEngine(ClientOps):
         self.retry = retry if retry is not None else Retry(
             ExponentialWithJitterBackoff(retry_backoff), retries)
         self.track = track
+        #: the TLS context connections use (``None``: plaintext)
+        self.ssl_context = None
+        if ssl or tls_ca is not None or tls_cert is not None:
+            from .tls import client_context
+
+            self.ssl_context = client_context(ssl, tls_ca, tls_verify, tls_cert, tls_key)
+        self.server_hostname = server_hostname
         self.server_info: dict | None = None
         #: the protocol state of this client (ids, buffers, names, pending replies)
         self.session = Session(NameTable(resolver=_NoResolver()), max_frame_size)
@@ -239,7 +263,11 @@ class AsyncRemoteEngine(ClientOps):
         loop = asyncio.get_running_loop()
         s = self.session
         s.reset()
-        _, proto = await loop.create_connection(lambda: _Proto(self), self.host, self.port)
+        tls: dict = {}
+        if self.ssl_context is not None:
+            tls = {"ssl": self.ssl_context, "server_hostname": self.server_hostname or self.host}
+        _, proto = await loop.create_connection(lambda: _Proto(self), self.host, self.port,
+                                                **tls)
         self._opening = proto
         try:
             hello = s.handshake(self.token, self.track)
@@ -252,7 +280,10 @@ class AsyncRemoteEngine(ClientOps):
                 raise
             if hello.error is not None:
                 proto.transport.abort()
-                raise hello.error
+                err = E.closed_before_hello(hello.error, self.ssl_context is not None)
+                if err is hello.error:
+                    raise err
+                raise err from hello.error
             self.server_info = hello.results[0]
             self._proto = proto
         finally:

@@ -19,7 +19,7 @@ import threading
 import warnings
 from time import perf_counter as _perf
 from typing import Any, Callable, Iterator, NamedTuple
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlencode, urlparse
 
 import numpy as np
 
@@ -1024,15 +1024,38 @@ def _read_phext_source(source) -> str:
     raise InterfaceError(f"import_phext takes a path or the document text, got {type(source).__name__}")
 
 
+_TLS_QUERY = ("tls_ca", "tls_cert", "tls_key", "server_hostname")
+_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def _redacted(u: Any) -> str:
+    """The URL with its token replaced by ``***`` (a client's repr must not show it)."""
+    netloc = u.netloc
+    if u.password is not None:
+        netloc = ":***@" + netloc.rpartition("@")[2]
+    query = u.query
+    q = parse_qs(query, keep_blank_values=True)
+    if "token" in q:
+        q["token"] = ["***"]
+        query = urlencode({k: v[-1] for k, v in q.items()}, safe="*/")
+    return u._replace(netloc=netloc, query=query).geturl()
+
+
 def connect(url: str = "mem://", **kwargs) -> Client:
     """Open a client.
 
     :param url: ``mem://`` (in-process engine), ``file://DIR`` (in-process, durable in
-        DIR), or ``vtpu://host:port`` (a server; ``?token=T`` allowed).
+        DIR), ``vtpu://host:port`` (a server) or ``vtpus://host:port`` (a server over
+        TLS). The token goes in the password part, as in redis-py:
+        ``vtpu://:TOKEN@host:port`` (percent-encoded; ``?token=T`` works too). The query
+        may carry ``tls_ca``, ``tls_cert``, ``tls_key``, ``server_hostname`` (paths and
+        names) and ``tls_verify`` (``0``/``1``); keyword arguments win over the URL.
     :param kwargs: for ``file://``: ``fsync`` (always|everysec|never); for ``vtpu://``:
-        ``token``, ``timeout``, ``connect_timeout``, ``max_frame_size``.
+        any :class:`vtpu.netclient.RemoteEngine` argument (``token``, ``timeout``,
+        ``connect_timeout``, ``max_frame_size``, ``ssl``, ``tls_ca``, ``tls_verify``,
+        ``server_hostname``, ``tls_cert``, ``tls_key`` ...).
     :returns: a :class:`Client`.
-    :raises InterfaceError: an unknown scheme.
+    :raises InterfaceError: an unknown scheme or a malformed URL.
     """
     u = urlparse(url)
     scheme = u.scheme.lower()
@@ -1048,14 +1071,35 @@ def connect(url: str = "mem://", **kwargs) -> Client:
         if not path:
             raise InterfaceError(f"file:// needs a directory: {url!r}")
         return Client(Engine(Storage(path, **kwargs)), url)
-    if scheme in ("vtpu", "tcp"):
+    if scheme in ("vtpu", "tcp", "vtpus"):
         from vtpu.netclient import RemoteEngine
 
+        shown = _redacted(u)
+        if u.username:
+            raise InterfaceError(f"{shown}: the token goes in the password part, with an "
+                                 "empty user name: vtpu://:TOKEN@host:port")
+        try:
+            port = u.port or 1337
+        except ValueError as exc:
+            raise InterfaceError(f"{shown}: {exc}") from None
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
-        if "token" in q and "token" not in kwargs:
-            kwargs["token"] = q["token"]
-        return Client(RemoteEngine(u.hostname or "127.0.0.1", u.port or 1337, **kwargs), url)
-    raise InterfaceError(f"unknown URL scheme in {url!r}: use mem://, file://DIR or vtpu://host:port")
+        if u.password is not None:
+            kwargs.setdefault("token", unquote(u.password))
+        if "token" in q:
+            kwargs.setdefault("token", q["token"])
+        for k in _TLS_QUERY:
+            if k in q:
+                kwargs.setdefault(k, q[k])
+        if "tls_verify" in q:
+            v = _BOOLS.get(q["tls_verify"].lower())
+            if v is None:
+                raise InterfaceError(f"{shown}: tls_verify must be 0 or 1, got {q['tls_verify']!r}")
+            kwargs.setdefault("tls_verify", v)
+        if scheme == "vtpus":
+            kwargs.setdefault("ssl", True)
+        return Client(RemoteEngine(u.hostname or "127.0.0.1", port, **kwargs), shown)
+    raise InterfaceError(f"unknown URL scheme in {url!r}: use mem://, file://DIR, "
+                         "vtpu://host:port or vtpus://host:port")
 
 
 class vTPU(Client):

@@ -15,6 +15,11 @@ opcode, a wrong argument or a bad coordinate gets a typed error reply; a stream 
 no longer be framed (garbage length, oversized frame) gets one error frame with msgid 0
 and is closed; any other connection keeps being served.
 
+Protected mode (like Redis's): a server refuses to listen on an address other than
+loopback (127.0.0.0/8, ::1, ``localhost``) unless clients must authenticate (a token,
+or TLS client certificates) or it is told ``unprotected=True`` / ``--unprotected``.
+TLS (stdlib :mod:`ssl`, built by :mod:`vtpu.tls`) wraps the same byte stream.
+
 Entry points: :func:`start_server` (async, returns a handle with ``.port`` and
 ``.close()``), :func:`serve` (blocking, handles SIGINT/SIGTERM), :func:`main` (argv).
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
+import ipaddress
 import logging
 import os
 import signal
@@ -44,7 +50,8 @@ from .errors import (
     is_internal,
 )
 
-__all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE"]
+__all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE",
+           "is_loopback", "check_protected"]
 
 log = logging.getLogger("vtpu.server")
 
@@ -797,6 +804,8 @@ async def start_server(
     page_size: int = DEFAULT_PAGE_SIZE,
     max_batch: int = DEFAULT_MAX_BATCH,
     reuse_address: bool = True,
+    ssl: Any = None,
+    unprotected: bool = False,
 ) -> ServerHandle:
     """Start serving ``engine`` on the running event loop.
 
@@ -807,9 +816,15 @@ async def start_server(
     :param max_frame_size: largest frame body accepted and sent.
     :param page_size: scrolls per RANGE page.
     :param max_batch: most operations in one BATCH frame.
+    :param ssl: an :class:`ssl.SSLContext` (see :func:`vtpu.tls.server_context`): every
+        connection is TLS; ``None``: plaintext.
+    :param unprotected: allow a non-loopback ``host`` without a token (see
+        :func:`check_protected`).
     :returns: a :class:`ServerHandle`.
+    :raises InterfaceError: a non-loopback ``host`` in protected mode.
     :raises OSError: if the address cannot be bound.
     """
+    check_protected(host, token, ssl, unprotected)
     if engine is None:
         from .engine import Engine
 
@@ -818,12 +833,106 @@ async def start_server(
         # The server commits once per loop iteration (group commit), not per write.
         engine.autocommit = False
     state = _Server(engine, token, max_frame_size, page_size, max_batch)
+    factory: Callable[[], asyncio.BaseProtocol] = lambda: _Connection(state)  # noqa: E731
+    if ssl is not None and not issubclass(_Connection, asyncio.BufferedProtocol):
+        scratch = memoryview(bytearray(TLS_READ_SIZE))
+        factory = lambda: _TLSReader(_Connection(state), scratch)  # noqa: E731
     aserver = await asyncio.get_running_loop().create_server(
-        lambda: _Connection(state), host, port, reuse_address=reuse_address
+        factory, host, port, reuse_address=reuse_address, ssl=ssl
     )
     sock = aserver.sockets[0]
     bound = sock.getsockname()
     return ServerHandle(state, aserver, bound[0], bound[1])
+
+
+def is_loopback(host: Any) -> bool:
+    """Whether ``host`` (what :func:`start_server` binds) reaches loopback only.
+
+    Loopback means 127.0.0.0/8, ``::1`` (also as ``::ffff:127.x.y.z``) and the name
+    ``localhost``. Any other name counts as not loopback (it may resolve anywhere), and
+    so do ``""``/``None`` (every interface); a list of hosts is loopback when each is.
+    """
+    if isinstance(host, (list, tuple, set, frozenset)):
+        return bool(host) and all(is_loopback(h) for h in host)
+    if not isinstance(host, str) or not host:
+        return False
+    h = host.strip("[]")
+    if h.lower() == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(h.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+def check_protected(host: Any, token: str | None, ssl: Any = None,
+                    unprotected: bool = False) -> None:
+    """Protected mode: refuse to serve a non-loopback address to anyone who connects.
+
+    Allowed: a loopback ``host``, a ``token``, a TLS context that requires client
+    certificates, or ``unprotected=True``.
+
+    :raises InterfaceError: none of those holds (the message says how to fix it).
+    """
+    if unprotected or token is not None or is_loopback(host):
+        return
+    if ssl is not None and getattr(ssl, "verify_mode", None) == _cert_required():
+        return
+    raise InterfaceError(
+        f"refusing to listen on {host!r} without a token (protected mode): anyone who "
+        "can reach that address could read and change every scroll. Set a token "
+        "(VTPU_TOKEN or --token-file; token= in serve()), require client certificates "
+        "(--tls-ca), bind a loopback address (127.0.0.1), or pass --unprotected "
+        "(unprotected=True) to serve it anyway")
+
+
+def _cert_required() -> Any:
+    import ssl as _ssl
+
+    return _ssl.CERT_REQUIRED
+
+
+TLS_READ_SIZE = 65536  # decrypted bytes handed over per TLS read (4 records of 16 KiB)
+
+
+class _TLSReader(asyncio.BufferedProtocol):
+    """Puts a connection on a TLS transport through a read buffer.
+
+    asyncio's TLS layer (and uvloop's) reads for a plain :class:`asyncio.Protocol` by
+    allocating a bytes object of 256 KiB per read and shrinking it: an mmap, mremap and
+    munmap per request, which doubled a single GET's latency. A BufferedProtocol is read
+    into its own buffer instead; this one hands each read to the connection as bytes.
+    ``scratch`` is shared by every connection of a server: the TLS layer fills it and
+    calls :meth:`buffer_updated` in one go on the loop thread, and the bytes are copied
+    out before anything else can read.
+    """
+
+    def __init__(self, conn: _Connection, scratch: memoryview):
+        self.conn = conn
+        self.scratch = scratch
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        return self.conn.eof_received()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.data_received(bytes(self.scratch[:nbytes]))
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -843,6 +952,8 @@ def serve(
     token: str | None = None,
     max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE,
     ready: Callable[[ServerHandle], None] | None = None,
+    ssl: Any = None,
+    unprotected: bool = False,
 ) -> None:
     """Run a server until SIGINT/SIGTERM (blocking).
 
@@ -856,9 +967,16 @@ def serve(
     :param token: if set, clients must present it in HELLO.
     :param max_frame_size: largest frame body accepted and sent.
     :param ready: called with the handle once listening (tests, CLI banners).
+    :param ssl: an :class:`ssl.SSLContext` to serve TLS with (see
+        :func:`vtpu.tls.server_context`); ``None``: plaintext.
+    :param unprotected: allow a non-loopback ``host`` without a token.
+    :raises InterfaceError: a non-loopback ``host`` in protected mode (checked before
+        anything is created or opened).
     :raises StorageError: if ``data`` is locked by another server or unusable.
     """
     from .engine import Engine
+
+    check_protected(host, token, ssl, unprotected)
 
     storage = None
     if data is not None:
@@ -872,14 +990,20 @@ def serve(
     stop = asyncio.Event()
 
     async def run() -> None:
-        handle = await start_server(engine, host, port, token=token, max_frame_size=max_frame_size)
+        handle = await start_server(engine, host, port, token=token,
+                                    max_frame_size=max_frame_size, ssl=ssl,
+                                    unprotected=unprotected)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread / not supported: rely on KeyboardInterrupt
+        if not is_loopback(host) and token is None:
+            log.warning("serving %s without a token (unprotected): anyone who can reach it "
+                        "can read and change every scroll", host)
         print(
             f"vtpu {__version__} serving on {handle.host}:{handle.port}"
+            + (" over TLS" if ssl is not None else "")
             + (f" data={data} fsync={fsync}" if data else " (in memory)"),
             file=sys.stderr,
             flush=True,
@@ -905,24 +1029,109 @@ def serve(
             asyncio.set_event_loop(None)
 
 
+_SERVE_EPILOG = """\
+security:
+  Without a token, vtpu serve only listens on loopback (127.0.0.0/8, ::1, localhost);
+  another --host needs a token, client certificates (--tls-ca) or --unprotected.
+  Give the token in $VTPU_TOKEN or --token-file (mode 600); --token works but shows
+  in the process list (ps, /proc/PID/cmdline). With --tls-cert/--tls-key every
+  connection is TLS (clients use vtpus://HOST:PORT).
+"""
+
+
+def _read_token_file(path: str) -> str:
+    """The token in ``path`` (its trailing newline removed); warns when the file is
+    open to group or others.
+
+    :raises InterfaceError: unreadable, not UTF-8, or empty.
+    """
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            raw = f.read()
+    except OSError as exc:
+        raise InterfaceError(f"--token-file {path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        log.warning("token file %s is accessible by group/others (mode %04o): "
+                    "chmod 600 %s", path, mode & 0o777, path)
+    try:
+        token = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise InterfaceError(f"--token-file {path}: not UTF-8 text") from None
+    if not token:
+        raise InterfaceError(f"--token-file {path}: the file is empty")
+    return token
+
+
+def _token(ns: argparse.Namespace) -> str | None:
+    """The token from ``--token``, ``--token-file`` or ``$VTPU_TOKEN`` (in that order)."""
+    if ns.token is not None:
+        log.warning("--token shows the token in the process list (ps, /proc/PID/cmdline) "
+                    "to every user of this machine: use VTPU_TOKEN or --token-file")
+        if not ns.token:
+            raise InterfaceError("--token: the token is empty")
+        return ns.token
+    if ns.token_file is not None:
+        return _read_token_file(ns.token_file)
+    return os.environ.get("VTPU_TOKEN") or None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``vtpu serve``."""
+    ap = argparse.ArgumentParser(
+        prog="vtpu serve", description="Run a vtpu server.", epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1; see security below)")
+    ap.add_argument("--port", type=int, default=P.DEFAULT_PORT,
+                    help=f"TCP port, 0 = any free one (default {P.DEFAULT_PORT})")
+    ap.add_argument("--data", default=None, metavar="DIR",
+                    help="directory for durable storage (default: in memory only)")
+    ap.add_argument("--fsync", default="everysec", choices=["always", "everysec", "never"],
+                    help="when writes reach the disk, with --data (default everysec)")
+    tok = ap.add_mutually_exclusive_group()
+    tok.add_argument("--token-file", metavar="PATH",
+                     help="read the token clients must send from PATH (default: $VTPU_TOKEN)")
+    tok.add_argument("--token", metavar="T",
+                     help="the token on the command line (visible in the process list)")
+    ap.add_argument("--unprotected", action="store_true",
+                    help="allow a non-loopback --host without a token")
+    ap.add_argument("--tls-cert", metavar="CERT",
+                    help="serve TLS with this PEM certificate (chain)")
+    ap.add_argument("--tls-key", metavar="KEY",
+                    help="the certificate's PEM private key (default: inside CERT)")
+    ap.add_argument("--tls-ca", metavar="CA",
+                    help="require client certificates signed by this PEM CA")
+    ap.add_argument("--max-frame-size", type=int, default=P.DEFAULT_MAX_FRAME_SIZE,
+                    metavar="BYTES", help="largest request/reply body (default 64 MiB)")
+    ap.add_argument("--log-level", default="WARNING", help="default WARNING")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
     """``vtpu serve`` / ``python -m vtpu.server``: parse ``argv`` and run :func:`serve`.
 
     :param argv: arguments without the program name (``None``: ``sys.argv[1:]``).
-    :returns: process exit status.
+    :returns: process exit status (2 for a refused configuration: protected mode, a
+        bad token file, unusable TLS files).
     """
-    ap = argparse.ArgumentParser(prog="vtpu serve", description="Run a vtpu server.")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=P.DEFAULT_PORT)
-    ap.add_argument("--data", default=None, help="directory for durable storage")
-    ap.add_argument("--fsync", default="everysec", choices=["always", "everysec", "never"])
-    ap.add_argument("--token", default=os.environ.get("VTPU_TOKEN"))
-    ap.add_argument("--max-frame-size", type=int, default=P.DEFAULT_MAX_FRAME_SIZE)
-    ap.add_argument("--log-level", default="WARNING")
+    ap = build_parser()
     ns = ap.parse_args(argv)
     logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr)
-    serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=ns.token,
-          max_frame_size=ns.max_frame_size)
+    if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:
+        ap.error("--tls-key and --tls-ca need --tls-cert")
+    try:
+        token = _token(ns)
+        ctx = None
+        if ns.tls_cert:
+            from .tls import server_context
+
+            ctx = server_context(ns.tls_cert, ns.tls_key, ns.tls_ca)
+        serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=token,
+              max_frame_size=ns.max_frame_size, ssl=ctx, unprotected=ns.unprotected)
+    except InterfaceError as exc:
+        print(f"vtpu serve: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
