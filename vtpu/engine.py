@@ -166,7 +166,7 @@ class Engine:
         self.names.extend(list(names))
         table = self.names
         m = self._map
-        for key, blob, version, created, updated in rows:
+        for key, blob, version, created, updated, _crc in rows:
             m[key] = _StoredScroll(key, blob, version, created, updated, table)
         keys = list(m)
         if any(keys[i] >= keys[i + 1] for i in range(len(keys) - 1)):
