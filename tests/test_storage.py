@@ -808,6 +808,237 @@ def test_format_1_store_is_migrated(tmp_path):
         Engine(Storage(tmp_path))
 
 
+# ---------------------------------------------------------------------------- refused writes
+
+ALL = "*.*.*/*.*.*/*.*.*"
+
+
+def _nest(depth: int):
+    x = 1
+    for _ in range(depth):
+        x = [x]
+    return x
+
+
+@pytest.fixture(params=["mem", "file", pytest.param("server", marks=pytest.mark.integration),
+                        pytest.param("server-file", marks=pytest.mark.integration)])
+def backend(request, tmp_path):
+    """A client on every backend: embedded in memory, embedded durable, and a real
+    server (in memory or durable); yields (client, reopen) where reopen() gives a client
+    over the same store after a restart (durable backends) or None."""
+    from vtpu.engine import Engine
+    from vtpu.testing import ServerThread
+
+    kind = request.param
+    if kind in ("mem", "file"):
+        url = "mem://" if kind == "mem" else f"file://{tmp_path / 'data'}"
+        c = vtpu.connect(url)
+        holder = [c]
+
+        def reopen():
+            if kind == "mem":
+                return None
+            holder[0].close()
+            holder[0] = vtpu.connect(url)
+            return holder[0]
+        yield c, reopen
+        holder[0].close()
+        return
+    engine = Engine(Storage(tmp_path / "data")) if kind == "server-file" else None
+    srv = ServerThread(engine).start()
+    c = vtpu.connect(f"vtpu://{srv.host}:{srv.port}", timeout=30)
+    try:
+        yield c, (lambda: None)
+    finally:
+        c.close()
+        srv.stop()
+        if engine is not None:
+            engine.close()
+
+
+REFUSED = {
+    "lone surrogate": "\ud800x",
+    "lone low surrogate": "ok \udfff",
+    "surrogate dict key": {"\udc00": 1},
+    "surrogate in a list": ["a", ["b", "\ud83d"]],
+    "too deep": _nest(300),
+    "set": {1, 2},
+    "too big an int": 2**64,
+}
+
+
+def _state(c) -> list:
+    return [(s.key, s.content, s.version) for s in c.crange(ALL)]
+
+
+def test_refused_content_changes_nothing_on_every_backend(backend):
+    c, reopen = backend
+    c.cput("1.1.1/1.1.1/1.1.1", "kept")
+    c.cput("1.1.1/1.1.1/1.1.3", "old")
+    before = _state(c)
+    for what, bad in REFUSED.items():
+        with pytest.raises(InterfaceError):
+            c.cput("1.1.1/1.1.1/1.1.2", bad)
+        with pytest.raises(InterfaceError):
+            c.cput("1.1.1/1.1.1/1.1.3", bad)  # over an existing scroll
+        with pytest.raises(InterfaceError):  # one bad content refuses the whole batch
+            c.cput_many(["1.1.1/1.1.1/1.2.1", "1.1.1/1.1.1/1.1.3", "1.1.1/1.1.1/1.2.2"],
+                        ["fine", "fine too", bad])
+        assert c.cget("1.1.1/1.1.1/1.1.2") is None, what
+        assert c.cget("1.1.1/1.1.1/1.2.1") is None, what
+        assert _state(c) == before, what
+        assert c.crange(ALL, count=True) == 2
+    # Arrays whose rows become refused scalars are refused as a batch too.
+    for bad_rows in (np.array(["ok", "\ud800"]), np.array([1 + 2j, 3j])):
+        with pytest.raises(InterfaceError):
+            c.cput_many(["1.1.1/1.1.1/1.2.1", "1.1.1/1.1.1/1.2.2"], bad_rows)
+    assert _state(c) == before
+    # The same contents are accepted alike everywhere.
+    c.cput("1.1.1/1.1.1/1.1.2", "\u00e9\u4e2d \U0001f600")
+    c.cput("1.1.1/1.1.1/1.1.4", _nest(256))
+    c.cput_many(["1.1.1/1.1.1/1.2.1", "1.1.1/1.1.1/1.2.2"], np.array(["ok", "\u00e9"]))
+    assert c.cget("1.1.1/1.1.1/1.1.2").content == "\u00e9\u4e2d \U0001f600"
+    assert c.cget("1.1.1/1.1.1/1.1.4").content == _nest(256)
+    assert [c.cget(f"1.1.1/1.1.1/1.2.{i}").content for i in (1, 2)] == ["ok", "\u00e9"]
+    after = _state(c)
+    c2 = reopen()
+    if c2 is not None:
+        assert _state(c2) == after
+
+
+def test_refused_write_on_file_is_not_stored_after_reopen(tmp_path):
+    url = f"file://{tmp_path}"
+    c = vtpu.connect(url)
+    c.cput("1.1.1/1.1.1/1.1.1", "kept")
+    with pytest.raises(InterfaceError, match="lone surrogate"):
+        c.cput("1.1.1/1.1.1/1.1.2", "\ud800x")
+    with pytest.raises(InterfaceError, match="lone surrogate"):
+        c.cput_many(["1.1.1/1.1.1/1.1.3", "1.1.1/1.1.1/1.1.4"], ["ok", "\ud800"])
+    c.close()
+    c = vtpu.connect(url)
+    assert [s.content for s in c.crange(ALL)] == ["kept"]
+    c.close()
+
+
+# ---------------------------------------------------------------------------- disk full
+
+
+def _fill_until_failing(c, coord_of, big, limit: int = 400) -> tuple[list, list]:
+    """Write big scrolls until writes fail; returns (acknowledged, refused) indexes."""
+    acked, refused = [], []
+    for i in range(limit):
+        try:
+            c.cput(coord_of(i), big + str(i))
+            acked.append(i)
+        except StorageError:
+            refused.append(i)
+            if len(refused) >= 200:
+                break
+    return acked, refused
+
+
+def test_disk_full_file_backend_changes_nothing_and_recovers(tmp_path):
+    def coord(i):
+        return f"2.1.1/1.1.1/1.{1 + i // 100}.{1 + i % 100}"
+
+    big = "x" * 65536
+    with SmallFS(tmp_path) as fs:
+        url = f"file://{fs.path}/data"
+        c = vtpu.connect(url, fsync="always")
+        c.cput("1.1.1/1.1.1/1.1.1", "before")
+        fs.fill()
+        acked, refused = _fill_until_failing(c, coord, big)
+        assert len(refused) >= 150, (fs.kind, len(acked))
+        # Nothing refused is visible, counted or indexed.
+        assert all(c.cget(coord(i)) is None for i in refused)
+        assert c.crange(ALL, count=True) == 1 + len(acked)
+        assert [s.key for s in c.crange("2.*.*/*.*.*/*.*.*")] == \
+            [c.cget(coord(i)).key for i in acked]
+        # A refused write that named a new name leaves no name behind; an overwrite and
+        # a delete that fail leave the old scroll.
+        with pytest.raises(StorageError):
+            c.cput("1.1.1/fresh.1.1/1.1.1", big)
+        assert "fresh" not in c.backend.name_table()
+        with pytest.raises(StorageError):
+            c.cput("1.1.1/1.1.1/1.1.1", big)
+        with pytest.raises(StorageError):
+            c.cput_many([coord(900), coord(901)], [big, big])
+        assert c.cget("1.1.1/1.1.1/1.1.1").content == "before"
+        assert c.cget("1.1.1/1.1.1/1.1.1").version == 1
+        assert c.cget(coord(900)) is None
+        fs.free()
+        # Recovers by itself once space returns.
+        assert c.cput("1.1.1/1.1.1/1.1.1", "after") == 2
+        assert c.cput("1.1.1/fresh.1.1/1.1.1", "named") == 1
+        assert c.cdel(coord(acked[0])) == 1
+        c.close()
+        c = vtpu.connect(url)
+        assert c.cget("1.1.1/1.1.1/1.1.1").content == "after"
+        assert c.cget("1.1.1/fresh.1.1/1.1.1").content == "named"
+        assert sorted(s.content for s in c.crange("2.*.*/*.*.*/*.*.*")) == \
+            sorted(big + str(i) for i in acked[1:])
+        c.close()
+
+
+def test_failed_group_commits_are_undone_exactly(tmp_path):
+    """Random groups of puts, batched puts with repeated keys, deletes and new names,
+    each ending in a commit that fails: afterwards the engine (map, index, name table)
+    is exactly as before the group; once space returns the same kind of group sticks."""
+    from vtpu.engine import Engine
+
+    rng = random.Random(7)
+    big = b"\x01" * 200000
+    coords = [key(1, 1, 1, 1, 1, 1, 1, 1 + i // 20, 1 + i % 20) for i in range(60)]
+
+    def snapshot(e):
+        return ({k: (s.version, s.content) for k, s in e._map.items()},
+                [bytes(k) for k in _core.pack_many(e.range(_core.parse_pattern(ALL),
+                                                           keys_only=True))],
+                e.name_table(), e.count(_core.parse_pattern(ALL)))
+
+    def group(e, g):
+        for _ in range(rng.randrange(1, 8)):
+            op = rng.choice(["put", "put_many", "del", "del_many", "intern"])
+            if op == "put":
+                e.put(rng.choice(coords), f"g{g} {rng.random()}")
+            elif op == "put_many":
+                ks = [rng.choice(coords) for _ in range(rng.randrange(1, 6))]
+                e.put_many(b"".join(ks), [f"m{g} {i}" for i in range(len(ks))])
+            elif op == "del":
+                e.delete(rng.choice(coords))
+            elif op == "del_many":
+                e.delete_many(b"".join(rng.sample(coords, 4)))
+            else:
+                e.intern([f"n{g}_{rng.randrange(3)}"])
+        e.put(rng.choice(coords), big)  # no room for this: the whole group fails
+
+    with SmallFS(tmp_path) as fs:
+        e = Engine(Storage(os.path.join(fs.path, "data"), fsync="always"), autocommit=False)
+        e.put_many(b"".join(coords[:30]), [f"base {i}" for i in range(30)])
+        e.commit()
+        fs.fill()
+        while True:  # use up whatever room the WAL still has
+            e.put(coords[59], big)
+            try:
+                e.commit()
+            except StorageError:
+                break
+        for g in range(40):
+            before = snapshot(e)
+            group(e, g)
+            with pytest.raises(StorageError):
+                e.commit()
+            assert snapshot(e) == before, g
+        fs.free()
+        group(e, 99)
+        e.commit()
+        after = snapshot(e)
+        e.close()
+        e = Engine(Storage(os.path.join(fs.path, "data")))
+        assert snapshot(e) == after
+        e.close()
+
+
 # ---------------------------------------------------------------------------- engine level
 
 

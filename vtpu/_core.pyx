@@ -3306,12 +3306,17 @@ def verify_records(list rows):
     """
     cdef Py_ssize_t i, n = len(rows)
     cdef int64_t h
+    cdef long long stored
+    cdef int overflow
     for i in range(n):
         row = rows[i]
         if type(row) is not tuple or len(<tuple>row) != 6 or _record_hash(<tuple>row, &h) < 0:
             return i
-        stored = (<tuple>row)[5]
-        if type(stored) is not int or stored != h:
+        crc = (<tuple>row)[5]
+        if type(crc) is not int:
+            return i
+        stored = PyLong_AsLongLongAndOverflow(crc, &overflow)
+        if overflow or stored != h:
             return i
     return -1
 

@@ -186,6 +186,7 @@ def _meta_crc(key: str, value: str) -> int:
     return _signed(_core.xxh64(value.encode(), _core.xxh64(key.encode())))
 
 
+
 def _name_crc(ident: int, name: str) -> int:
     return _signed(_core.xxh64(name.encode(), ident))
 
@@ -797,7 +798,8 @@ class Storage:
                         conn.executemany(_DEL_SQL, payload)
                     else:
                         conn.executemany(_NAME_SQL, payload)
-                self._write_meta({"commit": str(seq)})
+                value = str(seq)
+                conn.execute(_META_SQL, ("commit", value, _meta_crc("commit", value)))
                 conn.execute("COMMIT")
             except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
                 self._rollback_quietly()
