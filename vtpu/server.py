@@ -46,6 +46,7 @@ from .errors import (
     InterfaceError,
     LimitError,
     ProtocolError,
+    StorageError,
     VTPUError,
 )
 
@@ -951,8 +952,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="WARNING")
     ns = ap.parse_args(argv)
     logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr)
-    serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=ns.token,
-          max_frame_size=ns.max_frame_size)
+    try:
+        serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=ns.token,
+              max_frame_size=ns.max_frame_size)
+    except StorageError as exc:
+        # A store that cannot be opened (locked, damaged, behind its commit counter):
+        # the message says what and what to do; a traceback would only bury it.
+        print(f"vtpu serve: StorageError: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
