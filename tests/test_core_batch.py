@@ -19,7 +19,6 @@ from vtpu import protocol as P
 from vtpu import server as S
 from vtpu.coords import Scroll
 from vtpu.engine import Engine
-from vtpu.netclient import _GET_TAIL, _PUT2, _request_frame
 from vtpu.testing import running_server
 
 MIXED = [
@@ -212,6 +211,18 @@ def serve(e, data, put=None, max_frame=P.DEFAULT_MAX_FRAME_SIZE,
                                 max_frame, out_limit, max_frames)
 
 
+# Request frames with the msgid in its 5-byte uint32 form (``ce``), the form a client
+# with a fixed-layout header sends: fixarray(3), ce msgid, opcode, args.
+_GET_TAIL = P.packb("GET") + b"\x91\xc4\x12"  # args = [bin8(18)], the key follows
+_PUT2 = P.packb("PUT") + b"\x92\xc4\x12"  # args = [bin8(18), content]
+
+
+def _request_frame(msgid, op, tail, max_frame_size):
+    body = b"\x93\xce" + msgid.to_bytes(4, "big") + tail
+    assert len(body) <= max_frame_size
+    return len(body).to_bytes(4, "big") + body
+
+
 def test_get_frames_equal_the_generic_replies(engine):
     e, blob = engine
     ks = keys_of(blob) + [bytes(18)]
@@ -286,6 +297,7 @@ def test_put_errors_are_reported_with_their_msgid(engine):
 # -- end to end ------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_remote_get_many_and_pipelines_end_to_end():
     with running_server() as (host, port):
         c = vtpu.connect(f"vtpu://{host}:{port}", timeout=30)

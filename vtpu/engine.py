@@ -1,7 +1,8 @@
 """The store: a hash map of scrolls, the coordinate indexes and the instructions.
 
 One :class:`Engine` serves both the server (one per process, owned by its event loop)
-and the embedded ``mem://`` / ``file://`` modes. Every argument is already packed:
+and the embedded ``mem://`` / ``file://`` modes; it implements
+:class:`vtpu.backend.Backend`. Every argument is already packed:
 18-byte keys, N*18-byte blobs, (2, 9) uint16 patterns, (2, 9) int32 deltas; the facade
 (:mod:`vtpu.client`) and the server do the parsing. Point lookups are one dict access;
 pattern queries go through :class:`vtpu.index.CoordIndex`.
@@ -28,14 +29,18 @@ import numpy as np
 
 from vtpu import _core
 from vtpu._version import __version__
-from vtpu.coords import NameTable, Scroll, apply_delta_any
-from vtpu.errors import CoordinateError, InterfaceError, VersionConflict
+from vtpu.coords import NameTable, Scroll, UnknownName, apply_delta_any, delta_in_range
+from vtpu.errors import CoordinateError, InterfaceError, NotFoundError, VersionConflict
 from vtpu.index import CoordIndex
 from vtpu.protocol import pack_value, unpack_value
 
 __all__ = ["Engine", "check_content"]
 
 _FULL = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
+#: Bounds of CNEAREST's k and CKG's hops / max_frontier (the wire accepts no more).
+MAX_K = 1 << 31
+MAX_HOPS = 1 << 20
+MAX_FRONTIER = 1 << 31
 _SCALARS = (str, bytes, int, float, bool, type(None))
 
 
@@ -111,11 +116,6 @@ def _check_text(text: str) -> None:
             "text must be valid Unicode (UTF-8 encodable)") from None
 
 
-def _checked(content: Any) -> Any:
-    """The content check for contents that already passed :func:`check_content`."""
-    return content
-
-
 def _vector(content: Any) -> np.ndarray | None:
     """The content as a 1-d float vector, or None when it is not one."""
     if isinstance(content, np.ndarray) and content.ndim == 1 and content.dtype.kind in "biuf":
@@ -126,19 +126,86 @@ def _vector(content: Any) -> np.ndarray | None:
     return None
 
 
-def _parse_targets(content: Any, names: NameTable) -> list[bytes] | None:
-    """Coordinates an edge's content points at (CKG), or None when it points nowhere."""
+def _kind(content: Any) -> str:
+    """What a content is, for messages ("a str", "an array of shape (2, 3) int64")."""
+    if isinstance(content, np.ndarray):
+        return f"an array of shape {content.shape} {content.dtype}"
+    name = type(content).__name__
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _count_arg(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int | None:
+    """None or an integer in lo..hi, else InterfaceError: the server's ARG check, so every
+    backend refuses the same arguments the same way."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or \
+            (hi is not None and v > hi):
+        span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise InterfaceError(f"{what} must be an integer {span}, got {v!r}")
+    return int(v)
+
+
+def _rows_in_windows(coords: np.ndarray, kp: np.ndarray, starts: np.ndarray,
+                     ends: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Which rows of sorted ``coords`` match at least one window pattern.
+
+    :param starts, ends, exact: :func:`vtpu._core.window_spans` of ``coords`` and ``kp``.
+    :returns: (N,) bool mask.
+    """
+    n = len(coords)
+    whole = exact & (ends > starts)
+    cover = np.bincount(starts[whole], minlength=n + 1) - np.bincount(ends[whole], minlength=n + 1)
+    inside = np.cumsum(cover[:n]) > 0
+    for i in np.flatnonzero(~exact):
+        a, b = int(starts[i]), int(ends[i])
+        inside[a:b] |= _core.match(coords[a:b], kp[i])
+    return inside
+
+
+def _edge_key(item: Any, names: NameTable) -> bytes | None:
+    """The key one coordinate-valued item stands for (CKG).
+
+    :returns: 18 bytes; ``b""`` for coordinate text naming a name the store never
+        interned (a coordinate where nothing can be stored); None when the item is not
+        a coordinate (text that does not parse, any other value).
+    """
+    if isinstance(item, str):
+        try:
+            return _core.pack(_core.parse_coord(item.strip(), names.reader, False))
+        except UnknownName:
+            return b""
+        except CoordinateError:
+            return None
+    if isinstance(item, bytes):
+        return item if len(item) == 18 else None
+    if isinstance(item, np.ndarray) and item.dtype == np.uint16 and item.shape == (9,):
+        return _core.pack(item)
+    return None
+
+
+def _edge_targets(content: Any, names: NameTable) -> list[bytes] | None:
+    """Coordinates an edge's content points at (CKG), or None when it points nowhere.
+
+    A coordinate is text (surrounding whitespace ignored), an 18-byte key or a (9,)
+    uint16 array; a list of them or an (N, 9) uint16 array points at each. Anything
+    else (including an empty list) is no pointer: the edge itself is the target.
+    Coordinates naming never-interned names hold nothing and are left out.
+    """
+    if isinstance(content, np.ndarray) and content.dtype == np.uint16 and \
+            content.ndim == 2 and content.shape[1] == 9:
+        blob = _core.pack_many(np.ascontiguousarray(content))
+        return [blob[i:i + 18] for i in range(0, len(blob), 18)] or None
     items = content if isinstance(content, list) else [content]
     if not items:
         return None
     out = []
     for item in items:
-        if not isinstance(item, str):
+        key = _edge_key(item, names)
+        if key is None:
             return None
-        try:
-            out.append(_core.pack(_core.parse_coord(item.strip(), names, False)))
-        except CoordinateError:
-            return None
+        if key:
+            out.append(key)
     return out
 
 
@@ -180,6 +247,9 @@ class Engine:
     :param autocommit: commit storage after every write call (embedded use). The server
         turns it off and commits once per batch of frames (group commit).
     """
+
+    #: not safe for concurrent calls: the facade serialises writes with its lock
+    thread_safe = False
 
     def __init__(self, storage=None, autocommit: bool = True):
         self.storage = storage
@@ -282,6 +352,19 @@ class Engine:
     def _count(self, op: str, n: int = 1) -> None:
         self._ops[op] = self._ops.get(op, 0) + n
 
+    def _check_names(self, blob: bytes) -> None:
+        """Refuse keys holding name ids never interned (COORD): nothing could format them.
+
+        :raises CoordinateError: naming the row and the id.
+        """
+        # Name ids are 0xF000 and up, so only a high byte >= 0xF0 needs the table.
+        if len(blob) == 18:
+            if max(blob[0::2]) < 0xF0:
+                return
+        elif not blob or np.frombuffer(blob, np.uint8)[0::2].max() < 0xF0:
+            return
+        self.names.check_ids(_core.unpack_many(blob))
+
     # -- point operations -----------------------------------------------------------------
 
     def get(self, key: bytes) -> Scroll | None:
@@ -313,6 +396,8 @@ class Engine:
         """
         if type(key) is not bytes or len(key) != 18:
             raise InterfaceError("a packed coordinate is 18 bytes")
+        if_version = _count_arg(if_version, "if_version")
+        self._check_names(key)
         content = check_content(content)
         old = self._map.get(key)
         if if_version is not None:
@@ -349,6 +434,7 @@ class Engine:
             blob = bytes(blob)
         if len(blob) % 18:
             raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {len(blob)}")
+        self._check_names(blob)
         n = len(blob) // 18
         if isinstance(contents, np.ndarray):
             if contents.ndim == 0 or contents.shape[0] != n:
@@ -370,7 +456,7 @@ class Engine:
             blobs = [pack_value(c) for c in contents]
             olds = _core.get_scrolls(self._map, blob)
         versions, new_keys, written = _core.put_scrolls(self._map, blob, contents, time.time(),
-                                                        self.names, Scroll, _checked)
+                                                        self.names, Scroll)
         if new_keys:
             self._index.add_many(new_keys)
         if st is not None:
@@ -424,8 +510,7 @@ class Engine:
         :param after: exclusive start key (the last key of the previous page).
         :param keys_only: return an (M, 9) uint16 array of coordinates instead of scrolls.
         """
-        if limit is not None and limit < 0:
-            raise InterfaceError(f"limit must be >= 0, got {limit}")
+        limit = _count_arg(limit, "limit")
         coords = self._index.query(pattern, None if after is None else _core.unpack(after),
                                    limit)
         if keys_only:
@@ -444,8 +529,7 @@ class Engine:
         :returns: ((m, 9) uint16 coordinates, (m,) int64 distances), nearest first, ties
             by coordinate order.
         """
-        if k < 0:
-            raise InterfaceError(f"k must be >= 0, got {k}")
+        k = _count_arg(k, "k", 0, MAX_K)
         return self._index.nearest(c, k, metric, within)
 
     def hier(self, c: np.ndarray, direction: str):
@@ -456,17 +540,64 @@ class Engine:
 
     # -- compound instructions ------------------------------------------------------------
 
-    def _query_vector(self, q) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(vector, coordinate) of an attention query given as a key or a vector."""
+    def _query_vector(self, q, mode: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(vector, coordinate) of an attention query given as a key or a vector.
+
+        :returns: the query vector (None when the query scroll holds something else) and
+            the query coordinate (None for a vector query).
+        :raises NotFoundError: the key holds no scroll (``mode="distance"`` needs only
+            the coordinate, so there it may be empty).
+        """
         if isinstance(q, bytes):
+            if len(q) != 18:
+                raise InterfaceError(f"a query key is 18 bytes, got {len(q)}")
             s = self._map.get(q)
-            vec = _vector(s.content) if s is not None else None
+            if s is None and mode != "distance":
+                raise NotFoundError(f"no scroll at the query coordinate {self._fmt(q)}")
+            vec = None if s is None else _vector(s.content)
+            if vec is not None and vec.size == 0:
+                raise InterfaceError(f"the query scroll at {self._fmt(q)} holds an empty vector")
             return vec, _core.unpack(q)
         if isinstance(q, np.ndarray):
             if q.ndim != 1 or q.dtype.kind not in "biuf":
-                raise InterfaceError("a query vector must be a 1-d numeric array")
+                raise InterfaceError("a query vector must be a 1-d numeric array, got "
+                                     f"shape {q.shape} dtype {q.dtype}")
+            if q.size == 0:
+                raise InterfaceError("the query vector is empty")
             return q, None
         raise InterfaceError(f"query must be a key or a vector, got {type(q).__name__}")
+
+    def _vectors(self, scrolls: list, size: int | None, what: str, against: str = "",
+                 hint: str = "") -> np.ndarray:
+        """The contents of ``scrolls`` stacked as (n, size) vectors, dtype kept.
+
+        :param size: the size every vector must have (None: the first one's).
+        :param what: "query", "key" or "value", for messages.
+        :param against: what fixed the size ("the query vector"), for messages.
+        :param hint: appended to the message about a scroll holding no vector.
+        :raises InterfaceError: a scroll holds no 1-d numeric vector, or one of another
+            size; the message names its coordinate and both sizes.
+        """
+        vecs = [None if s is None else _vector(s.content) for s in scrolls]
+        if not vecs:
+            return np.empty((0, size or 0))
+        shapes = {None if v is None else v.shape for v in vecs}
+        if len(shapes) == 1 and None not in shapes and (size is None or shapes == {(size,)}):
+            return np.stack(vecs)
+        for s, v in zip(scrolls, vecs):   # name the first scroll that does not fit
+            if v is None:
+                held = "nothing" if s is None else _kind(s.content)
+                where = "" if s is None else f" at {self._fmt(s.key)}"
+                raise InterfaceError(
+                    f"the {what} scroll{where} holds {held}, not a vector"
+                    + (f" of size {size}" if size is not None else "") + hint)
+            if size is None:
+                size, against = v.shape[0], f"the {what} scroll at {self._fmt(s.key)}"
+            elif v.shape[0] != size:
+                raise InterfaceError(
+                    f"{against} has size {size} but the {what} scroll at {self._fmt(s.key)} "
+                    f"holds a vector of size {v.shape[0]}")
+        raise AssertionError("unreachable: the shapes differ, so some scroll does not fit")
 
     def _value_vectors(self, keys: np.ndarray, values, cast: bool = True) -> np.ndarray:
         if values.dtype == np.int32:           # a delta applied to every key
@@ -474,56 +605,83 @@ class Engine:
             if isinstance(vcoords, list):
                 raise InterfaceError("a values delta must not contain wildcards")
             scrolls = self.get_many(_core.pack_many(vcoords))
+            for i, s in enumerate(scrolls):
+                if s is None:
+                    raise InterfaceError(
+                        f"no value scroll at {self._fmt(_core.pack(vcoords[i]))} (the value "
+                        f"of the key at {self._fmt(_core.pack(keys[i]))})")
         else:                                   # a pattern aligned with the keys
             scrolls = self.range(values)
         if len(scrolls) != len(keys):
             raise InterfaceError(f"values give {len(scrolls)} scrolls for {len(keys)} keys")
-        vecs = []
-        for s in scrolls:
-            v = None if s is None else _vector(s.content)
-            if v is None:
-                raise InterfaceError("every value scroll must hold a 1-d numeric vector")
-            vecs.append(v)
-        if not vecs:
-            return np.empty((0, 0))
-        out = np.stack(vecs)
+        out = self._vectors(scrolls, None, "value")
         return out.astype(np.float64) if cast else out
 
     def attend(self, q, key_pattern: np.ndarray, top_k: int | None = None, values=None,
-               return_output: bool = True) -> dict:
+               return_output: bool = True, mode: str | None = "auto") -> dict:
         """CATTEND: attention of one query over the scrolls matching ``key_pattern``.
 
-        With vector contents: scores q.k/sqrt(d), softmax weights over all matched keys,
-        and (with ``values``) the weighted sum of value vectors. Otherwise the fallback
-        score 1/(1 + L1 distance) between coordinates, weights normalised to sum to 1.
+        Modes: ``"dot"`` scores q.k/sqrt(d) with softmax weights over all matched keys;
+        ``"distance"`` scores 1/(1 + L1 distance) between the query and key coordinates
+        with weights score/sum (the text fallback); ``"auto"`` is "dot" when the query is
+        a vector and "distance" when the query scroll and every key scroll hold no vector.
+        Anything else (a vector query over text keys, keys of mixed kinds or sizes) is an
+        error, never a silent switch. With ``values`` the output is the weighted sum of
+        the value vectors.
 
+        :param q: an 18-byte key of the scroll holding the query, or a 1-d vector.
+        :param top_k: return only the ``top_k`` best keys (the weights are over all).
+        :param values: None, a (2, 9) uint16 pattern aligned with the keys or a (2, 9)
+            int32 delta from each key to its value.
+        :param mode: "auto" (None), "dot" or "distance".
         :returns: dict with ``keys`` (top-k coordinates by score, ties by coordinate),
-            ``scores``, ``weights``, ``contents``, ``output`` (or None), ``n`` matched,
-            ``mode`` ("dot" or "distance").
+            ``scores``, ``weights``, ``contents``, ``output`` (None without ``values`` or
+            when no key matched), ``n`` matched, ``mode`` ("dot" or "distance").
+        :raises NotFoundError: the query key holds no scroll (modes "auto" and "dot").
+        :raises InterfaceError: sizes or kinds disagree (the message names both sizes),
+            or a bad argument.
         """
-        qvec, qcoord = self._query_vector(q)
+        mode = "auto" if mode is None else mode
+        if mode not in ("auto", "dot", "distance"):
+            raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
+        top_k = _count_arg(top_k, "top_k")
+        qvec, qcoord = self._query_vector(q, mode)
         scrolls = self.range(key_pattern)
         n = len(scrolls)
         keys = _core.unpack_many(b"".join(s.key for s in scrolls)) if n else \
             np.empty((0, 9), dtype=np.uint16)
-        kvecs = [_vector(s.content) for s in scrolls] if qvec is not None else []
-        output = None
-        if qvec is not None and n and all(v is not None and v.shape == qvec.shape for v in kvecs):
-            K = np.stack(kvecs).astype(np.float64)
-            scores = K @ qvec.astype(np.float64) / math.sqrt(qvec.shape[0])
-            w = np.exp(scores - scores.max())
-            weights = w / w.sum()
-            mode = "dot"
-            if values is not None and return_output:
-                V = self._value_vectors(keys, values)
-                output = weights @ V
+        if mode == "auto":
+            if qvec is None:
+                for s in scrolls:
+                    v = _vector(s.content)
+                    if v is not None:
+                        raise InterfaceError(
+                            f"the query scroll at {self._fmt(q)} holds "
+                            f"{_kind(self._map[q].content)}, not a vector, but the key scroll "
+                            f"at {self._fmt(s.key)} holds a vector of size {v.shape[0]}: "
+                            "store a query vector, or pass mode='distance'")
+            mode = "dot" if qvec is not None else "distance"
+        if mode == "dot":
+            if qvec is None:
+                raise InterfaceError(f"mode 'dot' needs a query vector; the query scroll at "
+                                     f"{self._fmt(q)} holds {_kind(self._map[q].content)}")
+            d = qvec.shape[0]
+            K = self._vectors(scrolls, d, "key", "the query vector",
+                              " (keys of mixed kinds: pass mode='distance' to score every key "
+                              "by coordinate distance)").astype(np.float64)
+            scores = K @ qvec.astype(np.float64) / math.sqrt(d)
+            w = np.exp(scores - scores.max()) if n else scores
+            weights = w / w.sum() if n else w
         else:
             if qcoord is None:
-                raise InterfaceError("a vector query needs key scrolls holding vectors of its size")
+                raise InterfaceError("mode 'distance' scores coordinates: give the query as a "
+                                     "coordinate (query_coord), not a vector")
             dist = _core.l1(qcoord, keys).astype(np.float64) if n else np.empty(0)
             scores = 1.0 / (1.0 + dist)
             weights = scores / scores.sum() if n else scores
-            mode = "distance"
+        output = None
+        if values is not None and return_output and n:
+            output = weights @ self._value_vectors(keys, values)
         order = np.lexsort(tuple(keys[:, j] for j in range(8, -1, -1)) + (-scores,)) if n else \
             np.empty(0, dtype=np.int64)
         if top_k is not None:
@@ -536,6 +694,10 @@ class Engine:
                     values=None, return_weights: bool = False) -> dict:
         """Batched CATTEND: one attention output per query (windowed/sparse attention).
 
+        Query i attends over the scrolls matching its pattern (its window) with dot-product
+        scores and softmax weights; only scrolls inside some window are read, so anything
+        stored between windows may hold any content.
+
         :param queries: (Q, d) float array, or an N*18-byte blob of keys of query vectors.
         :param key_patterns: (Q, 2, 9) uint16 patterns, one per query.
         :param values: None (keys are also values) or a (2, 9) int32 delta mapping each key
@@ -544,13 +706,26 @@ class Engine:
         :param return_weights: include each query's weights (list of arrays, key order).
         :returns: dict ``outputs`` (Q, d_v) float64, ``counts`` (Q,) int64 keys per query,
             and ``weights`` when asked.
-        :raises InterfaceError: shapes disagree, or a key/value scroll holds no vector.
+        :raises NotFoundError: a query key holds no scroll.
+        :raises InterfaceError: shapes disagree (the message names both sizes), or a
+            query/key/value scroll holds no vector.
         """
+        m = self._map
+        top_k = _count_arg(top_k, "top_k")
+        if top_k is not None and not return_weights:
+            # top_k only trims the returned weights; accepting it alone would ignore it.
+            raise InterfaceError("attend_many: top_k applies only with return_weights=True")
         if isinstance(queries, (bytes, bytearray)):
-            qs = [self._map.get(bytes(queries[i:i + 18])) for i in range(0, len(queries), 18)]
-            if any(s is None or _vector(s.content) is None for s in qs):
-                raise InterfaceError("every query key must hold a vector")
-            Q = np.stack([_vector(s.content) for s in qs])
+            if len(queries) % 18:
+                raise InterfaceError(f"query keys need a multiple of 18 bytes, got {len(queries)}")
+            qs = []
+            for i in range(0, len(queries), 18):
+                s = m.get(bytes(queries[i:i + 18]))
+                if s is None:
+                    raise NotFoundError(f"no scroll at the query coordinate "
+                                        f"{self._fmt(bytes(queries[i:i + 18]))} (query {i // 18})")
+                qs.append(s)
+            Q = self._vectors(qs, None, "query")
         else:
             Q = np.asarray(queries)
         kp = np.asarray(key_patterns)
@@ -558,24 +733,32 @@ class Engine:
                 or kp.dtype != np.uint16:
             raise InterfaceError(f"need (Q, d) numeric queries and (Q, 2, 9) uint16 patterns, "
                                  f"got {Q.shape} {Q.dtype} and {kp.shape} {kp.dtype}")
+        if values is not None and values.dtype != np.int32:
+            raise InterfaceError("batched attention takes values as a delta from each key to "
+                                 "its value (a pattern cannot be aligned with many windows)")
         nq, d = Q.shape
         if nq == 0:
             return {"outputs": np.empty((0, d)), "counts": np.empty(0, dtype=np.int64)}
-        # One index query for the union box of all windows, then per-query spans of it.
+        if d == 0:
+            raise InterfaceError("the query vectors are empty (d = 0)")
+        kp = np.ascontiguousarray(kp)
+        # One index query for the union box of all windows, then per-query spans of it;
+        # rows of the box that are in no window are dropped before any content is read.
         union = np.stack([kp[:, 0].min(axis=0), kp[:, 1].max(axis=0)]).astype(np.uint16)
         ucoords = self._index.query(union)
+        starts, ends, exact = _core.window_spans(ucoords, kp)
+        inside = _rows_in_windows(ucoords, kp, starts, ends, exact)
+        if not inside.all():
+            ucoords = np.ascontiguousarray(ucoords[inside])
+            starts, ends, exact = _core.window_spans(ucoords, kp)
         blob = _core.pack_many(ucoords)
-        m = self._map
-        kv = [_vector(m[blob[i:i + 18]].content) for i in range(0, len(blob), 18)]
-        if any(v is None or v.shape != (d,) for v in kv):
-            raise InterfaceError(f"every key scroll must hold a vector of size {d}")
-        K = np.stack(kv) if kv else np.empty((0, d))
+        K = self._vectors([m[blob[i:i + 18]] for i in range(0, len(blob), 18)], d, "key",
+                          "each query vector")
         V = K if values is None else self._value_vectors(ucoords, values, cast=False)
         # float32 throughout when everything stored is float32 (as models keep it),
         # float64 otherwise.
         ft = np.float32 if Q.dtype == K.dtype == V.dtype == np.float32 else np.float64
         Q, K, V = Q.astype(ft, copy=False), K.astype(ft, copy=False), V.astype(ft, copy=False)
-        starts, ends, exact = _core.window_spans(ucoords, np.ascontiguousarray(kp))
         dv = V.shape[1] if V.ndim == 2 and len(V) else d
         outputs = np.zeros((nq, dv), dtype=ft)
         counts = np.zeros(nq, dtype=np.int64)
@@ -633,8 +816,8 @@ class Engine:
         deltas = np.asarray(deltas)
         if deltas.ndim != 3 or deltas.shape[1:] != (2, 9) or deltas.dtype != np.int32:
             raise InterfaceError(f"deltas must be an (R, 2, 9) int32 array, got {deltas.shape}")
-        if hops < 0 or max_frontier < 1:
-            raise InterfaceError("hops must be >= 0 and max_frontier >= 1")
+        hops = _count_arg(hops, "hops", 0, MAX_HOPS)
+        max_frontier = _count_arg(max_frontier, "max_frontier", 1, MAX_FRONTIER)
         if (start[0] == start[1]).all():
             frontier = [_core.pack(start[0])]
         else:
@@ -647,10 +830,13 @@ class Engine:
             base = _core.unpack_many(b"".join(frontier))
             nxt: dict[bytes, None] = {}
             for delta in deltas:
-                try:
-                    targets = apply_delta_any(base, np.ascontiguousarray(delta))
-                except CoordinateError:
-                    continue   # a relation leading out of the coordinate space has no edge
+                delta = np.ascontiguousarray(delta)
+                # A row the delta takes out of the coordinate space has no edge for this
+                # relation; the other rows go on.
+                keep = delta_in_range(base, delta)
+                if not keep.any():
+                    continue
+                targets = apply_delta_any(base if keep.all() else base[keep], delta)
                 if isinstance(targets, list):
                     edges = [s for p in targets for s in self.range(p, limit=max_frontier)]
                 else:
@@ -658,7 +844,8 @@ class Engine:
                     edges = [s for s in (m.get(blob[i:i + 18]) for i in range(0, len(blob), 18))
                              if s is not None]
                 for e in edges:
-                    for t in (_parse_targets(e.content, self.names) or [e.key]):
+                    found = _edge_targets(e.content, self.names)
+                    for t in (found if found is not None else [e.key]):
                         if t not in visited:
                             visited.add(t)
                             nxt[t] = None
@@ -713,6 +900,13 @@ class Engine:
         scrolls = self.range(_FULL if pattern is None else pattern)
         items = [(tuple(int(x) for x in _core.unpack(s.key)), s.content) for s in scrolls]
         return phext.format_phext(items, skip_invalid=skip_invalid, names=self.names)
+
+    def pipeline(self, raise_on_error: bool = True):
+        """Queue engine calls and run them in order with ``execute()`` (the in-process
+        counterpart of a remote pipeline; see :class:`vtpu.backend.EnginePipeline`)."""
+        from vtpu.backend import EnginePipeline
+
+        return EnginePipeline(self, raise_on_error)
 
     def _fmt(self, key: bytes) -> str:
         try:

@@ -42,12 +42,13 @@ from . import _core
 from . import protocol as P
 from ._version import __version__
 from .coords import Scroll
+from .engine import MAX_FRONTIER, MAX_HOPS, MAX_K
 from .errors import (
     InterfaceError,
     LimitError,
     ProtocolError,
     StorageError,
-    VTPUError,
+    is_internal,
 )
 
 __all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE"]
@@ -59,7 +60,6 @@ DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
-_NAME_BASE = 0xF000
 
 
 # ---------------------------------------------------------------------------------------
@@ -67,10 +67,11 @@ _NAME_BASE = 0xF000
 # touched, so a malformed request cannot change data.
 
 
-def _nargs(args: list, lo: int, hi: int, op: str) -> None:
+def _nargs(args: list, lo: int, hi: int) -> None:
+    # Messages never name the opcode: every error reply is prefixed with it once.
     if not lo <= len(args) <= hi:
         want = str(lo) if lo == hi else f"{lo}..{hi}"
-        raise InterfaceError(f"{op} takes {want} arguments, got {len(args)}")
+        raise InterfaceError(f"takes {want} arguments, got {len(args)}")
 
 
 def _opt(args: list, i: int, default: Any = None) -> Any:
@@ -129,9 +130,9 @@ class _Dispatcher:
             "ATTEND_MANY": self.attend_many,
             "KG": self.kg,
             "INTERN": self.intern,
-            "NAMES": lambda a: (_nargs(a, 0, 0, "NAMES"), list(e.name_table()))[1],
-            "HEALTH": lambda a: (_nargs(a, 0, 0, "HEALTH"), e.health())[1],
-            "STATS": lambda a: (_nargs(a, 0, 0, "STATS"), e.stats())[1],
+            "NAMES": lambda a: (_nargs(a, 0, 0), list(e.name_table()))[1],
+            "HEALTH": lambda a: (_nargs(a, 0, 0), e.health())[1],
+            "STATS": lambda a: (_nargs(a, 0, 0), e.stats())[1],
             "IMPORT_PHEXT": self.import_phext,
             "EXPORT_PHEXT": self.export_phext,
         }
@@ -149,44 +150,28 @@ class _Dispatcher:
         self.raw_table: dict[str, Callable[[list], bytes | None]] = (
             {"GET_MANY": self.get_many_raw} if stock else {})
 
-    # -- names ---------------------------------------------------------------------------
-    def _check_names(self, arr: np.ndarray) -> None:
-        """Refuse keys naming ids that were never interned (they could not be formatted)."""
-        if arr.size and arr.max() >= _NAME_BASE:
-            n = len(self.engine.names)
-            bad = arr[(arr >= _NAME_BASE) & (arr >= _NAME_BASE + n)]
-            if bad.size:
-                from .errors import CoordinateError
-
-                raise CoordinateError(
-                    f"name id {int(bad[0]):#06x} is not in the name table ({n} names)"
-                )
-
     # -- single key ----------------------------------------------------------------------
     def get(self, a: list) -> Any:
         if len(a) != 1:
-            _nargs(a, 1, 1, "GET")
+            _nargs(a, 1, 1)
         s = self._get(P.check_key(a[0]))
         if s is None:
             return None
         return [s.key, s.content, s.version, s.created_at, s.updated_at]
 
     def put(self, a: list) -> int:
-        _nargs(a, 2, 3, "PUT")
+        _nargs(a, 2, 3)
         key = P.check_key(a[0])
-        # Name ids live in the top 4096 values; only then is the table consulted.
-        if max(key[0::2]) >= 0xF0:
-            self._check_names(P.unpack_coord(key))
         ifv = _int(_opt(a, 2), "if_version", 0, none_ok=True)
         return self._put(key, a[1], ifv) if ifv is not None else self._put(key, a[1])
 
     def delete(self, a: list) -> int:
-        _nargs(a, 1, 1, "DEL")
+        _nargs(a, 1, 1)
         return self.engine.delete(P.check_key(a[0]))
 
     # -- many keys -----------------------------------------------------------------------
     def get_many(self, a: list) -> list:
-        _nargs(a, 1, 2, "GET_MANY")
+        _nargs(a, 1, 2)
         blob = P.check_blob(a[0])
         if _bool(_opt(a, 1), "content_only"):
             # Values only: one array of N contents (nil where nothing is stored).
@@ -197,44 +182,43 @@ class _Dispatcher:
         """GET_MANY encoded in one compiled loop: the msgpack bytes of the column-wise
         result (or, with ``content_only``, of the array of contents), or None when the
         generic encoder must do it (stacked ndarray contents)."""
-        _nargs(a, 1, 2, "GET_MANY")
+        _nargs(a, 1, 2)
         blob = P.check_blob(a[0])
         if _bool(_opt(a, 1), "content_only"):
             return _core.scroll_contents_msgpack(self.map, blob, P.packb, Scroll)
         return _core.scroll_columns_msgpack(self.map, blob, P.packb, Scroll)
 
     def put_many(self, a: list) -> list:
-        _nargs(a, 2, 2, "PUT_MANY")
+        _nargs(a, 2, 2)
         blob = P.check_blob(a[0])
         n = len(blob) // P.KEY_SIZE
         contents = a[1]
         if isinstance(contents, np.ndarray):
             if contents.ndim < 1 or contents.shape[0] != n:
                 raise InterfaceError(
-                    f"PUT_MANY: content array has {contents.shape[:1]} rows for {n} keys"
+                    f"a content array of shape {contents.shape} for {n} keys (row i is content i)"
                 )
         elif type(contents) is list:
             if len(contents) != n:
-                raise InterfaceError(f"PUT_MANY: {len(contents)} contents for {n} keys")
+                raise InterfaceError(f"{len(contents)} contents for {n} keys")
         else:
-            raise InterfaceError("PUT_MANY: contents must be an array or an ndarray")
-        self._check_names(P.unpack_coords(blob))
+            raise InterfaceError("contents must be an array or an ndarray")
         versions = self.engine.put_many(blob, contents)
         if isinstance(versions, np.ndarray):
             versions = versions.tolist()
         return versions
 
     def delete_many(self, a: list) -> int:
-        _nargs(a, 1, 1, "DEL_MANY")
+        _nargs(a, 1, 1)
         return self.engine.delete_many(P.check_blob(a[0]))
 
     def delete_range(self, a: list) -> int:
-        _nargs(a, 1, 1, "DEL_RANGE")
+        _nargs(a, 1, 1)
         return self.engine.delete_range(_pattern(a[0]))
 
     # -- queries -------------------------------------------------------------------------
     def range(self, a: list) -> list:
-        _nargs(a, 1, 4, "RANGE")
+        _nargs(a, 1, 4)
         pat = _pattern(a[0])
         limit = _int(_opt(a, 1), "limit", 0, none_ok=True)
         after = _opt(a, 2)
@@ -262,15 +246,15 @@ class _Dispatcher:
         return [P.scrolls_to_wire(res), nxt]
 
     def count(self, a: list) -> int:
-        _nargs(a, 1, 1, "COUNT")
+        _nargs(a, 1, 1)
         return int(self.engine.count(_pattern(a[0])))
 
     def nearest(self, a: list) -> list:
-        _nargs(a, 1, 4, "NEAREST")
+        _nargs(a, 1, 4)
         c = _coord(a[0])
-        k = _int(_opt(a, 1, 10), "k", 0, 1 << 31)
+        k = _int(_opt(a, 1, 10), "k", 0, MAX_K)
         metric = _opt(a, 2, "l1")
-        if metric not in ("l1", "hamming"):
+        if type(metric) is not str or metric not in ("l1", "hamming"):
             raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
         within = _opt(a, 3)
         within = None if within is None else _pattern(within, "within")
@@ -278,11 +262,11 @@ class _Dispatcher:
         return [P.pack_coords(np.asarray(coords).reshape(-1, 9)), np.asarray(dist, dtype=np.int64)]
 
     def hier(self, a: list) -> Any:
-        _nargs(a, 2, 2, "HIER")
+        _nargs(a, 2, 2)
         c = _coord(a[0])
         d = a[1]
-        if d not in ("NEXT", "PREV"):
-            raise InterfaceError(f"HIER direction must be 'NEXT' or 'PREV', got {d!r}")
+        if type(d) is not str or d not in ("NEXT", "PREV"):
+            raise InterfaceError(f"direction must be 'NEXT' or 'PREV', got {d!r}")
         r = self.engine.hier(c, d)
         return None if r is None else P.pack_coord(r)
 
@@ -296,20 +280,24 @@ class _Dispatcher:
         raise InterfaceError("values must be nil, a 36-byte pattern or a 72-byte delta")
 
     def attend(self, a: list) -> dict:
-        _nargs(a, 2, 5, "ATTEND")
+        _nargs(a, 2, 6)
         q = a[0]
         if not (isinstance(q, np.ndarray) or (type(q) is bytes and len(q) == P.KEY_SIZE)):
-            raise InterfaceError("ATTEND query must be an ndarray or an 18-byte key")
+            raise InterfaceError("the query must be an ndarray or an 18-byte key")
         pat = _pattern(a[1], "key pattern")
         top_k = _int(_opt(a, 2), "top_k", 0, none_ok=True)
         values = self._values(_opt(a, 3))
         ret = _opt(a, 4, True)
         ret = True if ret is None else _bool(ret, "return_output")
-        r = self.engine.attend(q, pat, top_k=top_k, values=values, return_output=ret)
+        mode = _opt(a, 5)
+        if mode is not None and mode not in ("auto", "dot", "distance"):
+            raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
+        kw = {} if mode is None else {"mode": mode}
+        r = self.engine.attend(q, pat, top_k=top_k, values=values, return_output=ret, **kw)
         return _attend_out(r)
 
     def attend_many(self, a: list) -> dict:
-        _nargs(a, 2, 5, "ATTEND_MANY")
+        _nargs(a, 2, 5)
         q = a[0]
         if not isinstance(q, np.ndarray):
             q = P.check_blob(q, P.KEY_SIZE, "queries")
@@ -326,18 +314,18 @@ class _Dispatcher:
         return _attend_out(self.engine.attend_many(q, pats, **kw))
 
     def kg(self, a: list) -> list:
-        _nargs(a, 2, 4, "KG")
+        _nargs(a, 2, 4)
         start = _pattern(a[0], "start")
         deltas = P.unpack_deltas(P.check_blob(a[1], P.DELTA_SIZE, "deltas"))
-        hops = _int(_opt(a, 2, 1), "hops", 0, 1 << 20)
-        mf = _int(_opt(a, 3, 10000), "max_frontier", 1, 1 << 31)
+        hops = _int(_opt(a, 2, 1), "hops", 0, MAX_HOPS)
+        mf = _int(_opt(a, 3, 10000), "max_frontier", 1, MAX_FRONTIER)
         return P.scrolls_to_wire(self.engine.kg(start, deltas, hops, max_frontier=mf))
 
     def intern(self, a: list) -> list:
-        _nargs(a, 1, 2, "INTERN")
+        _nargs(a, 1, 2)
         names = a[0]
         if type(names) is not list or not all(type(n) is str for n in names):
-            raise InterfaceError("INTERN takes an array of strings")
+            raise InterfaceError("names must be an array of strings")
         flag = _opt(a, 1)
         if flag is not None and not _bool(flag, "intern"):
             # Look-up only: unknown names answer nil and nothing is added.
@@ -346,13 +334,13 @@ class _Dispatcher:
         return [int(i) for i in self.engine.intern(names)]
 
     def import_phext(self, a: list) -> int:
-        _nargs(a, 1, 2, "IMPORT_PHEXT")
+        _nargs(a, 1, 2)
         if type(a[0]) is not str:
-            raise InterfaceError("IMPORT_PHEXT text must be a string")
+            raise InterfaceError("the text must be a string")
         return self.engine.import_phext(a[0], skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
 
     def export_phext(self, a: list) -> str:
-        _nargs(a, 0, 2, "EXPORT_PHEXT")
+        _nargs(a, 0, 2)
         pat = _opt(a, 0)
         pat = None if pat is None else _pattern(pat)
         return self.engine.export_phext(pat, skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
@@ -486,8 +474,7 @@ class _Connection(asyncio.Protocol):
                     break
         except ProtocolError as exc:
             # The byte stream can no longer be framed: say why once, then close.
-            code = "LIMIT" if "exceeds max_frame_size" in str(exc) else "PROTOCOL"
-            out.append(P.encode_error(0, code, str(exc)))
+            out.append(P.encode_error(0, *P.error_pair(exc)))
             self.closing = True
         self._send(out, wrote)
         if self.closing:
@@ -555,7 +542,8 @@ class _Server:
         self.loop = asyncio.get_running_loop()
         self._dirty: list[_Connection] = []
         self._flush_scheduled = False
-        self._invalidate: list[bytes | None] = []  # keys written this iteration (push)
+        # (writer, keys written or None) this iteration, for invalidate pushes
+        self._invalidate: list[tuple[_Connection, bytes | None]] = []
         self.commit_failures = 0  # consecutive failed group commits
         self.started = time.time()
 
@@ -595,7 +583,7 @@ class _Server:
         if not self.commit_failures:
             # Once per run of failures: a full disk must not also flood the log.
             log.error("storage commit failed, answering STORAGE until it succeeds: %s", exc,
-                      exc_info=not isinstance(exc, VTPUError))
+                      exc_info=is_internal(exc))
         self.commit_failures += 1
         self._invalidate = []  # the writes were undone: nothing changed
         message = (f"{P.error_pair(exc)[1]} (this group commit was undone: nothing of it "
@@ -617,11 +605,17 @@ class _Server:
         watchers = [c for c in self.conns if c.track and not c.closing]
         if not watchers:
             return
-        payload = None if any(k is None for k in inv) else b"".join(inv)
-        frame = P.encode_push("invalidate", payload)
+        frames: dict = {}  # one encoded push per distinct set of other writers' keys
         for c in watchers:
-            if c.transport is not None and not c.transport.is_closing():
-                c.transport.write(frame)
+            keys = [k for w, k in inv if w is not c]
+            if not keys or c.transport is None or c.transport.is_closing():
+                continue
+            sig = None if len(keys) == len(inv) else id(c)  # None: wrote nothing itself
+            frame = frames.get(sig)
+            if frame is None:
+                payload = None if any(k is None for k in keys) else b"".join(keys)
+                frame = frames[sig] = P.encode_push("invalidate", payload)
+            c.transport.write(frame)
 
     # -- plain GET/PUT frames ------------------------------------------------------------
     def fast_frames(self, conn: _Connection, buf: Any, pos: int, end: int,
@@ -640,7 +634,7 @@ class _Server:
             self.max_frame_size, conn.out_limit, max_frames)
         out = [replies] if replies else []
         if err is not None:
-            out.append(self.error_frame(err[0], "PUT", err[1]))
+            out.append(self.error_frame(err[0], "PUT", err[1], conn.out_limit))
         return pos, out, count, wrote
 
     # -- one frame -----------------------------------------------------------------------
@@ -648,10 +642,15 @@ class _Server:
         """Decode and execute one request frame body. Returns (reply frame, wrote)."""
         try:
             msg = P.unpackb(body)
+        except ProtocolError as exc:
+            # Not exactly one valid msgpack object: nothing after it can be trusted.
+            conn.closing = True
+            return P.encode_error(0, "PROTOCOL", str(exc)), False
+        try:
             msgid, op, args = P.parse_request(msg)
         except ProtocolError as exc:
-            # The frame boundary is intact, so the connection survives a bad message.
-            return P.encode_error(getattr(exc, "msgid", 0), "PROTOCOL", str(exc)), False
+            # Valid msgpack of the wrong shape: a bad request, the connection survives.
+            return P.encode_error(exc.msgid, "PROTOCOL", str(exc)), False
         if not conn.authed and op != "HELLO":
             code = "AUTH" if self.token is not None else "PROTOCOL"
             return P.encode_error(msgid, code, f"{op}: HELLO must come first"), False
@@ -667,39 +666,43 @@ class _Server:
                 if raw is not None:
                     return P.encode_response_raw(msgid, raw, conn.out_limit), False
             if op == "BATCH":
-                result = self.batch(args)
+                result = self.batch(args, conn)
             else:
                 result = self.table[op](args)
                 if spec.writes:
-                    self.note_write(op, args)
+                    self.note_write(op, args, conn)
             return P.encode_response(msgid, result, conn.out_limit), spec.writes
         except Exception as exc:
-            return self.error_frame(msgid, op, exc), spec.writes
+            return self.error_frame(msgid, op, exc, conn.out_limit), spec.writes
 
-    def error_frame(self, msgid: int, op: str, exc: BaseException) -> bytes:
-        if not isinstance(exc, (VTPUError, ValueError, TypeError, KeyError)):
-            log.exception("internal error in %s", op)
+    def error_frame(self, msgid: int, op: str, exc: BaseException,
+                    limit: int = P.DEFAULT_MAX_FRAME_SIZE) -> bytes:
+        if is_internal(exc):
+            # Not a validation error: a bug. The traceback stays here, the client
+            # gets INTERNAL (never ARG) and the connection stays open.
+            log.error("internal error in %s", op, exc_info=exc)
         code, msg = P.error_pair(exc)
         if isinstance(exc, LimitError) and op in ("RANGE", "GET_MANY", "KG"):
             msg += " (use a smaller limit or fewer keys per call)"
-        return P.encode_error(msgid, code, f"{op}: {msg}")
+        return P.encode_error(msgid, code, f"{op}: {msg}", limit)
 
-    def note_write(self, op: str, args: list) -> None:
+    def note_write(self, op: str, args: list, conn: _Connection) -> None:
         if not self.conns or not any(c.track for c in self.conns):
             return
+        # The writer is remembered: a connection is never told about its own writes.
         if op in ("PUT", "DEL", "PUT_MANY", "DEL_MANY"):
-            self._invalidate.append(args[0])
+            self._invalidate.append((conn, args[0]))
         elif op != "INTERN":
-            self._invalidate.append(None)  # a range/import touched unknown keys
+            self._invalidate.append((conn, None))  # a range/import touched unknown keys
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
-    def batch(self, args: list) -> list:
-        _nargs(args, 1, 1, "BATCH")
+    def batch(self, args: list, conn: _Connection) -> list:
+        _nargs(args, 1, 1)
         ops = args[0]
         if type(ops) is not list:
-            raise InterfaceError("BATCH takes one array of [opcode, args] pairs")
+            raise InterfaceError("takes one array of [opcode, args] pairs")
         if len(ops) > self.max_batch:
             raise LimitError(f"{len(ops)} operations exceed max_batch {self.max_batch}", "LIMIT")
         results = []
@@ -721,12 +724,13 @@ class _Server:
             try:
                 r = self.table[op](a)
                 if spec.writes:
-                    self.note_write(op, a)
+                    self.note_write(op, a, conn)
                 results.append([P.STATUS_OK, r])
             except Exception as exc:
-                if not isinstance(exc, (VTPUError, ValueError, TypeError, KeyError)):
-                    log.exception("internal error in BATCH %s", op)
-                results.append([P.STATUS_ERROR, P.error_pair(exc)])
+                if is_internal(exc):
+                    log.error("internal error in BATCH %s", op, exc_info=exc)
+                code, msg = P.error_pair(exc)
+                results.append([P.STATUS_ERROR, [code, f"{op}: {msg}"]])   # as error_frame
         return results
 
     def hello(self, conn: _Connection, msgid: int, args: list) -> bytes:
@@ -750,9 +754,15 @@ class _Server:
         if type(options) is not dict:
             return P.encode_error(msgid, "ARG", "HELLO: options must be a map")
         mfs = options.get("max_frame_size")
-        if type(mfs) is int and mfs >= 1024:
+        if mfs is not None and (type(mfs) is not int or not 1024 <= mfs <= 0xFFFFFFFF):
+            return P.encode_error(msgid, "ARG", f"HELLO: max_frame_size must be an integer "
+                                                f"in 1024..4294967295, got {mfs!r:.40}")
+        track = options.get("track")
+        if track is not None and type(track) is not bool:
+            return P.encode_error(msgid, "ARG", f"HELLO: track must be a boolean, got {track!r:.40}")
+        if mfs is not None:
             conn.out_limit = min(self.max_frame_size, mfs)
-        track = bool(options.get("track", False))
+        track = bool(track)
         self.trackers += int(track) - int(conn.track)
         conn.track = track
         conn.authed = True

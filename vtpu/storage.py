@@ -116,6 +116,7 @@ import time
 from typing import Iterable, Iterator, Sequence
 
 from . import _core
+from ._core import KEY_BYTES as KEY_SIZE
 from .errors import CoordinateError, InterfaceError, StorageError
 
 __all__ = [
@@ -130,7 +131,6 @@ DB_FILENAME = "vtpu.sqlite3"
 LOCK_FILENAME = "LOCK"
 COUNTER_FILENAME = "COMMIT"
 FSYNC_POLICIES = ("always", "everysec", "never")
-KEY_SIZE = 18
 
 # Rows per fetchmany() in load(): large batches keep the per-row cost in C.
 LOAD_BATCH = 65536
