@@ -137,6 +137,17 @@ class NameTable:
                     self._ids[name] = NAME_BASE + len(self._names)
                     self._names.append(name)
 
+    def truncate(self, n: int) -> None:
+        """Forget every name with index >= ``n`` (the engine undoing a failed commit:
+        those ids were never acknowledged to anyone, so they may be given again).
+
+        :param n: the number of names to keep.
+        """
+        with self._lock:
+            for name in self._names[n:]:
+                self._ids.pop(name, None)
+            del self._names[n:]
+
     def lookup(self, name: str, intern: bool = True) -> int | None:
         """The id of ``name``.
 

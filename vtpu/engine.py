@@ -9,9 +9,16 @@ pattern queries go through :class:`vtpu.index.CoordIndex`.
 
 The engine is not thread-safe by design (Redis-style: one loop owns it). The embedded
 client serialises calls with a lock.
+
+With durable storage a write is validated and encoded before anything changes, then
+applied in memory and queued for the storage's next group commit; the old values it
+replaced are kept until that commit. If the commit fails (disk full, I/O error) every
+write of the group is undone in memory, index and name table included, so no reader
+ever sees a write that was not stored.
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import resource
@@ -25,6 +32,7 @@ from vtpu._version import __version__
 from vtpu.coords import NameTable, Scroll, UnknownName, apply_delta_any, delta_in_range
 from vtpu.errors import CoordinateError, InterfaceError, NotFoundError, VersionConflict
 from vtpu.index import CoordIndex
+from vtpu.protocol import pack_value, unpack_value
 
 __all__ = ["Engine", "check_content"]
 
@@ -36,17 +44,29 @@ MAX_FRONTIER = 1 << 31
 _SCALARS = (str, bytes, int, float, bool, type(None))
 
 
-def check_content(content: Any) -> Any:
+# Deepest nesting of lists/dicts in a content: well inside what the content codec
+# (msgpack, about 1000 levels with the frame around it) and the checker's own recursion
+# allow, so every backend accepts or refuses a content alike.
+MAX_CONTENT_DEPTH = 256
+
+
+def check_content(content: Any, _depth: int = 0) -> Any:
     """Validate (and freeze) a scroll's content.
 
     str, bytes, numpy arrays (copied and made read-only, dtype and shape kept) and any
-    msgpack-able value (None, bool, int, float, list, dict with str keys) are accepted.
+    msgpack-able value (None, bool, int, float, list, dict with str or int keys, nested
+    at most ``MAX_CONTENT_DEPTH`` deep) are accepted. Every backend applies this same
+    check, so a content is accepted or refused alike everywhere.
 
     :returns: the value to store.
-    :raises InterfaceError: anything else (object arrays, sets, custom objects...).
+    :raises InterfaceError: anything else (object arrays, sets, custom objects, text
+        with a lone surrogate, which has no UTF-8 encoding ...).
     """
     if isinstance(content, _SCALARS):
-        if isinstance(content, int) and not isinstance(content, bool) and \
+        if isinstance(content, str):
+            if not content.isascii():
+                _check_text(content)
+        elif isinstance(content, int) and not isinstance(content, bool) and \
                 not -(1 << 63) <= content < (1 << 64):
             raise InterfaceError(f"integer content {content} does not fit 64 bits")
         return content
@@ -59,25 +79,41 @@ def check_content(content: Any) -> Any:
         return arr
     if isinstance(content, (bytearray, memoryview)):
         return bytes(content)
-    if isinstance(content, (list, tuple)):
-        return [check_content(x) for x in content]
-    if isinstance(content, dict):
+    if isinstance(content, (list, tuple, dict)):
+        if _depth >= MAX_CONTENT_DEPTH:
+            raise InterfaceError(f"content nested deeper than {MAX_CONTENT_DEPTH} levels")
+        if not isinstance(content, dict):
+            items = []
+            for x in content:   # a loop, not a comprehension: one frame per level
+                items.append(check_content(x, _depth + 1))
+            return items
         out = {}
         for k, v in content.items():
-            if not isinstance(k, (str, int)):
+            if isinstance(k, str):
+                if not k.isascii():
+                    _check_text(k)
+            elif not isinstance(k, int) or isinstance(k, bool):
                 raise InterfaceError(f"dict content keys must be str or int, got {type(k).__name__}")
-            out[k] = check_content(v)
+            else:
+                check_content(k)
+            out[k] = check_content(v, _depth + 1)
         return out
     if isinstance(content, np.generic):
-        return content.item()
+        return check_content(content.item(), _depth)
     raise InterfaceError(
         f"cannot store content of type {type(content).__name__}: use str, bytes, a numpy "
         "array or a msgpack-able value")
 
 
-def _frozen_row(row: np.ndarray) -> np.ndarray:
-    """Content check for rows of an array the engine already copied and froze."""
-    return row
+def _check_text(text: str) -> None:
+    """Refuse text that has no UTF-8 form (a lone surrogate), like the wire codec does."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise InterfaceError(
+            f"cannot store text with a lone surrogate {bad!r} at position {exc.start}: "
+            "text must be valid Unicode (UTF-8 encodable)") from None
 
 
 def _vector(content: Any) -> np.ndarray | None:
@@ -198,8 +234,6 @@ class _StoredScroll(Scroll):
         """The content, decoded from its stored form on first access."""
         blob = self._blob
         if blob is not None:
-            from vtpu.protocol import unpack_value
-
             _SCROLL_CONTENT.__set__(self, unpack_value(blob))
             self._blob = None
         return _SCROLL_CONTENT.__get__(self)
@@ -226,6 +260,10 @@ class Engine:
         self._started = time.time()
         self._ops: dict[str, int] = {}
         self.load_seconds = 0.0
+        # Since the last commit: (keys blob, the scrolls they held before) per write call,
+        # and how many names the storage holds.
+        self._undo: list[tuple[bytes, list]] = []
+        self._names_mark = 0
         if storage is not None:
             self._load()
 
@@ -239,38 +277,75 @@ class Engine:
         t0 = time.perf_counter()
         names, rows = self.storage.load()
         self.names.extend(list(names))
+        self._names_mark = len(self.names)
         table = self.names
         m = self._map
-        for key, blob, version, created, updated in rows:
-            m[key] = _StoredScroll(key, blob, version, created, updated, table)
+        # A million new objects would trigger full garbage collections over everything
+        # loaded so far, half of the loop's time; they form no cycles.
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        try:
+            for key, blob, version, created, updated, _crc in rows:
+                m[key] = _StoredScroll(key, blob, version, created, updated, table)
+        finally:
+            if gc_was_on:
+                gc.enable()
         keys = list(m)
         if any(keys[i] >= keys[i + 1] for i in range(len(keys) - 1)):
             keys.sort()   # the storage returns key order; never trust it blindly
         self._index.load_sorted(b"".join(keys))
         self.load_seconds = time.perf_counter() - t0
 
-    def _persist(self, scrolls: list[Scroll]) -> None:
-        from vtpu.protocol import pack_value
-
-        self.storage.put_many([(s.key, pack_value(s.content), s.version, s.created_at,
-                                s.updated_at) for s in scrolls])
+    def _queued(self, mark: int, queue: Any, *args: Any) -> None:
+        """Queue a write that memory already shows; undo it there if queueing fails."""
+        try:
+            queue(*args)
+        except BaseException:
+            self._revert(mark)
+            raise
         if self.autocommit:
-            self.storage.commit()
+            self.commit()
 
-    def _persist_delete(self, keys: list[bytes]) -> None:
-        self.storage.delete(keys)
-        if self.autocommit:
-            self.storage.commit()
+    def _revert(self, mark: int) -> None:
+        """Undo, newest first, every write recorded in the undo log after ``mark``."""
+        undo, m, index = self._undo, self._map, self._index
+        while len(undo) > mark:
+            blob, olds = undo.pop()
+            for i in range(len(olds) - 1, -1, -1):
+                key = blob[18 * i:18 * i + 18]
+                old = olds[i]
+                if old is None:
+                    if m.pop(key, None) is not None:
+                        index.remove(key)
+                else:
+                    if key not in m:
+                        index.add(key)
+                    m[key] = old
 
-    def commit(self) -> None:
-        """Make every write so far durable (per the storage's fsync policy)."""
-        if self.storage is not None:
-            self.storage.commit()
+    def commit(self) -> int:
+        """Make every write so far durable (per the storage's fsync policy).
+
+        :returns: the number of storage operations written (0: nothing was pending).
+        :raises StorageError: the commit failed; every write since the last commit is
+            then undone in memory too (scrolls, index and name table), as if it had
+            never been made.
+        """
+        if self.storage is None:
+            return 0
+        try:
+            n = self.storage.commit()
+        except BaseException:
+            self._revert(0)
+            self.names.truncate(self._names_mark)
+            raise
+        self._undo = []
+        self._names_mark = len(self.names)
+        return n
 
     def close(self) -> None:
         """Commit and close the storage, if any."""
         if self.storage is not None:
-            self.storage.commit()
+            self.commit()
             self.storage.close()
             self.storage = None
 
@@ -309,8 +384,7 @@ class Engine:
             raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {len(blob)}")
         if content_only:
             return _core.scroll_contents(self._map, bytes(blob), Scroll)
-        g = self._map.get
-        return [g(blob[i:i + 18]) for i in range(0, len(blob), 18)]
+        return _core.get_scrolls(self._map, bytes(blob))
 
     def put(self, key: bytes, content: Any, if_version: int | None = None) -> int:
         """CPUT: write a scroll; returns its new version.
@@ -334,12 +408,18 @@ class Engine:
         now = time.time()
         if old is None:
             s = Scroll(key, content, 1, now, now, self.names)
-            self._index.add(key)
         else:
             s = Scroll(key, content, old.version + 1, old.created_at, now, self.names)
+        st = self.storage
+        if st is not None:
+            # Encoded and queued before memory changes: a refusal leaves nothing behind.
+            st.put(key, pack_value(content), s.version, s.created_at, s.updated_at)
+            self._undo.append((key, [old]))
+        if old is None:
+            self._index.add(key)
         self._map[key] = s
-        if self.storage is not None:
-            self._persist([s])
+        if st is not None and self.autocommit:
+            self.commit()
         return s.version
 
     def put_many(self, blob: bytes, contents: Any) -> list[int]:
@@ -352,47 +432,67 @@ class Engine:
         """
         if type(blob) is not bytes:
             blob = bytes(blob)
+        if len(blob) % 18:
+            raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {len(blob)}")
         self._check_names(blob)
         n = len(blob) // 18
-        check = check_content
         if isinstance(contents, np.ndarray):
             if contents.ndim == 0 or contents.shape[0] != n:
                 raise InterfaceError(f"{n} coordinates but contents of shape {contents.shape}")
-            frozen = np.array(contents, copy=True, order="C")
-            frozen.flags.writeable = False
-            contents = list(frozen) if frozen.ndim > 1 else [x.item() for x in frozen]
-            check = _frozen_row   # rows of one frozen copy: nothing left to copy or check
+            frozen = check_content(contents)   # the dtype check, and one frozen copy
+            if frozen.ndim > 1:
+                contents = list(frozen)        # rows of that copy: nothing left to check
+            else:
+                contents = frozen.tolist()
+                _core.check_contents(contents, check_content)
         else:
             contents = list(contents)
             if len(contents) != n:
                 raise InterfaceError(f"{n} coordinates but {len(contents)} contents")
+            _core.check_contents(contents, check_content)
+        st = self.storage
+        if st is not None:
+            # Encoded before memory changes: a refusal leaves nothing behind.
+            blobs = [pack_value(c) for c in contents]
+            olds = _core.get_scrolls(self._map, blob)
         versions, new_keys, written = _core.put_scrolls(self._map, blob, contents, time.time(),
-                                                        self.names, Scroll, check)
+                                                        self.names, Scroll)
         if new_keys:
             self._index.add_many(new_keys)
-        if self.storage is not None:
-            self._persist(written)
+        if st is not None:
+            mark = len(self._undo)
+            self._undo.append((blob, olds))
+            self._queued(mark, st.put_many, [
+                (s.key, b, s.version, s.created_at, s.updated_at)
+                for s, b in zip(written, blobs)])
         return versions
 
     def delete(self, key: bytes) -> int:
         """CDEL of one key: returns 1 if a scroll was removed, else 0."""
-        if self._map.pop(key, None) is None:
+        old = self._map.pop(key, None)
+        if old is None:
             return 0
         self._index.remove(key)
         if self.storage is not None:
-            self._persist_delete([key])
+            mark = len(self._undo)
+            self._undo.append((key, [old]))
+            self._queued(mark, self.storage.delete, [key])
         return 1
 
     def delete_many(self, blob: bytes) -> int:
         """CDEL of many keys: returns how many scrolls were removed."""
         keys = [blob[i:i + 18] for i in range(0, len(blob), 18)]
-        gone = []
+        gone, olds = [], []
         for key in keys:
-            if self._map.pop(key, None) is not None:
+            old = self._map.pop(key, None)
+            if old is not None:
                 self._index.remove(key)
                 gone.append(key)
+                olds.append(old)
         if gone and self.storage is not None:
-            self._persist_delete(gone)
+            mark = len(self._undo)
+            self._undo.append((b"".join(gone), olds))
+            self._queued(mark, self.storage.delete, gone)
         return len(gone)
 
     def delete_range(self, pattern: np.ndarray) -> int:
@@ -755,10 +855,18 @@ class Engine:
     # -- names, import/export, health -----------------------------------------------------
 
     def intern(self, names: list) -> list:
-        """Ids of names, interning unknown ones (persisted with the data)."""
+        """Ids of names, interning unknown ones (persisted with the data: with
+        ``autocommit`` they are committed before their ids are returned).
+
+        :raises LimitError: the name table is full.
+        :raises StorageError: the commit failed (the new names are forgotten again).
+        """
         if not isinstance(names, (list, tuple)):
             raise InterfaceError("intern takes a list of names")
-        return self.names.intern_many(list(names), True)
+        ids = self.names.intern_many(list(names), True)
+        if self.storage is not None and self.autocommit:
+            self.commit()
+        return ids
 
     def lookup_names(self, names: list) -> list:
         """Ids of names, None for unknown ones (nothing is interned)."""

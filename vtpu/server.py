@@ -6,9 +6,14 @@ clients (:mod:`vtpu.protocol`). Pipelined requests are answered in order; a BATC
 carries many operations.
 
 Durability (group commit): replies to writes are held back until the end of the current
-loop iteration, then ``engine.storage.commit()`` runs once for everything written by
-every connection in that iteration, and only then are the replies written. With
-``fsync="always"`` an acknowledged write is therefore on disk.
+loop iteration, then ``engine.commit()`` runs once for everything written by every
+connection in that iteration, and only then are the replies written. With
+``fsync="always"`` an acknowledged write is therefore on disk. Replies to reads that
+follow an uncommitted write are held with them. If the commit fails (disk full, I/O
+error), the engine undoes the whole group in memory and every held reply becomes a
+``STORAGE`` error: no client sees a write that was not stored, the connections stay
+open, and the next group commits afresh, so the server recovers by itself once space
+returns.
 
 Bad input never takes the server down or changes data: a malformed frame, an unknown
 opcode, a wrong argument or a bad coordinate gets a typed error reply; a stream that can
@@ -36,6 +41,7 @@ import sys
 import time
 from typing import Any, Callable
 
+import msgpack
 import numpy as np
 
 from . import _core
@@ -47,6 +53,7 @@ from .errors import (
     InterfaceError,
     LimitError,
     ProtocolError,
+    StorageError,
     is_internal,
 )
 
@@ -498,8 +505,9 @@ class _Connection(asyncio.Protocol):
                 self._close_after_flush()
             return
         server = self.server
-        if (wrote and server.storage is not None) or self.pending:
-            # Hold the replies until the group commit at the end of this loop iteration.
+        if self.pending or (server.storage is not None and (wrote or server._dirty)):
+            # Hold the replies until the group commit at the end of this loop iteration
+            # (reads too, once a write is uncommitted: they may show it).
             self.pending.extend(out)
             server.schedule_flush(self)
         else:
@@ -543,6 +551,7 @@ class _Server:
         self._flush_scheduled = False
         # (writer, keys written or None) this iteration, for invalidate pushes
         self._invalidate: list[tuple[_Connection, bytes | None]] = []
+        self.commit_failures = 0  # consecutive failed group commits
         self.started = time.time()
 
     # -- group commit --------------------------------------------------------------------
@@ -553,28 +562,48 @@ class _Server:
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Commit once for every write of this loop iteration, then release the replies."""
+        """Commit once for every write of this loop iteration, then release the replies.
+
+        A failed commit undoes the group (the engine reverts it) and answers every held
+        reply with a ``STORAGE`` error instead.
+        """
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
         if self.storage is not None:
             try:
-                self.storage.commit()
-            except Exception:
-                # Not durable, so not acknowledged: drop the held replies and close those
-                # connections; their clients see a connection error for these writes.
-                log.exception("storage commit failed; closing %d connection(s)", len(dirty))
-                for c in dirty:
-                    c.pending.clear()
-                    c.closing = True
-                    if c.transport is not None:
-                        c.transport.abort()
+                wrote = self.engine.commit()
+            except Exception as exc:
+                self._commit_failed(dirty, exc)
                 return
+            if wrote and self.commit_failures:
+                log.warning("storage commits succeed again, after %d failed",
+                            self.commit_failures)
+                self.commit_failures = 0
         seen = set()
         for c in dirty:
             if id(c) not in seen:
                 seen.add(id(c))
                 c.flush_pending()
         self._push_invalidations()
+
+    def _commit_failed(self, dirty: list[_Connection], exc: Exception) -> None:
+        if not self.commit_failures:
+            # Once per run of failures: a full disk must not also flood the log.
+            log.error("storage commit failed, answering STORAGE until it succeeds: %s", exc,
+                      exc_info=is_internal(exc))
+        self.commit_failures += 1
+        self._invalidate = []  # the writes were undone: nothing changed
+        message = (f"{P.error_pair(exc)[1]} (this group commit was undone: nothing of it "
+                   "is stored or visible; retry later)")
+        seen = set()
+        for c in dirty:
+            if id(c) in seen:
+                continue
+            seen.add(id(c))
+            held = b"".join(c.pending)
+            c.pending = [P.encode_error(msgid, "STORAGE", message)
+                         for msgid in _reply_msgids(held)]
+            c.flush_pending()
 
     def _push_invalidations(self) -> None:
         if not self._invalidate:
@@ -757,6 +786,20 @@ class _Server:
             "names_epoch": epoch if isinstance(epoch, int) else 0,
         }
         return P.encode_response(msgid, result)
+
+
+def _reply_msgids(frames: bytes) -> list[int]:
+    """The msgids of the reply frames in ``frames`` (whole frames, in order)."""
+    out = []
+    pos, end = 0, len(frames)
+    while pos + 4 <= end:
+        size = int.from_bytes(frames[pos:pos + 4], "big")
+        u = msgpack.Unpacker()
+        u.feed(frames[pos + 4:pos + 4 + min(size, 16)])  # [msgid, ...]: the head only
+        u.read_array_header()
+        out.append(u.unpack())
+        pos += 4 + size
+    return out
 
 
 class ServerHandle:
@@ -1021,9 +1064,7 @@ def serve(
         pass
     finally:
         try:
-            if storage is not None:
-                storage.commit()
-                storage.close()
+            engine.close()
         finally:
             loop.close()
             asyncio.set_event_loop(None)
@@ -1132,6 +1173,11 @@ def main(argv: list[str] | None = None) -> int:
     except InterfaceError as exc:
         print(f"vtpu serve: error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:
+        # A store that cannot be opened (locked, damaged, behind its commit counter):
+        # the message says what and what to do; a traceback would only bury it.
+        print(f"vtpu serve: StorageError: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
