@@ -699,7 +699,8 @@ cdef class ColumnStore:
         encoded as a msgpack str, bin or nil is kept decoded (its payload is copied to
         the arena); any other is kept encoded and decoded when read.
 
-        :param rows: an iterable of ``(key, packed content, version, created, updated)``.
+        :param rows: an iterable of ``(key, packed content, version, created, updated,
+            ...)`` (fields after the fifth, such as a checksum, are not read).
         :returns: the number of rows read.
         :raises InterfaceError: the store is not empty, a key is malformed or a content
             is not bytes.
@@ -713,7 +714,8 @@ cdef class ColumnStore:
         cdef const unsigned char* b
         cdef Row* r
         cdef uint8_t kind
-        for key, blob, version, created, updated in rows:
+        for rec in rows:
+            key, blob, version, created, updated = rec[0], rec[1], rec[2], rec[3], rec[4]
             _key_arg(key, k)
             if type(blob) is not bytes:
                 raise InterfaceError(f"row {count}: a packed content is bytes")
