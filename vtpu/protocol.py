@@ -1,10 +1,15 @@
-"""The vtpu wire protocol: a sans-IO codec shared by the server, the sync client and the
-asyncio client.
+"""The vtpu wire protocol: the readable reference codec (sans-IO).
 
 Nothing in this module touches a socket. It turns Python values into frames and bytes
 back into values, and knows the per-opcode argument and result shapes. The language-
 neutral specification is ``protocol/PROTOCOL.md``; the golden vectors in
 ``protocol/vectors/`` pin every shape and are checked by ``tests/test_protocol.py``.
+
+Callers import :mod:`vtpu.wire`, never this module: ``wire`` picks, once at import, this
+reference or its compiled twin ``vtpu._cprotocol``, which has the same names and the
+same semantics (byte for byte) for the codec functions listed in
+:data:`CODEC_NAMES`, and re-exports the shared names (constants, the opcode table, the
+packed coordinate forms) from here. One test suite runs against both.
 
 Frame
     4-byte big-endian body length, then exactly one msgpack object (the body).
@@ -26,6 +31,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import msgpack
 import numpy as np
 
+from .coords import Scroll
 from .errors import (
     InterfaceError,
     LimitError,
@@ -54,7 +60,15 @@ __all__ = [
     "encode_response_raw",
     "encode_error",
     "encode_push",
+    "encode_get_requests",
+    "encode_get_replies",
+    "encode_scrolls",
+    "encode_response_scrolls",
+    "decode_scrolls",
+    "decode_response_scrolls",
     "FrameDecoder",
+    "RequestError",
+    "CODEC_NAMES",
     "parse_request",
     "parse_reply",
     "Reply",
@@ -77,6 +91,20 @@ __all__ = [
     "wire_to_rows",
     "scroll_to_wire",
 ]
+
+#: The codec functions that :mod:`vtpu._cprotocol` implements again, compiled, with the
+#: same semantics; :mod:`vtpu.wire` takes these from one or the other.
+CODEC_NAMES = (
+    "encode_request",
+    "encode_get_requests",
+    "encode_response",
+    "encode_get_replies",
+    "encode_scrolls",
+    "encode_response_scrolls",
+    "decode_scrolls",
+    "decode_response_scrolls",
+    "FrameDecoder",
+)
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
@@ -377,22 +405,133 @@ def encode_push(kind: str, payload: Any, max_frame_size: int = DEFAULT_MAX_FRAME
     return encode_frame([0, PUSH, kind, payload], max_frame_size)
 
 
+def _check_msgids(first: int, n: int) -> None:
+    if type(first) is not int or first < 1 or first + n - 1 > 0xFFFFFFFF:
+        raise InterfaceError(f"msgids {first!r}.. (+{n}) must stay within 1 .. 2**32-1")
+
+
+def encode_get_requests(first_msgid: int, keys: bytes,
+                        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode one GET request frame per key, back to back (a pipelined run of GETs).
+
+    The bytes equal ``b"".join(encode_request(first_msgid + i, "GET", [key_i]))``.
+
+    :param first_msgid: the first request's id; the ids count up by one and the last,
+        ``first_msgid + N - 1``, must not exceed 2**32 - 1 (the caller wraps by
+        splitting the run).
+    :param keys: N*18 bytes, the packed keys in order.
+    :param max_frame_size: the largest body allowed (a GET body is at most 31 bytes).
+    :returns: the N frames as one bytes object (``b""`` for no keys).
+    :raises InterfaceError: if ``keys`` is not bytes of a multiple of 18, or the msgids
+        leave 1 .. 2**32-1.
+    """
+    if type(keys) is not bytes or len(keys) % KEY_SIZE:
+        raise InterfaceError("GET keys must be bytes holding packed coordinates (N*18)")
+    n = len(keys) // KEY_SIZE
+    if n:
+        _check_msgids(first_msgid, n)
+    return b"".join(
+        encode_request(first_msgid + i, "GET", [keys[i * KEY_SIZE : (i + 1) * KEY_SIZE]],
+                       max_frame_size)
+        for i in range(n)
+    )
+
+
+def encode_get_replies(msgids: list, scrolls: list,
+                       max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode the replies to a run of GET requests, back to back.
+
+    The bytes equal ``b"".join(encode_response(msgids[i], scroll_to_wire(scrolls[i])))``:
+    ``[msgid, 0, nil]`` where nothing is stored, else ``[msgid, 0, [key, content,
+    version, created_at, updated_at]]``.
+
+    :param msgids: the requests' ids.
+    :param scrolls: one Scroll (anything with those five attributes) or ``None`` each.
+    :param max_frame_size: the largest body allowed per reply.
+    :returns: the reply frames as one bytes object.
+    :raises LimitError: if one reply would exceed ``max_frame_size`` (nothing is
+        returned; the caller answers that request alone with an error).
+    :raises InterfaceError: if the lengths differ or a content cannot be encoded.
+    """
+    if len(msgids) != len(scrolls):
+        raise InterfaceError(f"{len(msgids)} msgids for {len(scrolls)} scrolls")
+    return b"".join(
+        encode_response(m, scroll_to_wire(s), max_frame_size) for m, s in zip(msgids, scrolls)
+    )
+
+
+def encode_scrolls(scrolls: list) -> bytes:
+    """Encode a list of Scrolls (``None`` allowed) as the msgpack bytes of the
+    column-wise scroll list (see :func:`scrolls_to_wire`).
+
+    :param scrolls: Scroll objects (anything with the five attributes) or ``None``.
+    :returns: the msgpack bytes of one value.
+    :raises InterfaceError: if a content cannot be encoded.
+    """
+    return packb(scrolls_to_wire(scrolls))
+
+
+def encode_response_scrolls(msgid: int, scrolls: list,
+                            max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                            page: bool = False, after: bytes | None = None) -> bytes:
+    """Encode a success reply whose result is a column-wise scroll list: GET_MANY and
+    KG (``[msgid, 0, columns]``) or, with ``page``, a RANGE page
+    (``[msgid, 0, [columns, after]]``).
+
+    The bytes equal ``encode_response(msgid, scrolls_to_wire(scrolls))``, or
+    ``encode_response(msgid, [scrolls_to_wire(scrolls), after])`` with ``page``.
+
+    :param msgid: the request id.
+    :param scrolls: Scroll objects or ``None``.
+    :param max_frame_size: the largest body allowed.
+    :param page: wrap the list as a RANGE page.
+    :param after: with ``page``: the key to continue after, or ``None`` on the last page.
+    :returns: the frame bytes.
+    :raises LimitError: if the frame is too large.
+    :raises InterfaceError: if a content cannot be encoded.
+    """
+    result: Any = scrolls_to_wire(scrolls)
+    if page:
+        result = [result, after]
+    return encode_response(msgid, result, max_frame_size)
+
+
+class RequestError(ProtocolError):
+    """A well-framed message that is not a request (``[msgid >= 1, opcode, args]``).
+
+    Unlike the other :class:`ProtocolError` cases of :meth:`FrameDecoder.next_requests`,
+    the frame boundary is intact and the stream stays usable: the server answers with a
+    ``PROTOCOL`` error reply and keeps reading. ``msgid`` is the request id when one
+    could be read, else 0.
+    """
+
+    def __init__(self, message: str, msgid: int = 0):
+        super().__init__(message)
+        self.msgid = msgid
+
+
 class FrameDecoder:
-    """Incremental frame decoder: ``feed(bytes)`` then ``next_frame()`` until ``None``.
+    """Incremental frame decoder: ``feed(bytes)``, then ``next()`` until ``None``.
 
     It never reads from anywhere; the caller feeds whatever bytes arrived, in pieces of
     any size (one byte at a time works). A length above ``max_frame_size`` is refused
-    before anything is allocated for it.
+    from the header alone, before anything is buffered for it.
+
+    Besides the generic :meth:`next`, it knows the two hot shapes of the protocol: the
+    server takes runs of pipelined GET requests with :meth:`next_requests`, the client
+    takes runs of GET replies with :meth:`next_get_replies`. Both leave any other frame
+    in the buffer for the generic path, so the two paths never disagree on a byte.
 
     :param max_frame_size: the largest body accepted.
     """
 
-    __slots__ = ("max_frame_size", "_buf", "_pos")
+    __slots__ = ("max_frame_size", "_buf", "_pos", "_peek")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE):
         self.max_frame_size = max_frame_size
         self._buf = bytearray()
         self._pos = 0  # start of unread data in _buf; compacted lazily to avoid O(n^2)
+        self._peek: Any = None  # (end offset, decoded body) of the frame at _pos, if known
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes.
@@ -406,43 +545,26 @@ class FrameDecoder:
         self._buf += data
 
     def buffered(self) -> int:
-        """Return how many received bytes are not yet consumed (a partial frame)."""
+        """Return how many received bytes are not yet consumed (at most a partial frame
+        after :meth:`next` returned ``None``)."""
         return len(self._buf) - self._pos
 
     def unread(self) -> tuple[bytearray, int]:
-        """Return ``(buffer, offset)``: the unread bytes are ``buffer[offset:]``.
-
-        For decoders that read frames in place (the server's compiled GET/PUT loop);
-        call :meth:`advance` with the offset after what they consumed. The buffer must
-        not be kept or resized.
-        """
+        """Return ``(buffer, offset)``: the unread bytes are ``buffer[offset:]`` (for the
+        server's in-place GET/PUT loop; goes away with it)."""
         return self._buf, self._pos
 
     def advance(self, pos: int) -> None:
-        """Mark everything before offset ``pos`` of the buffer as consumed.
+        """Mark everything before offset ``pos`` of the buffer as consumed."""
+        self._consume(min(pos, len(self._buf)))
 
-        :param pos: an offset returned with :meth:`unread`'s buffer, on a frame boundary.
-        """
-        buf = self._buf
-        if pos >= len(buf):
-            del buf[:]
-            self._pos = 0
-        elif pos > 65536 and pos > len(buf) // 2:
-            del buf[:pos]
-            self._pos = 0
-        else:
-            self._pos = pos
-
-    def next_body(self) -> bytes | None:
-        """Return the next complete frame body as raw bytes, or ``None`` if incomplete.
-
-        :raises ProtocolError: on a zero or oversized length (the stream is unusable).
-        """
+    # -- frames --------------------------------------------------------------------------
+    def _frame_end(self) -> int:
+        """Offset just after the complete frame at the read position, or -1."""
         buf = self._buf
         pos = self._pos
-        avail = len(buf) - pos
-        if avail < 4:
-            return None
+        if len(buf) - pos < 4:
+            return -1
         (n,) = _LEN.unpack_from(buf, pos)
         if n > self.max_frame_size:
             raise ProtocolError(
@@ -450,10 +572,12 @@ class FrameDecoder:
             )
         if n == 0:
             raise ProtocolError("frame with an empty body")
-        if avail < 4 + n:
-            return None
         end = pos + 4 + n
-        body = bytes(buf[pos + 4 : end])
+        return end if end <= len(buf) else -1
+
+    def _consume(self, end: int) -> None:
+        buf = self._buf
+        self._peek = None
         if end == len(buf):
             del buf[:]
             self._pos = 0
@@ -462,26 +586,164 @@ class FrameDecoder:
             self._pos = 0
         else:
             self._pos = end
+
+    def _decoded(self, end: int) -> Any:
+        """The decoded body of the complete frame at the read position (cached)."""
+        peek = self._peek
+        if peek is not None and peek[0] == end:
+            return peek[1]
+        msg = unpackb(self._buf[self._pos + 4 : end])
+        self._peek = (end, msg)
+        return msg
+
+    def next_body(self) -> bytes | None:
+        """Return the next complete frame body as raw bytes, or ``None`` if incomplete.
+
+        :raises ProtocolError: on a zero or oversized length (the stream is unusable).
+        """
+        end = self._frame_end()
+        if end < 0:
+            return None
+        body = bytes(self._buf[self._pos + 4 : end])
+        self._consume(end)
         return body
 
-    def next_frame(self) -> Any:
+    def next(self) -> Any:
         """Return the next decoded message, or ``None`` if no complete frame is buffered.
 
         :raises ProtocolError: on an oversized/empty length or a body that is not exactly
-            one valid msgpack object. After this error the stream is unusable.
+            one valid msgpack object (the frame is consumed). After this error the
+            stream is unusable.
         """
-        body = self.next_body()
-        if body is None:
+        end = self._frame_end()
+        if end < 0:
             return None
-        return unpackb(body)
+        try:
+            return self._decoded(end)
+        finally:
+            self._consume(end)
+
+    next_frame = next  # the name of earlier releases
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over the complete messages buffered so far."""
         while True:
-            msg = self.next_frame()
+            msg = self.next()
             if msg is None:
                 return
             yield msg
+
+    # -- the server's side ---------------------------------------------------------------
+    def next_requests(self, limit: int) -> tuple | None:
+        """Take the next request, or the next run of plain GET requests, from the buffer.
+
+        A plain GET is a frame whose body is exactly ``[msgid, "GET", [bin of 18]]``.
+        Consecutive plain GETs (at most ``limit`` frames) come back as one run, so the
+        server answers them with one engine call and one :func:`encode_get_replies`.
+
+        :param limit: most frames to consume (>= 1).
+        :returns: ``None`` if no complete frame is buffered; ``(msgids, keys)`` for a
+            run of plain GETs (``msgids`` a list of N ints, ``keys`` the N*18 bytes of
+            their keys, in order); otherwise ``(msgid, opcode, args)`` for one request
+            (a GET with other arguments comes this way too, for the dispatcher to
+            refuse).
+        :raises RequestError: a frame that decodes but is not a request (consumed; the
+            stream stays usable).
+        :raises ProtocolError: an empty or oversized length, or a body that is not
+            exactly one msgpack object (consumed; the stream is unusable).
+        """
+        msgids: list = []
+        keys: list = []
+        while len(msgids) < limit:
+            end = self._frame_end()
+            if end < 0:
+                break
+            if msgids:
+                try:
+                    msg = self._decoded(end)
+                except ProtocolError:
+                    break  # reported by the next call, after this run is answered
+            else:
+                try:
+                    msg = self._decoded(end)
+                except ProtocolError:
+                    self._consume(end)
+                    raise
+            key = _plain_get_key(msg)
+            if key is None:
+                if msgids:
+                    break
+                self._consume(end)
+                msgid, op, args = parse_request(msg)
+                return msgid, op, args
+            msgids.append(msg[0])
+            keys.append(key)
+            self._consume(end)
+        if not msgids:
+            return None
+        return msgids, b"".join(keys)
+
+    # -- the client's side ---------------------------------------------------------------
+    def next_get_replies(self, msgid: int, count: int, names: Any = None) -> list:
+        """Take a run of GET success replies from the buffer.
+
+        Decodes consecutive complete frames whose bodies are ``[msgid + i, 0, nil]`` or
+        ``[msgid + i, 0, [key bin(18), content, version uint >= 1, created float,
+        updated float]]`` (``i`` counting from 0), at most ``count``; stops at the first
+        frame that is incomplete or of any other kind (an error reply, a push, another
+        id), which stays buffered for :meth:`next`.
+
+        :param msgid: the id the first reply must carry.
+        :param count: most replies to take.
+        :param names: the name table given to every Scroll.
+        :returns: a list of Scroll or ``None`` (nothing stored), possibly empty.
+        :raises ProtocolError: on an empty or oversized length, or a body that is not
+            exactly one msgpack object (the stream is unusable).
+        """
+        out: list = []
+        while len(out) < count:
+            end = self._frame_end()
+            if end < 0:
+                break
+            msg = self._decoded(end)
+            if (type(msg) is not list or len(msg) != 3 or msg[0] != msgid + len(out)
+                    or type(msg[0]) is not int or msg[1] != STATUS_OK
+                    or type(msg[1]) is not int):
+                break
+            v = msg[2]
+            if v is None:
+                out.append(None)
+            else:
+                row = _scroll_row(v)
+                if row is None:
+                    break
+                out.append(Scroll(*row, names))
+            self._consume(end)
+        return out
+
+
+def _plain_get_key(msg: Any) -> bytes | None:
+    """The key of a plain GET request ``[msgid, "GET", [bin of 18]]``, else None."""
+    if type(msg) is list and len(msg) == 3 and msg[1] == "GET":
+        msgid, args = msg[0], msg[2]
+        if (type(msgid) is int and 1 <= msgid <= 0xFFFFFFFF and type(args) is list
+                and len(args) == 1):
+            key = args[0]
+            if type(key) is bytes and len(key) == KEY_SIZE:
+                return key
+    return None
+
+
+def _scroll_row(v: Any) -> tuple | None:
+    """``(key, content, version, created, updated)`` of a scroll's wire form, or None
+    if ``v`` is not exactly that shape."""
+    if type(v) is list and len(v) == 5:
+        key, content, version, created, updated = v
+        if (type(key) is bytes and len(key) == KEY_SIZE and type(version) is int
+                and version >= 1 and type(created) is float and type(updated) is float):
+            return key, content, version, created, updated
+    return None
+
 
 
 # ---------------------------------------------------------------------------------------
@@ -508,7 +770,7 @@ def parse_request(msg: Any) -> tuple[int, str, list]:
 
     :param msg: a decoded frame body.
     :returns: ``(msgid, opcode, args)``.
-    :raises ProtocolError: if it is not ``[uint msgid >= 1, str opcode, array args]``;
+    :raises RequestError: if it is not ``[uint msgid >= 1, str opcode, array args]``;
         ``exc.msgid`` holds the id when one could be read (else 0).
     """
     msgid = 0
@@ -519,9 +781,8 @@ def parse_request(msg: Any) -> tuple[int, str, list]:
                 return msgid, op, args
         else:
             msgid = 0
-    err = ProtocolError("malformed request: expected [msgid >= 1, opcode str, args array]")
-    err.msgid = msgid  # type: ignore[attr-defined]
-    raise err
+    raise RequestError("malformed request: expected [msgid >= 1, opcode str, args array]",
+                       msgid)
 
 
 def parse_reply(msg: Any) -> Reply | Push:
@@ -747,16 +1008,85 @@ def wire_to_rows(w: Any) -> Iterator[tuple | None]:
             if contents.ndim < 2:
                 raise ValueError("stacked contents need at least 2 dimensions")
             contents = list(contents)  # row views, no copies
+        if type(keys) is not bytes or not (
+                type(contents) is type(versions) is type(created) is type(updated) is list):
+            raise TypeError("expected a keys bin and four arrays")
         if len(keys) != n * KEY_SIZE or not (len(contents) == len(created) == len(updated) == n):
             raise ValueError("column lengths differ")
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed scroll list: {exc}") from None
     for i in range(n):
         v = versions[i]
+        if type(v) is not int or v < 0:
+            raise ProtocolError(f"malformed scroll list: version {v!r} at {i}")
         if v:
-            yield (keys[i * KEY_SIZE : (i + 1) * KEY_SIZE], contents[i], v, created[i], updated[i])
+            c, u = created[i], updated[i]
+            if type(c) is not float or type(u) is not float:
+                raise ProtocolError(f"malformed scroll list: times at {i} are not floats")
+            yield (keys[i * KEY_SIZE : (i + 1) * KEY_SIZE], contents[i], v, c, u)
         else:
             yield None
+
+
+def _unpack_at(data: Any, offset: int) -> tuple[Any, int]:
+    """Decode the one msgpack value at ``data[offset:]``: ``(value, end offset)``."""
+    up = msgpack.Unpacker(raw=False, ext_hook=_ext_hook, strict_map_key=False,
+                          use_list=True, max_buffer_size=max(len(data), 1))
+    up.feed(memoryview(data)[offset:])
+    try:
+        value = up.unpack()
+    except ProtocolError:
+        raise
+    except msgpack.OutOfData:
+        raise ProtocolError("malformed msgpack: truncated value") from None
+    except Exception as exc:  # FormatError, StackError, UnicodeDecodeError ...
+        raise ProtocolError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
+    return value, offset + up.tell()
+
+
+def decode_scrolls(data: bytes | bytearray | memoryview, offset: int = 0,
+                   names: Any = None) -> tuple[Any, int]:
+    """Decode the column-wise scroll list at ``data[offset:]`` (either contents form).
+
+    :param data: bytes holding the encoded list (a reply body, say).
+    :param offset: where the list starts.
+    :param names: the name table given to every Scroll.
+    :returns: ``(scrolls, end)``: a list-like of Scroll or ``None`` (version 0), and the
+        offset just after the list. The compiled twin returns a lazy sequence that
+        builds each Scroll when first read; both compare equal to a plain list.
+    :raises ProtocolError: if the bytes are truncated or not a scroll list.
+    """
+    w, end = _unpack_at(data, offset)
+    return [None if row is None else Scroll(*row, names) for row in wire_to_rows(w)], end
+
+
+def decode_response_scrolls(body: bytes | bytearray | memoryview, names: Any = None,
+                            page: bool = False) -> Reply | Push:
+    """Decode a reply body whose success result is a scroll list (GET_MANY, KG) or, with
+    ``page``, a RANGE page ``[scroll list, after]``: the inverse of
+    :func:`encode_response_scrolls`.
+
+    :param body: one frame body.
+    :param names: the name table given to every Scroll.
+    :param page: the result is a RANGE page.
+    :returns: a :class:`Reply` whose ``value`` is the scrolls (with ``page``:
+        ``(scrolls, after)``); an error reply or a push decode as in
+        :func:`parse_reply`.
+    :raises ProtocolError: if the body is malformed, or a success result is not of
+        that shape.
+    """
+    r = parse_reply(unpackb(body))
+    if type(r) is Push or not r.ok:
+        return r
+    w = r.value
+    if page:
+        if type(w) is not list or len(w) != 2:
+            raise ProtocolError("malformed RANGE page: expected [scroll list, after]")
+        w, after = w
+        if after is not None and (type(after) is not bytes or len(after) != KEY_SIZE):
+            raise ProtocolError("malformed RANGE page: after must be nil or 18 bytes")
+    scrolls = [None if row is None else Scroll(*row, names) for row in wire_to_rows(w)]
+    return Reply(r.msgid, True, (scrolls, after) if page else scrolls)
 
 
 # ---------------------------------------------------------------------------------------
