@@ -18,7 +18,9 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
         + ([("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []),
         extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
-    )
+    ),
+    Extension("vtpu._cprotocol", ["vtpu/_cprotocol.pyx"],
+              extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"]),
 ]
 
 setup(

@@ -650,25 +650,24 @@ class FrameDecoder:
         :raises RequestError: a frame that decodes but is not a request (consumed; the
             stream stays usable).
         :raises ProtocolError: an empty or oversized length, or a body that is not
-            exactly one msgpack object (consumed; the stream is unusable).
+            exactly one msgpack object (consumed; the stream is unusable). A run of
+            GETs before such a frame is returned first; the next call raises.
         """
         msgids: list = []
         keys: list = []
         while len(msgids) < limit:
-            end = self._frame_end()
-            if end < 0:
-                break
-            if msgids:
-                try:
-                    msg = self._decoded(end)
-                except ProtocolError:
+            end = -1
+            try:
+                end = self._frame_end()
+                if end < 0:
+                    break
+                msg = self._decoded(end)
+            except ProtocolError:
+                if msgids:
                     break  # reported by the next call, after this run is answered
-            else:
-                try:
-                    msg = self._decoded(end)
-                except ProtocolError:
+                if end >= 0:
                     self._consume(end)
-                    raise
+                raise
             key = _plain_get_key(msg)
             if key is None:
                 if msgids:
@@ -698,14 +697,23 @@ class FrameDecoder:
         :param names: the name table given to every Scroll.
         :returns: a list of Scroll or ``None`` (nothing stored), possibly empty.
         :raises ProtocolError: on an empty or oversized length, or a body that is not
-            exactly one msgpack object (the stream is unusable).
+            exactly one msgpack object (consumed; the stream is unusable). Replies
+            decoded before such a frame are returned first; the next call raises.
         """
         out: list = []
         while len(out) < count:
-            end = self._frame_end()
-            if end < 0:
-                break
-            msg = self._decoded(end)
+            end = -1
+            try:
+                end = self._frame_end()
+                if end < 0:
+                    break
+                msg = self._decoded(end)
+            except ProtocolError:
+                if out:
+                    break  # raised again by the next call, after these are handed over
+                if end >= 0:
+                    self._consume(end)
+                raise
             if (type(msg) is not list or len(msg) != 3 or msg[0] != msgid + len(out)
                     or type(msg[0]) is not int or msg[1] != STATUS_OK
                     or type(msg[1]) is not int):
