@@ -2,6 +2,7 @@
 
 ``VTPU_DEBUG=1`` builds with line tracing and writes Cython's annotated HTML.
 """
+import glob
 import os
 
 import numpy
@@ -14,6 +15,10 @@ extensions = [
     Extension(
         "vtpu._core",
         ["vtpu/_core.pyx"],
+        # _core.pyx and _core.pxd include the units of vtpu/core/ (relative includes):
+        # a change to any of them rebuilds the extension.
+        depends=["vtpu/_core.pxd"]
+        + sorted(glob.glob("vtpu/core/*.pxd") + glob.glob("vtpu/core/*.pxi")),
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
         + ([("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []),

@@ -160,13 +160,18 @@ def frame_vectors():
          "error": "ProtocolError", "stage": "frame"},
         {"name": "truncated_frame", "hex": (struct.pack(">I", 10) + b"\x93\x01").hex(), "error": None,
          "incomplete": True, "stage": "frame", "note": "not an error yet: waits for 8 more bytes"},
-        {"name": "request_not_array", "hex": frame_of(b"\x01"), "error": "ProtocolError", "stage": "request"},
-        {"name": "request_two_items", "hex": frame_of(P.packb([1, "GET"])), "error": "ProtocolError", "stage": "request"},
-        {"name": "request_msgid_zero", "hex": frame_of(P.packb([0, "GET", [K1]])), "error": "ProtocolError", "stage": "request"},
-        {"name": "request_msgid_negative", "hex": frame_of(P.packb([-1, "GET", [K1]])), "error": "ProtocolError", "stage": "request"},
-        {"name": "request_msgid_too_big", "hex": frame_of(P.packb([2**32, "GET", [K1]])), "error": "ProtocolError", "stage": "request"},
-        {"name": "request_opcode_int", "hex": frame_of(P.packb([1, 7, [K1]])), "error": "ProtocolError", "stage": "request"},
-        {"name": "request_args_map", "hex": frame_of(P.packb([1, "GET", {"k": K1}])), "error": "ProtocolError", "stage": "request"},
+        {"name": "request_not_array", "hex": frame_of(b"\x01"), "error": "ProtocolError", "stage": "request", "msgid": 0},
+        {"name": "ndarray_unicode_bytes_as_chars", "hex": frame_of(P.packb(_bad_ext(["<U2", [1], b"ab\x00\x00"]))),
+         "error": "ProtocolError", "stage": "frame",
+         "note": "<U2 is 2 characters = 8 bytes per item, not 2 bytes"},
+        {"name": "request_two_items", "hex": frame_of(P.packb([1, "GET"])), "error": "ProtocolError", "stage": "request",
+         "msgid": 1, "note": "the msgid is readable, so the error reply carries it"},
+        {"name": "request_msgid_zero", "hex": frame_of(P.packb([0, "GET", [K1]])), "error": "ProtocolError", "stage": "request", "msgid": 0},
+        {"name": "request_msgid_negative", "hex": frame_of(P.packb([-1, "GET", [K1]])), "error": "ProtocolError", "stage": "request", "msgid": 0},
+        {"name": "request_msgid_too_big", "hex": frame_of(P.packb([2**32, "GET", [K1]])), "error": "ProtocolError", "stage": "request", "msgid": 0},
+        {"name": "request_opcode_int", "hex": frame_of(P.packb([1, 7, [K1]])), "error": "ProtocolError", "stage": "request", "msgid": 1},
+        {"name": "request_args_map", "hex": frame_of(P.packb([1, "GET", {"k": K1}])), "error": "ProtocolError", "stage": "request", "msgid": 1},
+        {"name": "request_four_items", "hex": frame_of(P.packb([4, "GET", [K1], None])), "error": "ProtocolError", "stage": "request", "msgid": 4},
         {"name": "reply_bad_status", "hex": frame_of(P.packb([1, 2, None])), "error": "ProtocolError", "stage": "reply"},
         {"name": "reply_error_not_pair", "hex": frame_of(P.packb([1, 1, "oops"])), "error": "ProtocolError", "stage": "reply"},
         {"name": "reply_push_bad_kind", "hex": frame_of(P.packb([0, "push", 5, None])), "error": "ProtocolError", "stage": "reply"},
@@ -198,6 +203,8 @@ def value_vectors():
         ("ndarray_0d", np.array(3.0, dtype="<f8")),
         ("ndarray_empty", np.zeros((0, 4), dtype="<f4")),
         ("ndarray_bytes", np.array([b"ab", b"c"], dtype="|S2")),
+        ("ndarray_unicode", np.array(["ab", "\u00e9"], dtype="<U2")),
+        ("ndarray_unicode_big_endian", np.array(["x"], dtype=">U1")),
         ("map_with_ndarray", {"emb": np.array([1, 2], dtype="<i4"), "label": "x"}),
     ]
     return {"description": "Content values: hex = pack_value(value).",
@@ -229,7 +236,70 @@ def coord_vectors():
          "values": [7, -1, 0, 0, 0, 0, 0, 0, 0],
          "hex": delta((1, 0, 2, 0, 0, 0, 0, 0, 0), (7, -1, 0, 0, 0, 0, 0, 0, 0)).hex()},
     ]
+    out["invalid_deltas"] = [
+        {"name": "op_3", "hex": delta((3, 0, 0, 0, 0, 0, 0, 0, 0), (0,) * 9).hex(),
+         "error": "InterfaceError", "note": "ops are 0 add, 1 set, 2 wildcard; anything else is ARG"},
+        {"name": "op_negative", "hex": delta((0, 0, 0, 0, 0, 0, 0, 0, -1), (0,) * 9).hex(), "error": "InterfaceError"},
+        {"name": "set_over_uint16", "hex": delta((1,) + (0,) * 8, (65536,) + (0,) * 8).hex(), "error": "InterfaceError"},
+    ]
+    out["texts"] = text_vectors()
     return out
+
+
+# Names used by the text vectors: id 0xF000 + index.
+TEXT_NAMES = ["query", "person", "father"]
+
+
+def text_vectors():
+    """The text grammar (PROTOCOL.md §2.4): text -> packed form, or an error. Written out
+    by hand, not computed by vtpu, so they check the parser rather than restate it."""
+    N = 0xF000
+    ok = [
+        ("coord", "1.2.3/4.5.6/7.8.9", [1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        ("coord", "1.2.3;4.5.6;7.8.9", [1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        ("coord", "  1.2.3 / 4.5.6 ; 7.8.9  ", [1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        ("coord", "0.0.0/0.0.0/0.0.61439", [0, 0, 0, 0, 0, 0, 0, 0, 61439]),
+        ("coord", "007.1.1/1.1.1/1.1.1", [7, 1, 1, 1, 1, 1, 1, 1, 1]),
+        ("coord", "3.8.512/query.0.0/1.1.1", [3, 8, 512, N, 0, 0, 1, 1, 1]),
+        ("coord", "person.1001.1/father.person.1002/1.1.1", [N + 1, 1001, 1, N + 2, N + 1, 1002, 1, 1, 1]),
+        ("pattern", "1.2.3/*.*.*/*.*.*", [[1, 2, 3, 0, 0, 0, 0, 0, 0], [1, 2, 3] + [0xFFFF] * 6]),
+        ("pattern", "1.1.1/[2:5].[:3].[7:]/1.1.query",
+         [[1, 1, 1, 2, 0, 7, 1, 1, N], [1, 1, 1, 4, 2, 61439, 1, 1, N]]),
+        ("pattern", "[0:61440].*.*/*.*.*/*.*.*", [[0] * 9, [61439] + [0xFFFF] * 8]),
+        ("delta", "+0.0.0/+0.0.5/+0.0.0", [[0] * 9, [0, 0, 0, 0, 0, 5, 0, 0, 0]]),
+        ("delta", "0.0.0/0.0.5/0.0.0", [[0] * 9, [0, 0, 0, 0, 0, 5, 0, 0, 0]]),
+        ("delta", "=7.-1.*/+0.+0.+0/+0.+0.+0", [[1, 0, 2, 0, 0, 0, 0, 0, 0], [7, -1, 0, 0, 0, 0, 0, 0, 0]]),
+        ("delta", "person.=father.+query/0.0.0/0.0.0", [[1, 1, 1, 0, 0, 0, 0, 0, 0], [N + 1, N + 2, N, 0, 0, 0, 0, 0, 0]]),
+    ]
+    bad = [
+        ("coord", "1.2.3/4.5.6/7.8", "8 components"),
+        ("coord", "1.2.3/4.5.6/7.8.9.10", "10 components"),
+        ("coord", "1..3/4.5.6/7.8.9", "empty component"),
+        ("coord", "1.2.3/4.5.6/7.8.61440", "above 61439"),
+        ("coord", "1.2.3/4.5.6/7.8.-1", "no sign in a coordinate"),
+        ("coord", "1. 2.3/4.5.6/7.8.9", "no space around '.'"),
+        ("coord", "1.2.3.4.5.6.7.8.9", "'/' (or ';') separates groups of three"),
+        ("coord", "1.2.3/4.5.6/7.8.*", "no '*' in a coordinate"),
+        ("coord", "a" * 65 + ".1.1/1.1.1/1.1.1", "name longer than 64"),
+        ("coord", "1.2.3/4.5.6/7.8.9\t", "only spaces are blank"),
+        ("pattern", "1.1.1/[5:5].1.1/1.1.1", "empty interval"),
+        ("pattern", "1.1.1/[5-9].1.1/1.1.1", "interval needs ':'"),
+        ("pattern", "1.1.1/[0:61441].1.1/1.1.1", "interval end above 61440"),
+        ("delta", "-query.0.0/0.0.0/0.0.0", "a name cannot be subtracted"),
+        ("delta", "+61440.0.0/0.0.0/0.0.0", "magnitude above 61439"),
+    ]
+    return {
+        "names": TEXT_NAMES,
+        "valid": [{"kind": k, "text": t, "packed": (key(*v) if k == "coord" else
+                   pattern(*v) if k == "pattern" else delta(*v)).hex(), "value": v} for k, t, v in ok],
+        "invalid": [{"kind": k, "text": t, "why": w, "error": "CoordinateError"} for k, t, w in bad],
+        "format": [
+            {"coord": [1, 2, 3, 4, 5, 6, 7, 8, 9], "text": "1.2.3/4.5.6/7.8.9"},
+            {"coord": [3, 8, 512, N, 0, 0, 1, 1, 1], "text": "3.8.512/query.0.0/1.1.1"},
+            {"pattern": [[1, 1, 1, 2, 0, 0, 1, 1, 1], [1, 1, 1, 4, 0xFFFF, 0xFFFF, 1, 1, 1]],
+             "text": "1.1.1/[2:5].*.*/1.1.1"},
+        ],
+    }
 
 
 def jump(k: int, n: int) -> int:
@@ -283,10 +353,131 @@ def hash_vectors():
             "xxh64": xx, "jump": jumps, "route": routes, "moe": moes}
 
 
+def _req(msgid, op, args) -> str:
+    return P.encode_request(msgid, op, args).hex()
+
+
+def _raw_frame(body: bytes) -> str:
+    return (struct.pack(">I", len(body)) + body).hex()
+
+
+def exchange_vectors():
+    """Conversations with a server: frames sent (after a successful HELLO with the given
+    options), the exact frames expected back, and whether the connection then stays
+    open. tests/test_spec_server.py replays each against a real server."""
+    import msgpack
+
+    PAT_ALL = pattern((0,) * 9, (0xFFFF,) * 9)
+    E1 = key(1, 1, 1, 1, 1, 1, 1, 1, 1)
+    E2 = key(1, 1, 1, 1, 1, 1, 1, 1, 2)
+    f4 = lambda *v: np.array(v, dtype="<f4")  # noqa: E731
+    f8 = lambda *v: np.array(v, dtype="<f8")  # noqa: E731
+    put_vecs = lambda dt: [_req(1, "PUT", [E1, np.array([1, 0, 0], dtype=dt)]),  # noqa: E731
+                           _req(2, "PUT", [E2, np.array([0, 1, 0], dtype=dt)])]
+    ok_puts = [{"msgid": 1, "status": 0}, {"msgid": 2, "status": 0}]
+    err = lambda m, code: {"msgid": m, "status": 1, "code": code}  # noqa: E731
+    ts_put = msgpack.packb([3, "PUT", [K1, msgpack.Timestamp(1700000000, 0)]], use_bin_type=True)
+    ex = [
+        # §1: an undecodable body poisons the stream; a well-formed bad shape does not.
+        {"name": "trailing_bytes_poison", "section": "1",
+         "send": [_raw_frame(b"\x01\x02"), _req(2, "PING", [])],
+         "expect": [err(0, "PROTOCOL")], "then": "closed"},
+        {"name": "unknown_ext_poisons", "section": "1",
+         "send": [_raw_frame(b"\xd4\x05\x00"), _req(2, "PING", [])],
+         "expect": [err(0, "PROTOCOL")], "then": "closed"},
+        {"name": "bad_ndarray_payload_poisons", "section": "1, 2.1",
+         "send": [_raw_frame(P.packb([3, "PUT", [K1, _bad_ext(["<f4", [3], b"\x00" * 8])]])), _req(4, "PING", [])],
+         "expect": [err(0, "PROTOCOL")], "then": "closed"},
+        {"name": "oversized_length_poisons", "section": "1", "server": {"max_frame_size": 1024},
+         "send": [struct.pack(">I", 1025).hex()],
+         "expect": [err(0, "LIMIT")], "then": "closed"},
+        # §2.1: <U counts characters (4 bytes each).
+        {"name": "unicode_array_roundtrip", "section": "2.1",
+         "send": [_req(1, "PUT", [K1, np.array(["ab", "\u00e9"], dtype="<U2")]),
+                  _req(2, "GET_MANY", [K1, True])],
+         "expect": [{"msgid": 1, "status": 0, "result": 1},
+                    {"msgid": 2, "status": 0, "result": [np.array(["ab", "\u00e9"], dtype="<U2")]}],
+         "then": "open"},
+        # §2.1: ext -1 (msgpack's timestamp) is valid msgpack but no vtpu value: ARG.
+        {"name": "timestamp_ext_is_arg", "section": "2.1",
+         "send": [_raw_frame(ts_put), _req(4, "GET", [K1])],
+         "expect": [err(3, "ARG"), {"msgid": 4, "status": 0, "result": None}], "then": "open"},
+        # §3: the msgid of a malformed request is used when it can be read ...
+        {"name": "two_item_request_keeps_msgid", "section": "3",
+         "send": [P.encode_frame([7, "GET"]).hex(), _req(8, "PING", [])],
+         "expect": [err(7, "PROTOCOL"), {"msgid": 8, "status": 0, "result": "PONG"}], "then": "open"},
+        # ... and a msgid-0 error on an open connection answers the oldest unanswered request.
+        {"name": "unreadable_msgid_answered_in_order", "section": "3",
+         "send": [_req(5, "PING", []), P.encode_frame(["x", "GET", [K1]]).hex(), _req(6, "PING", [])],
+         "expect": [{"msgid": 5, "status": 0, "result": "PONG"}, err(0, "PROTOCOL"),
+                    {"msgid": 6, "status": 0, "result": "PONG"}], "then": "open"},
+        # §3.2: no invalidate push for the connection's own write.
+        {"name": "tracking_connection_not_told_own_write", "section": "3.2", "hello": {"track": True},
+         "send": [_req(1, "PUT", [K1, "a"]), _req(2, "DEL", [K1])],
+         "expect": [{"msgid": 1, "status": 0, "result": 1}, {"msgid": 2, "status": 0, "result": 1}],
+         "then": "open", "note": "'open' is checked with a PING whose reply must be the next frame"},
+        # §5 ATTEND: output is nil without values, the mean of values with zero scores.
+        {"name": "attend_output_nil_without_values", "section": "5",
+         "send": put_vecs("<f8") + [_req(3, "ATTEND", [f8(0, 0, 0), PAT_ALL, None, None, True]),
+                                    _req(4, "ATTEND", [f8(0, 0, 0), PAT_ALL, None, PAT_ALL])],
+         "expect": ok_puts + [{"msgid": 3, "status": 0, "result_has": {"output": None, "n": 2, "keys": E1 + E2}},
+                              {"msgid": 4, "status": 0, "result_has": {"output": f8(0.5, 0.5, 0), "n": 2}}],
+         "then": "open"},
+        # §5 ATTEND_MANY: float32 in, float32 out; top_k only with return_weights.
+        {"name": "attend_many_float32_stays_float32", "section": "5",
+         "send": put_vecs("<f4") + [_req(3, "ATTEND_MANY", [np.zeros((1, 3), dtype="<f4"), PAT_ALL])],
+         "expect": ok_puts + [{"msgid": 3, "status": 0, "result": {
+             "outputs": np.array([[0.5, 0.5, 0]], dtype="<f4"), "counts": np.array([2], dtype="<i8")}}],
+         "then": "open"},
+        {"name": "attend_many_float64_query", "section": "5",
+         "send": put_vecs("<f4") + [_req(3, "ATTEND_MANY", [np.zeros((1, 3), dtype="<f8"), PAT_ALL])],
+         "expect": ok_puts + [{"msgid": 3, "status": 0, "result": {
+             "outputs": np.array([[0.5, 0.5, 0]], dtype="<f8"), "counts": np.array([2], dtype="<i8")}}],
+         "then": "open"},
+        {"name": "attend_many_top_k", "section": "5",
+         "send": put_vecs("<f4") + [_req(3, "ATTEND_MANY", [np.zeros((1, 3), dtype="<f4"), PAT_ALL, 1]),
+                                    _req(4, "ATTEND_MANY", [np.zeros((1, 3), dtype="<f4"), PAT_ALL, 1, None, True])],
+         "expect": ok_puts + [err(3, "ARG"), {"msgid": 4, "status": 0, "result": {
+             "outputs": np.array([[0.5, 0.5, 0]], dtype="<f4"), "counts": np.array([2], dtype="<i8"),
+             "weights": [f4(0.5)]}}],
+         "then": "open"},
+        # §2.2: delta ops other than 0/1/2 are refused.
+        {"name": "delta_op_3_is_arg", "section": "2.2",
+         "send": [_req(1, "KG", [PAT_ALL, delta((3,) + (0,) * 8, (0,) * 9)]),
+                  _req(2, "ATTEND", [K1, PAT_ALL, None, delta((0,) * 8 + (7,), (0,) * 9)])],
+         "expect": [err(1, "ARG"), err(2, "ARG")], "then": "open"},
+        # §4: max_frame_size below 1024 is refused; an accepted one is enforced.
+        {"name": "hello_max_frame_size_below_1024", "section": "4", "hello": None,
+         "send": [_req(1, "HELLO", [1, None, {"max_frame_size": 512}]), _req(2, "PING", []),
+                  _req(3, "HELLO", [1, None, {"max_frame_size": 1024}]), _req(4, "PING", [])],
+         "expect": [err(1, "ARG"), err(2, "PROTOCOL"), {"msgid": 3, "status": 0},
+                    {"msgid": 4, "status": 0, "result": "PONG"}], "then": "open"},
+        {"name": "hello_max_frame_size_enforced", "section": "4",
+         "send": [_req(1, "PUT", [K1, "x" * 2000]), _req(2, "HELLO", [1, None, {"max_frame_size": 1024}]),
+                  _req(3, "GET", [K1]), _req(4, "GET_MANY", [K1])],
+         "expect": [{"msgid": 1, "status": 0, "result": 1}, {"msgid": 2, "status": 0},
+                    err(3, "LIMIT"), err(4, "LIMIT")], "then": "open"},
+        # §5: absent keys are not errors (no opcode of protocol 1 answers NOT_FOUND).
+        {"name": "absent_key_is_nil_not_error", "section": "5",
+         "send": [_req(1, "GET", [K2]), _req(2, "DEL", [K2]), _req(3, "HIER", [K2, "NEXT"])],
+         "expect": [{"msgid": 1, "status": 0, "result": None}, {"msgid": 2, "status": 0, "result": 0},
+                    {"msgid": 3, "status": 0, "result": None}], "then": "open"},
+    ]
+    for e in ex:
+        e.setdefault("hello", {})
+        e["expect"] = to_json(e["expect"])
+    return {"description": "Server conversations: after HELLO with `hello` options (null: no HELLO), "
+                           "send the frames (hex) in one write; the frames received must be exactly "
+                           "`expect` (result: exact value; result_has: these map entries; neither: "
+                           "status only); then the connection is closed or still answers PING "
+                           "with the next frame. `server`: server options.",
+            "exchanges": ex}
+
+
 def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     for name, fn in [("frames", frame_vectors), ("values", value_vectors), ("coords", coord_vectors),
-                     ("hash", hash_vectors)]:
+                     ("hash", hash_vectors), ("exchanges", exchange_vectors)]:
         with open(os.path.join(OUT, name + ".json"), "w") as f:
             json.dump(fn(), f, indent=1, sort_keys=False)
             f.write("\n")

@@ -257,9 +257,12 @@ def test_invalid_vector(codec, vec):
                 d.next()
     elif vec["stage"] == "request":
         d.feed(data)
-        with pytest.raises(P.RequestError):
+        with pytest.raises(P.RequestError) as info:
             d.next_requests(10)
         assert d.buffered() == 0  # consumed: the stream goes on
+        if "msgid" in vec:
+            # §3: the error reply carries the msgid whenever it could be read.
+            assert info.value.msgid == vec["msgid"]
     else:
         d.feed(data)
         with pytest.raises(E.ProtocolError):
@@ -269,8 +272,12 @@ def test_invalid_vector(codec, vec):
 def test_oversized_refused_from_header_alone(codec):
     d = codec.FrameDecoder(1000)
     d.feed(struct.pack(">I", 1001))
-    with pytest.raises(E.ProtocolError, match="exceeds max_frame_size"):
+    with pytest.raises(E.FrameTooLarge, match="exceeds max_frame_size"):
         d.next()
+    for take in (lambda: d.next_body(), lambda: d.next_requests(5),
+                 lambda: d.next_get_replies(1, 5)):
+        with pytest.raises(E.FrameTooLarge):
+            take()
 
 
 def test_frame_at_exact_limit_is_accepted(codec):

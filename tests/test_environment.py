@@ -51,7 +51,7 @@ def test_public_functions_are_compiled(name):
     kind = type(fn).__name__
     assert kind == "builtin_function_or_method" or "cython_function" in kind, kind
     assert not hasattr(fn, "__code__") or not isinstance(fn.__code__, types.CodeType) \
-        or fn.__code__.co_filename.endswith(".pyx"), name
+        or fn.__code__.co_filename.endswith((".pyx", ".pxi")), name
 
 
 def test_package_uses_the_same_extension():

@@ -152,6 +152,91 @@ def test_delta_vector(vec):
     assert P.unpack_delta(bytes.fromhex(vec["hex"])).tolist() == d.tolist()
 
 
+@pytest.mark.parametrize("vec", COORDS["invalid_deltas"], ids=lambda v: v["name"])
+def test_invalid_delta_vector(vec):
+    with pytest.raises(E.InterfaceError):
+        P.unpack_delta(bytes.fromhex(vec["hex"]))
+    with pytest.raises(E.InterfaceError):
+        P.unpack_deltas(bytes.fromhex(DELTA_OK) + bytes.fromhex(vec["hex"]))
+
+
+DELTA_OK = COORDS["deltas"][0]["hex"]
+TEXTS = COORDS["texts"]
+
+
+def _text_names():
+    from vtpu.coords import NameTable
+
+    return NameTable(TEXTS["names"])
+
+
+@pytest.mark.parametrize("vec", TEXTS["valid"], ids=lambda v: v["text"])
+def test_text_grammar_valid(vec):
+    core = pytest.importorskip("vtpu._core")
+    parse = {"coord": core.parse_coord, "pattern": core.parse_pattern, "delta": core.parse_delta}
+    got = parse[vec["kind"]](vec["text"], _text_names(), False)
+    assert got.tolist() == vec["value"]
+    packed = {"coord": P.pack_coord, "pattern": P.pack_pattern, "delta": P.pack_delta}[vec["kind"]]
+    assert packed(got).hex() == vec["packed"]
+
+
+@pytest.mark.parametrize("vec", TEXTS["invalid"], ids=lambda v: v["text"])
+def test_text_grammar_invalid(vec):
+    core = pytest.importorskip("vtpu._core")
+    parse = {"coord": core.parse_coord, "pattern": core.parse_pattern, "delta": core.parse_delta}
+    with pytest.raises(E.CoordinateError) as info:
+        parse[vec["kind"]](vec["text"], _text_names(), False)
+    assert repr(vec["text"]) in str(info.value)  # the message quotes the input
+
+
+def test_text_format_vectors():
+    core = pytest.importorskip("vtpu._core")
+    for vec in TEXTS["format"]:
+        if "coord" in vec:
+            got = core.format_coord(np.array(vec["coord"], dtype=np.uint16), _text_names())
+        else:
+            got = core.format_pattern(np.array(vec["pattern"], dtype=np.uint16), _text_names())
+        assert got == vec["text"]
+
+
+def test_exchange_vectors_are_well_formed():
+    """Every frame of the server conversations frames (or, for the poisoning cases, fails
+    to decode exactly where the spec says)."""
+    ex = load("exchanges")["exchanges"]
+    assert {e["name"] for e in ex} >= {"trailing_bytes_poison", "unicode_array_roundtrip",
+                                      "timestamp_ext_is_arg", "two_item_request_keeps_msgid"}
+    for e in ex:
+        for h in e["send"]:
+            d = P.FrameDecoder(e.get("server", {}).get("max_frame_size", P.DEFAULT_MAX_FRAME_SIZE))
+            d.feed(bytes.fromhex(h))
+            if e["then"] == "closed" and h == e["send"][0]:
+                with pytest.raises(E.ProtocolError):
+                    d.next_frame()
+            elif len(bytes.fromhex(h)) > 4:
+                assert d.next_frame() is not None and d.buffered() == 0
+
+
+def test_error_codes_are_one_table():
+    assert E.error_code(E.FrameTooLarge("x")) == "LIMIT"
+    assert E.error_code(E.InternalError("x")) == "INTERNAL"
+    for exc in (ValueError("v"), TypeError("t"), KeyError("k"), IndexError("i"), RuntimeError()):
+        assert E.error_code(exc) == "INTERNAL" and E.is_internal(exc)
+    assert E.error_code(E.CoordinateError("c")) == "COORD"
+    assert not E.is_internal(E.InterfaceError("a"))
+    code, msg = P.error_pair(KeyError("boom"))
+    assert code == "INTERNAL" and "KeyError" in msg and "boom" in msg
+    assert type(E.error_from_code("INTERNAL", "m")) is E.InternalError
+
+
+def test_error_frame_fits_the_receivers_limit():
+    f = P.encode_error(3, "ARG", "\u00e9" * 4000, max_frame_size=1024)
+    assert len(f) - 4 <= 1024
+    d = P.FrameDecoder(1024)
+    d.feed(f)
+    r = P.parse_reply(d.next_frame())
+    assert r.msgid == 3 and r.value[0] == "ARG" and r.value[1].endswith("...")
+
+
 def test_packed_forms_reject_bad_sizes():
     with pytest.raises(E.InterfaceError):
         P.unpack_coords(b"\x00" * 17)

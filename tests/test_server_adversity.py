@@ -134,12 +134,15 @@ def test_unframeable_stream_is_closed(check, data, code):
     ids=["never-used", "trailing", "truncated", "bad-utf8", "unknown-ext", "ndarray-size",
          "ndarray-object", "array-len-lie"],
 )
-def test_garbage_body_gets_error_and_connection_survives(check, body):
+def test_undecodable_body_poisons_the_stream(check, body):
+    # PROTOCOL.md §1: a body that is not exactly one valid msgpack object poisons the
+    # stream: one msgid-0 error, then the server closes; other connections go on.
     r = Raw(check)
-    r.send(frame(body))
+    r.send(frame(body) + P.encode_request(5, "PING", []))
     m = r.recv()
     assert m[0] == 0 and m[1] == 1 and m[2][0] == "PROTOCOL"
-    assert r.call(5, "PING", []) == [5, 0, "PONG"]
+    assert r.closed()
+    assert Raw(check).call(6, "PING", []) == [6, 0, "PONG"]
     r.close()
 
 

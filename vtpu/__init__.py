@@ -13,6 +13,7 @@ from vtpu.errors import (
     ConnectionError,
     CoordinateError,
     InterfaceError,
+    InternalError,
     LimitError,
     NotFoundError,
     PhextError,
@@ -29,5 +30,5 @@ __all__ = [
     "NameTable", "AttentionRecord", "AttentionResult",
     "VTPUError", "CoordinateError", "InterfaceError", "ProtocolError", "ConnectionError",
     "TimeoutError", "ServerError", "AuthError", "VersionConflict", "NotFoundError",
-    "LimitError", "StorageError", "PhextError",
+    "LimitError", "InternalError", "StorageError", "PhextError",
 ]

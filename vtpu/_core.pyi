@@ -1,4 +1,4 @@
-# Type stub for the compiled extension vtpu._core (see vtpu/_core.pyx for the docs).
+# Type stub for the compiled extension vtpu._core (the docs are in its units, vtpu/core/*.pxi).
 from typing import Any, Literal, Protocol, Sequence, overload
 
 import numpy as np
@@ -17,9 +17,15 @@ class _Names(Protocol):
     def name_of(self, ident: int) -> str: ...
 
 COMPONENTS: tuple[str, str, str, str, str, str, str, str, str]
-MAX_NUMERIC_VALUE: int
-NAME_BASE_ID: int
-NAME_MAX_LEN: int
+# The limits of the coordinate space (vtpu/core/limits.pxd), the one definition of each.
+NDIM: int  # 9 components per coordinate
+MAX_NUMERIC: int  # 0xEFFF, the largest numeric component
+NAME_BASE: int  # 0xF000, the first name id
+MAX_NAMES: int  # 0x1000 names per table
+NAME_MAX_LEN: int  # 64 characters per name
+KEY_BYTES: int  # 18, the packed coordinate size
+MAX_NUMERIC_VALUE: int  # = MAX_NUMERIC
+NAME_BASE_ID: int  # = NAME_BASE
 
 def parse_coord(s: str, names: _Names | None = None, intern: bool = True) -> _U16: ...
 def parse_coords(seq: Sequence[str], names: _Names | None = None, intern: bool = True) -> _U16: ...

@@ -27,7 +27,7 @@ import numpy as np
 
 from vtpu import protocol as _ref
 from vtpu.coords import Scroll
-from vtpu.errors import InterfaceError, LimitError, ProtocolError
+from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
 from vtpu.protocol import Reply, packb, parse_request, unpackb
 
 cdef extern from "Python.h":
@@ -1091,7 +1091,7 @@ cdef class FrameDecoder:
             return -1
         cdef Py_ssize_t n = rd32(<const unsigned char*>self.buf + self.start)
         if n > self.max_frame_size:
-            raise ProtocolError(
+            raise FrameTooLarge(
                 f"frame body of {n} bytes exceeds max_frame_size {self.max_frame_size}")
         if n == 0:
             raise ProtocolError("frame with an empty body")
@@ -1113,7 +1113,8 @@ cdef class FrameDecoder:
     def next_body(self):
         """Return the next complete frame body as raw bytes, or ``None`` if incomplete.
 
-        :raises ProtocolError: on a zero or oversized length (the stream is unusable).
+        :raises FrameTooLarge: on a length above ``max_frame_size``.
+        :raises ProtocolError: on a zero length (either way the stream is unusable).
         """
         cdef Py_ssize_t e = self._frame_end()
         if e < 0:

@@ -20,11 +20,13 @@ Use one AsyncRemoteEngine per event loop; it is not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Callable
 
 from . import errors as E
 from . import protocol as P
+from ._core import NAME_BASE
 from .netclient import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -37,6 +39,8 @@ from .netclient import (
 )
 
 __all__ = ["AsyncRemoteEngine", "AsyncPipeline", "connect"]
+
+log = logging.getLogger("vtpu.client")
 
 
 class _NoResolver:
@@ -73,7 +77,7 @@ class _Proto(asyncio.Protocol):
                         try:
                             cb(r.kind, r.payload)
                         except Exception:
-                            pass
+                            log.exception("on_push callback failed for a %r push", r.kind)
                     continue
                 if r.msgid == 0 and not r.ok:
                     self.fail(E.error_from_code(r.value[0], r.value[1]))
@@ -154,7 +158,7 @@ class AsyncRemoteEngine(ClientOps):
             return
         table = self.names
         for name, i in zip(names, ids):
-            if name not in table and i == 0xF000 + len(table):
+            if name not in table and i == NAME_BASE + len(table):
                 table.extend([name])
 
     def _learn_table(self, names: Any) -> None:
@@ -204,11 +208,8 @@ class AsyncRemoteEngine(ClientOps):
         except BaseException as exc:
             self._connecting.set_result(None)
             self._connecting = None
-            if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, E.VTPUError):
-                raise E.TimeoutError(f"connect to {self.host}:{self.port} timed out") from None
-            if isinstance(exc, OSError) and not isinstance(exc, E.VTPUError):
-                raise E.ConnectionError(
-                    f"cannot connect to {self.host}:{self.port}: {exc}") from None
+            if isinstance(exc, (asyncio.TimeoutError, OSError)) and not isinstance(exc, E.VTPUError):
+                raise E.translate_socket_error(exc, f"connect to {self.host}:{self.port}") from None
             raise
         self._connecting.set_result(None)
         self._connecting = None
@@ -284,13 +285,13 @@ class AsyncRemoteEngine(ClientOps):
                 fut = self._raw(proto, op, args)
                 ok, value = await (fut if t is None else asyncio.wait_for(fut, t))
                 break
-            except asyncio.TimeoutError:
-                raise E.TimeoutError(f"{op} to {self.host}:{self.port} timed out") from None
             except E.ConnectionError:
                 if not idempotent or attempt >= self.retries:
                     raise
                 attempt += 1
                 await asyncio.sleep(0.05 * attempt)
+            except (asyncio.TimeoutError, OSError) as exc:
+                raise E.translate_socket_error(exc, f"{op} to {self.host}:{self.port}") from None
         if ok:
             return value
         raise E.error_from_code(value[0], value[1])
@@ -362,8 +363,8 @@ class AsyncPipeline(ClientOps):
         gathered = asyncio.gather(*futs, return_exceptions=True)
         try:
             replies = await (gathered if t is None else asyncio.wait_for(gathered, t))
-        except asyncio.TimeoutError:
-            raise E.TimeoutError(f"pipeline to {eng.host}:{eng.port} timed out") from None
+        except (asyncio.TimeoutError, OSError) as exc:
+            raise E.translate_socket_error(exc, f"pipeline to {eng.host}:{eng.port}") from None
         results: list = []
         first: BaseException | None = None
         start = time.monotonic()

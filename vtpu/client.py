@@ -86,10 +86,20 @@ class Client:
     18-byte keys, 9-int sequences or uint16 arrays; batched ``*_many`` methods take lists
     or ``(N, 9)`` arrays and make one call.
 
-    Errors: malformed input raises :class:`~vtpu.errors.CoordinateError` or
-    :class:`~vtpu.errors.InterfaceError` (both ``ValueError``) before anything is sent;
-    server-side failures raise :class:`~vtpu.errors.ServerError` subclasses; transport
-    failures :class:`~vtpu.errors.ConnectionError` / :class:`~vtpu.errors.TimeoutError`.
+    Error handling
+        Everything raised is a :class:`~vtpu.errors.VTPUError`; catch classes, not
+        message texts. Malformed input raises :class:`~vtpu.errors.CoordinateError` or
+        :class:`~vtpu.errors.InterfaceError` (both ``ValueError``), locally before
+        anything is sent or as the server's ``COORD``/``ARG`` reply; nothing stored
+        changes and the connection stays open. Other server answers raise
+        :class:`~vtpu.errors.ServerError` subclasses (``VersionConflict``,
+        ``LimitError``, ``NotFoundError``, ``AuthError``) and the connection stays
+        open, except after ``AuthError``. :class:`~vtpu.errors.InternalError` is a
+        server bug (the traceback is in the server's log), not the caller's fault.
+        Transport failures raise :class:`~vtpu.errors.ConnectionError` /
+        :class:`~vtpu.errors.TimeoutError`; the socket is closed and the next call
+        reconnects, and only idempotent calls are retried automatically. The full
+        table is in :class:`vtpu.netclient.RemoteEngine`.
     """
 
     def __init__(self, backend, url: str = ""):

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from vtpu import _core
+from vtpu._core import MAX_NAMES, MAX_NUMERIC, NAME_BASE
 from vtpu.errors import CoordinateError, InterfaceError, LimitError
 
 __all__ = [
@@ -32,9 +33,6 @@ __all__ = [
     "is_pattern_text",
 ]
 
-NAME_BASE = 0xF000
-MAX_NAMES = 0x1000
-MAX_NUMERIC = 0xEFFF
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
 

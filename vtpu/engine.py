@@ -441,11 +441,14 @@ class Engine:
             and ``weights`` when asked.
         :raises InterfaceError: shapes disagree, or a key/value scroll holds no vector.
         """
+        if top_k is not None and not return_weights:
+            # top_k only trims the returned weights; accepting it alone would ignore it.
+            raise InterfaceError("attend_many: top_k applies only with return_weights=True")
         if isinstance(queries, (bytes, bytearray)):
             qs = [self._map.get(bytes(queries[i:i + 18])) for i in range(0, len(queries), 18)]
             if any(s is None or _vector(s.content) is None for s in qs):
                 raise InterfaceError("every query key must hold a vector")
-            Q = np.stack([_vector(s.content) for s in qs])
+            Q = np.stack([_vector(s.content) for s in qs]) if qs else np.empty((0, 0))
         else:
             Q = np.asarray(queries)
         kp = np.asarray(key_patterns)

@@ -5,17 +5,25 @@ builtin, so ``except ValueError`` / ``except ConnectionError`` keep working for 
 who never heard of vtpu. Every message says what went wrong and where.
 
 Server errors travel as ``(code, message)`` pairs; :data:`CODE_TO_ERROR` maps a code to
-the class raised on the client, so both sides agree on one table.
+the class raised on the client, so both sides agree on one table. Only the errors vtpu
+raises on purpose (this tree) have a code of their own; any other exception escaping the
+server (a bug) is logged there and reaches the client as ``INTERNAL``
+(:class:`InternalError`), never as an argument error.
+
+Socket failures are turned into this tree in one place, :func:`translate_socket_error`.
 """
 from __future__ import annotations
 
 import builtins
+import socket
+import sys
 
 __all__ = [
     "VTPUError",
     "CoordinateError",
     "InterfaceError",
     "ProtocolError",
+    "FrameTooLarge",
     "ConnectionError",
     "TimeoutError",
     "ServerError",
@@ -23,11 +31,14 @@ __all__ = [
     "VersionConflict",
     "NotFoundError",
     "LimitError",
+    "InternalError",
     "StorageError",
     "PhextError",
     "CODE_TO_ERROR",
     "error_code",
     "error_from_code",
+    "is_internal",
+    "translate_socket_error",
 ]
 
 
@@ -48,6 +59,14 @@ class InterfaceError(VTPUError, ValueError):
 
 class ProtocolError(VTPUError):
     """A frame that violates the protocol; the connection it came on is poisoned."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame header announced a body above the receiver's ``max_frame_size``.
+
+    Raised by the frame decoder before anything is buffered; the stream is poisoned like
+    for any framing error, and a server reports it with code ``LIMIT``.
+    """
 
 
 class ConnectionError(VTPUError, builtins.ConnectionError):  # noqa: A001 - intended mix-in
@@ -101,6 +120,16 @@ class LimitError(ServerError):
     code = "LIMIT"
 
 
+class InternalError(ServerError):
+    """The server failed in a way it did not expect (a bug), not because of the request.
+
+    The server logged the traceback and keeps serving; the connection stays open.
+    Retrying is pointless unless the server is fixed.
+    """
+
+    code = "INTERNAL"
+
+
 class StorageError(VTPUError):
     """The durable store is unusable: locked by another server, torn or corrupt."""
 
@@ -119,27 +148,38 @@ CODE_TO_ERROR: dict[str, type[VTPUError]] = {
     "CONFLICT": VersionConflict,
     "NOT_FOUND": NotFoundError,
     "LIMIT": LimitError,
+    "INTERNAL": InternalError,
     "STORAGE": StorageError,
     "PHEXT": PhextError,
     "SERVER": ServerError,
 }
 
-_ERROR_TO_CODE = {cls: code for code, cls in CODE_TO_ERROR.items()}
+_ERROR_TO_CODE: dict[type, str] = {cls: code for code, cls in CODE_TO_ERROR.items()}
+# An oversized frame is a framing error on the receiver, reported as a limit.
+_ERROR_TO_CODE[FrameTooLarge] = "LIMIT"
 
 
 def error_code(exc: BaseException) -> str:
-    """Return the protocol error code for an exception (``"SERVER"`` if none fits).
+    """Return the protocol error code for an exception raised while serving a request.
 
-    :param exc: any exception raised while serving a request.
+    Only this module's classes have codes: ``ValueError``, ``TypeError``, ``KeyError``
+    and every other exception from outside the tree are ``"INTERNAL"`` (the caller logs
+    them), so a bug never looks like the client's fault.
+
+    :param exc: any exception.
     :returns: a code from :data:`CODE_TO_ERROR`.
     """
     for cls in type(exc).__mro__:
         code = _ERROR_TO_CODE.get(cls)
         if code is not None:
             return code
-    if isinstance(exc, (ValueError, TypeError, KeyError)):
-        return "ARG"
-    return "SERVER"
+    return "INTERNAL"
+
+
+def is_internal(exc: BaseException) -> bool:
+    """Whether ``exc`` is unexpected (outside the tree, or :class:`InternalError`): the
+    server logs those with a traceback before answering ``INTERNAL``."""
+    return error_code(exc) == "INTERNAL"
 
 
 def error_from_code(code: str, message: str) -> VTPUError:
@@ -153,3 +193,26 @@ def error_from_code(code: str, message: str) -> VTPUError:
     if issubclass(cls, ServerError):
         return cls(message, code)
     return cls(message)
+
+
+def translate_socket_error(exc: BaseException, where: str) -> VTPUError:
+    """Turn a socket-level failure into the vtpu error a caller sees.
+
+    The one translation used by the sync and the asyncio client: a timeout (socket or
+    asyncio) becomes :class:`TimeoutError`, any other ``OSError`` a
+    :class:`ConnectionError`; a vtpu error is returned unchanged.
+
+    :param exc: the caught exception.
+    :param where: what was being done, e.g. ``"send to 127.0.0.1:1337"``.
+    :returns: an exception instance (not raised); raise it ``from exc``.
+    """
+    if isinstance(exc, VTPUError):
+        return exc
+    aio = sys.modules.get("asyncio")
+    if isinstance(exc, (builtins.TimeoutError, socket.timeout)) or (
+        aio is not None and isinstance(exc, aio.TimeoutError)
+    ):
+        return TimeoutError(f"{where} timed out")
+    if isinstance(exc, OSError):
+        return ConnectionError(f"{where} failed: {exc.strerror or exc}")
+    return ConnectionError(f"{where} failed: {type(exc).__name__}: {exc}")

@@ -28,6 +28,7 @@ Thread safety
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import select
@@ -45,6 +46,8 @@ from . import protocol as P
 from .coords import NameTable, Scroll
 
 __all__ = ["RemoteEngine", "Pipeline", "ClientOps", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT"]
+
+log = logging.getLogger("vtpu.client")
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 30.0
@@ -445,7 +448,48 @@ class RemoteEngine(ClientOps):
     :param retry_backoff: base of the jittered exponential backoff between retries.
     :param track: ask the server for invalidation pushes (see :attr:`on_push`).
 
-    See the module docstring for the error-handling and thread-safety contract.
+    Error handling
+        Every exception a call raises is a :class:`vtpu.errors.VTPUError`; raw socket
+        and msgpack errors never escape. The class is chosen by the server's error code
+        (PROTOCOL.md §3.1); catch classes, never match message texts (informative only).
+
+        ===================================  ===============  ==================  =========
+        exception (code)                     at fault         connection          retried
+        ===================================  ===============  ==================  =========
+        ``CoordinateError`` (``COORD``)      caller           stays open          no
+        ``InterfaceError`` (``ARG``)         caller           stays open          no
+        ``NotFoundError`` (``NOT_FOUND``)    caller           stays open          no
+        ``LimitError`` (``LIMIT``)           caller           stays open          no
+        ``VersionConflict`` (``CONFLICT``)   a concurrent     stays open          no
+                                             writer
+        ``AuthError`` (``AUTH``)             configuration    closed              no
+        ``InternalError`` (``INTERNAL``)     server (a bug;   stays open          no
+                                             traceback in
+                                             the server log)
+        ``StorageError`` (``STORAGE``)       server's store   stays open          no
+        ``ProtocolError``                    the sender of a  closed when a       no
+                                             bad frame        reply could not be
+                                                              decoded; open for a
+                                                              ``PROTOCOL`` reply
+        ``ConnectionError``                  network/server   closed              idempotent
+                                                                                  opcodes
+        ``TimeoutError``                     network/server   closed              no
+        ===================================  ===============  ==================  =========
+
+        * Caller errors found locally (a malformed coordinate, a request over
+          ``max_frame_size``) are raised before anything is sent.
+        * "Closed" means this client closed its socket (a half-read stream is never
+          reused); the next call reconnects transparently.
+        * Only opcodes the protocol marks idempotent are retried, ``retries`` times
+          after a :class:`~vtpu.errors.ConnectionError`, with jittered exponential
+          backoff from ``retry_backoff``. A timed-out or failed non-idempotent write
+          may or may not have taken effect.
+        * In a pipeline every call gets its own result or exception; the first exception
+          is raised after all replies were read (unless ``raise_on_error=False``).
+        * An exception raised by :attr:`on_push` is logged on the ``vtpu.client`` logger
+          and otherwise ignored; the connection goes on.
+
+    See the module docstring for the connection and thread-safety contract.
     """
 
     def __init__(
@@ -508,7 +552,7 @@ class RemoteEngine(ClientOps):
         if table is None or not isinstance(ids, list):
             return
         for name, i in zip(names, ids):
-            if name not in table and i == 0xF000 + len(table):
+            if name not in table and i == _core.NAME_BASE + len(table):
                 table.extend([name])
 
     def _learn_table(self, names: Any) -> None:
@@ -571,12 +615,8 @@ class RemoteEngine(ClientOps):
                 sock = self.socket_factory(addr, self.connect_timeout)
             else:
                 sock = socket.create_connection(addr, timeout=self.connect_timeout)
-        except builtins_timeout as exc:
-            raise E.TimeoutError(f"connect to {self.host}:{self.port} timed out") from exc
         except OSError as exc:
-            raise E.ConnectionError(
-                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from exc
+            raise E.translate_socket_error(exc, f"connect to {self.host}:{self.port}") from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
@@ -662,12 +702,10 @@ class RemoteEngine(ClientOps):
         try:
             self._set_timeout(deadline)
             self._sock.sendall(data)
-        except builtins_timeout as exc:
-            raise E.TimeoutError(f"send to {self.host}:{self.port} timed out") from exc
         except E.VTPUError:
             raise
         except OSError as exc:
-            raise E.ConnectionError(f"send to {self.host}:{self.port} failed: {exc}") from exc
+            raise E.translate_socket_error(exc, f"send to {self.host}:{self.port}") from exc
 
     def _fill(self, deadline: float | None) -> None:
         """Receive at least one more byte into the buffer."""
@@ -681,12 +719,10 @@ class RemoteEngine(ClientOps):
         try:
             self._set_timeout(deadline)
             n = self._sock.recv_into(self._rview[self._rend :])
-        except builtins_timeout as exc:
-            raise E.TimeoutError(f"no reply from {self.host}:{self.port} in time") from exc
         except E.VTPUError:
             raise
         except OSError as exc:
-            raise E.ConnectionError(f"receive from {self.host}:{self.port} failed: {exc}") from exc
+            raise E.translate_socket_error(exc, f"receive from {self.host}:{self.port}") from exc
         if not n:
             raise E.ConnectionError(f"server {self.host}:{self.port} closed the connection")
         self._rend += n
@@ -746,7 +782,8 @@ class RemoteEngine(ClientOps):
             try:
                 cb(push.kind, push.payload)
             except Exception:
-                pass  # a faulty callback must not desynchronise the connection
+                # A faulty callback must not desynchronise the connection: log, go on.
+                log.exception("on_push callback failed for a %r push", push.kind)
 
     # -- calls ---------------------------------------------------------------------------
     def _deadline(self, timeout: float | None) -> float | None:
@@ -795,15 +832,12 @@ class RemoteEngine(ClientOps):
                         )
                     self._rstart, self._rend = 0, got
                 ok, value = self._recv_reply(m, deadline)
-            except builtins_timeout as exc:
-                self._drop()
-                raise E.TimeoutError(f"no reply from {self.host}:{self.port} in time") from exc
             except E.VTPUError:
                 self._drop()
                 raise
             except OSError as exc:
                 self._drop()
-                raise E.ConnectionError(f"{op} to {self.host}:{self.port} failed: {exc}") from exc
+                raise E.translate_socket_error(exc, f"{op} to {self.host}:{self.port}") from exc
             except BaseException:
                 # Whatever happened, the stream may hold half a reply: never reuse it.
                 self._drop()
@@ -960,7 +994,6 @@ class RemoteEngine(ClientOps):
         return Pipeline(self, batch=batch, raise_on_error=raise_on_error)
 
 
-builtins_timeout = socket.timeout  # == builtins.TimeoutError on 3.10+
 _ONLY_GET = {"GET"}
 
 

@@ -45,6 +45,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from ._core import NAME_BASE as NAME_ID_MIN
 from .errors import PhextError
 
 __all__ = [
@@ -63,7 +64,6 @@ BREAKS = "\x01\x1f\x1e\x1d\x1c\x1a\x19\x18\x17"
 BREAK_CHARS = frozenset(BREAKS)
 _BREAK_DIM = {ch: d for d, ch in enumerate(BREAKS)}
 MAX_COMPONENT = 999  # the reference saturates here (COORDINATE_MAXIMUM - 1)
-NAME_ID_MIN = 0xF000
 ORIGIN = (1, 1, 1, 1, 1, 1, 1, 1, 1)
 
 _BREAK_CLASS = "[\x01\x17-\x1a\x1c-\x1f]"

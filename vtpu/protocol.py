@@ -32,10 +32,13 @@ import msgpack
 import numpy as np
 
 from .coords import Scroll
+from ._core import KEY_BYTES as KEY_SIZE
 from .errors import (
+    FrameTooLarge,
     InterfaceError,
     LimitError,
     ProtocolError,
+    VTPUError,
     error_code,
 )
 
@@ -113,7 +116,6 @@ STATUS_OK = 0
 STATUS_ERROR = 1
 PUSH = "push"
 EXT_NDARRAY = 1
-KEY_SIZE = 18  # 9 x uint16 big-endian
 PATTERN_SIZE = 2 * KEY_SIZE
 DELTA_SIZE = 72  # 2 x 9 x int32 big-endian
 
@@ -384,19 +386,23 @@ def encode_response_raw(msgid: int, raw_result: bytes,
     return b"".join((_LEN.pack(n), head, raw_result))
 
 
-def encode_error(msgid: int, code: str, message: str) -> bytes:
+def encode_error(msgid: int, code: str, message: str,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     """Encode an error response frame ``[msgid, 1, [code, message]]``.
 
-    Error frames are small by construction (the message is cut at 4 KiB), so they never
-    hit the frame limit.
+    Error frames never hit the frame limit: the message is cut at 4096 characters, and
+    further if the frame would not fit ``max_frame_size`` (at least 1024 in a session).
 
     :param msgid: the failed request's id, or 0 for a connection-level error.
     :param code: an error code from :data:`vtpu.errors.CODE_TO_ERROR`.
-    :param message: human-readable text.
+    :param message: human-readable text (informative only: clients match the code).
+    :param max_frame_size: the receiver's frame limit.
     :returns: the frame bytes.
     """
-    if len(message) > 4096:
-        message = message[:4093] + "..."
+    # 4 bytes of UTF-8 per character at most, plus room for msgid, code and headers.
+    cut = min(4096, (max_frame_size - 64) // 4)
+    if len(message) > cut:
+        message = message[: max(cut - 3, 0)] + "..."
     return encode_frame([msgid, STATUS_ERROR, [code, message]])
 
 
@@ -567,7 +573,7 @@ class FrameDecoder:
             return -1
         (n,) = _LEN.unpack_from(buf, pos)
         if n > self.max_frame_size:
-            raise ProtocolError(
+            raise FrameTooLarge(
                 f"frame body of {n} bytes exceeds max_frame_size {self.max_frame_size}"
             )
         if n == 0:
@@ -599,7 +605,8 @@ class FrameDecoder:
     def next_body(self) -> bytes | None:
         """Return the next complete frame body as raw bytes, or ``None`` if incomplete.
 
-        :raises ProtocolError: on a zero or oversized length (the stream is unusable).
+        :raises FrameTooLarge: on a length above ``max_frame_size``.
+        :raises ProtocolError: on a zero length (either way the stream is unusable).
         """
         end = self._frame_end()
         if end < 0:
@@ -779,16 +786,17 @@ def parse_request(msg: Any) -> tuple[int, str, list]:
     :param msg: a decoded frame body.
     :returns: ``(msgid, opcode, args)``.
     :raises RequestError: if it is not ``[uint msgid >= 1, str opcode, array args]``;
-        ``exc.msgid`` holds the id when one could be read (else 0).
+        ``exc.msgid`` holds the id when one could be read (an array whose first item
+        is an integer in 1 .. 2**32-1), else 0.
     """
     msgid = 0
-    if type(msg) is list and len(msg) == 3:
-        msgid, op, args = msg
-        if type(msgid) is int and 1 <= msgid <= 0xFFFFFFFF:
-            if type(op) is str and type(args) is list:
-                return msgid, op, args
-        else:
-            msgid = 0
+    if type(msg) is list and msg:
+        # The msgid is read whenever it can be, so the error reply names the request.
+        first = msg[0]
+        if type(first) is int and 1 <= first <= 0xFFFFFFFF:
+            msgid = first
+            if len(msg) == 3 and type(msg[1]) is str and type(msg[2]) is list:
+                return msgid, msg[1], msg[2]
     raise RequestError("malformed request: expected [msgid >= 1, opcode str, args array]",
                        msgid)
 
@@ -905,10 +913,24 @@ def pack_deltas(d: Any) -> bytes:
 
 
 def unpack_deltas(b: bytes) -> np.ndarray:
-    """Unpack an R*72-byte blob into an ``(R, 2, 9)`` int32 array."""
+    """Unpack an R*72-byte blob into an ``(R, 2, 9)`` int32 array.
+
+    :raises InterfaceError: if the length is not a multiple of 72, an op is not 0 (add),
+        1 (set) or 2 (wildcard), or a set value is outside 0..65535.
+    """
     if len(b) % DELTA_SIZE:
         raise InterfaceError(f"delta blob of {len(b)} bytes is not a multiple of 72")
-    return np.frombuffer(b, dtype=_BE_I32).reshape(-1, 2, 9).astype(np.int32)
+    d = np.frombuffer(b, dtype=_BE_I32).reshape(-1, 2, 9).astype(np.int32)
+    ops, vals = d[:, 0], d[:, 1]
+    bad = np.flatnonzero(((ops < 0) | (ops > 2)).any(axis=1))
+    if bad.size:
+        i = int(bad[0])
+        raise InterfaceError(f"delta {i}: op {ops[i].tolist()} holds a value other than "
+                             "0 (add), 1 (set), 2 (wildcard)")
+    bad = np.flatnonzero(((ops == 1) & ((vals < 0) | (vals > 0xFFFF))).any(axis=1))
+    if bad.size:
+        raise InterfaceError(f"delta {int(bad[0])}: a set value is outside 0..65535")
+    return d
 
 
 def pack_delta(d: Any) -> bytes:
@@ -1150,9 +1172,13 @@ def batch_idempotent(ops: list) -> bool:
 def error_pair(exc: BaseException) -> list:
     """Turn an exception into the ``[code, message]`` pair of an error reply."""
     msg = exc.message if hasattr(exc, "message") and isinstance(exc.message, str) else str(exc)
-    if not msg:
+    code = error_code(exc)
+    if code == "INTERNAL" and not isinstance(exc, VTPUError):
+        # A bug, not the request: name the exception, the traceback is in the server log.
+        msg = f"internal error ({type(exc).__name__}: {msg}); see the server log"
+    elif not msg:
         msg = type(exc).__name__
-    return [error_code(exc), msg]
+    return [code, msg]
 
 
 ResultDecoder = Callable[[Any], Any]

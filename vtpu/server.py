@@ -34,13 +34,14 @@ import numpy as np
 
 from . import _core
 from . import protocol as P
+from ._core import NAME_BASE as _NAME_BASE
 from ._version import __version__
 from .coords import Scroll
 from .errors import (
     InterfaceError,
     LimitError,
     ProtocolError,
-    VTPUError,
+    is_internal,
 )
 
 __all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE"]
@@ -52,7 +53,6 @@ DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
-_NAME_BASE = 0xF000
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class _Dispatcher:
         c = _coord(a[0])
         k = _int(_opt(a, 1, 10), "k", 0, 1 << 31)
         metric = _opt(a, 2, "l1")
-        if metric not in ("l1", "hamming"):
+        if type(metric) is not str or metric not in ("l1", "hamming"):
             raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
         within = _opt(a, 3)
         within = None if within is None else _pattern(within, "within")
@@ -274,7 +274,7 @@ class _Dispatcher:
         _nargs(a, 2, 2, "HIER")
         c = _coord(a[0])
         d = a[1]
-        if d not in ("NEXT", "PREV"):
+        if type(d) is not str or d not in ("NEXT", "PREV"):
             raise InterfaceError(f"HIER direction must be 'NEXT' or 'PREV', got {d!r}")
         r = self.engine.hier(c, d)
         return None if r is None else P.pack_coord(r)
@@ -479,8 +479,7 @@ class _Connection(asyncio.Protocol):
                     break
         except ProtocolError as exc:
             # The byte stream can no longer be framed: say why once, then close.
-            code = "LIMIT" if "exceeds max_frame_size" in str(exc) else "PROTOCOL"
-            out.append(P.encode_error(0, code, str(exc)))
+            out.append(P.encode_error(0, *P.error_pair(exc)))
             self.closing = True
         self._send(out, wrote)
         if self.closing:
@@ -547,7 +546,8 @@ class _Server:
         self.loop = asyncio.get_running_loop()
         self._dirty: list[_Connection] = []
         self._flush_scheduled = False
-        self._invalidate: list[bytes | None] = []  # keys written this iteration (push)
+        # (writer, keys written or None) this iteration, for invalidate pushes
+        self._invalidate: list[tuple[_Connection, bytes | None]] = []
         self.started = time.time()
 
     # -- group commit --------------------------------------------------------------------
@@ -588,11 +588,17 @@ class _Server:
         watchers = [c for c in self.conns if c.track and not c.closing]
         if not watchers:
             return
-        payload = None if any(k is None for k in inv) else b"".join(inv)
-        frame = P.encode_push("invalidate", payload)
+        frames: dict = {}  # one encoded push per distinct set of other writers' keys
         for c in watchers:
-            if c.transport is not None and not c.transport.is_closing():
-                c.transport.write(frame)
+            keys = [k for w, k in inv if w is not c]
+            if not keys or c.transport is None or c.transport.is_closing():
+                continue
+            sig = None if len(keys) == len(inv) else id(c)  # None: wrote nothing itself
+            frame = frames.get(sig)
+            if frame is None:
+                payload = None if any(k is None for k in keys) else b"".join(keys)
+                frame = frames[sig] = P.encode_push("invalidate", payload)
+            c.transport.write(frame)
 
     # -- plain GET/PUT frames ------------------------------------------------------------
     def fast_frames(self, conn: _Connection, buf: Any, pos: int, end: int,
@@ -611,7 +617,7 @@ class _Server:
             self.max_frame_size, conn.out_limit, max_frames)
         out = [replies] if replies else []
         if err is not None:
-            out.append(self.error_frame(err[0], "PUT", err[1]))
+            out.append(self.error_frame(err[0], "PUT", err[1], conn.out_limit))
         return pos, out, count, wrote
 
     # -- one frame -----------------------------------------------------------------------
@@ -619,10 +625,15 @@ class _Server:
         """Decode and execute one request frame body. Returns (reply frame, wrote)."""
         try:
             msg = P.unpackb(body)
+        except ProtocolError as exc:
+            # Not exactly one valid msgpack object: nothing after it can be trusted.
+            conn.closing = True
+            return P.encode_error(0, "PROTOCOL", str(exc)), False
+        try:
             msgid, op, args = P.parse_request(msg)
         except ProtocolError as exc:
-            # The frame boundary is intact, so the connection survives a bad message.
-            return P.encode_error(getattr(exc, "msgid", 0), "PROTOCOL", str(exc)), False
+            # Valid msgpack of the wrong shape: a bad request, the connection survives.
+            return P.encode_error(exc.msgid, "PROTOCOL", str(exc)), False
         if not conn.authed and op != "HELLO":
             code = "AUTH" if self.token is not None else "PROTOCOL"
             return P.encode_error(msgid, code, f"{op}: HELLO must come first"), False
@@ -638,35 +649,39 @@ class _Server:
                 if raw is not None:
                     return P.encode_response_raw(msgid, raw, conn.out_limit), False
             if op == "BATCH":
-                result = self.batch(args)
+                result = self.batch(args, conn)
             else:
                 result = self.table[op](args)
                 if spec.writes:
-                    self.note_write(op, args)
+                    self.note_write(op, args, conn)
             return P.encode_response(msgid, result, conn.out_limit), spec.writes
         except Exception as exc:
-            return self.error_frame(msgid, op, exc), spec.writes
+            return self.error_frame(msgid, op, exc, conn.out_limit), spec.writes
 
-    def error_frame(self, msgid: int, op: str, exc: BaseException) -> bytes:
-        if not isinstance(exc, (VTPUError, ValueError, TypeError, KeyError)):
-            log.exception("internal error in %s", op)
+    def error_frame(self, msgid: int, op: str, exc: BaseException,
+                    limit: int = P.DEFAULT_MAX_FRAME_SIZE) -> bytes:
+        if is_internal(exc):
+            # Not a validation error: a bug. The traceback stays here, the client
+            # gets INTERNAL (never ARG) and the connection stays open.
+            log.error("internal error in %s", op, exc_info=exc)
         code, msg = P.error_pair(exc)
         if isinstance(exc, LimitError) and op in ("RANGE", "GET_MANY", "KG"):
             msg += " (use a smaller limit or fewer keys per call)"
-        return P.encode_error(msgid, code, f"{op}: {msg}")
+        return P.encode_error(msgid, code, f"{op}: {msg}", limit)
 
-    def note_write(self, op: str, args: list) -> None:
+    def note_write(self, op: str, args: list, conn: _Connection) -> None:
         if not self.conns or not any(c.track for c in self.conns):
             return
+        # The writer is remembered: a connection is never told about its own writes.
         if op in ("PUT", "DEL", "PUT_MANY", "DEL_MANY"):
-            self._invalidate.append(args[0])
+            self._invalidate.append((conn, args[0]))
         elif op != "INTERN":
-            self._invalidate.append(None)  # a range/import touched unknown keys
+            self._invalidate.append((conn, None))  # a range/import touched unknown keys
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
-    def batch(self, args: list) -> list:
+    def batch(self, args: list, conn: _Connection) -> list:
         _nargs(args, 1, 1, "BATCH")
         ops = args[0]
         if type(ops) is not list:
@@ -692,11 +707,11 @@ class _Server:
             try:
                 r = self.table[op](a)
                 if spec.writes:
-                    self.note_write(op, a)
+                    self.note_write(op, a, conn)
                 results.append([P.STATUS_OK, r])
             except Exception as exc:
-                if not isinstance(exc, (VTPUError, ValueError, TypeError, KeyError)):
-                    log.exception("internal error in BATCH %s", op)
+                if is_internal(exc):
+                    log.error("internal error in BATCH %s", op, exc_info=exc)
                 results.append([P.STATUS_ERROR, P.error_pair(exc)])
         return results
 
@@ -721,9 +736,15 @@ class _Server:
         if type(options) is not dict:
             return P.encode_error(msgid, "ARG", "HELLO: options must be a map")
         mfs = options.get("max_frame_size")
-        if type(mfs) is int and mfs >= 1024:
+        if mfs is not None and (type(mfs) is not int or not 1024 <= mfs <= 0xFFFFFFFF):
+            return P.encode_error(msgid, "ARG", f"HELLO: max_frame_size must be an integer "
+                                                f"in 1024..4294967295, got {mfs!r:.40}")
+        track = options.get("track")
+        if track is not None and type(track) is not bool:
+            return P.encode_error(msgid, "ARG", f"HELLO: track must be a boolean, got {track!r:.40}")
+        if mfs is not None:
             conn.out_limit = min(self.max_frame_size, mfs)
-        track = bool(options.get("track", False))
+        track = bool(track)
         self.trackers += int(track) - int(conn.track)
         conn.track = track
         conn.authed = True

@@ -69,6 +69,7 @@ import threading
 import time
 from typing import Iterable, Iterator, Sequence
 
+from ._core import KEY_BYTES as KEY_SIZE
 from .errors import InterfaceError, StorageError
 
 __all__ = ["Storage", "FORMAT_VERSION", "DB_FILENAME", "LOCK_FILENAME", "FSYNC_POLICIES"]
@@ -77,7 +78,6 @@ FORMAT_VERSION = 1
 DB_FILENAME = "vtpu.sqlite3"
 LOCK_FILENAME = "LOCK"
 FSYNC_POLICIES = ("always", "everysec", "never")
-KEY_SIZE = 18
 
 # Rows per fetchmany() in load(): large batches keep the per-row cost in C.
 LOAD_BATCH = 65536

@@ -1,0 +1,115 @@
+# ---------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------
+
+cimport cython
+from libc.stdint cimport uint16_t, uint32_t
+from cpython.unicode cimport PyUnicode_DecodeASCII
+
+from vtpu.errors import CoordinateError
+
+
+cdef inline Py_ssize_t _put_uint(char* buf, Py_ssize_t pos, uint32_t v) noexcept nogil:
+    cdef char tmp[8]
+    cdef int k = 0
+    if v == 0:
+        buf[pos] = b'0'
+        return pos + 1
+    while v:
+        tmp[k] = <char>(48 + v % 10)
+        v //= 10
+        k += 1
+    while k:
+        k -= 1
+        buf[pos] = tmp[k]
+        pos += 1
+    return pos
+
+
+cdef str _name_text(object names, uint16_t v, int comp):
+    if names is None:
+        raise CoordinateError(f"component {comp + 1} ({COMPONENTS[comp]}) holds name id "
+                              f"0x{v:04X}, which needs a name table to format")
+    return names.name_of(v)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef str _format_row(const uint16_t* c, object names):
+    cdef char buf[128]
+    cdef Py_ssize_t pos = 0
+    cdef int j
+    cdef bint has_name = False
+    for j in range(NDIM):
+        if c[j] > MAX_NUMERIC:
+            has_name = True
+            break
+        pos = _put_uint(buf, pos, c[j])
+        if j < NDIM - 1:
+            buf[pos] = b'/' if (j == 2 or j == 5) else b'.'
+            pos += 1
+    if not has_name:
+        return PyUnicode_DecodeASCII(buf, pos, NULL)
+    parts = []
+    for j in range(NDIM):
+        parts.append(_name_text(names, c[j], j) if c[j] > MAX_NUMERIC else str(c[j]))
+    return "/".join(".".join(parts[k:k + 3]) for k in (0, 3, 6))
+
+
+def format_coord(c, names=None):
+    """Format one coordinate as ``a.b.c/d.e.f/g.h.i``.
+
+    :param c: a (9,) uint16 array (or 18-byte packed key).
+    :param names: name table used for components >= 0xF000.
+    :returns: the coordinate text.
+    :raises CoordinateError: a name id with no table (or unknown to it).
+    """
+    if isinstance(c, bytes):
+        c = unpack(c)
+    c = _coord_arg(c)
+    cdef const uint16_t[::1] v = c
+    return _format_row(&v[0], names)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def format_coords(arr, names=None):
+    """Format an (N, 9) uint16 array as a list of N coordinate strings.
+
+    :param arr: C-contiguous (N, 9) uint16 array.
+    :param names: name table used for components >= 0xF000.
+    :returns: list of str.
+    :raises InterfaceError: wrong dtype/shape; CoordinateError: unformattable name id.
+    """
+    _coords_arg(arr)
+    cdef Py_ssize_t i, n = arr.shape[0]
+    out = [None] * n
+    if n == 0:
+        return out
+    cdef const uint16_t[:, ::1] a = arr
+    for i in range(n):
+        out[i] = _format_row(&a[i, 0], names)
+    return out
+
+
+def format_pattern(p, names=None):
+    """Format a (2, 9) pattern array back to text (``*``, ``[a:b]``, numbers, names).
+
+    :param p: (2, 9) uint16 inclusive bounds.
+    :param names: name table for name ids.
+    :returns: the pattern text; an empty component (lo > hi) formats as ``[lo:lo]``.
+    """
+    p = _pattern_arg(p)
+    parts = []
+    for j in range(NDIM):
+        lo, hi = int(p[0, j]), int(p[1, j])
+        if lo == 0 and hi == 0xFFFF:
+            parts.append("*")
+        elif lo == hi:
+            parts.append(_name_text(names, lo, j) if lo > MAX_NUMERIC else str(lo))
+        else:
+            top = "" if hi >= MAX_NUMERIC else str(hi + 1)
+            if hi < lo:
+                top = str(lo)
+            parts.append(f"[{lo if lo else ''}:{top}]")
+    return "/".join(".".join(parts[k:k + 3]) for k in (0, 3, 6))

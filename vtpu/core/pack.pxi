@@ -1,0 +1,89 @@
+# ---------------------------------------------------------------------------------------
+# Packing: 18 bytes big-endian per coordinate, so byte order == coordinate order.
+# ---------------------------------------------------------------------------------------
+
+cimport cython
+from libc.stdint cimport uint16_t
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+import numpy as np
+from vtpu.errors import InterfaceError
+
+
+def pack(c):
+    """Pack one (9,) uint16 coordinate into its 18-byte big-endian key.
+
+    :raises InterfaceError: wrong dtype or shape.
+    """
+    c = _coord_arg(c)
+    cdef const uint16_t[::1] v = c
+    out = PyBytes_FromStringAndSize(NULL, KEY_BYTES)
+    _pack_row(&v[0], <unsigned char*>PyBytes_AS_STRING(out))
+    return out
+
+
+def unpack(b):
+    """Unpack an 18-byte key into a (9,) uint16 coordinate.
+
+    :raises InterfaceError: not bytes-like or not 18 bytes long.
+    """
+    cdef const unsigned char[::1] v
+    try:
+        if b is None:  # a typed memoryview would accept None as empty
+            raise TypeError
+        v = b
+    except (TypeError, ValueError):
+        raise InterfaceError(f"a packed coordinate must be bytes, got {type(b).__name__}") from None
+    if v.shape[0] != KEY_BYTES:
+        raise InterfaceError(f"a packed coordinate is 18 bytes, got {v.shape[0]}")
+    out = np.empty(NDIM, dtype=np.uint16)
+    cdef uint16_t[::1] o = out
+    _unpack_row(&v[0], &o[0])
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def pack_many(arr):
+    """Pack an (N, 9) uint16 array into one N*18-byte big-endian blob.
+
+    :raises InterfaceError: wrong dtype, shape or layout.
+    """
+    _coords_arg(arr)
+    cdef Py_ssize_t i, n = arr.shape[0]
+    out = PyBytes_FromStringAndSize(NULL, n * KEY_BYTES)
+    if n == 0:
+        return out
+    cdef const uint16_t[:, ::1] a = arr
+    cdef unsigned char* o = <unsigned char*>PyBytes_AS_STRING(out)
+    with nogil:
+        for i in range(n):
+            _pack_row(&a[i, 0], o + i * KEY_BYTES)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def unpack_many(b):
+    """Unpack a blob of N*18 bytes into an (N, 9) uint16 array.
+
+    :raises InterfaceError: not bytes-like or its length is not a multiple of 18.
+    """
+    cdef const unsigned char[::1] v
+    try:
+        if b is None:
+            raise TypeError
+        v = b
+    except (TypeError, ValueError):
+        raise InterfaceError(f"packed coordinates must be bytes, got {type(b).__name__}") from None
+    cdef Py_ssize_t i, n = v.shape[0] // KEY_BYTES
+    if v.shape[0] % KEY_BYTES:
+        raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {v.shape[0]}")
+    out = np.empty((n, NDIM), dtype=np.uint16)
+    if n == 0:
+        return out
+    cdef uint16_t[:, ::1] o = out
+    with nogil:
+        for i in range(n):
+            _unpack_row(&v[i * KEY_BYTES], &o[i, 0])
+    return out

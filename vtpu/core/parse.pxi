@@ -1,0 +1,339 @@
+# ---------------------------------------------------------------------------------------
+# Parsing. One tokenizer for coordinates, patterns and deltas; it fills 9 tokens and
+# reports the first error with its byte position and component. Names are recorded as
+# offsets and resolved afterwards through the caller's name table (the rare, slow path).
+# ---------------------------------------------------------------------------------------
+
+cimport cython
+from libc.stdint cimport uint16_t, int32_t, int64_t
+
+import numpy as np
+from vtpu.errors import CoordinateError, InterfaceError
+
+
+cdef inline bint _is_digit(char ch) noexcept nogil:
+    return b'0' <= ch <= b'9'
+
+
+cdef inline bint _is_name_start(char ch) noexcept nogil:
+    return (b'a' <= ch <= b'z') or (b'A' <= ch <= b'Z') or ch == b'_'
+
+
+cdef inline bint _is_name_char(char ch) noexcept nogil:
+    return _is_name_start(ch) or _is_digit(ch) or ch == b'-'
+
+
+cdef inline Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n,
+                               int64_t* out) noexcept nogil:
+    """Read decimal digits at i; return the index after them (== i if none).
+
+    The value saturates just above 0xFFFF so huge inputs cannot overflow."""
+    cdef int64_t v = 0
+    while i < n and _is_digit(s[i]):
+        if v <= 0x10000:
+            v = v * 10 + (s[i] - 48)
+        i += 1
+    out[0] = v
+    return i
+
+
+cdef int _tokenize(const char* s, Py_ssize_t n, int mode, Tok* toks,
+                   Py_ssize_t* errpos, int* errcomp) noexcept nogil:
+    cdef Py_ssize_t i = 0, start, j0
+    cdef int comp = 0
+    cdef int64_t v, w
+    cdef char ch
+    while i < n and s[i] == b' ':
+        i += 1
+    while True:
+        errcomp[0] = comp
+        errpos[0] = i
+        start = i
+        if i >= n or s[i] == b'.' or s[i] == b'/' or s[i] == b';' or s[i] == b' ':
+            return E_EMPTY if comp > 0 or n > 0 else E_FEW
+        ch = s[i]
+        if _is_digit(ch):
+            i = _number(s, i, n, &v)
+            if v > MAX_NUMERIC:
+                return E_RANGE
+            toks[comp].kind = TK_ADD if mode == M_DELTA else TK_NUM
+            toks[comp].a = v
+        elif _is_name_start(ch):
+            while i < n and _is_name_char(s[i]):
+                i += 1
+            if i - start > NAME_MAX_LEN:
+                return E_NAMELEN
+            toks[comp].kind = TK_SETNAME if mode == M_DELTA else TK_NAME
+            toks[comp].a = start
+            toks[comp].b = i
+        elif ch == b'*' and mode != M_COORD:
+            i += 1
+            toks[comp].kind = TK_STAR
+        elif ch == b'[' and mode == M_PATTERN:
+            i += 1
+            j0 = i
+            i = _number(s, i, n, &v)
+            if i == j0:
+                v = 0
+            if i >= n or s[i] != b':':
+                errpos[0] = i
+                return E_INTERVAL
+            i += 1
+            j0 = i
+            i = _number(s, i, n, &w)
+            if i == j0:
+                w = MAX_NUMERIC + 1
+            if i >= n or s[i] != b']':
+                errpos[0] = i
+                return E_INTERVAL
+            i += 1
+            if v > MAX_NUMERIC or w > MAX_NUMERIC + 1:
+                return E_RANGE
+            if w <= v:
+                return E_EMPTYIV
+            toks[comp].kind = TK_RANGE
+            toks[comp].a = v
+            toks[comp].b = w - 1
+        elif mode == M_DELTA and (ch == b'+' or ch == b'-' or ch == b'='):
+            i += 1
+            if i < n and _is_digit(s[i]):
+                i = _number(s, i, n, &v)
+                if v > MAX_NUMERIC:
+                    return E_RANGE
+                if ch == b'=':
+                    toks[comp].kind = TK_SETNUM
+                    toks[comp].a = v
+                else:
+                    toks[comp].kind = TK_ADD
+                    toks[comp].a = -v if ch == b'-' else v
+            elif i < n and _is_name_start(s[i]) and ch != b'-':
+                j0 = i
+                while i < n and _is_name_char(s[i]):
+                    i += 1
+                if i - j0 > NAME_MAX_LEN:
+                    return E_NAMELEN
+                toks[comp].kind = TK_SETNAME
+                toks[comp].a = j0
+                toks[comp].b = i
+            else:
+                errpos[0] = i
+                return E_CHAR
+        else:
+            return E_CHAR
+        # separator after this component
+        if comp == NDIM - 1:
+            while i < n and s[i] == b' ':
+                i += 1
+            if i < n:
+                errpos[0] = i
+                return E_MANY
+            return E_OK
+        if comp == 2 or comp == 5:
+            while i < n and s[i] == b' ':
+                i += 1
+            if i >= n:
+                errpos[0] = i
+                return E_FEW
+            if s[i] != b'/' and s[i] != b';':
+                errpos[0] = i
+                return E_SEP
+            i += 1
+            while i < n and s[i] == b' ':
+                i += 1
+        else:
+            if i >= n:
+                errpos[0] = i
+                return E_FEW
+            if s[i] != b'.':
+                errpos[0] = i
+                return E_SEP if s[i] in b'/;' else E_CHAR
+            i += 1
+        comp += 1
+
+
+def _count_parts(str text):
+    import re
+    return len([p for p in re.split(r"\s*[/;]\s*|\.", text.strip())])
+
+
+cdef object _parse_error(str what, str text, int code, Py_ssize_t pos, int comp):
+    cdef str label = f"component {comp + 1} ({COMPONENTS[comp]})"
+    if not text.strip():
+        msg = "is empty"
+    elif code == E_FEW or code == E_MANY:
+        nparts = _count_parts(text)
+        if code == E_MANY and nparts <= NDIM:
+            bad = text.encode("utf-8", "replace")[pos:pos + 1].decode("utf-8", "replace")
+            msg = f"{label} is followed by unexpected text {bad!r} at position {pos}"
+        else:
+            msg = f"has {nparts} components, expected 9 (a.b.c/d.e.f/g.h.i)"
+    elif code == E_EMPTY:
+        msg = f"{label} is empty"
+    elif code == E_RANGE:
+        msg = f"{label} is out of range 0..{MAX_NUMERIC}"
+    elif code == E_NAMELEN:
+        msg = f"{label} is a name longer than {NAME_MAX_LEN} characters"
+    elif code == E_INTERVAL:
+        msg = f"{label} is not a valid interval [a:b] (at position {pos})"
+    elif code == E_EMPTYIV:
+        msg = f"{label} is an empty interval (need a < b)"
+    elif code == E_SEP:
+        sep = "'/'" if comp in (2, 5) else "'.'"
+        msg = f"expected {sep} after {label} at position {pos}"
+    else:
+        bad = text.encode("utf-8", "replace")[pos:pos + 1].decode("utf-8", "replace") or "end"
+        msg = f"{label} has an unexpected character {bad!r} at position {pos}"
+    return CoordinateError(f"bad {what} {text!r}: {msg}")
+
+
+cdef int _name_id(object names, str text, Tok* t, int comp, bint intern, str what) except -1:
+    cdef bytes raw = text.encode("utf-8")[t.a:t.b]
+    name = raw.decode("ascii")
+    if names is None:
+        raise CoordinateError(f"bad {what} {text!r}: component {comp + 1} ({COMPONENTS[comp]}) "
+                              f"is the name {name!r}, which needs a name table")
+    ident = names.lookup(name, intern)
+    if ident is None:
+        raise CoordinateError(f"bad {what} {text!r}: component {comp + 1} ({COMPONENTS[comp]}) "
+                              f"is the unknown name {name!r}")
+    return ident
+
+
+cdef inline const char* _utf8(object s, Py_ssize_t* n, str what) except NULL:
+    if not isinstance(s, str):
+        raise CoordinateError(f"{what} must be a str, got {type(s).__name__}: {s!r:.80}")
+    return PyUnicode_AsUTF8AndSize(s, n)
+
+
+cdef int _tokens(object s, int mode, str what, Tok* toks) except -1:
+    """Tokenize ``s`` (a coordinate, pattern or delta) into 9 tokens, or raise the
+    CoordinateError that quotes it and names the faulty component."""
+    cdef Py_ssize_t n, errpos
+    cdef int errcomp, code
+    cdef const char* p = _utf8(s, &n, what)
+    with nogil:
+        code = _tokenize(p, n, mode, toks, &errpos, &errcomp)
+    if code != E_OK:
+        raise _parse_error(what, s, code, errpos, errcomp)
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int _parse_coord_into(object s, uint16_t* out, object names, bint intern) except -1:
+    cdef Tok toks[NDIM]
+    cdef int j
+    _tokens(s, M_COORD, "coordinate", toks)
+    for j in range(NDIM):
+        if toks[j].kind == TK_NUM:
+            out[j] = <uint16_t>toks[j].a
+        else:
+            out[j] = <uint16_t>_name_id(names, s, &toks[j], j, intern, "coordinate")
+    return 0
+
+
+def parse_coord(s, names=None, bint intern=True):
+    """Parse one coordinate string into a (9,) uint16 array.
+
+    :param s: ``"a.b.c/d.e.f/g.h.i"``; ``;`` may replace ``/``; spaces around separators are ok.
+    :param names: a name table (``lookup(name, intern) -> id``) for name components.
+    :param intern: give unknown names a new id (True) or report them (False).
+    :returns: numpy array of shape (9,), dtype uint16.
+    :raises CoordinateError: quoting the input and naming the faulty component.
+    """
+    out = np.empty(NDIM, dtype=np.uint16)
+    cdef uint16_t[::1] o = out
+    _parse_coord_into(s, &o[0], names, intern)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def parse_coords(seq, names=None, bint intern=True):
+    """Parse many coordinate strings into an (N, 9) uint16 array.
+
+    :param seq: a sequence (list/tuple) of coordinate strings.
+    :param names: name table for name components (see :func:`parse_coord`).
+    :param intern: intern unknown names (True) or report them (False).
+    :returns: C-contiguous (N, 9) uint16 array.
+    :raises CoordinateError: for the first bad string, quoting it and its index.
+    """
+    if isinstance(seq, str):
+        raise InterfaceError("parse_coords takes a sequence of strings, not one string")
+    seq = list(seq)
+    cdef Py_ssize_t i, n = len(seq)
+    out = np.empty((n, NDIM), dtype=np.uint16)
+    if n == 0:
+        return out
+    cdef uint16_t[:, ::1] o = out
+    for i in range(n):
+        try:
+            _parse_coord_into(seq[i], &o[i, 0], names, intern)
+        except CoordinateError as e:
+            raise CoordinateError(f"item {i}: {e}") from None
+    return out
+
+
+def parse_pattern(s, names=None, bint intern=True):
+    """Parse a pattern string into a (2, 9) uint16 array of inclusive (lo, hi) bounds.
+
+    Components: a number, a name, ``*`` (any value, names included) or a half-open
+    interval ``[a:b]`` meaning a <= v < b (``[a:]`` and ``[:b]`` allowed; numeric only).
+
+    :param s: the pattern text.
+    :param names: name table for name components.
+    :param intern: intern unknown names (True) or report them (False).
+    :returns: array ``p`` with ``p[0]`` the lower and ``p[1]`` the upper bounds.
+    :raises CoordinateError: quoting the input and naming the faulty component.
+    """
+    cdef Tok toks[NDIM]
+    cdef int j
+    _tokens(s, M_PATTERN, "pattern", toks)
+    out = np.empty((2, NDIM), dtype=np.uint16)
+    cdef uint16_t[:, ::1] o = out
+    for j in range(NDIM):
+        k = toks[j].kind
+        if k == TK_NUM:
+            o[0, j] = o[1, j] = <uint16_t>toks[j].a
+        elif k == TK_STAR:
+            o[0, j] = 0
+            o[1, j] = 0xFFFF
+        elif k == TK_RANGE:
+            o[0, j] = <uint16_t>toks[j].a
+            o[1, j] = <uint16_t>toks[j].b
+        else:
+            o[0, j] = o[1, j] = <uint16_t>_name_id(names, s, &toks[j], j, intern, "pattern")
+    return out
+
+
+def parse_delta(s, names=None, bint intern=True):
+    """Parse a delta string into a (2, 9) int32 array of (op, value).
+
+    Per component: ``+n``/``-n``/``n`` add, ``=n`` set, a name (or ``+name``/``=name``)
+    set to that name, ``*`` make the component a wildcard.
+
+    :param s: the delta text, e.g. ``"+0.0.0/+0.0.5/+0.0.0"``.
+    :param names: name table for name components.
+    :param intern: intern unknown names (True) or report them (False).
+    :returns: array ``d`` with ``d[0]`` the ops (0 add, 1 set, 2 wildcard), ``d[1]`` values.
+    :raises CoordinateError: quoting the input and naming the faulty component.
+    """
+    cdef Tok toks[NDIM]
+    cdef int j
+    _tokens(s, M_DELTA, "delta", toks)
+    out = np.zeros((2, NDIM), dtype=np.int32)
+    cdef int32_t[:, ::1] o = out
+    for j in range(NDIM):
+        k = toks[j].kind
+        if k == TK_ADD:
+            o[0, j] = DELTA_ADD
+            o[1, j] = <int32_t>toks[j].a
+        elif k == TK_SETNUM:
+            o[0, j] = DELTA_SET
+            o[1, j] = <int32_t>toks[j].a
+        elif k == TK_STAR:
+            o[0, j] = DELTA_WILD
+        else:
+            o[0, j] = DELTA_SET
+            o[1, j] = _name_id(names, s, &toks[j], j, intern, "delta")
+    return out

@@ -1,0 +1,406 @@
+# ---------------------------------------------------------------------------------------
+# Sorted-array index primitives (used by the engine): lexicographic binary and galloping
+# search over (N, 9) word arrays, and the two pattern scans with skipping.
+# ---------------------------------------------------------------------------------------
+
+cimport cython
+from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t
+from libc.string cimport memcpy
+
+import numpy as np
+from vtpu.errors import InterfaceError
+
+
+cdef inline Py_ssize_t _lower_bound(const uint16_t* base, Py_ssize_t lo, Py_ssize_t hi,
+                                    const uint16_t* key) noexcept nogil:
+    """First index in [lo, hi) whose row is >= key."""
+    cdef Py_ssize_t mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if lex_cmp(base + NDIM * mid, key) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline Py_ssize_t _gallop(const uint16_t* base, Py_ssize_t start, Py_ssize_t n,
+                               const uint16_t* key) noexcept nogil:
+    """First index >= start whose row is >= key, searching outwards from start.
+
+    Cost grows with the log of the distance jumped, not of the array size: skips in a
+    scan are usually short."""
+    cdef Py_ssize_t step = 1, lo = start, hi
+    if lo >= n or lex_cmp(base + NDIM * lo, key) >= 0:
+        return lo
+    while True:
+        hi = lo + step
+        if hi >= n:
+            return _lower_bound(base, lo + 1, n, key)
+        if lex_cmp(base + NDIM * hi, key) >= 0:
+            return _lower_bound(base, lo + 1, hi + 1, key)
+        lo = hi
+        step <<= 1
+
+
+def lower_bound(sorted_arr, key):
+    """First row index of a lexicographically sorted (N, 9) array that is >= key.
+
+    :param sorted_arr: C-contiguous (N, 9) uint16, sorted.
+    :param key: (9,) uint16.
+    :returns: int in 0..N.
+    """
+    _coords_arg(sorted_arr, "sorted_arr")
+    key = _coord_arg(key, "key")
+    cdef Py_ssize_t n = sorted_arr.shape[0]
+    if n == 0:
+        return 0
+    cdef const uint16_t[:, ::1] a = sorted_arr
+    cdef const uint16_t[::1] k = key
+    return _lower_bound(&a[0, 0], 0, n, &k[0])
+
+
+cdef bint _lex_next(const uint16_t* c, const uint16_t* lo, const uint16_t* hi,
+                    uint16_t* out) noexcept nogil:
+    """Smallest coordinate >= c (lexicographic) inside the box; False if none."""
+    cdef int j, i
+    for j in range(NDIM):
+        if c[j] < lo[j]:
+            memcpy(out, c, sizeof(uint16_t) * j)
+            memcpy(out + j, lo + j, sizeof(uint16_t) * (NDIM - j))
+            return True
+        if c[j] > hi[j]:
+            # carry: bump the deepest earlier component that still has room
+            i = j - 1
+            while i >= 0 and c[i] >= hi[i]:
+                i -= 1
+            if i < 0:
+                return False
+            memcpy(out, c, sizeof(uint16_t) * i)
+            out[i] = c[i] + 1
+            memcpy(out + i + 1, lo + i + 1, sizeof(uint16_t) * (NDIM - i - 1))
+            return True
+    memcpy(out, c, sizeof(uint16_t) * NDIM)
+    return True
+
+
+cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
+                      const uint16_t* lo, const uint16_t* hi, bint zorder,
+                      Py_ssize_t i, Py_ssize_t limit):
+    """The scan loop shared by :func:`lex_scan` and :func:`z_scan`.
+
+    ``kb`` holds the sorted keys (coordinates themselves, or Morton keys), ``cb`` the
+    coordinates in the same order (the same array for the lexicographic index). From
+    row i: stop past the box's high key, emit rows inside the box, step a few rows past
+    misses, then jump (galloping search) to the next key that can be inside: the
+    lexicographic successor in the box, or BIGMIN in Z order.
+
+    Returns (int64 indices, number of jumps)."""
+    cdef uint16_t kmax[NDIM]
+    cdef uint16_t nxt[NDIM]
+    cdef uint16_t knxt[NDIM]
+    cdef Py_ssize_t cap = 64, cnt = 0, seeks = 0
+    cdef int misses = 0
+    out = np.empty(cap, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    if zorder:
+        _morton_row(hi, kmax)
+    else:
+        memcpy(kmax, hi, sizeof(uint16_t) * NDIM)
+    while i < n:
+        if lex_cmp(kb + NDIM * i, kmax) > 0:
+            break
+        if in_box(cb + NDIM * i, lo, hi):
+            if cnt == cap:
+                cap *= 2
+                out = np.resize(out, cap)
+                o = out
+            o[cnt] = i
+            cnt += 1
+            if cnt == limit:
+                break
+            i += 1
+            misses = 0
+            continue
+        misses += 1
+        if misses < STEP_BEFORE_SKIP:
+            i += 1
+            continue
+        if zorder:
+            if not _bigmin(cb + NDIM * i, lo, hi, nxt):
+                break
+            _morton_row(nxt, knxt)
+        else:
+            if not _lex_next(cb + NDIM * i, lo, hi, knxt):
+                break
+            if lex_cmp(knxt, kb + NDIM * i) <= 0:
+                i += 1
+                continue
+        i = _gallop(kb, i + 1, n, knxt)
+        seeks += 1
+        misses = 0
+    return out[:cnt].copy(), seeks
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def lex_scan(sorted_arr, pattern, Py_ssize_t start=0, Py_ssize_t limit=-1):
+    """Row indices of a lexicographically sorted array that match the pattern.
+
+    Seeks to the first row >= the box's low corner, steps a few rows, and when it meets
+    a row outside the box jumps (galloping search) to the next coordinate that could be
+    inside. Results come out in coordinate order.
+
+    :param sorted_arr: C-contiguous (N, 9) uint16, sorted lexicographically.
+    :param pattern: (2, 9) uint16 inclusive bounds.
+    :param start: first row index to consider (for paging).
+    :param limit: stop after this many matches (-1: no limit).
+    :returns: ``(idx, seeks)``: int64 matching row indices and the number of jumps made.
+    """
+    _coords_arg(sorted_arr, "sorted_arr")
+    pattern = _pattern_arg(pattern)
+    cdef Py_ssize_t n = sorted_arr.shape[0], i
+    if n == 0 or limit == 0 or (pattern[0] > pattern[1]).any():
+        return np.empty(0, dtype=np.int64), 0
+    cdef const uint16_t[:, ::1] a = sorted_arr
+    cdef const uint16_t[:, ::1] p = pattern
+    cdef const uint16_t* base = &a[0, 0]
+    i = _gallop(base, start, n, &p[0, 0]) if start > 0 else _lower_bound(base, 0, n, &p[0, 0])
+    return _skip_scan(base, base, n, &p[0, 0], &p[1, 0], False, i, limit)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def z_scan(zkeys, zcoords, pattern, Py_ssize_t limit=-1):
+    """Row indices of a Z-ordered index that match the pattern, with BIGMIN skipping.
+
+    Seeks to the first key >= Z(lo corner), steps a few keys, and when a key lies
+    outside the box jumps to BIGMIN (the next Z key inside the box) by galloping search;
+    stops past Z(hi corner). Results come out in Z order.
+
+    :param zkeys: C-contiguous (N, 9) uint16 Morton keys, sorted.
+    :param zcoords: (N, 9) uint16 coordinates in the same row order.
+    :param pattern: (2, 9) uint16 inclusive bounds.
+    :param limit: stop after this many matches (-1: no limit).
+    :returns: ``(idx, seeks)``: int64 matching row indices and the number of jumps made.
+    """
+    _coords_arg(zkeys, "zkeys")
+    _coords_arg(zcoords, "zcoords")
+    pattern = _pattern_arg(pattern)
+    cdef Py_ssize_t n = zkeys.shape[0]
+    if zcoords.shape[0] != n:
+        raise InterfaceError("zkeys and zcoords must have the same length")
+    if n == 0 or limit == 0 or (pattern[0] > pattern[1]).any():
+        return np.empty(0, dtype=np.int64), 0
+    cdef const uint16_t[:, ::1] zk = zkeys
+    cdef const uint16_t[:, ::1] zc = zcoords
+    cdef const uint16_t[:, ::1] p = pattern
+    cdef uint16_t zmin[NDIM]
+    _morton_row(&p[0, 0], zmin)
+    return _skip_scan(&zk[0, 0], &zc[0, 0], n, &p[0, 0], &p[1, 0], True,
+                      _lower_bound(&zk[0, 0], 0, n, zmin), limit)
+
+
+def lex_sort_order(arr):
+    """Permutation that sorts an (N, 9) uint16 array lexicographically (stable).
+
+    :returns: (N,) int64 indices.
+    """
+    _coords_arg(arr)
+    return np.lexsort(tuple(arr[:, j] for j in range(NDIM - 1, -1, -1)))
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def merge_sorted(a_keys, a_keep, b_keys, a_vals=None, b_vals=None):
+    """Merge two lexicographically sorted (N, 9) arrays, dropping rows of ``a`` not kept.
+
+    Keys present in both are taken once (from ``b``). Optional value arrays of the same
+    (N, 9) shape travel with their keys (the Z index carries coordinates with its keys).
+
+    :param a_keys: sorted (Na, 9) uint16.
+    :param a_keep: (Na,) bool mask, or None to keep all of a.
+    :param b_keys: sorted (Nb, 9) uint16.
+    :returns: ``merged_keys`` or ``(merged_keys, merged_vals)`` when values are given.
+    """
+    _coords_arg(a_keys, "a_keys")
+    _coords_arg(b_keys, "b_keys")
+    cdef bint vals = a_vals is not None
+    if vals:
+        _coords_arg(a_vals, "a_vals")
+        _coords_arg(b_vals, "b_vals")
+    cdef Py_ssize_t na = a_keys.shape[0], nb = b_keys.shape[0]
+    # The loops below read a_keep[i], a_vals[i], b_vals[j] without bounds checks.
+    if vals and (a_vals.shape[0] != na or b_vals.shape[0] != nb):
+        raise InterfaceError("a_vals/b_vals must have as many rows as a_keys/b_keys")
+    if a_keep is None:
+        a_keep = np.ones(na, dtype=np.bool_)
+    elif not isinstance(a_keep, np.ndarray) or a_keep.dtype != np.bool_ or a_keep.shape != (na,):
+        raise InterfaceError(f"a_keep must be None or a ({na},) bool array")
+    cdef const uint8_t[::1] keep = np.ascontiguousarray(a_keep).view(np.uint8)
+    out = np.empty((na + nb, NDIM), dtype=np.uint16)
+    outv = np.empty((na + nb, NDIM), dtype=np.uint16) if vals else out
+    cdef uint16_t[:, ::1] o = out
+    cdef uint16_t[:, ::1] ov = outv
+    cdef const uint16_t[:, ::1] ak
+    cdef const uint16_t[:, ::1] bk
+    cdef const uint16_t[:, ::1] av
+    cdef const uint16_t[:, ::1] bv
+    # Empty arrays cannot be viewed through a pointer: pad them with one dummy row.
+    ak = a_keys if na else np.zeros((1, NDIM), np.uint16)
+    bk = b_keys if nb else np.zeros((1, NDIM), np.uint16)
+    av = (a_vals if na else np.zeros((1, NDIM), np.uint16)) if vals else ak
+    bv = (b_vals if nb else np.zeros((1, NDIM), np.uint16)) if vals else bk
+    cdef Py_ssize_t i = 0, j = 0, k = 0
+    cdef int c
+    with nogil:
+        while i < na or j < nb:
+            if i < na and not keep[i]:
+                i += 1
+                continue
+            if j >= nb:
+                c = -1
+            elif i >= na:
+                c = 1
+            else:
+                c = lex_cmp(&ak[i, 0], &bk[j, 0])
+            if c < 0:
+                memcpy(&o[k, 0], &ak[i, 0], 2 * NDIM)
+                if vals:
+                    memcpy(&ov[k, 0], &av[i, 0], 2 * NDIM)
+                i += 1
+            else:
+                memcpy(&o[k, 0], &bk[j, 0], 2 * NDIM)
+                if vals:
+                    memcpy(&ov[k, 0], &bv[j, 0], 2 * NDIM)
+                j += 1
+                if c == 0:
+                    i += 1
+            k += 1
+    if vals:
+        return out[:k].copy(), outv[:k].copy()
+    return out[:k].copy()
+
+
+# ---------------------------------------------------------------------------------------
+# Posting-list / bitmap kernels for the engine's per-component index.
+# ---------------------------------------------------------------------------------------
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def match_rows(arr, rows, pattern):
+    """The entries of ``rows`` whose row of ``arr`` matches the pattern (order kept).
+
+    :param arr: C-contiguous (N, 9) uint16.
+    :param rows: 1-d int32 or int64 array of row indices into arr (all < N).
+    :param pattern: (2, 9) uint16 inclusive bounds.
+    :returns: int64 array, a subsequence of rows.
+    :raises InterfaceError: wrong types, or a row index out of range.
+    """
+    _coords_arg(arr)
+    pattern = _pattern_arg(pattern)
+    if not isinstance(rows, np.ndarray) or rows.ndim != 1:
+        raise InterfaceError("rows must be a 1-d integer array")
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    cdef Py_ssize_t n = arr.shape[0], m = rows.shape[0], i, cnt = 0
+    out = np.empty(m, dtype=np.int64)
+    if m == 0 or n == 0:
+        return out[:0]
+    if rows.min() < 0 or rows.max() >= n:
+        raise InterfaceError("row index out of range")
+    cdef const uint16_t[:, ::1] a = arr
+    cdef const uint16_t[:, ::1] p = pattern
+    cdef const int64_t[::1] r = rows
+    cdef int64_t[::1] o = out
+    with nogil:
+        for i in range(m):
+            if in_box(&a[r[i], 0], &p[0, 0], &p[1, 0]):
+                o[cnt] = r[i]
+                cnt += 1
+    return out[:cnt]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
+    """AND several bitmaps (uint64 arrays, bit i of word w = row 64*w + i) and list the set rows.
+
+    :param bitmaps: non-empty list of equally long 1-d uint64 arrays.
+    :param nbits: number of valid rows (bits past it are ignored).
+    :returns: int64 ascending row indices.
+    """
+    cdef Py_ssize_t nb = len(bitmaps), w, nw, k, cnt = 0, cap = 256
+    if nb == 0:
+        raise InterfaceError("bitmap_and_rows needs at least one bitmap")
+    mats = np.ascontiguousarray(np.stack(bitmaps), dtype=np.uint64) if nb > 1 else \
+        np.ascontiguousarray(bitmaps[0], dtype=np.uint64).reshape(1, -1)
+    nw = mats.shape[1]
+    cdef const uint64_t[:, ::1] mv = mats
+    out = np.empty(cap, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    cdef uint64_t word
+    cdef int64_t row
+    for w in range(nw):
+        word = mv[0, w]
+        k = 1
+        while word and k < nb:
+            word &= mv[k, w]
+            k += 1
+        while word:
+            row = 64 * w + __builtin_ctzll(word)
+            word &= word - 1
+            if row >= nbits:
+                break
+            if cnt == cap:
+                cap *= 2
+                out = np.resize(out, cap)
+                o = out
+            o[cnt] = row
+            cnt += 1
+    return out[:cnt].copy()
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def window_spans(sorted_arr, patterns):
+    """For each pattern, the span of a sorted array between its box corners.
+
+    Row span i is [starts[i], ends[i]): the rows lexicographically between pattern i's
+    low and high corners, a superset of its matches. ``exact[i]`` says every row of the
+    span matches (the usual case for windows over one component), so callers need no
+    per-row check for it.
+
+    :param sorted_arr: C-contiguous (N, 9) uint16, sorted lexicographically.
+    :param patterns: C-contiguous (Q, 2, 9) uint16 patterns.
+    :returns: ``(starts, ends, exact)``: int64, int64 and bool arrays of length Q.
+    """
+    _coords_arg(sorted_arr, "sorted_arr")
+    if not isinstance(patterns, np.ndarray) or patterns.dtype != np.uint16 or \
+            patterns.ndim != 3 or patterns.shape[1:] != (2, NDIM):
+        raise InterfaceError("patterns must be a (Q, 2, 9) uint16 array")
+    patterns = np.ascontiguousarray(patterns)
+    cdef Py_ssize_t n = sorted_arr.shape[0], q = patterns.shape[0], i, r, s, e
+    starts = np.zeros(q, dtype=np.int64)
+    ends = np.zeros(q, dtype=np.int64)
+    exact = np.ones(q, dtype=np.bool_)
+    if q == 0 or n == 0:
+        return starts, ends, exact
+    cdef const uint16_t[:, ::1] a = sorted_arr
+    cdef const uint16_t[:, :, ::1] p = patterns
+    cdef int64_t[::1] st = starts
+    cdef int64_t[::1] en = ends
+    cdef uint8_t[::1] ex = exact.view(np.uint8)
+    cdef const uint16_t* base = &a[0, 0]
+    with nogil:
+        for i in range(q):
+            s = _lower_bound(base, 0, n, &p[i, 0, 0])
+            e = _lower_bound(base, s, n, &p[i, 1, 0])
+            if e < n and lex_cmp(base + NDIM * e, &p[i, 1, 0]) == 0:
+                e += 1
+            st[i] = s
+            en[i] = e
+            for r in range(s, e):
+                if not in_box(base + NDIM * r, &p[i, 0, 0], &p[i, 1, 0]):
+                    ex[i] = 0
+                    break
+    return starts, ends, exact
