@@ -131,16 +131,16 @@ def test_engine_get_many_content_only():
         e.get_many(b"x" * 20, content_only=True)
 
 
-def test_scroll_contents_msgpack_matches_the_generic_encoder():
+def test_content_only_reply_matches_the_generic_encoder():
+    from vtpu import wire
+
     e = Engine()
     ks = _core.pack_many(_core.parse_coords(coords_of(len(MIXED))))
     e.put_many(ks, MIXED)
     for blob in [ks, bytes(18) + ks[:36] + bytes(18), b"", ks[18 * 5:18 * 6]]:
-        raw = _core.scroll_contents_msgpack(e._map, blob, P.packb, Scroll)
-        assert raw == P.packb(_core.scroll_contents(e._map, blob, Scroll))
-        assert raw == P.packb(e.get_many(blob, content_only=True))
-    with pytest.raises(InterfaceError):
-        _core.scroll_contents_msgpack(e._map, b"x" * 17, P.packb, Scroll)
+        contents = e.get_many(blob, content_only=True)
+        assert contents == _core.scroll_contents(e._map, blob, Scroll)
+        assert wire.encode_response(3, contents) == P.encode_frame([3, 0, contents])
     with pytest.raises(InterfaceError):
         _core.scroll_contents({}, b"x" * 17, Scroll)
 
@@ -153,8 +153,6 @@ def test_scroll_contents_reads_lazily_loaded_contents():
     k = bytes(18)
     s = _StoredScroll(k, P.packb(["stored", 1]), 1, 1.0, 1.0, None)
     assert _core.scroll_contents({k: s}, k, Scroll) == [["stored", 1]]
-    s = _StoredScroll(k, P.packb("stored"), 1, 1.0, 1.0, None)
-    assert _core.scroll_contents_msgpack({k: s}, k, P.packb, Scroll) == P.packb(["stored"])
 
 
 @pytest.fixture

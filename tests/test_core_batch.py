@@ -1,13 +1,8 @@
-"""The compiled wire fast paths of vtpu._core against the generic msgpack codec.
-
-``scroll_columns_msgpack`` (server GET_MANY), ``parse_scroll_columns`` / ``ScrollList``
-(client GET_MANY) and ``serve_requests`` (server GET/PUT frame loop) must produce and
-accept exactly what :mod:`vtpu.protocol` does; anything outside their simple shapes must
-be left to the generic code. No timing assertions.
+"""The client's GET_MANY reader of vtpu._core (``parse_scroll_columns`` /
+``ScrollList``) against the generic msgpack codec, and batched reads end to end. The
+wire codec proper is tested in ``tests/test_codec.py``. No timing assertions.
 """
 from __future__ import annotations
-
-import asyncio
 
 import numpy as np
 import pytest
@@ -16,10 +11,8 @@ import vtpu
 from vtpu import _core
 from vtpu import errors as E
 from vtpu import protocol as P
-from vtpu import server as S
 from vtpu.coords import Scroll
 from vtpu.engine import Engine
-from vtpu.netclient import _GET_TAIL, _PUT2, _request_frame
 from vtpu.testing import running_server
 
 MIXED = [
@@ -49,58 +42,11 @@ def engine():
     return e, blob
 
 
-# -- scroll_columns_msgpack ----------------------------------------------------------------
-
-
-def test_columns_equal_the_generic_encoding(engine):
-    e, blob = engine
-    q = blob + bytes(18) + blob_of(2, first=9) + blob[:36]  # misses and repeats
-    want = P.packb(P.scrolls_to_wire(e.get_many(q)))
-    assert _core.scroll_columns_msgpack(e._map, q, P.packb, Scroll) == want
-
-
-def test_columns_empty_and_all_missing():
-    e = Engine()
-    for q in (b"", blob_of(3), blob_of(20)):
-        want = P.packb(P.scrolls_to_wire(e.get_many(q)))
-        assert _core.scroll_columns_msgpack(e._map, q, P.packb, Scroll) == want
-
-
-def test_columns_leave_stacked_arrays_to_the_generic_encoder():
-    e = Engine()
-    blob = blob_of(4)
-    e.put_many(blob, np.arange(8, dtype=np.float64).reshape(4, 2))
-    assert _core.scroll_columns_msgpack(e._map, blob, P.packb, Scroll) is None
-
-
-def test_columns_refuse_a_ragged_blob():
-    with pytest.raises(E.InterfaceError):
-        _core.scroll_columns_msgpack({}, b"x" * 19, P.packb, Scroll)
-
-
-def test_columns_read_scroll_subclasses_through_attributes():
-    class Lazy(Scroll):
-        __slots__ = ()
-
-        @property
-        def content(self):
-            return "from property"
-
-    k = blob_of(1)
-    s = Lazy.__new__(Lazy)
-    for name, v in zip(("key", "version", "created_at", "updated_at", "_names"),
-                       (k, 2, 1.0, 2.0, None)):
-        object.__setattr__(s, name, v)
-    got = _core.scroll_columns_msgpack({k: s}, k, P.packb, Scroll)
-    assert P.unpackb(got) == [k, ["from property"], [2], [1.0], [2.0]]
-
-
 # -- parse_scroll_columns / ScrollList -------------------------------------------------------
 
 
 def parsed(e, q):
-    raw = _core.scroll_columns_msgpack(e._map, q, P.packb, Scroll)
-    body = b"\x93\x05\x00" + raw
+    body = P.encode_response_scrolls(5, e.get_many(q))[4:]
     sl, end = _core.parse_scroll_columns(body, 3, Scroll, e.names, P.unpackb)
     assert end == len(body)
     return sl
@@ -183,104 +129,6 @@ def test_parse_refuses_inconsistent_columns():
         assert r is None
         with pytest.raises(E.ProtocolError):
             P.unpackb(good[:cut])
-
-
-# -- serve_requests ---------------------------------------------------------------------------
-
-
-class _Conn:
-    authed = True
-    out_limit = P.DEFAULT_MAX_FRAME_SIZE
-
-
-def generic_replies(e, data):
-    async def run():
-        st = S._Server(e, None, P.DEFAULT_MAX_FRAME_SIZE, 65536, 100000)
-        dec = P.FrameDecoder()
-        dec.feed(data)
-        out = []
-        while (b := dec.next_body()) is not None:
-            out.append(st.handle_body(_Conn(), b)[0])
-        return b"".join(out)
-
-    return asyncio.run(run())
-
-
-def serve(e, data, put=None, max_frame=P.DEFAULT_MAX_FRAME_SIZE,
-          out_limit=P.DEFAULT_MAX_FRAME_SIZE, max_frames=10**6):
-    return _core.serve_requests(data, 0, len(data), e._map, put, P.packb, P.unpackb, Scroll,
-                                max_frame, out_limit, max_frames)
-
-
-def test_get_frames_equal_the_generic_replies(engine):
-    e, blob = engine
-    ks = keys_of(blob) + [bytes(18)]
-    data = b"".join(_request_frame(i + 1, "GET", _GET_TAIL + k, 1 << 26)
-                    for i, k in enumerate(ks))
-    data += P.encode_request(7, "GET", [ks[0]])  # a one-byte msgid
-    pos, replies, count, wrote, err = serve(e, data)
-    assert (pos, count, wrote, err) == (len(data), len(ks) + 1, False, None)
-    assert replies == generic_replies(e, data)
-
-
-def test_put_frames_equal_the_generic_path(engine):
-    e, blob = engine
-    ks = keys_of(blob)
-    data = b"".join(_request_frame(i + 1, "PUT", _PUT2 + k + P.packb(MIXED[i % len(MIXED)]),
-                                   1 << 26) for i, k in enumerate(ks))
-    fresh = Engine()
-    pos, replies, count, wrote, err = serve(fresh, data, put=fresh.put)
-    assert (pos, count, wrote, err) == (len(data), len(ks), True, None)
-    assert replies == b"".join(P.encode_response(i + 1, 1) for i in range(len(ks)))
-    for k in ks:
-        assert P.packb(fresh.get(k).content) == P.packb(e.get(k).content)
-
-
-def test_stops_at_frames_it_does_not_handle(engine):
-    e, blob = engine
-    k = keys_of(blob)[0]
-    get = _request_frame(1, "GET", _GET_TAIL + k, 1 << 26)
-    put = _request_frame(2, "PUT", _PUT2 + k + P.packb("v"), 1 << 26)
-    others = [
-        P.encode_request(3, "COUNT", [bytes(36)]),
-        P.encode_request(3, "PUT", [k, "v", 1]),  # if_version
-        P.encode_request(3, "GET", [k, 1]),  # extra argument
-        _request_frame(3, "PUT", _PUT2 + _core.pack(_core.parse_coord("1.1.1/1.1.1/1.1.1"))
-                       .replace(b"\x00\x01", b"\xf0\x00", 1) + P.packb("v"), 1 << 26),
-        _request_frame(3, "PUT", _PUT2 + k + b"\xc1", 1 << 26),  # malformed content
-    ]
-    for other in others:
-        pos, replies, count, _w, err = serve(e, get + other + get, put=e.put)
-        assert (pos, count, err) == (len(get), 1, None)
-    assert serve(e, get + get[:-1])[:3:2] == (len(get), 1)  # incomplete frame
-    # PUT without a put function is left alone too
-    assert serve(e, get + put)[:3:2] == (len(get), 1)
-    assert serve(e, get * 5, max_frames=3)[2] == 3
-    assert serve(e, get + put, put=e.put, max_frame=20)[2] == 0
-
-
-def test_large_get_reply_is_left_to_the_generic_limit_error(engine):
-    e, blob = engine
-    big = keys_of(blob)[12]  # the 70 kB content
-    assert len(e.get(big).content) == 70000
-    data = _request_frame(1, "GET", _GET_TAIL + big, 1 << 26)
-    assert serve(e, data, out_limit=1024)[2] == 0
-    assert serve(e, data)[2] == 1
-
-
-def test_put_errors_are_reported_with_their_msgid(engine):
-    e, blob = engine
-    k = keys_of(blob)[0]
-
-    def failing_put(key, content):
-        raise E.InterfaceError("no")
-
-    data = (_request_frame(4, "PUT", _PUT2 + k + P.packb("a"), 1 << 26)
-            + _request_frame(5, "GET", _GET_TAIL + k, 1 << 26))
-    pos, replies, count, wrote, err = serve(e, data, put=failing_put)
-    assert replies == b"" and count == 1 and wrote and err[0] == 4
-    assert isinstance(err[1], E.InterfaceError)
-    assert pos == len(data) - len(_request_frame(5, "GET", _GET_TAIL + k, 1 << 26))
 
 
 # -- end to end ------------------------------------------------------------------------------

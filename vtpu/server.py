@@ -1,9 +1,11 @@
 """The vtpu server: one asyncio event loop owns the engine, many clients talk to it.
 
 Redis-style: requests are executed on the loop thread in arrival order, so the engine
-needs no locks. Each connection decodes frames with the same sans-IO codec as the
-clients (:mod:`vtpu.protocol`). Pipelined requests are answered in order; a BATCH frame
-carries many operations.
+needs no locks. Each connection frames, decodes and encodes only through the wire codec
+the clients use (:mod:`vtpu.wire`), and every request reaches the engine through its
+public methods. Pipelined requests are answered in order: a run of pipelined GETs is
+taken from the decoder in one call, answered with one engine call and encoded in one
+call; a BATCH frame carries many operations.
 
 Durability (group commit): replies to writes are held back until the end of the current
 loop iteration, then ``engine.storage.commit()`` runs once for everything written by
@@ -28,15 +30,13 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from . import _core
-from . import protocol as P
+from . import wire as P
 from ._core import NAME_BASE as _NAME_BASE
 from ._version import __version__
-from .coords import Scroll
 from .errors import (
     InterfaceError,
     LimitError,
@@ -130,17 +130,6 @@ class _Dispatcher:
         }
         self._get = e.get
         self._put = e.put
-        # The compiled fast paths read the engine's key -> Scroll map directly; that is
-        # only the same as calling the engine while its get/get_many are the stock ones.
-        from .engine import Engine
-
-        m = getattr(e, "_map", None)
-        stock = (isinstance(e, Engine) and type(m) is dict
-                 and type(e).get is Engine.get and type(e).get_many is Engine.get_many)
-        self.map: dict | None = m if stock else None
-        #: ops answered with already-encoded result bytes (see handle_body)
-        self.raw_table: dict[str, Callable[[list], bytes | None]] = (
-            {"GET_MANY": self.get_many_raw} if stock else {})
 
     # -- names ---------------------------------------------------------------------------
     def _check_names(self, arr: np.ndarray) -> None:
@@ -178,23 +167,13 @@ class _Dispatcher:
         return self.engine.delete(P.check_key(a[0]))
 
     # -- many keys -----------------------------------------------------------------------
-    def get_many(self, a: list) -> list:
+    def get_many(self, a: list) -> Any:
         _nargs(a, 1, 2, "GET_MANY")
         blob = P.check_blob(a[0])
         if _bool(_opt(a, 1), "content_only"):
             # Values only: one array of N contents (nil where nothing is stored).
             return list(self.engine.get_many(blob, content_only=True))
-        return P.scrolls_to_wire(self.engine.get_many(blob))
-
-    def get_many_raw(self, a: list) -> bytes | None:
-        """GET_MANY encoded in one compiled loop: the msgpack bytes of the column-wise
-        result (or, with ``content_only``, of the array of contents), or None when the
-        generic encoder must do it (stacked ndarray contents)."""
-        _nargs(a, 1, 2, "GET_MANY")
-        blob = P.check_blob(a[0])
-        if _bool(_opt(a, 1), "content_only"):
-            return _core.scroll_contents_msgpack(self.map, blob, P.packb, Scroll)
-        return _core.scroll_columns_msgpack(self.map, blob, P.packb, Scroll)
+        return ScrollResult(self.engine.get_many(blob))
 
     def put_many(self, a: list) -> list:
         _nargs(a, 2, 2, "PUT_MANY")
@@ -251,8 +230,7 @@ class _Dispatcher:
             arr = np.asarray(res, dtype=np.uint16).reshape(-1, 9)
             nxt = P.pack_coord(arr[-1]) if more else None
             return [P.pack_coords(arr), nxt]
-        nxt = res[-1].key if more else None
-        return [P.scrolls_to_wire(res), nxt]
+        return ScrollResult(res, True, res[-1].key if more else None)
 
     def count(self, a: list) -> int:
         _nargs(a, 1, 1, "COUNT")
@@ -324,7 +302,7 @@ class _Dispatcher:
         deltas = P.unpack_deltas(P.check_blob(a[1], P.DELTA_SIZE, "deltas"))
         hops = _int(_opt(a, 2, 1), "hops", 0, 1 << 20)
         mf = _int(_opt(a, 3, 10000), "max_frontier", 1, 1 << 31)
-        return P.scrolls_to_wire(self.engine.kg(start, deltas, hops, max_frontier=mf))
+        return ScrollResult(self.engine.kg(start, deltas, hops, max_frontier=mf))
 
     def intern(self, a: list) -> list:
         _nargs(a, 1, 2, "INTERN")
@@ -349,6 +327,20 @@ class _Dispatcher:
         pat = _opt(a, 0)
         pat = None if pat is None else _pattern(pat)
         return self.engine.export_phext(pat, skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
+
+
+class ScrollResult(NamedTuple):
+    """A result that is a scroll list (GET_MANY, KG) or a RANGE page of one: encoded by
+    the codec's column encoder straight from the Scrolls."""
+
+    scrolls: list
+    page: bool = False
+    after: bytes | None = None
+
+    def wire(self) -> Any:
+        """The generic wire value (inside a BATCH result)."""
+        w = P.scrolls_to_wire(self.scrolls)
+        return [w, self.after] if self.page else w
 
 
 def _attend_out(r: dict) -> dict:
@@ -417,74 +409,51 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        dec = self.decoder
-        n = len(data)
-        if n > 4 and not dec.buffered() and not self.read_paused:
-            server = self.server
-            if self.authed and server.map is not None:
-                # Plain GET/PUT frames are answered by one compiled loop straight from
-                # the received bytes (the unpipelined case is one frame per read).
-                pos, out, count, wrote = server.fast_frames(
-                    self, data, 0, n, FRAMES_PER_SLICE)
-                if pos == n:
-                    self._send(out, wrote)
-                    return
-                if count:
-                    dec.feed(memoryview(data)[pos:])
-                    self._process(out, wrote, count)
-                    return
-            else:
-                # One whole request in one read: decode straight from the received
-                # bytes without going through the buffer.
-                size = int.from_bytes(data[:4], "big")
-                if size + 4 == n and size <= dec.max_frame_size:
-                    frame, wrote = server.handle_body(self, data[4:])
-                    self._send([frame], wrote)
-                    return
-        dec.feed(data)
-        self._process()
+        self.decoder.feed(data)
+        if not self.read_paused:
+            self._process()
 
     def eof_received(self) -> bool | None:
         # A client vanishing mid-frame: whatever partial frame is buffered is dropped.
         return None
 
     # -- request processing --------------------------------------------------------------
-    def _process(self, out: list[bytes] | None = None, wrote: bool = False,
-                 handled: int = 0) -> None:
-        if out is None:
-            out = []
+    def _process(self) -> None:
         server = self.server
-        dec = self.decoder
+        take = self.decoder.next_requests
+        out: list[bytes] = []
+        wrote = False
+        handled = 0
         try:
             while handled < FRAMES_PER_SLICE:
-                if self.authed and server.map is not None and dec.buffered() > 4:
-                    buf, start = dec.unread()
-                    pos, o, c, w = server.fast_frames(
-                        self, buf, start, len(buf), FRAMES_PER_SLICE - handled)
-                    if c:
-                        dec.advance(pos)
-                        out.extend(o)
-                        handled += c
-                        wrote = wrote or w
-                        if handled >= FRAMES_PER_SLICE:
-                            break
-                body = dec.next_body()
-                if body is None:
+                try:
+                    item = take(FRAMES_PER_SLICE - handled)
+                except P.RequestError as exc:
+                    # The frame boundary is intact: a bad request, the connection survives.
+                    handled += 1
+                    out.append(P.encode_error(exc.msgid, "PROTOCOL", str(exc), self.out_limit))
+                    continue
+                if item is None:
                     break
+                if len(item) == 2:
+                    # A run of plain GETs: one engine call, one encoder call.
+                    handled += len(item[0])
+                    out.append(server.get_run(self, item[0], item[1]))
+                    continue
                 handled += 1
-                frame, w = server.handle_body(self, body)
+                frame, w = server.handle(self, item[0], item[1], item[2])
                 out.append(frame)
                 wrote = wrote or w
                 if self.closing:
                     break
         except ProtocolError as exc:
-            # The byte stream can no longer be framed: say why once, then close.
-            out.append(P.encode_error(0, *P.error_pair(exc)))
+            # The byte stream can no longer be trusted: say why once, then close.
+            out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
             self.closing = True
         self._send(out, wrote)
         if self.closing:
             return
-        if handled >= FRAMES_PER_SLICE and dec.buffered():
+        if handled >= FRAMES_PER_SLICE and self.decoder.buffered():
             # More requests already buffered: let other connections run first.
             self.read_paused = True
             self._update_reading()
@@ -539,8 +508,8 @@ class _Server:
         self.page_size = page_size
         self.dispatch = _Dispatcher(engine, page_size, max_batch)
         self.table = self.dispatch.table
-        self.raw_table = self.dispatch.raw_table
-        self.map = self.dispatch.map  # for the compiled GET/PUT frame loop (or None)
+        self._get = engine.get
+        self._get_many = engine.get_many
         self.trackers = 0  # connections that asked for invalidation pushes
         self.conns: set[_Connection] = set()
         self.loop = asyncio.get_running_loop()
@@ -600,60 +569,56 @@ class _Server:
                 frame = frames[sig] = P.encode_push("invalidate", payload)
             c.transport.write(frame)
 
-    # -- plain GET/PUT frames ------------------------------------------------------------
-    def fast_frames(self, conn: _Connection, buf: Any, pos: int, end: int,
-                    max_frames: int) -> tuple[int, list[bytes], int, bool]:
-        """Answer the plain GET/PUT frames at ``buf[pos:end]`` in the compiled loop.
+    # -- runs of plain GETs ---------------------------------------------------------------
+    def get_run(self, conn: _Connection, msgids: list, keys: bytes) -> bytes:
+        """Answer a run of plain GET requests: ``keys`` holds their N 18-byte keys.
 
-        Stops at the first frame of another kind (the caller handles it generically).
-        PUTs go through the engine's ``put``; they are left to the generic path while a
-        connection wants invalidation pushes (those need the written keys).
+        One engine call (``get`` for one key, ``get_many`` for more) and one encoder call;
+        a reply that does not fit the client's frame limit is answered alone, with a
+        LIMIT error, and the others as usual.
 
-        :returns: ``(pos after the handled frames, reply frames, frames handled, wrote)``.
+        :returns: the N reply frames.
         """
-        put = self.engine.put if not self.trackers else None
-        pos, replies, count, wrote, err = _core.serve_requests(
-            buf, pos, end, self.map, put, P.packb, P.unpackb, Scroll,
-            self.max_frame_size, conn.out_limit, max_frames)
-        out = [replies] if replies else []
-        if err is not None:
-            out.append(self.error_frame(err[0], "PUT", err[1], conn.out_limit))
-        return pos, out, count, wrote
+        limit = conn.out_limit
+        if not conn.authed:
+            return b"".join(self.handle(conn, m, "GET", [])[0] for m in msgids)
+        try:
+            scrolls = [self._get(keys)] if len(msgids) == 1 else self._get_many(keys)
+            return P.encode_get_replies(msgids, scrolls, limit)
+        except Exception as exc:
+            if len(msgids) == 1:
+                return self.error_frame(msgids[0], "GET", exc, limit)
+        out = []
+        for m, k in zip(msgids, [keys[i:i + P.KEY_SIZE] for i in range(0, len(keys), P.KEY_SIZE)]):
+            try:
+                out.append(P.encode_get_replies([m], [self._get(k)], limit))
+            except Exception as exc:
+                out.append(self.error_frame(m, "GET", exc, limit))
+        return b"".join(out)
 
-    # -- one frame -----------------------------------------------------------------------
-    def handle_body(self, conn: _Connection, body: bytes) -> tuple[bytes, bool]:
-        """Decode and execute one request frame body. Returns (reply frame, wrote)."""
-        try:
-            msg = P.unpackb(body)
-        except ProtocolError as exc:
-            # Not exactly one valid msgpack object: nothing after it can be trusted.
-            conn.closing = True
-            return P.encode_error(0, "PROTOCOL", str(exc)), False
-        try:
-            msgid, op, args = P.parse_request(msg)
-        except ProtocolError as exc:
-            # Valid msgpack of the wrong shape: a bad request, the connection survives.
-            return P.encode_error(exc.msgid, "PROTOCOL", str(exc)), False
+    # -- one request ---------------------------------------------------------------------
+    def handle(self, conn: _Connection, msgid: int, op: str, args: list) -> tuple[bytes, bool]:
+        """Execute one decoded request. Returns (reply frame, wrote)."""
         if not conn.authed and op != "HELLO":
             code = "AUTH" if self.token is not None else "PROTOCOL"
-            return P.encode_error(msgid, code, f"{op}: HELLO must come first"), False
+            return P.encode_error(msgid, code, f"{op}: HELLO must come first",
+                                  conn.out_limit), False
         if op == "HELLO":
             return self.hello(conn, msgid, args), False
         spec = P.OPS.get(op)
         if spec is None:
-            return P.encode_error(msgid, "PROTOCOL", f"unknown opcode {op[:64]!r}"), False
+            return P.encode_error(msgid, "PROTOCOL", f"unknown opcode {op[:64]!r}",
+                                  conn.out_limit), False
         try:
-            raw_fn = self.raw_table.get(op)
-            if raw_fn is not None:
-                raw = raw_fn(args)
-                if raw is not None:
-                    return P.encode_response_raw(msgid, raw, conn.out_limit), False
             if op == "BATCH":
                 result = self.batch(args, conn)
             else:
                 result = self.table[op](args)
                 if spec.writes:
                     self.note_write(op, args, conn)
+            if type(result) is ScrollResult:
+                return P.encode_response_scrolls(msgid, result.scrolls, conn.out_limit,
+                                                 result.page, result.after), False
             return P.encode_response(msgid, result, conn.out_limit), spec.writes
         except Exception as exc:
             return self.error_frame(msgid, op, exc, conn.out_limit), spec.writes
@@ -708,7 +673,7 @@ class _Server:
                 r = self.table[op](a)
                 if spec.writes:
                     self.note_write(op, a, conn)
-                results.append([P.STATUS_OK, r])
+                results.append([P.STATUS_OK, r.wire() if type(r) is ScrollResult else r])
             except Exception as exc:
                 if is_internal(exc):
                     log.error("internal error in BATCH %s", op, exc_info=exc)

@@ -1,12 +1,8 @@
 # ---------------------------------------------------------------------------------------
-# Wire fast paths (used by vtpu.server and vtpu.netclient).
-#
-# The per-item Python work of the network path (one Scroll per key, one msgpack object
-# per field, one interpreter round per request frame) dominates batched and pipelined
-# calls. These functions do that work in one C loop each. They produce and accept
-# exactly the bytes the generic msgpack codec (vtpu.protocol) would, so the wire format
-# does not change; anything outside the simple shapes they know is left to the generic
-# code (they return None or stop early), never guessed at.
+# Client-side wire helpers still used by vtpu.netclient (pipelined GET frames, GET and
+# GET_MANY reply readers) and the engine's values-only read (scroll_contents). The wire
+# codec itself is vtpu.wire (reference vtpu.protocol, compiled twin vtpu._cprotocol);
+# these go away once their callers use it.
 # ---------------------------------------------------------------------------------------
 
 cimport cython
@@ -111,42 +107,7 @@ cdef _Slots _scroll_slots(cls):
     return <_Slots>s
 
 
-# -- a growable output buffer ------------------------------------------------------------
-
-cdef struct _Buf:
-    char* p
-    Py_ssize_t n
-    Py_ssize_t cap
-
-cdef int _buf_init(_Buf* b, Py_ssize_t cap) except -1:
-    b.p = <char*>PyMem_Malloc(cap)
-    if b.p == NULL:
-        raise MemoryError()
-    b.n = 0
-    b.cap = cap
-    return 0
-
-cdef int _buf_grow(_Buf* b, Py_ssize_t extra) except -1:
-    cdef Py_ssize_t cap = b.cap
-    while cap < b.n + extra:
-        cap *= 2
-    cdef char* q = <char*>PyMem_Realloc(b.p, cap)
-    if q == NULL:
-        raise MemoryError()
-    b.p = q
-    b.cap = cap
-    return 0
-
-cdef inline int _buf_reserve(_Buf* b, Py_ssize_t extra) except -1:
-    if b.n + extra > b.cap:
-        _buf_grow(b, extra)
-    return 0
-
-cdef inline int _wput(_Buf* b, const char* s, Py_ssize_t k) except -1:
-    _buf_reserve(b, k)
-    memcpy(b.p + b.n, s, k)
-    b.n += k
-    return 0
+# -- big-endian helpers -----------------------------------------------------------------
 
 cdef inline void _be16(char* o, uint32_t v) noexcept nogil:
     o[0] = <char>(v >> 8); o[1] = <char>v
@@ -166,102 +127,6 @@ cdef inline uint32_t _rd32(const unsigned char* p) noexcept nogil:
 cdef inline uint64_t _rd64(const unsigned char* p) noexcept nogil:
     return (<uint64_t>_rd32(p) << 32) | _rd32(p + 4)
 
-cdef int _wput_uint(_Buf* b, uint64_t v) except -1:
-    # msgpack's shortest unsigned form, as msgpack-python writes it.
-    _buf_reserve(b, 9)
-    cdef char* o = b.p + b.n
-    if v < 0x80:
-        o[0] = <char>v; b.n += 1
-    elif v < 0x100:
-        o[0] = <char>0xCC; o[1] = <char>v; b.n += 2
-    elif v < 0x10000:
-        o[0] = <char>0xCD; _be16(o + 1, <uint32_t>v); b.n += 3
-    elif v < 0x100000000ULL:
-        o[0] = <char>0xCE; _be32(o + 1, <uint32_t>v); b.n += 5
-    else:
-        o[0] = <char>0xCF; _be64(o + 1, v); b.n += 9
-    return 0
-
-cdef int _wput_arrhdr(_Buf* b, Py_ssize_t n) except -1:
-    _buf_reserve(b, 5)
-    cdef char* o = b.p + b.n
-    if n < 16:
-        o[0] = <char>(0x90 | n); b.n += 1
-    elif n < 0x10000:
-        o[0] = <char>0xDC; _be16(o + 1, <uint32_t>n); b.n += 3
-    else:
-        o[0] = <char>0xDD; _be32(o + 1, <uint32_t>n); b.n += 5
-    return 0
-
-cdef int _wput_bin(_Buf* b, const char* s, Py_ssize_t n) except -1:
-    _buf_reserve(b, n + 5)
-    cdef char* o = b.p + b.n
-    if n < 0x100:
-        o[0] = <char>0xC4; o[1] = <char>n; b.n += 2
-    elif n < 0x10000:
-        o[0] = <char>0xC5; _be16(o + 1, <uint32_t>n); b.n += 3
-    else:
-        o[0] = <char>0xC6; _be32(o + 1, <uint32_t>n); b.n += 5
-    memcpy(b.p + b.n, s, n)
-    b.n += n
-    return 0
-
-cdef int _wput_double(_Buf* b, double d) except -1:
-    _buf_reserve(b, 9)
-    cdef uint64_t u
-    memcpy(&u, &d, 8)
-    b.p[b.n] = <char>0xCB
-    _be64(b.p + b.n + 1, u)
-    b.n += 9
-    return 0
-
-cdef int _wput_value(_Buf* b, object v, object packb) except -1:
-    """Append one value: bytes, str, float and positive int inline, anything else
-    through ``packb`` (the generic codec, which also raises its errors)."""
-    cdef Py_ssize_t n
-    cdef const char* s
-    cdef char* o
-    cdef int overflow = 0
-    cdef long long x
-    if PyBytes_CheckExact(v):
-        _wput_bin(b, PyBytes_AS_STRING(v), len(<bytes>v))
-    elif PyUnicode_CheckExact(v):
-        try:
-            s = PyUnicode_AsUTF8AndSize(v, &n)
-        except UnicodeError:
-            s = NULL
-        if s == NULL:
-            raw = packb(v)  # lone surrogates: the codec's own error
-            _wput(b, PyBytes_AS_STRING(raw), len(<bytes>raw))
-            return 0
-        _buf_reserve(b, n + 5)
-        o = b.p + b.n
-        if n < 32:
-            o[0] = <char>(0xA0 | n); b.n += 1
-        elif n < 0x100:
-            o[0] = <char>0xD9; o[1] = <char>n; b.n += 2
-        elif n < 0x10000:
-            o[0] = <char>0xDA; _be16(o + 1, <uint32_t>n); b.n += 3
-        else:
-            o[0] = <char>0xDB; _be32(o + 1, <uint32_t>n); b.n += 5
-        memcpy(b.p + b.n, s, n)
-        b.n += n
-    elif PyFloat_CheckExact(v):
-        _wput_double(b, PyFloat_AS_DOUBLE(v))
-    elif v is None:
-        _wput(b, "\xc0", 1)
-    elif PyLong_CheckExact(v):
-        x = PyLong_AsLongLongAndOverflow(v, &overflow)
-        if overflow == 0 and x >= 0:
-            _wput_uint(b, <uint64_t>x)
-        else:
-            raw = packb(v)
-            _wput(b, PyBytes_AS_STRING(raw), len(<bytes>raw))
-    else:
-        raw = packb(v)
-        _wput(b, PyBytes_AS_STRING(raw), len(<bytes>raw))
-    return 0
-
 
 cdef object _slot_or_attr(_Slots sl, object s, int i, str name):
     cdef PyObject* p
@@ -270,81 +135,6 @@ cdef object _slot_or_attr(_Slots sl, object s, int i, str name):
         if p != NULL:
             return <object>p
     return getattr(s, name)
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def scroll_columns_msgpack(dict m, bytes blob, object packb, object scroll_cls):
-    """Look up N packed keys in a ``{key: Scroll}`` map and encode the result as the
-    column-wise scroll list of the wire protocol, in one C loop.
-
-    The bytes equal ``packb(vtpu.protocol.scrolls_to_wire([m.get(k) for k in keys]))``
-    for the shapes handled here: ``[keys bin, [contents], [versions], [created],
-    [updated]]`` with a zero key, nil content, version 0 and nil times for a missing key.
-
-    :param m: the engine's map from 18-byte keys to Scroll objects.
-    :param blob: N*18 bytes of packed keys.
-    :param packb: the generic encoder, used for contents that are not bytes, str, float,
-        None or non-negative int (and for its errors).
-    :param scroll_cls: the Scroll class (its slots are read directly when it is exactly
-        that class).
-    :returns: the msgpack bytes, or None when the contents would be sent stacked (the
-        first found content is a numpy array), which the generic encoder handles.
-    :raises InterfaceError: if ``blob`` is not a multiple of 18 bytes.
-    """
-    cdef Py_ssize_t nb = len(blob)
-    if nb % 18:
-        raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {nb}")
-    cdef Py_ssize_t n = nb // 18, i
-    cdef const char* kp = PyBytes_AS_STRING(blob)
-    cdef _Slots sl = _scroll_slots(scroll_cls)
-    cdef list found = PyList_New(n) if n else []
-    cdef PyObject* hit
-    cdef bint first = True
-    for i in range(n):
-        key = PyBytes_FromStringAndSize(kp + 18 * i, 18)
-        hit = PyDict_GetItem(m, key)
-        if hit == NULL:
-            s = None
-        else:
-            s = <object>hit
-            if first:
-                first = False
-                if isinstance(_slot_or_attr(sl, s, 1, "content"), np.ndarray):
-                    return None
-        Py_INCREF(s)
-        PyList_SET_ITEM(found, i, s)
-    cdef _Buf b
-    _buf_init(&b, 64 + nb + 48 * n)
-    try:
-        _wput(&b, "\x95", 1)
-        # keys: the request's keys, zeroed where nothing is stored
-        _wput_bin(&b, kp, nb)
-        for i in range(n):
-            if <object>PyList_GET_ITEM(found, i) is None:
-                memset(b.p + b.n - nb + 18 * i, 0, 18)
-        _wput_arrhdr(&b, n)
-        for i in range(n):
-            s = <object>PyList_GET_ITEM(found, i)
-            if s is None:
-                _wput(&b, "\xc0", 1)
-            else:
-                _wput_value(&b, _slot_or_attr(sl, s, 1, "content"), packb)
-        _wput_arrhdr(&b, n)
-        for i in range(n):
-            s = <object>PyList_GET_ITEM(found, i)
-            _wput_value(&b, 0 if s is None else _slot_or_attr(sl, s, 2, "version"), packb)
-        _wput_arrhdr(&b, n)
-        for i in range(n):
-            s = <object>PyList_GET_ITEM(found, i)
-            _wput_value(&b, None if s is None else _slot_or_attr(sl, s, 3, "created_at"), packb)
-        _wput_arrhdr(&b, n)
-        for i in range(n):
-            s = <object>PyList_GET_ITEM(found, i)
-            _wput_value(&b, None if s is None else _slot_or_attr(sl, s, 4, "updated_at"), packb)
-        return PyBytes_FromStringAndSize(b.p, b.n)
-    finally:
-        PyMem_Free(b.p)
 
 
 # -- reading msgpack -----------------------------------------------------------------------
@@ -802,154 +592,6 @@ cdef object _bad_columns():
     raise ProtocolError("malformed scroll list: column lengths differ or bytes are truncated")
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def serve_requests(const unsigned char[::1] data, Py_ssize_t pos, Py_ssize_t end, dict m,
-                   object put, object packb, object unpackb, object scroll_cls,
-                   Py_ssize_t max_frame, Py_ssize_t out_limit, Py_ssize_t max_frames):
-    """Answer a run of plain GET (and PUT) request frames in one C loop.
-
-    Starting at ``data[pos]``, every complete frame whose body is exactly
-    ``[msgid, "GET", [key]]`` (or ``[msgid, "PUT", [key, content]]`` when ``put`` is
-    given and the key names no interned id) is executed and its reply frame appended to
-    one output; the loop stops at the first frame of any other kind, at an incomplete
-    frame, after ``max_frames`` frames, or after a PUT that raised. Replies are the bytes
-    the generic encoder would produce.
-
-    :param data: received bytes (a bytes/bytearray buffer).
-    :param pos: offset of the next unread frame.
-    :param end: end of the received bytes.
-    :param m: the engine's map from 18-byte keys to Scroll objects (for GET).
-    :param put: ``put(key, content) -> version`` (the engine's), or None to leave PUTs
-        to the generic path.
-    :param packb: the generic encoder (contents that are not bytes/str/float/None/int).
-    :param unpackb: the generic decoder (PUT contents that are not bin/str/nil).
-    :param scroll_cls: the Scroll class (its slots are read directly).
-    :param max_frame: largest request body accepted; a larger frame is left to the
-        generic path (which refuses it).
-    :param out_limit: largest reply body to send; a GET whose reply would be larger is
-        left to the generic path (which answers with a LIMIT error).
-    :param max_frames: most frames to handle.
-    :returns: ``(pos, replies, frames, wrote, error)``: the offset after the last handled
-        frame, the reply frames as one bytes object (b"" if none), how many frames were
-        handled, whether a PUT ran, and ``None`` or ``(msgid, exception)`` for a PUT that
-        raised (its frame is consumed; the caller sends the error reply after
-        ``replies``).
-    """
-    cdef const unsigned char* p = &data[0] if data.shape[0] else NULL
-    cdef Py_ssize_t size, body, q, frame_start, count = 0, kl, cend
-    cdef uint64_t msgid
-    cdef bint is_put, wrote = False
-    cdef _Slots sl = _scroll_slots(scroll_cls)
-    cdef PyObject* hit
-    cdef _Buf b
-    cdef int j
-    if end > data.shape[0]:
-        end = data.shape[0]
-    _buf_init(&b, 256)
-    error = None
-    try:
-        while count < max_frames and pos + 4 <= end:
-            size = _rd32(p + pos)
-            body = pos + 4
-            if size == 0 or size > max_frame or body + size > end:
-                break
-            cend = body + size
-            if size < 27 or p[body] != 0x93:
-                break
-            q = _read_uint(p, body + 1, cend, &msgid)
-            if q < 0 or msgid == 0 or msgid > 0xFFFFFFFF or q + 25 > cend:
-                break
-            if p[q] != 0xA3:
-                break
-            if p[q + 1] == 71 and p[q + 2] == 69 and p[q + 3] == 84:  # GET
-                is_put = False
-                if p[q + 4] != 0x91 or q + 7 + 18 != cend:
-                    break
-            elif p[q + 1] == 80 and p[q + 2] == 85 and p[q + 3] == 84 and put is not None:
-                is_put = True
-                if p[q + 4] != 0x92 or q + 7 + 18 >= cend:
-                    break
-                # Name ids (>= 0xF000) must be checked against the table: generic path.
-                for j in range(9):
-                    if p[q + 7 + 2 * j] >= 0xF0:
-                        break
-                else:
-                    j = 9
-                if j != 9:
-                    break
-            else:
-                break
-            if p[q + 5] != 0xC4 or p[q + 6] != 18:
-                break
-            key = PyBytes_FromStringAndSize(<const char*>p + q + 7, 18)
-            q += 25  # after the key
-            frame_start = b.n
-            if not is_put:
-                hit = PyDict_GetItem(m, key)
-                _buf_reserve(&b, 4)
-                b.n += 4
-                _wput(&b, "\x93", 1)
-                _wput_uint(&b, msgid)
-                if hit == NULL:
-                    _wput(&b, "\x00\xc0", 2)
-                else:
-                    s = <object>hit
-                    _wput(&b, "\x00\x95", 2)
-                    k = _slot_or_attr(sl, s, 0, "key")
-                    if not PyBytes_CheckExact(k):
-                        b.n = frame_start
-                        break
-                    _wput_bin(&b, PyBytes_AS_STRING(k), len(<bytes>k))
-                    _wput_value(&b, _slot_or_attr(sl, s, 1, "content"), packb)
-                    _wput_value(&b, _slot_or_attr(sl, s, 2, "version"), packb)
-                    _wput_value(&b, _slot_or_attr(sl, s, 3, "created_at"), packb)
-                    _wput_value(&b, _slot_or_attr(sl, s, 4, "updated_at"), packb)
-                if b.n - frame_start - 4 > out_limit:
-                    b.n = frame_start
-                    break
-            else:
-                # The content fills the rest of the body.
-                c = p[q]
-                if c == 0xC0 and q + 1 == cend:
-                    content = None
-                elif _read_binhdr(p, q, cend, &kl) >= 0:
-                    if _read_binhdr(p, q, cend, &kl) + kl != cend:
-                        break
-                    content = PyBytes_FromStringAndSize(<const char*>p + cend - kl, kl)
-                elif _read_strhdr(p, q, cend, &kl) >= 0:
-                    if _read_strhdr(p, q, cend, &kl) + kl != cend:
-                        break
-                    content = (<const char*>p + cend - kl)[:kl].decode("utf-8", "strict")
-                else:
-                    if _skip(p, q, cend, 0) != cend:
-                        break
-                    try:
-                        content = unpackb((<const char*>p + q)[:cend - q])
-                    except Exception:
-                        break  # the generic path reports the malformed value
-                wrote = True
-                try:
-                    version = put(key, content)
-                except Exception as exc:
-                    pos = cend
-                    count += 1
-                    error = (msgid, exc)
-                    break
-                _buf_reserve(&b, 4)
-                b.n += 4
-                _wput(&b, "\x93", 1)
-                _wput_uint(&b, msgid)
-                _wput(&b, "\x00", 1)
-                _wput_value(&b, version, packb)
-            _be32(b.p + frame_start, <uint32_t>(b.n - frame_start - 4))
-            pos = cend
-            count += 1
-        return pos, PyBytes_FromStringAndSize(b.p, b.n), count, wrote, error
-    finally:
-        PyMem_Free(b.p)
-
-
 # -- values-only batched reads (GET_MANY with content_only) --------------------------------
 
 @cython.boundscheck(False)
@@ -979,46 +621,6 @@ def scroll_contents(dict m, bytes blob, object scroll_cls):
         Py_INCREF(v)
         PyList_SET_ITEM(out, i, v)
     return out
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def scroll_contents_msgpack(dict m, bytes blob, object packb, object scroll_cls):
-    """The msgpack bytes of ``[content or nil for each key]`` in one C loop: the result of
-    ``GET_MANY [keys, true]``.
-
-    The bytes equal ``packb(scroll_contents(m, blob, scroll_cls))``.
-
-    :param m: the engine's map from 18-byte keys to Scroll objects.
-    :param blob: N*18 bytes of packed keys.
-    :param packb: the generic encoder, for contents that are not bytes, str, float, None
-        or non-negative int (numpy arrays, lists, maps...), and for its errors.
-    :param scroll_cls: the Scroll class.
-    :returns: the msgpack bytes of one array of N values.
-    :raises InterfaceError: if ``blob`` is not a multiple of 18 bytes, or a content
-        cannot be encoded.
-    """
-    cdef Py_ssize_t nb = len(blob)
-    if nb % 18:
-        raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {nb}")
-    cdef Py_ssize_t n = nb // 18, i
-    cdef const char* kp = PyBytes_AS_STRING(blob)
-    cdef _Slots sl = _scroll_slots(scroll_cls)
-    cdef PyObject* hit
-    cdef _Buf b
-    _buf_init(&b, 64 + 40 * n)
-    try:
-        _wput_arrhdr(&b, n)
-        for i in range(n):
-            key = PyBytes_FromStringAndSize(kp + 18 * i, 18)
-            hit = PyDict_GetItem(m, key)
-            if hit == NULL:
-                _wput(&b, "\xc0", 1)
-            else:
-                _wput_value(&b, _slot_or_attr(sl, <object>hit, 1, "content"), packb)
-        return PyBytes_FromStringAndSize(b.p, b.n)
-    finally:
-        PyMem_Free(b.p)
 
 
 # -- pipelined GETs on the client: request frames out, reply frames in ----------------------
