@@ -374,6 +374,21 @@ def test_get_requests_equal_single_requests(codec):
             codec.encode_get_requests(bad_first, key(1) + key(2))
 
 
+def test_responses_equal_single_responses(codec):
+    msgids = list(range(1, len(MIXED) + 1))
+    assert codec.encode_responses(msgids, MIXED) == \
+        b"".join(P.encode_response(m, v) for m, v in zip(msgids, MIXED))
+    assert codec.encode_responses((5, 6), (1, 2)) == P.encode_response(5, 1) + \
+        P.encode_response(6, 2)
+    assert codec.encode_responses([], []) == b""
+    with pytest.raises(E.InterfaceError):
+        codec.encode_responses([1], [1, 2])
+    with pytest.raises(E.InterfaceError):
+        codec.encode_responses([1, 2], [1, {3}])
+    with pytest.raises(E.LimitError):
+        codec.encode_responses([1, 2], [1, "x" * 5000], 4096)
+
+
 def test_get_replies_equal_single_responses(codec):
     e = Engine()
     for i, v in enumerate(MIXED):
@@ -425,6 +440,37 @@ def test_scroll_lists_equal_the_generic_encoding(codec, case):
         for after in (None, key(9)):
             assert codec.encode_response_scrolls(msgid, scrolls, page=True, after=after) == \
                 P.encode_response(msgid, [w, after])
+
+
+def test_scroll_fields_are_read_as_getattr_reads_them(codec):
+    class Plain:  # instance attributes, no descriptors
+        def __init__(self, i):
+            self.key, self.content, self.version = key(i), f"plain{i}", 1
+            self.created_at = self.updated_at = 1.0
+
+    class Loud(Scroll):
+        __slots__ = ()
+
+        def __getattribute__(self, name):
+            v = object.__getattribute__(self, name)
+            return v.upper() if name == "content" else v
+
+    class Lazy(Scroll):
+        __slots__ = ()
+        content = property(lambda self: "lazy", lambda self, v: None)
+
+    mixed = [Scroll(key(1), "s", 1, 1.0, 1.0), Plain(2), Loud(key(3), "loud", 1, 1.0, 1.0),
+             Lazy(key(4), "x", 1, 1.0, 1.0), Scroll(key(5), "t", 2, 1.0, 2.0), Plain(6)]
+    for scrolls in (mixed, mixed[::-1], [mixed[3]] * 3):
+        w = P.scrolls_to_wire(scrolls)
+        assert w[1][:2] != ["x", "x"]
+        assert codec.encode_scrolls(scrolls) == P.packb(w)
+        assert codec.encode_get_replies(list(range(1, len(scrolls) + 1)), scrolls) == \
+            b"".join(P.encode_response(i + 1, P.scroll_to_wire(x)) for i, x in enumerate(scrolls))
+    # a class changed after use is read as it is now
+    Lazy.content = property(lambda self: "changed", lambda self, v: None)
+    assert P.unpackb(codec.encode_scrolls([mixed[3]]))[1] == ["changed"]
+    assert P.unpackb(codec.encode_get_replies([1], [mixed[3]])[4:])[2][1] == "changed"
 
 
 def test_scroll_list_encoders_refuse_like_the_reference(codec):
@@ -509,18 +555,31 @@ def test_decode_response_scrolls_other_replies(codec):
 # -- the server's side: runs of GET requests -------------------------------------------
 
 
-def test_next_requests_groups_plain_gets(codec):
+def test_next_requests_groups_plain_gets_and_puts(codec):
     d = codec.FrameDecoder()
     ks = [key(i) for i in range(10)]
     d.feed(codec.encode_get_requests(1, b"".join(ks[:4]))
            + codec.encode_request(5, "PUT", [ks[4], "x"])
-           + codec.encode_get_requests(6, b"".join(ks[5:10])))
-    assert d.next_requests(128) == ([1, 2, 3, 4], b"".join(ks[:4]))
-    assert d.next_requests(128) == (5, "PUT", [ks[4], "x"])
-    assert d.next_requests(3) == ([6, 7, 8], b"".join(ks[5:8]))
-    assert d.next_requests(1) == ([9], ks[8])
-    assert d.next_requests(128) == ([10], ks[9])
+           + codec.encode_request(6, "PUT", [ks[5], [1, {"a": b"b"}]])
+           + codec.encode_request(7, "PUT", [ks[6], "y", 3])          # if_version: alone
+           + codec.encode_get_requests(8, b"".join(ks[7:10]))
+           + codec.encode_request(11, "PUT", [ks[0], None]))
+    assert d.next_requests(128) == ("GET", [1, 2, 3, 4], b"".join(ks[:4]), None)
+    assert d.next_requests(128) == ("PUT", [5, 6], ks[4] + ks[5], ["x", [1, {"a": b"b"}]])
+    assert d.next_requests(128) == (7, "PUT", [ks[6], "y", 3])
+    assert d.next_requests(2) == ("GET", [8, 9], b"".join(ks[7:9]), None)
+    assert d.next_requests(1) == ("GET", [10], ks[9], None)
+    assert d.next_requests(128) == ("PUT", [11], ks[0], [None])
     assert d.next_requests(128) is None
+
+
+@pytest.mark.parametrize("i", range(len(MIXED)))
+def test_next_requests_put_contents_decode_like_the_generic_decoder(codec, i):
+    d = codec.FrameDecoder()
+    d.feed(codec.encode_request(3, "PUT", [key(1), MIXED[i]]))
+    op, msgids, keys, contents = d.next_requests(10)
+    assert (op, msgids, keys) == ("PUT", [3], key(1))
+    assert same(contents, [P.unpackb(P.packb(MIXED[i]))])
 
 
 def test_next_requests_other_encodings_and_shapes(codec):
@@ -532,24 +591,42 @@ def test_next_requests_other_encodings_and_shapes(codec):
         d.feed(struct.pack(">I", len(body)) + body)
     d.feed(codec.encode_request(9, "GET", [k, "extra"]))   # not plain: for the dispatcher
     d.feed(codec.encode_request(10, "GET", [b"short"]))
-    d.feed(P.encode_frame([11, "GET"]))                     # not a request
+    d.feed(codec.encode_request(11, "PUT", [b"short", "x"]))
+    bin16_key = b"\x93\x0c\xa3PUT\x92\xc5\x00\x12" + k + b"\xa1x"  # key as bin16
+    d.feed(struct.pack(">I", len(bin16_key)) + bin16_key)
+    d.feed(P.encode_frame([13, "GET"]))                     # not a request
     d.feed(P.encode_frame([0, "GET", [k]]))                 # msgid 0: not a request
-    assert d.next_requests(100) == ([7, 8], k + k)
+    assert d.next_requests(100) == ("GET", [7, 8], k + k, None)
     assert d.next_requests(100) == (9, "GET", [k, "extra"])
     assert d.next_requests(100) == (10, "GET", [b"short"])
+    assert d.next_requests(100) == (11, "PUT", [b"short", "x"])
+    assert d.next_requests(100) == ("PUT", [12], k, ["x"])
     with pytest.raises(P.RequestError) as ei:
         d.next_requests(100)
-    assert ei.value.msgid == 0 or ei.value.msgid == 11
-    with pytest.raises(P.RequestError):
+    assert ei.value.msgid == 13
+    with pytest.raises(P.RequestError) as ei:
         d.next_requests(100)
+    assert ei.value.msgid == 0
     assert d.next_requests(100) is None and d.buffered() == 0
+
+
+def test_next_requests_put_with_a_bad_content_poisons_after_the_run(codec):
+    good = codec.encode_request(1, "PUT", [key(1), "a"])
+    for bad_content in (b"\xa1\xff", b"\xd4\x05\x00", b"\xc1"):
+        body = b"\x93\x02\xa3PUT\x92\xc4\x12" + key(2) + bad_content
+        d = codec.FrameDecoder()
+        d.feed(good + struct.pack(">I", len(body)) + body)
+        assert d.next_requests(100) == ("PUT", [1], key(1), ["a"])
+        with pytest.raises(E.ProtocolError):
+            d.next_requests(100)
+        assert d.buffered() == 0
 
 
 def test_next_requests_answers_the_run_before_a_bad_frame(codec):
     for tail in (b"\x00\x00\x00\x01\xc1", b"\x00\x00\x00\x00", b"\xff\xff\xff\xff"):
         d = codec.FrameDecoder()
         d.feed(codec.encode_get_requests(1, key(1) + key(2)) + tail)
-        assert d.next_requests(100) == ([1, 2], key(1) + key(2))
+        assert d.next_requests(100) == ("GET", [1, 2], key(1) + key(2), None)
         with pytest.raises(E.ProtocolError):
             d.next_requests(100)
 
@@ -564,7 +641,8 @@ def test_next_requests_byte_at_a_time(codec):
         r = d.next_requests(100)
         if r is not None:
             got.append(r)
-    assert got == [([1], key(1)), ([2], key(2)), (3, "PING", []), ([4], key(4))]
+    assert got == [("GET", [1], key(1), None), ("GET", [2], key(2), None), (3, "PING", []),
+                   ("GET", [4], key(4), None)]
 
 
 # -- the client's side: runs of GET replies --------------------------------------------

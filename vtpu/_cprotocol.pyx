@@ -4,8 +4,8 @@
 Same names, same semantics and the same bytes as the reference codec
 (:mod:`vtpu.protocol`) for the functions of ``protocol.CODEC_NAMES``; :mod:`vtpu.wire`
 picks one of the two at import. What is compiled is the per-item work of the hot
-shapes: request and reply headers, runs of pipelined GET requests and replies, and
-column-wise scroll lists. Values are written inline when they are bytes, str, float,
+shapes: request and reply headers, runs of pipelined GET and PUT requests and their
+replies, and column-wise scroll lists. Values are written inline when they are bytes, str, float,
 bool, None, non-negative int or a list of those; anything else (maps, numpy arrays,
 negative ints...) goes through the reference ``packb``, which writes exactly what
 msgpack-python writes inside a larger object. Decoders read the canonical encodings in
@@ -19,7 +19,8 @@ from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
-from cpython.ref cimport Py_INCREF
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memmove, memset
 
@@ -322,7 +323,8 @@ def encode_get_requests(first_msgid, keys, Py_ssize_t max_frame_size=_ref.DEFAUL
     cdef Py_ssize_t n = len(<bytes>keys) // KEY_SIZE, i, start
     if n == 0:
         return b""
-    _ref._check_msgids(first_msgid, n)
+    if not PyLong_CheckExact(first_msgid) or first_msgid < 1 or first_msgid + n - 1 > 0xFFFFFFFF:
+        _ref._check_msgids(first_msgid, n)  # raises the reference's InterfaceError
     cdef uint64_t m = first_msgid
     cdef const char* kp = PyBytes_AS_STRING(keys)
     cdef Buf b
@@ -342,17 +344,140 @@ def encode_get_requests(first_msgid, keys, Py_ssize_t max_frame_size=_ref.DEFAUL
         buf_free(&b)
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def encode_responses(msgids, results, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+    """Encode the success replies to a run of requests, back to back.
+
+    The bytes equal ``b"".join(encode_response(msgids[i], results[i]))``.
+
+    :param msgids: the requests' ids.
+    :param results: one result value each.
+    :param max_frame_size: the largest body allowed per reply.
+    :returns: the reply frames as one bytes object.
+    :raises LimitError: if one reply would exceed ``max_frame_size``.
+    :raises InterfaceError: if the lengths differ or a result cannot be encoded.
+    """
+    if not PyList_CheckExact(msgids):
+        msgids = list(msgids)
+    if not PyList_CheckExact(results):
+        results = list(results)
+    cdef Py_ssize_t n = len(<list>msgids), i, start
+    if n != len(<list>results):
+        raise InterfaceError(f"{n} msgids for {len(<list>results)} results")
+    cdef Buf b
+    buf_init(&b)
+    try:
+        reserve(&b, 16 * n)
+        for i in range(n):
+            start = b.n
+            reserve(&b, 8)
+            frame_open(&b)
+            put1(&b, 0x93)
+            put_value(&b, <object>PyList_GET_ITEM(msgids, i), INLINE_DEPTH)
+            put1(&b, 0x00)
+            put_value(&b, <object>PyList_GET_ITEM(results, i), 1)
+            frame_close(&b, start, max_frame_size)
+        return buf_bytes(&b)
+    finally:
+        buf_free(&b)
+
+
+# -- reading a Scroll's fields --------------------------------------------------------------
+
+cdef extern from "Python.h":
+    ctypedef PyObject* (*descrgetfunc)(PyObject*, PyObject*, PyObject*) except? NULL
+    ctypedef struct TypeSlots "PyTypeObject":
+        void* tp_getattro
+        void* tp_descr_get
+        void* tp_descr_set
+        unsigned int tp_version_tag
+        unsigned long tp_flags
+    PyObject* PyObject_GenericGetAttr(PyObject* o, PyObject* name) except NULL
+    unsigned long Py_TPFLAGS_VALID_VERSION_TAG
+
+cdef enum:
+    F_KEY = 0
+    F_CONTENT = 1
+    F_VERSION = 2
+    F_CREATED = 3
+    F_UPDATED = 4
+    NFIELDS = 5
+
+cdef tuple FIELD_NAMES = ("key", "content", "version", "created_at", "updated_at")
+
+
+cdef class FieldReader:
+    """Reads the five fields of Scroll objects as ``getattr`` does, without its
+    per-access lookup: for a type whose attribute access is the generic one and whose
+    fields are data descriptors (slots, properties), ``getattr(s, name)`` is
+    ``descriptor.__get__(s, type)``, so the descriptors are looked up once per type
+    (again whenever the type is modified) and called directly. Any other type is read
+    with ``getattr``."""
+    cdef object tp
+    cdef unsigned int tag
+    cdef bint direct
+    cdef list held  # the descriptors, kept alive
+    cdef PyObject* descr[NFIELDS]
+    cdef descrgetfunc get[NFIELDS]
+
+    cdef int bind(self, object tp) except -1:
+        cdef TypeSlots* t = <TypeSlots*><PyObject*>tp
+        cdef TypeSlots* dt
+        cdef int i
+        self.tp = tp
+        self.tag = t.tp_version_tag
+        self.direct = (t.tp_getattro == <void*>PyObject_GenericGetAttr
+                       and (t.tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) != 0)
+        self.held = []
+        if not self.direct:
+            return 0
+        for i in range(NFIELDS):
+            d = None
+            for klass in tp.__mro__:
+                d = klass.__dict__.get(FIELD_NAMES[i])
+                if d is not None:
+                    break
+            if d is None:
+                self.direct = False
+                return 0
+            dtype = type(d)
+            dt = <TypeSlots*><PyObject*>dtype
+            if dt.tp_descr_get == NULL or dt.tp_descr_set == NULL:
+                self.direct = False  # not a data descriptor: instance dicts could win
+                return 0
+            self.held.append(d)
+            self.descr[i] = <PyObject*>d
+            self.get[i] = <descrgetfunc>dt.tp_descr_get
+        return 0
+
+    cdef inline object field(self, object s, int i):
+        cdef object tp = type(s)
+        cdef PyObject* r
+        if tp is not self.tp or (<TypeSlots*><PyObject*>tp).tp_version_tag != self.tag:
+            self.bind(tp)
+        if not self.direct:
+            return getattr(s, FIELD_NAMES[i])
+        r = self.get[i](self.descr[i], <PyObject*>s, <PyObject*>tp)
+        v = <object>r
+        Py_DECREF(v)  # the call returned a new reference; the cast took another
+        return v
+
+
+cdef FieldReader FIELDS = FieldReader()
+
+
 cdef int put_scroll(Buf* b, object s) except -1:
     # [key, content, version, created_at, updated_at], or nil
     if s is None:
         put1(b, 0xC0)
         return 0
     put1(b, 0x95)
-    put_value(b, s.key, 1)
-    put_value(b, s.content, 1)
-    put_value(b, s.version, 1)
-    put_value(b, s.created_at, 1)
-    put_value(b, s.updated_at, 1)
+    put_value(b, FIELDS.field(s, F_KEY), 1)
+    put_value(b, FIELDS.field(s, F_CONTENT), 1)
+    put_value(b, FIELDS.field(s, F_VERSION), 1)
+    put_value(b, FIELDS.field(s, F_CREATED), 1)
+    put_value(b, FIELDS.field(s, F_UPDATED), 1)
     return 0
 
 
@@ -381,6 +506,7 @@ def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_M
     cdef Buf b
     buf_init(&b)
     try:
+        reserve(&b, 96 * n)  # a reply with a small content; larger ones grow the buffer
         for i in range(n):
             start = b.n
             reserve(&b, 8)
@@ -405,7 +531,7 @@ cdef int put_scroll_list(Buf* b, list scrolls) except -1:
     cdef Buf ver, cre, upd
     if n >= 2:
         s = <object>PyList_GET_ITEM(scrolls, 0)
-        if s is not None and type(s.content) is _ndarray:
+        if s is not None and type(FIELDS.field(s, F_CONTENT)) is _ndarray:
             return 1  # may be sent stacked: the reference decides
     buf_init(&ver)
     buf_init(&cre)
@@ -429,15 +555,15 @@ cdef int put_scroll_list(Buf* b, list scrolls) except -1:
                 put1(&cre, 0xC0)
                 put1(&upd, 0xC0)
                 continue
-            k = s.key
+            k = FIELDS.field(s, F_KEY)
             if not PyBytes_CheckExact(k) or len(<bytes>k) != KEY_SIZE:
                 b.n = mark
                 return 1
             memcpy(b.p + keys_at + KEY_SIZE * i, PyBytes_AS_STRING(k), KEY_SIZE)
-            put_value(b, s.content, 1)
-            put_value(&ver, s.version, 1)
-            put_value(&cre, s.created_at, 1)
-            put_value(&upd, s.updated_at, 1)
+            put_value(b, FIELDS.field(s, F_CONTENT), 1)
+            put_value(&ver, FIELDS.field(s, F_VERSION), 1)
+            put_value(&cre, FIELDS.field(s, F_CREATED), 1)
+            put_value(&upd, FIELDS.field(s, F_UPDATED), 1)
         put(b, ver.p, ver.n)
         put(b, cre.p, cre.n)
         put(b, upd.p, upd.n)
@@ -996,17 +1122,28 @@ def decode_response_scrolls(body, names=None, bint page=False):
 # ---------------------------------------------------------------------------------------
 # The frame decoder
 
-cdef inline object plain_get_key(object msg):
-    # The key of a plain GET request [msgid, "GET", [bin of 18]], else None.
-    if type(msg) is list and len(<list>msg) == 3 and msg[1] == "GET":
-        msgid = msg[0]
-        args = msg[2]
-        if (PyLong_CheckExact(msgid) and 1 <= msgid <= 0xFFFFFFFF
-                and PyList_CheckExact(args) and len(<list>args) == 1):
-            key = args[0]
-            if PyBytes_CheckExact(key) and len(<bytes>key) == KEY_SIZE:
-                return key
-    return None
+cdef enum:
+    OP_NONE = 0
+    OP_GET = 1
+    OP_PUT = 2
+
+cdef inline int plain_op(object msg):
+    # OP_GET for [msgid, "GET", [bin of 18]], OP_PUT for [msgid, "PUT", [bin of 18,
+    # content]], else OP_NONE (the reference's _plain_op).
+    if type(msg) is not list or len(<list>msg) != 3:
+        return OP_NONE
+    msgid, op, args = msg
+    if not (PyLong_CheckExact(msgid) and 1 <= msgid <= 0xFFFFFFFF
+            and PyList_CheckExact(args) and len(<list>args) >= 1):
+        return OP_NONE
+    key = args[0]
+    if not (PyBytes_CheckExact(key) and len(<bytes>key) == KEY_SIZE):
+        return OP_NONE
+    if op == "GET" and len(<list>args) == 1:
+        return OP_GET
+    if op == "PUT" and len(<list>args) == 2:
+        return OP_PUT
+    return OP_NONE
 
 
 cdef inline object scroll_row_or_none(object v, object names):
@@ -1151,24 +1288,28 @@ cdef class FrameDecoder:
     @cython.boundscheck(False)
     @cython.wraparound(False)
     def next_requests(self, Py_ssize_t limit):
-        """Take the next request, or the next run of plain GET requests, from the buffer.
+        """Take the next request, or the next run of plain GETs or plain PUTs.
 
-        A plain GET is a frame whose body is exactly ``[msgid, "GET", [bin of 18]]``.
+        A plain GET is a frame whose body is exactly ``[msgid, "GET", [bin of 18]]``, a
+        plain PUT one whose body is ``[msgid, "PUT", [bin of 18, content]]``.
 
         :param limit: most frames to consume (>= 1).
-        :returns: ``None`` if no complete frame is buffered; ``(msgids, keys)`` for a
-            run of plain GETs; otherwise ``(msgid, opcode, args)`` for one request.
+        :returns: ``None`` if no complete frame is buffered; a run as the 4-tuple
+            ``(opcode, msgids, keys, contents)`` (``contents`` is ``None`` for GET);
+            otherwise one request as the 3-tuple ``(msgid, opcode, args)``.
         :raises RequestError: a frame that decodes but is not a request (consumed; the
             stream stays usable).
         :raises ProtocolError: an empty or oversized length, or a body that is not
-            exactly one msgpack object (consumed; the stream is unusable). A run of
-            GETs before such a frame is returned first; the next call raises.
+            exactly one msgpack object (consumed; the stream is unusable). A run
+            before such a frame is returned first; the next call raises.
         """
         cdef list msgids = []
+        cdef list contents = None
         cdef Buf keys
-        cdef Py_ssize_t e, size, q, count = 0
+        cdef Py_ssize_t e, e2, size, q, count = 0
         cdef const unsigned char* p
         cdef uint64_t mid
+        cdef int op, run_op = OP_NONE
         buf_init(&keys)
         try:
             while count < limit:
@@ -1179,15 +1320,29 @@ cdef class FrameDecoder:
                         break
                     p = <const unsigned char*>self.buf + self.start + 4
                     size = e - self.start - 4
-                    # The canonical plain GET: 93 <uint msgid> a3 "GET" 91 c4 12 <key>
-                    if size >= 27 and p[0] == 0x93:
-                        q = read_uint(p, 1, size, &mid)
-                        if (q > 0 and q + 25 == size and mid >= 1 and mid <= 0xFFFFFFFF
-                                and p[q] == 0xA3 and p[q + 1] == 71 and p[q + 2] == 69
-                                and p[q + 3] == 84 and p[q + 4] == 0x91
-                                and p[q + 5] == 0xC4 and p[q + 6] == KEY_SIZE):
+                    # The canonical forms: 93 <uint msgid> a3 "GET" 91 c4 12 <key> and
+                    # 93 <uint msgid> a3 "PUT" 92 c4 12 <key> <content>
+                    q = read_uint(p, 1, size, &mid) if size >= 27 and p[0] == 0x93 else -1
+                    if (q > 0 and q + 25 <= size and mid >= 1 and mid <= 0xFFFFFFFF
+                            and p[q] == 0xA3 and p[q + 5] == 0xC4 and p[q + 6] == KEY_SIZE):
+                        op = OP_NONE
+                        if (p[q + 1] == 71 and p[q + 2] == 69 and p[q + 3] == 84
+                                and p[q + 4] == 0x91 and q + 25 == size):
+                            op = OP_GET
+                        elif (p[q + 1] == 80 and p[q + 2] == 85 and p[q + 3] == 84
+                                and p[q + 4] == 0x92 and q + 25 < size):
+                            e2 = q + 25
+                            content = read_content(p, &e2, size)
+                            if e2 == size:
+                                op = OP_PUT
+                        if op != OP_NONE and (run_op == OP_NONE or op == run_op):
+                            run_op = op
                             msgids.append(mid)
                             put(&keys, <const char*>p + q + 7, KEY_SIZE)
+                            if op == OP_PUT:
+                                if contents is None:
+                                    contents = []
+                                contents.append(content)
                             self._consume(e)
                             count += 1
                             continue
@@ -1198,8 +1353,8 @@ cdef class FrameDecoder:
                     if e >= 0:
                         self._consume(e)
                     raise
-                key = plain_get_key(msg)
-                if key is None:
+                op = plain_op(msg)
+                if op == OP_NONE or (run_op != OP_NONE and op != run_op):
                     if count:
                         break
                     self._consume(e)
@@ -1208,13 +1363,19 @@ cdef class FrameDecoder:
                             and PyUnicode_CheckExact(msg[1]) and PyList_CheckExact(msg[2])):
                         return msg[0], msg[1], msg[2]
                     return parse_request(msg)  # raises the reference's RequestError
+                run_op = op
+                args = msg[2]
                 msgids.append(msg[0])
-                put(&keys, PyBytes_AS_STRING(key), KEY_SIZE)
+                put(&keys, PyBytes_AS_STRING(args[0]), KEY_SIZE)
+                if op == OP_PUT:
+                    if contents is None:
+                        contents = []
+                    contents.append(args[1])
                 self._consume(e)
                 count += 1
             if not count:
                 return None
-            return msgids, buf_bytes(&keys)
+            return ("GET" if run_op == OP_GET else "PUT"), msgids, buf_bytes(&keys), contents
         finally:
             buf_free(&keys)
 

@@ -64,6 +64,7 @@ __all__ = [
     "encode_error",
     "encode_push",
     "encode_get_requests",
+    "encode_responses",
     "encode_get_replies",
     "encode_scrolls",
     "encode_response_scrolls",
@@ -101,6 +102,7 @@ CODEC_NAMES = (
     "encode_request",
     "encode_get_requests",
     "encode_response",
+    "encode_responses",
     "encode_get_replies",
     "encode_scrolls",
     "encode_response_scrolls",
@@ -443,6 +445,24 @@ def encode_get_requests(first_msgid: int, keys: bytes,
     )
 
 
+def encode_responses(msgids: list, results: list,
+                     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode the success replies to a run of requests, back to back.
+
+    The bytes equal ``b"".join(encode_response(msgids[i], results[i]))``.
+
+    :param msgids: the requests' ids.
+    :param results: one result value each.
+    :param max_frame_size: the largest body allowed per reply.
+    :returns: the reply frames as one bytes object.
+    :raises LimitError: if one reply would exceed ``max_frame_size``.
+    :raises InterfaceError: if the lengths differ or a result cannot be encoded.
+    """
+    if len(msgids) != len(results):
+        raise InterfaceError(f"{len(msgids)} msgids for {len(results)} results")
+    return b"".join(encode_response(m, r, max_frame_size) for m, r in zip(msgids, results))
+
+
 def encode_get_replies(msgids: list, scrolls: list,
                        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     """Encode the replies to a run of GET requests, back to back.
@@ -642,26 +662,30 @@ class FrameDecoder:
 
     # -- the server's side ---------------------------------------------------------------
     def next_requests(self, limit: int) -> tuple | None:
-        """Take the next request, or the next run of plain GET requests, from the buffer.
+        """Take the next request, or the next run of plain GETs or plain PUTs.
 
-        A plain GET is a frame whose body is exactly ``[msgid, "GET", [bin of 18]]``.
-        Consecutive plain GETs (at most ``limit`` frames) come back as one run, so the
-        server answers them with one engine call and one :func:`encode_get_replies`.
+        A plain GET is a frame whose body is exactly ``[msgid, "GET", [bin of 18]]``, a
+        plain PUT one whose body is ``[msgid, "PUT", [bin of 18, content]]``.
+        Consecutive plain requests of one opcode (at most ``limit`` frames) come back as
+        one run, so the server answers them with one engine call and one encoder call.
 
         :param limit: most frames to consume (>= 1).
-        :returns: ``None`` if no complete frame is buffered; ``(msgids, keys)`` for a
-            run of plain GETs (``msgids`` a list of N ints, ``keys`` the N*18 bytes of
-            their keys, in order); otherwise ``(msgid, opcode, args)`` for one request
-            (a GET with other arguments comes this way too, for the dispatcher to
-            refuse).
+        :returns: ``None`` if no complete frame is buffered; a run as the 4-tuple
+            ``(opcode, msgids, keys, contents)``: ``"GET"`` or ``"PUT"``, a list of N
+            msgids, the N*18 bytes of their keys in order, and for PUT the list of N
+            contents (``None`` for GET); otherwise one request as the 3-tuple
+            ``(msgid, opcode, args)`` (a GET or PUT with other arguments comes this
+            way too, for the dispatcher to check).
         :raises RequestError: a frame that decodes but is not a request (consumed; the
             stream stays usable).
         :raises ProtocolError: an empty or oversized length, or a body that is not
-            exactly one msgpack object (consumed; the stream is unusable). A run of
-            GETs before such a frame is returned first; the next call raises.
+            exactly one msgpack object (consumed; the stream is unusable). A run
+            before such a frame is returned first; the next call raises.
         """
+        run_op = None
         msgids: list = []
         keys: list = []
+        contents: list = []
         while len(msgids) < limit:
             end = -1
             try:
@@ -675,19 +699,23 @@ class FrameDecoder:
                 if end >= 0:
                     self._consume(end)
                 raise
-            key = _plain_get_key(msg)
-            if key is None:
+            op = _plain_op(msg)
+            if op is None or (run_op is not None and op != run_op):
                 if msgids:
                     break
                 self._consume(end)
                 msgid, op, args = parse_request(msg)
                 return msgid, op, args
+            run_op = op
+            args = msg[2]
             msgids.append(msg[0])
-            keys.append(key)
+            keys.append(args[0])
+            if op == "PUT":
+                contents.append(args[1])
             self._consume(end)
         if not msgids:
             return None
-        return msgids, b"".join(keys)
+        return run_op, msgids, b"".join(keys), contents if run_op == "PUT" else None
 
     # -- the client's side ---------------------------------------------------------------
     def next_get_replies(self, msgid: int, count: int, names: Any = None) -> list:
@@ -737,15 +765,17 @@ class FrameDecoder:
         return out
 
 
-def _plain_get_key(msg: Any) -> bytes | None:
-    """The key of a plain GET request ``[msgid, "GET", [bin of 18]]``, else None."""
-    if type(msg) is list and len(msg) == 3 and msg[1] == "GET":
-        msgid, args = msg[0], msg[2]
+def _plain_op(msg: Any) -> str | None:
+    """``"GET"`` for a plain GET request ``[msgid, "GET", [bin of 18]]``, ``"PUT"`` for a
+    plain PUT ``[msgid, "PUT", [bin of 18, content]]``, else None."""
+    if type(msg) is list and len(msg) == 3:
+        msgid, op, args = msg
         if (type(msgid) is int and 1 <= msgid <= 0xFFFFFFFF and type(args) is list
-                and len(args) == 1):
-            key = args[0]
-            if type(key) is bytes and len(key) == KEY_SIZE:
-                return key
+                and args and type(args[0]) is bytes and len(args[0]) == KEY_SIZE):
+            if op == "GET" and len(args) == 1:
+                return "GET"
+            if op == "PUT" and len(args) == 2:
+                return "PUT"
     return None
 
 

@@ -38,6 +38,7 @@ from . import wire as P
 from ._core import NAME_BASE as _NAME_BASE
 from ._version import __version__
 from .errors import (
+    CoordinateError,
     InterfaceError,
     LimitError,
     ProtocolError,
@@ -96,6 +97,16 @@ def _coord(v: Any, what: str = "coordinate") -> np.ndarray:
     return P.unpack_coord(P.check_key(v, what))
 
 
+# Maps a component's high byte to 1 when the component is a name id (>= 0xF000).
+_NAME_HIGH_BYTE = bytes(int(b >= _NAME_BASE >> 8) for b in range(256))
+
+
+def _names_in(keys: bytes) -> bool:
+    """Whether packed keys hold a component >= 0xF000 (a name id), whose id must be
+    checked against the name table (bytes methods only: this runs for every PUT)."""
+    return 1 in keys[0::2].translate(_NAME_HIGH_BYTE)  # (an int: a bytes needle costs more)
+
+
 class _Dispatcher:
     """Decodes arguments, calls the engine, encodes results. One per server."""
 
@@ -138,8 +149,6 @@ class _Dispatcher:
             n = len(self.engine.names)
             bad = arr[(arr >= _NAME_BASE) & (arr >= _NAME_BASE + n)]
             if bad.size:
-                from .errors import CoordinateError
-
                 raise CoordinateError(
                     f"name id {int(bad[0]):#06x} is not in the name table ({n} names)"
                 )
@@ -156,11 +165,18 @@ class _Dispatcher:
     def put(self, a: list) -> int:
         _nargs(a, 2, 3, "PUT")
         key = P.check_key(a[0])
-        # Name ids live in the top 4096 values; only then is the table consulted.
-        if max(key[0::2]) >= 0xF0:
-            self._check_names(P.unpack_coord(key))
         ifv = _int(_opt(a, 2), "if_version", 0, none_ok=True)
-        return self._put(key, a[1], ifv) if ifv is not None else self._put(key, a[1])
+        if ifv is None:
+            return self.put_plain(key, a[1])
+        if _names_in(key):
+            self._check_names(P.unpack_coord(key))
+        return self._put(key, a[1], ifv)
+
+    def put_plain(self, key: bytes, content: Any) -> int:
+        """PUT of an 18-byte key without ``if_version`` (what a plain PUT frame holds)."""
+        if _names_in(key):
+            self._check_names(P.unpack_coord(key))
+        return self._put(key, content)
 
     def delete(self, a: list) -> int:
         _nargs(a, 1, 1, "DEL")
@@ -190,7 +206,8 @@ class _Dispatcher:
                 raise InterfaceError(f"PUT_MANY: {len(contents)} contents for {n} keys")
         else:
             raise InterfaceError("PUT_MANY: contents must be an array or an ndarray")
-        self._check_names(P.unpack_coords(blob))
+        if _names_in(blob):
+            self._check_names(P.unpack_coords(blob))
         versions = self.engine.put_many(blob, contents)
         if isinstance(versions, np.ndarray):
             versions = versions.tolist()
@@ -407,20 +424,16 @@ class _Connection(asyncio.Protocol):
             t.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        """Feed what arrived to the decoder, then answer the complete requests buffered
+        (at most FRAMES_PER_SLICE of them, then the loop's other callbacks run first)."""
         if self.closing:
             return
-        self.decoder.feed(data)
-        if not self.read_paused:
-            self._process()
-
-    def eof_received(self) -> bool | None:
-        # A client vanishing mid-frame: whatever partial frame is buffered is dropped.
-        return None
-
-    # -- request processing --------------------------------------------------------------
-    def _process(self) -> None:
+        dec = self.decoder
+        dec.feed(data)
+        if self.read_paused:
+            return  # _continue answers it
         server = self.server
-        take = self.decoder.next_requests
+        take = dec.next_requests
         out: list[bytes] = []
         wrote = False
         handled = 0
@@ -435,13 +448,17 @@ class _Connection(asyncio.Protocol):
                     continue
                 if item is None:
                     break
-                if len(item) == 2:
-                    # A run of plain GETs: one engine call, one encoder call.
-                    handled += len(item[0])
-                    out.append(server.get_run(self, item[0], item[1]))
-                    continue
-                handled += 1
-                frame, w = server.handle(self, item[0], item[1], item[2])
+                if len(item) == 4:
+                    # A run of plain GETs or PUTs: one engine call, one encoder call.
+                    op, msgids, keys, contents = item
+                    handled += len(msgids)
+                    if contents is None:
+                        out.append(server.get_run(self, msgids, keys))
+                        continue
+                    frame, w = server.put_run(self, msgids, keys, contents)
+                else:
+                    handled += 1
+                    frame, w = server.handle(self, item[0], item[1], item[2])
                 out.append(frame)
                 wrote = wrote or w
                 if self.closing:
@@ -453,18 +470,22 @@ class _Connection(asyncio.Protocol):
         self._send(out, wrote)
         if self.closing:
             return
-        if handled >= FRAMES_PER_SLICE and self.decoder.buffered():
+        if handled >= FRAMES_PER_SLICE and dec.buffered():
             # More requests already buffered: let other connections run first.
             self.read_paused = True
             self._update_reading()
             server.loop.call_soon(self._continue)
+
+    def eof_received(self) -> bool | None:
+        # A client vanishing mid-frame: whatever partial frame is buffered is dropped.
+        return None
 
     def _continue(self) -> None:
         self.read_paused = False
         if self.closing:
             return
         self._update_reading()
-        self._process()
+        self.data_received(b"")  # answer what is buffered already
 
     def _send(self, out: list[bytes], wrote: bool) -> None:
         if not out:
@@ -579,22 +600,55 @@ class _Server:
 
         :returns: the N reply frames.
         """
-        limit = conn.out_limit
-        if not conn.authed:
-            return b"".join(self.handle(conn, m, "GET", [])[0] for m in msgids)
-        try:
-            scrolls = [self._get(keys)] if len(msgids) == 1 else self._get_many(keys)
-            return P.encode_get_replies(msgids, scrolls, limit)
-        except Exception as exc:
-            if len(msgids) == 1:
-                return self.error_frame(msgids[0], "GET", exc, limit)
-        out = []
-        for m, k in zip(msgids, [keys[i:i + P.KEY_SIZE] for i in range(0, len(keys), P.KEY_SIZE)]):
+        if conn.authed:
             try:
-                out.append(P.encode_get_replies([m], [self._get(k)], limit))
-            except Exception as exc:
-                out.append(self.error_frame(m, "GET", exc, limit))
+                scrolls = [self._get(keys)] if len(msgids) == 1 else self._get_many(keys)
+                return P.encode_get_replies(msgids, scrolls, conn.out_limit)
+            except Exception:
+                pass  # answered one by one below, each with its own error
+        return self._each(conn, "GET", msgids, keys, None)
+
+    def put_run(self, conn: _Connection, msgids: list, keys: bytes,
+                contents: list) -> tuple[bytes, bool]:
+        """Answer a run of plain PUT requests (``[key, content]``, no ``if_version``).
+
+        One engine call (``put`` for one key, ``put_many`` for more: the same versions
+        as one ``put`` after the other) and one encoder call. If the batch is refused
+        for an argument (a content the engine cannot store, an unknown name id),
+        nothing was written and each PUT is executed on its own, so each request gets
+        its own answer.
+
+        :returns: ``(the N reply frames, whether anything may have been written)``.
+        """
+        if not conn.authed:
+            return self._each(conn, "PUT", msgids, keys, contents), False
+        try:
+            if len(msgids) == 1:
+                versions = [self.dispatch.put_plain(keys, contents[0])]
+            else:
+                versions = self.dispatch.put_many([keys, contents])
+        except (InterfaceError, CoordinateError):
+            return self._each(conn, "PUT", msgids, keys, contents), True
+        except Exception as exc:
+            return self._errors(conn, "PUT", msgids, exc), True
+        if self.trackers:
+            self.note_write("PUT_MANY", [keys], conn)
+        return P.encode_responses(msgids, versions, conn.out_limit), True
+
+    def _each(self, conn: _Connection, op: str, msgids: list, keys: bytes,
+              contents: list | None) -> bytes:
+        """Answer a run one request at a time (the path for runs that failed whole)."""
+        k = P.KEY_SIZE
+        out = []
+        for i, m in enumerate(msgids):
+            args = [keys[i * k:(i + 1) * k]] if contents is None else \
+                [keys[i * k:(i + 1) * k], contents[i]]
+            out.append(self.handle(conn, m, op, args)[0])
         return b"".join(out)
+
+    def _errors(self, conn: _Connection, op: str, msgids: list, exc: Exception) -> bytes:
+        """The same error reply for every request of a run."""
+        return b"".join([self.error_frame(m, op, exc, conn.out_limit) for m in msgids])
 
     # -- one request ---------------------------------------------------------------------
     def handle(self, conn: _Connection, msgid: int, op: str, args: list) -> tuple[bytes, bool]:
@@ -635,7 +689,7 @@ class _Server:
         return P.encode_error(msgid, code, f"{op}: {msg}", limit)
 
     def note_write(self, op: str, args: list, conn: _Connection) -> None:
-        if not self.conns or not any(c.track for c in self.conns):
+        if not self.trackers:  # nobody asked for invalidation pushes
             return
         # The writer is remembered: a connection is never told about its own writes.
         if op in ("PUT", "DEL", "PUT_MANY", "DEL_MANY"):

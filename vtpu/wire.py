@@ -65,48 +65,24 @@ from .protocol import (  # noqa: F401  (re-exported)
 )
 
 if os.environ.get("VTPU_PUREPYTHON"):
-    from .protocol import (
-        FrameDecoder,
-        decode_response_scrolls,
-        decode_scrolls,
-        encode_get_replies,
-        encode_get_requests,
-        encode_request,
-        encode_response,
-        encode_response_scrolls,
-        encode_scrolls,
-    )
-
-    IMPLEMENTATION = "python"
+    from . import protocol as _impl
 else:
     try:
-        from ._cprotocol import (
-            FrameDecoder,
-            decode_response_scrolls,
-            decode_scrolls,
-            encode_get_replies,
-            encode_get_requests,
-            encode_request,
-            encode_response,
-            encode_response_scrolls,
-            encode_scrolls,
-        )
-
-        IMPLEMENTATION = "cython"
+        from . import _cprotocol as _impl
     except ImportError:
-        from .protocol import (
-            FrameDecoder,
-            decode_response_scrolls,
-            decode_scrolls,
-            encode_get_replies,
-            encode_get_requests,
-            encode_request,
-            encode_response,
-            encode_response_scrolls,
-            encode_scrolls,
-        )
-
-        IMPLEMENTATION = "python"
+        from . import protocol as _impl
 
 #: ``"cython"`` or ``"python"``: which implementation of the codec functions is in use.
-IMPLEMENTATION: str
+IMPLEMENTATION = "python" if _impl.__name__ == "vtpu.protocol" else "cython"
+
+# The names of protocol.CODEC_NAMES, from the implementation picked above.
+FrameDecoder = _impl.FrameDecoder
+encode_request = _impl.encode_request
+encode_get_requests = _impl.encode_get_requests
+encode_response = _impl.encode_response
+encode_responses = _impl.encode_responses
+encode_get_replies = _impl.encode_get_replies
+encode_scrolls = _impl.encode_scrolls
+encode_response_scrolls = _impl.encode_response_scrolls
+decode_scrolls = _impl.decode_scrolls
+decode_response_scrolls = _impl.decode_response_scrolls
