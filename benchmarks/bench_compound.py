@@ -13,7 +13,7 @@ import xxhash
 
 import vtpu
 from vtpu import _core
-from vtpu.bench import (
+from vtpu.bench.sparse import (
     numpy_dense_attention,
     numpy_window_attention,
     sparse_coords,

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from vtpu import _core
-from vtpu.bench import CRANGE_SHAPES, dataset_coords, fmt_coords, numpy_scan, prototype_scan
+from vtpu.bench.common import fmt_coords
+from vtpu.bench.crange import CRANGE_SHAPES, dataset_coords, numpy_scan, prototype_scan
 from vtpu.engine import Engine
 
 N = 1_000_000

@@ -16,15 +16,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vtpu import bench as B
-from vtpu import peers as P
+from vtpu.bench import peers as P
+from vtpu.bench.common import VALUE, vtpu_connect
+from vtpu.bench.harness import LocalServer
+from vtpu.bench.kv import keys_for_peers, kv_coords, vtpu_pipeline
 
 pytest.importorskip("pytest_benchmark")
 
 N_KEYS = 1000
 N_BATCH = 10_000
 N_PIPE = 1000
-VALUE = B.VALUE
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def started():
     procs = {}
     skipped = []
     try:
-        srv = B.LocalServer().start()
+        srv = LocalServer().start()
     except Exception as exc:  # the server is the subject: without it nothing runs
         pytest.skip(f"vtpu server did not start: {exc}")
     procs["vtpu"] = srv
@@ -54,8 +55,8 @@ def started():
 @pytest.fixture(scope="module")
 def vclient(started):
     procs, _ = started
-    c = B.vtpu_connect(procs["vtpu"].url)
-    arr = B.kv_coords(N_BATCH)
+    c = vtpu_connect(procs["vtpu"].url)
+    arr = kv_coords(N_BATCH)
     c.cput_many(arr, [VALUE] * N_BATCH)
     yield c
     c.close()
@@ -78,7 +79,7 @@ def rclient(started):
         pytest.skip("; ".join(s for s in skipped if "redis" in s) or "redis missing")
     redis = pytest.importorskip("redis")
     r = redis.Redis(host=procs["redis"].host, port=procs["redis"].port)
-    rk, _ = B._keys_for_peers(B.kv_coords(N_BATCH))
+    rk, _ = keys_for_peers(kv_coords(N_BATCH))
     r.mset(dict(zip(rk, [VALUE] * N_BATCH)))
     yield r, rk
     r.close()
@@ -91,7 +92,7 @@ def mclient(started):
         pytest.skip("; ".join(s for s in skipped if "memcached" in s) or "memcached missing")
     base = pytest.importorskip("pymemcache.client.base")
     m = base.Client((procs["memcached"].host, procs["memcached"].port), no_delay=True)
-    _, mk = B._keys_for_peers(B.kv_coords(N_KEYS))
+    _, mk = keys_for_peers(kv_coords(N_KEYS))
     m.set_many(dict(zip(mk, [VALUE] * N_KEYS)), noreply=False)
     yield m, mk
     m.close()
@@ -108,7 +109,7 @@ def _cycle(n):
     return nxt
 
 
-ROWS = B.kv_coords(N_KEYS)
+ROWS = kv_coords(N_KEYS)
 ROW_LIST = [ROWS[i] for i in range(N_KEYS)]
 
 
@@ -170,7 +171,7 @@ def test_memcached_set(benchmark, mclient):
 
 # ----------------------------------------------------------------- batched 10k
 
-BATCH = B.kv_coords(N_BATCH)
+BATCH = kv_coords(N_BATCH)
 BATCH_VALUES = [VALUE] * N_BATCH
 
 
@@ -207,7 +208,7 @@ PIPE_ROWS = [BATCH[i] for i in range(N_PIPE)]
 
 @pytest.mark.benchmark(group="pipelined-get-1000")
 def test_vtpu_pipeline_1000(benchmark, vclient):
-    out = benchmark(lambda: B.vtpu_pipeline(vclient, "cget", PIPE_ROWS))
+    out = benchmark(lambda: vtpu_pipeline(vclient, "cget", PIPE_ROWS))
     assert len(out) == N_PIPE
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vtpu import bench
-from vtpu import peers
+from vtpu.bench import common, crange, peers, report, sparse
 
 
 @pytest.mark.integration
@@ -42,33 +42,33 @@ def test_bench_cget_exports_rows(tmp_path):
 
 
 def test_crange_patterns_match_their_designed_counts():
-    arr = bench.dataset_coords(1_000_000)
+    arr = crange.dataset_coords(1_000_000)
     assert arr.shape == (1_000_000, 9) and arr.dtype == np.uint16
     assert len(np.unique(arr[:, :6], axis=0)) == 1_000_000
-    for shape, pats in bench.CRANGE_SHAPES.items():
+    for shape, pats in crange.CRANGE_SHAPES.items():
         for want, pat in pats.items():
-            assert len(bench.numpy_scan(arr, pat)) == want, (shape, pat)
+            assert len(crange.numpy_scan(arr, pat)) == want, (shape, pat)
 
 
 def test_prototype_scan_agrees_with_numpy():
-    arr = bench.dataset_coords(1_000_000)[:20_000]
-    strings = bench.fmt_coords(arr)
+    arr = crange.dataset_coords(1_000_000)[:20_000]
+    strings = common.fmt_coords(arr)
     for pat in ("3.*.*/*.*.*/*.*.*", "*.*.4/1.[0:5].*/1.*.*", "[2:4].1.*/*.*.9/1.1.*"):
-        assert bench.prototype_scan(strings, pat) == len(bench.numpy_scan(arr, pat))
+        assert crange.prototype_scan(strings, pat) == len(crange.numpy_scan(arr, pat))
 
 
 def test_window_attention_reference_matches_dense_with_full_window():
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((32, 8)) for _ in range(3))
-    np.testing.assert_allclose(bench.numpy_window_attention(q, k, v, 32),
-                               bench.numpy_dense_attention(q, k, v), atol=1e-12)
-    pats = bench.window_patterns(32, 4)
+    np.testing.assert_allclose(sparse.numpy_window_attention(q, k, v, 32),
+                               sparse.numpy_dense_attention(q, k, v), atol=1e-12)
+    pats = sparse.window_patterns(32, 4)
     assert pats.shape == (32, 2, 9)
     assert pats[0, 0, 8] == 0 and pats[0, 1, 8] == 4 and pats[31, 0, 8] == 27
 
 
 def test_report_table_json_and_ratios():
-    rep = bench.Report()
+    rep = report.Report()
     rep.row("cget", "p50 latency", 20.0, "us", peer="echo floor", peer_value=16.0,
             ratio_kind="of_floor", target="<=1.3x floor", target_ok=True)
     r = rep.row("cget", "p50 vs Redis GET", 20.0, "us", peer="redis", peer_value=40.0)
@@ -78,11 +78,12 @@ def test_report_table_json_and_ratios():
     assert t["ratio"] == pytest.approx(2.0)
     text = rep.table()
     assert "1.25x floor" in text and "2.0x better" in text
-    doc = bench._jsonable(rep.to_json({"cores": 2}, {}, 0.0))
+    doc = report.jsonable(rep.to_json({"cores": 2}, {}, 0.0))
     json.dumps(doc)
     assert len(doc["rows"]) == 3
 
 
+@pytest.mark.integration
 def test_echo_peer_round_trip_and_stop():
     p = peers.start_echo(lambda m: None)
     if p is None:

@@ -15,6 +15,7 @@ from vtpu.testing import running_server, shared_data_dir
 PHEXT_DIR = os.path.join(shared_data_dir(), "phext")
 
 
+@pytest.mark.integration
 def test_demo_on_a_loopback_server_it_starts():
     out = io.StringIO()
     assert demo(out=out) == 0
@@ -33,6 +34,7 @@ def test_demo_embedded():
     assert "vtpu demo complete" in out.getvalue()
 
 
+@pytest.mark.integration
 def test_point_commands_against_a_server(capsys):
     with running_server() as (host, port):
         url = f"vtpu://{host}:{port}"

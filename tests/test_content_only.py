@@ -161,6 +161,7 @@ def server():
         yield st
 
 
+@pytest.mark.integration
 def test_wire_request_and_reply(server):
     r = RemoteEngine(port=server.port, timeout=20)
     try:
@@ -169,11 +170,11 @@ def test_wire_request_and_reply(server):
         assert r.get_many(ks + bytes(18), True) == ["a", None, b"c", None]
         assert r.get_many(ks, content_only=True) == ["a", None, b"c"]
         # the argument is a boolean; nil means the default (scrolls)
-        assert r._execute("GET_MANY", [ks, None], None, None)[2] == [1, 1, 1]
+        assert r.request("GET_MANY", [ks, None])[2] == [1, 1, 1]
         with pytest.raises(InterfaceError):
-            r._execute("GET_MANY", [ks, 1], None, None)
+            r.request("GET_MANY", [ks, 1])
         with pytest.raises(InterfaceError):
-            r._execute("GET_MANY", [ks, True, 3], None, None)
+            r.request("GET_MANY", [ks, True, 3])
         # inside a BATCH the generic encoder answers the same values
         p = r.pipeline(batch=True)
         p.get_many(ks, content_only=True)
@@ -184,6 +185,7 @@ def test_wire_request_and_reply(server):
         r.close()
 
 
+@pytest.mark.integration
 def test_wire_limit_applies(server):
     r = RemoteEngine(port=server.port, timeout=20, max_frame_size=2048)
     try:
@@ -199,6 +201,7 @@ def test_wire_limit_applies(server):
         r.close()
 
 
+@pytest.mark.integration
 def test_async_client_content_only(server):
     from vtpu.aio import AsyncRemoteEngine
 
@@ -219,6 +222,7 @@ def test_async_client_content_only(server):
     asyncio.run(asyncio.wait_for(go(), 60))
 
 
+@pytest.mark.integration
 def test_facade_over_a_server_thread(server):
     c = vtpu.connect(f"vtpu://127.0.0.1:{server.port}", timeout=20)
     try:

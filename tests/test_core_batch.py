@@ -134,6 +134,7 @@ def test_parse_refuses_inconsistent_columns():
 # -- end to end ------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_remote_get_many_and_pipelines_end_to_end():
     with running_server() as (host, port):
         c = vtpu.connect(f"vtpu://{host}:{port}", timeout=30)

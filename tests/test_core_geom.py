@@ -168,19 +168,33 @@ def test_bigmin_litmax_against_brute_force(zp):
 
 def test_bigmin_litmax_exhaustive_tiny_boxes():
     # Every box [lo, hi] within 0..3 on components 6..8 (others fixed at 5) and every
-    # query point in 0..4 on those components.
+    # query point in 0..4 on those components. The brute-force answer (the smallest Z key
+    # of the box above the point, the largest below it) is read from the box's sorted Z
+    # keys, made once per box from Z keys computed once per point.
+    import bisect
     import itertools
-    pts = list(itertools.product(range(5), repeat=3))
+    zkey = {q: pyref.morton_int((5,) * 6 + q) for q in itertools.product(range(5), repeat=3)}
+    point = {k: (5,) * 6 + q for q, k in zkey.items()}
+    queries = [(np.array((5,) * 6 + q, np.uint16), k) for q, k in zkey.items()]
     spans = [(a, b) for a in range(4) for b in range(a, 4)]
     for (a6, b6), (a7, b7), (a8, b8) in itertools.product(spans, repeat=3):
-        if (b6 - a6 + 1) * (b7 - a7 + 1) * (b8 - a8 + 1) > 8 and (a6 + a7 + a8) % 3:
-            continue  # keep the run short: a third of the larger boxes suffice
         p = np.array([[5] * 6 + [a6, a7, a8], [5] * 6 + [b6, b7, b8]], np.uint16)
-        for q in pts:
-            z = np.array([5] * 6 + list(q), np.uint16)
+        box = sorted(zkey[q] for q in itertools.product(range(a6, b6 + 1), range(a7, b7 + 1),
+                                                         range(a8, b8 + 1)))
+        for z, zv in queries:
+            above = bisect.bisect_right(box, zv)
+            below = bisect.bisect_left(box, zv)
+            exp_bm = point[box[above]] if above < len(box) else None
+            exp_lm = point[box[below - 1]] if below else None
             bm, lm = _core.bigmin(z, p), _core.litmax(z, p)
-            assert (None if bm is None else row(bm)) == pyref.bigmin_brute(z, p), (q, p)
-            assert (None if lm is None else row(lm)) == pyref.litmax_brute(z, p), (q, p)
+            assert (None if bm is None else row(bm)) == exp_bm, (z, p)
+            assert (None if lm is None else row(lm)) == exp_lm, (z, p)
+    # the sorted-keys answer is the brute force's (checked on one box)
+    p = np.array([[5] * 6 + [0, 1, 0], [5] * 6 + [3, 2, 3]], np.uint16)
+    for z, zv in queries[::7]:
+        bm, lm = _core.bigmin(z, p), _core.litmax(z, p)
+        assert (None if bm is None else row(bm)) == pyref.bigmin_brute(z, p)
+        assert (None if lm is None else row(lm)) == pyref.litmax_brute(z, p)
 
 
 @given(coord, patterns())

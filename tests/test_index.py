@@ -125,7 +125,8 @@ def test_selective_patterns_do_not_scan_everything():
     rng = np.random.default_rng(0)
     arr = np.unique(rng.integers(1, 11, (200000, 9)).astype(np.uint16), axis=0)
     ix = CoordIndex()
-    ix.add_many(list(_core.pack_many(arr)[i:i + 18] for i in range(0, 18 * len(arr), 18)))
+    blob = _core.pack_many(arr)   # packed once: the slices below share it
+    ix.add_many([blob[i:i + 18] for i in range(0, len(blob), 18)])
     ix.merge()
     n = len(arr)
     for text in ["1.2.3/4.*.*/*.*.*", "*.*.*/3.4.5/6.*.*", "*.*.*/*.*.*/4.5.6",

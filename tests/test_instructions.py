@@ -1,5 +1,6 @@
 """Semantics of every instruction, run against mem:// and a real loopback server."""
 import math
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,13 @@ import xxhash
 
 import vtpu
 from vtpu import CoordinateError, InterfaceError, VersionConflict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
+import pyref  # noqa: E402
+
+# crange(..., keys_only=True / count=True) are the prototype-era forms these tests keep
+# exercising; they forward to crange_keys / ccount with a DeprecationWarning.
+pytestmark = pytest.mark.filterwarnings("ignore:crange\\(:DeprecationWarning")
 
 
 # -- CGET / CPUT / CDEL ----------------------------------------------------------------------
@@ -246,7 +254,9 @@ def test_croute_definition_and_subtrees(client):
     assert client.croute("2.1.3/9.9.9/9.9.9", 16) == client.croute(c, 16)
     arr = np.random.default_rng(0).integers(0, 1000, (1000, 9)).astype(np.uint16)
     nodes = client.croute(arr, 8)
-    assert nodes.dtype == np.int32 and nodes.min() >= 0 and nodes.max() < 8
+    assert nodes.dtype == np.int32 and nodes.shape == (1000,)
+    assert nodes.tolist() == pyref.route(pyref.rows(arr), 8)
+    assert nodes[:20].tolist() == [client.croute(row, 8) for row in arr[:20]]
 
 
 def test_croute_stable_across_processes(client):
@@ -269,11 +279,17 @@ def test_cmoe_balanced_and_deterministic(client):
     chi2 = ((counts - expected) ** 2 / expected).sum()
     assert chi2 < 150   # 63 degrees of freedom: p < 1e-6 above ~120
     assert client.cmoe(tokens[:10], 64).tolist() == experts[:10].tolist()
+    assert experts[:500].tolist() == pyref.moe(pyref.rows(tokens[:500]), 64)
+    assert client.intern(["expert"]) == [0xF000]
     e = client.cmoe("0.512.768/3.*.*/expert.*.*", num_experts=64)
-    assert 0 <= e < 64
+    ref_names = pyref.RefNames(["expert"])
+    ref_pattern = pyref.parse_pattern("0.512.768/3.*.*/expert.*.*", ref_names)
+    assert e == pyref.moe_pattern(ref_pattern, 64)
     top = client.cmoe("0.512.768/3.1.1/1.1.1", num_experts=8, top_k=3)
+    assert top == pyref.moe([(0, 512, 768, 3, 1, 1, 1, 1, 1)], 8, 3)[0]
     assert len(set(top)) == 3 and top[0] == client.cmoe("0.512.768/3.1.1/1.1.1", 8)
-    assert client.cmoe(tokens[:5], 8, top_k=2).shape == (5, 2)
+    two = client.cmoe(tokens[:5], 8, top_k=2)
+    assert two.shape == (5, 2) and two.tolist() == pyref.moe(pyref.rows(tokens[:5]), 8, 2)
 
 
 # -- CATTEND ------------------------------------------------------------------------------
@@ -367,36 +383,119 @@ def test_ckg_edges_without_pointers_and_frontier_bound(client):
         client.cput(f"1.1.1/1.1.1/1.1.{i}", i)
     res = client.ckg("1.1.1/1.1.1/1.1.1", ["+0.0.0/+0.0.0/+0.0.1"], hops=3)
     assert [s.coordinate for s in res] == ["1.1.1/1.1.1/1.1.4"]
+    # A wildcard start is cut to its first 5 matches (nodes 1..5, all visited); one hop
+    # leads to 2..6, of which only 6 is new.
     fan = client.ckg("1.1.1/1.1.1/1.1.*", ["+0.0.0/+0.0.0/+0.0.1"], hops=1, max_frontier=5)
-    assert len(fan) <= 5
+    assert [s.coordinate for s in fan] == ["1.1.1/1.1.1/1.1.6"]
+    # A hub whose 10 edges point at 10 targets: the next frontier is cut to the first 4
+    # targets in coordinate order.
+    client.cput("2.1.1/1.1.1/1.1.1", "hub")
+    for j in range(2, 12):
+        client.cput(f"2.1.1/1.1.1/2.{j}.1", f"3.1.1/1.1.1/1.1.{j}")
+        client.cput(f"3.1.1/1.1.1/1.1.{j}", f"target {j}")
+    res = client.ckg("2.1.1/1.1.1/1.1.1", "+0.0.0/+0.0.0/+1.*.+0", hops=1, max_frontier=4)
+    assert [s.content for s in res] == [f"target {j}" for j in range(2, 6)]
+    res = client.ckg("2.1.1/1.1.1/1.1.1", "+0.0.0/+0.0.0/+1.*.+0", hops=1)
+    assert [s.content for s in res] == [f"target {j}" for j in range(2, 12)]
 
 
 # -- prototype README ---------------------------------------------------------------------
 
+README_NAMES = ["query", "key", "expert", "person", "attr", "name", "rel", "spouse", "friend"]
+
+
 def test_prototype_readme_examples(client):
+    """The prototype README's calls, on a store where every answer is known beforehand."""
     vt = client
     assert vt.health()["status"] == "ok"
-    vt.cput("1.1.1/1.1.1/1.1.1", "Hello vTPU")
+    assert vt.health()["scrolls"] == 0
+    # Names in a fixed order, so a reference parser can give every coordinate's numbers.
+    assert vt.intern(README_NAMES) == [0xF000 + i for i in range(len(README_NAMES))]
+    ref_names = pyref.RefNames(README_NAMES)
+
+    # CPUT / CGET
+    assert vt.cput("1.1.1/1.1.1/1.1.1", "Hello vTPU") == 1
     result = vt.cget("1.1.1/1.1.1/1.1.1")
-    assert result["content"] == "Hello vTPU"
+    assert result["content"] == "Hello vTPU" and result["version"] == 1
+    assert result["coordinate"] == "1.1.1/1.1.1/1.1.1"
+
+    # CRANGE: two scrolls under 1.1.*/1.1.1/1.1.1, one beside it
+    vt.cput("1.1.2/1.1.1/1.1.1", "second")
+    vt.cput("1.2.1/1.1.1/1.1.1", "outside")
     scrolls = vt.crange("1.1.*/1.1.1/1.1.1")
-    assert len(scrolls) == 1
+    assert [(s.coordinate, s.content) for s in scrolls] == [
+        ("1.1.1/1.1.1/1.1.1", "Hello vTPU"), ("1.1.2/1.1.1/1.1.1", "second")]
+
+    # CDELTA / CHIER
     assert vt.cdelta("2.1.3/4.7.11/18.29.47", "+0.0.0/+0.0.5/+0.0.0") == "2.1.3/4.7.16/18.29.47"
     assert vt.chier("2.1.3/4.7.11/18.29.47", "UP") == "2.1.3/4.7.11/18.29.*"
-    assert isinstance(vt.chier("2.1.3/4.7.11/18.29.*", "DOWN"), list)
+    for c in ["2.1.3/4.7.11/18.29.47", "2.1.3/4.7.11/18.29.50", "2.1.3/4.7.11/18.30.1"]:
+        vt.cput(c, c)
+    assert vt.chier("2.1.3/4.7.11/18.29.*", "DOWN") == [
+        "2.1.3/4.7.11/18.29.47", "2.1.3/4.7.11/18.29.50"]
+
+    # CATTEND: 40 key vectors (top_k=32 must cut), the query vector at its coordinate
+    rng = np.random.default_rng(2024)
+    d, n = 8, 40
+    K = rng.normal(size=(n, d))
+    q = rng.normal(size=d)
+    vt.cput_many([f"3.8.{i}/key.0.0/1.1.1" for i in range(n)], K)
+    vt.cput("3.8.512/query.0.0/1.1.1", q)
+
+    # CKG: a hand-built edge set. Alice (1001) is married to Bob (1002) and befriends
+    # Carol (1003); Carol is married to Dave (1004), outside the start pattern.
+    people = {1001: "Alice", 1002: "Bob", 1003: "Carol", 1004: "Dave"}
+    for pid, who in people.items():
+        vt.cput(f"person.{pid}.1/attr.name.1/1.1.1", who)
+    vt.cput("person.1001.1/attr.age.1/1.1.1", 41)   # a second start: same spouse edge
+    vt.cput("person.1001.1/rel.spouse.1/1.1.1", "person.1002.1/attr.name.1/1.1.1")
+    vt.cput("person.1001.1/rel.friend.1/1.1.1", "person.1003.1/attr.name.1/1.1.1")
+    vt.cput("person.1003.1/rel.spouse.1/1.1.1", "person.1004.1/attr.name.1/1.1.1")
+
+    # CNEAREST: brute force over every stored coordinate, ties in coordinate order
+    stored = vt.crange("*.*.*/*.*.*/*.*.*", keys_only=True)
+    q_coord = pyref.parse_coord("2.1.3/4.7.11/18.29.47", ref_names)
+    dists = sorted((sum(abs(a - b) for a, b in zip(pyref.parse_coord(c, ref_names), q_coord)),
+                    pyref.parse_coord(c, ref_names), c) for c in stored)
     neighbors = vt.cnearest("2.1.3/4.7.11/18.29.47", k=10)
-    assert all(isinstance(c, str) and isinstance(d, int) for c, d in neighbors)
+    assert neighbors == [(c, dist) for dist, _, c in dists[:10]]
+    assert neighbors[0] == ("2.1.3/4.7.11/18.29.47", 0)
+    assert neighbors[1] == ("2.1.3/4.7.11/18.29.50", 3)
+
     scores = vt.cattend(query_coord="3.8.512/query.0.0/1.1.1", key_pattern="3.8.*/key.0.0/1.1.1",
                         top_k=32)
-    assert len(scores) <= 32
+    raw = K @ q / math.sqrt(d)
+    w = _softmax(raw)
+    top = np.argsort(-raw, kind="stable")[:32]
+    assert scores.n == n and scores.mode == "dot" and len(scores) == 32
+    assert [r["coordinate"] for r in scores] == [f"3.8.{i}/key.0.0/1.1.1" for i in top]
+    np.testing.assert_allclose(scores.scores, raw[top], rtol=1e-12)
+    np.testing.assert_allclose(scores.weights, w[top], rtol=1e-12)
+    assert scores.weights.sum() < 1.0   # the softmax ran over all 40, only 32 came back
+
+    # CMOE of a pattern: its two bounds hashed (the reference in tests/pyref.py)
     expert_id = vt.cmoe("0.512.768/3.*.*/expert.*.*", num_experts=64)
-    assert 0 <= expert_id < 64
+    ref_pattern = pyref.parse_pattern("0.512.768/3.*.*/expert.*.*", ref_names)
+    assert expert_id == pyref.moe_pattern(ref_pattern, 64)
+
     entities = vt.ckg(start_coord="person.1001.*/attr.*.*/1.1.1",
                       relation_deltas=["+0.0.0/+rel.spouse.*/+0.0.0"], hops=1)
-    assert entities == []
+    assert [(s.coordinate, s.content) for s in entities] == [
+        ("person.1002.1/attr.name.1/1.1.1", "Bob")]
+    both = vt.ckg("person.1001.1/attr.name.1/1.1.1",
+                  ["+0.0.0/+rel.spouse.*/+0.0.0", "+0.0.0/+rel.friend.*/+0.0.0"], hops=1)
+    assert [s.content for s in both] == ["Bob", "Carol"]
+
     stats = vt.get_stats()
-    assert stats["total_calls"] >= 8 and stats["avg_latency_ms"] >= 0
-    assert vt.stats()["scrolls"] == 1
+    assert stats["errors"] == 0
+    for op, times in [("cget", 1), ("crange", 2), ("cnearest", 1), ("cattend", 1), ("ckg", 2),
+                      ("cput_many", 1)]:
+        assert stats["by_op"][op] == times, op
+    assert stats["by_op"]["cput"] == 3 + 3 + 1 + len(people) + 4
+    assert stats["total_calls"] == sum(stats["by_op"].values())
+    assert stats["avg_latency_ms"] == pytest.approx(
+        stats["total_time_s"] / stats["total_calls"] * 1e3)
+    assert vt.stats()["scrolls"] == 3 + 3 + n + 1 + len(people) + 4
 
 
 def test_names_round_trip(client):
@@ -412,12 +511,14 @@ def test_pipeline_results_and_errors(client):
     p.cput("1.1.1/1.1.1/1.1.1", "a")
     p.cput("1.1.1/1.1.1/1.1.1", "x", if_version=5)
     p.cget("1.1.1/1.1.1/1.1.1")
+    p.crange_keys("1.1.1/1.1.1/1.1.*")
     p.crange("1.1.1/1.1.1/1.1.*", keys_only=True)
     res = p.execute()
     assert res[0] == 1
     assert isinstance(res[1], VersionConflict)
     assert res[2].content == "a"
     assert res[3].tolist() == [[1] * 9]
+    assert res[4] == ["1.1.1/1.1.1/1.1.1"]  # the same result as the client's own call
     with pytest.raises(VersionConflict):
         with client.pipeline() as q:
             q.cput("1.1.1/1.1.1/1.1.1", "y", if_version=9)

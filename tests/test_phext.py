@@ -202,14 +202,16 @@ INVALID = [
 @pytest.mark.parametrize("coord,content,pattern", INVALID)
 def test_invalid_raises_naming_coordinate(coord, content, pattern):
     good = [((1, 1, 1, 1, 1, 1, 1, 1, 1), "fine"), ((3, 1, 1, 1, 1, 1, 1, 1, 1), "also")]
-    with pytest.raises(PhextError, match=pattern):
+    with pytest.raises(PhextError, match=pattern) as ei:
         format_phext(good + [(coord, content)])
     doc, skipped = format_phext(good + [(coord, content)], skip_invalid=True,
                                 return_skipped=True)
     assert parse_phext(doc) == good
     assert len(skipped) == 1
     assert skipped[0][0] == coord
+    # the reason given for the skip is the one the refusal names
     assert isinstance(skipped[0][2], str) and skipped[0][2]
+    assert skipped[0][2] in str(ei.value)
 
 
 def test_escape_is_not_a_break_and_is_writable():

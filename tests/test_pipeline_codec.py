@@ -16,6 +16,7 @@ from vtpu import protocol as P
 from vtpu.coords import NameTable, Scroll
 from vtpu.engine import Engine
 from vtpu.netclient import RemoteEngine
+from vtpu.session import ClientOps
 from vtpu.testing import ServerThread
 
 MIXED = [
@@ -220,9 +221,11 @@ def remote(server):
 
 
 def generic_get(r, k):
-    return r._execute("GET", [k], r._dec.scroll, None)
+    # The generic request path (an exchange of one call), not the lean GET override.
+    return ClientOps.get(r, k)
 
 
+@pytest.mark.integration
 def test_pipelined_gets_equal_single_gets(remote):
     ks = keys_of(len(MIXED))
     remote.put_many(b"".join(ks), MIXED)
@@ -236,6 +239,7 @@ def test_pipelined_gets_equal_single_gets(remote):
     assert all(same_scroll(s, want[k]) for s, k in zip(p.results, order))
 
 
+@pytest.mark.integration
 def test_mixed_pipeline_with_errors_in_between(remote):
     ks = keys_of(4)
     remote.put(ks[0], "a")
@@ -261,6 +265,7 @@ def test_mixed_pipeline_with_errors_in_between(remote):
     assert p.results[0].content == "a" and p.results[2].content == "a"
 
 
+@pytest.mark.integration
 def test_pushes_between_pipelined_replies(server):
     seen = []
     r = RemoteEngine(port=server.port, timeout=20, track=True)
@@ -299,6 +304,7 @@ class ShortReadSocket:
         return getattr(self._s, name)
 
 
+@pytest.mark.integration
 def test_pipelined_gets_with_short_reads(server):
     r = RemoteEngine(port=server.port, timeout=20, socket_factory=lambda a, t: ShortReadSocket(
         socket.create_connection(a, timeout=t)))
@@ -315,18 +321,20 @@ def test_pipelined_gets_with_short_reads(server):
         r.close()
 
 
+@pytest.mark.integration
 def test_pipelined_gets_across_the_msgid_wrap(remote):
     ks = keys_of(10)
     remote.put_many(b"".join(ks), list(range(10)))
-    remote._msgid = 0xFFFFFFFF - 4
+    remote.session.msgid = 0xFFFFFFFF - 4
     with remote.pipeline() as p:
         for k in ks:
             p.get(k)
     assert [s.content for s in p.results] == list(range(10))
-    assert remote._msgid == 6  # ...fffc .. ffffffff, then 1 .. 6
+    assert remote.session.msgid == 10  # no wrap inside one write: ids 1 .. 10
     assert generic_get(remote, ks[3]).content == 3
 
 
+@pytest.mark.integration
 def test_pipeline_batch_mode_still_works(remote):
     ks = keys_of(3)
     remote.put(ks[0], "a")
@@ -336,6 +344,7 @@ def test_pipeline_batch_mode_still_works(remote):
     assert [None if s is None else s.content for s in p.execute()] == ["a", None, None]
 
 
+@pytest.mark.integration
 def test_pipeline_reply_over_the_client_limit(server):
     r = RemoteEngine(port=server.port, timeout=20, max_frame_size=4096)
     try:
@@ -355,6 +364,7 @@ def test_pipeline_reply_over_the_client_limit(server):
         r.close()
 
 
+@pytest.mark.integration
 def test_facade_pipeline_cget_forms(server):
     c = vtpu.connect(f"vtpu://127.0.0.1:{server.port}", timeout=20)
     m = vtpu.connect("mem://")

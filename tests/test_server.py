@@ -181,8 +181,9 @@ def test_uninterned_name_id_is_refused(client):
 
 def test_health_stats_phext(client):
     assert client.health()["status"] == "ok"
-    assert isinstance(client.stats(), dict)
+    assert client.stats()["scrolls"] == 0
     client.put(key("1.1.1/1.1.1/1.1.1"), "hello")
+    assert client.stats()["scrolls"] == 1 and client.health()["scrolls"] == 1
     text = client.export_phext()
     assert "hello" in text
     client.delete_range(ALL)
@@ -557,3 +558,50 @@ def test_aio_auth_and_refused():
 
     with running_server(token="t") as (_, port):
         asyncio.run(main(port))
+
+
+def test_aio_timeout_leaves_the_connection_usable():
+    from vtpu.aio import AsyncRemoteEngine
+
+    eng = SlowEngine()
+    eng.gate = threading.Event()
+
+    async def main(port):
+        async with AsyncRemoteEngine(port=port, timeout=20) as a:
+            k = key("1.1.1/1.1.1/1.1.1")
+            await a.put(k, "v")
+            proto = a._proto
+            with pytest.raises(E.TimeoutError):
+                await a.get(SlowEngine.SLOW, timeout=0.2)
+            eng.gate.set()
+            # the late reply is read and dropped; the same connection answers the next call
+            assert (await a.get(k)).content == "v" and a._proto is proto
+
+    with ServerThread(eng) as st:
+        asyncio.run(main(st.port))
+
+
+def test_aio_concurrent_paged_ranges_and_a_failing_push_callback(caplog):
+    from vtpu.aio import AsyncRemoteEngine
+
+    async def main(port):
+        async with AsyncRemoteEngine(port=port, track=True) as a, \
+                AsyncRemoteEngine(port=port) as w:
+            ks = keys([f"1.1.1/1.1.1/1.{j}.{i}" for j in range(1, 4) for i in range(1, 31)])
+            await w.put_many(ks, [f"x{i}" for i in range(90)])
+
+            def bad(kind, payload):
+                raise RuntimeError("callback bug")
+
+            a.on_push = bad
+            pats = [_core.parse_pattern(f"1.1.1/1.1.1/1.{j}.*") for j in (1, 2, 3)]
+            got = await asyncio.gather(*[a.range(p, limit=25) for p in pats],
+                                       w.put(ks[:18], "changed"), a.count(ALL))
+            assert [len(r) for r in got[:3]] == [25, 25, 25] and got[4] == 90
+            assert [s.key for s in got[1]] == [ks[18 * (30 + i):18 * (31 + i)] for i in range(25)]
+            assert await a.ping() == "PONG"  # pushes (and the callback's failures) read on
+
+    with caplog.at_level("ERROR", logger="vtpu.client"):
+        with running_server(page_size=10) as (_, port):
+            asyncio.run(main(port))
+    assert "on_push callback failed" in caplog.text

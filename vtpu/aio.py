@@ -1,15 +1,17 @@
-"""An asyncio client on the same sans-IO codec as the sync client and the server.
+"""An asyncio client on the same sans-IO session as the sync client.
 
 ``AsyncRemoteEngine`` has the Engine methods of :class:`vtpu.netclient.RemoteEngine`
-as coroutines (same names, arguments, results and errors). Replies are matched to
-requests by msgid, so any number of tasks may call concurrently on one connection:
-their requests are pipelined automatically. :meth:`AsyncRemoteEngine.pipeline` queues
-calls and sends them in one write.
+as coroutines (same names, arguments, results and errors): both are written once in
+:class:`vtpu.session.ClientOps`, and every byte goes through one
+:class:`vtpu.session.Session` (ids, reply matching, names, pushes, RANGE pages). Replies
+are matched to requests by msgid, so any number of tasks may call concurrently on one
+connection: their requests are pipelined automatically. :meth:`AsyncRemoteEngine.pipeline`
+queues calls and sends them in one write.
 
-A timed-out call does not poison the connection here (a late reply is recognised by
-its msgid and dropped); a transport failure fails every pending call with
+A timed-out call does not poison the connection here (its late reply is read and
+dropped); a transport failure fails every pending call with
 :class:`vtpu.errors.ConnectionError` and the next call reconnects. Idempotent calls are
-retried once after a connection failure.
+retried by the same :class:`vtpu.retry.Retry` policy as the sync client's.
 
 Name ids: the client loads the server's name table when it connects and learns names
 returned by :meth:`intern`. Parse coordinate text with names through
@@ -20,27 +22,23 @@ Use one AsyncRemoteEngine per event loop; it is not thread-safe.
 from __future__ import annotations
 
 import asyncio
-import logging
+import re
 import time
 from typing import Any, Callable
 
+from . import _core
 from . import errors as E
-from . import protocol as P
-from ._core import NAME_BASE
-from .netclient import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_TIMEOUT,
-    ClientOps,
-    _Continue,
-    _Decoders,
-    _merge_pages,
-    _OPBYTES,
-    _request_frame,
-)
+from .coords import NameTable
+from .retry import ExponentialWithJitterBackoff, Retry
+from .session import ClientOps, Exchange, Session, codec, finish, idempotent
 
-__all__ = ["AsyncRemoteEngine", "AsyncPipeline", "connect"]
+__all__ = ["AsyncRemoteEngine", "AsyncPipeline", "connect",
+           "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT"]
 
-log = logging.getLogger("vtpu.client")
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = 30.0
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 class _NoResolver:
@@ -55,54 +53,64 @@ class _NoResolver:
         )
 
 
-class _Proto(asyncio.Protocol):
+class _Proto(asyncio.BufferedProtocol):
+    """Moves bytes between one transport and the engine's session."""
+
     def __init__(self, owner: "AsyncRemoteEngine"):
         self.owner = owner
-        self.decoder = P.FrameDecoder(owner.max_frame_size)
+        self.session = owner.session
         self.transport: asyncio.Transport | None = None
-        self.waiters: dict[int, asyncio.Future] = {}
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
-        self.decoder.feed(data)
+    @property
+    def active(self) -> bool:
+        """Whether this is the engine's connection (or the one being opened); bytes of
+        an older one must not reach the session."""
+        return self.owner._proto is self or self.owner._opening is self
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if not self.active:
+            return memoryview(bytearray(4096))  # a closed connection's last bytes: dropped
+        return self.session.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.active:
+            return
+        s = self.session
+        s.buffer_updated(nbytes)
         try:
-            for msg in self.decoder:
-                r = P.parse_reply(msg)
-                if isinstance(r, P.Push):
-                    cb = self.owner.on_push
-                    if cb is not None:
-                        try:
-                            cb(r.kind, r.payload)
-                        except Exception:
-                            log.exception("on_push callback failed for a %r push", r.kind)
-                    continue
-                if r.msgid == 0 and not r.ok:
-                    self.fail(E.error_from_code(r.value[0], r.value[1]))
-                    return
-                fut = self.waiters.pop(r.msgid, None)
-                if fut is not None and not fut.done():
-                    fut.set_result((r.ok, r.value))
-        except E.ProtocolError as exc:
+            done = s.receive()
+        except E.VTPUError as exc:
+            # A malformed stream or a connection-level error: nothing more can be read.
             self.fail(exc)
+            return
+        _wake(done)
+        out = s.data_to_send()
+        if out:
+            self.transport.write(out)
 
     def fail(self, exc: BaseException) -> None:
-        waiters, self.waiters = self.waiters, {}
-        for fut in waiters.values():
-            if not fut.done():
-                fut.set_exception(exc)
+        if self.active:
+            _wake(self.session.fail(exc))
         if self.transport is not None:
             self.transport.abort()
         if not self.closed.done():
             self.closed.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail(E.ConnectionError(
-            f"connection to {self.owner.host}:{self.owner.port} lost" + (f": {exc}" if exc else "")
-        ))
+        where = f"{self.owner.host}:{self.owner.port}"
+        self.fail(E.ConnectionError(f"connection to {where} lost" + (f": {exc}" if exc else "")))
         self.owner._on_lost(self)
+
+
+def _wake(done: list[Exchange]) -> None:
+    for ex in done:
+        fut = ex.waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
 
 class AsyncRemoteEngine(ClientOps):
@@ -114,20 +122,25 @@ class AsyncRemoteEngine(ClientOps):
     :param connect_timeout: seconds for connect + HELLO.
     :param timeout: default seconds per call (``None``: no limit); per call ``timeout=``.
     :param max_frame_size: largest frame body sent or accepted.
+    :param retry: the :class:`vtpu.retry.Retry` policy (default: ``retries`` retries
+        with :class:`~vtpu.retry.ExponentialWithJitterBackoff` of base ``retry_backoff``).
     :param retries: retries of idempotent calls after a connection failure.
+    :param retry_backoff: base of the jittered exponential backoff between retries.
     :param track: ask for invalidation pushes (delivered to :attr:`on_push`).
     """
 
     def __init__(
         self,
         host: str = "127.0.0.1",
-        port: int = P.DEFAULT_PORT,
+        port: int = codec.DEFAULT_PORT,
         token: str | None = None,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         timeout: float | None = DEFAULT_TIMEOUT,
-        max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE,
+        max_frame_size: int = codec.DEFAULT_MAX_FRAME_SIZE,
         retries: int = 1,
         track: bool = False,
+        retry_backoff: float = 0.05,
+        retry: Retry | None = None,
     ):
         self.host = host
         self.port = port
@@ -135,58 +148,48 @@ class AsyncRemoteEngine(ClientOps):
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.max_frame_size = max_frame_size
-        self.retries = retries
+        self.retry = retry if retry is not None else Retry(
+            ExponentialWithJitterBackoff(retry_backoff), retries)
         self.track = track
-        self.on_push: Callable[[str, Any], None] | None = None
         self.server_info: dict | None = None
-        self._dec = _Decoders(self)
+        #: the protocol state of this client (ids, buffers, names, pending replies)
+        self.session = Session(NameTable(resolver=_NoResolver()), max_frame_size)
         self._proto: _Proto | None = None
+        self._opening: _Proto | None = None
         self._connecting: asyncio.Future | None = None
-        self._msgid = 0
-        from .coords import NameTable
 
-        self.names = NameTable(resolver=_NoResolver())
+    @property
+    def names(self) -> NameTable:
+        """The client's name-table cache (loaded at connect, learns interned names)."""
+        return self.session.names
 
-    # -- names ---------------------------------------------------------------------------
-    def _make_scroll(self, key, content, version, created, updated):
-        from .coords import Scroll
+    @property
+    def on_push(self) -> Callable[[str, Any], None] | None:
+        """Called with ``(kind, payload)`` for every server push; an exception it raises
+        is logged and reading goes on."""
+        return self.session.on_push
 
-        return Scroll(key, content, version, created, updated, self.names)
+    @on_push.setter
+    def on_push(self, cb: Callable[[str, Any], None] | None) -> None:
+        self.session.on_push = cb
 
-    def _learn_names(self, names: list, ids: Any) -> None:
-        if not isinstance(ids, list):
-            return
-        table = self.names
-        for name, i in zip(names, ids):
-            if name not in table and i == NAME_BASE + len(table):
-                table.extend([name])
-
-    def _learn_table(self, names: Any) -> None:
-        if isinstance(names, list):
-            self.names.extend_from(names)
-
+    # -- names ---------------------------------------------------------------------------------
     async def key(self, text: str) -> bytes:
         """Parse coordinate text (interning its names on the server) into an 18-byte key."""
-        from . import _core
-
         await self._intern_text_names(text)
         return _core.pack(_core.parse_coord(text, self.names, False))
 
     async def pattern(self, text: str) -> Any:
         """Parse pattern text (interning its names on the server) into a (2, 9) array."""
-        from . import _core
-
         await self._intern_text_names(text)
         return _core.parse_pattern(text, self.names, False)
 
     async def _intern_text_names(self, text: str) -> None:
-        import re
-
-        names = [n for n in re.findall(r"[A-Za-z_][A-Za-z0-9_-]*", text) if n not in self.names]
+        names = [n for n in _NAME.findall(text) if n not in self.names]
         if names:
             await self.intern(names)
 
-    # -- connection ----------------------------------------------------------------------
+    # -- connection ------------------------------------------------------------------------------
     async def connect(self) -> "AsyncRemoteEngine":
         """Connect now (otherwise the first call connects)."""
         await self._ensure()
@@ -201,66 +204,51 @@ class AsyncRemoteEngine(ClientOps):
             if self._proto is None:
                 raise E.ConnectionError(f"cannot connect to {self.host}:{self.port}")
             return self._proto
-        loop = asyncio.get_running_loop()
-        self._connecting = loop.create_future()
+        self._connecting = asyncio.get_running_loop().create_future()
         try:
-            await self._open()
-        except BaseException as exc:
+            if self.connect_timeout is None:
+                await self._open()
+            else:
+                await asyncio.wait_for(self._open(), self.connect_timeout)
+        except (asyncio.TimeoutError, OSError) as exc:
+            raise E.translate_socket_error(exc, f"connect to {self.host}:{self.port}") from None
+        finally:
             self._connecting.set_result(None)
             self._connecting = None
-            if isinstance(exc, (asyncio.TimeoutError, OSError)) and not isinstance(exc, E.VTPUError):
-                raise E.translate_socket_error(exc, f"connect to {self.host}:{self.port}") from None
-            raise
-        self._connecting.set_result(None)
-        self._connecting = None
         return self._proto  # type: ignore[return-value]
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
-
-        async def go() -> None:
-            _, proto = await loop.create_connection(lambda: _Proto(self), self.host, self.port)
-            options: dict = {"max_frame_size": self.max_frame_size}
-            if self.track:
-                options["track"] = True
-            ok, value = await self._raw(proto, "HELLO", [P.PROTOCOL_VERSION, self.token, options])
-            if not ok:
-                proto.transport.close()
-                raise E.error_from_code(value[0], f"HELLO to {self.host}:{self.port}: {value[1]}")
-            self.server_info = value
-            ok, names = await self._raw(proto, "NAMES", [])
-            if ok:
-                self._learn_table(names)
+        s = self.session
+        s.reset()
+        _, proto = await loop.create_connection(lambda: _Proto(self), self.host, self.port)
+        self._opening = proto
+        try:
+            hello = s.handshake(self.token, self.track)
+            hello.waiter = loop.create_future()
+            proto.transport.write(s.data_to_send())
+            try:
+                await hello.waiter
+            except BaseException:
+                proto.transport.abort()
+                raise
+            if hello.error is not None:
+                proto.transport.abort()
+                raise hello.error
+            self.server_info = hello.results[0]
             self._proto = proto
-
-        if self.connect_timeout is None:
-            await go()
-        else:
-            await asyncio.wait_for(go(), self.connect_timeout)
+        finally:
+            self._opening = None
 
     def _on_lost(self, proto: _Proto) -> None:
         if self._proto is proto:
             self._proto = None
 
-    def _next_id(self) -> int:
-        m = self._msgid + 1
-        if m > 0xFFFFFFFF:
-            m = 1
-        self._msgid = m
-        return m
-
-    async def _raw(self, proto: _Proto, op: str, args: list) -> tuple[bool, Any]:
-        msgid = self._next_id()
-        fut = asyncio.get_running_loop().create_future()
-        proto.waiters[msgid] = fut
-        proto.transport.write(
-            _request_frame(msgid, op, _OPBYTES[op] + P.packb(args), self.max_frame_size)
-        )
-        return await fut
-
     async def close(self) -> None:
         """Close the connection (the next call reconnects)."""
         proto, self._proto = self._proto, None
+        # Calls still waiting on this connection fail now rather than at their timeout.
+        _wake(self.session.fail(E.ConnectionError(f"{self.host}:{self.port}: closed")))
         if proto is not None and proto.transport is not None:
             proto.transport.close()
             try:
@@ -274,56 +262,53 @@ class AsyncRemoteEngine(ClientOps):
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    # -- calls ---------------------------------------------------------------------------
-    async def _call(self, op: str, args: list, timeout: float | None) -> Any:
+    # -- calls ---------------------------------------------------------------------------------
+    async def _attempt(self, entries: list, deadline: float | None) -> Exchange:
+        """Write one exchange and wait for it; one attempt, no retry."""
+        proto = await self._ensure()
+        s = self.session
+        ex = s.exchange(entries)
+        ex.waiter = asyncio.get_running_loop().create_future()
+        proto.transport.write(s.data_to_send())
+        try:
+            if deadline is None:
+                await ex.waiter
+            else:
+                await asyncio.wait_for(ex.waiter, max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            s.abandon(ex)  # its late replies are read and dropped
+            raise E.translate_socket_error(
+                asyncio.TimeoutError(), f"{entries[0][0]} to {self.host}:{self.port}") from None
+        except BaseException:
+            s.abandon(ex)
+            raise
+        if ex.error is not None:
+            raise ex.error
+        return ex
+
+    async def _run(self, entries: list, is_idempotent: bool,
+                   timeout: float | None) -> Exchange:
+        """Run an exchange with the retry policy; one deadline for every attempt."""
         t = self.timeout if timeout is None else timeout
-        idempotent = P.OPS[op].idempotent
-        attempt = 0
+        deadline = None if t is None else time.monotonic() + t
+        failures = 0
         while True:
             try:
-                proto = await self._ensure()
-                fut = self._raw(proto, op, args)
-                ok, value = await (fut if t is None else asyncio.wait_for(fut, t))
-                break
-            except E.ConnectionError:
-                if not idempotent or attempt >= self.retries:
+                return await self._attempt(entries, deadline)
+            except E.VTPUError as exc:
+                wait = self.retry.delay(exc, failures, is_idempotent)
+                if wait is None or (deadline is not None
+                                    and time.monotonic() + wait >= deadline):
                     raise
-                attempt += 1
-                await asyncio.sleep(0.05 * attempt)
-            except (asyncio.TimeoutError, OSError) as exc:
-                raise E.translate_socket_error(exc, f"{op} to {self.host}:{self.port}") from None
-        if ok:
-            return value
-        raise E.error_from_code(value[0], value[1])
+                await asyncio.sleep(wait)
+                failures += 1
 
-    def _execute(self, op: str, args: list, decode: Any, timeout: float | None) -> Any:
-        return self._run(op, args, decode, timeout)
+    def _submit(self, op: str, args: list, decode: Any, timeout: float | None) -> Any:
+        return self._one(op, args, decode, timeout)
 
-    async def _run(self, op: str, args: list, decode: Any, timeout: float | None) -> Any:
-        start = time.monotonic()
-        value = await self._call(op, args, timeout)
-        if decode is None:
-            return value
-        value = decode(value)
-        if type(value) is _Continue:
-            return await self._follow(value, timeout, start)
-        return value
-
-    async def _follow(self, page: _Continue, timeout: float | None, start: float) -> Any:
-        pages = [page.items]
-        got = len(page.items)
-        args = list(page.args)
-        limit = args[1]
-        t = self.timeout if timeout is None else timeout
-        while page.after is not None and (limit is None or got < limit):
-            args[1] = None if limit is None else limit - got
-            args[2] = page.after
-            left = None if t is None else max(t - (time.monotonic() - start), 1e-6)
-            res = self._dec.range_page(args)(await self._call("RANGE", args, left))
-            page = res if type(res) is _Continue else _Continue(res, None, args, page.keys_only)
-            pages.append(page.items)
-            got += len(page.items)
-        return _merge_pages(pages, page.keys_only)
+    async def _one(self, op: str, args: list, decode: Any, timeout: float | None) -> Any:
+        ex = await self._run([(op, args, decode)], idempotent(op), timeout)
+        return ex.value()
 
     def pipeline(self, raise_on_error: bool = True) -> "AsyncPipeline":
         """Queue calls; ``await p.execute()`` sends them in one write and returns results."""
@@ -336,62 +321,35 @@ class AsyncPipeline(ClientOps):
     def __init__(self, engine: AsyncRemoteEngine, raise_on_error: bool = True):
         self.engine = engine
         self.raise_on_error = raise_on_error
-        self._dec = engine._dec
         self._queue: list = []
         self.results: list | None = None
 
-    def _execute(self, op: str, args: list, decode: Any, timeout: float | None) -> "AsyncPipeline":
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def _submit(self, op: str, args: list, decode: Any, timeout: float | None) -> "AsyncPipeline":
         self._queue.append((op, args, decode))
         return self
 
     async def execute(self, timeout: float | None = None) -> list:
-        """Send everything queued in one write, await every reply, then raise the first error."""
+        """Send everything queued in one write, await every reply, then raise the first
+        error.
+
+        :param timeout: budget for the whole exchange (default: the engine's timeout).
+        :returns: one result per queued call (exception objects for failed calls when
+            ``raise_on_error`` is false).
+        """
         queue, self._queue = self._queue, []
-        eng = self.engine
-        proto = await eng._ensure()
-        loop = asyncio.get_running_loop()
-        futs = []
-        frames = []
-        for op, args, _ in queue:
-            m = eng._next_id()
-            fut = loop.create_future()
-            proto.waiters[m] = fut
-            futs.append(fut)
-            frames.append(_request_frame(m, op, _OPBYTES[op] + P.packb(args), eng.max_frame_size))
-        proto.transport.write(b"".join(frames))
-        t = eng.timeout if timeout is None else timeout
-        gathered = asyncio.gather(*futs, return_exceptions=True)
-        try:
-            replies = await (gathered if t is None else asyncio.wait_for(gathered, t))
-        except (asyncio.TimeoutError, OSError) as exc:
-            raise E.translate_socket_error(exc, f"pipeline to {eng.host}:{eng.port}") from None
-        results: list = []
-        first: BaseException | None = None
-        start = time.monotonic()
-        for (op, _a, decode), rep in zip(queue, replies):
-            if isinstance(rep, BaseException):
-                value = rep
-            else:
-                ok, value = rep
-                if ok:
-                    try:
-                        value = value if decode is None else decode(value)
-                        if type(value) is _Continue:
-                            value = await eng._follow(value, timeout, start)
-                    except Exception as exc:
-                        value = exc
-                else:
-                    value = E.error_from_code(value[0], f"{op}: {value[1]}")
-            if isinstance(value, BaseException) and first is None:
-                first = value
-            results.append(value)
-        self.results = results
-        if first is not None and self.raise_on_error:
-            raise first
-        return results
+        if not queue:
+            self.results = []
+            return self.results
+        is_idem = all(idempotent(op) for op, _, _ in queue)
+        ex = await self.engine._run(queue, is_idem, timeout)
+        self.results = ex.results
+        return finish(ex.results, self.raise_on_error)
 
 
-async def connect(host: str = "127.0.0.1", port: int = P.DEFAULT_PORT,
+async def connect(host: str = "127.0.0.1", port: int = codec.DEFAULT_PORT,
                   **kw: Any) -> AsyncRemoteEngine:
     """Open an :class:`AsyncRemoteEngine` and connect it.
 

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"deleted {c.cdel(ns.target)}")
             elif ns.cmd == "range":
                 if ns.keys_only:
-                    for k in c.crange(ns.pattern, limit=ns.limit, keys_only=True):
+                    for k in c.format_coords(c.crange_keys(ns.pattern, limit=ns.limit)):
                         print(k)
                 else:
                     for s in c.crange(ns.pattern, limit=ns.limit):

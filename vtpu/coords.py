@@ -198,7 +198,7 @@ class Scroll:
     @property
     def coordinate(self) -> str:
         """The coordinate as text (names resolved through the table)."""
-        return _core.format_coord(_core.unpack(self.key), self._names)
+        return _core.format_coord(self.key, self._names)
 
     @property
     def coords(self) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The store: a hash map of scrolls, the coordinate indexes and the instructions.
 
 One :class:`Engine` serves both the server (one per process, owned by its event loop)
-and the embedded ``mem://`` / ``file://`` modes. Every argument is already packed:
+and the embedded ``mem://`` / ``file://`` modes; it implements
+:class:`vtpu.backend.Backend`. Every argument is already packed:
 18-byte keys, N*18-byte blobs, (2, 9) uint16 patterns, (2, 9) int32 deltas; the facade
 (:mod:`vtpu.client`) and the server do the parsing. Point lookups are one dict access;
 pattern queries go through :class:`vtpu.index.CoordIndex`.
@@ -141,6 +142,9 @@ class Engine:
     :param autocommit: commit storage after every write call (embedded use). The server
         turns it off and commits once per batch of frames (group commit).
     """
+
+    #: not safe for concurrent calls: the facade serialises writes with its lock
+    thread_safe = False
 
     def __init__(self, storage=None, autocommit: bool = True):
         self.storage = storage
@@ -603,6 +607,13 @@ class Engine:
         scrolls = self.range(_FULL if pattern is None else pattern)
         items = [(tuple(int(x) for x in _core.unpack(s.key)), s.content) for s in scrolls]
         return phext.format_phext(items, skip_invalid=skip_invalid, names=self.names)
+
+    def pipeline(self, raise_on_error: bool = True):
+        """Queue engine calls and run them in order with ``execute()`` (the in-process
+        counterpart of a remote pipeline; see :class:`vtpu.backend.EnginePipeline`)."""
+        from vtpu.backend import EnginePipeline
+
+        return EnginePipeline(self, raise_on_error)
 
     def _fmt(self, key: bytes) -> str:
         try:

@@ -1,0 +1,250 @@
+"""Key-value measurements shared by the CGET and CPUT benchmarks: single-op latency
+beside the echo floor, Redis and memcached (pinned), one batched call of 10k beside
+MGET/MSET, and 1000 pipelined requests beside a redis-py pipeline."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List
+
+import numpy as np
+
+from . import peers as _peers
+from .common import PROTO, R_LATENCY, VALUE, Progress, interleaved, median_time, stats_us
+from .harness import Ctx, memcached_client, redis_client
+from .report import thin
+
+def kv_coords(n: int) -> np.ndarray:
+    """Coordinates of the key-value latency tests: ``101.1.1/(i//1000).(i%1000).1/2.1.1``.
+
+    :param n: how many.
+    :returns: (n, 9) uint16.
+    """
+    i = np.arange(n)
+    arr = np.empty((n, 9), dtype=np.uint16)
+    arr[:] = (R_LATENCY, 1, 1, 0, 0, 1, 2, 1, 1)
+    arr[:, 3] = i // 1000
+    arr[:, 4] = i % 1000
+    return arr
+
+
+def keys_for_peers(arr: np.ndarray):
+    """Redis keys = the 18-byte packed coordinate; memcached keys = its hex (ASCII only)."""
+    be = arr.astype(">u2")
+    rk = [be[i].tobytes() for i in range(len(arr))]
+    mk = [k.hex().encode() for k in rk]
+    return rk, mk
+
+
+def single_ops(ctx: Ctx, op: str) -> None:
+    """CGET or CPUT single-op latency, beside echo, Redis and memcached, pinned."""
+    rep, c, sz = ctx.report, ctx.client, ctx.sizes
+    trials = sz["trials"]
+    nkeys = max(1, min(trials, 1000))
+    arr = kv_coords(nkeys)
+    rows = [arr[i] for i in range(nkeys)]
+    c.cput_many(arr, [VALUE] * nkeys)
+    rk, mk = keys_for_peers(arr)
+    samplers: Dict[str, Callable[[int], Any]] = {}
+    if op == "cget":
+        samplers["vtpu"] = lambda i: c.cget(rows[i % nkeys])
+    else:
+        samplers["vtpu"] = lambda i: c.cput(rows[i % nkeys], VALUE)
+    echo = ctx.peers.get("echo")
+    ec = None
+    if echo:
+        ec = _peers.EchoClient(echo.host, echo.port)
+        payload = b"e" * 32  # about the size of a CGET request frame
+        samplers["echo"] = lambda i: ec.call(payload)
+    rc = mc = None
+    red = ctx.peers.get("redis")
+    if red:
+        rc = redis_client(red, rep)
+        if rc is not None:
+            rc.mset(dict(zip(rk, [VALUE] * nkeys)))
+            samplers["redis"] = ((lambda i: rc.get(rk[i % nkeys])) if op == "cget"
+                                 else (lambda i: rc.set(rk[i % nkeys], VALUE)))
+    mem = ctx.peers.get("memcached")
+    if mem:
+        mc = memcached_client(mem, rep)
+        if mc is not None:
+            mc.set_many(dict(zip(mk, [VALUE] * nkeys)), noreply=False)
+            samplers["memcached"] = ((lambda i: mc.get(mk[i % nkeys])) if op == "cget"
+                                     else (lambda i: mc.set(mk[i % nkeys], VALUE, noreply=False)))
+    prog = Progress(f"{op} single ops x{len(samplers)}", 10 * len(samplers), ctx.show)
+    with ctx.pinned() as pin:
+        res = interleaved(samplers, trials, rounds=10, progress=prog)
+    st = {k: stats_us(v) for k, v in res.items()}
+    what = "GET" if op == "cget" else "SET"
+    detail = {"pinned_cpu": ctx.cpu if pin.ok else None, "trials": trials,
+              "stats_us": st, "samples_us": {k: thin(v) for k, v in res.items()}}
+    rep.tests.setdefault(op, {}).update(single=detail)
+    v = st["vtpu"]
+    proto = f"{PROTO['cget_http_us' if op == 'cget' else 'cput_http_us']:.0f} us (HTTP)"
+    rep.row(op, "p50 latency", v["p50"], "us", projection="50-100 us", prototype=proto,
+            peer="echo floor" if "echo" in st else None,
+            peer_value=st.get("echo", {}).get("p50"), ratio_kind="of_floor",
+            target="<=1.3x floor" if "echo" in st else None,
+            target_ok=(v["p50"] <= 1.3 * st["echo"]["p50"]) if "echo" in st else None,
+            note=f"p95 {v['p95']:.1f} us, p99 {v['p99']:.1f} us"
+                 + ("" if pin.ok else " (not pinned)"))
+    if "redis" in st:
+        rep.row(op, f"p50 vs Redis {what}", v["p50"], "us", peer="redis-py+hiredis",
+                peer_value=st["redis"]["p50"], target=">=1.4x faster",
+                target_ok=st["redis"]["p50"] >= 1.4 * v["p50"])
+        rep.row(op, f"p99 vs Redis {what}", v["p99"], "us", peer="redis-py+hiredis",
+                peer_value=st["redis"]["p99"])
+    if "memcached" in st:
+        rep.row(op, f"p50 vs memcached {what.lower()}", v["p50"], "us", peer="pymemcache",
+                peer_value=st["memcached"]["p50"])
+    rep.row(op, "p50 vs prototype HTTP", v["p50"], "us", peer="prototype (README)",
+            peer_value=PROTO["cget_http_us" if op == "cget" else "cput_http_us"])
+    if ec:
+        ec.close()
+    if rc is not None:
+        rc.close()
+    if mc is not None:
+        mc.close()
+
+
+def batched(ctx: Ctx, op: str) -> None:
+    """10k CGET/CPUT in one call vs Redis MGET/MSET (and memcached get_many/set_many)."""
+    rep, c, sz = ctx.report, ctx.client, ctx.sizes
+    n = sz["batch"]
+    reps = 5
+    arr = kv_coords(n)
+    contents = [VALUE] * n
+    c.cput_many(arr, contents)
+    rk, mk = keys_for_peers(arr)
+    out: Dict[str, float] = {}
+    if op == "cget":
+        got = c.cget_many(arr)
+        if len(got) != n or got[0] is None:
+            raise RuntimeError("cget_many returned a wrong result")
+        # A client may hand back scrolls lazily (built on first access), while redis-py
+        # returns every value built: the compared time reads every scroll's content.
+        out["vtpu"] = median_time(lambda: [s.content for s in c.cget_many(arr)], reps)
+        call_only = median_time(lambda: c.cget_many(arr), reps)
+        # The MGET equivalent: values only, one list of contents (None where absent).
+        vals = c.cget_many(arr, content_only=True)
+        if len(vals) != n or vals[0] != VALUE:
+            raise RuntimeError("cget_many(content_only=True) returned a wrong result")
+        values_only = median_time(lambda: c.cget_many(arr, content_only=True), reps)
+    else:
+        out["vtpu"] = median_time(lambda: c.cput_many(arr, contents), reps)
+    red = ctx.peers.get("redis")
+    rc = redis_client(red, rep) if red else None
+    if rc is not None:
+        mapping = dict(zip(rk, contents))
+        rc.mset(mapping)
+        if op == "cget":
+            out["redis"] = median_time(lambda: rc.mget(rk), reps)
+        else:
+            out["redis"] = median_time(lambda: rc.mset(mapping), reps)
+        rc.close()
+    mem = ctx.peers.get("memcached")
+    mc = memcached_client(mem, rep) if mem else None
+    if mc is not None:
+        mm = dict(zip(mk, contents))
+        mc.set_many(mm, noreply=False)
+        if op == "cget":
+            out["memcached"] = median_time(lambda: mc.get_many(mk), reps)
+        else:
+            out["memcached"] = median_time(lambda: mc.set_many(mm, noreply=False), reps)
+        mc.close()
+    thr = {k: n / t for k, t in out.items()}
+    rep.tests.setdefault(op, {})["batched"] = {"n": n, "seconds": out, "ops_per_s": thr}
+    name = "CGET" if op == "cget" else "CPUT"
+    rname = "MGET" if op == "cget" else "MSET"
+    # CPUT carries the >=2x target here; for CGET it is carried by the values-only row
+    # below (MGET returns values only), and this row shows full scrolls beside it.
+    has_target = "redis" in thr and op != "cget"
+    rep.row(op, f"batched {n // 1000}k {name}", thr["vtpu"], "ops/s", better="higher",
+            projection="10-20x from batching",
+            peer=f"Redis {rname}" if "redis" in thr else None, peer_value=thr.get("redis"),
+            target=">=2x Redis" if has_target else None,
+            target_ok=(thr["vtpu"] >= 2 * thr["redis"]) if has_target else None,
+            note=f"{out['vtpu'] * 1e3:.1f} ms per call"
+                 + (", full scrolls (key, content, version, 2 times), every content read"
+                    if op == "cget" else ""))
+    if op == "cget":
+        rep.tests[op]["batched"]["values_only_s"] = values_only
+        vo = n / values_only
+        rep.row(op, f"batched {n // 1000}k {name}, values only", vo, "ops/s", better="higher",
+                peer=f"Redis {rname}" if "redis" in thr else None, peer_value=thr.get("redis"),
+                target=">=2x Redis" if "redis" in thr else None,
+                target_ok=(vo >= 2 * thr["redis"]) if "redis" in thr else None,
+                note=f"{values_only * 1e3:.2f} ms per call; cget_many(content_only=True): "
+                     "a list of contents, like MGET's list of values")
+        rep.tests[op]["batched"]["call_only_s"] = call_only
+        rep.row(op, f"batched {n // 1000}k {name}, call only (lazy scrolls)", n / call_only,
+                "ops/s", better="higher", peer=f"Redis {rname}" if "redis" in thr else None,
+                peer_value=thr.get("redis"), note=f"{call_only * 1e3:.2f} ms per call")
+    if "memcached" in thr:
+        rep.row(op, f"batched {n // 1000}k vs memcached", thr["vtpu"], "ops/s",
+                better="higher", peer="pymemcache *_many", peer_value=thr["memcached"])
+
+
+def vtpu_pipeline(client, op: str, rows: List[np.ndarray]) -> list:
+    """Send len(rows) independent CGET/CPUT requests pipelined on one connection (one
+    write, then every reply is read), through the facade's ``client.pipeline()``.
+
+    :param client: vtpu client.
+    :param op: "cget" or "cput".
+    :param rows: coordinates.
+    :returns: the replies in order.
+    """
+    p = client.pipeline()
+    if op == "cget":
+        for r in rows:
+            p.cget(r)
+    else:
+        for r in rows:
+            p.cput(r, VALUE)
+    return p.execute()
+
+
+def pipelined(ctx: Ctx, op: str) -> None:
+    """1000 pipelined independent requests vs a redis-py pipeline and the echo floor."""
+    rep, c, sz = ctx.report, ctx.client, ctx.sizes
+    n = sz["pipeline"]
+    reps = 5
+    arr = kv_coords(n)
+    c.cput_many(arr, [VALUE] * n)
+    rows = [arr[i] for i in range(n)]
+    rk, _ = keys_for_peers(arr)
+    out: Dict[str, float] = {}
+    res = vtpu_pipeline(c, op, rows)
+    if len(res) != n:
+        raise RuntimeError(f"pipeline returned {len(res)} replies for {n}")
+    out["vtpu"] = median_time(lambda: vtpu_pipeline(c, op, rows), reps)
+    red = ctx.peers.get("redis")
+    rc = redis_client(red, rep) if red else None
+    if rc is not None:
+        rc.mset(dict(zip(rk, [VALUE] * n)))
+
+        def rpipe():
+            p = rc.pipeline(transaction=False)
+            for k in rk:
+                if op == "cget":
+                    p.get(k)
+                else:
+                    p.set(k, VALUE)
+            return p.execute()
+
+        out["redis"] = median_time(rpipe, reps)
+        rc.close()
+    echo = ctx.peers.get("echo")
+    if echo:
+        ec = _peers.EchoClient(echo.host, echo.port)
+        payloads = [b"e" * 32] * n
+        out["echo"] = median_time(lambda: ec.send_many(payloads), reps)
+        ec.close()
+    thr = {k: n / t for k, t in out.items()}
+    rep.tests.setdefault(op, {})["pipelined"] = {"n": n, "seconds": out, "ops_per_s": thr}
+    rep.row(op, f"{n} pipelined", thr["vtpu"], "ops/s", better="higher",
+            peer="redis-py pipeline" if "redis" in thr else None, peer_value=thr.get("redis"),
+            target=">=2x Redis" if "redis" in thr else None,
+            target_ok=(thr["vtpu"] >= 2 * thr["redis"]) if "redis" in thr else None)
+    if "echo" in thr:
+        rep.row(op, f"{n} pipelined vs echo", thr["vtpu"], "ops/s", better="higher",
+                peer="echo pipelined", peer_value=thr["echo"])
