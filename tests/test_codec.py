@@ -68,6 +68,15 @@ def test_wire_picks_the_compiled_twin_when_it_is_built():
     assert type(wire.encode_get_replies).__name__ != "function"
 
 
+def test_wire_exports_every_codec_name_from_one_implementation():
+    assert set(P.CODEC_NAMES) <= set(wire.__all__)
+    impl = P if wire.IMPLEMENTATION == "python" else _compiled()
+    for name in P.CODEC_NAMES:
+        assert getattr(wire, name) is getattr(impl, name), name
+    for name in wire.__all__:
+        assert hasattr(wire, name), name
+
+
 def test_wire_reexports_the_shared_names():
     for name in ("OPS", "KEY_SIZE", "packb", "unpackb", "encode_error", "encode_push",
                  "parse_request", "parse_reply", "pack_coords", "check_key", "RequestError"):
@@ -202,10 +211,11 @@ def test_scroll_vectors_encode_through_the_scroll_encoders(codec):
     vec = by_name["get_response_found"]
     msgid, _, row = from_json(vec["value"])
     assert codec.encode_get_replies([msgid], [Scroll(*row)]).hex() == vec["hex"]
-    d = codec.FrameDecoder()
-    d.feed(bytes.fromhex(vec["hex"]) + bytes.fromhex(by_name["get_response_missing"]["hex"]))
-    assert same(d.next_get_replies(msgid, 5), [Scroll(*row)])
-    assert d.next_get_replies(msgid, 5) == [None]  # the missing one has the same id
+    data = bytes.fromhex(vec["hex"]) + bytes.fromhex(by_name["get_response_missing"]["hex"])
+    got, pos, more = codec.decode_get_replies(data, 0, len(data), msgid, 5)
+    assert same(got, [Scroll(*row)]) and (pos, more) == (len(vec["hex"]) // 2, False)
+    got, pos, more = codec.decode_get_replies(data, pos, len(data), msgid, 5)
+    assert got == [None] and (pos, more) == (len(data), True)  # the missing one: same id
     vec = by_name["get_request"]
     msgid, _, (k,) = from_json(vec["value"])
     assert codec.encode_get_requests(msgid, k).hex() == vec["hex"]
@@ -235,21 +245,21 @@ def test_invalid_vector(codec, vec):
     d = codec.FrameDecoder(mfs)
     if vec.get("incomplete"):
         d.feed(data)
-        assert d.next() is None and d.next_requests(10) is None
-        assert d.next_get_replies(1, 10) == [] and d.buffered() == len(data)
+        assert d.next() is None and d.next_requests(10) is None and d.buffered() == len(data)
+        assert codec.decode_get_replies(data, 0, len(data), 1, 10) == ([], 0, True)
         return
     assert vec["error"] == "ProtocolError"
     if vec["stage"] == "frame":
-        for take in ("next", "next_requests", "next_get_replies"):
+        for take in ("next", "next_requests"):
             d = codec.FrameDecoder(mfs)
             d.feed(data)
             with pytest.raises(E.ProtocolError):
                 if take == "next":
                     d.next()
-                elif take == "next_requests":
-                    d.next_requests(10)
                 else:
-                    d.next_get_replies(1, 10)
+                    d.next_requests(10)
+        # the in-place reader stops there and leaves the frame to the generic reader
+        assert codec.decode_get_replies(data, 0, len(data), 1, 10, None, mfs)[:2] == ([], 0)
         d = codec.FrameDecoder(mfs)
         with pytest.raises(E.ProtocolError):
             for i in range(len(data)):
@@ -274,8 +284,7 @@ def test_oversized_refused_from_header_alone(codec):
     d.feed(struct.pack(">I", 1001))
     with pytest.raises(E.FrameTooLarge, match="exceeds max_frame_size"):
         d.next()
-    for take in (lambda: d.next_body(), lambda: d.next_requests(5),
-                 lambda: d.next_get_replies(1, 5)):
+    for take in (lambda: d.next_body(), lambda: d.next_requests(5)):
         with pytest.raises(E.FrameTooLarge):
             take()
 
@@ -323,8 +332,8 @@ def test_random_garbage_never_crashes_the_decoder(codec):
     for _ in range(300):
         n = rng.randint(1, 64)
         data = struct.pack(">I", n) + bytes(rng.getrandbits(8) for _ in range(n))
-        for take in (lambda d: d.next(), lambda d: d.next_requests(5),
-                     lambda d: d.next_get_replies(1, 5)):
+        assert codec.decode_get_replies(data, 0, len(data), 1, 5)[1] in (0, len(data))
+        for take in (lambda d: d.next(), lambda d: d.next_requests(5)):
             d = codec.FrameDecoder()
             d.feed(data)
             try:
@@ -521,6 +530,35 @@ def test_decode_scrolls_inverts_the_encoder(codec, contents):
     assert end2 == end and same(list(got2), scrolls)
 
 
+def test_decoded_scroll_lists_behave_like_lists(codec):
+    import pickle
+
+    names = NameTable()
+    want = scrolls_of([f"c{i}" for i in range(6)], names) + [None]
+    want[3] = None
+    sl, _ = codec.decode_scrolls(codec.encode_scrolls(want), 0, names)
+    assert len(sl) == 7 and sl == want and want == list(sl) and not (sl != want)
+    assert sl[0] == want[0] and sl[-1] is None and sl[-2] == want[-2]
+    assert sl[1:4] == want[1:4] and sl[::-2] == want[::-2]
+    assert sl[2] is sl[2]  # made once, then kept
+    assert list(reversed(sl)) == list(reversed(want))
+    assert want[4] in sl and None in sl and sl.index(None) == 3 and sl.count(None) == 2
+    assert sl + [1] == want + [1] and [1] + sl == [1] + want
+    assert sl != want[:-1] and sl != tuple(want)
+    assert repr(sl) == repr(want)
+    plain, _ = codec.decode_scrolls(codec.encode_scrolls(want))  # (a name table has a lock)
+    assert pickle.loads(pickle.dumps(plain)) == plain == want
+    assert [s.coordinate for s in sl if s is not None] == [
+        s.coordinate for s in want if s is not None]
+    for bad in (7, -8, 100):
+        with pytest.raises(IndexError):
+            sl[bad]
+    with pytest.raises(ValueError):
+        sl.index("nothing")
+    with pytest.raises(TypeError):
+        hash(sl)
+
+
 @pytest.mark.parametrize("bad", [
     b"\x95\xc4\x11" + b"k" * 17 + b"\x91\xc0\x91\x01\x91\xcb" + b"\0" * 8 + b"\x91\xcb" + b"\0" * 8,
     b"\x95\xc4\x12" + b"k" * 18 + b"\x92\xc0\xc0\x91\x01\x91\xc0\x91\xc0",   # lengths differ
@@ -665,14 +703,13 @@ def filled():
     return e, [e.get(key(i)) for i in range(len(MIXED))] + [None, None]
 
 
-def test_next_get_replies_inverts_encode_get_replies(codec, filled):
+def test_decode_get_replies_inverts_encode_get_replies(codec, filled):
     _, scrolls = filled
     names = NameTable()
-    data = codec.encode_get_replies(list(range(40, 40 + len(scrolls))), scrolls)
-    d = codec.FrameDecoder()
-    d.feed(data)
-    got = d.next_get_replies(40, len(scrolls) + 5, names)
-    assert d.buffered() == 0
+    data = bytearray(b"junk" + codec.encode_get_replies(list(range(40, 40 + len(scrolls))),
+                                                       scrolls))
+    got, pos, more = codec.decode_get_replies(data, 4, len(data), 40, len(scrolls) + 5, names)
+    assert (pos, more) == (len(data), True) and len(got) == len(scrolls)
     for g, s in zip(got, scrolls):
         if s is None:
             assert g is None
@@ -680,38 +717,38 @@ def test_next_get_replies_inverts_encode_get_replies(codec, filled):
             assert same(g.content, P.unpackb(P.packb(s.content))) and g._names is names
             assert (g.key, g.version, g.created_at, g.updated_at) == (
                 s.key, s.version, s.created_at, s.updated_at)
-    assert len(got) == len(scrolls)
     assert got[0].coordinate == "7.0.0/0.0.0/0.0.0"
+    assert codec.decode_get_replies(memoryview(data), 4, len(data), 40, 2)[1:] == (
+        4 + len(codec.encode_get_replies([40, 41], scrolls[:2])), False)
+    with pytest.raises(ValueError):
+        codec.decode_get_replies(data, -1, len(data), 40, 1)
 
 
-def test_next_get_replies_stops_where_it_must(codec, filled):
+def test_decode_get_replies_stops_where_it_must(codec, filled):
     _, scrolls = filled
     frames = [codec.encode_get_replies([10 + i], [scrolls[i]]) for i in range(3)]
     buf = b"".join(frames)
+    f0 = len(frames[0])
 
-    def dec(data):
-        d = codec.FrameDecoder()
-        d.feed(data)
-        return d
+    def dec(data, msgid=10, count=3, mfs=P.DEFAULT_MAX_FRAME_SIZE):
+        got, pos, more = codec.decode_get_replies(data, 0, len(data), msgid, count, None, mfs)
+        return len(got), pos, more
 
-    d = dec(buf)
-    assert len(d.next_get_replies(10, 2)) == 2 and d.buffered() == len(frames[2])
-    for cut in (1, 3, 4, len(frames[0]) - 1):
-        d = dec(buf[:cut])
-        assert d.next_get_replies(10, 3) == [] and d.buffered() == cut
-    d = dec(buf[: len(frames[0]) + 5])
-    assert len(d.next_get_replies(10, 3)) == 1 and d.buffered() == 5
-    d = dec(buf)
-    assert d.next_get_replies(11, 3) == [] and d.buffered() == len(buf)
+    assert dec(buf, count=2) == (2, f0 + len(frames[1]), False)
+    for cut in (1, 3, 4, f0 - 1):
+        assert dec(buf[:cut]) == (0, 0, True)
+    assert dec(buf[: f0 + 5]) == (1, f0, True)
+    assert dec(buf, msgid=11) == (0, 0, False)
+    assert dec(buf, mfs=f0 - 5) == (0, 0, False)                 # over the limit: stop
+    assert dec(b"\x00\x00\x00\x00" + buf) == (0, 0, False)        # empty body: stop
     err = P.encode_error(10, "CONFLICT", "no")
-    d = dec(err + buf)
-    assert d.next_get_replies(10, 3) == [] and d.next() == [10, 1, ["CONFLICT", "no"]]
+    assert dec(err + buf) == (0, 0, False)
     push = P.encode_push("invalidate", None)
-    d = dec(frames[0] + push)
-    assert len(d.next_get_replies(10, 3)) == 1 and d.next() == [0, "push", "invalidate", None]
-    ver = codec.encode_response(10, 3)
-    d = dec(ver)
-    assert d.next_get_replies(10, 1) == [] and d.next() == [10, 0, 3]
+    assert dec(frames[0] + push) == (1, f0, False)
+    assert dec(codec.encode_response(10, 3)) == (0, 0, False)
+    assert dec(frames[0] + b"\x00\x00\x00\x01\xc1") == (1, f0, False)  # undecodable: stop
+    # end before the buffer's end: only what was received counts
+    assert codec.decode_get_replies(buf, 0, f0, 10, 3)[1:] == (f0, True)
 
 
 @pytest.mark.parametrize("body", [
@@ -725,31 +762,20 @@ def test_next_get_replies_stops_where_it_must(codec, filled):
     [5, 0, "PONG"],
     [5, 1, ["PROTOCOL", "x"]],
 ])
-def test_next_get_replies_leaves_other_shapes(codec, body):
-    d = codec.FrameDecoder()
-    d.feed(P.encode_frame(body))
-    assert d.next_get_replies(5, 1) == []
-    assert d.next() == body
+def test_decode_get_replies_leaves_other_shapes(codec, body):
+    f = P.encode_frame(body)
+    assert codec.decode_get_replies(f, 0, len(f), 5, 1) == ([], 0, False)
 
 
-def test_next_get_replies_accepts_other_encodings(codec):
+def test_decode_get_replies_accepts_other_encodings(codec):
     body = (b"\x93\xce\x00\x00\x00\x05\x00\x95\xc4\x12" + b"k" * 18 + b"\xd9\x03abc"
             + b"\xcd\x01\x00" + b"\xca\x3f\xc0\x00\x00" + b"\xcb"
             + np.float64(2.5).byteswap().tobytes())
-    d = codec.FrameDecoder()
-    d.feed(struct.pack(">I", len(body)) + body)
-    (s,) = d.next_get_replies(5, 1)
+    f = struct.pack(">I", len(body)) + body
+    (s,), pos, more = codec.decode_get_replies(f, 0, len(f), 5, 1)
     assert (s.key, s.content, s.version, s.created_at, s.updated_at) == (
         b"k" * 18, "abc", 256, 1.5, 2.5)
-
-
-def test_next_get_replies_returns_the_run_before_a_bad_frame(codec):
-    good = codec.encode_get_replies([1], [None])
-    d = codec.FrameDecoder()
-    d.feed(good + b"\x00\x00\x00\x01\xc1")
-    assert d.next_get_replies(1, 5) == [None]
-    with pytest.raises(E.ProtocolError):
-        d.next_get_replies(2, 5)
+    assert (pos, more) == (len(f), False)
 
 
 # -- both twins agree on random streams ------------------------------------------------
@@ -787,9 +813,7 @@ def drain(d, rng: random.Random, mode: int) -> list:
         elif mode == 1:
             r = d.next()
         else:
-            r = d.next_get_replies(rng.randint(1, 200), rng.randint(1, 4))
-            if not r:
-                r = d.next()
+            r = d.next_body()
         if r is None:
             return got
         got.append(r)
@@ -818,3 +842,23 @@ def test_twins_agree_on_random_streams(filled):
                         got.append(("RequestError", exc.msgid))
                 results.append(got)
             assert same(results[0], results[1]), mode
+
+
+def test_twins_agree_on_get_replies_in_random_buffers(filled):
+    twin = _compiled()
+    e, _ = filled
+    rng = random.Random(12)
+    for _ in range(200):
+        data, runs = random_frames(rng, e)
+        bounds = [0]
+        d = P.FrameDecoder()
+        d.feed(data)
+        while d.next_body() is not None:
+            bounds.append(len(data) - d.buffered())
+        pos = rng.choice(bounds)
+        end = rng.randint(pos, len(data))
+        msgid = rng.choice([m for m, _ in runs] or [1]) + rng.randint(-1, 1)
+        count = rng.randint(1, 6)
+        a = P.decode_get_replies(data, pos, end, msgid, count)
+        b = twin.decode_get_replies(bytearray(data), pos, end, msgid, count)
+        assert same(list(a), list(b))

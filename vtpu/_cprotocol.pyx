@@ -1379,72 +1379,88 @@ cdef class FrameDecoder:
         finally:
             buf_free(&keys)
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
-    def next_get_replies(self, msgid, Py_ssize_t count, names=None):
-        """Take a run of GET success replies from the buffer.
 
-        Decodes consecutive complete frames whose bodies are ``[msgid + i, 0, nil]`` or
-        ``[msgid + i, 0, [key bin(18), content, version uint >= 1, created float,
-        updated float]]``, at most ``count``; stops at the first frame that is
-        incomplete or of any other kind, which stays buffered for :meth:`next`.
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def decode_get_replies(data, Py_ssize_t pos, Py_ssize_t end, msgid, Py_ssize_t count,
+                       names=None, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+    """Decode a run of GET success replies in place, from a client's receive buffer.
 
-        :param msgid: the id the first reply must carry.
-        :param count: most replies to take.
-        :param names: the name table given to every Scroll.
-        :returns: a list of Scroll or ``None`` (nothing stored), possibly empty.
-        :raises ProtocolError: on an empty or oversized length, or a body that is not
-            exactly one msgpack object (consumed; the stream is unusable). Replies
-            decoded before such a frame are returned first; the next call raises.
-        """
-        cdef list out = []
-        cdef Py_ssize_t e, size, q, done = 0
-        cdef const unsigned char* p
-        cdef uint64_t mid, ver = 0, want = 0
-        cdef double created, updated
-        cdef bint fast = PyLong_CheckExact(msgid) and 0 <= msgid <= 0xFFFFFFFF
-        if fast:
-            want = msgid
+    Starting at ``data[pos]``, decodes consecutive complete frames whose bodies are
+    ``[msgid + i, 0, nil]`` or ``[msgid + i, 0, [key bin(18), content, version uint >= 1,
+    created float, updated float]]``, at most ``count``; stops at the first frame that is
+    incomplete or of any other kind, which the caller then reads generically.
+
+    :param data: the receive buffer (any contiguous bytes-like object).
+    :param pos: offset of the next unread frame.
+    :param end: end of the received bytes in ``data``.
+    :param msgid: the id the first reply must carry.
+    :param count: most replies to decode.
+    :param names: the name table given to every Scroll.
+    :param max_frame_size: the largest body accepted (a larger or empty length stops the
+        run; the caller's framing reports it).
+    :returns: ``(scrolls, pos, need_more)``: a list of Scroll or ``None``, the offset
+        after them, and whether the run stopped at an incomplete frame.
+    """
+    cdef Py_buffer view
+    cdef list out = []
+    cdef Py_ssize_t size, body, q, done = 0
+    cdef const unsigned char* p
+    cdef const unsigned char* b
+    cdef uint64_t mid, ver = 0, want = 0
+    cdef double created, updated
+    cdef bint fast = PyLong_CheckExact(msgid) and 0 <= msgid <= 0xFFFFFFFF
+    cdef bint need_more = False
+    if fast:
+        want = msgid
+    if pos < 0:
+        raise ValueError(f"pos must be >= 0, got {pos}")
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        p = <const unsigned char*>view.buf
+        if end > view.len:
+            end = view.len
         while done < count:
-            e = -1
-            try:
-                e = self._frame_end()
-                if e < 0:
-                    break
-                if fast:
-                    p = <const unsigned char*>self.buf + self.start + 4
-                    size = e - self.start - 4
-                    q = read_uint(p, 1, size, &mid) if p[0] == 0x93 else -1
-                    if q > 0 and mid == want + <uint64_t>done and q + 1 < size and p[q] == 0:
-                        q += 1
-                        if p[q] == 0xC0 and q + 1 == size:
-                            out.append(None)
-                            self._consume(e)
+            if end - pos < 4:
+                need_more = True
+                break
+            size = rd32(p + pos)
+            if size == 0 or size > max_frame_size:
+                break
+            if end - pos - 4 < size:
+                need_more = True
+                break
+            b = p + pos + 4
+            if fast:
+                q = read_uint(b, 1, size, &mid) if b[0] == 0x93 else -1
+                if q > 0 and mid == want + <uint64_t>done and q + 1 < size and b[q] == 0:
+                    q += 1
+                    if b[q] == 0xC0 and q + 1 == size:
+                        out.append(None)
+                        pos += 4 + size
+                        done += 1
+                        continue
+                    if (b[q] == 0x95 and q + 3 + KEY_SIZE <= size and b[q + 1] == 0xC4
+                            and b[q + 2] == KEY_SIZE):
+                        key = PyBytes_FromStringAndSize(<const char*>b + q + 3, KEY_SIZE)
+                        q += 3 + KEY_SIZE
+                        content = read_content(b, &q, size)
+                        if q > 0:
+                            q = read_uint(b, q, size, &ver)
+                        if q > 0:
+                            q = read_double(b, q, size, &created)
+                        if q > 0:
+                            q = read_double(b, q, size, &updated)
+                        if q == size and ver >= 1:
+                            out.append(Scroll(key, content, ver, created, updated, names))
+                            pos += 4 + size
                             done += 1
                             continue
-                        if (p[q] == 0x95 and q + 3 + KEY_SIZE <= size and p[q + 1] == 0xC4
-                                and p[q + 2] == KEY_SIZE):
-                            key = PyBytes_FromStringAndSize(<const char*>p + q + 3, KEY_SIZE)
-                            q += 3 + KEY_SIZE
-                            content = read_content(p, &q, size)
-                            if q > 0:
-                                q = read_uint(p, q, size, &ver)
-                            if q > 0:
-                                q = read_double(p, q, size, &created)
-                            if q > 0:
-                                q = read_double(p, q, size, &updated)
-                            if q == size and ver >= 1:
-                                out.append(Scroll(key, content, ver, created, updated, names))
-                                self._consume(e)
-                                done += 1
-                                continue
-                msg = self._decoded(e)
+            # Another encoding: the generic decoder and the reference's checks.
+            try:
+                msg = unpackb(PyBytes_FromStringAndSize(<const char*>b, size))
             except ProtocolError:
-                if done:
-                    break
-                if e >= 0:
-                    self._consume(e)
-                raise
+                break
             if (type(msg) is not list or len(<list>msg) != 3
                     or not PyLong_CheckExact(msg[0]) or msg[0] != msgid + done
                     or not PyLong_CheckExact(msg[1]) or msg[1] != 0):
@@ -1455,6 +1471,8 @@ cdef class FrameDecoder:
                 if v is _UNSET:
                     break
             out.append(v)
-            self._consume(e)
+            pos += 4 + size
             done += 1
-        return out
+        return out, pos, need_more
+    finally:
+        PyBuffer_Release(&view)

@@ -70,6 +70,7 @@ __all__ = [
     "encode_response_scrolls",
     "decode_scrolls",
     "decode_response_scrolls",
+    "decode_get_replies",
     "FrameDecoder",
     "RequestError",
     "CODEC_NAMES",
@@ -108,6 +109,7 @@ CODEC_NAMES = (
     "encode_response_scrolls",
     "decode_scrolls",
     "decode_response_scrolls",
+    "decode_get_replies",
     "FrameDecoder",
 )
 
@@ -543,10 +545,11 @@ class FrameDecoder:
     any size (one byte at a time works). A length above ``max_frame_size`` is refused
     from the header alone, before anything is buffered for it.
 
-    Besides the generic :meth:`next`, it knows the two hot shapes of the protocol: the
-    server takes runs of pipelined GET requests with :meth:`next_requests`, the client
-    takes runs of GET replies with :meth:`next_get_replies`. Both leave any other frame
-    in the buffer for the generic path, so the two paths never disagree on a byte.
+    Besides the generic :meth:`next`, it knows the hot shape of the server's side: runs
+    of pipelined plain GET and PUT requests, taken with :meth:`next_requests`, which
+    leaves any other frame to the generic path, so the two never disagree on a byte.
+    (Clients that own their receive buffer decode runs of GET replies in place with
+    :func:`decode_get_replies`.)
 
     :param max_frame_size: the largest body accepted.
     """
@@ -717,52 +720,59 @@ class FrameDecoder:
             return None
         return run_op, msgids, b"".join(keys), contents if run_op == "PUT" else None
 
-    # -- the client's side ---------------------------------------------------------------
-    def next_get_replies(self, msgid: int, count: int, names: Any = None) -> list:
-        """Take a run of GET success replies from the buffer.
 
-        Decodes consecutive complete frames whose bodies are ``[msgid + i, 0, nil]`` or
-        ``[msgid + i, 0, [key bin(18), content, version uint >= 1, created float,
-        updated float]]`` (``i`` counting from 0), at most ``count``; stops at the first
-        frame that is incomplete or of any other kind (an error reply, a push, another
-        id), which stays buffered for :meth:`next`.
+def decode_get_replies(data: bytes | bytearray | memoryview, pos: int, end: int,
+                       msgid: int, count: int, names: Any = None,
+                       max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> tuple[list, int, bool]:
+    """Decode a run of GET success replies in place, from a client's receive buffer.
 
-        :param msgid: the id the first reply must carry.
-        :param count: most replies to take.
-        :param names: the name table given to every Scroll.
-        :returns: a list of Scroll or ``None`` (nothing stored), possibly empty.
-        :raises ProtocolError: on an empty or oversized length, or a body that is not
-            exactly one msgpack object (consumed; the stream is unusable). Replies
-            decoded before such a frame are returned first; the next call raises.
-        """
-        out: list = []
-        while len(out) < count:
-            end = -1
-            try:
-                end = self._frame_end()
-                if end < 0:
-                    break
-                msg = self._decoded(end)
-            except ProtocolError:
-                if out:
-                    break  # raised again by the next call, after these are handed over
-                if end >= 0:
-                    self._consume(end)
-                raise
-            if (type(msg) is not list or len(msg) != 3 or msg[0] != msgid + len(out)
-                    or type(msg[0]) is not int or msg[1] != STATUS_OK
-                    or type(msg[1]) is not int):
+    Starting at ``data[pos]``, decodes consecutive complete frames whose bodies are
+    ``[msgid + i, 0, nil]`` or ``[msgid + i, 0, [key bin(18), content, version uint >= 1,
+    created float, updated float]]`` (``i`` counting from 0), at most ``count``. It stops
+    at the first frame that is incomplete or of any other kind (an error reply, a push,
+    another id, a length it does not accept), which the caller then reads generically.
+
+    :param data: the receive buffer.
+    :param pos: offset of the next unread frame.
+    :param end: end of the received bytes in ``data``.
+    :param msgid: the id the first reply must carry.
+    :param count: most replies to decode.
+    :param names: the name table given to every Scroll.
+    :param max_frame_size: the largest body accepted (a larger or empty length stops the
+        run; the caller's framing reports it).
+    :returns: ``(scrolls, pos, need_more)``: a list of Scroll or ``None`` (nothing
+        stored), the offset after them, and whether the run stopped at an incomplete
+        frame (rather than at ``count`` or at a frame of another kind).
+    """
+    if pos < 0:
+        raise ValueError(f"pos must be >= 0, got {pos}")
+    end = min(end, len(data))
+    out: list = []
+    while len(out) < count:
+        if end - pos < 4:
+            return out, pos, True
+        (n,) = _LEN.unpack_from(data, pos)
+        if n == 0 or n > max_frame_size:
+            break
+        if end - pos - 4 < n:
+            return out, pos, True
+        try:
+            msg = unpackb(data[pos + 4 : pos + 4 + n])
+        except ProtocolError:
+            break
+        if (type(msg) is not list or len(msg) != 3 or type(msg[0]) is not int
+                or msg[0] != msgid + len(out) or type(msg[1]) is not int or msg[1] != STATUS_OK):
+            break
+        v = msg[2]
+        if v is None:
+            out.append(None)
+        else:
+            row = _scroll_row(v)
+            if row is None:
                 break
-            v = msg[2]
-            if v is None:
-                out.append(None)
-            else:
-                row = _scroll_row(v)
-                if row is None:
-                    break
-                out.append(Scroll(*row, names))
-            self._consume(end)
-        return out
+            out.append(Scroll(*row, names))
+        pos += 4 + n
+    return out, pos, False
 
 
 def _plain_op(msg: Any) -> str | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from .protocol import (  # noqa: F401  (re-exported)
+from .protocol import (  # re-exported: see __all__
     CODEC_NAMES,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_PORT,
@@ -64,6 +64,65 @@ from .protocol import (  # noqa: F401  (re-exported)
     wire_to_rows,
 )
 
+__all__ = [
+    "IMPLEMENTATION",
+    "FrameDecoder",
+    "encode_request",
+    "encode_get_requests",
+    "encode_response",
+    "encode_responses",
+    "encode_get_replies",
+    "encode_scrolls",
+    "encode_response_scrolls",
+    "decode_scrolls",
+    "decode_response_scrolls",
+    "decode_get_replies",
+    "CODEC_NAMES",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_PORT",
+    "DELTA_SIZE",
+    "EXT_NDARRAY",
+    "KEY_SIZE",
+    "OPS",
+    "PATTERN_SIZE",
+    "PROTOCOL_VERSION",
+    "PUSH",
+    "STATUS_ERROR",
+    "STATUS_OK",
+    "OpSpec",
+    "Push",
+    "Reply",
+    "RequestError",
+    "batch_idempotent",
+    "check_blob",
+    "check_key",
+    "encode_error",
+    "encode_frame",
+    "encode_push",
+    "error_pair",
+    "pack_coord",
+    "pack_coords",
+    "pack_delta",
+    "pack_deltas",
+    "pack_pattern",
+    "pack_patterns",
+    "pack_value",
+    "packb",
+    "parse_reply",
+    "parse_request",
+    "scroll_to_wire",
+    "scrolls_to_wire",
+    "unpack_coord",
+    "unpack_coords",
+    "unpack_delta",
+    "unpack_deltas",
+    "unpack_pattern",
+    "unpack_patterns",
+    "unpack_value",
+    "unpackb",
+    "wire_to_rows",
+]
+
 if os.environ.get("VTPU_PUREPYTHON"):
     from . import protocol as _impl
 else:
@@ -86,3 +145,4 @@ encode_scrolls = _impl.encode_scrolls
 encode_response_scrolls = _impl.encode_response_scrolls
 decode_scrolls = _impl.decode_scrolls
 decode_response_scrolls = _impl.decode_response_scrolls
+decode_get_replies = _impl.decode_get_replies
