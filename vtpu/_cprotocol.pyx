@@ -451,14 +451,19 @@ cdef class FieldReader:
             self.get[i] = <descrgetfunc>dt.tp_descr_get
         return 0
 
-    cdef inline object field(self, object s, int i):
+    cdef inline int check(self, object s) except -1:
+        # Call before read(): (re)binds to s's type when needed.
         cdef object tp = type(s)
-        cdef PyObject* r
         if tp is not self.tp or (<TypeSlots*><PyObject*>tp).tp_version_tag != self.tag:
             self.bind(tp)
+        return 0
+
+    cdef inline object read(self, object s, int i):
+        # Field i of s, whose type check() has seen.
+        cdef PyObject* r
         if not self.direct:
             return getattr(s, FIELD_NAMES[i])
-        r = self.get[i](self.descr[i], <PyObject*>s, <PyObject*>tp)
+        r = self.get[i](self.descr[i], <PyObject*>s, <PyObject*>self.tp)
         v = <object>r
         Py_DECREF(v)  # the call returned a new reference; the cast took another
         return v
@@ -473,11 +478,12 @@ cdef int put_scroll(Buf* b, object s) except -1:
         put1(b, 0xC0)
         return 0
     put1(b, 0x95)
-    put_value(b, FIELDS.field(s, F_KEY), 1)
-    put_value(b, FIELDS.field(s, F_CONTENT), 1)
-    put_value(b, FIELDS.field(s, F_VERSION), 1)
-    put_value(b, FIELDS.field(s, F_CREATED), 1)
-    put_value(b, FIELDS.field(s, F_UPDATED), 1)
+    FIELDS.check(s)
+    put_value(b, FIELDS.read(s, F_KEY), 1)
+    put_value(b, FIELDS.read(s, F_CONTENT), 1)
+    put_value(b, FIELDS.read(s, F_VERSION), 1)
+    put_value(b, FIELDS.read(s, F_CREATED), 1)
+    put_value(b, FIELDS.read(s, F_UPDATED), 1)
     return 0
 
 
@@ -531,7 +537,7 @@ cdef int put_scroll_list(Buf* b, list scrolls) except -1:
     cdef Buf ver, cre, upd
     if n >= 2:
         s = <object>PyList_GET_ITEM(scrolls, 0)
-        if s is not None and type(FIELDS.field(s, F_CONTENT)) is _ndarray:
+        if s is not None and FIELDS.check(s) == 0 and type(FIELDS.read(s, F_CONTENT)) is _ndarray:
             return 1  # may be sent stacked: the reference decides
     buf_init(&ver)
     buf_init(&cre)
@@ -555,15 +561,16 @@ cdef int put_scroll_list(Buf* b, list scrolls) except -1:
                 put1(&cre, 0xC0)
                 put1(&upd, 0xC0)
                 continue
-            k = FIELDS.field(s, F_KEY)
+            FIELDS.check(s)
+            k = FIELDS.read(s, F_KEY)
             if not PyBytes_CheckExact(k) or len(<bytes>k) != KEY_SIZE:
                 b.n = mark
                 return 1
             memcpy(b.p + keys_at + KEY_SIZE * i, PyBytes_AS_STRING(k), KEY_SIZE)
-            put_value(b, FIELDS.field(s, F_CONTENT), 1)
-            put_value(&ver, FIELDS.field(s, F_VERSION), 1)
-            put_value(&cre, FIELDS.field(s, F_CREATED), 1)
-            put_value(&upd, FIELDS.field(s, F_UPDATED), 1)
+            put_value(b, FIELDS.read(s, F_CONTENT), 1)
+            put_value(&ver, FIELDS.read(s, F_VERSION), 1)
+            put_value(&cre, FIELDS.read(s, F_CREATED), 1)
+            put_value(&upd, FIELDS.read(s, F_UPDATED), 1)
         put(b, ver.p, ver.n)
         put(b, cre.p, cre.n)
         put(b, upd.p, upd.n)
