@@ -60,7 +60,6 @@ __all__ = [
     "encode_frame",
     "encode_request",
     "encode_response",
-    "encode_response_raw",
     "encode_error",
     "encode_push",
     "encode_get_requests",
@@ -368,28 +367,6 @@ def encode_response(msgid: int, result: Any, max_frame_size: int = DEFAULT_MAX_F
     return encode_frame([msgid, STATUS_OK, result], max_frame_size)
 
 
-def encode_response_raw(msgid: int, raw_result: bytes,
-                        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
-    """Encode a success response frame around a result that is already msgpack bytes.
-
-    The frame equals ``encode_response(msgid, unpackb(raw_result))``; the compiled
-    encoders of large results use it to skip a decode/encode round.
-
-    :param msgid: the request id.
-    :param raw_result: exactly one msgpack-encoded value.
-    :param max_frame_size: the largest body allowed.
-    :returns: the frame bytes.
-    :raises LimitError: if the frame is too large.
-    """
-    head = b"\x93" + packb(msgid) + b"\x00"
-    n = len(head) + len(raw_result)
-    if n > max_frame_size:
-        raise LimitError(
-            f"frame body of {n} bytes exceeds max_frame_size {max_frame_size}", "LIMIT"
-        )
-    return b"".join((_LEN.pack(n), head, raw_result))
-
-
 def encode_error(msgid: int, code: str, message: str,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     """Encode an error response frame ``[msgid, 1, [code, message]]``.
@@ -577,15 +554,6 @@ class FrameDecoder:
         """Return how many received bytes are not yet consumed (at most a partial frame
         after :meth:`next` returned ``None``)."""
         return len(self._buf) - self._pos
-
-    def unread(self) -> tuple[bytearray, int]:
-        """Return ``(buffer, offset)``: the unread bytes are ``buffer[offset:]`` (for the
-        server's in-place GET/PUT loop; goes away with it)."""
-        return self._buf, self._pos
-
-    def advance(self, pos: int) -> None:
-        """Mark everything before offset ``pos`` of the buffer as consumed."""
-        self._consume(min(pos, len(self._buf)))
 
     # -- frames --------------------------------------------------------------------------
     def _frame_end(self) -> int:
