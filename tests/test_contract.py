@@ -848,7 +848,7 @@ class FacadeContract:
         assert client.cdel("2.*.*/*.*.*/*.*.*") == 4
         assert client.ccount("*.*.*/*.*.*/*.*.*") == 1
 
-    @disagree(("vtpu",), "cget_many() over vtpu:// returns a vtpu._core.ScrollList, which is "
+    @disagree(("vtpu",), "cget_many() over vtpu:// returns a vtpu._cprotocol.ScrollList, which is "
               "not a list (isinstance(x, list) is False); over mem:// it returns a list")
     def test_cget_many_returns_a_list(self, client):
         client.cput_many(grid(1), ["x"])
