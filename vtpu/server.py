@@ -408,7 +408,7 @@ class _Connection(asyncio.Protocol):
         else:
             t.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         """Feed what arrived to the decoder, then answer the complete requests buffered
         (at most FRAMES_PER_SLICE of them, then the loop's other callbacks run first)."""
         if self.closing:
@@ -944,8 +944,8 @@ class _TLSReader(asyncio.BufferedProtocol):
     munmap per request, which doubled a single GET's latency. A BufferedProtocol is read
     into its own buffer instead; this one hands each read to the connection as bytes.
     ``scratch`` is shared by every connection of a server: the TLS layer fills it and
-    calls :meth:`buffer_updated` in one go on the loop thread, and the bytes are copied
-    out before anything else can read.
+    calls :meth:`buffer_updated` in one go on the loop thread, and the connection's
+    decoder copies the bytes out before anything else can read.
     """
 
     def __init__(self, conn: _Connection, scratch: memoryview):
@@ -971,7 +971,8 @@ class _TLSReader(asyncio.BufferedProtocol):
         return self.scratch
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.conn.data_received(bytes(self.scratch[:nbytes]))
+        # The connection's decoder copies what it is fed at once: no bytes object needed.
+        self.conn.data_received(self.scratch[:nbytes])
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
