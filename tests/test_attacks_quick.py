@@ -38,9 +38,7 @@ FAST = [
         "2 MiB frame of empty maps before HELLO: RSS +149 MiB (75x the bytes sent)")),
     pytest.param("get_many_same_key", marks=known(
         "GET_MANY of one 1 MiB key x100: LIMIT only after RSS +200 MiB (2 KiB sent)")),
-    pytest.param("fastpath_bad_utf8", marks=known(
-        "fast-path PUT with an invalid UTF-8 str: connection dropped, no reply "
-        "(generic path: PROTOCOL)")),
+    pytest.param("fastpath_bad_utf8"),
     pytest.param("hello_odd_types", marks=known(
         "HELLO with ndarray version [1] is accepted (OK); [1, 1] drops the connection with "
         "~940 B of traceback logged per attempt")),

@@ -131,29 +131,32 @@ def test_engine_get_many_content_only():
         e.get_many(b"x" * 20, content_only=True)
 
 
-def test_scroll_contents_msgpack_matches_the_generic_encoder():
+def test_content_only_reply_matches_the_generic_encoder():
+    from vtpu import wire
+
     e = Engine()
     ks = _core.pack_many(_core.parse_coords(coords_of(len(MIXED))))
     e.put_many(ks, MIXED)
     for blob in [ks, bytes(18) + ks[:36] + bytes(18), b"", ks[18 * 5:18 * 6]]:
-        raw = _core.scroll_contents_msgpack(e._map, blob, P.packb, Scroll)
-        assert raw == P.packb(_core.scroll_contents(e._map, blob, Scroll))
-        assert raw == P.packb(e.get_many(blob, content_only=True))
+        contents = e.get_many(blob, content_only=True)
+        scrolls = e.get_many(blob)
+        expect = [None if sc is None else sc.content for sc in scrolls]
+        assert len(contents) == len(expect)
+        assert all(same(a, b) for a, b in zip(contents, expect))
+        assert wire.encode_response(3, contents) == P.encode_frame([3, 0, contents])
     with pytest.raises(InterfaceError):
-        _core.scroll_contents_msgpack(e._map, b"x" * 17, P.packb, Scroll)
-    with pytest.raises(InterfaceError):
-        _core.scroll_contents({}, b"x" * 17, Scroll)
+        e.get_many(b"x" * 17, content_only=True)
 
 
-def test_scroll_contents_reads_lazily_loaded_contents():
-    # Contents loaded from disk stay encoded in the store until read: the compiled loops
+def test_store_contents_reads_contents_still_encoded():
+    # Contents loaded from disk stay encoded in the store until read: the batched read
     # must decode them.
     k = bytes(18)
     m = _core.ColumnStore(Scroll)
     m.set(k, P.packb(["stored", 1]), 1, 1.0, 1.0, packed=True)
-    assert _core.scroll_contents(m, k, Scroll) == [["stored", 1]]
+    assert m.contents(k) == [["stored", 1]]
     m.set(k, P.packb({"a": "stored"}), 2, 1.0, 1.0, packed=True)
-    assert _core.scroll_contents_msgpack(m, k, P.packb, Scroll) == P.packb([{"a": "stored"}])
+    assert m.contents(k + bytes([0] * 17 + [1])) == [{"a": "stored"}, None]
 
 
 @pytest.fixture

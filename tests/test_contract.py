@@ -836,7 +836,7 @@ class FacadeContract:
         assert client.cdel("2.*.*/*.*.*/*.*.*") == 4
         assert client.ccount("*.*.*/*.*.*/*.*.*") == 1
 
-    @disagree(("vtpu",), "cget_many() over vtpu:// returns a vtpu._core.ScrollList, over "
+    @disagree(("vtpu",), "cget_many() over vtpu:// returns a vtpu._cprotocol.ScrollList, over "
               "mem:// the column result vtpu.results.Scrolls (the wire's columns are not "
               "yet decoded into it)")
     def test_cget_many_returns_a_list(self, client):

@@ -1,8 +1,7 @@
-"""Pipelined GETs on the client: the compiled request encoder and reply decoder
-(``_core.get_request_frames`` / ``_core.parse_get_replies``), ``_core.key_of``, and the
-pipeline paths that use them, checked against the generic codec and end to end over a
-real loopback server (pushes in between, errors, short reads, large replies, msgid wrap).
-No timing assertions.
+"""Pipelined GETs end to end over a real loopback server (pushes in between, errors,
+short reads, large replies, msgid wrap), through the codec's GET-run encoder and reply
+reader (tested on their own in ``tests/test_codec.py``); and ``_core.key_of``, which the
+facade's pipelined CGET uses. No timing assertions.
 """
 import socket
 
@@ -12,8 +11,6 @@ import pytest
 import vtpu
 from vtpu import _core
 from vtpu import errors as E
-from vtpu import protocol as P
-from vtpu.coords import NameTable, Scroll
 from vtpu.engine import Engine
 from vtpu.netclient import RemoteEngine
 from vtpu.session import ClientOps
@@ -63,145 +60,6 @@ def test_key_of_matches_pack():
 ])
 def test_key_of_declines_other_inputs(other):
     assert _core.key_of(other) is None
-
-
-# -- get_request_frames ---------------------------------------------------------------------
-
-
-def test_get_request_frames_are_the_generic_frames():
-    ks = keys_of(5)
-    got = _core.get_request_frames(ks, 1000)
-    dec = P.FrameDecoder()
-    dec.feed(got)
-    assert list(dec) == [[1000 + i, "GET", [k]] for i, k in enumerate(ks)]
-    # the client's fixed header form (uint32 msgid), frame by frame
-    one = _core.get_request_frames(ks[:1], 3)
-    assert one.hex() == "0000001f93ce00000003a3474554" + "91c412" + ks[0].hex()
-    assert _core.get_request_frames([], 5) == b""
-    top = _core.get_request_frames(ks[:2], 0xFFFFFFFE)
-    assert P.unpackb(top[4:35])[0] == 0xFFFFFFFE and P.unpackb(top[39:])[0] == 0xFFFFFFFF
-
-
-@pytest.mark.parametrize("bad", [[b"x" * 17], ["a" * 18], [bytearray(18)], [None]])
-def test_get_request_frames_refuses_bad_keys(bad):
-    with pytest.raises(E.InterfaceError):
-        _core.get_request_frames(bad, 1)
-
-
-def test_get_request_frames_refuses_msgid_overflow():
-    with pytest.raises(E.InterfaceError):
-        _core.get_request_frames(keys_of(2), 0xFFFFFFFF)
-    with pytest.raises(E.InterfaceError):
-        _core.get_request_frames(keys_of(1), 0)
-
-
-# -- parse_get_replies ----------------------------------------------------------------------
-
-
-def reply_frames(engine, ks, first):
-    out = []
-    for i, k in enumerate(ks):
-        s = engine.get(k)
-        wire = None if s is None else [s.key, s.content, s.version, s.created_at, s.updated_at]
-        out.append(P.encode_response(first + i, wire))
-    return out
-
-
-@pytest.fixture
-def filled():
-    e = Engine()
-    ks = keys_of(len(MIXED))
-    for k, v in zip(ks, MIXED):
-        e.put(k, v)
-    e.put(ks[0], b"v" * 32)  # version 2
-    return e, ks
-
-
-def parse(buf, pos, end, msgid, count, out, at=0, names=None):
-    return _core.parse_get_replies(buf, pos, end, msgid, count, out, at, Scroll, names,
-                                   P.unpackb, P.DEFAULT_MAX_FRAME_SIZE)
-
-
-def test_parse_get_replies_matches_the_generic_decoder(filled):
-    e, ks = filled
-    ks = ks + keys_of(2, first=900)  # two absent keys
-    buf = bytearray(b"".join(reply_frames(e, ks, 40)))
-    out = [0] * len(ks)
-    pos, n, more = parse(buf, 0, len(buf), 40, len(ks), out)
-    assert (pos, n, more) == (len(buf), len(ks), False)
-    assert out[-1] is None and out[-2] is None
-    for k, s in zip(ks, out):
-        assert same_scroll(s, e.get(k))
-    # names reach the Scroll (coordinate strings)
-    t = NameTable()
-    out2 = [0]
-    parse(bytes(buf), 0, len(buf), 40, 1, out2, 0, t)
-    assert out2[0].coordinate == "7.0.0/0.0.0/0.0.1" and out2[0]._names is t
-
-
-def test_parse_get_replies_stops_where_it_must(filled):
-    e, ks = filled
-    frames = reply_frames(e, ks[:3], 10)
-    buf = b"".join(frames)
-    out = [0] * 3
-    # count
-    assert parse(buf, 0, len(buf), 10, 2, out) == (len(frames[0]) + len(frames[1]), 2, False)
-    # an incomplete frame: need more bytes
-    for cut in (1, 3, 4, len(frames[0]) - 1):
-        out = [0] * 3
-        assert parse(buf, 0, cut, 10, 3, out) == (0, 0, True)
-    end = len(frames[0]) + 5
-    assert parse(buf, 0, end, 10, 3, [0] * 3) == (len(frames[0]), 1, True)
-    # an unexpected msgid, an error reply, a push: left to the generic reader
-    assert parse(buf, 0, len(buf), 11, 3, [0] * 3) == (0, 0, False)
-    err = P.encode_error(10, "CONFLICT", "no")
-    assert parse(err + buf, 0, len(err) + len(buf), 10, 3, [0] * 3) == (0, 0, False)
-    push = P.encode_push("invalidate", None)
-    assert parse(frames[0] + push, 0, len(frames[0]) + len(push), 10, 3, [0] * 3) == (
-        len(frames[0]), 1, False)
-    # another result shape (a PUT's version) and a too-large frame
-    ver = P.encode_response(10, 3)
-    assert parse(ver, 0, len(ver), 10, 1, [0]) == (0, 0, False)
-    big = frames[0]
-    assert _core.parse_get_replies(big, 0, len(big), 10, 1, [0], 0, Scroll, None, P.unpackb,
-                                   len(big) - 5) == (0, 0, False)
-    # offsets: start in the middle, write at an index
-    out = [0, 0, 0]
-    off = len(frames[0])
-    assert parse(buf, off, len(buf), 11, 2, out, 1) == (len(buf), 2, False)
-    assert out[0] == 0 and out[1].key == ks[1]
-
-
-@pytest.mark.parametrize("body", [
-    [5, 0, [b"k" * 17, "c", 1, 1.0, 1.0]],          # short key
-    [5, 0, [b"k" * 18, "c", 0, 1.0, 1.0]],          # version 0
-    [5, 0, [b"k" * 18, "c", 1, 1, 1.0]],            # integer time
-    [5, 0, [b"k" * 18, "c", 1, 1.0]],               # 4 fields
-    [5, 0, [b"k" * 18, "c", -1, 1.0, 1.0]],         # negative version
-    [5, 0, "PONG"],
-    [5, 1, ["PROTOCOL", "x"]],
-])
-def test_parse_get_replies_leaves_other_shapes(body):
-    f = P.encode_frame(body)
-    assert parse(f, 0, len(f), 5, 1, [0]) == (0, 0, False)
-
-
-def test_parse_get_replies_accepts_other_encodings():
-    # msgid in a wider form, float32 times, a str8 content: still a GET reply
-    body = (b"\x93\xce\x00\x00\x00\x05\x00\x95\xc4\x12" + b"k" * 18 + b"\xd9\x03abc"
-            + b"\xcd\x01\x00" + b"\xca\x3f\xc0\x00\x00" + b"\xcb" + np.float64(2.5).byteswap().tobytes())
-    f = len(body).to_bytes(4, "big") + body
-    out = [0]
-    assert parse(f, 0, len(f), 5, 1, out) == (len(f), 1, False)
-    s = out[0]
-    assert (s.key, s.content, s.version, s.created_at, s.updated_at) == (
-        b"k" * 18, "abc", 256, 1.5, 2.5)
-
-
-def test_parse_get_replies_bad_arguments():
-    with pytest.raises(IndexError):
-        parse(b"", 0, 0, 1, 2, [0])
-    assert parse(b"", 0, 0, 1, 1, [0]) == (0, 0, True)
 
 
 # -- pipelines end to end -------------------------------------------------------------------

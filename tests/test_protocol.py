@@ -1,12 +1,12 @@
-"""The sans-IO codec against the golden vectors, fed whole, byte at a time and in random
-splits; oversized, truncated and garbage frames; packed forms; client-side hashes."""
+"""The shared, non-twinned parts of the protocol module against the golden vectors:
+message shapes, the content codec, packed coordinate forms, client-side hashes, the
+opcode table. The codec proper (framing, encoders, decoders) is tested once per
+implementation in ``tests/test_codec.py``."""
 from __future__ import annotations
 
 import json
 import pathlib
-import random
 import re
-import struct
 
 import msgpack
 import numpy as np
@@ -56,54 +56,7 @@ def from_json(v):
     return v
 
 
-def decode_all(data: bytes, max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE, chunks=None):
-    d = P.FrameDecoder(max_frame_size)
-    out = []
-    if chunks is None:
-        chunks = [data]
-    for c in chunks:
-        d.feed(c)
-        out.extend(d)
-    return out, d
-
-
-def split_random(data: bytes, rng: random.Random):
-    out, i = [], 0
-    while i < len(data):
-        n = rng.randint(1, 7)
-        out.append(data[i : i + n])
-        i += n
-    return out
-
-
 # -- valid frames --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("vec", FRAMES["valid"], ids=lambda v: v["name"])
-def test_frame_vector_decodes_whole(vec):
-    msgs, d = decode_all(bytes.fromhex(vec["hex"]))
-    assert len(msgs) == 1
-    assert to_json(msgs[0]) == vec["value"]
-    assert d.buffered() == 0
-
-
-@pytest.mark.parametrize("vec", FRAMES["valid"], ids=lambda v: v["name"])
-def test_frame_vector_decodes_byte_at_a_time(vec):
-    data = bytes.fromhex(vec["hex"])
-    d = P.FrameDecoder()
-    got = []
-    for i in range(len(data)):
-        d.feed(data[i : i + 1])
-        m = d.next_frame()
-        if m is not None:
-            got.append((i, m))
-    assert len(got) == 1 and got[0][0] == len(data) - 1
-    assert to_json(got[0][1]) == vec["value"]
-
-
-@pytest.mark.parametrize("vec", [v for v in FRAMES["valid"] if v["encode"]], ids=lambda v: v["name"])
-def test_frame_vector_encodes(vec):
-    assert P.encode_frame(from_json(vec["value"])).hex() == vec["hex"]
 
 
 @pytest.mark.parametrize("vec", FRAMES["valid"], ids=lambda v: v["name"])
@@ -121,67 +74,12 @@ def test_frame_vector_shape(vec):
             assert r.value == (msg[2] if r.ok else tuple(msg[2]))
 
 
-def test_all_vectors_in_one_stream_random_splits():
-    data = b"".join(bytes.fromhex(v["hex"]) for v in FRAMES["valid"])
-    want = [v["value"] for v in FRAMES["valid"]]
-    rng = random.Random(1)
-    for _ in range(20):
-        msgs, d = decode_all(data, chunks=split_random(data, rng))
-        assert [to_json(m) for m in msgs] == want
-        assert d.buffered() == 0
-
-
 def test_every_opcode_has_a_request_vector():
     ops = {from_json(v["value"])[1] for v in FRAMES["valid"] if "request" in v["name"]}
     assert set(P.OPS) <= ops
 
 
-# -- invalid frames ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("vec", FRAMES["invalid"], ids=lambda v: v["name"])
-def test_invalid_vector(vec):
-    data = bytes.fromhex(vec["hex"])
-    mfs = vec.get("max_frame_size", P.DEFAULT_MAX_FRAME_SIZE)
-    d = P.FrameDecoder(mfs)
-    if vec.get("incomplete"):
-        d.feed(data)
-        assert d.next_frame() is None
-        return
-    assert vec["error"] == "ProtocolError"
-    if vec["stage"] == "frame":
-        d.feed(data)
-        with pytest.raises(E.ProtocolError):
-            d.next_frame()
-        # byte at a time raises too, at the latest at the last byte
-        d = P.FrameDecoder(mfs)
-        with pytest.raises(E.ProtocolError):
-            for i in range(len(data)):
-                d.feed(data[i : i + 1])
-                d.next_frame()
-    else:
-        d.feed(data)
-        msg = d.next_frame()
-        parse = P.parse_request if vec["stage"] == "request" else P.parse_reply
-        with pytest.raises(E.ProtocolError) as info:
-            parse(msg)
-        if "msgid" in vec:
-            # §3: the error reply carries the msgid whenever it could be read.
-            assert info.value.msgid == vec["msgid"]
-
-
-def test_oversized_refused_from_header_alone():
-    d = P.FrameDecoder(1000)
-    d.feed(struct.pack(">I", 1001))
-    with pytest.raises(E.ProtocolError, match="exceeds max_frame_size"):
-        d.next_frame()
-
-
-def test_frame_at_exact_limit_is_accepted():
-    body = msgpack.packb("x" * 95)
-    d = P.FrameDecoder(len(body))
-    d.feed(struct.pack(">I", len(body)) + body)
-    assert d.next_frame() == "x" * 95
+# -- encoding limits -----------------------------------------------------------------------
 
 
 def test_encode_refuses_oversized_without_poisoning():
@@ -197,52 +95,6 @@ def test_encode_rejects_unencodable_values():
         P.pack_value(np.array([object()], dtype=object))
     with pytest.raises(E.InterfaceError):
         P.pack_value(np.zeros(2, dtype=[("a", "<i4")]))
-
-
-def test_truncated_stream_keeps_waiting():
-    frame = P.encode_request(1, "PUT", [bytes(18), "x" * 1000])
-    d = P.FrameDecoder()
-    d.feed(frame[:-1])
-    assert d.next_frame() is None
-    assert d.buffered() == len(frame) - 1
-    d.feed(frame[-1:])
-    assert d.next_frame()[1] == "PUT"
-
-
-def test_large_frames_and_buffer_reuse():
-    big = np.arange(300_000, dtype="<f8")
-    frames = b"".join(P.encode_response(i, big) for i in range(1, 4))
-    msgs, d = decode_all(frames, chunks=[frames[i : i + 65536] for i in range(0, len(frames), 65536)])
-    assert [m[0] for m in msgs] == [1, 2, 3]
-    assert all(np.array_equal(m[2], big) for m in msgs)
-    assert d.buffered() == 0
-
-
-def test_garbage_after_valid_frame():
-    d = P.FrameDecoder()
-    d.feed(P.encode_request(1, "PING", []) + b"\x00\x00\x00\x02\xc1\xc1")
-    assert d.next_frame() == [1, "PING", []]
-    with pytest.raises(E.ProtocolError):
-        d.next_frame()
-
-
-def test_random_garbage_never_crashes_the_decoder():
-    rng = random.Random(7)
-    for _ in range(300):
-        n = rng.randint(1, 64)
-        data = struct.pack(">I", n) + bytes(rng.getrandbits(8) for _ in range(n))
-        d = P.FrameDecoder()
-        d.feed(data)
-        try:
-            msg = d.next_frame()
-        except E.ProtocolError:
-            continue
-        try:
-            msgid, op, args = P.parse_request(msg)
-        except E.ProtocolError:
-            continue
-        # whatever got through has the request shape
-        assert type(msgid) is int and msgid >= 1 and type(op) is str and type(args) is list
 
 
 # -- content values ------------------------------------------------------------------------

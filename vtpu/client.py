@@ -264,7 +264,7 @@ class Client:
             content reads the same). Remotely the reply carries no keys, versions or
             times, and no Scroll objects are made.
         :returns: N Scrolls / None in input order (a list, or a list-like
-            :class:`~vtpu._core.ScrollList` from a server), or N contents with
+            :class:`~vtpu._cprotocol.ScrollList` from a server), or N contents with
             ``content_only``.
         :raises CoordinateError: a malformed coordinate.
         """

@@ -1,10 +1,15 @@
-"""The vtpu wire protocol: a sans-IO codec shared by the server, the sync client and the
-asyncio client.
+"""The vtpu wire protocol: the readable reference codec (sans-IO).
 
 Nothing in this module touches a socket. It turns Python values into frames and bytes
 back into values, and knows the per-opcode argument and result shapes. The language-
 neutral specification is ``protocol/PROTOCOL.md``; the golden vectors in
 ``protocol/vectors/`` pin every shape and are checked by ``tests/test_protocol.py``.
+
+Callers import :mod:`vtpu.wire`, never this module: ``wire`` picks, once at import, this
+reference or its compiled twin ``vtpu._cprotocol``, which has the same names and the
+same semantics (byte for byte) for the codec functions listed in
+:data:`CODEC_NAMES`, and re-exports the shared names (constants, the opcode table, the
+packed coordinate forms) from here. One test suite runs against both.
 
 Frame
     4-byte big-endian body length, then exactly one msgpack object (the body).
@@ -26,6 +31,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import msgpack
 import numpy as np
 
+from .coords import Scroll
 from ._core import KEY_BYTES as KEY_SIZE
 from .errors import (
     FrameTooLarge,
@@ -54,10 +60,20 @@ __all__ = [
     "encode_frame",
     "encode_request",
     "encode_response",
-    "encode_response_raw",
     "encode_error",
     "encode_push",
+    "encode_get_requests",
+    "encode_responses",
+    "encode_get_replies",
+    "encode_scrolls",
+    "encode_response_scrolls",
+    "decode_scrolls",
+    "decode_response_scrolls",
+    "decode_get_replies",
+    "ScrollList",
     "FrameDecoder",
+    "RequestError",
+    "CODEC_NAMES",
     "parse_request",
     "parse_reply",
     "Reply",
@@ -80,6 +96,22 @@ __all__ = [
     "wire_to_rows",
     "scroll_to_wire",
 ]
+
+#: The codec functions that :mod:`vtpu._cprotocol` implements again, compiled, with the
+#: same semantics; :mod:`vtpu.wire` takes these from one or the other.
+CODEC_NAMES = (
+    "encode_request",
+    "encode_get_requests",
+    "encode_response",
+    "encode_responses",
+    "encode_get_replies",
+    "encode_scrolls",
+    "encode_response_scrolls",
+    "decode_scrolls",
+    "decode_response_scrolls",
+    "decode_get_replies",
+    "FrameDecoder",
+)
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
@@ -336,28 +368,6 @@ def encode_response(msgid: int, result: Any, max_frame_size: int = DEFAULT_MAX_F
     return encode_frame([msgid, STATUS_OK, result], max_frame_size)
 
 
-def encode_response_raw(msgid: int, raw_result: bytes,
-                        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
-    """Encode a success response frame around a result that is already msgpack bytes.
-
-    The frame equals ``encode_response(msgid, unpackb(raw_result))``; the compiled
-    encoders of large results use it to skip a decode/encode round.
-
-    :param msgid: the request id.
-    :param raw_result: exactly one msgpack-encoded value.
-    :param max_frame_size: the largest body allowed.
-    :returns: the frame bytes.
-    :raises LimitError: if the frame is too large.
-    """
-    head = b"\x93" + packb(msgid) + b"\x00"
-    n = len(head) + len(raw_result)
-    if n > max_frame_size:
-        raise LimitError(
-            f"frame body of {n} bytes exceeds max_frame_size {max_frame_size}", "LIMIT"
-        )
-    return b"".join((_LEN.pack(n), head, raw_result))
-
-
 def encode_error(msgid: int, code: str, message: str,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     """Encode an error response frame ``[msgid, 1, [code, message]]``.
@@ -383,22 +393,152 @@ def encode_push(kind: str, payload: Any, max_frame_size: int = DEFAULT_MAX_FRAME
     return encode_frame([0, PUSH, kind, payload], max_frame_size)
 
 
+def _check_msgids(first: int, n: int) -> None:
+    if type(first) is not int or first < 1 or first + n - 1 > 0xFFFFFFFF:
+        raise InterfaceError(f"msgids {first!r}.. (+{n}) must stay within 1 .. 2**32-1")
+
+
+def encode_get_requests(first_msgid: int, keys: bytes,
+                        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode one GET request frame per key, back to back (a pipelined run of GETs).
+
+    The bytes equal ``b"".join(encode_request(first_msgid + i, "GET", [key_i]))``.
+
+    :param first_msgid: the first request's id; the ids count up by one and the last,
+        ``first_msgid + N - 1``, must not exceed 2**32 - 1 (the caller wraps by
+        splitting the run).
+    :param keys: N*18 bytes, the packed keys in order.
+    :param max_frame_size: the largest body allowed (a GET body is at most 31 bytes).
+    :returns: the N frames as one bytes object (``b""`` for no keys).
+    :raises InterfaceError: if ``keys`` is not bytes of a multiple of 18, or the msgids
+        leave 1 .. 2**32-1.
+    """
+    if type(keys) is not bytes or len(keys) % KEY_SIZE:
+        raise InterfaceError("GET keys must be bytes holding packed coordinates (N*18)")
+    n = len(keys) // KEY_SIZE
+    if n:
+        _check_msgids(first_msgid, n)
+    return b"".join(
+        encode_request(first_msgid + i, "GET", [keys[i * KEY_SIZE : (i + 1) * KEY_SIZE]],
+                       max_frame_size)
+        for i in range(n)
+    )
+
+
+def encode_responses(msgids: list, results: list,
+                     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode the success replies to a run of requests, back to back.
+
+    The bytes equal ``b"".join(encode_response(msgids[i], results[i]))``.
+
+    :param msgids: the requests' ids.
+    :param results: one result value each.
+    :param max_frame_size: the largest body allowed per reply.
+    :returns: the reply frames as one bytes object.
+    :raises LimitError: if one reply would exceed ``max_frame_size``.
+    :raises InterfaceError: if the lengths differ or a result cannot be encoded.
+    """
+    if len(msgids) != len(results):
+        raise InterfaceError(f"{len(msgids)} msgids for {len(results)} results")
+    return b"".join(encode_response(m, r, max_frame_size) for m, r in zip(msgids, results))
+
+
+def encode_get_replies(msgids: list, scrolls: list,
+                       max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode the replies to a run of GET requests, back to back.
+
+    The bytes equal ``b"".join(encode_response(msgids[i], scroll_to_wire(scrolls[i])))``:
+    ``[msgid, 0, nil]`` where nothing is stored, else ``[msgid, 0, [key, content,
+    version, created_at, updated_at]]``.
+
+    :param msgids: the requests' ids.
+    :param scrolls: one Scroll (anything with those five attributes) or ``None`` each.
+    :param max_frame_size: the largest body allowed per reply.
+    :returns: the reply frames as one bytes object.
+    :raises LimitError: if one reply would exceed ``max_frame_size`` (nothing is
+        returned; the caller answers that request alone with an error).
+    :raises InterfaceError: if the lengths differ or a content cannot be encoded.
+    """
+    if len(msgids) != len(scrolls):
+        raise InterfaceError(f"{len(msgids)} msgids for {len(scrolls)} scrolls")
+    return b"".join(
+        encode_response(m, scroll_to_wire(s), max_frame_size) for m, s in zip(msgids, scrolls)
+    )
+
+
+def encode_scrolls(scrolls: list) -> bytes:
+    """Encode a list of Scrolls (``None`` allowed) as the msgpack bytes of the
+    column-wise scroll list (see :func:`scrolls_to_wire`).
+
+    :param scrolls: Scroll objects (anything with the five attributes) or ``None``.
+    :returns: the msgpack bytes of one value.
+    :raises InterfaceError: if a content cannot be encoded.
+    """
+    return packb(scrolls_to_wire(scrolls))
+
+
+def encode_response_scrolls(msgid: int, scrolls: list,
+                            max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                            page: bool = False, after: bytes | None = None) -> bytes:
+    """Encode a success reply whose result is a column-wise scroll list: GET_MANY and
+    KG (``[msgid, 0, columns]``) or, with ``page``, a RANGE page
+    (``[msgid, 0, [columns, after]]``).
+
+    The bytes equal ``encode_response(msgid, scrolls_to_wire(scrolls))``, or
+    ``encode_response(msgid, [scrolls_to_wire(scrolls), after])`` with ``page``.
+
+    :param msgid: the request id.
+    :param scrolls: Scroll objects or ``None``.
+    :param max_frame_size: the largest body allowed.
+    :param page: wrap the list as a RANGE page.
+    :param after: with ``page``: the key to continue after, or ``None`` on the last page.
+    :returns: the frame bytes.
+    :raises LimitError: if the frame is too large.
+    :raises InterfaceError: if a content cannot be encoded.
+    """
+    result: Any = scrolls_to_wire(scrolls)
+    if page:
+        result = [result, after]
+    return encode_response(msgid, result, max_frame_size)
+
+
+class RequestError(ProtocolError):
+    """A well-framed message that is not a request (``[msgid >= 1, opcode, args]``).
+
+    Unlike the other :class:`ProtocolError` cases of :meth:`FrameDecoder.next_requests`,
+    the frame boundary is intact and the stream stays usable: the server answers with a
+    ``PROTOCOL`` error reply and keeps reading. ``msgid`` is the request id when one
+    could be read, else 0.
+    """
+
+    def __init__(self, message: str, msgid: int = 0):
+        super().__init__(message)
+        self.msgid = msgid
+
+
 class FrameDecoder:
-    """Incremental frame decoder: ``feed(bytes)`` then ``next_frame()`` until ``None``.
+    """Incremental frame decoder: ``feed(bytes)``, then ``next()`` until ``None``.
 
     It never reads from anywhere; the caller feeds whatever bytes arrived, in pieces of
     any size (one byte at a time works). A length above ``max_frame_size`` is refused
-    before anything is allocated for it.
+    from the header alone, before anything is buffered for it.
+
+    Besides the generic :meth:`next`, it knows the hot shape of the server's side: runs
+    of pipelined plain GET and PUT requests, taken with :meth:`next_requests`, which
+    leaves any other frame to the generic path, so the two never disagree on a byte.
+    (Clients that own their receive buffer decode runs of GET replies in place with
+    :func:`decode_get_replies`.)
 
     :param max_frame_size: the largest body accepted.
     """
 
-    __slots__ = ("max_frame_size", "_buf", "_pos")
+    __slots__ = ("max_frame_size", "_buf", "_pos", "_peek")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE):
         self.max_frame_size = max_frame_size
         self._buf = bytearray()
         self._pos = 0  # start of unread data in _buf; compacted lazily to avoid O(n^2)
+        self._peek: Any = None  # (end offset, decoded body) of the frame at _pos, if known
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes.
@@ -412,44 +552,17 @@ class FrameDecoder:
         self._buf += data
 
     def buffered(self) -> int:
-        """Return how many received bytes are not yet consumed (a partial frame)."""
+        """Return how many received bytes are not yet consumed (at most a partial frame
+        after :meth:`next` returned ``None``)."""
         return len(self._buf) - self._pos
 
-    def unread(self) -> tuple[bytearray, int]:
-        """Return ``(buffer, offset)``: the unread bytes are ``buffer[offset:]``.
-
-        For decoders that read frames in place (the server's compiled GET/PUT loop);
-        call :meth:`advance` with the offset after what they consumed. The buffer must
-        not be kept or resized.
-        """
-        return self._buf, self._pos
-
-    def advance(self, pos: int) -> None:
-        """Mark everything before offset ``pos`` of the buffer as consumed.
-
-        :param pos: an offset returned with :meth:`unread`'s buffer, on a frame boundary.
-        """
-        buf = self._buf
-        if pos >= len(buf):
-            del buf[:]
-            self._pos = 0
-        elif pos > 65536 and pos > len(buf) // 2:
-            del buf[:pos]
-            self._pos = 0
-        else:
-            self._pos = pos
-
-    def next_body(self) -> bytes | None:
-        """Return the next complete frame body as raw bytes, or ``None`` if incomplete.
-
-        :raises FrameTooLarge: on a length above ``max_frame_size``.
-        :raises ProtocolError: on a zero length (either way the stream is unusable).
-        """
+    # -- frames --------------------------------------------------------------------------
+    def _frame_end(self) -> int:
+        """Offset just after the complete frame at the read position, or -1."""
         buf = self._buf
         pos = self._pos
-        avail = len(buf) - pos
-        if avail < 4:
-            return None
+        if len(buf) - pos < 4:
+            return -1
         (n,) = _LEN.unpack_from(buf, pos)
         if n > self.max_frame_size:
             raise FrameTooLarge(
@@ -457,10 +570,12 @@ class FrameDecoder:
             )
         if n == 0:
             raise ProtocolError("frame with an empty body")
-        if avail < 4 + n:
-            return None
         end = pos + 4 + n
-        body = bytes(buf[pos + 4 : end])
+        return end if end <= len(buf) else -1
+
+    def _consume(self, end: int) -> None:
+        buf = self._buf
+        self._peek = None
         if end == len(buf):
             del buf[:]
             self._pos = 0
@@ -469,26 +584,190 @@ class FrameDecoder:
             self._pos = 0
         else:
             self._pos = end
+
+    def _decoded(self, end: int) -> Any:
+        """The decoded body of the complete frame at the read position (cached)."""
+        peek = self._peek
+        if peek is not None and peek[0] == end:
+            return peek[1]
+        msg = unpackb(self._buf[self._pos + 4 : end])
+        self._peek = (end, msg)
+        return msg
+
+    def next_body(self) -> bytes | None:
+        """Return the next complete frame body as raw bytes, or ``None`` if incomplete.
+
+        :raises FrameTooLarge: on a length above ``max_frame_size``.
+        :raises ProtocolError: on a zero length (either way the stream is unusable).
+        """
+        end = self._frame_end()
+        if end < 0:
+            return None
+        body = bytes(self._buf[self._pos + 4 : end])
+        self._consume(end)
         return body
 
-    def next_frame(self) -> Any:
+    def next(self) -> Any:
         """Return the next decoded message, or ``None`` if no complete frame is buffered.
 
         :raises ProtocolError: on an oversized/empty length or a body that is not exactly
-            one valid msgpack object. After this error the stream is unusable.
+            one valid msgpack object (the frame is consumed). After this error the
+            stream is unusable.
         """
-        body = self.next_body()
-        if body is None:
+        end = self._frame_end()
+        if end < 0:
             return None
-        return unpackb(body)
+        try:
+            return self._decoded(end)
+        finally:
+            self._consume(end)
+
+    next_frame = next  # the name of earlier releases
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over the complete messages buffered so far."""
         while True:
-            msg = self.next_frame()
+            msg = self.next()
             if msg is None:
                 return
             yield msg
+
+    # -- the server's side ---------------------------------------------------------------
+    def next_requests(self, limit: int) -> tuple | None:
+        """Take the next request, or the next run of plain GETs or plain PUTs.
+
+        A plain GET is a frame whose body is exactly ``[msgid, "GET", [bin of 18]]``, a
+        plain PUT one whose body is ``[msgid, "PUT", [bin of 18, content]]``.
+        Consecutive plain requests of one opcode (at most ``limit`` frames) come back as
+        one run, so the server answers them with one engine call and one encoder call.
+
+        :param limit: most frames to consume (>= 1).
+        :returns: ``None`` if no complete frame is buffered; a run as the 4-tuple
+            ``(opcode, msgids, keys, contents)``: ``"GET"`` or ``"PUT"``, a list of N
+            msgids, the N*18 bytes of their keys in order, and for PUT the list of N
+            contents (``None`` for GET); otherwise one request as the 3-tuple
+            ``(msgid, opcode, args)`` (a GET or PUT with other arguments comes this
+            way too, for the dispatcher to check).
+        :raises RequestError: a frame that decodes but is not a request (consumed; the
+            stream stays usable).
+        :raises ProtocolError: an empty or oversized length, or a body that is not
+            exactly one msgpack object (consumed; the stream is unusable). A run
+            before such a frame is returned first; the next call raises.
+        """
+        run_op = None
+        msgids: list = []
+        keys: list = []
+        contents: list = []
+        while len(msgids) < limit:
+            end = -1
+            try:
+                end = self._frame_end()
+                if end < 0:
+                    break
+                msg = self._decoded(end)
+            except ProtocolError:
+                if msgids:
+                    break  # reported by the next call, after this run is answered
+                if end >= 0:
+                    self._consume(end)
+                raise
+            op = _plain_op(msg)
+            if op is None or (run_op is not None and op != run_op):
+                if msgids:
+                    break
+                self._consume(end)
+                msgid, op, args = parse_request(msg)
+                return msgid, op, args
+            run_op = op
+            args = msg[2]
+            msgids.append(msg[0])
+            keys.append(args[0])
+            if op == "PUT":
+                contents.append(args[1])
+            self._consume(end)
+        if not msgids:
+            return None
+        return run_op, msgids, b"".join(keys), contents if run_op == "PUT" else None
+
+
+def decode_get_replies(data: bytes | bytearray | memoryview, pos: int, end: int,
+                       msgid: int, count: int, names: Any = None,
+                       max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> tuple[list, int, bool]:
+    """Decode a run of GET success replies in place, from a client's receive buffer.
+
+    Starting at ``data[pos]``, decodes consecutive complete frames whose bodies are
+    ``[msgid + i, 0, nil]`` or ``[msgid + i, 0, [key bin(18), content, version uint >= 1,
+    created float, updated float]]`` (``i`` counting from 0), at most ``count``. It stops
+    at the first frame that is incomplete or of any other kind (an error reply, a push,
+    another id, a length it does not accept), which the caller then reads generically.
+
+    :param data: the receive buffer.
+    :param pos: offset of the next unread frame.
+    :param end: end of the received bytes in ``data``.
+    :param msgid: the id the first reply must carry.
+    :param count: most replies to decode.
+    :param names: the name table given to every Scroll.
+    :param max_frame_size: the largest body accepted (a larger or empty length stops the
+        run; the caller's framing reports it).
+    :returns: ``(scrolls, pos, need_more)``: a list of Scroll or ``None`` (nothing
+        stored), the offset after them, and whether the run stopped at an incomplete
+        frame (rather than at ``count`` or at a frame of another kind).
+    """
+    if pos < 0:
+        raise ValueError(f"pos must be >= 0, got {pos}")
+    end = min(end, len(data))
+    out: list = []
+    while len(out) < count:
+        if end - pos < 4:
+            return out, pos, True
+        (n,) = _LEN.unpack_from(data, pos)
+        if n == 0 or n > max_frame_size:
+            break
+        if end - pos - 4 < n:
+            return out, pos, True
+        try:
+            msg = unpackb(data[pos + 4 : pos + 4 + n])
+        except ProtocolError:
+            break
+        if (type(msg) is not list or len(msg) != 3 or type(msg[0]) is not int
+                or msg[0] != msgid + len(out) or type(msg[1]) is not int or msg[1] != STATUS_OK):
+            break
+        v = msg[2]
+        if v is None:
+            out.append(None)
+        else:
+            row = _scroll_row(v)
+            if row is None:
+                break
+            out.append(Scroll(*row, names))
+        pos += 4 + n
+    return out, pos, False
+
+
+def _plain_op(msg: Any) -> str | None:
+    """``"GET"`` for a plain GET request ``[msgid, "GET", [bin of 18]]``, ``"PUT"`` for a
+    plain PUT ``[msgid, "PUT", [bin of 18, content]]``, else None."""
+    if type(msg) is list and len(msg) == 3:
+        msgid, op, args = msg
+        if (type(msgid) is int and 1 <= msgid <= 0xFFFFFFFF and type(args) is list
+                and args and type(args[0]) is bytes and len(args[0]) == KEY_SIZE):
+            if op == "GET" and len(args) == 1:
+                return "GET"
+            if op == "PUT" and len(args) == 2:
+                return "PUT"
+    return None
+
+
+def _scroll_row(v: Any) -> tuple | None:
+    """``(key, content, version, created, updated)`` of a scroll's wire form, or None
+    if ``v`` is not exactly that shape."""
+    if type(v) is list and len(v) == 5:
+        key, content, version, created, updated = v
+        if (type(key) is bytes and len(key) == KEY_SIZE and type(version) is int
+                and version >= 1 and type(created) is float and type(updated) is float):
+            return key, content, version, created, updated
+    return None
+
 
 
 # ---------------------------------------------------------------------------------------
@@ -515,7 +794,7 @@ def parse_request(msg: Any) -> tuple[int, str, list]:
 
     :param msg: a decoded frame body.
     :returns: ``(msgid, opcode, args)``.
-    :raises ProtocolError: if it is not ``[uint msgid >= 1, str opcode, array args]``;
+    :raises RequestError: if it is not ``[uint msgid >= 1, str opcode, array args]``;
         ``exc.msgid`` holds the id when one could be read (an array whose first item
         is an integer in 1 .. 2**32-1), else 0.
     """
@@ -527,9 +806,8 @@ def parse_request(msg: Any) -> tuple[int, str, list]:
             msgid = first
             if len(msg) == 3 and type(msg[1]) is str and type(msg[2]) is list:
                 return msgid, msg[1], msg[2]
-    err = ProtocolError("malformed request: expected [msgid >= 1, opcode str, args array]")
-    err.msgid = msgid  # type: ignore[attr-defined]
-    raise err
+    raise RequestError("malformed request: expected [msgid >= 1, opcode str, args array]",
+                       msgid)
 
 
 def parse_reply(msg: Any) -> Reply | Push:
@@ -769,16 +1047,176 @@ def wire_to_rows(w: Any) -> Iterator[tuple | None]:
             if contents.ndim < 2:
                 raise ValueError("stacked contents need at least 2 dimensions")
             contents = list(contents)  # row views, no copies
+        if type(keys) is not bytes or not (
+                type(contents) is type(versions) is type(created) is type(updated) is list):
+            raise TypeError("expected a keys bin and four arrays")
         if len(keys) != n * KEY_SIZE or not (len(contents) == len(created) == len(updated) == n):
             raise ValueError("column lengths differ")
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed scroll list: {exc}") from None
     for i in range(n):
         v = versions[i]
+        if type(v) is not int or v < 0:
+            raise ProtocolError(f"malformed scroll list: version {v!r} at {i}")
         if v:
-            yield (keys[i * KEY_SIZE : (i + 1) * KEY_SIZE], contents[i], v, created[i], updated[i])
+            c, u = created[i], updated[i]
+            if type(c) is not float or type(u) is not float:
+                raise ProtocolError(f"malformed scroll list: times at {i} are not floats")
+            yield (keys[i * KEY_SIZE : (i + 1) * KEY_SIZE], contents[i], v, c, u)
         else:
             yield None
+
+
+def _unpack_at(data: Any, offset: int) -> tuple[Any, int]:
+    """Decode the one msgpack value at ``data[offset:]``: ``(value, end offset)``."""
+    up = msgpack.Unpacker(raw=False, ext_hook=_ext_hook, strict_map_key=False,
+                          use_list=True, max_buffer_size=max(len(data), 1))
+    up.feed(memoryview(data)[offset:])
+    try:
+        value = up.unpack()
+    except ProtocolError:
+        raise
+    except msgpack.OutOfData:
+        raise ProtocolError("malformed msgpack: truncated value") from None
+    except Exception as exc:  # FormatError, StackError, UnicodeDecodeError ...
+        raise ProtocolError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
+    return value, offset + up.tell()
+
+
+class ScrollList:
+    """A read-only list of Scroll-or-None, decoded from a column-wise scroll list.
+
+    Made by :func:`decode_scrolls`. Every field is decoded when the list is made (so a
+    malformed list fails there); a Scroll object is made the first time its index is
+    read, then kept, so the same index gives the same object. It behaves like a list of
+    Scroll/None: ``len``, indexing (negative too), slices (a list), iteration, ``in``,
+    ``index``, ``count``, ``==`` with a list or another ScrollList, ``+``, ``list(x)``,
+    ``tolist()``; it pickles as a list.
+    """
+
+    __slots__ = ("_rows", "_names", "_made")
+
+    def __init__(self, rows: list, names: Any = None):
+        self._rows = rows  # (key, content, version, created, updated) or None each
+        self._names = names
+        self._made: list = [_UNMADE] * len(rows)
+
+    def _at(self, i: int) -> Any:
+        s = self._made[i]
+        if s is _UNMADE:
+            row = self._rows[i]
+            s = self._made[i] = None if row is None else Scroll(*row, self._names)
+        return s
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, idx: Any) -> Any:
+        if isinstance(idx, slice):
+            return [self._at(i) for i in range(*idx.indices(len(self._rows)))]
+        n = len(self._rows)
+        i = idx.__index__()
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("ScrollList index out of range")
+        return self._at(i)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self._at(i) for i in range(len(self._rows)))
+
+    def __reversed__(self) -> Iterator[Any]:
+        return (self._at(i) for i in range(len(self._rows) - 1, -1, -1))
+
+    def __contains__(self, x: Any) -> bool:
+        return any(v is x or v == x for v in self)
+
+    def index(self, x: Any) -> int:
+        """Index of the first item equal to ``x``; raises ValueError if none."""
+        for i, v in enumerate(self):
+            if v is x or v == x:
+                return i
+        raise ValueError(f"{x!r} is not in the list")
+
+    def count(self, x: Any) -> int:
+        """How many items equal ``x``."""
+        return sum(1 for v in self if v is x or v == x)
+
+    def tolist(self) -> list:
+        """All items as a plain list (every Scroll made now)."""
+        return list(self)
+
+    def __eq__(self, other: Any) -> Any:
+        if type(other).__name__ == "ScrollList":  # this one's, or the compiled twin's
+            other = list(other)
+        elif not isinstance(other, list):
+            return NotImplemented
+        return self.tolist() == other
+
+    def __ne__(self, other: Any) -> Any:
+        r = self.__eq__(other)
+        return r if r is NotImplemented else not r
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __add__(self, other: Any) -> list:
+        return self.tolist() + list(other)
+
+    def __radd__(self, other: Any) -> list:
+        return list(other) + self.tolist()
+
+    def __repr__(self) -> str:
+        return repr(self.tolist())
+
+    def __reduce__(self) -> tuple:
+        return (list, (self.tolist(),))
+
+
+_UNMADE = object()
+
+
+def decode_scrolls(data: bytes | bytearray | memoryview, offset: int = 0,
+                   names: Any = None) -> tuple[Any, int]:
+    """Decode the column-wise scroll list at ``data[offset:]`` (either contents form).
+
+    :param data: bytes holding the encoded list (a reply body, say).
+    :param offset: where the list starts.
+    :param names: the name table given to every Scroll.
+    :returns: ``(scrolls, end)``: a :class:`ScrollList` of Scroll or ``None`` (version
+        0), and the offset just after the list.
+    :raises ProtocolError: if the bytes are truncated or not a scroll list.
+    """
+    w, end = _unpack_at(data, offset)
+    return ScrollList(list(wire_to_rows(w)), names), end
+
+
+def decode_response_scrolls(body: bytes | bytearray | memoryview, names: Any = None,
+                            page: bool = False) -> Reply | Push:
+    """Decode a reply body whose success result is a scroll list (GET_MANY, KG) or, with
+    ``page``, a RANGE page ``[scroll list, after]``: the inverse of
+    :func:`encode_response_scrolls`.
+
+    :param body: one frame body.
+    :param names: the name table given to every Scroll.
+    :param page: the result is a RANGE page.
+    :returns: a :class:`Reply` whose ``value`` is the scrolls (with ``page``:
+        ``(scrolls, after)``); an error reply or a push decode as in
+        :func:`parse_reply`.
+    :raises ProtocolError: if the body is malformed, or a success result is not of
+        that shape.
+    """
+    r = parse_reply(unpackb(body))
+    if type(r) is Push or not r.ok:
+        return r
+    w = r.value
+    if page:
+        if type(w) is not list or len(w) != 2:
+            raise ProtocolError("malformed RANGE page: expected [scroll list, after]")
+        w, after = w
+        if after is not None and (type(after) is not bytes or len(after) != KEY_SIZE):
+            raise ProtocolError("malformed RANGE page: after must be nil or 18 bytes")
+    scrolls = ScrollList(list(wire_to_rows(w)), names)
+    return Reply(r.msgid, True, (scrolls, after) if page else scrolls)
 
 
 # ---------------------------------------------------------------------------------------

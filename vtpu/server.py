@@ -1,9 +1,11 @@
 """The vtpu server: one asyncio event loop owns the engine, many clients talk to it.
 
 Redis-style: requests are executed on the loop thread in arrival order, so the engine
-needs no locks. Each connection decodes frames with the same sans-IO codec as the
-clients (:mod:`vtpu.protocol`). Pipelined requests are answered in order; a BATCH frame
-carries many operations.
+needs no locks. Each connection frames, decodes and encodes only through the wire codec
+the clients use (:mod:`vtpu.wire`), and every request reaches the engine through its
+public methods. Pipelined requests are answered in order: a run of pipelined GETs is
+taken from the decoder in one call, answered with one engine call and encoded in one
+call; a BATCH frame carries many operations.
 
 Durability (group commit): replies to writes are held back until the end of the current
 loop iteration, then ``engine.commit()`` runs once for everything written by every
@@ -39,17 +41,15 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-import msgpack
 import numpy as np
 
-from . import _core
-from . import protocol as P
+from . import wire as P
 from ._version import __version__
-from .coords import Scroll
 from .engine import MAX_FRONTIER, MAX_HOPS, MAX_K
 from .errors import (
+    CoordinateError,
     InterfaceError,
     LimitError,
     ProtocolError,
@@ -145,17 +145,6 @@ class _Dispatcher:
         }
         self._get = e.get
         self._put = e.put
-        # The compiled fast paths read the engine's key -> Scroll map directly; that is
-        # only the same as calling the engine while its get/get_many are the stock ones.
-        from .engine import Engine
-
-        m = getattr(e, "_map", None)
-        stock = (isinstance(e, Engine) and type(m) in (dict, _core.ColumnStore)
-                 and type(e).get is Engine.get and type(e).get_many is Engine.get_many)
-        self.map: dict | None = m if stock else None
-        #: ops answered with already-encoded result bytes (see handle_body)
-        self.raw_table: dict[str, Callable[[list], bytes | None]] = (
-            {"GET_MANY": self.get_many_raw} if stock else {})
 
     # -- single key ----------------------------------------------------------------------
     def get(self, a: list) -> Any:
@@ -177,23 +166,13 @@ class _Dispatcher:
         return self.engine.delete(P.check_key(a[0]))
 
     # -- many keys -----------------------------------------------------------------------
-    def get_many(self, a: list) -> list:
+    def get_many(self, a: list) -> Any:
         _nargs(a, 1, 2)
         blob = P.check_blob(a[0])
         if _bool(_opt(a, 1), "content_only"):
             # Values only: one array of N contents (nil where nothing is stored).
             return list(self.engine.get_many(blob, content_only=True))
-        return P.scrolls_to_wire(self.engine.get_many(blob))
-
-    def get_many_raw(self, a: list) -> bytes | None:
-        """GET_MANY encoded in one compiled loop: the msgpack bytes of the column-wise
-        result (or, with ``content_only``, of the array of contents), or None when the
-        generic encoder must do it (stacked ndarray contents)."""
-        _nargs(a, 1, 2)
-        blob = P.check_blob(a[0])
-        if _bool(_opt(a, 1), "content_only"):
-            return _core.scroll_contents_msgpack(self.map, blob, P.packb, Scroll)
-        return _core.scroll_columns_msgpack(self.map, blob, P.packb, Scroll)
+        return ScrollResult(self.engine.get_many(blob))
 
     def put_many(self, a: list) -> list:
         _nargs(a, 2, 2)
@@ -249,8 +228,7 @@ class _Dispatcher:
             arr = np.asarray(res, dtype=np.uint16).reshape(-1, 9)
             nxt = P.pack_coord(arr[-1]) if more else None
             return [P.pack_coords(arr), nxt]
-        nxt = res[-1].key if more else None
-        return [P.scrolls_to_wire(res), nxt]
+        return ScrollResult(res, True, res[-1].key if more else None)
 
     def count(self, a: list) -> int:
         _nargs(a, 1, 1)
@@ -326,7 +304,7 @@ class _Dispatcher:
         deltas = P.unpack_deltas(P.check_blob(a[1], P.DELTA_SIZE, "deltas"))
         hops = _int(_opt(a, 2, 1), "hops", 0, MAX_HOPS)
         mf = _int(_opt(a, 3, 10000), "max_frontier", 1, MAX_FRONTIER)
-        return P.scrolls_to_wire(self.engine.kg(start, deltas, hops, max_frontier=mf))
+        return ScrollResult(self.engine.kg(start, deltas, hops, max_frontier=mf))
 
     def intern(self, a: list) -> list:
         _nargs(a, 1, 2)
@@ -351,6 +329,20 @@ class _Dispatcher:
         pat = _opt(a, 0)
         pat = None if pat is None else _pattern(pat)
         return self.engine.export_phext(pat, skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
+
+
+class ScrollResult(NamedTuple):
+    """A result that is a scroll list (GET_MANY, KG) or a RANGE page of one: encoded by
+    the codec's column encoder straight from the Scrolls."""
+
+    scrolls: list
+    page: bool = False
+    after: bytes | None = None
+
+    def wire(self) -> Any:
+        """The generic wire value (inside a BATCH result)."""
+        w = P.scrolls_to_wire(self.scrolls)
+        return [w, self.after] if self.page else w
 
 
 def _attend_out(r: dict) -> dict:
@@ -416,72 +408,49 @@ class _Connection(asyncio.Protocol):
         else:
             t.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Feed what arrived to the decoder, then answer the complete requests buffered
+        (at most FRAMES_PER_SLICE of them, then the loop's other callbacks run first)."""
         if self.closing:
             return
         dec = self.decoder
-        n = len(data)
-        if n > 4 and not dec.buffered() and not self.read_paused:
-            server = self.server
-            if self.authed and server.map is not None:
-                # Plain GET/PUT frames are answered by one compiled loop straight from
-                # the received bytes (the unpipelined case is one frame per read).
-                pos, out, count, wrote = server.fast_frames(
-                    self, data, 0, n, FRAMES_PER_SLICE)
-                if pos == n:
-                    self._send(out, wrote)
-                    return
-                if count:
-                    dec.feed(memoryview(data)[pos:])
-                    self._process(out, wrote, count)
-                    return
-            else:
-                # One whole request in one read: decode straight from the received
-                # bytes without going through the buffer.
-                size = int.from_bytes(data[:4], "big")
-                if size + 4 == n and size <= dec.max_frame_size:
-                    frame, wrote = server.handle_body(self, data[4:])
-                    self._send([frame], wrote)
-                    return
         dec.feed(data)
-        self._process()
-
-    def eof_received(self) -> bool | None:
-        # A client vanishing mid-frame: whatever partial frame is buffered is dropped.
-        return None
-
-    # -- request processing --------------------------------------------------------------
-    def _process(self, out: list[bytes] | None = None, wrote: bool = False,
-                 handled: int = 0) -> None:
-        if out is None:
-            out = []
+        if self.read_paused:
+            return  # _continue answers it
         server = self.server
-        dec = self.decoder
+        take = dec.next_requests
+        out: list[bytes] = []
+        wrote = False
+        handled = 0
         try:
             while handled < FRAMES_PER_SLICE:
-                if self.authed and server.map is not None and dec.buffered() > 4:
-                    buf, start = dec.unread()
-                    pos, o, c, w = server.fast_frames(
-                        self, buf, start, len(buf), FRAMES_PER_SLICE - handled)
-                    if c:
-                        dec.advance(pos)
-                        out.extend(o)
-                        handled += c
-                        wrote = wrote or w
-                        if handled >= FRAMES_PER_SLICE:
-                            break
-                body = dec.next_body()
-                if body is None:
+                try:
+                    item = take(FRAMES_PER_SLICE - handled)
+                except P.RequestError as exc:
+                    # The frame boundary is intact: a bad request, the connection survives.
+                    handled += 1
+                    out.append(P.encode_error(exc.msgid, "PROTOCOL", str(exc), self.out_limit))
+                    continue
+                if item is None:
                     break
-                handled += 1
-                frame, w = server.handle_body(self, body)
+                if len(item) == 4:
+                    # A run of plain GETs or PUTs: one engine call, one encoder call.
+                    op, msgids, keys, contents = item
+                    handled += len(msgids)
+                    if contents is None:
+                        out.append(server.get_run(self, msgids, keys))
+                        continue
+                    frame, w = server.put_run(self, msgids, keys, contents)
+                else:
+                    handled += 1
+                    frame, w = server.handle(self, item[0], item[1], item[2])
                 out.append(frame)
                 wrote = wrote or w
                 if self.closing:
                     break
         except ProtocolError as exc:
-            # The byte stream can no longer be framed: say why once, then close.
-            out.append(P.encode_error(0, *P.error_pair(exc)))
+            # The byte stream can no longer be trusted: say why once, then close.
+            out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
             self.closing = True
         self._send(out, wrote)
         if self.closing:
@@ -492,12 +461,16 @@ class _Connection(asyncio.Protocol):
             self._update_reading()
             server.loop.call_soon(self._continue)
 
+    def eof_received(self) -> bool | None:
+        # A client vanishing mid-frame: whatever partial frame is buffered is dropped.
+        return None
+
     def _continue(self) -> None:
         self.read_paused = False
         if self.closing:
             return
         self._update_reading()
-        self._process()
+        self.data_received(b"")  # answer what is buffered already
 
     def _send(self, out: list[bytes], wrote: bool) -> None:
         if not out:
@@ -542,8 +515,9 @@ class _Server:
         self.page_size = page_size
         self.dispatch = _Dispatcher(engine, page_size, max_batch)
         self.table = self.dispatch.table
-        self.raw_table = self.dispatch.raw_table
-        self.map = self.dispatch.map  # for the compiled GET/PUT frame loop (or None)
+        self._get = engine.get
+        self._get_many = engine.get_many
+        self._put = engine.put
         self.trackers = 0  # connections that asked for invalidation pushes
         self.conns: set[_Connection] = set()
         self.loop = asyncio.get_running_loop()
@@ -602,7 +576,7 @@ class _Server:
             seen.add(id(c))
             held = b"".join(c.pending)
             c.pending = [P.encode_error(msgid, "STORAGE", message)
-                         for msgid in _reply_msgids(held)]
+                         for msgid in _reply_msgids(held, self.max_frame_size)]
             c.flush_pending()
 
     def _push_invalidations(self) -> None:
@@ -624,60 +598,89 @@ class _Server:
                 frame = frames[sig] = P.encode_push("invalidate", payload)
             c.transport.write(frame)
 
-    # -- plain GET/PUT frames ------------------------------------------------------------
-    def fast_frames(self, conn: _Connection, buf: Any, pos: int, end: int,
-                    max_frames: int) -> tuple[int, list[bytes], int, bool]:
-        """Answer the plain GET/PUT frames at ``buf[pos:end]`` in the compiled loop.
+    # -- runs of plain GETs ---------------------------------------------------------------
+    def get_run(self, conn: _Connection, msgids: list, keys: bytes) -> bytes:
+        """Answer a run of plain GET requests: ``keys`` holds their N 18-byte keys.
 
-        Stops at the first frame of another kind (the caller handles it generically).
-        PUTs go through the engine's ``put``; they are left to the generic path while a
-        connection wants invalidation pushes (those need the written keys).
+        One engine call (``get`` for one key, ``get_many`` for more) and one encoder call;
+        a reply that does not fit the client's frame limit is answered alone, with a
+        LIMIT error, and the others as usual.
 
-        :returns: ``(pos after the handled frames, reply frames, frames handled, wrote)``.
+        :returns: the N reply frames.
         """
-        put = self.engine.put if not self.trackers else None
-        pos, replies, count, wrote, err = _core.serve_requests(
-            buf, pos, end, self.map, put, P.packb, P.unpackb, Scroll,
-            self.max_frame_size, conn.out_limit, max_frames)
-        out = [replies] if replies else []
-        if err is not None:
-            out.append(self.error_frame(err[0], "PUT", err[1], conn.out_limit))
-        return pos, out, count, wrote
+        if conn.authed:
+            try:
+                scrolls = [self._get(keys)] if len(msgids) == 1 else self._get_many(keys)
+                return P.encode_get_replies(msgids, scrolls, conn.out_limit)
+            except Exception:
+                pass  # answered one by one below, each with its own error
+        return self._each(conn, "GET", msgids, keys, None)
 
-    # -- one frame -----------------------------------------------------------------------
-    def handle_body(self, conn: _Connection, body: bytes) -> tuple[bytes, bool]:
-        """Decode and execute one request frame body. Returns (reply frame, wrote)."""
+    def put_run(self, conn: _Connection, msgids: list, keys: bytes,
+                contents: list) -> tuple[bytes, bool]:
+        """Answer a run of plain PUT requests (``[key, content]``, no ``if_version``).
+
+        One engine call (``put`` for one key, ``put_many`` for more: the same versions
+        as one ``put`` after the other) and one encoder call. If the batch is refused
+        for an argument (a content the engine cannot store, an unknown name id),
+        nothing was written and each PUT is executed on its own, so each request gets
+        its own answer.
+
+        :returns: ``(the N reply frames, whether anything may have been written)``.
+        """
+        if not conn.authed:
+            return self._each(conn, "PUT", msgids, keys, contents), False
         try:
-            msg = P.unpackb(body)
-        except ProtocolError as exc:
-            # Not exactly one valid msgpack object: nothing after it can be trusted.
-            conn.closing = True
-            return P.encode_error(0, "PROTOCOL", str(exc)), False
-        try:
-            msgid, op, args = P.parse_request(msg)
-        except ProtocolError as exc:
-            # Valid msgpack of the wrong shape: a bad request, the connection survives.
-            return P.encode_error(exc.msgid, "PROTOCOL", str(exc)), False
+            if len(msgids) == 1:
+                versions = [self._put(keys, contents[0])]
+            else:
+                versions = self.dispatch.put_many([keys, contents])
+        except (InterfaceError, CoordinateError):
+            return self._each(conn, "PUT", msgids, keys, contents), True
+        except Exception as exc:
+            return self._errors(conn, "PUT", msgids, exc), True
+        if self.trackers:
+            self.note_write("PUT_MANY", [keys], conn)
+        return P.encode_responses(msgids, versions, conn.out_limit), True
+
+    def _each(self, conn: _Connection, op: str, msgids: list, keys: bytes,
+              contents: list | None) -> bytes:
+        """Answer a run one request at a time (the path for runs that failed whole)."""
+        k = P.KEY_SIZE
+        out = []
+        for i, m in enumerate(msgids):
+            args = [keys[i * k:(i + 1) * k]] if contents is None else \
+                [keys[i * k:(i + 1) * k], contents[i]]
+            out.append(self.handle(conn, m, op, args)[0])
+        return b"".join(out)
+
+    def _errors(self, conn: _Connection, op: str, msgids: list, exc: Exception) -> bytes:
+        """The same error reply for every request of a run."""
+        return b"".join([self.error_frame(m, op, exc, conn.out_limit) for m in msgids])
+
+    # -- one request ---------------------------------------------------------------------
+    def handle(self, conn: _Connection, msgid: int, op: str, args: list) -> tuple[bytes, bool]:
+        """Execute one decoded request. Returns (reply frame, wrote)."""
         if not conn.authed and op != "HELLO":
             code = "AUTH" if self.token is not None else "PROTOCOL"
-            return P.encode_error(msgid, code, f"{op}: HELLO must come first"), False
+            return P.encode_error(msgid, code, f"{op}: HELLO must come first",
+                                  conn.out_limit), False
         if op == "HELLO":
             return self.hello(conn, msgid, args), False
         spec = P.OPS.get(op)
         if spec is None:
-            return P.encode_error(msgid, "PROTOCOL", f"unknown opcode {op[:64]!r}"), False
+            return P.encode_error(msgid, "PROTOCOL", f"unknown opcode {op[:64]!r}",
+                                  conn.out_limit), False
         try:
-            raw_fn = self.raw_table.get(op)
-            if raw_fn is not None:
-                raw = raw_fn(args)
-                if raw is not None:
-                    return P.encode_response_raw(msgid, raw, conn.out_limit), False
             if op == "BATCH":
                 result = self.batch(args, conn)
             else:
                 result = self.table[op](args)
                 if spec.writes:
                     self.note_write(op, args, conn)
+            if type(result) is ScrollResult:
+                return P.encode_response_scrolls(msgid, result.scrolls, conn.out_limit,
+                                                 result.page, result.after), False
             return P.encode_response(msgid, result, conn.out_limit), spec.writes
         except Exception as exc:
             return self.error_frame(msgid, op, exc, conn.out_limit), spec.writes
@@ -694,7 +697,7 @@ class _Server:
         return P.encode_error(msgid, code, f"{op}: {msg}", limit)
 
     def note_write(self, op: str, args: list, conn: _Connection) -> None:
-        if not self.conns or not any(c.track for c in self.conns):
+        if not self.trackers:  # nobody asked for invalidation pushes
             return
         # The writer is remembered: a connection is never told about its own writes.
         if op in ("PUT", "DEL", "PUT_MANY", "DEL_MANY"):
@@ -732,7 +735,7 @@ class _Server:
                 r = self.table[op](a)
                 if spec.writes:
                     self.note_write(op, a, conn)
-                results.append([P.STATUS_OK, r])
+                results.append([P.STATUS_OK, r.wire() if type(r) is ScrollResult else r])
             except Exception as exc:
                 if is_internal(exc):
                     log.error("internal error in BATCH %s", op, exc_info=exc)
@@ -788,18 +791,11 @@ class _Server:
         return P.encode_response(msgid, result)
 
 
-def _reply_msgids(frames: bytes) -> list[int]:
+def _reply_msgids(frames: bytes, max_frame_size: int) -> list[int]:
     """The msgids of the reply frames in ``frames`` (whole frames, in order)."""
-    out = []
-    pos, end = 0, len(frames)
-    while pos + 4 <= end:
-        size = int.from_bytes(frames[pos:pos + 4], "big")
-        u = msgpack.Unpacker()
-        u.feed(frames[pos + 4:pos + 4 + min(size, 16)])  # [msgid, ...]: the head only
-        u.read_array_header()
-        out.append(u.unpack())
-        pos += 4 + size
-    return out
+    dec = P.FrameDecoder(max_frame_size)
+    dec.feed(frames)
+    return [msg[0] for msg in dec]
 
 
 class ServerHandle:
@@ -948,8 +944,8 @@ class _TLSReader(asyncio.BufferedProtocol):
     munmap per request, which doubled a single GET's latency. A BufferedProtocol is read
     into its own buffer instead; this one hands each read to the connection as bytes.
     ``scratch`` is shared by every connection of a server: the TLS layer fills it and
-    calls :meth:`buffer_updated` in one go on the loop thread, and the bytes are copied
-    out before anything else can read.
+    calls :meth:`buffer_updated` in one go on the loop thread, and the connection's
+    decoder copies the bytes out before anything else can read.
     """
 
     def __init__(self, conn: _Connection, scratch: memoryview):
@@ -975,7 +971,8 @@ class _TLSReader(asyncio.BufferedProtocol):
         return self.scratch
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.conn.data_received(bytes(self.scratch[:nbytes]))
+        # The connection's decoder copies what it is fed at once: no bytes object needed.
+        self.conn.data_received(self.scratch[:nbytes])
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -39,18 +39,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vtpu import _core
 from vtpu import errors as E
 from vtpu.coords import NAME_BASE, NameTable, Scroll
 
 # -- the wire codec ---------------------------------------------------------------------------
-# Every byte a client sends or reads is encoded or decoded through these names, and
-# nowhere else: the reference codec and its compiled entry points.
-from vtpu import protocol as codec  # noqa: E402
-
-_get_frames = _core.get_request_frames        # one GET request frame per key, back to back
-_parse_gets = _core.parse_get_replies         # a run of GET replies, in the receive buffer
-_parse_columns = _core.parse_scroll_columns   # a column-wise scroll list -> lazy ScrollList
+# Every byte a client sends or reads is encoded or decoded through vtpu.wire, and nowhere
+# else: the compiled codec when it is built, else its pure-Python reference.
+from vtpu import wire as codec  # noqa: E402
 # ------------------------------------------------------------------------------------------
 
 __all__ = ["Session", "Exchange", "ClientOps", "finish", "value_of", "reply_value",
@@ -228,7 +223,7 @@ class Session:
         if m > _MAX_ID:
             m = 1
         self.msgid = m
-        return m, _get_frames([key], m)
+        return m, codec.encode_get_requests(m, key, self.max_frame_size)
 
     def exchange(self, entries: list, batch: bool = False,
                  gets_only: bool | None = None) -> Exchange:
@@ -252,13 +247,14 @@ class Session:
             frame = codec.encode_request(first, "BATCH", [[[op, a] for op, a, _ in entries]],
                                          mfs)
         elif gets_only:
-            frame = _get_frames([a[0] for _, a, _ in entries], first)
+            frame = codec.encode_get_requests(first, b"".join([a[0] for _, a, _ in entries]),
+                                              mfs)
         else:
             frames = []
             m = first
             for op, a, _ in entries:
                 if op == "GET":
-                    frames.append(_get_frames(a, m))
+                    frames.append(codec.encode_get_requests(m, a[0], mfs))
                 else:
                     frames.append(codec.encode_request(m, op, a, mfs))
                 m += 1
@@ -415,10 +411,12 @@ class Session:
                     entries = ex.entries
                     while j < ex.nwire and entries[j][0] == "GET":
                         j += 1
-                pos, k, _more = _parse_gets(self._rbuf, self._rstart, self._rend,
-                                            ex.first + i, j - i, ex.results, i, Scroll,
-                                            self.names, codec.unpackb, self.max_frame_size)
+                got, pos, _more = codec.decode_get_replies(
+                    self._rbuf, self._rstart, self._rend, ex.first + i, j - i, self.names,
+                    self.max_frame_size)
+                k = len(got)
                 if k:
+                    ex.results[i:i + k] = got
                     self._rstart = pos
                     ex.remaining -= k
                     i += k
@@ -430,7 +428,7 @@ class Session:
                         inflight.popleft()
                     self._check_done(ex, done)
                     continue
-            raw = ex is not None and not ex.batch and ex.entries[ex.next][2] is _dec_columns
+            raw = ex is not None and not ex.batch and _reads_raw(ex.entries[ex.next])
             body = self._body()
             if body is _NEED:
                 break
@@ -438,7 +436,8 @@ class Session:
                 m = ex.first + ex.next
                 head = b"\x93" + codec.packb(m) + b"\x00"
                 if body[:len(head)] == head:
-                    # A batched read's success: the compiled column reader takes the body.
+                    # A scroll list's success (GET_MANY, a RANGE page): the compiled
+                    # column reader takes the body.
                     self._settle(ex, ex.next, True, (bytes(body), len(head)), done, True)
                     continue
             msg = codec.unpackb(body)
@@ -663,11 +662,17 @@ def _dec_scrolls_or_none(s: Session, args: Any, r: Any) -> list:
 def _dec_columns(s: Session, args: Any, raw: tuple) -> Any:
     """A full GET_MANY reply, given raw ``(body, offset of the value)``."""
     body, pos = raw
-    r = _parse_columns(body, pos, Scroll, s.names, codec.unpackb)
-    if r is not None and r[1] == len(body):
-        return r[0]
-    # Another encoding of the same value (stacked ndarray contents, say).
-    return _dec_scrolls_or_none(s, args, codec.unpackb(memoryview(body)[pos:]))
+    scrolls, end = codec.decode_scrolls(body, pos, s.names)
+    if end != len(body):
+        raise E.ProtocolError("GET_MANY reply: bytes after the scroll list")
+    return scrolls
+
+
+def _reads_raw(entry: tuple) -> bool:
+    """Whether a call's success reply goes to its decoder undecoded, as
+    ``(body, offset of the value)``: the scroll lists of GET_MANY and RANGE pages."""
+    decode = entry[2]
+    return decode is _dec_columns or (decode is _dec_range and not entry[1][3])
 
 
 def _dec_contents(s: Session, args: list, r: Any) -> list:
@@ -679,6 +684,15 @@ def _dec_contents(s: Session, args: list, r: Any) -> list:
 
 
 def _dec_range(s: Session, args: list, r: Any) -> Any:
+    if type(r) is tuple:
+        # Raw (body, offset): [scroll list, after], the list read by the compiled reader.
+        body, pos = r
+        if body[pos] != 0x92:
+            raise E.ProtocolError("malformed RANGE reply")
+        scrolls, end = codec.decode_scrolls(body, pos + 1, s.names)
+        after = codec.unpackb(memoryview(body)[end:])
+        items = [x for x in scrolls if x is not None]
+        return items if after is None else _Page(items, after)
     try:
         body, after = r
     except (TypeError, ValueError):
@@ -834,7 +848,7 @@ class ClientOps:
         :param blob: N*18 bytes of packed keys (or an ``(N, 9)`` array).
         :param content_only: return only the contents (``GET_MANY [keys, true]``): the
             server sends one array of N values, no keys, versions or times.
-        :returns: a :class:`vtpu._core.ScrollList` of N entries (list-like; each a Scroll
+        :returns: a :class:`vtpu._cprotocol.ScrollList` of N entries (list-like; each a Scroll
             or ``None``, made when first read); with ``content_only`` a list of N
             contents, ``None`` where nothing is stored.
         :raises ProtocolError: a values-only reply that is not an array of N values.

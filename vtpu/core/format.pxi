@@ -4,6 +4,7 @@
 
 cimport cython
 from libc.stdint cimport uint16_t, uint32_t
+from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from cpython.bytes cimport PyBytes_GET_SIZE, PyBytes_AS_STRING
 
@@ -65,6 +66,11 @@ def format_coord(c, names=None):
     :returns: the coordinate text.
     :raises CoordinateError: a name id with no table (or unknown to it).
     """
+    cdef uint16_t row[NDIM]
+    if type(c) is bytes and len(<bytes>c) == KEY_BYTES:
+        # A packed key (Scroll.coordinate): straight from its bytes, no array made.
+        _unpack_row(<const unsigned char*>PyBytes_AS_STRING(c), row)
+        return _format_row(row, names)
     if isinstance(c, bytes):
         c = unpack(c)
     c = _coord_arg(c)

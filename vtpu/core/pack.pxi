@@ -87,3 +87,44 @@ def unpack_many(b):
         for i in range(n):
             _unpack_row(&v[i * KEY_BYTES], &o[i, 0])
     return out
+
+
+# -- one coordinate array row -> its key, for the facade's hot calls -----------------------
+
+from libc.string cimport memcpy
+cimport numpy as cnp
+cnp.import_array()
+
+
+def key_of(c):
+    """The 18-byte big-endian key of one coordinate given as a ``(9,)`` uint16 array,
+    read straight from the array's memory (any strides), or None for anything else.
+
+    For the hot paths that take a row of an ``(N, 9)`` array: :func:`pack` costs
+    several times more in argument checks. Other inputs (other dtypes or shapes,
+    byte-swapped arrays, non-arrays) answer None, and the caller uses its general
+    conversion, which also reports errors.
+
+    :param c: any object.
+    :returns: 18 bytes, or None.
+    """
+    cdef cnp.ndarray a
+    cdef const char* base
+    cdef Py_ssize_t st
+    cdef unsigned char* o
+    cdef int j
+    cdef uint16_t v
+    if cnp.PyArray_Check(c):
+        a = <cnp.ndarray>c
+        if (cnp.PyArray_TYPE(a) == cnp.NPY_UINT16 and cnp.PyArray_NDIM(a) == 1
+                and cnp.PyArray_DIM(a, 0) == NDIM and cnp.PyArray_ISNOTSWAPPED(a)):
+            base = <const char*>cnp.PyArray_DATA(a)
+            st = cnp.PyArray_STRIDE(a, 0)
+            out = PyBytes_FromStringAndSize(NULL, KEY_BYTES)
+            o = <unsigned char*>PyBytes_AS_STRING(out)
+            for j in range(NDIM):
+                memcpy(&v, base + j * st, 2)
+                o[2 * j] = <unsigned char>(v >> 8)
+                o[2 * j + 1] = <unsigned char>(v & 0xFF)
+            return out
+    return None

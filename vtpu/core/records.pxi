@@ -22,6 +22,7 @@ from vtpu.errors import InterfaceError
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object o)
     Py_ssize_t PyBytes_GET_SIZE(object o)
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
 
 cdef enum:
     RECORD_HEAD = KEY_BYTES + 24

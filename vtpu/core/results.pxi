@@ -342,8 +342,8 @@ cdef class Scrolls:
     def __eq__(self, other):
         if isinstance(other, Scrolls):
             other = (<Scrolls>other).tolist()
-        elif isinstance(other, ScrollList):
-            other = (<ScrollList>other).tolist()
+        elif hasattr(other, "tolist") and not isinstance(other, list):
+            other = other.tolist()  # another list-like result (the wire codec's ScrollList)
         elif not isinstance(other, list):
             return NotImplemented
         return self.tolist() == other

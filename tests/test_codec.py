@@ -1,0 +1,873 @@
+"""One test suite for both wire codecs: the reference (vtpu.protocol) and its compiled
+twin (vtpu._cprotocol), as msgpack-python runs one suite over its C and Python packers.
+
+Every test takes the ``codec`` fixture and runs once per implementation: the golden
+vectors (whole, byte at a time, random splits), the invalid ones, and the hot shapes
+(GET runs, GET replies, scroll lists) checked against the generic codec and against
+each other on random streams. ``VTPU_REQUIRE_EXT=1`` turns a missing compiled twin into
+a failure, and then also asserts that :mod:`vtpu.wire` picked it.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pathlib
+import random
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+
+from vtpu import _core
+from vtpu import errors as E
+from vtpu import protocol as P
+from vtpu import wire
+from vtpu.coords import NameTable, Scroll
+from vtpu.engine import Engine
+
+VEC_DIR = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors"
+with open(VEC_DIR / "frames.json") as _f:
+    FRAMES = json.load(_f)
+
+
+def _compiled():
+    try:
+        return importlib.import_module("vtpu._cprotocol")
+    except ImportError as exc:
+        if os.environ.get("VTPU_REQUIRE_EXT"):
+            pytest.fail(f"VTPU_REQUIRE_EXT is set but vtpu._cprotocol does not import: {exc}")
+        pytest.skip(f"vtpu._cprotocol is not built: {exc}")
+
+
+@pytest.fixture(params=["python", "cython"])
+def codec(request):
+    """The module implementing the codec functions: reference or compiled twin."""
+    return P if request.param == "python" else _compiled()
+
+
+# -- the selection ---------------------------------------------------------------------
+
+
+def test_both_twins_export_every_codec_name():
+    twin = _compiled()
+    for name in P.CODEC_NAMES:
+        assert hasattr(P, name) and hasattr(twin, name), name
+        assert getattr(wire, name) is getattr(twin if wire.IMPLEMENTATION == "cython" else P,
+                                              name)
+
+
+def test_wire_picks_the_compiled_twin_when_it_is_built():
+    if os.environ.get("VTPU_PUREPYTHON"):
+        assert wire.IMPLEMENTATION == "python"
+        assert wire.FrameDecoder is P.FrameDecoder
+        return
+    twin = _compiled()
+    assert wire.IMPLEMENTATION == "cython"
+    assert wire.FrameDecoder is twin.FrameDecoder
+    assert type(wire.encode_get_replies).__name__ != "function"
+
+
+def test_wire_exports_every_codec_name_from_one_implementation():
+    assert set(P.CODEC_NAMES) <= set(wire.__all__)
+    impl = P if wire.IMPLEMENTATION == "python" else _compiled()
+    for name in P.CODEC_NAMES:
+        assert getattr(wire, name) is getattr(impl, name), name
+    for name in wire.__all__:
+        assert hasattr(wire, name), name
+
+
+def test_wire_reexports_the_shared_names():
+    for name in ("OPS", "KEY_SIZE", "packb", "unpackb", "encode_error", "encode_push",
+                 "parse_request", "parse_reply", "pack_coords", "check_key", "RequestError"):
+        assert getattr(wire, name) is getattr(P, name)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def to_json(v):
+    if isinstance(v, bytes):
+        return {"$bin": v.hex()}
+    if isinstance(v, np.ndarray):
+        return {"$ndarray": [v.dtype.str, list(v.shape), v.tobytes(order="C").hex()]}
+    if isinstance(v, (list, tuple)):
+        return [to_json(x) for x in v]
+    if isinstance(v, dict):
+        return {k: to_json(x) for k, x in v.items()}
+    return v
+
+
+def from_json(v):
+    if isinstance(v, dict):
+        if set(v) == {"$bin"}:
+            return bytes.fromhex(v["$bin"])
+        if set(v) == {"$ndarray"}:
+            dt, shape, raw = v["$ndarray"]
+            return np.frombuffer(bytes.fromhex(raw), dtype=np.dtype(dt)).reshape(shape)
+        return {k: from_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [from_json(x) for x in v]
+    return v
+
+
+def split_random(data: bytes, rng: random.Random, most: int = 7):
+    out, i = [], 0
+    while i < len(data):
+        n = rng.randint(1, most)
+        out.append(data[i : i + n])
+        i += n
+    return out
+
+
+def key(i: int) -> bytes:
+    return struct.pack(">9H", 7, 0, 0, 0, 0, 0, 0, i >> 16, i & 0xFFFF)
+
+
+def same(a, b):
+    """Deep equality that also compares numpy arrays, Scrolls and value types."""
+    if isinstance(a, Scroll) or isinstance(b, Scroll):
+        return (isinstance(a, Scroll) and isinstance(b, Scroll)
+                and (a.key, a.version, a.created_at, a.updated_at, a._names)
+                == (b.key, b.version, b.created_at, b.updated_at, b._names)
+                and same(a.content, b.content))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+MIXED = [
+    b"v" * 32, "héllo", 3, -5, 2.5, None, True, False, [1, "a", [2, [3]]], {"x": b"y"},
+    np.arange(3, dtype=np.float32), "x" * 40, "y" * 300, "z" * 70000, b"w" * 70000,
+    1 << 63, (1 << 64) - 1, -(1 << 40), "", b"", 0, 127, 128, 255, 256, 65535, 65536,
+    (1, 2), np.float64(0.5), np.int64(-3), [None] * 20, list(range(70000)),
+]
+
+
+def scrolls_of(contents, names=None):
+    return [Scroll(key(i), c, i + 1, 1700000000.0 + i, 1700000001.5 + i, names)
+            for i, c in enumerate(contents)]
+
+
+# -- golden vectors: every valid frame -------------------------------------------------
+
+
+@pytest.mark.parametrize("vec", FRAMES["valid"], ids=lambda v: v["name"])
+def test_frame_vector_decodes_whole(codec, vec):
+    d = codec.FrameDecoder()
+    d.feed(bytes.fromhex(vec["hex"]))
+    msgs = list(d)
+    assert [to_json(m) for m in msgs] == [vec["value"]]
+    assert d.buffered() == 0
+
+
+@pytest.mark.parametrize("vec", FRAMES["valid"], ids=lambda v: v["name"])
+def test_frame_vector_decodes_byte_at_a_time(codec, vec):
+    data = bytes.fromhex(vec["hex"])
+    d = codec.FrameDecoder()
+    got = []
+    for i in range(len(data)):
+        d.feed(data[i : i + 1])
+        m = d.next()
+        if m is not None:
+            got.append((i, m))
+    assert len(got) == 1 and got[0][0] == len(data) - 1
+    assert to_json(got[0][1]) == vec["value"]
+
+
+@pytest.mark.parametrize("vec", [v for v in FRAMES["valid"] if v["encode"]],
+                         ids=lambda v: v["name"])
+def test_frame_vector_encodes(codec, vec):
+    msg = from_json(vec["value"])
+    assert P.encode_frame(msg).hex() == vec["hex"]
+    if "request" in vec["name"]:
+        assert codec.encode_request(*msg).hex() == vec["hex"]
+    elif type(msg) is list and len(msg) == 3 and msg[1] == P.STATUS_OK:
+        assert codec.encode_response(msg[0], msg[2]).hex() == vec["hex"]
+
+
+def test_scroll_vectors_encode_through_the_scroll_encoders(codec):
+    by_name = {v["name"]: v for v in FRAMES["valid"]}
+    for name in ("get_many_response", "get_many_response_stacked"):
+        vec = by_name[name]
+        msgid, _, w = from_json(vec["value"])
+        scrolls = [None if row is None else Scroll(*row) for row in P.wire_to_rows(w)]
+        assert codec.encode_response_scrolls(msgid, scrolls).hex() == vec["hex"]
+        assert codec.encode_scrolls(scrolls) == P.packb(w)
+        r = codec.decode_response_scrolls(bytes.fromhex(vec["hex"])[4:])
+        assert r.msgid == msgid and r.ok and same(list(r.value), scrolls)
+    vec = by_name["range_response_scrolls"]
+    msgid, _, (w, after) = from_json(vec["value"])
+    scrolls = [Scroll(*row) for row in P.wire_to_rows(w)]
+    assert codec.encode_response_scrolls(msgid, scrolls, page=True, after=after).hex() == \
+        vec["hex"]
+    r = codec.decode_response_scrolls(bytes.fromhex(vec["hex"])[4:], page=True)
+    assert same(list(r.value[0]), scrolls) and r.value[1] == after
+    vec = by_name["get_response_found"]
+    msgid, _, row = from_json(vec["value"])
+    assert codec.encode_get_replies([msgid], [Scroll(*row)]).hex() == vec["hex"]
+    data = bytes.fromhex(vec["hex"]) + bytes.fromhex(by_name["get_response_missing"]["hex"])
+    got, pos, more = codec.decode_get_replies(data, 0, len(data), msgid, 5)
+    assert same(got, [Scroll(*row)]) and (pos, more) == (len(vec["hex"]) // 2, False)
+    got, pos, more = codec.decode_get_replies(data, pos, len(data), msgid, 5)
+    assert got == [None] and (pos, more) == (len(data), True)  # the missing one: same id
+    vec = by_name["get_request"]
+    msgid, _, (k,) = from_json(vec["value"])
+    assert codec.encode_get_requests(msgid, k).hex() == vec["hex"]
+
+
+def test_all_vectors_in_one_stream_random_splits(codec):
+    data = b"".join(bytes.fromhex(v["hex"]) for v in FRAMES["valid"])
+    want = [v["value"] for v in FRAMES["valid"]]
+    rng = random.Random(1)
+    for _ in range(20):
+        d = codec.FrameDecoder()
+        msgs = []
+        for c in split_random(data, rng):
+            d.feed(c)
+            msgs.extend(d)
+        assert [to_json(m) for m in msgs] == want
+        assert d.buffered() == 0
+
+
+# -- golden vectors: invalid frames ----------------------------------------------------
+
+
+@pytest.mark.parametrize("vec", FRAMES["invalid"], ids=lambda v: v["name"])
+def test_invalid_vector(codec, vec):
+    data = bytes.fromhex(vec["hex"])
+    mfs = vec.get("max_frame_size", P.DEFAULT_MAX_FRAME_SIZE)
+    d = codec.FrameDecoder(mfs)
+    if vec.get("incomplete"):
+        d.feed(data)
+        assert d.next() is None and d.next_requests(10) is None and d.buffered() == len(data)
+        assert codec.decode_get_replies(data, 0, len(data), 1, 10) == ([], 0, True)
+        return
+    assert vec["error"] == "ProtocolError"
+    if vec["stage"] == "frame":
+        for take in ("next", "next_requests"):
+            d = codec.FrameDecoder(mfs)
+            d.feed(data)
+            with pytest.raises(E.ProtocolError):
+                if take == "next":
+                    d.next()
+                else:
+                    d.next_requests(10)
+        # the in-place reader stops there and leaves the frame to the generic reader
+        assert codec.decode_get_replies(data, 0, len(data), 1, 10, None, mfs)[:2] == ([], 0)
+        d = codec.FrameDecoder(mfs)
+        with pytest.raises(E.ProtocolError):
+            for i in range(len(data)):
+                d.feed(data[i : i + 1])
+                d.next()
+    elif vec["stage"] == "request":
+        d.feed(data)
+        with pytest.raises(P.RequestError) as info:
+            d.next_requests(10)
+        assert d.buffered() == 0  # consumed: the stream goes on
+        if "msgid" in vec:
+            # §3: the error reply carries the msgid whenever it could be read.
+            assert info.value.msgid == vec["msgid"]
+    else:
+        d.feed(data)
+        with pytest.raises(E.ProtocolError):
+            P.parse_reply(d.next())
+
+
+def test_oversized_refused_from_header_alone(codec):
+    d = codec.FrameDecoder(1000)
+    d.feed(struct.pack(">I", 1001))
+    with pytest.raises(E.FrameTooLarge, match="exceeds max_frame_size"):
+        d.next()
+    for take in (lambda: d.next_body(), lambda: d.next_requests(5)):
+        with pytest.raises(E.FrameTooLarge):
+            take()
+
+
+def test_frame_at_exact_limit_is_accepted(codec):
+    body = msgpack.packb("x" * 95)
+    d = codec.FrameDecoder(len(body))
+    d.feed(struct.pack(">I", len(body)) + body)
+    assert d.next() == "x" * 95
+
+
+def test_truncated_stream_keeps_waiting(codec):
+    frame = codec.encode_request(1, "PUT", [bytes(18), "x" * 1000])
+    d = codec.FrameDecoder()
+    d.feed(frame[:-1])
+    assert d.next() is None and d.next_body() is None
+    assert d.buffered() == len(frame) - 1
+    d.feed(memoryview(frame)[-1:])
+    assert d.next_body() == frame[4:]
+
+
+def test_large_frames_and_buffer_reuse(codec):
+    big = np.arange(300_000, dtype="<f8")
+    frames = b"".join(codec.encode_response(i, big) for i in range(1, 4))
+    d = codec.FrameDecoder()
+    msgs = []
+    for i in range(0, len(frames), 65536):
+        d.feed(bytearray(frames[i : i + 65536]))
+        msgs.extend(d)
+    assert [m[0] for m in msgs] == [1, 2, 3]
+    assert all(np.array_equal(m[2], big) for m in msgs)
+    assert d.buffered() == 0
+
+
+def test_garbage_after_valid_frame(codec):
+    d = codec.FrameDecoder()
+    d.feed(codec.encode_request(1, "PING", []) + b"\x00\x00\x00\x02\xc1\xc1")
+    assert d.next() == [1, "PING", []]
+    with pytest.raises(E.ProtocolError):
+        d.next()
+
+
+def test_random_garbage_never_crashes_the_decoder(codec):
+    rng = random.Random(7)
+    for _ in range(300):
+        n = rng.randint(1, 64)
+        data = struct.pack(">I", n) + bytes(rng.getrandbits(8) for _ in range(n))
+        assert codec.decode_get_replies(data, 0, len(data), 1, 5)[1] in (0, len(data))
+        for take in (lambda d: d.next(), lambda d: d.next_requests(5)):
+            d = codec.FrameDecoder()
+            d.feed(data)
+            try:
+                got = take(d)
+            except E.ProtocolError:
+                continue
+            if got and type(got) is tuple:  # a request or run got through: its shape holds
+                if len(got) == 3:
+                    msgid, op, args = got
+                    assert type(msgid) is int and msgid >= 1 and type(op) is str \
+                        and type(args) is list
+                else:
+                    op, msgids, keys, contents = got
+                    assert op in ("GET", "PUT") and len(keys) == 18 * len(msgids)
+
+
+# -- encoders: same bytes as the generic codec -----------------------------------------
+
+
+@pytest.mark.parametrize("i", range(len(MIXED)))
+def test_requests_and_responses_equal_the_generic_frames(codec, i):
+    v = MIXED[i]
+    for msgid in (1, 127, 128, 70000, 0xFFFFFFFF):
+        assert codec.encode_request(msgid, "PUT", [key(1), v]) == \
+            P.encode_frame([msgid, "PUT", [key(1), v]])
+        assert codec.encode_response(msgid, v) == P.encode_frame([msgid, 0, v])
+        assert codec.encode_response(msgid, [v, [v]]) == P.encode_frame([msgid, 0, [v, [v]]])
+
+
+def test_encoders_refuse_what_the_reference_refuses(codec):
+    for bad in ({1, 2}, np.array([object()], dtype=object), "\ud800", [[{1}]]):
+        with pytest.raises(E.InterfaceError):
+            codec.encode_request(1, "PUT", [key(1), bad])
+        with pytest.raises(E.InterfaceError):
+            codec.encode_response(1, bad)
+    with pytest.raises(E.LimitError):
+        codec.encode_request(1, "PUT", [key(1), b"x" * 100], 50)
+    with pytest.raises(E.LimitError):
+        codec.encode_response(1, "x" * 100, 100)
+    assert len(codec.encode_response(1, "x" * 95, 100)) == 104  # 3 + 2 + 95 = 100: fits
+
+
+def test_get_requests_equal_single_requests(codec):
+    ks = b"".join(key(i) for i in range(300))
+    for first in (1, 100, 0xFFFFFFFF - 299):
+        got = codec.encode_get_requests(first, ks)
+        want = b"".join(P.encode_request(first + i, "GET", [key(i)]) for i in range(300))
+        assert got == want
+    assert codec.encode_get_requests(5, b"") == b""
+    for bad_keys in (b"x" * 17, bytearray(18), "a" * 18, None):
+        with pytest.raises(E.InterfaceError):
+            codec.encode_get_requests(1, bad_keys)
+    for bad_first in (0, -1, 0xFFFFFFFF, 1.0, True):
+        with pytest.raises(E.InterfaceError):
+            codec.encode_get_requests(bad_first, key(1) + key(2))
+
+
+def test_responses_equal_single_responses(codec):
+    msgids = list(range(1, len(MIXED) + 1))
+    assert codec.encode_responses(msgids, MIXED) == \
+        b"".join(P.encode_response(m, v) for m, v in zip(msgids, MIXED))
+    assert codec.encode_responses((5, 6), (1, 2)) == P.encode_response(5, 1) + \
+        P.encode_response(6, 2)
+    assert codec.encode_responses([], []) == b""
+    with pytest.raises(E.InterfaceError):
+        codec.encode_responses([1], [1, 2])
+    with pytest.raises(E.InterfaceError):
+        codec.encode_responses([1, 2], [1, {3}])
+    with pytest.raises(E.LimitError):
+        codec.encode_responses([1, 2], [1, "x" * 5000], 4096)
+
+
+def test_get_replies_equal_single_responses(codec):
+    e = Engine()
+    for i, v in enumerate(MIXED):
+        e.put(key(i), v)
+    scrolls = [e.get(key(i)) for i in range(len(MIXED))] + [None, None]
+    msgids = list(range(40, 40 + len(scrolls)))
+    got = codec.encode_get_replies(msgids, scrolls)
+    want = b"".join(P.encode_response(m, P.scroll_to_wire(s)) for m, s in zip(msgids, scrolls))
+    assert got == want
+    assert codec.encode_get_replies((1, 2), (None, None)) == \
+        P.encode_response(1, None) + P.encode_response(2, None)
+    with pytest.raises(E.InterfaceError):
+        codec.encode_get_replies([1, 2], [None])
+    with pytest.raises(E.LimitError):
+        codec.encode_get_replies([1, 2], [None, scrolls[13]], 4096)  # 70 kB content
+
+
+@pytest.mark.parametrize("case", [
+    "mixed", "with_none", "first_none", "stacked", "stacked_mixed_shapes", "one_array",
+    "empty", "stored", "odd_types", "many",
+])
+def test_scroll_lists_equal_the_generic_encoding(codec, case):
+    names = NameTable()
+    if case == "mixed":
+        scrolls = scrolls_of(MIXED, names)
+    elif case == "with_none":
+        scrolls = scrolls_of(MIXED[:5]) + [None] + scrolls_of(["x"])
+    elif case == "first_none":
+        scrolls = [None] + scrolls_of([np.zeros(3), np.zeros(3)])
+    elif case == "stacked":
+        scrolls = scrolls_of([np.full(4, i, np.float32) for i in range(5)])
+    elif case == "stacked_mixed_shapes":
+        scrolls = scrolls_of([np.zeros(3), np.zeros(4), "x"])
+    elif case == "one_array":
+        scrolls = scrolls_of([np.zeros((2, 2))])
+    elif case == "empty":
+        scrolls = []
+    elif case == "stored":
+        # Scrolls read from the engine's column store, their contents loaded still
+        # encoded (as from disk) and decoded on the way out.
+        store = _core.ColumnStore(Scroll, names)
+        for i, v in enumerate(MIXED[:8]):
+            store.set(key(i), P.pack_value(v), 2, 1.0, 2.0, packed=True)
+        scrolls = [store.get(key(i)) for i in range(8)]
+    elif case == "odd_types":
+        scrolls = [Scroll(key(1), "a", 3, 1, 2.5), Scroll(key(2), "b", 1 << 40, None, 0.5)]
+    else:
+        scrolls = scrolls_of([f"v{i}" for i in range(70000)])
+    w = P.scrolls_to_wire(scrolls)
+    assert codec.encode_scrolls(scrolls) == P.packb(w)
+    for msgid in (3, 70000):
+        assert codec.encode_response_scrolls(msgid, scrolls) == P.encode_response(msgid, w)
+        for after in (None, key(9)):
+            assert codec.encode_response_scrolls(msgid, scrolls, page=True, after=after) == \
+                P.encode_response(msgid, [w, after])
+
+
+def test_scroll_fields_are_read_as_getattr_reads_them(codec):
+    class Plain:  # instance attributes, no descriptors
+        def __init__(self, i):
+            self.key, self.content, self.version = key(i), f"plain{i}", 1
+            self.created_at = self.updated_at = 1.0
+
+    class Loud(Scroll):
+        __slots__ = ()
+
+        def __getattribute__(self, name):
+            v = object.__getattribute__(self, name)
+            return v.upper() if name == "content" else v
+
+    class Lazy(Scroll):
+        __slots__ = ()
+        content = property(lambda self: "lazy", lambda self, v: None)
+
+    mixed = [Scroll(key(1), "s", 1, 1.0, 1.0), Plain(2), Loud(key(3), "loud", 1, 1.0, 1.0),
+             Lazy(key(4), "x", 1, 1.0, 1.0), Scroll(key(5), "t", 2, 1.0, 2.0), Plain(6)]
+    for scrolls in (mixed, mixed[::-1], [mixed[3]] * 3):
+        w = P.scrolls_to_wire(scrolls)
+        assert w[1][:2] != ["x", "x"]
+        assert codec.encode_scrolls(scrolls) == P.packb(w)
+        assert codec.encode_get_replies(list(range(1, len(scrolls) + 1)), scrolls) == \
+            b"".join(P.encode_response(i + 1, P.scroll_to_wire(x)) for i, x in enumerate(scrolls))
+    # a class changed after use is read as it is now
+    Lazy.content = property(lambda self: "changed", lambda self, v: None)
+    assert P.unpackb(codec.encode_scrolls([mixed[3]]))[1] == ["changed"]
+    assert P.unpackb(codec.encode_get_replies([1], [mixed[3]])[4:])[2][1] == "changed"
+
+
+def test_scroll_list_encoders_refuse_like_the_reference(codec):
+    bad = scrolls_of(["ok", {1, 2}])
+    with pytest.raises(E.InterfaceError):
+        codec.encode_scrolls(bad)
+    with pytest.raises(E.InterfaceError):
+        codec.encode_response_scrolls(1, bad)
+    with pytest.raises(E.LimitError):
+        codec.encode_response_scrolls(1, scrolls_of(["x" * 5000]), 4096)
+    # a key that is not 18 bytes is encoded as given (the reference joins the keys)
+    odd = [Scroll(b"short", "x", 1, 1.0, 1.0)]
+    assert codec.encode_scrolls(odd) == P.packb(P.scrolls_to_wire(odd))
+
+
+# -- decoders --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("contents", [
+    MIXED, ["a", None, "b"], [np.full(3, i, np.int16) for i in range(4)], [], ["only"],
+], ids=["mixed", "small", "stacked", "empty", "one"])
+def test_decode_scrolls_inverts_the_encoder(codec, contents):
+    names = NameTable()
+    scrolls = scrolls_of(contents, names)
+    if len(contents) > 1 and contents[1] is None:
+        scrolls[1] = None
+    blob = b"\x01\x02" + codec.encode_scrolls(scrolls) + b"\xc0"
+    got, end = codec.decode_scrolls(blob, 2, names)
+    assert end == len(blob) - 1 and len(got) == len(scrolls)
+    # what the receiver sees: tuples arrive as lists, numpy scalars as numbers
+    scrolls = [None if s is None else Scroll(s.key, P.unpackb(P.packb(s.content)), s.version,
+                                             s.created_at, s.updated_at, names)
+               for s in scrolls]
+    assert same(list(got), scrolls)
+    assert got == list(got) and list(got) == got
+    if scrolls and scrolls[-1] is not None:
+        assert got[-1] is got[len(scrolls) - 1]  # one object per index
+        assert got[-1].coordinate == scrolls[-1].coordinate
+    got2, end2 = codec.decode_scrolls(bytearray(blob), 2, names)
+    assert end2 == end and same(list(got2), scrolls)
+
+
+def test_decoded_scroll_lists_behave_like_lists(codec):
+    import pickle
+
+    names = NameTable()
+    want = scrolls_of([f"c{i}" for i in range(6)], names) + [None]
+    want[3] = None
+    sl, _ = codec.decode_scrolls(codec.encode_scrolls(want), 0, names)
+    assert type(sl).__name__ == "ScrollList" and not isinstance(sl, list)
+    assert len(sl) == 7 and sl == want and want == list(sl) and not (sl != want)
+    assert sl.tolist() == want and type(sl.tolist()) is list
+    other = (P if codec is not P else _compiled()).decode_scrolls(codec.encode_scrolls(want))[0]
+    assert sl == other and other == sl  # the two twins' lists compare equal
+    assert sl[0] == want[0] and sl[-1] is None and sl[-2] == want[-2]
+    assert sl[1:4] == want[1:4] and sl[::-2] == want[::-2]
+    assert sl[2] is sl[2]  # made once, then kept
+    assert list(reversed(sl)) == list(reversed(want))
+    assert want[4] in sl and None in sl and sl.index(None) == 3 and sl.count(None) == 2
+    assert sl + [1] == want + [1] and [1] + sl == [1] + want
+    assert sl != want[:-1] and sl != tuple(want)
+    assert repr(sl) == repr(want)
+    plain, _ = codec.decode_scrolls(codec.encode_scrolls(want))  # (a name table has a lock)
+    assert pickle.loads(pickle.dumps(plain)) == plain == want
+    assert [s.coordinate for s in sl if s is not None] == [
+        s.coordinate for s in want if s is not None]
+    for bad in (7, -8, 100):
+        with pytest.raises(IndexError):
+            sl[bad]
+    with pytest.raises(ValueError):
+        sl.index("nothing")
+    with pytest.raises(TypeError):
+        hash(sl)
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x95\xc4\x11" + b"k" * 17 + b"\x91\xc0\x91\x01\x91\xcb" + b"\0" * 8 + b"\x91\xcb" + b"\0" * 8,
+    b"\x95\xc4\x12" + b"k" * 18 + b"\x92\xc0\xc0\x91\x01\x91\xc0\x91\xc0",   # lengths differ
+    b"\x95\xc4\x12" + b"k" * 18 + b"\x91\xa1x\x91\x01\x91\x01\x91\x01",      # int times
+    b"\x95\xc4\x12" + b"k" * 18 + b"\x91\xa1x\x91\xff\x91\xc0\x91\xc0",      # negative version
+    b"\x95\xc4\x12" + b"k" * 18 + b"\x91\xa1\xff\x91\x00\x91\xc0\x91\xc0",   # bad utf-8
+    b"\x95\xc4\x12" + b"k" * 18 + b"\x91\xd4\x05\x00\x91\x00\x91\xc0\x91\xc0",  # unknown ext
+    b"\x95\xc4\x12" + b"k" * 18 + b"\x91",                                   # truncated
+    b"\x94\xc4\x00\x90\x90\x90",
+    b"\xc0",
+    b"",
+])
+def test_decode_scrolls_refuses_malformed_lists(codec, bad):
+    with pytest.raises(E.ProtocolError):
+        codec.decode_scrolls(bad)
+
+
+def test_decode_scrolls_absent_entry_fields_are_not_looked_at(codec):
+    raw = b"\x95\xc4\x12" + bytes(18) + b"\x91\xc0\x91\x00\x91\x07\x91\xa1x"
+    got, end = codec.decode_scrolls(raw)
+    assert list(got) == [None] and end == len(raw)
+
+
+def test_decode_response_scrolls_other_replies(codec):
+    err = P.encode_error(5, "LIMIT", "too big")[4:]
+    assert codec.decode_response_scrolls(err) == P.Reply(5, False, ("LIMIT", "too big"))
+    push = P.encode_push("invalidate", None)[4:]
+    assert codec.decode_response_scrolls(push, page=True) == P.Push("invalidate", None)
+    for bad_result in ("PONG", [1, 2], [[b"", [], [], [], []], b"short"]):
+        body = P.encode_response(5, bad_result)[4:]
+        with pytest.raises(E.ProtocolError):
+            codec.decode_response_scrolls(body, page=True)
+    body = codec.encode_response_scrolls(70000, scrolls_of(["a"]))[4:]
+    with pytest.raises(E.ProtocolError):
+        codec.decode_response_scrolls(body + b"\xc0")
+    r = codec.decode_response_scrolls(memoryview(body))
+    assert r.msgid == 70000 and same(list(r.value), scrolls_of(["a"]))
+
+
+# -- the server's side: runs of GET requests -------------------------------------------
+
+
+def test_next_requests_groups_plain_gets_and_puts(codec):
+    d = codec.FrameDecoder()
+    ks = [key(i) for i in range(10)]
+    d.feed(codec.encode_get_requests(1, b"".join(ks[:4]))
+           + codec.encode_request(5, "PUT", [ks[4], "x"])
+           + codec.encode_request(6, "PUT", [ks[5], [1, {"a": b"b"}]])
+           + codec.encode_request(7, "PUT", [ks[6], "y", 3])          # if_version: alone
+           + codec.encode_get_requests(8, b"".join(ks[7:10]))
+           + codec.encode_request(11, "PUT", [ks[0], None]))
+    assert d.next_requests(128) == ("GET", [1, 2, 3, 4], b"".join(ks[:4]), None)
+    assert d.next_requests(128) == ("PUT", [5, 6], ks[4] + ks[5], ["x", [1, {"a": b"b"}]])
+    assert d.next_requests(128) == (7, "PUT", [ks[6], "y", 3])
+    assert d.next_requests(2) == ("GET", [8, 9], b"".join(ks[7:9]), None)
+    assert d.next_requests(1) == ("GET", [10], ks[9], None)
+    assert d.next_requests(128) == ("PUT", [11], ks[0], [None])
+    assert d.next_requests(128) is None
+
+
+@pytest.mark.parametrize("i", range(len(MIXED)))
+def test_next_requests_put_contents_decode_like_the_generic_decoder(codec, i):
+    d = codec.FrameDecoder()
+    d.feed(codec.encode_request(3, "PUT", [key(1), MIXED[i]]))
+    op, msgids, keys, contents = d.next_requests(10)
+    assert (op, msgids, keys) == ("PUT", [3], key(1))
+    assert same(contents, [P.unpackb(P.packb(MIXED[i]))])
+
+
+def test_next_requests_other_encodings_and_shapes(codec):
+    k = key(3)
+    d = codec.FrameDecoder()
+    wide_id = b"\x93\xce\x00\x00\x00\x07\xa3GET\x91\xc4\x12" + k   # msgid as uint32
+    str8_op = b"\x93\x08\xd9\x03GET\x91\xc4\x12" + k               # opcode as str8
+    for body in (wide_id, str8_op):
+        d.feed(struct.pack(">I", len(body)) + body)
+    d.feed(codec.encode_request(9, "GET", [k, "extra"]))   # not plain: for the dispatcher
+    d.feed(codec.encode_request(10, "GET", [b"short"]))
+    d.feed(codec.encode_request(11, "PUT", [b"short", "x"]))
+    bin16_key = b"\x93\x0c\xa3PUT\x92\xc5\x00\x12" + k + b"\xa1x"  # key as bin16
+    d.feed(struct.pack(">I", len(bin16_key)) + bin16_key)
+    d.feed(P.encode_frame([13, "GET"]))                     # not a request
+    d.feed(P.encode_frame([0, "GET", [k]]))                 # msgid 0: not a request
+    assert d.next_requests(100) == ("GET", [7, 8], k + k, None)
+    assert d.next_requests(100) == (9, "GET", [k, "extra"])
+    assert d.next_requests(100) == (10, "GET", [b"short"])
+    assert d.next_requests(100) == (11, "PUT", [b"short", "x"])
+    assert d.next_requests(100) == ("PUT", [12], k, ["x"])
+    with pytest.raises(P.RequestError) as ei:
+        d.next_requests(100)
+    assert ei.value.msgid == 13
+    with pytest.raises(P.RequestError) as ei:
+        d.next_requests(100)
+    assert ei.value.msgid == 0
+    assert d.next_requests(100) is None and d.buffered() == 0
+
+
+def test_next_requests_put_with_a_bad_content_poisons_after_the_run(codec):
+    good = codec.encode_request(1, "PUT", [key(1), "a"])
+    for bad_content in (b"\xa1\xff", b"\xd4\x05\x00", b"\xc1"):
+        body = b"\x93\x02\xa3PUT\x92\xc4\x12" + key(2) + bad_content
+        d = codec.FrameDecoder()
+        d.feed(good + struct.pack(">I", len(body)) + body)
+        assert d.next_requests(100) == ("PUT", [1], key(1), ["a"])
+        with pytest.raises(E.ProtocolError):
+            d.next_requests(100)
+        assert d.buffered() == 0
+
+
+def test_next_requests_answers_the_run_before_a_bad_frame(codec):
+    for tail in (b"\x00\x00\x00\x01\xc1", b"\x00\x00\x00\x00", b"\xff\xff\xff\xff"):
+        d = codec.FrameDecoder()
+        d.feed(codec.encode_get_requests(1, key(1) + key(2)) + tail)
+        assert d.next_requests(100) == ("GET", [1, 2], key(1) + key(2), None)
+        with pytest.raises(E.ProtocolError):
+            d.next_requests(100)
+
+
+def test_next_requests_byte_at_a_time(codec):
+    data = (codec.encode_get_requests(1, key(1) + key(2))
+            + codec.encode_request(3, "PING", []) + codec.encode_get_requests(4, key(4)))
+    d = codec.FrameDecoder()
+    got = []
+    for i in range(len(data)):
+        d.feed(data[i : i + 1])
+        r = d.next_requests(100)
+        if r is not None:
+            got.append(r)
+    assert got == [("GET", [1], key(1), None), ("GET", [2], key(2), None), (3, "PING", []),
+                   ("GET", [4], key(4), None)]
+
+
+# -- the client's side: runs of GET replies --------------------------------------------
+
+
+@pytest.fixture
+def filled():
+    e = Engine()
+    for i, v in enumerate(MIXED):
+        e.put(key(i), v)
+    e.put(key(0), b"again")  # version 2
+    return e, [e.get(key(i)) for i in range(len(MIXED))] + [None, None]
+
+
+def test_decode_get_replies_inverts_encode_get_replies(codec, filled):
+    _, scrolls = filled
+    names = NameTable()
+    data = bytearray(b"junk" + codec.encode_get_replies(list(range(40, 40 + len(scrolls))),
+                                                       scrolls))
+    got, pos, more = codec.decode_get_replies(data, 4, len(data), 40, len(scrolls) + 5, names)
+    assert (pos, more) == (len(data), True) and len(got) == len(scrolls)
+    for g, s in zip(got, scrolls):
+        if s is None:
+            assert g is None
+        else:
+            assert same(g.content, P.unpackb(P.packb(s.content))) and g._names is names
+            assert (g.key, g.version, g.created_at, g.updated_at) == (
+                s.key, s.version, s.created_at, s.updated_at)
+    assert got[0].coordinate == "7.0.0/0.0.0/0.0.0"
+    assert codec.decode_get_replies(memoryview(data), 4, len(data), 40, 2)[1:] == (
+        4 + len(codec.encode_get_replies([40, 41], scrolls[:2])), False)
+    with pytest.raises(ValueError):
+        codec.decode_get_replies(data, -1, len(data), 40, 1)
+
+
+def test_decode_get_replies_stops_where_it_must(codec, filled):
+    _, scrolls = filled
+    frames = [codec.encode_get_replies([10 + i], [scrolls[i]]) for i in range(3)]
+    buf = b"".join(frames)
+    f0 = len(frames[0])
+
+    def dec(data, msgid=10, count=3, mfs=P.DEFAULT_MAX_FRAME_SIZE):
+        got, pos, more = codec.decode_get_replies(data, 0, len(data), msgid, count, None, mfs)
+        return len(got), pos, more
+
+    assert dec(buf, count=2) == (2, f0 + len(frames[1]), False)
+    for cut in (1, 3, 4, f0 - 1):
+        assert dec(buf[:cut]) == (0, 0, True)
+    assert dec(buf[: f0 + 5]) == (1, f0, True)
+    assert dec(buf, msgid=11) == (0, 0, False)
+    assert dec(buf, mfs=f0 - 5) == (0, 0, False)                 # over the limit: stop
+    assert dec(b"\x00\x00\x00\x00" + buf) == (0, 0, False)        # empty body: stop
+    err = P.encode_error(10, "CONFLICT", "no")
+    assert dec(err + buf) == (0, 0, False)
+    push = P.encode_push("invalidate", None)
+    assert dec(frames[0] + push) == (1, f0, False)
+    assert dec(codec.encode_response(10, 3)) == (0, 0, False)
+    assert dec(frames[0] + b"\x00\x00\x00\x01\xc1") == (1, f0, False)  # undecodable: stop
+    # end before the buffer's end: only what was received counts
+    assert codec.decode_get_replies(buf, 0, f0, 10, 3)[1:] == (f0, True)
+
+
+@pytest.mark.parametrize("body", [
+    [5, 0, [b"k" * 17, "c", 1, 1.0, 1.0]],          # short key
+    [5, 0, [b"k" * 18, "c", 0, 1.0, 1.0]],          # version 0
+    [5, 0, [b"k" * 18, "c", 1, 1, 1.0]],            # integer time
+    [5, 0, [b"k" * 18, "c", 1, 1.0]],               # 4 fields
+    [5, 0, [b"k" * 18, "c", -1, 1.0, 1.0]],         # negative version
+    [5, False, None],                               # status false, not 0
+    [True, 0, None],                                # msgid true, not 5
+    [5, 0, "PONG"],
+    [5, 1, ["PROTOCOL", "x"]],
+])
+def test_decode_get_replies_leaves_other_shapes(codec, body):
+    f = P.encode_frame(body)
+    assert codec.decode_get_replies(f, 0, len(f), 5, 1) == ([], 0, False)
+
+
+def test_decode_get_replies_accepts_other_encodings(codec):
+    body = (b"\x93\xce\x00\x00\x00\x05\x00\x95\xc4\x12" + b"k" * 18 + b"\xd9\x03abc"
+            + b"\xcd\x01\x00" + b"\xca\x3f\xc0\x00\x00" + b"\xcb"
+            + np.float64(2.5).byteswap().tobytes())
+    f = struct.pack(">I", len(body)) + body
+    (s,), pos, more = codec.decode_get_replies(f, 0, len(f), 5, 1)
+    assert (s.key, s.content, s.version, s.created_at, s.updated_at) == (
+        b"k" * 18, "abc", 256, 1.5, 2.5)
+    assert (pos, more) == (len(f), False)
+
+
+# -- both twins agree on random streams ------------------------------------------------
+
+
+def random_frames(rng: random.Random, e: Engine) -> tuple[bytes, list]:
+    out = []
+    scrolls = []
+    msgid = 1
+    for _ in range(rng.randint(1, 40)):
+        r = rng.random()
+        if r < 0.5:
+            n = rng.randint(1, 5)
+            ks = b"".join(key(rng.randrange(len(MIXED) + 3)) for _ in range(n))
+            out.append(P.encode_get_requests(msgid, ks))
+            msgid += n
+        elif r < 0.8:
+            s = [e.get(key(rng.randrange(len(MIXED) + 3))) for _ in range(rng.randint(1, 4))]
+            out.append(P.encode_get_replies(list(range(msgid, msgid + len(s))), s))
+            scrolls.append((msgid, len(s)))
+            msgid += len(s)
+        elif r < 0.9:
+            out.append(P.encode_request(msgid, "PUT", [key(1), MIXED[rng.randrange(len(MIXED))]]))
+            msgid += 1
+        else:
+            out.append(P.encode_push("invalidate", None))
+    return b"".join(out), scrolls
+
+
+def drain(d, rng: random.Random, mode: int) -> list:
+    got = []
+    for _ in range(10000):
+        if mode == 0:
+            r = d.next_requests(rng.randint(1, 8))
+        elif mode == 1:
+            r = d.next()
+        else:
+            r = d.next_body()
+        if r is None:
+            return got
+        got.append(r)
+    raise AssertionError("decoder never ran dry")
+
+
+def test_twins_agree_on_random_streams(filled):
+    twin = _compiled()
+    e, _ = filled
+    rng = random.Random(11)
+    for _ in range(60):
+        data, _ = random_frames(rng, e)
+        chunks = split_random(data, rng, most=40)
+        seed = rng.random()
+        for mode in range(3):
+            results = []
+            for impl in (P, twin):
+                d = impl.FrameDecoder()
+                r2 = random.Random(seed)
+                got = []
+                for c in chunks:
+                    d.feed(c)
+                    try:
+                        got.extend(drain(d, r2, mode))
+                    except P.RequestError as exc:
+                        got.append(("RequestError", exc.msgid))
+                results.append(got)
+            assert same(results[0], results[1]), mode
+
+
+def test_twins_agree_on_get_replies_in_random_buffers(filled):
+    twin = _compiled()
+    e, _ = filled
+    rng = random.Random(12)
+    for _ in range(200):
+        data, runs = random_frames(rng, e)
+        bounds = [0]
+        d = P.FrameDecoder()
+        d.feed(data)
+        while d.next_body() is not None:
+            bounds.append(len(data) - d.buffered())
+        pos = rng.choice(bounds)
+        end = rng.randint(pos, len(data))
+        msgid = rng.choice([m for m, _ in runs] or [1]) + rng.randint(-1, 1)
+        count = rng.randint(1, 6)
+        a = P.decode_get_replies(data, pos, end, msgid, count)
+        b = twin.decode_get_replies(bytearray(data), pos, end, msgid, count)
+        assert same(list(a), list(b))

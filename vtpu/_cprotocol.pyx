@@ -1,0 +1,1502 @@
+# cython: language_level=3, embedsignature=True, cdivision=True
+"""vtpu._cprotocol: the compiled twin of the wire codec.
+
+Same names, same semantics and the same bytes as the reference codec
+(:mod:`vtpu.protocol`) for the functions of ``protocol.CODEC_NAMES``; :mod:`vtpu.wire`
+picks one of the two at import. What is compiled is the per-item work of the hot
+shapes: request and reply headers, runs of pipelined GET and PUT requests and their
+replies, and column-wise scroll lists. Values are written inline when they are bytes, str, float,
+bool, None, non-negative int or a list of those; anything else (maps, numpy arrays,
+negative ints...) goes through the reference ``packb``, which writes exactly what
+msgpack-python writes inside a larger object. Decoders read the canonical encodings in
+place and hand every other encoding to the generic decoder, so both twins accept and
+refuse the same input. Scroll fields are read through their attributes and Scrolls are
+made by calling the class.
+"""
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcpy, memmove, memset
+
+import numpy as np
+
+from vtpu import protocol as _ref
+from vtpu.coords import Scroll
+from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
+from vtpu.protocol import Reply, packb, parse_request, unpackb
+
+cdef extern from "Python.h":
+    bint PyBytes_CheckExact(object o)
+    bint PyUnicode_CheckExact(object o)
+    bint PyFloat_CheckExact(object o)
+    bint PyLong_CheckExact(object o)
+    bint PyList_CheckExact(object o)
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
+
+cdef enum:
+    KEY_SIZE = 18
+    # Plain values nested deeper than this go through packb as a whole, so the depth
+    # limit is packb's (msgpack-python's) for everything but the outer array.
+    INLINE_DEPTH = 2
+    LOCAL_BUF = 512
+
+cdef object _ndarray = np.ndarray
+
+
+# ---------------------------------------------------------------------------------------
+# A growable output buffer; small frames never touch the heap.
+
+cdef struct Buf:
+    char* p
+    Py_ssize_t n
+    Py_ssize_t cap
+    bint heap
+    char local[LOCAL_BUF]
+
+cdef inline void buf_init(Buf* b) noexcept:
+    b.p = b.local
+    b.n = 0
+    b.cap = LOCAL_BUF
+    b.heap = False
+
+cdef inline void buf_free(Buf* b) noexcept:
+    if b.heap:
+        PyMem_Free(b.p)
+    b.p = b.local
+    b.heap = False
+
+cdef int buf_grow(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap = b.cap
+    cdef char* q
+    while cap < b.n + extra:
+        cap *= 2
+    if b.heap:
+        q = <char*>PyMem_Realloc(b.p, cap)
+    else:
+        q = <char*>PyMem_Malloc(cap)
+        if q != NULL:
+            memcpy(q, b.p, b.n)
+    if q == NULL:
+        raise MemoryError()
+    b.p = q
+    b.cap = cap
+    b.heap = True
+    return 0
+
+cdef inline int reserve(Buf* b, Py_ssize_t extra) except -1:
+    if b.n + extra > b.cap:
+        buf_grow(b, extra)
+    return 0
+
+cdef inline int put(Buf* b, const char* s, Py_ssize_t k) except -1:
+    reserve(b, k)
+    memcpy(b.p + b.n, s, k)
+    b.n += k
+    return 0
+
+cdef inline int put1(Buf* b, unsigned char c) except -1:
+    reserve(b, 1)
+    b.p[b.n] = <char>c
+    b.n += 1
+    return 0
+
+cdef inline void be16(char* o, uint32_t v) noexcept nogil:
+    o[0] = <char>(v >> 8); o[1] = <char>v
+
+cdef inline void be32(char* o, uint32_t v) noexcept nogil:
+    o[0] = <char>(v >> 24); o[1] = <char>(v >> 16); o[2] = <char>(v >> 8); o[3] = <char>v
+
+cdef inline void be64(char* o, uint64_t v) noexcept nogil:
+    be32(o, <uint32_t>(v >> 32)); be32(o + 4, <uint32_t>v)
+
+cdef inline uint32_t rd16(const unsigned char* p) noexcept nogil:
+    return (<uint32_t>p[0] << 8) | p[1]
+
+cdef inline uint32_t rd32(const unsigned char* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+cdef inline uint64_t rd64(const unsigned char* p) noexcept nogil:
+    return (<uint64_t>rd32(p) << 32) | rd32(p + 4)
+
+
+# -- writing msgpack (msgpack-python's shortest forms) -------------------------------------
+
+cdef int put_uint(Buf* b, uint64_t v) except -1:
+    reserve(b, 9)
+    cdef char* o = b.p + b.n
+    if v < 0x80:
+        o[0] = <char>v; b.n += 1
+    elif v < 0x100:
+        o[0] = <char>0xCC; o[1] = <char>v; b.n += 2
+    elif v < 0x10000:
+        o[0] = <char>0xCD; be16(o + 1, <uint32_t>v); b.n += 3
+    elif v < 0x100000000ULL:
+        o[0] = <char>0xCE; be32(o + 1, <uint32_t>v); b.n += 5
+    else:
+        o[0] = <char>0xCF; be64(o + 1, v); b.n += 9
+    return 0
+
+cdef int put_arrhdr(Buf* b, Py_ssize_t n) except -1:
+    reserve(b, 5)
+    cdef char* o = b.p + b.n
+    if n < 16:
+        o[0] = <char>(0x90 | n); b.n += 1
+    elif n < 0x10000:
+        o[0] = <char>0xDC; be16(o + 1, <uint32_t>n); b.n += 3
+    else:
+        o[0] = <char>0xDD; be32(o + 1, <uint32_t>n); b.n += 5
+    return 0
+
+cdef int put_binhdr(Buf* b, Py_ssize_t n) except -1:
+    reserve(b, 5)
+    cdef char* o = b.p + b.n
+    if n < 0x100:
+        o[0] = <char>0xC4; o[1] = <char>n; b.n += 2
+    elif n < 0x10000:
+        o[0] = <char>0xC5; be16(o + 1, <uint32_t>n); b.n += 3
+    else:
+        o[0] = <char>0xC6; be32(o + 1, <uint32_t>n); b.n += 5
+    return 0
+
+cdef int put_str(Buf* b, const char* s, Py_ssize_t n) except -1:
+    reserve(b, n + 5)
+    cdef char* o = b.p + b.n
+    if n < 32:
+        o[0] = <char>(0xA0 | n); b.n += 1
+    elif n < 0x100:
+        o[0] = <char>0xD9; o[1] = <char>n; b.n += 2
+    elif n < 0x10000:
+        o[0] = <char>0xDA; be16(o + 1, <uint32_t>n); b.n += 3
+    else:
+        o[0] = <char>0xDB; be32(o + 1, <uint32_t>n); b.n += 5
+    memcpy(b.p + b.n, s, n)
+    b.n += n
+    return 0
+
+cdef int put_double(Buf* b, double d) except -1:
+    reserve(b, 9)
+    cdef uint64_t u
+    memcpy(&u, &d, 8)
+    b.p[b.n] = <char>0xCB
+    be64(b.p + b.n + 1, u)
+    b.n += 9
+    return 0
+
+cdef int put_packed(Buf* b, object v) except -1:
+    raw = packb(v)
+    put(b, PyBytes_AS_STRING(raw), len(<bytes>raw))
+    return 0
+
+cdef int put_value(Buf* b, object v, int depth) except -1:
+    """Append one value as msgpack-python would write it inside a larger object."""
+    cdef Py_ssize_t n, i
+    cdef const char* s
+    cdef int overflow = 0
+    cdef long long x
+    if PyBytes_CheckExact(v):
+        n = len(<bytes>v)
+        put_binhdr(b, n)
+        put(b, PyBytes_AS_STRING(v), n)
+    elif PyUnicode_CheckExact(v):
+        try:
+            s = PyUnicode_AsUTF8AndSize(v, &n)
+        except UnicodeError:
+            return put_packed(b, v)  # lone surrogates: the reference's own error
+        put_str(b, s, n)
+    elif v is None:
+        put1(b, 0xC0)
+    elif v is True:
+        put1(b, 0xC3)
+    elif v is False:
+        put1(b, 0xC2)
+    elif PyFloat_CheckExact(v):
+        put_double(b, PyFloat_AS_DOUBLE(v))
+    elif PyLong_CheckExact(v):
+        x = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if overflow == 0 and x >= 0:
+            put_uint(b, <uint64_t>x)
+        else:
+            put_packed(b, v)
+    elif PyList_CheckExact(v) and depth < INLINE_DEPTH:
+        n = len(<list>v)
+        put_arrhdr(b, n)
+        for i in range(n):
+            put_value(b, <object>PyList_GET_ITEM(v, i), depth + 1)
+    else:
+        put_packed(b, v)
+    return 0
+
+
+cdef inline void frame_open(Buf* b) noexcept:
+    # The 4-byte length is written by frame_close once the body is complete.
+    b.n += 4
+
+cdef int frame_close(Buf* b, Py_ssize_t start, Py_ssize_t max_frame_size) except -1:
+    cdef Py_ssize_t n = b.n - start - 4
+    if n > max_frame_size:
+        raise LimitError(
+            f"frame body of {n} bytes exceeds max_frame_size {max_frame_size}", "LIMIT")
+    be32(b.p + start, <uint32_t>n)
+    return 0
+
+cdef inline bytes buf_bytes(Buf* b):
+    return PyBytes_FromStringAndSize(b.p, b.n)
+
+
+# ---------------------------------------------------------------------------------------
+# Encoders
+
+def encode_request(msgid, opcode, args, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+    """Encode a request frame ``[msgid, opcode, args]``.
+
+    :param msgid: request id, 1 .. 2**32-1, unique among the requests in flight.
+    :param opcode: an opcode name from ``OPS``.
+    :param args: the positional argument array for the opcode.
+    :param max_frame_size: the largest body allowed.
+    :returns: the frame bytes.
+    :raises LimitError: if the frame is too large.
+    :raises InterfaceError: if an argument cannot be encoded.
+    """
+    cdef Buf b
+    buf_init(&b)
+    try:
+        frame_open(&b)
+        put1(&b, 0x93)
+        put_value(&b, msgid, INLINE_DEPTH)
+        put_value(&b, opcode, INLINE_DEPTH)
+        put_value(&b, args, 1)
+        frame_close(&b, 0, max_frame_size)
+        return buf_bytes(&b)
+    finally:
+        buf_free(&b)
+
+
+def encode_response(msgid, result, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+    """Encode a success response frame ``[msgid, 0, result]``.
+
+    :param msgid: the request id.
+    :param result: the result value.
+    :param max_frame_size: the largest body allowed.
+    :returns: the frame bytes.
+    :raises LimitError: if the frame is too large.
+    :raises InterfaceError: if the result cannot be encoded.
+    """
+    cdef Buf b
+    buf_init(&b)
+    try:
+        frame_open(&b)
+        put1(&b, 0x93)
+        put_value(&b, msgid, INLINE_DEPTH)
+        put1(&b, 0x00)
+        put_value(&b, result, 1)
+        frame_close(&b, 0, max_frame_size)
+        return buf_bytes(&b)
+    finally:
+        buf_free(&b)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def encode_get_requests(first_msgid, keys, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+    """Encode one GET request frame per key, back to back (a pipelined run of GETs).
+
+    The bytes equal ``b"".join(encode_request(first_msgid + i, "GET", [key_i]))``.
+
+    :param first_msgid: the first request's id; the last, ``first_msgid + N - 1``, must
+        not exceed 2**32 - 1.
+    :param keys: N*18 bytes, the packed keys in order.
+    :param max_frame_size: the largest body allowed (a GET body is at most 31 bytes).
+    :returns: the N frames as one bytes object (``b""`` for no keys).
+    :raises InterfaceError: if ``keys`` is not bytes of a multiple of 18, or the msgids
+        leave 1 .. 2**32-1.
+    """
+    if not PyBytes_CheckExact(keys) or len(<bytes>keys) % KEY_SIZE:
+        raise InterfaceError("GET keys must be bytes holding packed coordinates (N*18)")
+    cdef Py_ssize_t n = len(<bytes>keys) // KEY_SIZE, i, start
+    if n == 0:
+        return b""
+    if not PyLong_CheckExact(first_msgid) or first_msgid < 1 or first_msgid + n - 1 > 0xFFFFFFFF:
+        _ref._check_msgids(first_msgid, n)  # raises the reference's InterfaceError
+    cdef uint64_t m = first_msgid
+    cdef const char* kp = PyBytes_AS_STRING(keys)
+    cdef Buf b
+    buf_init(&b)
+    try:
+        reserve(&b, 35 * n)
+        for i in range(n):
+            start = b.n
+            frame_open(&b)
+            put1(&b, 0x93)
+            put_uint(&b, m + <uint64_t>i)
+            put(&b, b"\xa3GET\x91\xc4\x12", 7)
+            put(&b, kp + KEY_SIZE * i, KEY_SIZE)
+            frame_close(&b, start, max_frame_size)
+        return buf_bytes(&b)
+    finally:
+        buf_free(&b)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def encode_responses(msgids, results, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+    """Encode the success replies to a run of requests, back to back.
+
+    The bytes equal ``b"".join(encode_response(msgids[i], results[i]))``.
+
+    :param msgids: the requests' ids.
+    :param results: one result value each.
+    :param max_frame_size: the largest body allowed per reply.
+    :returns: the reply frames as one bytes object.
+    :raises LimitError: if one reply would exceed ``max_frame_size``.
+    :raises InterfaceError: if the lengths differ or a result cannot be encoded.
+    """
+    if not PyList_CheckExact(msgids):
+        msgids = list(msgids)
+    if not PyList_CheckExact(results):
+        results = list(results)
+    cdef Py_ssize_t n = len(<list>msgids), i, start
+    if n != len(<list>results):
+        raise InterfaceError(f"{n} msgids for {len(<list>results)} results")
+    cdef Buf b
+    buf_init(&b)
+    try:
+        reserve(&b, 16 * n)
+        for i in range(n):
+            start = b.n
+            reserve(&b, 8)
+            frame_open(&b)
+            put1(&b, 0x93)
+            put_value(&b, <object>PyList_GET_ITEM(msgids, i), INLINE_DEPTH)
+            put1(&b, 0x00)
+            put_value(&b, <object>PyList_GET_ITEM(results, i), 1)
+            frame_close(&b, start, max_frame_size)
+        return buf_bytes(&b)
+    finally:
+        buf_free(&b)
+
+
+# -- reading a Scroll's fields --------------------------------------------------------------
+
+cdef extern from "Python.h":
+    ctypedef PyObject* (*descrgetfunc)(PyObject*, PyObject*, PyObject*) except? NULL
+    ctypedef struct TypeSlots "PyTypeObject":
+        void* tp_getattro
+        void* tp_descr_get
+        void* tp_descr_set
+        unsigned int tp_version_tag
+        unsigned long tp_flags
+    PyObject* PyObject_GenericGetAttr(PyObject* o, PyObject* name) except NULL
+    unsigned long Py_TPFLAGS_VALID_VERSION_TAG
+
+cdef enum:
+    F_KEY = 0
+    F_CONTENT = 1
+    F_VERSION = 2
+    F_CREATED = 3
+    F_UPDATED = 4
+    NFIELDS = 5
+
+cdef tuple FIELD_NAMES = ("key", "content", "version", "created_at", "updated_at")
+
+
+cdef class FieldReader:
+    """Reads the five fields of Scroll objects as ``getattr`` does, without its
+    per-access lookup: for a type whose attribute access is the generic one and whose
+    fields are data descriptors (slots, properties), ``getattr(s, name)`` is
+    ``descriptor.__get__(s, type)``, so the descriptors are looked up once per type
+    (again whenever the type is modified) and called directly. Any other type is read
+    with ``getattr``."""
+    cdef object tp
+    cdef unsigned int tag
+    cdef bint direct
+    cdef list held  # the descriptors, kept alive
+    cdef PyObject* descr[NFIELDS]
+    cdef descrgetfunc get[NFIELDS]
+
+    cdef int bind(self, object tp) except -1:
+        cdef TypeSlots* t = <TypeSlots*><PyObject*>tp
+        cdef TypeSlots* dt
+        cdef int i
+        self.tp = tp
+        self.tag = t.tp_version_tag
+        self.direct = (t.tp_getattro == <void*>PyObject_GenericGetAttr
+                       and (t.tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) != 0)
+        self.held = []
+        if not self.direct:
+            return 0
+        for i in range(NFIELDS):
+            d = None
+            for klass in tp.__mro__:
+                d = klass.__dict__.get(FIELD_NAMES[i])
+                if d is not None:
+                    break
+            if d is None:
+                self.direct = False
+                return 0
+            dtype = type(d)
+            dt = <TypeSlots*><PyObject*>dtype
+            if dt.tp_descr_get == NULL or dt.tp_descr_set == NULL:
+                self.direct = False  # not a data descriptor: instance dicts could win
+                return 0
+            self.held.append(d)
+            self.descr[i] = <PyObject*>d
+            self.get[i] = <descrgetfunc>dt.tp_descr_get
+        return 0
+
+    cdef inline int check(self, object s) except -1:
+        # Call before read(): (re)binds to s's type when needed.
+        cdef object tp = type(s)
+        if tp is not self.tp or (<TypeSlots*><PyObject*>tp).tp_version_tag != self.tag:
+            self.bind(tp)
+        return 0
+
+    cdef inline object read(self, object s, int i):
+        # Field i of s, whose type check() has seen.
+        cdef PyObject* r
+        if not self.direct:
+            return getattr(s, FIELD_NAMES[i])
+        r = self.get[i](self.descr[i], <PyObject*>s, <PyObject*>self.tp)
+        v = <object>r
+        Py_DECREF(v)  # the call returned a new reference; the cast took another
+        return v
+
+
+cdef FieldReader FIELDS = FieldReader()
+
+
+cdef int put_scroll(Buf* b, object s) except -1:
+    # [key, content, version, created_at, updated_at], or nil
+    if s is None:
+        put1(b, 0xC0)
+        return 0
+    put1(b, 0x95)
+    FIELDS.check(s)
+    put_value(b, FIELDS.read(s, F_KEY), 1)
+    put_value(b, FIELDS.read(s, F_CONTENT), 1)
+    put_value(b, FIELDS.read(s, F_VERSION), 1)
+    put_value(b, FIELDS.read(s, F_CREATED), 1)
+    put_value(b, FIELDS.read(s, F_UPDATED), 1)
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+    """Encode the replies to a run of GET requests, back to back.
+
+    The bytes equal ``b"".join(encode_response(msgids[i], scroll_to_wire(scrolls[i])))``.
+
+    :param msgids: the requests' ids.
+    :param scrolls: one Scroll (anything with those five attributes) or ``None`` each.
+    :param max_frame_size: the largest body allowed per reply.
+    :returns: the reply frames as one bytes object.
+    :raises LimitError: if one reply would exceed ``max_frame_size`` (nothing is
+        returned; the caller answers that request alone with an error).
+    :raises InterfaceError: if the lengths differ or a content cannot be encoded.
+    """
+    if not PyList_CheckExact(msgids):
+        msgids = list(msgids)
+    if not PyList_CheckExact(scrolls):
+        scrolls = list(scrolls)
+    cdef Py_ssize_t n = len(<list>msgids), i, start
+    if n != len(<list>scrolls):
+        raise InterfaceError(f"{n} msgids for {len(<list>scrolls)} scrolls")
+    cdef Buf b
+    buf_init(&b)
+    try:
+        reserve(&b, 96 * n)  # a reply with a small content; larger ones grow the buffer
+        for i in range(n):
+            start = b.n
+            reserve(&b, 8)
+            frame_open(&b)
+            put1(&b, 0x93)
+            put_value(&b, <object>PyList_GET_ITEM(msgids, i), INLINE_DEPTH)
+            put1(&b, 0x00)
+            put_scroll(&b, <object>PyList_GET_ITEM(scrolls, i))
+            frame_close(&b, start, max_frame_size)
+        return buf_bytes(&b)
+    finally:
+        buf_free(&b)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int put_scroll_list(Buf* b, list scrolls) except -1:
+    """Append the column-wise scroll list; returns 1 when the reference must encode it
+    instead (stacked ndarray contents, or keys that are not 18 bytes), leaving ``b``
+    as it was."""
+    cdef Py_ssize_t n = len(scrolls), i, mark = b.n, keys_at
+    cdef Buf ver, cre, upd
+    if n >= 2:
+        s = <object>PyList_GET_ITEM(scrolls, 0)
+        if s is not None and FIELDS.check(s) == 0 and type(FIELDS.read(s, F_CONTENT)) is _ndarray:
+            return 1  # may be sent stacked: the reference decides
+    buf_init(&ver)
+    buf_init(&cre)
+    buf_init(&upd)
+    try:
+        put1(b, 0x95)
+        put_binhdr(b, n * KEY_SIZE)
+        reserve(b, n * KEY_SIZE)
+        keys_at = b.n
+        b.n += n * KEY_SIZE
+        put_arrhdr(b, n)
+        put_arrhdr(&ver, n)
+        put_arrhdr(&cre, n)
+        put_arrhdr(&upd, n)
+        for i in range(n):
+            s = <object>PyList_GET_ITEM(scrolls, i)
+            if s is None:
+                memset(b.p + keys_at + KEY_SIZE * i, 0, KEY_SIZE)
+                put1(b, 0xC0)
+                put1(&ver, 0x00)
+                put1(&cre, 0xC0)
+                put1(&upd, 0xC0)
+                continue
+            FIELDS.check(s)
+            k = FIELDS.read(s, F_KEY)
+            if not PyBytes_CheckExact(k) or len(<bytes>k) != KEY_SIZE:
+                b.n = mark
+                return 1
+            memcpy(b.p + keys_at + KEY_SIZE * i, PyBytes_AS_STRING(k), KEY_SIZE)
+            put_value(b, FIELDS.read(s, F_CONTENT), 1)
+            put_value(&ver, FIELDS.read(s, F_VERSION), 1)
+            put_value(&cre, FIELDS.read(s, F_CREATED), 1)
+            put_value(&upd, FIELDS.read(s, F_UPDATED), 1)
+        put(b, ver.p, ver.n)
+        put(b, cre.p, cre.n)
+        put(b, upd.p, upd.n)
+        return 0
+    except BaseException:
+        b.n = mark
+        raise
+    finally:
+        buf_free(&ver)
+        buf_free(&cre)
+        buf_free(&upd)
+
+
+def encode_scrolls(scrolls):
+    """Encode a list of Scrolls (``None`` allowed) as the msgpack bytes of the
+    column-wise scroll list (see ``scrolls_to_wire``).
+
+    :param scrolls: Scroll objects (anything with the five attributes) or ``None``.
+    :returns: the msgpack bytes of one value.
+    :raises InterfaceError: if a content cannot be encoded.
+    """
+    if not PyList_CheckExact(scrolls):
+        scrolls = list(scrolls)
+    cdef Buf b
+    buf_init(&b)
+    try:
+        if put_scroll_list(&b, scrolls):
+            return _ref.encode_scrolls(scrolls)
+        return buf_bytes(&b)
+    finally:
+        buf_free(&b)
+
+
+def encode_response_scrolls(msgid, scrolls,
+                            Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE,
+                            bint page=False, after=None):
+    """Encode a success reply whose result is a column-wise scroll list: GET_MANY and
+    KG (``[msgid, 0, columns]``) or, with ``page``, a RANGE page
+    (``[msgid, 0, [columns, after]]``).
+
+    :param msgid: the request id.
+    :param scrolls: Scroll objects or ``None``.
+    :param max_frame_size: the largest body allowed.
+    :param page: wrap the list as a RANGE page.
+    :param after: with ``page``: the key to continue after, or ``None`` on the last page.
+    :returns: the frame bytes.
+    :raises LimitError: if the frame is too large.
+    :raises InterfaceError: if a content cannot be encoded.
+    """
+    if not PyList_CheckExact(scrolls):
+        scrolls = list(scrolls)
+    cdef Buf b
+    buf_init(&b)
+    try:
+        frame_open(&b)
+        put1(&b, 0x93)
+        put_value(&b, msgid, INLINE_DEPTH)
+        put1(&b, 0x00)
+        if page:
+            put1(&b, 0x92)
+        if put_scroll_list(&b, scrolls):
+            return _ref.encode_response_scrolls(msgid, scrolls, max_frame_size, page, after)
+        if page:
+            put_value(&b, after, 1)
+        frame_close(&b, 0, max_frame_size)
+        return buf_bytes(&b)
+    finally:
+        buf_free(&b)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading msgpack in place: each reader returns the position after what it read, or -1
+# when the bytes are not that (or are truncated); callers then use the generic decoder.
+
+cdef Py_ssize_t skip(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                     int depth) noexcept nogil:
+    """Position after the msgpack object at ``pos``, or -1 if malformed/truncated."""
+    if pos >= end or depth > 64:
+        return -1
+    cdef unsigned char c = p[pos]
+    cdef Py_ssize_t k = 0, cnt = 0, i
+    if c < 0x80 or c >= 0xE0 or c == 0xC0 or c == 0xC2 or c == 0xC3:
+        return pos + 1
+    if 0xA0 <= c <= 0xBF:
+        k = 1 + (c & 0x1F)
+    elif c == 0xC4 or c == 0xD9:
+        if pos + 2 > end:
+            return -1
+        k = 2 + p[pos + 1]
+    elif c == 0xC5 or c == 0xDA:
+        if pos + 3 > end:
+            return -1
+        k = 3 + rd16(p + pos + 1)
+    elif c == 0xC6 or c == 0xDB:
+        if pos + 5 > end:
+            return -1
+        k = 5 + rd32(p + pos + 1)
+    elif c == 0xCA:
+        k = 5
+    elif c == 0xCB:
+        k = 9
+    elif c == 0xCC or c == 0xD0:
+        k = 2
+    elif c == 0xCD or c == 0xD1:
+        k = 3
+    elif c == 0xCE or c == 0xD2:
+        k = 5
+    elif c == 0xCF or c == 0xD3:
+        k = 9
+    elif c == 0xD4:
+        k = 3
+    elif c == 0xD5:
+        k = 4
+    elif c == 0xD6:
+        k = 6
+    elif c == 0xD7:
+        k = 10
+    elif c == 0xD8:
+        k = 18
+    elif c == 0xC7:
+        if pos + 2 > end:
+            return -1
+        k = 3 + p[pos + 1]
+    elif c == 0xC8:
+        if pos + 3 > end:
+            return -1
+        k = 4 + rd16(p + pos + 1)
+    elif c == 0xC9:
+        if pos + 5 > end:
+            return -1
+        k = 6 + rd32(p + pos + 1)
+    else:
+        if 0x90 <= c <= 0x9F:
+            cnt = c & 0x0F; pos += 1
+        elif 0x80 <= c <= 0x8F:
+            cnt = 2 * (c & 0x0F); pos += 1
+        elif c == 0xDC or c == 0xDE:
+            if pos + 3 > end:
+                return -1
+            cnt = rd16(p + pos + 1) * (2 if c == 0xDE else 1); pos += 3
+        elif c == 0xDD or c == 0xDF:
+            if pos + 5 > end:
+                return -1
+            cnt = (<Py_ssize_t>rd32(p + pos + 1)) * (2 if c == 0xDF else 1); pos += 5
+        else:
+            return -1  # 0xC1 is never used
+        for i in range(cnt):
+            pos = skip(p, pos, end, depth + 1)
+            if pos < 0:
+                return -1
+        return pos
+    if pos + k > end:
+        return -1
+    return pos + k
+
+
+cdef inline Py_ssize_t read_uint(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                                 uint64_t* out) noexcept nogil:
+    if pos >= end:
+        return -1
+    cdef unsigned char c = p[pos]
+    if c < 0x80:
+        out[0] = c
+        return pos + 1
+    if c == 0xCC and pos + 2 <= end:
+        out[0] = p[pos + 1]
+        return pos + 2
+    if c == 0xCD and pos + 3 <= end:
+        out[0] = rd16(p + pos + 1)
+        return pos + 3
+    if c == 0xCE and pos + 5 <= end:
+        out[0] = rd32(p + pos + 1)
+        return pos + 5
+    if c == 0xCF and pos + 9 <= end:
+        out[0] = rd64(p + pos + 1)
+        return pos + 9
+    return -1
+
+
+cdef inline Py_ssize_t read_arrhdr(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                                   Py_ssize_t* n) noexcept nogil:
+    if pos >= end:
+        return -1
+    cdef unsigned char c = p[pos]
+    if 0x90 <= c <= 0x9F:
+        n[0] = c & 0x0F
+        return pos + 1
+    if c == 0xDC and pos + 3 <= end:
+        n[0] = rd16(p + pos + 1)
+        return pos + 3
+    if c == 0xDD and pos + 5 <= end:
+        n[0] = rd32(p + pos + 1)
+        return pos + 5
+    return -1
+
+
+cdef inline Py_ssize_t read_binhdr(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                                   Py_ssize_t* n) noexcept nogil:
+    """Header of a bin whose bytes are all present: position of its first byte."""
+    if pos >= end:
+        return -1
+    cdef unsigned char c = p[pos]
+    if c == 0xC4 and pos + 2 <= end:
+        n[0] = p[pos + 1]
+        pos += 2
+    elif c == 0xC5 and pos + 3 <= end:
+        n[0] = rd16(p + pos + 1)
+        pos += 3
+    elif c == 0xC6 and pos + 5 <= end:
+        n[0] = rd32(p + pos + 1)
+        pos += 5
+    else:
+        return -1
+    if pos + n[0] > end:
+        return -1
+    return pos
+
+
+cdef inline Py_ssize_t read_strhdr(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                                   Py_ssize_t* n) noexcept nogil:
+    """Header of a str whose bytes are all present: position of its first byte."""
+    if pos >= end:
+        return -1
+    cdef unsigned char c = p[pos]
+    if 0xA0 <= c <= 0xBF:
+        n[0] = c & 0x1F
+        pos += 1
+    elif c == 0xD9 and pos + 2 <= end:
+        n[0] = p[pos + 1]
+        pos += 2
+    elif c == 0xDA and pos + 3 <= end:
+        n[0] = rd16(p + pos + 1)
+        pos += 3
+    elif c == 0xDB and pos + 5 <= end:
+        n[0] = rd32(p + pos + 1)
+        pos += 5
+    else:
+        return -1
+    if pos + n[0] > end:
+        return -1
+    return pos
+
+
+cdef inline Py_ssize_t read_double(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                                   double* out) noexcept nogil:
+    cdef uint64_t u
+    cdef uint32_t w
+    cdef float f
+    if pos + 9 <= end and p[pos] == 0xCB:
+        u = rd64(p + pos + 1)
+        memcpy(out, &u, 8)
+        return pos + 9
+    if pos + 5 <= end and p[pos] == 0xCA:
+        w = rd32(p + pos + 1)
+        memcpy(&f, &w, 4)
+        out[0] = f
+        return pos + 5
+    return -1
+
+
+cdef object read_content(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t end):
+    """Decode the content at ``pos[0]`` (nil, bin and str in place, anything else with
+    ``unpackb``) and move ``pos[0]`` past it; ``pos[0]`` is -1 if it cannot be read
+    here (the caller then decodes the whole thing generically)."""
+    cdef Py_ssize_t q = pos[0], kl, e
+    cdef unsigned char c
+    if q >= end:
+        pos[0] = -1
+        return None
+    c = p[q]
+    if c == 0xC0:
+        pos[0] = q + 1
+        return None
+    e = read_binhdr(p, q, end, &kl)
+    if e >= 0:
+        pos[0] = e + kl
+        return PyBytes_FromStringAndSize(<const char*>p + e, kl)
+    e = read_strhdr(p, q, end, &kl)
+    if e >= 0:
+        try:
+            v = PyUnicode_DecodeUTF8(<const char*>p + e, kl, "strict")
+        except UnicodeDecodeError:
+            pos[0] = -1
+            return None
+        pos[0] = e + kl
+        return v
+    e = skip(p, q, end, 0)
+    if e < 0:
+        pos[0] = -1
+        return None
+    try:
+        v = unpackb(PyBytes_FromStringAndSize(<const char*>p + q, e - q))
+    except ProtocolError:
+        pos[0] = -1
+        return None
+    pos[0] = e
+    return v
+
+
+# ---------------------------------------------------------------------------------------
+# Scroll lists
+
+cdef object _UNSET = object()
+
+
+cdef class ScrollList:
+    """A read-only list of Scroll-or-None decoded from a column-wise scroll list.
+
+    Made by :func:`decode_scrolls`. Every field is decoded when the list is made (so a
+    malformed list fails there, as with the reference); the Scroll objects themselves
+    are made the first time an index is read, then kept, so the same index gives the
+    same object. It behaves like a list of Scroll/None: ``len``, indexing (negative
+    too), slices (a list), iteration, ``in``, ``index``, ``count``, ``==`` with a list or
+    another ScrollList, ``+``, ``list(x)``; it pickles as a list.
+    """
+    cdef bytes keys
+    cdef list contents
+    cdef uint64_t* versions
+    cdef double* created
+    cdef double* updated
+    cdef Py_ssize_t n
+    cdef object names
+    cdef list cache
+
+    def __cinit__(self):
+        self.versions = NULL
+        self.created = self.updated = NULL
+
+    def __dealloc__(self):
+        PyMem_Free(self.versions)
+        PyMem_Free(self.created)
+        PyMem_Free(self.updated)
+
+    def __len__(self):
+        return self.n
+
+    cdef object _at(self, Py_ssize_t i):
+        v = <object>PyList_GET_ITEM(self.cache, i)
+        if v is _UNSET:
+            if self.versions[i] == 0:
+                v = None
+            else:
+                v = Scroll(
+                    PyBytes_FromStringAndSize(PyBytes_AS_STRING(self.keys) + KEY_SIZE * i,
+                                              KEY_SIZE),
+                    <object>PyList_GET_ITEM(self.contents, i),
+                    self.versions[i], self.created[i], self.updated[i], self.names)
+            self.cache[i] = v
+        return v
+
+    def __getitem__(self, idx):
+        cdef Py_ssize_t i
+        if isinstance(idx, slice):
+            return [self._at(i) for i in range(*idx.indices(self.n))]
+        i = idx
+        if i < 0:
+            i += self.n
+        if i < 0 or i >= self.n:
+            raise IndexError("ScrollList index out of range")
+        return self._at(i)
+
+    def __iter__(self):
+        return ScrollListIterator(self)
+
+    def __reversed__(self):
+        cdef Py_ssize_t i
+        for i in range(self.n - 1, -1, -1):
+            yield self._at(i)
+
+    def __contains__(self, x):
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            v = self._at(i)
+            if v is x or v == x:
+                return True
+        return False
+
+    def index(self, x):
+        """Index of the first item equal to ``x``; raises ValueError if none."""
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            v = self._at(i)
+            if v is x or v == x:
+                return i
+        raise ValueError(f"{x!r} is not in the list")
+
+    def count(self, x):
+        """How many items equal ``x``."""
+        cdef Py_ssize_t i, c = 0
+        for i in range(self.n):
+            v = self._at(i)
+            if v is x or v == x:
+                c += 1
+        return c
+
+    def tolist(self):
+        """All items as a plain list (every Scroll made now)."""
+        return [self._at(i) for i in range(self.n)]
+
+    def __eq__(self, other):
+        if isinstance(other, ScrollList):
+            other = (<ScrollList>other).tolist()
+        elif not isinstance(other, list):
+            return NotImplemented
+        return self.tolist() == other
+
+    def __ne__(self, other):
+        r = self.__eq__(other)
+        return r if r is NotImplemented else not r
+
+    __hash__ = None
+
+    def __add__(self, other):
+        return self.tolist() + list(other)
+
+    def __radd__(self, other):
+        return list(other) + self.tolist()
+
+    def __repr__(self):
+        return repr(self.tolist())
+
+    def __reduce__(self):
+        return (list, (self.tolist(),))
+
+
+cdef class ScrollListIterator:
+    """Iterator over a :class:`ScrollList` (each Scroll made as it is reached)."""
+    cdef ScrollList items
+    cdef Py_ssize_t i
+
+    def __cinit__(self, ScrollList items):
+        self.items = items
+        self.i = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= self.items.n:
+            raise StopIteration
+        self.i += 1
+        return self.items._at(self.i - 1)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
+                              Py_ssize_t* end_out):
+    """The ScrollList at ``data[pos:]``, or None when it is not in the canonical form
+    read here (then the reference decodes it, or says why it is malformed)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t end = len(data), n, cnt, i, kl, q
+    cdef int k
+    cdef double* col
+    cdef double d
+    if pos < 0 or pos >= end or p[pos] != 0x95:
+        return None
+    q = read_binhdr(p, pos + 1, end, &kl)
+    if q < 0 or kl % KEY_SIZE:
+        return None
+    n = kl // KEY_SIZE
+    cdef ScrollList out = ScrollList.__new__(ScrollList)
+    out.n = n
+    out.names = names
+    out.keys = PyBytes_FromStringAndSize(<const char*>p + q, kl)
+    cdef Py_ssize_t sz = n if n else 1
+    out.versions = <uint64_t*>PyMem_Malloc(sz * sizeof(uint64_t))
+    out.created = <double*>PyMem_Malloc(sz * sizeof(double))
+    out.updated = <double*>PyMem_Malloc(sz * sizeof(double))
+    if out.versions == NULL or out.created == NULL or out.updated == NULL:
+        raise MemoryError()
+    pos = read_arrhdr(p, q + kl, end, &cnt)
+    if pos < 0 or cnt != n:
+        return None  # stacked ndarray contents (an ext value), or malformed
+    out.contents = PyList_New(n)
+    for i in range(n):
+        Py_INCREF(None)
+        PyList_SET_ITEM(out.contents, i, None)
+    for i in range(n):
+        v = read_content(p, &pos, end)
+        if pos < 0:
+            return None
+        if v is not None:
+            out.contents[i] = v
+    pos = read_arrhdr(p, pos, end, &cnt)
+    if pos < 0 or cnt != n:
+        return None
+    for i in range(n):
+        pos = read_uint(p, pos, end, &out.versions[i])
+        if pos < 0:
+            return None
+    for k in range(2):
+        col = out.created if k == 0 else out.updated
+        pos = read_arrhdr(p, pos, end, &cnt)
+        if pos < 0 or cnt != n:
+            return None
+        for i in range(n):
+            if out.versions[i] == 0:
+                col[i] = 0.0
+                pos = skip(p, pos, end, 0)  # an absent entry's time is not looked at
+                if pos < 0:
+                    return None
+            else:
+                pos = read_double(p, pos, end, &d)
+                if pos < 0:
+                    return None
+                col[i] = d
+    out.cache = PyList_New(n)
+    for i in range(n):
+        Py_INCREF(_UNSET)
+        PyList_SET_ITEM(out.cache, i, _UNSET)
+    end_out[0] = pos
+    return out
+
+
+def decode_scrolls(data, Py_ssize_t offset=0, names=None):
+    """Decode the column-wise scroll list at ``data[offset:]`` (either contents form).
+
+    :param data: bytes holding the encoded list (a reply body, say).
+    :param offset: where the list starts.
+    :param names: the name table given to every Scroll.
+    :returns: ``(scrolls, end)``: a :class:`ScrollList` (a plain list for the stacked
+        ndarray form) of Scroll or ``None`` (version 0), and the offset just after the
+        list.
+    :raises ProtocolError: if the bytes are truncated or not a scroll list.
+    """
+    cdef Py_ssize_t end = 0
+    if not PyBytes_CheckExact(data):
+        data = bytes(data)
+    r = parse_scroll_list(<bytes>data, offset, names, &end)
+    if r is None:
+        return _ref.decode_scrolls(data, offset, names)
+    return r, end
+
+
+def decode_response_scrolls(body, names=None, bint page=False):
+    """Decode a reply body whose success result is a scroll list (GET_MANY, KG) or, with
+    ``page``, a RANGE page ``[scroll list, after]``.
+
+    :param body: one frame body.
+    :param names: the name table given to every Scroll.
+    :param page: the result is a RANGE page.
+    :returns: a ``Reply`` whose ``value`` is the scrolls (with ``page``:
+        ``(scrolls, after)``); an error reply or a push decode as in ``parse_reply``.
+    :raises ProtocolError: if the body is malformed, or a success result is not of
+        that shape.
+    """
+    cdef uint64_t msgid
+    cdef Py_ssize_t end, pos, q, kl
+    if not PyBytes_CheckExact(body):
+        body = bytes(body)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(body)
+    end = len(<bytes>body)
+    if end >= 3 and p[0] == 0x93:
+        pos = read_uint(p, 1, end, &msgid)
+        if pos > 0 and pos < end and p[pos] == 0x00:
+            pos += 1
+            if not page or (pos < end and p[pos] == 0x92):
+                r = parse_scroll_list(<bytes>body, pos + 1 if page else pos, names, &q)
+                if r is not None:
+                    if not page:
+                        if q == end:
+                            return Reply(msgid, True, r)
+                    elif q + 1 == end and p[q] == 0xC0:
+                        return Reply(msgid, True, (r, None))
+                    elif (q + 2 + KEY_SIZE == end and p[q] == 0xC4
+                          and p[q + 1] == KEY_SIZE):
+                        return Reply(msgid, True, (r, PyBytes_FromStringAndSize(
+                            <const char*>p + q + 2, KEY_SIZE)))
+    return _ref.decode_response_scrolls(body, names, page)
+
+
+# ---------------------------------------------------------------------------------------
+# The frame decoder
+
+cdef enum:
+    OP_NONE = 0
+    OP_GET = 1
+    OP_PUT = 2
+
+cdef inline int plain_op(object msg):
+    # OP_GET for [msgid, "GET", [bin of 18]], OP_PUT for [msgid, "PUT", [bin of 18,
+    # content]], else OP_NONE (the reference's _plain_op).
+    if type(msg) is not list or len(<list>msg) != 3:
+        return OP_NONE
+    msgid, op, args = msg
+    if not (PyLong_CheckExact(msgid) and 1 <= msgid <= 0xFFFFFFFF
+            and PyList_CheckExact(args) and len(<list>args) >= 1):
+        return OP_NONE
+    key = args[0]
+    if not (PyBytes_CheckExact(key) and len(<bytes>key) == KEY_SIZE):
+        return OP_NONE
+    if op == "GET" and len(<list>args) == 1:
+        return OP_GET
+    if op == "PUT" and len(<list>args) == 2:
+        return OP_PUT
+    return OP_NONE
+
+
+cdef inline object scroll_row_or_none(object v, object names):
+    # A Scroll from a scroll's wire form, or _UNSET if v is not exactly that shape.
+    if type(v) is list and len(<list>v) == 5:
+        key, content, version, created, updated = v
+        if (PyBytes_CheckExact(key) and len(<bytes>key) == KEY_SIZE
+                and PyLong_CheckExact(version) and version >= 1
+                and PyFloat_CheckExact(created) and PyFloat_CheckExact(updated)):
+            return Scroll(key, content, version, created, updated, names)
+    return _UNSET
+
+
+cdef class FrameDecoder:
+    """Incremental frame decoder: ``feed(bytes)``, then ``next()`` until ``None``.
+
+    The compiled twin of ``vtpu.protocol.FrameDecoder`` (same methods, same results);
+    it keeps the received bytes in one C buffer and reads the hot frame shapes in place.
+
+    :param max_frame_size: the largest body accepted.
+    """
+    cdef public Py_ssize_t max_frame_size
+    cdef char* buf
+    cdef Py_ssize_t start, end, cap
+    cdef object peek  # decoded body of the complete frame at start, or _UNSET
+
+    def __cinit__(self, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+        self.max_frame_size = max_frame_size
+        self.buf = NULL
+        self.start = self.end = self.cap = 0
+        self.peek = _UNSET
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+
+    cdef int _append(self, const char* s, Py_ssize_t n) except -1:
+        cdef Py_ssize_t live = self.end - self.start, cap
+        cdef char* q
+        if self.end + n > self.cap:
+            if self.start:
+                # Move the unread bytes (at most a few frames) to the front first.
+                memmove(self.buf, self.buf + self.start, live)
+                self.start, self.end = 0, live
+            if live + n > self.cap:
+                cap = self.cap * 2 if self.cap else 65536
+                while cap < live + n:
+                    cap *= 2
+                q = <char*>PyMem_Realloc(self.buf, cap)
+                if q == NULL:
+                    raise MemoryError()
+                self.buf = q
+                self.cap = cap
+        memcpy(self.buf + self.end, s, n)
+        self.end += n
+        return 0
+
+    def feed(self, data):
+        """Append received bytes.
+
+        :param data: any bytes-like object (possibly empty, possibly several frames).
+        """
+        cdef Py_buffer view
+        if self.start == self.end:
+            self.start = self.end = 0
+        if PyBytes_CheckExact(data):
+            self._append(PyBytes_AS_STRING(data), len(<bytes>data))
+            return
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._append(<const char*>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    def buffered(self):
+        """Return how many received bytes are not yet consumed (at most a partial frame
+        after :meth:`next` returned ``None``)."""
+        return self.end - self.start
+
+    cdef Py_ssize_t _frame_end(self) except -2:
+        # Offset just after the complete frame at start, or -1.
+        if self.end - self.start < 4:
+            return -1
+        cdef Py_ssize_t n = rd32(<const unsigned char*>self.buf + self.start)
+        if n > self.max_frame_size:
+            raise FrameTooLarge(
+                f"frame body of {n} bytes exceeds max_frame_size {self.max_frame_size}")
+        if n == 0:
+            raise ProtocolError("frame with an empty body")
+        n += self.start + 4
+        return n if n <= self.end else -1
+
+    cdef inline void _consume(self, Py_ssize_t e) noexcept:
+        self.peek = _UNSET
+        self.start = e
+        if e == self.end:
+            self.start = self.end = 0
+
+    cdef object _decoded(self, Py_ssize_t e):
+        if self.peek is _UNSET:
+            self.peek = unpackb(PyBytes_FromStringAndSize(self.buf + self.start + 4,
+                                                          e - self.start - 4))
+        return self.peek
+
+    def next_body(self):
+        """Return the next complete frame body as raw bytes, or ``None`` if incomplete.
+
+        :raises FrameTooLarge: on a length above ``max_frame_size``.
+        :raises ProtocolError: on a zero length (either way the stream is unusable).
+        """
+        cdef Py_ssize_t e = self._frame_end()
+        if e < 0:
+            return None
+        body = PyBytes_FromStringAndSize(self.buf + self.start + 4, e - self.start - 4)
+        self._consume(e)
+        return body
+
+    def next(self):
+        """Return the next decoded message, or ``None`` if no complete frame is buffered.
+
+        :raises ProtocolError: on an oversized/empty length or a body that is not exactly
+            one valid msgpack object (the frame is consumed). After this error the
+            stream is unusable.
+        """
+        cdef Py_ssize_t e = self._frame_end()
+        if e < 0:
+            return None
+        try:
+            return self._decoded(e)
+        finally:
+            self._consume(e)
+
+    next_frame = next
+
+    def __iter__(self):
+        """Iterate over the complete messages buffered so far."""
+        while True:
+            msg = self.next()
+            if msg is None:
+                return
+            yield msg
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def next_requests(self, Py_ssize_t limit):
+        """Take the next request, or the next run of plain GETs or plain PUTs.
+
+        A plain GET is a frame whose body is exactly ``[msgid, "GET", [bin of 18]]``, a
+        plain PUT one whose body is ``[msgid, "PUT", [bin of 18, content]]``.
+
+        :param limit: most frames to consume (>= 1).
+        :returns: ``None`` if no complete frame is buffered; a run as the 4-tuple
+            ``(opcode, msgids, keys, contents)`` (``contents`` is ``None`` for GET);
+            otherwise one request as the 3-tuple ``(msgid, opcode, args)``.
+        :raises RequestError: a frame that decodes but is not a request (consumed; the
+            stream stays usable).
+        :raises ProtocolError: an empty or oversized length, or a body that is not
+            exactly one msgpack object (consumed; the stream is unusable). A run
+            before such a frame is returned first; the next call raises.
+        """
+        cdef list msgids = []
+        cdef list contents = None
+        cdef Buf keys
+        cdef Py_ssize_t e, e2, size, q, count = 0
+        cdef const unsigned char* p
+        cdef uint64_t mid
+        cdef int op, run_op = OP_NONE
+        buf_init(&keys)
+        try:
+            while count < limit:
+                e = -1
+                try:
+                    e = self._frame_end()
+                    if e < 0:
+                        break
+                    p = <const unsigned char*>self.buf + self.start + 4
+                    size = e - self.start - 4
+                    # The canonical forms: 93 <uint msgid> a3 "GET" 91 c4 12 <key> and
+                    # 93 <uint msgid> a3 "PUT" 92 c4 12 <key> <content>
+                    q = read_uint(p, 1, size, &mid) if size >= 27 and p[0] == 0x93 else -1
+                    if (q > 0 and q + 25 <= size and mid >= 1 and mid <= 0xFFFFFFFF
+                            and p[q] == 0xA3 and p[q + 5] == 0xC4 and p[q + 6] == KEY_SIZE):
+                        op = OP_NONE
+                        if (p[q + 1] == 71 and p[q + 2] == 69 and p[q + 3] == 84
+                                and p[q + 4] == 0x91 and q + 25 == size):
+                            op = OP_GET
+                        elif (p[q + 1] == 80 and p[q + 2] == 85 and p[q + 3] == 84
+                                and p[q + 4] == 0x92 and q + 25 < size):
+                            e2 = q + 25
+                            content = read_content(p, &e2, size)
+                            if e2 == size:
+                                op = OP_PUT
+                        if op != OP_NONE and (run_op == OP_NONE or op == run_op):
+                            run_op = op
+                            msgids.append(mid)
+                            put(&keys, <const char*>p + q + 7, KEY_SIZE)
+                            if op == OP_PUT:
+                                if contents is None:
+                                    contents = []
+                                contents.append(content)
+                            self._consume(e)
+                            count += 1
+                            continue
+                    msg = self._decoded(e)
+                except ProtocolError:
+                    if count:
+                        break
+                    if e >= 0:
+                        self._consume(e)
+                    raise
+                op = plain_op(msg)
+                if op == OP_NONE or (run_op != OP_NONE and op != run_op):
+                    if count:
+                        break
+                    self._consume(e)
+                    if (type(msg) is list and len(<list>msg) == 3
+                            and PyLong_CheckExact(msg[0]) and 1 <= msg[0] <= 0xFFFFFFFF
+                            and PyUnicode_CheckExact(msg[1]) and PyList_CheckExact(msg[2])):
+                        return msg[0], msg[1], msg[2]
+                    return parse_request(msg)  # raises the reference's RequestError
+                run_op = op
+                args = msg[2]
+                msgids.append(msg[0])
+                put(&keys, PyBytes_AS_STRING(args[0]), KEY_SIZE)
+                if op == OP_PUT:
+                    if contents is None:
+                        contents = []
+                    contents.append(args[1])
+                self._consume(e)
+                count += 1
+            if not count:
+                return None
+            return ("GET" if run_op == OP_GET else "PUT"), msgids, buf_bytes(&keys), contents
+        finally:
+            buf_free(&keys)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def decode_get_replies(data, Py_ssize_t pos, Py_ssize_t end, msgid, Py_ssize_t count,
+                       names=None, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+    """Decode a run of GET success replies in place, from a client's receive buffer.
+
+    Starting at ``data[pos]``, decodes consecutive complete frames whose bodies are
+    ``[msgid + i, 0, nil]`` or ``[msgid + i, 0, [key bin(18), content, version uint >= 1,
+    created float, updated float]]``, at most ``count``; stops at the first frame that is
+    incomplete or of any other kind, which the caller then reads generically.
+
+    :param data: the receive buffer (any contiguous bytes-like object).
+    :param pos: offset of the next unread frame.
+    :param end: end of the received bytes in ``data``.
+    :param msgid: the id the first reply must carry.
+    :param count: most replies to decode.
+    :param names: the name table given to every Scroll.
+    :param max_frame_size: the largest body accepted (a larger or empty length stops the
+        run; the caller's framing reports it).
+    :returns: ``(scrolls, pos, need_more)``: a list of Scroll or ``None``, the offset
+        after them, and whether the run stopped at an incomplete frame.
+    """
+    cdef Py_buffer view
+    cdef list out = []
+    cdef Py_ssize_t size, body, q, done = 0
+    cdef const unsigned char* p
+    cdef const unsigned char* b
+    cdef uint64_t mid, ver = 0, want = 0
+    cdef double created, updated
+    cdef bint fast = PyLong_CheckExact(msgid) and 0 <= msgid <= 0xFFFFFFFF
+    cdef bint need_more = False
+    if fast:
+        want = msgid
+    if pos < 0:
+        raise ValueError(f"pos must be >= 0, got {pos}")
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        p = <const unsigned char*>view.buf
+        if end > view.len:
+            end = view.len
+        while done < count:
+            if end - pos < 4:
+                need_more = True
+                break
+            size = rd32(p + pos)
+            if size == 0 or size > max_frame_size:
+                break
+            if end - pos - 4 < size:
+                need_more = True
+                break
+            b = p + pos + 4
+            if fast:
+                q = read_uint(b, 1, size, &mid) if b[0] == 0x93 else -1
+                if q > 0 and mid == want + <uint64_t>done and q + 1 < size and b[q] == 0:
+                    q += 1
+                    if b[q] == 0xC0 and q + 1 == size:
+                        out.append(None)
+                        pos += 4 + size
+                        done += 1
+                        continue
+                    if (b[q] == 0x95 and q + 3 + KEY_SIZE <= size and b[q + 1] == 0xC4
+                            and b[q + 2] == KEY_SIZE):
+                        key = PyBytes_FromStringAndSize(<const char*>b + q + 3, KEY_SIZE)
+                        q += 3 + KEY_SIZE
+                        content = read_content(b, &q, size)
+                        if q > 0:
+                            q = read_uint(b, q, size, &ver)
+                        if q > 0:
+                            q = read_double(b, q, size, &created)
+                        if q > 0:
+                            q = read_double(b, q, size, &updated)
+                        if q == size and ver >= 1:
+                            out.append(Scroll(key, content, ver, created, updated, names))
+                            pos += 4 + size
+                            done += 1
+                            continue
+            # Another encoding: the generic decoder and the reference's checks.
+            try:
+                msg = unpackb(PyBytes_FromStringAndSize(<const char*>b, size))
+            except ProtocolError:
+                break
+            if (type(msg) is not list or len(<list>msg) != 3
+                    or not PyLong_CheckExact(msg[0]) or msg[0] != msgid + done
+                    or not PyLong_CheckExact(msg[1]) or msg[1] != 0):
+                break
+            v = msg[2]
+            if v is not None:
+                v = scroll_row_or_none(v, names)
+                if v is _UNSET:
+                    break
+            out.append(v)
+            pos += 4 + size
+            done += 1
+        return out, pos, need_more
+    finally:
+        PyBuffer_Release(&view)
