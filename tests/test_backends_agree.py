@@ -431,11 +431,14 @@ def test_server_error_messages_name_the_opcode_once():
     keys2 = b"".join(struct.pack(">9H", *[1] * 8, i) for i in (1, 2))
     with running_server() as (host, port):
         eng = RemoteEngine(host, port)
+        one = struct.pack(">9H", *[1] * 9)
+        # Raw requests: the client checks these arguments itself before sending (as the
+        # engine does), so only a request sent as is reaches the server's checks.
         calls = {
-            "PUT_MANY": lambda t: t.put_many(keys2, np.ones((3, 4))),
-            "HIER": lambda t: t.hier(np.ones(9, np.uint16), "SIDEWAYS"),
+            "PUT_MANY": lambda t: t.request("PUT_MANY", [keys2, np.ones((3, 4))]),
+            "HIER": lambda t: t.request("HIER", [one, "SIDEWAYS"]),
             "PUT": lambda t: t.put(b"\xff" * 18, "x"),
-            "NEAREST": lambda t: t.nearest(np.ones(9, np.uint16), k=-1),
+            "NEAREST": lambda t: t.request("NEAREST", [one, -1]),
         }
         for op, call in calls.items():
             with pytest.raises(vtpu.VTPUError) as e:

@@ -274,8 +274,6 @@ class BackendContract:
         assert eng.put_many(keys(cs), np.array([7, 8, 9])) == [2, 2, 2]
         assert [eng.get(key(c)).content for c in cs] == [7, 8, 9]
 
-    @disagree(EVERY, "put_many(blob, 5) (contents not a list or array): every backend "
-              "raises a bare TypeError from list(contents), not InterfaceError")
     def test_put_many_contents_not_a_sequence(self, eng):
         with pytest.raises(E.InterfaceError):
             eng.put_many(keys(grid(1)), 5)
@@ -373,20 +371,12 @@ class BackendContract:
         self._refuses_pattern(eng, bad)
         assert eng.count(ALL) == 1
 
-    @disagree(NETWORK, "a (2, 9) pattern of dtype float64, int32 or int64: Engine raises "
-              "InterfaceError ('pattern must be a (2, 9) uint16 array'), RemoteEngine/"
-              "AsyncRemoteEngine cast it to uint16 (protocol.pack_pattern) and answer the "
-              "cast pattern")
     @pytest.mark.parametrize("dtype", [np.float64, np.int32, np.int64])
     def test_bad_pattern_dtype(self, eng, dtype):
         eng.put(key("1.1.1/1.1.1/1.1.1"), "keep")
         self._refuses_pattern(eng, ALL.astype(dtype))
         assert eng.count(ALL) == 1
 
-    @disagree(EMBEDDED, "on an empty store Engine.range/count/delete_range/nearest accept a "
-              "(3, 9) pattern and return []/0/empty arrays (the index answers before the "
-              "pattern is checked); with one scroll stored they raise InterfaceError, and "
-              "RemoteEngine/AsyncRemoteEngine always do")
     def test_bad_pattern_shape_on_empty_store(self, eng):
         self._refuses_pattern(eng, np.zeros((3, 9), np.uint16))
 
@@ -458,23 +448,15 @@ class BackendContract:
         with pytest.raises(E.InterfaceError):
             eng.nearest(np.zeros(8, np.uint16), 3)
 
-    @disagree(EMBEDDED, "nearest(metric='euclid') on an empty store: Engine returns empty "
-              "arrays (the index answers before the metric is checked), RemoteEngine/"
-              "AsyncRemoteEngine raise InterfaceError")
     def test_nearest_bad_metric_on_empty_store(self, eng):
         with pytest.raises(E.InterfaceError):
             eng.nearest(np.zeros(9, np.uint16), 3, "euclid")
 
-    @disagree(NETWORK, "nearest(k=2.5): Engine raises InterfaceError, RemoteEngine/"
-              "AsyncRemoteEngine truncate it to k=2 (int(k)) and answer")
     def test_nearest_float_k(self, eng):
         eng.put(key("1.1.1/1.1.1/1.1.1"), "x")
         with pytest.raises(E.InterfaceError):
             eng.nearest(np.zeros(9, np.uint16), 2.5)
 
-    @disagree(NETWORK, "nearest() of an 18-byte key instead of a (9,) uint16 array: Engine "
-              "raises InterfaceError ('coordinate must be a numpy (9,) uint16 array'), "
-              "RemoteEngine/AsyncRemoteEngine accept the key")
     def test_nearest_takes_a_coordinate_array(self, eng):
         eng.put(key("1.1.1/1.1.1/1.1.1"), "x")
         with pytest.raises(E.InterfaceError):
@@ -500,9 +482,6 @@ class BackendContract:
         with pytest.raises(E.InterfaceError):
             eng.hier(np.zeros(8, np.uint16), "NEXT")
 
-    @disagree(NETWORK, "hier(c, 'next') in lower case: Engine raises InterfaceError "
-              "('direction must be NEXT or PREV'), RemoteEngine/AsyncRemoteEngine upper-case "
-              "it and answer")
     def test_hier_direction_is_exact(self, eng):
         eng.put_many(keys(grid(1) + ["2.1.1/1.1.1/1.1.1"]), ["a", "b"])
         with pytest.raises(E.InterfaceError):
@@ -653,10 +632,6 @@ class BackendContract:
         with pytest.raises(E.InterfaceError):
             eng.kg(start, d, 1, max_frontier=0)
 
-    @disagree(NETWORK, "kg() with float64 deltas or a single (2, 9) delta: Engine raises "
-              "InterfaceError ('deltas must be an (R, 2, 9) int32 array'), RemoteEngine/"
-              "AsyncRemoteEngine cast to int32 and reshape to (R, 2, 9) (protocol.pack_deltas) "
-              "and traverse")
     @pytest.mark.parametrize("bad", [np.zeros((1, 2, 9), np.float64), np.zeros((2, 9), np.int32)],
                              ids=["float64", "2d"])
     def test_kg_bad_deltas(self, eng, bad):
@@ -664,8 +639,6 @@ class BackendContract:
         with pytest.raises(E.InterfaceError):
             eng.kg(pat("5.1.1/1.1.1/1.1.1"), bad, 1)
 
-    @disagree(NETWORK, "kg(hops=1.5): Engine raises InterfaceError, RemoteEngine/"
-              "AsyncRemoteEngine truncate to hops=1 (int(hops)) and traverse")
     def test_kg_float_hops(self, eng):
         self._graph(eng)
         with pytest.raises(E.InterfaceError):
@@ -687,9 +660,6 @@ class BackendContract:
         assert eng.get(k).coordinate == "alpha.1.1/1.1.1/1.1.1"
         assert [s.coordinate for s in eng.range(ALL)] == ["alpha.1.1/1.1.1/1.1.1"]
 
-    @disagree(NETWORK, "intern('alpha') (a str, not a list): Engine raises InterfaceError "
-              "('intern takes a list of names'), RemoteEngine/AsyncRemoteEngine call "
-              "list(names) and intern each character ('a', 'l', 'p', 'h')")
     def test_intern_refuses_a_bare_string(self, eng):
         with pytest.raises(E.InterfaceError):
             eng.intern("alpha")
@@ -728,9 +698,6 @@ class BackendContract:
         assert eng.export_phext(pat("1.*.*/*.*.*/*.*.*")) == format_phext(self.DOC_ITEMS[:3])
         assert eng.import_phext("") == 0
 
-    @disagree(EMBEDDED, "import_phext(b'...') or import_phext(5): Engine raises PhextError "
-              "('phext text must be str'), RemoteEngine/AsyncRemoteEngine raise "
-              "InterfaceError ('IMPORT_PHEXT text must be a string', from the server)")
     @pytest.mark.parametrize("bad", [b"bytes", 5], ids=repr)
     def test_import_phext_non_text(self, eng, bad):
         with pytest.raises(E.InterfaceError):
@@ -915,8 +882,6 @@ class FacadeContract:
         assert client.crange("1.1.1/1.1.1/1.1.*", keys_only=True) == [
             "1.1.1/1.1.1/1.1.1", "1.1.1/1.1.1/1.1.3"]
 
-    @disagree(FACADE_EVERY, "intern('alpha') (a str, not a list) interns each character "
-              "('a', 'l', 'p', 'h') over mem:// and vtpu:// alike: the facade calls list(names)")
     def test_intern_refuses_a_bare_string(self, client):
         with pytest.raises(E.InterfaceError):
             client.intern("alpha")
@@ -945,8 +910,6 @@ class FacadeContract:
         with pytest.raises(E.InterfaceError):
             client.crange("*.*.*/*.*.*/*.*.*", limit=2.5)
 
-    @disagree(FACADE_EVERY, "cput_many(coords, 5) (contents not a list or array): a bare "
-              "TypeError from list(contents) over mem:// and vtpu://, not InterfaceError")
     def test_cput_many_contents_not_a_sequence(self, client):
         with pytest.raises(E.InterfaceError):
             client.cput_many(grid(1), 5)

@@ -39,6 +39,7 @@ from vtpu.coords import (
     to_keys_blob,
     to_pattern,
 )
+from vtpu.engine import MAX_FRONTIER, MAX_HOPS, MAX_K, check_count, check_metric, check_name_list
 from vtpu.errors import CoordinateError, InterfaceError, NotFoundError
 from vtpu.session import finish
 
@@ -446,8 +447,9 @@ class Client:
     # -- CNEAREST / CHIER -----------------------------------------------------------------
 
     def _plan_cnearest(self, coord, k, metric, within, as_array=False) -> _Call:
-        if metric not in ("l1", "hamming"):
-            raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
+        # Checked here too: a coordinate naming an unknown name answers without the backend.
+        metric = check_metric(metric)
+        k = check_count(k, "k", 0, MAX_K)
         key = self._read_key(coord)
         w = None if within is None else read_pattern(within, self.names)
         if as_array:
@@ -462,7 +464,7 @@ class Client:
         if key is None:   # a coordinate no stored one can be near: it names no known name
             none = (np.empty((0, 9), np.uint16), np.empty(0, np.int64))
             return _Call("cnearest", None, (none,), _NO_KW, post or (lambda r: r))
-        return _Call("cnearest", "nearest", (_core.unpack(key), int(k), metric, w), _NO_KW,
+        return _Call("cnearest", "nearest", (_core.unpack(key), k, metric, w), _NO_KW,
                      post)
 
     def cnearest(self, coord, k: int = 10, metric: str = "l1", within=None,
@@ -675,7 +677,7 @@ class Client:
         ds = [d for d in (read_delta(d, names) for d in relation_deltas) if d is not None]
         ds = np.stack(ds) if ds else np.empty((0, 2, 9), dtype=np.int32)
         start = read_pattern(start_coord, names)
-        return _Call("ckg", "kg", (start, ds, int(hops), int(max_frontier)), _NO_KW, None)
+        return _Call("ckg", "kg", (start, ds, hops, max_frontier), _NO_KW, None)
 
     def ckg(self, start_coord, relation_deltas, hops: int = 1, max_frontier: int = 10000) -> list:
         """CKG: multi-hop knowledge-graph traversal.
@@ -694,7 +696,7 @@ class Client:
     # -- names, admin ---------------------------------------------------------------------
 
     def _plan_intern(self, names) -> _Call:
-        return _Call("intern", "intern", (list(names),), _NO_KW, None)
+        return _Call("intern", "intern", (check_name_list(names),), _NO_KW, None)
 
     def intern(self, names) -> list:
         """Ids of names (0xF000...), interning the unknown ones."""

@@ -37,7 +37,9 @@ from vtpu.errors import CoordinateError, InterfaceError, NotFoundError, VersionC
 from vtpu.index import CoordIndex
 from vtpu.protocol import pack_value
 
-__all__ = ["Engine", "check_content"]
+__all__ = ["Engine", "check_content", "check_count", "check_key", "check_blob", "check_contents",
+           "check_metric", "check_direction", "check_patterns", "check_values", "check_deltas",
+           "check_name_list", "check_text"]
 
 _FULL = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
 #: Bounds of CNEAREST's k and CKG's hops / max_frontier (the wire accepts no more).
@@ -137,9 +139,14 @@ def _kind(content: Any) -> str:
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 
-def _count_arg(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int | None:
+def check_count(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int | None:
     """None or an integer in lo..hi, else InterfaceError: the server's ARG check, so every
-    backend refuses the same arguments the same way."""
+    backend refuses the same arguments the same way (a float, even 2.0, or a bool is not
+    an integer here).
+
+    :returns: ``v`` as an int (or None).
+    :raises InterfaceError: anything else.
+    """
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or \
@@ -147,6 +154,139 @@ def _count_arg(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int | N
         span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
         raise InterfaceError(f"{what} must be an integer {span}, got {v!r}")
     return int(v)
+
+
+# -- argument checks -----------------------------------------------------------------------
+# The engine's arguments are checked by these functions before any shortcut (an empty
+# store answers nothing without looking at its arguments otherwise), and the network
+# clients (vtpu.session.ClientOps) call the same functions before they send: what the
+# engine refuses, every backend refuses, with the same error.
+
+
+def _bytes_like(v: Any) -> bytes | None:
+    """``v`` as bytes when it is bytes, a bytearray or a byte memoryview, else None."""
+    if type(v) is bytes:
+        return v
+    if isinstance(v, bytearray) or (isinstance(v, memoryview) and v.itemsize == 1):
+        return bytes(v)
+    return None
+
+
+def check_key(key: Any, what: str = "key") -> bytes:
+    """An 18-byte packed coordinate (bytes, bytearray or byte memoryview).
+
+    :returns: the key as bytes.
+    :raises InterfaceError: anything else (a ``(9,)`` array too: pack it first).
+    """
+    b = _bytes_like(key)
+    if b is None or len(b) != 18:
+        got = f"{len(b)} bytes" if b is not None else type(key).__name__
+        raise InterfaceError(f"{what} must be a packed coordinate of 18 bytes, got {got}")
+    return b
+
+
+def check_blob(blob: Any, what: str = "keys") -> bytes:
+    """N packed coordinates: N*18 bytes, or an ``(N, 9)`` uint16 array (packed here).
+
+    :returns: the blob as bytes.
+    :raises InterfaceError: anything else (another dtype or shape is not cast).
+    """
+    if isinstance(blob, np.ndarray):
+        return _core.pack_many(_core.check_coords(blob, what))
+    b = _bytes_like(blob)
+    if b is None:
+        raise InterfaceError(f"{what} must be N*18 bytes or an (N, 9) uint16 array, "
+                             f"got {type(blob).__name__}")
+    if len(b) % 18:
+        raise InterfaceError(f"{what}: packed coordinates need a multiple of 18 bytes, "
+                             f"got {len(b)}")
+    return b
+
+
+def check_contents(contents: Any, n: int) -> Any:
+    """The contents of a batched write of ``n`` keys: a list or tuple of n contents, or an
+    ndarray whose row i is content i (the contents themselves are checked on write).
+
+    :returns: a list, or the array.
+    :raises InterfaceError: another type (a str or a generator is not split into
+        contents), or not n of them.
+    """
+    if isinstance(contents, np.ndarray):
+        if contents.ndim == 0 or contents.shape[0] != n:
+            raise InterfaceError(f"{n} coordinates but contents of shape {contents.shape}")
+        return contents
+    if not isinstance(contents, (list, tuple)):
+        raise InterfaceError("contents must be a list or an ndarray (row i is content i), "
+                             f"got {type(contents).__name__}")
+    if len(contents) != n:
+        raise InterfaceError(f"{n} coordinates but {len(contents)} contents")
+    return contents if type(contents) is list else list(contents)
+
+
+def check_metric(metric: Any) -> str:
+    """CNEAREST's metric: "l1" or "hamming". :raises InterfaceError: anything else."""
+    if type(metric) is not str or metric not in ("l1", "hamming"):
+        raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
+    return metric
+
+
+def check_direction(direction: Any) -> str:
+    """CHIER's direction here: "NEXT" or "PREV", exactly. :raises InterfaceError: else."""
+    if type(direction) is not str or direction not in ("NEXT", "PREV"):
+        raise InterfaceError(f"direction must be NEXT or PREV here, got {direction!r}")
+    return direction
+
+
+def check_patterns(patterns: Any, what: str = "key patterns") -> np.ndarray:
+    """A ``(Q, 2, 9)`` uint16 array of patterns. :raises InterfaceError: anything else."""
+    if not isinstance(patterns, np.ndarray) or patterns.dtype != np.uint16 or \
+            patterns.ndim != 3 or patterns.shape[1:] != (2, 9):
+        got = (f"{patterns.dtype} {patterns.shape}" if isinstance(patterns, np.ndarray)
+               else type(patterns).__name__)
+        raise InterfaceError(f"{what} must be a (Q, 2, 9) uint16 array, got {got}")
+    return np.ascontiguousarray(patterns)
+
+
+def check_values(values: Any) -> np.ndarray | None:
+    """CATTEND's values: None, a ``(2, 9)`` int32 delta (from each key to its value) or a
+    ``(2, 9)`` uint16 pattern (aligned with the keys); the dtype tells them apart.
+
+    :raises InterfaceError: anything else.
+    """
+    if values is None:
+        return None
+    if isinstance(values, np.ndarray) and values.dtype == np.int32:
+        if values.shape != (2, 9):
+            raise InterfaceError(f"a values delta must be a (2, 9) int32 array, got "
+                                 f"{values.shape}")
+        return np.ascontiguousarray(values)
+    return _core.check_pattern(values, "values")
+
+
+def check_deltas(deltas: Any) -> np.ndarray:
+    """CKG's relations: an ``(R, 2, 9)`` int32 array. :raises InterfaceError: else."""
+    if not isinstance(deltas, np.ndarray) or deltas.ndim != 3 or \
+            deltas.shape[1:] != (2, 9) or deltas.dtype != np.int32:
+        got = (f"{deltas.dtype} {deltas.shape}" if isinstance(deltas, np.ndarray)
+               else type(deltas).__name__)
+        raise InterfaceError(f"deltas must be an (R, 2, 9) int32 array, got {got}")
+    return np.ascontiguousarray(deltas)
+
+
+def check_name_list(names: Any) -> list:
+    """The names of an intern call: a list or tuple (a bare str is not split into its
+    characters). :raises InterfaceError: anything else."""
+    if not isinstance(names, (list, tuple)):
+        raise InterfaceError(f"intern takes a list of names, got {type(names).__name__}")
+    return list(names)
+
+
+def check_text(text: Any) -> str:
+    """A .phext document to import: a str. :raises InterfaceError: anything else."""
+    if type(text) is not str:
+        raise InterfaceError(f"the phext text must be a str, got {type(text).__name__} "
+                             "(decode bytes as UTF-8 first)")
+    return text
 
 
 def _rows_in_windows(coords: np.ndarray, kp: np.ndarray, starts: np.ndarray,
@@ -345,6 +485,8 @@ class Engine:
 
         :raises InterfaceError: a key that is not 18 bytes.
         """
+        if type(key) is not bytes:
+            key = check_key(key)
         return self._map.get(key)
 
     def get_many(self, blob: bytes, content_only: bool = False):
@@ -357,8 +499,7 @@ class Engine:
             stored.
         :raises InterfaceError: the blob is not a multiple of 18 bytes.
         """
-        if type(blob) is not bytes:
-            blob = bytes(blob)
+        blob = check_blob(blob)
         if content_only:
             return self._map.contents(blob)
         return self._map.get_many(blob)
@@ -372,8 +513,8 @@ class Engine:
         :raises InterfaceError: unstorable content or a malformed key.
         """
         if type(key) is not bytes or len(key) != 18:
-            raise InterfaceError("a packed coordinate is 18 bytes")
-        if_version = _count_arg(if_version, "if_version")
+            key = check_key(key)
+        if_version = check_count(if_version, "if_version")
         self._check_names(key)
         content = check_content(content)
         m = self._map
@@ -406,15 +547,11 @@ class Engine:
         :raises InterfaceError: lengths differ or a content is unstorable (nothing is
             written then).
         """
-        if type(blob) is not bytes:
-            blob = bytes(blob)
-        if len(blob) % 18:
-            raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {len(blob)}")
-        self._check_names(blob)
+        blob = check_blob(blob)
         n = len(blob) // 18
+        contents = check_contents(contents, n)
+        self._check_names(blob)
         if isinstance(contents, np.ndarray):
-            if contents.ndim == 0 or contents.shape[0] != n:
-                raise InterfaceError(f"{n} coordinates but contents of shape {contents.shape}")
             frozen = check_content(contents)   # the dtype check, and one frozen copy
             if frozen.ndim > 1:
                 contents = list(frozen)        # rows of that copy: nothing left to check
@@ -422,9 +559,6 @@ class Engine:
                 contents = frozen.tolist()
                 _core.check_contents(contents, check_content)
         else:
-            contents = list(contents)
-            if len(contents) != n:
-                raise InterfaceError(f"{n} coordinates but {len(contents)} contents")
             _core.check_contents(contents, check_content)
         m = self._map
         st = self.storage
@@ -448,7 +582,12 @@ class Engine:
         return versions
 
     def delete(self, key: bytes) -> int:
-        """CDEL of one key: returns 1 if a scroll was removed, else 0."""
+        """CDEL of one key: returns 1 if a scroll was removed, else 0.
+
+        :raises InterfaceError: a key that is not 18 bytes.
+        """
+        if type(key) is not bytes:
+            key = check_key(key)
         m = self._map
         old = m.get(key) if self.storage is not None else None   # kept for the undo log
         if not m.delete(key):
@@ -462,8 +601,11 @@ class Engine:
         return 1
 
     def delete_many(self, blob: bytes) -> int:
-        """CDEL of many keys: returns how many scrolls were removed."""
-        blob = bytes(blob)
+        """CDEL of many keys: returns how many scrolls were removed.
+
+        :raises InterfaceError: the blob is not N*18 bytes or an (N, 9) uint16 array.
+        """
+        blob = check_blob(blob)
         m = self._map
         st = self.storage
         olds = m.get_many(blob) if st is not None else None   # kept for the undo log
@@ -477,8 +619,11 @@ class Engine:
         return len(gone)
 
     def delete_range(self, pattern: np.ndarray) -> int:
-        """CDEL of a pattern: removes every matching scroll, returns how many."""
-        coords = self._index.query(pattern)
+        """CDEL of a pattern: removes every matching scroll, returns how many.
+
+        :raises InterfaceError: not a (2, 9) uint16 pattern.
+        """
+        coords = self._index.query(_core.check_pattern(pattern))
         return self.delete_many(_core.pack_many(coords)) if len(coords) else 0
 
     # -- pattern queries ------------------------------------------------------------------
@@ -491,16 +636,20 @@ class Engine:
         :param after: exclusive start key (the last key of the previous page).
         :param keys_only: return an (M, 9) uint16 array of coordinates instead of scrolls.
         """
-        limit = _count_arg(limit, "limit")
-        coords = self._index.query(pattern, None if after is None else _core.unpack(after),
-                                   limit)
+        pattern = _core.check_pattern(pattern)
+        limit = check_count(limit, "limit")
+        coords = self._index.query(
+            pattern, None if after is None else _core.unpack(check_key(after, "after")), limit)
         if keys_only:
             return coords
         return self._map.get_many(_core.pack_many(coords))
 
     def count(self, pattern: np.ndarray) -> int:
-        """CRANGE count: how many scrolls match the pattern."""
-        return self._index.count(pattern)
+        """CRANGE count: how many scrolls match the pattern.
+
+        :raises InterfaceError: not a (2, 9) uint16 pattern.
+        """
+        return self._index.count(_core.check_pattern(pattern))
 
     def nearest(self, c: np.ndarray, k: int = 10, metric: str = "l1", within=None):
         """CNEAREST: the k stored coordinates nearest to c.
@@ -508,14 +657,16 @@ class Engine:
         :returns: ((m, 9) uint16 coordinates, (m,) int64 distances), nearest first, ties
             by coordinate order.
         """
-        k = _count_arg(k, "k", 0, MAX_K)
+        c = _core.check_coord(c)
+        k = check_count(k, "k", 0, MAX_K)
+        metric = check_metric(metric)
+        if within is not None:
+            within = _core.check_pattern(within, "within")
         return self._index.nearest(c, k, metric, within)
 
     def hier(self, c: np.ndarray, direction: str):
         """CHIER NEXT/PREV: the neighbouring stored coordinate in document order, or None."""
-        if direction not in ("NEXT", "PREV"):
-            raise InterfaceError(f"direction must be NEXT or PREV here, got {direction!r}")
-        return self._index.neighbour(c, direction)
+        return self._index.neighbour(_core.check_coord(c), check_direction(direction))
 
     # -- compound instructions ------------------------------------------------------------
 
@@ -527,9 +678,8 @@ class Engine:
         :raises NotFoundError: the key holds no scroll (``mode="distance"`` needs only
             the coordinate, so there it may be empty).
         """
-        if isinstance(q, bytes):
-            if len(q) != 18:
-                raise InterfaceError(f"a query key is 18 bytes, got {len(q)}")
+        if isinstance(q, (bytes, bytearray, memoryview)):
+            q = check_key(q, "a query key")
             s = self._map.get(q)
             if s is None and mode != "distance":
                 raise NotFoundError(f"no scroll at the query coordinate {self._fmt(q)}")
@@ -623,7 +773,9 @@ class Engine:
         mode = "auto" if mode is None else mode
         if mode not in ("auto", "dot", "distance"):
             raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
-        top_k = _count_arg(top_k, "top_k")
+        top_k = check_count(top_k, "top_k")
+        key_pattern = _core.check_pattern(key_pattern, "key pattern")
+        values = check_values(values)
         qvec, qcoord = self._query_vector(q, mode)
         scrolls = self.range(key_pattern)
         n = len(scrolls)
@@ -690,10 +842,12 @@ class Engine:
             query/key/value scroll holds no vector.
         """
         m = self._map
-        top_k = _count_arg(top_k, "top_k")
+        top_k = check_count(top_k, "top_k")
         if top_k is not None and not return_weights:
             # top_k only trims the returned weights; accepting it alone would ignore it.
             raise InterfaceError("attend_many: top_k applies only with return_weights=True")
+        kp = check_patterns(key_patterns)
+        values = check_values(values)
         if isinstance(queries, (bytes, bytearray)):
             if len(queries) % 18:
                 raise InterfaceError(f"query keys need a multiple of 18 bytes, got {len(queries)}")
@@ -707,7 +861,6 @@ class Engine:
             Q = self._vectors(qs, None, "query")
         else:
             Q = np.asarray(queries)
-        kp = np.asarray(key_patterns)
         if Q.ndim != 2 or Q.dtype.kind not in "biuf" or kp.shape != (Q.shape[0], 2, 9) \
                 or kp.dtype != np.uint16:
             raise InterfaceError(f"need (Q, d) numeric queries and (Q, 2, 9) uint16 patterns, "
@@ -792,11 +945,10 @@ class Engine:
         :param deltas: (R, 2, 9) int32 relation deltas.
         :returns: the scrolls stored at the final frontier, in coordinate order.
         """
-        deltas = np.asarray(deltas)
-        if deltas.ndim != 3 or deltas.shape[1:] != (2, 9) or deltas.dtype != np.int32:
-            raise InterfaceError(f"deltas must be an (R, 2, 9) int32 array, got {deltas.shape}")
-        hops = _count_arg(hops, "hops", 0, MAX_HOPS)
-        max_frontier = _count_arg(max_frontier, "max_frontier", 1, MAX_FRONTIER)
+        start = _core.check_pattern(start, "start")
+        deltas = check_deltas(deltas)
+        hops = check_count(hops, "hops", 0, MAX_HOPS)
+        max_frontier = check_count(max_frontier, "max_frontier", 1, MAX_FRONTIER)
         if (start[0] == start[1]).all():
             frontier = [_core.pack(start[0])]
         else:
@@ -840,9 +992,7 @@ class Engine:
         :raises LimitError: the name table is full.
         :raises StorageError: the commit failed (the new names are forgotten again).
         """
-        if not isinstance(names, (list, tuple)):
-            raise InterfaceError("intern takes a list of names")
-        ids = self.names.intern_many(list(names), True)
+        ids = self.names.intern_many(check_name_list(names), True)
         if self.storage is not None and self.autocommit:
             self.commit()
         return ids
@@ -861,10 +1011,13 @@ class Engine:
         Reading agrees scroll for scroll with the reference ``explode``; every scroll a
         phext file holds is storable, so ``skip_invalid`` has nothing to skip on import
         (it is accepted for symmetry with :meth:`export_phext`).
+
+        :raises InterfaceError: ``text`` is not a str.
+        :raises PhextError: a malformed document.
         """
         from vtpu import phext
 
-        items = phext.parse_phext(text)
+        items = phext.parse_phext(check_text(text))
         if not items:
             return 0
         # parse_phext yields components in 1..999 only, so they always fit uint16.
@@ -876,7 +1029,7 @@ class Engine:
         """The scrolls matching ``pattern`` (default all) as a .phext document."""
         from vtpu import phext
 
-        scrolls = self.range(_FULL if pattern is None else pattern)
+        scrolls = self.range(_FULL if pattern is None else _core.check_pattern(pattern))
         items = [(tuple(int(x) for x in _core.unpack(s.key)), s.content) for s in scrolls]
         return phext.format_phext(items, skip_invalid=skip_invalid, names=self.names)
 
