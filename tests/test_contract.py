@@ -671,6 +671,76 @@ class BackendContract:
             eng.intern(bad)
         assert eng.name_table() == []
 
+    # -- every argument is checked the engine's way, before any shortcut -------------------
+
+    REFUSED = {
+        "get a (9,) array": lambda e: e.get(coord("1.1.1/1.1.1/1.1.1")),
+        "put a str key": lambda e: e.put("1.1.1/1.1.1/1.1.1", "x"),
+        "put if_version -1": lambda e: e.put(key("1.1.1/1.1.1/1.1.1"), "x", -1),
+        "put if_version 1.0": lambda e: e.put(key("1.1.1/1.1.1/1.1.1"), "x", 1.0),
+        "delete a (9,) array": lambda e: e.delete(coord("1.1.1/1.1.1/1.1.1")),
+        "get_many an int64 array": lambda e: e.get_many(coord("1.1.1/1.1.1/1.1.1")
+                                                        .reshape(1, 9).astype(np.int64)),
+        "get_many a flat array": lambda e: e.get_many(np.ones(18, np.uint16)),
+        "get_many a list of keys": lambda e: e.get_many([key("1.1.1/1.1.1/1.1.1")]),
+        "put_many a str": lambda e: e.put_many(keys(grid(1)), "x"),
+        "put_many a generator": lambda e: e.put_many(keys(grid(1)), (c for c in ["x"])),
+        "range a packed pattern": lambda e: e.range(ALL.astype(">u2").tobytes()),
+        "range a list pattern": lambda e: e.range(ALL.tolist()),
+        "range limit 2**63": lambda e: e.range(ALL, limit=1 << 63),
+        "range after a (9,) array": lambda e: e.range(ALL, after=coord("1.1.1/1.1.1/1.1.1")),
+        "nearest k 2.0": lambda e: e.nearest(coord("1.1.1/1.1.1/1.1.1"), 2.0),
+        "nearest k True": lambda e: e.nearest(coord("1.1.1/1.1.1/1.1.1"), True),
+        "nearest an int64 coordinate": lambda e: e.nearest(
+            coord("1.1.1/1.1.1/1.1.1").astype(np.int64), 1),
+        "nearest metric None": lambda e: e.nearest(coord("1.1.1/1.1.1/1.1.1"), 2, None),
+        "nearest within float64": lambda e: e.nearest(coord("1.1.1/1.1.1/1.1.1"), 2, "l1",
+                                                      ALL.astype(np.float64)),
+        "hier a key": lambda e: e.hier(key("1.1.1/1.1.1/1.1.1"), "NEXT"),
+        "hier direction None": lambda e: e.hier(coord("1.1.1/1.1.1/1.1.1"), None),
+        "attend values float64": lambda e: e.attend(np.ones(3), ALL, values=ALL.astype(float)),
+        "attend pattern float64": lambda e: e.attend(np.ones(3), ALL.astype(float)),
+        "attend top_k 1.5": lambda e: e.attend(np.ones(3), ALL, top_k=1.5),
+        "attend_many float64 patterns": lambda e: e.attend_many(
+            np.ones((1, 3)), ALL.reshape(1, 2, 9).astype(float)),
+        "attend_many (2, 9) patterns": lambda e: e.attend_many(np.ones((1, 3)), ALL),
+        "kg start float64": lambda e: e.kg(ALL.astype(float), np.stack([delta(
+            "+0.0.0/+0.0.0/+0.0.1")]), 1),
+        "kg start (3, 9)": lambda e: e.kg(np.zeros((3, 9), np.uint16), np.stack([delta(
+            "+0.0.0/+0.0.0/+0.0.1")]), 1),
+        "kg packed deltas": lambda e: e.kg(ALL, np.stack([delta("+0.0.0/+0.0.0/+0.0.1")])
+                                           .astype(">i4").tobytes(), 1),
+        "kg max_frontier 2.5": lambda e: e.kg(ALL, np.stack([delta(
+            "+0.0.0/+0.0.0/+0.0.1")]), 1, 2.5),
+        "intern a generator": lambda e: e.intern(n for n in ["alpha"]),
+        "intern an int": lambda e: e.intern(5),
+        "export a (3, 9) pattern": lambda e: e.export_phext(np.zeros((3, 9), np.uint16)),
+        "export a float64 pattern": lambda e: e.export_phext(ALL.astype(float)),
+    }
+
+    @pytest.mark.parametrize("stored", [0, 1], ids=["empty", "one scroll"])
+    @pytest.mark.parametrize("case", sorted(REFUSED))
+    def test_refused_alike(self, eng, case, stored):
+        if stored:
+            eng.put(key("1.1.1/1.1.1/1.1.2"), np.ones(3))
+        with pytest.raises(E.InterfaceError):
+            self.REFUSED[case](eng)
+        assert eng.count(ALL) == stored and eng.name_table() == []
+
+    def test_array_blob_is_packed_big_endian(self, eng):
+        arr = _core.parse_coords(["1.1.1/1.1.1/1.1.2", "2.1.1/1.1.1/1.1.1"])
+        assert eng.put_many(arr, ["a", "b"]) == [1, 1]
+        assert coords_of(eng.range(ALL)) == ["1.1.1/1.1.1/1.1.2", "2.1.1/1.1.1/1.1.1"]
+        assert [s.content for s in eng.get_many(arr)] == ["a", "b"]
+        assert eng.delete_many(arr[:1]) == 1 and eng.count(ALL) == 1
+
+    def test_byte_likes_are_keys(self, eng):
+        k = key("1.1.1/1.1.1/1.1.1")
+        assert eng.put(bytearray(k), "x") == 1
+        assert eng.get(memoryview(k)).content == "x"
+        assert eng.get_many(bytearray(k), content_only=True) == ["x"]
+        assert eng.delete(bytearray(k)) == 1
+
     # -- health / stats -------------------------------------------------------------------
 
     def test_health_and_stats(self, eng):
@@ -904,6 +974,21 @@ class FacadeContract:
                 call()
         s = client.cget("1.1.1/1.1.1/1.1.1")
         assert (s.content, s.version) == ("keep", 1) and client.ccount("*.*.*/*.*.*/*.*.*") == 1
+
+    @pytest.mark.parametrize("call", [
+        lambda c: c.cnearest("1.1.1/1.1.1/1.1.1", k=2.5),
+        lambda c: c.cnearest("ghost.1.1/1.1.1/1.1.1", k=2.5),   # names no stored name
+        lambda c: c.cnearest("1.1.1/1.1.1/1.1.1", k=2, metric="L1"),
+        lambda c: c.ckg("1.1.1/1.1.1/1.1.1", "+0.0.0/+0.0.0/+0.0.1", hops=1.5),
+        lambda c: c.ckg("1.1.1/1.1.1/1.1.1", "+0.0.0/+0.0.0/+0.0.1", max_frontier=2.0),
+        lambda c: c.intern(n for n in ["alpha"]),
+    ], ids=["k-float", "k-float-unknown-name", "metric-case", "hops-float", "frontier-float",
+            "intern-generator"])
+    def test_arguments_refused_alike(self, client, call):
+        client.cput_many(grid(1) + ["1.1.1/1.1.1/1.1.2"], ["a", "b"])
+        with pytest.raises(E.InterfaceError):
+            call(client)
+        assert client.ccount("*.*.*/*.*.*/*.*.*") == 2 and client.health()["names"] == 0
 
     def test_crange_float_limit(self, client):
         client.cput_many(grid(2), ["x"] * 8)
