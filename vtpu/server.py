@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hmac
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -45,7 +47,7 @@ from .errors import (
     is_internal,
 )
 
-__all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE"]
+__all__ = ["start_server", "serve", "main", "ServerHandle", "Limits", "DEFAULT_PAGE_SIZE"]
 
 log = logging.getLogger("vtpu.server")
 
@@ -54,6 +56,77 @@ DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
+MiB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one connection may hold and how long it may take: every default in one place
+    (documented in PROTOCOL.md section 7; ``vtpu serve --help`` maps the options).
+
+    :param max_clients: most open connections; ``None`` derives it from the process's
+        current ``RLIMIT_NOFILE`` soft limit minus ``fd_reserve`` (read at every accept,
+        so a limit changed at run time applies). At the limit a new connection closes
+        the oldest one that has not completed HELLO, or, when every connection has, is
+        answered with one ``LIMIT`` error frame and closed.
+    :param fd_reserve: descriptors kept free for storage files and the listener.
+    :param hello_frame_size: largest frame accepted before a successful HELLO.
+    :param hello_timeout: seconds a connection may stay without a successful HELLO.
+    :param idle_timeout: seconds without a byte from the client after which its
+        connection is closed (0: never; connections with ``track`` never time out).
+    :param frame_timeout: seconds a started frame may go without a byte arriving; a
+        frame must also be complete within ``6 * frame_timeout`` of its first byte.
+    :param output_hard: a connection whose unsent replies exceed this is closed at once.
+    :param output_soft: ... or when they stay above this for ``output_soft_seconds``.
+    :param output_soft_seconds: see ``output_soft``.
+    :param slice_bytes: reply bytes produced for one connection before the others run;
+        also the socket buffer above which the server stops reading its requests.
+    :param names_per_second: new names one connection may intern per second (a burst of
+        as many is allowed).
+    """
+
+    max_clients: int | None = None
+    fd_reserve: int = 32
+    hello_frame_size: int = 64 * 1024
+    hello_timeout: float = 10.0
+    idle_timeout: float = 0.0
+    frame_timeout: float = 10.0
+    output_hard: int = 256 * MiB
+    output_soft: int = 64 * MiB
+    output_soft_seconds: float = 60.0
+    slice_bytes: int = 4 * MiB
+    names_per_second: int = 256
+
+    def client_limit(self) -> int:
+        """The connection limit in force now (see ``max_clients``)."""
+        if self.max_clients is not None:
+            return self.max_clients
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 1 << 20
+        return max(1, soft - self.fd_reserve)
+
+
+class _RateLimitedLog:
+    """At most one line per kind per ``every`` seconds; the next line that gets through
+    says how many were left out. Keeps floods (descriptor errors, bad handshakes from
+    many connections) from filling the log."""
+
+    def __init__(self, every: float = 1.0):
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+
+    def warning(self, kind: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.every) < self.every:
+            self._dropped[kind] = self._dropped.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        dropped = self._dropped.pop(kind, 0)
+        if dropped:
+            msg += f" ({dropped} more like this not logged)"
+        log.warning(msg, *args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -378,9 +451,13 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: "_Server"):
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.decoder = P.FrameDecoder(server.max_frame_size)
+        # Until a good HELLO only small frames: a stranger cannot make the server
+        # buffer (or decode) a large one. The decoder checks each length on arrival.
+        self.decoder = P.FrameDecoder(min(server.limits.hello_frame_size,
+                                          server.max_frame_size))
         self.authed = False  # set by a successful HELLO (required first, token or not)
         self.hello = False
+        self.hello_logged = False  # a failed HELLO is logged once per connection
         self.out_limit = server.max_frame_size  # lowered by the client's HELLO option
         self.track = False
         self.pending: list[bytes] = []  # replies waiting for the group commit
@@ -394,6 +471,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         self.server.conns.add(self)
+        self.server.prehello[self] = None
         # Replies are written whole; keep the buffer small so a client that stops
         # reading is paused quickly instead of growing server memory.
         transport.set_write_buffer_limits(high=4 * 1024 * 1024)  # type: ignore[attr-defined]
@@ -404,6 +482,7 @@ class _Connection(asyncio.Protocol):
             self.track = False
             self.server.trackers -= 1
         self.server.conns.discard(self)
+        self.server.prehello.pop(self, None)
         self.pending.clear()
 
     def pause_writing(self) -> None:
@@ -467,6 +546,13 @@ class _Connection(asyncio.Protocol):
             # The byte stream can no longer be trusted: say why once, then close.
             out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
             self.closing = True
+        except Exception as exc:
+            # A bug outside any one request's handling: the connection cannot know
+            # where it stands, so it closes after saying so; the server keeps serving.
+            server.ratelog.warning("internal", "internal error on a connection from %s: "
+                                   "%r", _peer(self), exc)
+            out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
+            self.closing = True
         self._send(out, wrote)
         if self.closing:
             return
@@ -520,8 +606,10 @@ class _Server:
     """Shared state of one listening server."""
 
     def __init__(self, engine: Any, token: str | None, max_frame_size: int, page_size: int,
-                 max_batch: int):
+                 max_batch: int, limits: Limits | None = None):
         self.engine = engine
+        self.limits = limits if limits is not None else Limits()
+        self.ratelog = _RateLimitedLog()
         self.storage = getattr(engine, "storage", None)
         self.token = token
         self.max_frame_size = max_frame_size
@@ -533,6 +621,8 @@ class _Server:
         self._get_many = engine.get_many
         self.trackers = 0  # connections that asked for invalidation pushes
         self.conns: set[_Connection] = set()
+        # Connections without a successful HELLO yet, oldest first.
+        self.prehello: dict[_Connection, None] = {}
         self.loop = asyncio.get_running_loop()
         self._dirty: list[_Connection] = []
         self._flush_scheduled = False
@@ -735,38 +825,49 @@ class _Server:
         return results
 
     def hello(self, conn: _Connection, msgid: int, args: list) -> bytes:
+        """Answer HELLO (PROTOCOL.md section 4). A malformed one gets a typed error reply
+        (``PROTOCOL`` and a close for a bad version, ``AUTH`` and a close for a bad token,
+        ``ARG`` for bad options or too many arguments) and at most one log line per
+        connection."""
+        if len(args) > 3:
+            return self._bad_hello(conn, msgid, "ARG",
+                                   f"HELLO takes 1..3 arguments, got {len(args)}")
         version = args[0] if args else None
         token = args[1] if len(args) > 1 else None
         options = args[2] if len(args) > 2 and args[2] is not None else {}
-        if version != P.PROTOCOL_VERSION:
+        if type(version) is not int or version != P.PROTOCOL_VERSION:
             conn.closing = True
-            return P.encode_error(
-                msgid, "PROTOCOL",
-                f"HELLO: protocol version {version!r} not supported (server speaks "
-                f"{P.PROTOCOL_VERSION})",
-            )
+            return self._bad_hello(
+                conn, msgid, "PROTOCOL",
+                f"HELLO: protocol version {_describe(version)} not supported (server speaks "
+                f"{P.PROTOCOL_VERSION})")
         if self.token is not None:
-            ok = isinstance(token, str) and hmac.compare_digest(
+            ok = type(token) is str and hmac.compare_digest(
                 token.encode("utf-8", "surrogatepass"), self.token.encode("utf-8")
             )
             if not ok:
                 conn.closing = True
-                return P.encode_error(msgid, "AUTH", "HELLO: missing or wrong token")
+                return self._bad_hello(conn, msgid, "AUTH", "HELLO: missing or wrong token")
         if type(options) is not dict:
-            return P.encode_error(msgid, "ARG", "HELLO: options must be a map")
+            return self._bad_hello(conn, msgid, "ARG", "HELLO: options must be a map, got "
+                                                       + _describe(options))
         mfs = options.get("max_frame_size")
         if mfs is not None and (type(mfs) is not int or not 1024 <= mfs <= 0xFFFFFFFF):
-            return P.encode_error(msgid, "ARG", f"HELLO: max_frame_size must be an integer "
-                                                f"in 1024..4294967295, got {mfs!r:.40}")
+            return self._bad_hello(conn, msgid, "ARG", "HELLO: max_frame_size must be an "
+                                   f"integer in 1024..4294967295, got {_describe(mfs)}")
         track = options.get("track")
         if track is not None and type(track) is not bool:
-            return P.encode_error(msgid, "ARG", f"HELLO: track must be a boolean, got {track!r:.40}")
+            return self._bad_hello(conn, msgid, "ARG",
+                                   f"HELLO: track must be a boolean, got {_describe(track)}")
         if mfs is not None:
             conn.out_limit = min(self.max_frame_size, mfs)
         track = bool(track)
         self.trackers += int(track) - int(conn.track)
         conn.track = track
-        conn.authed = True
+        if not conn.authed:
+            conn.authed = True
+            conn.decoder.max_frame_size = self.max_frame_size
+            self.prehello.pop(conn, None)
         conn.hello = True
         names = getattr(self.engine, "names", None)
         epoch = getattr(names, "epoch", None)
@@ -780,6 +881,30 @@ class _Server:
             "names_epoch": epoch if isinstance(epoch, int) else 0,
         }
         return P.encode_response(msgid, result)
+
+    def _bad_hello(self, conn: _Connection, msgid: int, code: str, msg: str) -> bytes:
+        """The error reply to a failed HELLO, logged once per connection."""
+        if not conn.hello_logged:
+            conn.hello_logged = True
+            self.ratelog.warning("hello", "%s: %s: %s", _peer(conn), code, msg)
+        return P.encode_error(msgid, code, msg, conn.out_limit)
+
+
+def _describe(v: Any) -> str:
+    """A short description of a client's value for an error message (never a long
+    repr: an argument can be a huge array)."""
+    if v is None or type(v) in (bool, int, float):
+        return repr(v)[:40]
+    if type(v) is str:
+        return repr(v[:32]) + ("..." if len(v) > 32 else "")
+    if isinstance(v, np.ndarray):
+        return f"an ndarray of {v.dtype} {list(v.shape)[:4]}"
+    return f"a value of type {type(v).__name__}"
+
+
+def _peer(conn: _Connection) -> str:
+    p = conn.peer
+    return f"{p[0]}:{p[1]}" if isinstance(p, tuple) and len(p) >= 2 else str(p)
 
 
 class ServerHandle:
@@ -827,6 +952,7 @@ async def start_server(
     page_size: int = DEFAULT_PAGE_SIZE,
     max_batch: int = DEFAULT_MAX_BATCH,
     reuse_address: bool = True,
+    limits: Limits | None = None,
 ) -> ServerHandle:
     """Start serving ``engine`` on the running event loop.
 
@@ -837,6 +963,8 @@ async def start_server(
     :param max_frame_size: largest frame body accepted and sent.
     :param page_size: scrolls per RANGE page.
     :param max_batch: most operations in one BATCH frame.
+    :param limits: per-connection limits and timeouts (:class:`Limits`; its defaults if
+        ``None``).
     :returns: a :class:`ServerHandle`.
     :raises OSError: if the address cannot be bound.
     """
@@ -847,7 +975,7 @@ async def start_server(
     if getattr(engine, "storage", None) is not None and hasattr(engine, "autocommit"):
         # The server commits once per loop iteration (group commit), not per write.
         engine.autocommit = False
-    state = _Server(engine, token, max_frame_size, page_size, max_batch)
+    state = _Server(engine, token, max_frame_size, page_size, max_batch, limits)
     aserver = await asyncio.get_running_loop().create_server(
         lambda: _Connection(state), host, port, reuse_address=reuse_address
     )

@@ -1,0 +1,178 @@
+"""Hostile and heavy clients against a real server: per-connection limits (issue 12).
+
+Each class of abuse gets its test here: what a stranger may send before HELLO, readers
+that stop reading, requests whose reply would not fit, frames that never complete,
+connection floods and idle connections, name floods. Every test talks to a real server
+on 127.0.0.1 with small limits, so the limits are reached quickly; big-data versions are
+``slow``. After each case the server must still serve a well-behaved client.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from vtpu import _core
+from vtpu import protocol as P
+from vtpu.engine import Engine
+from vtpu.errors import LimitError
+from vtpu.netclient import RemoteEngine
+from vtpu.server import Limits
+from vtpu.testing import ServerThread
+
+pytestmark = pytest.mark.integration
+
+IO_TIMEOUT = 10.0
+K1 = _core.pack(_core.parse_coord("1.2.3/4.5.6/7.8.9"))
+
+
+def key(i: int) -> bytes:
+    return _core.pack(np.array([1, 1, 1, 1, 1, 1, 1, i // 60000, i % 60000], dtype=np.uint16))
+
+
+class Raw:
+    """A raw protocol connection: send frames, read messages, see the close."""
+
+    def __init__(self, port, hello=True, rcvbuf=None, options=None, token=None):
+        self.s = socket.socket()
+        if rcvbuf is not None:
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.s.settimeout(IO_TIMEOUT)
+        self.s.connect(("127.0.0.1", port))
+        self.d = P.FrameDecoder(1 << 30)
+        if hello:
+            m = self.call(1, "HELLO", [1, token, options or {}])
+            assert m[1] == 0, m
+
+    def send(self, data: bytes) -> None:
+        self.s.sendall(data)
+
+    def recv(self, timeout: float = IO_TIMEOUT):
+        """Next message, or None when the server closed the connection."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = self.d.next_frame()
+            if m is not None:
+                return m
+            self.s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.s.recv(1 << 20)
+            except (ConnectionResetError, BrokenPipeError):
+                return None
+            if not data:
+                return None
+            self.d.feed(data)
+        raise TimeoutError("no message")
+
+    def call(self, msgid, op, args):
+        self.send(P.encode_request(msgid, op, args, max_frame_size=1 << 30))
+        return self.recv()
+
+    def closed(self, timeout: float = IO_TIMEOUT) -> bool:
+        """Whether the server closes the connection (anything still sent is skipped)."""
+        try:
+            while self.recv(timeout) is not None:
+                pass
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.s.close()
+
+
+def served(port: int, token=None) -> bool:
+    """A fresh, well-behaved client gets an answer."""
+    c = RemoteEngine(port=port, token=token, timeout=IO_TIMEOUT)
+    try:
+        return c.ping() in (True, "PONG")
+    finally:
+        c.close()
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# -- before HELLO --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    with ServerThread(Engine(), token="tok") as st:
+        yield st
+
+
+def test_large_frame_before_hello_is_refused_from_its_header(guarded):
+    r = Raw(guarded.port, hello=False)
+    # Only the header and a little of the body are sent: the refusal cannot have waited
+    # for (or buffered) the rest.
+    r.send(struct.pack(">I", 48 << 20) + b"\xdd" + b"\x80" * 1000)
+    m = r.recv()
+    assert m[0] == 0 and m[1] == 1 and m[2][0] == "LIMIT"
+    assert "65536" in m[2][1]
+    assert r.closed()
+    r.close()
+    assert served(guarded.port, "tok")
+
+
+def test_frame_limit_rises_after_hello(guarded):
+    r = Raw(guarded.port, hello=False, token="tok")
+    assert r.call(1, "HELLO", [1, "tok", {}])[1] == 0
+    big = r.call(3, "INTERN", [["n" + "x" * 50] * 5000, False])  # a 270 kB request
+    assert big[1] == 0 and big[2] == [None] * 5000
+    r.close()
+
+
+def test_failed_hello_options_keep_the_small_limit(guarded):
+    r = Raw(guarded.port, hello=False)
+    m = r.call(1, "HELLO", [1, "tok", {"track": "yes"}])
+    assert m[2][0] == "ARG"
+    r.send(struct.pack(">I", 100_000) + b"\x93")
+    m = r.recv()
+    assert m[0] == 0 and m[2][0] == "LIMIT"
+    r.close()
+
+
+@pytest.mark.parametrize("args,code,closes", [
+    ([np.array([1])], "PROTOCOL", True),
+    ([np.array([1, 1]), "tok", {}], "PROTOCOL", True),
+    ([True, "tok", {}], "PROTOCOL", True),
+    ([1.0, "tok", {}], "PROTOCOL", True),
+    ([1, np.array([1, 2]), {}], "AUTH", True),
+    ([1, "tok", {"track": np.array([True])}], "ARG", False),
+    ([1, "tok", {"max_frame_size": np.array([4096])}], "ARG", False),
+    ([1, "tok", {}, "extra"], "ARG", False),
+    ([1, "tok", [1, 2]], "ARG", False),
+], ids=["nd-version-1", "nd-version-2", "bool-version", "float-version", "nd-token",
+        "nd-track", "nd-mfs", "four-args", "list-options"])
+def test_malformed_hello_gets_a_typed_reply(guarded, caplog, args, code, closes):
+    with caplog.at_level(logging.WARNING, logger="vtpu.server"):
+        r = Raw(guarded.port, hello=False)
+        m = r.call(7, "HELLO", args)
+        assert m[0] == 7 and m[1] == 1 and m[2][0] == code
+        if closes:
+            assert r.closed()
+        else:
+            # Still open, still without a session, and a second bad HELLO on the same
+            # connection logs nothing more.
+            assert r.call(8, "HELLO", args)[2][0] == code
+            assert r.call(9, "GET", [K1])[2][0] == "AUTH"
+        r.close()
+        time.sleep(0.2)
+    lines = [rec for rec in caplog.records if rec.name == "vtpu.server"]
+    assert len(lines) <= 1
+    assert all(rec.exc_info is None and len(rec.getMessage()) < 256 for rec in lines)
+    assert served(guarded.port, "tok")
