@@ -55,15 +55,12 @@ FAST = [
 ]
 
 SLOW = [
-    pytest.param("get_pipeline_unread", marks=known(
-        "300 pipelined GETs of a 1 MiB value never read (9.5 KB sent): RSS +384 MiB")),
+    pytest.param("get_pipeline_unread", id="memory-get_pipeline_unread"),
     pytest.param("batch_range", marks=known(
         "BATCH of 30 RANGE over 20k scrolls, 8 MiB client limit: LIMIT after RSS +106 MiB")),
     pytest.param("batch_names", marks=known(
         "BATCH of 300 NAMES, full name table: LIMIT after RSS +163 MiB (2.6 KiB sent)")),
-    pytest.param("track_unread", marks=known(
-        "tracking connection never reads, 80 PUT_MANYs of 25k keys by another client: "
-        "RSS +33 MiB (130 B moved by the tracker)")),
+    pytest.param("track_unread", id="memory-track_unread"),
     pytest.param("partial_frames", marks=known(
         "4 x 8 MiB unfinished frames: none closed in 10 s, +32 MiB held")),
     pytest.param("kg_wild_2hops", marks=known(

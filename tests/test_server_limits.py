@@ -176,3 +176,109 @@ def test_malformed_hello_gets_a_typed_reply(guarded, caplog, args, code, closes)
     assert len(lines) <= 1
     assert all(rec.exc_info is None and len(rec.getMessage()) < 256 for rec in lines)
     assert served(guarded.port, "tok")
+
+
+# -- slow readers ----------------------------------------------------------------------------
+
+
+def _server_side(st, fn):
+    """Run ``fn(connections)`` on the server's loop (the server's own view)."""
+    return st.call(lambda: fn(list(st.handle._server.conns)))
+
+
+def _unsent(conns):
+    return max((c.transport.get_write_buffer_size() for c in conns), default=0)
+
+
+def test_requests_of_a_reader_that_stops_reading_wait_unanswered():
+    lim = Limits(slice_bytes=1 << 20)
+    value = b"\xab" * (256 << 10)
+    with ServerThread(Engine(), limits=lim) as st:
+        w = RemoteEngine(port=st.port)
+        w.put(K1, value)
+        w.put(key(1), "small")
+        r = Raw(st.port, rcvbuf=64 << 10)
+        n = 200  # 50 MiB of replies
+        reqs = b"".join(P.encode_request(i, "GET", [K1 if i % 7 else key(1)])
+                        for i in range(2, 2 + n))
+        r.send(reqs)
+        time.sleep(0.5)
+        # At most the write buffer's high mark plus one slice is made, not 50 MiB.
+        assert _server_side(st, _unsent) <= 2 * lim.slice_bytes + len(value)
+        assert served(st.port)
+        # Reading again: every reply arrives, in order, each the right one.
+        for i in range(2, 2 + n):
+            m = r.recv()
+            assert m[0] == i and m[1] == 0
+            assert m[2][1] == (value if i % 7 else "small")
+        r.close()
+        w.close()
+
+
+def test_unread_replies_over_the_hard_limit_close_the_connection(caplog):
+    lim = Limits(slice_bytes=256 << 10, output_hard=2 << 20)
+    with ServerThread(Engine(), limits=lim) as st:
+        w = RemoteEngine(port=st.port)
+        # (The kernel's socket buffers take up to a few MiB of it; the rest is the
+        # server's.)
+        w.put(K1, b"\xcd" * (12 << 20))
+        r = Raw(st.port, rcvbuf=64 << 10)
+        with caplog.at_level(logging.WARNING, logger="vtpu.server"):
+            r.send(P.encode_request(2, "GET", [K1]))
+            deadline = time.monotonic() + IO_TIMEOUT
+            while _server_side(st, len) > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _server_side(st, len) == 1  # the writer only
+        assert any("hard limit" in rec.getMessage() for rec in caplog.records)
+        # (A reader of K1 would be closed too: its reply alone is over this hard limit.)
+        assert w.get(key(3)) is None
+        r.close()
+        w.close()
+
+
+def test_unread_replies_over_the_soft_limit_for_too_long_close_the_connection():
+    lim = Limits(slice_bytes=256 << 10, output_soft=1 << 20, output_soft_seconds=1.0)
+    with ServerThread(Engine(), limits=lim) as st:
+        w = RemoteEngine(port=st.port)
+        w.put(K1, b"\xcd" * (8 << 20))  # more than the kernel's buffers take
+        r = Raw(st.port, rcvbuf=64 << 10)
+        r.send(P.encode_request(2, "GET", [K1]))
+        time.sleep(0.3)
+        assert _server_side(st, len) == 2  # over the soft limit, not for long yet
+        deadline = time.monotonic() + IO_TIMEOUT
+        while _server_side(st, len) > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _server_side(st, len) == 1
+        assert served(st.port)
+        r.close()
+        w.close()
+
+
+def test_a_tracker_that_falls_behind_gets_one_flush_everything_push():
+    lim = Limits(slice_bytes=256 << 10)
+    with ServerThread(Engine(), limits=lim) as st:
+        w = RemoteEngine(port=st.port)
+        t = Raw(st.port, rcvbuf=64 << 10, options={"track": True})
+        blob = b"".join(key(i) for i in range(20_000))  # 360 kB of keys per push
+        rounds = 40
+        for _ in range(rounds):
+            w.put_many(blob, [0] * 20_000)
+        assert _server_side(st, _unsent) <= 2 * lim.slice_bytes + len(blob) + 64
+        pushes = []
+        t.s.settimeout(IO_TIMEOUT)
+        while True:
+            m = t.recv(2.0) if len(pushes) < rounds else None
+            if m is None:
+                break
+            assert m[:3] == [0, "push", "invalidate"]
+            pushes.append(m[3])
+            if m[3] is None:
+                break
+        # Some pushes with keys, then one nil for everything left out.
+        assert 1 <= len(pushes) < rounds
+        assert pushes[-1] is None and all(p == blob for p in pushes[:-1])
+        # Caught up: the next write is pushed with its keys again.
+        w.put(key(5), 1)
+        assert t.recv() == [0, "push", "invalidate", key(5)]
+        t.close()
+        w.close()

@@ -56,6 +56,7 @@ DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
+SWEEP_SECONDS = 1.0  # how often connections are checked against the time limits
 MiB = 1024 * 1024
 
 
@@ -446,7 +447,15 @@ def _attend_out(r: dict) -> dict:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: frames in, replies out, in request order."""
+    """One client connection: frames in, replies out, in request order.
+
+    Memory per connection is bounded: before HELLO only small frames are accepted; one
+    slice of processing produces at most about ``Limits.slice_bytes`` of replies; while
+    the socket's write buffer is above that (the transport paused writing) nothing more
+    is read or answered; pushes to a paused connection collapse into one "anything may
+    have changed" push; and a connection whose unsent replies pass the output limits is
+    closed.
+    """
 
     def __init__(self, server: "_Server"):
         self.server = server
@@ -462,8 +471,13 @@ class _Connection(asyncio.Protocol):
         self.track = False
         self.pending: list[bytes] = []  # replies waiting for the group commit
         self.closing = False
-        self.read_paused = False  # by us, to yield after FRAMES_PER_SLICE
+        self.read_paused = False  # by us, to let other connections run
         self.write_paused = False  # by the transport's flow control
+        # A run of GETs taken from the decoder but not answered yet (the slice's reply
+        # budget ran out): (msgids, keys), answered first when the connection resumes.
+        self.backlog: tuple[list, bytes] | None = None
+        self.push_all = False  # an invalidation was left out while writes were paused
+        self.soft_since = 0.0  # loop time the output first stayed above output_soft
         self.peer = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -474,7 +488,8 @@ class _Connection(asyncio.Protocol):
         self.server.prehello[self] = None
         # Replies are written whole; keep the buffer small so a client that stops
         # reading is paused quickly instead of growing server memory.
-        transport.set_write_buffer_limits(high=4 * 1024 * 1024)  # type: ignore[attr-defined]
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=self.server.limits.slice_bytes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -484,6 +499,7 @@ class _Connection(asyncio.Protocol):
         self.server.conns.discard(self)
         self.server.prehello.pop(self, None)
         self.pending.clear()
+        self.backlog = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -491,7 +507,15 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.soft_since = 0.0
+        if self.push_all and not self.closing:
+            # The invalidations left out while paused, as one: drop the whole cache.
+            self.push_all = False
+            self.transport.write(P.encode_push("invalidate", None))
         self._update_reading()
+        if not self.read_paused and not self.closing and (
+                self.backlog is not None or self.decoder.buffered()):
+            self._yield()  # answer what was left buffered
 
     def _update_reading(self) -> None:
         t = self.transport
@@ -504,20 +528,37 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Feed what arrived to the decoder, then answer the complete requests buffered
-        (at most FRAMES_PER_SLICE of them, then the loop's other callbacks run first)."""
+        (see :meth:`_process`)."""
         if self.closing:
             return
-        dec = self.decoder
-        dec.feed(data)
-        if self.read_paused:
-            return  # _continue answers it
+        self.decoder.feed(data)
+        if self.read_paused or self.write_paused:
+            return  # _continue / resume_writing answers it
+        self._process()
+
+    def _process(self) -> None:
+        """Answer buffered requests: at most FRAMES_PER_SLICE of them and about
+        ``slice_bytes`` of replies, then let the loop's other callbacks run first."""
         server = self.server
+        dec = self.decoder
         take = dec.next_requests
+        budget = server.limits.slice_bytes
         out: list[bytes] = []
+        size = 0
         wrote = False
         handled = 0
+        more = False  # stopped at a limit, not for want of complete frames
         try:
-            while handled < FRAMES_PER_SLICE:
+            if self.backlog is not None:
+                msgids, keys = self.backlog
+                handled = len(msgids)
+                frame, self.backlog = server.get_run(self, msgids, keys, budget)
+                out.append(frame)
+                size = len(frame)
+            while self.backlog is None:
+                if handled >= FRAMES_PER_SLICE or size >= budget:
+                    more = True
+                    break
                 try:
                     item = take(FRAMES_PER_SLICE - handled)
                 except P.RequestError as exc:
@@ -532,13 +573,16 @@ class _Connection(asyncio.Protocol):
                     op, msgids, keys, contents = item
                     handled += len(msgids)
                     if contents is None:
-                        out.append(server.get_run(self, msgids, keys))
+                        frame, self.backlog = server.get_run(self, msgids, keys, budget - size)
+                        out.append(frame)
+                        size += len(frame)
                         continue
                     frame, w = server.put_run(self, msgids, keys, contents)
                 else:
                     handled += 1
                     frame, w = server.handle(self, item[0], item[1], item[2])
                 out.append(frame)
+                size += len(frame)
                 wrote = wrote or w
                 if self.closing:
                     break
@@ -556,11 +600,15 @@ class _Connection(asyncio.Protocol):
         self._send(out, wrote)
         if self.closing:
             return
-        if handled >= FRAMES_PER_SLICE and dec.buffered():
-            # More requests already buffered: let other connections run first.
-            self.read_paused = True
-            self._update_reading()
-            server.loop.call_soon(self._continue)
+        if self.backlog is not None or (more and dec.buffered()):
+            self._yield()
+
+    def _yield(self) -> None:
+        """Stop reading and answer the rest on a later loop iteration (other connections
+        run first)."""
+        self.read_paused = True
+        self._update_reading()
+        self.server.loop.call_soon(self._continue)
 
     def eof_received(self) -> bool | None:
         # A client vanishing mid-frame: whatever partial frame is buffered is dropped.
@@ -571,7 +619,8 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             return
         self._update_reading()
-        self.data_received(b"")  # answer what is buffered already
+        if not self.write_paused:  # else resume_writing continues
+            self._process()
 
     def _send(self, out: list[bytes], wrote: bool) -> None:
         if not out:
@@ -585,21 +634,81 @@ class _Connection(asyncio.Protocol):
             server.schedule_flush(self)
         else:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            if self.write_paused:
+                self.check_output()
             if self.closing:
                 self._close_after_flush()
 
     def flush_pending(self) -> None:
         if self.pending and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self.pending))
+            if self.write_paused:
+                self.check_output()
         self.pending.clear()
         if self.closing:
             self._close_after_flush()
+
+    def push(self, frame: bytes) -> None:
+        """Send a push now, or, while writes are paused, remember that one is owed
+        (sent as one "anything may have changed" push on resume)."""
+        if self.write_paused:
+            self.push_all = True
+            return
+        self.transport.write(frame)
+        if self.write_paused:
+            self.check_output()
+
+    def check_output(self, now: float | None = None) -> None:
+        """Close the connection if its unsent replies are over the output limits (hard:
+        at once; soft: once they stayed above it for ``output_soft_seconds``)."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        lim = self.server.limits
+        size = t.get_write_buffer_size()
+        if size > lim.output_hard:
+            self.drop(f"{size} bytes of replies not read (hard limit {lim.output_hard})")
+            return
+        if size <= lim.output_soft:
+            self.soft_since = 0.0
+            return
+        if now is None:
+            now = self.server.loop.time()
+        if not self.soft_since:
+            self.soft_since = now
+        elif now - self.soft_since > lim.output_soft_seconds:
+            self.drop(f"more than {lim.output_soft} bytes of replies not read for "
+                      f"{lim.output_soft_seconds:g} s")
+
+    def drop(self, why: str) -> None:
+        """Close at once, discarding what is buffered both ways (logged)."""
+        self.server.ratelog.warning("drop", "closing the connection from %s: %s",
+                                    _peer(self), why)
+        self._release()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _release(self) -> None:
+        """Stop serving this connection and free its buffers now."""
+        self.closing = True
+        self.pending.clear()
+        self.backlog = None
+        self.decoder = P.FrameDecoder(1)
+        self.server.conns.discard(self)
+        self.server.prehello.pop(self, None)
 
     def _close_after_flush(self) -> None:
         t = self.transport
         if t is not None and not t.is_closing():
             # close() flushes what is buffered, then closes.
             t.close()
+
+
+def _rest(msgids: list, keys: bytes, done: int) -> tuple | None:
+    """The requests of a GET run after the first ``done``, or ``None``."""
+    if done >= len(msgids):
+        return None
+    return msgids[done:], keys[done * P.KEY_SIZE:]
 
 
 class _Server:
@@ -629,6 +738,22 @@ class _Server:
         # (writer, keys written or None) this iteration, for invalidate pushes
         self._invalidate: list[tuple[_Connection, bytes | None]] = []
         self.started = time.time()
+        self._sweeper: asyncio.TimerHandle | None = self.loop.call_later(SWEEP_SECONDS,
+                                                                         self.sweep)
+
+    # -- timers --------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Once a second: close the connections over a time limit (Redis's clientsCron)."""
+        now = self.loop.time()
+        for c in list(self.conns):
+            if c.soft_since:
+                c.check_output(now)
+        self._sweeper = self.loop.call_later(SWEEP_SECONDS, self.sweep)
+
+    def stop_sweeping(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
     # -- group commit --------------------------------------------------------------------
     def schedule_flush(self, conn: _Connection) -> None:
@@ -674,29 +799,46 @@ class _Server:
             if not keys or c.transport is None or c.transport.is_closing():
                 continue
             sig = None if len(keys) == len(inv) else id(c)  # None: wrote nothing itself
+            if c.write_paused:
+                c.push_all = True  # sent as one "anything may have changed" on resume
+                continue
             frame = frames.get(sig)
             if frame is None:
                 payload = None if any(k is None for k in keys) else b"".join(keys)
                 frame = frames[sig] = P.encode_push("invalidate", payload)
-            c.transport.write(frame)
+            c.push(frame)
 
     # -- runs of plain GETs ---------------------------------------------------------------
-    def get_run(self, conn: _Connection, msgids: list, keys: bytes) -> bytes:
+    def get_run(self, conn: _Connection, msgids: list, keys: bytes,
+                budget: int) -> tuple[bytes, tuple | None]:
         """Answer a run of plain GET requests: ``keys`` holds their N 18-byte keys.
 
-        One engine call (``get`` for one key, ``get_many`` for more) and one encoder call;
-        a reply that does not fit the client's frame limit is answered alone, with a
-        LIMIT error, and the others as usual.
+        One engine call (``get`` for one key, ``get_many`` for more) and one encoder call
+        that stops once about ``budget`` bytes of replies are made; a reply that does not
+        fit the client's frame limit is answered alone, with a LIMIT error, and the
+        others as usual.
 
-        :returns: the N reply frames.
+        :returns: ``(reply frames, rest)``: the frames of the first requests, and
+            ``(msgids, keys)`` of those not answered yet, or ``None``.
         """
+        budget = max(1, budget)
         if conn.authed:
             try:
                 scrolls = [self._get(keys)] if len(msgids) == 1 else self._get_many(keys)
-                return P.encode_get_replies(msgids, scrolls, conn.out_limit)
+                frames, n = P.encode_get_replies(msgids, scrolls, conn.out_limit, budget)
+                return frames, _rest(msgids, keys, n)
             except Exception:
                 pass  # answered one by one below, each with its own error
-        return self._each(conn, "GET", msgids, keys, None)
+        out = []
+        size = 0
+        k = P.KEY_SIZE
+        for i, m in enumerate(msgids):
+            frame = self.handle(conn, m, "GET", [keys[i * k:(i + 1) * k]])[0]
+            out.append(frame)
+            size += len(frame)
+            if size >= budget:
+                return b"".join(out), _rest(msgids, keys, i + 1)
+        return b"".join(out), None
 
     def put_run(self, conn: _Connection, msgids: list, keys: bytes,
                 contents: list) -> tuple[bytes, bool]:
@@ -711,30 +853,27 @@ class _Server:
         :returns: ``(the N reply frames, whether anything may have been written)``.
         """
         if not conn.authed:
-            return self._each(conn, "PUT", msgids, keys, contents), False
+            return self._each_put(conn, msgids, keys, contents), False
         try:
             if len(msgids) == 1:
                 versions = [self.dispatch.put_plain(keys, contents[0])]
             else:
                 versions = self.dispatch.put_many([keys, contents])
         except (InterfaceError, CoordinateError):
-            return self._each(conn, "PUT", msgids, keys, contents), True
+            return self._each_put(conn, msgids, keys, contents), True
         except Exception as exc:
             return self._errors(conn, "PUT", msgids, exc), True
         if self.trackers:
             self.note_write("PUT_MANY", [keys], conn)
         return P.encode_responses(msgids, versions, conn.out_limit), True
 
-    def _each(self, conn: _Connection, op: str, msgids: list, keys: bytes,
-              contents: list | None) -> bytes:
-        """Answer a run one request at a time (the path for runs that failed whole)."""
+    def _each_put(self, conn: _Connection, msgids: list, keys: bytes,
+                  contents: list) -> bytes:
+        """Answer a run of PUTs one request at a time (the path for runs that failed
+        whole)."""
         k = P.KEY_SIZE
-        out = []
-        for i, m in enumerate(msgids):
-            args = [keys[i * k:(i + 1) * k]] if contents is None else \
-                [keys[i * k:(i + 1) * k], contents[i]]
-            out.append(self.handle(conn, m, op, args)[0])
-        return b"".join(out)
+        return b"".join([self.handle(conn, m, "PUT", [keys[i * k:(i + 1) * k], contents[i]])[0]
+                         for i, m in enumerate(msgids)])
 
     def _errors(self, conn: _Connection, op: str, msgids: list, exc: Exception) -> bytes:
         """The same error reply for every request of a run."""
@@ -926,6 +1065,7 @@ class ServerHandle:
         """Stop accepting, close every client connection (pending replies are flushed
         after one last commit). Safe to call twice. Use :meth:`wait_closed` to wait."""
         self._aserver.close()
+        self._server.stop_sweeping()
         if self._server._dirty:
             self._server.flush()
         for c in list(self._server.conns):
