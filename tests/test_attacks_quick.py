@@ -35,8 +35,7 @@ def known(reason: str):
 FAST = [
     pytest.param("baseline", id="control-baseline"),
     pytest.param("hello_bomb", id="memory-hello_bomb"),
-    pytest.param("get_many_same_key", marks=known(
-        "GET_MANY of one 1 MiB key x100: LIMIT only after RSS +200 MiB (2 KiB sent)")),
+    pytest.param("get_many_same_key", id="memory-get_many_same_key"),
     pytest.param("fastpath_bad_utf8", marks=known(
         "fast-path PUT with an invalid UTF-8 str: connection dropped, no reply "
         "(generic path: PROTOCOL)")),
@@ -56,10 +55,8 @@ FAST = [
 
 SLOW = [
     pytest.param("get_pipeline_unread", id="memory-get_pipeline_unread"),
-    pytest.param("batch_range", marks=known(
-        "BATCH of 30 RANGE over 20k scrolls, 8 MiB client limit: LIMIT after RSS +106 MiB")),
-    pytest.param("batch_names", marks=known(
-        "BATCH of 300 NAMES, full name table: LIMIT after RSS +163 MiB (2.6 KiB sent)")),
+    pytest.param("batch_range", id="memory-batch_range"),
+    pytest.param("batch_names", id="memory-batch_names"),
     pytest.param("track_unread", id="memory-track_unread"),
     pytest.param("partial_frames", marks=known(
         "4 x 8 MiB unfinished frames: none closed in 10 s, +32 MiB held")),

@@ -282,3 +282,78 @@ def test_a_tracker_that_falls_behind_gets_one_flush_everything_push():
         assert t.recv() == [0, "push", "invalidate", key(5)]
         t.close()
         w.close()
+
+
+# -- replies sized before they are built ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_values():
+    """A server with ten 300 kB values (keys 0..9) and a small one (key 50)."""
+    with ServerThread(Engine()) as st:
+        c = RemoteEngine(port=st.port)
+        c.put_many(b"".join(key(i) for i in range(10)), [bytes([i]) * 300_000 for i in range(10)])
+        c.put(key(50), "small")
+        c.close()
+        yield st
+
+
+def test_get_many_over_the_client_limit_is_refused_from_an_estimate(big_values):
+    r = Raw(big_values.port, options={"max_frame_size": 1 << 20})
+    for content_only in (False, True):
+        m = r.call(2, "GET_MANY", [key(3) * 1000, content_only])  # ~300 MB if built
+        assert m[1] == 1 and m[2][0] == "LIMIT" and "1048576" in m[2][1]
+    m = r.call(3, "GET_MANY", [key(3) + key(50) + key(4)])
+    assert m[1] == 0 and m[2][1][1] == "small" and m[2][1][0] == b"\x03" * 300_000
+    r.close()
+
+
+def test_batch_stops_as_soon_as_its_results_pass_the_limit(big_values):
+    r = Raw(big_values.port, options={"max_frame_size": 1 << 20})
+    ops = [["PUT", [key(100), "before"]]] + [["GET", [key(i)]] for i in range(10)] \
+        + [["PUT", [key(101), "after"]]]
+    m = r.call(2, "BATCH", [ops])
+    assert m[1] == 1 and m[2][0] == "LIMIT"
+    assert "after 5 of 12 operations" in m[2][1]
+    # What ran before the stop ran; what came after did not.
+    got = r.call(3, "GET_MANY", [key(100) + key(101), True])
+    assert got[2] == ["before", None]
+    # The same operations in parts that fit are answered.
+    m = r.call(4, "BATCH", [ops[:3]])
+    assert m[1] == 0 and [x[0] for x in m[2]] == [0, 0, 0]
+    r.close()
+
+
+def test_range_pages_are_bounded_by_bytes(big_values):
+    c = RemoteEngine(port=big_values.port, max_frame_size=1 << 20)
+    pattern = _core.parse_pattern("1.1.1/1.1.1/1.0.[0:10]")
+    r = Raw(big_values.port, options={"max_frame_size": 1 << 20})
+    m = r.call(2, "RANGE", [P.pack_pattern(pattern)])
+    page, after = m[2]
+    assert len(page[0]) == 18  # one 300 kB scroll per page: half the 1 MiB limit
+    assert after == key(0)
+    # The client pages through, every value whole.
+    got = c.range(pattern)
+    assert [s.key for s in got] == [key(i) for i in range(10)]
+    assert all(s.content == bytes([i]) * 300_000 for i, s in enumerate(got))
+    r.close()
+    c.close()
+
+
+def test_reply_size_estimate_bounds_the_encoded_size():
+    from vtpu.engine import estimate_wire_size
+
+    e = Engine()
+    contents = ["text", b"\x00" * 5000, np.arange(300, dtype=np.float32), {"a": [1, "bb"]},
+                [b"x" * 100] * 3, 7, None, "é" * 10]
+    e.put_many(b"".join(key(i) for i in range(len(contents))), contents)
+    for group in (range(2), range(2, 5), range(len(contents))):
+        scrolls = e.get_many(b"".join(key(i) for i in group) + key(999))
+        est, n = estimate_wire_size(scrolls)
+        real = len(P.encode_scrolls(scrolls))
+        assert n == len(scrolls) and real * 0.9 <= est <= real + 64 * n
+    scrolls = e.get_many(b"".join(key(i) for i in range(len(contents))))
+    total, _ = estimate_wire_size(scrolls)
+    upto, n = estimate_wire_size(scrolls, stop=100)
+    assert n == 2 and 100 < upto < total  # the 5000-byte content passes 100
+    assert estimate_wire_size(scrolls, stop=total) == (total, len(scrolls))

@@ -26,7 +26,7 @@ from vtpu.coords import NameTable, Scroll, apply_delta_any
 from vtpu.errors import CoordinateError, InterfaceError, VersionConflict
 from vtpu.index import CoordIndex
 
-__all__ = ["Engine", "check_content"]
+__all__ = ["Engine", "check_content", "estimate_wire_size"]
 
 _FULL = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
 _SCALARS = (str, bytes, int, float, bool, type(None))
@@ -134,6 +134,56 @@ class _StoredScroll(Scroll):
         return _SCROLL_CONTENT.__get__(self)
 
 
+_SCROLL_WIRE = 48   # a scroll's key, version and times, with their msgpack headers
+_FLAT = frozenset((str, bytes))
+
+
+def _content_size(v: Any) -> int:
+    """About how many bytes a content takes in msgpack (exact for bin, ASCII str and
+    arrays; a str of other text is counted by characters)."""
+    t = type(v)
+    if t is bytes or t is str:
+        return len(v) + 5
+    if t is np.ndarray:
+        return v.nbytes + 32
+    if t is list:
+        return 5 + sum([_content_size(x) for x in v])
+    if t is dict:
+        return 5 + sum([_content_size(k) + _content_size(x) for k, x in v.items()])
+    return 9
+
+
+def estimate_wire_size(scrolls: list, stop: int | None = None,
+                       per_scroll: int = _SCROLL_WIRE) -> tuple[int, int]:
+    """About how many bytes these scrolls take in a reply, without encoding them: each
+    content's size plus a fixed amount per scroll.
+
+    :param scrolls: Scrolls, or None for absent entries.
+    :param stop: a size of interest: when the total passes it, say where.
+    :param per_scroll: bytes added per scroll besides its content.
+    :returns: ``(bytes, n)``: the estimate for all the scrolls and ``n = len(scrolls)``,
+        or, when it passes ``stop``, the estimate up to and including the ``n``-th
+        scroll, the first at which the running total passes ``stop``.
+    """
+    contents = [s.content for s in scrolls if s is not None]
+    if set(map(type, contents)) <= _FLAT:  # the common case, at C speed
+        sizes = list(map(len, contents))
+        head = per_scroll + 5
+    else:
+        sizes = list(map(_content_size, contents))
+        head = per_scroll
+    total = sum(sizes) + head * len(contents) + 4 * (len(scrolls) - len(contents))
+    if stop is None or total <= stop:
+        return total, len(scrolls)
+    run = 0
+    it = iter(sizes)
+    for n, s in enumerate(scrolls, 1):
+        run += 4 if s is None else head + next(it)
+        if run > stop:
+            return run, n
+    return total, len(scrolls)  # (not reached: the total passed stop)
+
+
 class Engine:
     """An in-memory, indexed coordinate store with optional durable storage.
 
@@ -227,6 +277,19 @@ class Engine:
             return _core.scroll_contents(self._map, bytes(blob), Scroll)
         g = self._map.get
         return [g(blob[i:i + 18]) for i in range(0, len(blob), 18)]
+
+    def estimate_size(self, blob: bytes, stop: int | None = None,
+                      content_only: bool = False) -> int:
+        """About how many bytes the scrolls at these keys take in a reply (see
+        :func:`estimate_wire_size`), for refusing a read before building its reply.
+
+        :param blob: N*18 bytes of packed keys.
+        :param stop: stop counting once the total passes this many bytes.
+        :param content_only: count the contents only (a values-only read).
+        :returns: the estimate (at most one content past ``stop``).
+        """
+        return estimate_wire_size(self.get_many(blob), stop,
+                                  0 if content_only else _SCROLL_WIRE)[0]
 
     def put(self, key: bytes, content: Any, if_version: int | None = None) -> int:
         """CPUT: write a scroll; returns its new version.

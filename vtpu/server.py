@@ -39,6 +39,7 @@ import numpy as np
 from . import wire as P
 from ._core import NAME_BASE as _NAME_BASE
 from ._version import __version__
+from .engine import estimate_wire_size
 from .errors import (
     CoordinateError,
     InterfaceError,
@@ -188,6 +189,9 @@ class _Dispatcher:
         self.engine = engine
         self.page_size = page_size
         self.max_batch = max_batch
+        # The frame limit of the client whose request is executing (set per request by
+        # the server): replies are sized against it before they are built.
+        self.reply_limit = P.DEFAULT_MAX_FRAME_SIZE
         e = engine
         # Bound methods resolved once: the hot path is a dict lookup and a call.
         self.table: dict[str, Callable[[list], Any]] = {
@@ -260,10 +264,16 @@ class _Dispatcher:
     def get_many(self, a: list) -> Any:
         _nargs(a, 1, 2, "GET_MANY")
         blob = P.check_blob(a[0])
+        limit = self.reply_limit
+        # Refused from the stored sizes before anything is built: a few keys of large
+        # values would otherwise make (and hold) a reply far over the limit.
         if _bool(_opt(a, 1), "content_only"):
+            _fits(self.engine.estimate_size(blob, limit, content_only=True), limit)
             # Values only: one array of N contents (nil where nothing is stored).
             return list(self.engine.get_many(blob, content_only=True))
-        return ScrollResult(self.engine.get_many(blob))
+        scrolls = self.engine.get_many(blob)
+        _fits(estimate_wire_size(scrolls, limit)[0], limit)
+        return ScrollResult(scrolls)
 
     def put_many(self, a: list) -> list:
         _nargs(a, 2, 2, "PUT_MANY")
@@ -305,8 +315,12 @@ class _Dispatcher:
             P.check_key(after, "after")
         keys_only = _bool(_opt(a, 3), "keys_only")
         # Long results are paged: the server answers at most page_size items and says
-        # where to continue, so one huge range never holds the loop for long.
-        page = self.page_size * (16 if keys_only else 1)
+        # where to continue, so one huge range never holds the loop for long. A page
+        # also ends before it passes half the client's frame limit.
+        page_bytes = self.reply_limit // 2
+        page = self.page_size * 16 if keys_only else self.page_size
+        if keys_only:
+            page = min(page, max(1, page_bytes // P.KEY_SIZE))
         if limit is not None and limit <= page:
             # The caller's limit fits one page: the answer is complete by definition.
             res = self.engine.range(pat, limit=limit, after=after, keys_only=keys_only)
@@ -321,6 +335,10 @@ class _Dispatcher:
             arr = np.asarray(res, dtype=np.uint16).reshape(-1, 9)
             nxt = P.pack_coord(arr[-1]) if more else None
             return [P.pack_coords(arr), nxt]
+        size, n = estimate_wire_size(res, page_bytes)
+        if size > page_bytes and n > 1:
+            res = res[:n - 1]  # up to the scroll that passes page_bytes
+            more = True
         return ScrollResult(res, True, res[-1].key if more else None)
 
     def count(self, a: list) -> int:
@@ -418,6 +436,25 @@ class _Dispatcher:
         pat = _opt(a, 0)
         pat = None if pat is None else _pattern(pat)
         return self.engine.export_phext(pat, skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
+
+
+def _fits(size: int, limit: int) -> None:
+    """Refuse a read whose reply would be about ``size`` bytes, over ``limit``."""
+    if size > limit:
+        raise LimitError(f"the reply would take more than {limit} bytes (the client's frame "
+                         "limit)", "LIMIT")
+
+
+def _result_size(r: Any) -> int:
+    """About how many bytes one result takes in a reply (exact but for scroll lists)."""
+    t = type(r)
+    if t is ScrollResult:
+        return estimate_wire_size(r.scrolls)[0] + 32
+    if r is None or t is int or t is float or t is bool:
+        return 9
+    if t is bytes or t is str:
+        return len(r) + 5
+    return len(P.packb(r))
 
 
 class ScrollResult(NamedTuple):
@@ -893,6 +930,7 @@ class _Server:
             return P.encode_error(msgid, "PROTOCOL", f"unknown opcode {op[:64]!r}",
                                   conn.out_limit), False
         try:
+            self.dispatch.reply_limit = conn.out_limit
             if op == "BATCH":
                 result = self.batch(args, conn)
             else:
@@ -937,7 +975,15 @@ class _Server:
         if len(ops) > self.max_batch:
             raise LimitError(f"{len(ops)} operations exceed max_batch {self.max_batch}", "LIMIT")
         results = []
+        # The reply is one frame: stop as soon as the results pass the client's limit
+        # instead of holding them all and failing at the end.
+        size, limit = 16, conn.out_limit
         for item in ops:
+            if size > limit:
+                raise LimitError(
+                    f"BATCH stopped after {len(results)} of {len(ops)} operations: their "
+                    f"results pass the client's frame limit of {limit} bytes (those were "
+                    "executed, the rest not); send fewer operations per BATCH", "LIMIT")
             if (
                 type(item) is not list
                 or len(item) != 2
@@ -956,11 +1002,13 @@ class _Server:
                 r = self.table[op](a)
                 if spec.writes:
                     self.note_write(op, a, conn)
+                size += 3 + _result_size(r)
                 results.append([P.STATUS_OK, r.wire() if type(r) is ScrollResult else r])
             except Exception as exc:
                 if is_internal(exc):
                     log.error("internal error in BATCH %s", op, exc_info=exc)
                 results.append([P.STATUS_ERROR, P.error_pair(exc)])
+                size += 64
         return results
 
     def hello(self, conn: _Connection, msgid: int, args: list) -> bytes:
