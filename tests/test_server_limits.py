@@ -357,3 +357,131 @@ def test_reply_size_estimate_bounds_the_encoded_size():
     upto, n = estimate_wire_size(scrolls, stop=100)
     assert n == 2 and 100 < upto < total  # the 5000-byte content passes 100
     assert estimate_wire_size(scrolls, stop=total) == (total, len(scrolls))
+
+
+# -- frames that never complete, idle connections ------------------------------------------
+
+
+def test_an_unfinished_frame_is_dropped_after_the_frame_timeout():
+    with ServerThread(Engine(), limits=Limits(frame_timeout=0.5)) as st:
+        r = Raw(st.port)
+        r.send(struct.pack(">I", 1 << 20) + b"\x93" + b"\x00" * 100_000)
+        m = r.recv()
+        assert m[0] == 0 and m[1] == 1 and m[2][0] == "PROTOCOL" and "frame" in m[2][1]
+        assert r.closed()
+        assert _server_side(st, lambda cs: sum(c.decoder.buffered() for c in cs)) == 0
+        r.close()
+        assert served(st.port)
+
+
+def test_a_frame_that_keeps_arriving_is_not_dropped():
+    with ServerThread(Engine(), limits=Limits(frame_timeout=2.0)) as st:
+        r = Raw(st.port)
+        data = P.encode_request(2, "PUT", [K1, "y" * 50_000])
+        step = len(data) // 5 + 1
+        for i in range(0, len(data), step):
+            r.send(data[i:i + step])
+            time.sleep(0.3)
+        assert r.recv() == [2, 0, 1]
+        r.close()
+
+
+def test_a_connection_without_hello_is_closed_after_the_hello_timeout():
+    with ServerThread(Engine(), limits=Limits(hello_timeout=0.5)) as st:
+        r = Raw(st.port, hello=False)
+        m = r.recv()
+        assert m[0] == 0 and m[2][0] == "PROTOCOL" and "HELLO" in m[2][1]
+        assert r.closed()
+        r.close()
+        ok = Raw(st.port)  # one that says HELLO in time stays
+        time.sleep(1.5)
+        assert ok.call(2, "PING", [])[2] == "PONG"
+        ok.close()
+
+
+def test_idle_timeout_closes_idle_connections_but_not_trackers():
+    with ServerThread(Engine(), limits=Limits(idle_timeout=0.5)) as st:
+        idle = Raw(st.port)
+        tracker = Raw(st.port, options={"track": True})
+        assert idle.closed()
+        assert tracker.call(2, "PING", [])[2] == "PONG"
+        idle.close()
+        tracker.close()
+
+
+def test_idle_timeout_is_off_by_default():
+    with ServerThread(Engine()) as st:
+        r = Raw(st.port)
+        time.sleep(1.5)
+        assert r.call(2, "PING", [])[2] == "PONG"
+        r.close()
+
+
+# -- the client limit ------------------------------------------------------------------------
+
+
+def test_at_the_client_limit_new_connections_are_refused_then_served_again():
+    with ServerThread(Engine(), limits=Limits(max_clients=3)) as st:
+        held = [Raw(st.port) for _ in range(3)]
+        extra = Raw(st.port, hello=False)
+        m = extra.recv()
+        assert m[0] == 0 and m[2][0] == "LIMIT" and "client limit (3)" in m[2][1]
+        assert extra.closed()
+        extra.close()
+        assert all(r.call(2, "PING", [])[2] == "PONG" for r in held)
+        held.pop().close()
+        deadline = time.monotonic() + IO_TIMEOUT
+        while _server_side(st, len) > 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert served(st.port)
+        for r in held:
+            r.close()
+
+
+def test_at_the_client_limit_the_oldest_connection_without_hello_makes_room():
+    with ServerThread(Engine(), limits=Limits(max_clients=3)) as st:
+        held = [Raw(st.port) for _ in range(2)]
+        silent = Raw(st.port, hello=False)
+        time.sleep(0.1)
+        assert served(st.port)  # takes the silent one's place
+        m = silent.recv()
+        assert m[0] == 0 and m[2][0] == "LIMIT" and "HELLO" in m[2][1]
+        assert silent.closed()
+        assert all(r.call(2, "PING", [])[2] == "PONG" for r in held)
+        for r in held + [silent]:
+            r.close()
+
+
+def test_the_default_client_limit_follows_the_descriptor_limit():
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert Limits().client_limit() == soft - 32
+    assert Limits(fd_reserve=100).client_limit() == soft - 100
+    assert Limits(max_clients=7).client_limit() == 7
+
+
+def test_serve_command_line_limits():
+    import re
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "vtpu", "serve", "--port", "0",
+                          "--max-clients", "1", "--hello-timeout", "30", "--timeout", "0",
+                          "--frame-timeout", "5", "--output-limit", "128m", "32m", "30",
+                          "--names-per-second", "10"],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stderr.readline()
+        port = int(re.search(r"serving on [^:]+:(\d+)", line).group(1))
+        first = Raw(port)
+        second = Raw(port, hello=False)
+        assert second.recv()[2][0] == "LIMIT"
+        second.close()
+        first.close()
+    finally:
+        p.terminate()
+        p.wait(IO_TIMEOUT)
+    bad = subprocess.run([sys.executable, "-m", "vtpu", "serve", "--output-limit", "lots",
+                          "1m", "1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a size" in bad.stderr

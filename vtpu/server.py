@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import hmac
 import logging
 import os
@@ -58,6 +59,7 @@ DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
 SWEEP_SECONDS = 1.0  # how often connections are checked against the time limits
+CLOSE_GRACE_SECONDS = 5.0  # a connection closed for a limit is aborted if still open then
 MiB = 1024 * 1024
 
 
@@ -515,14 +517,21 @@ class _Connection(asyncio.Protocol):
         self.backlog: tuple[list, bytes] | None = None
         self.push_all = False  # an invalidation was left out while writes were paused
         self.soft_since = 0.0  # loop time the output first stayed above output_soft
+        # Loop times for the timeouts: accepted, last bytes received, and since when an
+        # incomplete frame has waited for the rest (0: none).
+        self.opened = self.last_rx = server.loop.time()
+        self.partial_since = 0.0
         self.peer = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
-        self.server.conns.add(self)
-        self.server.prehello[self] = None
+        server = self.server
+        if not server.admit(self):
+            return
+        server.conns.add(self)
+        server.prehello[self] = None
         # Replies are written whole; keep the buffer small so a client that stops
         # reading is paused quickly instead of growing server memory.
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
@@ -568,6 +577,7 @@ class _Connection(asyncio.Protocol):
         (see :meth:`_process`)."""
         if self.closing:
             return
+        self.last_rx = self.server.loop.time()
         self.decoder.feed(data)
         if self.read_paused or self.write_paused:
             return  # _continue / resume_writing answers it
@@ -638,7 +648,12 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             return
         if self.backlog is not None or (more and dec.buffered()):
+            self.partial_since = 0.0  # complete requests wait: not the client's doing
             self._yield()
+        elif not dec.buffered():
+            self.partial_since = 0.0
+        elif handled or not self.partial_since:
+            self.partial_since = self.last_rx  # a frame has begun; the rest must follow
 
     def _yield(self) -> None:
         """Stop reading and answer the rest on a later loop iteration (other connections
@@ -725,6 +740,19 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def expire(self, code: str | None, why: str) -> None:
+        """Close for a limit or timeout: say why in one error frame (msgid 0) unless
+        ``code`` is None or replies are still queued, then close; buffers are freed now,
+        and the socket is aborted if it has not closed within a few seconds."""
+        t = self.transport
+        self._release()
+        if t is None or t.is_closing():
+            return
+        if code is not None and t.get_write_buffer_size() == 0:
+            t.write(P.encode_error(0, code, why, self.out_limit))
+        t.close()
+        self.server.loop.call_later(CLOSE_GRACE_SECONDS, t.abort)
+
     def _release(self) -> None:
         """Stop serving this connection and free its buffers now."""
         self.closing = True
@@ -780,12 +808,53 @@ class _Server:
 
     # -- timers --------------------------------------------------------------------------
     def sweep(self) -> None:
-        """Once a second: close the connections over a time limit (Redis's clientsCron)."""
+        """Once a second: close the connections over a time limit (Redis's clientsCron):
+        no HELLO within ``hello_timeout``; an incomplete frame without a byte for
+        ``frame_timeout`` or incomplete for ``6 * frame_timeout``; nothing received for
+        ``idle_timeout`` (if set; not for tracking connections); unsent replies above
+        ``output_soft`` for ``output_soft_seconds``."""
         now = self.loop.time()
+        lim = self.limits
         for c in list(self.conns):
-            if c.soft_since:
+            if c.closing:
+                continue
+            if not c.authed and now - c.opened > lim.hello_timeout:
+                c.expire("PROTOCOL", f"no HELLO within {lim.hello_timeout:g} s")
+            elif c.partial_since and not (c.write_paused or c.read_paused or c.backlog) and (
+                    now - c.last_rx > lim.frame_timeout
+                    or now - c.partial_since > 6 * lim.frame_timeout):
+                c.expire("PROTOCOL", f"a frame was not completed in time (no byte for "
+                                     f"{lim.frame_timeout:g} s, or incomplete for "
+                                     f"{6 * lim.frame_timeout:g} s)")
+            elif (lim.idle_timeout and not c.track and not c.write_paused
+                  and now - c.last_rx > lim.idle_timeout):
+                c.expire(None, "idle")
+            elif c.soft_since:
                 c.check_output(now)
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self.sweep)
+
+    # -- admission -----------------------------------------------------------------------
+    def admit(self, conn: _Connection) -> bool:
+        """Take a new connection, or refuse it (one LIMIT error frame, then close) when
+        the server is at its client limit and every connection has completed HELLO; a
+        connection still without HELLO is closed to make room first."""
+        limit = self.limits.client_limit()
+        if len(self.conns) < limit:
+            return True
+        oldest = next(iter(self.prehello), None)
+        if oldest is not None:
+            self.ratelog.warning("evict", "at the client limit (%d): closing the oldest "
+                                 "connection without HELLO (%s)", limit, _peer(oldest))
+            oldest.expire("LIMIT", f"the server is at its client limit ({limit}) and this "
+                                   "connection has not completed HELLO")
+            return True
+        self.ratelog.warning("maxclients", "at the client limit (%d): refusing a "
+                             "connection from %s", limit, _peer(conn))
+        conn.closing = True
+        conn.transport.write(P.encode_error(
+            0, "LIMIT", f"the server is at its client limit ({limit}); try again later"))
+        conn.transport.close()
+        return False
 
     def stop_sweeping(self) -> None:
         if self._sweeper is not None:
@@ -1189,6 +1258,7 @@ def serve(
     token: str | None = None,
     max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE,
     ready: Callable[[ServerHandle], None] | None = None,
+    limits: Limits | None = None,
 ) -> None:
     """Run a server until SIGINT/SIGTERM (blocking).
 
@@ -1202,6 +1272,7 @@ def serve(
     :param token: if set, clients must present it in HELLO.
     :param max_frame_size: largest frame body accepted and sent.
     :param ready: called with the handle once listening (tests, CLI banners).
+    :param limits: per-connection limits and timeouts (:class:`Limits`).
     :raises StorageError: if ``data`` is locked by another server or unusable.
     """
     from .engine import Engine
@@ -1218,7 +1289,9 @@ def serve(
     stop = asyncio.Event()
 
     async def run() -> None:
-        handle = await start_server(engine, host, port, token=token, max_frame_size=max_frame_size)
+        loop.set_exception_handler(_quiet_descriptor_errors)
+        handle = await start_server(engine, host, port, token=token, max_frame_size=max_frame_size,
+                                    limits=limits)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
@@ -1251,6 +1324,32 @@ def serve(
             asyncio.set_event_loop(None)
 
 
+_DESCRIPTOR_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_loop_log = _RateLimitedLog(every=10.0)
+
+
+def _quiet_descriptor_errors(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """The loop's exception handler: out-of-descriptor errors while accepting (the loop
+    backs off and retries by itself) are logged at most once per 10 s, without a
+    traceback; anything else goes to the default handler."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError) and exc.errno in _DESCRIPTOR_ERRORS:
+        _loop_log.warning("accept", "cannot accept connections: %s (lower --max-clients or "
+                          "raise the descriptor limit)", exc.strerror or exc)
+        return
+    loop.default_exception_handler(context)
+
+
+def _size(text: str) -> int:
+    """A byte count with an optional k/m/g suffix (powers of 1024)."""
+    t = text.strip().lower()
+    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(t[-1:], 1)
+    try:
+        return int(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256m)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``vtpu serve`` / ``python -m vtpu.server``: parse ``argv`` and run :func:`serve`.
 
@@ -1264,11 +1363,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fsync", default="everysec", choices=["always", "everysec", "never"])
     ap.add_argument("--token", default=os.environ.get("VTPU_TOKEN"))
     ap.add_argument("--max-frame-size", type=int, default=P.DEFAULT_MAX_FRAME_SIZE)
+    d = Limits()
+    ap.add_argument("--max-clients", type=int, default=None,
+                    help="most open connections (default: the descriptor limit minus "
+                         f"{d.fd_reserve})")
+    ap.add_argument("--timeout", type=float, default=d.idle_timeout, metavar="SECONDS",
+                    help="close a connection that sent nothing for this long (0: never)")
+    ap.add_argument("--hello-timeout", type=float, default=d.hello_timeout, metavar="SECONDS",
+                    help="close a connection without a successful HELLO after this long")
+    ap.add_argument("--frame-timeout", type=float, default=d.frame_timeout, metavar="SECONDS",
+                    help="close a connection whose started frame gets no byte for this "
+                         "long (or stays incomplete for 6 times as long)")
+    ap.add_argument("--output-limit", nargs=3, type=str, metavar=("HARD", "SOFT", "SECONDS"),
+                    default=None, help="close a connection whose unsent replies pass HARD, "
+                    "or stay above SOFT for SECONDS (default: "
+                    f"{d.output_hard >> 20}m {d.output_soft >> 20}m {d.output_soft_seconds:g})")
+    ap.add_argument("--names-per-second", type=int, default=d.names_per_second,
+                    help="new names one connection may intern per second")
     ap.add_argument("--log-level", default="WARNING")
     ns = ap.parse_args(argv)
+    limits = dataclasses.replace(
+        d, max_clients=ns.max_clients, idle_timeout=ns.timeout, hello_timeout=ns.hello_timeout,
+        frame_timeout=ns.frame_timeout, names_per_second=ns.names_per_second)
+    if ns.output_limit is not None:
+        try:
+            hard, soft = _size(ns.output_limit[0]), _size(ns.output_limit[1])
+            secs = float(ns.output_limit[2])
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            ap.error(f"--output-limit: {exc}")
+        limits = dataclasses.replace(limits, output_hard=hard, output_soft=soft,
+                                     output_soft_seconds=secs)
     logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr)
     serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=ns.token,
-          max_frame_size=ns.max_frame_size)
+          max_frame_size=ns.max_frame_size, limits=limits)
     return 0
 
 
