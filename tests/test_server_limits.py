@@ -478,6 +478,8 @@ def test_serve_command_line_limits():
         second = Raw(port, hello=False)
         assert second.recv()[2][0] == "LIMIT"
         second.close()
+        m = first.call(2, "INTERN", [[f"n{i}" for i in range(11)]])
+        assert m[2][0] == "LIMIT"
         first.close()
     finally:
         p.terminate()
@@ -485,3 +487,54 @@ def test_serve_command_line_limits():
     bad = subprocess.run([sys.executable, "-m", "vtpu", "serve", "--output-limit", "lots",
                           "1m", "1"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not a size" in bad.stderr
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def test_interning_is_rate_limited_per_connection():
+    with ServerThread(Engine(), limits=Limits(names_per_second=10)) as st:
+        a = Raw(st.port)
+        m = a.call(2, "INTERN", [[f"a{i}" for i in range(11)]])
+        assert m[2][0] == "LIMIT" and "10 per second" in m[2][1]
+        assert a.call(3, "INTERN", [[], False])[2] == []
+        assert a.call(4, "NAMES", [])[2] == []  # the refused call added nothing
+        assert a.call(5, "INTERN", [[f"a{i}" for i in range(10)]])[1] == 0
+        assert a.call(6, "INTERN", [[f"a{i}" for i in range(10)]])[1] == 0  # known: free
+        assert a.call(7, "INTERN", [["a_new"]])[2][0] == "LIMIT"
+        b = Raw(st.port)  # another connection has its own allowance
+        assert b.call(2, "INTERN", [["b_name"]])[2] == [NAME_BASE_ID + 10]
+        # In BATCH too.
+        m = b.call(3, "BATCH", [[["INTERN", [[f"c{i}" for i in range(20)]]]]])
+        assert m[2][0][0] == 1 and m[2][0][1][0] == "LIMIT"
+        a.close()
+        b.close()
+
+
+def test_reclaim_names_over_the_wire():
+    with ServerThread(Engine()) as st:
+        c = RemoteEngine(port=st.port)
+        ids = c.intern(["keep", "junk1", "junk2"])
+        c.put(key_with_name(ids[0]), "x")
+        r = Raw(st.port)
+        epoch = r.call(2, "HELLO", [1, None, {}])[2]["names_epoch"]
+        assert r.call(3, "RECLAIM_NAMES", [])[2] == 2
+        assert r.call(4, "NAMES", [])[2] == ["keep", "", ""]
+        assert r.call(5, "HELLO", [1, None, {}])[2]["names_epoch"] != epoch
+        # A key with a freed id is refused, nothing stored.
+        m = r.call(6, "PUT", [key_with_name(ids[1]), "stale"])
+        assert m[2][0] == "COORD" and "reclaimed" in m[2][1]
+        m = r.call(7, "PUT_MANY", [key_with_name(ids[0], 1) + key_with_name(ids[2]), [1, 2]])
+        assert m[2][0] == "COORD"
+        assert r.call(8, "GET", [key_with_name(ids[0], 1)])[2] is None
+        assert c.reclaim_names() == 0
+        assert c.intern(["junk1"]) == [NAME_BASE_ID + 3]  # a fresh id, not the freed one
+        r.close()
+        c.close()
+
+
+NAME_BASE_ID = 0xF000
+
+
+def key_with_name(name_id: int, i: int = 0) -> bytes:
+    return _core.pack(np.array([name_id, 1, 1, 1, 1, 1, 1, 1, i], dtype=np.uint16))

@@ -40,8 +40,11 @@ class NameTable:
     """Names <-> ids (0xF000 + index) for name components of coordinates.
 
     The store owns the authoritative table; clients hold a cache whose misses go to the
-    store through ``resolver``. Ids never change once given, so a cache is never stale,
-    only incomplete.
+    store through ``resolver``. An id keeps its name until the store reclaims it
+    (:meth:`reclaim`: names no stored key uses); a reclaimed id is a free slot (an empty
+    entry) and is given to a new name only once no never-used id is left. The
+    :attr:`epoch` changes with every reclaim, so a cache taken at another epoch must be
+    refreshed before its ids are trusted.
 
     :param names: initial names, in id order.
     :param resolver: ``resolver(names, intern) -> list[int | None]`` asked for names not
@@ -59,7 +62,9 @@ class NameTable:
         on_intern: Callable[[int, list], None] | None = None,
     ):
         self._ids: dict[str, int] = {}
-        self._names: list[str] = []
+        self._names: list[str] = []  # "" marks a free (reclaimed) slot
+        self._free: set[int] = set()  # indexes of the free slots
+        self._reclaims = 0
         self._resolver = resolver
         self._on_intern = on_intern
         self._lock = threading.Lock()
@@ -67,8 +72,10 @@ class NameTable:
 
     @property
     def epoch(self) -> int:
-        """Number of names known; grows by one with every new name."""
-        return len(self._names)
+        """Changes with every change of the ids: the number of entries (free slots
+        included) plus ``MAX_NAMES`` for every reclaim that freed ids in this process.
+        Equal to the number of names while nothing was reclaimed."""
+        return len(self._names) + MAX_NAMES * self._reclaims
 
     def __len__(self) -> int:
         return len(self._names)
@@ -90,12 +97,43 @@ class NameTable:
         return name
 
     def extend(self, names: list[str]) -> None:
-        """Append names known to hold the next ids (cache sync; no persistence hook)."""
+        """Append names known to hold the next ids (cache sync, loading a store; no
+        persistence hook). An empty string is a free slot: it keeps its position."""
         with self._lock:
             for name in names:
-                if name not in self._ids:
+                if not name:
+                    self._free.add(len(self._names))
+                    self._names.append("")
+                elif name not in self._ids:
                     self._ids[name] = NAME_BASE + len(self._names)
                     self._names.append(name)
+
+    def is_free(self, ident: int) -> bool:
+        """Whether ``ident`` is a reclaimed id not given to a name again."""
+        return int(ident) - NAME_BASE in self._free
+
+    @property
+    def free(self) -> int:
+        """Number of reclaimed ids not given to a name again."""
+        return len(self._free)
+
+    def reclaim(self, idents: Iterable[int]) -> list[str]:
+        """Free these ids (the store's table: names no stored key uses).
+
+        :returns: the names freed, in id order.
+        """
+        with self._lock:
+            out = []
+            for ident in sorted(set(int(i) for i in idents)):
+                idx = ident - NAME_BASE
+                if 0 <= idx < len(self._names) and self._names[idx]:
+                    out.append(self._names[idx])
+                    del self._ids[self._names[idx]]
+                    self._names[idx] = ""
+                    self._free.add(idx)
+            if out:
+                self._reclaims += 1
+            return out
 
     def lookup(self, name: str, intern: bool = True) -> int | None:
         """The id of ``name``.
@@ -134,16 +172,26 @@ class NameTable:
             elif intern:
                 with self._lock:
                     fresh = [n for n in missing if n not in self._ids]
-                    if len(self._names) + len(fresh) > MAX_NAMES:
+                    room = MAX_NAMES - len(self._names)
+                    if len(fresh) > room + len(self._free):
                         raise LimitError(
                             f"name table full: {MAX_NAMES} names, cannot add {fresh[:3]}"
                         )
+                    # Never-used ids first; reclaimed ones only once those run out.
                     first = len(self._names)
-                    for n in fresh:
+                    runs = [(first, fresh[:room])] if room > 0 and fresh else []
+                    for n in fresh[:room]:
                         self._ids[n] = NAME_BASE + len(self._names)
                         self._names.append(n)
-                if fresh and self._on_intern is not None:
-                    self._on_intern(first, fresh)
+                    for n in fresh[max(room, 0):]:
+                        idx = min(self._free)
+                        self._free.discard(idx)
+                        self._ids[n] = NAME_BASE + idx
+                        self._names[idx] = n
+                        runs.append((idx, [n]))
+                if self._on_intern is not None:
+                    for at, added in runs:
+                        self._on_intern(at, added)
         return [self._ids.get(n) for n in names]
 
     def name_of(self, ident: int) -> str:
@@ -166,10 +214,11 @@ class NameTable:
             self.extend_from(self._resolver.full_table())
 
     def extend_from(self, names: list[str]) -> None:
-        """Replace the cache with the store's complete table (ids are stable)."""
+        """Replace the cache with the store's complete table (empty entries: free)."""
         with self._lock:
             self._names = list(names)
             self._ids = {n: NAME_BASE + i for i, n in enumerate(names) if n}
+            self._free = {i for i, n in enumerate(names) if not n}
 
     def to_list(self) -> list[str]:
         """All names in id order (index i is id 0xF000 + i)."""

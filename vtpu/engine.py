@@ -22,7 +22,7 @@ import numpy as np
 
 from vtpu import _core
 from vtpu._version import __version__
-from vtpu.coords import NameTable, Scroll, apply_delta_any
+from vtpu.coords import MAX_NAMES, NAME_BASE, NameTable, Scroll, apply_delta_any
 from vtpu.errors import CoordinateError, InterfaceError, VersionConflict
 from vtpu.index import CoordIndex
 
@@ -226,6 +226,10 @@ class Engine:
         if any(keys[i] >= keys[i + 1] for i in range(len(keys) - 1)):
             keys.sort()   # the storage returns key order; never trust it blindly
         self._index.load_sorted(b"".join(keys))
+        if len(self.names) >= MAX_NAMES and not self.names.free:
+            # A full table (a flood of names, say) would refuse every new name for good:
+            # free what no key uses.
+            self.reclaim_names()
         self.load_seconds = time.perf_counter() - t0
 
     def _persist(self, scrolls: list[Scroll]) -> None:
@@ -643,8 +647,29 @@ class Engine:
         return self.names.intern_many(list(names), False)
 
     def name_table(self) -> list:
-        """The whole name table, index i = id 0xF000 + i."""
+        """The whole name table, index i = id 0xF000 + i ("" for a reclaimed id)."""
         return self.names.to_list()
+
+    def reclaim_names(self) -> list:
+        """Free the ids of the names no stored key uses, so a flood of junk names can be
+        undone (persisted with the data). A freed id is refused in keys until it is given
+        to a name again, which happens only once no never-used id is left; the table's
+        epoch changes, telling caches to refresh.
+
+        :returns: how many ids were freed.
+        """
+        coords = self._index.all_coords()
+        named = coords[coords >= NAME_BASE]
+        used = set(np.unique(named).tolist()) if named.size else set()
+        table = self.names.to_list()
+        unused = [NAME_BASE + i for i, n in enumerate(table) if n and NAME_BASE + i not in used]
+        freed = self.names.reclaim(unused)
+        if freed and self.storage is not None:
+            for ident in unused:
+                self.storage.add_names(ident - NAME_BASE, [""])
+            if self.autocommit:
+                self.storage.commit()
+        return len(freed)
 
     def import_phext(self, text: str, skip_invalid: bool = False) -> int:
         """Store every scroll of a .phext document; returns how many were stored.

@@ -1204,6 +1204,8 @@ OPS: dict[str, OpSpec] = {
         OpSpec("KG", "kg", True, False, "multi-hop traversal"),
         OpSpec("INTERN", "intern", True, True, "intern names; returns ids"),
         OpSpec("NAMES", "name_table", True, False, "the whole name table"),
+        OpSpec("RECLAIM_NAMES", "reclaim_names", True, True,
+               "free the ids of names no stored key uses; returns how many"),
         OpSpec("HEALTH", "health", True, False, "health report"),
         OpSpec("STATS", "stats", True, False, "statistics"),
         OpSpec("IMPORT_PHEXT", "import_phext", False, True, "import a .phext text"),

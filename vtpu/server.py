@@ -191,9 +191,10 @@ class _Dispatcher:
         self.engine = engine
         self.page_size = page_size
         self.max_batch = max_batch
-        # The frame limit of the client whose request is executing (set per request by
-        # the server): replies are sized against it before they are built.
-        self.reply_limit = P.DEFAULT_MAX_FRAME_SIZE
+        # The connection whose request is executing (set per request by the server):
+        # replies are sized against its frame limit before they are built, and it is
+        # charged for the names it interns.
+        self.caller: Any = None
         e = engine
         # Bound methods resolved once: the hot path is a dict lookup and a call.
         self.table: dict[str, Callable[[list], Any]] = {
@@ -214,6 +215,8 @@ class _Dispatcher:
             "KG": self.kg,
             "INTERN": self.intern,
             "NAMES": lambda a: (_nargs(a, 0, 0, "NAMES"), list(e.name_table()))[1],
+            "RECLAIM_NAMES": lambda a: (_nargs(a, 0, 0, "RECLAIM_NAMES"),
+                                        e.reclaim_names())[1],
             "HEALTH": lambda a: (_nargs(a, 0, 0, "HEALTH"), e.health())[1],
             "STATS": lambda a: (_nargs(a, 0, 0, "STATS"), e.stats())[1],
             "IMPORT_PHEXT": self.import_phext,
@@ -224,14 +227,22 @@ class _Dispatcher:
 
     # -- names ---------------------------------------------------------------------------
     def _check_names(self, arr: np.ndarray) -> None:
-        """Refuse keys naming ids that were never interned (they could not be formatted)."""
+        """Refuse keys naming ids that were never interned or were reclaimed (they could
+        not be formatted)."""
         if arr.size and arr.max() >= _NAME_BASE:
-            n = len(self.engine.names)
+            names = self.engine.names
+            n = len(names)
             bad = arr[(arr >= _NAME_BASE) & (arr >= _NAME_BASE + n)]
             if bad.size:
                 raise CoordinateError(
                     f"name id {int(bad[0]):#06x} is not in the name table ({n} names)"
                 )
+            if names.free:
+                for ident in np.unique(arr[arr >= _NAME_BASE]).tolist():
+                    if names.is_free(ident):
+                        raise CoordinateError(
+                            f"name id {ident:#06x} was reclaimed (no stored key used it): "
+                            "intern the name again and refresh the name table")
 
     # -- single key ----------------------------------------------------------------------
     def get(self, a: list) -> Any:
@@ -266,7 +277,7 @@ class _Dispatcher:
     def get_many(self, a: list) -> Any:
         _nargs(a, 1, 2, "GET_MANY")
         blob = P.check_blob(a[0])
-        limit = self.reply_limit
+        limit = self.caller.out_limit
         # Refused from the stored sizes before anything is built: a few keys of large
         # values would otherwise make (and hold) a reply far over the limit.
         if _bool(_opt(a, 1), "content_only"):
@@ -319,7 +330,7 @@ class _Dispatcher:
         # Long results are paged: the server answers at most page_size items and says
         # where to continue, so one huge range never holds the loop for long. A page
         # also ends before it passes half the client's frame limit.
-        page_bytes = self.reply_limit // 2
+        page_bytes = self.caller.out_limit // 2
         page = self.page_size * 16 if keys_only else self.page_size
         if keys_only:
             page = min(page, max(1, page_bytes // P.KEY_SIZE))
@@ -425,7 +436,14 @@ class _Dispatcher:
             # Look-up only: unknown names answer nil and nothing is added.
             ids = self.engine.lookup_names(names)
             return [None if i is None else int(i) for i in ids]
-        return [int(i) for i in self.engine.intern(names)]
+        table = self.engine.names
+        new = sum(1 for n in dict.fromkeys(names) if n not in table)
+        if new:
+            self.caller.allow_names(new)  # a flood from one connection is refused whole
+        ids = [int(i) for i in self.engine.intern(names)]
+        if new:
+            self.caller.spend_names(new)
+        return ids
 
     def import_phext(self, a: list) -> int:
         _nargs(a, 1, 2, "IMPORT_PHEXT")
@@ -521,6 +539,9 @@ class _Connection(asyncio.Protocol):
         # incomplete frame has waited for the rest (0: none).
         self.opened = self.last_rx = server.loop.time()
         self.partial_since = 0.0
+        # New names this connection may still intern now (refilled at names_per_second).
+        self.names_left = float(server.limits.names_per_second)
+        self.names_at = self.opened
         self.peer = None
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -739,6 +760,22 @@ class _Connection(asyncio.Protocol):
         self._release()
         if self.transport is not None:
             self.transport.abort()
+
+    def allow_names(self, n: int) -> None:
+        """Refuse (``LIMIT``) interning ``n`` new names if that is over this connection's
+        rate: ``names_per_second``, with a burst of as many."""
+        rate = self.server.limits.names_per_second
+        now = self.server.loop.time()
+        self.names_left = min(float(rate), self.names_left + (now - self.names_at) * rate)
+        self.names_at = now
+        if n > self.names_left:
+            raise LimitError(
+                f"{n} new names: a connection may add {rate} per second and has "
+                f"{int(self.names_left)} left now (send fewer new names per call)", "LIMIT")
+
+    def spend_names(self, n: int) -> None:
+        """Charge ``n`` interned names to the rate (after :meth:`allow_names`)."""
+        self.names_left -= n
 
     def expire(self, code: str | None, why: str) -> None:
         """Close for a limit or timeout: say why in one error frame (msgid 0) unless
@@ -999,7 +1036,7 @@ class _Server:
             return P.encode_error(msgid, "PROTOCOL", f"unknown opcode {op[:64]!r}",
                                   conn.out_limit), False
         try:
-            self.dispatch.reply_limit = conn.out_limit
+            self.dispatch.caller = conn
             if op == "BATCH":
                 result = self.batch(args, conn)
             else:
