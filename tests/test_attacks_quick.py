@@ -36,9 +36,7 @@ FAST = [
     pytest.param("baseline", id="control-baseline"),
     pytest.param("hello_bomb", id="memory-hello_bomb"),
     pytest.param("get_many_same_key", id="memory-get_many_same_key"),
-    pytest.param("fastpath_bad_utf8", marks=known(
-        "fast-path PUT with an invalid UTF-8 str: connection dropped, no reply "
-        "(generic path: PROTOCOL)")),
+    pytest.param("fastpath_bad_utf8", id="lockouts-fastpath_bad_utf8"),
     pytest.param("hello_odd_types", id="lockouts-hello_odd_types"),
     pytest.param("idle_1100", id="lockouts-idle_1100"),
     pytest.param("intern_flood", id="lockouts-intern_flood"),

@@ -659,10 +659,12 @@ class _Connection(asyncio.Protocol):
             out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
             self.closing = True
         except Exception as exc:
-            # A bug outside any one request's handling: the connection cannot know
-            # where it stands, so it closes after saying so; the server keeps serving.
-            server.ratelog.warning("internal", "internal error on a connection from %s: "
-                                   "%r", _peer(self), exc)
+            # Outside any one request's handling (a frame the decoder could not read, or
+            # a bug): the connection cannot know where it stands, so it closes after
+            # saying so; the server keeps serving.
+            if is_internal(exc):
+                server.ratelog.warning("internal", "internal error on a connection from "
+                                       "%s: %r", _peer(self), exc)
             out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
             self.closing = True
         self._send(out, wrote)
