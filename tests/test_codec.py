@@ -542,7 +542,11 @@ def test_decoded_scroll_lists_behave_like_lists(codec):
     want = scrolls_of([f"c{i}" for i in range(6)], names) + [None]
     want[3] = None
     sl, _ = codec.decode_scrolls(codec.encode_scrolls(want), 0, names)
+    assert type(sl).__name__ == "ScrollList" and not isinstance(sl, list)
     assert len(sl) == 7 and sl == want and want == list(sl) and not (sl != want)
+    assert sl.tolist() == want and type(sl.tolist()) is list
+    other = (P if codec is not P else _compiled()).decode_scrolls(codec.encode_scrolls(want))[0]
+    assert sl == other and other == sl  # the two twins' lists compare equal
     assert sl[0] == want[0] and sl[-1] is None and sl[-2] == want[-2]
     assert sl[1:4] == want[1:4] and sl[::-2] == want[::-2]
     assert sl[2] is sl[2]  # made once, then kept

@@ -19,7 +19,6 @@ import pytest
 from vtpu import _core
 from vtpu import protocol as P
 from vtpu.engine import Engine
-from vtpu.errors import LimitError
 from vtpu.netclient import RemoteEngine
 from vtpu.server import Limits
 from vtpu.testing import ServerThread
@@ -94,18 +93,6 @@ def served(port: int, token=None) -> bool:
         c.close()
 
 
-def frame(body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + body
-
-
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 # -- before HELLO --------------------------------------------------------------------------
 
 
@@ -159,7 +146,7 @@ def test_failed_hello_options_keep_the_small_limit(guarded):
 ], ids=["nd-version-1", "nd-version-2", "bool-version", "float-version", "nd-token",
         "nd-track", "nd-mfs", "four-args", "list-options"])
 def test_malformed_hello_gets_a_typed_reply(guarded, caplog, args, code, closes):
-    with caplog.at_level(logging.WARNING, logger="vtpu.server"):
+    with caplog.at_level(logging.INFO, logger="vtpu.server"):
         r = Raw(guarded.port, hello=False)
         m = r.call(7, "HELLO", args)
         assert m[0] == 7 and m[1] == 1 and m[2][0] == code

@@ -2,7 +2,9 @@
 
 ::
 
-    vtpu serve  [--host 127.0.0.1] [--port 1337] [--data DIR] [--fsync always|everysec|never] [--token T]
+    vtpu serve  [--host 127.0.0.1] [--port 1337] [--data DIR] [--fsync always|everysec|never]
+                [--token-file PATH | --token T] [--unprotected]
+                [--tls-cert CERT [--tls-key KEY] [--tls-ca CA]]
                 [--max-clients N] [--timeout S] [--hello-timeout S] [--frame-timeout S]
                 [--output-limit HARD SOFT S] [--names-per-second N]
     vtpu demo   [--host H --port P | --url mem://]
@@ -12,7 +14,8 @@
     vtpu stats | reclaim-names [--url URL]
 
 Commands that talk to a store take ``--url`` (default ``$VTPU_URL`` or
-``vtpu://127.0.0.1:1337``); ``file://DIR`` works without a server.
+``vtpu://127.0.0.1:1337``; ``vtpus://`` for TLS, ``vtpu://:TOKEN@HOST:PORT`` with a
+token); ``file://DIR`` works without a server.
 """
 from __future__ import annotations
 

@@ -913,15 +913,19 @@ class ClientOps:
         return self._submit("HIER", [as_key(c, "c"), d], _dec_coord, timeout)
 
     def attend(self, q: Any, key_pattern: Any, top_k: int | None = None, values: Any = None,
-               return_output: bool = True, *, timeout: float | None = None) -> Any:
+               return_output: bool = True, mode: str | None = "auto", *,
+               timeout: float | None = None) -> Any:
         """Attention of query ``q`` (a stored key or a vector) over matching scrolls.
 
+        :param mode: "auto", "dot" or "distance" (see :meth:`vtpu.engine.Engine.attend`).
         :returns: the dict of :meth:`vtpu.engine.Engine.attend` (``keys`` as an
             ``(m, 9)`` array).
         """
         if not isinstance(q, np.ndarray):
             q = as_key(q, "q")
         args = [q, _as_pattern(key_pattern), top_k, _as_values(values), bool(return_output)]
+        if mode not in (None, "auto"):
+            args.append(mode)   # sent only when asked, so older servers keep working
         return self._submit("ATTEND", args, _dec_attend, timeout)
 
     def attend_many(self, queries: Any, key_patterns: Any, top_k: int | None = None,
@@ -948,9 +952,14 @@ class ClientOps:
         return self._submit("KG", args, _dec_scrolls, timeout)
 
     # -- names and admin -----------------------------------------------------------------------
-    def intern(self, names: list, *, timeout: float | None = None) -> Any:
-        """Intern names on the server; returns their ids (0xF000 + index)."""
-        return self._submit("INTERN", [list(names)], _dec_interned, timeout)
+    def intern(self, names: list, *, intern: bool = True, timeout: float | None = None) -> Any:
+        """Intern names on the server; returns their ids (0xF000 + index).
+
+        :param intern: False only looks the names up: unknown ones answer None and
+            nothing is added (what a read needs).
+        """
+        args = [list(names)] if intern else [list(names), False]
+        return self._submit("INTERN", args, _dec_interned, timeout)
 
     def name_table(self, *, timeout: float | None = None) -> Any:
         """The server's whole name table (index i = id 0xF000 + i); refreshes the cache."""

@@ -135,23 +135,21 @@ def scroll_contents(dict m, bytes blob, object scroll_cls):
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def put_scrolls(dict m, bytes blob, list contents, double now, object names,
-                object scroll_cls, object check):
+                object scroll_cls):
     """Write N scrolls into a key -> Scroll map in one C loop (the engine's CPUT_MANY).
 
-    Every content is validated first (str, bytes, float, bool and None pass as they are;
-    anything else goes through ``check``, which returns the value to store or raises),
-    so a bad content leaves the map untouched. Then, in key order, each key gets a new
-    Scroll: version 1 and ``created_at = now`` when absent, else the old version + 1 and
-    the old ``created_at``; ``updated_at = now``. A key repeated in the batch is written
-    repeatedly, its versions counting up.
+    The contents are stored as they are: the caller validated them first (the engine
+    through ``check_contents``), so nothing here can refuse one halfway through. In key
+    order, each key gets a new Scroll: version 1 and ``created_at = now`` when absent,
+    else the old version + 1 and the old ``created_at``; ``updated_at = now``. A key
+    repeated in the batch is written repeatedly, its versions counting up.
 
     :param m: the engine's map (18-byte key -> Scroll).
     :param blob: N*18 bytes of keys.
-    :param contents: N contents (the list is updated in place with checked values).
+    :param contents: N contents, already validated.
     :param now: the write time (unix seconds).
     :param names: the name table each Scroll refers to.
     :param scroll_cls: the Scroll class (a ``__slots__`` class).
-    :param check: validator for contents of other types.
     :returns: ``(versions, new_keys, written)``: the N new versions, the keys that were
         absent before (in order, once each), and the N Scrolls written.
     :raises InterfaceError: lengths disagree or scroll_cls has unexpected slots.
@@ -164,11 +162,6 @@ def put_scrolls(dict m, bytes blob, list contents, double now, object names,
     cdef _Slots sl = _scroll_slots(scroll_cls)
     if not sl.ok:
         raise InterfaceError(f"{scroll_cls!r} does not have the Scroll slots")
-    for i in range(n):
-        c = contents[i]
-        t = type(c)
-        if not (t is str or t is bytes or t is float or t is bool or c is None):
-            contents[i] = check(c)
     cdef const char* p = PyBytes_AS_STRING(blob)
     cdef PyObject* old
     versions = PyList_New(n)
