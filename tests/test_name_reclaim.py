@@ -81,3 +81,17 @@ def test_a_full_table_is_reclaimed_at_start_up(tmp_path, capsys):
     e.close()
     assert cli_main(["reclaim-names", "--url", f"file://{d}"]) == 0
     assert "reclaimed 2 name ids" in capsys.readouterr().out  # late_name, junk_again
+
+
+def test_a_failed_commit_puts_freed_and_reused_slots_back():
+    t = NameTable([f"n{i}" for i in range(MAX_NAMES)])
+    t.committed()
+    t.reclaim([NAME_BASE + 1, NAME_BASE + 2])
+    assert t.intern_many(["x"]) == [NAME_BASE + 1]
+    t.truncate(MAX_NAMES)  # the commit of both failed
+    assert t.free == 0 and t.lookup("n1", False) == NAME_BASE + 1
+    assert t.lookup("n2", False) == NAME_BASE + 2 and t.lookup("x", False) is None
+    t.reclaim([NAME_BASE + 5])
+    t.committed()
+    t.truncate(MAX_NAMES)  # a later failure keeps what was committed
+    assert t.is_free(NAME_BASE + 5)
