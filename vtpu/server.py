@@ -106,7 +106,7 @@ class Limits:
     hello_frame_size: int = 64 * 1024
     hello_timeout: float = 10.0
     idle_timeout: float = 0.0
-    frame_timeout: float = 10.0
+    frame_timeout: float = 5.0
     output_hard: int = 256 * MiB
     output_soft: int = 64 * MiB
     output_soft_seconds: float = 60.0
