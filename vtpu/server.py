@@ -1089,10 +1089,7 @@ class _Server:
         size, limit = 16, conn.out_limit
         for item in ops:
             if size > limit:
-                raise LimitError(
-                    f"stopped after {len(results)} of {len(ops)} operations: their "
-                    f"results pass the client's frame limit of {limit} bytes (those were "
-                    "executed, the rest not); send fewer operations per BATCH", "LIMIT")
+                break
             if (
                 type(item) is not list
                 or len(item) != 2
@@ -1119,6 +1116,11 @@ class _Server:
                 code, msg = P.error_pair(exc)
                 results.append([P.STATUS_ERROR, [code, f"{op}: {msg}"]])   # as error_frame
                 size += 64
+        if size > limit:
+            raise LimitError(
+                f"stopped after {len(results)} of {len(ops)} operations: their results "
+                f"pass the client's frame limit of {limit} bytes (those were executed, the "
+                "rest not); send fewer operations per BATCH", "LIMIT")
         return results
 
     def hello(self, conn: _Connection, msgid: int, args: list) -> bytes:
