@@ -489,7 +489,8 @@ cdef int put_scroll(Buf* b, object s) except -1:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE,
+                       max_bytes=None):
     """Encode the replies to a run of GET requests, back to back.
 
     The bytes equal ``b"".join(encode_response(msgids[i], scroll_to_wire(scrolls[i])))``.
@@ -497,7 +498,9 @@ def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_M
     :param msgids: the requests' ids.
     :param scrolls: one Scroll (anything with those five attributes) or ``None`` each.
     :param max_frame_size: the largest body allowed per reply.
-    :returns: the reply frames as one bytes object.
+    :param max_bytes: stop after the first reply that brings the output to this many
+        bytes or more (at least one reply is encoded); ``None``: encode them all.
+    :returns: ``(frames, n)``: the first ``n`` reply frames as one bytes object.
     :raises LimitError: if one reply would exceed ``max_frame_size`` (nothing is
         returned; the caller answers that request alone with an error).
     :raises InterfaceError: if the lengths differ or a content cannot be encoded.
@@ -507,6 +510,7 @@ def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_M
     if not PyList_CheckExact(scrolls):
         scrolls = list(scrolls)
     cdef Py_ssize_t n = len(<list>msgids), i, start
+    cdef Py_ssize_t stop = -1 if max_bytes is None else max_bytes
     if n != len(<list>scrolls):
         raise InterfaceError(f"{n} msgids for {len(<list>scrolls)} scrolls")
     cdef Buf b
@@ -522,7 +526,9 @@ def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_M
             put1(&b, 0x00)
             put_scroll(&b, <object>PyList_GET_ITEM(scrolls, i))
             frame_close(&b, start, max_frame_size)
-        return buf_bytes(&b)
+            if stop >= 0 and b.n >= stop:
+                return buf_bytes(&b), i + 1
+        return buf_bytes(&b), n
     finally:
         buf_free(&b)
 

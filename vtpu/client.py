@@ -702,6 +702,14 @@ class Client:
         """Ids of names (0xF000...), interning the unknown ones."""
         return self._now(self._plan_intern(names))
 
+    def reclaim_names(self) -> int:
+        """Free the store's name ids that no stored key uses (a flood of junk names
+        undone); returns how many, and refreshes this client's name table."""
+        n = self._now(_Call("reclaim_names", "reclaim_names", (), _NO_KW, None))
+        if n:
+            self._now(_Call("name_table", "name_table", (), _NO_KW, None))
+        return n
+
     def health(self) -> dict:
         """The store's health: ``{'status': 'ok', ...}``."""
         return self._now(_Call("health", "health", (), _NO_KW, None))

@@ -32,14 +32,15 @@ import numpy as np
 
 from vtpu import _core
 from vtpu._version import __version__
-from vtpu.coords import NameTable, Scroll, UnknownName, apply_delta_any, delta_in_range
+from vtpu.coords import (MAX_NAMES, NAME_BASE, NameTable, Scroll, UnknownName, apply_delta_any,
+                         delta_in_range)
 from vtpu.errors import CoordinateError, InterfaceError, NotFoundError, VersionConflict
 from vtpu.index import CoordIndex
 from vtpu.protocol import pack_value
 
 __all__ = ["Engine", "check_content", "check_count", "check_key", "check_blob", "check_contents",
            "check_metric", "check_direction", "check_patterns", "check_values", "check_deltas",
-           "check_name_list", "check_text"]
+           "check_name_list", "check_text", "estimate_wire_size"]
 
 _FULL = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
 #: Bounds of CNEAREST's k and CKG's hops / max_frontier (the wire accepts no more).
@@ -351,6 +352,56 @@ def _edge_targets(content: Any, names: NameTable) -> list[bytes] | None:
     return out
 
 
+_SCROLL_WIRE = 48   # a scroll's key, version and times, with their msgpack headers
+_FLAT = frozenset((str, bytes))
+
+
+def _content_size(v: Any) -> int:
+    """About how many bytes a content takes in msgpack (exact for bin, ASCII str and
+    arrays; a str of other text is counted by characters)."""
+    t = type(v)
+    if t is bytes or t is str:
+        return len(v) + 5
+    if t is np.ndarray:
+        return v.nbytes + 32
+    if t is list:
+        return 5 + sum([_content_size(x) for x in v])
+    if t is dict:
+        return 5 + sum([_content_size(k) + _content_size(x) for k, x in v.items()])
+    return 9
+
+
+def estimate_wire_size(scrolls: list, stop: int | None = None,
+                       per_scroll: int = _SCROLL_WIRE) -> tuple[int, int]:
+    """About how many bytes these scrolls take in a reply, without encoding them: each
+    content's size plus a fixed amount per scroll.
+
+    :param scrolls: Scrolls, or None for absent entries.
+    :param stop: a size of interest: when the total passes it, say where.
+    :param per_scroll: bytes added per scroll besides its content.
+    :returns: ``(bytes, n)``: the estimate for all the scrolls and ``n = len(scrolls)``,
+        or, when it passes ``stop``, the estimate up to and including the ``n``-th
+        scroll, the first at which the running total passes ``stop``.
+    """
+    contents = [s.content for s in scrolls if s is not None]
+    if set(map(type, contents)) <= _FLAT:  # the common case, at C speed
+        sizes = list(map(len, contents))
+        head = per_scroll + 5
+    else:
+        sizes = list(map(_content_size, contents))
+        head = per_scroll
+    total = sum(sizes) + head * len(contents) + 4 * (len(scrolls) - len(contents))
+    if stop is None or total <= stop:
+        return total, len(scrolls)
+    run = 0
+    it = iter(sizes)
+    for n, s in enumerate(scrolls, 1):
+        run += 4 if s is None else head + next(it)
+        if run > stop:
+            return run, n
+    return total, len(scrolls)  # (not reached: the total passed stop)
+
+
 class Engine:
     """An in-memory, indexed coordinate store with optional durable storage.
 
@@ -396,6 +447,10 @@ class Engine:
         # pass (it checks the order), and the index's main array is that run.
         self._map.load(rows)
         self._index.clear()
+        if len(self.names) >= MAX_NAMES and not self.names.free:
+            # A full table (a flood of names, say) would refuse every new name for good:
+            # free what no key uses.
+            self.reclaim_names()
         self.load_seconds = time.perf_counter() - t0
 
     def _queued(self, mark: int, queue: Any, *args: Any) -> None:
@@ -444,6 +499,7 @@ class Engine:
             raise
         self._undo = []
         self._names_mark = len(self.names)
+        self.names.committed()
         return n
 
     def close(self) -> None:
@@ -502,6 +558,40 @@ class Engine:
         if content_only:
             return self._map.contents(blob)
         return self._map.get_many(blob)
+
+    def content_lengths(self, blob: bytes) -> np.ndarray:
+        """How many bytes each stored content at these keys holds, without reading any
+        (-1 where nothing is stored, -2 for a content kept as a Python object).
+
+        :param blob: N*18 bytes of packed keys.
+        :returns: (N,) int64 array.
+        :raises InterfaceError: a malformed blob.
+        """
+        return self._map.content_lengths(check_blob(blob))
+
+    def estimate_size(self, blob: bytes, stop: int | None = None,
+                      content_only: bool = False) -> int:
+        """About how many bytes the scrolls at these keys take in a reply (see
+        :func:`estimate_wire_size`), for refusing a read before building its reply.
+
+        :param blob: N*18 bytes of packed keys.
+        :param stop: stop counting once the total passes this many bytes.
+        :param content_only: count the contents only (a values-only read).
+        :returns: the estimate (at most one content past ``stop``).
+        """
+        # Sized from the store's own lengths: nothing is read or copied (a reply of the
+        # same big value a thousand times must be refused before it costs memory).
+        lengths = self.content_lengths(blob)
+        per_scroll = 5 + (0 if content_only else _SCROLL_WIRE)
+        found = lengths >= 0
+        total = int(lengths[found].sum()) + per_scroll * int(found.sum()) \
+            + 4 * int((~found).sum())
+        objects = np.flatnonzero(lengths == -2)
+        for i in objects.tolist():  # the rare contents kept as Python objects
+            total += _content_size(self._map.content(blob[18 * i:18 * i + 18])) - 5
+            if stop is not None and total > stop:
+                break
+        return total
 
     def put(self, key: bytes, content: Any, if_version: int | None = None) -> int:
         """CPUT: write a scroll; returns its new version.
@@ -1001,8 +1091,31 @@ class Engine:
         return self.names.intern_many(list(names), False)
 
     def name_table(self) -> list:
-        """The whole name table, index i = id 0xF000 + i."""
+        """The whole name table, index i = id 0xF000 + i ("" for a reclaimed id)."""
         return self.names.to_list()
+
+    def reclaim_names(self) -> list:
+        """Free the ids of the names no stored key uses, so a flood of junk names can be
+        undone (persisted with the data). A freed id is refused in keys until it is given
+        to a name again, which happens only once no never-used id is left; the table's
+        epoch changes, telling caches to refresh.
+
+        :returns: how many ids were freed.
+        """
+        coords = self._index.all_coords()
+        named = coords[coords >= NAME_BASE]
+        used = set(np.unique(named).tolist()) if named.size else set()
+        table = self.names.to_list()
+        unused = [NAME_BASE + i for i, n in enumerate(table) if n and NAME_BASE + i not in used]
+        freed = self.names.reclaim(unused)
+        if self.storage is None:
+            self.names.committed()  # nothing to roll back in memory only
+        elif freed:
+            for ident in unused:
+                self.storage.add_names(ident - NAME_BASE, [""])
+            if self.autocommit:
+                self.commit()
+        return len(freed)
 
     def import_phext(self, text: str, skip_invalid: bool = False) -> int:
         """Store every scroll of a .phext document; returns how many were stored.

@@ -444,7 +444,8 @@ def encode_responses(msgids: list, results: list,
 
 
 def encode_get_replies(msgids: list, scrolls: list,
-                       max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+                       max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                       max_bytes: int | None = None) -> tuple[bytes, int]:
     """Encode the replies to a run of GET requests, back to back.
 
     The bytes equal ``b"".join(encode_response(msgids[i], scroll_to_wire(scrolls[i])))``:
@@ -454,16 +455,24 @@ def encode_get_replies(msgids: list, scrolls: list,
     :param msgids: the requests' ids.
     :param scrolls: one Scroll (anything with those five attributes) or ``None`` each.
     :param max_frame_size: the largest body allowed per reply.
-    :returns: the reply frames as one bytes object.
+    :param max_bytes: stop after the first reply that brings the output to this many
+        bytes or more (at least one reply is encoded); ``None``: encode them all.
+    :returns: ``(frames, n)``: the first ``n`` reply frames as one bytes object.
     :raises LimitError: if one reply would exceed ``max_frame_size`` (nothing is
         returned; the caller answers that request alone with an error).
     :raises InterfaceError: if the lengths differ or a content cannot be encoded.
     """
     if len(msgids) != len(scrolls):
         raise InterfaceError(f"{len(msgids)} msgids for {len(scrolls)} scrolls")
-    return b"".join(
-        encode_response(m, scroll_to_wire(s), max_frame_size) for m, s in zip(msgids, scrolls)
-    )
+    out = []
+    size = 0
+    for m, s in zip(msgids, scrolls):
+        f = encode_response(m, scroll_to_wire(s), max_frame_size)
+        out.append(f)
+        size += len(f)
+        if max_bytes is not None and size >= max_bytes:
+            break
+    return b"".join(out), len(out)
 
 
 def encode_scrolls(scrolls: list) -> bytes:
@@ -1255,6 +1264,8 @@ OPS: dict[str, OpSpec] = {
         OpSpec("KG", "kg", True, False, "multi-hop traversal"),
         OpSpec("INTERN", "intern", True, True, "intern names; returns ids"),
         OpSpec("NAMES", "name_table", True, False, "the whole name table"),
+        OpSpec("RECLAIM_NAMES", "reclaim_names", True, True,
+               "free the ids of names no stored key uses; returns how many"),
         OpSpec("HEALTH", "health", True, False, "health report"),
         OpSpec("STATS", "stats", True, False, "statistics"),
         OpSpec("IMPORT_PHEXT", "import_phext", False, True, "import a .phext text"),

@@ -966,6 +966,11 @@ class ClientOps:
         """The server's whole name table (index i = id 0xF000 + i); refreshes the cache."""
         return self._submit("NAMES", [], _dec_names, timeout)
 
+    def reclaim_names(self, *, timeout: float | None = None) -> Any:
+        """Free the server's name ids that no stored key uses; returns how many. Call
+        :meth:`name_table` afterwards to refresh this client's cache."""
+        return self._submit("RECLAIM_NAMES", [], None, timeout)
+
     def health(self, *, timeout: float | None = None) -> Any:
         """The server's health report."""
         return self._submit("HEALTH", [], None, timeout)
