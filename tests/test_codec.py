@@ -26,6 +26,7 @@ from vtpu import protocol as P
 from vtpu import wire
 from vtpu.coords import NameTable, Scroll
 from vtpu.engine import Engine
+from vtpu.results import Scrolls
 
 VEC_DIR = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 with open(VEC_DIR / "frames.json") as _f:
@@ -533,9 +534,20 @@ def test_decode_scrolls_inverts_the_encoder(codec, contents):
                for s in scrolls]
     assert same(list(got), scrolls)
     assert got == list(got) and list(got) == got
+    assert type(got) is Scrolls  # the core's result type, as embedded
     if scrolls and scrolls[-1] is not None:
-        assert got[-1] is got[len(scrolls) - 1]  # one object per index
+        assert got[-1] == got[len(scrolls) - 1]  # a new, equal Scroll per read
         assert got[-1].coordinate == scrolls[-1].coordinate
+    # the columns come straight from the decoded ones
+    assert got.keys == b"".join(bytes(18) if s is None else s.key for s in scrolls)
+    assert got.versions.tolist() == [0 if s is None else s.version for s in scrolls]
+    assert got.found.tolist() == [s is not None for s in scrolls]
+    zero = Scroll(bytes(18), None, 1, 0.0, 0.0, names)
+    assert got.coordinates == [(zero if s is None else s).coordinate for s in scrolls]
+    if contents and type(contents[0]) is np.ndarray:
+        assert np.array_equal(got.contents, np.stack(contents))  # one stacked array
+    else:
+        assert same(got.contents, [None if s is None else s.content for s in scrolls])
     got2, end2 = codec.decode_scrolls(bytearray(blob), 2, names)
     assert end2 == end and same(list(got2), scrolls)
 
@@ -547,14 +559,14 @@ def test_decoded_scroll_lists_behave_like_lists(codec):
     want = scrolls_of([f"c{i}" for i in range(6)], names) + [None]
     want[3] = None
     sl, _ = codec.decode_scrolls(codec.encode_scrolls(want), 0, names)
-    assert type(sl).__name__ == "ScrollList" and not isinstance(sl, list)
+    assert type(sl) is Scrolls and not isinstance(sl, list)
     assert len(sl) == 7 and sl == want and want == list(sl) and not (sl != want)
     assert sl.tolist() == want and type(sl.tolist()) is list
     other = (P if codec is not P else _compiled()).decode_scrolls(codec.encode_scrolls(want))[0]
     assert sl == other and other == sl  # the two twins' lists compare equal
     assert sl[0] == want[0] and sl[-1] is None and sl[-2] == want[-2]
     assert sl[1:4] == want[1:4] and sl[::-2] == want[::-2]
-    assert sl[2] is sl[2]  # made once, then kept
+    assert sl[2] == sl[2] and sl[2] is not sl[2]  # a new, equal Scroll per read
     assert list(reversed(sl)) == list(reversed(want))
     assert want[4] in sl and None in sl and sl.index(None) == 3 and sl.count(None) == 2
     assert sl + [1] == want + [1] and [1] + sl == [1] + want

@@ -264,8 +264,8 @@ class Client:
             a list of N contents, ``None`` where nothing is stored (a stored ``None``
             content reads the same). Remotely the reply carries no keys, versions or
             times, and no Scroll objects are made.
-        :returns: N Scrolls / None in input order (a list, or a list-like
-            :class:`~vtpu._cprotocol.ScrollList` from a server), or N contents with
+        :returns: N Scrolls / None in input order, as a :class:`vtpu.results.Scrolls`
+            (the same column result on every backend), or N contents (a list) with
             ``content_only``.
         :raises CoordinateError: a malformed coordinate.
         """
