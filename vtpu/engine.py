@@ -785,10 +785,11 @@ class Engine:
             return q, None
         raise InterfaceError(f"query must be a key or a vector, got {type(q).__name__}")
 
-    def _vectors(self, scrolls: list, size: int | None, what: str, against: str = "",
+    def _vectors(self, scrolls, size: int | None, what: str, against: str = "",
                  hint: str = "") -> np.ndarray:
         """The contents of ``scrolls`` stacked as (n, size) vectors, dtype kept.
 
+        :param scrolls: a :class:`~vtpu.results.Scrolls` (None where nothing is stored).
         :param size: the size every vector must have (None: the first one's).
         :param what: "query", "key" or "value", for messages.
         :param against: what fixed the size ("the query vector"), for messages.
@@ -796,9 +797,15 @@ class Engine:
         :raises InterfaceError: a scroll holds no 1-d numeric vector, or one of another
             size; the message names its coordinate and both sizes.
         """
-        vecs = [None if s is None else _vector(s.content) for s in scrolls]
-        if not vecs:
+        if not len(scrolls):
             return np.empty((0, size or 0))
+        # The common case in one core call: every scroll holds a 1-d numeric array of one
+        # dtype and size, so the contents column is already the (n, size) matrix.
+        col = scrolls.contents
+        if isinstance(col, np.ndarray) and col.ndim == 2 and col.dtype.kind in "biuf" \
+                and (size is None or col.shape[1] == size):
+            return col
+        vecs = [None if s is None else _vector(s.content) for s in scrolls]
         shapes = {None if v is None else v.shape for v in vecs}
         if len(shapes) == 1 and None not in shapes and (size is None or shapes == {(size,)}):
             return np.stack(vecs)
@@ -823,11 +830,10 @@ class Engine:
             if isinstance(vcoords, list):
                 raise InterfaceError("a values delta must not contain wildcards")
             scrolls = self.get_many(_core.pack_many(vcoords))
-            for i, s in enumerate(scrolls):
-                if s is None:
-                    raise InterfaceError(
-                        f"no value scroll at {self._fmt(_core.pack(vcoords[i]))} (the value "
-                        f"of the key at {self._fmt(_core.pack(keys[i]))})")
+            for i in np.flatnonzero(~scrolls.found):
+                raise InterfaceError(
+                    f"no value scroll at {self._fmt(_core.pack(vcoords[i]))} (the value "
+                    f"of the key at {self._fmt(_core.pack(keys[i]))})")
         else:                                   # a pattern aligned with the keys
             scrolls = self.range(values)
         if len(scrolls) != len(keys):
@@ -868,7 +874,7 @@ class Engine:
         qvec, qcoord = self._query_vector(q, mode)
         scrolls = self.range(key_pattern)
         n = len(scrolls)
-        keys = _core.unpack_many(b"".join(s.key for s in scrolls)) if n else \
+        keys = scrolls.coords if n else \
             np.empty((0, 9), dtype=np.uint16)
         if mode == "auto":
             if qvec is None:
@@ -940,13 +946,11 @@ class Engine:
         if isinstance(queries, (bytes, bytearray)):
             if len(queries) % 18:
                 raise InterfaceError(f"query keys need a multiple of 18 bytes, got {len(queries)}")
-            qs = []
-            for i in range(0, len(queries), 18):
-                s = m.get(bytes(queries[i:i + 18]))
-                if s is None:
-                    raise NotFoundError(f"no scroll at the query coordinate "
-                                        f"{self._fmt(bytes(queries[i:i + 18]))} (query {i // 18})")
-                qs.append(s)
+            qs = m.get_many(bytes(queries))
+            for i in np.flatnonzero(~qs.found):
+                key = bytes(queries[18 * i:18 * i + 18])
+                raise NotFoundError(f"no scroll at the query coordinate {self._fmt(key)} "
+                                    f"(query {i})")
             Q = self._vectors(qs, None, "query")
         else:
             Q = np.asarray(queries)
@@ -973,8 +977,7 @@ class Engine:
             ucoords = np.ascontiguousarray(ucoords[inside])
             starts, ends, exact = _core.window_spans(ucoords, kp)
         blob = _core.pack_many(ucoords)
-        K = self._vectors([m[blob[i:i + 18]] for i in range(0, len(blob), 18)], d, "key",
-                          "each query vector")
+        K = self._vectors(m.get_many(blob), d, "key", "each query vector")
         V = K if values is None else self._value_vectors(ucoords, values, cast=False)
         # float32 throughout when everything stored is float32 (as models keep it),
         # float64 otherwise.
