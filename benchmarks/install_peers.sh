@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the peer servers and client libraries that `vtpu bench` and
 # benchmarks/bench_network.py compare against (DESIGN §8): Redis, memcached, etcd,
-# redis-py + hiredis, pymemcache, matplotlib. Idempotent: installed pieces are skipped.
+# redis-py + hiredis, pymemcache, matplotlib, FAISS (faiss-cpu). Idempotent: installed pieces are skipped.
 # Never needed by the tests; the benchmarks skip a missing peer with a clear line.
 # Nothing is started here: the benchmarks start each server on 127.0.0.1 themselves.
 set -euo pipefail
@@ -35,7 +35,8 @@ fi
 
 PY="${PYTHON:-python3}"
 pymissing=()
-for spec in "redis:redis" "hiredis:hiredis" "pymemcache:pymemcache" "matplotlib:matplotlib"; do
+for spec in "redis:redis" "hiredis:hiredis" "pymemcache:pymemcache" "matplotlib:matplotlib" \
+            "faiss:faiss-cpu"; do
   mod="${spec%%:*}"; pkg="${spec##*:}"
   "$PY" -c "import $mod" >/dev/null 2>&1 || pymissing+=("$pkg")
 done
@@ -43,7 +44,7 @@ if [ "${#pymissing[@]}" -gt 0 ]; then
   echo "install_peers: pip install ${pymissing[*]}" >&2
   "$PY" -m pip install -q "${pymissing[@]}" || echo "install_peers: pip failed; those peers will be skipped" >&2
 else
-  echo "install_peers: redis, hiredis, pymemcache, matplotlib already importable" >&2
+  echo "install_peers: redis, hiredis, pymemcache, matplotlib, faiss already importable" >&2
 fi
 
 for exe in redis-server memcached etcd; do

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vtpu import bench
-from vtpu.bench import common, crange, peers, report, sparse
+from vtpu.bench import common, crange, memory, peers, report, sparse, startup
 
 
 @pytest.mark.integration
@@ -109,3 +109,98 @@ def test_missing_peer_is_skipped_with_a_line(monkeypatch):
 
 def test_unknown_test_is_a_usage_error():
     assert bench.main(["--test", "nope"]) == 2
+
+
+@pytest.mark.integration
+def test_bench_memory_and_startup_at_tiny_sizes(tmp_path):
+    pytest.importorskip("vtpu.server")
+    out = tmp_path / "mem.json"
+    rc = bench.main(["--test", "memory,startup", "--scrolls", "3000", "--peers", "redis",
+                     "--quiet", "--export", str(out)])
+    doc = json.loads(out.read_text())
+    assert rc == 0, doc.get("errors")
+    assert doc["config"]["sizes"]["n_scrolls"] == 3000 and doc["config"]["big"] is False
+    mem = doc["tests"]["memory"]
+    for name, raw in (("text", memory.TEXT_BYTES), ("vector", 4 * memory.VECTOR_DIM)):
+        v = mem[name]["vtpu"]
+        assert v["n"] == 3000 and v["gc_ok"] is True
+        assert v["rss_after_gc"] > v["rss_before"] > 0
+        assert mem[name]["value_bytes"] == raw
+        if mem[name]["redis"] is None:
+            assert any("redis" in s for s in doc["skipped"])
+        else:
+            assert mem[name]["redis"]["n"] == 3000 and mem[name]["redis"]["rss_after"] > 0
+    rows = {r["measure"]: r for r in doc["rows"] if r["test"] == "memory"}
+    text = rows["3,000 x 20-byte text: server RSS/scroll"]
+    assert text["unit"] == "B" and text["vtpu"] == pytest.approx(mem["text"]["vtpu"]["per_item"])
+    assert "3,000 x float32 x64 vectors: server RSS/scroll" in rows
+    st = doc["tests"]["startup"]["3000"]
+    assert st["n"] == 3000 and len(st["opens"]) == startup.OPENS
+    assert all(o["scrolls"] == 3000 and o["content"] == "scroll text 00000000"
+               for o in st["opens"])
+    srow = next(r for r in doc["rows"] if r["test"] == "startup")
+    assert srow["vtpu"] == pytest.approx(st["start_s"]) and srow["target"] is None
+
+
+def test_read_patterns_match_their_designed_counts():
+    arr = crange.dataset_coords(1_000_000)
+    contents = np.arange(len(arr))
+    for shape, pats in crange.READ_SHAPES.items():
+        for want, pat in pats.items():
+            coords, got = crange.numpy_read(arr, contents, pat)
+            idx = crange.numpy_scan(arr, pat)
+            assert len(coords) == want == len(idx), (shape, pat)
+            assert sorted(got.tolist()) == idx.tolist()
+            assert sorted(coords) == sorted(common.fmt_coords(arr[idx]))
+
+
+def test_read_columns_reads_what_the_store_holds():
+    from vtpu import connect
+
+    arr = crange.dataset_coords(1_000_000)[:300]
+    m = connect("mem://")
+    m.cput_many(arr, list(range(300)))
+    res = m.crange("*.*.*/*.*.*/1.1.1")
+    path, coords, contents = common.read_columns(res)
+    # Today's results are lists of Scrolls; a columnar result is read through its columns.
+    assert path == ("columns" if hasattr(res, "coordinates") else "per-scroll")
+    assert sorted(coords) == sorted(common.fmt_coords(arr))
+    assert sorted(int(x) for x in contents) == list(range(300))
+    assert dict(zip(coords, (int(x) for x in contents)))[common.fmt_coord(arr[7])] == 7
+    assert common.read_each(res) == 300
+    m.close()
+
+    class Columns(list):
+        coordinates = ["a", "b"]
+        contents = [7, 8]
+
+    assert common.read_columns(Columns()) == ("columns", ["a", "b"], [7, 8])
+
+
+def test_faiss_peer_agrees_with_numpy_l1():
+    pytest.importorskip("faiss")
+    from vtpu.bench import nearest
+
+    arr = crange.dataset_coords(1_000_000)[:5000]
+    rep = report.Report()
+    search = nearest.faiss_index(arr, rep)
+    q = np.array([3, 1, 4, 1, 5, 9, 1, 1, 1], dtype=np.uint16)
+    d = np.abs(arr.astype(np.int64) - q.astype(np.int64)).sum(axis=1)
+    assert np.sort(search(q)).astype(np.int64).tolist() == np.sort(d)[:nearest.K].tolist()
+
+
+def test_rss_of_this_process_is_read_from_proc():
+    import os
+
+    rss = common.rss_bytes(os.getpid())
+    if rss is None:
+        pytest.skip("no /proc on this system")
+    assert rss > 1 << 20
+    assert common.rss_bytes(2 ** 22 + 12345) is None
+
+
+def test_startup_coords_are_distinct_beyond_the_data_set():
+    arr = startup.startup_coords(1_200_000)
+    assert arr.shape == (1_200_000, 9) and (arr[:, 7:] == 1).all()
+    index = arr[:, :7].astype(np.int64) @ (10 ** np.arange(6, -1, -1))
+    assert np.array_equal(np.sort(index), np.arange(1_200_000))

@@ -3,20 +3,22 @@
 Reruns the prototype's benchmarks against a real vtpu server over the binary protocol and
 prints, beside each measurement, the prototype's projection, the prototype's own measured
 figure where it gave one, and peers measured *in the same run* (a bare TCP echo floor,
-Redis via redis-py + hiredis, memcached via pymemcache, etcd, a Python linear scan, numpy),
-as ratios. Peers that are missing are skipped with one line.
+Redis via redis-py + hiredis, memcached via pymemcache, etcd, a Python linear scan, numpy,
+FAISS), as ratios. Peers that are missing are skipped with one line.
 
 Usage (also ``python -m vtpu.bench``)::
 
-    vtpu bench [--all | --test cget|cput|crange|nearest|sparse|moe|kg|sync ...]
-               [--trials N] [--export FILE.json] [--plot FILE.png] [--host H --port P]
+    vtpu bench [--all | --test cget|cput|crange|nearest|sparse|moe|kg|sync|memory|startup ...]
+               [--trials N] [--scrolls N] [--big] [--export FILE.json] [--plot FILE.png]
+               [--host H --port P]
 
 Without ``--host`` a loopback server is started (and stopped) by the harness. Latency runs
 pin the client and every server to one CPU (``os.sched_setaffinity``) because on a small
 VM whether they share a CPU changes loopback latency several-fold.
 
 One module per benchmark, each with ``run(ctx)``: :mod:`.cget`, :mod:`.cput`,
-:mod:`.crange`, :mod:`.nearest`, :mod:`.sparse`, :mod:`.moe`, :mod:`.kg`, :mod:`.sync`.
+:mod:`.crange`, :mod:`.nearest`, :mod:`.sparse`, :mod:`.moe`, :mod:`.kg`, :mod:`.sync`,
+:mod:`.memory` (server RSS per scroll beside Redis), :mod:`.startup` (durable start-up).
 Shared: :mod:`.common` (sizes, timing, vtpu calls), :mod:`.report` (rows, table, JSON,
 plot), :mod:`.harness` (the server under test, the peer registry, :class:`Ctx`),
 :mod:`.kv` (key-value measurements of cget and cput), :mod:`.clients` (concurrent client
@@ -31,7 +33,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import cget, cput, crange, kg, moe, nearest, sparse, sync
+from . import cget, cput, crange, kg, memory, moe, nearest, sparse, startup, sync
 from . import peers as _peers
 from .common import DEFAULTS, log, vtpu_connect
 from .harness import Ctx, LocalServer, Peers
@@ -39,11 +41,13 @@ from .report import Report, jsonable, machine_info, plot
 
 __all__ = ["TESTS", "RUNNERS", "run", "build_parser", "main"]
 
-TESTS = ("cget", "cput", "crange", "nearest", "sparse", "moe", "kg", "sync")
+TESTS = ("cget", "cput", "crange", "nearest", "sparse", "moe", "kg", "sync", "memory",
+         "startup")
 
 RUNNERS: Dict[str, Callable[[Ctx], None]] = {
     "cget": cget.run, "cput": cput.run, "crange": crange.run, "nearest": nearest.run,
     "sparse": sparse.run, "moe": moe.run, "kg": kg.run, "sync": sync.run,
+    "memory": memory.run, "startup": startup.run,
 }
 
 
@@ -51,7 +55,7 @@ def run(tests: Sequence[str] = TESTS, trials: Optional[int] = None,
         host: Optional[str] = None, port: Optional[int] = None,
         export: Optional[str] = None, plot_path: Optional[str] = None,
         sizes: Optional[dict] = None, pin: bool = True, peers: Optional[set] = None,
-        show: bool = True, out=None) -> dict:
+        show: bool = True, out=None, big: bool = False) -> dict:
     """Run benchmarks and return the results document (also exported/plotted if asked).
 
     :param tests: names from :data:`TESTS`.
@@ -65,6 +69,7 @@ def run(tests: Sequence[str] = TESTS, trials: Optional[int] = None,
     :param peers: peer names allowed (None = all found).
     :param show: progress lines on stderr.
     :param out: stream for the summary table (default stdout).
+    :param big: also run the 10M-scroll variants (start-up of 10M durable scrolls).
     :returns: the results document (see :meth:`Report.to_json`).
     :raises ValueError: for an unknown test name.
     :raises RuntimeError: when the loopback server cannot start.
@@ -81,6 +86,7 @@ def run(tests: Sequence[str] = TESTS, trials: Optional[int] = None,
     report = Report()
     server = None
     client = None
+    ctx: Optional[Ctx] = None
     peer_reg = Peers(report, peers)
     try:
         if host:
@@ -91,7 +97,7 @@ def run(tests: Sequence[str] = TESTS, trials: Optional[int] = None,
             url = server.url
             log(f"vtpu bench: started a loopback server {url} (pid {server.pid})")
         client = vtpu_connect(url)
-        ctx = Ctx(client, url, server, peer_reg, report, sz, pin=pin, show=show)
+        ctx = Ctx(client, url, server, peer_reg, report, sz, pin=pin, show=show, big=big)
         for name in tests:
             log(f"== {name}")
             t0 = time.monotonic()
@@ -105,6 +111,11 @@ def run(tests: Sequence[str] = TESTS, trials: Optional[int] = None,
             report.tests.setdefault(name, {})["wall_s"] = round(time.monotonic() - t0, 3)
     finally:
         try:
+            if ctx is not None:
+                ctx.close()
+        except Exception:
+            pass
+        try:
             if client is not None:
                 client.close()
         except Exception:
@@ -112,7 +123,7 @@ def run(tests: Sequence[str] = TESTS, trials: Optional[int] = None,
         peer_reg.stop()
         if server is not None:
             server.stop()
-    config = {"tests": list(tests), "host": host, "port": port, "pinned": pin,
+    config = {"tests": list(tests), "host": host, "port": port, "pinned": pin, "big": big,
               "pin_cpu": _peers.pick_cpu() if pin else None, "sizes": sz,
               "server": "loopback subprocess (python -m vtpu.server)" if not host else url}
     doc = jsonable(report.to_json(machine_info(), config, started))
@@ -148,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="vtpu bench",
         description="Benchmark vtpu against the prototype's projections and peers found "
-                    "on this machine (echo floor, Redis, memcached, etcd, numpy).")
+                    "on this machine (echo floor, Redis, memcached, etcd, numpy, FAISS).")
     ap.add_argument("--all", action="store_true", help="run every test (the default)")
     ap.add_argument("--test", action="append", default=[], metavar="NAME",
                     help="test to run (repeat or comma-separate): " + ", ".join(TESTS))
@@ -163,11 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma list of peers to use (echo,redis,memcached,etcd) or 'none'")
     ap.add_argument("--no-pin", action="store_true", help="do not pin latency runs to one CPU")
     ap.add_argument("--scrolls", type=int, default=None,
-                    help=f"CRANGE/CNEAREST data set size (default {DEFAULTS['n_scrolls']:,})")
+                    help="CRANGE/CNEAREST/memory/start-up data set size "
+                         f"(default {DEFAULTS['n_scrolls']:,})")
     ap.add_argument("--clients", type=int, default=None,
                     help=f"concurrent clients (default {DEFAULTS['clients']})")
     ap.add_argument("--seq", type=int, default=None,
                     help=f"sparse attention sequence length (default {DEFAULTS['seq']})")
+    ap.add_argument("--big", action="store_true",
+                    help="also run the 10M-scroll variants (durable start-up of 10M)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     return ap
 
@@ -202,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             {p.strip() for p in ns.peers.split(",") if p.strip()}
     try:
         doc = run(tests, ns.trials, ns.host, ns.port, ns.export, ns.plot, sizes,
-                  pin=not ns.no_pin, peers=allowed, show=not ns.quiet)
+                  pin=not ns.no_pin, peers=allowed, show=not ns.quiet, big=ns.big)
     except RuntimeError as exc:
         log(f"vtpu bench: {exc}")
         return 1

@@ -5,13 +5,12 @@ engine vs a Python dict."""
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
 from .clients import run_clients
-from .common import VALUE, best_of, in_batches, log
-from .crange import dataset_coords
+from .common import VALUE, best_of, log, median_time, read_columns
+from .crange import dataset, ensure_embedded
 from .harness import Ctx, redis_client
 from .kv import batched, keys_for_peers, kv_coords, pipelined, single_ops
 
@@ -83,17 +82,12 @@ def _concurrent(ctx: Ctx) -> None:
 
 def _embedded(ctx: Ctx) -> None:
     """Embedded (``mem://``) CGET with a packed 18-byte key vs a Python dict lookup over
-    the same keys (the data set's 1M coordinates), timed as tight loops."""
-    from ..client import connect
-
-    rep, sz = ctx.report, ctx.sizes
-    arr = dataset_coords(sz["n_scrolls"])
+    the same keys (the data set's 1M coordinates), timed as tight loops; and CGET_MANY of
+    10,000 packed keys in one call (issue 10: <= 1.5x the dict, <= 1 ms)."""
+    rep = ctx.report
+    m = ensure_embedded(ctx)
+    arr = dataset(ctx)
     n = len(arr)
-    m = connect("mem://")
-    t0 = time.perf_counter()
-    for s, e in in_batches(n, 100_000):
-        m.cput_many(arr[s:e], list(range(s, e)))
-    load = time.perf_counter() - t0
     be = np.ascontiguousarray(arr.astype(">u2")).view(np.dtype((np.void, 18))).ravel()
     allkeys = [bytes(k) for k in be]
     # The dict owns its own key objects, as the store does: looking up with the very
@@ -101,21 +95,43 @@ def _embedded(ctx: Ctx) -> None:
     # key comparison every real lookup (from a socket, a parse) pays.
     d = dict(zip((bytes(bytearray(k)) for k in allkeys), range(n)))
     rng = np.random.default_rng(17)
-    keys = [allkeys[i] for i in rng.integers(0, n, 20_000)]
+    pick = rng.integers(0, n, 20_000)
+    keys = [allkeys[i] for i in pick]
     if m.cget(keys[0]) is None:
         raise RuntimeError("mem:// cget of a stored key returned None")
     cget = m.cget
     get = d.get
-    t_m = best_of(lambda: [cget(k) for k in keys], 3) / len(keys)
-    t_d = best_of(lambda: [get(k) for k in keys], 3) / len(keys)
-    rep.tests.setdefault("cget", {})["embedded"] = {"n": n, "load_s": load,
-                                                   "mem_cget_ns": t_m * 1e9,
-                                                   "dict_get_ns": t_d * 1e9}
-    rep.row("cget", f"embedded mem:// CGET, {n / 1e6:g}M keys", t_m * 1e9, "ns",
+    # Alternating best-of rounds: on a shared machine a burst of load then hits both.
+    t_m = t_d = float("inf")
+    for _ in range(5):
+        t_m = min(t_m, best_of(lambda: [cget(k) for k in keys], 1) / len(keys))
+        t_d = min(t_d, best_of(lambda: [get(k) for k in keys], 1) / len(keys))
+    # CGET_MANY of 10,000 packed keys: the call, then the call with every coordinate and
+    # content read (as columns when the result has them).
+    nb = min(10_000, n)
+    blob = b"".join(keys[:nb])
+    got = m.cget_many(blob)
+    path, coords, contents = read_columns(got)
+    want = [int(i) for i in pick[:nb]]
+    if len(got) != nb or [int(x) for x in contents] != want:
+        rep.errors["cget embedded cget_many"] = "contents differ from the keys' scrolls"
+    t_many = median_time(lambda: m.cget_many(blob), 20)
+    t_read = median_time(lambda: read_columns(m.cget_many(blob)), 10)
+    rep.tests.setdefault("cget", {})["embedded"] = {
+        "n": n, "mem_cget_ns": t_m * 1e9, "dict_get_ns": t_d * 1e9,
+        "cget_many_keys": nb, "cget_many_s": t_many, "cget_many_read_s": t_read,
+        "cget_many_path": path}
+    size = f"{n / 1e6:g}M" if n >= 100_000 else f"{n:,}"
+    rep.row("cget", f"embedded mem:// CGET, {size} keys", t_m * 1e9, "ns",
             peer="Python dict.get", peer_value=t_d * 1e9, ratio_kind="of_floor",
-            target="<=5x dict", target_ok=t_m <= 5 * t_d,
-            note=f"packed 18-byte key; load {n / load:,.0f} scrolls/s in-process")
-    m.close()
+            target="<=1.5x dict", target_ok=t_m <= 1.5 * t_d,
+            note="packed 18-byte key; DESIGN §8 asks <=5x, issue 10 <=1.5x")
+    rep.row("cget", f"embedded mem:// CGET_MANY of {nb:,} packed keys", t_many * 1e3, "ms",
+            peer="dict.get loop, same keys", peer_value=t_d * nb * 1e3,
+            target="<=1 ms" if nb == 10_000 else None,
+            target_ok=(t_many <= 1e-3) if nb == 10_000 else None,
+            note=f"one N*18-byte blob; with every coordinate+content read "
+                 f"{t_read * 1e3:.2f} ms ({path})")
 
 
 def run(ctx: Ctx) -> None:

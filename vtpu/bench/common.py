@@ -250,6 +250,51 @@ def fmt_coords(arr: np.ndarray) -> List[str]:
     return [f % tuple(r) for r in arr.tolist()]
 
 
+def read_columns(res) -> tuple:
+    """Read every result's coordinate (text) and content, as columns when the result
+    offers them (``result.coordinates`` / ``result.contents``), else scroll by scroll.
+
+    :param res: a CRANGE / CGET_MANY result.
+    :returns: (path, coordinates, contents), path ``"columns"`` or ``"per-scroll"``.
+    """
+    cols = getattr(res, "coordinates", None)
+    if cols is not None and hasattr(res, "contents"):
+        contents = res.contents
+        return "columns", (cols() if callable(cols) else cols), \
+            (contents() if callable(contents) else contents)
+    return "per-scroll", [s.coordinate for s in res], [s.content for s in res]
+
+
+def read_each(res) -> int:
+    """Read each result's coordinate (text) and content, scroll by scroll, the way a
+    caller iterating over the result does.
+
+    :param res: a CRANGE / CGET_MANY result.
+    :returns: the number of results read.
+    """
+    n = 0
+    for s in res:
+        _ = (s.coordinate, s.content)
+        n += 1
+    return n
+
+
+def rss_bytes(pid: int) -> Optional[int]:
+    """Resident set size of a process, from ``/proc/PID/status`` (VmRSS).
+
+    :param pid: process id.
+    :returns: bytes, or None where /proc is unavailable.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def in_batches(n: int, size: int):
     """Yield (start, stop) slices covering range(n) in steps of ``size``.
 

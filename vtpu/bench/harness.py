@@ -221,16 +221,25 @@ class Ctx:
     :param sizes: the size parameters (DEFAULTS overridden by options).
     :param pin: pin latency runs to one CPU.
     :param show: show progress lines.
+    :param big: also run the 10M-scroll variants (``--big``).
     """
 
     def __init__(self, client, url: str, server: Optional[LocalServer], peers: Peers,
-                 report: Report, sizes: dict, pin: bool = True, show: bool = True):
+                 report: Report, sizes: dict, pin: bool = True, show: bool = True,
+                 big: bool = False):
         self.client, self.url, self.server = client, url, server
         self.peers, self.report, self.sizes = peers, report, sizes
-        self.pin, self.show = pin, show
+        self.pin, self.show, self.big = pin, show, big
         self.cpu = _peers.pick_cpu()
         self.dataset: Optional[np.ndarray] = None  # the 1M CRANGE/CNEAREST coordinates
         self.dataset_loaded = False
+        self.embedded = None  # a mem:// client holding the same data set, made on first use
+
+    def close(self) -> None:
+        """Close the embedded store (the client and servers are the harness's)."""
+        if self.embedded is not None:
+            self.embedded.close()
+            self.embedded = None
 
     def pinned(self, extra_pids: Sequence[int] = ()) -> _peers.Pinned:
         """Pin this process, the vtpu server and the running peers to one CPU.

@@ -630,6 +630,7 @@ def peer_versions() -> dict:
                       ("etcd", ["etcd", "--version"])):
         exe = shutil.which(cmd[0])
         out[name] = _version([exe] + cmd[1:]) if exe else None
-    for mod in ("redis", "hiredis", "pymemcache", "matplotlib", "uvloop", "msgpack"):
+    for mod in ("redis", "hiredis", "pymemcache", "matplotlib", "uvloop", "msgpack",
+                "faiss-cpu"):
         out["py:" + mod] = python_module_version(mod)
     return out
