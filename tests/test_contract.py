@@ -579,9 +579,6 @@ class BackendContract:
         assert texts(eng.attend(q, p, top_k=3)["keys"]) == texts(full["keys"][:3])
         assert len(eng.attend(q, p, top_k=100)["keys"]) == 12
 
-    @disagree(EMBEDDED, "attend(top_k=-1): Engine slices order[:-1] and returns n-1 records, "
-              "RemoteEngine/AsyncRemoteEngine raise InterfaceError ('top_k must be an "
-              "integer in 0..')")
     def test_attend_negative_top_k(self, eng):
         self._kv_store(eng)
         with pytest.raises(E.InterfaceError):
@@ -897,8 +894,6 @@ class FacadeContract:
         np.testing.assert_allclose(res.scores, s[top], rtol=1e-12)
         np.testing.assert_allclose(res.weights, w[top], rtol=1e-12)
 
-    @disagree(FACADE_MEM, "cattend(top_k=-1): over mem:// it returns n-1 records (Engine "
-              "slices order[:-1]), over vtpu:// it raises InterfaceError")
     def test_cattend_negative_top_k(self, client):
         client.cput_many(grid(1) + ["1.1.1/1.1.1/1.1.2"], ["a", "b"])
         with pytest.raises(E.InterfaceError):

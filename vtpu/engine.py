@@ -16,19 +16,29 @@ import math
 import os
 import resource
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from vtpu import _core
+from vtpu import _core, phext
 from vtpu._version import __version__
 from vtpu.coords import NameTable, Scroll, apply_delta_any
-from vtpu.errors import CoordinateError, InterfaceError, VersionConflict
-from vtpu.index import CoordIndex
+from vtpu.errors import (CoordinateError, InterfaceError, LimitError, RequestTimeout,
+                         VersionConflict)
+from vtpu.index import WINDOW, CoordIndex
+from vtpu.steps import Best, Steps, run
 
 __all__ = ["Engine", "check_content"]
 
 _FULL = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
+_EMPTY_COORDS = np.empty((0, 9), dtype=np.uint16)
+
+# Work per step of the instructions in steps (vtpu.steps), each about a millisecond.
+GATHER = 1024        # scrolls read (and scored, formatted) per step
+DELETE_STEP = 256    # scrolls deleted per step (map, index and storage queue)
+PUT_STEP = 1024      # scrolls of an import written per step
+EDGE_STEP = 512      # KG edges followed per step
+SCORES_PER_STEP = 1 << 17   # ATTEND_MANY attention scores computed per step
 _SCALARS = (str, bytes, int, float, bool, type(None))
 
 
@@ -93,8 +103,8 @@ def _parse_targets(content: Any, names: NameTable) -> list[bytes] | None:
         return None
     out = []
     for item in items:
-        if not isinstance(item, str):
-            return None
+        if not isinstance(item, str) or ("/" not in item and ";" not in item):
+            return None   # a coordinate's text always holds its group separators
         try:
             out.append(_core.pack(_core.parse_coord(item.strip(), names, False)))
         except CoordinateError:
@@ -183,12 +193,13 @@ class Engine:
 
         self.storage.put_many([(s.key, pack_value(s.content), s.version, s.created_at,
                                 s.updated_at) for s in scrolls])
-        if self.autocommit:
-            self.storage.commit()
 
     def _persist_delete(self, keys: list[bytes]) -> None:
         self.storage.delete(keys)
-        if self.autocommit:
+
+    def _autocommit(self) -> None:
+        """Commit what the write call just queued (embedded use; the server commits)."""
+        if self.autocommit and self.storage is not None:
             self.storage.commit()
 
     def commit(self) -> None:
@@ -254,6 +265,7 @@ class Engine:
         self._map[key] = s
         if self.storage is not None:
             self._persist([s])
+            self._autocommit()
         return s.version
 
     def put_many(self, blob: bytes, contents: Any) -> list[int]:
@@ -264,6 +276,12 @@ class Engine:
         :raises InterfaceError: lengths differ or a content is unstorable (nothing is
             written then).
         """
+        versions = self._write_many(blob, contents)
+        self._autocommit()
+        return versions
+
+    def _write_many(self, blob: bytes, contents: Any) -> list[int]:
+        """:meth:`put_many` without the autocommit (what an import does per step)."""
         if type(blob) is not bytes:
             blob = bytes(blob)
         n = len(blob) // 18
@@ -294,10 +312,17 @@ class Engine:
         self._index.remove(key)
         if self.storage is not None:
             self._persist_delete([key])
+            self._autocommit()
         return 1
 
     def delete_many(self, blob: bytes) -> int:
         """CDEL of many keys: returns how many scrolls were removed."""
+        n = self._delete_keys(blob)
+        self._autocommit()
+        return n
+
+    def _delete_keys(self, blob: bytes) -> int:
+        """:meth:`delete_many` without the autocommit."""
         keys = [blob[i:i + 18] for i in range(0, len(blob), 18)]
         gone = []
         for key in keys:
@@ -310,8 +335,34 @@ class Engine:
 
     def delete_range(self, pattern: np.ndarray) -> int:
         """CDEL of a pattern: removes every matching scroll, returns how many."""
-        coords = self._index.query(pattern)
-        return self.delete_many(_core.pack_many(coords)) if len(coords) else 0
+        return run(self.delete_range_steps(pattern))
+
+    def delete_range_steps(self, pattern: np.ndarray) -> Steps:
+        """Steps of :meth:`delete_range` (:mod:`vtpu.steps`).
+
+        The keys matching when it starts are deleted DELETE_STEP at a time; one that
+        another request deleted meanwhile is not counted, one written meanwhile under
+        the pattern is not deleted. Stopped by a :class:`RequestTimeout` between steps,
+        it raises one that says how many it deleted: those stay deleted (each step
+        leaves the store consistent), the others stay stored.
+        """
+        n = 0
+        total = None
+        try:
+            coords = yield from self._index.query_steps(pattern)
+            total = len(coords)
+            for a in range(0, total, DELETE_STEP):
+                if a:
+                    yield
+                n += self._delete_keys(_core.pack_many(coords[a:a + DELETE_STEP]))
+        except RequestTimeout as exc:
+            done = "none was deleted" if total is None else \
+                f"{n} of the {total} matching scrolls were deleted, the others are still stored"
+            raise RequestTimeout(f"{exc.message}; {done}") from None
+        finally:
+            if n:
+                self._autocommit()
+        return n
 
     # -- pattern queries ------------------------------------------------------------------
 
@@ -323,19 +374,50 @@ class Engine:
         :param after: exclusive start key (the last key of the previous page).
         :param keys_only: return an (M, 9) uint16 array of coordinates instead of scrolls.
         """
+        return run(self.range_steps(pattern, limit, after, keys_only))
+
+    def range_steps(self, pattern: np.ndarray, limit: int | None = None,
+                    after: bytes | None = None, keys_only: bool = False) -> Steps:
+        """Steps of :meth:`range`: the keys matching when it starts, their scrolls read
+        GATHER per step (one deleted meanwhile is left out)."""
         if limit is not None and limit < 0:
             raise InterfaceError(f"limit must be >= 0, got {limit}")
-        coords = self._index.query(pattern, None if after is None else _core.unpack(after),
-                                   limit)
+        coords = yield from self._index.query_steps(
+            pattern, None if after is None else _core.unpack(after), limit)
         if keys_only:
             return coords
-        blob = _core.pack_many(coords)
-        m = self._map
-        return [m[blob[i:i + 18]] for i in range(0, len(blob), 18)]
+        scrolls, _ = yield from self._scrolls_steps(coords)
+        return scrolls
+
+    def _scrolls_steps(self, coords: np.ndarray) -> Steps:
+        """Steps: the scrolls stored at (M, 9) coordinates, GATHER per step.
+
+        :returns: ``(scrolls, their coordinates)``: in the order given, without those no
+            longer stored (deleted since the coordinates were found).
+        """
+        out: list = []
+        kept = None
+        for a in range(0, len(coords), GATHER):
+            if a:
+                yield
+            got = self.get_many(_core.pack_many(coords[a:a + GATHER]))
+            present = [s is not None for s in got]
+            if all(present):
+                out.extend(got)
+                continue
+            if kept is None:
+                kept = np.ones(len(coords), dtype=np.bool_)
+            kept[a:a + len(got)] = present
+            out.extend(s for s in got if s is not None)
+        return out, (coords if kept is None else coords[kept])
 
     def count(self, pattern: np.ndarray) -> int:
         """CRANGE count: how many scrolls match the pattern."""
-        return self._index.count(pattern)
+        return run(self.count_steps(pattern))
+
+    def count_steps(self, pattern: np.ndarray) -> Steps:
+        """Steps of :meth:`count` (the keys matching when it starts)."""
+        return (yield from self._index.count_steps(pattern))
 
     def nearest(self, c: np.ndarray, k: int = 10, metric: str = "l1", within=None):
         """CNEAREST: the k stored coordinates nearest to c.
@@ -343,9 +425,14 @@ class Engine:
         :returns: ((m, 9) uint16 coordinates, (m,) int64 distances), nearest first, ties
             by coordinate order.
         """
+        return run(self.nearest_steps(c, k, metric, within))
+
+    def nearest_steps(self, c: np.ndarray, k: int = 10, metric: str = "l1",
+                      within=None) -> Steps:
+        """Steps of :meth:`nearest` (over the keys stored when it starts)."""
         if k < 0:
             raise InterfaceError(f"k must be >= 0, got {k}")
-        return self._index.nearest(c, k, metric, within)
+        return (yield from self._index.nearest_steps(c, k, metric, within))
 
     def hier(self, c: np.ndarray, direction: str):
         """CHIER NEXT/PREV: the neighbouring stored coordinate in document order, or None."""
@@ -367,25 +454,34 @@ class Engine:
             return q, None
         raise InterfaceError(f"query must be a key or a vector, got {type(q).__name__}")
 
-    def _value_vectors(self, keys: np.ndarray, values, cast: bool = True) -> np.ndarray:
+    def _value_vectors_steps(self, keys: np.ndarray, values, cast: bool = True) -> Steps:
+        """Steps: the value vectors of attention keys, stacked (one row per key)."""
         if values.dtype == np.int32:           # a delta applied to every key
             vcoords = apply_delta_any(keys, values)
             if isinstance(vcoords, list):
                 raise InterfaceError("a values delta must not contain wildcards")
-            scrolls = self.get_many(_core.pack_many(vcoords))
+            scrolls = []
+            for a in range(0, len(vcoords), GATHER):
+                if a:
+                    yield
+                scrolls.extend(self.get_many(_core.pack_many(vcoords[a:a + GATHER])))
         else:                                   # a pattern aligned with the keys
-            scrolls = self.range(values)
+            scrolls = yield from self.range_steps(values)
         if len(scrolls) != len(keys):
             raise InterfaceError(f"values give {len(scrolls)} scrolls for {len(keys)} keys")
-        vecs = []
-        for s in scrolls:
-            v = None if s is None else _vector(s.content)
-            if v is None:
-                raise InterfaceError("every value scroll must hold a 1-d numeric vector")
-            vecs.append(v)
-        if not vecs:
+        parts = []
+        for a in range(0, len(scrolls), GATHER):
+            yield
+            vecs = []
+            for s in scrolls[a:a + GATHER]:
+                v = None if s is None else _vector(s.content)
+                if v is None:
+                    raise InterfaceError("every value scroll must hold a 1-d numeric vector")
+                vecs.append(v)
+            parts.append(np.stack(vecs))
+        if not parts:
             return np.empty((0, 0))
-        out = np.stack(vecs)
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return out.astype(np.float64) if cast else out
 
     def attend(self, q, key_pattern: np.ndarray, top_k: int | None = None, values=None,
@@ -399,34 +495,70 @@ class Engine:
         :returns: dict with ``keys`` (top-k coordinates by score, ties by coordinate),
             ``scores``, ``weights``, ``contents``, ``output`` (or None), ``n`` matched,
             ``mode`` ("dot" or "distance").
+        :raises InterfaceError: ``top_k`` < 0, or a vector query without vector keys.
         """
+        return run(self.attend_steps(q, key_pattern, top_k, values, return_output))
+
+    def attend_steps(self, q, key_pattern: np.ndarray, top_k: int | None = None,
+                     values=None, return_output: bool = True,
+                     max_keys: int | None = None) -> Steps:
+        """Steps of :meth:`attend`: keys read and scored GATHER per step, the best
+        ``top_k`` kept as they come.
+
+        :param max_keys: with ``top_k`` None (every matched key), refuse with
+            :class:`LimitError` when more keys than this match (checked before reading
+            any scroll).
+        """
+        if top_k is not None and top_k < 0:
+            raise InterfaceError(f"top_k must be >= 0, got {top_k}")
         qvec, qcoord = self._query_vector(q)
-        scrolls = self.range(key_pattern)
+        coords = yield from self._index.query_steps(key_pattern)
+        if top_k is None and max_keys is not None and len(coords) > max_keys:
+            raise LimitError(f"{len(coords)} keys match and top_k is nil (every one of them); "
+                             f"at most {max_keys} are returned: give a top_k", "LIMIT")
+        scrolls, keys = yield from self._scrolls_steps(coords)
         n = len(scrolls)
-        keys = _core.unpack_many(b"".join(s.key for s in scrolls)) if n else \
-            np.empty((0, 9), dtype=np.uint16)
-        kvecs = [_vector(s.content) for s in scrolls] if qvec is not None else []
         output = None
-        if qvec is not None and n and all(v is not None and v.shape == qvec.shape for v in kvecs):
-            K = np.stack(kvecs).astype(np.float64)
-            scores = K @ qvec.astype(np.float64) / math.sqrt(qvec.shape[0])
+        parts = []
+        dot = qvec is not None and n > 0
+        if dot:
+            qv = qvec.astype(np.float64)
+            root = math.sqrt(qvec.shape[0])
+            for a in range(0, n, GATHER):
+                yield
+                kv = [_vector(s.content) for s in scrolls[a:a + GATHER]]
+                if not all(v is not None and v.shape == qvec.shape for v in kv):
+                    dot = False
+                    break
+                parts.append(np.stack(kv).astype(np.float64) @ qv / root)
+        if dot:
+            scores = np.concatenate(parts) if len(parts) > 1 else parts[0]
             w = np.exp(scores - scores.max())
             weights = w / w.sum()
             mode = "dot"
             if values is not None and return_output:
-                V = self._value_vectors(keys, values)
+                V = yield from self._value_vectors_steps(keys, values)
                 output = weights @ V
         else:
             if qcoord is None:
                 raise InterfaceError("a vector query needs key scrolls holding vectors of its size")
-            dist = _core.l1(qcoord, keys).astype(np.float64) if n else np.empty(0)
+            parts = []
+            for a in range(0, n, WINDOW):
+                if a:
+                    yield
+                parts.append(_core.l1(qcoord, keys[a:a + WINDOW]).astype(np.float64))
+            dist = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else \
+                np.empty(0)
             scores = 1.0 / (1.0 + dist)
             weights = scores / scores.sum() if n else scores
             mode = "distance"
-        order = np.lexsort(tuple(keys[:, j] for j in range(8, -1, -1)) + (-scores,)) if n else \
-            np.empty(0, dtype=np.int64)
-        if top_k is not None:
-            order = order[:top_k]
+        # The best top_k by score, ties by coordinate (the keys are in coordinate order).
+        best = Best(n if top_k is None else top_k)
+        rank = np.where(np.isnan(scores), np.inf, -scores)
+        for a in range(0, n, WINDOW):
+            yield
+            best.add(rank[a:a + WINDOW], np.arange(a, min(a + WINDOW, n), dtype=np.int64))
+        _, order = best.result()
         return {"keys": keys[order], "scores": scores[order], "weights": weights[order],
                 "contents": [scrolls[i].content for i in order], "output": output, "n": n,
                 "mode": mode}
@@ -445,9 +577,18 @@ class Engine:
             and ``weights`` when asked.
         :raises InterfaceError: shapes disagree, or a key/value scroll holds no vector.
         """
+        return run(self.attend_many_steps(queries, key_patterns, top_k, values,
+                                          return_weights))
+
+    def attend_many_steps(self, queries, key_patterns: np.ndarray, top_k: int | None = None,
+                          values=None, return_weights: bool = False) -> Steps:
+        """Steps of :meth:`attend_many`: about SCORES_PER_STEP scores a step (a softmax
+        over a long window is accumulated chunk by chunk, online)."""
         if top_k is not None and not return_weights:
             # top_k only trims the returned weights; accepting it alone would ignore it.
             raise InterfaceError("attend_many: top_k applies only with return_weights=True")
+        if top_k is not None and top_k < 0:
+            raise InterfaceError(f"top_k must be >= 0, got {top_k}")
         if isinstance(queries, (bytes, bytearray)):
             qs = [self._map.get(bytes(queries[i:i + 18])) for i in range(0, len(queries), 18)]
             if any(s is None or _vector(s.content) is None for s in qs):
@@ -463,21 +604,40 @@ class Engine:
         nq, d = Q.shape
         if nq == 0:
             return {"outputs": np.empty((0, d)), "counts": np.empty(0, dtype=np.int64)}
+        kp = np.ascontiguousarray(kp)
         # One index query for the union box of all windows, then per-query spans of it.
         union = np.stack([kp[:, 0].min(axis=0), kp[:, 1].max(axis=0)]).astype(np.uint16)
-        ucoords = self._index.query(union)
-        blob = _core.pack_many(ucoords)
-        m = self._map
-        kv = [_vector(m[blob[i:i + 18]].content) for i in range(0, len(blob), 18)]
-        if any(v is None or v.shape != (d,) for v in kv):
-            raise InterfaceError(f"every key scroll must hold a vector of size {d}")
-        K = np.stack(kv) if kv else np.empty((0, d))
-        V = K if values is None else self._value_vectors(ucoords, values, cast=False)
+        ucoords = yield from self._index.query_steps(union)
+        kscrolls, ucoords = yield from self._scrolls_steps(ucoords)
+        kparts = []
+        for a in range(0, len(kscrolls), GATHER):
+            yield
+            kv = [_vector(s.content) for s in kscrolls[a:a + GATHER]]
+            if any(v is None or v.shape != (d,) for v in kv):
+                raise InterfaceError(f"every key scroll must hold a vector of size {d}")
+            kparts.append(np.stack(kv))
+        K = (np.concatenate(kparts) if len(kparts) > 1 else kparts[0]) if kparts else \
+            np.empty((0, d))
+        V = K if values is None else \
+            (yield from self._value_vectors_steps(ucoords, values, cast=False))
         # float32 throughout when everything stored is float32 (as models keep it),
         # float64 otherwise.
         ft = np.float32 if Q.dtype == K.dtype == V.dtype == np.float32 else np.float64
         Q, K, V = Q.astype(ft, copy=False), K.astype(ft, copy=False), V.astype(ft, copy=False)
-        starts, ends, exact = _core.window_spans(ucoords, np.ascontiguousarray(kp))
+        starts = np.empty(nq, dtype=np.int64)
+        ends = np.empty(nq, dtype=np.int64)
+        exact = np.empty(nq, dtype=np.bool_)
+        # Spans cost their length (every row is checked), so queries are taken in groups
+        # sized to the time they took.
+        i, g = 0, 64
+        while i < nq:
+            t0 = time.perf_counter()
+            starts[i:i + g], ends[i:i + g], exact[i:i + g] = \
+                _core.window_spans(ucoords, kp[i:i + g])
+            i += g
+            dt = time.perf_counter() - t0
+            g = g * 2 if dt < 2e-4 else max(1, g // 2) if dt > 1e-3 else g
+            yield
         dv = V.shape[1] if V.ndim == 2 and len(V) else d
         outputs = np.zeros((nq, dv), dtype=ft)
         counts = np.zeros(nq, dtype=np.int64)
@@ -486,7 +646,9 @@ class Engine:
         # Queries in window order, in blocks: one dense (block x span) matmul per block
         # with a mask, so neighbouring windows share their keys instead of gathering a
         # (Q, W, d) copy. Rows inside a window's lexicographic span that miss its box
-        # (possible when a later component is constrained) are masked out too.
+        # (possible when a later component is constrained) are masked out too. A long
+        # span is taken in chunks, the softmax accumulated online (running max, sum and
+        # weighted sum, rescaled when the max grows).
         order = np.argsort(starts, kind="stable")
         block = 128
         for b0 in range(0, nq, block):
@@ -494,24 +656,45 @@ class Engine:
             s0, e0 = int(starts[qi].min()), int(ends[qi].max())
             if e0 <= s0:
                 continue
-            pos = np.arange(s0, e0)
-            valid = (pos >= starts[qi, None]) & (pos < ends[qi, None])
-            for r in np.flatnonzero(~exact[qi]):
-                i = qi[r]
-                a, b = int(starts[i]), int(ends[i])
-                valid[r, a - s0:b - s0] = _core.match(ucoords[a:b], kp[i])
-            sc = (Q[qi] @ K[s0:e0].T) * scale
-            sc[~valid] = -np.inf
-            mx = sc.max(axis=1, keepdims=True)
-            mx[~np.isfinite(mx)] = 0
-            w = np.exp(sc - mx)
-            tot = w.sum(axis=1, keepdims=True)
-            w = np.divide(w, tot, out=np.zeros_like(w), where=tot > 0)
-            outputs[qi] = w @ V[s0:e0]
-            counts[qi] = valid.sum(axis=1)
+            nb = len(qi)
+            step = max(256, SCORES_PER_STEP // nb)
+            Qb = Q[qi]
+            inexact = [(r, qi[r]) for r in np.flatnonzero(~exact[qi])]
+            top = np.full(nb, -np.inf, dtype=ft)
+            tot = np.zeros(nb, dtype=ft)
+            acc = np.zeros((nb, dv), dtype=ft)
+            seen = []
+            for c0 in range(s0, e0, step):
+                yield
+                c1 = min(c0 + step, e0)
+                pos = np.arange(c0, c1)
+                valid = (pos >= starts[qi, None]) & (pos < ends[qi, None])
+                for r, i in inexact:
+                    a, b = max(int(starts[i]), c0), min(int(ends[i]), c1)
+                    if a < b:
+                        valid[r, a - c0:b - c0] = _core.match(ucoords[a:b], kp[i])
+                sc = (Qb @ K[c0:c1].T) * scale
+                sc[~valid] = -np.inf
+                new = np.maximum(top, sc.max(axis=1))
+                ref = np.where(np.isfinite(new), new, 0).astype(ft, copy=False)
+                w = np.exp(sc - ref[:, None])
+                grow = np.exp(np.where(np.isfinite(top), top - ref, -np.inf)).astype(
+                    ft, copy=False)
+                tot = tot * grow + w.sum(axis=1)
+                acc = acc * grow[:, None] + w @ V[c0:c1]
+                counts[qi] += valid.sum(axis=1)
+                top = new
+                if weights_out is not None:
+                    seen.append((w, valid, ref))
+            outputs[qi] = np.divide(acc, tot[:, None], out=np.zeros_like(acc),
+                                    where=tot[:, None] > 0)
             if weights_out is not None:
+                ref = np.where(np.isfinite(top), top, 0).astype(ft, copy=False)
                 for r, i in enumerate(qi):
-                    wr = w[r, valid[r]]
+                    wr = np.concatenate([w[r, valid[r]] * np.exp(cr[r] - ref[r])
+                                         for w, valid, cr in seen]) if len(seen) > 1 else \
+                        seen[0][0][r, seen[0][1][r]]
+                    wr = wr / tot[r] if tot[r] > 0 else np.zeros_like(wr)
                     weights_out[i] = np.sort(wr)[::-1][:top_k] if top_k is not None else wr
         res = {"outputs": outputs, "counts": counts}
         if weights_out is not None:
@@ -532,6 +715,12 @@ class Engine:
         :param deltas: (R, 2, 9) int32 relation deltas.
         :returns: the scrolls stored at the final frontier, in coordinate order.
         """
+        return run(self.kg_steps(start, deltas, hops, max_frontier))
+
+    def kg_steps(self, start: np.ndarray, deltas: np.ndarray, hops: int = 1,
+                 max_frontier: int = 10000) -> Steps:
+        """Steps of :meth:`kg`: one edge lookup (a pattern's range, or GATHER keys) or
+        EDGE_STEP edges followed per step."""
         deltas = np.asarray(deltas)
         if deltas.ndim != 3 or deltas.shape[1:] != (2, 9) or deltas.dtype != np.int32:
             raise InterfaceError(f"deltas must be an (R, 2, 9) int32 array, got {deltas.shape}")
@@ -540,32 +729,59 @@ class Engine:
         if (start[0] == start[1]).all():
             frontier = [_core.pack(start[0])]
         else:
-            frontier = [s.key for s in self.range(start, limit=max_frontier)]
+            coords = yield from self._index.query_steps(start, None, max_frontier)
+            blob = _core.pack_many(coords)
+            frontier = [blob[i:i + 18] for i in range(0, len(blob), 18)]
         visited = set(frontier)
-        m = self._map
+        names = self.names
+        nxt: list = []   # new coordinates; cut back to the max_frontier smallest as it grows
+
+        def follow(edges: list) -> Steps:
+            for a in range(0, len(edges), EDGE_STEP):
+                if a:
+                    yield
+                for e in edges[a:a + EDGE_STEP]:
+                    for t in (_parse_targets(e.content, names) or [e.key]):
+                        if t not in visited:
+                            visited.add(t)
+                            nxt.append(t)
+                if len(nxt) > 2 * max_frontier:
+                    nxt.sort()
+                    del nxt[max_frontier:]
+
         for _ in range(hops):
             if not frontier:
                 break
             base = _core.unpack_many(b"".join(frontier))
-            nxt: dict[bytes, None] = {}
+            nxt = []
             for delta in deltas:
+                delta = np.ascontiguousarray(delta)
                 try:
-                    targets = apply_delta_any(base, np.ascontiguousarray(delta))
+                    targets = _core.apply_delta(base, delta)
                 except CoordinateError:
                     continue   # a relation leading out of the coordinate space has no edge
-                if isinstance(targets, list):
-                    edges = [s for p in targets for s in self.range(p, limit=max_frontier)]
+                wild = delta[0] == 2
+                if wild.any():
+                    # Frontier coordinates differing only in wildcard components give
+                    # the same pattern: each distinct one is looked up once.
+                    lo, hi = targets.copy(), targets.copy()
+                    lo[:, wild] = 0
+                    hi[:, wild] = 0xFFFF
+                    pats = np.unique(np.concatenate([lo, hi], axis=1), axis=0)
+                    for p in pats:
+                        yield
+                        edges = yield from self.range_steps(
+                            np.ascontiguousarray(p.reshape(2, 9)), limit=max_frontier)
+                        yield from follow(edges)
                 else:
-                    blob = _core.pack_many(targets)
-                    edges = [s for s in (m.get(blob[i:i + 18]) for i in range(0, len(blob), 18))
-                             if s is not None]
-                for e in edges:
-                    for t in (_parse_targets(e.content, self.names) or [e.key]):
-                        if t not in visited:
-                            visited.add(t)
-                            nxt[t] = None
-            frontier = sorted(nxt)[:max_frontier]
-        return [m[k] for k in sorted(frontier) if k in m]
+                    edges, _ = yield from self._scrolls_steps(targets)
+                    yield from follow(edges)
+            yield
+            nxt.sort()
+            frontier = nxt[:max_frontier]
+        scrolls, _ = yield from self._scrolls_steps(
+            _core.unpack_many(b"".join(sorted(frontier))) if frontier else _EMPTY_COORDS)
+        return scrolls
 
     # -- names, import/export, health -----------------------------------------------------
 
@@ -590,23 +806,66 @@ class Engine:
         phext file holds is storable, so ``skip_invalid`` has nothing to skip on import
         (it is accepted for symmetry with :meth:`export_phext`).
         """
-        from vtpu import phext
+        return run(self.import_phext_steps(text, skip_invalid))
 
-        items = phext.parse_phext(text)
-        if not items:
-            return 0
-        # parse_phext yields components in 1..999 only, so they always fit uint16.
-        blob = _core.pack_many(np.array([c for c, _ in items], dtype=np.uint16))
-        self.put_many(blob, [t for _, t in items])
-        return len(items)
+    def import_phext_steps(self, text: str, skip_invalid: bool = False) -> Steps:
+        """Steps of :meth:`import_phext`: the document is read in steps, then its
+        scrolls are written PUT_STEP per step, in document order. Stopped by a
+        :class:`RequestTimeout`, it raises one that says how many were stored (the
+        first ones of the document; the rest are not)."""
+        n = 0
+        items = None
+        try:
+            items = yield from phext.parse_phext_steps(text)
+            for a in range(0, len(items), PUT_STEP):
+                yield
+                part = items[a:a + PUT_STEP]
+                # parse_phext yields components in 1..999 only: they always fit uint16.
+                blob = _core.pack_many(np.array([c for c, _ in part], dtype=np.uint16))
+                self._write_many(blob, [t for _, t in part])
+                n += len(part)
+        except RequestTimeout as exc:
+            done = "nothing was stored" if items is None else \
+                f"the first {n} of its {len(items)} scrolls were stored, the others were not"
+            raise RequestTimeout(f"{exc.message}; {done}") from None
+        finally:
+            if n:
+                self._autocommit()
+        return n
 
     def export_phext(self, pattern: np.ndarray | None = None, skip_invalid: bool = False) -> str:
         """The scrolls matching ``pattern`` (default all) as a .phext document."""
-        from vtpu import phext
+        return run(self.export_phext_steps(pattern, skip_invalid))
 
-        scrolls = self.range(_FULL if pattern is None else pattern)
-        items = [(tuple(int(x) for x in _core.unpack(s.key)), s.content) for s in scrolls]
-        return phext.format_phext(items, skip_invalid=skip_invalid, names=self.names)
+    def export_phext_steps(self, pattern: np.ndarray | None = None, skip_invalid: bool = False,
+                           max_chars: int | None = None) -> Steps:
+        """Steps of :meth:`export_phext`: the keys matching when it starts, then GATHER
+        scrolls read and formatted per step (one deleted meanwhile is left out).
+
+        :param max_chars: refuse with :class:`LimitError` as soon as the document grows
+            past this many characters (a reply that could not be sent anyway).
+        """
+        coords = yield from self._index.query_steps(_FULL if pattern is None else pattern)
+        parts = []
+        size = 0
+        for text in self._phext_pieces(coords, skip_invalid):
+            size += len(text)
+            if max_chars is not None and size > max_chars:
+                raise LimitError(f"the export is over {max_chars} characters: export "
+                                 "a narrower pattern at a time", "LIMIT")
+            parts.append(text)
+            yield
+        return "".join(parts)
+
+    def _phext_pieces(self, coords: np.ndarray, skip_invalid: bool) -> Iterator[str]:
+        """The phext document of the scrolls at sorted coordinates, one piece per GATHER
+        scrolls (their concatenation is the document)."""
+        w = phext.PhextWriter(skip_invalid=skip_invalid, names=self.names)
+        for a in range(0, len(coords), GATHER):
+            part = coords[a:a + GATHER]
+            got = self.get_many(_core.pack_many(part))
+            yield w.write([(tuple(c), s.content) for c, s in zip(part.tolist(), got)
+                           if s is not None])
 
     def pipeline(self, raise_on_error: bool = True):
         """Queue engine calls and run them in order with ``execute()`` (the in-process
