@@ -30,6 +30,8 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import Future
+from types import GeneratorType
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -42,18 +44,29 @@ from .errors import (
     InterfaceError,
     LimitError,
     ProtocolError,
+    RequestTimeout,
     is_internal,
 )
 
-__all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE"]
+__all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE",
+           "DEFAULT_MAX_REQUEST_TIME"]
 
 log = logging.getLogger("vtpu.server")
 
-DEFAULT_PAGE_SIZE = 65536  # scrolls per RANGE page; a page is one engine call
+DEFAULT_PAGE_SIZE = 65536  # scrolls per RANGE page
 DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
+# Loop time one connection's requests take before the loop serves the others: a request
+# in steps (vtpu.steps) runs this long per turn, and a read's frames stop after it too.
+SLICE_SECONDS = 0.001
+DEFAULT_MAX_REQUEST_TIME = 5.0  # seconds a request may run before it stops with TIMEOUT
+# Caps refused with ARG before any work: results this large are not a query's answer.
+MAX_TOP_K = 10_000  # ATTEND top_k (and every matched key when top_k is nil), ATTEND_MANY
+MAX_NEAREST_K = 100_000  # NEAREST k
+MAX_FRONTIER = 100_000  # KG max_frontier (default 10,000)
+PACK_STEP = 65536  # keys packed per step of a keys-only RANGE page
 
 
 # ---------------------------------------------------------------------------------------
@@ -108,12 +121,19 @@ def _names_in(keys: bytes) -> bool:
 
 
 class _Dispatcher:
-    """Decodes arguments, calls the engine, encodes results. One per server."""
+    """Decodes arguments, calls the engine, encodes results. One per server.
 
-    def __init__(self, engine: Any, page_size: int, max_batch: int):
+    A handler checks its arguments at once (a malformed request is refused before any
+    work) and returns the result, or, for an instruction whose work grows with the data,
+    a step generator (:mod:`vtpu.steps`) whose return value is the result: the server
+    runs it a slice per loop turn (:class:`_Job`).
+    """
+
+    def __init__(self, engine: Any, page_size: int, max_batch: int, max_frame_size: int):
         self.engine = engine
         self.page_size = page_size
         self.max_batch = max_batch
+        self.max_frame_size = max_frame_size
         e = engine
         # Bound methods resolved once: the hot path is a dict lookup and a call.
         self.table: dict[str, Callable[[list], Any]] = {
@@ -217,9 +237,9 @@ class _Dispatcher:
         _nargs(a, 1, 1, "DEL_MANY")
         return self.engine.delete_many(P.check_blob(a[0]))
 
-    def delete_range(self, a: list) -> int:
+    def delete_range(self, a: list):
         _nargs(a, 1, 1, "DEL_RANGE")
-        return self.engine.delete_range(_pattern(a[0]))
+        return self.engine.delete_range_steps(_pattern(a[0]))
 
     # -- queries -------------------------------------------------------------------------
     def range(self, a: list) -> list:
@@ -230,39 +250,50 @@ class _Dispatcher:
         if after is not None:
             P.check_key(after, "after")
         keys_only = _bool(_opt(a, 3), "keys_only")
+        return self._range_steps(pat, limit, after, keys_only)
+
+    def _range_steps(self, pat: np.ndarray, limit: int | None, after: bytes | None,
+                     keys_only: bool):
         # Long results are paged: the server answers at most page_size items and says
-        # where to continue, so one huge range never holds the loop for long.
+        # where to continue, so one huge range is many short requests.
         page = self.page_size * (16 if keys_only else 1)
         if limit is not None and limit <= page:
             # The caller's limit fits one page: the answer is complete by definition.
-            res = self.engine.range(pat, limit=limit, after=after, keys_only=keys_only)
+            res = yield from self.engine.range_steps(pat, limit, after, keys_only)
             more = False
         else:
             # Ask for one more than a page to learn whether another page follows.
-            res = self.engine.range(pat, limit=page + 1, after=after, keys_only=keys_only)
+            res = yield from self.engine.range_steps(pat, page + 1, after, keys_only)
             more = len(res) > page
             if more:
                 res = res[:page]
         if keys_only:
             arr = np.asarray(res, dtype=np.uint16).reshape(-1, 9)
             nxt = P.pack_coord(arr[-1]) if more else None
-            return [P.pack_coords(arr), nxt]
+            parts = []
+            for i in range(0, len(arr), PACK_STEP):
+                yield
+                parts.append(P.pack_coords(arr[i:i + PACK_STEP]))
+            return [b"".join(parts), nxt]
         return ScrollResult(res, True, res[-1].key if more else None)
 
-    def count(self, a: list) -> int:
+    def count(self, a: list):
         _nargs(a, 1, 1, "COUNT")
-        return int(self.engine.count(_pattern(a[0])))
+        return self.engine.count_steps(_pattern(a[0]))
 
-    def nearest(self, a: list) -> list:
+    def nearest(self, a: list):
         _nargs(a, 1, 4, "NEAREST")
         c = _coord(a[0])
-        k = _int(_opt(a, 1, 10), "k", 0, 1 << 31)
+        k = _int(_opt(a, 1, 10), "k", 0, MAX_NEAREST_K)
         metric = _opt(a, 2, "l1")
         if type(metric) is not str or metric not in ("l1", "hamming"):
             raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
         within = _opt(a, 3)
         within = None if within is None else _pattern(within, "within")
-        coords, dist = self.engine.nearest(c, k=k, metric=metric, within=within)
+        return self._nearest_steps(c, k, metric, within)
+
+    def _nearest_steps(self, c: np.ndarray, k: int, metric: str, within: Any):
+        coords, dist = yield from self.engine.nearest_steps(c, k, metric, within)
         return [P.pack_coords(np.asarray(coords).reshape(-1, 9)), np.asarray(dist, dtype=np.int64)]
 
     def hier(self, a: list) -> Any:
@@ -289,12 +320,15 @@ class _Dispatcher:
         if not (isinstance(q, np.ndarray) or (type(q) is bytes and len(q) == P.KEY_SIZE)):
             raise InterfaceError("ATTEND query must be an ndarray or an 18-byte key")
         pat = _pattern(a[1], "key pattern")
-        top_k = _int(_opt(a, 2), "top_k", 0, none_ok=True)
+        top_k = _int(_opt(a, 2), "top_k", 0, MAX_TOP_K, none_ok=True)
         values = self._values(_opt(a, 3))
         ret = _opt(a, 4, True)
         ret = True if ret is None else _bool(ret, "return_output")
-        r = self.engine.attend(q, pat, top_k=top_k, values=values, return_output=ret)
-        return _attend_out(r)
+        return self._attend_steps(self.engine.attend_steps(q, pat, top_k, values, ret,
+                                                           max_keys=MAX_TOP_K))
+
+    def _attend_steps(self, steps: Any):
+        return _attend_out((yield from steps))
 
     def attend_many(self, a: list) -> dict:
         _nargs(a, 2, 5, "ATTEND_MANY")
@@ -303,7 +337,7 @@ class _Dispatcher:
             q = P.check_blob(q, P.KEY_SIZE, "queries")
         pats = P.unpack_patterns(P.check_blob(a[1], P.PATTERN_SIZE, "key patterns"))
         kw: dict = {}
-        top_k = _int(_opt(a, 2), "top_k", 0, none_ok=True)
+        top_k = _int(_opt(a, 2), "top_k", 0, MAX_TOP_K, none_ok=True)
         if top_k is not None:
             kw["top_k"] = top_k  # engines without top_k reject it (ARG), never ignore it
         values = self._values(_opt(a, 3))
@@ -311,15 +345,18 @@ class _Dispatcher:
             kw["values"] = values
         if _bool(_opt(a, 4), "return_weights"):
             kw["return_weights"] = True
-        return _attend_out(self.engine.attend_many(q, pats, **kw))
+        return self._attend_steps(self.engine.attend_many_steps(q, pats, **kw))
 
-    def kg(self, a: list) -> list:
+    def kg(self, a: list):
         _nargs(a, 2, 4, "KG")
         start = _pattern(a[0], "start")
         deltas = P.unpack_deltas(P.check_blob(a[1], P.DELTA_SIZE, "deltas"))
         hops = _int(_opt(a, 2, 1), "hops", 0, 1 << 20)
-        mf = _int(_opt(a, 3, 10000), "max_frontier", 1, 1 << 31)
-        return ScrollResult(self.engine.kg(start, deltas, hops, max_frontier=mf))
+        mf = _int(_opt(a, 3, 10000), "max_frontier", 1, MAX_FRONTIER)
+        return self._kg_steps(start, deltas, hops, mf)
+
+    def _kg_steps(self, start: np.ndarray, deltas: np.ndarray, hops: int, mf: int):
+        return ScrollResult((yield from self.engine.kg_steps(start, deltas, hops, mf)))
 
     def intern(self, a: list) -> list:
         _nargs(a, 1, 2, "INTERN")
@@ -333,17 +370,19 @@ class _Dispatcher:
             return [None if i is None else int(i) for i in ids]
         return [int(i) for i in self.engine.intern(names)]
 
-    def import_phext(self, a: list) -> int:
+    def import_phext(self, a: list):
         _nargs(a, 1, 2, "IMPORT_PHEXT")
         if type(a[0]) is not str:
             raise InterfaceError("IMPORT_PHEXT text must be a string")
-        return self.engine.import_phext(a[0], skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
+        return self.engine.import_phext_steps(a[0], _bool(_opt(a, 1), "skip_invalid"))
 
-    def export_phext(self, a: list) -> str:
+    def export_phext(self, a: list):
         _nargs(a, 0, 2, "EXPORT_PHEXT")
         pat = _opt(a, 0)
         pat = None if pat is None else _pattern(pat)
-        return self.engine.export_phext(pat, skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
+        # No reply can be larger than the server's frame limit: stop as soon as it is.
+        return self.engine.export_phext_steps(pat, _bool(_opt(a, 1), "skip_invalid"),
+                                              max_chars=self.max_frame_size)
 
 
 class ScrollResult(NamedTuple):
@@ -385,9 +424,11 @@ class _Connection(asyncio.Protocol):
         self.track = False
         self.pending: list[bytes] = []  # replies waiting for the group commit
         self.closing = False
-        self.read_paused = False  # by us, to yield after FRAMES_PER_SLICE
+        self.read_paused = False  # by us, to yield after FRAMES_PER_SLICE or for a job
         self.write_paused = False  # by the transport's flow control
         self.peer = None
+        self.job: _Job | None = None  # a request in steps running for this connection
+        self.request_timeout: float | None = None  # HELLO's timeout_ms, in seconds
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -437,6 +478,7 @@ class _Connection(asyncio.Protocol):
         out: list[bytes] = []
         wrote = False
         handled = 0
+        t_end = time.perf_counter() + SLICE_SECONDS
         try:
             while handled < FRAMES_PER_SLICE:
                 try:
@@ -459,16 +501,24 @@ class _Connection(asyncio.Protocol):
                 else:
                     handled += 1
                     frame, w = server.handle(self, item[0], item[1], item[2])
+                    if frame is None:
+                        # A request in steps goes on from the loop: it answers, then
+                        # resumes this connection (_Job).
+                        wrote = wrote or w
+                        break
                 out.append(frame)
                 wrote = wrote or w
                 if self.closing:
+                    break
+                if time.perf_counter() > t_end:
+                    handled = FRAMES_PER_SLICE  # its time is up: the others first
                     break
         except ProtocolError as exc:
             # The byte stream can no longer be trusted: say why once, then close.
             out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
             self.closing = True
         self._send(out, wrote)
-        if self.closing:
+        if self.closing or self.job is not None:
             return
         if handled >= FRAMES_PER_SLICE and dec.buffered():
             # More requests already buffered: let other connections run first.
@@ -520,14 +570,15 @@ class _Server:
     """Shared state of one listening server."""
 
     def __init__(self, engine: Any, token: str | None, max_frame_size: int, page_size: int,
-                 max_batch: int):
+                 max_batch: int, max_request_time: float = DEFAULT_MAX_REQUEST_TIME):
         self.engine = engine
+        self.max_request_time = max_request_time  # seconds; 0: no limit
         self.storage = getattr(engine, "storage", None)
         self.token = token
         self.max_frame_size = max_frame_size
         self.max_batch = max_batch
         self.page_size = page_size
-        self.dispatch = _Dispatcher(engine, page_size, max_batch)
+        self.dispatch = _Dispatcher(engine, page_size, max_batch, max_frame_size)
         self.table = self.dispatch.table
         self._get = engine.get
         self._get_many = engine.get_many
@@ -543,6 +594,10 @@ class _Server:
     # -- group commit --------------------------------------------------------------------
     def schedule_flush(self, conn: _Connection) -> None:
         self._dirty.append(conn)
+        self.commit_soon()
+
+    def commit_soon(self) -> None:
+        """Run the group commit (and the pushes) at the end of this loop turn."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -668,14 +723,21 @@ class _Server:
                 result = self.batch(args, conn)
             else:
                 result = self.table[op](args)
-                if spec.writes:
-                    self.note_write(op, args, conn)
-            if type(result) is ScrollResult:
-                return P.encode_response_scrolls(msgid, result.scrolls, conn.out_limit,
-                                                 result.page, result.after), False
-            return P.encode_response(msgid, result, conn.out_limit), spec.writes
+            if type(result) is GeneratorType:
+                return _Job(self, conn, msgid, op, args, result).start()
+            if spec.writes:
+                self.note_write(op, args, conn)
+            return self.reply_frame(msgid, result, conn.out_limit), spec.writes
         except Exception as exc:
             return self.error_frame(msgid, op, exc, conn.out_limit), spec.writes
+
+    @staticmethod
+    def reply_frame(msgid: int, result: Any, limit: int) -> bytes:
+        """The success reply carrying a handler's result."""
+        if type(result) is ScrollResult:
+            return P.encode_response_scrolls(msgid, result.scrolls, limit, result.page,
+                                             result.after)
+        return P.encode_response(msgid, result, limit)
 
     def error_frame(self, msgid: int, op: str, exc: BaseException,
                     limit: int = P.DEFAULT_MAX_FRAME_SIZE) -> bytes:
@@ -686,6 +748,8 @@ class _Server:
         code, msg = P.error_pair(exc)
         if isinstance(exc, LimitError) and op in ("RANGE", "GET_MANY", "KG"):
             msg += " (use a smaller limit or fewer keys per call)"
+        elif isinstance(exc, LimitError) and op == "EXPORT_PHEXT":
+            msg += " (export a narrower pattern at a time)"
         return P.encode_error(msgid, code, f"{op}: {msg}", limit)
 
     def note_write(self, op: str, args: list, conn: _Connection) -> None:
@@ -696,43 +760,66 @@ class _Server:
             self._invalidate.append((conn, args[0]))
         elif op != "INTERN":
             self._invalidate.append((conn, None))  # a range/import touched unknown keys
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
+        self.commit_soon()
 
-    def batch(self, args: list, conn: _Connection) -> list:
+    def batch(self, args: list, conn: _Connection):
+        """BATCH: its arguments are checked now, its operations run as steps."""
         _nargs(args, 1, 1, "BATCH")
         ops = args[0]
         if type(ops) is not list:
             raise InterfaceError("BATCH takes one array of [opcode, args] pairs")
         if len(ops) > self.max_batch:
             raise LimitError(f"{len(ops)} operations exceed max_batch {self.max_batch}", "LIMIT")
-        results = []
-        for item in ops:
-            if (
-                type(item) is not list
-                or len(item) != 2
-                or type(item[0]) is not str
-                or type(item[1]) is not list
-            ):
-                results.append([P.STATUS_ERROR, ["PROTOCOL", "batch item must be [opcode, args]"]])
-                continue
-            op, a = item
-            spec = P.OPS.get(op)
-            if spec is None or op in ("HELLO", "BATCH"):
-                msg = f"opcode {op[:64]!r} not allowed in BATCH"
-                results.append([P.STATUS_ERROR, ["PROTOCOL", msg]])
-                continue
+        return self._batch_steps(ops, conn)
+
+    def _batch_steps(self, ops: list, conn: _Connection):
+        """Steps: the operations in order, one or more steps each. Stopped by its time
+        budget, a BATCH still answers: the operations done, then TIMEOUT for the one it
+        stopped in and for each one not started."""
+        results: list = []
+        for i, item in enumerate(ops):
+            started = False
             try:
-                r = self.table[op](a)
-                if spec.writes:
-                    self.note_write(op, a, conn)
-                results.append([P.STATUS_OK, r.wire() if type(r) is ScrollResult else r])
-            except Exception as exc:
-                if is_internal(exc):
-                    log.error("internal error in BATCH %s", op, exc_info=exc)
-                results.append([P.STATUS_ERROR, P.error_pair(exc)])
+                yield
+                started = True
+                results.append((yield from self._batch_item(item, conn)))
+            except RequestTimeout as exc:
+                left = f"not executed: the BATCH ran out of time at operation {i}"
+                results.append([P.STATUS_ERROR, P.error_pair(exc) if started else
+                                ["TIMEOUT", left]])
+                results.extend([[P.STATUS_ERROR, ["TIMEOUT", left]]] * (len(ops) - i - 1))
+                break
         return results
+
+    def _batch_item(self, item: Any, conn: _Connection):
+        """Steps of one BATCH operation; returns its ``[status, result-or-error]``."""
+        if (
+            type(item) is not list
+            or len(item) != 2
+            or type(item[0]) is not str
+            or type(item[1]) is not list
+        ):
+            return [P.STATUS_ERROR, ["PROTOCOL", "batch item must be [opcode, args]"]]
+        op, a = item
+        spec = P.OPS.get(op)
+        if spec is None or op in ("HELLO", "BATCH"):
+            msg = f"opcode {op[:64]!r} not allowed in BATCH"
+            return [P.STATUS_ERROR, ["PROTOCOL", msg]]
+        try:
+            r = self.table[op](a)
+            if type(r) is GeneratorType:
+                r = yield from r
+            if spec.writes:
+                self.note_write(op, a, conn)
+            return [P.STATUS_OK, r.wire() if type(r) is ScrollResult else r]
+        except RequestTimeout:
+            if spec.writes:
+                self.note_write(op, a, conn)   # what it did before it stopped
+            raise
+        except Exception as exc:
+            if is_internal(exc):
+                log.error("internal error in BATCH %s", op, exc_info=exc)
+            return [P.STATUS_ERROR, P.error_pair(exc)]
 
     def hello(self, conn: _Connection, msgid: int, args: list) -> bytes:
         version = args[0] if args else None
@@ -761,6 +848,13 @@ class _Server:
         track = options.get("track")
         if track is not None and type(track) is not bool:
             return P.encode_error(msgid, "ARG", f"HELLO: track must be a boolean, got {track!r:.40}")
+        tms = options.get("timeout_ms")
+        if tms is not None and (type(tms) is not int or not 1 <= tms <= 0xFFFFFFFF):
+            return P.encode_error(msgid, "ARG", f"HELLO: timeout_ms must be an integer "
+                                                f"in 1..4294967295, got {tms!r:.40}")
+        if tms is not None:
+            mrt = self.max_request_time
+            conn.request_timeout = tms / 1000 if not mrt else min(tms / 1000, mrt)
         if mfs is not None:
             conn.out_limit = min(self.max_frame_size, mfs)
         track = bool(track)
@@ -778,8 +872,130 @@ class _Server:
             "max_batch": self.max_batch,
             "page_size": self.page_size,
             "names_epoch": epoch if isinstance(epoch, int) else 0,
+            "max_request_ms": round(1000 * self.max_request_time),
         }
         return P.encode_response(msgid, result)
+
+
+class _Job:
+    """One request running in steps (:mod:`vtpu.steps`) for a connection.
+
+    It runs a slice (SLICE_SECONDS of steps) at a time, the first one at once; between
+    slices the loop serves everything else, and the connection reads nothing more until
+    the job has answered (its replies stay in request order). A job whose connection
+    closed is dropped at its next slice (the generator is closed: no more work is done).
+    One that runs past its budget (the server's ``max_request_time``, or the shorter
+    ``timeout_ms`` the connection asked for in HELLO) gets :class:`RequestTimeout` thrown
+    in between two steps and answers what that makes of it: a TIMEOUT error (saying what
+    a write did so far), or a BATCH's partial results. A writing job commits after each
+    slice (so a long delete never piles up one huge commit) and tells trackers.
+    """
+
+    __slots__ = ("server", "conn", "msgid", "op", "args", "gen", "writes", "budget",
+                 "deadline")
+
+    def __init__(self, server: "_Server", conn: "_Connection", msgid: int, op: str, args: list,
+                 gen: Any):
+        self.server = server
+        self.conn = conn
+        self.msgid = msgid
+        self.op = op
+        self.args = args
+        self.gen = gen
+        self.writes = P.OPS[op].writes
+        self.budget = conn.request_timeout or server.max_request_time
+        self.deadline = time.perf_counter() + self.budget if self.budget else float("inf")
+
+    def start(self) -> tuple[bytes | None, bool]:
+        """Run the first slice now. Returns ``(reply frame, wrote)`` if that finished
+        the request, else ``(None, wrote)``: the job goes on from the loop and answers,
+        then resumes the connection, by itself."""
+        done = self._slice()
+        if done is not None:
+            return done
+        conn = self.conn
+        conn.job = self
+        conn.read_paused = True
+        conn._update_reading()
+        return None, self.writes
+
+    def _slice(self) -> tuple[bytes, bool] | None:
+        """Run steps for one slice; the reply when the request ended, else None (the next
+        slice is scheduled)."""
+        gen = self.gen
+        now = time.perf_counter()
+        end = now + SLICE_SECONDS
+        try:
+            while now < self.deadline:
+                w = gen.send(None)
+                if w is not None and isinstance(w, Future):
+                    self._after_slice()
+                    loop = self.server.loop
+                    w.add_done_callback(lambda _: loop.call_soon_threadsafe(self._resume))
+                    return None
+                now = time.perf_counter()
+                if now >= end:
+                    break
+            else:
+                return self._timed_out()
+        except StopIteration as stop:
+            return self._finish(stop.value)
+        except Exception as exc:
+            return self._failed(exc)
+        self._after_slice()
+        self.server.loop.call_soon(self._resume)
+        return None
+
+    def _after_slice(self) -> None:
+        if self.writes:
+            # What this slice wrote is committed with this loop turn's group commit (the
+            # reply waits for the last one) and trackers hear of it now.
+            if self.op != "BATCH":
+                self.server.note_write(self.op, self.args, self.conn)
+            self.server.commit_soon()
+
+    def _timed_out(self) -> tuple[bytes, bool]:
+        exc = RequestTimeout(f"stopped after {self.budget:g} s, its time budget (the "
+                             "server's --max-request-time, or timeout_ms in HELLO)")
+        try:
+            self.gen.throw(exc)
+        except StopIteration as stop:
+            return self._finish(stop.value)   # a BATCH answers what it did
+        except Exception as e:
+            return self._failed(e)
+        self.gen.close()   # it went on after the throw: stop it for good
+        return self._failed(exc)
+
+    def _finish(self, result: Any) -> tuple[bytes, bool]:
+        if self.writes and self.op != "BATCH":
+            self.server.note_write(self.op, self.args, self.conn)
+        try:
+            return self.server.reply_frame(self.msgid, result, self.conn.out_limit), self.writes
+        except Exception as exc:
+            return self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> tuple[bytes, bool]:
+        if self.writes and self.op != "BATCH":
+            self.server.note_write(self.op, self.args, self.conn)
+        return self.server.error_frame(self.msgid, self.op, exc, self.conn.out_limit), \
+            self.writes
+
+    def _resume(self) -> None:
+        conn = self.conn
+        if conn.closing:
+            # The client is gone (or the server is closing): nothing will read the
+            # answer, so no more work is done for it.
+            self.gen.close()
+            conn.job = None
+            return
+        done = self._slice()
+        if done is None:
+            return
+        conn.job = None
+        frame, wrote = done
+        conn._send([frame], wrote)
+        if not conn.closing:
+            self.server.loop.call_soon(conn._continue)   # the requests read meanwhile
 
 
 class ServerHandle:
@@ -827,6 +1043,7 @@ async def start_server(
     page_size: int = DEFAULT_PAGE_SIZE,
     max_batch: int = DEFAULT_MAX_BATCH,
     reuse_address: bool = True,
+    max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
 ) -> ServerHandle:
     """Start serving ``engine`` on the running event loop.
 
@@ -837,6 +1054,10 @@ async def start_server(
     :param max_frame_size: largest frame body accepted and sent.
     :param page_size: scrolls per RANGE page.
     :param max_batch: most operations in one BATCH frame.
+    :param reuse_address: set ``SO_REUSEADDR`` on the listening socket.
+    :param max_request_time: seconds a request may run (in steps, other clients served
+        meanwhile) before it stops with ``TIMEOUT``; 0 for no limit. A connection may ask
+        for less with the HELLO option ``timeout_ms``.
     :returns: a :class:`ServerHandle`.
     :raises OSError: if the address cannot be bound.
     """
@@ -847,7 +1068,9 @@ async def start_server(
     if getattr(engine, "storage", None) is not None and hasattr(engine, "autocommit"):
         # The server commits once per loop iteration (group commit), not per write.
         engine.autocommit = False
-    state = _Server(engine, token, max_frame_size, page_size, max_batch)
+    if max_request_time < 0:
+        raise InterfaceError(f"max_request_time must be >= 0, got {max_request_time}")
+    state = _Server(engine, token, max_frame_size, page_size, max_batch, max_request_time)
     aserver = await asyncio.get_running_loop().create_server(
         lambda: _Connection(state), host, port, reuse_address=reuse_address
     )
@@ -873,6 +1096,7 @@ def serve(
     token: str | None = None,
     max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE,
     ready: Callable[[ServerHandle], None] | None = None,
+    max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
 ) -> None:
     """Run a server until SIGINT/SIGTERM (blocking).
 
@@ -886,6 +1110,7 @@ def serve(
     :param token: if set, clients must present it in HELLO.
     :param max_frame_size: largest frame body accepted and sent.
     :param ready: called with the handle once listening (tests, CLI banners).
+    :param max_request_time: as :func:`start_server`.
     :raises StorageError: if ``data`` is locked by another server or unusable.
     """
     from .engine import Engine
@@ -902,7 +1127,8 @@ def serve(
     stop = asyncio.Event()
 
     async def run() -> None:
-        handle = await start_server(engine, host, port, token=token, max_frame_size=max_frame_size)
+        handle = await start_server(engine, host, port, token=token, max_frame_size=max_frame_size,
+                                    max_request_time=max_request_time)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
@@ -948,11 +1174,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fsync", default="everysec", choices=["always", "everysec", "never"])
     ap.add_argument("--token", default=os.environ.get("VTPU_TOKEN"))
     ap.add_argument("--max-frame-size", type=int, default=P.DEFAULT_MAX_FRAME_SIZE)
+    ap.add_argument("--max-request-time", type=float, default=DEFAULT_MAX_REQUEST_TIME,
+                    metavar="SECONDS",
+                    help="stop a request with TIMEOUT after this long (0: never; "
+                         f"default {DEFAULT_MAX_REQUEST_TIME:g})")
     ap.add_argument("--log-level", default="WARNING")
     ns = ap.parse_args(argv)
     logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr)
+    if ns.max_request_time < 0:
+        ap.error("--max-request-time must be >= 0")
     serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=ns.token,
-          max_frame_size=ns.max_frame_size)
+          max_frame_size=ns.max_frame_size, max_request_time=ns.max_request_time)
     return 0
 
 
