@@ -38,7 +38,8 @@ GATHER = 1024        # scrolls read (and scored, formatted) per step
 DELETE_STEP = 256    # scrolls deleted per step (map, index and storage queue)
 PUT_STEP = 1024      # scrolls of an import written per step
 EDGE_STEP = 512      # KG edges followed per step
-SCORES_PER_STEP = 1 << 17   # ATTEND_MANY attention scores computed per step
+PHEXT_STEP = 256     # scrolls formatted per step of an export
+SCORES_PER_STEP = 1 << 15   # ATTEND_MANY attention scores computed per step
 _SCALARS = (str, bytes, int, float, bool, type(None))
 
 
@@ -767,11 +768,18 @@ class Engine:
                     lo, hi = targets.copy(), targets.copy()
                     lo[:, wild] = 0
                     hi[:, wild] = 0xFFFF
-                    pats = np.unique(np.concatenate([lo, hi], axis=1), axis=0)
-                    for p in pats:
-                        yield
-                        edges = yield from self.range_steps(
-                            np.ascontiguousarray(p.reshape(2, 9)), limit=max_frontier)
+                    pats = np.ascontiguousarray(np.concatenate([lo, hi], axis=1))
+                    raw = pats.tobytes()
+                    looked: set = set()
+                    for i in range(len(pats)):
+                        if i % GATHER == 0:
+                            yield
+                        p = raw[36 * i:36 * i + 36]
+                        if p in looked:
+                            continue
+                        looked.add(p)
+                        edges = yield from self.range_steps(pats[i].reshape(2, 9),
+                                                            limit=max_frontier)
                         yield from follow(edges)
                 else:
                     edges, _ = yield from self._scrolls_steps(targets)
@@ -839,8 +847,8 @@ class Engine:
 
     def export_phext_steps(self, pattern: np.ndarray | None = None, skip_invalid: bool = False,
                            max_chars: int | None = None) -> Steps:
-        """Steps of :meth:`export_phext`: the keys matching when it starts, then GATHER
-        scrolls read and formatted per step (one deleted meanwhile is left out).
+        """Steps of :meth:`export_phext`: the keys matching when it starts, then
+        PHEXT_STEP scrolls read and formatted per step (one deleted meanwhile is left out).
 
         :param max_chars: refuse with :class:`LimitError` as soon as the document grows
             past this many characters (a reply that could not be sent anyway).
@@ -858,11 +866,11 @@ class Engine:
         return "".join(parts)
 
     def _phext_pieces(self, coords: np.ndarray, skip_invalid: bool) -> Iterator[str]:
-        """The phext document of the scrolls at sorted coordinates, one piece per GATHER
-        scrolls (their concatenation is the document)."""
+        """The phext document of the scrolls at sorted coordinates, one piece per
+        PHEXT_STEP scrolls (their concatenation is the document)."""
         w = phext.PhextWriter(skip_invalid=skip_invalid, names=self.names)
-        for a in range(0, len(coords), GATHER):
-            part = coords[a:a + GATHER]
+        for a in range(0, len(coords), PHEXT_STEP):
+            part = coords[a:a + PHEXT_STEP]
             got = self.get_many(_core.pack_many(part))
             yield w.write([(tuple(c), s.content) for c, s in zip(part.tolist(), got)
                            if s is not None])

@@ -27,6 +27,7 @@ import asyncio
 import hmac
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -417,7 +418,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: "_Server"):
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.decoder = P.FrameDecoder(server.max_frame_size)
+        self.decoder = P.FrameDecoder(server.max_frame_size, server.max_batch)
         self.authed = False  # set by a successful HELLO (required first, token or not)
         self.hello = False
         self.out_limit = server.max_frame_size  # lowered by the client's HELLO option
@@ -486,7 +487,7 @@ class _Connection(asyncio.Protocol):
                 except P.RequestError as exc:
                     # The frame boundary is intact: a bad request, the connection survives.
                     handled += 1
-                    out.append(P.encode_error(exc.msgid, "PROTOCOL", str(exc), self.out_limit))
+                    out.append(P.encode_error(exc.msgid, exc.code, str(exc), self.out_limit))
                     continue
                 if item is None:
                     break
@@ -877,6 +878,10 @@ class _Server:
         return P.encode_response(msgid, result)
 
 
+# poll() event of a peer that closed its end (Linux); elsewhere only hang-ups and errors.
+_HANGUP = getattr(select, "POLLRDHUP", 0) if hasattr(select, "poll") else 0
+
+
 class _Job:
     """One request running in steps (:mod:`vtpu.steps`) for a connection.
 
@@ -888,11 +893,15 @@ class _Job:
     ``timeout_ms`` the connection asked for in HELLO) gets :class:`RequestTimeout` thrown
     in between two steps and answers what that makes of it: a TIMEOUT error (saying what
     a write did so far), or a BATCH's partial results. A writing job commits after each
-    slice (so a long delete never piles up one huge commit) and tells trackers.
+    slice (so a long delete never piles up one huge commit; on durable storage its
+    slices are shorter, the commit being most of the cost) and tells trackers.
+
+    While a job runs its connection is not read, so the loop would not see the client
+    hang up: before each slice the job polls the socket for a hang-up itself.
     """
 
     __slots__ = ("server", "conn", "msgid", "op", "args", "gen", "writes", "budget",
-                 "deadline")
+                 "deadline", "slice", "_poll")
 
     def __init__(self, server: "_Server", conn: "_Connection", msgid: int, op: str, args: list,
                  gen: Any):
@@ -905,6 +914,9 @@ class _Job:
         self.writes = P.OPS[op].writes
         self.budget = conn.request_timeout or server.max_request_time
         self.deadline = time.perf_counter() + self.budget if self.budget else float("inf")
+        durable = self.writes and server.storage is not None
+        self.slice = SLICE_SECONDS / 4 if durable else SLICE_SECONDS
+        self._poll: Any = None
 
     def start(self) -> tuple[bytes | None, bool]:
         """Run the first slice now. Returns ``(reply frame, wrote)`` if that finished
@@ -917,14 +929,29 @@ class _Job:
         conn.job = self
         conn.read_paused = True
         conn._update_reading()
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        if sock is not None and _HANGUP:
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), _HANGUP)
         return None, self.writes
+
+    def _hung_up(self) -> bool:
+        """Whether the client closed its end (or the socket failed)."""
+        if self._poll is None:
+            return False
+        try:
+            events = self._poll.poll(0)
+        except OSError:
+            return True
+        return any(ev & (_HANGUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
+                   for _, ev in events)
 
     def _slice(self) -> tuple[bytes, bool] | None:
         """Run steps for one slice; the reply when the request ended, else None (the next
         slice is scheduled)."""
         gen = self.gen
         now = time.perf_counter()
-        end = now + SLICE_SECONDS
+        end = now + self.slice
         try:
             while now < self.deadline:
                 w = gen.send(None)
@@ -982,11 +1009,14 @@ class _Job:
 
     def _resume(self) -> None:
         conn = self.conn
-        if conn.closing:
+        if conn.closing or self._hung_up():
             # The client is gone (or the server is closing): nothing will read the
             # answer, so no more work is done for it.
             self.gen.close()
             conn.job = None
+            if not conn.closing and conn.transport is not None:
+                conn.closing = True
+                conn.transport.abort()
             return
         done = self._slice()
         if done is None:
