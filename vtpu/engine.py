@@ -582,9 +582,15 @@ class Engine:
                                           return_weights))
 
     def attend_many_steps(self, queries, key_patterns: np.ndarray, top_k: int | None = None,
-                          values=None, return_weights: bool = False) -> Steps:
+                          values=None, return_weights: bool = False,
+                          max_weights: int | None = None) -> Steps:
         """Steps of :meth:`attend_many`: about SCORES_PER_STEP scores a step (a softmax
-        over a long window is accumulated chunk by chunk, online)."""
+        over a long window is accumulated chunk by chunk, online).
+
+        :param max_weights: with ``return_weights``, refuse with :class:`LimitError`
+            when more weights than this would be returned in all (checked before any
+            score is computed).
+        """
         if top_k is not None and not return_weights:
             # top_k only trims the returned weights; accepting it alone would ignore it.
             raise InterfaceError("attend_many: top_k applies only with return_weights=True")
@@ -630,7 +636,7 @@ class Engine:
         exact = np.empty(nq, dtype=np.bool_)
         # Spans cost their length (every row is checked), so queries are taken in groups
         # sized to the time they took.
-        i, g = 0, 64
+        i, g = 0, 1
         while i < nq:
             t0 = time.perf_counter()
             starts[i:i + g], ends[i:i + g], exact[i:i + g] = \
@@ -639,17 +645,39 @@ class Engine:
             dt = time.perf_counter() - t0
             g = g * 2 if dt < 2e-4 else max(1, g // 2) if dt > 1e-3 else g
             yield
+        if return_weights and max_weights is not None:
+            spans = ends - starts
+            returned = int((spans if top_k is None else np.minimum(spans, top_k)).sum())
+            if returned > max_weights:
+                raise LimitError(f"the weights of up to {returned} keys would be returned, at "
+                                 f"most {max_weights} are: give a top_k or fewer queries",
+                                 "LIMIT")
         dv = V.shape[1] if V.ndim == 2 and len(V) else d
         outputs = np.zeros((nq, dv), dtype=ft)
         counts = np.zeros(nq, dtype=np.int64)
         weights_out: list | None = [None] * nq if return_weights else None
         scale = ft(1.0 / math.sqrt(d))
+
+        def scores(qi: np.ndarray, Qb: np.ndarray, inexact: list, c0: int, c1: int):
+            # (valid mask, scores with -inf where invalid) of a block of queries over
+            # the keys [c0, c1).
+            pos = np.arange(c0, c1)
+            valid = (pos >= starts[qi, None]) & (pos < ends[qi, None])
+            for r, i in inexact:
+                a, b = max(int(starts[i]), c0), min(int(ends[i]), c1)
+                if a < b:
+                    valid[r, a - c0:b - c0] = _core.match(ucoords[a:b], kp[i])
+            sc = (Qb @ K[c0:c1].T) * scale
+            sc[~valid] = -np.inf
+            return valid, sc
+
         # Queries in window order, in blocks: one dense (block x span) matmul per block
         # with a mask, so neighbouring windows share their keys instead of gathering a
         # (Q, W, d) copy. Rows inside a window's lexicographic span that miss its box
         # (possible when a later component is constrained) are masked out too. A long
         # span is taken in chunks, the softmax accumulated online (running max, sum and
-        # weighted sum, rescaled when the max grows).
+        # weighted sum, rescaled when the max grows); the weights, when asked for, are a
+        # second pass over the chunks once the max and the sum are known.
         order = np.argsort(starts, kind="stable")
         block = 128
         for b0 in range(0, nq, block):
@@ -664,18 +692,10 @@ class Engine:
             top = np.full(nb, -np.inf, dtype=ft)
             tot = np.zeros(nb, dtype=ft)
             acc = np.zeros((nb, dv), dtype=ft)
-            seen = []
             for c0 in range(s0, e0, step):
                 yield
                 c1 = min(c0 + step, e0)
-                pos = np.arange(c0, c1)
-                valid = (pos >= starts[qi, None]) & (pos < ends[qi, None])
-                for r, i in inexact:
-                    a, b = max(int(starts[i]), c0), min(int(ends[i]), c1)
-                    if a < b:
-                        valid[r, a - c0:b - c0] = _core.match(ucoords[a:b], kp[i])
-                sc = (Qb @ K[c0:c1].T) * scale
-                sc[~valid] = -np.inf
+                valid, sc = scores(qi, Qb, inexact, c0, c1)
                 new = np.maximum(top, sc.max(axis=1))
                 ref = np.where(np.isfinite(new), new, 0).astype(ft, copy=False)
                 w = np.exp(sc - ref[:, None])
@@ -685,18 +705,31 @@ class Engine:
                 acc = acc * grow[:, None] + w @ V[c0:c1]
                 counts[qi] += valid.sum(axis=1)
                 top = new
-                if weights_out is not None:
-                    seen.append((w, valid, ref))
             outputs[qi] = np.divide(acc, tot[:, None], out=np.zeros_like(acc),
                                     where=tot[:, None] > 0)
-            if weights_out is not None:
-                ref = np.where(np.isfinite(top), top, 0).astype(ft, copy=False)
-                for r, i in enumerate(qi):
-                    wr = np.concatenate([w[r, valid[r]] * np.exp(cr[r] - ref[r])
-                                         for w, valid, cr in seen]) if len(seen) > 1 else \
-                        seen[0][0][r, seen[0][1][r]]
-                    wr = wr / tot[r] if tot[r] > 0 else np.zeros_like(wr)
-                    weights_out[i] = np.sort(wr)[::-1][:top_k] if top_k is not None else wr
+            if weights_out is None:
+                continue
+            ref = np.where(np.isfinite(top), top, 0).astype(ft, copy=False)
+            norm = np.where(tot > 0, tot, 1).astype(ft, copy=False)
+            wq = [np.empty(int(counts[i]), dtype=ft) for i in qi]
+            fill = [0] * nb
+            for c0 in range(s0, e0, step):
+                yield
+                c1 = min(c0 + step, e0)
+                valid, sc = scores(qi, Qb, inexact, c0, c1)
+                w = np.exp(sc - ref[:, None]) / norm[:, None]
+                for r in range(nb):
+                    wr = w[r, valid[r]]
+                    if len(wr):
+                        wq[r][fill[r]:fill[r] + len(wr)] = wr
+                        fill[r] += len(wr)
+            for r, i in enumerate(qi):
+                if r % 16 == 0:
+                    yield
+                wr = wq[r] if tot[r] > 0 else np.zeros_like(wq[r])
+                if top_k is not None and top_k < len(wr):
+                    wr = np.partition(wr, len(wr) - top_k)[len(wr) - top_k:]
+                weights_out[i] = np.sort(wr)[::-1] if top_k is not None else wr
         res = {"outputs": outputs, "counts": counts}
         if weights_out is not None:
             res["weights"] = weights_out

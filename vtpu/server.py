@@ -54,7 +54,9 @@ __all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE",
 
 log = logging.getLogger("vtpu.server")
 
-DEFAULT_PAGE_SIZE = 65536  # scrolls per RANGE page
+# Scrolls per RANGE page (keys-only pages hold 16 times as many keys): a page is read in
+# steps, but encoded in one go, so it is kept to about a millisecond of encoding.
+DEFAULT_PAGE_SIZE = 4096
 DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
@@ -67,6 +69,7 @@ DEFAULT_MAX_REQUEST_TIME = 5.0  # seconds a request may run before it stops with
 MAX_TOP_K = 10_000  # ATTEND top_k (and every matched key when top_k is nil), ATTEND_MANY
 MAX_NEAREST_K = 100_000  # NEAREST k
 MAX_FRONTIER = 100_000  # KG max_frontier (default 10,000)
+MAX_WEIGHTS = 1_000_000  # weights one ATTEND_MANY returns in all (LIMIT above)
 PACK_STEP = 65536  # keys packed per step of a keys-only RANGE page
 
 
@@ -346,6 +349,7 @@ class _Dispatcher:
             kw["values"] = values
         if _bool(_opt(a, 4), "return_weights"):
             kw["return_weights"] = True
+            kw["max_weights"] = MAX_WEIGHTS
         return self._attend_steps(self.engine.attend_many_steps(q, pats, **kw))
 
     def kg(self, a: list):
@@ -1109,6 +1113,41 @@ async def start_server(
     return ServerHandle(state, aserver, bound[0], bound[1])
 
 
+def _one_blas_thread() -> bool:
+    """Keep OpenBLAS (numpy's matrix products) to one thread in this process.
+
+    The loop's thread computes ATTEND/ATTEND_MANY a slice at a time between other
+    requests; BLAS worker threads only compete with it for the cores, and on a loaded
+    machine they turn a small product of microseconds into milliseconds (and the steps
+    with it). Best effort, like ``threadpoolctl``: the library numpy loaded is found in
+    the process's memory map (Linux) and told through its own call.
+
+    :returns: whether a library was found and set.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[5] for line in f
+                     if len(line.split()) >= 6 and "openblas" in line.split()[5].lower()}
+    except OSError:
+        return False
+    done = False
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                     "openblas_set_num_threads64_", "scipy_openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(1)
+                done = True
+                break
+    return done
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop  # type: ignore
@@ -1131,7 +1170,8 @@ def serve(
     """Run a server until SIGINT/SIGTERM (blocking).
 
     On a signal it stops accepting, flushes held replies after a last commit, closes the
-    connections and the storage, and returns.
+    connections and the storage, and returns. The process's BLAS runs on one thread (see
+    :func:`_one_blas_thread`).
 
     :param host: address to bind (loopback by default).
     :param port: TCP port (0 = any free port; printed on stderr).
@@ -1152,6 +1192,7 @@ def serve(
         os.makedirs(data, exist_ok=True)
         storage = Storage(data, fsync=fsync)
     engine = Engine(storage=storage, autocommit=False) if storage is not None else Engine()
+    _one_blas_thread()
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
