@@ -35,10 +35,10 @@ _EMPTY_COORDS = np.empty((0, 9), dtype=np.uint16)
 
 # Work per step of the instructions in steps (vtpu.steps), each about a millisecond.
 GATHER = 1024        # scrolls read (and scored, formatted) per step
-DELETE_STEP = 256    # scrolls deleted per step (map, index and storage queue)
+DELETE_STEP = 128    # scrolls deleted per step (map, index and storage queue)
 PUT_STEP = 1024      # scrolls of an import written per step
 EDGE_STEP = 512      # KG edges followed per step
-PHEXT_STEP = 256     # scrolls formatted per step of an export
+PHEXT_STEP = 128     # scrolls formatted per step of an export
 SCORES_PER_STEP = 1 << 15   # ATTEND_MANY attention scores computed per step
 _SCALARS = (str, bytes, int, float, bool, type(None))
 
@@ -752,9 +752,13 @@ class Engine:
         return run(self.kg_steps(start, deltas, hops, max_frontier))
 
     def kg_steps(self, start: np.ndarray, deltas: np.ndarray, hops: int = 1,
-                 max_frontier: int = 10000) -> Steps:
+                 max_frontier: int = 10000, max_visited: int | None = None) -> Steps:
         """Steps of :meth:`kg`: one edge lookup (a pattern's range, or GATHER keys) or
-        EDGE_STEP edges followed per step."""
+        EDGE_STEP edges followed per step.
+
+        :param max_visited: refuse with :class:`LimitError` once the walk has seen more
+            coordinates than this (each one is remembered to be visited once).
+        """
         deltas = np.asarray(deltas)
         if deltas.ndim != 3 or deltas.shape[1:] != (2, 9) or deltas.dtype != np.int32:
             raise InterfaceError(f"deltas must be an (R, 2, 9) int32 array, got {deltas.shape}")
@@ -779,6 +783,10 @@ class Engine:
                         if t not in visited:
                             visited.add(t)
                             nxt.append(t)
+                if max_visited is not None and len(visited) > max_visited:
+                    raise LimitError(f"the walk reached more than {max_visited} coordinates: "
+                                     "use fewer hops, narrower deltas or a smaller "
+                                     "max_frontier", "LIMIT")
                 if len(nxt) > 2 * max_frontier:
                     nxt.sort()
                     del nxt[max_frontier:]

@@ -57,19 +57,22 @@ log = logging.getLogger("vtpu.server")
 # Scrolls per RANGE page (keys-only pages hold 16 times as many keys): a page is read in
 # steps, but encoded in one go, so it is kept to about a millisecond of encoding.
 DEFAULT_PAGE_SIZE = 4096
-DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
+# Operations per BATCH frame. A BATCH is decoded in one go before its first operation
+# runs (its operations then run in steps): this bounds that to a few tens of ms.
+DEFAULT_MAX_BATCH = 10_000
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
 # Loop time one connection's requests take before the loop serves the others: a request
 # in steps (vtpu.steps) runs this long per turn, and a read's frames stop after it too.
-SLICE_SECONDS = 0.001
+SLICE_SECONDS = 0.0005
 DEFAULT_MAX_REQUEST_TIME = 5.0  # seconds a request may run before it stops with TIMEOUT
 # Caps refused with ARG before any work: results this large are not a query's answer.
 MAX_TOP_K = 10_000  # ATTEND top_k (and every matched key when top_k is nil), ATTEND_MANY
 MAX_NEAREST_K = 100_000  # NEAREST k
 MAX_FRONTIER = 100_000  # KG max_frontier (default 10,000)
 MAX_WEIGHTS = 1_000_000  # weights one ATTEND_MANY returns in all (LIMIT above)
+MAX_VISITED = 500_000  # coordinates one KG walk may reach (LIMIT above)
 PACK_STEP = 65536  # keys packed per step of a keys-only RANGE page
 
 
@@ -361,7 +364,8 @@ class _Dispatcher:
         return self._kg_steps(start, deltas, hops, mf)
 
     def _kg_steps(self, start: np.ndarray, deltas: np.ndarray, hops: int, mf: int):
-        return ScrollResult((yield from self.engine.kg_steps(start, deltas, hops, mf)))
+        return ScrollResult((yield from self.engine.kg_steps(start, deltas, hops, mf,
+                                                             max_visited=MAX_VISITED)))
 
     def intern(self, a: list) -> list:
         _nargs(a, 1, 2, "INTERN")
@@ -1166,6 +1170,7 @@ def serve(
     max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE,
     ready: Callable[[ServerHandle], None] | None = None,
     max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> None:
     """Run a server until SIGINT/SIGTERM (blocking).
 
@@ -1181,6 +1186,7 @@ def serve(
     :param max_frame_size: largest frame body accepted and sent.
     :param ready: called with the handle once listening (tests, CLI banners).
     :param max_request_time: as :func:`start_server`.
+    :param max_batch: most operations in one BATCH frame.
     :raises StorageError: if ``data`` is locked by another server or unusable.
     """
     from .engine import Engine
@@ -1199,7 +1205,7 @@ def serve(
 
     async def run() -> None:
         handle = await start_server(engine, host, port, token=token, max_frame_size=max_frame_size,
-                                    max_request_time=max_request_time)
+                                    max_batch=max_batch, max_request_time=max_request_time)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
@@ -1249,13 +1255,18 @@ def main(argv: list[str] | None = None) -> int:
                     metavar="SECONDS",
                     help="stop a request with TIMEOUT after this long (0: never; "
                          f"default {DEFAULT_MAX_REQUEST_TIME:g})")
+    ap.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="OPS",
+                    help=f"most operations in one BATCH (default {DEFAULT_MAX_BATCH})")
     ap.add_argument("--log-level", default="WARNING")
     ns = ap.parse_args(argv)
     logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr)
     if ns.max_request_time < 0:
         ap.error("--max-request-time must be >= 0")
+    if ns.max_batch < 1:
+        ap.error("--max-batch must be >= 1")
     serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=ns.token,
-          max_frame_size=ns.max_frame_size, max_request_time=ns.max_request_time)
+          max_frame_size=ns.max_frame_size, max_request_time=ns.max_request_time,
+          max_batch=ns.max_batch)
     return 0
 
 
