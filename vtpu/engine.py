@@ -504,7 +504,7 @@ class Engine:
                      values=None, return_output: bool = True,
                      max_keys: int | None = None) -> Steps:
         """Steps of :meth:`attend`: keys read and scored GATHER per step, the best
-        ``top_k`` kept as they come.
+        ``top_k`` kept as they come (so ``top_k`` bounds the work of the ordering).
 
         :param max_keys: with ``top_k`` None (every matched key), refuse with
             :class:`LimitError` when more keys than this match (checked before reading
@@ -532,35 +532,42 @@ class Engine:
                     dot = False
                     break
                 parts.append(np.stack(kv).astype(np.float64) @ qv / root)
-        if dot:
-            scores = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            w = np.exp(scores - scores.max())
-            weights = w / w.sum()
-            mode = "dot"
-            if values is not None and return_output:
-                V = yield from self._value_vectors_steps(keys, values)
-                output = weights @ V
-        else:
+        if not dot:
             if qcoord is None:
                 raise InterfaceError("a vector query needs key scrolls holding vectors of its size")
             parts = []
             for a in range(0, n, WINDOW):
-                if a:
-                    yield
-                parts.append(_core.l1(qcoord, keys[a:a + WINDOW]).astype(np.float64))
-            dist = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else \
-                np.empty(0)
-            scores = 1.0 / (1.0 + dist)
-            weights = scores / scores.sum() if n else scores
-            mode = "distance"
-        # The best top_k by score, ties by coordinate (the keys are in coordinate order).
+                yield
+                parts.append(1.0 / (1.0 + _core.l1(qcoord, keys[a:a + WINDOW]).astype(np.float64)))
+        # Every pass over the n scores goes a chunk per step: the softmax's max and sum
+        # (dot) or the sum (distance), the best top_k by score with ties by coordinate
+        # (the keys are in coordinate order), and the weighted sum of the values.
+        mode = "dot" if dot else "distance"
+        top = max((float(p.max()) for p in parts), default=0.0) if dot else 0.0
+        total = 0.0
         best = Best(n if top_k is None else top_k)
-        rank = np.where(np.isnan(scores), np.inf, -scores)
-        for a in range(0, n, WINDOW):
+        want_output = dot and values is not None and return_output
+        V = (yield from self._value_vectors_steps(keys, values)) if want_output else None
+        acc = None
+        at = 0
+        for part in parts:
             yield
-            best.add(rank[a:a + WINDOW], np.arange(a, min(a + WINDOW, n), dtype=np.int64))
+            w = np.exp(part - top) if dot else part
+            total += float(w.sum())
+            if V is not None:
+                c = w @ V[at:at + len(part)]
+                acc = c if acc is None else acc + c
+            best.add(np.where(np.isnan(part), np.inf, -part),
+                     np.arange(at, at + len(part), dtype=np.int64))
+            at += len(part)
         _, order = best.result()
-        return {"keys": keys[order], "scores": scores[order], "weights": weights[order],
+        scores = (np.concatenate(parts) if len(parts) > 1 else parts[0]) if parts else \
+            np.empty(0)
+        scores = scores[order]
+        weights = (np.exp(scores - top) if dot else scores) / total if n else scores
+        if acc is not None:
+            output = acc / total
+        return {"keys": keys[order], "scores": scores, "weights": weights,
                 "contents": [scrolls[i].content for i in order], "output": output, "n": n,
                 "mode": mode}
 

@@ -36,8 +36,8 @@ _FULL_LO = 0
 _FULL_HI = 0xFFFF
 
 #: Rows of main (or candidates of a posting list, keys of the Z index) a query examines
-#: per step: about a millisecond.
-WINDOW = 65536
+#: per step: well under a millisecond.
+WINDOW = 16384
 #: Lazy structures of main arrays at least this long are built on the builder thread.
 BUILD_ON_THREAD = 65536
 

@@ -69,7 +69,7 @@ SLICE_SECONDS = 0.0005
 DEFAULT_MAX_REQUEST_TIME = 5.0  # seconds a request may run before it stops with TIMEOUT
 # Caps refused with ARG before any work: results this large are not a query's answer.
 MAX_TOP_K = 10_000  # ATTEND top_k (and every matched key when top_k is nil), ATTEND_MANY
-MAX_NEAREST_K = 100_000  # NEAREST k
+MAX_NEAREST_K = 10_000  # NEAREST k
 MAX_FRONTIER = 100_000  # KG max_frontier (default 10,000)
 MAX_WEIGHTS = 1_000_000  # weights one ATTEND_MANY returns in all (LIMIT above)
 MAX_VISITED = 500_000  # coordinates one KG walk may reach (LIMIT above)
