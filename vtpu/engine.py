@@ -693,7 +693,7 @@ class Engine:
             if e0 <= s0:
                 continue
             nb = len(qi)
-            step = max(256, SCORES_PER_STEP // nb)
+            step = max(1, SCORES_PER_STEP // nb)
             Qb = Q[qi]
             inexact = [(r, qi[r]) for r in np.flatnonzero(~exact[qi])]
             top = np.full(nb, -np.inf, dtype=ft)
@@ -735,7 +735,8 @@ class Engine:
                     yield
                 wr = wq[r] if tot[r] > 0 else np.zeros_like(wq[r])
                 if top_k is not None and top_k < len(wr):
-                    wr = np.partition(wr, len(wr) - top_k)[len(wr) - top_k:]
+                    wr = np.partition(wr, len(wr) - top_k)[len(wr) - top_k:] if top_k else \
+                        wr[:0]
                 weights_out[i] = np.sort(wr)[::-1] if top_k is not None else wr
         res = {"outputs": outputs, "counts": counts}
         if weights_out is not None:
