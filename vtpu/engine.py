@@ -903,7 +903,10 @@ class Engine:
             past this many characters (a reply that could not be sent anyway).
         """
         coords = yield from self._index.query_steps(_FULL if pattern is None else pattern)
-        parts = []
+        # Pieces are joined 64 at a time as they come, so the last step joins a few
+        # large strings (one copy of the document) rather than thousands of small ones.
+        joined: list = []
+        parts: list = []
         size = 0
         for text in self._phext_pieces(coords, skip_invalid):
             size += len(text)
@@ -911,8 +914,11 @@ class Engine:
                 raise LimitError(f"the export is over {max_chars} characters: export "
                                  "a narrower pattern at a time", "LIMIT")
             parts.append(text)
+            if len(parts) == 64:
+                joined.append("".join(parts))
+                parts = []
             yield
-        return "".join(parts)
+        return "".join(joined + parts)
 
     def _phext_pieces(self, coords: np.ndarray, skip_invalid: bool) -> Iterator[str]:
         """The phext document of the scrolls at sorted coordinates, one piece per

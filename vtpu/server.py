@@ -72,7 +72,7 @@ MAX_TOP_K = 10_000  # ATTEND top_k (and every matched key when top_k is nil), AT
 MAX_NEAREST_K = 10_000  # NEAREST k
 MAX_FRONTIER = 100_000  # KG max_frontier (default 10,000)
 MAX_WEIGHTS = 1_000_000  # weights one ATTEND_MANY returns in all (LIMIT above)
-MAX_VISITED = 500_000  # coordinates one KG walk may reach (LIMIT above)
+MAX_VISITED = 250_000  # coordinates one KG walk may reach (LIMIT above)
 PACK_STEP = 65536  # keys packed per step of a keys-only RANGE page
 
 
