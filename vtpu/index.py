@@ -112,7 +112,9 @@ class _Postings:
         n = len(col)
         counts = np.bincount(col, minlength=0x10000)
         self.cum = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-        self.order = np.argsort(col, kind="stable").astype(np.int64)
+        # Row ids fit int32 below 2**31 rows: half the memory of the largest part.
+        self.order = np.argsort(col, kind="stable").astype(
+            np.int32 if n < 2**31 else np.int64)
         self.bitmaps: dict[int, np.ndarray] = {}
         dense = np.flatnonzero(counts >= max(64, n // 64))
         words = (n + 63) // 64
