@@ -18,6 +18,7 @@ from vtpu.errors import (
     NotFoundError,
     PhextError,
     ProtocolError,
+    RequestTimeout,
     ServerError,
     StorageError,
     TimeoutError,
@@ -30,5 +31,5 @@ __all__ = [
     "NameTable", "AttentionRecord", "AttentionResult",
     "VTPUError", "CoordinateError", "InterfaceError", "ProtocolError", "ConnectionError",
     "TimeoutError", "ServerError", "AuthError", "VersionConflict", "NotFoundError",
-    "LimitError", "InternalError", "StorageError", "PhextError",
+    "LimitError", "RequestTimeout", "InternalError", "StorageError", "PhextError",
 ]

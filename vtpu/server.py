@@ -965,8 +965,7 @@ class _Job:
                 w = gen.send(None)
                 if w is not None and isinstance(w, Future):
                     self._after_slice()
-                    loop = self.server.loop
-                    w.add_done_callback(lambda _: loop.call_soon_threadsafe(self._resume))
+                    w.add_done_callback(self._wake)
                     return None
                 now = time.perf_counter()
                 if now >= end:
@@ -980,6 +979,13 @@ class _Job:
         self._after_slice()
         self.server.loop.call_soon(self._resume)
         return None
+
+    def _wake(self, _: Future) -> None:
+        # On the builder thread: resume on the loop (unless it was closed meanwhile).
+        try:
+            self.server.loop.call_soon_threadsafe(self._resume)
+        except RuntimeError:
+            pass
 
     def _after_slice(self) -> None:
         if self.writes:
