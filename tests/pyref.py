@@ -642,3 +642,257 @@ def merge_sorted(a_keys, a_keep, b_keys, a_vals=None, b_vals=None):
     if a_vals is None:
         return keys
     return keys, [merged[k] for k in keys]
+
+
+# ---------------------------------------------------------------------------------------
+# Instructions over a store: CKG and CATTEND (DESIGN §3, PROTOCOL §5)
+#
+# A store is a dict {coordinate tuple: content}. Patterns and deltas are as above
+# ((lo, hi) and (ops, values) pairs of 9-tuples); a query is ("coord", tuple) or
+# ("vector", list of floats). Results use tuples and lists of Python floats.
+# ---------------------------------------------------------------------------------------
+
+class _UnknownName(Exception):
+    """A name the store never interned: a coordinate naming it can hold nothing."""
+
+
+class ReadNames:
+    """A name table for reads: known names resolve, unknown ones raise _UnknownName."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def lookup(self, name, intern):
+        ident = self.names.lookup(name, False)
+        if ident is None:
+            raise _UnknownName(name)
+        return ident
+
+
+def matching(store, pattern):
+    """Stored coordinates in the pattern, in coordinate order."""
+    return sorted(c for c in store if in_box(c, pattern))
+
+
+def delta_one(c, delta):
+    """One coordinate plus a delta: a coordinate, a pattern (wildcards), or None when an
+    add leaves 0..61439 or changes a name component (DESIGN §2: never clamped)."""
+    ops, vals = delta
+    lo, hi = [], []
+    for j in range(NDIM):
+        if ops[j] == DELTA_ADD:
+            v = c[j] + vals[j]
+            if vals[j] != 0 and (c[j] > MAX_NUMERIC or not 0 <= v <= MAX_NUMERIC):
+                return None
+            lo.append(c[j] if vals[j] == 0 else v)
+            hi.append(lo[-1])
+        elif ops[j] == DELTA_SET:
+            lo.append(vals[j])
+            hi.append(vals[j])
+        else:
+            lo.append(0)
+            hi.append(0xFFFF)
+    return (tuple(lo), tuple(hi)) if DELTA_WILD in ops else tuple(lo)
+
+
+def _edge_coord(item, names):
+    """("ok", coordinate), ("none",) for a coordinate naming an unknown name, or None
+    when the item is not a coordinate (PROTOCOL §5 KG: text, key or a (9,) uint16 row)."""
+    import numpy as np
+
+    if isinstance(item, str):
+        try:
+            return ("ok", parse_coord(item.strip(), ReadNames(names), False))
+        except _UnknownName:
+            return ("none",)
+        except CoordinateError:
+            return None
+    if isinstance(item, bytes):
+        return ("ok", unpack(item)) if len(item) == KEY_BYTES else None
+    if isinstance(item, np.ndarray) and item.dtype == np.uint16 and item.shape == (NDIM,):
+        return ("ok", row(item))
+    return None
+
+
+def edge_targets(content, names):
+    """Coordinates an edge's content points at, or None when it is no pointer."""
+    import numpy as np
+
+    if isinstance(content, np.ndarray) and content.dtype == np.uint16 and content.ndim == 2 \
+            and content.shape[1] == NDIM:
+        return [row(r) for r in content] or None
+    items = content if isinstance(content, list) else [content]
+    if not items:
+        return None
+    out = []
+    for item in items:
+        got = _edge_coord(item, names)
+        if got is None:
+            return None
+        if got[0] == "ok":
+            out.append(got[1])
+    return out
+
+
+def kg(store, start, deltas, hops=1, max_frontier=10000, names=None):
+    """CKG: multi-hop traversal; returns the final frontier's stored coordinates."""
+    lo, hi = start
+    frontier = [lo] if lo == hi else matching(store, start)[:max_frontier]
+    visited = set(frontier)
+    for _ in range(hops):
+        if not frontier:
+            break
+        found = set()
+        for c in frontier:
+            for d in deltas:
+                t = delta_one(c, d)
+                if t is None:
+                    continue
+                if isinstance(t[0], tuple):      # a pattern: its first max_frontier scrolls
+                    edges = matching(store, t)[:max_frontier]
+                else:
+                    edges = [t] if t in store else []
+                for e in edges:
+                    targets = edge_targets(store[e], names)
+                    for x in (targets if targets is not None else [e]):
+                        if x not in visited:
+                            visited.add(x)
+                            found.add(x)
+        frontier = sorted(found)[:max_frontier]
+    return [c for c in sorted(frontier) if c in store]
+
+
+def as_vector(content):
+    """A content as a list of floats when it is a 1-d numeric vector, else None."""
+    import numpy as np
+
+    if isinstance(content, np.ndarray):
+        if content.ndim == 1 and content.dtype.kind in "biuf":
+            return [float(x) for x in content]
+        return None
+    if isinstance(content, list) and content and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in content):
+        return [float(x) for x in content]
+    return None
+
+
+def _softmax(scores):
+    import math
+
+    top = max(scores)
+    e = [math.exp(s - top) for s in scores]
+    total = sum(e)
+    return [x / total for x in e]
+
+
+def _value_rows(store, keys, values):
+    """Value vectors, one per key, for ``values`` = ("delta", d) or ("pattern", p)."""
+    if values[0] == "delta":
+        coords = []
+        for k in keys:
+            t = delta_one(k, values[1])
+            if t is None:
+                raise CoordinateError("a values delta leaves the coordinate range")
+            if isinstance(t[0], tuple):
+                raise InterfaceError("a values delta must not contain wildcards")
+            coords.append(t)
+    else:
+        coords = matching(store, values[1])
+        if len(coords) != len(keys):
+            raise InterfaceError("values give another number of scrolls than keys")
+    vecs = []
+    for c in coords:
+        v = as_vector(store[c]) if c in store else None
+        if v is None:
+            raise InterfaceError(f"no value vector at {c}")
+        vecs.append(v)
+    if len({len(v) for v in vecs}) > 1:
+        raise InterfaceError("value vectors of different sizes")
+    return vecs
+
+
+def attend(store, query, key_pattern, top_k=None, values=None, mode="auto"):
+    """CATTEND: scores, weights and output of one query over the matching scrolls.
+
+    :returns: dict ``keys``, ``scores``, ``weights``, ``contents`` (top-k by score, ties
+        in coordinate order), ``output`` (None without values or matches), ``n``, ``mode``.
+    """
+    import math
+
+    from vtpu.errors import NotFoundError
+
+    if query[0] == "coord":
+        qcoord = query[1]
+        if qcoord not in store and mode != "distance":
+            raise NotFoundError(f"no scroll at {qcoord}")
+        qvec = as_vector(store[qcoord]) if qcoord in store else None
+    else:
+        qcoord, qvec = None, list(query[1])
+    keys = matching(store, key_pattern)
+    kvecs = [as_vector(store[k]) for k in keys]
+    if mode == "auto":
+        if qvec is None and any(v is not None for v in kvecs):
+            raise InterfaceError("a text query over vector keys")
+        mode = "dot" if qvec is not None else "distance"
+    if mode == "dot":
+        if qvec is None or any(v is None or len(v) != len(qvec) for v in kvecs):
+            raise InterfaceError("query and keys are not vectors of one size")
+        d = len(qvec)
+        scores = [sum(a * b for a, b in zip(qvec, k)) / math.sqrt(d) for k in kvecs]
+        weights = _softmax(scores) if scores else []
+    else:
+        if qcoord is None:
+            raise InterfaceError("distance mode needs a query coordinate")
+        scores = [1.0 / (1.0 + l1_one(qcoord, k)) for k in keys]
+        total = sum(scores)
+        weights = [s / total for s in scores]
+    output = None
+    if values is not None and keys:
+        vecs = _value_rows(store, keys, values)
+        output = [sum(w * v[i] for w, v in zip(weights, vecs)) for i in range(len(vecs[0]))]
+    order = sorted(range(len(keys)), key=lambda i: (-scores[i], keys[i]))
+    if top_k is not None:
+        order = order[:top_k]
+    return {"keys": [keys[i] for i in order], "scores": [scores[i] for i in order],
+            "weights": [weights[i] for i in order], "contents": [store[keys[i]] for i in order],
+            "output": output, "n": len(keys), "mode": mode}
+
+
+def attend_many(store, queries, patterns, values=None):
+    """Batched CATTEND: query i (a vector) attends with softmax over its own pattern.
+
+    :param values: None (keys are the values) or a delta from each key to its value.
+    :returns: ``(outputs, counts)``: a list of Q output lists (empty windows: zeros of
+        the value size) and a list of Q counts.
+    """
+    import math
+
+    d = len(queries[0])
+    outputs, counts = [], []
+    windows = []
+    for p in patterns:              # every key of every window first, then the values
+        keys = matching(store, p)
+        kvecs = [as_vector(store[k]) for k in keys]
+        if any(v is None or len(v) != d for v in kvecs):
+            raise InterfaceError(f"a key in the window {p} is no vector of size {d}")
+        windows.append((keys, kvecs))
+    value_of = {}
+    if values is not None:          # the value of every key inside some window
+        inside = sorted({k for keys, _ in windows for k in keys})
+        value_of = dict(zip(inside, _value_rows(store, inside, ("delta", values))))
+    rows_of = []
+    for q, (keys, kvecs) in zip(queries, windows):
+        vecs = kvecs if values is None else [value_of[k] for k in keys]
+        rows_of.append((q, kvecs, vecs))
+    sizes = {len(v) for _, _, vecs in rows_of for v in vecs}
+    if len(sizes) > 1:
+        raise InterfaceError("value vectors of different sizes")
+    dv = sizes.pop() if sizes else d
+    for q, kvecs, vecs in rows_of:
+        counts.append(len(kvecs))
+        if not kvecs:
+            outputs.append([0.0] * dv)
+            continue
+        w = _softmax([sum(a * b for a, b in zip(q, k)) / math.sqrt(d) for k in kvecs])
+        outputs.append([sum(wi * v[i] for wi, v in zip(w, vecs)) for i in range(dv)])
+    return outputs, counts

@@ -20,11 +20,12 @@ import msgpack
 import numpy as np
 import pytest
 
+from vtpu import _core
 from vtpu import errors as E
 from vtpu import protocol as P
 from vtpu import wire
 from vtpu.coords import NameTable, Scroll
-from vtpu.engine import Engine, _StoredScroll
+from vtpu.engine import Engine
 
 VEC_DIR = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 with open(VEC_DIR / "frames.json") as _f:
@@ -444,8 +445,12 @@ def test_scroll_lists_equal_the_generic_encoding(codec, case):
     elif case == "empty":
         scrolls = []
     elif case == "stored":
-        scrolls = [_StoredScroll(key(i), P.pack_value(v), 2, 1.0, 2.0, names)
-                   for i, v in enumerate(MIXED[:8])]
+        # Scrolls read from the engine's column store, their contents loaded still
+        # encoded (as from disk) and decoded on the way out.
+        store = _core.ColumnStore(Scroll, names)
+        for i, v in enumerate(MIXED[:8]):
+            store.set(key(i), P.pack_value(v), 2, 1.0, 2.0, packed=True)
+        scrolls = [store.get(key(i)) for i in range(8)]
     elif case == "odd_types":
         scrolls = [Scroll(key(1), "a", 3, 1, 2.5), Scroll(key(2), "b", 1 << 40, None, 0.5)]
     else:
@@ -537,7 +542,11 @@ def test_decoded_scroll_lists_behave_like_lists(codec):
     want = scrolls_of([f"c{i}" for i in range(6)], names) + [None]
     want[3] = None
     sl, _ = codec.decode_scrolls(codec.encode_scrolls(want), 0, names)
+    assert type(sl).__name__ == "ScrollList" and not isinstance(sl, list)
     assert len(sl) == 7 and sl == want and want == list(sl) and not (sl != want)
+    assert sl.tolist() == want and type(sl.tolist()) is list
+    other = (P if codec is not P else _compiled()).decode_scrolls(codec.encode_scrolls(want))[0]
+    assert sl == other and other == sl  # the two twins' lists compare equal
     assert sl[0] == want[0] and sl[-1] is None and sl[-2] == want[-2]
     assert sl[1:4] == want[1:4] and sl[::-2] == want[::-2]
     assert sl[2] is sl[2]  # made once, then kept

@@ -139,20 +139,24 @@ def test_content_only_reply_matches_the_generic_encoder():
     e.put_many(ks, MIXED)
     for blob in [ks, bytes(18) + ks[:36] + bytes(18), b"", ks[18 * 5:18 * 6]]:
         contents = e.get_many(blob, content_only=True)
-        assert contents == _core.scroll_contents(e._map, blob, Scroll)
+        scrolls = e.get_many(blob)
+        expect = [None if sc is None else sc.content for sc in scrolls]
+        assert len(contents) == len(expect)
+        assert all(same(a, b) for a, b in zip(contents, expect))
         assert wire.encode_response(3, contents) == P.encode_frame([3, 0, contents])
     with pytest.raises(InterfaceError):
-        _core.scroll_contents({}, b"x" * 17, Scroll)
+        e.get_many(b"x" * 17, content_only=True)
 
 
-def test_scroll_contents_reads_lazily_loaded_contents():
-    # Scrolls loaded from disk decode their content on first access (a Scroll subclass
-    # with a content property): the compiled loops must go through it.
-    from vtpu.engine import _StoredScroll
-
+def test_store_contents_reads_contents_still_encoded():
+    # Contents loaded from disk stay encoded in the store until read: the batched read
+    # must decode them.
     k = bytes(18)
-    s = _StoredScroll(k, P.packb(["stored", 1]), 1, 1.0, 1.0, None)
-    assert _core.scroll_contents({k: s}, k, Scroll) == [["stored", 1]]
+    m = _core.ColumnStore(Scroll)
+    m.set(k, P.packb(["stored", 1]), 1, 1.0, 1.0, packed=True)
+    assert m.contents(k) == [["stored", 1]]
+    m.set(k, P.packb({"a": "stored"}), 2, 1.0, 1.0, packed=True)
+    assert m.contents(k + bytes([0] * 17 + [1])) == [{"a": "stored"}, None]
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from vtpu.aio import AsyncRemoteEngine
 from vtpu.engine import Engine
 from vtpu.netclient import RemoteEngine
 from vtpu.phext import format_phext
+from vtpu.results import Scrolls
 from vtpu.testing import ServerThread
 
 PAGE = 4          # the servers' RANGE page size
@@ -228,15 +229,11 @@ class BackendContract:
             eng.put(bad, "x")
         assert eng.count(ALL) == 0
 
-    @disagree(EMBEDDED, "get() of a key that is not 18 bytes: Engine.get returns None "
-              "(a plain dict lookup), RemoteEngine/AsyncRemoteEngine raise InterfaceError")
     @pytest.mark.parametrize("bad", [b"", b"x" * 17, b"x" * 19], ids=len)
     def test_bad_key_size_on_get(self, eng, bad):
         with pytest.raises(E.InterfaceError):
             eng.get(bad)
 
-    @disagree(EMBEDDED, "delete() of a key that is not 18 bytes: Engine.delete returns 0, "
-              "RemoteEngine/AsyncRemoteEngine raise InterfaceError")
     @pytest.mark.parametrize("bad", [b"", b"x" * 17, b"x" * 19], ids=len)
     def test_bad_key_size_on_delete(self, eng, bad):
         eng.put(key("1.1.1/1.1.1/1.1.1"), "keep")
@@ -277,8 +274,6 @@ class BackendContract:
         assert eng.put_many(keys(cs), np.array([7, 8, 9])) == [2, 2, 2]
         assert [eng.get(key(c)).content for c in cs] == [7, 8, 9]
 
-    @disagree(EVERY, "put_many(blob, 5) (contents not a list or array): every backend "
-              "raises a bare TypeError from list(contents), not InterfaceError")
     def test_put_many_contents_not_a_sequence(self, eng):
         with pytest.raises(E.InterfaceError):
             eng.put_many(keys(grid(1)), 5)
@@ -298,9 +293,6 @@ class BackendContract:
         with pytest.raises(E.InterfaceError):
             eng.put_many(b"x" * n, ["a"])
 
-    @disagree(EMBEDDED, "delete_many() of a blob whose size is not a multiple of 18: "
-              "Engine.delete_many slices it and returns 0, RemoteEngine/AsyncRemoteEngine "
-              "raise InterfaceError (get_many and put_many refuse it on every backend)")
     @pytest.mark.parametrize("n", [1, 17, 19])
     def test_bad_blob_size_on_delete_many(self, eng, n):
         with pytest.raises(E.InterfaceError):
@@ -379,26 +371,15 @@ class BackendContract:
         self._refuses_pattern(eng, bad)
         assert eng.count(ALL) == 1
 
-    @disagree(NETWORK, "a (2, 9) pattern of dtype float64, int32 or int64: Engine raises "
-              "InterfaceError ('pattern must be a (2, 9) uint16 array'), RemoteEngine/"
-              "AsyncRemoteEngine cast it to uint16 (protocol.pack_pattern) and answer the "
-              "cast pattern")
     @pytest.mark.parametrize("dtype", [np.float64, np.int32, np.int64])
     def test_bad_pattern_dtype(self, eng, dtype):
         eng.put(key("1.1.1/1.1.1/1.1.1"), "keep")
         self._refuses_pattern(eng, ALL.astype(dtype))
         assert eng.count(ALL) == 1
 
-    @disagree(EMBEDDED, "on an empty store Engine.range/count/delete_range/nearest accept a "
-              "(3, 9) pattern and return []/0/empty arrays (the index answers before the "
-              "pattern is checked); with one scroll stored they raise InterfaceError, and "
-              "RemoteEngine/AsyncRemoteEngine always do")
     def test_bad_pattern_shape_on_empty_store(self, eng):
         self._refuses_pattern(eng, np.zeros((3, 9), np.uint16))
 
-    @disagree(EMBEDDED, "range(limit=2.5): Engine raises TypeError ('slice indices must be "
-              "integers') once 3 or more scrolls match (with fewer it answers), RemoteEngine/"
-              "AsyncRemoteEngine raise InterfaceError (the server checks)")
     @pytest.mark.parametrize("stored", [1, 8])
     def test_range_float_limit(self, eng, stored):
         eng.put_many(keys(grid(2)[:stored]), ["x"] * stored)
@@ -467,24 +448,15 @@ class BackendContract:
         with pytest.raises(E.InterfaceError):
             eng.nearest(np.zeros(8, np.uint16), 3)
 
-    @disagree(EMBEDDED, "nearest(metric='euclid') on an empty store: Engine returns empty "
-              "arrays (the index answers before the metric is checked), RemoteEngine/"
-              "AsyncRemoteEngine raise InterfaceError")
     def test_nearest_bad_metric_on_empty_store(self, eng):
         with pytest.raises(E.InterfaceError):
             eng.nearest(np.zeros(9, np.uint16), 3, "euclid")
 
-    @disagree(EVERY, "nearest(k=2.5): Engine raises TypeError ('float object cannot be "
-              "interpreted as an integer'), RemoteEngine/AsyncRemoteEngine truncate it to "
-              "k=2 (int(k)) and answer; none raises InterfaceError")
     def test_nearest_float_k(self, eng):
         eng.put(key("1.1.1/1.1.1/1.1.1"), "x")
         with pytest.raises(E.InterfaceError):
             eng.nearest(np.zeros(9, np.uint16), 2.5)
 
-    @disagree(NETWORK, "nearest() of an 18-byte key instead of a (9,) uint16 array: Engine "
-              "raises InterfaceError ('coordinate must be a numpy (9,) uint16 array'), "
-              "RemoteEngine/AsyncRemoteEngine accept the key")
     def test_nearest_takes_a_coordinate_array(self, eng):
         eng.put(key("1.1.1/1.1.1/1.1.1"), "x")
         with pytest.raises(E.InterfaceError):
@@ -510,9 +482,6 @@ class BackendContract:
         with pytest.raises(E.InterfaceError):
             eng.hier(np.zeros(8, np.uint16), "NEXT")
 
-    @disagree(NETWORK, "hier(c, 'next') in lower case: Engine raises InterfaceError "
-              "('direction must be NEXT or PREV'), RemoteEngine/AsyncRemoteEngine upper-case "
-              "it and answer")
     def test_hier_direction_is_exact(self, eng):
         eng.put_many(keys(grid(1) + ["2.1.1/1.1.1/1.1.1"]), ["a", "b"])
         with pytest.raises(E.InterfaceError):
@@ -558,7 +527,9 @@ class BackendContract:
     def test_attend_distance_fallback(self, eng):
         eng.put(key("3.8.1/1.0.0/1.1.1"), "a")
         eng.put(key("3.8.5/1.0.0/1.1.1"), "b")
-        res = eng.attend(key("3.8.4/1.0.0/1.1.1"), pat("3.8.*/1.0.0/1.1.1"))
+        with pytest.raises(E.NotFoundError):   # no query scroll: only "distance" goes on
+            eng.attend(key("3.8.4/1.0.0/1.1.1"), pat("3.8.*/1.0.0/1.1.1"))
+        res = eng.attend(key("3.8.4/1.0.0/1.1.1"), pat("3.8.*/1.0.0/1.1.1"), mode="distance")
         assert res["mode"] == "distance" and res["n"] == 2 and res["output"] is None
         assert texts(res["keys"]) == ["3.8.5/1.0.0/1.1.1", "3.8.1/1.0.0/1.1.1"]
         np.testing.assert_allclose(np.asarray(res["scores"]), [1 / 2, 1 / 4])
@@ -566,7 +537,7 @@ class BackendContract:
         assert res["contents"] == ["b", "a"]
 
     def test_attend_no_match(self, eng):
-        res = eng.attend(key("3.8.4/1.0.0/1.1.1"), pat("3.8.*/1.0.0/1.1.1"))
+        res = eng.attend(key("3.8.4/1.0.0/1.1.1"), pat("3.8.*/1.0.0/1.1.1"), mode="distance")
         assert res["n"] == 0 and res["mode"] == "distance" and len(res["keys"]) == 0
         assert res["contents"] == [] and len(res["scores"]) == 0
 
@@ -661,10 +632,6 @@ class BackendContract:
         with pytest.raises(E.InterfaceError):
             eng.kg(start, d, 1, max_frontier=0)
 
-    @disagree(NETWORK, "kg() with float64 deltas or a single (2, 9) delta: Engine raises "
-              "InterfaceError ('deltas must be an (R, 2, 9) int32 array'), RemoteEngine/"
-              "AsyncRemoteEngine cast to int32 and reshape to (R, 2, 9) (protocol.pack_deltas) "
-              "and traverse")
     @pytest.mark.parametrize("bad", [np.zeros((1, 2, 9), np.float64), np.zeros((2, 9), np.int32)],
                              ids=["float64", "2d"])
     def test_kg_bad_deltas(self, eng, bad):
@@ -672,9 +639,6 @@ class BackendContract:
         with pytest.raises(E.InterfaceError):
             eng.kg(pat("5.1.1/1.1.1/1.1.1"), bad, 1)
 
-    @disagree(EVERY, "kg(hops=1.5): Engine raises TypeError ('float object cannot be "
-              "interpreted as an integer'), RemoteEngine/AsyncRemoteEngine truncate to "
-              "hops=1 (int(hops)) and traverse; none raises InterfaceError")
     def test_kg_float_hops(self, eng):
         self._graph(eng)
         with pytest.raises(E.InterfaceError):
@@ -696,9 +660,6 @@ class BackendContract:
         assert eng.get(k).coordinate == "alpha.1.1/1.1.1/1.1.1"
         assert [s.coordinate for s in eng.range(ALL)] == ["alpha.1.1/1.1.1/1.1.1"]
 
-    @disagree(NETWORK, "intern('alpha') (a str, not a list): Engine raises InterfaceError "
-              "('intern takes a list of names'), RemoteEngine/AsyncRemoteEngine call "
-              "list(names) and intern each character ('a', 'l', 'p', 'h')")
     def test_intern_refuses_a_bare_string(self, eng):
         with pytest.raises(E.InterfaceError):
             eng.intern("alpha")
@@ -709,6 +670,76 @@ class BackendContract:
         with pytest.raises((E.InterfaceError, E.CoordinateError)) as ei:
             eng.intern(bad)
         assert eng.name_table() == []
+
+    # -- every argument is checked the engine's way, before any shortcut -------------------
+
+    REFUSED = {
+        "get a (9,) array": lambda e: e.get(coord("1.1.1/1.1.1/1.1.1")),
+        "put a str key": lambda e: e.put("1.1.1/1.1.1/1.1.1", "x"),
+        "put if_version -1": lambda e: e.put(key("1.1.1/1.1.1/1.1.1"), "x", -1),
+        "put if_version 1.0": lambda e: e.put(key("1.1.1/1.1.1/1.1.1"), "x", 1.0),
+        "delete a (9,) array": lambda e: e.delete(coord("1.1.1/1.1.1/1.1.1")),
+        "get_many an int64 array": lambda e: e.get_many(coord("1.1.1/1.1.1/1.1.1")
+                                                        .reshape(1, 9).astype(np.int64)),
+        "get_many a flat array": lambda e: e.get_many(np.ones(18, np.uint16)),
+        "get_many a list of keys": lambda e: e.get_many([key("1.1.1/1.1.1/1.1.1")]),
+        "put_many a str": lambda e: e.put_many(keys(grid(1)), "x"),
+        "put_many a generator": lambda e: e.put_many(keys(grid(1)), (c for c in ["x"])),
+        "range a packed pattern": lambda e: e.range(ALL.astype(">u2").tobytes()),
+        "range a list pattern": lambda e: e.range(ALL.tolist()),
+        "range limit 2**63": lambda e: e.range(ALL, limit=1 << 63),
+        "range after a (9,) array": lambda e: e.range(ALL, after=coord("1.1.1/1.1.1/1.1.1")),
+        "nearest k 2.0": lambda e: e.nearest(coord("1.1.1/1.1.1/1.1.1"), 2.0),
+        "nearest k True": lambda e: e.nearest(coord("1.1.1/1.1.1/1.1.1"), True),
+        "nearest an int64 coordinate": lambda e: e.nearest(
+            coord("1.1.1/1.1.1/1.1.1").astype(np.int64), 1),
+        "nearest metric None": lambda e: e.nearest(coord("1.1.1/1.1.1/1.1.1"), 2, None),
+        "nearest within float64": lambda e: e.nearest(coord("1.1.1/1.1.1/1.1.1"), 2, "l1",
+                                                      ALL.astype(np.float64)),
+        "hier a key": lambda e: e.hier(key("1.1.1/1.1.1/1.1.1"), "NEXT"),
+        "hier direction None": lambda e: e.hier(coord("1.1.1/1.1.1/1.1.1"), None),
+        "attend values float64": lambda e: e.attend(np.ones(3), ALL, values=ALL.astype(float)),
+        "attend pattern float64": lambda e: e.attend(np.ones(3), ALL.astype(float)),
+        "attend top_k 1.5": lambda e: e.attend(np.ones(3), ALL, top_k=1.5),
+        "attend_many float64 patterns": lambda e: e.attend_many(
+            np.ones((1, 3)), ALL.reshape(1, 2, 9).astype(float)),
+        "attend_many (2, 9) patterns": lambda e: e.attend_many(np.ones((1, 3)), ALL),
+        "kg start float64": lambda e: e.kg(ALL.astype(float), np.stack([delta(
+            "+0.0.0/+0.0.0/+0.0.1")]), 1),
+        "kg start (3, 9)": lambda e: e.kg(np.zeros((3, 9), np.uint16), np.stack([delta(
+            "+0.0.0/+0.0.0/+0.0.1")]), 1),
+        "kg packed deltas": lambda e: e.kg(ALL, np.stack([delta("+0.0.0/+0.0.0/+0.0.1")])
+                                           .astype(">i4").tobytes(), 1),
+        "kg max_frontier 2.5": lambda e: e.kg(ALL, np.stack([delta(
+            "+0.0.0/+0.0.0/+0.0.1")]), 1, 2.5),
+        "intern a generator": lambda e: e.intern(n for n in ["alpha"]),
+        "intern an int": lambda e: e.intern(5),
+        "export a (3, 9) pattern": lambda e: e.export_phext(np.zeros((3, 9), np.uint16)),
+        "export a float64 pattern": lambda e: e.export_phext(ALL.astype(float)),
+    }
+
+    @pytest.mark.parametrize("stored", [0, 1], ids=["empty", "one scroll"])
+    @pytest.mark.parametrize("case", sorted(REFUSED))
+    def test_refused_alike(self, eng, case, stored):
+        if stored:
+            eng.put(key("1.1.1/1.1.1/1.1.2"), np.ones(3))
+        with pytest.raises(E.InterfaceError):
+            self.REFUSED[case](eng)
+        assert eng.count(ALL) == stored and eng.name_table() == []
+
+    def test_array_blob_is_packed_big_endian(self, eng):
+        arr = _core.parse_coords(["1.1.1/1.1.1/1.1.2", "2.1.1/1.1.1/1.1.1"])
+        assert eng.put_many(arr, ["a", "b"]) == [1, 1]
+        assert coords_of(eng.range(ALL)) == ["1.1.1/1.1.1/1.1.2", "2.1.1/1.1.1/1.1.1"]
+        assert [s.content for s in eng.get_many(arr)] == ["a", "b"]
+        assert eng.delete_many(arr[:1]) == 1 and eng.count(ALL) == 1
+
+    def test_byte_likes_are_keys(self, eng):
+        k = key("1.1.1/1.1.1/1.1.1")
+        assert eng.put(bytearray(k), "x") == 1
+        assert eng.get(memoryview(k)).content == "x"
+        assert eng.get_many(bytearray(k), content_only=True) == ["x"]
+        assert eng.delete(bytearray(k)) == 1
 
     # -- health / stats -------------------------------------------------------------------
 
@@ -737,9 +768,6 @@ class BackendContract:
         assert eng.export_phext(pat("1.*.*/*.*.*/*.*.*")) == format_phext(self.DOC_ITEMS[:3])
         assert eng.import_phext("") == 0
 
-    @disagree(EMBEDDED, "import_phext(b'...') or import_phext(5): Engine raises PhextError "
-              "('phext text must be str'), RemoteEngine/AsyncRemoteEngine raise "
-              "InterfaceError ('IMPORT_PHEXT text must be a string', from the server)")
     @pytest.mark.parametrize("bad", [b"bytes", 5], ids=repr)
     def test_import_phext_non_text(self, eng, bad):
         with pytest.raises(E.InterfaceError):
@@ -845,11 +873,13 @@ class FacadeContract:
         assert client.cdel("2.*.*/*.*.*/*.*.*") == 4
         assert client.ccount("*.*.*/*.*.*/*.*.*") == 1
 
-    @disagree(("vtpu",), "cget_many() over vtpu:// returns a vtpu._core.ScrollList, which is "
-              "not a list (isinstance(x, list) is False); over mem:// it returns a list")
+    @disagree(("vtpu",), "cget_many() over vtpu:// returns a vtpu._cprotocol.ScrollList, over "
+              "mem:// the column result vtpu.results.Scrolls (the wire's columns are not "
+              "yet decoded into it)")
     def test_cget_many_returns_a_list(self, client):
         client.cput_many(grid(1), ["x"])
-        assert isinstance(client.cget_many(grid(1)), list)
+        # a list remotely; the column result (a sequence of Scroll) embedded
+        assert isinstance(client.cget_many(grid(1)), (list, Scrolls))
 
     def test_crange_forms(self, client):
         cs = grid(3)
@@ -857,7 +887,7 @@ class FacadeContract:
         p = "[2:4].*.*/*.*.*/*.*.[:3]"
         exp = [c for c in cs if c[0] in "23" and c[-1] in "12"]
         got = client.crange(p)
-        assert type(got) is list and [(s.coordinate, s.content) for s in got] == [
+        assert isinstance(got, (list, Scrolls)) and [(s.coordinate, s.content) for s in got] == [
             (c, c) for c in exp]
         assert client.crange(p, keys_only=True) == exp
         arr = client.crange(p, keys_only=True, as_array=True)
@@ -922,8 +952,6 @@ class FacadeContract:
         assert client.crange("1.1.1/1.1.1/1.1.*", keys_only=True) == [
             "1.1.1/1.1.1/1.1.1", "1.1.1/1.1.1/1.1.3"]
 
-    @disagree(FACADE_EVERY, "intern('alpha') (a str, not a list) interns each character "
-              "('a', 'l', 'p', 'h') over mem:// and vtpu:// alike: the facade calls list(names)")
     def test_intern_refuses_a_bare_string(self, client):
         with pytest.raises(E.InterfaceError):
             client.intern("alpha")
@@ -947,16 +975,26 @@ class FacadeContract:
         s = client.cget("1.1.1/1.1.1/1.1.1")
         assert (s.content, s.version) == ("keep", 1) and client.ccount("*.*.*/*.*.*/*.*.*") == 1
 
-    @disagree(FACADE_MEM, "crange(limit=2.5): over mem:// a TypeError ('slice indices must "
-              "be integers') once 3 or more scrolls match, over vtpu:// InterfaceError from "
-              "the server")
+    @pytest.mark.parametrize("call", [
+        lambda c: c.cnearest("1.1.1/1.1.1/1.1.1", k=2.5),
+        lambda c: c.cnearest("ghost.1.1/1.1.1/1.1.1", k=2.5),   # names no stored name
+        lambda c: c.cnearest("1.1.1/1.1.1/1.1.1", k=2, metric="L1"),
+        lambda c: c.ckg("1.1.1/1.1.1/1.1.1", "+0.0.0/+0.0.0/+0.0.1", hops=1.5),
+        lambda c: c.ckg("1.1.1/1.1.1/1.1.1", "+0.0.0/+0.0.0/+0.0.1", max_frontier=2.0),
+        lambda c: c.intern(n for n in ["alpha"]),
+    ], ids=["k-float", "k-float-unknown-name", "metric-case", "hops-float", "frontier-float",
+            "intern-generator"])
+    def test_arguments_refused_alike(self, client, call):
+        client.cput_many(grid(1) + ["1.1.1/1.1.1/1.1.2"], ["a", "b"])
+        with pytest.raises(E.InterfaceError):
+            call(client)
+        assert client.ccount("*.*.*/*.*.*/*.*.*") == 2 and client.health()["names"] == 0
+
     def test_crange_float_limit(self, client):
         client.cput_many(grid(2), ["x"] * 8)
         with pytest.raises(E.InterfaceError):
             client.crange("*.*.*/*.*.*/*.*.*", limit=2.5)
 
-    @disagree(FACADE_EVERY, "cput_many(coords, 5) (contents not a list or array): a bare "
-              "TypeError from list(contents) over mem:// and vtpu://, not InterfaceError")
     def test_cput_many_contents_not_a_sequence(self, client):
         with pytest.raises(E.InterfaceError):
             client.cput_many(grid(1), 5)

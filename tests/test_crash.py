@@ -98,7 +98,10 @@ class Server:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the killer timer's kill and this one raced: it is gone either way
         self.proc.wait(timeout=30)
         self.log.close()
 

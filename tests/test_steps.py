@@ -42,7 +42,7 @@ def pattern(draw):
 
 TINY = {"WINDOW": 3}
 TINY_ENGINE = {"GATHER": 2, "DELETE_STEP": 2, "PUT_STEP": 3, "EDGE_STEP": 2, "PHEXT_STEP": 2,
-               "SCORES_PER_STEP": 4, "WINDOW": 3}
+               "SCORES_PER_STEP": 4}
 
 
 @contextlib.contextmanager
@@ -69,7 +69,7 @@ def store(coords, dead=(), vectors=False) -> Engine:
     """An engine holding ``coords`` (text, or 4-float vectors), then ``dead`` deleted
     (rows of main dead, a delta of new keys on top: every part of the index used)."""
     e = Engine()
-    e._index = CoordIndex(min_merge=8)
+    e._index = CoordIndex(min_merge=8, source=e._map)
     rng = np.random.default_rng(len(coords))
     for i, c in enumerate(coords):
         e.put(key(c), rng.standard_normal(4) if vectors else f"text {i}")
@@ -95,7 +95,8 @@ def same(a, b) -> None:
         assert a.keys() == b.keys()
         for k in a:
             same(a[k], b[k])
-    elif isinstance(a, (list, tuple)) and a and hasattr(a[0], "key"):
+    elif not isinstance(a, (str, bytes, np.ndarray, dict)) and hasattr(a, "__len__") \
+            and len(a) and hasattr(a[0], "key"):   # a list of scrolls, or a Scrolls
         assert [(s.key, s.content if not isinstance(s.content, np.ndarray) else
                  s.content.tolist(), s.version) for s in a] == \
                [(s.key, s.content if not isinstance(s.content, np.ndarray) else

@@ -7,6 +7,7 @@ crash/integration tests.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import struct
@@ -15,13 +16,22 @@ import sys
 import textwrap
 import time
 
+import logging
+import random
+import shutil
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import vtpu
+from vtpu import _core
 from vtpu.errors import InterfaceError, StorageError
-from vtpu.storage import DB_FILENAME, FORMAT_VERSION, Storage
+from vtpu.storage import COUNTER_FILENAME, DB_FILENAME, FORMAT_VERSION, LOCK_FILENAME, Storage
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
+from fullfs import SmallFS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,8 +42,9 @@ def key(*c: int) -> bytes:
 
 
 def rows_of(st_: Storage) -> list[tuple]:
+    """The stored rows without their (verified) checksums."""
     names, it = st_.load()
-    return list(it)
+    return [r[:5] for r in it]
 
 
 def run_py(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -75,11 +86,14 @@ def test_round_trip_exact(tmp_path, policy):
         names, it = s.load()
         got = list(it)
         assert names == ["query", "person", "father"]
-        assert got == sorted(rows)  # key order = coordinate order, values bit-exact
+        # key order = coordinate order, values bit-exact
+        assert [g[:5] for g in got] == sorted(rows)
         assert s.count() == len(rows)
         for g in got:
             assert type(g[0]) is bytes and type(g[1]) is bytes
             assert type(g[2]) is int and type(g[3]) is float and type(g[4]) is float
+            assert type(g[5]) is int  # the checksum
+        assert len({g[5] for g in got}) == len(got)
 
 
 def test_group_commit_order_put_delete_put(tmp_path):
@@ -133,14 +147,14 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(InterfaceError, match="fsync"):
         Storage(tmp_path, fsync="sometimes")
     with Storage(tmp_path) as s:
-        with pytest.raises(InterfaceError, match="18 bytes"):
+        with pytest.raises(InterfaceError, match="18-byte key"):
             s.put(b"short", b"x", 1, 1.0, 1.0)
-        # a row of the wrong type: commit fails loudly and keeps the batch queued
-        s.put_many([(key(1), {"not": "bytes"}, 1, 1.0, 1.0)])
-        with pytest.raises(StorageError):
-            s.commit()
-        assert s.pending == 1
-        assert s.discard_pending() == 1
+        # a row of the wrong type is refused when queued: nothing of the batch is queued
+        with pytest.raises(InterfaceError, match="storage row 1"):
+            s.put_many([(key(3), b"fine", 1, 1.0, 1.0), (key(1), {"not": "bytes"}, 1, 1.0, 1.0)])
+        with pytest.raises(InterfaceError, match="storage row 0"):
+            s.put(key(1), b"x", 2**63, 1.0, 1.0)
+        assert s.pending == 0
         s.put(key(2), b"ok", 1, 1.0, 1.0)
         s.commit()
         assert [r[0] for r in rows_of(s)] == [key(2)]
@@ -220,6 +234,34 @@ def test_lock_refused_by_other_process(tmp_path):
         child.stdin.close()
         child.wait(timeout=30)
     Storage(tmp_path).close()
+
+
+def test_deleting_the_lock_file_does_not_release_the_lock(tmp_path):
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            sys.path.insert(0, {ROOT!r})
+            from vtpu.storage import Storage
+            s = Storage({str(tmp_path)!r})
+            print("locked", flush=True)
+            sys.stdin.readline()
+            s.close()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        os.remove(tmp_path / LOCK_FILENAME)
+        with pytest.raises(StorageError, match="is locked by another vtpu store"):
+            Storage(tmp_path)
+        with pytest.raises(StorageError, match="is locked"):  # still, a second time
+            Storage(tmp_path)
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    with Storage(tmp_path):
+        with pytest.raises(StorageError, match=f"held by pid {os.getpid()}"):
+            Storage(tmp_path)
 
 
 def test_lock_released_when_holder_is_killed(tmp_path):
@@ -339,14 +381,30 @@ def test_corruption_reported_by_load_without_check(tmp_path):
         s.close()
 
 
+def _wal_commit_ends(wal) -> list[int]:
+    """File offsets where the WAL's valid transactions end (its frames carry the salts
+    of its header; a commit frame has a nonzero database size)."""
+    with open(wal, "rb") as f:
+        data = f.read()
+    page = int.from_bytes(data[8:12], "big")
+    salts = data[16:24]
+    ends, pos = [], 32
+    while pos + 24 + page <= len(data) and data[pos + 8:pos + 16] == salts:
+        pos += 24 + page
+        if int.from_bytes(data[pos - page - 20:pos - page - 16], "big"):
+            ends.append(pos)
+    return ends
+
+
 def test_torn_wal_tail_keeps_a_consistent_prefix(tmp_path):
-    """A crash while the WAL was being appended (simulated by cutting its tail) must
-    lose at most the unfinished transaction, never corrupt earlier ones."""
+    """An OS crash while the WAL was being appended (simulated by cutting its tail and
+    a counter written in another boot) loses at most the unfinished transaction, never
+    corrupts earlier ones; in the same boot the same cut is a refused, damaged WAL."""
     r = run_py(f"""
         import os, sys
         sys.path.insert(0, {ROOT!r})
         from vtpu.storage import Storage
-        s = Storage({str(tmp_path)!r}, fsync="always")
+        s = Storage({str(tmp_path)!r}, fsync="everysec")
         s.put_many([(bytes([1] * 17 + [i]), b"first" * 100, 1, 1.0, 1.0) for i in range(50)])
         s.commit()
         s.put_many([(bytes([2] * 17 + [i]), b"second" * 100, 1, 1.0, 1.0) for i in range(50)])
@@ -355,10 +413,14 @@ def test_torn_wal_tail_keeps_a_consistent_prefix(tmp_path):
     """)
     assert r.returncode == -9, r.stderr
     wal = tmp_path / (DB_FILENAME + "-wal")
-    size = os.path.getsize(wal)
-    assert size > 0
+    ends = _wal_commit_ends(wal)
+    assert len(ends) >= 2
     with open(wal, "r+b") as f:
-        f.truncate(size - 1000)  # the second transaction's last frame is torn
+        f.truncate(ends[-1] - 1000)  # the second transaction's last frame is torn
+    with pytest.raises(StorageError, match="at commit 1, commit counter .* says 2: the WAL"):
+        Storage(tmp_path)
+    # After a reboot only the synced commit (the first) must be there.
+    _write_counter(tmp_path, seq=2, synced=1, boot=b"\x01" * 16)
     with Storage(tmp_path) as s:
         got = rows_of(s)
     firsts = [g for g in got if g[0][0] == 1]
@@ -384,6 +446,597 @@ def test_name_table_gap_is_an_error(tmp_path):
         s.commit()
         with pytest.raises(StorageError, match="gap"):
             s.load()
+
+
+# ---------------------------------------------------------------------------- commit counter
+
+_COUNTER = struct.Struct("<8sQQ16s")  # magic, seq, synced, boot id; then xxh64 of those
+
+
+def _counter_records(path) -> list[tuple]:
+    """(seq, synced, boot, intact) of both records of the counter file."""
+    with open(os.path.join(path, COUNTER_FILENAME), "rb") as f:
+        data = f.read()
+    out = []
+    for off in (0, 512):
+        body = data[off:off + _COUNTER.size]
+        crc = int.from_bytes(data[off + _COUNTER.size:off + _COUNTER.size + 8], "little")
+        magic, seq, synced, boot = _COUNTER.unpack(body)
+        out.append((seq, synced, boot, magic == b"VTPUCMT1" and crc == _core.xxh64(body)))
+    return out
+
+
+def _write_counter(path, seq: int, synced: int, boot: bytes) -> None:
+    body = _COUNTER.pack(b"VTPUCMT1", seq, synced, boot)
+    rec = body + _core.xxh64(body).to_bytes(8, "little")
+    with open(os.path.join(path, COUNTER_FILENAME), "r+b") as f:
+        for off in (0, 512):
+            f.seek(off)
+            f.write(rec)
+
+
+def _this_boot() -> bytes:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return bytes.fromhex(f.read().strip().replace("-", ""))
+
+
+def _kill9_after_commits(path, n: int, fsync: str) -> None:
+    r = run_py(f"""
+        import os, sys
+        sys.path.insert(0, {ROOT!r})
+        from vtpu.storage import Storage
+        s = Storage({str(path)!r}, fsync={fsync!r})
+        for i in range(1, {n} + 1):
+            s.put(bytes([0] * 16 + [i // 256, i % 256]), b"v%d" % i, 1, 1.0, 1.0)
+            s.commit()
+        os.kill(os.getpid(), 9)
+    """)
+    assert r.returncode == -9, r.stderr
+
+
+def test_commit_counter_follows_every_commit(tmp_path, policy):
+    with Storage(tmp_path, fsync=policy) as s:
+        assert s.commit_seq == 0
+        for i in range(5):
+            s.put(key(i + 1), b"x", 1, 1.0, 1.0)
+            s.commit()
+            recs = _counter_records(tmp_path)
+            seq, synced, _, _ = max(r for r in recs if r[3])
+            # never more than the database holds, and never more "synced" than fsynced
+            assert seq == s.commit_seq == i + 1
+            assert synced <= seq
+            if policy == "always":
+                assert synced == seq
+        assert s.commit() == 0 and s.commit_seq == 5  # an empty commit is no commit
+        s.sync()
+        assert max(r for r in _counter_records(tmp_path) if r[3])[:2] == (5, 5)
+    with Storage(tmp_path, fsync=policy) as s:
+        assert s.commit_seq == 5
+        assert all(r[3] and r[:2] == (5, 5) for r in _counter_records(tmp_path))
+
+
+def test_everysec_counter_catches_up_with_the_background_fsync(tmp_path):
+    with Storage(tmp_path, fsync="everysec") as s:
+        s.put(key(1), b"x", 1, 1.0, 1.0)
+        s.commit()
+        deadline = time.monotonic() + 10
+        while s.synced_seq < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.synced_seq == 1
+        assert max(r for r in _counter_records(tmp_path) if r[3])[:2] == (1, 1)
+
+
+def test_wal_deleted_after_kill9_is_refused(tmp_path, policy):
+    _kill9_after_commits(tmp_path, 30, policy)
+    os.remove(tmp_path / (DB_FILENAME + "-wal"))
+    with pytest.raises(StorageError) as ei:
+        Storage(tmp_path)
+    msg = str(ei.value)
+    assert re.search(r"at commit (\d+), commit counter .*COMMIT' says 30: the WAL", msg), msg
+    assert int(re.search(r"at commit (\d+)", msg).group(1)) < 30
+    assert "remove" in msg  # says how to accept the database as it is
+    # Refusing changed nothing: still refused, and accepted once the counter is removed.
+    with pytest.raises(StorageError, match="says 30"):
+        Storage(tmp_path)
+    os.remove(tmp_path / COUNTER_FILENAME)
+    with Storage(tmp_path) as s:
+        assert len(rows_of(s)) == s.commit_seq < 30
+
+
+def test_wal_damaged_after_kill9_is_refused(tmp_path):
+    _kill9_after_commits(tmp_path, 30, "everysec")
+    wal = tmp_path / (DB_FILENAME + "-wal")
+    with open(wal, "r+b") as f:
+        f.seek(32 + 24 + 2000)  # inside the first frame's page: every later frame is lost
+        b = f.read(16)
+        f.seek(32 + 24 + 2000)
+        f.write(bytes(x ^ 0xFF for x in b))
+    with pytest.raises(StorageError, match=r"commit counter .* says 30: the WAL"):
+        Storage(tmp_path)
+
+
+def test_database_ahead_of_counter_is_fine(tmp_path):
+    # A kill -9 between SQLite's COMMIT and the counter write leaves the counter one
+    # behind: nothing is missing.
+    with Storage(tmp_path) as s:
+        for i in range(3):
+            s.put(key(i + 1), b"x", 1, 1.0, 1.0)
+            s.commit()
+    _write_counter(tmp_path, seq=2, synced=2, boot=_this_boot())
+    with Storage(tmp_path) as s:
+        assert s.commit_seq == 3 and len(rows_of(s)) == 3
+
+
+def test_counter_after_a_reboot_checks_only_synced_commits(tmp_path, caplog):
+    with Storage(tmp_path) as s:
+        for i in range(3):
+            s.put(key(i + 1), b"x", 1, 1.0, 1.0)
+            s.commit()
+    other = b"\x07" * 16
+    # Commits 4 and 5 were written but not synced before the OS went down: allowed.
+    _write_counter(tmp_path, seq=5, synced=3, boot=other)
+    with caplog.at_level(logging.WARNING, logger="vtpu.storage"):
+        Storage(tmp_path).close()
+    assert "last 2 commits" in caplog.text
+    # Commit 4 was on stable storage: its loss is damage, whatever the boot.
+    _write_counter(tmp_path, seq=5, synced=4, boot=other)
+    with pytest.raises(StorageError, match="at commit 3, commit counter .* says 4"):
+        Storage(tmp_path)
+    # An unknown boot id is never "the same boot".
+    _write_counter(tmp_path, seq=5, synced=3, boot=bytes(16))
+    Storage(tmp_path).close()
+    # Same boot: every commit that returned must be there.
+    _write_counter(tmp_path, seq=5, synced=3, boot=_this_boot())
+    with pytest.raises(StorageError, match="says 5"):
+        Storage(tmp_path)
+
+
+def test_counter_torn_or_missing(tmp_path, caplog):
+    with Storage(tmp_path) as s:
+        s.put(key(1), b"x", 1, 1.0, 1.0)
+        s.commit()
+    path = tmp_path / COUNTER_FILENAME
+    with open(path, "r+b") as f:  # one torn record: the other one is used
+        f.seek(10)
+        f.write(b"\xff\xff")
+    with Storage(tmp_path) as s:
+        assert s.commit_seq == 1
+    with open(path, "r+b") as f:  # both damaged: refused, never guessed
+        for off in (10, 522):
+            f.seek(off)
+            f.write(b"\xff\xff")
+    with pytest.raises(StorageError, match="counter .* is damaged"):
+        Storage(tmp_path)
+    os.remove(path)  # removing it accepts the database as it is
+    with caplog.at_level(logging.WARNING, logger="vtpu.storage"):
+        with Storage(tmp_path) as s:
+            assert s.commit_seq == 1 and len(rows_of(s)) == 1
+    assert "no commit counter" in caplog.text
+    assert all(r[3] and r[:2] == (1, 1) for r in _counter_records(tmp_path))
+
+
+def test_database_file_replaced_by_an_older_copy_is_refused(tmp_path):
+    with Storage(tmp_path) as s:
+        s.put(key(1), b"x", 1, 1.0, 1.0)
+        s.commit()
+    shutil.copy(tmp_path / DB_FILENAME, tmp_path / "old.sqlite3")
+    with Storage(tmp_path) as s:
+        s.put(key(2), b"y", 1, 1.0, 1.0)
+        s.commit()
+    os.replace(tmp_path / "old.sqlite3", tmp_path / DB_FILENAME)
+    with pytest.raises(StorageError, match="at commit 1, commit counter .* says 2"):
+        Storage(tmp_path)
+
+
+# ---------------------------------------------------------------------------- checksums
+
+
+def _engine_store(path, n: int = 300) -> dict:
+    """A closed engine store of ``n`` scrolls of assorted contents, and what it holds."""
+    from vtpu.engine import Engine
+
+    e = Engine(Storage(path, fsync="never"))
+    ids = e.intern([f"name{j}" for j in range(12)])
+    want = {}
+    for i in range(n):
+        k = key(1, 2, 3, ids[i % 12], 1 + i % 7, 1, 1, 1 + i // 100, 1 + i % 100)
+        kinds = [f"text value {i} \u00e9", b"bytes %d" % i, i * 1000003,
+                 np.arange(i % 9 + 1, dtype=np.float32) + i, [i, "x", None]]
+        e.put(k, kinds[i % len(kinds)])
+        want[k] = e.get(k)
+    e.close()
+    return want
+
+
+def _same_scroll(a, b) -> bool:
+    if (a.key, a.version, a.created_at, a.updated_at) != (b.key, b.version, b.created_at,
+                                                           b.updated_at):
+        return False
+    x, y = a.content, b.content
+    if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+        return (isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.dtype == y.dtype
+                and x.shape == y.shape and np.array_equal(x, y))
+    return type(x) is type(y) and x == y
+
+
+def _flip_trials(tmp_path, trials: int, seed: int) -> dict:
+    """Flip one random bit of the database per trial; count how each open ended."""
+    from vtpu.engine import Engine
+
+    src = tmp_path / "src"
+    want = _engine_store(src)
+    names = [f"name{j}" for j in range(12)]
+    db_size = os.path.getsize(src / DB_FILENAME)
+    rng = random.Random(seed)
+    out = {"error": 0, "intact": 0, "silent": []}
+    for t in range(trials):
+        d = tmp_path / f"t{t}"
+        shutil.copytree(src, d)
+        off, bit = rng.randrange(db_size), rng.randrange(8)
+        with open(d / DB_FILENAME, "r+b") as f:
+            f.seek(off)
+            b = f.read(1)[0]
+            f.seek(off)
+            f.write(bytes([b ^ (1 << bit)]))
+        try:
+            e = Engine(Storage(d, fsync="never"))
+        except StorageError:
+            out["error"] += 1
+        else:
+            try:
+                ok = (e.name_table() == names and len(e._map) == len(want)
+                      and all(k in e._map and _same_scroll(e._map[k], s) for k, s in want.items()))
+            except Exception as exc:  # a decode failure after a clean load: also silent
+                ok = False
+                exc_text = repr(exc)
+            else:
+                exc_text = ""
+            e.close()
+            if ok:
+                out["intact"] += 1
+            else:
+                out["silent"].append((off, bit, exc_text))
+        shutil.rmtree(d)
+    return out
+
+
+def test_single_bit_flips_never_give_a_wrong_value(tmp_path):
+    res = _flip_trials(tmp_path, trials=30, seed=12)
+    assert res["silent"] == []
+    assert res["error"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("VTPU_SLOW"), reason="set VTPU_SLOW=1 for 400 trials")
+def test_single_bit_flips_never_give_a_wrong_value_many(tmp_path):
+    res = _flip_trials(tmp_path, trials=400, seed=1212)
+    assert res["silent"] == []
+
+
+def _flip_bit_in(path, needle: bytes, bit: int = 0) -> None:
+    with open(path, "r+b") as f:
+        data = f.read()
+        at = data.index(needle)
+        assert data.count(needle) == 1
+        f.seek(at + len(needle) - 1)
+        f.write(bytes([data[at + len(needle) - 1] ^ (1 << bit)]))
+
+
+def test_flipped_content_bit_names_the_coordinate(tmp_path):
+    from vtpu.engine import Engine
+
+    _engine_store(tmp_path)
+    _flip_bit_in(tmp_path / DB_FILENAME, b"text value 215 ")
+    with pytest.raises(StorageError) as ei:
+        Engine(Storage(tmp_path))
+    # The scroll holding it, formatted with its names, and what to do.
+    msg = str(ei.value)
+    assert "record at 1.2.3/name11.6.1/1.3.16 fails its checksum" in msg, msg
+    assert "backup" in msg
+
+
+def test_flipped_name_bit_is_an_error(tmp_path):
+    from vtpu.engine import Engine
+
+    _engine_store(tmp_path)
+    _flip_bit_in(tmp_path / DB_FILENAME, b"name7", bit=1)
+    with pytest.raises(StorageError, match=r"name table entry 7 \('name5'\) fails its checksum"):
+        Engine(Storage(tmp_path))
+
+
+def test_flipped_version_or_time_bit_is_an_error(tmp_path):
+    with Storage(tmp_path) as s:
+        s.put(key(1), b"x", 7, 1.0, 2.0)
+        s.commit()
+    con = sqlite3.connect(tmp_path / DB_FILENAME)
+    for column, value in (("version", 8), ("updated_at", 2.0000000000000004), ("key", key(2))):
+        con.execute(f"UPDATE scrolls SET {column} = ?", (value,))
+        con.commit()
+        with Storage(tmp_path) as s:
+            with pytest.raises(StorageError, match="fails its checksum"):
+                rows_of(s)
+        con.execute("DELETE FROM scrolls")
+        con.execute("INSERT INTO scrolls SELECT * FROM (SELECT ?, ?, 7, 1.0, 2.0, 0)",
+                    (key(1), b"x"))
+        con.execute("UPDATE scrolls SET crc = ?", (_core.seal_records([(key(1), b"x", 7, 1.0,
+                                                                          2.0)])[0][5],))
+        con.commit()
+    con.close()
+    with Storage(tmp_path) as s:
+        assert rows_of(s) == [(key(1), b"x", 7, 1.0, 2.0)]
+
+
+def test_format_1_store_is_migrated(tmp_path):
+    """A store written before checksums and commit numbers opens, checksummed."""
+    from vtpu.engine import Engine
+    from vtpu.protocol import pack_value
+
+    con = sqlite3.connect(tmp_path / DB_FILENAME)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE scrolls (key BLOB PRIMARY KEY NOT NULL, content BLOB NOT NULL,
+            version INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+        INSERT INTO meta VALUES ('format_version', '1'), ('created_at', '1700000000.5');
+        INSERT INTO names VALUES (0, 'query'), (1, 'person');
+    """)
+    rows = [(key(1, 2, 3, 0xF000 + i % 2, 1, 1, 1, 1, 1 + i), pack_value(f"old {i}"), 1 + i,
+             1700000000.0 + i, 1700000001.0 + i) for i in range(100)]
+    con.executemany("INSERT INTO scrolls VALUES (?, ?, ?, ?, ?)", rows)
+    con.commit()
+    con.close()
+    e = Engine(Storage(tmp_path))
+    assert e.name_table() == ["query", "person"]
+    assert [e.get(r[0]).content for r in rows] == [f"old {i}" for i in range(100)]
+    assert e.get(rows[7][0]).version == 8 and e.get(rows[7][0]).created_at == 1700000007.0
+    e.put(key(9), "new")
+    e.close()
+    with Storage(tmp_path) as s:
+        assert s.commit_seq == 1
+        assert len(rows_of(s)) == 101
+    con = sqlite3.connect(tmp_path / DB_FILENAME)
+    assert con.execute("SELECT value FROM meta WHERE key='format_version'").fetchone() == ("2",)
+    assert con.execute("SELECT value FROM meta WHERE key='created_at'").fetchone() == \
+        ("1700000000.5",)
+    assert sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master "
+                                            "WHERE type='table'")) == ["meta", "names", "scrolls"]
+    con.close()
+    _flip_bit_in(tmp_path / DB_FILENAME, b"old 42")  # migrated rows are checked too
+    with pytest.raises(StorageError, match="fails its checksum"):
+        Engine(Storage(tmp_path))
+
+
+# ---------------------------------------------------------------------------- refused writes
+
+ALL = "*.*.*/*.*.*/*.*.*"
+
+
+def _nest(depth: int):
+    x = 1
+    for _ in range(depth):
+        x = [x]
+    return x
+
+
+@pytest.fixture(params=["mem", "file", pytest.param("server", marks=pytest.mark.integration),
+                        pytest.param("server-file", marks=pytest.mark.integration)])
+def backend(request, tmp_path):
+    """A client on every backend: embedded in memory, embedded durable, and a real
+    server (in memory or durable); yields (client, reopen) where reopen() gives a client
+    over the same store after a restart (durable backends) or None."""
+    from vtpu.engine import Engine
+    from vtpu.testing import ServerThread
+
+    kind = request.param
+    if kind in ("mem", "file"):
+        url = "mem://" if kind == "mem" else f"file://{tmp_path / 'data'}"
+        c = vtpu.connect(url)
+        holder = [c]
+
+        def reopen():
+            if kind == "mem":
+                return None
+            holder[0].close()
+            holder[0] = vtpu.connect(url)
+            return holder[0]
+        yield c, reopen
+        holder[0].close()
+        return
+    engine = Engine(Storage(tmp_path / "data")) if kind == "server-file" else None
+    srv = ServerThread(engine).start()
+    c = vtpu.connect(f"vtpu://{srv.host}:{srv.port}", timeout=30)
+    try:
+        yield c, (lambda: None)
+    finally:
+        c.close()
+        srv.stop()
+        if engine is not None:
+            engine.close()
+
+
+REFUSED = {
+    "lone surrogate": "\ud800x",
+    "lone low surrogate": "ok \udfff",
+    "surrogate dict key": {"\udc00": 1},
+    "surrogate in a list": ["a", ["b", "\ud83d"]],
+    "too deep": _nest(300),
+    "set": {1, 2},
+    "too big an int": 2**64,
+}
+
+
+def _state(c) -> list:
+    return [(s.key, s.content, s.version) for s in c.crange(ALL)]
+
+
+def test_refused_content_changes_nothing_on_every_backend(backend):
+    c, reopen = backend
+    c.cput("1.1.1/1.1.1/1.1.1", "kept")
+    c.cput("1.1.1/1.1.1/1.1.3", "old")
+    before = _state(c)
+    for what, bad in REFUSED.items():
+        with pytest.raises(InterfaceError):
+            c.cput("1.1.1/1.1.1/1.1.2", bad)
+        with pytest.raises(InterfaceError):
+            c.cput("1.1.1/1.1.1/1.1.3", bad)  # over an existing scroll
+        with pytest.raises(InterfaceError):  # one bad content refuses the whole batch
+            c.cput_many(["1.1.1/1.1.1/1.2.1", "1.1.1/1.1.1/1.1.3", "1.1.1/1.1.1/1.2.2"],
+                        ["fine", "fine too", bad])
+        assert c.cget("1.1.1/1.1.1/1.1.2") is None, what
+        assert c.cget("1.1.1/1.1.1/1.2.1") is None, what
+        assert _state(c) == before, what
+        assert c.crange(ALL, count=True) == 2
+    # Arrays whose rows become refused scalars are refused as a batch too.
+    for bad_rows in (np.array(["ok", "\ud800"]), np.array([1 + 2j, 3j])):
+        with pytest.raises(InterfaceError):
+            c.cput_many(["1.1.1/1.1.1/1.2.1", "1.1.1/1.1.1/1.2.2"], bad_rows)
+    assert _state(c) == before
+    # The same contents are accepted alike everywhere.
+    c.cput("1.1.1/1.1.1/1.1.2", "\u00e9\u4e2d \U0001f600")
+    c.cput("1.1.1/1.1.1/1.1.4", _nest(256))
+    c.cput_many(["1.1.1/1.1.1/1.2.1", "1.1.1/1.1.1/1.2.2"], np.array(["ok", "\u00e9"]))
+    assert c.cget("1.1.1/1.1.1/1.1.2").content == "\u00e9\u4e2d \U0001f600"
+    assert c.cget("1.1.1/1.1.1/1.1.4").content == _nest(256)
+    assert [c.cget(f"1.1.1/1.1.1/1.2.{i}").content for i in (1, 2)] == ["ok", "\u00e9"]
+    after = _state(c)
+    c2 = reopen()
+    if c2 is not None:
+        assert _state(c2) == after
+
+
+def test_refused_write_on_file_is_not_stored_after_reopen(tmp_path):
+    url = f"file://{tmp_path}"
+    c = vtpu.connect(url)
+    c.cput("1.1.1/1.1.1/1.1.1", "kept")
+    with pytest.raises(InterfaceError, match="lone surrogate"):
+        c.cput("1.1.1/1.1.1/1.1.2", "\ud800x")
+    with pytest.raises(InterfaceError, match="lone surrogate"):
+        c.cput_many(["1.1.1/1.1.1/1.1.3", "1.1.1/1.1.1/1.1.4"], ["ok", "\ud800"])
+    c.close()
+    c = vtpu.connect(url)
+    assert [s.content for s in c.crange(ALL)] == ["kept"]
+    c.close()
+
+
+# ---------------------------------------------------------------------------- disk full
+
+
+def _fill_until_failing(c, coord_of, big, limit: int = 400) -> tuple[list, list]:
+    """Write big scrolls until writes fail; returns (acknowledged, refused) indexes."""
+    acked, refused = [], []
+    for i in range(limit):
+        try:
+            c.cput(coord_of(i), big + str(i))
+            acked.append(i)
+        except StorageError:
+            refused.append(i)
+            if len(refused) >= 200:
+                break
+    return acked, refused
+
+
+def test_disk_full_file_backend_changes_nothing_and_recovers(tmp_path):
+    def coord(i):
+        return f"2.1.1/1.1.1/1.{1 + i // 100}.{1 + i % 100}"
+
+    big = "x" * 65536
+    with SmallFS(tmp_path) as fs:
+        url = f"file://{fs.path}/data"
+        c = vtpu.connect(url, fsync="always")
+        c.cput("1.1.1/1.1.1/1.1.1", "before")
+        fs.fill()
+        acked, refused = _fill_until_failing(c, coord, big)
+        assert len(refused) >= 150, (fs.kind, len(acked))
+        # Nothing refused is visible, counted or indexed.
+        assert all(c.cget(coord(i)) is None for i in refused)
+        assert c.crange(ALL, count=True) == 1 + len(acked)
+        assert [s.key for s in c.crange("2.*.*/*.*.*/*.*.*")] == \
+            [c.cget(coord(i)).key for i in acked]
+        # A refused write that named a new name leaves no name behind; an overwrite and
+        # a delete that fail leave the old scroll.
+        with pytest.raises(StorageError):
+            c.cput("1.1.1/fresh.1.1/1.1.1", big)
+        assert "fresh" not in c.backend.name_table()
+        with pytest.raises(StorageError):
+            c.cput("1.1.1/1.1.1/1.1.1", big)
+        with pytest.raises(StorageError):
+            c.cput_many([coord(900), coord(901)], [big, big])
+        assert c.cget("1.1.1/1.1.1/1.1.1").content == "before"
+        assert c.cget("1.1.1/1.1.1/1.1.1").version == 1
+        assert c.cget(coord(900)) is None
+        fs.free()
+        # Recovers by itself once space returns.
+        assert c.cput("1.1.1/1.1.1/1.1.1", "after") == 2
+        assert c.cput("1.1.1/fresh.1.1/1.1.1", "named") == 1
+        assert c.cdel(coord(acked[0])) == 1
+        c.close()
+        c = vtpu.connect(url)
+        assert c.cget("1.1.1/1.1.1/1.1.1").content == "after"
+        assert c.cget("1.1.1/fresh.1.1/1.1.1").content == "named"
+        assert sorted(s.content for s in c.crange("2.*.*/*.*.*/*.*.*")) == \
+            sorted(big + str(i) for i in acked[1:])
+        c.close()
+
+
+def test_failed_group_commits_are_undone_exactly(tmp_path):
+    """Random groups of puts, batched puts with repeated keys, deletes and new names,
+    each ending in a commit that fails: afterwards the engine (map, index, name table)
+    is exactly as before the group; once space returns the same kind of group sticks."""
+    from vtpu.engine import Engine
+
+    rng = random.Random(7)
+    big = b"\x01" * 200000
+    coords = [key(1, 1, 1, 1, 1, 1, 1, 1 + i // 20, 1 + i % 20) for i in range(60)]
+
+    def snapshot(e):
+        return ({s.key: (s.version, s.content) for s in e.range(_core.parse_pattern(ALL))},
+                [bytes(k) for k in _core.pack_many(e.range(_core.parse_pattern(ALL),
+                                                           keys_only=True))],
+                e.name_table(), e.count(_core.parse_pattern(ALL)))
+
+    def group(e, g):
+        for _ in range(rng.randrange(1, 8)):
+            op = rng.choice(["put", "put_many", "del", "del_many", "intern"])
+            if op == "put":
+                e.put(rng.choice(coords), f"g{g} {rng.random()}")
+            elif op == "put_many":
+                ks = [rng.choice(coords) for _ in range(rng.randrange(1, 6))]
+                e.put_many(b"".join(ks), [f"m{g} {i}" for i in range(len(ks))])
+            elif op == "del":
+                e.delete(rng.choice(coords))
+            elif op == "del_many":
+                e.delete_many(b"".join(rng.sample(coords, 4)))
+            else:
+                e.intern([f"n{g}_{rng.randrange(3)}"])
+        e.put(rng.choice(coords), big)  # no room for this: the whole group fails
+
+    with SmallFS(tmp_path) as fs:
+        e = Engine(Storage(os.path.join(fs.path, "data"), fsync="always"), autocommit=False)
+        e.put_many(b"".join(coords[:30]), [f"base {i}" for i in range(30)])
+        e.commit()
+        fs.fill()
+        while True:  # use up whatever room the WAL still has
+            e.put(coords[59], big)
+            try:
+                e.commit()
+            except StorageError:
+                break
+        for g in range(40):
+            before = snapshot(e)
+            group(e, g)
+            with pytest.raises(StorageError):
+                e.commit()
+            assert snapshot(e) == before, g
+        fs.free()
+        group(e, 99)
+        e.commit()
+        after = snapshot(e)
+        e.close()
+        e = Engine(Storage(os.path.join(fs.path, "data")))
+        assert snapshot(e) == after
+        e.close()
 
 
 # ---------------------------------------------------------------------------- engine level

@@ -8,6 +8,7 @@ chier, croute, cattend, cmoe, ckg (plus cdel, batched ``*_many`` variants, healt
 from vtpu._version import __version__
 from vtpu.client import AttentionRecord, AttentionResult, Client, connect, vTPU
 from vtpu.coords import Coordinate, Delta, NameTable, Pattern, Scroll
+from vtpu.results import Scrolls
 from vtpu.errors import (
     AuthError,
     ConnectionError,
@@ -27,7 +28,8 @@ from vtpu.errors import (
 )
 
 __all__ = [
-    "__version__", "connect", "vTPU", "Client", "Scroll", "Coordinate", "Pattern", "Delta",
+    "__version__", "connect", "vTPU", "Client", "Scroll", "Scrolls", "Coordinate", "Pattern",
+    "Delta",
     "NameTable", "AttentionRecord", "AttentionResult",
     "VTPUError", "CoordinateError", "InterfaceError", "ProtocolError", "ConnectionError",
     "TimeoutError", "ServerError", "AuthError", "VersionConflict", "NotFoundError",

@@ -933,9 +933,7 @@ cdef class ScrollList:
         return self._at(i)
 
     def __iter__(self):
-        cdef Py_ssize_t i
-        for i in range(self.n):
-            yield self._at(i)
+        return ScrollListIterator(self)
 
     def __reversed__(self):
         cdef Py_ssize_t i
@@ -996,6 +994,25 @@ cdef class ScrollList:
 
     def __reduce__(self):
         return (list, (self.tolist(),))
+
+
+cdef class ScrollListIterator:
+    """Iterator over a :class:`ScrollList` (each Scroll made as it is reached)."""
+    cdef ScrollList items
+    cdef Py_ssize_t i
+
+    def __cinit__(self, ScrollList items):
+        self.items = items
+        self.i = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= self.items.n:
+            raise StopIteration
+        self.i += 1
+        return self.items._at(self.i - 1)
 
 
 @cython.boundscheck(False)

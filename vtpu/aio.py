@@ -15,7 +15,14 @@ retried by the same :class:`vtpu.retry.Retry` policy as the sync client's.
 
 Name ids: the client loads the server's name table when it connects and learns names
 returned by :meth:`intern`. Parse coordinate text with names through
-``await engine.key("a.b.c/...")`` / ``await engine.pattern(...)``, which intern first.
+``await engine.key("a.b.c/...")`` (which interns first: for writes),
+``await engine.key(text, intern=False)`` and ``await engine.pattern(...)`` (which never
+intern: for reads; a name the server never interned gives None / a pattern matching
+nothing).
+
+TLS: ``ssl=``/``tls_ca=``/``tls_verify=``/``server_hostname=``/``tls_cert=``/``tls_key=``
+as on the sync client (:func:`vtpu.tls.client_context`); the transport is then asyncio's
+TLS transport and the session sees the same decrypted bytes.
 
 Use one AsyncRemoteEngine per event loop; it is not thread-safe.
 """
@@ -28,7 +35,7 @@ from typing import Any, Callable
 
 from . import _core
 from . import errors as E
-from .coords import NameTable
+from .coords import NameTable, read_key, read_pattern
 from .retry import ExponentialWithJitterBackoff, Retry
 from .session import ClientOps, Exchange, Session, codec, finish, idempotent
 
@@ -127,6 +134,13 @@ class AsyncRemoteEngine(ClientOps):
     :param retries: retries of idempotent calls after a connection failure.
     :param retry_backoff: base of the jittered exponential backoff between retries.
     :param track: ask for invalidation pushes (delivered to :attr:`on_push`).
+    :param ssl: TLS: ``True``, an :class:`ssl.SSLContext`, or ``None``/``False``
+        (plaintext unless ``tls_ca``/``tls_cert`` is given).
+    :param tls_ca: PEM file of the CA the server's certificate must chain to (implies TLS).
+    :param tls_verify: ``False`` skips certificate and host name checks.
+    :param server_hostname: the name the certificate must carry (default: ``host``).
+    :param tls_cert: client certificate (PEM) for a server that requires one.
+    :param tls_key: its private key (``None``: it is in ``tls_cert``).
     """
 
     def __init__(
@@ -141,6 +155,12 @@ class AsyncRemoteEngine(ClientOps):
         track: bool = False,
         retry_backoff: float = 0.05,
         retry: Retry | None = None,
+        ssl: Any = None,
+        tls_ca: str | None = None,
+        tls_verify: bool = True,
+        server_hostname: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ):
         self.host = host
         self.port = port
@@ -151,6 +171,13 @@ class AsyncRemoteEngine(ClientOps):
         self.retry = retry if retry is not None else Retry(
             ExponentialWithJitterBackoff(retry_backoff), retries)
         self.track = track
+        #: the TLS context connections use (``None``: plaintext)
+        self.ssl_context = None
+        if ssl or tls_ca is not None or tls_cert is not None:
+            from .tls import client_context
+
+            self.ssl_context = client_context(ssl, tls_ca, tls_verify, tls_cert, tls_key)
+        self.server_hostname = server_hostname
         self.server_info: dict | None = None
         #: the protocol state of this client (ids, buffers, names, pending replies)
         self.session = Session(NameTable(resolver=_NoResolver()), max_frame_size)
@@ -174,20 +201,35 @@ class AsyncRemoteEngine(ClientOps):
         self.session.on_push = cb
 
     # -- names ---------------------------------------------------------------------------------
-    async def key(self, text: str) -> bytes:
-        """Parse coordinate text (interning its names on the server) into an 18-byte key."""
-        await self._intern_text_names(text)
-        return _core.pack(_core.parse_coord(text, self.names, False))
+    async def key(self, text: str, intern: bool = True) -> bytes | None:
+        """Parse coordinate text into an 18-byte key.
+
+        :param intern: intern its names on the server first (for writes); with False
+            nothing is interned (for reads).
+        :returns: the key; None (only with ``intern=False``) when the text names a name
+            the server never interned, so that nothing can be stored there.
+        """
+        await self._learn_text_names(text, intern)
+        if intern:
+            return _core.pack(_core.parse_coord(text, self.names, False))
+        return read_key(text, self.names)
 
     async def pattern(self, text: str) -> Any:
-        """Parse pattern text (interning its names on the server) into a (2, 9) array."""
-        await self._intern_text_names(text)
-        return _core.parse_pattern(text, self.names, False)
+        """Parse pattern text into a (2, 9) array, interning nothing (patterns are read).
 
-    async def _intern_text_names(self, text: str) -> None:
+        :returns: the bounds; a pattern matching nothing when the text names a name the
+            server never interned.
+        """
+        await self._learn_text_names(text, False)
+        return read_pattern(text, self.names)
+
+    async def _learn_text_names(self, text: str, intern: bool) -> None:
         names = [n for n in _NAME.findall(text) if n not in self.names]
-        if names:
-            await self.intern(names)
+        if not names:
+            return
+        ids = await self.intern(names, intern=intern)
+        if any(i is not None and n not in self.names for n, i in zip(names, ids)):
+            await self.name_table()   # ids beyond the cached ones: load the whole table
 
     # -- connection ------------------------------------------------------------------------------
     async def connect(self) -> "AsyncRemoteEngine":
@@ -221,7 +263,11 @@ class AsyncRemoteEngine(ClientOps):
         loop = asyncio.get_running_loop()
         s = self.session
         s.reset()
-        _, proto = await loop.create_connection(lambda: _Proto(self), self.host, self.port)
+        tls: dict = {}
+        if self.ssl_context is not None:
+            tls = {"ssl": self.ssl_context, "server_hostname": self.server_hostname or self.host}
+        _, proto = await loop.create_connection(lambda: _Proto(self), self.host, self.port,
+                                                **tls)
         self._opening = proto
         try:
             hello = s.handshake(self.token, self.track)
@@ -234,7 +280,10 @@ class AsyncRemoteEngine(ClientOps):
                 raise
             if hello.error is not None:
                 proto.transport.abort()
-                raise hello.error
+                err = E.closed_before_hello(hello.error, self.ssl_context is not None)
+                if err is hello.error:
+                    raise err
+                raise err from hello.error
             self.server_info = hello.results[0]
             self._proto = proto
         finally:

@@ -76,10 +76,11 @@ class Backend(Protocol):
         """The NEXT/PREV stored coordinate in document order, or None."""
 
     def attend(self, q: Any, key_pattern: np.ndarray, top_k: int | None = None,
-               values: Any = None, return_output: bool = True) -> dict:
-        """Attention of one query over the scrolls matching ``key_pattern``: a dict with
-        ``keys`` (m, 9), ``scores``, ``weights``, ``contents``, ``output``, ``n``,
-        ``mode``."""
+               values: Any = None, return_output: bool = True,
+               mode: str | None = "auto") -> dict:
+        """Attention of one query over the scrolls matching ``key_pattern`` scored as
+        ``mode`` says ("auto", "dot" or "distance"): a dict with ``keys`` (m, 9),
+        ``scores``, ``weights``, ``contents``, ``output``, ``n``, ``mode``."""
 
     def attend_many(self, queries: Any, key_patterns: np.ndarray, top_k: int | None = None,
                     values: Any = None, return_weights: bool = False) -> dict:

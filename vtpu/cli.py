@@ -2,7 +2,9 @@
 
 ::
 
-    vtpu serve  [--host 127.0.0.1] [--port 1337] [--data DIR] [--fsync always|everysec|never] [--token T]
+    vtpu serve  [--host 127.0.0.1] [--port 1337] [--data DIR] [--fsync always|everysec|never]
+                [--token-file PATH | --token T] [--unprotected]
+                [--tls-cert CERT [--tls-key KEY] [--tls-ca CA]]
     vtpu demo   [--host H --port P | --url mem://]
     vtpu bench  [--all | --test NAME] [--trials N] [--export FILE.json] [--plot FILE.png] [--host H --port P]
     vtpu get C | put C TEXT | range PATTERN | del C      [--url URL]
@@ -10,7 +12,8 @@
     vtpu stats [--url URL]
 
 Commands that talk to a store take ``--url`` (default ``$VTPU_URL`` or
-``vtpu://127.0.0.1:1337``); ``file://DIR`` works without a server.
+``vtpu://127.0.0.1:1337``; ``vtpus://`` for TLS, ``vtpu://:TOKEN@HOST:PORT`` with a
+token); ``file://DIR`` works without a server.
 """
 from __future__ import annotations
 

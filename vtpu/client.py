@@ -19,7 +19,7 @@ import threading
 import warnings
 from time import perf_counter as _perf
 from typing import Any, Callable, Iterator, NamedTuple
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlencode, urlparse
 
 import numpy as np
 
@@ -29,13 +29,18 @@ from vtpu.coords import (
     Scroll,
     apply_delta_any,
     is_pattern_text,
+    read_delta,
+    read_key,
+    read_keys,
+    read_pattern,
     to_coords,
     to_delta,
     to_key,
     to_keys_blob,
     to_pattern,
 )
-from vtpu.errors import CoordinateError, InterfaceError
+from vtpu.engine import MAX_FRONTIER, MAX_HOPS, MAX_K, check_count, check_metric, check_name_list
+from vtpu.errors import CoordinateError, InterfaceError, NotFoundError
 from vtpu.session import finish
 
 __all__ = ["Client", "ClientPipeline", "vTPU", "connect", "AttentionRecord", "AttentionResult"]
@@ -88,7 +93,9 @@ def _deprecated(old: str, new: str) -> None:
 
 class _Call(NamedTuple):
     """One facade call, parsed: which backend method to call with what, and how its
-    result becomes the instruction's result. ``method`` None: a pure result, ``args[0]``.
+    result becomes the instruction's result. ``method`` None: answered without the
+    backend: a pure result, ``args[0]``, or with ``post`` a read answered without the
+    store, ``post(args[0])`` (counted as a call; it may raise).
     """
 
     op: str
@@ -108,6 +115,14 @@ class Client:
     18-byte keys, 9-int sequences or uint16 arrays; batched ``*_many`` methods take lists
     or ``(N, 9)`` arrays and make one call. Each method returns one type, the same on
     every backend (:class:`vtpu.backend.Backend`: the in-process engine or a server).
+
+    Names
+        Writes (cput, cput_many) and the hashes (croute, cmoe) intern the names they
+        use. Reads never do: a name the store never interned is in no stored
+        coordinate, so a read naming it matches nothing (cget -> None, crange -> [],
+        ccount -> 0, cdel -> 0, cnearest -> [], ckg -> [], CATTEND keys -> empty; a
+        CATTEND query there -> NotFoundError) and the durable 4096-name table does not
+        grow. CDELTA and CHIER UP on text are pure text computations and need no ids.
 
     Error handling
         Everything raised is a :class:`~vtpu.errors.VTPUError`; catch classes, not
@@ -170,12 +185,17 @@ class Client:
     def _now(self, call: _Call):
         """Run a parsed call on the backend and return the instruction's result."""
         if call.method is None:
-            return call.args[0]
+            if call.post is None:
+                return call.args[0]
+            return self._run(call.op, call.post, call.args[0])
         r = self._run(call.op, getattr(self._b, call.method), *call.args, **call.kw)
         return r if call.post is None else call.post(r)
 
     def _key(self, c) -> bytes:
         return to_key(c, self.names)
+
+    def _read_key(self, c) -> bytes | None:
+        return read_key(c, self.names)
 
     def format_coords(self, coords) -> list[str]:
         """Coordinate text of an ``(N, 9)`` uint16 array (names resolved by this client's
@@ -216,8 +236,11 @@ class Client:
         if type(coord) is bytes and len(coord) == 18:
             key = coord
         else:
-            # A (9,) uint16 row is packed in C; anything else (text...) by to_key.
-            key = _core.key_of(coord) or self._key(coord)
+            # A (9,) uint16 row is packed in C; anything else (text...) by read_key.
+            key = _core.key_of(coord) or self._read_key(coord)
+            if key is None:   # names a name the store never interned: nothing there
+                self._reads += 1
+                return None
         try:
             s = self._b.get(key)
         except BaseException:
@@ -228,9 +251,10 @@ class Client:
         return s
 
     def _plan_cget_many(self, coords, content_only: bool) -> _Call:
-        blob = to_keys_blob(coords, self.names)
+        blob, known = read_keys(coords, self.names)
         return _Call("cget_many", "get_many", (blob,),
-                     {"content_only": True} if content_only else _NO_KW, None)
+                     {"content_only": True} if content_only else _NO_KW,
+                     None if known is None else (lambda r: _spread(r, known)))
 
     def cget_many(self, coords, content_only: bool = False):
         """Batched CGET in one call.
@@ -289,9 +313,12 @@ class Client:
 
     def _plan_cdel(self, target) -> _Call:
         if isinstance(target, str) and is_pattern_text(target):
-            return _Call("cdel", "delete_range", (to_pattern(target, self.names),), _NO_KW,
+            return _Call("cdel", "delete_range", (read_pattern(target, self.names),), _NO_KW,
                          None)
-        return _Call("cdel", "delete", (self._key(target),), _NO_KW, None)
+        key = self._read_key(target)
+        if key is None:   # names a name the store never interned: nothing to delete
+            return _nothing("cdel", 0)
+        return _Call("cdel", "delete", (key,), _NO_KW, None)
 
     def cdel(self, target) -> int:
         """CDEL: delete the scroll at a coordinate, or every scroll matching a pattern.
@@ -301,7 +328,7 @@ class Client:
         return self._now(self._plan_cdel(target))
 
     def _plan_cdel_many(self, coords) -> _Call:
-        return _Call("cdel_many", "delete_many", (to_keys_blob(coords, self.names),), _NO_KW,
+        return _Call("cdel_many", "delete_many", (read_keys(coords, self.names)[0],), _NO_KW,
                      None)
 
     def cdel_many(self, coords) -> int:
@@ -315,8 +342,8 @@ class Client:
         if count:
             _deprecated("crange(..., count=True)", "ccount(pattern)")
             return self._plan_ccount(pattern)
-        p = to_pattern(pattern, self.names)
-        akey = None if after is None else self._key(after)
+        p = read_pattern(pattern, self.names)
+        akey = self._after_key(after)
         if keys_only:
             if as_array:
                 _deprecated("crange(..., keys_only=True, as_array=True)",
@@ -326,6 +353,15 @@ class Client:
                         "crange_keys(pattern) (an array; format_coords() for text)")
             return _Call("crange", "range", (p, limit, akey, True), _NO_KW, self.format_coords)
         return _Call("crange", "range", (p, limit, akey, False), _NO_KW, None)
+
+    def _after_key(self, after) -> bytes | None:
+        if after is None:
+            return None
+        akey = self._read_key(after)
+        if akey is None:
+            raise CoordinateError(f"after={after!r} names a name the store never interned, "
+                                  "so it is no position in the store")
+        return akey
 
     def crange(self, pattern, limit: int | None = None, keys_only: bool = False,
                count: bool = False, after=None, as_array: bool = False) -> list[Scroll]:
@@ -343,8 +379,8 @@ class Client:
         return self._now(self._plan_crange(pattern, limit, after, keys_only, count, as_array))
 
     def _plan_crange_keys(self, pattern, limit, after) -> _Call:
-        p = to_pattern(pattern, self.names)
-        akey = None if after is None else self._key(after)
+        p = read_pattern(pattern, self.names)
+        akey = self._after_key(after)
         return _Call("crange_keys", "range", (p, limit, akey, True), _NO_KW, None)
 
     def crange_keys(self, pattern, limit: int | None = None, after=None) -> np.ndarray:
@@ -360,7 +396,7 @@ class Client:
 
     def crange_iter(self, pattern, page_size: int = 10000) -> Iterator[Scroll]:
         """Stream every scroll matching a pattern, fetched in pages of ``page_size``."""
-        p = to_pattern(pattern, self.names)
+        p = read_pattern(pattern, self.names)
         after = None
         while True:
             page = self._run("crange", self._b.range, p, page_size, after, False)
@@ -370,7 +406,7 @@ class Client:
             after = page[-1].key
 
     def _plan_ccount(self, pattern) -> _Call:
-        return _Call("ccount", "count", (to_pattern(pattern, self.names),), _NO_KW, None)
+        return _Call("ccount", "count", (read_pattern(pattern, self.names),), _NO_KW, None)
 
     def ccount(self, pattern) -> int:
         """How many scrolls match a pattern."""
@@ -389,6 +425,9 @@ class Client:
         :raises CoordinateError: a result leaves 0..61439 (never clamped).
         """
         names = self.names
+        if isinstance(delta, str) and (isinstance(base, str) or (
+                isinstance(base, (list, tuple)) and all(isinstance(b, str) for b in base))):
+            names = NameTable()   # text in, text out: names need no ids of the store
         d = to_delta(delta, names)
         if isinstance(base, str):
             if is_pattern_text(base):
@@ -403,15 +442,16 @@ class Client:
             return res if not isinstance(res, list) else np.stack(res)
         if isinstance(res, list):
             return [_core.format_pattern(p, names) for p in res]
-        return self.format_coords(res)
+        return _core.format_coords(np.ascontiguousarray(res), names)
 
     # -- CNEAREST / CHIER -----------------------------------------------------------------
 
     def _plan_cnearest(self, coord, k, metric, within, as_array=False) -> _Call:
-        if metric not in ("l1", "hamming"):
-            raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
-        c = _core.unpack(self._key(coord))
-        w = None if within is None else to_pattern(within, self.names)
+        # Checked here too: a coordinate naming an unknown name answers without the backend.
+        metric = check_metric(metric)
+        k = check_count(k, "k", 0, MAX_K)
+        key = self._read_key(coord)
+        w = None if within is None else read_pattern(within, self.names)
         if as_array:
             _deprecated("cnearest(..., as_array=True)", "cnearest_arrays()")
             post = None
@@ -421,7 +461,11 @@ class Client:
             def post(r):
                 coords, dists = r
                 return list(zip(fmt(coords), (int(x) for x in dists)))
-        return _Call("cnearest", "nearest", (c, int(k), metric, w), _NO_KW, post)
+        if key is None:   # a coordinate no stored one can be near: it names no known name
+            none = (np.empty((0, 9), np.uint16), np.empty(0, np.int64))
+            return _Call("cnearest", None, (none,), _NO_KW, post or (lambda r: r))
+        return _Call("cnearest", "nearest", (_core.unpack(key), k, metric, w), _NO_KW,
+                     post)
 
     def cnearest(self, coord, k: int = 10, metric: str = "l1", within=None,
                  as_array: bool = False) -> list[tuple[str, int]]:
@@ -449,6 +493,8 @@ class Client:
         d = str(direction).upper()
         names = self.names
         if d == "UP":
+            if isinstance(coord, str):
+                names = NameTable()   # text in, text out: names need no ids of the store
             p = to_pattern(coord, names).copy()
             concrete = np.flatnonzero(p[0] == p[1])
             if len(concrete):
@@ -456,11 +502,13 @@ class Client:
                 p[0, j], p[1, j] = 0, 0xFFFF
             return _Call("chier", None, (_core.format_pattern(p, names),), _NO_KW, None)
         if d == "DOWN":
-            p = to_pattern(coord, names)
+            p = read_pattern(coord, names)
             return _Call("chier", "range", (p, None, None, True), _NO_KW, self.format_coords)
         if d in ("NEXT", "PREV"):
-            c = _core.unpack(self._key(coord))
-            return _Call("chier", "hier", (c, d), _NO_KW,
+            key = self._read_key(coord)
+            if key is None:   # names a name the store never interned: no position in it
+                return _nothing("chier", None)
+            return _Call("chier", "hier", (_core.unpack(key), d), _NO_KW,
                          lambda res: None if res is None else _core.format_coord(res, names))
         raise InterfaceError(f"direction must be UP, DOWN, NEXT or PREV, got {direction!r}")
 
@@ -513,22 +561,33 @@ class Client:
             return None
         names = self.names
         if isinstance(values, str):
-            return to_delta(values, names) if _is_delta_text(values) else to_pattern(values, names)
+            if not _is_delta_text(values):
+                return read_pattern(values, names)
+            d = read_delta(values, names)
+            if d is None:
+                raise InterfaceError(f"values {values!r} sets a name the store never interned: "
+                                     "no value scroll can be there")
+            return d
         if isinstance(values, np.ndarray) and values.shape == (2, 9) and values.dtype in (
                 np.int32, np.uint16):
             return np.ascontiguousarray(values)
         raise InterfaceError("values must be a pattern or a delta")
 
-    def _plan_cattend(self, query_coord, key_pattern, top_k, values, query) -> _Call:
+    def _plan_cattend(self, query_coord, key_pattern, top_k, values, query,
+                      mode="auto") -> _Call:
         if key_pattern is None:
             raise InterfaceError("cattend needs key_pattern")
         if query is not None:
             q = np.asarray(query)
         elif query_coord is not None:
-            q = self._key(query_coord)
+            q = self._read_key(query_coord)
+            if q is None:
+                return _refused("cattend", NotFoundError(
+                    f"no scroll at the query coordinate {query_coord!r}: it names a name the "
+                    "store never interned"))
         else:
             raise InterfaceError("cattend needs query_coord or query")
-        p = to_pattern(key_pattern, self.names)
+        p = read_pattern(key_pattern, self.names)
         fmt = self.format_coords
 
         def post(res) -> AttentionResult:
@@ -539,36 +598,56 @@ class Client:
             return AttentionResult(recs, res["output"], res["n"], res["mode"])
 
         return _Call("cattend", "attend", (q, p),
-                     {"top_k": top_k, "values": self._values_arg(values)}, post)
+                     {"top_k": top_k, "values": self._values_arg(values), "mode": mode}, post)
 
     def cattend(self, query_coord=None, key_pattern=None, top_k: int | None = None,
-                values=None, query=None) -> AttentionResult:
+                values=None, query=None, mode: str = "auto") -> AttentionResult:
         """CATTEND: attention of a query over the scrolls matching ``key_pattern``.
 
         When scrolls hold vectors: scores q.k/sqrt(d), softmax weights over every matched
         key, the top-k records, and with ``values`` (a pattern aligned with the keys, or a
         delta from each key to its value) the weighted sum of value vectors in
-        ``result.output``. Text scrolls fall back to 1/(1 + L1 distance).
+        ``result.output``. Text scrolls fall back to 1/(1 + L1 distance) between
+        coordinates, weights score/sum.
 
         :param query_coord: coordinate of the scroll holding the query vector.
         :param query: the query vector itself (instead of ``query_coord``).
+        :param mode: ``"auto"``: dot-product scores when the query is a vector, the
+            distance fallback when the query scroll and every key scroll hold no vector,
+            an error for anything in between; ``"dot"`` or ``"distance"`` force one.
         :returns: :class:`AttentionResult` of :class:`AttentionRecord` (``r['coordinate']``,
-            ``r['score']``, ``r['weight']``, ``r['content']``).
+            ``r['score']``, ``r['weight']``, ``r['content']``); empty when nothing matches.
+        :raises NotFoundError: nothing is stored at ``query_coord`` (unless ``mode`` is
+            ``"distance"``, which needs the coordinate only).
+        :raises InterfaceError: the query and key sizes differ (both are named), or the
+            keys mix vectors and other contents.
         """
-        return self._now(self._plan_cattend(query_coord, key_pattern, top_k, values, query))
+        return self._now(self._plan_cattend(query_coord, key_pattern, top_k, values, query,
+                                            mode))
 
     def _plan_cattend_many(self, queries, key_patterns, values, return_weights) -> _Call:
         names = self.names
         if isinstance(queries, np.ndarray) and queries.dtype.kind == "f":
             q = queries
         else:
-            q = to_keys_blob(queries, names)
+            q, known = read_keys(queries, names)
+            if known is not None:
+                i = int(np.flatnonzero(~known)[0])
+                return _refused("cattend_many", NotFoundError(
+                    f"no scroll at query coordinate {i} ({list(queries)[i]!r}): it names a "
+                    "name the store never interned"))
         if isinstance(key_patterns, np.ndarray):
             kp = np.ascontiguousarray(key_patterns, dtype=np.uint16)
+        elif not isinstance(key_patterns, (list, tuple)):
+            raise InterfaceError(f"key_patterns must be a list of patterns or a (Q, 2, 9) array, "
+                                 f"got {type(key_patterns).__name__}")
         else:
-            kp = np.stack([to_pattern(p, names) for p in key_patterns]) if len(key_patterns) \
+            kp = np.stack([read_pattern(p, names) for p in key_patterns]) if len(key_patterns) \
                 else np.empty((0, 2, 9), dtype=np.uint16)
-        v = None if values is None else to_delta(values, names)
+        v = None if values is None else read_delta(values, names)
+        if values is not None and v is None:
+            raise InterfaceError(f"values {values!r} sets a name the store never interned: "
+                                 "no value scroll can be there")
         return _Call("cattend_many", "attend_many", (q, kp),
                      {"values": v, "return_weights": return_weights}, None)
 
@@ -591,10 +670,14 @@ class Client:
         if isinstance(relation_deltas, (str, np.ndarray)) and not (
                 isinstance(relation_deltas, np.ndarray) and relation_deltas.ndim == 3):
             relation_deltas = [relation_deltas]
-        ds = np.stack([to_delta(d, names) for d in relation_deltas]) if len(relation_deltas) \
-            else np.empty((0, 2, 9), dtype=np.int32)
-        start = to_pattern(start_coord, names)
-        return _Call("ckg", "kg", (start, ds, int(hops), int(max_frontier)), _NO_KW, None)
+        if not isinstance(relation_deltas, (list, tuple, np.ndarray)):
+            raise InterfaceError(f"relation_deltas must be a delta or a list of deltas, got "
+                                 f"{type(relation_deltas).__name__}")
+        # A relation setting a name the store never interned leads to no stored scroll.
+        ds = [d for d in (read_delta(d, names) for d in relation_deltas) if d is not None]
+        ds = np.stack(ds) if ds else np.empty((0, 2, 9), dtype=np.int32)
+        start = read_pattern(start_coord, names)
+        return _Call("ckg", "kg", (start, ds, hops, max_frontier), _NO_KW, None)
 
     def ckg(self, start_coord, relation_deltas, hops: int = 1, max_frontier: int = 10000) -> list:
         """CKG: multi-hop knowledge-graph traversal.
@@ -613,7 +696,7 @@ class Client:
     # -- names, admin ---------------------------------------------------------------------
 
     def _plan_intern(self, names) -> _Call:
-        return _Call("intern", "intern", (list(names),), _NO_KW, None)
+        return _Call("intern", "intern", (check_name_list(names),), _NO_KW, None)
 
     def intern(self, names) -> list:
         """Ids of names (0xF000...), interning the unknown ones."""
@@ -652,7 +735,7 @@ class Client:
         return self._now(self._plan_import_phext(source, skip_invalid))
 
     def _plan_export_phext(self, path, pattern, skip_invalid) -> _Call:
-        p = None if pattern is None else to_pattern(pattern, self.names)
+        p = None if pattern is None else read_pattern(pattern, self.names)
 
         def post(text: str) -> str:
             if path is not None:
@@ -724,7 +807,13 @@ class ClientPipeline:
 
     def _add(self, call: _Call) -> "ClientPipeline":
         if call.method is None:
-            self._slots.append(_Const(call.args[0]))
+            value = call.args[0]
+            if call.post is not None:   # a read answered without the store
+                try:
+                    value = call.post(value)
+                except Exception as exc:   # an error result, raised at execute like others
+                    value = exc
+            self._slots.append(_Const(value))
         else:
             getattr(self._pipe, call.method)(*call.args, **call.kw)
             self._slots.append(call.post)
@@ -742,7 +831,9 @@ class ClientPipeline:
         if type(coord) is bytes and len(coord) == 18:
             key = coord
         else:
-            key = _core.key_of(coord) or self._client._key(coord)
+            key = _core.key_of(coord) or self._client._read_key(coord)
+            if key is None:   # names a name the store never interned: nothing there
+                return self._pure(None)
         self._pipe.get(key)
         self._slots.append(None)
         return self
@@ -804,10 +895,10 @@ class ClientPipeline:
         return self._add(self._client._plan_chier(coord, direction))
 
     def cattend(self, query_coord=None, key_pattern=None, top_k: int | None = None,
-                values=None, query=None) -> "ClientPipeline":
+                values=None, query=None, mode: str = "auto") -> "ClientPipeline":
         """Queue a CATTEND (result: an :class:`AttentionResult`)."""
         return self._add(self._client._plan_cattend(query_coord, key_pattern, top_k, values,
-                                                    query))
+                                                    query, mode))
 
     def cattend_many(self, queries, key_patterns, values=None,
                      return_weights: bool = False) -> "ClientPipeline":
@@ -900,6 +991,27 @@ class ClientPipeline:
             self.execute()
 
 
+def _nothing(op: str, value) -> _Call:
+    """The call of a read naming a never-interned name: answered ``value`` without the
+    store (counted as a call, like the others)."""
+    return _Call(op, None, (value,), _NO_KW, lambda r: r)
+
+
+def _refused(op: str, exc: BaseException) -> _Call:
+    """The call of a read refused before reaching the store: it raises ``exc``."""
+    def refuse(_):
+        raise exc
+    return _Call(op, None, (None,), _NO_KW, refuse)
+
+
+def _spread(found: list, known: np.ndarray) -> list:
+    """Results for the known inputs put back in place, None for the others."""
+    out: list = [None] * len(known)
+    for i, r in zip(np.flatnonzero(known), found):
+        out[i] = r
+    return out
+
+
 def _read_phext_source(source) -> str:
     import os
 
@@ -914,15 +1026,38 @@ def _read_phext_source(source) -> str:
     raise InterfaceError(f"import_phext takes a path or the document text, got {type(source).__name__}")
 
 
+_TLS_QUERY = ("tls_ca", "tls_cert", "tls_key", "server_hostname")
+_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def _redacted(u: Any) -> str:
+    """The URL with its token replaced by ``***`` (a client's repr must not show it)."""
+    netloc = u.netloc
+    if u.password is not None:
+        netloc = ":***@" + netloc.rpartition("@")[2]
+    query = u.query
+    q = parse_qs(query, keep_blank_values=True)
+    if "token" in q:
+        q["token"] = ["***"]
+        query = urlencode({k: v[-1] for k, v in q.items()}, safe="*/")
+    return u._replace(netloc=netloc, query=query).geturl()
+
+
 def connect(url: str = "mem://", **kwargs) -> Client:
     """Open a client.
 
     :param url: ``mem://`` (in-process engine), ``file://DIR`` (in-process, durable in
-        DIR), or ``vtpu://host:port`` (a server; ``?token=T`` allowed).
+        DIR), ``vtpu://host:port`` (a server) or ``vtpus://host:port`` (a server over
+        TLS). The token goes in the password part, as in redis-py:
+        ``vtpu://:TOKEN@host:port`` (percent-encoded; ``?token=T`` works too). The query
+        may carry ``tls_ca``, ``tls_cert``, ``tls_key``, ``server_hostname`` (paths and
+        names) and ``tls_verify`` (``0``/``1``); keyword arguments win over the URL.
     :param kwargs: for ``file://``: ``fsync`` (always|everysec|never); for ``vtpu://``:
-        ``token``, ``timeout``, ``connect_timeout``, ``max_frame_size``.
+        any :class:`vtpu.netclient.RemoteEngine` argument (``token``, ``timeout``,
+        ``connect_timeout``, ``max_frame_size``, ``ssl``, ``tls_ca``, ``tls_verify``,
+        ``server_hostname``, ``tls_cert``, ``tls_key`` ...).
     :returns: a :class:`Client`.
-    :raises InterfaceError: an unknown scheme.
+    :raises InterfaceError: an unknown scheme or a malformed URL.
     """
     u = urlparse(url)
     scheme = u.scheme.lower()
@@ -938,14 +1073,35 @@ def connect(url: str = "mem://", **kwargs) -> Client:
         if not path:
             raise InterfaceError(f"file:// needs a directory: {url!r}")
         return Client(Engine(Storage(path, **kwargs)), url)
-    if scheme in ("vtpu", "tcp"):
+    if scheme in ("vtpu", "tcp", "vtpus"):
         from vtpu.netclient import RemoteEngine
 
+        shown = _redacted(u)
+        if u.username:
+            raise InterfaceError(f"{shown}: the token goes in the password part, with an "
+                                 "empty user name: vtpu://:TOKEN@host:port")
+        try:
+            port = u.port or 1337
+        except ValueError as exc:
+            raise InterfaceError(f"{shown}: {exc}") from None
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
-        if "token" in q and "token" not in kwargs:
-            kwargs["token"] = q["token"]
-        return Client(RemoteEngine(u.hostname or "127.0.0.1", u.port or 1337, **kwargs), url)
-    raise InterfaceError(f"unknown URL scheme in {url!r}: use mem://, file://DIR or vtpu://host:port")
+        if u.password is not None:
+            kwargs.setdefault("token", unquote(u.password))
+        if "token" in q:
+            kwargs.setdefault("token", q["token"])
+        for k in _TLS_QUERY:
+            if k in q:
+                kwargs.setdefault(k, q[k])
+        if "tls_verify" in q:
+            v = _BOOLS.get(q["tls_verify"].lower())
+            if v is None:
+                raise InterfaceError(f"{shown}: tls_verify must be 0 or 1, got {q['tls_verify']!r}")
+            kwargs.setdefault("tls_verify", v)
+        if scheme == "vtpus":
+            kwargs.setdefault("ssl", True)
+        return Client(RemoteEngine(u.hostname or "127.0.0.1", port, **kwargs), shown)
+    raise InterfaceError(f"unknown URL scheme in {url!r}: use mem://, file://DIR, "
+                         "vtpu://host:port or vtpus://host:port")
 
 
 class vTPU(Client):

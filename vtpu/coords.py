@@ -16,6 +16,8 @@ from vtpu import _core
 from vtpu._core import MAX_NAMES, MAX_NUMERIC, NAME_BASE
 from vtpu.errors import CoordinateError, InterfaceError, LimitError
 
+_format_key = _core.format_key   # Scroll.coordinate: one core call on the 18 bytes
+
 __all__ = [
     "NAME_BASE",
     "MAX_NAMES",
@@ -31,9 +33,47 @@ __all__ = [
     "to_pattern",
     "to_delta",
     "is_pattern_text",
+    "NOTHING",
+    "read_key",
+    "read_keys",
+    "read_pattern",
+    "read_delta",
+    "delta_in_range",
 ]
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
+
+
+class UnknownName(LookupError):
+    """A read named a name the store never interned: it can match nothing.
+
+    Raised by :class:`_ReadNames` while parsing and caught by the ``read_*`` conversions,
+    which turn it into "no match". Not a CoordinateError on purpose: the core's batch
+    parsers re-raise those with the item's index, and this must pass through unchanged.
+    """
+
+    def __init__(self, name: str):
+        super().__init__(f"{name!r} is not a name of this store (never interned)")
+        self.name = name
+
+
+class _ReadNames:
+    """A name table as reads see it: lookups never intern, unknown names raise.
+
+    The core's parsers call ``lookup(name, intern)``; this view ignores ``intern``.
+    """
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: "NameTable"):
+        self.table = table
+
+    def lookup(self, name: str, intern: bool = False) -> int:
+        """The id of a known name. :raises UnknownName: the store never interned it."""
+        ident = self.table.lookup(name, False)
+        if ident is None:
+            raise UnknownName(name)
+        return ident
 
 
 class NameTable:
@@ -63,6 +103,8 @@ class NameTable:
         self._resolver = resolver
         self._on_intern = on_intern
         self._lock = threading.Lock()
+        #: the read-only view for parsing read arguments (see :func:`read_key`)
+        self.reader = _ReadNames(self)
         self.extend(list(names))
 
     @property
@@ -96,6 +138,17 @@ class NameTable:
                 if name not in self._ids:
                     self._ids[name] = NAME_BASE + len(self._names)
                     self._names.append(name)
+
+    def truncate(self, n: int) -> None:
+        """Forget every name with index >= ``n`` (the engine undoing a failed commit:
+        those ids were never acknowledged to anyone, so they may be given again).
+
+        :param n: the number of names to keep.
+        """
+        with self._lock:
+            for name in self._names[n:]:
+                self._ids.pop(name, None)
+            del self._names[n:]
 
     def lookup(self, name: str, intern: bool = True) -> int | None:
         """The id of ``name``.
@@ -145,6 +198,23 @@ class NameTable:
                 if fresh and self._on_intern is not None:
                     self._on_intern(first, fresh)
         return [self._ids.get(n) for n in names]
+
+    def check_ids(self, coords: np.ndarray) -> None:
+        """Refuse coordinates holding name ids this table never gave out.
+
+        :param coords: (9,) or (N, 9) uint16 coordinates.
+        :raises CoordinateError: a component is an id >= 0xF000 + len(table) (such a key
+            could never be formatted or matched by name); the message names the row.
+        """
+        top = NAME_BASE + len(self._names)
+        arr = np.asarray(coords).reshape(-1, 9)
+        bad = np.argwhere(arr >= top)
+        if len(bad):
+            i, j = (int(x) for x in bad[0])
+            row = f"row {i} " if arr.shape[0] > 1 else ""
+            raise CoordinateError(
+                f"{row}component {j + 1} holds name id 0x{int(arr[i, j]):04X}, which is not "
+                f"in the name table ({len(self._names)} names): intern the name first")
 
     def name_of(self, ident: int) -> str:
         """The name with id ``ident``.
@@ -198,7 +268,7 @@ class Scroll:
     @property
     def coordinate(self) -> str:
         """The coordinate as text (names resolved through the table)."""
-        return _core.format_coord(self.key, self._names)
+        return _format_key(self.key, self._names)
 
     @property
     def coords(self) -> np.ndarray:
@@ -313,7 +383,11 @@ def to_coords(cs: Any, names: NameTable | None = None, intern: bool = True) -> n
         return _core.unpack_many(bytes(cs))
     if isinstance(cs, str):
         raise InterfaceError("expected a list of coordinates, got one string")
-    cs = list(cs)
+    try:
+        cs = list(cs)
+    except TypeError:
+        raise InterfaceError(f"expected a list or array of coordinates, got {type(cs).__name__}") \
+            from None
     if not cs:
         return np.empty((0, 9), dtype=np.uint16)
     if all(isinstance(c, str) for c in cs):
@@ -356,6 +430,93 @@ def to_delta(d: Any, names: NameTable | None = None, intern: bool = True) -> np.
     if isinstance(d, np.ndarray) and d.dtype == np.int32 and d.shape == (2, 9):
         return np.ascontiguousarray(d)
     raise InterfaceError(f"not a delta: {type(d).__name__} {d!r:.80}")
+
+
+# Reads never intern: a name the store never interned is in no stored coordinate, so a
+# read naming it has a known answer ("no match") and must not grow the durable,
+# 4096-entry table (nor fail with LimitError once it is full).
+
+#: A pattern that matches nothing (lo > hi in the first component).
+NOTHING = np.array([[0xFFFF] + [0] * 8, [0] + [0xFFFF] * 8], dtype=np.uint16)
+NOTHING.flags.writeable = False
+
+
+def _reader(names: NameTable | None):
+    return None if names is None else names.reader
+
+
+def read_key(c: Any, names: NameTable | None) -> bytes | None:
+    """A coordinate argument of a read as an 18-byte key, without interning.
+
+    :returns: the key, or None when the coordinate names a name the store never
+        interned (nothing can be stored there).
+    :raises CoordinateError: malformed text; :raises InterfaceError: not a coordinate.
+    """
+    try:
+        return to_key(c, _reader(names), False)
+    except UnknownName:
+        return None
+
+
+def read_keys(cs: Any, names: NameTable | None) -> tuple[bytes, np.ndarray | None]:
+    """Many coordinates of a read as one blob, without interning.
+
+    :returns: ``(blob, known)``: the keys of the coordinates that can exist, and None
+        when that is all of them, else a boolean mask over the inputs saying which ones
+        the blob holds (the others name never-interned names).
+    """
+    reader = _reader(names)
+    try:
+        return to_keys_blob(cs, reader, False), None
+    except UnknownName:
+        pass
+    # Only text can name a name, so ``cs`` is a sequence here: sort it out one by one.
+    keys = [read_key(c, names) for c in cs]
+    known = np.array([k is not None for k in keys], dtype=bool)
+    return b"".join(k for k in keys if k is not None), known
+
+
+def read_pattern(p: Any, names: NameTable | None) -> np.ndarray:
+    """A pattern argument of a read as (2, 9) bounds, without interning.
+
+    :returns: the bounds, or :data:`NOTHING` when a component names a name the store
+        never interned (every component must match, so nothing can).
+    """
+    try:
+        return to_pattern(p, _reader(names), False)
+    except UnknownName:
+        return NOTHING
+
+
+def read_delta(d: Any, names: NameTable | None) -> np.ndarray | None:
+    """A delta argument of a read as (2, 9) int32, without interning.
+
+    :returns: the delta, or None when it sets a component to a name the store never
+        interned (every coordinate it leads to is empty).
+    """
+    try:
+        return to_delta(d, _reader(names), False)
+    except UnknownName:
+        return None
+
+
+def delta_in_range(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Which rows of ``base`` a delta keeps inside the coordinate space.
+
+    A row drops out when an add takes a numeric component outside 0..61439, or adds a
+    non-zero amount to a name component: exactly the rows :func:`apply_delta_any`
+    refuses.
+
+    :param base: (N, 9) uint16 coordinates.
+    :param delta: (2, 9) int32 delta.
+    :returns: (N,) bool mask.
+    """
+    adds = (delta[0] == 0) & (delta[1] != 0)
+    if not adds.any():
+        return np.ones(len(base), dtype=bool)
+    old = base[:, adds].astype(np.int64)
+    new = old + delta[1, adds].astype(np.int64)
+    return ((old <= MAX_NUMERIC) & (new >= 0) & (new <= MAX_NUMERIC)).all(axis=1)
 
 
 def apply_delta_any(base: np.ndarray, delta: np.ndarray):

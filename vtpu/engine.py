@@ -1,14 +1,24 @@
-"""The store: a hash map of scrolls, the coordinate indexes and the instructions.
+"""The store: a column store of scrolls, the coordinate indexes and the instructions.
 
 One :class:`Engine` serves both the server (one per process, owned by its event loop)
 and the embedded ``mem://`` / ``file://`` modes; it implements
 :class:`vtpu.backend.Backend`. Every argument is already packed:
 18-byte keys, N*18-byte blobs, (2, 9) uint16 patterns, (2, 9) int32 deltas; the facade
-(:mod:`vtpu.client`) and the server do the parsing. Point lookups are one dict access;
-pattern queries go through :class:`vtpu.index.CoordIndex`.
+(:mod:`vtpu.client`) and the server do the parsing. Scrolls are rows of a
+:class:`vtpu._core.ColumnStore` (no Python object per scroll at rest): a point lookup is
+one probe of its key hash, a batched read one core call, and results of pattern queries
+are :class:`vtpu.results.Scrolls` (columns; a Scroll is made only when one is read).
+Pattern queries go through :class:`vtpu.index.CoordIndex`, whose main array is the
+store's sorted run.
 
 The engine is not thread-safe by design (Redis-style: one loop owns it). The embedded
 client serialises calls with a lock.
+
+With durable storage a write is validated and encoded before anything changes, then
+applied in memory and queued for the storage's next group commit; the old values it
+replaced are kept until that commit. If the commit fails (disk full, I/O error) every
+write of the group is undone in memory, index and name table included, so no reader
+ever sees a write that was not stored.
 """
 from __future__ import annotations
 
@@ -22,38 +32,57 @@ import numpy as np
 
 from vtpu import _core, phext
 from vtpu._version import __version__
-from vtpu.coords import NameTable, Scroll, apply_delta_any
-from vtpu.errors import (CoordinateError, InterfaceError, LimitError, RequestTimeout,
-                         VersionConflict)
-from vtpu.index import WINDOW, CoordIndex
+from vtpu.coords import NameTable, Scroll, UnknownName, apply_delta_any, delta_in_range
+from vtpu.errors import (CoordinateError, InterfaceError, LimitError, NotFoundError,
+                         RequestTimeout, VersionConflict)
+from vtpu.index import CoordIndex
+from vtpu.protocol import pack_value
 from vtpu.steps import Best, Steps, run
 
-__all__ = ["Engine", "check_content"]
+__all__ = ["Engine", "check_content", "check_count", "check_key", "check_blob", "check_contents",
+           "check_metric", "check_direction", "check_patterns", "check_values", "check_deltas",
+           "check_name_list", "check_text"]
 
 _FULL = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
 _EMPTY_COORDS = np.empty((0, 9), dtype=np.uint16)
 
-# Work per step of the instructions in steps (vtpu.steps), each about a millisecond.
-GATHER = 1024        # scrolls read (and scored, formatted) per step
-DELETE_STEP = 128    # scrolls deleted per step (map, index and storage queue)
+# Work per step of the instructions in steps (vtpu.steps), each well under a millisecond.
+GATHER = 1024        # scrolls read (and scored, checked) per step
+DELETE_STEP = 128    # scrolls deleted per step (store, index and storage queue)
 PUT_STEP = 1024      # scrolls of an import written per step
 EDGE_STEP = 512      # KG edges followed per step
 PHEXT_STEP = 128     # scrolls formatted per step of an export
 SCORES_PER_STEP = 1 << 15   # ATTEND_MANY attention scores computed per step
+#: Bounds of CNEAREST's k and CKG's hops / max_frontier (the wire accepts no more).
+MAX_K = 1 << 31
+MAX_HOPS = 1 << 20
+MAX_FRONTIER = 1 << 31
 _SCALARS = (str, bytes, int, float, bool, type(None))
 
 
-def check_content(content: Any) -> Any:
+# Deepest nesting of lists/dicts in a content: well inside what the content codec
+# (msgpack, about 1000 levels with the frame around it) and the checker's own recursion
+# allow, so every backend accepts or refuses a content alike.
+MAX_CONTENT_DEPTH = 256
+
+
+def check_content(content: Any, _depth: int = 0) -> Any:
     """Validate (and freeze) a scroll's content.
 
     str, bytes, numpy arrays (copied and made read-only, dtype and shape kept) and any
-    msgpack-able value (None, bool, int, float, list, dict with str keys) are accepted.
+    msgpack-able value (None, bool, int, float, list, dict with str or int keys, nested
+    at most ``MAX_CONTENT_DEPTH`` deep) are accepted. Every backend applies this same
+    check, so a content is accepted or refused alike everywhere.
 
     :returns: the value to store.
-    :raises InterfaceError: anything else (object arrays, sets, custom objects...).
+    :raises InterfaceError: anything else (object arrays, sets, custom objects, text
+        with a lone surrogate, which has no UTF-8 encoding ...).
     """
     if isinstance(content, _SCALARS):
-        if isinstance(content, int) and not isinstance(content, bool) and \
+        if isinstance(content, str):
+            if not content.isascii():
+                _check_text(content)
+        elif isinstance(content, int) and not isinstance(content, bool) and \
                 not -(1 << 63) <= content < (1 << 64):
             raise InterfaceError(f"integer content {content} does not fit 64 bits")
         return content
@@ -66,25 +95,41 @@ def check_content(content: Any) -> Any:
         return arr
     if isinstance(content, (bytearray, memoryview)):
         return bytes(content)
-    if isinstance(content, (list, tuple)):
-        return [check_content(x) for x in content]
-    if isinstance(content, dict):
+    if isinstance(content, (list, tuple, dict)):
+        if _depth >= MAX_CONTENT_DEPTH:
+            raise InterfaceError(f"content nested deeper than {MAX_CONTENT_DEPTH} levels")
+        if not isinstance(content, dict):
+            items = []
+            for x in content:   # a loop, not a comprehension: one frame per level
+                items.append(check_content(x, _depth + 1))
+            return items
         out = {}
         for k, v in content.items():
-            if not isinstance(k, (str, int)):
+            if isinstance(k, str):
+                if not k.isascii():
+                    _check_text(k)
+            elif not isinstance(k, int) or isinstance(k, bool):
                 raise InterfaceError(f"dict content keys must be str or int, got {type(k).__name__}")
-            out[k] = check_content(v)
+            else:
+                check_content(k)
+            out[k] = check_content(v, _depth + 1)
         return out
     if isinstance(content, np.generic):
-        return content.item()
+        return check_content(content.item(), _depth)
     raise InterfaceError(
         f"cannot store content of type {type(content).__name__}: use str, bytes, a numpy "
         "array or a msgpack-able value")
 
 
-def _frozen_row(row: np.ndarray) -> np.ndarray:
-    """Content check for rows of an array the engine already copied and froze."""
-    return row
+def _check_text(text: str) -> None:
+    """Refuse text that has no UTF-8 form (a lone surrogate), like the wire codec does."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise InterfaceError(
+            f"cannot store text with a lone surrogate {bad!r} at position {exc.start}: "
+            "text must be valid Unicode (UTF-8 encodable)") from None
 
 
 def _vector(content: Any) -> np.ndarray | None:
@@ -97,52 +142,226 @@ def _vector(content: Any) -> np.ndarray | None:
     return None
 
 
-def _parse_targets(content: Any, names: NameTable) -> list[bytes] | None:
-    """Coordinates an edge's content points at (CKG), or None when it points nowhere."""
+def _kind(content: Any) -> str:
+    """What a content is, for messages ("a str", "an array of shape (2, 3) int64")."""
+    if isinstance(content, np.ndarray):
+        return f"an array of shape {content.shape} {content.dtype}"
+    name = type(content).__name__
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def check_count(v: Any, what: str, lo: int = 0, hi: int = (1 << 63) - 1) -> int | None:
+    """None or an integer in lo..hi, else InterfaceError: the server's ARG check, so every
+    backend refuses the same arguments the same way (a float, even 2.0, or a bool is not
+    an integer here).
+
+    :returns: ``v`` as an int (or None).
+    :raises InterfaceError: anything else.
+    """
+    if v is None:
+        return None
+    # hi defaults to the wire's bound (an int64), so no backend takes a larger one.
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        raise InterfaceError(f"{what} must be an integer in {lo}..{hi}, got {v!r}")
+    return int(v)
+
+
+# -- argument checks -----------------------------------------------------------------------
+# The engine's arguments are checked by these functions before any shortcut (an empty
+# store answers nothing without looking at its arguments otherwise), and the network
+# clients (vtpu.session.ClientOps) call the same functions before they send: what the
+# engine refuses, every backend refuses, with the same error.
+
+
+def _bytes_like(v: Any) -> bytes | None:
+    """``v`` as bytes when it is bytes, a bytearray or a byte memoryview, else None."""
+    if type(v) is bytes:
+        return v
+    if isinstance(v, bytearray) or (isinstance(v, memoryview) and v.itemsize == 1):
+        return bytes(v)
+    return None
+
+
+def check_key(key: Any, what: str = "key") -> bytes:
+    """An 18-byte packed coordinate (bytes, bytearray or byte memoryview).
+
+    :returns: the key as bytes.
+    :raises InterfaceError: anything else (a ``(9,)`` array too: pack it first).
+    """
+    b = _bytes_like(key)
+    if b is None or len(b) != 18:
+        got = f"{len(b)} bytes" if b is not None else type(key).__name__
+        raise InterfaceError(f"{what} must be a packed coordinate of 18 bytes, got {got}")
+    return b
+
+
+def check_blob(blob: Any, what: str = "keys") -> bytes:
+    """N packed coordinates: N*18 bytes, or an ``(N, 9)`` uint16 array (packed here).
+
+    :returns: the blob as bytes.
+    :raises InterfaceError: anything else (another dtype or shape is not cast).
+    """
+    if isinstance(blob, np.ndarray):
+        return _core.pack_many(_core.check_coords(blob, what))
+    b = _bytes_like(blob)
+    if b is None:
+        raise InterfaceError(f"{what} must be N*18 bytes or an (N, 9) uint16 array, "
+                             f"got {type(blob).__name__}")
+    if len(b) % 18:
+        raise InterfaceError(f"{what}: packed coordinates need a multiple of 18 bytes, "
+                             f"got {len(b)}")
+    return b
+
+
+def check_contents(contents: Any, n: int) -> Any:
+    """The contents of a batched write of ``n`` keys: a list or tuple of n contents, or an
+    ndarray whose row i is content i (the contents themselves are checked on write).
+
+    :returns: a list, or the array.
+    :raises InterfaceError: another type (a str or a generator is not split into
+        contents), or not n of them.
+    """
+    if isinstance(contents, np.ndarray):
+        if contents.ndim == 0 or contents.shape[0] != n:
+            raise InterfaceError(f"{n} coordinates but contents of shape {contents.shape}")
+        return contents
+    if not isinstance(contents, (list, tuple)):
+        raise InterfaceError("contents must be a list or an ndarray (row i is content i), "
+                             f"got {type(contents).__name__}")
+    if len(contents) != n:
+        raise InterfaceError(f"{n} coordinates but {len(contents)} contents")
+    return contents if type(contents) is list else list(contents)
+
+
+def check_metric(metric: Any) -> str:
+    """CNEAREST's metric: "l1" or "hamming". :raises InterfaceError: anything else."""
+    if type(metric) is not str or metric not in ("l1", "hamming"):
+        raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
+    return metric
+
+
+def check_direction(direction: Any) -> str:
+    """CHIER's direction here: "NEXT" or "PREV", exactly. :raises InterfaceError: else."""
+    if type(direction) is not str or direction not in ("NEXT", "PREV"):
+        raise InterfaceError(f"direction must be NEXT or PREV here, got {direction!r}")
+    return direction
+
+
+def check_patterns(patterns: Any, what: str = "key patterns") -> np.ndarray:
+    """A ``(Q, 2, 9)`` uint16 array of patterns. :raises InterfaceError: anything else."""
+    if not isinstance(patterns, np.ndarray) or patterns.dtype != np.uint16 or \
+            patterns.ndim != 3 or patterns.shape[1:] != (2, 9):
+        got = (f"{patterns.dtype} {patterns.shape}" if isinstance(patterns, np.ndarray)
+               else type(patterns).__name__)
+        raise InterfaceError(f"{what} must be a (Q, 2, 9) uint16 array, got {got}")
+    return np.ascontiguousarray(patterns)
+
+
+def check_values(values: Any) -> np.ndarray | None:
+    """CATTEND's values: None, a ``(2, 9)`` int32 delta (from each key to its value) or a
+    ``(2, 9)`` uint16 pattern (aligned with the keys); the dtype tells them apart.
+
+    :raises InterfaceError: anything else.
+    """
+    if values is None:
+        return None
+    if isinstance(values, np.ndarray) and values.dtype == np.int32:
+        if values.shape != (2, 9):
+            raise InterfaceError(f"a values delta must be a (2, 9) int32 array, got "
+                                 f"{values.shape}")
+        return np.ascontiguousarray(values)
+    return _core.check_pattern(values, "values")
+
+
+def check_deltas(deltas: Any) -> np.ndarray:
+    """CKG's relations: an ``(R, 2, 9)`` int32 array. :raises InterfaceError: else."""
+    if not isinstance(deltas, np.ndarray) or deltas.ndim != 3 or \
+            deltas.shape[1:] != (2, 9) or deltas.dtype != np.int32:
+        got = (f"{deltas.dtype} {deltas.shape}" if isinstance(deltas, np.ndarray)
+               else type(deltas).__name__)
+        raise InterfaceError(f"deltas must be an (R, 2, 9) int32 array, got {got}")
+    return np.ascontiguousarray(deltas)
+
+
+def check_name_list(names: Any) -> list:
+    """The names of an intern call: a list or tuple (a bare str is not split into its
+    characters). :raises InterfaceError: anything else."""
+    if not isinstance(names, (list, tuple)):
+        raise InterfaceError(f"intern takes a list of names, got {type(names).__name__}")
+    return list(names)
+
+
+def check_text(text: Any) -> str:
+    """A .phext document to import: a str. :raises InterfaceError: anything else."""
+    if type(text) is not str:
+        raise InterfaceError(f"the phext text must be a str, got {type(text).__name__} "
+                             "(decode bytes as UTF-8 first)")
+    return text
+
+
+def _rows_in_windows(coords: np.ndarray, kp: np.ndarray, starts: np.ndarray,
+                     ends: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Which rows of sorted ``coords`` match at least one window pattern.
+
+    :param starts, ends, exact: :func:`vtpu._core.window_spans` of ``coords`` and ``kp``.
+    :returns: (N,) bool mask.
+    """
+    n = len(coords)
+    whole = exact & (ends > starts)
+    cover = np.bincount(starts[whole], minlength=n + 1) - np.bincount(ends[whole], minlength=n + 1)
+    inside = np.cumsum(cover[:n]) > 0
+    for i in np.flatnonzero(~exact):
+        a, b = int(starts[i]), int(ends[i])
+        inside[a:b] |= _core.match(coords[a:b], kp[i])
+    return inside
+
+
+def _edge_key(item: Any, names: NameTable) -> bytes | None:
+    """The key one coordinate-valued item stands for (CKG).
+
+    :returns: 18 bytes; ``b""`` for coordinate text naming a name the store never
+        interned (a coordinate where nothing can be stored); None when the item is not
+        a coordinate (text that does not parse, any other value).
+    """
+    if isinstance(item, str):
+        if "/" not in item and ";" not in item:
+            return None   # a coordinate's text always holds its group separators
+        try:
+            return _core.pack(_core.parse_coord(item.strip(), names.reader, False))
+        except UnknownName:
+            return b""
+        except CoordinateError:
+            return None
+    if isinstance(item, bytes):
+        return item if len(item) == 18 else None
+    if isinstance(item, np.ndarray) and item.dtype == np.uint16 and item.shape == (9,):
+        return _core.pack(item)
+    return None
+
+
+def _edge_targets(content: Any, names: NameTable) -> list[bytes] | None:
+    """Coordinates an edge's content points at (CKG), or None when it points nowhere.
+
+    A coordinate is text (surrounding whitespace ignored), an 18-byte key or a (9,)
+    uint16 array; a list of them or an (N, 9) uint16 array points at each. Anything
+    else (including an empty list) is no pointer: the edge itself is the target.
+    Coordinates naming never-interned names hold nothing and are left out.
+    """
+    if isinstance(content, np.ndarray) and content.dtype == np.uint16 and \
+            content.ndim == 2 and content.shape[1] == 9:
+        blob = _core.pack_many(np.ascontiguousarray(content))
+        return [blob[i:i + 18] for i in range(0, len(blob), 18)] or None
     items = content if isinstance(content, list) else [content]
     if not items:
         return None
     out = []
     for item in items:
-        if not isinstance(item, str) or ("/" not in item and ";" not in item):
-            return None   # a coordinate's text always holds its group separators
-        try:
-            out.append(_core.pack(_core.parse_coord(item.strip(), names, False)))
-        except CoordinateError:
+        key = _edge_key(item, names)
+        if key is None:
             return None
+        if key:
+            out.append(key)
     return out
-
-
-_SCROLL_CONTENT = Scroll.content   # the slot descriptor holding a Scroll's content
-
-
-class _StoredScroll(Scroll):
-    """A Scroll loaded from disk whose content is decoded on first access.
-
-    Start-up then costs one object per row, not one msgpack decode per row; a scroll
-    that is never read is never decoded.
-    """
-
-    __slots__ = ("_blob",)
-
-    def __init__(self, key, blob, version, created_at, updated_at, names):
-        self.key = key
-        self._blob = blob
-        self.version = version
-        self.created_at = created_at
-        self.updated_at = updated_at
-        self._names = names
-
-    @property
-    def content(self):
-        """The content, decoded from its stored form on first access."""
-        blob = self._blob
-        if blob is not None:
-            from vtpu.protocol import unpack_value
-
-            _SCROLL_CONTENT.__set__(self, unpack_value(blob))
-            self._blob = None
-        return _SCROLL_CONTENT.__get__(self)
 
 
 class Engine:
@@ -161,11 +380,17 @@ class Engine:
         self.storage = storage
         self.autocommit = autocommit
         self.names = NameTable(on_intern=self._names_added)
-        self._map: dict[bytes, Scroll] = {}
-        self._index = CoordIndex()
+        # key -> scroll: the rows of the column store (mapping access: get, [], in, len)
+        self._map = _core.ColumnStore(Scroll, self.names)
+        # The index's main array is the store's sorted run: keys are held once.
+        self._index = CoordIndex(source=self._map)
         self._started = time.time()
         self._ops: dict[str, int] = {}
         self.load_seconds = 0.0
+        # Since the last commit: (keys blob, the scrolls they held before) per write call,
+        # and how many names the storage holds.
+        self._undo: list[tuple[bytes, list]] = []
+        self._names_mark = 0
         if storage is not None:
             self._load()
 
@@ -179,66 +404,121 @@ class Engine:
         t0 = time.perf_counter()
         names, rows = self.storage.load()
         self.names.extend(list(names))
-        table = self.names
-        m = self._map
-        for key, blob, version, created, updated in rows:
-            m[key] = _StoredScroll(key, blob, version, created, updated, table)
-        keys = list(m)
-        if any(keys[i] >= keys[i + 1] for i in range(len(keys) - 1)):
-            keys.sort()   # the storage returns key order; never trust it blindly
-        self._index.load_sorted(b"".join(keys))
+        self._names_mark = len(self.names)
+        # The rows come in key order: the store takes them as its sorted run in one
+        # pass (it checks the order), and the index's main array is that run.
+        self._map.load(rows)
+        self._index.clear()
         self.load_seconds = time.perf_counter() - t0
 
-    def _persist(self, scrolls: list[Scroll]) -> None:
-        from vtpu.protocol import pack_value
+    def _queued(self, mark: int, queue: Any, *args: Any, commit: bool = True) -> None:
+        """Queue a write that memory already shows; undo it there if queueing fails.
 
-        self.storage.put_many([(s.key, pack_value(s.content), s.version, s.created_at,
-                                s.updated_at) for s in scrolls])
+        :param commit: commit it too when ``autocommit`` is on (a write in steps commits
+            once, at its end).
+        """
+        try:
+            queue(*args)
+        except BaseException:
+            self._revert(mark)
+            raise
+        if commit and self.autocommit:
+            self.commit()
 
-    def _persist_delete(self, keys: list[bytes]) -> None:
-        self.storage.delete(keys)
+    def _revert(self, mark: int) -> None:
+        """Undo, newest first, every write recorded in the undo log after ``mark``."""
+        undo, m, index = self._undo, self._map, self._index
+        while len(undo) > mark:
+            blob, olds = undo.pop()
+            for i in range(len(olds) - 1, -1, -1):
+                key = blob[18 * i:18 * i + 18]
+                old = olds[i]
+                if old is None:
+                    if m.delete(key):
+                        index.remove(key)
+                else:
+                    # The store first: an index merge on the way is built from it.
+                    absent = key not in m
+                    m.set(key, old.content, old.version, old.created_at, old.updated_at)
+                    if absent:
+                        index.add(key)
 
-    def _autocommit(self) -> None:
-        """Commit what the write call just queued (embedded use; the server commits)."""
-        if self.autocommit and self.storage is not None:
-            self.storage.commit()
+    def commit(self) -> int:
+        """Make every write so far durable (per the storage's fsync policy).
 
-    def commit(self) -> None:
-        """Make every write so far durable (per the storage's fsync policy)."""
-        if self.storage is not None:
-            self.storage.commit()
+        :returns: the number of storage operations written (0: nothing was pending).
+        :raises StorageError: the commit failed; every write since the last commit is
+            then undone in memory too (scrolls, index and name table), as if it had
+            never been made.
+        """
+        if self.storage is None:
+            return 0
+        try:
+            n = self.storage.commit()
+        except BaseException:
+            self._revert(0)
+            self.names.truncate(self._names_mark)
+            raise
+        self._undo = []
+        self._names_mark = len(self.names)
+        return n
 
     def close(self) -> None:
         """Commit and close the storage, if any."""
         if self.storage is not None:
-            self.storage.commit()
+            self.commit()
             self.storage.close()
             self.storage = None
+
+    def _maybe_compact(self) -> None:
+        """Compact the store once deleted rows or dead content bytes are a quarter of it
+        (amortised: a compaction costs about as much as the writes since the last one)."""
+        m = self._map
+        if m.dead_rows > max(4096, len(m) // 4) or \
+                m.garbage_bytes > max(1 << 20, m.arena_bytes // 4):
+            self._index.merge()   # the index's merge is the store's compaction
 
     def _count(self, op: str, n: int = 1) -> None:
         self._ops[op] = self._ops.get(op, 0) + n
 
+    def _check_names(self, blob: bytes) -> None:
+        """Refuse keys holding name ids never interned (COORD): nothing could format them.
+
+        :raises CoordinateError: naming the row and the id.
+        """
+        # Name ids are 0xF000 and up, so only a high byte >= 0xF0 needs the table.
+        if len(blob) == 18:
+            if max(blob[0::2]) < 0xF0:
+                return
+        elif not blob or np.frombuffer(blob, np.uint8)[0::2].max() < 0xF0:
+            return
+        self.names.check_ids(_core.unpack_many(blob))
+
     # -- point operations -----------------------------------------------------------------
 
     def get(self, key: bytes) -> Scroll | None:
-        """CGET: the scroll at an 18-byte key, or None."""
+        """CGET: the scroll at an 18-byte key (made now from its row), or None.
+
+        :raises InterfaceError: a key that is not 18 bytes.
+        """
+        if type(key) is not bytes:
+            key = check_key(key)
         return self._map.get(key)
 
-    def get_many(self, blob: bytes, content_only: bool = False) -> list:
-        """Batched CGET over an N*18-byte blob.
+    def get_many(self, blob: bytes, content_only: bool = False):
+        """Batched CGET over an N*18-byte blob, in one core call.
 
         :param blob: N*18 bytes of packed keys.
-        :param content_only: return the contents only, not Scroll objects.
-        :returns: a list of N Scrolls, None where nothing is stored; with
-            ``content_only`` a list of N contents, None where nothing is stored.
+        :param content_only: return the contents only, not scrolls.
+        :returns: a :class:`~vtpu.results.Scrolls` of N items, None where nothing is
+            stored; with ``content_only`` a list of N contents, None where nothing is
+            stored.
         :raises InterfaceError: the blob is not a multiple of 18 bytes.
         """
-        if len(blob) % 18:
-            raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {len(blob)}")
+        blob = check_blob(blob)
         if content_only:
-            return _core.scroll_contents(self._map, bytes(blob), Scroll)
-        g = self._map.get
-        return [g(blob[i:i + 18]) for i in range(0, len(blob), 18)]
+            return self._map.contents(blob)
+        return self._map.get_many(blob)
 
     def put(self, key: bytes, content: Any, if_version: int | None = None) -> int:
         """CPUT: write a scroll; returns its new version.
@@ -249,25 +529,31 @@ class Engine:
         :raises InterfaceError: unstorable content or a malformed key.
         """
         if type(key) is not bytes or len(key) != 18:
-            raise InterfaceError("a packed coordinate is 18 bytes")
+            key = check_key(key)
+        if_version = check_count(if_version, "if_version")
+        self._check_names(key)
         content = check_content(content)
-        old = self._map.get(key)
+        m = self._map
+        st = self.storage
+        old = m.get(key) if st is not None else None   # kept for the undo log
         if if_version is not None:
-            have = 0 if old is None else old.version
+            have = m.version(key)
             if have != if_version:
                 raise VersionConflict(
                     f"version conflict at {self._fmt(key)}: expected {if_version}, found {have}")
         now = time.time()
-        if old is None:
-            s = Scroll(key, content, 1, now, now, self.names)
+        if st is not None:
+            # Encoded and queued before memory changes: a refusal leaves nothing behind.
+            # (The store's write gives the same version and times.)
+            version, created = (1, now) if old is None else (old.version + 1, old.created_at)
+            st.put(key, pack_value(content), version, created, now)
+            self._undo.append((key, [old]))
+        version = m.put(key, content, now)
+        if version == 1:   # the key was not stored
             self._index.add(key)
-        else:
-            s = Scroll(key, content, old.version + 1, old.created_at, now, self.names)
-        self._map[key] = s
-        if self.storage is not None:
-            self._persist([s])
-            self._autocommit()
-        return s.version
+        if st is not None and self.autocommit:
+            self.commit()
+        return version
 
     def put_many(self, blob: bytes, contents: Any) -> list[int]:
         """Batched CPUT: ``contents[i]`` goes to the i-th key of the blob.
@@ -277,65 +563,90 @@ class Engine:
         :raises InterfaceError: lengths differ or a content is unstorable (nothing is
             written then).
         """
-        versions = self._write_many(blob, contents)
-        self._autocommit()
-        return versions
+        return self._put_many(blob, contents, True)
 
-    def _write_many(self, blob: bytes, contents: Any) -> list[int]:
-        """:meth:`put_many` without the autocommit (what an import does per step)."""
-        if type(blob) is not bytes:
-            blob = bytes(blob)
+    def _put_many(self, blob: bytes, contents: Any, commit: bool) -> list[int]:
+        """:meth:`put_many`; ``commit``: as :meth:`_queued`."""
+        blob = check_blob(blob)
         n = len(blob) // 18
-        check = check_content
+        contents = check_contents(contents, n)
+        self._check_names(blob)
         if isinstance(contents, np.ndarray):
-            if contents.ndim == 0 or contents.shape[0] != n:
-                raise InterfaceError(f"{n} coordinates but contents of shape {contents.shape}")
-            frozen = np.array(contents, copy=True, order="C")
-            frozen.flags.writeable = False
-            contents = list(frozen) if frozen.ndim > 1 else [x.item() for x in frozen]
-            check = _frozen_row   # rows of one frozen copy: nothing left to copy or check
+            frozen = check_content(contents)   # the dtype check, and one frozen copy
+            if frozen.ndim > 1:
+                contents = list(frozen)        # rows of that copy: nothing left to check
+            else:
+                contents = frozen.tolist()
+                _core.check_contents(contents, check_content)
         else:
-            contents = list(contents)
-            if len(contents) != n:
-                raise InterfaceError(f"{n} coordinates but {len(contents)} contents")
-        versions, new_keys, written = _core.put_scrolls(self._map, blob, contents, time.time(),
-                                                        self.names, Scroll, check)
+            _core.check_contents(contents, check_content)
+        m = self._map
+        st = self.storage
+        if st is not None:
+            # Encoded before memory changes: a refusal leaves nothing behind.
+            blobs = [pack_value(c) for c in contents]
+            olds = m.get_many(blob)
+        versions, new_keys = m.put_many(blob, contents, time.time())
         if new_keys:
             self._index.add_many(new_keys)
-        if self.storage is not None:
-            self._persist(written)
+        if st is not None:
+            # Each key's row as stored now (a key given twice: its last write, twice).
+            written = m.get_many(blob)
+            mark = len(self._undo)
+            self._undo.append((blob, olds))
+            self._queued(mark, st.put_many, list(zip(
+                [blob[i:i + 18] for i in range(0, len(blob), 18)], blobs,
+                written.versions.tolist(), written.created_at.tolist(),
+                written.updated_at.tolist())), commit=commit)
+        self._maybe_compact()
         return versions
 
     def delete(self, key: bytes) -> int:
-        """CDEL of one key: returns 1 if a scroll was removed, else 0."""
-        if self._map.pop(key, None) is None:
+        """CDEL of one key: returns 1 if a scroll was removed, else 0.
+
+        :raises InterfaceError: a key that is not 18 bytes.
+        """
+        if type(key) is not bytes:
+            key = check_key(key)
+        m = self._map
+        old = m.get(key) if self.storage is not None else None   # kept for the undo log
+        if not m.delete(key):
             return 0
         self._index.remove(key)
         if self.storage is not None:
-            self._persist_delete([key])
-            self._autocommit()
+            mark = len(self._undo)
+            self._undo.append((key, [old]))
+            self._queued(mark, self.storage.delete, [key])
+        self._maybe_compact()
         return 1
 
     def delete_many(self, blob: bytes) -> int:
-        """CDEL of many keys: returns how many scrolls were removed."""
-        n = self._delete_keys(blob)
-        self._autocommit()
-        return n
+        """CDEL of many keys: returns how many scrolls were removed.
 
-    def _delete_keys(self, blob: bytes) -> int:
-        """:meth:`delete_many` without the autocommit."""
-        keys = [blob[i:i + 18] for i in range(0, len(blob), 18)]
-        gone = []
-        for key in keys:
-            if self._map.pop(key, None) is not None:
-                self._index.remove(key)
-                gone.append(key)
-        if gone and self.storage is not None:
-            self._persist_delete(gone)
+        :raises InterfaceError: the blob is not N*18 bytes or an (N, 9) uint16 array.
+        """
+        return self._delete_many(blob, True)
+
+    def _delete_many(self, blob: bytes, commit: bool) -> int:
+        """:meth:`delete_many`; ``commit``: as :meth:`_queued`."""
+        blob = check_blob(blob)
+        m = self._map
+        st = self.storage
+        olds = m.get_many(blob) if st is not None else None   # kept for the undo log
+        gone = m.delete_many(blob)
+        self._index.remove_many(gone)
+        if gone and st is not None:
+            mark = len(self._undo)
+            self._undo.append((blob, olds))
+            self._queued(mark, st.delete, gone, commit=commit)
+        self._maybe_compact()
         return len(gone)
 
     def delete_range(self, pattern: np.ndarray) -> int:
-        """CDEL of a pattern: removes every matching scroll, returns how many."""
+        """CDEL of a pattern: removes every matching scroll, returns how many.
+
+        :raises InterfaceError: not a (2, 9) uint16 pattern.
+        """
         return run(self.delete_range_steps(pattern))
 
     def delete_range_steps(self, pattern: np.ndarray) -> Steps:
@@ -347,6 +658,7 @@ class Engine:
         it raises one that says how many it deleted: those stay deleted (each step
         leaves the store consistent), the others stay stored.
         """
+        pattern = _core.check_pattern(pattern)
         n = 0
         total = None
         try:
@@ -355,14 +667,14 @@ class Engine:
             for a in range(0, total, DELETE_STEP):
                 if a:
                     yield
-                n += self._delete_keys(_core.pack_many(coords[a:a + DELETE_STEP]))
+                n += self._delete_many(_core.pack_many(coords[a:a + DELETE_STEP]), False)
         except RequestTimeout as exc:
             done = "none was deleted" if total is None else \
                 f"{n} of the {total} matching scrolls were deleted, the others are still stored"
             raise RequestTimeout(f"{exc.message}; {done}") from None
         finally:
-            if n:
-                self._autocommit()
+            if n and self.storage is not None and self.autocommit:
+                self.commit()
         return n
 
     # -- pattern queries ------------------------------------------------------------------
@@ -379,46 +691,50 @@ class Engine:
 
     def range_steps(self, pattern: np.ndarray, limit: int | None = None,
                     after: bytes | None = None, keys_only: bool = False) -> Steps:
-        """Steps of :meth:`range`: the keys matching when it starts, their scrolls read
-        GATHER per step (one deleted meanwhile is left out)."""
-        if limit is not None and limit < 0:
-            raise InterfaceError(f"limit must be >= 0, got {limit}")
+        """Steps of :meth:`range`: the keys matching when it starts, found a window of
+        the index per step; their scrolls are read in one go (one deleted meanwhile is
+        left out). A long result is for ``mem://``: the server pages RANGE."""
+        pattern = _core.check_pattern(pattern)
+        limit = check_count(limit, "limit")
         coords = yield from self._index.query_steps(
-            pattern, None if after is None else _core.unpack(after), limit)
+            pattern, None if after is None else _core.unpack(check_key(after, "after")), limit)
         if keys_only:
             return coords
-        scrolls, _ = yield from self._scrolls_steps(coords)
-        return scrolls
+        if len(coords) > GATHER:
+            yield
+        return self._stored(coords)
 
-    def _scrolls_steps(self, coords: np.ndarray) -> Steps:
-        """Steps: the scrolls stored at (M, 9) coordinates, GATHER per step.
+    def _stored(self, coords: np.ndarray):
+        """The scrolls at (M, 9) coordinates (a :class:`~vtpu.results.Scrolls`), without
+        those no longer stored."""
+        res = self._map.get_many(_core.pack_many(coords))
+        found = res.found
+        return res if found.all() else res.take(np.flatnonzero(found))
 
-        :returns: ``(scrolls, their coordinates)``: in the order given, without those no
-            longer stored (deleted since the coordinates were found).
-        """
-        out: list = []
-        kept = None
-        for a in range(0, len(coords), GATHER):
-            if a:
-                yield
-            got = self.get_many(_core.pack_many(coords[a:a + GATHER]))
-            present = [s is not None for s in got]
-            if all(present):
-                out.extend(got)
-                continue
-            if kept is None:
-                kept = np.ones(len(coords), dtype=np.bool_)
-            kept[a:a + len(got)] = present
-            out.extend(s for s in got if s is not None)
-        return out, (coords if kept is None else coords[kept])
+    def _chunks(self, coords: np.ndarray, size: int = 0) -> Iterator[tuple[Any, np.ndarray]]:
+        """``(scrolls, their coordinates)`` of (M, 9) coordinates, ``size`` (GATHER) at a
+        time, without those no longer stored: a step generator reads one per step."""
+        size = size or GATHER
+        for a in range(0, len(coords), size):
+            part = coords[a:a + size]
+            res = self._map.get_many(_core.pack_many(part))
+            found = res.found
+            if found.all():
+                yield res, part
+            else:
+                keep = np.flatnonzero(found)
+                yield res.take(keep), part[keep]
 
     def count(self, pattern: np.ndarray) -> int:
-        """CRANGE count: how many scrolls match the pattern."""
+        """CRANGE count: how many scrolls match the pattern.
+
+        :raises InterfaceError: not a (2, 9) uint16 pattern.
+        """
         return run(self.count_steps(pattern))
 
     def count_steps(self, pattern: np.ndarray) -> Steps:
         """Steps of :meth:`count` (the keys matching when it starts)."""
-        return (yield from self._index.count_steps(pattern))
+        return (yield from self._index.count_steps(_core.check_pattern(pattern)))
 
     def nearest(self, c: np.ndarray, k: int = 10, metric: str = "l1", within=None):
         """CNEAREST: the k stored coordinates nearest to c.
@@ -431,77 +747,146 @@ class Engine:
     def nearest_steps(self, c: np.ndarray, k: int = 10, metric: str = "l1",
                       within=None) -> Steps:
         """Steps of :meth:`nearest` (over the keys stored when it starts)."""
-        if k < 0:
-            raise InterfaceError(f"k must be >= 0, got {k}")
+        c = _core.check_coord(c)
+        k = check_count(k, "k", 0, MAX_K)
+        metric = check_metric(metric)
+        if within is not None:
+            within = _core.check_pattern(within, "within")
         return (yield from self._index.nearest_steps(c, k, metric, within))
 
     def hier(self, c: np.ndarray, direction: str):
         """CHIER NEXT/PREV: the neighbouring stored coordinate in document order, or None."""
-        if direction not in ("NEXT", "PREV"):
-            raise InterfaceError(f"direction must be NEXT or PREV here, got {direction!r}")
-        return self._index.neighbour(c, direction)
+        return self._index.neighbour(_core.check_coord(c), check_direction(direction))
 
     # -- compound instructions ------------------------------------------------------------
 
-    def _query_vector(self, q) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(vector, coordinate) of an attention query given as a key or a vector."""
-        if isinstance(q, bytes):
+    def _query_vector(self, q, mode: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(vector, coordinate) of an attention query given as a key or a vector.
+
+        :returns: the query vector (None when the query scroll holds something else) and
+            the query coordinate (None for a vector query).
+        :raises NotFoundError: the key holds no scroll (``mode="distance"`` needs only
+            the coordinate, so there it may be empty).
+        """
+        if isinstance(q, (bytes, bytearray, memoryview)):
+            q = check_key(q, "a query key")
             s = self._map.get(q)
-            vec = _vector(s.content) if s is not None else None
+            if s is None and mode != "distance":
+                raise NotFoundError(f"no scroll at the query coordinate {self._fmt(q)}")
+            vec = None if s is None else _vector(s.content)
+            if vec is not None and vec.size == 0:
+                raise InterfaceError(f"the query scroll at {self._fmt(q)} holds an empty vector")
             return vec, _core.unpack(q)
         if isinstance(q, np.ndarray):
             if q.ndim != 1 or q.dtype.kind not in "biuf":
-                raise InterfaceError("a query vector must be a 1-d numeric array")
+                raise InterfaceError("a query vector must be a 1-d numeric array, got "
+                                     f"shape {q.shape} dtype {q.dtype}")
+            if q.size == 0:
+                raise InterfaceError("the query vector is empty")
             return q, None
         raise InterfaceError(f"query must be a key or a vector, got {type(q).__name__}")
 
+    def _vectors(self, scrolls: list, size: int | None, what: str, against: str = "",
+                 hint: str = "") -> np.ndarray:
+        """The contents of ``scrolls`` stacked as (n, size) vectors, dtype kept.
+
+        :param size: the size every vector must have (None: the first one's).
+        :param what: "query", "key" or "value", for messages.
+        :param against: what fixed the size ("the query vector"), for messages.
+        :param hint: appended to the message about a scroll holding no vector.
+        :raises InterfaceError: a scroll holds no 1-d numeric vector, or one of another
+            size; the message names its coordinate and both sizes.
+        """
+        vecs = [None if s is None else _vector(s.content) for s in scrolls]
+        if not vecs:
+            return np.empty((0, size or 0))
+        shapes = {None if v is None else v.shape for v in vecs}
+        if len(shapes) == 1 and None not in shapes and (size is None or shapes == {(size,)}):
+            return np.stack(vecs)
+        for s, v in zip(scrolls, vecs):   # name the first scroll that does not fit
+            if v is None:
+                held = "nothing" if s is None else _kind(s.content)
+                where = "" if s is None else f" at {self._fmt(s.key)}"
+                raise InterfaceError(
+                    f"the {what} scroll{where} holds {held}, not a vector"
+                    + (f" of size {size}" if size is not None else "") + hint)
+            if size is None:
+                size, against = v.shape[0], f"the {what} scroll at {self._fmt(s.key)}"
+            elif v.shape[0] != size:
+                raise InterfaceError(
+                    f"{against} has size {size} but the {what} scroll at {self._fmt(s.key)} "
+                    f"holds a vector of size {v.shape[0]}")
+        raise AssertionError("unreachable: the shapes differ, so some scroll does not fit")
+
     def _value_vectors_steps(self, keys: np.ndarray, values, cast: bool = True) -> Steps:
-        """Steps: the value vectors of attention keys, stacked (one row per key)."""
+        """Steps: the value vectors of attention keys, stacked (one row per key), GATHER
+        scrolls per step."""
+        parts: list = []
+        size = against = None
+        got = 0
+
+        def take(scrolls: list) -> None:
+            nonlocal size, against, got
+            vecs = self._vectors(scrolls, size, "value", against or "")
+            if size is None and len(vecs):
+                size = vecs.shape[1]
+                against = f"the value scroll at {self._fmt(scrolls[0].key)}"
+            parts.append(vecs)
+            got += len(scrolls)
+
         if values.dtype == np.int32:           # a delta applied to every key
             vcoords = apply_delta_any(keys, values)
             if isinstance(vcoords, list):
                 raise InterfaceError("a values delta must not contain wildcards")
-            scrolls = []
             for a in range(0, len(vcoords), GATHER):
-                if a:
-                    yield
-                scrolls.extend(self.get_many(_core.pack_many(vcoords[a:a + GATHER])))
+                yield
+                scrolls = list(self.get_many(_core.pack_many(vcoords[a:a + GATHER])))
+                for i, s in enumerate(scrolls):
+                    if s is None:
+                        raise InterfaceError(
+                            f"no value scroll at {self._fmt(_core.pack(vcoords[a + i]))} (the "
+                            f"value of the key at {self._fmt(_core.pack(keys[a + i]))})")
+                take(scrolls)
         else:                                   # a pattern aligned with the keys
-            scrolls = yield from self.range_steps(values)
-        if len(scrolls) != len(keys):
-            raise InterfaceError(f"values give {len(scrolls)} scrolls for {len(keys)} keys")
-        parts = []
-        for a in range(0, len(scrolls), GATHER):
-            yield
-            vecs = []
-            for s in scrolls[a:a + GATHER]:
-                v = None if s is None else _vector(s.content)
-                if v is None:
-                    raise InterfaceError("every value scroll must hold a 1-d numeric vector")
-                vecs.append(v)
-            parts.append(np.stack(vecs))
+            vcoords = yield from self._index.query_steps(values)
+            for part, _ in self._chunks(vcoords):
+                yield
+                take(list(part))
+        if got != len(keys):
+            raise InterfaceError(f"values give {got} scrolls for {len(keys)} keys")
         if not parts:
             return np.empty((0, 0))
         out = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return out.astype(np.float64) if cast else out
 
     def attend(self, q, key_pattern: np.ndarray, top_k: int | None = None, values=None,
-               return_output: bool = True) -> dict:
+               return_output: bool = True, mode: str | None = "auto") -> dict:
         """CATTEND: attention of one query over the scrolls matching ``key_pattern``.
 
-        With vector contents: scores q.k/sqrt(d), softmax weights over all matched keys,
-        and (with ``values``) the weighted sum of value vectors. Otherwise the fallback
-        score 1/(1 + L1 distance) between coordinates, weights normalised to sum to 1.
+        Modes: ``"dot"`` scores q.k/sqrt(d) with softmax weights over all matched keys;
+        ``"distance"`` scores 1/(1 + L1 distance) between the query and key coordinates
+        with weights score/sum (the text fallback); ``"auto"`` is "dot" when the query is
+        a vector and "distance" when the query scroll and every key scroll hold no vector.
+        Anything else (a vector query over text keys, keys of mixed kinds or sizes) is an
+        error, never a silent switch. With ``values`` the output is the weighted sum of
+        the value vectors.
 
+        :param q: an 18-byte key of the scroll holding the query, or a 1-d vector.
+        :param top_k: return only the ``top_k`` best keys (the weights are over all).
+        :param values: None, a (2, 9) uint16 pattern aligned with the keys or a (2, 9)
+            int32 delta from each key to its value.
+        :param mode: "auto" (None), "dot" or "distance".
         :returns: dict with ``keys`` (top-k coordinates by score, ties by coordinate),
-            ``scores``, ``weights``, ``contents``, ``output`` (or None), ``n`` matched,
-            ``mode`` ("dot" or "distance").
-        :raises InterfaceError: ``top_k`` < 0, or a vector query without vector keys.
+            ``scores``, ``weights``, ``contents``, ``output`` (None without ``values`` or
+            when no key matched), ``n`` matched, ``mode`` ("dot" or "distance").
+        :raises NotFoundError: the query key holds no scroll (modes "auto" and "dot").
+        :raises InterfaceError: sizes or kinds disagree (the message names both sizes),
+            or a bad argument.
         """
-        return run(self.attend_steps(q, key_pattern, top_k, values, return_output))
+        return run(self.attend_steps(q, key_pattern, top_k, values, return_output, mode))
 
     def attend_steps(self, q, key_pattern: np.ndarray, top_k: int | None = None,
-                     values=None, return_output: bool = True,
+                     values=None, return_output: bool = True, mode: str | None = "auto",
                      max_keys: int | None = None) -> Steps:
         """Steps of :meth:`attend`: keys read and scored GATHER per step, the best
         ``top_k`` kept as they come (so ``top_k`` bounds the work of the ordering).
@@ -510,44 +895,65 @@ class Engine:
             :class:`LimitError` when more keys than this match (checked before reading
             any scroll).
         """
-        if top_k is not None and top_k < 0:
-            raise InterfaceError(f"top_k must be >= 0, got {top_k}")
-        qvec, qcoord = self._query_vector(q)
+        mode = "auto" if mode is None else mode
+        if mode not in ("auto", "dot", "distance"):
+            raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
+        top_k = check_count(top_k, "top_k")
+        key_pattern = _core.check_pattern(key_pattern, "key pattern")
+        values = check_values(values)
+        qvec, qcoord = self._query_vector(q, mode)
         coords = yield from self._index.query_steps(key_pattern)
         if top_k is None and max_keys is not None and len(coords) > max_keys:
             raise LimitError(f"{len(coords)} keys match and top_k is nil (every one of them); "
                              f"at most {max_keys} are returned: give a top_k", "LIMIT")
-        scrolls, keys = yield from self._scrolls_steps(coords)
-        n = len(scrolls)
-        output = None
-        parts = []
-        dot = qvec is not None and n > 0
-        if dot:
-            qv = qvec.astype(np.float64)
-            root = math.sqrt(qvec.shape[0])
-            for a in range(0, n, GATHER):
-                yield
-                kv = [_vector(s.content) for s in scrolls[a:a + GATHER]]
-                if not all(v is not None and v.shape == qvec.shape for v in kv):
-                    dot = False
-                    break
-                parts.append(np.stack(kv).astype(np.float64) @ qv / root)
-        if not dot:
-            if qcoord is None:
-                raise InterfaceError("a vector query needs key scrolls holding vectors of its size")
-            parts = []
-            for a in range(0, n, WINDOW):
-                yield
-                parts.append(1.0 / (1.0 + _core.l1(qcoord, keys[a:a + WINDOW]).astype(np.float64)))
-        # Every pass over the n scores goes a chunk per step: the softmax's max and sum
-        # (dot) or the sum (distance), the best top_k by score with ties by coordinate
-        # (the keys are in coordinate order), and the weighted sum of the values.
-        mode = "dot" if dot else "distance"
-        top = max((float(p.max()) for p in parts), default=0.0) if dot else 0.0
+        if mode == "dot" and qvec is None:
+            raise InterfaceError(f"mode 'dot' needs a query vector; the query scroll at "
+                                 f"{self._fmt(q)} holds {_kind(self._map[q].content)}")
+        if mode == "distance" and qcoord is None:
+            raise InterfaceError("mode 'distance' scores coordinates: give the query as a "
+                                 "coordinate (query_coord), not a vector")
+        # One pass over the keys a chunk per step: their scores (and, in "auto" mode
+        # without a query vector, the check that no key holds a vector), and the
+        # chunks themselves, for the contents of the best keys at the end.
+        chunks: list = []
+        kparts: list = []
+        parts: list = []
+        for part, pc in self._chunks(coords):
+            yield
+            chunks.append(part)
+            kparts.append(pc)
+            if qvec is not None and mode != "distance":
+                d = qvec.shape[0]
+                K = self._vectors(list(part), d, "key", "the query vector",
+                                  " (keys of mixed kinds: pass mode='distance' to score every "
+                                  "key by coordinate distance)").astype(np.float64)
+                parts.append(K @ qvec.astype(np.float64) / math.sqrt(d))
+                continue
+            if mode == "auto":
+                for s in part:
+                    v = _vector(s.content)
+                    if v is not None:
+                        raise InterfaceError(
+                            f"the query scroll at {self._fmt(q)} holds "
+                            f"{_kind(self._map[q].content)}, not a vector, but the key scroll "
+                            f"at {self._fmt(s.key)} holds a vector of size {v.shape[0]}: "
+                            "store a query vector, or pass mode='distance'")
+            parts.append(1.0 / (1.0 + _core.l1(qcoord, pc).astype(np.float64)))
+        if mode == "auto":
+            mode = "dot" if qvec is not None else "distance"
+        dot = mode == "dot"
+        keys = np.concatenate(kparts) if len(kparts) > 1 else kparts[0] if kparts else \
+            _EMPTY_COORDS
+        n = len(keys)
+        # The softmax's max and sum (dot) or the sum (distance), the best top_k by score
+        # with ties by coordinate (the keys are in coordinate order) and the weighted sum
+        # of the values: a chunk of the n scores per step.
+        top = max((float(p.max()) for p in parts if len(p)), default=0.0) if dot else 0.0
         total = 0.0
         best = Best(n if top_k is None else top_k)
-        want_output = dot and values is not None and return_output
-        V = (yield from self._value_vectors_steps(keys, values)) if want_output else None
+        V = None
+        if values is not None and return_output and n:
+            V = yield from self._value_vectors_steps(keys, values)
         acc = None
         at = 0
         for part in parts:
@@ -565,15 +971,20 @@ class Engine:
             np.empty(0)
         scores = scores[order]
         weights = (np.exp(scores - top) if dot else scores) / total if n else scores
-        if acc is not None:
-            output = acc / total
+        starts = np.cumsum([0] + [len(c) for c in chunks])
+        which = np.searchsorted(starts, order, side="right") - 1
+        contents = [chunks[c][int(i - starts[c])].content for c, i in zip(which, order)]
         return {"keys": keys[order], "scores": scores, "weights": weights,
-                "contents": [scrolls[i].content for i in order], "output": output, "n": n,
-                "mode": mode}
+                "contents": contents, "output": None if acc is None else acc / total,
+                "n": n, "mode": mode}
 
     def attend_many(self, queries, key_patterns: np.ndarray, top_k: int | None = None,
                     values=None, return_weights: bool = False) -> dict:
         """Batched CATTEND: one attention output per query (windowed/sparse attention).
+
+        Query i attends over the scrolls matching its pattern (its window) with dot-product
+        scores and softmax weights; only scrolls inside some window are read, so anything
+        stored between windows may hold any content.
 
         :param queries: (Q, d) float array, or an N*18-byte blob of keys of query vectors.
         :param key_patterns: (Q, 2, 9) uint16 patterns, one per query.
@@ -583,10 +994,30 @@ class Engine:
         :param return_weights: include each query's weights (list of arrays, key order).
         :returns: dict ``outputs`` (Q, d_v) float64, ``counts`` (Q,) int64 keys per query,
             and ``weights`` when asked.
-        :raises InterfaceError: shapes disagree, or a key/value scroll holds no vector.
+        :raises NotFoundError: a query key holds no scroll.
+        :raises InterfaceError: shapes disagree (the message names both sizes), or a
+            query/key/value scroll holds no vector.
         """
         return run(self.attend_many_steps(queries, key_patterns, top_k, values,
                                           return_weights))
+
+    def _spans_steps(self, coords: np.ndarray, kp: np.ndarray) -> Steps:
+        """Steps: :func:`vtpu._core.window_spans` of ``coords`` and ``kp``, the queries
+        taken in groups sized to the time they took (a span costs its length)."""
+        nq = len(kp)
+        starts = np.empty(nq, dtype=np.int64)
+        ends = np.empty(nq, dtype=np.int64)
+        exact = np.empty(nq, dtype=np.bool_)
+        i, g = 0, 1
+        while i < nq:
+            yield
+            t0 = time.perf_counter()
+            starts[i:i + g], ends[i:i + g], exact[i:i + g] = \
+                _core.window_spans(coords, kp[i:i + g])
+            i += g
+            dt = time.perf_counter() - t0
+            g = g * 2 if dt < 2e-4 else max(1, g // 2) if dt > 1e-3 else g
+        return starts, ends, exact
 
     def attend_many_steps(self, queries, key_patterns: np.ndarray, top_k: int | None = None,
                           values=None, return_weights: bool = False,
@@ -598,38 +1029,59 @@ class Engine:
             when more weights than this would be returned in all (checked before any
             score is computed).
         """
+        m = self._map
+        top_k = check_count(top_k, "top_k")
         if top_k is not None and not return_weights:
             # top_k only trims the returned weights; accepting it alone would ignore it.
             raise InterfaceError("attend_many: top_k applies only with return_weights=True")
-        if top_k is not None and top_k < 0:
-            raise InterfaceError(f"top_k must be >= 0, got {top_k}")
+        kp = check_patterns(key_patterns)
+        values = check_values(values)
         if isinstance(queries, (bytes, bytearray)):
-            qs = [self._map.get(bytes(queries[i:i + 18])) for i in range(0, len(queries), 18)]
-            if any(s is None or _vector(s.content) is None for s in qs):
-                raise InterfaceError("every query key must hold a vector")
-            Q = np.stack([_vector(s.content) for s in qs]) if qs else np.empty((0, 0))
+            if len(queries) % 18:
+                raise InterfaceError(f"query keys need a multiple of 18 bytes, got {len(queries)}")
+            qs = []
+            for i in range(0, len(queries), 18):
+                s = m.get(bytes(queries[i:i + 18]))
+                if s is None:
+                    raise NotFoundError(f"no scroll at the query coordinate "
+                                        f"{self._fmt(bytes(queries[i:i + 18]))} (query {i // 18})")
+                qs.append(s)
+            Q = self._vectors(qs, None, "query")
         else:
             Q = np.asarray(queries)
-        kp = np.asarray(key_patterns)
         if Q.ndim != 2 or Q.dtype.kind not in "biuf" or kp.shape != (Q.shape[0], 2, 9) \
                 or kp.dtype != np.uint16:
             raise InterfaceError(f"need (Q, d) numeric queries and (Q, 2, 9) uint16 patterns, "
                                  f"got {Q.shape} {Q.dtype} and {kp.shape} {kp.dtype}")
+        if values is not None and values.dtype != np.int32:
+            raise InterfaceError("batched attention takes values as a delta from each key to "
+                                 "its value (a pattern cannot be aligned with many windows)")
         nq, d = Q.shape
         if nq == 0:
             return {"outputs": np.empty((0, d)), "counts": np.empty(0, dtype=np.int64)}
+        if d == 0:
+            raise InterfaceError("the query vectors are empty (d = 0)")
         kp = np.ascontiguousarray(kp)
-        # One index query for the union box of all windows, then per-query spans of it.
+        # One index query for the union box of all windows, then per-query spans of it;
+        # rows of the box that are in no window are dropped before any content is read.
         union = np.stack([kp[:, 0].min(axis=0), kp[:, 1].max(axis=0)]).astype(np.uint16)
         ucoords = yield from self._index.query_steps(union)
-        kscrolls, ucoords = yield from self._scrolls_steps(ucoords)
-        kparts = []
-        for a in range(0, len(kscrolls), GATHER):
+        starts, ends, exact = yield from self._spans_steps(ucoords, kp)
+        yield
+        inside = _rows_in_windows(ucoords, kp, starts, ends, exact)
+        if not inside.all():
+            ucoords = np.ascontiguousarray(ucoords[inside])
+            starts, ends, exact = yield from self._spans_steps(ucoords, kp)
+        kparts: list = []
+        cparts: list = []
+        for part, pc in self._chunks(ucoords):
             yield
-            kv = [_vector(s.content) for s in kscrolls[a:a + GATHER]]
-            if any(v is None or v.shape != (d,) for v in kv):
-                raise InterfaceError(f"every key scroll must hold a vector of size {d}")
-            kparts.append(np.stack(kv))
+            kparts.append(self._vectors(list(part), d, "key", "each query vector"))
+            cparts.append(pc)
+        if sum(len(c) for c in cparts) != len(ucoords):
+            # A key was deleted since the windows were laid out: lay them out again.
+            ucoords = np.concatenate(cparts) if cparts else _EMPTY_COORDS
+            starts, ends, exact = yield from self._spans_steps(ucoords, kp)
         K = (np.concatenate(kparts) if len(kparts) > 1 else kparts[0]) if kparts else \
             np.empty((0, d))
         V = K if values is None else \
@@ -638,20 +1090,6 @@ class Engine:
         # float64 otherwise.
         ft = np.float32 if Q.dtype == K.dtype == V.dtype == np.float32 else np.float64
         Q, K, V = Q.astype(ft, copy=False), K.astype(ft, copy=False), V.astype(ft, copy=False)
-        starts = np.empty(nq, dtype=np.int64)
-        ends = np.empty(nq, dtype=np.int64)
-        exact = np.empty(nq, dtype=np.bool_)
-        # Spans cost their length (every row is checked), so queries are taken in groups
-        # sized to the time they took.
-        i, g = 0, 1
-        while i < nq:
-            t0 = time.perf_counter()
-            starts[i:i + g], ends[i:i + g], exact[i:i + g] = \
-                _core.window_spans(ucoords, kp[i:i + g])
-            i += g
-            dt = time.perf_counter() - t0
-            g = g * 2 if dt < 2e-4 else max(1, g // 2) if dt > 1e-3 else g
-            yield
         if return_weights and max_weights is not None:
             spans = ends - starts
             returned = int((spans if top_k is None else np.minimum(spans, top_k)).sum())
@@ -767,11 +1205,10 @@ class Engine:
         :param max_visited: refuse with :class:`LimitError` once the walk has seen more
             coordinates than this (each one is remembered to be visited once).
         """
-        deltas = np.asarray(deltas)
-        if deltas.ndim != 3 or deltas.shape[1:] != (2, 9) or deltas.dtype != np.int32:
-            raise InterfaceError(f"deltas must be an (R, 2, 9) int32 array, got {deltas.shape}")
-        if hops < 0 or max_frontier < 1:
-            raise InterfaceError("hops must be >= 0 and max_frontier >= 1")
+        start = _core.check_pattern(start, "start")
+        deltas = check_deltas(deltas)
+        hops = check_count(hops, "hops", 0, MAX_HOPS)
+        max_frontier = check_count(max_frontier, "max_frontier", 1, MAX_FRONTIER)
         if (start[0] == start[1]).all():
             frontier = [_core.pack(start[0])]
         else:
@@ -782,12 +1219,13 @@ class Engine:
         names = self.names
         nxt: list = []   # new coordinates; cut back to the max_frontier smallest as it grows
 
-        def follow(edges: list) -> Steps:
+        def follow(edges: Any) -> Steps:
             for a in range(0, len(edges), EDGE_STEP):
                 if a:
                     yield
                 for e in edges[a:a + EDGE_STEP]:
-                    for t in (_parse_targets(e.content, names) or [e.key]):
+                    found = _edge_targets(e.content, names)
+                    for t in (found if found is not None else [e.key]):
                         if t not in visited:
                             visited.add(t)
                             nxt.append(t)
@@ -806,10 +1244,12 @@ class Engine:
             nxt = []
             for delta in deltas:
                 delta = np.ascontiguousarray(delta)
-                try:
-                    targets = _core.apply_delta(base, delta)
-                except CoordinateError:
-                    continue   # a relation leading out of the coordinate space has no edge
+                # A row the delta takes out of the coordinate space has no edge for this
+                # relation; the other rows go on.
+                keep = delta_in_range(base, delta)
+                if not keep.any():
+                    continue
+                targets = _core.apply_delta(base if keep.all() else base[keep], delta)
                 wild = delta[0] == 2
                 if wild.any():
                     # Frontier coordinates differing only in wildcard components give
@@ -831,22 +1271,29 @@ class Engine:
                                                             limit=max_frontier)
                         yield from follow(edges)
                 else:
-                    edges, _ = yield from self._scrolls_steps(targets)
-                    yield from follow(edges)
+                    for edges, _ in self._chunks(targets):
+                        yield
+                        yield from follow(edges)
             yield
             nxt.sort()
             frontier = nxt[:max_frontier]
-        scrolls, _ = yield from self._scrolls_steps(
-            _core.unpack_many(b"".join(sorted(frontier))) if frontier else _EMPTY_COORDS)
-        return scrolls
+        yield
+        return list(self._stored(_core.unpack_many(b"".join(frontier)) if frontier else
+                                 _EMPTY_COORDS))
 
     # -- names, import/export, health -----------------------------------------------------
 
     def intern(self, names: list) -> list:
-        """Ids of names, interning unknown ones (persisted with the data)."""
-        if not isinstance(names, (list, tuple)):
-            raise InterfaceError("intern takes a list of names")
-        return self.names.intern_many(list(names), True)
+        """Ids of names, interning unknown ones (persisted with the data: with
+        ``autocommit`` they are committed before their ids are returned).
+
+        :raises LimitError: the name table is full.
+        :raises StorageError: the commit failed (the new names are forgotten again).
+        """
+        ids = self.names.intern_many(check_name_list(names), True)
+        if self.storage is not None and self.autocommit:
+            self.commit()
+        return ids
 
     def lookup_names(self, names: list) -> list:
         """Ids of names, None for unknown ones (nothing is interned)."""
@@ -862,6 +1309,9 @@ class Engine:
         Reading agrees scroll for scroll with the reference ``explode``; every scroll a
         phext file holds is storable, so ``skip_invalid`` has nothing to skip on import
         (it is accepted for symmetry with :meth:`export_phext`).
+
+        :raises InterfaceError: ``text`` is not a str.
+        :raises PhextError: a malformed document.
         """
         return run(self.import_phext_steps(text, skip_invalid))
 
@@ -870,6 +1320,7 @@ class Engine:
         scrolls are written PUT_STEP per step, in document order. Stopped by a
         :class:`RequestTimeout`, it raises one that says how many were stored (the
         first ones of the document; the rest are not)."""
+        text = check_text(text)
         n = 0
         items = None
         try:
@@ -879,15 +1330,15 @@ class Engine:
                 part = items[a:a + PUT_STEP]
                 # parse_phext yields components in 1..999 only: they always fit uint16.
                 blob = _core.pack_many(np.array([c for c, _ in part], dtype=np.uint16))
-                self._write_many(blob, [t for _, t in part])
+                self._put_many(blob, [t for _, t in part], False)
                 n += len(part)
         except RequestTimeout as exc:
             done = "nothing was stored" if items is None else \
                 f"the first {n} of its {len(items)} scrolls were stored, the others were not"
             raise RequestTimeout(f"{exc.message}; {done}") from None
         finally:
-            if n:
-                self._autocommit()
+            if n and self.storage is not None and self.autocommit:
+                self.commit()
         return n
 
     def export_phext(self, pattern: np.ndarray | None = None, skip_invalid: bool = False) -> str:
@@ -902,7 +1353,8 @@ class Engine:
         :param max_chars: refuse with :class:`LimitError` as soon as the document grows
             past this many characters (a reply that could not be sent anyway).
         """
-        coords = yield from self._index.query_steps(_FULL if pattern is None else pattern)
+        pattern = _FULL if pattern is None else _core.check_pattern(pattern)
+        coords = yield from self._index.query_steps(pattern)
         # Pieces are joined 64 at a time as they come, so the last step joins a few
         # large strings (one copy of the document) rather than thousands of small ones.
         joined: list = []
@@ -924,11 +1376,8 @@ class Engine:
         """The phext document of the scrolls at sorted coordinates, one piece per
         PHEXT_STEP scrolls (their concatenation is the document)."""
         w = phext.PhextWriter(skip_invalid=skip_invalid, names=self.names)
-        for a in range(0, len(coords), PHEXT_STEP):
-            part = coords[a:a + PHEXT_STEP]
-            got = self.get_many(_core.pack_many(part))
-            yield w.write([(tuple(c), s.content) for c, s in zip(part.tolist(), got)
-                           if s is not None])
+        for part, pc in self._chunks(coords, PHEXT_STEP):
+            yield w.write([(tuple(c), s.content) for c, s in zip(pc.tolist(), part)])
 
     def pipeline(self, raise_on_error: bool = True):
         """Queue engine calls and run them in order with ``execute()`` (the in-process
@@ -954,6 +1403,7 @@ class Engine:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return {"scrolls": len(self._map), "names": len(self.names),
                 "index": self._index.sizes(), "last_plan": self._index.last_plan,
+                "store": self._map.nbytes(),
                 "max_rss_bytes": rss, "pid": os.getpid(),
                 "load_seconds": self.load_seconds,
                 "durable": self.storage is not None}

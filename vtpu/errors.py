@@ -40,6 +40,7 @@ __all__ = [
     "error_from_code",
     "is_internal",
     "translate_socket_error",
+    "closed_before_hello",
 ]
 
 
@@ -214,7 +215,8 @@ def translate_socket_error(exc: BaseException, where: str) -> VTPUError:
     """Turn a socket-level failure into the vtpu error a caller sees.
 
     The one translation used by the sync and the asyncio client: a timeout (socket or
-    asyncio) becomes :class:`TimeoutError`, any other ``OSError`` a
+    asyncio) becomes :class:`TimeoutError`, any other ``OSError`` (TLS errors included:
+    a certificate that fails verification, a peer that does not speak TLS) a
     :class:`ConnectionError`; a vtpu error is returned unchanged.
 
     :param exc: the caught exception.
@@ -228,6 +230,46 @@ def translate_socket_error(exc: BaseException, where: str) -> VTPUError:
         aio is not None and isinstance(exc, aio.TimeoutError)
     ):
         return TimeoutError(f"{where} timed out")
+    ssl = sys.modules.get("ssl")
+    if ssl is not None and isinstance(exc, ssl.SSLError):
+        return ConnectionError(f"{where} failed: {_tls_reason(ssl, exc)}")
     if isinstance(exc, OSError):
         return ConnectionError(f"{where} failed: {exc.strerror or exc}")
     return ConnectionError(f"{where} failed: {type(exc).__name__}: {exc}")
+
+
+def _tls_reason(ssl, exc: BaseException) -> str:
+    """What a TLS failure means, in words (``exc`` is an ``ssl.SSLError``)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verify failed: {exc.verify_message or exc.reason}"
+    reason = str(getattr(exc, "reason", None) or exc)
+    if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG",
+                  "RECORD_LAYER_FAILURE"):
+        # What a TLS client reads from a plaintext server.
+        return (f"TLS {reason}: the other end does not speak TLS (is the server started "
+                "with --tls-cert?)")
+    if "CERTIFICATE_REQUIRED" in reason:
+        return f"TLS {reason}: the server requires a client certificate (tls_cert=)"
+    if isinstance(exc, ssl.SSLEOFError):
+        return f"TLS connection closed by the other end ({reason})"
+    return f"TLS error: {reason}"
+
+
+def closed_before_hello(exc: BaseException, tls: bool) -> BaseException:
+    """The error a client raises when its connection failed before HELLO was answered.
+
+    Two configuration mistakes look exactly like that, so a :class:`ConnectionError`
+    gets a hint: a plaintext client talking to a TLS server (which drops a connection
+    whose first bytes are not a TLS handshake), and a TLS client without a certificate
+    talking to a server that requires one (with TLS 1.3 the server refuses it after the
+    client's handshake is done). Anything else is returned unchanged.
+
+    :param exc: what the HELLO exchange failed with.
+    :param tls: whether the connection was TLS.
+    :returns: the exception to raise (``from exc``).
+    """
+    if type(exc) is not ConnectionError:
+        return exc
+    hint = ("if the server requires client certificates, pass tls_cert= and tls_key="
+            if tls else "if the server uses TLS, connect with vtpus://HOST:PORT or ssl=True")
+    return ConnectionError(f"{exc} before answering HELLO ({hint})")

@@ -137,12 +137,21 @@ class CoordIndex:
     """Coordinate index: lexicographic main + delta buffer, lazy Z index and postings.
 
     Keys added must be new to the index; keys removed must be present. The owner (the
-    engine's hash map) guarantees both.
+    engine's store) guarantees both.
+
+    :param min_merge: the delta (and the deleted rows of main) is merged once it holds
+        more than max(min_merge, min(len(main) // 16, 65536)) keys.
+    :param source: a :class:`vtpu._core.ColumnStore` holding the same keys: main is then
+        the store's sorted run (the keys are held once), and a merge is the store's
+        compaction, which rebuilds that run. Without one, the index keeps its own main.
     """
 
-    def __init__(self, min_merge: int = 4096):
-        self.main = _EMPTY
-        self.alive = np.zeros(0, dtype=np.bool_)
+    def __init__(self, min_merge: int = 4096, source=None):
+        self._source = source
+        if source is not None and (source.tail_rows or source.dead_rows):
+            source.compact(arena=False)   # main is the run of every key the store holds
+        self.main = _EMPTY if source is None else source.run
+        self.alive = np.ones(len(self.main), dtype=np.bool_)
         self._alive_shared = False              # a running query holds self.alive
         self._dead: dict[bytes, int] = {}       # key -> row of a deleted main entry
         self._delta: dict[bytes, None] = {}     # insertion-ordered set of new keys
@@ -163,7 +172,9 @@ class CoordIndex:
 
     def add(self, key: bytes) -> None:
         """Index a key new to the store."""
-        row = self._dead.pop(key, None)
+        # With a source a re-added key is a new row of the store's tail, so it joins the
+        # delta; its deleted main row stays deleted until the merge.
+        row = self._dead.pop(key, None) if self._source is None else None
         if row is not None:
             self._alive_w()[row] = True
             return
@@ -174,7 +185,8 @@ class CoordIndex:
 
     def add_many(self, keys: list[bytes]) -> None:
         """Index many keys new to the store (a large batch is merged in one pass)."""
-        if not self._dead:   # nothing to revive: the whole batch joins the delta at C speed
+        if not self._dead or self._source is not None:
+            # nothing to revive: the whole batch joins the delta at C speed
             self._delta.update(dict.fromkeys(keys))
             keys = ()
         for key in keys:
@@ -191,14 +203,32 @@ class CoordIndex:
         """Replace the contents with keys given in ascending order (start-up from disk).
 
         :param blob: N*18 bytes of distinct keys, ascending (a store's primary-key order).
+            With a source, which holds these keys, its compaction builds main instead.
         """
         self.clear()
-        self.main = _core.unpack_many(blob)
-        self.alive = np.ones(len(self.main), dtype=np.bool_)
-        self._alive_shared = False
+        if self._source is None:
+            self.main = _core.unpack_many(blob)
+            self.alive = np.ones(len(self.main), dtype=np.bool_)
+            self._alive_shared = False
+        elif len(self.main) * 18 != len(blob):
+            raise ValueError(f"the source holds {len(self.main)} keys, not the "
+                             f"{len(blob) // 18} given")
 
     def remove(self, key: bytes) -> None:
         """Drop a stored key from the index."""
+        self._drop(key)
+        if len(self._dead) > self._merge_limit():
+            self.merge()
+
+    def remove_many(self, keys: list[bytes]) -> None:
+        """Drop stored keys from the index, merging (if due) once all are dropped: with a
+        source, which already lost every one of them, a merge half way would not match."""
+        for key in keys:
+            self._drop(key)
+        if len(self._dead) > self._merge_limit():
+            self.merge()
+
+    def _drop(self, key: bytes) -> None:
         if key in self._delta:
             del self._delta[key]
             self._delta_arr = None
@@ -207,17 +237,19 @@ class CoordIndex:
         row = _core.lower_bound(self.main, c)
         self._alive_w()[row] = False
         self._dead[key] = row
-        if len(self._dead) > self._merge_limit():
-            self.merge()
 
     def merge(self) -> None:
         """Fold the delta into main and drop deleted rows (one linear merge)."""
-        delta = self._delta_sorted()
-        keep = self.alive if self._dead else None
-        if len(self.main) == 0:
-            self.main = delta
+        if self._source is not None:
+            self._source.compact()
+            self.main = self._source.run
         else:
-            self.main = _core.merge_sorted(self.main, keep, delta)
+            delta = self._delta_sorted()
+            keep = self.alive if self._dead else None
+            if len(self.main) == 0:
+                self.main = delta
+            else:
+                self.main = _core.merge_sorted(self.main, keep, delta)
         self.alive = np.ones(len(self.main), dtype=np.bool_)
         self._alive_shared = False
         self._dead.clear()
@@ -225,10 +257,12 @@ class CoordIndex:
         self._delta_arr = _EMPTY
         self._z = None
         self._post = [None] * 9
+        if self._source is not None:
+            _core.trim_heap()   # what the compaction's temporaries left in the heap
 
     def clear(self) -> None:
-        """Forget everything."""
-        self.__init__(self._min_merge)
+        """Forget everything (with a source: index what it holds in its sorted run)."""
+        self.__init__(self._min_merge, self._source)
 
     def _delta_sorted(self) -> np.ndarray:
         if self._delta_arr is None:

@@ -8,8 +8,9 @@ matching, names, pushes, RANGE pages, pipelines) is the :class:`vtpu.session.Ses
 this module only moves its bytes over a socket.
 
 Connection contract
-    * Connecting is lazy: the first call opens the socket (``TCP_NODELAY``), sends HELLO
-      and NAMES in one write and waits for both answers, all within ``connect_timeout``.
+    * Connecting is lazy: the first call opens the socket (``TCP_NODELAY``), does the TLS
+      handshake when TLS is on (``vtpus://``, ``ssl=``, ``tls_ca=``), sends HELLO and
+      NAMES in one write and waits for both answers, all within ``connect_timeout``.
     * Every call has a deadline on :func:`time.monotonic` (``timeout``, or the per-call
       ``timeout=``); a call made of several round trips (a paged RANGE) shares one budget.
     * Socket errors are translated in one helper
@@ -35,6 +36,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -101,6 +103,15 @@ class RemoteEngine(ClientOps):
     :param retries: automatic retries of idempotent calls after a connection error.
     :param retry_backoff: base of the jittered exponential backoff between retries.
     :param track: ask the server for invalidation pushes (see :attr:`on_push`).
+    :param ssl: TLS: ``True`` (default context), an :class:`ssl.SSLContext`, or
+        ``None``/``False`` (plaintext unless ``tls_ca``/``tls_cert`` is given); see
+        :func:`vtpu.tls.client_context`.
+    :param tls_ca: PEM file of the CA the server's certificate must chain to (implies TLS).
+    :param tls_verify: ``False`` skips certificate and host name checks.
+    :param server_hostname: the name the server's certificate must carry (default:
+        ``host``).
+    :param tls_cert: client certificate (PEM) for a server that requires one.
+    :param tls_key: its private key (``None``: it is in ``tls_cert``).
 
     Error handling
         Every exception a call raises is a :class:`vtpu.errors.VTPUError`; raw socket
@@ -161,6 +172,12 @@ class RemoteEngine(ClientOps):
         retry_backoff: float = 0.05,
         track: bool = False,
         retry: Retry | None = None,
+        ssl: Any = None,
+        tls_ca: str | None = None,
+        tls_verify: bool = True,
+        server_hostname: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ):
         self.host = host
         self.port = port
@@ -172,6 +189,13 @@ class RemoteEngine(ClientOps):
         self.retry = retry if retry is not None else Retry(
             ExponentialWithJitterBackoff(retry_backoff), retries)
         self.track = track
+        #: the TLS context connections are wrapped with (``None``: plaintext)
+        self.ssl_context = None
+        if ssl or tls_ca is not None or tls_cert is not None:
+            from .tls import client_context
+
+            self.ssl_context = client_context(ssl, tls_ca, tls_verify, tls_cert, tls_key)
+        self.server_hostname = server_hostname
         #: the server's HELLO answer, once connected
         self.server_info: dict | None = None
         #: the protocol state of this client (ids, buffers, names, pending replies)
@@ -262,6 +286,8 @@ class RemoteEngine(ClientOps):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass  # not TCP (a test double or a unix socket): nothing to tune
+        if self.ssl_context is not None:
+            sock = self._tls_handshake(sock, deadline)
         self._sock = sock
         self._sock_timeout = -1.0
         s = self.session
@@ -271,12 +297,30 @@ class RemoteEngine(ClientOps):
             self._pump(hello, deadline)
         except BaseException as exc:
             self._drop()
+            err: BaseException = exc
             if isinstance(exc, OSError) and not isinstance(exc, E.VTPUError):
-                raise E.translate_socket_error(exc, self._where("HELLO to")) from exc
-            raise
+                err = E.translate_socket_error(exc, self._where("HELLO to"))
+            err = E.closed_before_hello(err, self.ssl_context is not None)
+            if err is exc:
+                raise
+            raise err from exc
         self.server_info = hello.results[0]
         self._last_io = _monotonic()
         return sock
+
+    def _tls_handshake(self, sock: Any, deadline: float | None) -> Any:
+        """Wrap a connected socket in TLS (the handshake runs here, within the connect
+        budget). The wrapped socket keeps the blocking-with-timeout mode, so every read
+        and write below works unchanged: ``recv_into`` returns decrypted bytes (one TLS
+        record at most per call) and waits for whole records itself."""
+        try:
+            if deadline is not None:
+                sock.settimeout(max(deadline - _monotonic(), 0.001))
+            return self.ssl_context.wrap_socket(
+                sock, server_hostname=self.server_hostname or self.host)
+        except OSError as exc:
+            sock.close()
+            raise E.translate_socket_error(exc, self._where("TLS handshake with")) from exc
 
     def _ensure(self) -> Any:
         if self._gen != _fork_gen[0]:
@@ -299,11 +343,19 @@ class RemoteEngine(ClientOps):
                 return False
             sock.settimeout(0)
             self._sock_timeout = 0
+            # Read what is there into the session's buffer (a push, say; it is handled
+            # with the next reply). TLS sockets cannot peek, so neither socket does.
+            s = self.session
             try:
-                data = sock.recv(1, socket.MSG_PEEK)
+                n = sock.recv_into(s.get_buffer())
             except BlockingIOError:
                 return False
-            return not data
+            except OSError as exc:
+                ssl = sys.modules.get("ssl")
+                # Only TLS records without application data (a session ticket): alive.
+                return not (ssl is not None and isinstance(exc, ssl.SSLWantReadError))
+            s.buffer_updated(n)
+            return not n
         except (OSError, ValueError, TypeError, AttributeError):
             return True
 

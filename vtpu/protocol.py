@@ -60,7 +60,6 @@ __all__ = [
     "encode_frame",
     "encode_request",
     "encode_response",
-    "encode_response_raw",
     "encode_error",
     "encode_push",
     "encode_get_requests",
@@ -71,6 +70,7 @@ __all__ = [
     "decode_scrolls",
     "decode_response_scrolls",
     "decode_get_replies",
+    "ScrollList",
     "FrameDecoder",
     "RequestError",
     "refuse_big_batch",
@@ -369,28 +369,6 @@ def encode_response(msgid: int, result: Any, max_frame_size: int = DEFAULT_MAX_F
     return encode_frame([msgid, STATUS_OK, result], max_frame_size)
 
 
-def encode_response_raw(msgid: int, raw_result: bytes,
-                        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
-    """Encode a success response frame around a result that is already msgpack bytes.
-
-    The frame equals ``encode_response(msgid, unpackb(raw_result))``; the compiled
-    encoders of large results use it to skip a decode/encode round.
-
-    :param msgid: the request id.
-    :param raw_result: exactly one msgpack-encoded value.
-    :param max_frame_size: the largest body allowed.
-    :returns: the frame bytes.
-    :raises LimitError: if the frame is too large.
-    """
-    head = b"\x93" + packb(msgid) + b"\x00"
-    n = len(head) + len(raw_result)
-    if n > max_frame_size:
-        raise LimitError(
-            f"frame body of {n} bytes exceeds max_frame_size {max_frame_size}", "LIMIT"
-        )
-    return b"".join((_LEN.pack(n), head, raw_result))
-
-
 def encode_error(msgid: int, code: str, message: str,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     """Encode an error response frame ``[msgid, 1, [code, message]]``.
@@ -631,15 +609,6 @@ class FrameDecoder:
         """Return how many received bytes are not yet consumed (at most a partial frame
         after :meth:`next` returned ``None``)."""
         return len(self._buf) - self._pos
-
-    def unread(self) -> tuple[bytearray, int]:
-        """Return ``(buffer, offset)``: the unread bytes are ``buffer[offset:]`` (for the
-        server's in-place GET/PUT loop; goes away with it)."""
-        return self._buf, self._pos
-
-    def advance(self, pos: int) -> None:
-        """Mark everything before offset ``pos`` of the buffer as consumed."""
-        self._consume(min(pos, len(self._buf)))
 
     # -- frames --------------------------------------------------------------------------
     def _frame_end(self) -> int:
@@ -1173,6 +1142,98 @@ def _unpack_at(data: Any, offset: int) -> tuple[Any, int]:
     return value, offset + up.tell()
 
 
+class ScrollList:
+    """A read-only list of Scroll-or-None, decoded from a column-wise scroll list.
+
+    Made by :func:`decode_scrolls`. Every field is decoded when the list is made (so a
+    malformed list fails there); a Scroll object is made the first time its index is
+    read, then kept, so the same index gives the same object. It behaves like a list of
+    Scroll/None: ``len``, indexing (negative too), slices (a list), iteration, ``in``,
+    ``index``, ``count``, ``==`` with a list or another ScrollList, ``+``, ``list(x)``,
+    ``tolist()``; it pickles as a list.
+    """
+
+    __slots__ = ("_rows", "_names", "_made")
+
+    def __init__(self, rows: list, names: Any = None):
+        self._rows = rows  # (key, content, version, created, updated) or None each
+        self._names = names
+        self._made: list = [_UNMADE] * len(rows)
+
+    def _at(self, i: int) -> Any:
+        s = self._made[i]
+        if s is _UNMADE:
+            row = self._rows[i]
+            s = self._made[i] = None if row is None else Scroll(*row, self._names)
+        return s
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, idx: Any) -> Any:
+        if isinstance(idx, slice):
+            return [self._at(i) for i in range(*idx.indices(len(self._rows)))]
+        n = len(self._rows)
+        i = idx.__index__()
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("ScrollList index out of range")
+        return self._at(i)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self._at(i) for i in range(len(self._rows)))
+
+    def __reversed__(self) -> Iterator[Any]:
+        return (self._at(i) for i in range(len(self._rows) - 1, -1, -1))
+
+    def __contains__(self, x: Any) -> bool:
+        return any(v is x or v == x for v in self)
+
+    def index(self, x: Any) -> int:
+        """Index of the first item equal to ``x``; raises ValueError if none."""
+        for i, v in enumerate(self):
+            if v is x or v == x:
+                return i
+        raise ValueError(f"{x!r} is not in the list")
+
+    def count(self, x: Any) -> int:
+        """How many items equal ``x``."""
+        return sum(1 for v in self if v is x or v == x)
+
+    def tolist(self) -> list:
+        """All items as a plain list (every Scroll made now)."""
+        return list(self)
+
+    def __eq__(self, other: Any) -> Any:
+        if type(other).__name__ == "ScrollList":  # this one's, or the compiled twin's
+            other = list(other)
+        elif not isinstance(other, list):
+            return NotImplemented
+        return self.tolist() == other
+
+    def __ne__(self, other: Any) -> Any:
+        r = self.__eq__(other)
+        return r if r is NotImplemented else not r
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __add__(self, other: Any) -> list:
+        return self.tolist() + list(other)
+
+    def __radd__(self, other: Any) -> list:
+        return list(other) + self.tolist()
+
+    def __repr__(self) -> str:
+        return repr(self.tolist())
+
+    def __reduce__(self) -> tuple:
+        return (list, (self.tolist(),))
+
+
+_UNMADE = object()
+
+
 def decode_scrolls(data: bytes | bytearray | memoryview, offset: int = 0,
                    names: Any = None) -> tuple[Any, int]:
     """Decode the column-wise scroll list at ``data[offset:]`` (either contents form).
@@ -1180,13 +1241,12 @@ def decode_scrolls(data: bytes | bytearray | memoryview, offset: int = 0,
     :param data: bytes holding the encoded list (a reply body, say).
     :param offset: where the list starts.
     :param names: the name table given to every Scroll.
-    :returns: ``(scrolls, end)``: a list-like of Scroll or ``None`` (version 0), and the
-        offset just after the list. The compiled twin returns a lazy sequence that
-        builds each Scroll when first read; both compare equal to a plain list.
+    :returns: ``(scrolls, end)``: a :class:`ScrollList` of Scroll or ``None`` (version
+        0), and the offset just after the list.
     :raises ProtocolError: if the bytes are truncated or not a scroll list.
     """
     w, end = _unpack_at(data, offset)
-    return [None if row is None else Scroll(*row, names) for row in wire_to_rows(w)], end
+    return ScrollList(list(wire_to_rows(w)), names), end
 
 
 def decode_response_scrolls(body: bytes | bytearray | memoryview, names: Any = None,
@@ -1214,7 +1274,7 @@ def decode_response_scrolls(body: bytes | bytearray | memoryview, names: Any = N
         w, after = w
         if after is not None and (type(after) is not bytes or len(after) != KEY_SIZE):
             raise ProtocolError("malformed RANGE page: after must be nil or 18 bytes")
-    scrolls = [None if row is None else Scroll(*row, names) for row in wire_to_rows(w)]
+    scrolls = ScrollList(list(wire_to_rows(w)), names)
     return Reply(r.msgid, True, (scrolls, after) if page else scrolls)
 
 

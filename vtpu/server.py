@@ -8,14 +8,24 @@ taken from the decoder in one call, answered with one engine call and encoded in
 call; a BATCH frame carries many operations.
 
 Durability (group commit): replies to writes are held back until the end of the current
-loop iteration, then ``engine.storage.commit()`` runs once for everything written by
-every connection in that iteration, and only then are the replies written. With
-``fsync="always"`` an acknowledged write is therefore on disk.
+loop iteration, then ``engine.commit()`` runs once for everything written by every
+connection in that iteration, and only then are the replies written. With
+``fsync="always"`` an acknowledged write is therefore on disk. Replies to reads that
+follow an uncommitted write are held with them. If the commit fails (disk full, I/O
+error), the engine undoes the whole group in memory and every held reply becomes a
+``STORAGE`` error: no client sees a write that was not stored, the connections stay
+open, and the next group commits afresh, so the server recovers by itself once space
+returns.
 
 Bad input never takes the server down or changes data: a malformed frame, an unknown
 opcode, a wrong argument or a bad coordinate gets a typed error reply; a stream that can
 no longer be framed (garbage length, oversized frame) gets one error frame with msgid 0
 and is closed; any other connection keeps being served.
+
+Protected mode (like Redis's): a server refuses to listen on an address other than
+loopback (127.0.0.0/8, ::1, ``localhost``) unless clients must authenticate (a token,
+or TLS client certificates) or it is told ``unprotected=True`` / ``--unprotected``.
+TLS (stdlib :mod:`ssl`, built by :mod:`vtpu.tls`) wraps the same byte stream.
 
 Entry points: :func:`start_server` (async, returns a handle with ``.port`` and
 ``.close()``), :func:`serve` (blocking, handles SIGINT/SIGTERM), :func:`main` (argv).
@@ -25,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
+import ipaddress
 import logging
 import os
 import select
@@ -38,19 +49,20 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from . import wire as P
-from ._core import NAME_BASE as _NAME_BASE
 from ._version import __version__
+from .engine import MAX_HOPS
 from .errors import (
     CoordinateError,
     InterfaceError,
     LimitError,
     ProtocolError,
     RequestTimeout,
+    StorageError,
     is_internal,
 )
 
 __all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE",
-           "DEFAULT_MAX_REQUEST_TIME"]
+           "DEFAULT_MAX_REQUEST_TIME", "is_loopback", "check_protected"]
 
 log = logging.getLogger("vtpu.server")
 
@@ -63,8 +75,8 @@ DEFAULT_MAX_BATCH = 10_000
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
-# Loop time one connection's requests take before the loop serves the others: a request
-# in steps (vtpu.steps) runs this long per turn, and a read's frames stop after it too.
+# Loop time a request in steps (vtpu.steps) runs per turn before the loop serves the
+# others; the requests in steps of one read of a connection share one such slice.
 SLICE_SECONDS = 0.0005
 DEFAULT_MAX_REQUEST_TIME = 5.0  # seconds a request may run before it stops with TIMEOUT
 # Caps refused with ARG before any work: results this large are not a query's answer.
@@ -81,10 +93,11 @@ PACK_STEP = 65536  # keys packed per step of a keys-only RANGE page
 # touched, so a malformed request cannot change data.
 
 
-def _nargs(args: list, lo: int, hi: int, op: str) -> None:
+def _nargs(args: list, lo: int, hi: int) -> None:
+    # Messages never name the opcode: every error reply is prefixed with it once.
     if not lo <= len(args) <= hi:
         want = str(lo) if lo == hi else f"{lo}..{hi}"
-        raise InterfaceError(f"{op} takes {want} arguments, got {len(args)}")
+        raise InterfaceError(f"takes {want} arguments, got {len(args)}")
 
 
 def _opt(args: list, i: int, default: Any = None) -> Any:
@@ -115,16 +128,6 @@ def _pattern(v: Any, what: str = "pattern") -> np.ndarray:
 
 def _coord(v: Any, what: str = "coordinate") -> np.ndarray:
     return P.unpack_coord(P.check_key(v, what))
-
-
-# Maps a component's high byte to 1 when the component is a name id (>= 0xF000).
-_NAME_HIGH_BYTE = bytes(int(b >= _NAME_BASE >> 8) for b in range(256))
-
-
-def _names_in(keys: bytes) -> bool:
-    """Whether packed keys hold a component >= 0xF000 (a name id), whose id must be
-    checked against the name table (bytes methods only: this runs for every PUT)."""
-    return 1 in keys[0::2].translate(_NAME_HIGH_BYTE)  # (an int: a bytes needle costs more)
 
 
 class _Dispatcher:
@@ -160,58 +163,37 @@ class _Dispatcher:
             "ATTEND_MANY": self.attend_many,
             "KG": self.kg,
             "INTERN": self.intern,
-            "NAMES": lambda a: (_nargs(a, 0, 0, "NAMES"), list(e.name_table()))[1],
-            "HEALTH": lambda a: (_nargs(a, 0, 0, "HEALTH"), e.health())[1],
-            "STATS": lambda a: (_nargs(a, 0, 0, "STATS"), e.stats())[1],
+            "NAMES": lambda a: (_nargs(a, 0, 0), list(e.name_table()))[1],
+            "HEALTH": lambda a: (_nargs(a, 0, 0), e.health())[1],
+            "STATS": lambda a: (_nargs(a, 0, 0), e.stats())[1],
             "IMPORT_PHEXT": self.import_phext,
             "EXPORT_PHEXT": self.export_phext,
         }
         self._get = e.get
         self._put = e.put
 
-    # -- names ---------------------------------------------------------------------------
-    def _check_names(self, arr: np.ndarray) -> None:
-        """Refuse keys naming ids that were never interned (they could not be formatted)."""
-        if arr.size and arr.max() >= _NAME_BASE:
-            n = len(self.engine.names)
-            bad = arr[(arr >= _NAME_BASE) & (arr >= _NAME_BASE + n)]
-            if bad.size:
-                raise CoordinateError(
-                    f"name id {int(bad[0]):#06x} is not in the name table ({n} names)"
-                )
-
     # -- single key ----------------------------------------------------------------------
     def get(self, a: list) -> Any:
         if len(a) != 1:
-            _nargs(a, 1, 1, "GET")
+            _nargs(a, 1, 1)
         s = self._get(P.check_key(a[0]))
         if s is None:
             return None
         return [s.key, s.content, s.version, s.created_at, s.updated_at]
 
     def put(self, a: list) -> int:
-        _nargs(a, 2, 3, "PUT")
+        _nargs(a, 2, 3)
         key = P.check_key(a[0])
         ifv = _int(_opt(a, 2), "if_version", 0, none_ok=True)
-        if ifv is None:
-            return self.put_plain(key, a[1])
-        if _names_in(key):
-            self._check_names(P.unpack_coord(key))
-        return self._put(key, a[1], ifv)
-
-    def put_plain(self, key: bytes, content: Any) -> int:
-        """PUT of an 18-byte key without ``if_version`` (what a plain PUT frame holds)."""
-        if _names_in(key):
-            self._check_names(P.unpack_coord(key))
-        return self._put(key, content)
+        return self._put(key, a[1], ifv) if ifv is not None else self._put(key, a[1])
 
     def delete(self, a: list) -> int:
-        _nargs(a, 1, 1, "DEL")
+        _nargs(a, 1, 1)
         return self.engine.delete(P.check_key(a[0]))
 
     # -- many keys -----------------------------------------------------------------------
     def get_many(self, a: list) -> Any:
-        _nargs(a, 1, 2, "GET_MANY")
+        _nargs(a, 1, 2)
         blob = P.check_blob(a[0])
         if _bool(_opt(a, 1), "content_only"):
             # Values only: one array of N contents (nil where nothing is stored).
@@ -219,38 +201,36 @@ class _Dispatcher:
         return ScrollResult(self.engine.get_many(blob))
 
     def put_many(self, a: list) -> list:
-        _nargs(a, 2, 2, "PUT_MANY")
+        _nargs(a, 2, 2)
         blob = P.check_blob(a[0])
         n = len(blob) // P.KEY_SIZE
         contents = a[1]
         if isinstance(contents, np.ndarray):
             if contents.ndim < 1 or contents.shape[0] != n:
                 raise InterfaceError(
-                    f"PUT_MANY: content array has {contents.shape[:1]} rows for {n} keys"
+                    f"a content array of shape {contents.shape} for {n} keys (row i is content i)"
                 )
         elif type(contents) is list:
             if len(contents) != n:
-                raise InterfaceError(f"PUT_MANY: {len(contents)} contents for {n} keys")
+                raise InterfaceError(f"{len(contents)} contents for {n} keys")
         else:
-            raise InterfaceError("PUT_MANY: contents must be an array or an ndarray")
-        if _names_in(blob):
-            self._check_names(P.unpack_coords(blob))
+            raise InterfaceError("contents must be an array or an ndarray")
         versions = self.engine.put_many(blob, contents)
         if isinstance(versions, np.ndarray):
             versions = versions.tolist()
         return versions
 
     def delete_many(self, a: list) -> int:
-        _nargs(a, 1, 1, "DEL_MANY")
+        _nargs(a, 1, 1)
         return self.engine.delete_many(P.check_blob(a[0]))
 
     def delete_range(self, a: list):
-        _nargs(a, 1, 1, "DEL_RANGE")
+        _nargs(a, 1, 1)
         return self.engine.delete_range_steps(_pattern(a[0]))
 
     # -- queries -------------------------------------------------------------------------
     def range(self, a: list) -> list:
-        _nargs(a, 1, 4, "RANGE")
+        _nargs(a, 1, 4)
         pat = _pattern(a[0])
         limit = _int(_opt(a, 1), "limit", 0, none_ok=True)
         after = _opt(a, 2)
@@ -285,11 +265,11 @@ class _Dispatcher:
         return ScrollResult(res, True, res[-1].key if more else None)
 
     def count(self, a: list):
-        _nargs(a, 1, 1, "COUNT")
+        _nargs(a, 1, 1)
         return self.engine.count_steps(_pattern(a[0]))
 
     def nearest(self, a: list):
-        _nargs(a, 1, 4, "NEAREST")
+        _nargs(a, 1, 4)
         c = _coord(a[0])
         k = _int(_opt(a, 1, 10), "k", 0, MAX_NEAREST_K)
         metric = _opt(a, 2, "l1")
@@ -304,11 +284,11 @@ class _Dispatcher:
         return [P.pack_coords(np.asarray(coords).reshape(-1, 9)), np.asarray(dist, dtype=np.int64)]
 
     def hier(self, a: list) -> Any:
-        _nargs(a, 2, 2, "HIER")
+        _nargs(a, 2, 2)
         c = _coord(a[0])
         d = a[1]
         if type(d) is not str or d not in ("NEXT", "PREV"):
-            raise InterfaceError(f"HIER direction must be 'NEXT' or 'PREV', got {d!r}")
+            raise InterfaceError(f"direction must be 'NEXT' or 'PREV', got {d!r}")
         r = self.engine.hier(c, d)
         return None if r is None else P.pack_coord(r)
 
@@ -322,23 +302,26 @@ class _Dispatcher:
         raise InterfaceError("values must be nil, a 36-byte pattern or a 72-byte delta")
 
     def attend(self, a: list) -> dict:
-        _nargs(a, 2, 5, "ATTEND")
+        _nargs(a, 2, 6)
         q = a[0]
         if not (isinstance(q, np.ndarray) or (type(q) is bytes and len(q) == P.KEY_SIZE)):
-            raise InterfaceError("ATTEND query must be an ndarray or an 18-byte key")
+            raise InterfaceError("the query must be an ndarray or an 18-byte key")
         pat = _pattern(a[1], "key pattern")
         top_k = _int(_opt(a, 2), "top_k", 0, MAX_TOP_K, none_ok=True)
         values = self._values(_opt(a, 3))
         ret = _opt(a, 4, True)
         ret = True if ret is None else _bool(ret, "return_output")
-        return self._attend_steps(self.engine.attend_steps(q, pat, top_k, values, ret,
+        mode = _opt(a, 5)
+        if mode is not None and mode not in ("auto", "dot", "distance"):
+            raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
+        return self._attend_steps(self.engine.attend_steps(q, pat, top_k, values, ret, mode,
                                                            max_keys=MAX_TOP_K))
 
     def _attend_steps(self, steps: Any):
         return _attend_out((yield from steps))
 
     def attend_many(self, a: list) -> dict:
-        _nargs(a, 2, 5, "ATTEND_MANY")
+        _nargs(a, 2, 5)
         q = a[0]
         if not isinstance(q, np.ndarray):
             q = P.check_blob(q, P.KEY_SIZE, "queries")
@@ -356,10 +339,10 @@ class _Dispatcher:
         return self._attend_steps(self.engine.attend_many_steps(q, pats, **kw))
 
     def kg(self, a: list):
-        _nargs(a, 2, 4, "KG")
+        _nargs(a, 2, 4)
         start = _pattern(a[0], "start")
         deltas = P.unpack_deltas(P.check_blob(a[1], P.DELTA_SIZE, "deltas"))
-        hops = _int(_opt(a, 2, 1), "hops", 0, 1 << 20)
+        hops = _int(_opt(a, 2, 1), "hops", 0, MAX_HOPS)
         mf = _int(_opt(a, 3, 10000), "max_frontier", 1, MAX_FRONTIER)
         return self._kg_steps(start, deltas, hops, mf)
 
@@ -368,10 +351,10 @@ class _Dispatcher:
                                                              max_visited=MAX_VISITED)))
 
     def intern(self, a: list) -> list:
-        _nargs(a, 1, 2, "INTERN")
+        _nargs(a, 1, 2)
         names = a[0]
         if type(names) is not list or not all(type(n) is str for n in names):
-            raise InterfaceError("INTERN takes an array of strings")
+            raise InterfaceError("names must be an array of strings")
         flag = _opt(a, 1)
         if flag is not None and not _bool(flag, "intern"):
             # Look-up only: unknown names answer nil and nothing is added.
@@ -380,13 +363,13 @@ class _Dispatcher:
         return [int(i) for i in self.engine.intern(names)]
 
     def import_phext(self, a: list):
-        _nargs(a, 1, 2, "IMPORT_PHEXT")
+        _nargs(a, 1, 2)
         if type(a[0]) is not str:
-            raise InterfaceError("IMPORT_PHEXT text must be a string")
+            raise InterfaceError("the text must be a string")
         return self.engine.import_phext_steps(a[0], _bool(_opt(a, 1), "skip_invalid"))
 
     def export_phext(self, a: list):
-        _nargs(a, 0, 2, "EXPORT_PHEXT")
+        _nargs(a, 0, 2)
         pat = _opt(a, 0)
         pat = None if pat is None else _pattern(pat)
         # No reply can be larger than the server's frame limit: stop as soon as it is.
@@ -437,6 +420,7 @@ class _Connection(asyncio.Protocol):
         self.write_paused = False  # by the transport's flow control
         self.peer = None
         self.job: _Job | None = None  # a request in steps running for this connection
+        self.slice_end = 0.0  # until when this read may run a request's first slice
         self.request_timeout: float | None = None  # HELLO's timeout_ms, in seconds
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -473,7 +457,7 @@ class _Connection(asyncio.Protocol):
         else:
             t.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         """Feed what arrived to the decoder, then answer the complete requests buffered
         (at most FRAMES_PER_SLICE of them, then the loop's other callbacks run first)."""
         if self.closing:
@@ -487,7 +471,8 @@ class _Connection(asyncio.Protocol):
         out: list[bytes] = []
         wrote = False
         handled = 0
-        t_end = time.perf_counter() + SLICE_SECONDS
+        # Requests in steps run their first slice at once only within this much time.
+        self.slice_end = time.perf_counter() + SLICE_SECONDS
         try:
             while handled < FRAMES_PER_SLICE:
                 try:
@@ -519,9 +504,6 @@ class _Connection(asyncio.Protocol):
                 wrote = wrote or w
                 if self.closing:
                     break
-                if time.perf_counter() > t_end:
-                    handled = FRAMES_PER_SLICE  # its time is up: the others first
-                    break
         except ProtocolError as exc:
             # The byte stream can no longer be trusted: say why once, then close.
             out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
@@ -552,8 +534,9 @@ class _Connection(asyncio.Protocol):
                 self._close_after_flush()
             return
         server = self.server
-        if (wrote and server.storage is not None) or self.pending:
-            # Hold the replies until the group commit at the end of this loop iteration.
+        if self.pending or (server.storage is not None and (wrote or server._dirty)):
+            # Hold the replies until the group commit at the end of this loop iteration
+            # (reads too, once a write is uncommitted: they may show it).
             self.pending.extend(out)
             server.schedule_flush(self)
         else:
@@ -591,6 +574,7 @@ class _Server:
         self.table = self.dispatch.table
         self._get = engine.get
         self._get_many = engine.get_many
+        self._put = engine.put
         self.trackers = 0  # connections that asked for invalidation pushes
         self.conns: set[_Connection] = set()
         self.loop = asyncio.get_running_loop()
@@ -598,6 +582,8 @@ class _Server:
         self._flush_scheduled = False
         # (writer, keys written or None) this iteration, for invalidate pushes
         self._invalidate: list[tuple[_Connection, bytes | None]] = []
+        self.commit_failures = 0  # consecutive failed group commits
+        self.failed_commits = 0  # every failed group commit so far (jobs watch it)
         self.started = time.time()
 
     # -- group commit --------------------------------------------------------------------
@@ -612,28 +598,49 @@ class _Server:
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Commit once for every write of this loop iteration, then release the replies."""
+        """Commit once for every write of this loop iteration, then release the replies.
+
+        A failed commit undoes the group (the engine reverts it) and answers every held
+        reply with a ``STORAGE`` error instead.
+        """
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
         if self.storage is not None:
             try:
-                self.storage.commit()
-            except Exception:
-                # Not durable, so not acknowledged: drop the held replies and close those
-                # connections; their clients see a connection error for these writes.
-                log.exception("storage commit failed; closing %d connection(s)", len(dirty))
-                for c in dirty:
-                    c.pending.clear()
-                    c.closing = True
-                    if c.transport is not None:
-                        c.transport.abort()
+                wrote = self.engine.commit()
+            except Exception as exc:
+                self._commit_failed(dirty, exc)
                 return
+            if wrote and self.commit_failures:
+                log.warning("storage commits succeed again, after %d failed",
+                            self.commit_failures)
+                self.commit_failures = 0
         seen = set()
         for c in dirty:
             if id(c) not in seen:
                 seen.add(id(c))
                 c.flush_pending()
         self._push_invalidations()
+
+    def _commit_failed(self, dirty: list[_Connection], exc: Exception) -> None:
+        if not self.commit_failures:
+            # Once per run of failures: a full disk must not also flood the log.
+            log.error("storage commit failed, answering STORAGE until it succeeds: %s", exc,
+                      exc_info=is_internal(exc))
+        self.commit_failures += 1
+        self.failed_commits += 1
+        self._invalidate = []  # the writes were undone: nothing changed
+        message = (f"{P.error_pair(exc)[1]} (this group commit was undone: nothing of it "
+                   "is stored or visible; retry later)")
+        seen = set()
+        for c in dirty:
+            if id(c) in seen:
+                continue
+            seen.add(id(c))
+            held = b"".join(c.pending)
+            c.pending = [P.encode_error(msgid, "STORAGE", message)
+                         for msgid in _reply_msgids(held, self.max_frame_size)]
+            c.flush_pending()
 
     def _push_invalidations(self) -> None:
         if not self._invalidate:
@@ -688,7 +695,7 @@ class _Server:
             return self._each(conn, "PUT", msgids, keys, contents), False
         try:
             if len(msgids) == 1:
-                versions = [self.dispatch.put_plain(keys, contents[0])]
+                versions = [self._put(keys, contents[0])]
             else:
                 versions = self.dispatch.put_many([keys, contents])
         except (InterfaceError, CoordinateError):
@@ -773,10 +780,10 @@ class _Server:
 
     def batch(self, args: list, conn: _Connection):
         """BATCH: its arguments are checked now, its operations run as steps."""
-        _nargs(args, 1, 1, "BATCH")
+        _nargs(args, 1, 1)
         ops = args[0]
         if type(ops) is not list:
-            raise InterfaceError("BATCH takes one array of [opcode, args] pairs")
+            raise InterfaceError("takes one array of [opcode, args] pairs")
         if len(ops) > self.max_batch:
             raise LimitError(f"{len(ops)} operations exceed max_batch {self.max_batch}", "LIMIT")
         return self._batch_steps(ops, conn)
@@ -794,8 +801,11 @@ class _Server:
                 results.append((yield from self._batch_item(item, conn)))
             except RequestTimeout as exc:
                 left = f"not executed: the BATCH ran out of time at operation {i}"
-                results.append([P.STATUS_ERROR, P.error_pair(exc) if started else
-                                ["TIMEOUT", left]])
+                if started:
+                    code, msg = P.error_pair(exc)
+                    results.append([P.STATUS_ERROR, [code, f"{item[0]}: {msg}"]])
+                else:
+                    results.append([P.STATUS_ERROR, ["TIMEOUT", left]])
                 results.extend([[P.STATUS_ERROR, ["TIMEOUT", left]]] * (len(ops) - i - 1))
                 break
         return results
@@ -828,7 +838,8 @@ class _Server:
         except Exception as exc:
             if is_internal(exc):
                 log.error("internal error in BATCH %s", op, exc_info=exc)
-            return [P.STATUS_ERROR, P.error_pair(exc)]
+            code, msg = P.error_pair(exc)
+            return [P.STATUS_ERROR, [code, f"{op}: {msg}"]]   # as error_frame
 
     def hello(self, conn: _Connection, msgid: int, args: list) -> bytes:
         version = args[0] if args else None
@@ -886,6 +897,13 @@ class _Server:
         return P.encode_response(msgid, result)
 
 
+def _reply_msgids(frames: bytes, max_frame_size: int) -> list[int]:
+    """The msgids of the reply frames in ``frames`` (whole frames, in order)."""
+    dec = P.FrameDecoder(max_frame_size)
+    dec.feed(frames)
+    return [msg[0] for msg in dec]
+
+
 # poll() event of a peer that closed its end (Linux); elsewhere only hang-ups and errors.
 _HANGUP = getattr(select, "POLLRDHUP", 0) if hasattr(select, "poll") else 0
 
@@ -905,11 +923,13 @@ class _Job:
     slices are shorter, the commit being most of the cost) and tells trackers.
 
     While a job runs its connection is not read, so the loop would not see the client
-    hang up: before each slice the job polls the socket for a hang-up itself.
+    hang up: before each slice the job polls the socket for a hang-up itself. A group
+    commit that fails while a job runs (its writes, or writes it may have read, were
+    undone) ends the job with ``STORAGE``.
     """
 
     __slots__ = ("server", "conn", "msgid", "op", "args", "gen", "writes", "budget",
-                 "deadline", "slice", "_poll")
+                 "deadline", "slice", "_poll", "_failures")
 
     def __init__(self, server: "_Server", conn: "_Connection", msgid: int, op: str, args: list,
                  gen: Any):
@@ -925,15 +945,20 @@ class _Job:
         durable = self.writes and server.storage is not None
         self.slice = SLICE_SECONDS / 4 if durable else SLICE_SECONDS
         self._poll: Any = None
+        self._failures = server.failed_commits
 
     def start(self) -> tuple[bytes | None, bool]:
-        """Run the first slice now. Returns ``(reply frame, wrote)`` if that finished
-        the request, else ``(None, wrote)``: the job goes on from the loop and answers,
-        then resumes the connection, by itself."""
-        done = self._slice()
-        if done is not None:
-            return done
+        """Run the first slice now (unless this read of the connection has used its
+        slice already). Returns ``(reply frame, wrote)`` if that finished the request,
+        else ``(None, wrote)``: the job goes on from the loop and answers, then resumes
+        the connection, by itself."""
         conn = self.conn
+        if time.perf_counter() < conn.slice_end:
+            done = self._slice()
+            if done is not None:
+                return done
+        else:
+            self.server.loop.call_soon(self._resume)
         conn.job = self
         conn.read_paused = True
         conn._update_reading()
@@ -1032,7 +1057,13 @@ class _Job:
                 conn.closing = True
                 conn.transport.abort()
             return
-        done = self._slice()
+        if self.server.failed_commits != self._failures:
+            self.gen.close()
+            done = self._failed(StorageError(
+                "a group commit failed while it ran and was undone; what its steps did "
+                "before that stays done (repeat it once storage works again)"))
+        else:
+            done = self._slice()
         if done is None:
             return
         conn.job = None
@@ -1087,6 +1118,8 @@ async def start_server(
     page_size: int = DEFAULT_PAGE_SIZE,
     max_batch: int = DEFAULT_MAX_BATCH,
     reuse_address: bool = True,
+    ssl: Any = None,
+    unprotected: bool = False,
     max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
 ) -> ServerHandle:
     """Start serving ``engine`` on the running event loop.
@@ -1098,13 +1131,18 @@ async def start_server(
     :param max_frame_size: largest frame body accepted and sent.
     :param page_size: scrolls per RANGE page.
     :param max_batch: most operations in one BATCH frame.
-    :param reuse_address: set ``SO_REUSEADDR`` on the listening socket.
+    :param ssl: an :class:`ssl.SSLContext` (see :func:`vtpu.tls.server_context`): every
+        connection is TLS; ``None``: plaintext.
+    :param unprotected: allow a non-loopback ``host`` without a token (see
+        :func:`check_protected`).
     :param max_request_time: seconds a request may run (in steps, other clients served
         meanwhile) before it stops with ``TIMEOUT``; 0 for no limit. A connection may ask
         for less with the HELLO option ``timeout_ms``.
     :returns: a :class:`ServerHandle`.
+    :raises InterfaceError: a non-loopback ``host`` in protected mode.
     :raises OSError: if the address cannot be bound.
     """
+    check_protected(host, token, ssl, unprotected)
     if engine is None:
         from .engine import Engine
 
@@ -1115,12 +1153,107 @@ async def start_server(
     if max_request_time < 0:
         raise InterfaceError(f"max_request_time must be >= 0, got {max_request_time}")
     state = _Server(engine, token, max_frame_size, page_size, max_batch, max_request_time)
+    factory: Callable[[], asyncio.BaseProtocol] = lambda: _Connection(state)  # noqa: E731
+    if ssl is not None and not issubclass(_Connection, asyncio.BufferedProtocol):
+        scratch = memoryview(bytearray(TLS_READ_SIZE))
+        factory = lambda: _TLSReader(_Connection(state), scratch)  # noqa: E731
     aserver = await asyncio.get_running_loop().create_server(
-        lambda: _Connection(state), host, port, reuse_address=reuse_address
+        factory, host, port, reuse_address=reuse_address, ssl=ssl
     )
     sock = aserver.sockets[0]
     bound = sock.getsockname()
     return ServerHandle(state, aserver, bound[0], bound[1])
+
+
+def is_loopback(host: Any) -> bool:
+    """Whether ``host`` (what :func:`start_server` binds) reaches loopback only.
+
+    Loopback means 127.0.0.0/8, ``::1`` (also as ``::ffff:127.x.y.z``) and the name
+    ``localhost``. Any other name counts as not loopback (it may resolve anywhere), and
+    so do ``""``/``None`` (every interface); a list of hosts is loopback when each is.
+    """
+    if isinstance(host, (list, tuple, set, frozenset)):
+        return bool(host) and all(is_loopback(h) for h in host)
+    if not isinstance(host, str) or not host:
+        return False
+    h = host.strip("[]")
+    if h.lower() == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(h.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+def check_protected(host: Any, token: str | None, ssl: Any = None,
+                    unprotected: bool = False) -> None:
+    """Protected mode: refuse to serve a non-loopback address to anyone who connects.
+
+    Allowed: a loopback ``host``, a ``token``, a TLS context that requires client
+    certificates, or ``unprotected=True``.
+
+    :raises InterfaceError: none of those holds (the message says how to fix it).
+    """
+    if unprotected or token is not None or is_loopback(host):
+        return
+    if ssl is not None and getattr(ssl, "verify_mode", None) == _cert_required():
+        return
+    raise InterfaceError(
+        f"refusing to listen on {host!r} without a token (protected mode): anyone who "
+        "can reach that address could read and change every scroll. Set a token "
+        "(VTPU_TOKEN or --token-file; token= in serve()), require client certificates "
+        "(--tls-ca), bind a loopback address (127.0.0.1), or pass --unprotected "
+        "(unprotected=True) to serve it anyway")
+
+
+def _cert_required() -> Any:
+    import ssl as _ssl
+
+    return _ssl.CERT_REQUIRED
+
+
+TLS_READ_SIZE = 65536  # decrypted bytes handed over per TLS read (4 records of 16 KiB)
+
+
+class _TLSReader(asyncio.BufferedProtocol):
+    """Puts a connection on a TLS transport through a read buffer.
+
+    asyncio's TLS layer (and uvloop's) reads for a plain :class:`asyncio.Protocol` by
+    allocating a bytes object of 256 KiB per read and shrinking it: an mmap, mremap and
+    munmap per request, which doubled a single GET's latency. A BufferedProtocol is read
+    into its own buffer instead; this one hands each read to the connection as bytes.
+    ``scratch`` is shared by every connection of a server: the TLS layer fills it and
+    calls :meth:`buffer_updated` in one go on the loop thread, and the connection's
+    decoder copies the bytes out before anything else can read.
+    """
+
+    def __init__(self, conn: _Connection, scratch: memoryview):
+        self.conn = conn
+        self.scratch = scratch
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        return self.conn.eof_received()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # The connection's decoder copies what it is fed at once: no bytes object needed.
+        self.conn.data_received(self.scratch[:nbytes])
 
 
 def _one_blas_thread() -> bool:
@@ -1175,6 +1308,8 @@ def serve(
     token: str | None = None,
     max_frame_size: int = P.DEFAULT_MAX_FRAME_SIZE,
     ready: Callable[[ServerHandle], None] | None = None,
+    ssl: Any = None,
+    unprotected: bool = False,
     max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> None:
@@ -1191,11 +1326,18 @@ def serve(
     :param token: if set, clients must present it in HELLO.
     :param max_frame_size: largest frame body accepted and sent.
     :param ready: called with the handle once listening (tests, CLI banners).
+    :param ssl: an :class:`ssl.SSLContext` to serve TLS with (see
+        :func:`vtpu.tls.server_context`); ``None``: plaintext.
+    :param unprotected: allow a non-loopback ``host`` without a token.
     :param max_request_time: as :func:`start_server`.
     :param max_batch: most operations in one BATCH frame.
+    :raises InterfaceError: a non-loopback ``host`` in protected mode (checked before
+        anything is created or opened).
     :raises StorageError: if ``data`` is locked by another server or unusable.
     """
     from .engine import Engine
+
+    check_protected(host, token, ssl, unprotected)
 
     storage = None
     if data is not None:
@@ -1210,15 +1352,21 @@ def serve(
     stop = asyncio.Event()
 
     async def run() -> None:
-        handle = await start_server(engine, host, port, token=token, max_frame_size=max_frame_size,
-                                    max_batch=max_batch, max_request_time=max_request_time)
+        handle = await start_server(engine, host, port, token=token,
+                                    max_frame_size=max_frame_size, max_batch=max_batch,
+                                    ssl=ssl, unprotected=unprotected,
+                                    max_request_time=max_request_time)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread / not supported: rely on KeyboardInterrupt
+        if not is_loopback(host) and token is None:
+            log.warning("serving %s without a token (unprotected): anyone who can reach it "
+                        "can read and change every scroll", host)
         print(
             f"vtpu {__version__} serving on {handle.host}:{handle.port}"
+            + (" over TLS" if ssl is not None else "")
             + (f" data={data} fsync={fsync}" if data else " (in memory)"),
             file=sys.stderr,
             flush=True,
@@ -1236,43 +1384,131 @@ def serve(
         pass
     finally:
         try:
-            if storage is not None:
-                storage.commit()
-                storage.close()
+            engine.close()
         finally:
             loop.close()
             asyncio.set_event_loop(None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``vtpu serve`` / ``python -m vtpu.server``: parse ``argv`` and run :func:`serve`.
+_SERVE_EPILOG = """\
+security:
+  Without a token, vtpu serve only listens on loopback (127.0.0.0/8, ::1, localhost);
+  another --host needs a token, client certificates (--tls-ca) or --unprotected.
+  Give the token in $VTPU_TOKEN or --token-file (mode 600); --token works but shows
+  in the process list (ps, /proc/PID/cmdline). With --tls-cert/--tls-key every
+  connection is TLS (clients use vtpus://HOST:PORT).
+"""
 
-    :param argv: arguments without the program name (``None``: ``sys.argv[1:]``).
-    :returns: process exit status.
+
+def _read_token_file(path: str) -> str:
+    """The token in ``path`` (its trailing newline removed); warns when the file is
+    open to group or others.
+
+    :raises InterfaceError: unreadable, not UTF-8, or empty.
     """
-    ap = argparse.ArgumentParser(prog="vtpu serve", description="Run a vtpu server.")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=P.DEFAULT_PORT)
-    ap.add_argument("--data", default=None, help="directory for durable storage")
-    ap.add_argument("--fsync", default="everysec", choices=["always", "everysec", "never"])
-    ap.add_argument("--token", default=os.environ.get("VTPU_TOKEN"))
-    ap.add_argument("--max-frame-size", type=int, default=P.DEFAULT_MAX_FRAME_SIZE)
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            raw = f.read()
+    except OSError as exc:
+        raise InterfaceError(f"--token-file {path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        log.warning("token file %s is accessible by group/others (mode %04o): "
+                    "chmod 600 %s", path, mode & 0o777, path)
+    try:
+        token = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise InterfaceError(f"--token-file {path}: not UTF-8 text") from None
+    if not token:
+        raise InterfaceError(f"--token-file {path}: the file is empty")
+    return token
+
+
+def _token(ns: argparse.Namespace) -> str | None:
+    """The token from ``--token``, ``--token-file`` or ``$VTPU_TOKEN`` (in that order)."""
+    if ns.token is not None:
+        log.warning("--token shows the token in the process list (ps, /proc/PID/cmdline) "
+                    "to every user of this machine: use VTPU_TOKEN or --token-file")
+        if not ns.token:
+            raise InterfaceError("--token: the token is empty")
+        return ns.token
+    if ns.token_file is not None:
+        return _read_token_file(ns.token_file)
+    return os.environ.get("VTPU_TOKEN") or None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``vtpu serve``."""
+    ap = argparse.ArgumentParser(
+        prog="vtpu serve", description="Run a vtpu server.", epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1; see security below)")
+    ap.add_argument("--port", type=int, default=P.DEFAULT_PORT,
+                    help=f"TCP port, 0 = any free one (default {P.DEFAULT_PORT})")
+    ap.add_argument("--data", default=None, metavar="DIR",
+                    help="directory for durable storage (default: in memory only)")
+    ap.add_argument("--fsync", default="everysec", choices=["always", "everysec", "never"],
+                    help="when writes reach the disk, with --data (default everysec)")
+    tok = ap.add_mutually_exclusive_group()
+    tok.add_argument("--token-file", metavar="PATH",
+                     help="read the token clients must send from PATH (default: $VTPU_TOKEN)")
+    tok.add_argument("--token", metavar="T",
+                     help="the token on the command line (visible in the process list)")
+    ap.add_argument("--unprotected", action="store_true",
+                    help="allow a non-loopback --host without a token")
+    ap.add_argument("--tls-cert", metavar="CERT",
+                    help="serve TLS with this PEM certificate (chain)")
+    ap.add_argument("--tls-key", metavar="KEY",
+                    help="the certificate's PEM private key (default: inside CERT)")
+    ap.add_argument("--tls-ca", metavar="CA",
+                    help="require client certificates signed by this PEM CA")
+    ap.add_argument("--max-frame-size", type=int, default=P.DEFAULT_MAX_FRAME_SIZE,
+                    metavar="BYTES", help="largest request/reply body (default 64 MiB)")
     ap.add_argument("--max-request-time", type=float, default=DEFAULT_MAX_REQUEST_TIME,
                     metavar="SECONDS",
                     help="stop a request with TIMEOUT after this long (0: never; "
                          f"default {DEFAULT_MAX_REQUEST_TIME:g})")
     ap.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="OPS",
                     help=f"most operations in one BATCH (default {DEFAULT_MAX_BATCH})")
-    ap.add_argument("--log-level", default="WARNING")
+    ap.add_argument("--log-level", default="WARNING", help="default WARNING")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vtpu serve`` / ``python -m vtpu.server``: parse ``argv`` and run :func:`serve`.
+
+    :param argv: arguments without the program name (``None``: ``sys.argv[1:]``).
+    :returns: process exit status (2 for a refused configuration: protected mode, a
+        bad token file, unusable TLS files).
+    """
+    ap = build_parser()
     ns = ap.parse_args(argv)
     logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr)
+    if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:
+        ap.error("--tls-key and --tls-ca need --tls-cert")
     if ns.max_request_time < 0:
         ap.error("--max-request-time must be >= 0")
     if ns.max_batch < 1:
         ap.error("--max-batch must be >= 1")
-    serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=ns.token,
-          max_frame_size=ns.max_frame_size, max_request_time=ns.max_request_time,
-          max_batch=ns.max_batch)
+    try:
+        token = _token(ns)
+        ctx = None
+        if ns.tls_cert:
+            from .tls import server_context
+
+            ctx = server_context(ns.tls_cert, ns.tls_key, ns.tls_ca)
+        serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=token,
+              max_frame_size=ns.max_frame_size, ssl=ctx, unprotected=ns.unprotected,
+              max_request_time=ns.max_request_time, max_batch=ns.max_batch)
+    except InterfaceError as exc:
+        print(f"vtpu serve: error: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        # A store that cannot be opened (locked, damaged, behind its commit counter):
+        # the message says what and what to do; a traceback would only bury it.
+        print(f"vtpu serve: StorageError: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

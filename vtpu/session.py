@@ -39,8 +39,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vtpu import _core
 from vtpu import errors as E
 from vtpu.coords import NAME_BASE, NameTable, Scroll
+# The engine's own argument checks: a client refuses exactly what the engine refuses,
+# before anything is sent (the wire form cannot say that a pattern was float64).
+from vtpu.engine import (MAX_FRONTIER, MAX_HOPS, MAX_K, check_blob, check_contents,
+                         check_count, check_deltas, check_direction, check_key,
+                         check_metric, check_name_list, check_patterns, check_text,
+                         check_values)
 
 # -- the wire codec ---------------------------------------------------------------------------
 # Every byte a client sends or reads is encoded or decoded through vtpu.wire, and nowhere
@@ -742,49 +749,34 @@ def _dec_names(s: Session, args: Any, r: Any) -> Any:
 
 
 def as_key(key: Any, what: str = "key") -> bytes:
-    """An 18-byte packed coordinate from bytes or a ``(9,)`` array.
+    """An 18-byte packed coordinate, checked as the engine checks it
+    (:func:`vtpu.engine.check_key`).
 
     :raises InterfaceError: anything else.
     """
-    if type(key) is bytes and len(key) == KEY_SIZE:
-        return key
-    if isinstance(key, (bytearray, memoryview)) and len(key) == KEY_SIZE:
-        return bytes(key)
-    if isinstance(key, np.ndarray) and key.shape == (9,):
-        return codec.pack_coord(key)
-    raise E.InterfaceError(f"{what} must be a packed coordinate (18 bytes) or a (9,) array")
+    return check_key(key, what)
 
 
-def as_blob(blob: Any) -> bytes:
-    """An N*18-byte blob of packed keys from bytes or an ``(N, 9)`` array.
+def as_blob(blob: Any, what: str = "keys") -> bytes:
+    """An N*18-byte blob of packed keys from bytes or an ``(N, 9)`` uint16 array, checked
+    as the engine checks it (:func:`vtpu.engine.check_blob`).
 
     :raises InterfaceError: anything else.
     """
-    if type(blob) is bytes:
-        if len(blob) % KEY_SIZE:
-            raise E.InterfaceError(f"key blob of {len(blob)} bytes is not a multiple of 18")
-        return blob
-    if isinstance(blob, (bytearray, memoryview)):
-        return as_blob(bytes(blob))
-    if isinstance(blob, np.ndarray):
-        return codec.pack_coords(blob.reshape(-1, 9))
-    raise E.InterfaceError("keys must be an N*18-byte blob or an (N, 9) array")
+    return check_blob(blob, what)
 
 
-def _as_pattern(p: Any) -> bytes:
-    if type(p) is bytes and len(p) == codec.PATTERN_SIZE:
-        return p
-    return codec.pack_pattern(np.asarray(p))
+def _as_pattern(p: Any, what: str = "pattern") -> bytes:
+    # Exactly a (2, 9) uint16 array, as the engine takes it: another dtype is refused,
+    # never cast.
+    return codec.pack_pattern(_core.check_pattern(p, what))
 
 
 def _as_values(v: Any) -> Any:
-    if v is None or (type(v) is bytes and len(v) in (codec.PATTERN_SIZE, codec.DELTA_SIZE)):
-        return v
-    a = np.asarray(v)
-    if a.shape != (2, 9):
-        raise E.InterfaceError(f"values must be a (2, 9) pattern or delta, got shape {a.shape}")
-    # The two forms are told apart by dtype: deltas are int32, patterns uint16.
-    return codec.pack_delta(a) if a.dtype == np.int32 else codec.pack_pattern(a)
+    v = check_values(v)
+    if v is None:
+        return None
+    return codec.pack_delta(v) if v.dtype == np.int32 else codec.pack_pattern(v)
 
 
 class ClientOps:
@@ -833,7 +825,10 @@ class ClientOps:
         :raises VersionConflict: the compare-and-set failed.
         """
         k = as_key(key)
-        args = [k, content] if if_version is None else [k, content, if_version]
+        if if_version is None:
+            args = [k, content]
+        else:
+            args = [k, content, check_count(if_version, "if_version")]
         return self._submit("PUT", args, None, timeout)
 
     def delete(self, key: bytes, *, timeout: float | None = None) -> Any:
@@ -866,9 +861,9 @@ class ClientOps:
             (sent as one ext value, no per-row work).
         :returns: the list of new versions.
         """
-        if not isinstance(contents, (list, np.ndarray)):
-            contents = list(contents)
-        return self._submit("PUT_MANY", [as_blob(blob), contents], None, timeout)
+        b = as_blob(blob)
+        contents = check_contents(contents, len(b) // KEY_SIZE)
+        return self._submit("PUT_MANY", [b, contents], None, timeout)
 
     def delete_many(self, blob: bytes, *, timeout: float | None = None) -> Any:
         """Delete many keys. :returns: how many existed."""
@@ -890,8 +885,8 @@ class ClientOps:
         :param keys_only: return an ``(M, 9)`` uint16 array of coordinates instead.
         :returns: a list of Scrolls, or an ndarray when ``keys_only``.
         """
-        args = [_as_pattern(pattern), limit, None if after is None else as_key(after, "after"),
-                bool(keys_only)]
+        args = [_as_pattern(pattern), check_count(limit, "limit"),
+                None if after is None else as_key(after, "after"), bool(keys_only)]
         return self._submit("RANGE", args, _dec_range, timeout)
 
     def count(self, pattern: Any, *, timeout: float | None = None) -> Any:
@@ -904,24 +899,30 @@ class ClientOps:
 
         :returns: ``(coords (m, 9) uint16, distances (m,) int64)``.
         """
-        args = [as_key(c, "c"), int(k), metric, None if within is None else _as_pattern(within)]
+        args = [codec.pack_coord(_core.check_coord(c)), check_count(k, "k", 0, MAX_K),
+                check_metric(metric), None if within is None else _as_pattern(within, "within")]
         return self._submit("NEAREST", args, _dec_nearest, timeout)
 
     def hier(self, c: Any, direction: str, *, timeout: float | None = None) -> Any:
         """The next/previous stored coordinate in document order, or ``None``."""
-        d = direction.upper() if isinstance(direction, str) else direction
-        return self._submit("HIER", [as_key(c, "c"), d], _dec_coord, timeout)
+        args = [codec.pack_coord(_core.check_coord(c)), check_direction(direction)]
+        return self._submit("HIER", args, _dec_coord, timeout)
 
     def attend(self, q: Any, key_pattern: Any, top_k: int | None = None, values: Any = None,
-               return_output: bool = True, *, timeout: float | None = None) -> Any:
+               return_output: bool = True, mode: str | None = "auto", *,
+               timeout: float | None = None) -> Any:
         """Attention of query ``q`` (a stored key or a vector) over matching scrolls.
 
+        :param mode: "auto", "dot" or "distance" (see :meth:`vtpu.engine.Engine.attend`).
         :returns: the dict of :meth:`vtpu.engine.Engine.attend` (``keys`` as an
             ``(m, 9)`` array).
         """
         if not isinstance(q, np.ndarray):
-            q = as_key(q, "q")
-        args = [q, _as_pattern(key_pattern), top_k, _as_values(values), bool(return_output)]
+            q = as_key(q, "a query key")
+        args = [q, _as_pattern(key_pattern, "key pattern"), check_count(top_k, "top_k"),
+                _as_values(values), bool(return_output)]
+        if mode not in (None, "auto"):
+            args.append(mode)   # sent only when asked, so older servers keep working
         return self._submit("ATTEND", args, _dec_attend, timeout)
 
     def attend_many(self, queries: Any, key_patterns: Any, top_k: int | None = None,
@@ -933,24 +934,33 @@ class ClientOps:
         :param key_patterns: ``(Q, 2, 9)`` uint16 patterns, one per query.
         :returns: the engine's dict (``outputs`` (Q, d_v), ``counts``, ``weights`` if asked).
         """
-        if not isinstance(queries, np.ndarray):
-            queries = as_blob(queries)  # packed keys of stored query vectors
-        pats = key_patterns if type(key_patterns) is bytes else codec.pack_patterns(key_patterns)
-        args = [queries, pats, top_k, _as_values(values), bool(return_weights)]
+        if isinstance(queries, (bytes, bytearray, memoryview)):
+            queries = as_blob(queries, "query keys")  # keys of stored query vectors
+        else:
+            queries = np.asarray(queries)   # as the engine takes them; it checks the rest
+        pats = codec.pack_patterns(check_patterns(key_patterns))
+        args = [queries, pats, check_count(top_k, "top_k"), _as_values(values),
+                bool(return_weights)]
         return self._submit("ATTEND_MANY", args, _dec_attend, timeout)
 
     def kg(self, start: Any, deltas: Any, hops: int, max_frontier: int = 10000, *,
            timeout: float | None = None) -> Any:
         """Multi-hop traversal; returns the final frontier's scrolls."""
-        d = deltas if type(deltas) is bytes else codec.pack_deltas(
-            np.asarray(deltas).reshape(-1, 2, 9))
-        args = [_as_pattern(start), d, int(hops), int(max_frontier)]
+        args = [_as_pattern(start, "start"), codec.pack_deltas(check_deltas(deltas)),
+                check_count(hops, "hops", 0, MAX_HOPS),
+                check_count(max_frontier, "max_frontier", 1, MAX_FRONTIER)]
         return self._submit("KG", args, _dec_scrolls, timeout)
 
     # -- names and admin -----------------------------------------------------------------------
-    def intern(self, names: list, *, timeout: float | None = None) -> Any:
-        """Intern names on the server; returns their ids (0xF000 + index)."""
-        return self._submit("INTERN", [list(names)], _dec_interned, timeout)
+    def intern(self, names: list, *, intern: bool = True, timeout: float | None = None) -> Any:
+        """Intern names on the server; returns their ids (0xF000 + index).
+
+        :param intern: False only looks the names up: unknown ones answer None and
+            nothing is added (what a read needs).
+        """
+        names = check_name_list(names)
+        args = [names] if intern else [names, False]
+        return self._submit("INTERN", args, _dec_interned, timeout)
 
     def name_table(self, *, timeout: float | None = None) -> Any:
         """The server's whole name table (index i = id 0xF000 + i); refreshes the cache."""
@@ -971,7 +981,8 @@ class ClientOps:
     def import_phext(self, text: str, skip_invalid: bool = False, *,
                      timeout: float | None = None) -> Any:
         """Import a .phext document on the server; returns how many scrolls."""
-        return self._submit("IMPORT_PHEXT", [text, bool(skip_invalid)], None, timeout)
+        return self._submit("IMPORT_PHEXT", [check_text(text), bool(skip_invalid)], None,
+                            timeout)
 
     def export_phext(self, pattern: Any = None, skip_invalid: bool = False, *,
                      timeout: float | None = None) -> Any:

@@ -6,21 +6,57 @@ snapshot on restart. Contents arrive already encoded (opaque ``bytes``), keys ar
 
 Layout of a data directory::
 
-    DIR/LOCK              flock()-ed for the life of a Storage; holds the owner's pid
+    DIR/                  flock()-ed (the directory itself) for the life of a Storage
+    DIR/LOCK              the pid of the current holder (information only)
+    DIR/COMMIT            the commit counter: how many commits the store has made
     DIR/vtpu.sqlite3      the database (plus -wal / -shm files while open)
 
-Tables: ``scrolls(key BLOB PRIMARY KEY, content BLOB, version, created_at, updated_at)``
-(``WITHOUT ROWID``, so the B-tree is clustered on the key), ``names(id, name)`` where
-``id`` is the index into the name table (name id = 0xF000 + index), and ``meta(key,
-value)`` holding ``format_version``.
+Tables (format version 2): ``scrolls(key BLOB PRIMARY KEY, content BLOB, version,
+created_at, updated_at, crc)`` (``WITHOUT ROWID``, so the B-tree is clustered on the
+key), ``names(id, name, crc)`` where ``id`` is the index into the name table (name id =
+0xF000 + index), and ``meta(key, value, crc)`` holding ``format_version``,
+``created_at`` and ``commit`` (the number of the last commit). A store of format
+version 1 (no checksums, no commit number) is migrated on open.
+
+Checksums
+---------
+Every row carries a checksum of all its fields: for scrolls
+``xxh64(content, seed=xxh64(key ‖ le64(version) ‖ le64(created_at bits) ‖
+le64(updated_at bits)))``, for names ``xxh64(utf8(name), seed=id)``, for meta
+``xxh64(utf8(value), seed=xxh64(utf8(key)))``, each kept as a signed 64-bit integer.
+They are verified on every load (in the compiled core, one call per batch of rows), so
+a flipped bit anywhere in a record is a :class:`~vtpu.errors.StorageError` naming the
+record, never a wrong value.
 
 Group commit
 ------------
 :meth:`Storage.put`, :meth:`~Storage.put_many`, :meth:`~Storage.delete` and
 :meth:`~Storage.add_names` only queue work in memory. :meth:`Storage.commit` writes
 everything queued since the last commit in **one** SQLite transaction, in the order it
-was queued. The server calls ``commit()`` once per event-loop batch, before it sends the
-acknowledgements of that batch, so one fsync covers many writes.
+was queued, together with the new commit number. The server calls ``commit()`` once per
+event-loop batch, before it sends the acknowledgements of that batch, so one fsync
+covers many writes.
+
+The commit counter
+------------------
+SQLite keeps recent commits in the WAL file only; a WAL that is deleted, truncated or
+damaged after a crash makes SQLite fall back to an older state without complaint. So
+every commit also stores its number outside the WAL, in ``DIR/COMMIT`` (two
+checksummed records written in place, alternately, so a torn write leaves the other
+intact), and on open a database *behind* the counter is refused with a
+:class:`~vtpu.errors.StorageError` naming both numbers. Each record holds ``seq`` (the
+last commit written to the OS), ``synced`` (the last commit known to be on stable
+storage) and the boot id of the machine that wrote it. The counter never claims more
+than the database holds: ``seq`` is written after SQLite's ``COMMIT`` returned and
+``synced`` after the fsync that made it durable. On open:
+
+* same boot (the OS did not crash or restart since): the database must hold ``seq``,
+  i.e. every commit that returned, under every policy;
+* after a reboot: the database must hold ``synced``; commits after it may have been
+  lost by the OS crash exactly as the fsync policy allows (below), and are logged.
+
+Removing ``DIR/COMMIT`` accepts the database as it is (a warning is logged); that is the
+way to start from a database restored without its WAL.
 
 Guarantees per ``fsync`` policy (for writes whose ``commit()`` has returned)
 ---------------------------------------------------------------------------
@@ -28,21 +64,25 @@ Guarantees per ``fsync`` policy (for writes whose ``commit()`` has returned)
     ``PRAGMA synchronous=FULL``: SQLite fsyncs the WAL before ``COMMIT`` returns, so
     ``commit()`` returns only once the batch is on stable storage. Every acknowledged
     write survives ``kill -9`` of the process *and* an OS crash or power loss (to the
-    extent the disk honours fsync).
+    extent the disk honours fsync). The counter's ``synced`` follows every commit; its
+    file is fsynced by a background thread at most once a second, so after an OS crash
+    the loss of a WAL is still detected for all but at most the last second of commits.
 ``"everysec"`` (default)
     ``PRAGMA synchronous=NORMAL``: ``COMMIT`` hands the WAL frames to the OS (``write``)
     without fsync. A background thread fsyncs the WAL at most once a second, and only
-    when something was committed since its last fsync. Every acknowledged write
-    survives ``kill -9`` (the data is in the OS page cache); on an OS crash or power
-    loss, at most about the last second of acknowledged writes is lost. The database
-    is never corrupted by either (SQLite's WAL frames are checksummed; a torn tail is
-    discarded on the next open, leaving an earlier, consistent state).
+    when something was committed since its last fsync, then advances ``synced`` and
+    fsyncs the counter. Every acknowledged write survives ``kill -9`` (the data is in
+    the OS page cache); on an OS crash or power loss, at most about the last second of
+    acknowledged writes is lost. The database is never corrupted by either (SQLite's
+    WAL frames are checksummed; a torn tail is discarded on the next open, leaving an
+    earlier, consistent state).
 ``"never"``
-    ``PRAGMA synchronous=OFF``: nothing is ever fsynced by vtpu or SQLite. Acknowledged
-    writes still survive ``kill -9`` (they were written to the OS before ``commit()``
-    returned), but an OS crash or power loss can lose any amount of recent data and,
-    per SQLite's documentation, may corrupt the database (reported as
-    :class:`~vtpu.errors.StorageError` on the next open, never silently).
+    ``PRAGMA synchronous=OFF``: nothing is fsynced while serving (only on open, close
+    and :meth:`Storage.sync`). Acknowledged writes still survive ``kill -9`` (they were
+    written to the OS before ``commit()`` returned), but an OS crash or power loss can
+    lose anything since the last open/close/sync and, per SQLite's documentation, may
+    corrupt the database (reported as :class:`~vtpu.errors.StorageError` on the next
+    open, never silently).
 
 Writes queued but not yet committed are not durable under any policy.
 :meth:`Storage.close` commits what is queued and fsyncs before returning, whatever the
@@ -52,31 +92,44 @@ Failure reporting
 -----------------
 * A second process (or a second ``Storage`` in the same process) opening the same
   directory gets :class:`~vtpu.errors.StorageError` naming the directory and the pid
-  recorded by the holder.
-* A database file that is not SQLite, is truncated, or fails ``PRAGMA quick_check`` on
-  open raises :class:`~vtpu.errors.StorageError` naming the file; so does any
-  ``sqlite3`` error later (disk full, I/O error). Nothing is dropped silently.
-* A failed ``commit()`` rolls the transaction back and keeps the queued batch, so a
-  later ``commit()`` retries it; the caller must not acknowledge the writes.
+  recorded by the holder. The lock is an ``flock`` on the directory, held on an open
+  descriptor, so deleting ``LOCK`` does not release it.
+* A database file that is not SQLite, is truncated, fails ``PRAGMA quick_check`` or a
+  record checksum, or is behind the commit counter raises
+  :class:`~vtpu.errors.StorageError` naming the file; so does any ``sqlite3`` error
+  later (disk full, I/O error). Nothing is dropped silently.
+* A failed ``commit()`` rolls the transaction back and drops the queued batch: the
+  caller must not acknowledge those writes and must undo what it showed of them (the
+  engine does); the next ``commit()`` starts afresh, so the store recovers by itself
+  once the cause (e.g. a full disk) is gone.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
 from typing import Iterable, Iterator, Sequence
 
+from . import _core
 from ._core import KEY_BYTES as KEY_SIZE
-from .errors import InterfaceError, StorageError
+from .errors import CoordinateError, InterfaceError, StorageError
 
-__all__ = ["Storage", "FORMAT_VERSION", "DB_FILENAME", "LOCK_FILENAME", "FSYNC_POLICIES"]
+__all__ = [
+    "Storage", "FORMAT_VERSION", "DB_FILENAME", "LOCK_FILENAME", "COUNTER_FILENAME",
+    "FSYNC_POLICIES",
+]
 
-FORMAT_VERSION = 1
+log = logging.getLogger("vtpu.storage")
+
+FORMAT_VERSION = 2
 DB_FILENAME = "vtpu.sqlite3"
 LOCK_FILENAME = "LOCK"
+COUNTER_FILENAME = "COMMIT"
 FSYNC_POLICIES = ("always", "everysec", "never")
 
 # Rows per fetchmany() in load(): large batches keep the per-row cost in C.
@@ -90,26 +143,70 @@ WAL_PREALLOC = 3 << 20
 _SYNCHRONOUS = {"always": "FULL", "everysec": "NORMAL", "never": "OFF"}
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS scrolls ("
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE scrolls ("
     " key BLOB PRIMARY KEY NOT NULL,"
     " content BLOB NOT NULL,"
     " version INTEGER NOT NULL,"
     " created_at REAL NOT NULL,"
-    " updated_at REAL NOT NULL"
+    " updated_at REAL NOT NULL,"
+    " crc INTEGER NOT NULL"
     ") WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS names (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",
+    "CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL, crc INTEGER NOT NULL)",
 )
 
 _PUT_SQL = (
-    "INSERT OR REPLACE INTO scrolls (key, content, version, created_at, updated_at)"
-    " VALUES (?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO scrolls (key, content, version, created_at, updated_at, crc)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _DEL_SQL = "DELETE FROM scrolls WHERE key = ?"
-_NAME_SQL = "INSERT OR REPLACE INTO names (id, name) VALUES (?, ?)"
+_NAME_SQL = "INSERT OR REPLACE INTO names (id, name, crc) VALUES (?, ?, ?)"
+_META_SQL = "INSERT OR REPLACE INTO meta (key, value, crc) VALUES (?, ?, ?)"
+_SELECT_SQL = (
+    "SELECT key, content, version, created_at, updated_at, crc FROM scrolls ORDER BY key"
+)
 
 # Segment kinds in the pending queue.
 _PUT, _DEL, _NAMES = 0, 1, 2
+
+# The commit counter file: two records at these offsets (separate disk sectors), each
+# magic, seq, synced, boot id, then the xxh64 of those 40 bytes.
+_COUNTER = struct.Struct("<8sQQ16s")
+_COUNTER_MAGIC = b"VTPUCMT1"
+_COUNTER_SLOTS = (0, 512)
+_COUNTER_SIZE = _COUNTER.size + 8
+_UNKNOWN_BOOT = bytes(16)
+
+
+def _signed(h: int) -> int:
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def _meta_crc(key: str, value: str) -> int:
+    return _signed(_core.xxh64(value.encode(), _core.xxh64(key.encode())))
+
+
+
+def _name_crc(ident: int, name: str) -> int:
+    return _signed(_core.xxh64(name.encode(), ident))
+
+
+def _boot_id() -> bytes:
+    """This boot of the OS (Linux), or zeros when unknown (then never "the same boot")."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            raw = bytes.fromhex(f.read().decode("ascii").strip().replace("-", ""))
+        return raw if len(raw) == 16 else _UNKNOWN_BOOT
+    except (OSError, ValueError):
+        return _UNKNOWN_BOOT
+
+
+def _fsync_path(path: str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Storage:
@@ -121,8 +218,10 @@ class Storage:
     :param check: run ``PRAGMA quick_check`` on open (default ``True``). It reads every
         page, so a corrupt database is reported at start-up rather than half-way through
         serving; turn it off only for very large stores whose start-up time matters more.
+        (Record checksums are verified on every load either way.)
     :raises StorageError: the directory is locked by another Storage/process, the
-        database is corrupt, of an unknown format version, or cannot be created.
+        database is corrupt, behind its commit counter, of an unknown format version, or
+        cannot be created.
     :raises InterfaceError: ``fsync`` is not one of the three policies.
 
     Thread safety: methods may be called from any thread; an internal lock serialises
@@ -138,16 +237,30 @@ class Storage:
         self.path = os.path.abspath(os.fspath(path))
         self.fsync = fsync
         self.db_path = os.path.join(self.path, DB_FILENAME)
+        self.counter_path = os.path.join(self.path, COUNTER_FILENAME)
         self._wal_path = self.db_path + "-wal"
         self._mutex = threading.RLock()
         self._segments: list[list] = []  # [[kind, payload-list], ...] in queue order
         self._closed = False
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
-        self._dirty = False  # committed since the last fsync (everysec)
+        self._dirty = False  # committed since the last WAL fsync (everysec)
         self._syncer: threading.Thread | None = None
         self._stop = threading.Event()
         self._sync_error: BaseException | None = None
+        self._names: list[str] = []
+        # The commit counter: its file, the next record slot, and what it says.
+        self._boot = _boot_id()
+        self._counter_fd: int | None = None
+        self._counter_mutex = threading.Lock()
+        self._counter_slot = 0
+        self._counter_dirty = False  # written since its last fsync
+        self._counter_error: BaseException | None = None
+        #: Number of the last commit made to this store (over its whole life).
+        self.commit_seq = 0
+        #: Number of the last commit known to be on stable storage.
+        self.synced_seq = 0
+        #: Commits made by this Storage object.
         self.commits = 0
         try:
             os.makedirs(self.path, exist_ok=True)
@@ -156,10 +269,13 @@ class Storage:
         self._acquire_lock()
         try:
             self._open_db(check)
+            self._open_counter()
+            if self.fsync != "never":
+                self._preallocate_wal()
         except BaseException:
             self._release()
             raise
-        if fsync == "everysec":
+        if fsync != "never":
             self._syncer = threading.Thread(
                 target=self._sync_loop, name=f"vtpu-fsync:{self.path}", daemon=True
             )
@@ -168,32 +284,39 @@ class Storage:
     # ------------------------------------------------------------------ opening
 
     def _acquire_lock(self) -> None:
-        lock_path = os.path.join(self.path, LOCK_FILENAME)
+        # The lock is on the directory itself: a file could be deleted (or replaced)
+        # under a running server, letting a second one in.
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
-            raise StorageError(f"cannot open lock file {lock_path!r}: {exc}") from exc
+            raise StorageError(f"cannot open data directory {self.path!r}: {exc}") from exc
+        lock_path = os.path.join(self.path, LOCK_FILENAME)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = ""
-            try:
-                pid = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-                if pid:
-                    holder = f" (held by pid {pid})"
-            except OSError:
-                pass
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                holder = ""
+                try:
+                    with open(lock_path, encoding="ascii", errors="replace") as f:
+                        pid = f.read(64).strip()
+                    if pid:
+                        holder = f" (held by pid {pid})"
+                except OSError:
+                    pass
                 raise StorageError(
                     f"data directory {self.path!r} is locked by another vtpu store"
                     f"{holder}; stop that server or use another --data directory"
                 ) from None
             raise StorageError(f"cannot lock data directory {self.path!r}: {exc}") from exc
-        # Record our pid so a refused second server can say who holds the directory.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        # Record our pid so a refused second server can say who holds the directory
+        # (best effort: a full disk must not keep the store from opening).
+        try:
+            with open(lock_path, "w", encoding="ascii") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError:
+            pass
 
     def _open_db(self, check: bool) -> None:
         existed = os.path.exists(self.db_path) and os.path.getsize(self.db_path) > 0
@@ -222,36 +345,199 @@ class Storage:
                         f"database {self.db_path!r} is corrupt (quick_check: {detail}); "
                         "restore it from a backup or move it away to start empty"
                     )
-            conn.execute("BEGIN IMMEDIATE")
-            for stmt in _SCHEMA:
-                conn.execute(stmt)
-            row = conn.execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('format_version', ?)",
-                    (str(FORMAT_VERSION),),
-                )
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)",
-                    (repr(time.time()),),
-                )
-            elif row[0] != str(FORMAT_VERSION):
-                raise StorageError(
-                    f"database {self.db_path!r} has format version {row[0]}, this vtpu "
-                    f"reads version {FORMAT_VERSION}"
-                )
-            conn.execute("COMMIT")
-            if self.fsync != "never":
-                self._preallocate_wal()
+            tables = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" not in tables:
+                self._create_schema()
+            else:
+                row = conn.execute(
+                    "SELECT value FROM meta WHERE key='format_version'").fetchone()
+                version = None if row is None else row[0]
+                if version == "1":
+                    self._migrate_v1()
+                elif version != str(FORMAT_VERSION):
+                    raise StorageError(
+                        f"database {self.db_path!r} has format version {version}, this "
+                        f"vtpu reads version {FORMAT_VERSION} (and migrates version 1)"
+                    )
+            self.commit_seq = int(self._read_meta()["commit"])
         except StorageError:
             self._rollback_quietly()
             raise
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: undecodable schema text
             self._rollback_quietly()
             raise StorageError(
                 f"database {self.db_path!r} is unreadable or corrupt ({exc}); restore it "
                 "from a backup or move it away to start empty"
             ) from exc
+
+    def _create_schema(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        for stmt in _SCHEMA:
+            conn.execute(stmt)
+        self._write_meta({"format_version": str(FORMAT_VERSION),
+                          "created_at": repr(time.time()), "commit": "0"})
+        conn.execute("COMMIT")
+
+    def _migrate_v1(self) -> None:
+        """Rewrite a format-1 store (no checksums, no commit number) as format 2.
+
+        The old rows are trusted as they are (they carry nothing to verify); everything
+        happens in one transaction, so an interrupted migration leaves the old store.
+        """
+        conn = self._conn
+        t0 = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        old = {r[0]: r[1] for r in conn.execute("SELECT key, value FROM meta")}
+        for table in ("meta", "scrolls", "names"):
+            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
+        for stmt in _SCHEMA:
+            conn.execute(stmt)
+        cur = conn.cursor()
+        cur.execute("SELECT key, content, version, created_at, updated_at FROM scrolls_v1 "
+                    "ORDER BY key")
+        n = 0
+        while True:
+            batch = cur.fetchmany(LOAD_BATCH)
+            if not batch:
+                break
+            try:
+                conn.executemany(_PUT_SQL, _core.seal_records(batch))
+            except InterfaceError as exc:
+                raise StorageError(
+                    f"cannot migrate {self.db_path!r} to format {FORMAT_VERSION}: {exc}"
+                ) from exc
+            n += len(batch)
+        cur.close()
+        conn.executemany(_NAME_SQL, [(i, name, _name_crc(i, name)) for i, name in
+                                     conn.execute("SELECT id, name FROM names_v1")])
+        for table in ("meta", "scrolls", "names"):
+            conn.execute(f"DROP TABLE {table}_v1")
+        self._write_meta({"format_version": str(FORMAT_VERSION),
+                          "created_at": old.get("created_at", repr(time.time())),
+                          "commit": "0"})
+        conn.execute("COMMIT")
+        log.warning("migrated %s from format 1 to %d (%d scrolls, %.1f s)",
+                    self.db_path, FORMAT_VERSION, n, time.perf_counter() - t0)
+
+    def _write_meta(self, items: dict) -> None:
+        self._conn.executemany(_META_SQL, [(k, v, _meta_crc(k, v)) for k, v in items.items()])
+
+    def _read_meta(self) -> dict:
+        meta = {}
+        for key, value, crc in self._conn.execute("SELECT key, value, crc FROM meta"):
+            if type(key) is not str or type(value) is not str or crc != _meta_crc(key, value):
+                raise StorageError(
+                    f"database {self.db_path!r} is damaged: the meta record {key!r} fails "
+                    "its checksum; restore the directory from a backup"
+                )
+            meta[key] = value
+        for key in ("format_version", "commit"):
+            if key not in meta:
+                raise StorageError(
+                    f"database {self.db_path!r} is damaged: meta record {key!r} is missing; "
+                    "restore the directory from a backup"
+                )
+        try:
+            int(meta["commit"])
+        except ValueError:
+            raise StorageError(f"database {self.db_path!r} is damaged: bad commit number "
+                               f"{meta['commit']!r}") from None
+        return meta
+
+    def _open_counter(self) -> None:
+        """Check the database against the commit counter, then make both current.
+
+        :raises StorageError: the database is behind the counter (the WAL was lost or
+            damaged) or the counter file is unreadable.
+        """
+        have = self.commit_seq
+        record = self._read_counter()
+        if record is None:
+            if have > 0:
+                log.warning("%s: no commit counter %s; trusting the database as it is "
+                            "(at commit %d)", self.path, self.counter_path, have)
+        else:
+            seq, synced, boot = record
+            same_boot = boot == self._boot and boot != _UNKNOWN_BOOT
+            need = seq if same_boot else synced
+            if have < need:
+                raise StorageError(
+                    f"database {self.db_path!r} is at commit {have}, commit counter "
+                    f"{self.counter_path!r} says {need}: the WAL ({self._wal_path}) was "
+                    f"lost or damaged, or the database replaced by an older copy; "
+                    f"{need - have} committed batches are missing. Restore the directory "
+                    f"from a backup, or remove {self.counter_path!r} to accept the "
+                    "database as it is"
+                )
+            if have < seq:
+                log.warning("%s: the last %d commits before the OS restarted were not yet "
+                            "on stable storage and are lost (as the fsync policy allows)",
+                            self.path, seq - have)
+        # What the database holds now is made durable once, so the counter may say so.
+        try:
+            if os.path.exists(self._wal_path):
+                _fsync_path(self._wal_path)
+            _fsync_path(self.db_path)
+            create = record is None
+            fd = os.open(self.counter_path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._counter_fd = fd
+            self.synced_seq = have
+            if create:
+                os.ftruncate(fd, _COUNTER_SLOTS[-1] + _COUNTER_SIZE)
+            for _ in _COUNTER_SLOTS:   # both slots: no stale record may outrank these
+                self._write_counter()
+            os.fsync(fd)
+            if create:
+                _fsync_path(self.path, directory=True)
+            self._counter_dirty = False
+        except OSError as exc:
+            raise StorageError(f"cannot write commit counter {self.counter_path!r}: {exc}") \
+                from exc
+
+    def _read_counter(self) -> tuple[int, int, bytes] | None:
+        """(seq, synced, boot) of the newest intact counter record, None if no file.
+
+        :raises StorageError: the file exists but holds no intact record.
+        """
+        try:
+            with open(self.counter_path, "rb") as f:
+                data = f.read(_COUNTER_SLOTS[-1] + _COUNTER_SIZE)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read commit counter {self.counter_path!r}: {exc}") \
+                from exc
+        best = None
+        for off in _COUNTER_SLOTS:
+            rec = data[off:off + _COUNTER_SIZE]
+            if len(rec) != _COUNTER_SIZE:
+                continue
+            body, crc = rec[:_COUNTER.size], int.from_bytes(rec[_COUNTER.size:], "little")
+            magic, seq, synced, boot = _COUNTER.unpack(body)
+            if magic != _COUNTER_MAGIC or crc != _core.xxh64(body) or synced > seq:
+                continue
+            if best is None or (seq, synced) > best[:2]:
+                best = (seq, synced, boot)
+        if best is None:
+            raise StorageError(
+                f"commit counter {self.counter_path!r} is damaged (no intact record): "
+                "restore the directory from a backup, or remove the file to accept the "
+                "database as it is"
+            )
+        return best
+
+    def _write_counter(self) -> None:
+        """Write (commit_seq, synced_seq) to the next counter slot (no fsync)."""
+        seq = self.commit_seq
+        # (read once each: another thread may advance them meanwhile)
+        body = _COUNTER.pack(_COUNTER_MAGIC, seq, min(self.synced_seq, seq), self._boot)
+        rec = body + _core.xxh64(body).to_bytes(8, "little")
+        with self._counter_mutex:
+            os.pwrite(self._counter_fd, rec, _COUNTER_SLOTS[self._counter_slot])
+            self._counter_slot ^= 1
+            self._counter_dirty = True
 
     def _preallocate_wal(self) -> None:
         """Grow the WAL file to its working size once, then restart it at offset 0.
@@ -260,7 +546,7 @@ class Storage:
         existing blocks instead of appending; fdatasync then need not also flush the file
         size, which makes a durable commit ~1.5x faster on a fresh WAL. Costs one ~4 MB
         unsynced write at open, and leaves ~4 MB of free pages in the database file that
-        later writes reuse.
+        later writes reuse. Best effort: a nearly full disk only skips it.
         """
         try:
             if os.path.getsize(self._wal_path) >= WAL_PREALLOC:
@@ -277,6 +563,9 @@ class Storage:
             conn.execute("COMMIT")
             # RESTART: copy everything back and make the next writer start at frame 0.
             conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        except sqlite3.Error as exc:
+            self._rollback_quietly()
+            log.warning("%s: WAL not preallocated (%s)", self.path, exc)
         finally:
             conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.fsync]}")
         self._fsync_wal()
@@ -291,43 +580,46 @@ class Storage:
     # ------------------------------------------------------------------ reading
 
     def load(self) -> tuple[list[str], Iterator[tuple]]:
-        """Read the whole store back (engine start-up).
+        """Read the whole store back (engine start-up), verifying every checksum.
 
         :returns: ``(names, rows)``: ``names[i]`` is the name with id ``0xF000 + i``;
-            ``rows`` is an iterator of ``(key, content, version, created_at,
-            updated_at)`` tuples in key (coordinate) order, read lazily in large batches.
+            ``rows`` is an iterator of ``(key, content, version, created_at, updated_at,
+            checksum)`` tuples in key (coordinate) order, read lazily in large batches.
             Exhaust it before the next write to this Storage.
-        :raises StorageError: the store is closed or the database is unreadable/corrupt
-            (also raised from the iterator if corruption is found mid-scan).
+        :raises StorageError: the store is closed, the database is unreadable/corrupt or
+            a record fails its checksum (also raised from the iterator, naming the
+            record, when found mid-scan).
         """
         with self._mutex:
             self._check_open()
             try:
                 names = self._read_names()
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ValueError) as exc:
                 raise self._db_error("reading the name table", exc) from exc
         return names, self._iter_rows()
 
     def iter_batches(self, size: int = LOAD_BATCH) -> Iterator[list[tuple]]:
-        """Yield all rows in key order as lists of up to ``size`` tuples.
+        """Yield all rows in key order as lists of up to ``size`` tuples, each batch
+        verified against its checksums.
 
         Same rows as :meth:`load`; handy for building arrays a batch at a time.
 
         :param size: rows per batch (default 65536).
-        :raises StorageError: closed store or unreadable database.
+        :raises StorageError: closed store, unreadable database or a damaged record.
         """
         self._check_open()
         cur = self._conn.cursor()  # own cursor: independent of the write path
         try:
-            cur.execute(
-                "SELECT key, content, version, created_at, updated_at FROM scrolls ORDER BY key"
-            )
+            cur.execute(_SELECT_SQL)
             while True:
                 batch = cur.fetchmany(size)
                 if not batch:
                     return
+                bad = _core.verify_records(batch)
+                if bad >= 0:
+                    raise self._damaged_record(batch[bad])
                 yield batch
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:
             raise self._db_error("reading scrolls", exc) from exc
         finally:
             cur.close()
@@ -336,15 +628,38 @@ class Storage:
         for batch in self.iter_batches():
             yield from batch
 
+    def _damaged_record(self, row: tuple) -> StorageError:
+        key = row[0] if row else None
+        where = repr(key)
+        if type(key) is bytes and len(key) == KEY_SIZE:
+            from .coords import NameTable
+
+            try:
+                where = _core.format_coord(key, NameTable(self._names))
+            except CoordinateError:
+                where = f"key {key.hex()}"
+        return StorageError(
+            f"database {self.db_path!r} is damaged: the record at {where} fails its "
+            "checksum; restore the directory from a backup"
+        )
+
     def _read_names(self) -> list[str]:
-        rows = self._conn.execute("SELECT id, name FROM names ORDER BY id").fetchall()
-        names = [name for _, name in rows]
-        for i, (ident, name) in enumerate(rows):
+        rows = self._conn.execute("SELECT id, name, crc FROM names ORDER BY id").fetchall()
+        names = []
+        for i, (ident, name, crc) in enumerate(rows):
+            if type(name) is not str or type(ident) is not int \
+                    or crc != _name_crc(ident, name):
+                raise StorageError(
+                    f"database {self.db_path!r} is damaged: name table entry {ident!r} "
+                    f"({name!r}) fails its checksum; restore the directory from a backup"
+                )
             if ident != i:
                 raise StorageError(
                     f"database {self.db_path!r} name table has a gap: id index {i} is "
                     f"missing (next stored index {ident}, name {name!r})"
                 )
+            names.append(name)
+        self._names = names
         return names
 
     def count(self) -> int:
@@ -370,37 +685,32 @@ class Storage:
         :param version: the scroll's version (>= 1).
         :param created: creation time, unix seconds.
         :param updated: last update time, unix seconds.
-        :raises InterfaceError: ``key`` is not 18 bytes.
+        :raises InterfaceError: a field has the wrong type (``key`` not 18 bytes,
+            content not bytes ...); nothing is queued then.
         :raises StorageError: the store is closed.
         """
-        if len(key) != KEY_SIZE:
-            raise InterfaceError(f"storage key must be {KEY_SIZE} bytes, got {len(key)}")
-        row = (key, content_blob, version, created, updated)
-        with self._mutex:
-            self._check_open()
-            segs = self._segments
-            if segs and segs[-1][0] == _PUT:
-                segs[-1][1].append(row)
-            else:
-                segs.append([_PUT, [row]])
+        self.put_many([(key, content_blob, version, created, updated)])
 
     def put_many(self, rows: Iterable[Sequence]) -> None:
         """Queue many scroll writes, as :meth:`put` tuples ``(key, content, version,
         created, updated)``; later rows for the same key win.
 
-        :param rows: the rows; keys are not length-checked here (hot path).
+        :param rows: the rows (each sealed here with its checksum).
+        :raises InterfaceError: a row has the wrong shape or types; nothing is queued.
         :raises StorageError: the store is closed.
         """
         rows = rows if isinstance(rows, list) else list(rows)
         if not rows:
             return
+        self._check_open()
+        sealed = _core.seal_records(rows)
         with self._mutex:
             self._check_open()
             segs = self._segments
             if segs and segs[-1][0] == _PUT:
-                segs[-1][1].extend(rows)
+                segs[-1][1].extend(sealed)
             else:
-                segs.append([_PUT, list(rows)])
+                segs.append([_PUT, sealed])
 
     def delete(self, keys: Iterable[bytes]) -> None:
         """Queue deletion of scrolls by key; missing keys are ignored.
@@ -431,23 +741,15 @@ class Storage:
         :param names: the names, in id order.
         :raises StorageError: the store is closed.
         """
-        params = [(first_id_index + j, str(n)) for j, n in enumerate(names)]
+        params = []
+        for j, n in enumerate(names):
+            n = str(n)
+            params.append((first_id_index + j, n, _name_crc(first_id_index + j, n)))
         if not params:
             return
         with self._mutex:
             self._check_open()
             self._segments.append([_NAMES, params])
-
-    def discard_pending(self) -> int:
-        """Drop everything queued since the last commit (after a commit failure that
-        will not go away, e.g. a row of the wrong type).
-
-        :returns: the number of operations dropped.
-        """
-        with self._mutex:
-            n = sum(len(s[1]) for s in self._segments)
-            self._segments = []
-            return n
 
     @property
     def pending(self) -> int:
@@ -464,19 +766,24 @@ class Storage:
         A no-op (cheap) when nothing is queued.
 
         :returns: the number of queued operations written.
-        :raises StorageError: the transaction failed (it is rolled back and the batch
-            stays queued for the next ``commit()``), the background fsync failed, or the
-            store is closed.
+        :raises StorageError: the transaction failed (disk full, I/O error ...), the
+            background fsync or the last counter write failed, or the store is closed.
+            The queued batch is then dropped, not retried: nothing of it is stored, and
+            the caller undoes what it showed of it.
         """
         with self._mutex:
             self._check_open()
-            if self._sync_error is not None:
-                exc, self._sync_error = self._sync_error, None
-                raise StorageError(f"background fsync of {self._wal_path!r} failed: {exc}")
-            segs = self._segments
+            segs, self._segments = self._segments, []
             if not segs:
                 return 0
+            for attr, what in (("_sync_error", f"background fsync of {self._wal_path!r}"),
+                               ("_counter_error", f"writing {self.counter_path!r}")):
+                exc = getattr(self, attr)
+                if exc is not None:
+                    setattr(self, attr, None)
+                    raise StorageError(f"{what} failed: {exc}; this batch was not stored")
             conn = self._conn
+            seq = self.commit_seq + 1
             n = 0
             try:
                 conn.execute("BEGIN")
@@ -491,6 +798,8 @@ class Storage:
                         conn.executemany(_DEL_SQL, payload)
                     else:
                         conn.executemany(_NAME_SQL, payload)
+                value = str(seq)
+                conn.execute(_META_SQL, ("commit", value, _meta_crc("commit", value)))
                 conn.execute("COMMIT")
             except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
                 self._rollback_quietly()
@@ -499,9 +808,16 @@ class Storage:
                 raise StorageError(
                     f"cannot store a queued row in {self.db_path!r}: {exc}"
                 ) from exc
-            self._segments = []
+            self.commit_seq = seq
+            if self.fsync == "always":
+                self.synced_seq = seq
             self._dirty = True
             self.commits += 1
+            try:
+                self._write_counter()
+            except OSError as exc:
+                # The batch is stored: report the counter failure with the next commit.
+                self._counter_error = exc
             return n
 
     def sync(self) -> None:
@@ -512,6 +828,10 @@ class Storage:
         with self._mutex:
             self.commit()
             self._fsync_wal()
+            try:
+                self._sync_counter(self.commit_seq)
+            except OSError as exc:
+                raise StorageError(f"cannot sync {self.counter_path!r}: {exc}") from exc
 
     def checkpoint(self) -> None:
         """Fold the WAL into the database file and truncate it (e.g. after a bulk load).
@@ -529,38 +849,45 @@ class Storage:
         # fsync() on any descriptor of the file flushes its dirty pages (Linux), so we
         # need not reach into SQLite's own descriptor.
         try:
-            fd = os.open(self._wal_path, os.O_RDONLY)
+            _fsync_path(self._wal_path)
         except FileNotFoundError:
-            return  # no WAL: everything was checkpointed (and synced) already
-        except OSError as exc:
-            raise StorageError(f"cannot open {self._wal_path!r} to fsync: {exc}") from exc
-        try:
-            os.fsync(fd)
+            pass  # no WAL: everything was checkpointed (and synced) already
         except OSError as exc:
             raise StorageError(f"fsync of {self._wal_path!r} failed: {exc}") from exc
-        finally:
-            os.close(fd)
         self._dirty = False
 
+    def _sync_counter(self, synced: int) -> None:
+        """Record that commits up to ``synced`` are on stable storage, durably."""
+        if synced > self.synced_seq:
+            self.synced_seq = synced
+            self._write_counter()
+        if self._counter_dirty:
+            self._counter_dirty = False
+            os.fsync(self._counter_fd)
+
     def _sync_loop(self) -> None:
-        # everysec: at most one fsync per second, and none while idle.
+        # At most one round per second, and none while idle. everysec: fsync the WAL,
+        # then advance the counter's "synced"; always (SQLite fsynced every commit):
+        # only the counter file needs flushing.
         while not self._stop.wait(1.0):
-            if not self._dirty:
-                continue
-            self._dirty = False  # a commit after this point re-arms the next round
             try:
-                fd = os.open(self._wal_path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
+                synced = self.synced_seq
+                if self.fsync == "everysec" and self._dirty:
+                    self._dirty = False  # a commit after this point re-arms the next round
+                    target = self.commit_seq  # every commit up to here is in the WAL
+                    try:
+                        _fsync_path(self._wal_path)
+                        synced = target
+                    except FileNotFoundError:
+                        synced = target
+                    except OSError as exc:
+                        self._sync_error = exc
+                        continue
+                if self._stop.is_set():
+                    return
+                self._sync_counter(synced)
             except OSError as exc:
-                self._sync_error = exc
-                continue
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                self._sync_error = exc
-            finally:
-                os.close(fd)
+                self._counter_error = exc
 
     # ------------------------------------------------------------------ closing
 
@@ -577,7 +904,19 @@ class Storage:
             try:
                 if self._conn is not None:
                     self.commit()
+                    # The closing checkpoint copies the WAL into the database and deletes
+                    # it: let SQLite fsync the database first, whatever the policy.
+                    if self.fsync == "never":
+                        self._conn.execute("PRAGMA synchronous=NORMAL")
                     self._fsync_wal()
+                    self._stop.set()
+                    if self._syncer is not None:
+                        self._syncer.join(timeout=5)
+                    self._sync_counter(self.commit_seq)
+            except OSError as exc:
+                raise StorageError(f"cannot sync {self.path!r} on close: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise self._db_error("closing", exc) from exc
             finally:
                 self._release()
 
@@ -592,6 +931,9 @@ class Storage:
             except sqlite3.Error:
                 pass
             self._conn = None
+        if self._counter_fd is not None:
+            os.close(self._counter_fd)
+            self._counter_fd = None
         if self._lock_fd is not None:
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -607,7 +949,7 @@ class Storage:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Storage {self.path!r} fsync={self.fsync} {state}>"
+        return f"<Storage {self.path!r} fsync={self.fsync} commit={self.commit_seq} {state}>"
 
     # ------------------------------------------------------------------ helpers
 
@@ -615,9 +957,10 @@ class Storage:
         if self._closed:
             raise StorageError(f"storage {self.path!r} is closed")
 
-    def _db_error(self, doing: str, exc: sqlite3.Error) -> StorageError:
+    def _db_error(self, doing: str, exc: Exception) -> StorageError:
         name = getattr(exc, "sqlite_errorname", "")
-        if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or type(exc) is sqlite3.DatabaseError:
+        if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or type(exc) is sqlite3.DatabaseError \
+                or isinstance(exc, ValueError):
             return StorageError(
                 f"database {self.db_path!r} is corrupt ({doing}: {exc}); restore it "
                 "from a backup or move it away to start empty"

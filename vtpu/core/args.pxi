@@ -45,3 +45,36 @@ def _delta_arg(d, str what="delta"):
     if d.dtype != np.int32 or d.shape != (2, NDIM):
         raise InterfaceError(f"{what} must be a (2, 9) int32 array, got {d.dtype} {d.shape}")
     return np.ascontiguousarray(d)
+
+
+# The same checks under public names, for callers outside the core that must refuse
+# exactly what the kernels refuse (the engine before its shortcuts, the network clients
+# before they send).
+
+def check_coord(c, what="coordinate"):
+    """A ``(9,)`` uint16 array, contiguous.
+
+    :param c: the argument.
+    :param what: its name, for the message.
+    :returns: ``c`` (a contiguous copy if it was not).
+    :raises InterfaceError: anything else.
+    """
+    return _coord_arg(c, what)
+
+
+def check_coords(arr, what="coords"):
+    """A C-contiguous ``(N, 9)`` uint16 array.
+
+    :returns: ``arr``.
+    :raises InterfaceError: anything else.
+    """
+    return _coords_arg(arr, what)
+
+
+def check_pattern(p, what="pattern"):
+    """A ``(2, 9)`` uint16 pattern array, contiguous.
+
+    :returns: ``p`` (a contiguous copy if it was not).
+    :raises InterfaceError: anything else.
+    """
+    return _pattern_arg(p, what)

@@ -6,8 +6,9 @@ cimport cython
 from libc.stdint cimport uint16_t, uint32_t
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.bytes cimport PyBytes_GET_SIZE, PyBytes_AS_STRING
 
-from vtpu.errors import CoordinateError
+from vtpu.errors import CoordinateError, InterfaceError
 
 
 cdef inline Py_ssize_t _put_uint(char* buf, Py_ssize_t pos, uint32_t v) noexcept nogil:
@@ -75,6 +76,46 @@ def format_coord(c, names=None):
     c = _coord_arg(c)
     cdef const uint16_t[::1] v = c
     return _format_row(&v[0], names)
+
+
+def format_key(key, names=None):
+    """Format one 18-byte packed key as ``a.b.c/d.e.f/g.h.i``, straight from its bytes.
+
+    :param key: the packed key (bytes).
+    :param names: name table used for components >= 0xF000.
+    :returns: the coordinate text.
+    :raises InterfaceError: not 18 bytes; CoordinateError: unformattable name id.
+    """
+    cdef uint16_t c[NDIM]
+    if type(key) is not bytes or PyBytes_GET_SIZE(key) != KEY_BYTES:
+        return format_coord(unpack(key), names)   # checks and explains the argument
+    _unpack_row(<const unsigned char*>PyBytes_AS_STRING(key), c)
+    return _format_row(c, names)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def format_keys(blob, names=None):
+    """Format N packed keys (one N*18-byte blob) as a list of N coordinate strings.
+
+    :param blob: bytes, a multiple of 18 long.
+    :param names: name table used for components >= 0xF000.
+    :returns: list of str.
+    :raises InterfaceError: not bytes or not a multiple of 18; CoordinateError:
+        unformattable name id.
+    """
+    if type(blob) is not bytes:
+        raise InterfaceError(f"packed coordinates must be bytes, got {type(blob).__name__}")
+    cdef Py_ssize_t nb = PyBytes_GET_SIZE(blob), i
+    if nb % KEY_BYTES:
+        raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {nb}")
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+    cdef uint16_t c[NDIM]
+    out = [None] * (nb // KEY_BYTES)
+    for i in range(nb // KEY_BYTES):
+        _unpack_row(p + i * KEY_BYTES, c)
+        out[i] = _format_row(c, names)
+    return out
 
 
 @cython.boundscheck(False)

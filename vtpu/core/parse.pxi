@@ -156,15 +156,37 @@ def _count_parts(str text):
     return len([p for p in re.split(r"\s*[/;]\s*|\.", text.strip())])
 
 
+cdef Py_ssize_t _char_pos(str text, Py_ssize_t pos):
+    """The character index of byte offset ``pos`` of the text's UTF-8 form.
+
+    The tokenizer only steps over ASCII bytes, so ``pos`` is always a character start."""
+    return len(text.encode("utf-8")[:pos].decode("utf-8"))
+
+
+cdef str _quote(str text, Py_ssize_t at):
+    """The input as messages quote it: whole when short, else 80 characters around ``at``
+    (a 10 000-character input must not make a 10 000-character message)."""
+    cdef Py_ssize_t n = len(text), a, b
+    if n <= 80:
+        return repr(text)
+    a = max(0, min(at - 40, n - 80))
+    b = min(n, a + 80)
+    return f"{text[a:b]!r} (characters {a}..{b} of {n})"
+
+
 cdef object _parse_error(str what, str text, int code, Py_ssize_t pos, int comp):
     cdef str label = f"component {comp + 1} ({COMPONENTS[comp]})"
-    if not text.strip():
+    cdef Py_ssize_t at = _char_pos(text, pos)
+    cdef str ch = text[at] if at < len(text) else ""
+    if not text.strip(" "):
         msg = "is empty"
+    elif ch == " " and code in (E_EMPTY, E_CHAR, E_SEP):
+        msg = (f"{label} holds a space at position {at} (spaces are allowed only around '/' "
+               "or ';' and at either end)")
     elif code == E_FEW or code == E_MANY:
         nparts = _count_parts(text)
         if code == E_MANY and nparts <= NDIM:
-            bad = text.encode("utf-8", "replace")[pos:pos + 1].decode("utf-8", "replace")
-            msg = f"{label} is followed by unexpected text {bad!r} at position {pos}"
+            msg = f"{label} is followed by unexpected text {ch!r} at position {at}"
         else:
             msg = f"has {nparts} components, expected 9 (a.b.c/d.e.f/g.h.i)"
     elif code == E_EMPTY:
@@ -174,35 +196,41 @@ cdef object _parse_error(str what, str text, int code, Py_ssize_t pos, int comp)
     elif code == E_NAMELEN:
         msg = f"{label} is a name longer than {NAME_MAX_LEN} characters"
     elif code == E_INTERVAL:
-        msg = f"{label} is not a valid interval [a:b] (at position {pos})"
+        msg = f"{label} is not a valid interval [a:b] (at position {at})"
     elif code == E_EMPTYIV:
         msg = f"{label} is an empty interval (need a < b)"
     elif code == E_SEP:
         sep = "'/'" if comp in (2, 5) else "'.'"
-        msg = f"expected {sep} after {label} at position {pos}"
+        msg = f"expected {sep} after {label} at position {at}"
+    elif ch:
+        msg = f"{label} has an unexpected character {ch!r} at position {at}"
     else:
-        bad = text.encode("utf-8", "replace")[pos:pos + 1].decode("utf-8", "replace") or "end"
-        msg = f"{label} has an unexpected character {bad!r} at position {pos}"
-    return CoordinateError(f"bad {what} {text!r}: {msg}")
+        msg = f"{label} is cut short at position {at}"
+    return CoordinateError(f"bad {what} {_quote(text, at)}: {msg}")
 
 
 cdef int _name_id(object names, str text, Tok* t, int comp, bint intern, str what) except -1:
     cdef bytes raw = text.encode("utf-8")[t.a:t.b]
     name = raw.decode("ascii")
     if names is None:
-        raise CoordinateError(f"bad {what} {text!r}: component {comp + 1} ({COMPONENTS[comp]}) "
-                              f"is the name {name!r}, which needs a name table")
+        raise CoordinateError(f"bad {what} {_quote(text, _char_pos(text, t.a))}: component "
+                              f"{comp + 1} ({COMPONENTS[comp]}) is the name {name!r}, which "
+                              "needs a name table")
     ident = names.lookup(name, intern)
     if ident is None:
-        raise CoordinateError(f"bad {what} {text!r}: component {comp + 1} ({COMPONENTS[comp]}) "
-                              f"is the unknown name {name!r}")
+        raise CoordinateError(f"bad {what} {_quote(text, _char_pos(text, t.a))}: component "
+                              f"{comp + 1} ({COMPONENTS[comp]}) is the unknown name {name!r}")
     return ident
 
 
 cdef inline const char* _utf8(object s, Py_ssize_t* n, str what) except NULL:
     if not isinstance(s, str):
         raise CoordinateError(f"{what} must be a str, got {type(s).__name__}: {s!r:.80}")
-    return PyUnicode_AsUTF8AndSize(s, n)
+    try:
+        return PyUnicode_AsUTF8AndSize(s, n)
+    except UnicodeEncodeError as e:   # a lone surrogate: no UTF-8 form, so no coordinate
+        raise CoordinateError(f"bad {what} {_quote(s, e.start)}: {s[e.start]!r} at position "
+                              f"{e.start} is not a character (a lone surrogate)") from None
 
 
 cdef int _tokens(object s, int mode, str what, Tok* toks) except -1:

@@ -1,0 +1,378 @@
+# ---------------------------------------------------------------------------------------
+# Results as columns: the scrolls of a CRANGE, GET_MANY, DOWN or NEAREST held as one key
+# blob, version/time columns and content spans over one bytes object (or Python objects),
+# so that a Scroll is made only for the item a caller reads, and whole columns
+# (coordinates, contents, keys) come out in one call each.
+# ---------------------------------------------------------------------------------------
+
+cimport cython
+from libc.stdint cimport uint8_t, uint32_t, int64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+import numpy as np
+from vtpu.errors import InterfaceError
+
+
+cdef Scrolls _new_scrolls(Py_ssize_t n, _Slots slots, object names, list types,
+                          object unpackb):
+    """An empty Scrolls with room for n rows (keys, data and objects still to be set)."""
+    cdef Scrolls out = Scrolls.__new__(Scrolls)
+    cdef Py_ssize_t m = n if n else 1
+    cdef char* block = <char*>malloc(m * (5 * sizeof(int64_t) + 1))
+    if block == NULL:
+        raise MemoryError()
+    out.block = block
+    out.ver = <int64_t*>block
+    out.ctime = <double*>(block + m * 8)
+    out.utime = <double*>(block + m * 16)
+    out.offs = <int64_t*>(block + m * 24)
+    out.lens = <int64_t*>(block + m * 32)
+    out.kinds = <uint8_t*>(block + m * 40)
+    out.n = n
+    out._slots = slots
+    out._names = names
+    out._types = types
+    out._unpackb = unpackb
+    return out
+
+
+cdef class Scrolls:
+    """A read-only sequence of Scroll-or-None backed by columns: a query's result.
+
+    ``len``, indexing (negative too; an int gives a :class:`~vtpu.coords.Scroll` made
+    now, or None for a key where nothing is stored), slicing (another Scrolls),
+    iteration, ``in``, ``index``, ``count`` and ``==`` with a list of Scrolls or another
+    Scrolls behave as for a list. Each read of an item makes a new Scroll (equal to the
+    last one, not the same object).
+
+    Whole columns, each in one call: :attr:`keys` (the N*18-byte packed keys),
+    :attr:`coords` ((N, 9) uint16), :attr:`coordinates` (N strings),
+    :attr:`contents`, :attr:`versions`, :attr:`created_at`, :attr:`updated_at` and
+    :attr:`found`. A result is a snapshot: later writes to the store do not change it.
+    """
+    cdef Py_ssize_t n
+    cdef void* block
+    cdef int64_t* ver
+    cdef double* ctime
+    cdef double* utime
+    cdef int64_t* offs
+    cdef int64_t* lens
+    cdef uint8_t* kinds
+    cdef bytes _keys
+    cdef bytes _data
+    cdef list _objs
+    cdef list _types
+    cdef object _unpackb
+    cdef object _names
+    cdef _Slots _slots
+
+    def __cinit__(self):
+        self.block = NULL
+        self.n = 0
+
+    def __init__(self):
+        raise TypeError("Scrolls are made by the store (or Scrolls.from_scrolls)")
+
+    def __dealloc__(self):
+        free(self.block)
+
+    @staticmethod
+    def from_scrolls(items, names=None):
+        """A Scrolls holding the given scrolls (None items stay None).
+
+        :param items: an iterable of Scroll or None.
+        :param names: the name table of the items (default: the first item's).
+        :returns: a Scrolls equal to ``list(items)``.
+        """
+        items = list(items)
+        from vtpu.coords import Scroll
+        cdef Py_ssize_t n = len(items), i
+        cls = Scroll
+        for s in items:
+            if s is not None:
+                cls = type(s)
+                if names is None:
+                    names = s._names
+                break
+        cdef Scrolls out = _new_scrolls(n, _scroll_slots(cls), names, [], None)
+        keys = PyBytes_FromStringAndSize(NULL, n * KEY_BYTES)
+        cdef char* kp = PyBytes_AS_STRING(keys)
+        objs = []
+        for i in range(n):
+            s = items[i]
+            out.lens[i] = 0
+            if s is None:
+                memset(kp + i * KEY_BYTES, 0, KEY_BYTES)
+                out.kinds[i] = CK_DEAD
+                out.ver[i] = 0
+                out.ctime[i] = out.utime[i] = 0.0
+                out.offs[i] = 0
+                continue
+            k = s.key
+            if type(k) is not bytes or len(<bytes>k) != KEY_BYTES:
+                raise InterfaceError(f"item {i} has no 18-byte key")
+            memcpy(kp + i * KEY_BYTES, PyBytes_AS_STRING(k), KEY_BYTES)
+            out.kinds[i] = CK_OBJECT
+            out.offs[i] = len(objs)
+            objs.append(s.content)
+            out.ver[i] = s.version
+            out.ctime[i] = s.created_at
+            out.utime[i] = s.updated_at
+        out._keys = keys
+        out._data = b""
+        out._objs = objs
+        return out
+
+    def __len__(self):
+        return self.n
+
+    cdef object _item(self, Py_ssize_t i):
+        cdef uint8_t kind = self.kinds[i]
+        if kind == CK_DEAD:
+            return None
+        key = PyBytes_FromStringAndSize(PyBytes_AS_STRING(self._keys) + i * KEY_BYTES,
+                                        KEY_BYTES)
+        content = _content_from(kind, PyBytes_AS_STRING(self._data), self.offs[i],
+                                self.lens[i], self._data, self._objs, self._types,
+                                self._unpackb)
+        if self._slots.ok:
+            return self._slots.new(key, content, self.ver[i], self.ctime[i],
+                                   self.utime[i], self._names)
+        return self._slots.cls(key, content, self.ver[i], self.ctime[i], self.utime[i],
+                               self._names)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef Scrolls _subset(self, const int64_t* idx, Py_ssize_t m):
+        """The items at positions idx[0..m) (each in range) as a new Scrolls."""
+        cdef Scrolls out = _new_scrolls(m, self._slots, self._names, self._types,
+                                        self._unpackb)
+        keys = PyBytes_FromStringAndSize(NULL, m * KEY_BYTES)
+        cdef char* kp = PyBytes_AS_STRING(keys)
+        cdef const char* src = PyBytes_AS_STRING(self._keys)
+        cdef Py_ssize_t j, i
+        for j in range(m):
+            i = idx[j]
+            memcpy(kp + j * KEY_BYTES, src + i * KEY_BYTES, KEY_BYTES)
+            out.ver[j] = self.ver[i]
+            out.ctime[j] = self.ctime[i]
+            out.utime[j] = self.utime[i]
+            out.offs[j] = self.offs[i]
+            out.lens[j] = self.lens[i]
+            out.kinds[j] = self.kinds[i]
+        out._keys = keys
+        out._data = self._data
+        out._objs = self._objs
+        return out
+
+    def take(self, indices):
+        """The items at the given positions (negative ones count from the end).
+
+        :param indices: integer positions.
+        :returns: a Scrolls.
+        :raises IndexError: a position out of range.
+        """
+        a = np.array(indices, dtype=np.int64, copy=True).reshape(-1)
+        a[a < 0] += self.n
+        if a.size and (a.min() < 0 or a.max() >= self.n):
+            raise IndexError("Scrolls index out of range")
+        if a.size == 0:
+            return self._subset(NULL, 0)
+        cdef const int64_t[::1] v = a
+        return self._subset(&v[0], a.shape[0])
+
+    def __getitem__(self, idx):
+        cdef Py_ssize_t i
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(self.n)
+            return self.take(np.arange(start, stop, step, dtype=np.int64))
+        i = idx
+        if i < 0:
+            i += self.n
+        if i < 0 or i >= self.n:
+            raise IndexError("Scrolls index out of range")
+        return self._item(i)
+
+    def __iter__(self):
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            yield self._item(i)
+
+    def __reversed__(self):
+        cdef Py_ssize_t i
+        for i in range(self.n - 1, -1, -1):
+            yield self._item(i)
+
+    def __contains__(self, x):
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            v = self._item(i)
+            if v is x or v == x:
+                return True
+        return False
+
+    def index(self, x):
+        """Position of the first item equal to ``x``; raises ValueError if none."""
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            v = self._item(i)
+            if v is x or v == x:
+                return i
+        raise ValueError(f"{x!r} is not in the result")
+
+    def count(self, x):
+        """How many items equal ``x``."""
+        cdef Py_ssize_t i, c = 0
+        for i in range(self.n):
+            v = self._item(i)
+            if v is x or v == x:
+                c += 1
+        return c
+
+    def tolist(self):
+        """Every item as a plain list (a Scroll made for each)."""
+        cdef Py_ssize_t i
+        return [self._item(i) for i in range(self.n)]
+
+    # -- whole columns -----------------------------------------------------------------
+
+    @property
+    def keys(self):
+        """The packed keys, one N*18-byte blob (for a key where nothing is stored, the
+        key that was asked for, or zeros when there was none)."""
+        return self._keys
+
+    @property
+    def coords(self):
+        """The coordinates as an (N, 9) uint16 array."""
+        return unpack_many(self._keys)
+
+    @property
+    def coordinates(self):
+        """The coordinates as N strings (names resolved), formatted in one call."""
+        return format_keys(self._keys, self._names)
+
+    @property
+    def names(self):
+        """The name table the scrolls refer to."""
+        return self._names
+
+    @property
+    def contents(self):
+        """The contents, in order.
+
+        When every item holds a numpy array of one dtype and shape, one stacked
+        ``(N, *shape)`` array (a fresh, writable copy); otherwise a list (None for a key
+        where nothing is stored). An empty result gives an empty list.
+        """
+        cdef Py_ssize_t i, n = self.n, ln = -1
+        cdef uint32_t tid = 0, t
+        cdef const char* base = PyBytes_AS_STRING(self._data)
+        cdef bint uniform = n > 0
+        for i in range(n):
+            if self.kinds[i] != CK_ARRAY:
+                uniform = False
+                break
+            memcpy(&t, base + self.offs[i], 4)
+            if i == 0:
+                tid = t
+            elif t != tid:
+                uniform = False
+                break
+        if uniform:
+            dtype, shape = self._types[tid]
+            out = np.empty((n,) + tuple(shape), dtype)
+            ln = self.lens[0] - 4
+            if ln:
+                flat = out.reshape(-1).view(np.uint8)
+                self._copy_rows(flat, ln)
+            return out
+        return [_content_from(self.kinds[i], base, self.offs[i], self.lens[i], self._data,
+                              self._objs, self._types, self._unpackb) for i in range(n)]
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef _copy_rows(self, unsigned char[::1] flat, Py_ssize_t ln):
+        cdef Py_ssize_t i
+        cdef const char* base = PyBytes_AS_STRING(self._data)
+        cdef unsigned char* dst = &flat[0]
+        for i in range(self.n):
+            memcpy(dst + i * ln, base + self.offs[i] + 4, ln)
+
+    @property
+    def versions(self):
+        """The versions as an (N,) int64 array (0 where nothing is stored)."""
+        out = np.empty(self.n, dtype=np.int64)
+        if self.n:
+            memcpy(_array_ptr(out), self.ver, self.n * 8)
+        return out
+
+    @property
+    def created_at(self):
+        """The creation times as an (N,) float64 array (0 where nothing is stored)."""
+        out = np.empty(self.n, dtype=np.float64)
+        if self.n:
+            memcpy(_array_ptr(out), self.ctime, self.n * 8)
+        return out
+
+    @property
+    def updated_at(self):
+        """The update times as an (N,) float64 array (0 where nothing is stored)."""
+        out = np.empty(self.n, dtype=np.float64)
+        if self.n:
+            memcpy(_array_ptr(out), self.utime, self.n * 8)
+        return out
+
+    @property
+    def found(self):
+        """An (N,) bool array: True where a scroll is stored."""
+        out = np.empty(self.n, dtype=np.bool_)
+        cdef Py_ssize_t i
+        cdef unsigned char[::1] o
+        if self.n:
+            o = out.view(np.uint8)
+            for i in range(self.n):
+                o[i] = self.kinds[i] != CK_DEAD
+        return out
+
+    # -- list behaviour ----------------------------------------------------------------
+
+    def __eq__(self, other):
+        if isinstance(other, Scrolls):
+            other = (<Scrolls>other).tolist()
+        elif hasattr(other, "tolist") and not isinstance(other, list):
+            other = other.tolist()  # another list-like result (the wire codec's ScrollList)
+        elif not isinstance(other, list):
+            return NotImplemented
+        return self.tolist() == other
+
+    def __ne__(self, other):
+        r = self.__eq__(other)
+        return r if r is NotImplemented else not r
+
+    __hash__ = None
+
+    def __add__(self, other):
+        return self.tolist() + list(other)
+
+    def __radd__(self, other):
+        return list(other) + self.tolist()
+
+    def __repr__(self):
+        return repr(self.tolist())   # as the list it stands for
+
+    def __reduce__(self):
+        return (_scrolls_from_list, (self.tolist(), self._names))
+
+
+def _scrolls_from_list(items, names):
+    """Unpickle a Scrolls (pickled as its items)."""
+    return Scrolls.from_scrolls(items, names)
+
+
+cdef inline void* _array_ptr(object arr):
+    """The data pointer of a C-contiguous numpy array with at least one element."""
+    cdef unsigned char[::1] v = arr.view(np.uint8)
+    return <void*>&v[0]
