@@ -1375,7 +1375,7 @@ class Engine:
     def _phext_pieces(self, coords: np.ndarray, skip_invalid: bool) -> Iterator[str]:
         """The phext document of the scrolls at sorted coordinates, one piece per
         PHEXT_STEP scrolls (their concatenation is the document)."""
-        w = phext.PhextWriter(skip_invalid=skip_invalid, names=self.names)
+        w = phext.PhextWriter(skip_invalid=skip_invalid, names=self.names, keep_skipped=False)
         for part, pc in self._chunks(coords, PHEXT_STEP):
             yield w.write([(tuple(c), s.content) for c, s in zip(pc.tolist(), part)])
 

@@ -292,6 +292,7 @@ def format_phext(items: Iterable, *, skip_invalid: bool = False, return_skipped:
             drop = set(dups)
             for i in dups:
                 w.skipped.append((coords[i], texts[i], "duplicate coordinate"))
+            w.n_skipped += len(dups)
             coords = [c for i, c in enumerate(coords) if i not in drop]
             texts = [t for i, t in enumerate(texts) if i not in drop]
     doc = w._format(coords, texts)
@@ -308,13 +309,18 @@ class PhextWriter:
 
     :param skip_invalid: skip what a phext file cannot hold instead of raising.
     :param names: optional name table, only to show names in error messages.
+    :param keep_skipped: keep what was skipped in ``skipped`` (else only count it: an
+        export of many scrolls a phext file cannot hold need not hold them all).
     :ivar skipped: the ``(coordinate, content, reason)`` skipped so far.
+    :ivar n_skipped: how many were skipped.
     """
 
-    def __init__(self, *, skip_invalid: bool = False, names=None):
+    def __init__(self, *, skip_invalid: bool = False, names=None, keep_skipped: bool = True):
         self.skip_invalid = skip_invalid
         self.names = names
+        self.keep_skipped = keep_skipped
         self.skipped: list[tuple] = []
+        self.n_skipped = 0
         self._here = ORIGIN
         self._last: tuple | None = None
         self._cache: dict[tuple, str] = {}
@@ -368,7 +374,9 @@ class PhextWriter:
                         f"scroll {_fmt(coords[i], self.names)} cannot be written to phext: "
                         f"{reason}"
                     )
-                self.skipped.append((coords[i], texts[i], reason))
+                if self.keep_skipped:
+                    self.skipped.append((coords[i], texts[i], reason))
+                self.n_skipped += 1
                 drop.add(i)
             if drop:
                 coords = [c for i, c in enumerate(coords) if i not in drop]

@@ -67,8 +67,8 @@ __all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE",
 log = logging.getLogger("vtpu.server")
 
 # Scrolls per RANGE page (keys-only pages hold 16 times as many keys): a page is read in
-# steps, but encoded in one go, so it is kept to about a millisecond of encoding.
-DEFAULT_PAGE_SIZE = 4096
+# steps, but encoded in one go, so it is kept to a millisecond or two of encoding.
+DEFAULT_PAGE_SIZE = 1024
 # Operations per BATCH frame. A BATCH is decoded in one go before its first operation
 # runs (its operations then run in steps): this bounds that to a few tens of ms.
 DEFAULT_MAX_BATCH = 10_000
