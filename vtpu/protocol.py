@@ -721,7 +721,7 @@ class FrameDecoder:
                 if self.max_batch and end - self._pos - 4 > self.max_batch:
                     # Each operation takes a few bytes: only a body this long can be a
                     # BATCH over the limit.
-                    refuse_big_batch(memoryview(self._buf)[self._pos + 4:self._pos + 36],
+                    refuse_big_batch(bytes(self._buf[self._pos + 4:self._pos + 36]),
                                      self.max_batch)
                 msg = self._decoded(end)
             except ProtocolError:
