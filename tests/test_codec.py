@@ -888,3 +888,42 @@ def test_twins_agree_on_get_replies_in_random_buffers(filled):
         a = P.decode_get_replies(data, pos, end, msgid, count)
         b = twin.decode_get_replies(bytearray(data), pos, end, msgid, count)
         assert same(list(a), list(b))
+
+
+# -- a BATCH over max_batch, refused from its first bytes ----------------------------------
+
+
+def test_batch_over_max_batch_is_refused_before_decoding(codec):
+    ops = [["PING", []]] * 40
+    get = codec.encode_request(7, "GET", [bytes(18)])
+    big = codec.encode_request(8, "BATCH", [ops])
+    ok = codec.encode_request(9, "BATCH", [ops[:30]])
+    d = codec.FrameDecoder(P.DEFAULT_MAX_FRAME_SIZE, 30)
+    d.feed(get + big + ok)
+    run = d.next_requests(10)
+    assert run[0] == "GET" and run[1] == [7]   # the run before it comes first
+    with pytest.raises(P.RequestError) as info:
+        d.next_requests(10)
+    assert info.value.msgid == 8 and info.value.code == "LIMIT"
+    assert str(info.value) == "BATCH: 40 operations exceed max_batch 30"
+    assert d.next_requests(10) == (9, "BATCH", [ops[:30]])   # the stream goes on
+    # The opcode not in a form the check reads (str 16): decoded, for the server to count.
+    body = P.packb([10, "BATCH", [ops]]).replace(b"\xa5BATCH", b"\xda\x00\x05BATCH", 1)
+    d.feed(struct.pack(">I", len(body)) + body)
+    assert d.next_requests(10) == (10, "BATCH", [ops])
+    # No limit: nothing is checked.
+    d = codec.FrameDecoder()
+    d.feed(big)
+    assert d.next_requests(10) == (8, "BATCH", [ops])
+
+
+@pytest.mark.parametrize("n", [0, 15, 16, 65535, 65536])
+def test_refuse_big_batch_reads_every_array_width(n):
+    head = P.packb([3, "BATCH", [[["PING", []]] * n]])[:32]
+    if n > 10:
+        with pytest.raises(P.RequestError) as info:
+            P.refuse_big_batch(head, 10)
+        assert info.value.msgid == 3 and info.value.code == "LIMIT"
+    else:
+        P.refuse_big_batch(head, 10)
+    P.refuse_big_batch(head, max(n, 1))

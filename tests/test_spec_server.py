@@ -127,9 +127,10 @@ def test_invalidate_goes_to_other_tracking_connections_only():
 
 
 class _BuggyCount(Engine):
-    """An engine whose COUNT has a bug: a bare KeyError escapes it."""
+    """An engine whose COUNT has a bug: a bare KeyError escapes it (from a step)."""
 
-    def count(self, pattern):
+    def count_steps(self, pattern):
+        yield
         raise KeyError("missing slot")
 
 

@@ -19,6 +19,7 @@ from vtpu.errors import (
     NotFoundError,
     PhextError,
     ProtocolError,
+    RequestTimeout,
     ServerError,
     StorageError,
     TimeoutError,
@@ -32,5 +33,5 @@ __all__ = [
     "NameTable", "AttentionRecord", "AttentionResult",
     "VTPUError", "CoordinateError", "InterfaceError", "ProtocolError", "ConnectionError",
     "TimeoutError", "ServerError", "AuthError", "VersionConflict", "NotFoundError",
-    "LimitError", "InternalError", "StorageError", "PhextError",
+    "LimitError", "RequestTimeout", "InternalError", "StorageError", "PhextError",
 ]

@@ -30,7 +30,7 @@ from vtpu import protocol as _ref
 from vtpu._core import Scrolls as _Scrolls
 from vtpu.coords import Scroll
 from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
-from vtpu.protocol import Reply, packb, parse_request, unpackb
+from vtpu.protocol import Reply, packb, parse_request, refuse_big_batch, unpackb
 
 cdef extern from "Python.h":
     bint PyBytes_CheckExact(object o)
@@ -1047,14 +1047,19 @@ cdef class FrameDecoder:
     it keeps the received bytes in one C buffer and reads the hot frame shapes in place.
 
     :param max_frame_size: the largest body accepted.
+    :param max_batch: with :meth:`next_requests`, refuse a BATCH request announcing more
+        operations than this before decoding it; 0 does not check.
     """
     cdef public Py_ssize_t max_frame_size
+    cdef public Py_ssize_t max_batch
     cdef char* buf
     cdef Py_ssize_t start, end, cap
     cdef object peek  # decoded body of the complete frame at start, or _UNSET
 
-    def __cinit__(self, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+    def __cinit__(self, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE,
+                  Py_ssize_t max_batch=0):
         self.max_frame_size = max_frame_size
+        self.max_batch = max_batch
         self.buf = NULL
         self.start = self.end = self.cap = 0
         self.peek = _UNSET
@@ -1180,8 +1185,8 @@ cdef class FrameDecoder:
         :returns: ``None`` if no complete frame is buffered; a run as the 4-tuple
             ``(opcode, msgids, keys, contents)`` (``contents`` is ``None`` for GET);
             otherwise one request as the 3-tuple ``(msgid, opcode, args)``.
-        :raises RequestError: a frame that decodes but is not a request (consumed; the
-            stream stays usable).
+        :raises RequestError: a frame that decodes but is not a request, or a BATCH of
+            more than ``max_batch`` operations (consumed; the stream stays usable).
         :raises ProtocolError: an empty or oversized length, or a body that is not
             exactly one msgpack object (consumed; the stream is unusable). A run
             before such a frame is returned first; the next call raises.
@@ -1229,6 +1234,11 @@ cdef class FrameDecoder:
                             self._consume(e)
                             count += 1
                             continue
+                    if self.max_batch and size > self.max_batch:
+                        # Only a body this long can be a BATCH over the limit.
+                        refuse_big_batch(PyBytes_FromStringAndSize(<const char*>p,
+                                                                   min(size, 32)),
+                                         self.max_batch)
                     msg = self._decoded(e)
                 except ProtocolError:
                     if count:

@@ -26,23 +26,34 @@ import math
 import os
 import resource
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from vtpu import _core
+from vtpu import _core, phext
 from vtpu._version import __version__
 from vtpu.coords import (MAX_NAMES, NAME_BASE, NameTable, Scroll, UnknownName, apply_delta_any,
                          delta_in_range)
-from vtpu.errors import CoordinateError, InterfaceError, NotFoundError, VersionConflict
+from vtpu.errors import (CoordinateError, InterfaceError, LimitError, NotFoundError,
+                         RequestTimeout, VersionConflict)
 from vtpu.index import CoordIndex
 from vtpu.protocol import pack_value
+from vtpu.steps import Best, Steps, run
 
 __all__ = ["Engine", "check_content", "check_count", "check_key", "check_blob", "check_contents",
            "check_metric", "check_direction", "check_patterns", "check_values", "check_deltas",
            "check_name_list", "check_text", "estimate_wire_size"]
 
 _FULL = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
+_EMPTY_COORDS = np.empty((0, 9), dtype=np.uint16)
+
+# Work per step of the instructions in steps (vtpu.steps), each well under a millisecond.
+GATHER = 1024        # scrolls read (and scored, checked) per step
+DELETE_STEP = 128    # scrolls deleted per step (store, index and storage queue)
+PUT_STEP = 1024      # scrolls of an import written per step
+EDGE_STEP = 512      # KG edges followed per step
+PHEXT_STEP = 128     # scrolls formatted per step of an export
+SCORES_PER_STEP = 1 << 15   # ATTEND_MANY attention scores computed per step
 #: Bounds of CNEAREST's k and CKG's hops / max_frontier (the wire accepts no more).
 MAX_K = 1 << 31
 MAX_HOPS = 1 << 20
@@ -314,6 +325,8 @@ def _edge_key(item: Any, names: NameTable) -> bytes | None:
         a coordinate (text that does not parse, any other value).
     """
     if isinstance(item, str):
+        if "/" not in item and ";" not in item:
+            return None   # a coordinate's text always holds its group separators
         try:
             return _core.pack(_core.parse_coord(item.strip(), names.reader, False))
         except UnknownName:
@@ -453,14 +466,18 @@ class Engine:
             self.reclaim_names()
         self.load_seconds = time.perf_counter() - t0
 
-    def _queued(self, mark: int, queue: Any, *args: Any) -> None:
-        """Queue a write that memory already shows; undo it there if queueing fails."""
+    def _queued(self, mark: int, queue: Any, *args: Any, commit: bool = True) -> None:
+        """Queue a write that memory already shows; undo it there if queueing fails.
+
+        :param commit: commit it too when ``autocommit`` is on (a write in steps commits
+            once, at its end).
+        """
         try:
             queue(*args)
         except BaseException:
             self._revert(mark)
             raise
-        if self.autocommit:
+        if commit and self.autocommit:
             self.commit()
 
     def _revert(self, mark: int) -> None:
@@ -636,6 +653,10 @@ class Engine:
         :raises InterfaceError: lengths differ or a content is unstorable (nothing is
             written then).
         """
+        return self._put_many(blob, contents, True)
+
+    def _put_many(self, blob: bytes, contents: Any, commit: bool) -> list[int]:
+        """:meth:`put_many`; ``commit``: as :meth:`_queued`."""
         blob = check_blob(blob)
         n = len(blob) // 18
         contents = check_contents(contents, n)
@@ -666,7 +687,7 @@ class Engine:
             self._queued(mark, st.put_many, list(zip(
                 [blob[i:i + 18] for i in range(0, len(blob), 18)], blobs,
                 written.versions.tolist(), written.created_at.tolist(),
-                written.updated_at.tolist())))
+                written.updated_at.tolist())), commit=commit)
         self._maybe_compact()
         return versions
 
@@ -694,6 +715,10 @@ class Engine:
 
         :raises InterfaceError: the blob is not N*18 bytes or an (N, 9) uint16 array.
         """
+        return self._delete_many(blob, True)
+
+    def _delete_many(self, blob: bytes, commit: bool) -> int:
+        """:meth:`delete_many`; ``commit``: as :meth:`_queued`."""
         blob = check_blob(blob)
         m = self._map
         st = self.storage
@@ -703,7 +728,7 @@ class Engine:
         if gone and st is not None:
             mark = len(self._undo)
             self._undo.append((blob, olds))
-            self._queued(mark, st.delete, gone)
+            self._queued(mark, st.delete, gone, commit=commit)
         self._maybe_compact()
         return len(gone)
 
@@ -712,8 +737,35 @@ class Engine:
 
         :raises InterfaceError: not a (2, 9) uint16 pattern.
         """
-        coords = self._index.query(_core.check_pattern(pattern))
-        return self.delete_many(_core.pack_many(coords)) if len(coords) else 0
+        return run(self.delete_range_steps(pattern))
+
+    def delete_range_steps(self, pattern: np.ndarray) -> Steps:
+        """Steps of :meth:`delete_range` (:mod:`vtpu.steps`).
+
+        The keys matching when it starts are deleted DELETE_STEP at a time; one that
+        another request deleted meanwhile is not counted, one written meanwhile under
+        the pattern is not deleted. Stopped by a :class:`RequestTimeout` between steps,
+        it raises one that says how many it deleted: those stay deleted (each step
+        leaves the store consistent), the others stay stored.
+        """
+        pattern = _core.check_pattern(pattern)
+        n = 0
+        total = None
+        try:
+            coords = yield from self._index.query_steps(pattern)
+            total = len(coords)
+            for a in range(0, total, DELETE_STEP):
+                if a:
+                    yield
+                n += self._delete_many(_core.pack_many(coords[a:a + DELETE_STEP]), False)
+        except RequestTimeout as exc:
+            done = "none was deleted" if total is None else \
+                f"{n} of the {total} matching scrolls were deleted, the others are still stored"
+            raise RequestTimeout(f"{exc.message}; {done}") from None
+        finally:
+            if n and self.storage is not None and self.autocommit:
+                self.commit()
+        return n
 
     # -- pattern queries ------------------------------------------------------------------
 
@@ -725,20 +777,54 @@ class Engine:
         :param after: exclusive start key (the last key of the previous page).
         :param keys_only: return an (M, 9) uint16 array of coordinates instead of scrolls.
         """
+        return run(self.range_steps(pattern, limit, after, keys_only))
+
+    def range_steps(self, pattern: np.ndarray, limit: int | None = None,
+                    after: bytes | None = None, keys_only: bool = False) -> Steps:
+        """Steps of :meth:`range`: the keys matching when it starts, found a window of
+        the index per step; their scrolls are read in one go (one deleted meanwhile is
+        left out). A long result is for ``mem://``: the server pages RANGE."""
         pattern = _core.check_pattern(pattern)
         limit = check_count(limit, "limit")
-        coords = self._index.query(
+        coords = yield from self._index.query_steps(
             pattern, None if after is None else _core.unpack(check_key(after, "after")), limit)
         if keys_only:
             return coords
-        return self._map.get_many(_core.pack_many(coords))
+        if len(coords) > GATHER:
+            yield
+        return self._stored(coords)
+
+    def _stored(self, coords: np.ndarray):
+        """The scrolls at (M, 9) coordinates (a :class:`~vtpu.results.Scrolls`), without
+        those no longer stored."""
+        res = self._map.get_many(_core.pack_many(coords))
+        found = res.found
+        return res if found.all() else res.take(np.flatnonzero(found))
+
+    def _chunks(self, coords: np.ndarray, size: int = 0) -> Iterator[tuple[Any, np.ndarray]]:
+        """``(scrolls, their coordinates)`` of (M, 9) coordinates, ``size`` (GATHER) at a
+        time, without those no longer stored: a step generator reads one per step."""
+        size = size or GATHER
+        for a in range(0, len(coords), size):
+            part = coords[a:a + size]
+            res = self._map.get_many(_core.pack_many(part))
+            found = res.found
+            if found.all():
+                yield res, part
+            else:
+                keep = np.flatnonzero(found)
+                yield res.take(keep), part[keep]
 
     def count(self, pattern: np.ndarray) -> int:
         """CRANGE count: how many scrolls match the pattern.
 
         :raises InterfaceError: not a (2, 9) uint16 pattern.
         """
-        return self._index.count(_core.check_pattern(pattern))
+        return run(self.count_steps(pattern))
+
+    def count_steps(self, pattern: np.ndarray) -> Steps:
+        """Steps of :meth:`count` (the keys matching when it starts)."""
+        return (yield from self._index.count_steps(_core.check_pattern(pattern)))
 
     def nearest(self, c: np.ndarray, k: int = 10, metric: str = "l1", within=None):
         """CNEAREST: the k stored coordinates nearest to c.
@@ -746,12 +832,17 @@ class Engine:
         :returns: ((m, 9) uint16 coordinates, (m,) int64 distances), nearest first, ties
             by coordinate order.
         """
+        return run(self.nearest_steps(c, k, metric, within))
+
+    def nearest_steps(self, c: np.ndarray, k: int = 10, metric: str = "l1",
+                      within=None) -> Steps:
+        """Steps of :meth:`nearest` (over the keys stored when it starts)."""
         c = _core.check_coord(c)
         k = check_count(k, "k", 0, MAX_K)
         metric = check_metric(metric)
         if within is not None:
             within = _core.check_pattern(within, "within")
-        return self._index.nearest(c, k, metric, within)
+        return (yield from self._index.nearest_steps(c, k, metric, within))
 
     def hier(self, c: np.ndarray, direction: str):
         """CHIER NEXT/PREV: the neighbouring stored coordinate in document order, or None."""
@@ -824,21 +915,44 @@ class Engine:
                     f"holds a vector of size {v.shape[0]}")
         raise AssertionError("unreachable: the shapes differ, so some scroll does not fit")
 
-    def _value_vectors(self, keys: np.ndarray, values, cast: bool = True) -> np.ndarray:
+    def _value_vectors_steps(self, keys: np.ndarray, values, cast: bool = True) -> Steps:
+        """Steps: the value vectors of attention keys, stacked (one row per key), GATHER
+        scrolls per step."""
+        parts: list = []
+        size = against = None
+        got = 0
+
+        def take(scrolls: list) -> None:
+            nonlocal size, against, got
+            vecs = self._vectors(scrolls, size, "value", against or "")
+            if size is None and len(vecs):
+                size = vecs.shape[1]
+                against = f"the value scroll at {self._fmt(scrolls[0].key)}"
+            parts.append(vecs)
+            got += len(scrolls)
+
         if values.dtype == np.int32:           # a delta applied to every key
             vcoords = apply_delta_any(keys, values)
             if isinstance(vcoords, list):
                 raise InterfaceError("a values delta must not contain wildcards")
-            scrolls = self.get_many(_core.pack_many(vcoords))
-            for i in np.flatnonzero(~scrolls.found):
-                raise InterfaceError(
-                    f"no value scroll at {self._fmt(_core.pack(vcoords[i]))} (the value "
-                    f"of the key at {self._fmt(_core.pack(keys[i]))})")
+            for a in range(0, len(vcoords), GATHER):
+                yield
+                scrolls = self.get_many(_core.pack_many(vcoords[a:a + GATHER]))
+                for i in np.flatnonzero(~scrolls.found):
+                    raise InterfaceError(
+                        f"no value scroll at {self._fmt(_core.pack(vcoords[a + i]))} (the "
+                        f"value of the key at {self._fmt(_core.pack(keys[a + i]))})")
+                take(scrolls)
         else:                                   # a pattern aligned with the keys
-            scrolls = self.range(values)
-        if len(scrolls) != len(keys):
-            raise InterfaceError(f"values give {len(scrolls)} scrolls for {len(keys)} keys")
-        out = self._vectors(scrolls, None, "value")
+            vcoords = yield from self._index.query_steps(values)
+            for part, _ in self._chunks(vcoords):
+                yield
+                take(part)
+        if got != len(keys):
+            raise InterfaceError(f"values give {got} scrolls for {len(keys)} keys")
+        if not parts:
+            return np.empty((0, 0))
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return out.astype(np.float64) if cast else out
 
     def attend(self, q, key_pattern: np.ndarray, top_k: int | None = None, values=None,
@@ -865,6 +979,18 @@ class Engine:
         :raises InterfaceError: sizes or kinds disagree (the message names both sizes),
             or a bad argument.
         """
+        return run(self.attend_steps(q, key_pattern, top_k, values, return_output, mode))
+
+    def attend_steps(self, q, key_pattern: np.ndarray, top_k: int | None = None,
+                     values=None, return_output: bool = True, mode: str | None = "auto",
+                     max_keys: int | None = None) -> Steps:
+        """Steps of :meth:`attend`: keys read and scored GATHER per step, the best
+        ``top_k`` kept as they come (so ``top_k`` bounds the work of the ordering).
+
+        :param max_keys: with ``top_k`` None (every matched key), refuse with
+            :class:`LimitError` when more keys than this match (checked before reading
+            any scroll).
+        """
         mode = "auto" if mode is None else mode
         if mode not in ("auto", "dot", "distance"):
             raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
@@ -872,13 +998,35 @@ class Engine:
         key_pattern = _core.check_pattern(key_pattern, "key pattern")
         values = check_values(values)
         qvec, qcoord = self._query_vector(q, mode)
-        scrolls = self.range(key_pattern)
-        n = len(scrolls)
-        keys = scrolls.coords if n else \
-            np.empty((0, 9), dtype=np.uint16)
-        if mode == "auto":
-            if qvec is None:
-                for s in scrolls:
+        coords = yield from self._index.query_steps(key_pattern)
+        if top_k is None and max_keys is not None and len(coords) > max_keys:
+            raise LimitError(f"{len(coords)} keys match and top_k is nil (every one of them); "
+                             f"at most {max_keys} are returned: give a top_k", "LIMIT")
+        if mode == "dot" and qvec is None:
+            raise InterfaceError(f"mode 'dot' needs a query vector; the query scroll at "
+                                 f"{self._fmt(q)} holds {_kind(self._map[q].content)}")
+        if mode == "distance" and qcoord is None:
+            raise InterfaceError("mode 'distance' scores coordinates: give the query as a "
+                                 "coordinate (query_coord), not a vector")
+        # One pass over the keys a chunk per step: their scores (and, in "auto" mode
+        # without a query vector, the check that no key holds a vector), and the
+        # chunks themselves, for the contents of the best keys at the end.
+        chunks: list = []
+        kparts: list = []
+        parts: list = []
+        for part, pc in self._chunks(coords):
+            yield
+            chunks.append(part)
+            kparts.append(pc)
+            if qvec is not None and mode != "distance":
+                d = qvec.shape[0]
+                K = self._vectors(part, d, "key", "the query vector",
+                                  " (keys of mixed kinds: pass mode='distance' to score every "
+                                  "key by coordinate distance)").astype(np.float64)
+                parts.append(K @ qvec.astype(np.float64) / math.sqrt(d))
+                continue
+            if mode == "auto":
+                for s in part:
                     v = _vector(s.content)
                     if v is not None:
                         raise InterfaceError(
@@ -886,35 +1034,45 @@ class Engine:
                             f"{_kind(self._map[q].content)}, not a vector, but the key scroll "
                             f"at {self._fmt(s.key)} holds a vector of size {v.shape[0]}: "
                             "store a query vector, or pass mode='distance'")
+            parts.append(1.0 / (1.0 + _core.l1(qcoord, pc).astype(np.float64)))
+        if mode == "auto":
             mode = "dot" if qvec is not None else "distance"
-        if mode == "dot":
-            if qvec is None:
-                raise InterfaceError(f"mode 'dot' needs a query vector; the query scroll at "
-                                     f"{self._fmt(q)} holds {_kind(self._map[q].content)}")
-            d = qvec.shape[0]
-            K = self._vectors(scrolls, d, "key", "the query vector",
-                              " (keys of mixed kinds: pass mode='distance' to score every key "
-                              "by coordinate distance)").astype(np.float64)
-            scores = K @ qvec.astype(np.float64) / math.sqrt(d)
-            w = np.exp(scores - scores.max()) if n else scores
-            weights = w / w.sum() if n else w
-        else:
-            if qcoord is None:
-                raise InterfaceError("mode 'distance' scores coordinates: give the query as a "
-                                     "coordinate (query_coord), not a vector")
-            dist = _core.l1(qcoord, keys).astype(np.float64) if n else np.empty(0)
-            scores = 1.0 / (1.0 + dist)
-            weights = scores / scores.sum() if n else scores
-        output = None
+        dot = mode == "dot"
+        keys = np.concatenate(kparts) if len(kparts) > 1 else kparts[0] if kparts else \
+            _EMPTY_COORDS
+        n = len(keys)
+        # The softmax's max and sum (dot) or the sum (distance), the best top_k by score
+        # with ties by coordinate (the keys are in coordinate order) and the weighted sum
+        # of the values: a chunk of the n scores per step.
+        top = max((float(p.max()) for p in parts if len(p)), default=0.0) if dot else 0.0
+        total = 0.0
+        best = Best(n if top_k is None else top_k)
+        V = None
         if values is not None and return_output and n:
-            output = weights @ self._value_vectors(keys, values)
-        order = np.lexsort(tuple(keys[:, j] for j in range(8, -1, -1)) + (-scores,)) if n else \
-            np.empty(0, dtype=np.int64)
-        if top_k is not None:
-            order = order[:top_k]
-        return {"keys": keys[order], "scores": scores[order], "weights": weights[order],
-                "contents": [scrolls[i].content for i in order], "output": output, "n": n,
-                "mode": mode}
+            V = yield from self._value_vectors_steps(keys, values)
+        acc = None
+        at = 0
+        for part in parts:
+            yield
+            w = np.exp(part - top) if dot else part
+            total += float(w.sum())
+            if V is not None:
+                c = w @ V[at:at + len(part)]
+                acc = c if acc is None else acc + c
+            best.add(np.where(np.isnan(part), np.inf, -part),
+                     np.arange(at, at + len(part), dtype=np.int64))
+            at += len(part)
+        _, order = best.result()
+        scores = (np.concatenate(parts) if len(parts) > 1 else parts[0]) if parts else \
+            np.empty(0)
+        scores = scores[order]
+        weights = (np.exp(scores - top) if dot else scores) / total if n else scores
+        starts = np.cumsum([0] + [len(c) for c in chunks])
+        which = np.searchsorted(starts, order, side="right") - 1
+        contents = [chunks[c][int(i - starts[c])].content for c, i in zip(which, order)]
+        return {"keys": keys[order], "scores": scores, "weights": weights,
+                "contents": contents, "output": None if acc is None else acc / total,
+                "n": n, "mode": mode}
 
     def attend_many(self, queries, key_patterns: np.ndarray, top_k: int | None = None,
                     values=None, return_weights: bool = False) -> dict:
@@ -935,6 +1093,37 @@ class Engine:
         :raises NotFoundError: a query key holds no scroll.
         :raises InterfaceError: shapes disagree (the message names both sizes), or a
             query/key/value scroll holds no vector.
+        """
+        return run(self.attend_many_steps(queries, key_patterns, top_k, values,
+                                          return_weights))
+
+    def _spans_steps(self, coords: np.ndarray, kp: np.ndarray) -> Steps:
+        """Steps: :func:`vtpu._core.window_spans` of ``coords`` and ``kp``, the queries
+        taken in groups sized to the time they took (a span costs its length)."""
+        nq = len(kp)
+        starts = np.empty(nq, dtype=np.int64)
+        ends = np.empty(nq, dtype=np.int64)
+        exact = np.empty(nq, dtype=np.bool_)
+        i, g = 0, 1
+        while i < nq:
+            yield
+            t0 = time.perf_counter()
+            starts[i:i + g], ends[i:i + g], exact[i:i + g] = \
+                _core.window_spans(coords, kp[i:i + g])
+            i += g
+            dt = time.perf_counter() - t0
+            g = g * 2 if dt < 2e-4 else max(1, g // 2) if dt > 1e-3 else g
+        return starts, ends, exact
+
+    def attend_many_steps(self, queries, key_patterns: np.ndarray, top_k: int | None = None,
+                          values=None, return_weights: bool = False,
+                          max_weights: int | None = None) -> Steps:
+        """Steps of :meth:`attend_many`: about SCORES_PER_STEP scores a step (a softmax
+        over a long window is accumulated chunk by chunk, online).
+
+        :param max_weights: with ``return_weights``, refuse with :class:`LimitError`
+            when more weights than this would be returned in all (checked before any
+            score is computed).
         """
         m = self._map
         top_k = check_count(top_k, "top_k")
@@ -970,28 +1159,64 @@ class Engine:
         # One index query for the union box of all windows, then per-query spans of it;
         # rows of the box that are in no window are dropped before any content is read.
         union = np.stack([kp[:, 0].min(axis=0), kp[:, 1].max(axis=0)]).astype(np.uint16)
-        ucoords = self._index.query(union)
-        starts, ends, exact = _core.window_spans(ucoords, kp)
+        ucoords = yield from self._index.query_steps(union)
+        starts, ends, exact = yield from self._spans_steps(ucoords, kp)
+        yield
         inside = _rows_in_windows(ucoords, kp, starts, ends, exact)
         if not inside.all():
             ucoords = np.ascontiguousarray(ucoords[inside])
-            starts, ends, exact = _core.window_spans(ucoords, kp)
-        blob = _core.pack_many(ucoords)
-        K = self._vectors(m.get_many(blob), d, "key", "each query vector")
-        V = K if values is None else self._value_vectors(ucoords, values, cast=False)
+            starts, ends, exact = yield from self._spans_steps(ucoords, kp)
+        kparts: list = []
+        cparts: list = []
+        for part, pc in self._chunks(ucoords):
+            yield
+            kparts.append(self._vectors(part, d, "key", "each query vector"))
+            cparts.append(pc)
+        if sum(len(c) for c in cparts) != len(ucoords):
+            # A key was deleted since the windows were laid out: lay them out again.
+            ucoords = np.concatenate(cparts) if cparts else _EMPTY_COORDS
+            starts, ends, exact = yield from self._spans_steps(ucoords, kp)
+        K = (np.concatenate(kparts) if len(kparts) > 1 else kparts[0]) if kparts else \
+            np.empty((0, d))
+        V = K if values is None else \
+            (yield from self._value_vectors_steps(ucoords, values, cast=False))
         # float32 throughout when everything stored is float32 (as models keep it),
         # float64 otherwise.
         ft = np.float32 if Q.dtype == K.dtype == V.dtype == np.float32 else np.float64
         Q, K, V = Q.astype(ft, copy=False), K.astype(ft, copy=False), V.astype(ft, copy=False)
+        if return_weights and max_weights is not None:
+            spans = ends - starts
+            returned = int((spans if top_k is None else np.minimum(spans, top_k)).sum())
+            if returned > max_weights:
+                raise LimitError(f"the weights of up to {returned} keys would be returned, at "
+                                 f"most {max_weights} are: give a top_k or fewer queries",
+                                 "LIMIT")
         dv = V.shape[1] if V.ndim == 2 and len(V) else d
         outputs = np.zeros((nq, dv), dtype=ft)
         counts = np.zeros(nq, dtype=np.int64)
         weights_out: list | None = [None] * nq if return_weights else None
         scale = ft(1.0 / math.sqrt(d))
+
+        def scores(qi: np.ndarray, Qb: np.ndarray, inexact: list, c0: int, c1: int):
+            # (valid mask, scores with -inf where invalid) of a block of queries over
+            # the keys [c0, c1).
+            pos = np.arange(c0, c1)
+            valid = (pos >= starts[qi, None]) & (pos < ends[qi, None])
+            for r, i in inexact:
+                a, b = max(int(starts[i]), c0), min(int(ends[i]), c1)
+                if a < b:
+                    valid[r, a - c0:b - c0] = _core.match(ucoords[a:b], kp[i])
+            sc = (Qb @ K[c0:c1].T) * scale
+            sc[~valid] = -np.inf
+            return valid, sc
+
         # Queries in window order, in blocks: one dense (block x span) matmul per block
         # with a mask, so neighbouring windows share their keys instead of gathering a
         # (Q, W, d) copy. Rows inside a window's lexicographic span that miss its box
-        # (possible when a later component is constrained) are masked out too.
+        # (possible when a later component is constrained) are masked out too. A long
+        # span is taken in chunks, the softmax accumulated online (running max, sum and
+        # weighted sum, rescaled when the max grows); the weights, when asked for, are a
+        # second pass over the chunks once the max and the sum are known.
         order = np.argsort(starts, kind="stable")
         block = 128
         for b0 in range(0, nq, block):
@@ -999,25 +1224,52 @@ class Engine:
             s0, e0 = int(starts[qi].min()), int(ends[qi].max())
             if e0 <= s0:
                 continue
-            pos = np.arange(s0, e0)
-            valid = (pos >= starts[qi, None]) & (pos < ends[qi, None])
-            for r in np.flatnonzero(~exact[qi]):
-                i = qi[r]
-                a, b = int(starts[i]), int(ends[i])
-                valid[r, a - s0:b - s0] = _core.match(ucoords[a:b], kp[i])
-            sc = (Q[qi] @ K[s0:e0].T) * scale
-            sc[~valid] = -np.inf
-            mx = sc.max(axis=1, keepdims=True)
-            mx[~np.isfinite(mx)] = 0
-            w = np.exp(sc - mx)
-            tot = w.sum(axis=1, keepdims=True)
-            w = np.divide(w, tot, out=np.zeros_like(w), where=tot > 0)
-            outputs[qi] = w @ V[s0:e0]
-            counts[qi] = valid.sum(axis=1)
-            if weights_out is not None:
-                for r, i in enumerate(qi):
+            nb = len(qi)
+            step = max(1, SCORES_PER_STEP // nb)
+            Qb = Q[qi]
+            inexact = [(r, qi[r]) for r in np.flatnonzero(~exact[qi])]
+            top = np.full(nb, -np.inf, dtype=ft)
+            tot = np.zeros(nb, dtype=ft)
+            acc = np.zeros((nb, dv), dtype=ft)
+            for c0 in range(s0, e0, step):
+                yield
+                c1 = min(c0 + step, e0)
+                valid, sc = scores(qi, Qb, inexact, c0, c1)
+                new = np.maximum(top, sc.max(axis=1))
+                ref = np.where(np.isfinite(new), new, 0).astype(ft, copy=False)
+                w = np.exp(sc - ref[:, None])
+                grow = np.exp(np.where(np.isfinite(top), top - ref, -np.inf)).astype(
+                    ft, copy=False)
+                tot = tot * grow + w.sum(axis=1)
+                acc = acc * grow[:, None] + w @ V[c0:c1]
+                counts[qi] += valid.sum(axis=1)
+                top = new
+            outputs[qi] = np.divide(acc, tot[:, None], out=np.zeros_like(acc),
+                                    where=tot[:, None] > 0)
+            if weights_out is None:
+                continue
+            ref = np.where(np.isfinite(top), top, 0).astype(ft, copy=False)
+            norm = np.where(tot > 0, tot, 1).astype(ft, copy=False)
+            wq = [np.empty(int(counts[i]), dtype=ft) for i in qi]
+            fill = [0] * nb
+            for c0 in range(s0, e0, step):
+                yield
+                c1 = min(c0 + step, e0)
+                valid, sc = scores(qi, Qb, inexact, c0, c1)
+                w = np.exp(sc - ref[:, None]) / norm[:, None]
+                for r in range(nb):
                     wr = w[r, valid[r]]
-                    weights_out[i] = np.sort(wr)[::-1][:top_k] if top_k is not None else wr
+                    if len(wr):
+                        wq[r][fill[r]:fill[r] + len(wr)] = wr
+                        fill[r] += len(wr)
+            for r, i in enumerate(qi):
+                if r % 16 == 0:
+                    yield
+                wr = wq[r] if tot[r] > 0 else np.zeros_like(wq[r])
+                if top_k is not None and top_k < len(wr):
+                    wr = np.partition(wr, len(wr) - top_k)[len(wr) - top_k:] if top_k else \
+                        wr[:0]
+                weights_out[i] = np.sort(wr)[::-1] if top_k is not None else wr
         res = {"outputs": outputs, "counts": counts}
         if weights_out is not None:
             res["weights"] = weights_out
@@ -1037,6 +1289,16 @@ class Engine:
         :param deltas: (R, 2, 9) int32 relation deltas.
         :returns: the scrolls stored at the final frontier, in coordinate order.
         """
+        return run(self.kg_steps(start, deltas, hops, max_frontier))
+
+    def kg_steps(self, start: np.ndarray, deltas: np.ndarray, hops: int = 1,
+                 max_frontier: int = 10000, max_visited: int | None = None) -> Steps:
+        """Steps of :meth:`kg`: one edge lookup (a pattern's range, or GATHER keys) or
+        EDGE_STEP edges followed per step.
+
+        :param max_visited: refuse with :class:`LimitError` once the walk has seen more
+            coordinates than this (each one is remembered to be visited once).
+        """
         start = _core.check_pattern(start, "start")
         deltas = check_deltas(deltas)
         hops = check_count(hops, "hops", 0, MAX_HOPS)
@@ -1044,14 +1306,36 @@ class Engine:
         if (start[0] == start[1]).all():
             frontier = [_core.pack(start[0])]
         else:
-            frontier = [s.key for s in self.range(start, limit=max_frontier)]
+            coords = yield from self._index.query_steps(start, None, max_frontier)
+            blob = _core.pack_many(coords)
+            frontier = [blob[i:i + 18] for i in range(0, len(blob), 18)]
         visited = set(frontier)
-        m = self._map
+        names = self.names
+        nxt: list = []   # new coordinates; cut back to the max_frontier smallest as it grows
+
+        def follow(edges: Any) -> Steps:
+            for a in range(0, len(edges), EDGE_STEP):
+                if a:
+                    yield
+                for e in edges[a:a + EDGE_STEP]:
+                    found = _edge_targets(e.content, names)
+                    for t in (found if found is not None else [e.key]):
+                        if t not in visited:
+                            visited.add(t)
+                            nxt.append(t)
+                if max_visited is not None and len(visited) > max_visited:
+                    raise LimitError(f"the walk reached more than {max_visited} coordinates: "
+                                     "use fewer hops, narrower deltas or a smaller "
+                                     "max_frontier", "LIMIT")
+                if len(nxt) > 2 * max_frontier:
+                    nxt.sort()
+                    del nxt[max_frontier:]
+
         for _ in range(hops):
             if not frontier:
                 break
             base = _core.unpack_many(b"".join(frontier))
-            nxt: dict[bytes, None] = {}
+            nxt = []
             for delta in deltas:
                 delta = np.ascontiguousarray(delta)
                 # A row the delta takes out of the coordinate space has no edge for this
@@ -1059,21 +1343,37 @@ class Engine:
                 keep = delta_in_range(base, delta)
                 if not keep.any():
                     continue
-                targets = apply_delta_any(base if keep.all() else base[keep], delta)
-                if isinstance(targets, list):
-                    edges = [s for p in targets for s in self.range(p, limit=max_frontier)]
+                targets = _core.apply_delta(base if keep.all() else base[keep], delta)
+                wild = delta[0] == 2
+                if wild.any():
+                    # Frontier coordinates differing only in wildcard components give
+                    # the same pattern: each distinct one is looked up once.
+                    lo, hi = targets.copy(), targets.copy()
+                    lo[:, wild] = 0
+                    hi[:, wild] = 0xFFFF
+                    pats = np.ascontiguousarray(np.concatenate([lo, hi], axis=1))
+                    raw = pats.tobytes()
+                    looked: set = set()
+                    for i in range(len(pats)):
+                        if i % GATHER == 0:
+                            yield
+                        p = raw[36 * i:36 * i + 36]
+                        if p in looked:
+                            continue
+                        looked.add(p)
+                        edges = yield from self.range_steps(pats[i].reshape(2, 9),
+                                                            limit=max_frontier)
+                        yield from follow(edges)
                 else:
-                    blob = _core.pack_many(targets)
-                    edges = [s for s in (m.get(blob[i:i + 18]) for i in range(0, len(blob), 18))
-                             if s is not None]
-                for e in edges:
-                    found = _edge_targets(e.content, self.names)
-                    for t in (found if found is not None else [e.key]):
-                        if t not in visited:
-                            visited.add(t)
-                            nxt[t] = None
-            frontier = sorted(nxt)[:max_frontier]
-        return [m[k] for k in sorted(frontier) if k in m]
+                    for edges, _ in self._chunks(targets):
+                        yield
+                        yield from follow(edges)
+            yield
+            nxt.sort()
+            frontier = nxt[:max_frontier]
+        yield
+        return list(self._stored(_core.unpack_many(b"".join(frontier)) if frontier else
+                                 _EMPTY_COORDS))
 
     # -- names, import/export, health -----------------------------------------------------
 
@@ -1130,23 +1430,71 @@ class Engine:
         :raises InterfaceError: ``text`` is not a str.
         :raises PhextError: a malformed document.
         """
-        from vtpu import phext
+        return run(self.import_phext_steps(text, skip_invalid))
 
-        items = phext.parse_phext(check_text(text))
-        if not items:
-            return 0
-        # parse_phext yields components in 1..999 only, so they always fit uint16.
-        blob = _core.pack_many(np.array([c for c, _ in items], dtype=np.uint16))
-        self.put_many(blob, [t for _, t in items])
-        return len(items)
+    def import_phext_steps(self, text: str, skip_invalid: bool = False) -> Steps:
+        """Steps of :meth:`import_phext`: the document is read in steps, then its
+        scrolls are written PUT_STEP per step, in document order. Stopped by a
+        :class:`RequestTimeout`, it raises one that says how many were stored (the
+        first ones of the document; the rest are not)."""
+        text = check_text(text)
+        n = 0
+        items = None
+        try:
+            items = yield from phext.parse_phext_steps(text)
+            for a in range(0, len(items), PUT_STEP):
+                yield
+                part = items[a:a + PUT_STEP]
+                # parse_phext yields components in 1..999 only: they always fit uint16.
+                blob = _core.pack_many(np.array([c for c, _ in part], dtype=np.uint16))
+                self._put_many(blob, [t for _, t in part], False)
+                n += len(part)
+        except RequestTimeout as exc:
+            done = "nothing was stored" if items is None else \
+                f"the first {n} of its {len(items)} scrolls were stored, the others were not"
+            raise RequestTimeout(f"{exc.message}; {done}") from None
+        finally:
+            if n and self.storage is not None and self.autocommit:
+                self.commit()
+        return n
 
     def export_phext(self, pattern: np.ndarray | None = None, skip_invalid: bool = False) -> str:
         """The scrolls matching ``pattern`` (default all) as a .phext document."""
-        from vtpu import phext
+        return run(self.export_phext_steps(pattern, skip_invalid))
 
-        scrolls = self.range(_FULL if pattern is None else _core.check_pattern(pattern))
-        items = [(tuple(int(x) for x in _core.unpack(s.key)), s.content) for s in scrolls]
-        return phext.format_phext(items, skip_invalid=skip_invalid, names=self.names)
+    def export_phext_steps(self, pattern: np.ndarray | None = None, skip_invalid: bool = False,
+                           max_chars: int | None = None) -> Steps:
+        """Steps of :meth:`export_phext`: the keys matching when it starts, then
+        PHEXT_STEP scrolls read and formatted per step (one deleted meanwhile is left out).
+
+        :param max_chars: refuse with :class:`LimitError` as soon as the document grows
+            past this many characters (a reply that could not be sent anyway).
+        """
+        pattern = _FULL if pattern is None else _core.check_pattern(pattern)
+        coords = yield from self._index.query_steps(pattern)
+        # Pieces are joined 64 at a time as they come, so the last step joins a few
+        # large strings (one copy of the document) rather than thousands of small ones.
+        joined: list = []
+        parts: list = []
+        size = 0
+        for text in self._phext_pieces(coords, skip_invalid):
+            size += len(text)
+            if max_chars is not None and size > max_chars:
+                raise LimitError(f"the export is over {max_chars} characters: export "
+                                 "a narrower pattern at a time", "LIMIT")
+            parts.append(text)
+            if len(parts) == 64:
+                joined.append("".join(parts))
+                parts = []
+            yield
+        return "".join(joined + parts)
+
+    def _phext_pieces(self, coords: np.ndarray, skip_invalid: bool) -> Iterator[str]:
+        """The phext document of the scrolls at sorted coordinates, one piece per
+        PHEXT_STEP scrolls (their concatenation is the document)."""
+        w = phext.PhextWriter(skip_invalid=skip_invalid, names=self.names, keep_skipped=False)
+        for part, pc in self._chunks(coords, PHEXT_STEP):
+            yield w.write([(tuple(c), s.content) for c, s in zip(pc.tolist(), part)])
 
     def pipeline(self, raise_on_error: bool = True):
         """Queue engine calls and run them in order with ``execute()`` (the in-process

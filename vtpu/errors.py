@@ -31,6 +31,7 @@ __all__ = [
     "VersionConflict",
     "NotFoundError",
     "LimitError",
+    "RequestTimeout",
     "InternalError",
     "StorageError",
     "PhextError",
@@ -121,6 +122,19 @@ class LimitError(ServerError):
     code = "LIMIT"
 
 
+class RequestTimeout(ServerError):
+    """A request ran out of its time budget on the server (``--max-request-time``, or the
+    connection's ``timeout_ms``) and was stopped.
+
+    A read left nothing behind. A write that works in steps (a delete by pattern, an
+    import) says in the message how much of it was done: that part stays done; a BATCH
+    answers the operations it completed and this error for the others. Not a client-side
+    deadline: that is :class:`TimeoutError`.
+    """
+
+    code = "TIMEOUT"
+
+
 class InternalError(ServerError):
     """The server failed in a way it did not expect (a bug), not because of the request.
 
@@ -149,6 +163,7 @@ CODE_TO_ERROR: dict[str, type[VTPUError]] = {
     "CONFLICT": VersionConflict,
     "NOT_FOUND": NotFoundError,
     "LIMIT": LimitError,
+    "TIMEOUT": RequestTimeout,
     "INTERNAL": InternalError,
     "STORAGE": StorageError,
     "PHEXT": PhextError,

@@ -20,15 +20,73 @@ scans the store. Results always come back in coordinate order.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, NamedTuple
+
 import numpy as np
 
 from vtpu import _core
+from vtpu.steps import Best, run
 
-__all__ = ["CoordIndex"]
+__all__ = ["CoordIndex", "WINDOW"]
 
 _EMPTY = np.empty((0, 9), dtype=np.uint16)
 _FULL_LO = 0
 _FULL_HI = 0xFFFF
+
+#: Rows of main (or candidates of a posting list, keys of the Z index) a query examines
+#: per step: well under a millisecond.
+WINDOW = 16384
+#: Lazy structures of main arrays at least this long are built on the builder thread.
+BUILD_ON_THREAD = 65536
+
+_builder: ThreadPoolExecutor | None = None
+_builder_lock = threading.Lock()
+
+
+def _windows(lo: int, hi: int, size: int):
+    """``(a, b)`` bounds of consecutive windows of at most ``size`` covering [lo, hi)."""
+    for a in range(lo, hi, size):
+        yield a, min(a + size, hi)
+
+
+def _built(fn: Callable, main: np.ndarray, *args):
+    """Steps: ``fn(main, *args)``, on the builder thread when ``main`` is large.
+
+    Safe because the builders only read ``main``, which is never written in place (a
+    merge replaces the array), and make new objects; the caller installs the result on
+    its own thread. Meanwhile the event loop serves other requests (numpy's sorts and the
+    compiled kernels release the GIL).
+    """
+    global _builder
+    if len(main) < BUILD_ON_THREAD:
+        return fn(main, *args)
+    with _builder_lock:
+        if _builder is None:
+            _builder = ThreadPoolExecutor(1, thread_name_prefix="vtpu-index")
+    fut = _builder.submit(fn, main, *args)
+    yield fut
+    return fut.result()
+
+
+def _z_index(main: np.ndarray) -> tuple:
+    """(Morton keys in order, the coordinates in that order, their rows in main)."""
+    z = _core.morton_encode(main)
+    order = _core.lex_sort_order(z)
+    return np.ascontiguousarray(z[order]), np.ascontiguousarray(main[order]), order
+
+
+def _postings_of(main: np.ndarray, j: int) -> "_Postings":
+    return _Postings(np.ascontiguousarray(main[:, j]))
+
+
+class _Snap(NamedTuple):
+    """What a query reads, as it was when the query started."""
+
+    main: np.ndarray
+    alive: np.ndarray | None   # None: no row of main is deleted
+    delta: np.ndarray          # the delta, sorted
 
 
 def _upper(arr: np.ndarray, c: np.ndarray) -> int:
@@ -54,7 +112,9 @@ class _Postings:
         n = len(col)
         counts = np.bincount(col, minlength=0x10000)
         self.cum = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-        self.order = np.argsort(col, kind="stable").astype(np.int64)
+        # Row ids fit int32 below 2**31 rows: half the memory of the largest part.
+        self.order = np.argsort(col, kind="stable").astype(
+            np.int32 if n < 2**31 else np.int64)
         self.bitmaps: dict[int, np.ndarray] = {}
         dense = np.flatnonzero(counts >= max(64, n // 64))
         words = (n + 63) // 64
@@ -92,6 +152,7 @@ class CoordIndex:
             source.compact(arena=False)   # main is the run of every key the store holds
         self.main = _EMPTY if source is None else source.run
         self.alive = np.ones(len(self.main), dtype=np.bool_)
+        self._alive_shared = False              # a running query holds self.alive
         self._dead: dict[bytes, int] = {}       # key -> row of a deleted main entry
         self._delta: dict[bytes, None] = {}     # insertion-ordered set of new keys
         self._delta_arr: np.ndarray | None = _EMPTY
@@ -115,7 +176,7 @@ class CoordIndex:
         # delta; its deleted main row stays deleted until the merge.
         row = self._dead.pop(key, None) if self._source is None else None
         if row is not None:
-            self.alive[row] = True
+            self._alive_w()[row] = True
             return
         self._delta[key] = None
         self._delta_arr = None
@@ -131,7 +192,7 @@ class CoordIndex:
         for key in keys:
             row = self._dead.pop(key, None)
             if row is not None:
-                self.alive[row] = True
+                self._alive_w()[row] = True
             else:
                 self._delta[key] = None
         self._delta_arr = None
@@ -148,6 +209,7 @@ class CoordIndex:
         if self._source is None:
             self.main = _core.unpack_many(blob)
             self.alive = np.ones(len(self.main), dtype=np.bool_)
+            self._alive_shared = False
         elif len(self.main) * 18 != len(blob):
             raise ValueError(f"the source holds {len(self.main)} keys, not the "
                              f"{len(blob) // 18} given")
@@ -173,7 +235,7 @@ class CoordIndex:
             return
         c = _core.unpack(key)
         row = _core.lower_bound(self.main, c)
-        self.alive[row] = False
+        self._alive_w()[row] = False
         self._dead[key] = row
 
     def merge(self) -> None:
@@ -189,6 +251,7 @@ class CoordIndex:
             else:
                 self.main = _core.merge_sorted(self.main, keep, delta)
         self.alive = np.ones(len(self.main), dtype=np.bool_)
+        self._alive_shared = False
         self._dead.clear()
         self._delta.clear()
         self._delta_arr = _EMPTY
@@ -209,19 +272,29 @@ class CoordIndex:
                 self._delta_arr = _EMPTY
         return self._delta_arr
 
+    def _zindex_steps(self, main: np.ndarray):
+        """Steps: the Z index of ``main`` (cached while ``main`` is the index's)."""
+        if main is self.main and self._z is not None:
+            return self._z
+        z = yield from _built(_z_index, main)
+        if main is self.main:
+            self._z = z
+        return z
+
+    def _postings_steps(self, j: int, main: np.ndarray):
+        """Steps: the postings of component j of ``main`` (cached likewise)."""
+        p = self._post[j] if main is self.main else None
+        if p is None:
+            p = yield from _built(_postings_of, main, j)
+            if main is self.main:
+                self._post[j] = p
+        return p
+
     def _zindex(self):
-        if self._z is None:
-            z = _core.morton_encode(self.main)
-            order = _core.lex_sort_order(z)
-            self._z = (np.ascontiguousarray(z[order]), np.ascontiguousarray(self.main[order]),
-                       order)
-        return self._z
+        return run(self._zindex_steps(self.main))
 
     def _postings(self, j: int) -> _Postings:
-        p = self._post[j]
-        if p is None:
-            p = self._post[j] = _Postings(np.ascontiguousarray(self.main[:, j]))
-        return p
+        return run(self._postings_steps(j, self.main))
 
     def sizes(self) -> dict:
         """Sizes of the parts, for stats."""
@@ -240,6 +313,28 @@ class CoordIndex:
         }
 
     # -- queries ------------------------------------------------------------------------
+    #
+    # A query reads a snapshot (_Snap) taken when it starts and runs in steps of at most
+    # WINDOW rows (vtpu.steps): between two steps other requests may write. main is never
+    # written in place (a merge replaces it), the sorted delta is rebuilt rather than
+    # changed, and the alive mask is copied before its next in-place write once a query
+    # holding it has yielded (_hold), so a query sees exactly the keys indexed when it
+    # started, however long it runs.
+
+    def _snapshot(self) -> _Snap:
+        return _Snap(self.main, self.alive if self._dead else None, self._delta_sorted())
+
+    def _hold(self, snap: _Snap) -> None:
+        """Call before a query over ``snap`` yields: its alive mask must stay as it is."""
+        if snap.alive is not None and snap.alive is self.alive:
+            self._alive_shared = True
+
+    def _alive_w(self) -> np.ndarray:
+        """The alive mask, to write in place (a copy if a running query holds it)."""
+        if self._alive_shared:
+            self.alive = self.alive.copy()
+            self._alive_shared = False
+        return self.alive
 
     def _upper_row(self, c: np.ndarray) -> int:
         """Number of main rows <= c."""
@@ -250,30 +345,38 @@ class CoordIndex:
 
         :returns: (path, estimated rows touched); path is "lex", "post", "bitmap" or "z".
         """
-        n = len(self.main)
-        lo_i = _core.lower_bound(self.main, p[0])
-        n_lex = self._upper_row(p[1]) - lo_i
+        return run(self._plan_steps(self._snapshot(), p))
+
+    def _plan_steps(self, snap: _Snap, p: np.ndarray):
+        """Steps of :meth:`plan` over a snapshot (building a posting list or the Z index
+        it needs may take a few)."""
+        main = snap.main
+        n = len(main)
+        lo_i = _core.lower_bound(main, p[0])
+        n_lex = _upper(main, p[1]) - lo_i
         if n_lex <= 2048:
             return "lex", n_lex
         constrained = [j for j in range(9) if p[0, j] != _FULL_LO or p[1, j] != _FULL_HI]
+        if not constrained:
+            return "lex", n_lex   # every row matches: nothing beats reading them in order
         best = ("lex", n_lex / 4.0)   # skipping usually touches far fewer rows
         # Posting sizes are exact; a sparse one bounds the work by its length.
         sizes = []
+        posts = {}
         for j in constrained:
-            post = self._postings(j)
+            post = posts[j] = yield from self._postings_steps(j, main)
             sizes.append((post.size(int(p[0, j]), int(p[1, j])), j))
-        if sizes:
-            s, j = min(sizes)
-            if s < best[1]:
-                best = ("post", s)
-            dense = [j for j in constrained if p[0, j] == p[1, j]
-                     and int(p[0, j]) in self._post[j].bitmaps]
-            if len(dense) >= 2:
-                cost = len(dense) * n / 256.0 + min(s for s, _ in sizes) / 64.0
-                if cost < best[1]:
-                    best = ("bitmap", cost)
+        s, j = min(sizes)
+        if s < best[1]:
+            best = ("post", s)
+        dense = [j for j in constrained if p[0, j] == p[1, j]
+                 and int(p[0, j]) in posts[j].bitmaps]
+        if len(dense) >= 2:
+            cost = len(dense) * n / 256.0 + s / 64.0
+            if cost < best[1]:
+                best = ("bitmap", cost)
         if best[1] > n / 32:
-            zk, _, _ = self._zindex()
+            zk, _, _ = yield from self._zindex_steps(main)
             zlo = _core.morton_encode(p[0:1].copy())[0]
             zhi = _core.morton_encode(p[1:2].copy())[0]
             n_z = _core.lower_bound(zk, zhi) - _core.lower_bound(zk, zlo)
@@ -281,38 +384,87 @@ class CoordIndex:
                 best = ("z", n_z / 4.0)
         return best
 
-    def _main_rows(self, p: np.ndarray, start_row: int = 0, limit: int = -1) -> np.ndarray:
-        """Ascending main row ids matching p (alive only), from start_row on."""
-        if len(self.main) == 0:
-            return np.empty(0, dtype=np.int64)
-        path = self.force_path or self.plan(p)[0]
+    def _scan_steps(self, snap: _Snap, p: np.ndarray, start: int, limit: int | None,
+                    sink: Callable[[np.ndarray], bool], ordered: bool = True):
+        """Steps: hand the alive main rows >= ``start`` matching p to ``sink``, a chunk
+        per step, in ascending row order when ``ordered``; stop once the sink says so
+        (its limit is reached) or after ``limit`` rows of a path that finds them in order.
+
+        :param sink: called with each chunk (int64 row ids of ``snap.main``, possibly
+            empty); returns True to stop.
+        """
+        main = snap.main
+        n = len(main)
+        if n == 0:
+            return
+        path = self.force_path or (yield from self._plan_steps(snap, p))[0]
         self.last_plan = path
+        alive = snap.alive
         if path == "lex":
-            rows, _ = _core.lex_scan(self.main, p, start_row,
-                                     limit if not self._dead else -1)
-        elif path == "post":
-            best = min(range(9), key=lambda j: self._postings(j).size(int(p[0, j]), int(p[1, j])))
-            cand = self._post[best].rows(int(p[0, best]), int(p[1, best]))
-            rows = _core.match_rows(self.main, cand, p)
-            if p[0, best] != p[1, best]:
-                rows = np.sort(rows)
-        elif path == "bitmap":
-            maps = [self._postings(j).bitmaps[int(p[0, j])] for j in range(9)
-                    if p[0, j] == p[1, j] and int(p[0, j]) in self._postings(j).bitmaps]
-            if maps:
-                cand = _core.bitmap_and_rows(maps, len(self.main))
-            else:
-                cand = np.arange(len(self.main), dtype=np.int64)
-            rows = _core.match_rows(self.main, cand, p)
+            r = max(start, _core.lower_bound(main, p[0]))
+            hi = _upper(main, p[1])
+            left = -1 if limit is None else limit
+            while r < hi:
+                e = min(r + WINDOW, hi)
+                idx, _ = _core.lex_scan(main[r:e], p, 0, left if alive is None else -1)
+                rows = idx + r
+                if alive is not None and len(rows):
+                    rows = rows[alive[rows]]
+                if sink(rows):
+                    return
+                if left > 0:
+                    left -= len(rows)
+                    if left <= 0:
+                        return
+                r = e
+                if r < hi:
+                    self._hold(snap)
+                    yield
+            return
+        unordered: list = []   # row chunks of paths that do not find rows in row order
+        if path == "z":
+            zk, zc, zrows = yield from self._zindex_steps(main)
+            r = _core.lower_bound(zk, _core.morton_encode(p[0:1].copy())[0])
+            hi = _upper(zk, _core.morton_encode(p[1:2].copy())[0])
+            chunks = ((zrows[_core.z_scan(zk[a:b], zc[a:b], p)[0] + a])
+                      for a, b in _windows(r, hi, WINDOW))
+            in_order = False
         else:
-            zk, zc, zrows = self._zindex()
-            idx, _ = _core.z_scan(zk, zc, p)
-            rows = np.sort(zrows[idx])
-        if start_row and path != "lex":
-            rows = rows[rows >= start_row]
-        if self._dead and len(rows):
-            rows = rows[self.alive[rows]]
-        return rows
+            constrained = [j for j in range(9) if p[0, j] != _FULL_LO or p[1, j] != _FULL_HI]
+            posts = {}
+            for j in constrained or [0]:
+                posts[j] = yield from self._postings_steps(j, main)
+            if path == "post":
+                best = min(posts, key=lambda j: posts[j].size(int(p[0, j]), int(p[1, j])))
+                cand = posts[best].rows(int(p[0, best]), int(p[1, best]))
+                in_order = p[0, best] == p[1, best]   # one value: ascending rows
+            else:   # bitmap
+                maps = [posts[j].bitmaps[int(p[0, j])] for j in posts
+                        if p[0, j] == p[1, j] and int(p[0, j]) in posts[j].bitmaps]
+                cand = _core.bitmap_and_rows(maps, n) if maps else \
+                    np.arange(n, dtype=np.int64)
+                in_order = True
+            chunks = (_core.match_rows(main, cand[a:b], p)
+                      for a, b in _windows(0, len(cand), WINDOW))
+        for rows in chunks:
+            if start:
+                rows = rows[rows >= start]
+            if alive is not None and len(rows):
+                rows = rows[alive[rows]]
+            if in_order or not ordered:
+                if sink(rows):
+                    return
+            else:
+                unordered.append(rows)
+            self._hold(snap)
+            yield
+        if unordered:
+            rows = np.sort(np.concatenate(unordered))
+            for a, b in _windows(0, len(rows), WINDOW):
+                if sink(rows[a:b]):
+                    return
+                self._hold(snap)
+                yield
 
     def query(self, p: np.ndarray, after: np.ndarray | None = None,
               limit: int | None = None) -> np.ndarray:
@@ -323,30 +475,62 @@ class CoordIndex:
         :param limit: at most this many.
         :returns: (M, 9) uint16 array.
         """
+        return run(self.query_steps(p, after, limit))
+
+    def query_steps(self, p: np.ndarray, after: np.ndarray | None = None,
+                    limit: int | None = None):
+        """Steps of :meth:`query`: the keys indexed when it started (a snapshot)."""
         if (p[0] > p[1]).any() or limit == 0:
             return _EMPTY
-        start = self._upper_row(after) if after is not None else 0
-        rows = self._main_rows(p, start, -1 if limit is None else limit)
-        found = self.main[rows]
-        delta = self._delta_sorted()
+        snap = self._snapshot()
+        main = snap.main
+        start = _upper(main, after) if after is not None else 0
+        parts: list = []
+        got = 0
+
+        def sink(rows: np.ndarray) -> bool:
+            nonlocal got
+            if len(rows):
+                if limit is not None and got + len(rows) > limit:
+                    rows = rows[:limit - got]
+                parts.append(main[rows])
+                got += len(rows)
+            return limit is not None and got >= limit
+
+        yield from self._scan_steps(snap, p, start, limit, sink)
+        found = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else _EMPTY
+        delta = snap.delta
         if len(delta):
             dm = delta[_core.match(delta, p)]
             if after is not None and len(dm):
                 dm = dm[_upper(dm, after):]
             if len(dm):
-                found = _sorted(np.concatenate([found, dm]))
+                # Both sorted and disjoint (a key is in main or in the delta): one merge.
+                found = _core.merge_sorted(np.ascontiguousarray(found), None, dm) \
+                    if len(found) else dm
         if limit is not None and len(found) > limit:
             found = found[:limit]
         return np.ascontiguousarray(found)
 
     def count(self, p: np.ndarray) -> int:
         """Number of indexed coordinates matching the pattern."""
+        return run(self.count_steps(p))
+
+    def count_steps(self, p: np.ndarray):
+        """Steps of :meth:`count` (over the keys indexed when it started)."""
         if (p[0] > p[1]).any():
             return 0
-        n = len(self._main_rows(p))
-        delta = self._delta_sorted()
-        if len(delta):
-            n += int(_core.match(delta, p).sum())
+        snap = self._snapshot()
+        n = 0
+
+        def sink(rows: np.ndarray) -> bool:
+            nonlocal n
+            n += len(rows)
+            return False
+
+        yield from self._scan_steps(snap, p, 0, None, sink, ordered=False)
+        if len(snap.delta):
+            n += int(_core.match(snap.delta, p).sum())
         return n
 
     def all_coords(self) -> np.ndarray:
@@ -359,18 +543,29 @@ class CoordIndex:
 
         :returns: ((m, 9) uint16 coordinates, (m,) int64 distances), nearest first.
         """
-        cands = []
-        mask = None
-        if len(self.main):
+        return run(self.nearest_steps(c, k, metric, within))
+
+    def nearest_steps(self, c: np.ndarray, k: int, metric: str = "l1",
+                      within: np.ndarray | None = None):
+        """Steps of :meth:`nearest`: a window of main per step, the best k kept."""
+        snap = self._snapshot()
+        main = snap.main
+        best = Best(k)
+        for a, b in _windows(0, len(main), WINDOW):
+            mask = None
             if within is not None:
-                mask = _core.match(self.main, within)
-                if self._dead:
-                    mask &= self.alive
-            elif self._dead:
-                mask = self.alive
-            idx, dist = _core.topk(c, self.main, k, metric, mask)
-            cands.append((self.main[idx], dist))
-        delta = self._delta_sorted()
+                mask = _core.match(main[a:b], within)
+                if snap.alive is not None:
+                    mask &= snap.alive[a:b]
+            elif snap.alive is not None:
+                mask = np.ascontiguousarray(snap.alive[a:b])
+            idx, dist = _core.topk(c, main[a:b], k, metric, mask)
+            best.add(dist.astype(np.int64), idx + a)   # row order is coordinate order
+            self._hold(snap)
+            yield
+        dists, rows = best.result()
+        cands = [(main[rows], dists.astype(np.int64))] if len(rows) else []
+        delta = snap.delta
         if len(delta):
             dmask = _core.match(delta, within) if within is not None else None
             idx, dist = _core.topk(c, delta, k, metric, dmask)

@@ -35,9 +35,11 @@ coordinate) whatever a phext file cannot hold, or skips and reports it with
 Files: :func:`read_phext` / :func:`write_phext` use UTF-8 and never translate newlines,
 so ``\\r\\n`` inside scrolls survives a round trip.
 
-Speed: the text is split by one C-level regex; per scroll there is one dict lookup
-(break runs are memoised) and a tuple build, so a million scrolls parse or format in
-about a second.
+Speed: the break runs are found by one C-level regex; per scroll there is one dict
+lookup (break runs are memoised) and a tuple build, so a million scrolls parse or format
+in about a second. Both also come in pieces for long documents:
+:func:`parse_phext_steps` (a step generator, :mod:`vtpu.steps`) and
+:class:`PhextWriter` (a document written chunk by chunk).
 """
 from __future__ import annotations
 
@@ -47,13 +49,16 @@ from typing import Iterable, Sequence
 
 from ._core import NAME_BASE as NAME_ID_MIN
 from .errors import PhextError
+from .steps import run
 
 __all__ = [
     "BREAKS",
     "BREAK_CHARS",
     "MAX_COMPONENT",
     "parse_phext",
+    "parse_phext_steps",
     "format_phext",
+    "PhextWriter",
     "read_phext",
     "write_phext",
     "check_item",
@@ -65,9 +70,10 @@ BREAK_CHARS = frozenset(BREAKS)
 _BREAK_DIM = {ch: d for d, ch in enumerate(BREAKS)}
 MAX_COMPONENT = 999  # the reference saturates here (COORDINATE_MAXIMUM - 1)
 ORIGIN = (1, 1, 1, 1, 1, 1, 1, 1, 1)
+PARSE_STEP = 4096  # scrolls read per step of parse_phext_steps (about a millisecond)
 
 _BREAK_CLASS = "[\x01\x17-\x1a\x1c-\x1f]"
-_SPLIT_RE = re.compile(f"({_BREAK_CLASS}+)")
+_RUN_RE = re.compile(f"{_BREAK_CLASS}+")
 _BREAK_RE = re.compile(_BREAK_CLASS)
 
 
@@ -112,20 +118,30 @@ def parse_phext(text: str, *, strict: bool = False) -> list[tuple[tuple[int, ...
     :raises PhextError: ``text`` is not a ``str``; or, with ``strict``, a component
         would pass 999 (the message gives the coordinate and character offset).
     """
+    return run(parse_phext_steps(text, strict=strict))
+
+
+def parse_phext_steps(text: str, *, strict: bool = False):
+    """Steps of :func:`parse_phext` (:mod:`vtpu.steps`): PARSE_STEP scrolls per step."""
     if not isinstance(text, str):
         raise PhextError(
             f"phext text must be str, got {type(text).__name__} (decode bytes as UTF-8 first)"
         )
-    parts = _SPLIT_RE.split(text)
-    # parts = [text0, run1, text1, run2, text2, ...]; texts may be empty.
+    # The runs of break characters, found one at a time; the texts lie between them.
+    runs = _RUN_RE.finditer(text)
+    m = next(runs, None)
     out: dict[tuple, str] = {}
     cache: dict[str, tuple] = {}
     coord = ORIGIN
-    if parts[0]:
-        out[coord] = parts[0]
-    offset = len(parts[0]) if strict else 0
-    for i in range(1, len(parts), 2):
-        run = parts[i]
+    first = text[:m.start()] if m is not None else text
+    if first:
+        out[coord] = first
+    offset = len(first) if strict else 0
+    done = 0
+    while m is not None:
+        run = m.group()
+        after = next(runs, None)
+        body = text[m.end():after.start() if after is not None else len(text)]
         eff = cache.get(run)
         if eff is None:
             eff = cache[run] = _run_effect(run)
@@ -141,11 +157,14 @@ def parse_phext(text: str, *, strict: bool = False) -> list[tuple[tuple[int, ...
             if v > MAX_COMPONENT:
                 v = MAX_COMPONENT
         coord = coord[:d] + (v,) + tail
-        body = parts[i + 1]
         if body:
             out[coord] = body
         if strict:
             offset += len(run) + len(body)
+        m = after
+        done += 1
+        if done % PARSE_STEP == 0:
+            yield
     return list(out.items())
 
 
@@ -255,43 +274,8 @@ def format_phext(items: Iterable, *, skip_invalid: bool = False, return_skipped:
     :raises PhextError: an item cannot be represented (message names its coordinate
         and why), unless ``skip_invalid``.
     """
-    skipped: list[tuple] = []
-    coords: list[tuple] = []
-    texts: list[str] = []
-    for c, content in items:
-        c = _as_coord(c)
-        coords.append(c)
-        texts.append(content)
-
-    # Fast validation: one pass of C-level min/max, one regex search over all texts.
-    bad = set()
-    for i, c in enumerate(coords):
-        if min(c) < 1 or max(c) > MAX_COMPONENT:
-            bad.add(i)
-    if all(type(t) is str for t in texts) and all(texts):
-        if _BREAK_RE.search("".join(texts)) is not None:
-            bad.update(i for i, t in enumerate(texts) if _BREAK_RE.search(t))
-    else:
-        bad.update(i for i, t in enumerate(texts) if type(t) is not str or not t)
-        bad.update(
-            i for i, t in enumerate(texts) if type(t) is str and _BREAK_RE.search(t)
-        )
-    if bad:
-        drop = set()
-        for i in sorted(bad):
-            reason = check_item(coords[i], texts[i])
-            if reason is None:  # flagged by the fast pass but fine (a str subclass)
-                continue
-            if not skip_invalid:
-                raise PhextError(
-                    f"scroll {_fmt(coords[i], names)} cannot be written to phext: {reason}"
-                )
-            skipped.append((coords[i], texts[i], reason))
-            drop.add(i)
-        if drop:
-            coords = [c for i, c in enumerate(coords) if i not in drop]
-            texts = [t for i, t in enumerate(texts) if i not in drop]
-
+    w = PhextWriter(skip_invalid=skip_invalid, names=names)
+    coords, texts = w._valid(items)
     # Coordinate order; sort only when needed (exports from the engine arrive sorted).
     n = len(coords)
     if any(coords[i] >= coords[i + 1] for i in range(n - 1)):
@@ -307,30 +291,122 @@ def format_phext(items: Iterable, *, skip_invalid: bool = False, return_skipped:
                 )
             drop = set(dups)
             for i in dups:
-                skipped.append((coords[i], texts[i], "duplicate coordinate"))
+                w.skipped.append((coords[i], texts[i], "duplicate coordinate"))
+            w.n_skipped += len(dups)
             coords = [c for i, c in enumerate(coords) if i not in drop]
             texts = [t for i, t in enumerate(texts) if i not in drop]
+    doc = w._format(coords, texts)
+    return (doc, w.skipped) if return_skipped else doc
 
-    out: list[str] = []
-    cache: dict[tuple, str] = {}
-    here = ORIGIN
-    for c, t in zip(coords, texts):
-        if c != here:
-            d = 0
-            while c[d] == here[d]:
-                d += 1
-            key = (d, c[d] - here[d], c[d + 1:])
-            sep = cache.get(key)
-            if sep is None:
-                sep = BREAKS[d] * key[1] + "".join(
-                    BREAKS[j] * (c[j] - 1) for j in range(d + 1, 9)
-                )
-                cache[key] = sep
-            out.append(sep)
-            here = c
-        out.append(t)
-    doc = "".join(out)
-    return (doc, skipped) if return_skipped else doc
+
+class PhextWriter:
+    """Writes one phext document a chunk of scrolls at a time (an export streamed to a
+    file or built in steps): each :meth:`write` returns the text of its scrolls, which
+    continues the text of the previous calls. The document is the concatenation.
+
+    The scrolls of all calls must come in ascending coordinate order, each coordinate
+    once (as the engine's queries give them); :func:`format_phext` sorts any input.
+
+    :param skip_invalid: skip what a phext file cannot hold instead of raising.
+    :param names: optional name table, only to show names in error messages.
+    :param keep_skipped: keep what was skipped in ``skipped`` (else only count it: an
+        export of many scrolls a phext file cannot hold need not hold them all).
+    :ivar skipped: the ``(coordinate, content, reason)`` skipped so far.
+    :ivar n_skipped: how many were skipped.
+    """
+
+    def __init__(self, *, skip_invalid: bool = False, names=None, keep_skipped: bool = True):
+        self.skip_invalid = skip_invalid
+        self.names = names
+        self.keep_skipped = keep_skipped
+        self.skipped: list[tuple] = []
+        self.n_skipped = 0
+        self._here = ORIGIN
+        self._last: tuple | None = None
+        self._cache: dict[tuple, str] = {}
+
+    def write(self, items: Iterable) -> str:
+        """The text of the next scrolls of the document.
+
+        :param items: ``(coordinate, content)`` pairs (as :func:`format_phext`), after
+            every coordinate written before, ascending.
+        :returns: their text (``""`` when every one was skipped).
+        :raises PhextError: an item cannot be represented (unless ``skip_invalid``), or
+            the coordinates are not ascending.
+        """
+        coords, texts = self._valid(items)
+        n = len(coords)
+        if n and ((self._last is not None and coords[0] <= self._last)
+                  or any(coords[i] >= coords[i + 1] for i in range(n - 1))):
+            raise PhextError("PhextWriter.write needs scrolls in ascending coordinate "
+                             "order, each coordinate once (format_phext sorts)")
+        return self._format(coords, texts)
+
+    def _valid(self, items: Iterable) -> tuple[list, list]:
+        """The items' coordinates and texts, without those a phext file cannot hold
+        (recorded in ``skipped``, or raised)."""
+        coords: list[tuple] = []
+        texts: list = []
+        for c, content in items:
+            coords.append(_as_coord(c))
+            texts.append(content)
+        # Fast validation: one pass of C-level min/max, one regex search over all texts.
+        bad = set()
+        for i, c in enumerate(coords):
+            if min(c) < 1 or max(c) > MAX_COMPONENT:
+                bad.add(i)
+        if all(type(t) is str for t in texts) and all(texts):
+            if _BREAK_RE.search("".join(texts)) is not None:
+                bad.update(i for i, t in enumerate(texts) if _BREAK_RE.search(t))
+        else:
+            bad.update(i for i, t in enumerate(texts) if type(t) is not str or not t)
+            bad.update(
+                i for i, t in enumerate(texts) if type(t) is str and _BREAK_RE.search(t)
+            )
+        if bad:
+            drop = set()
+            for i in sorted(bad):
+                reason = check_item(coords[i], texts[i])
+                if reason is None:  # flagged by the fast pass but fine (a str subclass)
+                    continue
+                if not self.skip_invalid:
+                    raise PhextError(
+                        f"scroll {_fmt(coords[i], self.names)} cannot be written to phext: "
+                        f"{reason}"
+                    )
+                if self.keep_skipped:
+                    self.skipped.append((coords[i], texts[i], reason))
+                self.n_skipped += 1
+                drop.add(i)
+            if drop:
+                coords = [c for i, c in enumerate(coords) if i not in drop]
+                texts = [t for i, t in enumerate(texts) if i not in drop]
+        return coords, texts
+
+    def _format(self, coords: list, texts: list) -> str:
+        """The text of valid scrolls in ascending order, after ``_here``."""
+        out: list[str] = []
+        cache = self._cache
+        here = self._here
+        for c, t in zip(coords, texts):
+            if c != here:
+                d = 0
+                while c[d] == here[d]:
+                    d += 1
+                key = (d, c[d] - here[d], c[d + 1:])
+                sep = cache.get(key)
+                if sep is None:
+                    sep = BREAKS[d] * key[1] + "".join(
+                        BREAKS[j] * (c[j] - 1) for j in range(d + 1, 9)
+                    )
+                    cache[key] = sep
+                out.append(sep)
+                here = c
+            out.append(t)
+        self._here = here
+        if coords:
+            self._last = coords[-1]
+        return "".join(out)
 
 
 def read_phext(path: str | os.PathLike, *, strict: bool = False):

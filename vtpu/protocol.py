@@ -73,6 +73,7 @@ __all__ = [
     "decode_get_replies",
     "FrameDecoder",
     "RequestError",
+    "refuse_big_batch",
     "CODEC_NAMES",
     "parse_request",
     "parse_reply",
@@ -516,14 +517,63 @@ class RequestError(ProtocolError):
     """A well-framed message that is not a request (``[msgid >= 1, opcode, args]``).
 
     Unlike the other :class:`ProtocolError` cases of :meth:`FrameDecoder.next_requests`,
-    the frame boundary is intact and the stream stays usable: the server answers with a
-    ``PROTOCOL`` error reply and keeps reading. ``msgid`` is the request id when one
-    could be read, else 0.
+    the frame boundary is intact and the stream stays usable: the server answers with an
+    error reply of code ``code`` (``PROTOCOL``, or ``LIMIT`` for a BATCH refused before
+    it was decoded) and keeps reading. ``msgid`` is the request id when one could be
+    read, else 0.
     """
 
-    def __init__(self, message: str, msgid: int = 0):
+    def __init__(self, message: str, msgid: int = 0, code: str = "PROTOCOL"):
         super().__init__(message)
         self.msgid = msgid
+        self.code = code
+
+
+_UINT_WIDTH = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_BATCH_OPCODES = (b"\xa5BATCH", b"\xd9\x05BATCH")
+
+
+def refuse_big_batch(head: bytes | bytearray | memoryview, max_batch: int) -> None:
+    """Refuse a BATCH request of more than ``max_batch`` operations from the first bytes
+    of its body, before anything is decoded (so an oversized BATCH costs no decoding).
+
+    Only msgpack's shortest forms of ``[msgid, "BATCH", [ops]]`` are recognised; any
+    other body passes (the server counts the operations once decoded).
+
+    :param head: the body's first bytes (32 are enough).
+    :param max_batch: the most operations allowed.
+    :raises RequestError: code ``LIMIT``, with the request's msgid.
+    """
+    b = bytes(head[:32])
+    if len(b) < 10 or b[0] != 0x93:
+        return
+    if b[1] < 0x80:
+        msgid, pos = b[1], 2
+    else:
+        w = _UINT_WIDTH.get(b[1])
+        if w is None:
+            return
+        msgid, pos = int.from_bytes(b[2:2 + w], "big"), 2 + w
+    for op in _BATCH_OPCODES:
+        if b.startswith(op, pos):
+            pos += len(op)
+            break
+    else:
+        return
+    if b[pos:pos + 1] != b"\x91" or len(b) < pos + 2:
+        return
+    t = b[pos + 1]
+    if 0x90 <= t <= 0x9F:
+        n = t & 0x0F
+    elif t == 0xDC:
+        n = int.from_bytes(b[pos + 2:pos + 4], "big")
+    elif t == 0xDD:
+        n = int.from_bytes(b[pos + 2:pos + 6], "big")
+    else:
+        return
+    if n > max_batch and 1 <= msgid <= 0xFFFFFFFF:
+        raise RequestError(f"BATCH: {n} operations exceed max_batch {max_batch}", msgid,
+                           "LIMIT")
 
 
 class FrameDecoder:
@@ -540,12 +590,16 @@ class FrameDecoder:
     :func:`decode_get_replies`.)
 
     :param max_frame_size: the largest body accepted.
+    :param max_batch: with :meth:`next_requests`, refuse a BATCH request announcing more
+        operations than this before decoding it (see :func:`refuse_big_batch`); 0 does
+        not check.
     """
 
-    __slots__ = ("max_frame_size", "_buf", "_pos", "_peek")
+    __slots__ = ("max_frame_size", "max_batch", "_buf", "_pos", "_peek")
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE):
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_batch: int = 0):
         self.max_frame_size = max_frame_size
+        self.max_batch = max_batch
         self._buf = bytearray()
         self._pos = 0  # start of unread data in _buf; compacted lazily to avoid O(n^2)
         self._peek: Any = None  # (end offset, decoded body) of the frame at _pos, if known
@@ -658,8 +712,8 @@ class FrameDecoder:
             contents (``None`` for GET); otherwise one request as the 3-tuple
             ``(msgid, opcode, args)`` (a GET or PUT with other arguments comes this
             way too, for the dispatcher to check).
-        :raises RequestError: a frame that decodes but is not a request (consumed; the
-            stream stays usable).
+        :raises RequestError: a frame that decodes but is not a request, or a BATCH of
+            more than ``max_batch`` operations (consumed; the stream stays usable).
         :raises ProtocolError: an empty or oversized length, or a body that is not
             exactly one msgpack object (consumed; the stream is unusable). A run
             before such a frame is returned first; the next call raises.
@@ -674,6 +728,11 @@ class FrameDecoder:
                 end = self._frame_end()
                 if end < 0:
                     break
+                if self.max_batch and end - self._pos - 4 > self.max_batch:
+                    # Each operation takes a few bytes: only a body this long can be a
+                    # BATCH over the limit.
+                    refuse_big_batch(bytes(self._buf[self._pos + 4:self._pos + 36]),
+                                     self.max_batch)
                 msg = self._decoded(end)
             except ProtocolError:
                 if msgids:

@@ -41,32 +41,40 @@ import ipaddress
 import logging
 import os
 import resource
+import select
 import signal
 import sys
 import time
+from concurrent.futures import Future
+from types import GeneratorType
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from . import wire as P
 from ._version import __version__
-from .engine import MAX_FRONTIER, MAX_HOPS, MAX_K, estimate_wire_size
+from .engine import MAX_HOPS, estimate_wire_size
 from .errors import (
     CoordinateError,
     InterfaceError,
     LimitError,
     ProtocolError,
+    RequestTimeout,
     StorageError,
     is_internal,
 )
 
 __all__ = ["start_server", "serve", "main", "ServerHandle", "Limits", "DEFAULT_PAGE_SIZE",
-           "is_loopback", "check_protected"]
+           "DEFAULT_MAX_REQUEST_TIME", "is_loopback", "check_protected"]
 
 log = logging.getLogger("vtpu.server")
 
-DEFAULT_PAGE_SIZE = 65536  # scrolls per RANGE page; a page is one engine call
-DEFAULT_MAX_BATCH = 100_000  # operations per BATCH frame
+# Scrolls per RANGE page (keys-only pages hold 16 times as many keys): a page is read in
+# steps, but encoded in one go, so it is kept to a millisecond or two of encoding.
+DEFAULT_PAGE_SIZE = 1024
+# Operations per BATCH frame. A BATCH is decoded in one go before its first operation
+# runs (its operations then run in steps): this bounds that to a few tens of ms.
+DEFAULT_MAX_BATCH = 10_000
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
@@ -148,6 +156,19 @@ class _RateLimitedLog:
         log.log(level, msg, *args)
 
 
+# Loop time a request in steps (vtpu.steps) runs per turn before the loop serves the
+# others; the requests in steps of one read of a connection share one such slice.
+SLICE_SECONDS = 0.0005
+DEFAULT_MAX_REQUEST_TIME = 5.0  # seconds a request may run before it stops with TIMEOUT
+# Caps refused with ARG before any work: results this large are not a query's answer.
+MAX_TOP_K = 10_000  # ATTEND top_k (and every matched key when top_k is nil), ATTEND_MANY
+MAX_NEAREST_K = 10_000  # NEAREST k
+MAX_FRONTIER = 100_000  # KG max_frontier (default 10,000)
+MAX_WEIGHTS = 1_000_000  # weights one ATTEND_MANY returns in all (LIMIT above)
+MAX_VISITED = 250_000  # coordinates one KG walk may reach (LIMIT above)
+PACK_STEP = 65536  # keys packed per step of a keys-only RANGE page
+
+
 # ---------------------------------------------------------------------------------------
 # Argument helpers: every check raises InterfaceError (code "ARG") before the engine is
 # touched, so a malformed request cannot change data.
@@ -191,9 +212,15 @@ def _coord(v: Any, what: str = "coordinate") -> np.ndarray:
 
 
 class _Dispatcher:
-    """Decodes arguments, calls the engine, encodes results. One per server."""
+    """Decodes arguments, calls the engine, encodes results. One per server.
 
-    def __init__(self, engine: Any, page_size: int, max_batch: int):
+    A handler checks its arguments at once (a malformed request is refused before any
+    work) and returns the result, or, for an instruction whose work grows with the data,
+    a step generator (:mod:`vtpu.steps`) whose return value is the result: the server
+    runs it a slice per loop turn (:class:`_Job`).
+    """
+
+    def __init__(self, engine: Any, page_size: int, max_batch: int, max_frame_size: int):
         self.engine = engine
         self.page_size = page_size
         self.max_batch = max_batch
@@ -201,6 +228,7 @@ class _Dispatcher:
         # replies are sized against its frame limit before they are built, and it is
         # charged for the names it interns.
         self.caller: Any = None
+        self.max_frame_size = max_frame_size
         e = engine
         # Bound methods resolved once: the hot path is a dict lookup and a call.
         self.table: dict[str, Callable[[list], Any]] = {
@@ -287,9 +315,9 @@ class _Dispatcher:
         _nargs(a, 1, 1)
         return self.engine.delete_many(P.check_blob(a[0]))
 
-    def delete_range(self, a: list) -> int:
+    def delete_range(self, a: list):
         _nargs(a, 1, 1)
-        return self.engine.delete_range(_pattern(a[0]))
+        return self.engine.delete_range_steps(_pattern(a[0]))
 
     # -- queries -------------------------------------------------------------------------
     def range(self, a: list) -> list:
@@ -300,47 +328,58 @@ class _Dispatcher:
         if after is not None:
             P.check_key(after, "after")
         keys_only = _bool(_opt(a, 3), "keys_only")
+        return self._range_steps(pat, limit, after, keys_only)
+
+    def _range_steps(self, pat: np.ndarray, limit: int | None, after: bytes | None,
+                     keys_only: bool):
         # Long results are paged: the server answers at most page_size items and says
-        # where to continue, so one huge range never holds the loop for long. A page
-        # also ends before it passes half the client's frame limit.
+        # where to continue, so one huge range is many short requests. A page also
+        # ends before it passes half the client's frame limit.
         page_bytes = self.caller.out_limit // 2
-        page = self.page_size * 16 if keys_only else self.page_size
+        page = self.page_size * (16 if keys_only else 1)
         if keys_only:
             page = min(page, max(1, page_bytes // P.KEY_SIZE))
         if limit is not None and limit <= page:
             # The caller's limit fits one page: the answer is complete by definition.
-            res = self.engine.range(pat, limit=limit, after=after, keys_only=keys_only)
+            res = yield from self.engine.range_steps(pat, limit, after, keys_only)
             more = False
         else:
             # Ask for one more than a page to learn whether another page follows.
-            res = self.engine.range(pat, limit=page + 1, after=after, keys_only=keys_only)
+            res = yield from self.engine.range_steps(pat, page + 1, after, keys_only)
             more = len(res) > page
             if more:
                 res = res[:page]
         if keys_only:
             arr = np.asarray(res, dtype=np.uint16).reshape(-1, 9)
             nxt = P.pack_coord(arr[-1]) if more else None
-            return [P.pack_coords(arr), nxt]
+            parts = []
+            for i in range(0, len(arr), PACK_STEP):
+                yield
+                parts.append(P.pack_coords(arr[i:i + PACK_STEP]))
+            return [b"".join(parts), nxt]
         size, n = estimate_wire_size(res, page_bytes)
         if size > page_bytes and n > 1:
             res = res[:n - 1]  # up to the scroll that passes page_bytes
             more = True
         return ScrollResult(res, True, res[-1].key if more else None)
 
-    def count(self, a: list) -> int:
+    def count(self, a: list):
         _nargs(a, 1, 1)
-        return int(self.engine.count(_pattern(a[0])))
+        return self.engine.count_steps(_pattern(a[0]))
 
-    def nearest(self, a: list) -> list:
+    def nearest(self, a: list):
         _nargs(a, 1, 4)
         c = _coord(a[0])
-        k = _int(_opt(a, 1, 10), "k", 0, MAX_K)
+        k = _int(_opt(a, 1, 10), "k", 0, MAX_NEAREST_K)
         metric = _opt(a, 2, "l1")
         if type(metric) is not str or metric not in ("l1", "hamming"):
             raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
         within = _opt(a, 3)
         within = None if within is None else _pattern(within, "within")
-        coords, dist = self.engine.nearest(c, k=k, metric=metric, within=within)
+        return self._nearest_steps(c, k, metric, within)
+
+    def _nearest_steps(self, c: np.ndarray, k: int, metric: str, within: Any):
+        coords, dist = yield from self.engine.nearest_steps(c, k, metric, within)
         return [P.pack_coords(np.asarray(coords).reshape(-1, 9)), np.asarray(dist, dtype=np.int64)]
 
     def hier(self, a: list) -> Any:
@@ -367,16 +406,18 @@ class _Dispatcher:
         if not (isinstance(q, np.ndarray) or (type(q) is bytes and len(q) == P.KEY_SIZE)):
             raise InterfaceError("the query must be an ndarray or an 18-byte key")
         pat = _pattern(a[1], "key pattern")
-        top_k = _int(_opt(a, 2), "top_k", 0, none_ok=True)
+        top_k = _int(_opt(a, 2), "top_k", 0, MAX_TOP_K, none_ok=True)
         values = self._values(_opt(a, 3))
         ret = _opt(a, 4, True)
         ret = True if ret is None else _bool(ret, "return_output")
         mode = _opt(a, 5)
         if mode is not None and mode not in ("auto", "dot", "distance"):
             raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
-        kw = {} if mode is None else {"mode": mode}
-        r = self.engine.attend(q, pat, top_k=top_k, values=values, return_output=ret, **kw)
-        return _attend_out(r)
+        return self._attend_steps(self.engine.attend_steps(q, pat, top_k, values, ret, mode,
+                                                           max_keys=MAX_TOP_K))
+
+    def _attend_steps(self, steps: Any):
+        return _attend_out((yield from steps))
 
     def attend_many(self, a: list) -> dict:
         _nargs(a, 2, 5)
@@ -385,7 +426,7 @@ class _Dispatcher:
             q = P.check_blob(q, P.KEY_SIZE, "queries")
         pats = P.unpack_patterns(P.check_blob(a[1], P.PATTERN_SIZE, "key patterns"))
         kw: dict = {}
-        top_k = _int(_opt(a, 2), "top_k", 0, none_ok=True)
+        top_k = _int(_opt(a, 2), "top_k", 0, MAX_TOP_K, none_ok=True)
         if top_k is not None:
             kw["top_k"] = top_k  # engines without top_k reject it (ARG), never ignore it
         values = self._values(_opt(a, 3))
@@ -393,15 +434,20 @@ class _Dispatcher:
             kw["values"] = values
         if _bool(_opt(a, 4), "return_weights"):
             kw["return_weights"] = True
-        return _attend_out(self.engine.attend_many(q, pats, **kw))
+            kw["max_weights"] = MAX_WEIGHTS
+        return self._attend_steps(self.engine.attend_many_steps(q, pats, **kw))
 
-    def kg(self, a: list) -> list:
+    def kg(self, a: list):
         _nargs(a, 2, 4)
         start = _pattern(a[0], "start")
         deltas = P.unpack_deltas(P.check_blob(a[1], P.DELTA_SIZE, "deltas"))
         hops = _int(_opt(a, 2, 1), "hops", 0, MAX_HOPS)
         mf = _int(_opt(a, 3, 10000), "max_frontier", 1, MAX_FRONTIER)
-        return ScrollResult(self.engine.kg(start, deltas, hops, max_frontier=mf))
+        return self._kg_steps(start, deltas, hops, mf)
+
+    def _kg_steps(self, start: np.ndarray, deltas: np.ndarray, hops: int, mf: int):
+        return ScrollResult((yield from self.engine.kg_steps(start, deltas, hops, mf,
+                                                             max_visited=MAX_VISITED)))
 
     def intern(self, a: list) -> list:
         _nargs(a, 1, 2)
@@ -422,17 +468,19 @@ class _Dispatcher:
             self.caller.spend_names(new)
         return ids
 
-    def import_phext(self, a: list) -> int:
+    def import_phext(self, a: list):
         _nargs(a, 1, 2)
         if type(a[0]) is not str:
             raise InterfaceError("the text must be a string")
-        return self.engine.import_phext(a[0], skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
+        return self.engine.import_phext_steps(a[0], _bool(_opt(a, 1), "skip_invalid"))
 
-    def export_phext(self, a: list) -> str:
+    def export_phext(self, a: list):
         _nargs(a, 0, 2)
         pat = _opt(a, 0)
         pat = None if pat is None else _pattern(pat)
-        return self.engine.export_phext(pat, skip_invalid=_bool(_opt(a, 1), "skip_invalid"))
+        # No reply can be larger than the server's frame limit: stop as soon as it is.
+        return self.engine.export_phext_steps(pat, _bool(_opt(a, 1), "skip_invalid"),
+                                              max_chars=self.max_frame_size)
 
 
 def _fits(size: int, limit: int) -> None:
@@ -497,7 +545,7 @@ class _Connection(asyncio.Protocol):
         # Until a good HELLO only small frames: a stranger cannot make the server
         # buffer (or decode) a large one. The decoder checks each length on arrival.
         self.decoder = P.FrameDecoder(min(server.limits.hello_frame_size,
-                                          server.max_frame_size))
+                                          server.max_frame_size), server.max_batch)
         self.authed = False  # set by a successful HELLO (required first, token or not)
         self.hello = False
         self.hello_logged = False  # a failed HELLO is logged once per connection
@@ -505,7 +553,7 @@ class _Connection(asyncio.Protocol):
         self.track = False
         self.pending: list[bytes] = []  # replies waiting for the group commit
         self.closing = False
-        self.read_paused = False  # by us, to let other connections run
+        self.read_paused = False  # by us, to let other connections run or for a job
         self.write_paused = False  # by the transport's flow control
         # A run of GETs taken from the decoder but not answered yet (the slice's reply
         # budget ran out): (msgids, keys), answered first when the connection resumes.
@@ -520,6 +568,9 @@ class _Connection(asyncio.Protocol):
         self.names_left = float(server.limits.names_per_second)
         self.names_at = self.opened
         self.peer = None
+        self.job: _Job | None = None  # a request in steps running for this connection
+        self.slice_end = 0.0  # until when this read may run a request's first slice
+        self.request_timeout: float | None = None  # HELLO's timeout_ms, in seconds
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -593,6 +644,8 @@ class _Connection(asyncio.Protocol):
         wrote = False
         handled = 0
         more = False  # stopped at a limit, not for want of complete frames
+        # Requests in steps run their first slice at once only within this much time.
+        self.slice_end = time.perf_counter() + SLICE_SECONDS
         try:
             if self.backlog is not None:
                 msgids, keys = self.backlog
@@ -609,7 +662,7 @@ class _Connection(asyncio.Protocol):
                 except P.RequestError as exc:
                     # The frame boundary is intact: a bad request, the connection survives.
                     handled += 1
-                    out.append(P.encode_error(exc.msgid, "PROTOCOL", str(exc), self.out_limit))
+                    out.append(P.encode_error(exc.msgid, exc.code, str(exc), self.out_limit))
                     continue
                 if item is None:
                     break
@@ -626,6 +679,11 @@ class _Connection(asyncio.Protocol):
                 else:
                     handled += 1
                     frame, w = server.handle(self, item[0], item[1], item[2])
+                    if frame is None:
+                        # A request in steps goes on from the loop: it answers, then
+                        # resumes this connection (_Job).
+                        wrote = wrote or w
+                        break
                 out.append(frame)
                 size += len(frame)
                 wrote = wrote or w
@@ -645,7 +703,7 @@ class _Connection(asyncio.Protocol):
             out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
             self.closing = True
         self._send(out, wrote)
-        if self.closing:
+        if self.closing or self.job is not None:
             return
         if self.backlog is not None or (more and dec.buffered()):
             self.partial_since = 0.0  # complete requests wait: not the client's doing
@@ -797,16 +855,18 @@ class _Server:
     """Shared state of one listening server."""
 
     def __init__(self, engine: Any, token: str | None, max_frame_size: int, page_size: int,
-                 max_batch: int, limits: Limits | None = None):
+                 max_batch: int, limits: Limits | None = None,
+                 max_request_time: float = DEFAULT_MAX_REQUEST_TIME):
         self.engine = engine
         self.limits = limits if limits is not None else Limits()
         self.ratelog = _RateLimitedLog()
+        self.max_request_time = max_request_time  # seconds; 0: no limit
         self.storage = getattr(engine, "storage", None)
         self.token = token
         self.max_frame_size = max_frame_size
         self.max_batch = max_batch
         self.page_size = page_size
-        self.dispatch = _Dispatcher(engine, page_size, max_batch)
+        self.dispatch = _Dispatcher(engine, page_size, max_batch, max_frame_size)
         self.table = self.dispatch.table
         self._get = engine.get
         self._get_many = engine.get_many
@@ -821,6 +881,7 @@ class _Server:
         # (writer, keys written or None) this iteration, for invalidate pushes
         self._invalidate: list[tuple[_Connection, bytes | None]] = []
         self.commit_failures = 0  # consecutive failed group commits
+        self.failed_commits = 0  # every failed group commit so far (jobs watch it)
         self.started = time.time()
         self._sweeper: asyncio.TimerHandle | None = self.loop.call_later(SWEEP_SECONDS,
                                                                          self.sweep)
@@ -883,6 +944,10 @@ class _Server:
     # -- group commit --------------------------------------------------------------------
     def schedule_flush(self, conn: _Connection) -> None:
         self._dirty.append(conn)
+        self.commit_soon()
+
+    def commit_soon(self) -> None:
+        """Run the group commit (and the pushes) at the end of this loop turn."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -918,6 +983,7 @@ class _Server:
             log.error("storage commit failed, answering STORAGE until it succeeds: %s", exc,
                       exc_info=is_internal(exc))
         self.commit_failures += 1
+        self.failed_commits += 1
         self._invalidate = []  # the writes were undone: nothing changed
         message = (f"{P.error_pair(exc)[1]} (this group commit was undone: nothing of it "
                    "is stored or visible; retry later)")
@@ -1054,14 +1120,21 @@ class _Server:
                 result = self.batch(args, conn)
             else:
                 result = self.table[op](args)
-                if spec.writes:
-                    self.note_write(op, args, conn)
-            if type(result) is ScrollResult:
-                return P.encode_response_scrolls(msgid, result.scrolls, conn.out_limit,
-                                                 result.page, result.after), False
-            return P.encode_response(msgid, result, conn.out_limit), spec.writes
+            if type(result) is GeneratorType:
+                return _Job(self, conn, msgid, op, args, result).start()
+            if spec.writes:
+                self.note_write(op, args, conn)
+            return self.reply_frame(msgid, result, conn.out_limit), spec.writes
         except Exception as exc:
             return self.error_frame(msgid, op, exc, conn.out_limit), spec.writes
+
+    @staticmethod
+    def reply_frame(msgid: int, result: Any, limit: int) -> bytes:
+        """The success reply carrying a handler's result."""
+        if type(result) is ScrollResult:
+            return P.encode_response_scrolls(msgid, result.scrolls, limit, result.page,
+                                             result.after)
+        return P.encode_response(msgid, result, limit)
 
     def error_frame(self, msgid: int, op: str, exc: BaseException,
                     limit: int = P.DEFAULT_MAX_FRAME_SIZE) -> bytes:
@@ -1072,6 +1145,8 @@ class _Server:
         code, msg = P.error_pair(exc)
         if isinstance(exc, LimitError) and op in ("RANGE", "GET_MANY", "KG"):
             msg += " (use a smaller limit or fewer keys per call)"
+        elif isinstance(exc, LimitError) and op == "EXPORT_PHEXT":
+            msg += " (export a narrower pattern at a time)"
         return P.encode_error(msgid, code, f"{op}: {msg}", limit)
 
     def note_write(self, op: str, args: list, conn: _Connection) -> None:
@@ -1082,56 +1157,83 @@ class _Server:
             self._invalidate.append((conn, args[0]))
         elif op != "INTERN":
             self._invalidate.append((conn, None))  # a range/import touched unknown keys
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
+        self.commit_soon()
 
-    def batch(self, args: list, conn: _Connection) -> list:
+    def batch(self, args: list, conn: _Connection):
+        """BATCH: its arguments are checked now, its operations run as steps."""
         _nargs(args, 1, 1)
         ops = args[0]
         if type(ops) is not list:
             raise InterfaceError("takes one array of [opcode, args] pairs")
         if len(ops) > self.max_batch:
             raise LimitError(f"{len(ops)} operations exceed max_batch {self.max_batch}", "LIMIT")
-        results = []
+        return self._batch_steps(ops, conn)
+
+    def _batch_steps(self, ops: list, conn: _Connection):
+        """Steps: the operations in order, one or more steps each. Stopped by its time
+        budget, a BATCH still answers: the operations done, then TIMEOUT for the one it
+        stopped in and for each one not started."""
+        results: list = []
         # The reply is one frame: stop as soon as the results pass the client's limit
         # instead of holding them all and failing at the end.
         size, limit = 16, conn.out_limit
-        for item in ops:
+        for i, item in enumerate(ops):
             if size > limit:
                 break
-            if (
-                type(item) is not list
-                or len(item) != 2
-                or type(item[0]) is not str
-                or type(item[1]) is not list
-            ):
-                results.append([P.STATUS_ERROR, ["PROTOCOL", "batch item must be [opcode, args]"]])
-                continue
-            op, a = item
-            spec = P.OPS.get(op)
-            if spec is None or op in ("HELLO", "BATCH"):
-                msg = f"opcode {op[:64]!r} not allowed in BATCH"
-                results.append([P.STATUS_ERROR, ["PROTOCOL", msg]])
-                continue
+            started = False
             try:
-                r = self.table[op](a)
-                if spec.writes:
-                    self.note_write(op, a, conn)
-                size += 3 + _result_size(r)
-                results.append([P.STATUS_OK, r.wire() if type(r) is ScrollResult else r])
-            except Exception as exc:
-                if is_internal(exc):
-                    log.error("internal error in BATCH %s", op, exc_info=exc)
-                code, msg = P.error_pair(exc)
-                results.append([P.STATUS_ERROR, [code, f"{op}: {msg}"]])   # as error_frame
-                size += 64
+                yield
+                started = True
+                entry, n = yield from self._batch_item(item, conn)
+                results.append(entry)
+                size += n
+            except RequestTimeout as exc:
+                left = f"not executed: the BATCH ran out of time at operation {i}"
+                if started:
+                    code, msg = P.error_pair(exc)
+                    results.append([P.STATUS_ERROR, [code, f"{item[0]}: {msg}"]])
+                else:
+                    results.append([P.STATUS_ERROR, ["TIMEOUT", left]])
+                results.extend([[P.STATUS_ERROR, ["TIMEOUT", left]]] * (len(ops) - i - 1))
+                break
         if size > limit:
             raise LimitError(
                 f"stopped after {len(results)} of {len(ops)} operations: their results "
                 f"pass the client's frame limit of {limit} bytes (those were executed, the "
                 "rest not); send fewer operations per BATCH", "LIMIT")
         return results
+
+    def _batch_item(self, item: Any, conn: _Connection):
+        """Steps of one BATCH operation; returns its ``[status, result-or-error]`` and about
+        how many bytes that takes in the reply."""
+        if (
+            type(item) is not list
+            or len(item) != 2
+            or type(item[0]) is not str
+            or type(item[1]) is not list
+        ):
+            return [P.STATUS_ERROR, ["PROTOCOL", "batch item must be [opcode, args]"]], 64
+        op, a = item
+        spec = P.OPS.get(op)
+        if spec is None or op in ("HELLO", "BATCH"):
+            msg = f"opcode {op[:64]!r} not allowed in BATCH"
+            return [P.STATUS_ERROR, ["PROTOCOL", msg]], 64
+        try:
+            r = self.table[op](a)
+            if type(r) is GeneratorType:
+                r = yield from r
+            if spec.writes:
+                self.note_write(op, a, conn)
+            return [P.STATUS_OK, r.wire() if type(r) is ScrollResult else r], 3 + _result_size(r)
+        except RequestTimeout:
+            if spec.writes:
+                self.note_write(op, a, conn)   # what it did before it stopped
+            raise
+        except Exception as exc:
+            if is_internal(exc):
+                log.error("internal error in BATCH %s", op, exc_info=exc)
+            code, msg = P.error_pair(exc)
+            return [P.STATUS_ERROR, [code, f"{op}: {msg}"]], 64   # as error_frame
 
     def hello(self, conn: _Connection, msgid: int, args: list) -> bytes:
         """Answer HELLO (PROTOCOL.md section 4). A malformed one gets a typed error reply
@@ -1168,6 +1270,13 @@ class _Server:
         if track is not None and type(track) is not bool:
             return self._bad_hello(conn, msgid, "ARG",
                                    f"HELLO: track must be a boolean, got {_describe(track)}")
+        tms = options.get("timeout_ms")
+        if tms is not None and (type(tms) is not int or not 1 <= tms <= 0xFFFFFFFF):
+            return self._bad_hello(conn, msgid, "ARG", "HELLO: timeout_ms must be an integer "
+                                   f"in 1..4294967295, got {_describe(tms)}")
+        if tms is not None:
+            mrt = self.max_request_time
+            conn.request_timeout = tms / 1000 if not mrt else min(tms / 1000, mrt)
         if mfs is not None:
             conn.out_limit = min(self.max_frame_size, mfs)
         track = bool(track)
@@ -1188,6 +1297,7 @@ class _Server:
             "max_batch": self.max_batch,
             "page_size": self.page_size,
             "names_epoch": epoch if isinstance(epoch, int) else 0,
+            "max_request_ms": round(1000 * self.max_request_time),
         }
         return P.encode_response(msgid, result)
 
@@ -1222,6 +1332,178 @@ def _reply_msgids(frames: bytes, max_frame_size: int) -> list[int]:
     dec = P.FrameDecoder(max_frame_size)
     dec.feed(frames)
     return [msg[0] for msg in dec]
+
+
+# poll() event of a peer that closed its end (Linux); elsewhere only hang-ups and errors.
+_HANGUP = getattr(select, "POLLRDHUP", 0) if hasattr(select, "poll") else 0
+
+
+class _Job:
+    """One request running in steps (:mod:`vtpu.steps`) for a connection.
+
+    It runs a slice (SLICE_SECONDS of steps) at a time, the first one at once; between
+    slices the loop serves everything else, and the connection reads nothing more until
+    the job has answered (its replies stay in request order). A job whose connection
+    closed is dropped at its next slice (the generator is closed: no more work is done).
+    One that runs past its budget (the server's ``max_request_time``, or the shorter
+    ``timeout_ms`` the connection asked for in HELLO) gets :class:`RequestTimeout` thrown
+    in between two steps and answers what that makes of it: a TIMEOUT error (saying what
+    a write did so far), or a BATCH's partial results. A writing job commits after each
+    slice (so a long delete never piles up one huge commit; on durable storage its
+    slices are shorter, the commit being most of the cost) and tells trackers.
+
+    While a job runs its connection is not read, so the loop would not see the client
+    hang up: before each slice the job polls the socket for a hang-up itself. A group
+    commit that fails while a job runs (its writes, or writes it may have read, were
+    undone) ends the job with ``STORAGE``.
+    """
+
+    __slots__ = ("server", "conn", "msgid", "op", "args", "gen", "writes", "budget",
+                 "deadline", "slice", "_poll", "_failures")
+
+    def __init__(self, server: "_Server", conn: "_Connection", msgid: int, op: str, args: list,
+                 gen: Any):
+        self.server = server
+        self.conn = conn
+        self.msgid = msgid
+        self.op = op
+        self.args = args
+        self.gen = gen
+        self.writes = P.OPS[op].writes
+        self.budget = conn.request_timeout or server.max_request_time
+        self.deadline = time.perf_counter() + self.budget if self.budget else float("inf")
+        durable = self.writes and server.storage is not None
+        self.slice = SLICE_SECONDS / 4 if durable else SLICE_SECONDS
+        self._poll: Any = None
+        self._failures = server.failed_commits
+
+    def start(self) -> tuple[bytes | None, bool]:
+        """Run the first slice now (unless this read of the connection has used its
+        slice already). Returns ``(reply frame, wrote)`` if that finished the request,
+        else ``(None, wrote)``: the job goes on from the loop and answers, then resumes
+        the connection, by itself."""
+        conn = self.conn
+        if time.perf_counter() < conn.slice_end:
+            done = self._slice()
+            if done is not None:
+                return done
+        else:
+            self.server.loop.call_soon(self._resume)
+        conn.job = self
+        conn.read_paused = True
+        conn._update_reading()
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        if sock is not None and _HANGUP:
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), _HANGUP)
+        return None, self.writes
+
+    def _hung_up(self) -> bool:
+        """Whether the client closed its end (or the socket failed)."""
+        if self._poll is None:
+            return False
+        try:
+            events = self._poll.poll(0)
+        except OSError:
+            return True
+        return any(ev & (_HANGUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
+                   for _, ev in events)
+
+    def _slice(self) -> tuple[bytes, bool] | None:
+        """Run steps for one slice; the reply when the request ended, else None (the next
+        slice is scheduled)."""
+        gen = self.gen
+        # Replies are sized against, and interned names charged to, this job's client.
+        self.server.dispatch.caller = self.conn
+        now = time.perf_counter()
+        end = now + self.slice
+        try:
+            while now < self.deadline:
+                w = gen.send(None)
+                if w is not None and isinstance(w, Future):
+                    self._after_slice()
+                    w.add_done_callback(self._wake)
+                    return None
+                now = time.perf_counter()
+                if now >= end:
+                    break
+            else:
+                return self._timed_out()
+        except StopIteration as stop:
+            return self._finish(stop.value)
+        except Exception as exc:
+            return self._failed(exc)
+        self._after_slice()
+        self.server.loop.call_soon(self._resume)
+        return None
+
+    def _wake(self, _: Future) -> None:
+        # On the builder thread: resume on the loop (unless it was closed meanwhile).
+        try:
+            self.server.loop.call_soon_threadsafe(self._resume)
+        except RuntimeError:
+            pass
+
+    def _after_slice(self) -> None:
+        if self.writes:
+            # What this slice wrote is committed with this loop turn's group commit (the
+            # reply waits for the last one) and trackers hear of it now.
+            if self.op != "BATCH":
+                self.server.note_write(self.op, self.args, self.conn)
+            self.server.commit_soon()
+
+    def _timed_out(self) -> tuple[bytes, bool]:
+        exc = RequestTimeout(f"stopped after {self.budget:g} s, its time budget (the "
+                             "server's --max-request-time, or timeout_ms in HELLO)")
+        self.server.dispatch.caller = self.conn
+        try:
+            self.gen.throw(exc)
+        except StopIteration as stop:
+            return self._finish(stop.value)   # a BATCH answers what it did
+        except Exception as e:
+            return self._failed(e)
+        self.gen.close()   # it went on after the throw: stop it for good
+        return self._failed(exc)
+
+    def _finish(self, result: Any) -> tuple[bytes, bool]:
+        if self.writes and self.op != "BATCH":
+            self.server.note_write(self.op, self.args, self.conn)
+        try:
+            return self.server.reply_frame(self.msgid, result, self.conn.out_limit), self.writes
+        except Exception as exc:
+            return self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> tuple[bytes, bool]:
+        if self.writes and self.op != "BATCH":
+            self.server.note_write(self.op, self.args, self.conn)
+        return self.server.error_frame(self.msgid, self.op, exc, self.conn.out_limit), \
+            self.writes
+
+    def _resume(self) -> None:
+        conn = self.conn
+        if conn.closing or self._hung_up():
+            # The client is gone (or the server is closing): nothing will read the
+            # answer, so no more work is done for it.
+            self.gen.close()
+            conn.job = None
+            if not conn.closing and conn.transport is not None:
+                conn.closing = True
+                conn.transport.abort()
+            return
+        if self.server.failed_commits != self._failures:
+            self.gen.close()
+            done = self._failed(StorageError(
+                "a group commit failed while it ran and was undone; what its steps did "
+                "before that stays done (repeat it once storage works again)"))
+        else:
+            done = self._slice()
+        if done is None:
+            return
+        conn.job = None
+        frame, wrote = done
+        conn._send([frame], wrote)
+        if not conn.closing:
+            self.server.loop.call_soon(conn._continue)   # the requests read meanwhile
 
 
 class ServerHandle:
@@ -1273,6 +1555,7 @@ async def start_server(
     ssl: Any = None,
     unprotected: bool = False,
     limits: Limits | None = None,
+    max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
 ) -> ServerHandle:
     """Start serving ``engine`` on the running event loop.
 
@@ -1289,6 +1572,9 @@ async def start_server(
         :func:`check_protected`).
     :param limits: per-connection limits and timeouts (:class:`Limits`; its defaults if
         ``None``).
+    :param max_request_time: seconds a request may run (in steps, other clients served
+        meanwhile) before it stops with ``TIMEOUT``; 0 for no limit. A connection may ask
+        for less with the HELLO option ``timeout_ms``.
     :returns: a :class:`ServerHandle`.
     :raises InterfaceError: a non-loopback ``host`` in protected mode.
     :raises OSError: if the address cannot be bound.
@@ -1301,7 +1587,10 @@ async def start_server(
     if getattr(engine, "storage", None) is not None and hasattr(engine, "autocommit"):
         # The server commits once per loop iteration (group commit), not per write.
         engine.autocommit = False
-    state = _Server(engine, token, max_frame_size, page_size, max_batch, limits)
+    if max_request_time < 0:
+        raise InterfaceError(f"max_request_time must be >= 0, got {max_request_time}")
+    state = _Server(engine, token, max_frame_size, page_size, max_batch, limits,
+                    max_request_time)
     factory: Callable[[], asyncio.BaseProtocol] = lambda: _Connection(state)  # noqa: E731
     if ssl is not None and not issubclass(_Connection, asyncio.BufferedProtocol):
         scratch = memoryview(bytearray(TLS_READ_SIZE))
@@ -1405,6 +1694,41 @@ class _TLSReader(asyncio.BufferedProtocol):
         self.conn.data_received(self.scratch[:nbytes])
 
 
+def _one_blas_thread() -> bool:
+    """Keep OpenBLAS (numpy's matrix products) to one thread in this process.
+
+    The loop's thread computes ATTEND/ATTEND_MANY a slice at a time between other
+    requests; BLAS worker threads only compete with it for the cores, and on a loaded
+    machine they turn a small product of microseconds into milliseconds (and the steps
+    with it). Best effort, like ``threadpoolctl``: the library numpy loaded is found in
+    the process's memory map (Linux) and told through its own call.
+
+    :returns: whether a library was found and set.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[5] for line in f
+                     if len(line.split()) >= 6 and "openblas" in line.split()[5].lower()}
+    except OSError:
+        return False
+    done = False
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                     "openblas_set_num_threads64_", "scipy_openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(1)
+                done = True
+                break
+    return done
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop  # type: ignore
@@ -1425,11 +1749,14 @@ def serve(
     ssl: Any = None,
     unprotected: bool = False,
     limits: Limits | None = None,
+    max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> None:
     """Run a server until SIGINT/SIGTERM (blocking).
 
     On a signal it stops accepting, flushes held replies after a last commit, closes the
-    connections and the storage, and returns.
+    connections and the storage, and returns. The process's BLAS runs on one thread (see
+    :func:`_one_blas_thread`).
 
     :param host: address to bind (loopback by default).
     :param port: TCP port (0 = any free port; printed on stderr).
@@ -1441,6 +1768,8 @@ def serve(
     :param ssl: an :class:`ssl.SSLContext` to serve TLS with (see
         :func:`vtpu.tls.server_context`); ``None``: plaintext.
     :param unprotected: allow a non-loopback ``host`` without a token.
+    :param max_request_time: as :func:`start_server`.
+    :param max_batch: most operations in one BATCH frame.
     :raises InterfaceError: a non-loopback ``host`` in protected mode (checked before
         anything is created or opened).
     :param limits: per-connection limits and timeouts (:class:`Limits`).
@@ -1457,6 +1786,7 @@ def serve(
         os.makedirs(data, exist_ok=True)
         storage = Storage(data, fsync=fsync)
     engine = Engine(storage=storage, autocommit=False) if storage is not None else Engine()
+    _one_blas_thread()
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
@@ -1464,8 +1794,9 @@ def serve(
     async def run() -> None:
         loop.set_exception_handler(_quiet_descriptor_errors)
         handle = await start_server(engine, host, port, token=token,
-                                    max_frame_size=max_frame_size, ssl=ssl,
-                                    unprotected=unprotected, limits=limits)
+                                    max_frame_size=max_frame_size, max_batch=max_batch,
+                                    ssl=ssl, unprotected=unprotected, limits=limits,
+                                    max_request_time=max_request_time)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
@@ -1622,6 +1953,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--names-per-second", type=int, default=d.names_per_second, metavar="N",
                     help="new names one connection may intern per second (default "
                          f"{d.names_per_second})")
+    ap.add_argument("--max-request-time", type=float, default=DEFAULT_MAX_REQUEST_TIME,
+                    metavar="SECONDS",
+                    help="stop a request with TIMEOUT after this long (0: never; "
+                         f"default {DEFAULT_MAX_REQUEST_TIME:g})")
+    ap.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="OPS",
+                    help=f"most operations in one BATCH (default {DEFAULT_MAX_BATCH})")
     ap.add_argument("--log-level", default="WARNING", help="default WARNING")
     return ap
 
@@ -1649,6 +1986,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr)
     if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:
         ap.error("--tls-key and --tls-ca need --tls-cert")
+    if ns.max_request_time < 0:
+        ap.error("--max-request-time must be >= 0")
+    if ns.max_batch < 1:
+        ap.error("--max-batch must be >= 1")
     try:
         token = _token(ns)
         ctx = None
@@ -1658,7 +1999,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx = server_context(ns.tls_cert, ns.tls_key, ns.tls_ca)
         serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=token,
               max_frame_size=ns.max_frame_size, ssl=ctx, unprotected=ns.unprotected,
-              limits=limits)
+              limits=limits, max_request_time=ns.max_request_time, max_batch=ns.max_batch)
     except InterfaceError as exc:
         print(f"vtpu serve: error: {exc}", file=sys.stderr)
         return 2
