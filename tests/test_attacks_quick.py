@@ -34,36 +34,27 @@ def known(reason: str):
 
 FAST = [
     pytest.param("baseline", id="control-baseline"),
-    pytest.param("hello_bomb", marks=known(
-        "2 MiB frame of empty maps before HELLO: RSS +149 MiB (75x the bytes sent)")),
-    pytest.param("get_many_same_key", marks=known(
-        "GET_MANY of one 1 MiB key x100: LIMIT only after RSS +200 MiB (2 KiB sent)")),
+    pytest.param("hello_bomb"),
+    pytest.param("get_many_same_key"),
     pytest.param("fastpath_bad_utf8"),
-    pytest.param("hello_odd_types", marks=known(
-        "HELLO with ndarray version [1] is accepted (OK); [1, 1] drops the connection with "
-        "~940 B of traceback logged per attempt")),
-    pytest.param("idle_1100", marks=known(
-        "1,100 idle connections at nofile=1024: the server holds 1024 descriptors and "
-        "closes a new client without a reply")),
-    pytest.param("intern_flood", marks=known(
-        "4,096 names interned in 17 ms; another client's new name gets LIMIT, also after "
-        "a restart")),
+    pytest.param("hello_odd_types"),
+    pytest.param("idle_1100"),
+    pytest.param("intern_flood"),
     pytest.param("wal_deleted"),
     pytest.param("lock_deleted"),
 ]
 
 SLOW = [
-    pytest.param("get_pipeline_unread", marks=known(
-        "300 pipelined GETs of a 1 MiB value never read (9.5 KB sent): RSS +384 MiB")),
-    pytest.param("batch_range", marks=known(
-        "BATCH of 30 RANGE over 20k scrolls, 8 MiB client limit: LIMIT after RSS +106 MiB")),
-    pytest.param("batch_names", marks=known(
-        "BATCH of 300 NAMES, full name table: LIMIT after RSS +163 MiB (2.6 KiB sent)")),
-    pytest.param("track_unread", marks=known(
-        "tracking connection never reads, 80 PUT_MANYs of 25k keys by another client: "
-        "RSS +33 MiB (130 B moved by the tracker)")),
-    pytest.param("partial_frames", marks=known(
-        "4 x 8 MiB unfinished frames: none closed in 10 s, +32 MiB held")),
+    pytest.param("get_pipeline_unread"),
+    # Column results are snapshots (the RANGE pages of a BATCH copy their rows before
+    # the running size check stops it): +27.5 MiB in the quick run, over the 16 MiB
+    # allowance. Not strict: the growth sits near the bar and varies with timing.
+    pytest.param("batch_range", marks=pytest.mark.xfail(
+        strict=False, raises=AssertionError,
+        reason="BATCH of RANGE over column results: +27.5 MiB vs the 16 MiB allowance")),
+    pytest.param("batch_names"),
+    pytest.param("track_unread"),
+    pytest.param("partial_frames"),
     pytest.param("kg_wild_2hops"),
     pytest.param("kg_wild_3hops"),
     pytest.param("export_all"),
@@ -71,8 +62,7 @@ SLOW = [
     pytest.param("batch_count"),
     pytest.param("batch_1m_ops"),
     pytest.param("disconnect_stops_work"),
-    pytest.param("idle_2000", marks=known(
-        "2,000 idle connections at nofile=1024: a new client is closed without a reply")),
+    pytest.param("idle_2000"),
     pytest.param("unprotected_bind"),
     pytest.param("token_in_cmdline"),
     pytest.param("wal_flipped"),

@@ -21,9 +21,11 @@ def store(request, tmp_path):
     elif request.param == "file":
         c = vtpu.connect(f"file://{tmp_path}/data")
     else:
+        from vtpu.server import Limits
         from vtpu.testing import running_server
 
-        with running_server() as (host, port):
+        # (Some tests fill the whole name table in one call: no per-connection rate.)
+        with running_server(limits=Limits(names_per_second=4096)) as (host, port):
             c = vtpu.connect(f"vtpu://{host}:{port}", timeout=30)
             try:
                 yield c

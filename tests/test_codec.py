@@ -26,6 +26,7 @@ from vtpu import protocol as P
 from vtpu import wire
 from vtpu.coords import NameTable, Scroll
 from vtpu.engine import Engine
+from vtpu.results import Scrolls
 
 VEC_DIR = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 with open(VEC_DIR / "frames.json") as _f:
@@ -211,7 +212,7 @@ def test_scroll_vectors_encode_through_the_scroll_encoders(codec):
     assert same(list(r.value[0]), scrolls) and r.value[1] == after
     vec = by_name["get_response_found"]
     msgid, _, row = from_json(vec["value"])
-    assert codec.encode_get_replies([msgid], [Scroll(*row)]).hex() == vec["hex"]
+    assert codec.encode_get_replies([msgid], [Scroll(*row)])[0].hex() == vec["hex"]
     data = bytes.fromhex(vec["hex"]) + bytes.fromhex(by_name["get_response_missing"]["hex"])
     got, pos, more = codec.decode_get_replies(data, 0, len(data), msgid, 5)
     assert same(got, [Scroll(*row)]) and (pos, more) == (len(vec["hex"]) // 2, False)
@@ -414,10 +415,15 @@ def test_get_replies_equal_single_responses(codec):
     scrolls = [e.get(key(i)) for i in range(len(MIXED))] + [None, None]
     msgids = list(range(40, 40 + len(scrolls)))
     got = codec.encode_get_replies(msgids, scrolls)
-    want = b"".join(P.encode_response(m, P.scroll_to_wire(s)) for m, s in zip(msgids, scrolls))
-    assert got == want
+    frames = [P.encode_response(m, P.scroll_to_wire(s)) for m, s in zip(msgids, scrolls)]
+    assert got == (b"".join(frames), len(scrolls))
     assert codec.encode_get_replies((1, 2), (None, None)) == \
-        P.encode_response(1, None) + P.encode_response(2, None)
+        (P.encode_response(1, None) + P.encode_response(2, None), 2)
+    # max_bytes: a prefix, up to and including the reply that reaches it
+    for cap in (1, len(frames[0]), len(frames[0]) + 1, 70_000, len(b"".join(frames))):
+        data, n = codec.encode_get_replies(msgids, scrolls, max_bytes=cap)
+        assert data == b"".join(frames[:n])
+        assert len(data) >= cap and len(b"".join(frames[:n - 1])) < cap
     with pytest.raises(E.InterfaceError):
         codec.encode_get_replies([1, 2], [None])
     with pytest.raises(E.LimitError):
@@ -487,12 +493,12 @@ def test_scroll_fields_are_read_as_getattr_reads_them(codec):
         w = P.scrolls_to_wire(scrolls)
         assert w[1][:2] != ["x", "x"]
         assert codec.encode_scrolls(scrolls) == P.packb(w)
-        assert codec.encode_get_replies(list(range(1, len(scrolls) + 1)), scrolls) == \
+        assert codec.encode_get_replies(list(range(1, len(scrolls) + 1)), scrolls)[0] == \
             b"".join(P.encode_response(i + 1, P.scroll_to_wire(x)) for i, x in enumerate(scrolls))
     # a class changed after use is read as it is now
     Lazy.content = property(lambda self: "changed", lambda self, v: None)
     assert P.unpackb(codec.encode_scrolls([mixed[3]]))[1] == ["changed"]
-    assert P.unpackb(codec.encode_get_replies([1], [mixed[3]])[4:])[2][1] == "changed"
+    assert P.unpackb(codec.encode_get_replies([1], [mixed[3]])[0][4:])[2][1] == "changed"
 
 
 def test_scroll_list_encoders_refuse_like_the_reference(codec):
@@ -528,9 +534,20 @@ def test_decode_scrolls_inverts_the_encoder(codec, contents):
                for s in scrolls]
     assert same(list(got), scrolls)
     assert got == list(got) and list(got) == got
+    assert type(got) is Scrolls  # the core's result type, as embedded
     if scrolls and scrolls[-1] is not None:
-        assert got[-1] is got[len(scrolls) - 1]  # one object per index
+        assert got[-1] == got[len(scrolls) - 1]  # a new, equal Scroll per read
         assert got[-1].coordinate == scrolls[-1].coordinate
+    # the columns come straight from the decoded ones
+    assert got.keys == b"".join(bytes(18) if s is None else s.key for s in scrolls)
+    assert got.versions.tolist() == [0 if s is None else s.version for s in scrolls]
+    assert got.found.tolist() == [s is not None for s in scrolls]
+    zero = Scroll(bytes(18), None, 1, 0.0, 0.0, names)
+    assert got.coordinates == [(zero if s is None else s).coordinate for s in scrolls]
+    if contents and type(contents[0]) is np.ndarray:
+        assert np.array_equal(got.contents, np.stack(contents))  # one stacked array
+    else:
+        assert same(got.contents, [None if s is None else s.content for s in scrolls])
     got2, end2 = codec.decode_scrolls(bytearray(blob), 2, names)
     assert end2 == end and same(list(got2), scrolls)
 
@@ -542,14 +559,14 @@ def test_decoded_scroll_lists_behave_like_lists(codec):
     want = scrolls_of([f"c{i}" for i in range(6)], names) + [None]
     want[3] = None
     sl, _ = codec.decode_scrolls(codec.encode_scrolls(want), 0, names)
-    assert type(sl).__name__ == "ScrollList" and not isinstance(sl, list)
+    assert type(sl) is Scrolls and not isinstance(sl, list)
     assert len(sl) == 7 and sl == want and want == list(sl) and not (sl != want)
     assert sl.tolist() == want and type(sl.tolist()) is list
     other = (P if codec is not P else _compiled()).decode_scrolls(codec.encode_scrolls(want))[0]
     assert sl == other and other == sl  # the two twins' lists compare equal
     assert sl[0] == want[0] and sl[-1] is None and sl[-2] == want[-2]
     assert sl[1:4] == want[1:4] and sl[::-2] == want[::-2]
-    assert sl[2] is sl[2]  # made once, then kept
+    assert sl[2] == sl[2] and sl[2] is not sl[2]  # a new, equal Scroll per read
     assert list(reversed(sl)) == list(reversed(want))
     assert want[4] in sl and None in sl and sl.index(None) == 3 and sl.count(None) == 2
     assert sl + [1] == want + [1] and [1] + sl == [1] + want
@@ -716,7 +733,7 @@ def test_decode_get_replies_inverts_encode_get_replies(codec, filled):
     _, scrolls = filled
     names = NameTable()
     data = bytearray(b"junk" + codec.encode_get_replies(list(range(40, 40 + len(scrolls))),
-                                                       scrolls))
+                                                       scrolls)[0])
     got, pos, more = codec.decode_get_replies(data, 4, len(data), 40, len(scrolls) + 5, names)
     assert (pos, more) == (len(data), True) and len(got) == len(scrolls)
     for g, s in zip(got, scrolls):
@@ -728,14 +745,14 @@ def test_decode_get_replies_inverts_encode_get_replies(codec, filled):
                 s.key, s.version, s.created_at, s.updated_at)
     assert got[0].coordinate == "7.0.0/0.0.0/0.0.0"
     assert codec.decode_get_replies(memoryview(data), 4, len(data), 40, 2)[1:] == (
-        4 + len(codec.encode_get_replies([40, 41], scrolls[:2])), False)
+        4 + len(codec.encode_get_replies([40, 41], scrolls[:2])[0]), False)
     with pytest.raises(ValueError):
         codec.decode_get_replies(data, -1, len(data), 40, 1)
 
 
 def test_decode_get_replies_stops_where_it_must(codec, filled):
     _, scrolls = filled
-    frames = [codec.encode_get_replies([10 + i], [scrolls[i]]) for i in range(3)]
+    frames = [codec.encode_get_replies([10 + i], [scrolls[i]])[0] for i in range(3)]
     buf = b"".join(frames)
     f0 = len(frames[0])
 
@@ -803,7 +820,7 @@ def random_frames(rng: random.Random, e: Engine) -> tuple[bytes, list]:
             msgid += n
         elif r < 0.8:
             s = [e.get(key(rng.randrange(len(MIXED) + 3))) for _ in range(rng.randint(1, 4))]
-            out.append(P.encode_get_replies(list(range(msgid, msgid + len(s))), s))
+            out.append(P.encode_get_replies(list(range(msgid, msgid + len(s))), s)[0])
             scrolls.append((msgid, len(s)))
             msgid += len(s)
         elif r < 0.9:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import vtpu
+from vtpu.results import Scrolls
 from vtpu.testing import running_server
 
 MIXED = [
@@ -57,7 +58,8 @@ def test_remote_range_pages_of_every_content_kind():
             for cl in (c, m):
                 cl.cput_many(coords, contents)
             got, want = c.crange("2.2.2/2.2.2/2.2.*"), m.crange("2.2.2/2.2.2/2.2.*")
-            assert type(got) is list and len(got) == len(want) == len(coords)
+            assert type(got) is type(want) is Scrolls  # one result type, joined from 5 pages
+            assert len(got) == len(want) == len(coords) and got.keys == want.keys
             for g, w in zip(got, want):
                 assert (g.coordinate, g.version) == (w.coordinate, w.version)
                 if isinstance(w.content, np.ndarray):

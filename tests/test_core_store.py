@@ -283,6 +283,66 @@ def test_scrolls_behave_like_a_list():
     assert repr(res) == repr(ref)
 
 
+def test_scrolls_from_columns():
+    names = NameTable()
+    ks = [key(i) for i in range(4)]
+    r = Scrolls.from_columns(b"".join(ks), ["a", None, b"c", {"d": 1}],
+                             np.array([3, 0, 1, 7]), [1.0, 0.0, 2.0, 3.0],
+                             [1.5, 9.0, 2.5, 3.5], None, names)
+    assert r == [Scroll(ks[0], "a", 3, 1.0, 1.5, names), None,
+                 Scroll(ks[2], b"c", 1, 2.0, 2.5, names), Scroll(ks[3], {"d": 1}, 7, 3.0, 3.5, names)]
+    assert r.found.tolist() == [True, False, True, True] and r.names is names
+    assert r.versions.tolist() == [3, 0, 1, 7] and r.updated_at.tolist() == [1.5, 0.0, 2.5, 3.5]
+    assert r.contents == ["a", None, b"c", {"d": 1}] and r.keys == b"".join(ks)
+    # an explicit mask wins over the versions; a stacked array becomes read-only rows
+    emb = np.arange(12, dtype=np.float32).reshape(4, 3)
+    a = Scrolls.from_columns(b"".join(ks), emb, [1, 1, 1, 1], [0.0] * 4, [0.0] * 4,
+                             [True, True, False, True])
+    emb[0, 0] = 99  # the result holds its own copy
+    assert a[2] is None and a[0].content.tolist() == [0.0, 1.0, 2.0]
+    assert a[0].content.dtype == np.float32 and not a[0].content.flags.writeable
+    assert type(a.take([0, 1, 3]).contents) is np.ndarray
+    assert a.take([0, 1, 3]).contents.tolist() == [[0, 1, 2], [3, 4, 5], [9, 10, 11]]
+    empty = Scrolls.from_columns(b"", [], [], [], [])
+    assert len(empty) == 0 and empty == [] and empty.contents == []
+    for bad in (
+        dict(keys=b"x" * 17),
+        dict(contents=["a"]),
+        dict(versions=[1, 2]),
+        dict(created=[0.0] * 5),
+        dict(found=[True]),
+        dict(versions=["one"] * 4),
+        dict(contents=np.zeros((3, 2))),
+    ):
+        cols = dict(keys=b"".join(ks), contents=[1, 2, 3, 4], versions=[1] * 4,
+                    created=[0.0] * 4, updated=[0.0] * 4, found=None)
+        cols.update(bad)
+        with pytest.raises(InterfaceError):
+            Scrolls.from_columns(**cols)
+
+
+def test_scrolls_concat():
+    store, ks, res = _result()
+    other = _core.ColumnStore(Scroll, res.names)
+    other.put(key(40), np.arange(2, dtype=np.int8), 1.0)   # another store's type table
+    other.put(key(41), np.full(3, 7, np.float32), 1.0)
+    more = other.get_many(key(40) + key(41) + key(42))
+    cols = Scrolls.from_columns(key(50), [["x"]], [2], [1.0], [1.0])
+    both = Scrolls.concat([res, more, res[3:], cols])
+    ref = res.tolist() + more.tolist() + res[3:].tolist() + cols.tolist()
+    assert type(both) is Scrolls and both == ref and len(both) == 13
+    assert both.keys == res.keys + more.keys + res[3:].keys + cols.keys
+    assert both[6].content.dtype == np.int8 and both[6].content.tolist() == [0, 1]
+    assert both[7].content.tolist() == [7.0] * 3 and both[7].content.dtype == np.float32
+    assert both.versions.tolist() == [s.version if s else 0 for s in ref]
+    assert both.take([0, 4, 7]).contents.tolist() == [[0, 0, 0], [4, 4, 4], [7, 7, 7]]
+    assert Scrolls.concat([res]) is res
+    with pytest.raises(InterfaceError):
+        Scrolls.concat([])
+    with pytest.raises(InterfaceError):
+        Scrolls.concat([res, ref])
+
+
 def test_scrolls_pickle_as_their_items():
     store = _core.ColumnStore()
     store.put(key(1), "a", 1.0)

@@ -20,6 +20,7 @@ from vtpu import errors as E
 from vtpu import protocol as P
 from vtpu.engine import Engine
 from vtpu.netclient import RemoteEngine
+from vtpu.results import Scrolls
 from vtpu.testing import ServerThread, running_server
 
 pytestmark = pytest.mark.integration
@@ -107,6 +108,10 @@ def test_range_pages_transparently(client):
     res = client.range(pat)  # page_size is 7: four round trips
     assert [s.coordinate for s in res] == sorted(coords, key=lambda t: _core.pack(_core.parse_coord(t)))
     assert [s.content for s in res] == list(range(25))
+    # the pages are joined into one column result, as an embedded range gives
+    assert type(res) is Scrolls and len(res) == 25
+    assert res.coordinates == [s.coordinate for s in res] and res.contents == list(range(25))
+    assert res.keys == b"".join(s.key for s in res) and res.versions.tolist() == [1] * 25
     assert [s.content for s in client.range(pat, limit=10)] == list(range(10))
     after = res[11].key
     assert [s.content for s in client.range(pat, after=after, limit=9)] == list(range(12, 21))
@@ -115,6 +120,19 @@ def test_range_pages_transparently(client):
     assert _core.format_coords(ko) == [s.coordinate for s in res]
     assert client.count(pat) == 25
     assert client.range(_core.parse_pattern("7.*.*/*.*.*/*.*.*")) == []
+
+
+def test_range_pages_of_arrays_join_into_one_stacked_column(client):
+    coords = [f"4.1.1/1.1.1/1.{i}.{j}" for i in range(1, 6) for j in range(1, 6)]
+    emb = np.arange(25 * 6, dtype=np.float32).reshape(25, 6)
+    client.put_many(keys(coords), emb)  # stored in coordinate order
+    client.put(key("4.1.1/1.1.1/9.9.9"), np.arange(3, dtype=np.int64))  # another dtype
+    res = client.range(_core.parse_pattern("4.*.*/*.*.*/*.*.*"))  # page_size 7: 4 pages
+    assert type(res) is Scrolls and len(res) == 26
+    assert [s.content.tolist() for s in res[:25]] == emb.tolist()
+    assert res[25].content.tolist() == [0, 1, 2] and res[25].content.dtype == np.int64
+    got = res[:21].contents  # the three stacked pages (the last one has two dtypes)
+    assert type(got) is np.ndarray and got.dtype == np.float32 and np.array_equal(got, emb[:21])
 
 
 def test_nearest_hier(client):

@@ -21,12 +21,13 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t, INT64_MAX
 from libc.string cimport memcpy, memmove, memset
 
 import numpy as np
 
 from vtpu import protocol as _ref
+from vtpu._core import Scrolls as _Scrolls
 from vtpu.coords import Scroll
 from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
 from vtpu.protocol import Reply, packb, parse_request, refuse_big_batch, unpackb
@@ -489,7 +490,8 @@ cdef int put_scroll(Buf* b, object s) except -1:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE,
+                       max_bytes=None):
     """Encode the replies to a run of GET requests, back to back.
 
     The bytes equal ``b"".join(encode_response(msgids[i], scroll_to_wire(scrolls[i])))``.
@@ -497,7 +499,9 @@ def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_M
     :param msgids: the requests' ids.
     :param scrolls: one Scroll (anything with those five attributes) or ``None`` each.
     :param max_frame_size: the largest body allowed per reply.
-    :returns: the reply frames as one bytes object.
+    :param max_bytes: stop after the first reply that brings the output to this many
+        bytes or more (at least one reply is encoded); ``None``: encode them all.
+    :returns: ``(frames, n)``: the first ``n`` reply frames as one bytes object.
     :raises LimitError: if one reply would exceed ``max_frame_size`` (nothing is
         returned; the caller answers that request alone with an error).
     :raises InterfaceError: if the lengths differ or a content cannot be encoded.
@@ -507,6 +511,7 @@ def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_M
     if not PyList_CheckExact(scrolls):
         scrolls = list(scrolls)
     cdef Py_ssize_t n = len(<list>msgids), i, start
+    cdef Py_ssize_t stop = -1 if max_bytes is None else max_bytes
     if n != len(<list>scrolls):
         raise InterfaceError(f"{n} msgids for {len(<list>scrolls)} scrolls")
     cdef Buf b
@@ -522,7 +527,9 @@ def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_M
             put1(&b, 0x00)
             put_scroll(&b, <object>PyList_GET_ITEM(scrolls, i))
             frame_close(&b, start, max_frame_size)
-        return buf_bytes(&b)
+            if stop >= 0 and b.n >= stop:
+                return buf_bytes(&b), i + 1
+        return buf_bytes(&b), n
     finally:
         buf_free(&b)
 
@@ -871,205 +878,62 @@ cdef object read_content(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t end
 
 
 # ---------------------------------------------------------------------------------------
-# Scroll lists
+# Scroll lists: decoded column by column straight into the core's Scrolls
 
 cdef object _UNSET = object()
-
-
-cdef class ScrollList:
-    """A read-only list of Scroll-or-None decoded from a column-wise scroll list.
-
-    Made by :func:`decode_scrolls`. Every field is decoded when the list is made (so a
-    malformed list fails there, as with the reference); the Scroll objects themselves
-    are made the first time an index is read, then kept, so the same index gives the
-    same object. It behaves like a list of Scroll/None: ``len``, indexing (negative
-    too), slices (a list), iteration, ``in``, ``index``, ``count``, ``==`` with a list or
-    another ScrollList, ``+``, ``list(x)``; it pickles as a list.
-    """
-    cdef bytes keys
-    cdef list contents
-    cdef uint64_t* versions
-    cdef double* created
-    cdef double* updated
-    cdef Py_ssize_t n
-    cdef object names
-    cdef list cache
-
-    def __cinit__(self):
-        self.versions = NULL
-        self.created = self.updated = NULL
-
-    def __dealloc__(self):
-        PyMem_Free(self.versions)
-        PyMem_Free(self.created)
-        PyMem_Free(self.updated)
-
-    def __len__(self):
-        return self.n
-
-    cdef object _at(self, Py_ssize_t i):
-        v = <object>PyList_GET_ITEM(self.cache, i)
-        if v is _UNSET:
-            if self.versions[i] == 0:
-                v = None
-            else:
-                v = Scroll(
-                    PyBytes_FromStringAndSize(PyBytes_AS_STRING(self.keys) + KEY_SIZE * i,
-                                              KEY_SIZE),
-                    <object>PyList_GET_ITEM(self.contents, i),
-                    self.versions[i], self.created[i], self.updated[i], self.names)
-            self.cache[i] = v
-        return v
-
-    def __getitem__(self, idx):
-        cdef Py_ssize_t i
-        if isinstance(idx, slice):
-            return [self._at(i) for i in range(*idx.indices(self.n))]
-        i = idx
-        if i < 0:
-            i += self.n
-        if i < 0 or i >= self.n:
-            raise IndexError("ScrollList index out of range")
-        return self._at(i)
-
-    def __iter__(self):
-        return ScrollListIterator(self)
-
-    def __reversed__(self):
-        cdef Py_ssize_t i
-        for i in range(self.n - 1, -1, -1):
-            yield self._at(i)
-
-    def __contains__(self, x):
-        cdef Py_ssize_t i
-        for i in range(self.n):
-            v = self._at(i)
-            if v is x or v == x:
-                return True
-        return False
-
-    def index(self, x):
-        """Index of the first item equal to ``x``; raises ValueError if none."""
-        cdef Py_ssize_t i
-        for i in range(self.n):
-            v = self._at(i)
-            if v is x or v == x:
-                return i
-        raise ValueError(f"{x!r} is not in the list")
-
-    def count(self, x):
-        """How many items equal ``x``."""
-        cdef Py_ssize_t i, c = 0
-        for i in range(self.n):
-            v = self._at(i)
-            if v is x or v == x:
-                c += 1
-        return c
-
-    def tolist(self):
-        """All items as a plain list (every Scroll made now)."""
-        return [self._at(i) for i in range(self.n)]
-
-    def __eq__(self, other):
-        if isinstance(other, ScrollList):
-            other = (<ScrollList>other).tolist()
-        elif not isinstance(other, list):
-            return NotImplemented
-        return self.tolist() == other
-
-    def __ne__(self, other):
-        r = self.__eq__(other)
-        return r if r is NotImplemented else not r
-
-    __hash__ = None
-
-    def __add__(self, other):
-        return self.tolist() + list(other)
-
-    def __radd__(self, other):
-        return list(other) + self.tolist()
-
-    def __repr__(self):
-        return repr(self.tolist())
-
-    def __reduce__(self):
-        return (list, (self.tolist(),))
-
-
-cdef class ScrollListIterator:
-    """Iterator over a :class:`ScrollList` (each Scroll made as it is reached)."""
-    cdef ScrollList items
-    cdef Py_ssize_t i
-
-    def __cinit__(self, ScrollList items):
-        self.items = items
-        self.i = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.i >= self.items.n:
-            raise StopIteration
-        self.i += 1
-        return self.items._at(self.i - 1)
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
                               Py_ssize_t* end_out):
-    """The ScrollList at ``data[pos:]``, or None when it is not in the canonical form
-    read here (then the reference decodes it, or says why it is malformed)."""
+    """The scroll list at ``data[pos:]`` as a :class:`vtpu.results.Scrolls`, or None when
+    it is not in the canonical form read here (then the reference decodes it, or says
+    why it is malformed)."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t end = len(data), n, cnt, i, kl, q
     cdef int k
-    cdef double* col
     cdef double d
+    cdef uint64_t x
     if pos < 0 or pos >= end or p[pos] != 0x95:
         return None
     q = read_binhdr(p, pos + 1, end, &kl)
     if q < 0 or kl % KEY_SIZE:
         return None
     n = kl // KEY_SIZE
-    cdef ScrollList out = ScrollList.__new__(ScrollList)
-    out.n = n
-    out.names = names
-    out.keys = PyBytes_FromStringAndSize(<const char*>p + q, kl)
-    cdef Py_ssize_t sz = n if n else 1
-    out.versions = <uint64_t*>PyMem_Malloc(sz * sizeof(uint64_t))
-    out.created = <double*>PyMem_Malloc(sz * sizeof(double))
-    out.updated = <double*>PyMem_Malloc(sz * sizeof(double))
-    if out.versions == NULL or out.created == NULL or out.updated == NULL:
-        raise MemoryError()
+    keys = PyBytes_FromStringAndSize(<const char*>p + q, kl)
     pos = read_arrhdr(p, q + kl, end, &cnt)
     if pos < 0 or cnt != n:
         return None  # stacked ndarray contents (an ext value), or malformed
-    out.contents = PyList_New(n)
+    contents = PyList_New(n)
     for i in range(n):
         Py_INCREF(None)
-        PyList_SET_ITEM(out.contents, i, None)
+        PyList_SET_ITEM(contents, i, None)
     for i in range(n):
         v = read_content(p, &pos, end)
         if pos < 0:
             return None
         if v is not None:
-            out.contents[i] = v
+            contents[i] = v
     pos = read_arrhdr(p, pos, end, &cnt)
     if pos < 0 or cnt != n:
         return None
+    ver = np.empty(n, dtype=np.int64)
+    times = np.empty((2, n), dtype=np.float64)
+    cdef int64_t[::1] vv = ver
+    cdef double[:, ::1] tt = times
     for i in range(n):
-        pos = read_uint(p, pos, end, &out.versions[i])
-        if pos < 0:
+        pos = read_uint(p, pos, end, &x)
+        if pos < 0 or x > <uint64_t>INT64_MAX:
             return None
+        vv[i] = <int64_t>x
     for k in range(2):
-        col = out.created if k == 0 else out.updated
         pos = read_arrhdr(p, pos, end, &cnt)
         if pos < 0 or cnt != n:
             return None
         for i in range(n):
-            if out.versions[i] == 0:
-                col[i] = 0.0
+            if vv[i] == 0:
+                tt[k, i] = 0.0
                 pos = skip(p, pos, end, 0)  # an absent entry's time is not looked at
                 if pos < 0:
                     return None
@@ -1077,13 +941,9 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
                 pos = read_double(p, pos, end, &d)
                 if pos < 0:
                     return None
-                col[i] = d
-    out.cache = PyList_New(n)
-    for i in range(n):
-        Py_INCREF(_UNSET)
-        PyList_SET_ITEM(out.cache, i, _UNSET)
+                tt[k, i] = d
     end_out[0] = pos
-    return out
+    return _Scrolls.from_columns(keys, contents, ver, times[0], times[1], None, names)
 
 
 def decode_scrolls(data, Py_ssize_t offset=0, names=None):
@@ -1092,9 +952,8 @@ def decode_scrolls(data, Py_ssize_t offset=0, names=None):
     :param data: bytes holding the encoded list (a reply body, say).
     :param offset: where the list starts.
     :param names: the name table given to every Scroll.
-    :returns: ``(scrolls, end)``: a :class:`ScrollList` (a plain list for the stacked
-        ndarray form) of Scroll or ``None`` (version 0), and the offset just after the
-        list.
+    :returns: ``(scrolls, end)``: a :class:`vtpu.results.Scrolls` (item i a Scroll,
+        or ``None`` for version 0), and the offset just after the list.
     :raises ProtocolError: if the bytes are truncated or not a scroll list.
     """
     cdef Py_ssize_t end = 0

@@ -97,6 +97,9 @@ class Backend(Protocol):
     def name_table(self) -> list:
         """The whole name table; index i is id 0xF000 + i."""
 
+    def reclaim_names(self) -> int:
+        """Free the ids of names no stored key uses; returns how many."""
+
     def health(self) -> dict:
         """``{'status': 'ok', ...}``."""
 

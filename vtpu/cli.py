@@ -5,11 +5,13 @@
     vtpu serve  [--host 127.0.0.1] [--port 1337] [--data DIR] [--fsync always|everysec|never]
                 [--token-file PATH | --token T] [--unprotected]
                 [--tls-cert CERT [--tls-key KEY] [--tls-ca CA]]
+                [--max-clients N] [--timeout S] [--hello-timeout S] [--frame-timeout S]
+                [--output-limit HARD SOFT S] [--names-per-second N]
     vtpu demo   [--host H --port P | --url mem://]
     vtpu bench  [--all | --test NAME] [--trials N] [--export FILE.json] [--plot FILE.png] [--host H --port P]
     vtpu get C | put C TEXT | range PATTERN | del C      [--url URL]
     vtpu import FILE.phext | export FILE.phext           [--url URL]
-    vtpu stats [--url URL]
+    vtpu stats | reclaim-names [--url URL]
 
 Commands that talk to a store take ``--url`` (default ``$VTPU_URL`` or
 ``vtpu://127.0.0.1:1337``; ``vtpus://`` for TLS, ``vtpu://:TOKEN@HOST:PORT`` with a
@@ -152,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--url", default=_default_url())
     c = sub.add_parser("stats", help="store statistics")
     c.add_argument("--url", default=_default_url())
+    c = sub.add_parser("reclaim-names", help="free the name ids no stored key uses")
+    c.add_argument("--url", default=_default_url())
     return ap
 
 
@@ -203,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"exported {len(text)} characters to {ns.file}")
             elif ns.cmd == "stats":
                 print(json.dumps(c.stats(), indent=2, default=str))
+            elif ns.cmd == "reclaim-names":
+                print(f"reclaimed {c.reclaim_names()} name ids")
         return 0
     except (VTPUError, OSError) as e:
         print(f"vtpu {ns.cmd}: {type(e).__name__}: {e}", file=sys.stderr)

@@ -264,8 +264,8 @@ class Client:
             a list of N contents, ``None`` where nothing is stored (a stored ``None``
             content reads the same). Remotely the reply carries no keys, versions or
             times, and no Scroll objects are made.
-        :returns: N Scrolls / None in input order (a list, or a list-like
-            :class:`~vtpu._cprotocol.ScrollList` from a server), or N contents with
+        :returns: N Scrolls / None in input order, as a :class:`vtpu.results.Scrolls`
+            (the same column result on every backend), or N contents (a list) with
             ``content_only``.
         :raises CoordinateError: a malformed coordinate.
         """
@@ -701,6 +701,14 @@ class Client:
     def intern(self, names) -> list:
         """Ids of names (0xF000...), interning the unknown ones."""
         return self._now(self._plan_intern(names))
+
+    def reclaim_names(self) -> int:
+        """Free the store's name ids that no stored key uses (a flood of junk names
+        undone); returns how many, and refreshes this client's name table."""
+        n = self._now(_Call("reclaim_names", "reclaim_names", (), _NO_KW, None))
+        if n:
+            self._now(_Call("name_table", "name_table", (), _NO_KW, None))
+        return n
 
     def health(self) -> dict:
         """The store's health: ``{'status': 'ok', ...}``."""

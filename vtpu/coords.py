@@ -80,8 +80,11 @@ class NameTable:
     """Names <-> ids (0xF000 + index) for name components of coordinates.
 
     The store owns the authoritative table; clients hold a cache whose misses go to the
-    store through ``resolver``. Ids never change once given, so a cache is never stale,
-    only incomplete.
+    store through ``resolver``. An id keeps its name until the store reclaims it
+    (:meth:`reclaim`: names no stored key uses); a reclaimed id is a free slot (an empty
+    entry) and is given to a new name only once no never-used id is left. The
+    :attr:`epoch` changes with every reclaim, so a cache taken at another epoch must be
+    refreshed before its ids are trusted.
 
     :param names: initial names, in id order.
     :param resolver: ``resolver(names, intern) -> list[int | None]`` asked for names not
@@ -99,7 +102,12 @@ class NameTable:
         on_intern: Callable[[int, list], None] | None = None,
     ):
         self._ids: dict[str, int] = {}
-        self._names: list[str] = []
+        self._names: list[str] = []  # "" marks a free (reclaimed) slot
+        self._free: set[int] = set()  # indexes of the free slots
+        self._reclaims = 0
+        # (index, previous entry) for every slot freed or given again since the owner's
+        # last commit, so a failed commit can put them back (see truncate).
+        self._changed: list[tuple[int, str]] = []
         self._resolver = resolver
         self._on_intern = on_intern
         self._lock = threading.Lock()
@@ -109,8 +117,10 @@ class NameTable:
 
     @property
     def epoch(self) -> int:
-        """Number of names known; grows by one with every new name."""
-        return len(self._names)
+        """Changes with every change of the ids: the number of entries (free slots
+        included) plus ``MAX_NAMES`` for every reclaim that freed ids in this process.
+        Equal to the number of names while nothing was reclaimed."""
+        return len(self._names) + MAX_NAMES * self._reclaims
 
     def __len__(self) -> int:
         return len(self._names)
@@ -132,23 +142,72 @@ class NameTable:
         return name
 
     def extend(self, names: list[str]) -> None:
-        """Append names known to hold the next ids (cache sync; no persistence hook)."""
+        """Append names known to hold the next ids (cache sync, loading a store; no
+        persistence hook). An empty string is a free slot: it keeps its position."""
         with self._lock:
             for name in names:
-                if name not in self._ids:
+                if not name:
+                    self._free.add(len(self._names))
+                    self._names.append("")
+                elif name not in self._ids:
                     self._ids[name] = NAME_BASE + len(self._names)
                     self._names.append(name)
 
+    def is_free(self, ident: int) -> bool:
+        """Whether ``ident`` is a reclaimed id not given to a name again."""
+        return int(ident) - NAME_BASE in self._free
+
+    @property
+    def free(self) -> int:
+        """Number of reclaimed ids not given to a name again."""
+        return len(self._free)
+
+    def reclaim(self, idents: Iterable[int]) -> list[str]:
+        """Free these ids (the store's table: names no stored key uses).
+
+        :returns: the names freed, in id order.
+        """
+        with self._lock:
+            out = []
+            for ident in sorted(set(int(i) for i in idents)):
+                idx = ident - NAME_BASE
+                if 0 <= idx < len(self._names) and self._names[idx]:
+                    out.append(self._names[idx])
+                    self._changed.append((idx, self._names[idx]))
+                    del self._ids[self._names[idx]]
+                    self._names[idx] = ""
+                    self._free.add(idx)
+            if out:
+                self._reclaims += 1
+            return out
+
     def truncate(self, n: int) -> None:
-        """Forget every name with index >= ``n`` (the engine undoing a failed commit:
-        those ids were never acknowledged to anyone, so they may be given again).
+        """Forget every name with index >= ``n`` and undo the slots freed or given again
+        since :meth:`committed` (the engine undoing a failed commit: those ids were never
+        acknowledged to anyone, so they may be given again).
 
         :param n: the number of names to keep.
         """
         with self._lock:
+            for idx, before in reversed(self._changed):
+                now = self._names[idx]
+                if now:
+                    self._ids.pop(now, None)
+                self._names[idx] = before
+                if before:
+                    self._ids[before] = NAME_BASE + idx
+                    self._free.discard(idx)
+                else:
+                    self._free.add(idx)
+            self._changed = []
             for name in self._names[n:]:
                 self._ids.pop(name, None)
             del self._names[n:]
+            self._free = {i for i in self._free if i < n}
+
+    def committed(self) -> None:
+        """The owner made every change so far durable: :meth:`truncate` keeps them."""
+        self._changed = []
 
     def lookup(self, name: str, intern: bool = True) -> int | None:
         """The id of ``name``.
@@ -187,20 +246,31 @@ class NameTable:
             elif intern:
                 with self._lock:
                     fresh = [n for n in missing if n not in self._ids]
-                    if len(self._names) + len(fresh) > MAX_NAMES:
+                    room = MAX_NAMES - len(self._names)
+                    if len(fresh) > room + len(self._free):
                         raise LimitError(
                             f"name table full: {MAX_NAMES} names, cannot add {fresh[:3]}"
                         )
+                    # Never-used ids first; reclaimed ones only once those run out.
                     first = len(self._names)
-                    for n in fresh:
+                    runs = [(first, fresh[:room])] if room > 0 and fresh else []
+                    for n in fresh[:room]:
                         self._ids[n] = NAME_BASE + len(self._names)
                         self._names.append(n)
-                if fresh and self._on_intern is not None:
-                    self._on_intern(first, fresh)
+                    for n in fresh[max(room, 0):]:
+                        idx = min(self._free)
+                        self._changed.append((idx, ""))
+                        self._free.discard(idx)
+                        self._ids[n] = NAME_BASE + idx
+                        self._names[idx] = n
+                        runs.append((idx, [n]))
+                if self._on_intern is not None:
+                    for at, added in runs:
+                        self._on_intern(at, added)
         return [self._ids.get(n) for n in names]
 
     def check_ids(self, coords: np.ndarray) -> None:
-        """Refuse coordinates holding name ids this table never gave out.
+        """Refuse coordinates holding name ids this table never gave out, or reclaimed.
 
         :param coords: (9,) or (N, 9) uint16 coordinates.
         :raises CoordinateError: a component is an id >= 0xF000 + len(table) (such a key
@@ -215,6 +285,16 @@ class NameTable:
             raise CoordinateError(
                 f"{row}component {j + 1} holds name id 0x{int(arr[i, j]):04X}, which is not "
                 f"in the name table ({len(self._names)} names): intern the name first")
+        if self._free:
+            freed = np.isin(arr, np.fromiter(self._free, np.int64, len(self._free)) + NAME_BASE)
+            bad = np.argwhere(freed)
+            if len(bad):
+                i, j = (int(x) for x in bad[0])
+                row = f"row {i} " if arr.shape[0] > 1 else ""
+                raise CoordinateError(
+                    f"{row}component {j + 1} holds name id 0x{int(arr[i, j]):04X}, which was "
+                    "reclaimed (no stored key used it): intern the name again and refresh "
+                    "the name table")
 
     def name_of(self, ident: int) -> str:
         """The name with id ``ident``.
@@ -236,10 +316,11 @@ class NameTable:
             self.extend_from(self._resolver.full_table())
 
     def extend_from(self, names: list[str]) -> None:
-        """Replace the cache with the store's complete table (ids are stable)."""
+        """Replace the cache with the store's complete table (empty entries: free)."""
         with self._lock:
             self._names = list(names)
             self._ids = {n: NAME_BASE + i for i, n in enumerate(names) if n}
+            self._free = {i for i, n in enumerate(names) if not n}
 
     def to_list(self) -> list[str]:
         """All names in id order (index i is id 0xF000 + i)."""

@@ -38,7 +38,8 @@ import numpy as np
 
 from vtpu import _core, phext
 from vtpu._version import __version__
-from vtpu.coords import NameTable, Scroll, UnknownName, apply_delta_any, delta_in_range
+from vtpu.coords import (MAX_NAMES, NAME_BASE, NameTable, Scroll, UnknownName, apply_delta_any,
+                         delta_in_range)
 from vtpu.errors import (CoordinateError, InterfaceError, LimitError, NotFoundError,
                          RequestTimeout, VersionConflict)
 from vtpu.index import CoordIndex
@@ -47,7 +48,7 @@ from vtpu.steps import Best, Steps, run
 
 __all__ = ["Engine", "check_content", "check_count", "check_key", "check_blob", "check_contents",
            "check_metric", "check_direction", "check_patterns", "check_values", "check_deltas",
-           "check_name_list", "check_text"]
+           "check_name_list", "check_text", "estimate_wire_size"]
 
 _FULL = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
 _EMPTY_COORDS = np.empty((0, 9), dtype=np.uint16)
@@ -370,6 +371,56 @@ def _edge_targets(content: Any, names: NameTable) -> list[bytes] | None:
     return out
 
 
+_SCROLL_WIRE = 48   # a scroll's key, version and times, with their msgpack headers
+_FLAT = frozenset((str, bytes))
+
+
+def _content_size(v: Any) -> int:
+    """About how many bytes a content takes in msgpack (exact for bin, ASCII str and
+    arrays; a str of other text is counted by characters)."""
+    t = type(v)
+    if t is bytes or t is str:
+        return len(v) + 5
+    if t is np.ndarray:
+        return v.nbytes + 32
+    if t is list:
+        return 5 + sum([_content_size(x) for x in v])
+    if t is dict:
+        return 5 + sum([_content_size(k) + _content_size(x) for k, x in v.items()])
+    return 9
+
+
+def estimate_wire_size(scrolls: list, stop: int | None = None,
+                       per_scroll: int = _SCROLL_WIRE) -> tuple[int, int]:
+    """About how many bytes these scrolls take in a reply, without encoding them: each
+    content's size plus a fixed amount per scroll.
+
+    :param scrolls: Scrolls, or None for absent entries.
+    :param stop: a size of interest: when the total passes it, say where.
+    :param per_scroll: bytes added per scroll besides its content.
+    :returns: ``(bytes, n)``: the estimate for all the scrolls and ``n = len(scrolls)``,
+        or, when it passes ``stop``, the estimate up to and including the ``n``-th
+        scroll, the first at which the running total passes ``stop``.
+    """
+    contents = [s.content for s in scrolls if s is not None]
+    if set(map(type, contents)) <= _FLAT:  # the common case, at C speed
+        sizes = list(map(len, contents))
+        head = per_scroll + 5
+    else:
+        sizes = list(map(_content_size, contents))
+        head = per_scroll
+    total = sum(sizes) + head * len(contents) + 4 * (len(scrolls) - len(contents))
+    if stop is None or total <= stop:
+        return total, len(scrolls)
+    run = 0
+    it = iter(sizes)
+    for n, s in enumerate(scrolls, 1):
+        run += 4 if s is None else head + next(it)
+        if run > stop:
+            return run, n
+    return total, len(scrolls)  # (not reached: the total passed stop)
+
+
 class Engine:
     """An in-memory, indexed coordinate store with optional durable storage.
 
@@ -415,6 +466,10 @@ class Engine:
         # pass (it checks the order), and the index's main array is that run.
         self._map.load(rows)
         self._index.clear()
+        if len(self.names) >= MAX_NAMES and not self.names.free:
+            # A full table (a flood of names, say) would refuse every new name for good:
+            # free what no key uses.
+            self.reclaim_names()
         self.load_seconds = time.perf_counter() - t0
 
     def _queued(self, mark: int, queue: Any, *args: Any, commit: bool = True) -> None:
@@ -467,6 +522,7 @@ class Engine:
             raise
         self._undo = []
         self._names_mark = len(self.names)
+        self.names.committed()
         return n
 
     def close(self) -> None:
@@ -525,6 +581,40 @@ class Engine:
         if content_only:
             return self._map.contents(blob)
         return self._map.get_many(blob)
+
+    def content_lengths(self, blob: bytes) -> np.ndarray:
+        """How many bytes each stored content at these keys holds, without reading any
+        (-1 where nothing is stored, -2 for a content kept as a Python object).
+
+        :param blob: N*18 bytes of packed keys.
+        :returns: (N,) int64 array.
+        :raises InterfaceError: a malformed blob.
+        """
+        return self._map.content_lengths(check_blob(blob))
+
+    def estimate_size(self, blob: bytes, stop: int | None = None,
+                      content_only: bool = False) -> int:
+        """About how many bytes the scrolls at these keys take in a reply (see
+        :func:`estimate_wire_size`), for refusing a read before building its reply.
+
+        :param blob: N*18 bytes of packed keys.
+        :param stop: stop counting once the total passes this many bytes.
+        :param content_only: count the contents only (a values-only read).
+        :returns: the estimate (at most one content past ``stop``).
+        """
+        # Sized from the store's own lengths: nothing is read or copied (a reply of the
+        # same big value a thousand times must be refused before it costs memory).
+        lengths = self.content_lengths(blob)
+        per_scroll = 5 + (0 if content_only else _SCROLL_WIRE)
+        found = lengths >= 0
+        total = int(lengths[found].sum()) + per_scroll * int(found.sum()) \
+            + 4 * int((~found).sum())
+        objects = np.flatnonzero(lengths == -2)
+        for i in objects.tolist():  # the rare contents kept as Python objects
+            total += _content_size(self._map.content(blob[18 * i:18 * i + 18])) - 5
+            if stop is not None and total > stop:
+                break
+        return total
 
     def put(self, key: bytes, content: Any, if_version: int | None = None) -> int:
         """CPUT: write a scroll; returns its new version.
@@ -792,10 +882,11 @@ class Engine:
             return q, None
         raise InterfaceError(f"query must be a key or a vector, got {type(q).__name__}")
 
-    def _vectors(self, scrolls: list, size: int | None, what: str, against: str = "",
+    def _vectors(self, scrolls, size: int | None, what: str, against: str = "",
                  hint: str = "") -> np.ndarray:
         """The contents of ``scrolls`` stacked as (n, size) vectors, dtype kept.
 
+        :param scrolls: a :class:`~vtpu.results.Scrolls` (None where nothing is stored).
         :param size: the size every vector must have (None: the first one's).
         :param what: "query", "key" or "value", for messages.
         :param against: what fixed the size ("the query vector"), for messages.
@@ -803,9 +894,15 @@ class Engine:
         :raises InterfaceError: a scroll holds no 1-d numeric vector, or one of another
             size; the message names its coordinate and both sizes.
         """
-        vecs = [None if s is None else _vector(s.content) for s in scrolls]
-        if not vecs:
+        if not len(scrolls):
             return np.empty((0, size or 0))
+        # The common case in one core call: every scroll holds a 1-d numeric array of one
+        # dtype and size, so the contents column is already the (n, size) matrix.
+        col = scrolls.contents
+        if isinstance(col, np.ndarray) and col.ndim == 2 and col.dtype.kind in "biuf" \
+                and (size is None or col.shape[1] == size):
+            return col
+        vecs = [None if s is None else _vector(s.content) for s in scrolls]
         shapes = {None if v is None else v.shape for v in vecs}
         if len(shapes) == 1 and None not in shapes and (size is None or shapes == {(size,)}):
             return np.stack(vecs)
@@ -846,18 +943,17 @@ class Engine:
                 raise InterfaceError("a values delta must not contain wildcards")
             for a in range(0, len(vcoords), GATHER):
                 yield
-                scrolls = list(self.get_many(_core.pack_many(vcoords[a:a + GATHER])))
-                for i, s in enumerate(scrolls):
-                    if s is None:
-                        raise InterfaceError(
-                            f"no value scroll at {self._fmt(_core.pack(vcoords[a + i]))} (the "
-                            f"value of the key at {self._fmt(_core.pack(keys[a + i]))})")
+                scrolls = self.get_many(_core.pack_many(vcoords[a:a + GATHER]))
+                for i in np.flatnonzero(~scrolls.found):
+                    raise InterfaceError(
+                        f"no value scroll at {self._fmt(_core.pack(vcoords[a + i]))} (the "
+                        f"value of the key at {self._fmt(_core.pack(keys[a + i]))})")
                 take(scrolls)
         else:                                   # a pattern aligned with the keys
             vcoords = yield from self._index.query_steps(values)
             for part, _ in self._chunks(vcoords):
                 yield
-                take(list(part))
+                take(part)
         if got != len(keys):
             raise InterfaceError(f"values give {got} scrolls for {len(keys)} keys")
         if not parts:
@@ -930,7 +1026,7 @@ class Engine:
             kparts.append(pc)
             if qvec is not None and mode != "distance":
                 d = qvec.shape[0]
-                K = self._vectors(list(part), d, "key", "the query vector",
+                K = self._vectors(part, d, "key", "the query vector",
                                   " (keys of mixed kinds: pass mode='distance' to score every "
                                   "key by coordinate distance)").astype(np.float64)
                 parts.append(K @ qvec.astype(np.float64) / math.sqrt(d))
@@ -1045,13 +1141,11 @@ class Engine:
         if isinstance(queries, (bytes, bytearray)):
             if len(queries) % 18:
                 raise InterfaceError(f"query keys need a multiple of 18 bytes, got {len(queries)}")
-            qs = []
-            for i in range(0, len(queries), 18):
-                s = m.get(bytes(queries[i:i + 18]))
-                if s is None:
-                    raise NotFoundError(f"no scroll at the query coordinate "
-                                        f"{self._fmt(bytes(queries[i:i + 18]))} (query {i // 18})")
-                qs.append(s)
+            qs = m.get_many(bytes(queries))
+            for i in np.flatnonzero(~qs.found):
+                key = bytes(queries[18 * i:18 * i + 18])
+                raise NotFoundError(f"no scroll at the query coordinate {self._fmt(key)} "
+                                    f"(query {i})")
             Q = self._vectors(qs, None, "query")
         else:
             Q = np.asarray(queries)
@@ -1082,7 +1176,7 @@ class Engine:
         cparts: list = []
         for part, pc in self._chunks(ucoords):
             yield
-            kparts.append(self._vectors(list(part), d, "key", "each query vector"))
+            kparts.append(self._vectors(part, d, "key", "each query vector"))
             cparts.append(pc)
         if sum(len(c) for c in cparts) != len(ucoords):
             # A key was deleted since the windows were laid out: lay them out again.
@@ -1306,8 +1400,31 @@ class Engine:
         return self.names.intern_many(list(names), False)
 
     def name_table(self) -> list:
-        """The whole name table, index i = id 0xF000 + i."""
+        """The whole name table, index i = id 0xF000 + i ("" for a reclaimed id)."""
         return self.names.to_list()
+
+    def reclaim_names(self) -> list:
+        """Free the ids of the names no stored key uses, so a flood of junk names can be
+        undone (persisted with the data). A freed id is refused in keys until it is given
+        to a name again, which happens only once no never-used id is left; the table's
+        epoch changes, telling caches to refresh.
+
+        :returns: how many ids were freed.
+        """
+        coords = self._index.all_coords()
+        named = coords[coords >= NAME_BASE]
+        used = set(np.unique(named).tolist()) if named.size else set()
+        table = self.names.to_list()
+        unused = [NAME_BASE + i for i, n in enumerate(table) if n and NAME_BASE + i not in used]
+        freed = self.names.reclaim(unused)
+        if self.storage is None:
+            self.names.committed()  # nothing to roll back in memory only
+        elif freed:
+            for ident in unused:
+                self.storage.add_names(ident - NAME_BASE, [""])
+            if self.autocommit:
+                self.commit()
+        return len(freed)
 
     def import_phext(self, text: str, skip_invalid: bool = False) -> int:
         """Store every scroll of a .phext document; returns how many were stored.

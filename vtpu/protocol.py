@@ -33,6 +33,7 @@ import numpy as np
 
 from .coords import Scroll
 from ._core import KEY_BYTES as KEY_SIZE
+from ._core import Scrolls
 from .errors import (
     FrameTooLarge,
     InterfaceError,
@@ -70,7 +71,6 @@ __all__ = [
     "decode_scrolls",
     "decode_response_scrolls",
     "decode_get_replies",
-    "ScrollList",
     "FrameDecoder",
     "RequestError",
     "refuse_big_batch",
@@ -95,6 +95,7 @@ __all__ = [
     "check_blob",
     "scrolls_to_wire",
     "wire_to_rows",
+    "wire_to_scrolls",
     "scroll_to_wire",
 ]
 
@@ -445,7 +446,8 @@ def encode_responses(msgids: list, results: list,
 
 
 def encode_get_replies(msgids: list, scrolls: list,
-                       max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+                       max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                       max_bytes: int | None = None) -> tuple[bytes, int]:
     """Encode the replies to a run of GET requests, back to back.
 
     The bytes equal ``b"".join(encode_response(msgids[i], scroll_to_wire(scrolls[i])))``:
@@ -455,16 +457,24 @@ def encode_get_replies(msgids: list, scrolls: list,
     :param msgids: the requests' ids.
     :param scrolls: one Scroll (anything with those five attributes) or ``None`` each.
     :param max_frame_size: the largest body allowed per reply.
-    :returns: the reply frames as one bytes object.
+    :param max_bytes: stop after the first reply that brings the output to this many
+        bytes or more (at least one reply is encoded); ``None``: encode them all.
+    :returns: ``(frames, n)``: the first ``n`` reply frames as one bytes object.
     :raises LimitError: if one reply would exceed ``max_frame_size`` (nothing is
         returned; the caller answers that request alone with an error).
     :raises InterfaceError: if the lengths differ or a content cannot be encoded.
     """
     if len(msgids) != len(scrolls):
         raise InterfaceError(f"{len(msgids)} msgids for {len(scrolls)} scrolls")
-    return b"".join(
-        encode_response(m, scroll_to_wire(s), max_frame_size) for m, s in zip(msgids, scrolls)
-    )
+    out = []
+    size = 0
+    for m, s in zip(msgids, scrolls):
+        f = encode_response(m, scroll_to_wire(s), max_frame_size)
+        out.append(f)
+        size += len(f)
+        if max_bytes is not None and size >= max_bytes:
+            break
+    return b"".join(out), len(out)
 
 
 def encode_scrolls(scrolls: list) -> bytes:
@@ -1115,7 +1125,7 @@ def wire_to_rows(w: Any) -> Iterator[tuple | None]:
         raise ProtocolError(f"malformed scroll list: {exc}") from None
     for i in range(n):
         v = versions[i]
-        if type(v) is not int or v < 0:
+        if type(v) is not int or not 0 <= v < 1 << 63:
             raise ProtocolError(f"malformed scroll list: version {v!r} at {i}")
         if v:
             c, u = created[i], updated[i]
@@ -1124,6 +1134,20 @@ def wire_to_rows(w: Any) -> Iterator[tuple | None]:
             yield (keys[i * KEY_SIZE : (i + 1) * KEY_SIZE], contents[i], v, c, u)
         else:
             yield None
+
+
+def wire_to_scrolls(w: Any, names: Any = None) -> Scrolls:
+    """A column-wise scroll list (already unpacked) as a :class:`vtpu.results.Scrolls`.
+
+    :param w: ``[keys_blob, contents, versions, created, updated]`` as unpacked.
+    :param names: the name table given to every Scroll.
+    :returns: the Scrolls (item i a Scroll, or ``None`` for version 0).
+    :raises ProtocolError: if the shape is wrong.
+    """
+    rows = list(wire_to_rows(w))  # checks every column and item
+    created = [0.0 if r is None else r[3] for r in rows]
+    updated = [0.0 if r is None else r[4] for r in rows]
+    return Scrolls.from_columns(w[0], w[1], w[2], created, updated, None, names)
 
 
 def _unpack_at(data: Any, offset: int) -> tuple[Any, int]:
@@ -1142,98 +1166,6 @@ def _unpack_at(data: Any, offset: int) -> tuple[Any, int]:
     return value, offset + up.tell()
 
 
-class ScrollList:
-    """A read-only list of Scroll-or-None, decoded from a column-wise scroll list.
-
-    Made by :func:`decode_scrolls`. Every field is decoded when the list is made (so a
-    malformed list fails there); a Scroll object is made the first time its index is
-    read, then kept, so the same index gives the same object. It behaves like a list of
-    Scroll/None: ``len``, indexing (negative too), slices (a list), iteration, ``in``,
-    ``index``, ``count``, ``==`` with a list or another ScrollList, ``+``, ``list(x)``,
-    ``tolist()``; it pickles as a list.
-    """
-
-    __slots__ = ("_rows", "_names", "_made")
-
-    def __init__(self, rows: list, names: Any = None):
-        self._rows = rows  # (key, content, version, created, updated) or None each
-        self._names = names
-        self._made: list = [_UNMADE] * len(rows)
-
-    def _at(self, i: int) -> Any:
-        s = self._made[i]
-        if s is _UNMADE:
-            row = self._rows[i]
-            s = self._made[i] = None if row is None else Scroll(*row, self._names)
-        return s
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __getitem__(self, idx: Any) -> Any:
-        if isinstance(idx, slice):
-            return [self._at(i) for i in range(*idx.indices(len(self._rows)))]
-        n = len(self._rows)
-        i = idx.__index__()
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError("ScrollList index out of range")
-        return self._at(i)
-
-    def __iter__(self) -> Iterator[Any]:
-        return (self._at(i) for i in range(len(self._rows)))
-
-    def __reversed__(self) -> Iterator[Any]:
-        return (self._at(i) for i in range(len(self._rows) - 1, -1, -1))
-
-    def __contains__(self, x: Any) -> bool:
-        return any(v is x or v == x for v in self)
-
-    def index(self, x: Any) -> int:
-        """Index of the first item equal to ``x``; raises ValueError if none."""
-        for i, v in enumerate(self):
-            if v is x or v == x:
-                return i
-        raise ValueError(f"{x!r} is not in the list")
-
-    def count(self, x: Any) -> int:
-        """How many items equal ``x``."""
-        return sum(1 for v in self if v is x or v == x)
-
-    def tolist(self) -> list:
-        """All items as a plain list (every Scroll made now)."""
-        return list(self)
-
-    def __eq__(self, other: Any) -> Any:
-        if type(other).__name__ == "ScrollList":  # this one's, or the compiled twin's
-            other = list(other)
-        elif not isinstance(other, list):
-            return NotImplemented
-        return self.tolist() == other
-
-    def __ne__(self, other: Any) -> Any:
-        r = self.__eq__(other)
-        return r if r is NotImplemented else not r
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __add__(self, other: Any) -> list:
-        return self.tolist() + list(other)
-
-    def __radd__(self, other: Any) -> list:
-        return list(other) + self.tolist()
-
-    def __repr__(self) -> str:
-        return repr(self.tolist())
-
-    def __reduce__(self) -> tuple:
-        return (list, (self.tolist(),))
-
-
-_UNMADE = object()
-
-
 def decode_scrolls(data: bytes | bytearray | memoryview, offset: int = 0,
                    names: Any = None) -> tuple[Any, int]:
     """Decode the column-wise scroll list at ``data[offset:]`` (either contents form).
@@ -1241,12 +1173,12 @@ def decode_scrolls(data: bytes | bytearray | memoryview, offset: int = 0,
     :param data: bytes holding the encoded list (a reply body, say).
     :param offset: where the list starts.
     :param names: the name table given to every Scroll.
-    :returns: ``(scrolls, end)``: a :class:`ScrollList` of Scroll or ``None`` (version
-        0), and the offset just after the list.
+    :returns: ``(scrolls, end)``: a :class:`vtpu.results.Scrolls` (item i a Scroll, or
+        ``None`` for version 0), and the offset just after the list.
     :raises ProtocolError: if the bytes are truncated or not a scroll list.
     """
     w, end = _unpack_at(data, offset)
-    return ScrollList(list(wire_to_rows(w)), names), end
+    return wire_to_scrolls(w, names), end
 
 
 def decode_response_scrolls(body: bytes | bytearray | memoryview, names: Any = None,
@@ -1274,7 +1206,7 @@ def decode_response_scrolls(body: bytes | bytearray | memoryview, names: Any = N
         w, after = w
         if after is not None and (type(after) is not bytes or len(after) != KEY_SIZE):
             raise ProtocolError("malformed RANGE page: after must be nil or 18 bytes")
-    scrolls = ScrollList(list(wire_to_rows(w)), names)
+    scrolls = wire_to_scrolls(w, names)
     return Reply(r.msgid, True, (scrolls, after) if page else scrolls)
 
 
@@ -1314,6 +1246,8 @@ OPS: dict[str, OpSpec] = {
         OpSpec("KG", "kg", True, False, "multi-hop traversal"),
         OpSpec("INTERN", "intern", True, True, "intern names; returns ids"),
         OpSpec("NAMES", "name_table", True, False, "the whole name table"),
+        OpSpec("RECLAIM_NAMES", "reclaim_names", True, True,
+               "free the ids of names no stored key uses; returns how many"),
         OpSpec("HEALTH", "health", True, False, "health report"),
         OpSpec("STATS", "stats", True, False, "statistics"),
         OpSpec("IMPORT_PHEXT", "import_phext", False, True, "import a .phext text"),

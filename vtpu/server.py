@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import errno
 import hmac
 import ipaddress
 import logging
 import os
+import resource
 import select
 import signal
 import sys
@@ -50,7 +53,7 @@ import numpy as np
 
 from . import wire as P
 from ._version import __version__
-from .engine import MAX_HOPS
+from .engine import MAX_HOPS, estimate_wire_size
 from .errors import (
     CoordinateError,
     InterfaceError,
@@ -61,7 +64,7 @@ from .errors import (
     is_internal,
 )
 
-__all__ = ["start_server", "serve", "main", "ServerHandle", "DEFAULT_PAGE_SIZE",
+__all__ = ["start_server", "serve", "main", "ServerHandle", "Limits", "DEFAULT_PAGE_SIZE",
            "DEFAULT_MAX_REQUEST_TIME", "is_loopback", "check_protected"]
 
 log = logging.getLogger("vtpu.server")
@@ -86,6 +89,86 @@ MAX_FRONTIER = 100_000  # KG max_frontier (default 10,000)
 MAX_WEIGHTS = 1_000_000  # weights one ATTEND_MANY returns in all (LIMIT above)
 MAX_VISITED = 250_000  # coordinates one KG walk may reach (LIMIT above)
 PACK_STEP = 65536  # keys packed per step of a keys-only RANGE page
+SWEEP_SECONDS = 1.0  # how often connections are checked against the time limits
+CLOSE_GRACE_SECONDS = 5.0  # a connection closed for a limit is aborted if still open then
+MiB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one connection may hold and how long it may take: every default in one place
+    (documented in PROTOCOL.md section 7; ``vtpu serve --help`` maps the options).
+
+    :param max_clients: most open connections; ``None`` derives it from the process's
+        current ``RLIMIT_NOFILE`` soft limit minus ``fd_reserve`` (read at every accept,
+        so a limit changed at run time applies). At the limit a new connection closes
+        the oldest one that has not completed HELLO, or, when every connection has, is
+        answered with one ``LIMIT`` error frame and closed.
+    :param fd_reserve: descriptors kept free for storage files and the listener.
+    :param hello_frame_size: largest frame accepted before a successful HELLO.
+    :param hello_timeout: seconds a connection may stay without a successful HELLO.
+    :param idle_timeout: seconds without a byte from the client after which its
+        connection is closed (0: never; connections with ``track`` never time out).
+    :param frame_timeout: seconds a started frame may go without a byte arriving; a
+        frame must also be complete within ``6 * frame_timeout`` of its first byte.
+    :param output_hard: a connection whose unsent replies exceed this is closed at once.
+    :param output_soft: ... or when they stay above this for ``output_soft_seconds``.
+    :param output_soft_seconds: see ``output_soft``.
+    :param slice_bytes: reply bytes produced for one connection before the others run;
+        also the socket buffer above which the server stops reading its requests.
+    :param names_per_second: new names one connection may intern per second (a burst of
+        as many is allowed).
+    :param max_request_time: seconds a request in steps (vtpu.steps; other connections
+        are served meanwhile) may run before it stops with ``TIMEOUT``; 0: no limit. A
+        connection may ask for less with the HELLO option ``timeout_ms``.
+    """
+
+    max_clients: int | None = None
+    fd_reserve: int = 32
+    hello_frame_size: int = 64 * 1024
+    hello_timeout: float = 10.0
+    idle_timeout: float = 0.0
+    frame_timeout: float = 5.0
+    output_hard: int = 256 * MiB
+    output_soft: int = 64 * MiB
+    output_soft_seconds: float = 60.0
+    slice_bytes: int = 4 * MiB
+    names_per_second: int = 256
+    max_request_time: float = DEFAULT_MAX_REQUEST_TIME
+
+    def client_limit(self) -> int:
+        """The connection limit in force now (see ``max_clients``)."""
+        if self.max_clients is not None:
+            return self.max_clients
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 1 << 20
+        return max(1, soft - self.fd_reserve)
+
+
+class _RateLimitedLog:
+    """At most one line per kind per ``every`` seconds; the next line that gets through
+    says how many were left out. Keeps floods (descriptor errors, bad handshakes from
+    many connections) from filling the log."""
+
+    def __init__(self, every: float = 1.0):
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+
+    def warning(self, kind: str, msg: str, *args: Any) -> None:
+        self.log(logging.WARNING, kind, msg, *args)
+
+    def log(self, level: int, kind: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.every) < self.every:
+            self._dropped[kind] = self._dropped.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        dropped = self._dropped.pop(kind, 0)
+        if dropped:
+            msg += f" ({dropped} more like this not logged)"
+        log.log(level, msg, *args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -144,6 +227,10 @@ class _Dispatcher:
         self.page_size = page_size
         self.max_batch = max_batch
         self.max_frame_size = max_frame_size
+        # The connection whose request is executing (set per request by the server):
+        # replies are sized against its frame limit before they are built, and it is
+        # charged for the names it interns.
+        self.caller: Any = None
         e = engine
         # Bound methods resolved once: the hot path is a dict lookup and a call.
         self.table: dict[str, Callable[[list], Any]] = {
@@ -164,6 +251,7 @@ class _Dispatcher:
             "KG": self.kg,
             "INTERN": self.intern,
             "NAMES": lambda a: (_nargs(a, 0, 0), list(e.name_table()))[1],
+            "RECLAIM_NAMES": lambda a: (_nargs(a, 0, 0), e.reclaim_names())[1],
             "HEALTH": lambda a: (_nargs(a, 0, 0), e.health())[1],
             "STATS": lambda a: (_nargs(a, 0, 0), e.stats())[1],
             "IMPORT_PHEXT": self.import_phext,
@@ -195,9 +283,14 @@ class _Dispatcher:
     def get_many(self, a: list) -> Any:
         _nargs(a, 1, 2)
         blob = P.check_blob(a[0])
+        limit = self.caller.out_limit
+        # Refused from the stored sizes before anything is built: a few keys of large
+        # values would otherwise make (and hold) a reply far over the limit.
         if _bool(_opt(a, 1), "content_only"):
+            _fits(self.engine.estimate_size(blob, limit, content_only=True), limit)
             # Values only: one array of N contents (nil where nothing is stored).
             return list(self.engine.get_many(blob, content_only=True))
+        _fits(self.engine.estimate_size(blob, limit), limit)
         return ScrollResult(self.engine.get_many(blob))
 
     def put_many(self, a: list) -> list:
@@ -237,13 +330,16 @@ class _Dispatcher:
         if after is not None:
             P.check_key(after, "after")
         keys_only = _bool(_opt(a, 3), "keys_only")
-        return self._range_steps(pat, limit, after, keys_only)
+        return self._range_steps(pat, limit, after, keys_only, self.caller.out_limit // 2)
 
     def _range_steps(self, pat: np.ndarray, limit: int | None, after: bytes | None,
-                     keys_only: bool):
+                     keys_only: bool, page_bytes: int):
         # Long results are paged: the server answers at most page_size items and says
-        # where to continue, so one huge range is many short requests.
-        page = self.page_size * (16 if keys_only else 1)
+        # where to continue, so one huge range is many short requests. A page also ends
+        # before it passes half the client's frame limit (page_bytes).
+        page = self.page_size * 16 if keys_only else self.page_size
+        if keys_only:
+            page = min(page, max(1, page_bytes // P.KEY_SIZE))
         if limit is not None and limit <= page:
             # The caller's limit fits one page: the answer is complete by definition.
             res = yield from self.engine.range_steps(pat, limit, after, keys_only)
@@ -262,6 +358,10 @@ class _Dispatcher:
                 yield
                 parts.append(P.pack_coords(arr[i:i + PACK_STEP]))
             return [b"".join(parts), nxt]
+        size, n = estimate_wire_size(res, page_bytes)
+        if size > page_bytes and n > 1:
+            res = res[:n - 1]  # up to the scroll that passes page_bytes
+            more = True
         return ScrollResult(res, True, res[-1].key if more else None)
 
     def count(self, a: list):
@@ -360,7 +460,14 @@ class _Dispatcher:
             # Look-up only: unknown names answer nil and nothing is added.
             ids = self.engine.lookup_names(names)
             return [None if i is None else int(i) for i in ids]
-        return [int(i) for i in self.engine.intern(names)]
+        table = self.engine.names
+        new = sum(1 for n in dict.fromkeys(names) if n not in table)
+        if new:
+            self.caller.allow_names(new)  # a flood from one connection is refused whole
+        ids = [int(i) for i in self.engine.intern(names)]
+        if new:
+            self.caller.spend_names(new)
+        return ids
 
     def import_phext(self, a: list):
         _nargs(a, 1, 2)
@@ -372,9 +479,28 @@ class _Dispatcher:
         _nargs(a, 0, 2)
         pat = _opt(a, 0)
         pat = None if pat is None else _pattern(pat)
-        # No reply can be larger than the server's frame limit: stop as soon as it is.
+        # No reply can be larger than the caller's frame limit: stop as soon as it is.
         return self.engine.export_phext_steps(pat, _bool(_opt(a, 1), "skip_invalid"),
-                                              max_chars=self.max_frame_size)
+                                              max_chars=self.caller.out_limit)
+
+
+def _fits(size: int, limit: int) -> None:
+    """Refuse a read whose reply would be about ``size`` bytes, over ``limit``."""
+    if size > limit:
+        raise LimitError(f"the reply would take more than {limit} bytes (the client's frame "
+                         "limit)", "LIMIT")
+
+
+def _result_size(r: Any) -> int:
+    """About how many bytes one result takes in a reply (exact but for scroll lists)."""
+    t = type(r)
+    if t is ScrollResult:
+        return estimate_wire_size(r.scrolls)[0] + 32
+    if r is None or t is int or t is float or t is bool:
+        return 9
+    if t is bytes or t is str:
+        return len(r) + 5
+    return len(P.packb(r))
 
 
 class ScrollResult(NamedTuple):
@@ -404,33 +530,62 @@ def _attend_out(r: dict) -> dict:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: frames in, replies out, in request order."""
+    """One client connection: frames in, replies out, in request order.
+
+    Memory per connection is bounded: before HELLO only small frames are accepted; one
+    slice of processing produces at most about ``Limits.slice_bytes`` of replies; while
+    the socket's write buffer is above that (the transport paused writing) nothing more
+    is read or answered; pushes to a paused connection collapse into one "anything may
+    have changed" push; and a connection whose unsent replies pass the output limits is
+    closed.
+    """
 
     def __init__(self, server: "_Server"):
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.decoder = P.FrameDecoder(server.max_frame_size, server.max_batch)
+        # Until a good HELLO only small frames: a stranger cannot make the server
+        # buffer (or decode) a large one. The decoder checks each length on arrival.
+        self.decoder = P.FrameDecoder(min(server.limits.hello_frame_size,
+                                          server.max_frame_size), server.max_batch)
         self.authed = False  # set by a successful HELLO (required first, token or not)
         self.hello = False
+        self.hello_logged = False  # a failed HELLO is logged once per connection
         self.out_limit = server.max_frame_size  # lowered by the client's HELLO option
         self.track = False
         self.pending: list[bytes] = []  # replies waiting for the group commit
         self.closing = False
-        self.read_paused = False  # by us, to yield after FRAMES_PER_SLICE or for a job
+        self.read_paused = False  # by us, to let other connections run (or for a job)
         self.write_paused = False  # by the transport's flow control
+        # A run of GETs taken from the decoder but not answered yet (the slice's reply
+        # budget ran out): (msgids, keys), answered first when the connection resumes.
+        self.backlog: tuple[list, bytes] | None = None
+        self.push_all = False  # an invalidation was left out while writes were paused
+        self.soft_since = 0.0  # loop time the output first stayed above output_soft
+        # Loop times for the timeouts: accepted, last bytes received, and since when an
+        # incomplete frame has waited for the rest (0: none).
+        self.opened = self.last_rx = server.loop.time()
+        self.partial_since = 0.0
+        # New names this connection may still intern now (refilled at names_per_second).
+        self.names_left = float(server.limits.names_per_second)
+        self.names_at = self.opened
         self.peer = None
         self.job: _Job | None = None  # a request in steps running for this connection
-        self.slice_end = 0.0  # until when this read may run a request's first slice
+        self.slice_end = 0.0  # until when this slice may run a request's first step slice
         self.request_timeout: float | None = None  # HELLO's timeout_ms, in seconds
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
-        self.server.conns.add(self)
+        server = self.server
+        if not server.admit(self):
+            return
+        server.conns.add(self)
+        server.prehello[self] = None
         # Replies are written whole; keep the buffer small so a client that stops
         # reading is paused quickly instead of growing server memory.
-        transport.set_write_buffer_limits(high=4 * 1024 * 1024)  # type: ignore[attr-defined]
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=self.server.limits.slice_bytes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -438,7 +593,9 @@ class _Connection(asyncio.Protocol):
             self.track = False
             self.server.trackers -= 1
         self.server.conns.discard(self)
+        self.server.prehello.pop(self, None)
         self.pending.clear()
+        self.backlog = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -446,7 +603,15 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.soft_since = 0.0
+        if self.push_all and not self.closing:
+            # The invalidations left out while paused, as one: drop the whole cache.
+            self.push_all = False
+            self.transport.write(P.encode_push("invalidate", None))
         self._update_reading()
+        if not self.read_paused and not self.closing and (
+                self.backlog is not None or self.decoder.buffered()):
+            self._yield()  # answer what was left buffered
 
     def _update_reading(self) -> None:
         t = self.transport
@@ -459,22 +624,40 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes | memoryview) -> None:
         """Feed what arrived to the decoder, then answer the complete requests buffered
-        (at most FRAMES_PER_SLICE of them, then the loop's other callbacks run first)."""
+        (see :meth:`_process`)."""
         if self.closing:
             return
-        dec = self.decoder
-        dec.feed(data)
-        if self.read_paused:
-            return  # _continue answers it
+        self.last_rx = self.server.loop.time()
+        self.decoder.feed(data)
+        if self.read_paused or self.write_paused:
+            return  # _continue / resume_writing answers it
+        self._process()
+
+    def _process(self) -> None:
+        """Answer buffered requests: at most FRAMES_PER_SLICE of them and about
+        ``slice_bytes`` of replies, then let the loop's other callbacks run first."""
         server = self.server
+        dec = self.decoder
         take = dec.next_requests
+        budget = server.limits.slice_bytes
         out: list[bytes] = []
+        size = 0
         wrote = False
         handled = 0
+        more = False  # stopped at a limit, not for want of complete frames
         # Requests in steps run their first slice at once only within this much time.
         self.slice_end = time.perf_counter() + SLICE_SECONDS
         try:
-            while handled < FRAMES_PER_SLICE:
+            if self.backlog is not None:
+                msgids, keys = self.backlog
+                handled = len(msgids)
+                frame, self.backlog = server.get_run(self, msgids, keys, budget)
+                out.append(frame)
+                size = len(frame)
+            while self.backlog is None:
+                if handled >= FRAMES_PER_SLICE or size >= budget:
+                    more = True
+                    break
                 try:
                     item = take(FRAMES_PER_SLICE - handled)
                 except P.RequestError as exc:
@@ -489,7 +672,9 @@ class _Connection(asyncio.Protocol):
                     op, msgids, keys, contents = item
                     handled += len(msgids)
                     if contents is None:
-                        out.append(server.get_run(self, msgids, keys))
+                        frame, self.backlog = server.get_run(self, msgids, keys, budget - size)
+                        out.append(frame)
+                        size += len(frame)
                         continue
                     frame, w = server.put_run(self, msgids, keys, contents)
                 else:
@@ -501,6 +686,7 @@ class _Connection(asyncio.Protocol):
                         wrote = wrote or w
                         break
                 out.append(frame)
+                size += len(frame)
                 wrote = wrote or w
                 if self.closing:
                     break
@@ -508,14 +694,32 @@ class _Connection(asyncio.Protocol):
             # The byte stream can no longer be trusted: say why once, then close.
             out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
             self.closing = True
+        except Exception as exc:
+            # Outside any one request's handling (a frame the decoder could not read, or
+            # a bug): the connection cannot know where it stands, so it closes after
+            # saying so; the server keeps serving.
+            if is_internal(exc):
+                server.ratelog.warning("internal", "internal error on a connection from "
+                                       "%s: %r", _peer(self), exc)
+            out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
+            self.closing = True
         self._send(out, wrote)
         if self.closing or self.job is not None:
             return
-        if handled >= FRAMES_PER_SLICE and dec.buffered():
-            # More requests already buffered: let other connections run first.
-            self.read_paused = True
-            self._update_reading()
-            server.loop.call_soon(self._continue)
+        if self.backlog is not None or (more and dec.buffered()):
+            self.partial_since = 0.0  # complete requests wait: not the client's doing
+            self._yield()
+        elif not dec.buffered():
+            self.partial_since = 0.0
+        elif handled or not self.partial_since:
+            self.partial_since = self.last_rx  # a frame has begun; the rest must follow
+
+    def _yield(self) -> None:
+        """Stop reading and answer the rest on a later loop iteration (other connections
+        run first)."""
+        self.read_paused = True
+        self._update_reading()
+        self.server.loop.call_soon(self._continue)
 
     def eof_received(self) -> bool | None:
         # A client vanishing mid-frame: whatever partial frame is buffered is dropped.
@@ -526,7 +730,8 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             return
         self._update_reading()
-        self.data_received(b"")  # answer what is buffered already
+        if not self.write_paused:  # else resume_writing continues
+            self._process()
 
     def _send(self, out: list[bytes], wrote: bool) -> None:
         if not out:
@@ -541,15 +746,97 @@ class _Connection(asyncio.Protocol):
             server.schedule_flush(self)
         else:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            if self.write_paused:
+                self.check_output()
             if self.closing:
                 self._close_after_flush()
 
     def flush_pending(self) -> None:
         if self.pending and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self.pending))
+            if self.write_paused:
+                self.check_output()
         self.pending.clear()
         if self.closing:
             self._close_after_flush()
+
+    def push(self, frame: bytes) -> None:
+        """Send a push now, or, while writes are paused, remember that one is owed
+        (sent as one "anything may have changed" push on resume)."""
+        if self.write_paused:
+            self.push_all = True
+            return
+        self.transport.write(frame)
+        if self.write_paused:
+            self.check_output()
+
+    def check_output(self, now: float | None = None) -> None:
+        """Close the connection if its unsent replies are over the output limits (hard:
+        at once; soft: once they stayed above it for ``output_soft_seconds``)."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        lim = self.server.limits
+        size = t.get_write_buffer_size()
+        if size > lim.output_hard:
+            self.drop(f"{size} bytes of replies not read (hard limit {lim.output_hard})")
+            return
+        if size <= lim.output_soft:
+            self.soft_since = 0.0
+            return
+        if now is None:
+            now = self.server.loop.time()
+        if not self.soft_since:
+            self.soft_since = now
+        elif now - self.soft_since > lim.output_soft_seconds:
+            self.drop(f"more than {lim.output_soft} bytes of replies not read for "
+                      f"{lim.output_soft_seconds:g} s")
+
+    def drop(self, why: str) -> None:
+        """Close at once, discarding what is buffered both ways (logged)."""
+        self.server.ratelog.warning("drop", "closing the connection from %s: %s",
+                                    _peer(self), why)
+        self._release()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def allow_names(self, n: int) -> None:
+        """Refuse (``LIMIT``) interning ``n`` new names if that is over this connection's
+        rate: ``names_per_second``, with a burst of as many."""
+        rate = self.server.limits.names_per_second
+        now = self.server.loop.time()
+        self.names_left = min(float(rate), self.names_left + (now - self.names_at) * rate)
+        self.names_at = now
+        if n > self.names_left:
+            raise LimitError(
+                f"{n} new names: a connection may add {rate} per second and has "
+                f"{int(self.names_left)} left now (send fewer new names per call)", "LIMIT")
+
+    def spend_names(self, n: int) -> None:
+        """Charge ``n`` interned names to the rate (after :meth:`allow_names`)."""
+        self.names_left -= n
+
+    def expire(self, code: str | None, why: str) -> None:
+        """Close for a limit or timeout: say why in one error frame (msgid 0) unless
+        ``code`` is None or replies are still queued, then close; buffers are freed now,
+        and the socket is aborted if it has not closed within a few seconds."""
+        t = self.transport
+        self._release()
+        if t is None or t.is_closing():
+            return
+        if code is not None and t.get_write_buffer_size() == 0:
+            t.write(P.encode_error(0, code, why, self.out_limit))
+        t.close()
+        self.server.loop.call_later(CLOSE_GRACE_SECONDS, t.abort)
+
+    def _release(self) -> None:
+        """Stop serving this connection and free its buffers now."""
+        self.closing = True
+        self.pending.clear()
+        self.backlog = None
+        self.decoder = P.FrameDecoder(1)
+        self.server.conns.discard(self)
+        self.server.prehello.pop(self, None)
 
     def _close_after_flush(self) -> None:
         t = self.transport
@@ -558,13 +845,21 @@ class _Connection(asyncio.Protocol):
             t.close()
 
 
+def _rest(msgids: list, keys: bytes, done: int) -> tuple | None:
+    """The requests of a GET run after the first ``done``, or ``None``."""
+    if done >= len(msgids):
+        return None
+    return msgids[done:], keys[done * P.KEY_SIZE:]
+
+
 class _Server:
     """Shared state of one listening server."""
 
     def __init__(self, engine: Any, token: str | None, max_frame_size: int, page_size: int,
-                 max_batch: int, max_request_time: float = DEFAULT_MAX_REQUEST_TIME):
+                 max_batch: int, limits: Limits | None = None):
         self.engine = engine
-        self.max_request_time = max_request_time  # seconds; 0: no limit
+        self.limits = limits if limits is not None else Limits()
+        self.ratelog = _RateLimitedLog()
         self.storage = getattr(engine, "storage", None)
         self.token = token
         self.max_frame_size = max_frame_size
@@ -577,6 +872,8 @@ class _Server:
         self._put = engine.put
         self.trackers = 0  # connections that asked for invalidation pushes
         self.conns: set[_Connection] = set()
+        # Connections without a successful HELLO yet, oldest first.
+        self.prehello: dict[_Connection, None] = {}
         self.loop = asyncio.get_running_loop()
         self._dirty: list[_Connection] = []
         self._flush_scheduled = False
@@ -585,6 +882,63 @@ class _Server:
         self.commit_failures = 0  # consecutive failed group commits
         self.failed_commits = 0  # every failed group commit so far (jobs watch it)
         self.started = time.time()
+        self._sweeper: asyncio.TimerHandle | None = self.loop.call_later(SWEEP_SECONDS,
+                                                                         self.sweep)
+
+    # -- timers --------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Once a second: close the connections over a time limit (Redis's clientsCron):
+        no HELLO within ``hello_timeout``; an incomplete frame without a byte for
+        ``frame_timeout`` or incomplete for ``6 * frame_timeout``; nothing received for
+        ``idle_timeout`` (if set; not for tracking connections); unsent replies above
+        ``output_soft`` for ``output_soft_seconds``."""
+        now = self.loop.time()
+        lim = self.limits
+        for c in list(self.conns):
+            if c.closing:
+                continue
+            if not c.authed and now - c.opened > lim.hello_timeout:
+                c.expire("PROTOCOL", f"no HELLO within {lim.hello_timeout:g} s")
+            elif c.partial_since and not (c.write_paused or c.read_paused or c.backlog) and (
+                    now - c.last_rx > lim.frame_timeout
+                    or now - c.partial_since > 6 * lim.frame_timeout):
+                c.expire("PROTOCOL", f"a frame was not completed in time (no byte for "
+                                     f"{lim.frame_timeout:g} s, or incomplete for "
+                                     f"{6 * lim.frame_timeout:g} s)")
+            elif (lim.idle_timeout and not c.track and not c.write_paused and c.job is None
+                  and now - c.last_rx > lim.idle_timeout):
+                c.expire(None, "idle")
+            elif c.soft_since:
+                c.check_output(now)
+        self._sweeper = self.loop.call_later(SWEEP_SECONDS, self.sweep)
+
+    # -- admission -----------------------------------------------------------------------
+    def admit(self, conn: _Connection) -> bool:
+        """Take a new connection, or refuse it (one LIMIT error frame, then close) when
+        the server is at its client limit and every connection has completed HELLO; a
+        connection still without HELLO is closed to make room first."""
+        limit = self.limits.client_limit()
+        if len(self.conns) < limit:
+            return True
+        oldest = next(iter(self.prehello), None)
+        if oldest is not None:
+            self.ratelog.warning("evict", "at the client limit (%d): closing the oldest "
+                                 "connection without HELLO (%s)", limit, _peer(oldest))
+            oldest.expire("LIMIT", f"the server is at its client limit ({limit}) and this "
+                                   "connection has not completed HELLO")
+            return True
+        self.ratelog.warning("maxclients", "at the client limit (%d): refusing a "
+                             "connection from %s", limit, _peer(conn))
+        conn.closing = True
+        conn.transport.write(P.encode_error(
+            0, "LIMIT", f"the server is at its client limit ({limit}); try again later"))
+        conn.transport.close()
+        return False
+
+    def stop_sweeping(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
     # -- group commit --------------------------------------------------------------------
     def schedule_flush(self, conn: _Connection) -> None:
@@ -655,29 +1009,57 @@ class _Server:
             if not keys or c.transport is None or c.transport.is_closing():
                 continue
             sig = None if len(keys) == len(inv) else id(c)  # None: wrote nothing itself
+            if c.write_paused:
+                c.push_all = True  # sent as one "anything may have changed" on resume
+                continue
             frame = frames.get(sig)
             if frame is None:
                 payload = None if any(k is None for k in keys) else b"".join(keys)
                 frame = frames[sig] = P.encode_push("invalidate", payload)
-            c.transport.write(frame)
+            c.push(frame)
 
     # -- runs of plain GETs ---------------------------------------------------------------
-    def get_run(self, conn: _Connection, msgids: list, keys: bytes) -> bytes:
+    def get_run(self, conn: _Connection, msgids: list, keys: bytes,
+                budget: int) -> tuple[bytes, tuple | None]:
         """Answer a run of plain GET requests: ``keys`` holds their N 18-byte keys.
 
-        One engine call (``get`` for one key, ``get_many`` for more) and one encoder call;
-        a reply that does not fit the client's frame limit is answered alone, with a
-        LIMIT error, and the others as usual.
+        One engine call (``get`` for one key, ``get_many`` for more) and one encoder call
+        that stops once about ``budget`` bytes of replies are made; a reply that does not
+        fit the client's frame limit is answered alone, with a LIMIT error, and the
+        others as usual.
 
-        :returns: the N reply frames.
+        :returns: ``(reply frames, rest)``: the frames of the first requests, and
+            ``(msgids, keys)`` of those not answered yet, or ``None``.
         """
+        budget = max(1, budget)
         if conn.authed:
             try:
+                if len(msgids) > 1:
+                    # Read only as many scrolls as this slice may answer: the rest of
+                    # the run waits in the connection's buffer, not in memory here.
+                    sizes = np.maximum(self.engine.content_lengths(keys), 64) + 64
+                    n = max(1, int(np.searchsorted(np.cumsum(sizes), budget, "right")))
+                    if n < len(msgids):
+                        cut = n * P.KEY_SIZE
+                        frames, more = self.get_run(conn, msgids[:n], keys[:cut], budget)
+                        if more is None:
+                            return frames, (msgids[n:], keys[cut:])
+                        return frames, (more[0] + msgids[n:], more[1] + keys[cut:])
                 scrolls = [self._get(keys)] if len(msgids) == 1 else self._get_many(keys)
-                return P.encode_get_replies(msgids, scrolls, conn.out_limit)
+                frames, n = P.encode_get_replies(msgids, scrolls, conn.out_limit, budget)
+                return frames, _rest(msgids, keys, n)
             except Exception:
                 pass  # answered one by one below, each with its own error
-        return self._each(conn, "GET", msgids, keys, None)
+        out = []
+        size = 0
+        k = P.KEY_SIZE
+        for i, m in enumerate(msgids):
+            frame = self.handle(conn, m, "GET", [keys[i * k:(i + 1) * k]])[0]
+            out.append(frame)
+            size += len(frame)
+            if size >= budget:
+                return b"".join(out), _rest(msgids, keys, i + 1)
+        return b"".join(out), None
 
     def put_run(self, conn: _Connection, msgids: list, keys: bytes,
                 contents: list) -> tuple[bytes, bool]:
@@ -692,30 +1074,27 @@ class _Server:
         :returns: ``(the N reply frames, whether anything may have been written)``.
         """
         if not conn.authed:
-            return self._each(conn, "PUT", msgids, keys, contents), False
+            return self._each_put(conn, msgids, keys, contents), False
         try:
             if len(msgids) == 1:
                 versions = [self._put(keys, contents[0])]
             else:
                 versions = self.dispatch.put_many([keys, contents])
         except (InterfaceError, CoordinateError):
-            return self._each(conn, "PUT", msgids, keys, contents), True
+            return self._each_put(conn, msgids, keys, contents), True
         except Exception as exc:
             return self._errors(conn, "PUT", msgids, exc), True
         if self.trackers:
             self.note_write("PUT_MANY", [keys], conn)
         return P.encode_responses(msgids, versions, conn.out_limit), True
 
-    def _each(self, conn: _Connection, op: str, msgids: list, keys: bytes,
-              contents: list | None) -> bytes:
-        """Answer a run one request at a time (the path for runs that failed whole)."""
+    def _each_put(self, conn: _Connection, msgids: list, keys: bytes,
+                  contents: list) -> bytes:
+        """Answer a run of PUTs one request at a time (the path for runs that failed
+        whole)."""
         k = P.KEY_SIZE
-        out = []
-        for i, m in enumerate(msgids):
-            args = [keys[i * k:(i + 1) * k]] if contents is None else \
-                [keys[i * k:(i + 1) * k], contents[i]]
-            out.append(self.handle(conn, m, op, args)[0])
-        return b"".join(out)
+        return b"".join([self.handle(conn, m, "PUT", [keys[i * k:(i + 1) * k], contents[i]])[0]
+                         for i, m in enumerate(msgids)])
 
     def _errors(self, conn: _Connection, op: str, msgids: list, exc: Exception) -> bytes:
         """The same error reply for every request of a run."""
@@ -735,6 +1114,7 @@ class _Server:
             return P.encode_error(msgid, "PROTOCOL", f"unknown opcode {op[:64]!r}",
                                   conn.out_limit), False
         try:
+            self.dispatch.caller = conn
             if op == "BATCH":
                 result = self.batch(args, conn)
             else:
@@ -789,16 +1169,23 @@ class _Server:
         return self._batch_steps(ops, conn)
 
     def _batch_steps(self, ops: list, conn: _Connection):
-        """Steps: the operations in order, one or more steps each. Stopped by its time
-        budget, a BATCH still answers: the operations done, then TIMEOUT for the one it
-        stopped in and for each one not started."""
+        """Steps: the operations in order, one or more steps each.
+
+        The reply is one frame: the BATCH stops as soon as the results pass the client's
+        limit instead of holding them all and failing at the end. Stopped by its time
+        budget, it still answers: the operations done, then TIMEOUT for the one it
+        stopped in and for each one not started.
+        """
         results: list = []
+        size, limit = 16, conn.out_limit
         for i, item in enumerate(ops):
+            if size > limit:
+                break
             started = False
             try:
                 yield
                 started = True
-                results.append((yield from self._batch_item(item, conn)))
+                res, n = yield from self._batch_item(item, conn)
             except RequestTimeout as exc:
                 left = f"not executed: the BATCH ran out of time at operation {i}"
                 if started:
@@ -807,30 +1194,40 @@ class _Server:
                 else:
                     results.append([P.STATUS_ERROR, ["TIMEOUT", left]])
                 results.extend([[P.STATUS_ERROR, ["TIMEOUT", left]]] * (len(ops) - i - 1))
-                break
+                return results
+            results.append(res)
+            size += n
+        if size > limit:
+            raise LimitError(
+                f"stopped after {len(results)} of {len(ops)} operations: their results "
+                f"pass the client's frame limit of {limit} bytes (those were executed, the "
+                "rest not); send fewer operations per BATCH", "LIMIT")
         return results
 
     def _batch_item(self, item: Any, conn: _Connection):
-        """Steps of one BATCH operation; returns its ``[status, result-or-error]``."""
+        """Steps of one BATCH operation; returns ``([status, result-or-error], about
+        how many bytes it adds to the reply)``."""
         if (
             type(item) is not list
             or len(item) != 2
             or type(item[0]) is not str
             or type(item[1]) is not list
         ):
-            return [P.STATUS_ERROR, ["PROTOCOL", "batch item must be [opcode, args]"]]
+            return [P.STATUS_ERROR, ["PROTOCOL", "batch item must be [opcode, args]"]], 0
         op, a = item
         spec = P.OPS.get(op)
         if spec is None or op in ("HELLO", "BATCH"):
             msg = f"opcode {op[:64]!r} not allowed in BATCH"
-            return [P.STATUS_ERROR, ["PROTOCOL", msg]]
+            return [P.STATUS_ERROR, ["PROTOCOL", msg]], 0
         try:
+            self.dispatch.caller = conn   # (another connection may have run meanwhile)
             r = self.table[op](a)
             if type(r) is GeneratorType:
                 r = yield from r
             if spec.writes:
                 self.note_write(op, a, conn)
-            return [P.STATUS_OK, r.wire() if type(r) is ScrollResult else r]
+            return [P.STATUS_OK, r.wire() if type(r) is ScrollResult else r], \
+                3 + _result_size(r)
         except RequestTimeout:
             if spec.writes:
                 self.note_write(op, a, conn)   # what it did before it stopped
@@ -839,48 +1236,59 @@ class _Server:
             if is_internal(exc):
                 log.error("internal error in BATCH %s", op, exc_info=exc)
             code, msg = P.error_pair(exc)
-            return [P.STATUS_ERROR, [code, f"{op}: {msg}"]]   # as error_frame
+            return [P.STATUS_ERROR, [code, f"{op}: {msg}"]], 64   # as error_frame
 
     def hello(self, conn: _Connection, msgid: int, args: list) -> bytes:
+        """Answer HELLO (PROTOCOL.md section 4). A malformed one gets a typed error reply
+        (``PROTOCOL`` and a close for a bad version, ``AUTH`` and a close for a bad token,
+        ``ARG`` for bad options or too many arguments) and at most one log line per
+        connection."""
+        if len(args) > 3:
+            return self._bad_hello(conn, msgid, "ARG",
+                                   f"HELLO takes 1..3 arguments, got {len(args)}")
         version = args[0] if args else None
         token = args[1] if len(args) > 1 else None
         options = args[2] if len(args) > 2 and args[2] is not None else {}
-        if version != P.PROTOCOL_VERSION:
+        if type(version) is not int or version != P.PROTOCOL_VERSION:
             conn.closing = True
-            return P.encode_error(
-                msgid, "PROTOCOL",
-                f"HELLO: protocol version {version!r} not supported (server speaks "
-                f"{P.PROTOCOL_VERSION})",
-            )
+            return self._bad_hello(
+                conn, msgid, "PROTOCOL",
+                f"HELLO: protocol version {_describe(version)} not supported (server speaks "
+                f"{P.PROTOCOL_VERSION})")
         if self.token is not None:
-            ok = isinstance(token, str) and hmac.compare_digest(
+            ok = type(token) is str and hmac.compare_digest(
                 token.encode("utf-8", "surrogatepass"), self.token.encode("utf-8")
             )
             if not ok:
                 conn.closing = True
-                return P.encode_error(msgid, "AUTH", "HELLO: missing or wrong token")
+                return self._bad_hello(conn, msgid, "AUTH", "HELLO: missing or wrong token")
         if type(options) is not dict:
-            return P.encode_error(msgid, "ARG", "HELLO: options must be a map")
+            return self._bad_hello(conn, msgid, "ARG", "HELLO: options must be a map, got "
+                                                       + _describe(options))
         mfs = options.get("max_frame_size")
         if mfs is not None and (type(mfs) is not int or not 1024 <= mfs <= 0xFFFFFFFF):
-            return P.encode_error(msgid, "ARG", f"HELLO: max_frame_size must be an integer "
-                                                f"in 1024..4294967295, got {mfs!r:.40}")
+            return self._bad_hello(conn, msgid, "ARG", "HELLO: max_frame_size must be an "
+                                   f"integer in 1024..4294967295, got {_describe(mfs)}")
         track = options.get("track")
         if track is not None and type(track) is not bool:
-            return P.encode_error(msgid, "ARG", f"HELLO: track must be a boolean, got {track!r:.40}")
+            return self._bad_hello(conn, msgid, "ARG",
+                                   f"HELLO: track must be a boolean, got {_describe(track)}")
         tms = options.get("timeout_ms")
         if tms is not None and (type(tms) is not int or not 1 <= tms <= 0xFFFFFFFF):
-            return P.encode_error(msgid, "ARG", f"HELLO: timeout_ms must be an integer "
-                                                f"in 1..4294967295, got {tms!r:.40}")
+            return self._bad_hello(conn, msgid, "ARG", "HELLO: timeout_ms must be an "
+                                   f"integer in 1..4294967295, got {_describe(tms)}")
         if tms is not None:
-            mrt = self.max_request_time
+            mrt = self.limits.max_request_time
             conn.request_timeout = tms / 1000 if not mrt else min(tms / 1000, mrt)
         if mfs is not None:
             conn.out_limit = min(self.max_frame_size, mfs)
         track = bool(track)
         self.trackers += int(track) - int(conn.track)
         conn.track = track
-        conn.authed = True
+        if not conn.authed:
+            conn.authed = True
+            conn.decoder.max_frame_size = self.max_frame_size
+            self.prehello.pop(conn, None)
         conn.hello = True
         names = getattr(self.engine, "names", None)
         epoch = getattr(names, "epoch", None)
@@ -892,9 +1300,34 @@ class _Server:
             "max_batch": self.max_batch,
             "page_size": self.page_size,
             "names_epoch": epoch if isinstance(epoch, int) else 0,
-            "max_request_ms": round(1000 * self.max_request_time),
+            "max_request_ms": round(1000 * self.limits.max_request_time),
         }
         return P.encode_response(msgid, result)
+
+    def _bad_hello(self, conn: _Connection, msgid: int, code: str, msg: str) -> bytes:
+        """The error reply to a failed HELLO, logged once per connection."""
+        if not conn.hello_logged:
+            # (INFO: a stranger's handshakes are not the operator's problem by default.)
+            conn.hello_logged = True
+            self.ratelog.log(logging.INFO, "hello", "%s: %s: %s", _peer(conn), code, msg)
+        return P.encode_error(msgid, code, msg, conn.out_limit)
+
+
+def _describe(v: Any) -> str:
+    """A short description of a client's value for an error message (never a long
+    repr: an argument can be a huge array)."""
+    if v is None or type(v) in (bool, int, float):
+        return repr(v)[:40]
+    if type(v) is str:
+        return repr(v[:32]) + ("..." if len(v) > 32 else "")
+    if isinstance(v, np.ndarray):
+        return f"an ndarray of {v.dtype} {list(v.shape)[:4]}"
+    return f"a value of type {type(v).__name__}"
+
+
+def _peer(conn: _Connection) -> str:
+    p = conn.peer
+    return f"{p[0]}:{p[1]}" if isinstance(p, tuple) and len(p) >= 2 else str(p)
 
 
 def _reply_msgids(frames: bytes, max_frame_size: int) -> list[int]:
@@ -940,7 +1373,7 @@ class _Job:
         self.args = args
         self.gen = gen
         self.writes = P.OPS[op].writes
-        self.budget = conn.request_timeout or server.max_request_time
+        self.budget = conn.request_timeout or server.limits.max_request_time
         self.deadline = time.perf_counter() + self.budget if self.budget else float("inf")
         durable = self.writes and server.storage is not None
         self.slice = SLICE_SECONDS / 4 if durable else SLICE_SECONDS
@@ -983,6 +1416,7 @@ class _Job:
         """Run steps for one slice; the reply when the request ended, else None (the next
         slice is scheduled)."""
         gen = self.gen
+        self.server.dispatch.caller = self.conn
         now = time.perf_counter()
         end = now + self.slice
         try:
@@ -1092,6 +1526,7 @@ class ServerHandle:
         """Stop accepting, close every client connection (pending replies are flushed
         after one last commit). Safe to call twice. Use :meth:`wait_closed` to wait."""
         self._aserver.close()
+        self._server.stop_sweeping()
         if self._server._dirty:
             self._server.flush()
         for c in list(self._server.conns):
@@ -1120,7 +1555,7 @@ async def start_server(
     reuse_address: bool = True,
     ssl: Any = None,
     unprotected: bool = False,
-    max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
+    limits: Limits | None = None,
 ) -> ServerHandle:
     """Start serving ``engine`` on the running event loop.
 
@@ -1135,9 +1570,8 @@ async def start_server(
         connection is TLS; ``None``: plaintext.
     :param unprotected: allow a non-loopback ``host`` without a token (see
         :func:`check_protected`).
-    :param max_request_time: seconds a request may run (in steps, other clients served
-        meanwhile) before it stops with ``TIMEOUT``; 0 for no limit. A connection may ask
-        for less with the HELLO option ``timeout_ms``.
+    :param limits: per-connection limits and timeouts (:class:`Limits`; its defaults if
+        ``None``), the time budget of a request in steps included.
     :returns: a :class:`ServerHandle`.
     :raises InterfaceError: a non-loopback ``host`` in protected mode.
     :raises OSError: if the address cannot be bound.
@@ -1150,9 +1584,9 @@ async def start_server(
     if getattr(engine, "storage", None) is not None and hasattr(engine, "autocommit"):
         # The server commits once per loop iteration (group commit), not per write.
         engine.autocommit = False
-    if max_request_time < 0:
-        raise InterfaceError(f"max_request_time must be >= 0, got {max_request_time}")
-    state = _Server(engine, token, max_frame_size, page_size, max_batch, max_request_time)
+    if limits is not None and limits.max_request_time < 0:
+        raise InterfaceError(f"max_request_time must be >= 0, got {limits.max_request_time}")
+    state = _Server(engine, token, max_frame_size, page_size, max_batch, limits)
     factory: Callable[[], asyncio.BaseProtocol] = lambda: _Connection(state)  # noqa: E731
     if ssl is not None and not issubclass(_Connection, asyncio.BufferedProtocol):
         scratch = memoryview(bytearray(TLS_READ_SIZE))
@@ -1310,7 +1744,7 @@ def serve(
     ready: Callable[[ServerHandle], None] | None = None,
     ssl: Any = None,
     unprotected: bool = False,
-    max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
+    limits: Limits | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> None:
     """Run a server until SIGINT/SIGTERM (blocking).
@@ -1329,10 +1763,10 @@ def serve(
     :param ssl: an :class:`ssl.SSLContext` to serve TLS with (see
         :func:`vtpu.tls.server_context`); ``None``: plaintext.
     :param unprotected: allow a non-loopback ``host`` without a token.
-    :param max_request_time: as :func:`start_server`.
-    :param max_batch: most operations in one BATCH frame.
     :raises InterfaceError: a non-loopback ``host`` in protected mode (checked before
         anything is created or opened).
+    :param limits: per-connection limits and timeouts (:class:`Limits`).
+    :param max_batch: most operations in one BATCH frame.
     :raises StorageError: if ``data`` is locked by another server or unusable.
     """
     from .engine import Engine
@@ -1352,10 +1786,10 @@ def serve(
     stop = asyncio.Event()
 
     async def run() -> None:
+        loop.set_exception_handler(_quiet_descriptor_errors)
         handle = await start_server(engine, host, port, token=token,
                                     max_frame_size=max_frame_size, max_batch=max_batch,
-                                    ssl=ssl, unprotected=unprotected,
-                                    max_request_time=max_request_time)
+                                    ssl=ssl, unprotected=unprotected, limits=limits)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
@@ -1388,6 +1822,32 @@ def serve(
         finally:
             loop.close()
             asyncio.set_event_loop(None)
+
+
+_DESCRIPTOR_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_loop_log = _RateLimitedLog(every=10.0)
+
+
+def _quiet_descriptor_errors(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """The loop's exception handler: out-of-descriptor errors while accepting (the loop
+    backs off and retries by itself) are logged at most once per 10 s, without a
+    traceback; anything else goes to the default handler."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError) and exc.errno in _DESCRIPTOR_ERRORS:
+        _loop_log.warning("accept", "cannot accept connections: %s (lower --max-clients or "
+                          "raise the descriptor limit)", exc.strerror or exc)
+        return
+    loop.default_exception_handler(context)
+
+
+def _size(text: str) -> int:
+    """A byte count with an optional k/m/g suffix (powers of 1024)."""
+    t = text.strip().lower()
+    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(t[-1:], 1)
+    try:
+        return int(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256m)") from None
 
 
 _SERVE_EPILOG = """\
@@ -1465,10 +1925,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="require client certificates signed by this PEM CA")
     ap.add_argument("--max-frame-size", type=int, default=P.DEFAULT_MAX_FRAME_SIZE,
                     metavar="BYTES", help="largest request/reply body (default 64 MiB)")
-    ap.add_argument("--max-request-time", type=float, default=DEFAULT_MAX_REQUEST_TIME,
+    d = Limits()
+    ap.add_argument("--max-clients", type=int, default=None, metavar="N",
+                    help="most open connections (default: the descriptor limit minus "
+                         f"{d.fd_reserve})")
+    ap.add_argument("--timeout", type=float, default=d.idle_timeout, metavar="SECONDS",
+                    help="close a connection that sent nothing for this long (default 0: "
+                         "never)")
+    ap.add_argument("--hello-timeout", type=float, default=d.hello_timeout, metavar="SECONDS",
+                    help="close a connection without a successful HELLO after this long "
+                         f"(default {d.hello_timeout:g})")
+    ap.add_argument("--frame-timeout", type=float, default=d.frame_timeout, metavar="SECONDS",
+                    help="close a connection whose started frame gets no byte for this "
+                         f"long, or stays incomplete 6 times as long (default "
+                         f"{d.frame_timeout:g})")
+    ap.add_argument("--output-limit", nargs=3, type=str, metavar=("HARD", "SOFT", "SECONDS"),
+                    default=None, help="close a connection whose unsent replies pass HARD, "
+                    "or stay above SOFT for SECONDS (default "
+                    f"{d.output_hard >> 20}m {d.output_soft >> 20}m {d.output_soft_seconds:g})")
+    ap.add_argument("--names-per-second", type=int, default=d.names_per_second, metavar="N",
+                    help="new names one connection may intern per second (default "
+                         f"{d.names_per_second})")
+    ap.add_argument("--max-request-time", type=float, default=d.max_request_time,
                     metavar="SECONDS",
                     help="stop a request with TIMEOUT after this long (0: never; "
-                         f"default {DEFAULT_MAX_REQUEST_TIME:g})")
+                         f"default {d.max_request_time:g})")
     ap.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="OPS",
                     help=f"most operations in one BATCH (default {DEFAULT_MAX_BATCH})")
     ap.add_argument("--log-level", default="WARNING", help="default WARNING")
@@ -1484,13 +1965,25 @@ def main(argv: list[str] | None = None) -> int:
     """
     ap = build_parser()
     ns = ap.parse_args(argv)
-    logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr)
-    if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:
-        ap.error("--tls-key and --tls-ca need --tls-cert")
     if ns.max_request_time < 0:
         ap.error("--max-request-time must be >= 0")
     if ns.max_batch < 1:
         ap.error("--max-batch must be >= 1")
+    limits = dataclasses.replace(
+        Limits(), max_clients=ns.max_clients, idle_timeout=ns.timeout, hello_timeout=ns.hello_timeout,
+        frame_timeout=ns.frame_timeout, names_per_second=ns.names_per_second,
+        max_request_time=ns.max_request_time)
+    if ns.output_limit is not None:
+        try:
+            hard, soft = _size(ns.output_limit[0]), _size(ns.output_limit[1])
+            secs = float(ns.output_limit[2])
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            ap.error(f"--output-limit: {exc}")
+        limits = dataclasses.replace(limits, output_hard=hard, output_soft=soft,
+                                     output_soft_seconds=secs)
+    logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr)
+    if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:
+        ap.error("--tls-key and --tls-ca need --tls-cert")
     try:
         token = _token(ns)
         ctx = None
@@ -1500,7 +1993,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx = server_context(ns.tls_cert, ns.tls_key, ns.tls_ca)
         serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=token,
               max_frame_size=ns.max_frame_size, ssl=ctx, unprotected=ns.unprotected,
-              max_request_time=ns.max_request_time, max_batch=ns.max_batch)
+              limits=limits, max_batch=ns.max_batch)
     except InterfaceError as exc:
         print(f"vtpu serve: error: {exc}", file=sys.stderr)
         return 2

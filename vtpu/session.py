@@ -48,6 +48,7 @@ from vtpu.engine import (MAX_FRONTIER, MAX_HOPS, MAX_K, check_blob, check_conten
                          check_count, check_deltas, check_direction, check_key,
                          check_metric, check_name_list, check_patterns, check_text,
                          check_values)
+from vtpu.results import Scrolls
 
 # -- the wire codec ---------------------------------------------------------------------------
 # Every byte a client sends or reads is encoded or decoded through vtpu.wire, and nowhere
@@ -153,10 +154,7 @@ class _Pages:
         pages = self.pages
         if self.keys_only:
             return np.concatenate(pages) if len(pages) > 1 else pages[0]
-        out: list = []
-        for p in pages:
-            out.extend(p)
-        return out
+        return Scrolls.concat(pages)
 
 
 class Session:
@@ -656,14 +654,18 @@ def decode_scroll(s: Session, args: Any, r: Any) -> Any:
     return Scroll(key, content, version, created, updated, s.names)
 
 
-def _dec_scrolls(s: Session, args: Any, r: Any) -> list:
-    names = s.names
-    return [Scroll(*row, names) for row in codec.wire_to_rows(r) if row is not None]
+def _stored(scrolls: Scrolls) -> Scrolls:
+    """The items of a result where a scroll is stored (a RANGE page has no others)."""
+    found = scrolls.found
+    return scrolls if found.all() else scrolls.take(np.flatnonzero(found))
 
 
-def _dec_scrolls_or_none(s: Session, args: Any, r: Any) -> list:
-    names = s.names
-    return [None if row is None else Scroll(*row, names) for row in codec.wire_to_rows(r)]
+def _dec_scrolls(s: Session, args: Any, r: Any) -> Scrolls:
+    return _stored(codec.wire_to_scrolls(r, s.names))
+
+
+def _dec_scrolls_or_none(s: Session, args: Any, r: Any) -> Scrolls:
+    return codec.wire_to_scrolls(r, s.names)
 
 
 def _dec_columns(s: Session, args: Any, raw: tuple) -> Any:
@@ -698,7 +700,7 @@ def _dec_range(s: Session, args: list, r: Any) -> Any:
             raise E.ProtocolError("malformed RANGE reply")
         scrolls, end = codec.decode_scrolls(body, pos + 1, s.names)
         after = codec.unpackb(memoryview(body)[end:])
-        items = [x for x in scrolls if x is not None]
+        items = _stored(scrolls)
         return items if after is None else _Page(items, after)
     try:
         body, after = r
@@ -843,9 +845,9 @@ class ClientOps:
         :param blob: N*18 bytes of packed keys (or an ``(N, 9)`` array).
         :param content_only: return only the contents (``GET_MANY [keys, true]``): the
             server sends one array of N values, no keys, versions or times.
-        :returns: a :class:`vtpu._cprotocol.ScrollList` of N entries (list-like; each a Scroll
-            or ``None``, made when first read); with ``content_only`` a list of N
-            contents, ``None`` where nothing is stored.
+        :returns: a :class:`vtpu.results.Scrolls` of N entries (each a Scroll or
+            ``None``, made when read); with ``content_only`` a list of N contents,
+            ``None`` where nothing is stored.
         :raises ProtocolError: a values-only reply that is not an array of N values.
         """
         b = as_blob(blob)
@@ -883,7 +885,8 @@ class ClientOps:
         :param limit: at most this many (``None``: all).
         :param after: exclusive start key, for paging.
         :param keys_only: return an ``(M, 9)`` uint16 array of coordinates instead.
-        :returns: a list of Scrolls, or an ndarray when ``keys_only``.
+        :returns: a :class:`vtpu.results.Scrolls` (the pages joined), or an ndarray
+            when ``keys_only``.
         """
         args = [_as_pattern(pattern), check_count(limit, "limit"),
                 None if after is None else as_key(after, "after"), bool(keys_only)]
@@ -965,6 +968,11 @@ class ClientOps:
     def name_table(self, *, timeout: float | None = None) -> Any:
         """The server's whole name table (index i = id 0xF000 + i); refreshes the cache."""
         return self._submit("NAMES", [], _dec_names, timeout)
+
+    def reclaim_names(self, *, timeout: float | None = None) -> Any:
+        """Free the server's name ids that no stored key uses; returns how many. Call
+        :meth:`name_table` afterwards to refresh this client's cache."""
+        return self._submit("RECLAIM_NAMES", [], None, timeout)
 
     def health(self, *, timeout: float | None = None) -> Any:
         """The server's health report."""

@@ -62,6 +62,7 @@ from .protocol import (  # re-exported: see __all__
     unpack_value,
     unpackb,
     wire_to_rows,
+    wire_to_scrolls,
 )
 
 __all__ = [
@@ -121,6 +122,7 @@ __all__ = [
     "unpack_value",
     "unpackb",
     "wire_to_rows",
+    "wire_to_scrolls",
 ]
 
 if os.environ.get("VTPU_PUREPYTHON"):

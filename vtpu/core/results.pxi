@@ -73,7 +73,8 @@ cdef class Scrolls:
         self.n = 0
 
     def __init__(self):
-        raise TypeError("Scrolls are made by the store (or Scrolls.from_scrolls)")
+        raise TypeError("Scrolls are made by the store (or Scrolls.from_scrolls, "
+                        "from_columns, concat)")
 
     def __dealloc__(self):
         free(self.block)
@@ -122,6 +123,171 @@ cdef class Scrolls:
             out.utime[i] = s.updated_at
         out._keys = keys
         out._data = b""
+        out._objs = objs
+        return out
+
+    @staticmethod
+    def from_columns(keys, contents, versions, created, updated, found=None, names=None):
+        """A Scrolls made from whole columns (a decoded wire reply, say), with no Python
+        work per item beyond copying the contents list.
+
+        :param keys: the N*18-byte packed keys (bytes-like).
+        :param contents: a list of N contents (None allowed), or an ndarray of at least
+            2 dimensions whose row i is content i (copied into the result; each item then
+            reads as a read-only row, as from the store).
+        :param versions: N versions (an int64 array or anything ``np.asarray`` takes).
+        :param created: N creation times (float64; ignored where nothing is stored).
+        :param updated: N update times (float64; ignored where nothing is stored).
+        :param found: N bools, True where a scroll is stored; ``None``: where the
+            version is not 0.
+        :param names: the name table of the scrolls.
+        :returns: a Scrolls whose item i is a Scroll, or None where nothing is stored.
+        :raises InterfaceError: columns of the wrong type or of different lengths.
+        """
+        if type(keys) is not bytes:
+            keys = bytes(keys)
+        cdef Py_ssize_t kl = len(<bytes>keys), n, i, rowbytes = 0
+        if kl % KEY_BYTES:
+            raise InterfaceError(f"keys: {kl} bytes is not a multiple of {KEY_BYTES}")
+        n = kl // KEY_BYTES
+        try:
+            ver = np.ascontiguousarray(versions, dtype=np.int64)
+            cre = np.ascontiguousarray(created, dtype=np.float64)
+            upd = np.ascontiguousarray(updated, dtype=np.float64)
+            fnd = (ver != 0) if found is None else np.ascontiguousarray(found, dtype=np.bool_)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InterfaceError(f"columns: {exc}") from None
+        for what, col in (("versions", ver), ("created", cre), ("updated", upd),
+                          ("found", fnd)):
+            if col.shape != (n,):
+                raise InterfaceError(f"{what}: shape {col.shape}, expected ({n},) for "
+                                     f"{n} keys")
+        stacked = isinstance(contents, np.ndarray)
+        if stacked and (contents.ndim < 2 or contents.dtype.hasobject):
+            contents = list(contents)   # not rows of raw data: keep them as objects
+            stacked = False
+        if stacked:
+            if contents.shape[0] != n:
+                raise InterfaceError(f"contents: {contents.shape[0]} rows for {n} keys")
+            rows = np.ascontiguousarray(contents)
+            rowbytes = rows.nbytes // n if n else 0
+        else:
+            contents = list(contents)
+            if len(<list>contents) != n:
+                raise InterfaceError(f"contents: {len(contents)} items for {n} keys")
+        from vtpu.coords import Scroll
+        cdef Scrolls out = _new_scrolls(n, _scroll_slots(Scroll), names, [], None)
+        out._keys = keys
+        if n == 0:
+            out._data = b""
+            out._objs = []
+            return out
+        cdef const int64_t[::1] v = ver
+        cdef const double[::1] c = cre
+        cdef const double[::1] u = upd
+        cdef const uint8_t[::1] f = fnd.view(np.uint8)
+        cdef const uint8_t[::1] src
+        cdef char* d = NULL
+        cdef uint32_t tid = 0
+        if stacked:
+            out._types = [(rows.dtype, rows.shape[1:])]
+            data = PyBytes_FromStringAndSize(NULL, n * (4 + rowbytes))
+            d = PyBytes_AS_STRING(data)
+            if rowbytes:
+                src = rows.reshape(-1).view(np.uint8)
+            out._data = data
+            out._objs = []
+        else:
+            out._data = b""
+            out._objs = contents
+        for i in range(n):
+            out.lens[i] = 0
+            out.offs[i] = 0
+            if not f[i]:
+                out.kinds[i] = CK_DEAD
+                out.ver[i] = 0
+                out.ctime[i] = out.utime[i] = 0.0
+                continue
+            out.ver[i] = v[i]
+            out.ctime[i] = c[i]
+            out.utime[i] = u[i]
+            if stacked:
+                out.kinds[i] = CK_ARRAY
+                out.offs[i] = i * (4 + rowbytes)
+                out.lens[i] = 4 + rowbytes
+                memcpy(d + i * (4 + rowbytes), &tid, 4)
+                if rowbytes:
+                    memcpy(d + i * (4 + rowbytes) + 4, &src[i * rowbytes], rowbytes)
+            else:
+                out.kinds[i] = CK_OBJECT
+                out.offs[i] = i
+        return out
+
+    @staticmethod
+    def concat(parts):
+        """The items of several Scrolls, one after another, as one Scrolls (the pages
+        of a paged query, say).
+
+        :param parts: Scrolls (at least one).
+        :returns: a Scrolls equal to the concatenation of the parts (the first part's
+            name table); a single part is returned as it is (a result is read-only).
+        :raises InterfaceError: no parts, or a part that is not a Scrolls.
+        """
+        parts = list(parts)
+        if not parts:
+            raise InterfaceError("concat needs at least one Scrolls")
+        for x in parts:
+            if not isinstance(x, Scrolls):
+                raise InterfaceError(f"concat: {type(x).__name__} is not a Scrolls")
+        if len(parts) == 1:
+            return parts[0]
+        cdef Scrolls first = <Scrolls>parts[0], p
+        cdef Py_ssize_t n = 0, dl = 0, j, i, w = 0, dbase = 0, obase = 0
+        unpackb = None
+        types = []
+        for p in parts:
+            n += p.n
+            dl += len(p._data)
+            if unpackb is None:
+                unpackb = p._unpackb
+        cdef Scrolls out = _new_scrolls(n, first._slots, first._names, types, unpackb)
+        out._keys = b"".join([(<Scrolls>x)._keys for x in parts])
+        data = PyBytes_FromStringAndSize(NULL, dl)
+        cdef char* d = PyBytes_AS_STRING(data)
+        cdef list objs = []
+        cdef uint32_t t
+        cdef uint32_t[::1] remap
+        for p in parts:
+            # The parts' array type ids, renumbered into the merged table.
+            tmap = []
+            for ty in p._types:
+                if ty not in types:
+                    types.append(ty)
+                tmap.append(types.index(ty))
+            remap = np.array(tmap if tmap else [0], dtype=np.uint32)
+            if len(p._data):
+                memcpy(d + dbase, PyBytes_AS_STRING(p._data), len(p._data))
+            for i in range(p.n):
+                out.ver[w] = p.ver[i]
+                out.ctime[w] = p.ctime[i]
+                out.utime[w] = p.utime[i]
+                out.kinds[w] = p.kinds[i]
+                out.lens[w] = p.lens[i]
+                if p.kinds[i] == CK_OBJECT:
+                    out.offs[w] = p.offs[i] + obase
+                elif _in_arena(p.kinds[i]):
+                    out.offs[w] = p.offs[i] + dbase
+                    if p.kinds[i] == CK_ARRAY:
+                        memcpy(&t, d + out.offs[w], 4)
+                        t = remap[t]
+                        memcpy(d + out.offs[w], &t, 4)
+                else:
+                    out.offs[w] = 0
+                w += 1
+            dbase += len(p._data)
+            obase += len(p._objs)
+            objs.extend(p._objs)
+        out._data = data
         out._objs = objs
         return out
 
@@ -343,7 +509,7 @@ cdef class Scrolls:
         if isinstance(other, Scrolls):
             other = (<Scrolls>other).tolist()
         elif hasattr(other, "tolist") and not isinstance(other, list):
-            other = other.tolist()  # another list-like result (the wire codec's ScrollList)
+            other = other.tolist()  # another list-like sequence
         elif not isinstance(other, list):
             return NotImplemented
         return self.tolist() == other
