@@ -21,7 +21,6 @@ from vtpu.engine import Engine
 from vtpu.errors import InterfaceError, LimitError
 from vtpu.netclient import RemoteEngine
 from vtpu.storage import Storage
-from vtpu.server import Limits
 from vtpu.testing import ServerThread
 
 pytestmark = pytest.mark.integration
@@ -116,7 +115,7 @@ def test_pipelined_requests_behind_a_long_one_are_answered_in_order():
 
 
 def test_a_batch_out_of_time_answers_what_it_did():
-    with ServerThread(filled(), limits=Limits(max_request_time=0.05)) as st:
+    with ServerThread(filled(), max_request_time=0.05) as st:
         r = Raw(st.port)
         assert r.hello[2]["max_request_ms"] == 50
         r.send(2, "BATCH", [counts(10_000)])
@@ -153,7 +152,7 @@ def test_timeout_ms_in_hello():
 def test_a_stopped_delete_by_pattern_is_partial_and_consistent(tmp_path):
     e = filled(engine=Engine(storage=Storage(str(tmp_path), fsync="never")))
     deleted = 0
-    with ServerThread(e, limits=Limits(max_request_time=0.01)) as st:
+    with ServerThread(e, max_request_time=0.01) as st:
         r = Raw(st.port)
         for i in range(2, 1000):   # each call deletes a part: repeat until none is left
             r.send(i, "DEL_RANGE", [PALL])
@@ -272,3 +271,14 @@ def test_big_store_long_requests_and_a_reader():
             assert m[0] == 2 and (m[1] == 0 or m[2][0] in ("TIMEOUT", "LIMIT")), m[2]
             r.close()
         reader.close()
+
+
+def test_a_connection_waiting_for_its_request_is_not_idle():
+    from vtpu.server import Limits
+
+    with ServerThread(filled(), limits=Limits(idle_timeout=0.5)) as st:
+        r = Raw(st.port)
+        r.send(2, "BATCH", [counts(10_000)])   # seconds of work, nothing sent meanwhile
+        m = r.recv()
+        assert m is not None and m[:2] == [2, 0] and len(m[2]) == 10_000
+        r.close()

@@ -78,17 +78,6 @@ DEFAULT_MAX_BATCH = 10_000
 # Frames handled per read before yielding to the loop, so one client pipelining
 # thousands of requests cannot starve the others.
 FRAMES_PER_SLICE = 128
-# Loop time a request in steps (vtpu.steps) runs per turn before the loop serves the
-# others; the requests in steps of one read of a connection share one such slice.
-SLICE_SECONDS = 0.0005
-DEFAULT_MAX_REQUEST_TIME = 5.0  # seconds a request may run before it stops with TIMEOUT
-# Caps refused with ARG before any work: results this large are not a query's answer.
-MAX_TOP_K = 10_000  # ATTEND top_k (and every matched key when top_k is nil), ATTEND_MANY
-MAX_NEAREST_K = 10_000  # NEAREST k
-MAX_FRONTIER = 100_000  # KG max_frontier (default 10,000)
-MAX_WEIGHTS = 1_000_000  # weights one ATTEND_MANY returns in all (LIMIT above)
-MAX_VISITED = 250_000  # coordinates one KG walk may reach (LIMIT above)
-PACK_STEP = 65536  # keys packed per step of a keys-only RANGE page
 SWEEP_SECONDS = 1.0  # how often connections are checked against the time limits
 CLOSE_GRACE_SECONDS = 5.0  # a connection closed for a limit is aborted if still open then
 MiB = 1024 * 1024
@@ -118,9 +107,6 @@ class Limits:
         also the socket buffer above which the server stops reading its requests.
     :param names_per_second: new names one connection may intern per second (a burst of
         as many is allowed).
-    :param max_request_time: seconds a request in steps (vtpu.steps; other connections
-        are served meanwhile) may run before it stops with ``TIMEOUT``; 0: no limit. A
-        connection may ask for less with the HELLO option ``timeout_ms``.
     """
 
     max_clients: int | None = None
@@ -134,7 +120,6 @@ class Limits:
     output_soft_seconds: float = 60.0
     slice_bytes: int = 4 * MiB
     names_per_second: int = 256
-    max_request_time: float = DEFAULT_MAX_REQUEST_TIME
 
     def client_limit(self) -> int:
         """The connection limit in force now (see ``max_clients``)."""
@@ -169,6 +154,19 @@ class _RateLimitedLog:
         if dropped:
             msg += f" ({dropped} more like this not logged)"
         log.log(level, msg, *args)
+
+
+# Loop time a request in steps (vtpu.steps) runs per turn before the loop serves the
+# others; the requests in steps of one read of a connection share one such slice.
+SLICE_SECONDS = 0.0005
+DEFAULT_MAX_REQUEST_TIME = 5.0  # seconds a request may run before it stops with TIMEOUT
+# Caps refused with ARG before any work: results this large are not a query's answer.
+MAX_TOP_K = 10_000  # ATTEND top_k (and every matched key when top_k is nil), ATTEND_MANY
+MAX_NEAREST_K = 10_000  # NEAREST k
+MAX_FRONTIER = 100_000  # KG max_frontier (default 10,000)
+MAX_WEIGHTS = 1_000_000  # weights one ATTEND_MANY returns in all (LIMIT above)
+MAX_VISITED = 250_000  # coordinates one KG walk may reach (LIMIT above)
+PACK_STEP = 65536  # keys packed per step of a keys-only RANGE page
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,11 +224,11 @@ class _Dispatcher:
         self.engine = engine
         self.page_size = page_size
         self.max_batch = max_batch
-        self.max_frame_size = max_frame_size
         # The connection whose request is executing (set per request by the server):
         # replies are sized against its frame limit before they are built, and it is
         # charged for the names it interns.
         self.caller: Any = None
+        self.max_frame_size = max_frame_size
         e = engine
         # Bound methods resolved once: the hot path is a dict lookup and a call.
         self.table: dict[str, Callable[[list], Any]] = {
@@ -330,14 +328,15 @@ class _Dispatcher:
         if after is not None:
             P.check_key(after, "after")
         keys_only = _bool(_opt(a, 3), "keys_only")
-        return self._range_steps(pat, limit, after, keys_only, self.caller.out_limit // 2)
+        return self._range_steps(pat, limit, after, keys_only)
 
     def _range_steps(self, pat: np.ndarray, limit: int | None, after: bytes | None,
-                     keys_only: bool, page_bytes: int):
+                     keys_only: bool):
         # Long results are paged: the server answers at most page_size items and says
-        # where to continue, so one huge range is many short requests. A page also ends
-        # before it passes half the client's frame limit (page_bytes).
-        page = self.page_size * 16 if keys_only else self.page_size
+        # where to continue, so one huge range is many short requests. A page also
+        # ends before it passes half the client's frame limit.
+        page_bytes = self.caller.out_limit // 2
+        page = self.page_size * (16 if keys_only else 1)
         if keys_only:
             page = min(page, max(1, page_bytes // P.KEY_SIZE))
         if limit is not None and limit <= page:
@@ -479,9 +478,9 @@ class _Dispatcher:
         _nargs(a, 0, 2)
         pat = _opt(a, 0)
         pat = None if pat is None else _pattern(pat)
-        # No reply can be larger than the caller's frame limit: stop as soon as it is.
+        # No reply can be larger than the server's frame limit: stop as soon as it is.
         return self.engine.export_phext_steps(pat, _bool(_opt(a, 1), "skip_invalid"),
-                                              max_chars=self.caller.out_limit)
+                                              max_chars=self.max_frame_size)
 
 
 def _fits(size: int, limit: int) -> None:
@@ -554,7 +553,7 @@ class _Connection(asyncio.Protocol):
         self.track = False
         self.pending: list[bytes] = []  # replies waiting for the group commit
         self.closing = False
-        self.read_paused = False  # by us, to let other connections run (or for a job)
+        self.read_paused = False  # by us, to let other connections run or for a job
         self.write_paused = False  # by the transport's flow control
         # A run of GETs taken from the decoder but not answered yet (the slice's reply
         # budget ran out): (msgids, keys), answered first when the connection resumes.
@@ -570,7 +569,7 @@ class _Connection(asyncio.Protocol):
         self.names_at = self.opened
         self.peer = None
         self.job: _Job | None = None  # a request in steps running for this connection
-        self.slice_end = 0.0  # until when this slice may run a request's first step slice
+        self.slice_end = 0.0  # until when this read may run a request's first slice
         self.request_timeout: float | None = None  # HELLO's timeout_ms, in seconds
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -856,10 +855,12 @@ class _Server:
     """Shared state of one listening server."""
 
     def __init__(self, engine: Any, token: str | None, max_frame_size: int, page_size: int,
-                 max_batch: int, limits: Limits | None = None):
+                 max_batch: int, limits: Limits | None = None,
+                 max_request_time: float = DEFAULT_MAX_REQUEST_TIME):
         self.engine = engine
         self.limits = limits if limits is not None else Limits()
         self.ratelog = _RateLimitedLog()
+        self.max_request_time = max_request_time  # seconds; 0: no limit
         self.storage = getattr(engine, "storage", None)
         self.token = token
         self.max_frame_size = max_frame_size
@@ -891,7 +892,8 @@ class _Server:
         no HELLO within ``hello_timeout``; an incomplete frame without a byte for
         ``frame_timeout`` or incomplete for ``6 * frame_timeout``; nothing received for
         ``idle_timeout`` (if set; not for tracking connections); unsent replies above
-        ``output_soft`` for ``output_soft_seconds``."""
+        ``output_soft`` for ``output_soft_seconds``. A connection waiting for its request
+        in steps is not idle."""
         now = self.loop.time()
         lim = self.limits
         for c in list(self.conns):
@@ -1169,14 +1171,12 @@ class _Server:
         return self._batch_steps(ops, conn)
 
     def _batch_steps(self, ops: list, conn: _Connection):
-        """Steps: the operations in order, one or more steps each.
-
-        The reply is one frame: the BATCH stops as soon as the results pass the client's
-        limit instead of holding them all and failing at the end. Stopped by its time
-        budget, it still answers: the operations done, then TIMEOUT for the one it
-        stopped in and for each one not started.
-        """
+        """Steps: the operations in order, one or more steps each. Stopped by its time
+        budget, a BATCH still answers: the operations done, then TIMEOUT for the one it
+        stopped in and for each one not started."""
         results: list = []
+        # The reply is one frame: stop as soon as the results pass the client's limit
+        # instead of holding them all and failing at the end.
         size, limit = 16, conn.out_limit
         for i, item in enumerate(ops):
             if size > limit:
@@ -1185,7 +1185,9 @@ class _Server:
             try:
                 yield
                 started = True
-                res, n = yield from self._batch_item(item, conn)
+                entry, n = yield from self._batch_item(item, conn)
+                results.append(entry)
+                size += n
             except RequestTimeout as exc:
                 left = f"not executed: the BATCH ran out of time at operation {i}"
                 if started:
@@ -1194,9 +1196,7 @@ class _Server:
                 else:
                     results.append([P.STATUS_ERROR, ["TIMEOUT", left]])
                 results.extend([[P.STATUS_ERROR, ["TIMEOUT", left]]] * (len(ops) - i - 1))
-                return results
-            results.append(res)
-            size += n
+                break
         if size > limit:
             raise LimitError(
                 f"stopped after {len(results)} of {len(ops)} operations: their results "
@@ -1205,29 +1205,27 @@ class _Server:
         return results
 
     def _batch_item(self, item: Any, conn: _Connection):
-        """Steps of one BATCH operation; returns ``([status, result-or-error], about
-        how many bytes it adds to the reply)``."""
+        """Steps of one BATCH operation; returns its ``[status, result-or-error]`` and about
+        how many bytes that takes in the reply."""
         if (
             type(item) is not list
             or len(item) != 2
             or type(item[0]) is not str
             or type(item[1]) is not list
         ):
-            return [P.STATUS_ERROR, ["PROTOCOL", "batch item must be [opcode, args]"]], 0
+            return [P.STATUS_ERROR, ["PROTOCOL", "batch item must be [opcode, args]"]], 64
         op, a = item
         spec = P.OPS.get(op)
         if spec is None or op in ("HELLO", "BATCH"):
             msg = f"opcode {op[:64]!r} not allowed in BATCH"
-            return [P.STATUS_ERROR, ["PROTOCOL", msg]], 0
+            return [P.STATUS_ERROR, ["PROTOCOL", msg]], 64
         try:
-            self.dispatch.caller = conn   # (another connection may have run meanwhile)
             r = self.table[op](a)
             if type(r) is GeneratorType:
                 r = yield from r
             if spec.writes:
                 self.note_write(op, a, conn)
-            return [P.STATUS_OK, r.wire() if type(r) is ScrollResult else r], \
-                3 + _result_size(r)
+            return [P.STATUS_OK, r.wire() if type(r) is ScrollResult else r], 3 + _result_size(r)
         except RequestTimeout:
             if spec.writes:
                 self.note_write(op, a, conn)   # what it did before it stopped
@@ -1275,10 +1273,10 @@ class _Server:
                                    f"HELLO: track must be a boolean, got {_describe(track)}")
         tms = options.get("timeout_ms")
         if tms is not None and (type(tms) is not int or not 1 <= tms <= 0xFFFFFFFF):
-            return self._bad_hello(conn, msgid, "ARG", "HELLO: timeout_ms must be an "
-                                   f"integer in 1..4294967295, got {_describe(tms)}")
+            return self._bad_hello(conn, msgid, "ARG", "HELLO: timeout_ms must be an integer "
+                                   f"in 1..4294967295, got {_describe(tms)}")
         if tms is not None:
-            mrt = self.limits.max_request_time
+            mrt = self.max_request_time
             conn.request_timeout = tms / 1000 if not mrt else min(tms / 1000, mrt)
         if mfs is not None:
             conn.out_limit = min(self.max_frame_size, mfs)
@@ -1300,7 +1298,7 @@ class _Server:
             "max_batch": self.max_batch,
             "page_size": self.page_size,
             "names_epoch": epoch if isinstance(epoch, int) else 0,
-            "max_request_ms": round(1000 * self.limits.max_request_time),
+            "max_request_ms": round(1000 * self.max_request_time),
         }
         return P.encode_response(msgid, result)
 
@@ -1373,7 +1371,7 @@ class _Job:
         self.args = args
         self.gen = gen
         self.writes = P.OPS[op].writes
-        self.budget = conn.request_timeout or server.limits.max_request_time
+        self.budget = conn.request_timeout or server.max_request_time
         self.deadline = time.perf_counter() + self.budget if self.budget else float("inf")
         durable = self.writes and server.storage is not None
         self.slice = SLICE_SECONDS / 4 if durable else SLICE_SECONDS
@@ -1416,6 +1414,7 @@ class _Job:
         """Run steps for one slice; the reply when the request ended, else None (the next
         slice is scheduled)."""
         gen = self.gen
+        # Replies are sized against, and interned names charged to, this job's client.
         self.server.dispatch.caller = self.conn
         now = time.perf_counter()
         end = now + self.slice
@@ -1457,6 +1456,7 @@ class _Job:
     def _timed_out(self) -> tuple[bytes, bool]:
         exc = RequestTimeout(f"stopped after {self.budget:g} s, its time budget (the "
                              "server's --max-request-time, or timeout_ms in HELLO)")
+        self.server.dispatch.caller = self.conn
         try:
             self.gen.throw(exc)
         except StopIteration as stop:
@@ -1556,6 +1556,7 @@ async def start_server(
     ssl: Any = None,
     unprotected: bool = False,
     limits: Limits | None = None,
+    max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
 ) -> ServerHandle:
     """Start serving ``engine`` on the running event loop.
 
@@ -1571,7 +1572,10 @@ async def start_server(
     :param unprotected: allow a non-loopback ``host`` without a token (see
         :func:`check_protected`).
     :param limits: per-connection limits and timeouts (:class:`Limits`; its defaults if
-        ``None``), the time budget of a request in steps included.
+        ``None``).
+    :param max_request_time: seconds a request may run (in steps, other clients served
+        meanwhile) before it stops with ``TIMEOUT``; 0 for no limit. A connection may ask
+        for less with the HELLO option ``timeout_ms``.
     :returns: a :class:`ServerHandle`.
     :raises InterfaceError: a non-loopback ``host`` in protected mode.
     :raises OSError: if the address cannot be bound.
@@ -1584,9 +1588,10 @@ async def start_server(
     if getattr(engine, "storage", None) is not None and hasattr(engine, "autocommit"):
         # The server commits once per loop iteration (group commit), not per write.
         engine.autocommit = False
-    if limits is not None and limits.max_request_time < 0:
-        raise InterfaceError(f"max_request_time must be >= 0, got {limits.max_request_time}")
-    state = _Server(engine, token, max_frame_size, page_size, max_batch, limits)
+    if max_request_time < 0:
+        raise InterfaceError(f"max_request_time must be >= 0, got {max_request_time}")
+    state = _Server(engine, token, max_frame_size, page_size, max_batch, limits,
+                    max_request_time)
     factory: Callable[[], asyncio.BaseProtocol] = lambda: _Connection(state)  # noqa: E731
     if ssl is not None and not issubclass(_Connection, asyncio.BufferedProtocol):
         scratch = memoryview(bytearray(TLS_READ_SIZE))
@@ -1745,6 +1750,7 @@ def serve(
     ssl: Any = None,
     unprotected: bool = False,
     limits: Limits | None = None,
+    max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> None:
     """Run a server until SIGINT/SIGTERM (blocking).
@@ -1763,10 +1769,11 @@ def serve(
     :param ssl: an :class:`ssl.SSLContext` to serve TLS with (see
         :func:`vtpu.tls.server_context`); ``None``: plaintext.
     :param unprotected: allow a non-loopback ``host`` without a token.
+    :param max_request_time: as :func:`start_server`.
+    :param max_batch: most operations in one BATCH frame.
     :raises InterfaceError: a non-loopback ``host`` in protected mode (checked before
         anything is created or opened).
     :param limits: per-connection limits and timeouts (:class:`Limits`).
-    :param max_batch: most operations in one BATCH frame.
     :raises StorageError: if ``data`` is locked by another server or unusable.
     """
     from .engine import Engine
@@ -1789,7 +1796,8 @@ def serve(
         loop.set_exception_handler(_quiet_descriptor_errors)
         handle = await start_server(engine, host, port, token=token,
                                     max_frame_size=max_frame_size, max_batch=max_batch,
-                                    ssl=ssl, unprotected=unprotected, limits=limits)
+                                    ssl=ssl, unprotected=unprotected, limits=limits,
+                                    max_request_time=max_request_time)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
@@ -1946,10 +1954,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--names-per-second", type=int, default=d.names_per_second, metavar="N",
                     help="new names one connection may intern per second (default "
                          f"{d.names_per_second})")
-    ap.add_argument("--max-request-time", type=float, default=d.max_request_time,
+    ap.add_argument("--max-request-time", type=float, default=DEFAULT_MAX_REQUEST_TIME,
                     metavar="SECONDS",
                     help="stop a request with TIMEOUT after this long (0: never; "
-                         f"default {d.max_request_time:g})")
+                         f"default {DEFAULT_MAX_REQUEST_TIME:g})")
     ap.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="OPS",
                     help=f"most operations in one BATCH (default {DEFAULT_MAX_BATCH})")
     ap.add_argument("--log-level", default="WARNING", help="default WARNING")
@@ -1965,14 +1973,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     ap = build_parser()
     ns = ap.parse_args(argv)
-    if ns.max_request_time < 0:
-        ap.error("--max-request-time must be >= 0")
-    if ns.max_batch < 1:
-        ap.error("--max-batch must be >= 1")
     limits = dataclasses.replace(
         Limits(), max_clients=ns.max_clients, idle_timeout=ns.timeout, hello_timeout=ns.hello_timeout,
-        frame_timeout=ns.frame_timeout, names_per_second=ns.names_per_second,
-        max_request_time=ns.max_request_time)
+        frame_timeout=ns.frame_timeout, names_per_second=ns.names_per_second)
     if ns.output_limit is not None:
         try:
             hard, soft = _size(ns.output_limit[0]), _size(ns.output_limit[1])
@@ -1984,6 +1987,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr)
     if (ns.tls_key or ns.tls_ca) and not ns.tls_cert:
         ap.error("--tls-key and --tls-ca need --tls-cert")
+    if ns.max_request_time < 0:
+        ap.error("--max-request-time must be >= 0")
+    if ns.max_batch < 1:
+        ap.error("--max-batch must be >= 1")
     try:
         token = _token(ns)
         ctx = None
@@ -1993,7 +2000,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx = server_context(ns.tls_cert, ns.tls_key, ns.tls_ca)
         serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=token,
               max_frame_size=ns.max_frame_size, ssl=ctx, unprotected=ns.unprotected,
-              limits=limits, max_batch=ns.max_batch)
+              limits=limits, max_request_time=ns.max_request_time, max_batch=ns.max_batch)
     except InterfaceError as exc:
         print(f"vtpu serve: error: {exc}", file=sys.stderr)
         return 2
