@@ -271,3 +271,14 @@ def test_big_store_long_requests_and_a_reader():
             assert m[0] == 2 and (m[1] == 0 or m[2][0] in ("TIMEOUT", "LIMIT")), m[2]
             r.close()
         reader.close()
+
+
+def test_a_connection_waiting_for_its_request_is_not_idle():
+    from vtpu.server import Limits
+
+    with ServerThread(filled(), limits=Limits(idle_timeout=0.5)) as st:
+        r = Raw(st.port)
+        r.send(2, "BATCH", [counts(10_000)])   # seconds of work, nothing sent meanwhile
+        m = r.recv()
+        assert m is not None and m[:2] == [2, 0] and len(m[2]) == 10_000
+        r.close()

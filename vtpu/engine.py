@@ -14,6 +14,12 @@ store's sorted run.
 The engine is not thread-safe by design (Redis-style: one loop owns it). The embedded
 client serialises calls with a lock.
 
+Every instruction whose work grows with the data is written once, as a step generator
+(``range_steps``, ``count_steps``, ``delete_range_steps``, ``nearest_steps``,
+``attend_steps``, ``attend_many_steps``, ``kg_steps``, ``import_phext_steps``,
+``export_phext_steps``; see :mod:`vtpu.steps`): the plain method runs it to completion,
+the server a slice per loop turn between other requests.
+
 With durable storage a write is validated and encoded before anything changes, then
 applied in memory and queued for the storage's next group commit; the old values it
 replaced are kept until that commit. If the commit fails (disk full, I/O error) every

@@ -17,6 +17,12 @@ Layout, all over packed (N, 9) uint16 arrays:
 :meth:`CoordIndex.plan` estimates each access path's cost from exact counts it gets in
 O(log N) (range sizes, posting sizes) and runs the cheapest, so no selective pattern
 scans the store. Results always come back in coordinate order.
+
+Queries come in steps (:mod:`vtpu.steps`: ``query_steps``, ``count_steps``,
+``nearest_steps``; the plain methods run them): a window of WINDOW rows per step, over a
+snapshot of the index taken when the query starts, so writes between its steps change
+nothing in its answer. Main arrays are never written in place, which is also what lets
+a large posting list or Z index be built on a helper thread while the loop goes on.
 """
 from __future__ import annotations
 

@@ -892,7 +892,8 @@ class _Server:
         no HELLO within ``hello_timeout``; an incomplete frame without a byte for
         ``frame_timeout`` or incomplete for ``6 * frame_timeout``; nothing received for
         ``idle_timeout`` (if set; not for tracking connections); unsent replies above
-        ``output_soft`` for ``output_soft_seconds``."""
+        ``output_soft`` for ``output_soft_seconds``. A connection waiting for its request
+        in steps is not idle."""
         now = self.loop.time()
         lim = self.limits
         for c in list(self.conns):
@@ -906,7 +907,7 @@ class _Server:
                 c.expire("PROTOCOL", f"a frame was not completed in time (no byte for "
                                      f"{lim.frame_timeout:g} s, or incomplete for "
                                      f"{6 * lim.frame_timeout:g} s)")
-            elif (lim.idle_timeout and not c.track and not c.write_paused
+            elif (lim.idle_timeout and not c.track and not c.write_paused and c.job is None
                   and now - c.last_rx > lim.idle_timeout):
                 c.expire(None, "idle")
             elif c.soft_since:
