@@ -67,17 +67,7 @@ from .protocol import (  # re-exported: see __all__
 
 __all__ = [
     "IMPLEMENTATION",
-    "FrameDecoder",
-    "encode_request",
-    "encode_get_requests",
-    "encode_response",
-    "encode_responses",
-    "encode_get_replies",
-    "encode_scrolls",
-    "encode_response_scrolls",
-    "decode_scrolls",
-    "decode_response_scrolls",
-    "decode_get_replies",
+    *CODEC_NAMES,  # the codec functions, from whichever implementation was picked
     "CODEC_NAMES",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_PORT",
