@@ -46,12 +46,7 @@ FAST = [
 
 SLOW = [
     pytest.param("get_pipeline_unread"),
-    # Column results are snapshots (the RANGE pages of a BATCH copy their rows before
-    # the running size check stops it): +27.5 MiB in the quick run, over the 16 MiB
-    # allowance. Not strict: the growth sits near the bar and varies with timing.
-    pytest.param("batch_range", marks=pytest.mark.xfail(
-        strict=False, raises=AssertionError,
-        reason="BATCH of RANGE over column results: +27.5 MiB vs the 16 MiB allowance")),
+    pytest.param("batch_range"),
     pytest.param("batch_names"),
     pytest.param("track_unread"),
     pytest.param("partial_frames"),

@@ -62,6 +62,8 @@ __all__ = [
     "encode_request",
     "encode_response",
     "encode_error",
+    "encode_response_items",
+    "Encoded",
     "encode_push",
     "encode_get_requests",
     "encode_responses",
@@ -368,6 +370,45 @@ def encode_response(msgid: int, result: Any, max_frame_size: int = DEFAULT_MAX_F
     :raises LimitError: if the frame is too large.
     """
     return encode_frame([msgid, STATUS_OK, result], max_frame_size)
+
+
+class Encoded(bytes):
+    """The msgpack bytes of one value, to be written as they are (see
+    :func:`encode_response_items`)."""
+
+    __slots__ = ()
+
+
+def encode_response_items(msgid: int, items: list,
+                          max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode a success response frame ``[msgid, 0, [item, ...]]`` whose array items are
+    values or, as :class:`Encoded`, msgpack bytes made earlier (BATCH encodes a column
+    result as soon as its operation is done: it holds the reply's bytes rather than a
+    Python object per scroll while the other operations run).
+
+    :param msgid: the request id.
+    :param items: the array items, in order: values, or :class:`Encoded` bytes.
+    :param max_frame_size: the largest body allowed.
+    :returns: the frame bytes.
+    :raises LimitError: if the frame is too large.
+    :raises InterfaceError: if a value cannot be encoded.
+    """
+    head = packb([msgid, STATUS_OK])[1:]  # the two items, without the 2-array header
+    n = len(items)
+    parts = [b"", b"\x93", head,
+             bytes([0x90 | n]) if n < 16 else
+             b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")]
+    size = 1 + len(head) + len(parts[3])
+    for item in items:
+        b = item if type(item) is Encoded else packb(item)
+        size += len(b)
+        if size > max_frame_size:
+            raise LimitError(
+                f"frame body of more than {max_frame_size} bytes exceeds max_frame_size "
+                f"{max_frame_size}", "LIMIT")
+        parts.append(b)
+    parts[0] = _LEN.pack(size)
+    return b"".join(parts)
 
 
 def encode_error(msgid: int, code: str, message: str,

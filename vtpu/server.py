@@ -490,18 +490,6 @@ def _fits(size: int, limit: int) -> None:
                          "limit)", "LIMIT")
 
 
-def _result_size(r: Any) -> int:
-    """About how many bytes one result takes in a reply (exact but for scroll lists)."""
-    t = type(r)
-    if t is ScrollResult:
-        return estimate_wire_size(r.scrolls)[0] + 32
-    if r is None or t is int or t is float or t is bool:
-        return 9
-    if t is bytes or t is str:
-        return len(r) + 5
-    return len(P.packb(r))
-
-
 class ScrollResult(NamedTuple):
     """A result that is a scroll list (GET_MANY, KG) or a RANGE page of one: encoded by
     the codec's column encoder straight from the Scrolls."""
@@ -510,10 +498,33 @@ class ScrollResult(NamedTuple):
     page: bool = False
     after: bytes | None = None
 
-    def wire(self) -> Any:
-        """The generic wire value (inside a BATCH result)."""
-        w = P.scrolls_to_wire(self.scrolls)
-        return [w, self.after] if self.page else w
+    def encoded(self) -> bytes:
+        """The msgpack bytes of the result value (an item of a BATCH reply)."""
+        w = P.encode_scrolls(self.scrolls)
+        return b"\x92" + w + P.packb(self.after) if self.page else w
+
+
+class BatchReply(NamedTuple):
+    """A BATCH result: each operation's ``[status, result-or-error]``, a column result
+    already encoded (:class:`~vtpu.protocol.Encoded`)."""
+
+    items: list
+
+
+def _batch_entry(status: int, value: Any) -> tuple[Any, int]:
+    """One BATCH item ``[status, value]`` as it is held until the reply is encoded, and
+    how many bytes it takes there. A column result is encoded now (its bytes are a
+    third of its scrolls as Python objects); anything else is held as it is (often
+    shared objects, as NAMES's) and measured."""
+    if type(value) is ScrollResult:
+        b = P.Encoded(bytes((0x92, status)) + value.encoded())
+        return b, len(b)
+    item = [status, value]
+    if value is None or type(value) in (int, float, bool):
+        return item, 11
+    if type(value) in (bytes, str):
+        return item, len(value) + 7
+    return item, len(P.packb(item))
 
 
 def _attend_out(r: dict) -> dict:
@@ -1135,6 +1146,8 @@ class _Server:
         if type(result) is ScrollResult:
             return P.encode_response_scrolls(msgid, result.scrolls, limit, result.page,
                                              result.after)
+        if type(result) is BatchReply:
+            return P.encode_response_items(msgid, result.items, limit)
         return P.encode_response(msgid, result, limit)
 
     def error_frame(self, msgid: int, op: str, exc: BaseException,
@@ -1189,43 +1202,45 @@ class _Server:
                 results.append(entry)
                 size += n
             except RequestTimeout as exc:
-                left = f"not executed: the BATCH ran out of time at operation {i}"
+                left = [P.STATUS_ERROR, [
+                    "TIMEOUT", f"not executed: the BATCH ran out of time at operation {i}"]]
                 if started:
                     code, msg = P.error_pair(exc)
                     results.append([P.STATUS_ERROR, [code, f"{item[0]}: {msg}"]])
                 else:
-                    results.append([P.STATUS_ERROR, ["TIMEOUT", left]])
-                results.extend([[P.STATUS_ERROR, ["TIMEOUT", left]]] * (len(ops) - i - 1))
+                    results.append(left)
+                results.extend([left] * (len(ops) - i - 1))
                 break
         if size > limit:
             raise LimitError(
                 f"stopped after {len(results)} of {len(ops)} operations: their results "
                 f"pass the client's frame limit of {limit} bytes (those were executed, the "
                 "rest not); send fewer operations per BATCH", "LIMIT")
-        return results
+        return BatchReply(results)
 
     def _batch_item(self, item: Any, conn: _Connection):
-        """Steps of one BATCH operation; returns its ``[status, result-or-error]`` and about
-        how many bytes that takes in the reply."""
+        """Steps of one BATCH operation; returns its ``[status, result-or-error]`` (see
+        :func:`_batch_entry`) and about how many bytes that takes in the reply."""
         if (
             type(item) is not list
             or len(item) != 2
             or type(item[0]) is not str
             or type(item[1]) is not list
         ):
-            return [P.STATUS_ERROR, ["PROTOCOL", "batch item must be [opcode, args]"]], 64
+            return _batch_entry(P.STATUS_ERROR,
+                                ["PROTOCOL", "batch item must be [opcode, args]"])
         op, a = item
         spec = P.OPS.get(op)
         if spec is None or op in ("HELLO", "BATCH"):
             msg = f"opcode {op[:64]!r} not allowed in BATCH"
-            return [P.STATUS_ERROR, ["PROTOCOL", msg]], 64
+            return _batch_entry(P.STATUS_ERROR, ["PROTOCOL", msg])
         try:
             r = self.table[op](a)
             if type(r) is GeneratorType:
                 r = yield from r
             if spec.writes:
                 self.note_write(op, a, conn)
-            return [P.STATUS_OK, r.wire() if type(r) is ScrollResult else r], 3 + _result_size(r)
+            return _batch_entry(P.STATUS_OK, r)
         except RequestTimeout:
             if spec.writes:
                 self.note_write(op, a, conn)   # what it did before it stopped
@@ -1234,7 +1249,7 @@ class _Server:
             if is_internal(exc):
                 log.error("internal error in BATCH %s", op, exc_info=exc)
             code, msg = P.error_pair(exc)
-            return [P.STATUS_ERROR, [code, f"{op}: {msg}"]], 64   # as error_frame
+            return _batch_entry(P.STATUS_ERROR, [code, f"{op}: {msg}"])   # as error_frame
 
     def hello(self, conn: _Connection, msgid: int, args: list) -> bytes:
         """Answer HELLO (PROTOCOL.md section 4). A malformed one gets a typed error reply
