@@ -368,3 +368,22 @@ def test_scroll_list_stacks_uniform_arrays():
                     [S(bytes(18), np.zeros(3)), None]):
         w = P.scrolls_to_wire(scrolls)
         assert type(w[1]) is list and len(w[1]) == len(scrolls)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 70000])
+def test_encode_response_items_matches_encode_response(n):
+    # Pre-encoded items are written as they are: the frame is byte for byte the one
+    # encode_response makes from the values, whatever the array header's width.
+    values = [[P.STATUS_OK, i] if i % 3 else [P.STATUS_OK, b"v" * (i % 7)] for i in range(n)]
+    items = [P.Encoded(P.packb(v)) if i % 2 else v for i, v in enumerate(values)]
+    assert P.encode_response_items(2**31, items) == P.encode_response(2**31, values)
+
+
+def test_encode_response_items_limit():
+    items = [P.Encoded(P.packb(b"x" * 600)), b"y" * 600]
+    frame = P.encode_response_items(7, items, 1300)
+    assert P.unpackb(frame[4:]) == [7, P.STATUS_OK, [b"x" * 600, b"y" * 600]]
+    with pytest.raises(E.LimitError):
+        P.encode_response_items(7, items, 1200)
+    # bytes that are not marked Encoded are a value, not msgpack
+    assert P.unpackb(P.encode_response_items(1, [P.packb(5)])[4:]) == [1, 0, [P.packb(5)]]
