@@ -957,6 +957,33 @@ class FacadeContract:
         assert client.crange("1.1.1/1.1.1/1.1.*", keys_only=True) == [
             "1.1.1/1.1.1/1.1.1", "1.1.1/1.1.1/1.1.3"]
 
+    @pytest.mark.parametrize("page_size", [1, 3, 10_000])
+    def test_export_phext_file_streams_pages(self, client, tmp_path, page_size):
+        # Pages of any size make the same document as the one-reply export; what a phext
+        # file cannot hold is refused (nothing left at the path) or skipped and counted.
+        rng = np.random.default_rng(page_size)
+        coords = np.unique(rng.integers(1, 4, size=(40, 9)), axis=0).astype(np.uint16)
+        texts = [f"scroll {i}\n" for i in range(len(coords))]
+        client.cput_many(coords, texts)
+        path = tmp_path / "out.phext"
+        seen = []
+        assert client.export_phext_file(path, page_size=page_size,
+                                        progress=seen.append) == len(coords)
+        assert path.read_bytes().decode("utf-8") == client.export_phext()
+        assert seen[-1] == len(coords) and seen == sorted(seen)
+        assert client.export_phext_file(path, "1.*.*/*.*.*/*.*.*", page_size=page_size) == \
+            int((coords[:, 0] == 1).sum())
+        assert path.read_bytes().decode("utf-8") == client.export_phext(pattern="1.*.*/*.*.*/*.*.*")
+        client.cput("3.3.3/3.3.3/3.3.4", b"bytes")
+        other = tmp_path / "other.phext"
+        with pytest.raises(E.PhextError):
+            client.export_phext_file(other, page_size=page_size)
+        assert list(tmp_path.iterdir()) == [path]
+        assert client.export_phext_file(other, skip_invalid=True,
+                                        page_size=page_size) == len(coords)
+        with pytest.raises(E.InterfaceError):
+            client.export_phext_file(other, page_size=0)
+
     def test_intern_refuses_a_bare_string(self, client):
         with pytest.raises(E.InterfaceError):
             client.intern("alpha")

@@ -34,6 +34,12 @@ def _client(url: str):
     return vtpu.connect(url)
 
 
+def _progress(n: int) -> None:
+    """Show how many scrolls a long export has written so far (on a terminal only)."""
+    if sys.stderr.isatty():
+        print(f"\rexported {n} scrolls ...", end="", file=sys.stderr, flush=True)
+
+
 def _default_url() -> str:
     return os.environ.get("VTPU_URL", "vtpu://127.0.0.1:1337")
 
@@ -203,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
                 n = c.import_phext(ns.file)
                 print(f"imported {n} scrolls from {ns.file} in {time.perf_counter() - t0:.2f} s")
             elif ns.cmd == "export":
-                text = c.export_phext(ns.file, pattern=ns.pattern, skip_invalid=ns.skip_invalid)
-                print(f"exported {len(text)} characters to {ns.file}")
+                t0 = time.perf_counter()
+                n = c.export_phext_file(ns.file, pattern=ns.pattern,
+                                        skip_invalid=ns.skip_invalid, progress=_progress)
+                if sys.stderr.isatty():
+                    print(file=sys.stderr)  # end the progress line
+                print(f"exported {n} scrolls to {ns.file} in {time.perf_counter() - t0:.2f} s")
             elif ns.cmd == "stats":
                 print(json.dumps(c.stats(), indent=2, default=str))
             elif ns.cmd == "reclaim-names":

@@ -15,6 +15,7 @@ After ``os.fork()`` a remote client reconnects in the child on first use.
 """
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from time import perf_counter as _perf
@@ -106,6 +107,9 @@ class _Call(NamedTuple):
 
 
 _NO_KW: dict = {}
+#: The pattern of every coordinate (names included).
+_EVERYTHING = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
+_EVERYTHING.flags.writeable = False
 
 
 class Client:
@@ -761,6 +765,63 @@ class Client:
         :raises PhextError: a scroll a phext file cannot hold (unless ``skip_invalid``).
         """
         return self._now(self._plan_export_phext(path, pattern, skip_invalid))
+
+    def export_phext_file(self, path, pattern=None, skip_invalid: bool = False,
+                          page_size: int = 10_000, progress=None) -> int:
+        """Stream the scrolls matching ``pattern`` (default all) into a .phext file, one
+        page of ``page_size`` scrolls at a time, so neither side holds the document: the
+        way to export a store of any size (:meth:`export_phext` returns the whole text
+        in one reply, at most the frame limit).
+
+        The file is written under a temporary name, fsynced and renamed over ``path``:
+        a failure leaves no half-written export. The pages are read one after another,
+        not from one snapshot: a scroll written during the export may or may not be in it.
+
+        :param path: the file.
+        :param pattern: which scrolls (default: all).
+        :param skip_invalid: skip scrolls a phext file cannot hold instead of raising.
+        :param page_size: scrolls per request (1 .. the server's page size is best).
+        :param progress: called with the number of scrolls written so far after each page.
+        :returns: how many scrolls were written.
+        :raises PhextError: a scroll a phext file cannot hold (unless ``skip_invalid``), or
+            text not encodable as UTF-8; nothing is left at ``path`` then.
+        :raises OSError: the file cannot be written.
+        """
+        from vtpu.phext import PhextWriter, PhextError
+
+        p = _EVERYTHING if pattern is None else read_pattern(pattern, self.names)
+        page_size = check_count(page_size, "page_size", 1)
+        writer = PhextWriter(skip_invalid=skip_invalid, names=self.names, keep_skipped=False)
+        path = os.fspath(path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        written, after = 0, None
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                while True:
+                    page = self._run("crange", self._b.range, p, page_size, after, False)
+                    skipped = writer.n_skipped
+                    try:
+                        f.write(writer.write(zip(map(tuple, page.coords.tolist()),
+                                                 page.contents)))
+                    except UnicodeEncodeError as exc:
+                        raise PhextError(
+                            f"scroll text is not encodable as UTF-8 ({exc.reason})") from None
+                    written += len(page) - (writer.n_skipped - skipped)
+                    if progress is not None:
+                        progress(written)
+                    if len(page) < page_size:
+                        break
+                    after = page.keys[-18:]
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return written
 
     def pipeline(self, raise_on_error: bool = True) -> "ClientPipeline":
         """Queue calls and send them in one write (remote) or run them in one go (embedded).
