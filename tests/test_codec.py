@@ -10,11 +10,10 @@ a failure, and then also asserts that :mod:`vtpu.wire` picked it.
 from __future__ import annotations
 
 import importlib
-import json
 import os
-import pathlib
 import random
 import struct
+import sys
 
 import msgpack
 import numpy as np
@@ -28,9 +27,10 @@ from vtpu.coords import NameTable, Scroll
 from vtpu.engine import Engine
 from vtpu.results import Scrolls
 
-VEC_DIR = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors"
-with open(VEC_DIR / "frames.json") as _f:
-    FRAMES = json.load(_f)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
+from _helpers import from_json, load_vectors, to_json  # noqa: E402
+
+FRAMES = load_vectors("frames")
 
 
 def _compiled():
@@ -86,31 +86,6 @@ def test_wire_reexports_the_shared_names():
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def to_json(v):
-    if isinstance(v, bytes):
-        return {"$bin": v.hex()}
-    if isinstance(v, np.ndarray):
-        return {"$ndarray": [v.dtype.str, list(v.shape), v.tobytes(order="C").hex()]}
-    if isinstance(v, (list, tuple)):
-        return [to_json(x) for x in v]
-    if isinstance(v, dict):
-        return {k: to_json(x) for k, x in v.items()}
-    return v
-
-
-def from_json(v):
-    if isinstance(v, dict):
-        if set(v) == {"$bin"}:
-            return bytes.fromhex(v["$bin"])
-        if set(v) == {"$ndarray"}:
-            dt, shape, raw = v["$ndarray"]
-            return np.frombuffer(bytes.fromhex(raw), dtype=np.dtype(dt)).reshape(shape)
-        return {k: from_json(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [from_json(x) for x in v]
-    return v
 
 
 def split_random(data: bytes, rng: random.Random, most: int = 7):
