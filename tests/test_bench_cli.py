@@ -45,8 +45,11 @@ def test_bench_cget_exports_rows(tmp_path):
 
 @pytest.fixture(scope="module")
 def dataset():
-    """The CRANGE benchmark's 1M coordinates (made once for the module)."""
-    return crange.dataset_coords(1_000_000)
+    """The CRANGE benchmark's 1M coordinates, made once for the module (read-only: the
+    tests share it)."""
+    arr = crange.dataset_coords(1_000_000)
+    arr.setflags(write=False)
+    return arr
 
 
 def test_crange_patterns_match_their_designed_counts(dataset):
@@ -152,8 +155,8 @@ def test_bench_memory_and_startup_at_tiny_sizes(tmp_path):
     assert srow["vtpu"] == pytest.approx(st["start_s"]) and srow["target"] is None
 
 
-def test_read_patterns_match_their_designed_counts():
-    arr = crange.dataset_coords(1_000_000)
+def test_read_patterns_match_their_designed_counts(dataset):
+    arr = dataset
     contents = np.arange(len(arr))
     for shape, pats in crange.READ_SHAPES.items():
         for want, pat in pats.items():
@@ -164,10 +167,10 @@ def test_read_patterns_match_their_designed_counts():
             assert sorted(coords) == sorted(common.fmt_coords(arr[idx]))
 
 
-def test_read_columns_reads_what_the_store_holds():
+def test_read_columns_reads_what_the_store_holds(dataset):
     from vtpu import connect
 
-    arr = crange.dataset_coords(1_000_000)[:300]
+    arr = dataset[:300]
     m = connect("mem://")
     m.cput_many(arr, list(range(300)))
     res = m.crange("*.*.*/*.*.*/1.1.1")
@@ -187,11 +190,11 @@ def test_read_columns_reads_what_the_store_holds():
     assert common.read_columns(Columns()) == ("columns", ["a", "b"], [7, 8])
 
 
-def test_faiss_peer_agrees_with_numpy_l1():
+def test_faiss_peer_agrees_with_numpy_l1(dataset):
     pytest.importorskip("faiss")
     from vtpu.bench import nearest
 
-    arr = crange.dataset_coords(1_000_000)[:5000]
+    arr = dataset[:5000]
     rep = report.Report()
     search = nearest.faiss_index(arr, rep)
     q = np.array([3, 1, 4, 1, 5, 9, 1, 1, 1], dtype=np.uint16)
