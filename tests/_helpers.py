@@ -5,6 +5,8 @@
   ``{"$ndarray": [dtype, shape, hex]}``) both ways, :func:`to_json` / :func:`from_json`.
 - :class:`Raw`: one connection to a real server on 127.0.0.1 speaking the codec by hand
   (frames out, decoded messages in), for the tests that send what no client would.
+- :class:`ShortReadSocket` (a real socket whose reads return a few bytes at most) and
+  :func:`run_threads` (run a function in threads, collect what they raised).
 
 Import it as the other helper modules are (pytest runs in importlib mode)::
 
@@ -17,8 +19,9 @@ import json
 import pathlib
 import select
 import socket
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -162,3 +165,49 @@ class Raw:
     def close(self) -> None:
         """Close this side."""
         self.s.close()
+
+
+class ShortReadSocket:
+    """A real socket whose every read returns at most ``most`` bytes (partial reads).
+
+    :attr:`reads` counts the ``recv_into`` calls; everything else is the socket's.
+    """
+
+    def __init__(self, sock: socket.socket, most: int = 5):
+        self._s = sock
+        self.most = most
+        self.reads = 0
+
+    def recv_into(self, buf, nbytes: int = 0) -> int:
+        self.reads += 1
+        return self._s.recv_into(buf, min(self.most, len(buf) if not nbytes else nbytes))
+
+    def recv(self, n: int, flags: int = 0) -> bytes:
+        return self._s.recv(min(n, self.most), flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s, name)
+
+
+def run_threads(work: Callable[[int], None], n: int, timeout: float = 60.0) -> list:
+    """Run ``work(0)`` .. ``work(n - 1)`` in ``n`` threads at once and wait for them.
+
+    :returns: what they raised (empty when all succeeded); a thread still running after
+        ``timeout`` seconds counts as a failure.
+    """
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as exc:  # reported to the caller
+            errors.append(exc)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in ts:
+        t.join(max(0.0, deadline - time.monotonic()))
+    errors += [TimeoutError(f"{t.name} still running") for t in ts if t.is_alive()]
+    return errors
