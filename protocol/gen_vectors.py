@@ -16,22 +16,11 @@ import numpy as np
 import xxhash
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from _helpers import to_json  # noqa: E402  (the vectors' JSON form, shared with the tests)
 from vtpu import protocol as P  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(__file__), "vectors")
-
-
-def to_json(v):
-    """Python value -> JSON form ({"$bin": hex}, {"$ndarray": [dtype, shape, hex]})."""
-    if isinstance(v, bytes):
-        return {"$bin": v.hex()}
-    if isinstance(v, np.ndarray):
-        return {"$ndarray": [v.dtype.str, list(v.shape), v.tobytes(order="C").hex()]}
-    if isinstance(v, (list, tuple)):
-        return [to_json(x) for x in v]
-    if isinstance(v, dict):
-        return {k: to_json(x) for k, x in v.items()}
-    return v
 
 
 def key(*c):

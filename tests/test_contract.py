@@ -147,8 +147,9 @@ def disagree(backends: tuple, reason: str):
     return deco
 
 
-class BackendContract:
-    """The contract of the engine methods; subclasses provide the ``eng`` fixture."""
+class _Contract:
+    """A contract suite: its ``backend`` name, and its tests marked with a known
+    disagreement for that backend expected to fail (strictly)."""
 
     backend = "abstract"
 
@@ -157,6 +158,10 @@ class BackendContract:
         known = getattr(request.function, "disagreement", None)
         if known is not None and self.backend in known[0]:
             request.applymarker(pytest.mark.xfail(strict=True, reason=known[1]))
+
+
+class BackendContract(_Contract):
+    """The contract of the engine methods; subclasses provide the ``eng`` fixture."""
 
     # -- get / put / delete ---------------------------------------------------------------
 
@@ -840,16 +845,8 @@ FACADE_MEM = ("mem",)
 FACADE_EVERY = ("mem", "vtpu")
 
 
-class FacadeContract:
+class FacadeContract(_Contract):
     """The facade methods (``cget``, ``crange``, ...); subclasses provide ``client``."""
-
-    backend = "abstract"
-
-    @pytest.fixture(autouse=True)
-    def _known_disagreements(self, request):
-        known = getattr(request.function, "disagreement", None)
-        if known is not None and self.backend in known[0]:
-            request.applymarker(pytest.mark.xfail(strict=True, reason=known[1]))
 
     def test_point_calls(self, client):
         c = "1.2.3/4.5.6/7.8.9"

@@ -3,7 +3,9 @@ short reads, large replies, msgid wrap), through the codec's GET-run encoder and
 reader (tested on their own in ``tests/test_codec.py``); and ``_core.key_of``, which the
 facade's pipelined CGET uses. No timing assertions.
 """
+import os
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,9 @@ from vtpu.engine import Engine
 from vtpu.netclient import RemoteEngine
 from vtpu.session import ClientOps
 from vtpu.testing import ServerThread
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
+from _helpers import ShortReadSocket  # noqa: E402
 
 MIXED = [
     b"v" * 32, "héllo", 3, -5, 2.5, None, True, [1, "a"], {"x": b"y"},
@@ -146,26 +151,10 @@ def test_pushes_between_pipelined_replies(server):
         w.close()
 
 
-class ShortReadSocket:
-    """A socket whose reads return at most 7 bytes."""
-
-    def __init__(self, s):
-        self._s = s
-
-    def recv_into(self, buf, nbytes=0):
-        return self._s.recv_into(buf, min(7, len(buf) if not nbytes else nbytes))
-
-    def recv(self, n, flags=0):
-        return self._s.recv(min(n, 7), flags)
-
-    def __getattr__(self, name):
-        return getattr(self._s, name)
-
-
 @pytest.mark.integration
 def test_pipelined_gets_with_short_reads(server):
     r = RemoteEngine(port=server.port, timeout=20, socket_factory=lambda a, t: ShortReadSocket(
-        socket.create_connection(a, timeout=t)))
+        socket.create_connection(a, timeout=t), most=7))
     try:
         ks = keys_of(40)
         r.put_many(b"".join(ks), [("s" * i) for i in range(40)])

@@ -4,9 +4,9 @@ opcode table. The codec proper (framing, encoders, decoders) is tested once per
 implementation in ``tests/test_codec.py``."""
 from __future__ import annotations
 
-import json
-import pathlib
+import os
 import re
+import sys
 
 import msgpack
 import numpy as np
@@ -15,45 +15,13 @@ import pytest
 from vtpu import errors as E
 from vtpu import protocol as P
 
-VEC_DIR = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
+from _helpers import from_json, load_vectors, to_json  # noqa: E402
 
-
-def load(name: str) -> dict:
-    with open(VEC_DIR / f"{name}.json") as f:
-        return json.load(f)
-
-
-FRAMES = load("frames")
-VALUES = load("values")
-COORDS = load("coords")
-HASHES = load("hash")
-
-
-def to_json(v):
-    """Decoded value -> the vectors' JSON form (bins and ndarrays tagged)."""
-    if isinstance(v, bytes):
-        return {"$bin": v.hex()}
-    if isinstance(v, np.ndarray):
-        return {"$ndarray": [v.dtype.str, list(v.shape), v.tobytes(order="C").hex()]}
-    if isinstance(v, (list, tuple)):
-        return [to_json(x) for x in v]
-    if isinstance(v, dict):
-        return {k: to_json(x) for k, x in v.items()}
-    return v
-
-
-def from_json(v):
-    """The vectors' JSON form -> the Python value it stands for."""
-    if isinstance(v, dict):
-        if set(v) == {"$bin"}:
-            return bytes.fromhex(v["$bin"])
-        if set(v) == {"$ndarray"}:
-            dt, shape, raw = v["$ndarray"]
-            return np.frombuffer(bytes.fromhex(raw), dtype=np.dtype(dt)).reshape(shape)
-        return {k: from_json(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [from_json(x) for x in v]
-    return v
+FRAMES = load_vectors("frames")
+VALUES = load_vectors("values")
+COORDS = load_vectors("coords")
+HASHES = load_vectors("hash")
 
 
 # -- valid frames --------------------------------------------------------------------------
@@ -212,7 +180,7 @@ def test_text_format_vectors():
 def test_exchange_vectors_are_well_formed():
     """Every frame of the server conversations frames (or, for the poisoning cases, fails
     to decode exactly where the spec says)."""
-    ex = load("exchanges")["exchanges"]
+    ex = load_vectors("exchanges")["exchanges"]
     assert {e["name"] for e in ex} >= {"trailing_bytes_poison", "unicode_array_roundtrip",
                                       "timestamp_ext_is_arg", "two_item_request_keeps_msgid"}
     for e in ex:

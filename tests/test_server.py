@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 import threading
 
 import numpy as np
@@ -22,6 +23,9 @@ from vtpu.engine import Engine
 from vtpu.netclient import RemoteEngine
 from vtpu.results import Scrolls
 from vtpu.testing import ServerThread, running_server
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
+from _helpers import ShortReadSocket, run_threads  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -430,25 +434,6 @@ def test_non_idempotent_call_is_not_retried():
         st.stop()
 
 
-class ShortReadSocket:
-    """A real socket whose every recv returns at most 5 bytes (partial-read torture)."""
-
-    def __init__(self, sock):
-        self._s = sock
-        self.reads = 0
-
-    def recv_into(self, buf, nbytes=0):
-        self.reads += 1
-        n = min(5, len(buf) if not nbytes else nbytes)
-        return self._s.recv_into(buf, n)
-
-    def recv(self, n, flags=0):
-        return self._s.recv(min(n, 5), flags)
-
-    def __getattr__(self, name):
-        return getattr(self._s, name)
-
-
 def test_short_reads(server):
     made = []
 
@@ -495,23 +480,14 @@ def test_reply_over_client_limit_is_a_limit_error(server):
 
 
 def test_threads_share_one_client(client):
-    errors = []
-
     def work(t):
-        try:
-            for i in range(100):
-                k = key(f"1.1.1/1.1.1/{t + 1}.1.{i + 1}")
-                client.put(k, (t, i))
-                assert client.get(k).content == [t, i]
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for i in range(100):
+            k = key(f"1.1.1/1.1.1/{t + 1}.1.{i + 1}")
+            client.put(k, (t, i))
+            assert client.get(k).content == [t, i]
 
-    ts = [threading.Thread(target=work, args=(t,)) for t in range(6)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(60)
-    assert not errors and client.count(ALL) == 600
+    assert run_threads(work, 6) == []
+    assert client.count(ALL) == 600
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

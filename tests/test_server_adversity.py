@@ -7,10 +7,11 @@ well-framed bad request gets a typed error reply and the connection stays usable
 """
 from __future__ import annotations
 
+import os
 import random
 import socket
 import struct
-import time
+import sys
 
 import msgpack
 import numpy as np
@@ -22,13 +23,15 @@ from vtpu.engine import Engine
 from vtpu.netclient import RemoteEngine
 from vtpu.testing import ServerThread
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
+from _helpers import IO_TIMEOUT, Raw  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 ALL = _core.parse_pattern("*.*.*/*.*.*/*.*.*")
 K1 = _core.pack(_core.parse_coord("1.2.3/4.5.6/7.8.9"))
 K2 = _core.pack(_core.parse_coord("1.1.1/1.1.1/1.1.1"))
 PAT = P.pack_pattern(ALL)
-IO_TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -60,44 +63,6 @@ def check(server):
     before = snapshot(server.port)
     yield server.port
     assert snapshot(server.port) == before
-
-
-class Raw:
-    def __init__(self, port, hello=True):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
-        self.d = P.FrameDecoder()
-        if hello:
-            self.send(P.encode_request(1, "HELLO", [1, None, {}]))
-            assert self.recv()[1] == 0
-
-    def send(self, data: bytes):
-        self.s.sendall(data)
-
-    def recv(self):
-        """Next message, or None when the server closed the connection."""
-        deadline = time.monotonic() + IO_TIMEOUT
-        while time.monotonic() < deadline:
-            m = self.d.next_frame()
-            if m is not None:
-                return m
-            try:
-                data = self.s.recv(65536)
-            except ConnectionResetError:
-                return None
-            if not data:
-                return None
-            self.d.feed(data)
-        raise AssertionError("no reply")
-
-    def call(self, msgid, op, args):
-        self.send(P.encode_request(msgid, op, args))
-        return self.recv()
-
-    def closed(self) -> bool:
-        return self.recv() is None
-
-    def close(self):
-        self.s.close()
 
 
 def frame(body: bytes) -> bytes:

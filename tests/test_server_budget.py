@@ -7,8 +7,9 @@ request's reply has not arrived", "stopped" is "its writes stopped growing".
 """
 from __future__ import annotations
 
-import select
-import socket
+import functools
+import os
+import sys
 import time
 
 import numpy as np
@@ -23,9 +24,13 @@ from vtpu.netclient import RemoteEngine
 from vtpu.storage import Storage
 from vtpu.testing import ServerThread
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
+from _helpers import Raw as _Raw  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 IO_TIMEOUT = 30.0
+Raw = functools.partial(_Raw, timeout=IO_TIMEOUT)
 N = 20_000
 ALL = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
 PALL = P.pack_pattern(ALL)
@@ -43,40 +48,6 @@ def filled(n: int = N, engine: Engine | None = None) -> Engine:
     return e
 
 
-class Raw:
-    """One connection speaking the codec by hand."""
-
-    def __init__(self, port: int, options: dict | None = None):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
-        self.d = W.FrameDecoder(1 << 30)
-        self.s.sendall(W.encode_request(1, "HELLO", [1, None, options or {}]))
-        self.hello = self.recv()
-
-    def send(self, msgid: int, op: str, args: list) -> None:
-        self.s.sendall(W.encode_request(msgid, op, args, 1 << 30))
-
-    def ready(self) -> bool:
-        """Whether a reply (or bytes of one) is waiting, without blocking."""
-        if self.d.buffered():
-            return True
-        return bool(select.select([self.s], [], [], 0)[0])
-
-    def recv(self):
-        deadline = time.monotonic() + IO_TIMEOUT
-        while time.monotonic() < deadline:
-            m = self.d.next()
-            if m is not None:
-                return m
-            data = self.s.recv(1 << 20)
-            if not data:
-                return None
-            self.d.feed(data)
-        raise AssertionError("no reply")
-
-    def close(self) -> None:
-        self.s.close()
-
-
 def counts(n: int) -> list:
     return [["COUNT", [PALL]]] * n
 
@@ -84,10 +55,10 @@ def counts(n: int) -> list:
 def test_other_connections_are_served_while_a_long_request_runs():
     with ServerThread(filled()) as st:
         slow, other = Raw(st.port), Raw(st.port)
-        slow.send(2, "BATCH", [counts(10_000)])
+        slow.request(2, "BATCH", [counts(10_000)])
         served = 0
         for i in range(3, 53):
-            other.send(i, "GET", [key(i)])
+            other.request(i, "GET", [key(i)])
             m = other.recv()
             assert m[:2] == [i, 0] and m[2][1] == f"s{i}"
             if not slow.ready():
@@ -118,7 +89,7 @@ def test_a_batch_out_of_time_answers_what_it_did():
     with ServerThread(filled(), max_request_time=0.05) as st:
         r = Raw(st.port)
         assert r.hello[2]["max_request_ms"] == 50
-        r.send(2, "BATCH", [counts(10_000)])
+        r.request(2, "BATCH", [counts(10_000)])
         m = r.recv()
         assert m[0] == 2 and m[1] == 0 and len(m[2]) == 10_000
         status = [x[0] for x in m[2]]
@@ -127,7 +98,7 @@ def test_a_batch_out_of_time_answers_what_it_did():
         assert all(x[1] == N for x in m[2][:first])
         assert {x[1][0] for x in m[2][first:]} == {"TIMEOUT"}
         assert "not executed" in m[2][-1][1][1]
-        r.send(3, "PING", [])   # the connection goes on
+        r.request(3, "PING", [])   # the connection goes on
         assert r.recv()[2] == "PONG"
         r.close()
 
@@ -136,8 +107,8 @@ def test_timeout_ms_in_hello():
     with ServerThread(filled()) as st:
         r = Raw(st.port, {"timeout_ms": 20})
         assert r.hello[1] == 0 and r.hello[2]["max_request_ms"] == 5000
-        r.send(2, "EXPORT_PHEXT", [])
-        r.send(3, "BATCH", [counts(10_000)])
+        r.request(2, "EXPORT_PHEXT", [])
+        r.request(3, "BATCH", [counts(10_000)])
         m = r.recv()
         assert m[1] == 0 or m[2][0] == "TIMEOUT"   # an export this small may finish
         m = r.recv()
@@ -155,9 +126,9 @@ def test_a_stopped_delete_by_pattern_is_partial_and_consistent(tmp_path):
     with ServerThread(e, max_request_time=0.01) as st:
         r = Raw(st.port)
         for i in range(2, 1000):   # each call deletes a part: repeat until none is left
-            r.send(i, "DEL_RANGE", [PALL])
+            r.request(i, "DEL_RANGE", [PALL])
             m = r.recv()
-            r.send(10_000 + i, "COUNT", [PALL])
+            r.request(10_000 + i, "COUNT", [PALL])
             left = r.recv()[2]
             if m[1] == 0:
                 deleted += m[2]
@@ -189,7 +160,7 @@ def test_a_request_is_stopped_when_its_client_leaves():
         for i in range(4000):   # slow work, and a write after each piece of it
             ops += [["COUNT", [PALL]], ["PUT", [key(i, top=9), i]]]
         r = Raw(st.port)
-        r.send(2, "BATCH", [ops])
+        r.request(2, "BATCH", [ops])
         deadline = time.monotonic() + IO_TIMEOUT
         while probe.count(marks) == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -224,7 +195,7 @@ def test_caps_are_refused_before_any_work():
             c.kg(ALL, wild, 1, max_frontier=100_001)
         c.close()
         r = Raw(st.port)
-        r.send(2, "BATCH", [[["PING", []]] * 51])
+        r.request(2, "BATCH", [[["PING", []]] * 51])
         assert r.recv() == [2, 1, ["LIMIT", "BATCH: 51 operations exceed max_batch 50"]]
         # The opcode in a form the decoder's check does not read: refused once decoded.
         body = P.packb([3, "BATCH", [[["PING", []]] * 51]]).replace(
@@ -232,7 +203,7 @@ def test_caps_are_refused_before_any_work():
         r.s.sendall(len(body).to_bytes(4, "big") + body)
         m = r.recv()
         assert m[:2] == [3, 1] and m[2][0] == "LIMIT"
-        r.send(4, "BATCH", [[["PING", []]] * 50])
+        r.request(4, "BATCH", [[["PING", []]] * 50])
         assert r.recv()[2] == [[0, "PONG"]] * 50
         r.close()
 
@@ -240,12 +211,12 @@ def test_caps_are_refused_before_any_work():
 def test_an_export_over_the_frame_limit_is_refused():
     with ServerThread(filled(), max_frame_size=64 * 1024) as st:
         r = Raw(st.port)
-        r.send(2, "EXPORT_PHEXT", [])
+        r.request(2, "EXPORT_PHEXT", [])
         m = r.recv()
         assert m[:2] == [2, 1] and m[2][0] == "LIMIT" and "narrower pattern" in m[2][1]
         part = P.pack_pattern(np.array([[1, 1, 1, 1, 1, 1, 1, 1, 0],
                                         [1, 1, 1, 1, 1, 1, 1, 1, 0xFFFF]], np.uint16))
-        r.send(3, "EXPORT_PHEXT", [part])
+        r.request(3, "EXPORT_PHEXT", [part])
         m = r.recv()
         assert m[1] == 0 and m[2].startswith("s0")
         r.close()
@@ -262,7 +233,7 @@ def test_big_store_long_requests_and_a_reader():
         for op, args in [("KG", [PALL, wild, 2]), ("EXPORT_PHEXT", [None, True]),
                          ("DEL_RANGE", [PALL])]:
             r = Raw(st.port)
-            r.send(2, op, args)
+            r.request(2, op, args)
             reads = 0
             while not r.ready():
                 assert reader.get(key(reads % 1000)) is not None or op == "DEL_RANGE"
@@ -278,7 +249,7 @@ def test_a_connection_waiting_for_its_request_is_not_idle():
 
     with ServerThread(filled(), limits=Limits(idle_timeout=0.5)) as st:
         r = Raw(st.port)
-        r.send(2, "BATCH", [counts(10_000)])   # seconds of work, nothing sent meanwhile
+        r.request(2, "BATCH", [counts(10_000)])   # seconds of work, nothing sent meanwhile
         m = r.recv()
         assert m is not None and m[:2] == [2, 0] and len(m[2]) == 10_000
         r.close()

@@ -6,8 +6,9 @@ in one write, so the runs really form on the server.
 """
 from __future__ import annotations
 
+import os
 import socket
-import time
+import sys
 
 import numpy as np
 import pytest
@@ -18,50 +19,15 @@ from vtpu import wire as W
 from vtpu.engine import Engine
 from vtpu.testing import ServerThread
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
+from _helpers import IO_TIMEOUT, Raw  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
-IO_TIMEOUT = 10.0
 
 
 def key(i: int) -> bytes:
     return _core.pack(np.array([5, 0, 0, 0, 0, 0, 0, i >> 8, i & 0xFF], np.uint16))
-
-
-class Raw:
-    """One connection speaking the codec by hand."""
-
-    def __init__(self, port: int, options: dict | None = None):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
-        self.d = W.FrameDecoder()
-        self.s.sendall(W.encode_request(1, "HELLO", [1, None, options or {}]))
-        assert self.recv()[1] == 0
-
-    def recv(self):
-        deadline = time.monotonic() + IO_TIMEOUT
-        while time.monotonic() < deadline:
-            m = self.d.next()
-            if m is not None:
-                return m
-            data = self.s.recv(1 << 16)
-            if not data:
-                return None
-            self.d.feed(data)
-        raise AssertionError("no reply")
-
-    def exchange(self, data: bytes, n: int) -> list:
-        """Send ``data`` in one write and read ``n`` replies (pushes are skipped)."""
-        self.s.sendall(data)
-        out = []
-        while len(out) < n:
-            m = self.recv()
-            assert m is not None, "connection closed"
-            if m[0] == 0 and m[1] == "push":
-                continue
-            out.append(m)
-        return out
-
-    def close(self):
-        self.s.close()
 
 
 @pytest.fixture

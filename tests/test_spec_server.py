@@ -4,11 +4,11 @@ exchanges.json`` replayed byte for byte against a real server, and the error con
 failures) seen from real clients."""
 from __future__ import annotations
 
-import json
 import logging
-import pathlib
+import os
 import socket
 import struct
+import sys
 import time
 
 import numpy as np
@@ -20,55 +20,12 @@ from vtpu.engine import Engine
 from vtpu.netclient import RemoteEngine
 from vtpu.testing import running_server
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
+from _helpers import IO_TIMEOUT, Raw, load_vectors, to_json  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
-VEC_DIR = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors"
-with open(VEC_DIR / "exchanges.json") as _f:
-    EXCHANGES = json.load(_f)["exchanges"]
-IO_TIMEOUT = 10.0
-
-
-def to_json(v):
-    """Decoded value -> the vectors' JSON form (as in tests/test_protocol.py)."""
-    if isinstance(v, bytes):
-        return {"$bin": v.hex()}
-    if isinstance(v, np.ndarray):
-        return {"$ndarray": [v.dtype.str, list(v.shape), v.tobytes(order="C").hex()]}
-    if isinstance(v, (list, tuple)):
-        return [to_json(x) for x in v]
-    if isinstance(v, dict):
-        return {k: to_json(x) for k, x in v.items()}
-    return v
-
-
-class Conn:
-    """A raw protocol connection: bytes out, decoded frames in."""
-
-    def __init__(self, port: int):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
-        self.d = P.FrameDecoder()
-
-    def send(self, data: bytes) -> None:
-        self.s.sendall(data)
-
-    def recv(self):
-        """The next frame, or None once the server closed the connection."""
-        deadline = time.monotonic() + IO_TIMEOUT
-        while time.monotonic() < deadline:
-            m = self.d.next_frame()
-            if m is not None:
-                return m
-            try:
-                data = self.s.recv(65536)
-            except ConnectionResetError:
-                return None
-            if not data:
-                return None
-            self.d.feed(data)
-        raise AssertionError("no frame from the server in time")
-
-    def close(self) -> None:
-        self.s.close()
+EXCHANGES = load_vectors("exchanges")["exchanges"]
 
 
 def check_frame(got, want) -> None:
@@ -87,7 +44,7 @@ def check_frame(got, want) -> None:
 @pytest.mark.parametrize("ex", EXCHANGES, ids=lambda e: e["name"])
 def test_exchange(ex):
     with running_server(**ex.get("server", {})) as (_, port):
-        c = Conn(port)
+        c = Raw(port, hello=False)
         if ex["hello"] is not None:
             c.send(P.encode_request(0xFFFF, "HELLO", [1, None, ex["hello"]]))
             assert c.recv()[:2] == [0xFFFF, 0]
@@ -107,7 +64,7 @@ def test_invalidate_goes_to_other_tracking_connections_only():
     with running_server() as (_, port):
         conns = []
         for _ in range(2):
-            c = Conn(port)
+            c = Raw(port, hello=False)
             c.send(P.encode_request(1, "HELLO", [1, None, {"track": True}]))
             assert c.recv()[1] == 0
             conns.append(c)

@@ -203,40 +203,38 @@ def test_a_query_sees_the_keys_of_its_start():
         assert [s.key for s in run(gen)] == [k for k in start if k != key(coords[40])]
 
 
-def test_delete_range_stopped_says_what_it_did():
+def stopped_after_three_steps(gen):
+    """Run three steps of ``gen``, then stop it as the server does on a timeout.
+
+    :returns: the RequestTimeout it raised.
+    """
+    for _ in range(3):
+        gen.send(None)
+    with pytest.raises(RequestTimeout) as info:
+        gen.throw(RequestTimeout("stopped"))
+    return info.value
+
+
+def test_delete_range_stopped_says_what_it_did(monkeypatch):
     e = store([(1, 1, 1, 1, 1, 1, 1, 1, j) for j in range(1, 40)])
     p = np.array([[1] * 8 + [0], [1] * 8 + [0xFFFF]], np.uint16)
-    old = engine_mod.DELETE_STEP
-    engine_mod.DELETE_STEP = 5
-    try:
-        gen = e.delete_range_steps(p)
-        for _ in range(3):
-            gen.send(None)
-        with pytest.raises(RequestTimeout) as info:
-            gen.throw(RequestTimeout("stopped"))
-    finally:
-        engine_mod.DELETE_STEP = old
+    monkeypatch.setattr(engine_mod, "DELETE_STEP", 5)
+    err = stopped_after_three_steps(e.delete_range_steps(p))
+    monkeypatch.undo()
     left = e.count(p)
-    assert f"{39 - left} of the 39 matching scrolls were deleted" in info.value.message
+    assert f"{39 - left} of the 39 matching scrolls were deleted" in err.message
     assert 0 < left < 39
     assert e.delete_range(p) == left and e.count(p) == 0
 
 
-def test_import_stopped_says_what_it_stored():
+def test_import_stopped_says_what_it_stored(monkeypatch):
     doc = phext.format_phext([((1, 1, 1, 1, 1, 1, 1, 1, j), f"s{j}") for j in range(1, 30)])
     e = Engine()
-    old = engine_mod.PUT_STEP
-    engine_mod.PUT_STEP = 4
-    try:
-        gen = e.import_phext_steps(doc)
-        for _ in range(3):
-            gen.send(None)
-        with pytest.raises(RequestTimeout) as info:
-            gen.throw(RequestTimeout("stopped"))
-    finally:
-        engine_mod.PUT_STEP = old
+    monkeypatch.setattr(engine_mod, "PUT_STEP", 4)
+    err = stopped_after_three_steps(e.import_phext_steps(doc))
+    monkeypatch.undo()
     n = len(e._map)
-    assert f"the first {n} of its 29 scrolls were stored" in info.value.message
+    assert f"the first {n} of its 29 scrolls were stored" in err.message
     assert [s.content for s in e.range(np.array([[0] * 9, [0xFFFF] * 9], np.uint16))] == \
         [f"s{j}" for j in range(1, n + 1)]
 

@@ -6,6 +6,7 @@ crash/integration tests.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -210,39 +211,18 @@ def test_second_storage_same_process_refused(tmp_path):
     Storage(tmp_path).close()  # released on close
 
 
-def test_lock_refused_by_other_process(tmp_path):
-    child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import sys, time
-            sys.path.insert(0, {ROOT!r})
-            from vtpu.storage import Storage
-            s = Storage({str(tmp_path)!r})
-            print("locked", flush=True)
-            sys.stdin.readline()
-            s.close()
-        """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert child.stdout.readline().strip() == "locked"
-        with pytest.raises(StorageError) as ei:
-            Storage(tmp_path)
-        msg = str(ei.value)
-        assert str(tmp_path) in msg
-        assert f"pid {child.pid}" in msg
-    finally:
-        child.stdin.close()
-        child.wait(timeout=30)
-    Storage(tmp_path).close()
+@contextlib.contextmanager
+def store_held_by_another_process(path):
+    """A child process holding a Storage open on ``path`` until the block ends.
 
-
-def test_deleting_the_lock_file_does_not_release_the_lock(tmp_path):
+    :returns: (yields) the child's Popen.
+    """
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
             sys.path.insert(0, {ROOT!r})
             from vtpu.storage import Storage
-            s = Storage({str(tmp_path)!r})
+            s = Storage({str(path)!r})
             print("locked", flush=True)
             sys.stdin.readline()
             s.close()
@@ -251,14 +231,29 @@ def test_deleting_the_lock_file_does_not_release_the_lock(tmp_path):
     )
     try:
         assert child.stdout.readline().strip() == "locked"
+        yield child
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+
+
+def test_lock_refused_by_other_process(tmp_path):
+    with store_held_by_another_process(tmp_path) as child:
+        with pytest.raises(StorageError) as ei:
+            Storage(tmp_path)
+        msg = str(ei.value)
+        assert str(tmp_path) in msg
+        assert f"pid {child.pid}" in msg
+    Storage(tmp_path).close()
+
+
+def test_deleting_the_lock_file_does_not_release_the_lock(tmp_path):
+    with store_held_by_another_process(tmp_path):
         os.remove(tmp_path / LOCK_FILENAME)
         with pytest.raises(StorageError, match="is locked by another vtpu store"):
             Storage(tmp_path)
         with pytest.raises(StorageError, match="is locked"):  # still, a second time
             Storage(tmp_path)
-    finally:
-        child.stdin.close()
-        child.wait(timeout=30)
     with Storage(tmp_path):
         with pytest.raises(StorageError, match=f"held by pid {os.getpid()}"):
             Storage(tmp_path)

@@ -25,6 +25,7 @@ from vtpu.netclient import IDLE_CHECK_SECONDS, RemoteEngine  # noqa: E402
 from vtpu.testing import ServerThread  # noqa: E402
 from vtpu.tls import client_context, server_context  # noqa: E402
 
+from _helpers import run_threads  # noqa: E402
 from netutil import ServeProcess, make_certs  # noqa: E402
 
 ALL = _core.parse_pattern("*.*.*/*.*.*/*.*.*")
@@ -137,28 +138,16 @@ def test_sync_client_idle_connection_survives_and_keeps_pushes(tls_server, certs
 def test_many_tls_connections_at_once(tls_server, certs):
     # The server reads every TLS connection through one shared buffer: interleaved big
     # requests from several clients must each arrive intact.
-    import threading
-
-    errors = []
-
     def work(t):
-        try:
-            c = RemoteEngine(port=tls_server.port, tls_ca=certs.ca)
-            for i in range(5):
-                k = key(f"1.1.1/1.1.{t + 1}/1.1.{i + 1}")
-                v = np.full(50_000, t * 10 + i, dtype=np.int32)
-                assert c.put(k, v) == 1
-                assert np.array_equal(c.get(k).content, v)
-            c.close()
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        c = RemoteEngine(port=tls_server.port, tls_ca=certs.ca)
+        for i in range(5):
+            k = key(f"1.1.1/1.1.{t + 1}/1.1.{i + 1}")
+            v = np.full(50_000, t * 10 + i, dtype=np.int32)
+            assert c.put(k, v) == 1
+            assert np.array_equal(c.get(k).content, v)
+        c.close()
 
-    ts = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(60)
-    assert not errors
+    assert run_threads(work, 4) == []
     c = RemoteEngine(port=tls_server.port, tls_ca=certs.ca)
     assert c.count(ALL) == 20
     c.close()

@@ -60,7 +60,8 @@ PUT_STEP = 1024      # scrolls of an import written per step
 EDGE_STEP = 512      # KG edges followed per step
 PHEXT_STEP = 128     # scrolls formatted per step of an export
 SCORES_PER_STEP = 1 << 15   # ATTEND_MANY attention scores computed per step
-#: Bounds of CNEAREST's k and CKG's hops / max_frontier (the wire accepts no more).
+#: Bounds of CNEAREST's k and CKG's hops / max_frontier in every backend. A server caps
+#: k and max_frontier lower per request (vtpu.server.MAX_NEAREST_K, MAX_KG_FRONTIER).
 MAX_K = 1 << 31
 MAX_HOPS = 1 << 20
 MAX_FRONTIER = 1 << 31
@@ -157,15 +158,17 @@ def _kind(content: Any) -> str:
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 
-def check_count(v: Any, what: str, lo: int = 0, hi: int = (1 << 63) - 1) -> int | None:
+def check_count(v: Any, what: str, lo: int = 0, hi: int = (1 << 63) - 1,
+                none_ok: bool = True) -> int | None:
     """None or an integer in lo..hi, else InterfaceError: the server's ARG check, so every
     backend refuses the same arguments the same way (a float, even 2.0, or a bool is not
     an integer here).
 
+    :param none_ok: whether None (nil on the wire) is accepted.
     :returns: ``v`` as an int (or None).
     :raises InterfaceError: anything else.
     """
-    if v is None:
+    if v is None and none_ok:
         return None
     # hi defaults to the wire's bound (an int64), so no backend takes a larger one.
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
@@ -245,6 +248,19 @@ def check_metric(metric: Any) -> str:
     if type(metric) is not str or metric not in ("l1", "hamming"):
         raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
     return metric
+
+
+def check_mode(mode: Any) -> str:
+    """CATTEND's mode: None (meaning "auto"), "auto", "dot" or "distance".
+
+    :returns: the mode, "auto" for None.
+    :raises InterfaceError: anything else.
+    """
+    if mode is None:
+        return "auto"
+    if type(mode) is not str or mode not in ("auto", "dot", "distance"):
+        raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
+    return mode
 
 
 def check_direction(direction: Any) -> str:
@@ -997,9 +1013,7 @@ class Engine:
             :class:`LimitError` when more keys than this match (checked before reading
             any scroll).
         """
-        mode = "auto" if mode is None else mode
-        if mode not in ("auto", "dot", "distance"):
-            raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
+        mode = check_mode(mode)
         top_k = check_count(top_k, "top_k")
         key_pattern = _core.check_pattern(key_pattern, "key pattern")
         values = check_values(values)

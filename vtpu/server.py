@@ -53,7 +53,8 @@ import numpy as np
 
 from . import wire as P
 from ._version import __version__
-from .engine import MAX_HOPS, estimate_wire_size
+from .engine import (MAX_HOPS, check_count, check_direction, check_metric, check_mode,
+                     estimate_wire_size)
 from .errors import (
     CoordinateError,
     InterfaceError,
@@ -163,7 +164,9 @@ DEFAULT_MAX_REQUEST_TIME = 5.0  # seconds a request may run before it stops with
 # Caps refused with ARG before any work: results this large are not a query's answer.
 MAX_TOP_K = 10_000  # ATTEND top_k (and every matched key when top_k is nil), ATTEND_MANY
 MAX_NEAREST_K = 10_000  # NEAREST k
-MAX_FRONTIER = 100_000  # KG max_frontier (default 10,000)
+# KG max_frontier (default 10,000): the wire's cap (PROTOCOL.md section 7), well under
+# the bound every backend takes (vtpu.engine.MAX_FRONTIER).
+MAX_KG_FRONTIER = 100_000
 MAX_WEIGHTS = 1_000_000  # weights one ATTEND_MANY returns in all (LIMIT above)
 MAX_VISITED = 250_000  # coordinates one KG walk may reach (LIMIT above)
 PACK_STEP = 65536  # keys packed per step of a keys-only RANGE page
@@ -183,14 +186,6 @@ def _nargs(args: list, lo: int, hi: int) -> None:
 
 def _opt(args: list, i: int, default: Any = None) -> Any:
     return args[i] if len(args) > i else default
-
-
-def _int(v: Any, what: str, lo: int = 0, hi: int = 2**63 - 1, none_ok: bool = False) -> Any:
-    if v is None and none_ok:
-        return None
-    if type(v) is not int or not lo <= v <= hi:
-        raise InterfaceError(f"{what} must be an integer in {lo}..{hi}, got {v!r}")
-    return v
 
 
 def _bool(v: Any, what: str) -> bool:
@@ -270,7 +265,7 @@ class _Dispatcher:
     def put(self, a: list) -> int:
         _nargs(a, 2, 3)
         key = P.check_key(a[0])
-        ifv = _int(_opt(a, 2), "if_version", 0, none_ok=True)
+        ifv = check_count(_opt(a, 2), "if_version", 0)
         return self._put(key, a[1], ifv) if ifv is not None else self._put(key, a[1])
 
     def delete(self, a: list) -> int:
@@ -323,7 +318,7 @@ class _Dispatcher:
     def range(self, a: list) -> list:
         _nargs(a, 1, 4)
         pat = _pattern(a[0])
-        limit = _int(_opt(a, 1), "limit", 0, none_ok=True)
+        limit = check_count(_opt(a, 1), "limit", 0)
         after = _opt(a, 2)
         if after is not None:
             P.check_key(after, "after")
@@ -370,10 +365,8 @@ class _Dispatcher:
     def nearest(self, a: list):
         _nargs(a, 1, 4)
         c = _coord(a[0])
-        k = _int(_opt(a, 1, 10), "k", 0, MAX_NEAREST_K)
-        metric = _opt(a, 2, "l1")
-        if type(metric) is not str or metric not in ("l1", "hamming"):
-            raise InterfaceError(f"metric must be 'l1' or 'hamming', got {metric!r}")
+        k = check_count(_opt(a, 1, 10), "k", 0, MAX_NEAREST_K, none_ok=False)
+        metric = check_metric(_opt(a, 2, "l1"))
         within = _opt(a, 3)
         within = None if within is None else _pattern(within, "within")
         return self._nearest_steps(c, k, metric, within)
@@ -385,10 +378,7 @@ class _Dispatcher:
     def hier(self, a: list) -> Any:
         _nargs(a, 2, 2)
         c = _coord(a[0])
-        d = a[1]
-        if type(d) is not str or d not in ("NEXT", "PREV"):
-            raise InterfaceError(f"direction must be 'NEXT' or 'PREV', got {d!r}")
-        r = self.engine.hier(c, d)
+        r = self.engine.hier(c, check_direction(a[1]))
         return None if r is None else P.pack_coord(r)
 
     def _values(self, v: Any) -> Any:
@@ -406,13 +396,11 @@ class _Dispatcher:
         if not (isinstance(q, np.ndarray) or (type(q) is bytes and len(q) == P.KEY_SIZE)):
             raise InterfaceError("the query must be an ndarray or an 18-byte key")
         pat = _pattern(a[1], "key pattern")
-        top_k = _int(_opt(a, 2), "top_k", 0, MAX_TOP_K, none_ok=True)
+        top_k = check_count(_opt(a, 2), "top_k", 0, MAX_TOP_K)
         values = self._values(_opt(a, 3))
         ret = _opt(a, 4, True)
         ret = True if ret is None else _bool(ret, "return_output")
-        mode = _opt(a, 5)
-        if mode is not None and mode not in ("auto", "dot", "distance"):
-            raise InterfaceError(f"mode must be 'auto', 'dot' or 'distance', got {mode!r}")
+        mode = check_mode(_opt(a, 5))
         return self._attend_steps(self.engine.attend_steps(q, pat, top_k, values, ret, mode,
                                                            max_keys=MAX_TOP_K))
 
@@ -426,7 +414,7 @@ class _Dispatcher:
             q = P.check_blob(q, P.KEY_SIZE, "queries")
         pats = P.unpack_patterns(P.check_blob(a[1], P.PATTERN_SIZE, "key patterns"))
         kw: dict = {}
-        top_k = _int(_opt(a, 2), "top_k", 0, MAX_TOP_K, none_ok=True)
+        top_k = check_count(_opt(a, 2), "top_k", 0, MAX_TOP_K)
         if top_k is not None:
             kw["top_k"] = top_k  # engines without top_k reject it (ARG), never ignore it
         values = self._values(_opt(a, 3))
@@ -441,8 +429,8 @@ class _Dispatcher:
         _nargs(a, 2, 4)
         start = _pattern(a[0], "start")
         deltas = P.unpack_deltas(P.check_blob(a[1], P.DELTA_SIZE, "deltas"))
-        hops = _int(_opt(a, 2, 1), "hops", 0, MAX_HOPS)
-        mf = _int(_opt(a, 3, 10000), "max_frontier", 1, MAX_FRONTIER)
+        hops = check_count(_opt(a, 2, 1), "hops", 0, MAX_HOPS, none_ok=False)
+        mf = check_count(_opt(a, 3, 10000), "max_frontier", 1, MAX_KG_FRONTIER, none_ok=False)
         return self._kg_steps(start, deltas, hops, mf)
 
     def _kg_steps(self, start: np.ndarray, deltas: np.ndarray, hops: int, mf: int):
