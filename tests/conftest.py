@@ -14,11 +14,6 @@ The guard: while a test runs, binding or listening on a socket in this process
 test carries ``@pytest.mark.integration``; the test is also failed at teardown in case
 the error was swallowed on its way out. A new server-backed test therefore cannot slip
 into the fast, server-free selection unmarked.
-
-``slow`` tests (attack runs, big stores) are skipped unless ``VTPU_SLOW=1`` is set or the
-run is CI's (``CI`` set, as ``.ci/run`` is run), so that a developer's ``pytest -q``
-stays quick and CI keeps running them. The longest versions (hundreds of trials, crash
-rounds, tens of thousands of durable writes) also need ``VTPU_SLOW=1`` itself, in CI too.
 """
 from __future__ import annotations
 
@@ -120,19 +115,6 @@ def pytest_unconfigure(config):
     socket.socket.bind = _real_bind
     socket.socket.listen = _real_listen
     subprocess.Popen.__init__ = _real_popen_init
-
-
-def _env_on(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def pytest_collection_modifyitems(config, items):
-    if _env_on("VTPU_SLOW") or _env_on("CI"):
-        return
-    skip = pytest.mark.skip(reason="slow: set VTPU_SLOW=1 to run it (CI runs it)")
-    for item in items:
-        if item.get_closest_marker("slow") is not None:
-            item.add_marker(skip)
 
 
 @pytest.hookimpl(tryfirst=True)

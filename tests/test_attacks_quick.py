@@ -3,10 +3,10 @@
 
 A test passes when every bar of its attack holds except the latency bars (the probe's
 p99/max and the 100 ms new-client bar, which ``python -m benchmarks.attacks`` measures
-and prints). Today's server fails most of them: those carry ``xfail(strict=True)`` with
-what was measured, so a fix makes its test XPASS (a failure) until the marker goes.
-The cheap attacks run by default; the rest are ``slow`` (run with ``VTPU_SLOW=1``, and in
-CI: see ``tests/conftest.py``).
+and prints). An attack the server is known to fail would carry ``xfail(strict=True)``
+with what was measured, so a fix makes its test XPASS (a failure) until the marker goes.
+Every attack runs by default (and in CI); the longer ones are marked ``slow``, so
+``-m "not slow"`` leaves them out.
 """
 from __future__ import annotations
 
