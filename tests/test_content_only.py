@@ -152,7 +152,7 @@ def test_store_contents_reads_contents_still_encoded():
     # Contents loaded from disk stay encoded in the store until read: the batched read
     # must decode them.
     k = bytes(18)
-    m = _core.ColumnStore(Scroll)
+    m = _core.ColumnStore()
     m.set(k, P.packb(["stored", 1]), 1, 1.0, 1.0, packed=True)
     assert m.contents(k) == [["stored", 1]]
     m.set(k, P.packb({"a": "stored"}), 2, 1.0, 1.0, packed=True)

@@ -109,7 +109,7 @@ ops = st.lists(st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(ops)
 def test_store_matches_reference(seq):
-    store = _core.ColumnStore(Scroll, None)
+    store = _core.ColumnStore()
     ref = Reference()
     pool = [key(i) for i in range(41)]
     now = 1000.0
@@ -247,7 +247,7 @@ def test_bad_arguments():
 def _result(n_missing=True):
     names = NameTable()
     names.extend(["alpha"])
-    store = _core.ColumnStore(Scroll, names)
+    store = _core.ColumnStore(names)
     ks = [key(i) for i in range(6)]
     ks[5] = _core.pack(np.array([0xF000, 1, 1, 1, 1, 1, 1, 1, 1], dtype=np.uint16))
     for i, k in enumerate(ks):
@@ -323,7 +323,7 @@ def test_scrolls_from_columns():
 
 def test_scrolls_concat():
     store, ks, res = _result()
-    other = _core.ColumnStore(Scroll, res.names)
+    other = _core.ColumnStore(res.names)
     other.put(key(40), np.arange(2, dtype=np.int8), 1.0)   # another store's type table
     other.put(key(41), np.full(3, 7, np.float32), 1.0)
     more = other.get_many(key(40) + key(41) + key(42))

@@ -155,8 +155,9 @@ class Client:
         self._errors = 0
         self._time = 0.0
         self._ops: dict[str, int] = {}
-        self._reads = 0          # cget / cput calls, counted apart from _ops to keep them lean
-        self._read_time = 0.0
+        # cget, counted and timed in C around the backend's get (apart from _ops, to keep
+        # the hottest call lean); cput counted apart from _ops too.
+        self._reads = _core.CallMeter(backend.get)
         self._writes = 0
         self._write_time = 0.0
 
@@ -234,25 +235,16 @@ class Client:
         :returns: :class:`~vtpu.coords.Scroll` (also readable as ``s['content']``) or None.
         :raises CoordinateError: malformed coordinate.
         """
-        # The hottest call: no lock (a point read is one dict lookup, atomic under the
-        # GIL, or a remote call whose connection has its own lock) and cheap accounting.
-        t0 = _perf()
+        # The hottest call: no lock (a point read is one lookup in the store, atomic
+        # under the GIL, or a remote call whose connection has its own lock), and the
+        # accounting done in C by the meter around the backend's get.
         if type(coord) is bytes and len(coord) == 18:
-            key = coord
-        else:
-            # A (9,) uint16 row is packed in C; anything else (text...) by read_key.
-            key = _core.key_of(coord) or self._read_key(coord)
-            if key is None:   # names a name the store never interned: nothing there
-                self._reads += 1
-                return None
-        try:
-            s = self._b.get(key)
-        except BaseException:
-            self._errors += 1
-            raise
-        self._reads += 1
-        self._read_time += _perf() - t0
-        return s
+            return self._reads.call(coord)
+        # A (9,) uint16 row is packed in C; anything else (text...) by read_key.
+        key = _core.key_of(coord) or self._read_key(coord)
+        if key is None:   # names a name the store never interned: nothing there
+            return self._reads.answered(None)
+        return self._reads.call(key)
 
     def _plan_cget_many(self, coords, content_only: bool) -> _Call:
         blob, known = read_keys(coords, self.names)
@@ -724,13 +716,14 @@ class Client:
 
     def get_stats(self) -> dict:
         """Client-side statistics, as the prototype's ``get_stats()``."""
-        calls = self._calls + self._reads + self._writes
-        total = self._time + self._read_time + self._write_time
+        reads = self._reads
+        calls = self._calls + reads.calls + self._writes
+        total = self._time + reads.seconds + self._write_time
         by_op = dict(self._ops)
-        for op, n in (("cget", self._reads), ("cput", self._writes)):
+        for op, n in (("cget", reads.calls), ("cput", self._writes)):
             if n:
                 by_op[op] = by_op.get(op, 0) + n
-        return {"total_calls": calls, "errors": self._errors,
+        return {"total_calls": calls, "errors": self._errors + reads.errors,
                 "total_time_s": total,
                 "avg_latency_ms": (total / calls * 1e3) if calls else 0.0,
                 "by_op": by_op}

@@ -16,8 +16,6 @@ from vtpu import _core
 from vtpu._core import MAX_NAMES, MAX_NUMERIC, NAME_BASE
 from vtpu.errors import CoordinateError, InterfaceError, LimitError
 
-_format_key = _core.format_key   # Scroll.coordinate: one core call on the 18 bytes
-
 __all__ = [
     "NAME_BASE",
     "MAX_NAMES",
@@ -327,81 +325,10 @@ class NameTable:
         return list(self._names)
 
 
-class Scroll:
-    """One stored scroll: coordinate, content, version and timestamps.
-
-    Readable as attributes and as a mapping (``s['content']``, ``dict(s)``), like the
-    prototype's dict replies. Immutable.
-    """
-
-    __slots__ = ("key", "content", "version", "created_at", "updated_at", "_names")
-    _FIELDS = ("coordinate", "content", "version", "created_at", "updated_at")
-
-    def __init__(self, key: bytes, content: Any, version: int, created_at: float,
-                 updated_at: float, names: NameTable | None = None):
-        self.key = key
-        self.content = content
-        self.version = version
-        self.created_at = created_at
-        self.updated_at = updated_at
-        self._names = names
-
-    @property
-    def coordinate(self) -> str:
-        """The coordinate as text (names resolved through the table)."""
-        return _format_key(self.key, self._names)
-
-    @property
-    def coords(self) -> np.ndarray:
-        """The coordinate as a (9,) uint16 array."""
-        return _core.unpack(self.key)
-
-    def __getitem__(self, field: str) -> Any:
-        if field in self._FIELDS:
-            return getattr(self, field)
-        raise KeyError(field)
-
-    def get(self, field: str, default: Any = None) -> Any:
-        """Mapping-style access with a default."""
-        return getattr(self, field) if field in self._FIELDS else default
-
-    def keys(self):
-        """The field names, as for a dict."""
-        return self._FIELDS
-
-    def __iter__(self):
-        return iter(self._FIELDS)
-
-    def __len__(self) -> int:
-        return len(self._FIELDS)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Scroll):
-            return NotImplemented
-        return (self.key, self.version, self.created_at, self.updated_at) == (
-            other.key, other.version, other.created_at, other.updated_at
-        ) and _content_equal(self.content, other.content)
-
-    __hash__ = None  # mutable-looking content: not hashable
-
-    def __repr__(self) -> str:
-        content = self.content
-        text = repr(content) if not isinstance(content, np.ndarray) else (
-            f"ndarray(dtype={content.dtype}, shape={content.shape})")
-        if len(text) > 60:
-            text = text[:57] + "..."
-        try:
-            coord = self.coordinate
-        except CoordinateError:
-            coord = self.key.hex()
-        return f"Scroll({coord}, version={self.version}, content={text})"
-
-
-def _content_equal(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
-                and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b))
-    return a == b
+# One stored scroll, an extension type of the core (vtpu/core/scroll.pxi): the store and
+# the results build it directly; attributes, mapping access, ==, repr and pickling as
+# documented there.
+Scroll = _core.Scroll
 
 
 # ---------------------------------------------------------------------------------------

@@ -454,7 +454,7 @@ class Engine:
         self.autocommit = autocommit
         self.names = NameTable(on_intern=self._names_added)
         # key -> scroll: the rows of the column store (mapping access: get, [], in, len)
-        self._map = _core.ColumnStore(Scroll, self.names)
+        self._map = _core.ColumnStore(self.names)
         # The index's main array is the store's sorted run: keys are held once.
         self._index = CoordIndex(source=self._map)
         self._started = time.time()

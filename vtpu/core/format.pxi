@@ -78,6 +78,15 @@ def format_coord(c, names=None):
     return _format_row(&v[0], names)
 
 
+cdef str _format_key(object key, object names):
+    # format_key's work, for Scroll.coordinate too: one C call, no array made.
+    cdef uint16_t c[NDIM]
+    if type(key) is not bytes or PyBytes_GET_SIZE(key) != KEY_BYTES:
+        return format_coord(unpack(key), names)   # checks and explains the argument
+    _unpack_row(<const unsigned char*>PyBytes_AS_STRING(key), c)
+    return _format_row(c, names)
+
+
 def format_key(key, names=None):
     """Format one 18-byte packed key as ``a.b.c/d.e.f/g.h.i``, straight from its bytes.
 
@@ -86,11 +95,7 @@ def format_key(key, names=None):
     :returns: the coordinate text.
     :raises InterfaceError: not 18 bytes; CoordinateError: unformattable name id.
     """
-    cdef uint16_t c[NDIM]
-    if type(key) is not bytes or PyBytes_GET_SIZE(key) != KEY_BYTES:
-        return format_coord(unpack(key), names)   # checks and explains the argument
-    _unpack_row(<const unsigned char*>PyBytes_AS_STRING(key), c)
-    return _format_row(c, names)
+    return _format_key(key, names)
 
 
 @cython.boundscheck(False)

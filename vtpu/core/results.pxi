@@ -15,8 +15,7 @@ import numpy as np
 from vtpu.errors import InterfaceError
 
 
-cdef Scrolls _new_scrolls(Py_ssize_t n, _Slots slots, object names, list types,
-                          object unpackb):
+cdef Scrolls _new_scrolls(Py_ssize_t n, object names, list types, object unpackb):
     """An empty Scrolls with room for n rows (keys, data and objects still to be set)."""
     cdef Scrolls out = Scrolls.__new__(Scrolls)
     cdef Py_ssize_t m = n if n else 1
@@ -31,7 +30,6 @@ cdef Scrolls _new_scrolls(Py_ssize_t n, _Slots slots, object names, list types,
     out.lens = <int64_t*>(block + m * 32)
     out.kinds = <uint8_t*>(block + m * 40)
     out.n = n
-    out._slots = slots
     out._names = names
     out._types = types
     out._unpackb = unpackb
@@ -66,7 +64,6 @@ cdef class Scrolls:
     cdef list _types
     cdef object _unpackb
     cdef object _names
-    cdef _Slots _slots
 
     def __cinit__(self):
         self.block = NULL
@@ -88,16 +85,13 @@ cdef class Scrolls:
         :returns: a Scrolls equal to ``list(items)``.
         """
         items = list(items)
-        from vtpu.coords import Scroll
         cdef Py_ssize_t n = len(items), i
-        cls = Scroll
-        for s in items:
-            if s is not None:
-                cls = type(s)
-                if names is None:
-                    names = s._names
-                break
-        cdef Scrolls out = _new_scrolls(n, _scroll_slots(cls), names, [], None)
+        if names is None:
+            for s in items:
+                if s is not None:
+                    names = s.names
+                    break
+        cdef Scrolls out = _new_scrolls(n, names, [], None)
         keys = PyBytes_FromStringAndSize(NULL, n * KEY_BYTES)
         cdef char* kp = PyBytes_AS_STRING(keys)
         objs = []
@@ -175,8 +169,7 @@ cdef class Scrolls:
             contents = list(contents)
             if len(<list>contents) != n:
                 raise InterfaceError(f"contents: {len(contents)} items for {n} keys")
-        from vtpu.coords import Scroll
-        cdef Scrolls out = _new_scrolls(n, _scroll_slots(Scroll), names, [], None)
+        cdef Scrolls out = _new_scrolls(n, names, [], None)
         out._keys = keys
         if n == 0:
             out._data = b""
@@ -250,7 +243,7 @@ cdef class Scrolls:
             dl += len(p._data)
             if unpackb is None:
                 unpackb = p._unpackb
-        cdef Scrolls out = _new_scrolls(n, first._slots, first._names, types, unpackb)
+        cdef Scrolls out = _new_scrolls(n, first._names, types, unpackb)
         out._keys = b"".join([(<Scrolls>x)._keys for x in parts])
         data = PyBytes_FromStringAndSize(NULL, dl)
         cdef char* d = PyBytes_AS_STRING(data)
@@ -303,18 +296,14 @@ cdef class Scrolls:
         content = _content_from(kind, PyBytes_AS_STRING(self._data), self.offs[i],
                                 self.lens[i], self._data, self._objs, self._types,
                                 self._unpackb)
-        if self._slots.ok:
-            return self._slots.new(key, content, self.ver[i], self.ctime[i],
-                                   self.utime[i], self._names)
-        return self._slots.cls(key, content, self.ver[i], self.ctime[i], self.utime[i],
-                               self._names)
+        return _new_scroll(key, content, self.ver[i], self.ctime[i], self.utime[i],
+                           self._names)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cdef Scrolls _subset(self, const int64_t* idx, Py_ssize_t m):
         """The items at positions idx[0..m) (each in range) as a new Scrolls."""
-        cdef Scrolls out = _new_scrolls(m, self._slots, self._names, self._types,
-                                        self._unpackb)
+        cdef Scrolls out = _new_scrolls(m, self._names, self._types, self._unpackb)
         keys = PyBytes_FromStringAndSize(NULL, m * KEY_BYTES)
         cdef char* kp = PyBytes_AS_STRING(keys)
         cdef const char* src = PyBytes_AS_STRING(self._keys)

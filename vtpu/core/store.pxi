@@ -282,9 +282,7 @@ cdef object _find_scroll(object m, object key):
 cdef class ColumnStore:
     """Scrolls as rows of C columns, found by packed key through an open-addressing hash.
 
-    :param scroll_cls: the class of the scrolls :meth:`get` and results build (default
-        :class:`vtpu.coords.Scroll`).
-    :param names: the name table every built scroll refers to.
+    :param names: the name table every :class:`Scroll` it builds refers to.
     :param unpackb: decoder for contents kept encoded (``set(..., packed=True)``); default
         :func:`vtpu.protocol.unpack_value`.
 
@@ -308,7 +306,6 @@ cdef class ColumnStore:
     cdef readonly list array_types   # type id -> (dtype, shape), append-only
     cdef dict type_ids
     cdef KeyHash ht
-    cdef _Slots slots
     cdef readonly object names
     cdef object unpackb
 
@@ -321,14 +318,11 @@ cdef class ColumnStore:
         self.arena = NULL
         self.ht.slots = NULL
 
-    def __init__(self, scroll_cls=None, names=None, unpackb=None):
-        if scroll_cls is None:
-            from vtpu.coords import Scroll as scroll_cls
+    def __init__(self, names=None, unpackb=None):
         if unpackb is None:
             from vtpu.protocol import unpack_value as unpackb
         if self.ht.slots != NULL:
             raise TypeError("a ColumnStore is initialised once")
-        self.slots = _scroll_slots(scroll_cls)
         self.names = names
         self.unpackb = unpackb
         self.objs = []
@@ -574,12 +568,10 @@ cdef class ColumnStore:
         return _content_from(r.kind, self.arena, r.off, r.len, None, self.objs,
                              self.array_types, self.unpackb)
 
-    cdef object _scroll(self, Py_ssize_t row, object key):
+    cdef Scroll _scroll(self, Py_ssize_t row, bytes key):
         content = self._content(row)
         cdef Row* r = &self.meta[row]
-        if self.slots.ok:
-            return self.slots.new(key, content, r.version, r.created, r.updated, self.names)
-        return self.slots.cls(key, content, r.version, r.created, r.updated, self.names)
+        return _new_scroll(key, content, r.version, r.created, r.updated, self.names)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -1140,7 +1132,7 @@ cdef class ColumnStore:
                 raise IndexError(f"row {row} is not in the store ({self.n} rows)")
             if row >= 0 and _in_arena(self.meta[row].kind):
                 total += self.meta[row].len
-        cdef Scrolls out = _new_scrolls(n, self.slots, self.names, self.array_types,
+        cdef Scrolls out = _new_scrolls(n, self.names, self.array_types,
                                         self.unpackb)
         data = PyBytes_FromStringAndSize(NULL, total)
         cdef char* d = PyBytes_AS_STRING(data)

@@ -1,0 +1,153 @@
+"""Scroll, the core's extension type: attributes, mapping access, equality, repr,
+immutability and pickling; and the call meter that counts and times a client's reads."""
+import copy
+import inspect
+import pickle
+
+import numpy as np
+import pytest
+
+import vtpu
+from vtpu import _core
+from vtpu.coords import NameTable, Scroll
+from vtpu.errors import CoordinateError, InterfaceError
+
+KEY = _core.pack(_core.parse_coord("1.2.3/4.5.6/7.8.9"))
+
+
+def test_one_type_everywhere_with_the_documented_constructor():
+    assert vtpu.Scroll is Scroll is _core.Scroll
+    assert list(inspect.signature(Scroll).parameters) == [
+        "key", "content", "version", "created_at", "updated_at", "names"]
+    s = Scroll(KEY, "x", 3, 1.5, 2.5)
+    by_name = Scroll(key=KEY, content="x", version=3, created_at=1.5, updated_at=2.5,
+                     names=None)
+    assert s == by_name and s.names is None
+    assert (s.key, s.content, s.version, s.created_at, s.updated_at) == (KEY, "x", 3, 1.5, 2.5)
+    assert type(s.version) is int and type(s.created_at) is float
+    # times given as ints are kept as the doubles they stand for
+    assert Scroll(KEY, "x", 1, 2, 3).created_at == 2.0
+    with pytest.raises(TypeError):
+        Scroll("not bytes", "x", 1, 1.0, 1.0)
+    with pytest.raises(TypeError):
+        Scroll(KEY, "x", 1, None, 1.0)
+
+
+def test_a_store_read_is_a_scroll():
+    m = vtpu.connect("mem://")
+    m.cput("1.2.3/4.5.6/7.8.9", "hello")
+    s = m.cget("1.2.3/4.5.6/7.8.9")
+    assert isinstance(s, Scroll) and type(s) is Scroll
+    assert s.key == KEY and s.content == "hello" and s.version == 1
+    r = m.crange("1.2.3/4.5.6/*.*.*")
+    assert isinstance(r[0], Scroll) and r[0] == s
+
+
+def test_coordinate_and_coords_go_through_the_name_table():
+    names = NameTable()
+    c = _core.parse_coord("person.1.2/3.4.5/6.7.8", names)
+    s = Scroll(_core.pack(c), None, 1, 1.0, 1.0, names)
+    assert s.coordinate == "person.1.2/3.4.5/6.7.8"
+    assert s.coords.dtype == np.uint16 and s.coords.tolist() == c.tolist()
+    assert s.names is names
+    # a name id with no table to resolve it: the error names the component
+    with pytest.raises(CoordinateError, match="component 1"):
+        Scroll(_core.pack(c), None, 1, 1.0, 1.0).coordinate
+    # a key of the wrong size is explained, not misread
+    with pytest.raises(InterfaceError):
+        Scroll(b"short", None, 1, 1.0, 1.0).coordinate
+
+
+def test_mapping_access():
+    s = Scroll(KEY, {"a": 1}, 2, 1.0, 2.0)
+    fields = ("coordinate", "content", "version", "created_at", "updated_at")
+    assert s.keys() == fields and list(s) == list(fields) and len(s) == 5
+    assert dict(s) == {"coordinate": "1.2.3/4.5.6/7.8.9", "content": {"a": 1}, "version": 2,
+                       "created_at": 1.0, "updated_at": 2.0}
+    assert s["content"] == {"a": 1} and s["coordinate"] == "1.2.3/4.5.6/7.8.9"
+    assert s.get("version") == 2 and s.get("key") is None and s.get("nope", 7) == 7
+    assert "content" in s and "key" not in s
+    for bad in ("key", "names", 0, "nope"):
+        with pytest.raises(KeyError):
+            s[bad]
+
+
+def test_equality_hash_and_immutability():
+    a = Scroll(KEY, np.arange(4, dtype=np.float32), 1, 1.0, 2.0)
+    assert a == Scroll(KEY, np.arange(4, dtype=np.float32), 1, 1.0, 2.0)
+    assert not (a != Scroll(KEY, np.arange(4, dtype=np.float32), 1, 1.0, 2.0))
+    assert a != Scroll(KEY, np.arange(4, dtype=np.float64), 1, 1.0, 2.0)   # dtype
+    assert a != Scroll(KEY, np.arange(5, dtype=np.float32), 1, 1.0, 2.0)   # shape
+    assert a != Scroll(KEY, list(range(4)), 1, 1.0, 2.0)                   # not an array
+    b = Scroll(KEY, "x", 1, 1.0, 2.0)
+    for other in (Scroll(KEY, "x", 2, 1.0, 2.0), Scroll(KEY, "x", 1, 0.0, 2.0),
+                  Scroll(KEY, "x", 1, 1.0, 3.0), Scroll(bytes(18), "x", 1, 1.0, 2.0),
+                  Scroll(KEY, "y", 1, 1.0, 2.0)):
+        assert b != other and not (b == other)
+    assert b != ("x",) and b != None  # noqa: E711
+    with pytest.raises(TypeError):
+        hash(b)
+    for field in ("key", "content", "version", "created_at", "updated_at", "names"):
+        with pytest.raises(AttributeError):
+            setattr(b, field, None)
+    with pytest.raises(AttributeError):
+        b.other = 1
+
+
+def test_repr():
+    assert repr(Scroll(KEY, "x", 4, 1.0, 2.0)) == "Scroll(1.2.3/4.5.6/7.8.9, version=4, content='x')"
+    arr = Scroll(KEY, np.zeros((2, 3), np.float32), 1, 1.0, 1.0)
+    assert repr(arr) == ("Scroll(1.2.3/4.5.6/7.8.9, version=1, "
+                         "content=ndarray(dtype=float32, shape=(2, 3)))")
+    long = repr(Scroll(KEY, "y" * 100, 1, 1.0, 1.0))
+    assert long.endswith("...)") and len(long) < 110
+    named = _core.pack(np.array([0xF000] + [1] * 8, dtype=np.uint16))
+    assert repr(Scroll(named, 1, 1, 1.0, 1.0)) == f"Scroll({named.hex()}, version=1, content=1)"
+
+
+def test_pickle_and_copy():
+    s = Scroll(KEY, np.arange(3), 5, 1.0, 2.0)
+    for back in (pickle.loads(pickle.dumps(s)), copy.copy(s), copy.deepcopy(s)):
+        assert type(back) is Scroll and back == s and back.names is None
+
+
+class Tagged(Scroll):
+    __slots__ = ()
+
+    @property
+    def tag(self):
+        return self.content.upper()
+
+
+def test_subclasses_build_and_read_as_scrolls():
+    t = Tagged(KEY, "x", 1, 1.0, 1.0)
+    assert isinstance(t, Scroll) and t.tag == "X" and t == Scroll(KEY, "x", 1, 1.0, 1.0)
+    assert type(pickle.loads(pickle.dumps(t))) is Tagged
+
+
+def test_call_meter_counts_times_and_passes_errors_through():
+    def fn(x):
+        if x is None:
+            raise KeyError("none")
+        return x * 2
+
+    m = _core.CallMeter(fn)
+    assert (m.calls, m.errors, m.seconds) == (0, 0, 0.0)
+    assert m.call(21) == 42 and m.call("a") == "aa"
+    with pytest.raises(KeyError):
+        m.call(None)
+    assert m.answered("nothing") == "nothing" and m.answered() is None
+    assert (m.calls, m.errors) == (4, 1) and m.seconds > 0.0
+
+
+def test_client_statistics_count_cget():
+    m = vtpu.connect("mem://")
+    m.cput("1.1.1/1.1.1/1.1.1", "a")
+    assert m.cget("1.1.1/1.1.1/1.1.1").content == "a"
+    assert m.cget(KEY) is None
+    assert m.cget("1.1.1/1.1.1/nosuchname.1.1") is None   # answered without a lookup
+    with pytest.raises(InterfaceError):
+        m.cget(b"x" * 17)   # refused while reading the coordinate: no call made
+    st = m.get_stats()
+    assert st["by_op"]["cget"] == 3 and st["by_op"]["cput"] == 1
+    assert st["total_calls"] == 4 and st["errors"] == 0 and st["total_time_s"] > 0
