@@ -383,12 +383,30 @@ def check_nearest(c, arr, k, metric, alive, within, cuts):
 
 @st.composite
 def nearest_cases(draw, values):
-    arr = draw(st.lists(st.lists(values, min_size=9, max_size=9), max_size=300).map(as_arr))
+    if draw(st.booleans()):
+        arr = draw(st.lists(st.lists(values, min_size=9, max_size=9), max_size=300).map(as_arr))
+    else:
+        # Larger arrays (the sorted scan splits ranges longer than its leaf size) of a
+        # few distinct values per component, so sorted ranges share long prefixes.
+        rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+        n = draw(st.integers(0, 3000))
+        spread = [draw(st.sampled_from([1, 2, 4, 10, 300, 0x10000])) for _ in range(9)]
+        arr = np.stack([rng.integers(0, s, size=n) for s in spread], axis=1).astype(np.uint16)
     arr = np.ascontiguousarray(arr[np.lexsort(tuple(arr[:, j] for j in range(8, -1, -1)))])
     if draw(st.booleans()):
         arr = sorted_unique(arr)   # what the index holds; duplicates are tested otherwise
     c = np.array(draw(st.lists(values, min_size=9, max_size=9)), dtype=np.uint16)
-    k = draw(st.integers(0, len(arr) + 3))
+    how = draw(st.sampled_from(["drawn", "near a row", "in the data's range"])) if len(arr) \
+        else "drawn"
+    if how == "in the data's range":
+        c = np.array([draw(st.integers(0, min(int(arr[:, j].max()) + 2, 0xFFFF)))
+                      for j in range(9)], dtype=np.uint16)
+    elif how == "near a row":
+        # Near a stored row, above or below it in each component.
+        noise = np.array(draw(st.lists(st.integers(-3, 3), min_size=9, max_size=9)))
+        c = (arr[draw(st.integers(0, len(arr) - 1))] + noise).clip(0, 0xFFFF).astype(np.uint16)
+    # Mostly a k well below N, where the bound skips ranges; sometimes k >= N.
+    k = draw(st.one_of(st.integers(0, 12), st.integers(0, 60), st.integers(0, len(arr) + 3)))
     alive = None
     if draw(st.booleans()):
         alive = np.array(draw(st.lists(st.booleans(), min_size=len(arr), max_size=len(arr))),
@@ -404,7 +422,7 @@ def nearest_cases(draw, values):
                 lo[j], hi[j] = min(lo[j], hi[j]), max(lo[j], hi[j])
         within = np.array([lo, hi], dtype=np.uint16)
     metric = draw(st.sampled_from(["l1", "hamming"]))
-    cuts = draw(st.lists(st.integers(0, 400), max_size=6))
+    cuts = draw(st.lists(st.integers(0, 4000), max_size=6))
     return c, arr, k, metric, alive, within, cuts
 
 

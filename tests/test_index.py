@@ -102,7 +102,7 @@ def test_nearest_and_neighbours_equal_brute_force(ops, q, k, metric, within, mer
 @settings(max_examples=60, deadline=None)
 @given(ops=ops, qs=st.lists(coord, min_size=1, max_size=4), k=st.integers(0, 40),
        metric=st.sampled_from(["l1", "hamming"]), within=st.one_of(st.none(), pattern()),
-       merge=st.sampled_from([2, 16, 4096]), window=st.sampled_from([1, 3, 16]))
+       merge=st.sampled_from([2, 16, 4096]), window=st.sampled_from([1, 3, 16, 200]))
 def test_nearest_over_many_windows_equals_brute_force(ops, qs, k, metric, within, merge,
                                                       window):
     # Small windows: the nearest-first window order, the stop once a window's bound is
