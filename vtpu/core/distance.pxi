@@ -127,7 +127,6 @@ def hamming(c, arr):
     return _distances(c, arr, True).astype(np.uint8)
 
 
-
 # -- the k nearest ------------------------------------------------------------------------
 #
 # One path for every CNEAREST scan: Nearest keeps the best k (distance, coordinate, tag)
