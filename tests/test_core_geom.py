@@ -333,3 +333,196 @@ def test_topk_edges():
     for bad_mask in (np.array([True]), np.array([1, 0]), [True, False], np.array([[True, False]])):
         with pytest.raises(InterfaceError):
             _core.topk(c, arr, 1, mask=bad_mask)
+
+
+# ---------------------------------------------------------------------------------------
+# Nearest: the running top-k over unsorted and sorted arrays (the CNEAREST scan)
+# ---------------------------------------------------------------------------------------
+
+def brute_nearest(c, arr, k, metric, alive=None, within=None):
+    """Every admissible row sorted by (distance, coordinate, row), cut to k: numpy."""
+    a = arr.astype(np.int64)
+    q = np.asarray(c, dtype=np.int64)
+    d = np.abs(a - q).sum(axis=1) if metric == "l1" else (a != q).sum(axis=1)
+    ok = np.ones(len(arr), dtype=bool) if alive is None else alive.copy()
+    if within is not None:
+        ok &= ((arr >= within[0]) & (arr <= within[1])).all(axis=1)
+    rows_ = np.flatnonzero(ok)
+    order = np.lexsort((rows_,) + tuple(arr[rows_, j] for j in range(8, -1, -1)) + (d[rows_],))
+    keep = rows_[order][:k]
+    return arr[keep], d[keep], keep
+
+
+def sorted_unique(arr):
+    return np.ascontiguousarray(np.unique(arr, axis=0)) if len(arr) else arr
+
+
+def check_nearest(c, arr, k, metric, alive, within, cuts):
+    """scan, scan_sorted over the whole array, and scan_sorted over ranges fed in any
+    order all answer what brute force does."""
+    exp_c, exp_d, exp_r = brute_nearest(c, arr, k, metric, alive, within)
+    runs = []
+    nn = _core.Nearest(c, k, metric, within)
+    nn.scan(arr, 0, len(arr), alive)
+    runs.append(nn.result())
+    nn = _core.Nearest(c, k, metric, within)
+    nn.scan_sorted(arr, 0, -1, alive)
+    runs.append(nn.result())
+    nn = _core.Nearest(c, k, metric, within)
+    edges = sorted(set([0, len(arr)] + [x % (len(arr) + 1) for x in cuts]))
+    spans = list(zip(edges, edges[1:]))
+    for a, b in spans[::-1] if len(cuts) % 2 else spans:
+        nn.scan_sorted(arr, a, b, alive)
+    runs.append(nn.result())
+    for coords, dists, tags in runs:
+        assert coords.dtype == np.uint16 and dists.dtype == np.uint32 and tags.dtype == np.int64
+        assert dists.tolist() == exp_d.tolist()
+        assert rows(coords) == rows(exp_c)
+        assert tags.tolist() == exp_r.tolist()
+
+
+@st.composite
+def nearest_cases(draw, values):
+    if draw(st.booleans()):
+        arr = draw(st.lists(st.lists(values, min_size=9, max_size=9), max_size=300).map(as_arr))
+    else:
+        # Larger arrays (the sorted scan splits ranges longer than its leaf size) of a
+        # few distinct values per component, so sorted ranges share long prefixes.
+        rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+        n = draw(st.integers(0, 3000))
+        spread = [draw(st.sampled_from([1, 2, 4, 10, 300, 0x10000])) for _ in range(9)]
+        arr = np.stack([rng.integers(0, s, size=n) for s in spread], axis=1).astype(np.uint16)
+    arr = np.ascontiguousarray(arr[np.lexsort(tuple(arr[:, j] for j in range(8, -1, -1)))])
+    if draw(st.booleans()):
+        arr = sorted_unique(arr)   # what the index holds; duplicates are tested otherwise
+    c = np.array(draw(st.lists(values, min_size=9, max_size=9)), dtype=np.uint16)
+    how = draw(st.sampled_from(["drawn", "near a row", "in the data's range"])) if len(arr) \
+        else "drawn"
+    if how == "in the data's range":
+        c = np.array([draw(st.integers(0, min(int(arr[:, j].max()) + 2, 0xFFFF)))
+                      for j in range(9)], dtype=np.uint16)
+    elif how == "near a row":
+        # Near a stored row, above or below it in each component.
+        noise = np.array(draw(st.lists(st.integers(-3, 3), min_size=9, max_size=9)))
+        c = (arr[draw(st.integers(0, len(arr) - 1))] + noise).clip(0, 0xFFFF).astype(np.uint16)
+    # Mostly a k well below N, where the bound skips ranges; sometimes k >= N.
+    k = draw(st.one_of(st.integers(0, 12), st.integers(0, 60), st.integers(0, len(arr) + 3)))
+    alive = None
+    if draw(st.booleans()):
+        alive = np.array(draw(st.lists(st.booleans(), min_size=len(arr), max_size=len(arr))),
+                         dtype=bool)
+    within = None
+    if draw(st.booleans()):
+        lo = [draw(values) for _ in range(9)]
+        hi = [draw(st.one_of(st.just(0xFFFF), values)) for _ in range(9)]
+        for j in range(9):
+            if draw(st.integers(0, 3)) == 0:
+                lo[j], hi[j] = 0, 0xFFFF
+            elif draw(st.integers(0, 5)):   # mostly a real interval, sometimes empty
+                lo[j], hi[j] = min(lo[j], hi[j]), max(lo[j], hi[j])
+        within = np.array([lo, hi], dtype=np.uint16)
+    metric = draw(st.sampled_from(["l1", "hamming"]))
+    cuts = draw(st.lists(st.integers(0, 4000), max_size=6))
+    return c, arr, k, metric, alive, within, cuts
+
+
+@settings(max_examples=400, deadline=None)
+@given(nearest_cases(st.integers(0, 3)))
+def test_nearest_clustered_equals_brute_force(case):
+    check_nearest(*case)   # small values: many equal distances, ties by coordinate
+
+
+@settings(max_examples=200, deadline=None)
+@given(nearest_cases(word))
+def test_nearest_wide_values_equal_brute_force(case):
+    check_nearest(*case)
+
+
+def test_nearest_large_sorted_with_deletes_and_within():
+    rng = np.random.default_rng(3)
+    for hi_v, n in ((10, 200_000), (3000, 100_000), (0x10000, 50_000)):
+        arr = sorted_unique(rng.integers(0, hi_v, size=(n, 9), dtype=np.uint16))
+        alive = rng.random(len(arr)) < 0.9
+        for t in range(6):
+            c = rng.integers(0, hi_v + 2, size=9).clip(0, 0xFFFF).astype(np.uint16)
+            within = None
+            if t % 2:
+                within = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
+                within[:, 1] = sorted(rng.integers(0, hi_v, size=2))
+            for metric in ("l1", "hamming"):
+                for k in (1, 10, 257):
+                    check_nearest(c, arr, k, metric, alive if t % 3 else None, within,
+                                  [len(arr) // 3, len(arr) // 2])
+
+
+def test_nearest_skips_far_ranges_of_a_sorted_array():
+    # 1M-like digits data: the sorted scan computes few distances, the plain scan all.
+    i = np.arange(100_000)
+    arr = np.ones((len(i), 9), dtype=np.uint16)
+    for j in range(5):
+        arr[:, j] = (i // 10 ** (4 - j)) % 10
+    c = np.array([3, 1, 4, 1, 5, 1, 1, 1, 1], dtype=np.uint16)
+    nn = _core.Nearest(c, 10)
+    nn.scan_sorted(arr)
+    full = _core.Nearest(c, 10)
+    full.scan(arr)
+    assert full.rows_seen == len(arr)
+    assert nn.rows_seen < len(arr) // 20
+    assert [x.tolist() for x in nn.result()] == [x.tolist() for x in full.result()]
+    assert nn.bound == 1 and len(nn) == 10
+
+
+def test_nearest_windows_bound_their_rows():
+    rng = np.random.default_rng(5)
+    arr = sorted_unique(rng.integers(0, 6, size=(3000, 9), dtype=np.uint16))
+    within = np.array([[1, 0, 0, 0, 0, 0, 0, 0, 0], [3] + [0xFFFF] * 8], dtype=np.uint16)
+    c = np.array([5, 0, 2, 2, 2, 2, 2, 2, 2], dtype=np.uint16)
+    for metric in ("l1", "hamming"):
+        for box in (None, within):
+            nn = _core.Nearest(c, 5, metric, box)
+            starts, bounds = nn.windows(arr, 100)
+            assert list(bounds) == sorted(bounds)
+            d = _core.l1(c, arr) if metric == "l1" else _core.hamming(c, arr).astype(np.uint32)
+            inside = np.ones(len(arr), bool) if box is None else \
+                ((arr >= box[0]) & (arr <= box[1])).all(axis=1)
+            listed = set(starts.tolist())
+            for a in range(0, len(arr), 100):
+                w = slice(a, a + 100)
+                if a in listed:
+                    lb = int(bounds[starts.tolist().index(a)])
+                    assert not inside[w].any() or lb <= d[w][inside[w]].min()
+                else:
+                    assert not inside[w].any()
+            assert box is None or len(listed) < len(range(0, len(arr), 100))
+
+
+def test_nearest_edges_and_bad_arguments():
+    c = np.zeros(9, np.uint16)
+    arr = as_arr([[1] * 9, [0] * 9, [0] * 9])
+    nn = _core.Nearest(c, 0)
+    nn.scan(arr)
+    assert len(nn) == 0 and nn.bound is None and len(nn.result()[0]) == 0
+    nn = _core.Nearest(c, 2)
+    nn.scan(np.empty((0, 9), np.uint16))
+    assert nn.bound is None
+    nn.scan(arr)
+    assert nn.result()[2].tolist() == [1, 2] and nn.bound == 0
+    empty_box = np.array([[2] + [0] * 8, [1] + [0xFFFF] * 8], dtype=np.uint16)
+    nn = _core.Nearest(c, 2, "l1", empty_box)
+    nn.scan_sorted(arr[::-1].copy())
+    assert len(nn) == 0 and len(nn.windows(arr, 2)[0]) == 0
+    with pytest.raises(InterfaceError):
+        _core.Nearest(c, -1)
+    with pytest.raises(InterfaceError):
+        _core.Nearest(c, 1, "l2")
+    with pytest.raises(InterfaceError):
+        _core.Nearest(c, 1, "l1", np.zeros((3, 9), np.uint16))
+    nn = _core.Nearest(c, 1)
+    for bad in (lambda: nn.scan(arr, 0, 4), lambda: nn.scan(arr, 2, 1),
+                lambda: nn.scan_sorted(arr, -3, 2), lambda: nn.scan(arr.astype(np.int32)),
+                lambda: nn.scan(arr, 0, -1, np.ones(2, bool)),
+                lambda: nn.scan_sorted(arr, 0, -1, np.ones(3, np.uint8)),
+                lambda: nn.windows(arr, 0)):
+        with pytest.raises(InterfaceError):
+            bad()
+    assert len(nn) == 0

@@ -5,6 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vtpu import _core
+from vtpu import index as index_mod
 from vtpu.engine import Engine
 from vtpu.index import CoordIndex
 
@@ -96,6 +97,32 @@ def test_nearest_and_neighbours_equal_brute_force(ops, q, k, metric, within, mer
     prv = ix.neighbour(qa, "PREV")
     earlier = sorted(c for c in ref if c < q)
     assert (None if prv is None else tuple(int(x) for x in prv)) == (earlier[-1] if earlier else None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=ops, qs=st.lists(coord, min_size=1, max_size=4), k=st.integers(0, 40),
+       metric=st.sampled_from(["l1", "hamming"]), within=st.one_of(st.none(), pattern()),
+       merge=st.sampled_from([2, 16, 4096]), window=st.sampled_from([1, 3, 16, 200]))
+def test_nearest_over_many_windows_equals_brute_force(ops, qs, k, metric, within, merge,
+                                                      window):
+    # Small windows: the nearest-first window order, the stop once a window's bound is
+    # past the k-th best, deleted rows of main and the delta all take part.
+    ix, ref = _replay(ops, merge)
+    cands = ref if within is None else set(_brute(ref, within))
+    saved = index_mod.WINDOW
+    index_mod.WINDOW = window
+    try:
+        for q in qs:
+            qa = np.array(q, dtype=np.uint16)
+            if metric == "l1":
+                exp = sorted((sum(abs(a - b) for a, b in zip(c, q)), c) for c in cands)[:k]
+            else:
+                exp = sorted((sum(a != b for a, b in zip(c, q)), c) for c in cands)[:k]
+            coords, dists = ix.nearest(qa, k, metric, within)
+            assert dists.dtype == np.int64
+            assert [(int(d), tuple(int(x) for x in c)) for c, d in zip(coords, dists)] == exp
+    finally:
+        index_mod.WINDOW = saved
 
 
 @settings(max_examples=30, deadline=None)

@@ -33,7 +33,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from vtpu import _core
-from vtpu.steps import Best, run
+from vtpu.steps import run
 
 __all__ = ["CoordIndex", "WINDOW"]
 
@@ -553,35 +553,21 @@ class CoordIndex:
 
     def nearest_steps(self, c: np.ndarray, k: int, metric: str = "l1",
                       within: np.ndarray | None = None):
-        """Steps of :meth:`nearest`: a window of main per step, the best k kept."""
+        """Steps of :meth:`nearest`: a window of main (or of the delta) per step, nearest
+        window first; the windows that cannot hold a nearer key are never read."""
         snap = self._snapshot()
-        main = snap.main
-        best = Best(k)
-        for a, b in _windows(0, len(main), WINDOW):
-            mask = None
-            if within is not None:
-                mask = _core.match(main[a:b], within)
-                if snap.alive is not None:
-                    mask &= snap.alive[a:b]
-            elif snap.alive is not None:
-                mask = np.ascontiguousarray(snap.alive[a:b])
-            idx, dist = _core.topk(c, main[a:b], k, metric, mask)
-            best.add(dist.astype(np.int64), idx + a)   # row order is coordinate order
-            self._hold(snap)
-            yield
-        dists, rows = best.result()
-        cands = [(main[rows], dists.astype(np.int64))] if len(rows) else []
-        delta = snap.delta
-        if len(delta):
-            dmask = _core.match(delta, within) if within is not None else None
-            idx, dist = _core.topk(c, delta, k, metric, dmask)
-            cands.append((delta[idx], dist))
-        if not cands:
-            return _EMPTY, np.empty(0, dtype=np.int64)
-        coords = np.ascontiguousarray(np.concatenate([x for x, _ in cands]))
-        dists = np.concatenate([d for _, d in cands]).astype(np.int64)
-        order = np.lexsort(tuple(coords[:, j] for j in range(8, -1, -1)) + (dists,))[:k]
-        return coords[order], dists[order]
+        nn = _core.Nearest(c, min(k, len(snap.main) + len(snap.delta)), metric, within)
+        for arr, alive in ((snap.main, snap.alive), (snap.delta, None)):
+            starts, bounds = nn.windows(arr, WINDOW)
+            for a, lb in zip(starts.tolist(), bounds.tolist()):
+                kth = nn.bound
+                if kth is not None and lb > kth:
+                    break   # windows come by ascending bound: none after this one either
+                nn.scan_sorted(arr, a, min(a + WINDOW, len(arr)), alive)
+                self._hold(snap)
+                yield
+        coords, dists, _ = nn.result()
+        return coords, dists.astype(np.int64)
 
     def neighbour(self, c: np.ndarray, direction: str) -> np.ndarray | None:
         """The indexed coordinate right after (NEXT) or before (PREV) c in coordinate order."""
