@@ -21,12 +21,13 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.stdint cimport int64_t, uint32_t, uint64_t, INT64_MAX
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t, INT64_MAX
 from libc.string cimport memcpy, memmove, memset
 
 import numpy as np
 
 from vtpu import protocol as _ref
+from vtpu import _core
 from vtpu._core import Scrolls as _Scrolls
 from vtpu.coords import Scroll
 from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
@@ -591,20 +592,243 @@ cdef int put_scroll_list(Buf* b, list scrolls) except -1:
         buf_free(&upd)
 
 
+# -- a Scrolls result, straight from its columns ----------------------------------------
+
+cdef enum:
+    # The content kinds of Scrolls.columns(); checked against the core's at import.
+    K_DEAD = 0
+    K_NONE = 1
+    K_STR = 2
+    K_BYTES = 3
+    K_ARRAY = 4
+    K_OBJECT = 5
+    K_PACKED = 6
+    EXT_NDARRAY = 1
+
+if (_core.KIND_DEAD, _core.KIND_NONE, _core.KIND_STR, _core.KIND_BYTES, _core.KIND_ARRAY,
+        _core.KIND_OBJECT, _core.KIND_PACKED) != (K_DEAD, K_NONE, K_STR, K_BYTES, K_ARRAY,
+                                                  K_OBJECT, K_PACKED):
+    raise ImportError("vtpu._cprotocol was built against other content kinds than "
+                      "vtpu._core's")
+
+
+cdef inline bint packed_ndarray(const unsigned char* p, int64_t n) noexcept nogil:
+    """Whether the msgpack value p[0:n] starts as an ndarray ext (it may then decode to
+    an array that the reference stacks with the others)."""
+    if n >= 2 and 0xD4 <= p[0] <= 0xD8:
+        return p[1] == EXT_NDARRAY
+    if n >= 3 and p[0] == 0xC7:
+        return p[2] == EXT_NDARRAY
+    if n >= 4 and p[0] == 0xC8:
+        return p[3] == EXT_NDARRAY
+    if n >= 6 and p[0] == 0xC9:
+        return p[5] == EXT_NDARRAY
+    return False
+
+
+cdef int put_ndarray_ext(Buf* b, object dtype, object shape, Py_ssize_t rows,
+                         Py_ssize_t nbytes) except -1:
+    """Append the ext header and payload head of an array of ``dtype`` and ``shape``
+    (with a leading dimension of ``rows`` when rows >= 0) whose ``nbytes`` of raw data
+    the caller appends next: the bytes ``packb`` writes for such an array."""
+    cdef Buf head
+    cdef Py_ssize_t total
+    buf_init(&head)
+    try:
+        put1(&head, 0x93)
+        put_value(&head, dtype.str, 1)
+        dims = list(shape)
+        if rows >= 0:
+            dims.insert(0, rows)
+        put_value(&head, dims, 1)
+        put_binhdr(&head, nbytes)
+        total = head.n + nbytes
+        reserve(b, 6)
+        if total == 1 or total == 2 or total == 4 or total == 8 or total == 16:
+            put1(b, 0xD4 if total == 1 else 0xD5 if total == 2 else 0xD6 if total == 4
+                 else 0xD7 if total == 8 else 0xD8)
+        elif total < 0x100:
+            put1(b, 0xC7)
+            put1(b, <unsigned char>total)
+        elif total < 0x10000:
+            put1(b, 0xC8)
+            be16(b.p + b.n, <uint32_t>total)
+            b.n += 2
+        else:
+            put1(b, 0xC9)
+            be32(b.p + b.n, <uint32_t>total)
+            b.n += 4
+        put1(b, EXT_NDARRAY)
+        put(b, head.p, head.n)
+    finally:
+        buf_free(&head)
+    return 0
+
+
+cdef inline int put_int(Buf* b, int64_t v) except -1:
+    # msgpack-python's shortest form of a signed integer.
+    reserve(b, 9)
+    if v >= 0:
+        return put_uint(b, <uint64_t>v)
+    cdef char* o = b.p + b.n
+    if v >= -32:
+        o[0] = <char>v; b.n += 1
+    elif v >= -128:
+        o[0] = <char>0xD0; o[1] = <char>v; b.n += 2
+    elif v >= -32768:
+        o[0] = <char>0xD1; be16(o + 1, <uint32_t>(<uint16_t>v)); b.n += 3
+    elif v >= -2147483648LL:
+        o[0] = <char>0xD2; be32(o + 1, <uint32_t>v); b.n += 5
+    else:
+        o[0] = <char>0xD3; be64(o + 1, <uint64_t>v); b.n += 9
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int put_scroll_columns(Buf* b, object scrolls) except -1:
+    """Append the column-wise scroll list of a Scrolls from its columns
+    (``Scrolls.columns()``): the bytes of ``scrolls_to_wire(list(scrolls))``, with no
+    Python object per item but for contents kept as objects."""
+    cols = scrolls.columns()
+    cdef bytes keys = cols.keys
+    cdef bytes data = cols.data
+    cdef list objs = cols.objects
+    cdef list types = cols.types
+    cdef const int64_t[::1] ver = cols.versions
+    cdef const double[::1] cre = cols.created
+    cdef const double[::1] upd = cols.updated
+    cdef const unsigned char[::1] kinds = cols.kinds
+    cdef const int64_t[::1] offs = cols.offsets
+    cdef const int64_t[::1] lens = cols.lengths
+    cdef Py_ssize_t n = kinds.shape[0], i, keys_at, rowbytes = 0
+    cdef const char* d = PyBytes_AS_STRING(data)
+    cdef const char* kp = PyBytes_AS_STRING(keys)
+    cdef unsigned char kind
+    cdef uint32_t tid, tid0 = 0
+    cdef int form = 0   # contents: 0 one per item, 1 stacked from the spans, 2 packb'd
+    cdef bint arrays = n >= 2, same = True
+    stacked = None
+    # The contents go stacked exactly when the reference stacks them: at least two,
+    # every one a numpy array of one dtype and of one shape with a dimension at least.
+    for i in range(n):
+        kind = kinds[i]
+        if kind == K_ARRAY:
+            memcpy(&tid, d + offs[i], 4)
+            if i == 0:
+                tid0 = tid
+            elif tid != tid0 and types[tid] != types[tid0]:
+                arrays = False
+        elif kind == K_OBJECT and type(<object>PyList_GET_ITEM(objs, offs[i])) is _ndarray:
+            same = False
+        elif kind == K_PACKED and packed_ndarray(<const unsigned char*>d + offs[i], lens[i]):
+            same = False
+        else:
+            arrays = False
+        if not arrays:
+            break
+    if arrays and same:
+        dtype, shape = types[tid0]
+        if len(shape) and dtype.isnative:
+            form = 1
+            rowbytes = lens[0] - 4
+    if arrays and form == 0:
+        # Arrays held otherwise too, or in another byte order (stacking makes it
+        # native): the reference's own test, on the contents.
+        contents = scrolls.contents
+        stacked = _ref._stack_if_uniform(contents if type(contents) is list
+                                         else list(contents))
+        if type(stacked) is _ndarray:
+            form = 2
+    reserve(b, n * (KEY_SIZE + 32) + len(data) + 64)
+    put1(b, 0x95)
+    put_binhdr(b, n * KEY_SIZE)
+    reserve(b, n * KEY_SIZE)
+    keys_at = b.n
+    memcpy(b.p + keys_at, kp, n * KEY_SIZE)
+    b.n += n * KEY_SIZE
+    for i in range(n):
+        if kinds[i] == K_DEAD:
+            memset(b.p + keys_at + KEY_SIZE * i, 0, KEY_SIZE)  # no key where nothing is
+    if form == 1:
+        put_ndarray_ext(b, dtype, shape, n, n * rowbytes)
+        reserve(b, n * rowbytes)
+        for i in range(n):
+            memcpy(b.p + b.n, d + offs[i] + 4, rowbytes)
+            b.n += rowbytes
+    elif form == 2:
+        put_packed(b, stacked)
+    else:
+        put_arrhdr(b, n)
+        for i in range(n):
+            kind = kinds[i]
+            if kind == K_BYTES:
+                put_binhdr(b, lens[i])
+                put(b, d + offs[i], lens[i])
+            elif kind == K_STR:
+                put_str(b, d + offs[i], lens[i])
+            elif kind == K_PACKED:
+                put(b, d + offs[i], lens[i])
+            elif kind == K_OBJECT:
+                put_value(b, <object>PyList_GET_ITEM(objs, offs[i]), 1)
+            elif kind == K_ARRAY:
+                memcpy(&tid, d + offs[i], 4)
+                dtype, shape = types[tid]
+                put_ndarray_ext(b, dtype, shape, -1, lens[i] - 4)
+                put(b, d + offs[i] + 4, lens[i] - 4)
+            else:
+                put1(b, 0xC0)   # the content None, or nothing stored
+    put_arrhdr(b, n)
+    reserve(b, 9 * n)
+    for i in range(n):
+        if kinds[i] == K_DEAD:
+            b.p[b.n] = 0x00
+            b.n += 1
+        else:
+            put_int(b, ver[i])
+    put_times(b, kinds, cre)
+    put_times(b, kinds, upd)
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int put_times(Buf* b, const unsigned char[::1] kinds, const double[::1] t) except -1:
+    """Append one time column: nil where nothing is stored, else a float64."""
+    cdef Py_ssize_t n = kinds.shape[0], i
+    cdef uint64_t u
+    put_arrhdr(b, n)
+    reserve(b, 9 * n)
+    for i in range(n):
+        if kinds[i] == K_DEAD:
+            b.p[b.n] = <char>0xC0
+            b.n += 1
+        else:
+            memcpy(&u, &t[i], 8)
+            b.p[b.n] = <char>0xCB
+            be64(b.p + b.n + 1, u)
+            b.n += 9
+    return 0
+
+
 def encode_scrolls(scrolls):
     """Encode a list of Scrolls (``None`` allowed) as the msgpack bytes of the
     column-wise scroll list (see ``scrolls_to_wire``).
 
-    :param scrolls: Scroll objects (anything with the five attributes) or ``None``.
+    :param scrolls: a :class:`vtpu.results.Scrolls` (written from its columns), or
+        Scroll objects (anything with the five attributes) or ``None``.
     :returns: the msgpack bytes of one value.
     :raises InterfaceError: if a content cannot be encoded.
     """
-    if not PyList_CheckExact(scrolls):
+    cdef bint columns = type(scrolls) is _Scrolls
+    if not columns and not PyList_CheckExact(scrolls):
         scrolls = list(scrolls)
     cdef Buf b
     buf_init(&b)
     try:
-        if put_scroll_list(&b, scrolls):
+        if columns:
+            put_scroll_columns(&b, scrolls)
+        elif put_scroll_list(&b, scrolls):
             return _ref.encode_scrolls(scrolls)
         return buf_bytes(&b)
     finally:
@@ -619,7 +843,8 @@ def encode_response_scrolls(msgid, scrolls,
     (``[msgid, 0, [columns, after]]``).
 
     :param msgid: the request id.
-    :param scrolls: Scroll objects or ``None``.
+    :param scrolls: a :class:`vtpu.results.Scrolls` (written from its columns), or
+        Scroll objects or ``None``.
     :param max_frame_size: the largest body allowed.
     :param page: wrap the list as a RANGE page.
     :param after: with ``page``: the key to continue after, or ``None`` on the last page.
@@ -627,7 +852,8 @@ def encode_response_scrolls(msgid, scrolls,
     :raises LimitError: if the frame is too large.
     :raises InterfaceError: if a content cannot be encoded.
     """
-    if not PyList_CheckExact(scrolls):
+    cdef bint columns = type(scrolls) is _Scrolls
+    if not columns and not PyList_CheckExact(scrolls):
         scrolls = list(scrolls)
     cdef Buf b
     buf_init(&b)
@@ -638,7 +864,9 @@ def encode_response_scrolls(msgid, scrolls,
         put1(&b, 0x00)
         if page:
             put1(&b, 0x92)
-        if put_scroll_list(&b, scrolls):
+        if columns:
+            put_scroll_columns(&b, scrolls)
+        elif put_scroll_list(&b, scrolls):
             return _ref.encode_response_scrolls(msgid, scrolls, max_frame_size, page, after)
         if page:
             put_value(&b, after, 1)
