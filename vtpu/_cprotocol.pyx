@@ -1117,12 +1117,14 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
                               Py_ssize_t* end_out):
     """The scroll list at ``data[pos:]`` as a :class:`vtpu.results.Scrolls`, or None when
     it is not in the canonical form read here (then the reference decodes it, or says
-    why it is malformed)."""
+    why it is malformed). Bin and str contents stay spans over ``data``
+    (``Scrolls.from_spans``); only other contents are decoded into objects."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t end = len(data), n, cnt, i, kl, q
+    cdef Py_ssize_t end = len(data), n, cnt, i, kl, q, e
     cdef int k
-    cdef double d
+    cdef double dbl
     cdef uint64_t x
+    cdef unsigned char c
     if pos < 0 or pos >= end or p[pos] != 0x95:
         return None
     q = read_binhdr(p, pos + 1, end, &kl)
@@ -1133,28 +1135,59 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
     pos = read_arrhdr(p, q + kl, end, &cnt)
     if pos < 0 or cnt != n:
         return None  # stacked ndarray contents (an ext value), or malformed
-    contents = PyList_New(n)
+    kinds = np.empty(n, dtype=np.uint8)
+    spans = np.empty((2, n), dtype=np.int64)
+    ver = np.empty(n, dtype=np.int64)
+    times = np.empty((2, n), dtype=np.float64)
+    cdef unsigned char[::1] kk = kinds
+    cdef int64_t[:, ::1] sp = spans
+    cdef int64_t[::1] vv = ver
+    cdef double[:, ::1] tt = times
+    cdef list objects = []
     for i in range(n):
-        Py_INCREF(None)
-        PyList_SET_ITEM(contents, i, None)
-    for i in range(n):
-        v = read_content(p, &pos, end)
-        if pos < 0:
+        if pos >= end:
             return None
-        if v is not None:
-            contents[i] = v
+        c = p[pos]
+        sp[0, i] = sp[1, i] = 0
+        if c == 0xC0:
+            kk[i] = K_NONE
+            pos += 1
+            continue
+        e = read_binhdr(p, pos, end, &kl)
+        if e >= 0:
+            kk[i] = K_BYTES
+        else:
+            e = read_strhdr(p, pos, end, &kl)
+            if e >= 0:
+                kk[i] = K_STR   # checked as UTF-8 by from_spans (or below, if dead)
+        if e >= 0:
+            sp[0, i] = e
+            sp[1, i] = kl
+            pos = e + kl
+            continue
+        e = skip(p, pos, end, 0)
+        if e < 0:
+            return None
+        try:
+            v = unpackb(PyBytes_FromStringAndSize(<const char*>p + pos, e - pos))
+        except ProtocolError:
+            return None
+        kk[i] = K_OBJECT
+        sp[0, i] = len(objects)
+        objects.append(v)
+        pos = e
     pos = read_arrhdr(p, pos, end, &cnt)
     if pos < 0 or cnt != n:
         return None
-    ver = np.empty(n, dtype=np.int64)
-    times = np.empty((2, n), dtype=np.float64)
-    cdef int64_t[::1] vv = ver
-    cdef double[:, ::1] tt = times
     for i in range(n):
         pos = read_uint(p, pos, end, &x)
         if pos < 0 or x > <uint64_t>INT64_MAX:
             return None
         vv[i] = <int64_t>x
+        if x == 0:
+            if kk[i] == K_STR and text_invalid(p + sp[0, i], sp[1, i]):
+                return None   # what the reference refuses, though nothing is stored
+            kk[i] = K_DEAD
     for k in range(2):
         pos = read_arrhdr(p, pos, end, &cnt)
         if pos < 0 or cnt != n:
@@ -1166,12 +1199,29 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
                 if pos < 0:
                     return None
             else:
-                pos = read_double(p, pos, end, &d)
+                pos = read_double(p, pos, end, &dbl)
                 if pos < 0:
                     return None
-                tt[k, i] = d
+                tt[k, i] = dbl
     end_out[0] = pos
-    return _Scrolls.from_columns(keys, contents, ver, times[0], times[1], None, names)
+    try:
+        return _Scrolls.from_spans(keys, ver, times[0], times[1], kinds, spans[0], spans[1],
+                                   data, objects, None, names)
+    except InterfaceError:
+        return None   # text that is not UTF-8: the reference says so
+
+
+cdef bint text_invalid(const unsigned char* s, Py_ssize_t n):
+    """Whether the n bytes at s are not UTF-8 text."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if s[i] >= 0x80:
+            try:
+                PyUnicode_DecodeUTF8(<const char*>s, n, "strict")
+            except UnicodeDecodeError:
+                return True
+            return False
+    return False
 
 
 def decode_scrolls(data, Py_ssize_t offset=0, names=None):
