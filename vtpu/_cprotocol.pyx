@@ -14,13 +14,13 @@ refuse the same input. Scroll fields are read through their attributes and Scrol
 made by calling the class.
 """
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyBytes_Resize
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t, INT64_MAX
 from libc.string cimport memcpy, memmove, memset
 
@@ -61,6 +61,7 @@ cdef struct Buf:
     Py_ssize_t n
     Py_ssize_t cap
     bint heap
+    PyObject* obj   # when not NULL: p is this bytes object's buffer (see buf_init_bytes)
     char local[LOCAL_BUF]
 
 cdef inline void buf_init(Buf* b) noexcept:
@@ -68,10 +69,26 @@ cdef inline void buf_init(Buf* b) noexcept:
     b.n = 0
     b.cap = LOCAL_BUF
     b.heap = False
+    b.obj = NULL
+
+cdef int buf_init_bytes(Buf* b, Py_ssize_t cap) except -1:
+    """A buffer written straight into a bytes object of ``cap`` bytes (grown as needed):
+    for a large output, buf_bytes then shrinks it and hands it out instead of copying
+    it into a new one."""
+    buf_init(b)
+    o = PyBytes_FromStringAndSize(NULL, max(cap, LOCAL_BUF))
+    Py_INCREF(o)
+    b.obj = <PyObject*>o
+    b.p = PyBytes_AS_STRING(o)
+    b.cap = len(<bytes>o)
+    return 0
 
 cdef inline void buf_free(Buf* b) noexcept:
     if b.heap:
         PyMem_Free(b.p)
+    if b.obj != NULL:
+        Py_XDECREF(b.obj)
+        b.obj = NULL
     b.p = b.local
     b.heap = False
 
@@ -80,6 +97,11 @@ cdef int buf_grow(Buf* b, Py_ssize_t extra) except -1:
     cdef char* q
     while cap < b.n + extra:
         cap *= 2
+    if b.obj != NULL:
+        _PyBytes_Resize(&b.obj, cap)   # MemoryError: the object is gone, b.obj NULL
+        b.p = PyBytes_AS_STRING(<object>b.obj)
+        b.cap = cap
+        return 0
     if b.heap:
         q = <char*>PyMem_Realloc(b.p, cap)
     else:
@@ -250,6 +272,12 @@ cdef int frame_close(Buf* b, Py_ssize_t start, Py_ssize_t max_frame_size) except
     return 0
 
 cdef inline bytes buf_bytes(Buf* b):
+    if b.obj != NULL:
+        if b.n != b.cap:
+            _PyBytes_Resize(&b.obj, b.n)
+            b.cap = b.n
+            b.p = PyBytes_AS_STRING(<object>b.obj)
+        return <bytes><object>b.obj   # a new reference; buf_free drops the buffer's own
     return PyBytes_FromStringAndSize(b.p, b.n)
 
 
@@ -684,13 +712,17 @@ cdef inline int put_int(Buf* b, int64_t v) except -1:
     return 0
 
 
+cdef inline Py_ssize_t columns_size_hint(object cols):
+    # About the encoded size of a Scrolls (exact or over for contents held as bytes).
+    return len(cols.kinds) * (KEY_SIZE + 32) + len(cols.data) + 64
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef int put_scroll_columns(Buf* b, object scrolls) except -1:
-    """Append the column-wise scroll list of a Scrolls from its columns
+cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
+    """Append the column-wise scroll list of a Scrolls from its columns ``cols``
     (``Scrolls.columns()``): the bytes of ``scrolls_to_wire(list(scrolls))``, with no
     Python object per item but for contents kept as objects."""
-    cols = scrolls.columns()
     cdef bytes keys = cols.keys
     cdef bytes data = cols.data
     cdef list objs = cols.objects
@@ -740,7 +772,7 @@ cdef int put_scroll_columns(Buf* b, object scrolls) except -1:
                                          else list(contents))
         if type(stacked) is _ndarray:
             form = 2
-    reserve(b, n * (KEY_SIZE + 32) + len(data) + 64)
+    reserve(b, columns_size_hint(cols))
     put1(b, 0x95)
     put_binhdr(b, n * KEY_SIZE)
     reserve(b, n * KEY_SIZE)
@@ -827,7 +859,9 @@ def encode_scrolls(scrolls):
     buf_init(&b)
     try:
         if columns:
-            put_scroll_columns(&b, scrolls)
+            cols = scrolls.columns()
+            buf_init_bytes(&b, columns_size_hint(cols))
+            put_scroll_columns(&b, scrolls, cols)
         elif put_scroll_list(&b, scrolls):
             return _ref.encode_scrolls(scrolls)
         return buf_bytes(&b)
@@ -858,6 +892,9 @@ def encode_response_scrolls(msgid, scrolls,
     cdef Buf b
     buf_init(&b)
     try:
+        if columns:
+            cols = scrolls.columns()
+            buf_init_bytes(&b, 32 + columns_size_hint(cols))
         frame_open(&b)
         put1(&b, 0x93)
         put_value(&b, msgid, INLINE_DEPTH)
@@ -865,7 +902,7 @@ def encode_response_scrolls(msgid, scrolls,
         if page:
             put1(&b, 0x92)
         if columns:
-            put_scroll_columns(&b, scrolls)
+            put_scroll_columns(&b, scrolls, cols)
         elif put_scroll_list(&b, scrolls):
             return _ref.encode_response_scrolls(msgid, scrolls, max_frame_size, page, after)
         if page:
