@@ -10,8 +10,11 @@ bool, None, non-negative int or a list of those; anything else (maps, numpy arra
 negative ints...) goes through the reference ``packb``, which writes exactly what
 msgpack-python writes inside a larger object. Decoders read the canonical encodings in
 place and hand every other encoding to the generic decoder, so both twins accept and
-refuse the same input. Scroll fields are read through their attributes and Scrolls are
-made by calling the class.
+refuse the same input. A :class:`vtpu.results.Scrolls` result is written from its
+columns (``Scrolls.columns()``), with no Scroll made; other Scroll fields are read
+through their attributes. A scroll list is decoded into ``Scrolls.from_spans`` (bin and
+str contents stay spans over the reply's bytes); a single Scroll is made by calling the
+class.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyBytes_Resize
