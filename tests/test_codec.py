@@ -512,6 +512,9 @@ SCROLLS_CASES = {
     "one_array": lambda: _stored_scrolls([np.zeros((2, 2))]),
     "objects": lambda: Scrolls.from_scrolls(scrolls_of(MIXED) + [None]),
     "object_arrays": lambda: Scrolls.from_scrolls(scrolls_of([np.zeros(3), np.ones(3)])),
+    "object_then_arena_arrays": lambda: Scrolls.concat([
+        Scrolls.from_scrolls(scrolls_of([np.zeros(3)])),
+        _stored_scrolls([np.ones(2), np.ones(3), np.full(3, 2.0)])[1:]]),
     "slice": lambda: _stored_scrolls(MIXED, missing=(3,))[::-3],
     "concat": lambda: Scrolls.concat([_stored_scrolls([np.zeros(2)] * 2),
                                       _stored_scrolls([np.ones(2)] * 2, packed=True)]),

@@ -742,7 +742,9 @@ cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
     cdef unsigned char kind
     cdef uint32_t tid, tid0 = 0
     cdef int form = 0   # contents: 0 one per item, 1 stacked from the spans, 2 packb'd
-    cdef bint arrays = n >= 2, same = True
+    # arrays: every content may be a numpy array; in_arena: every one is held in the
+    # arena (kind K_ARRAY), all of the type of the first, tid0.
+    cdef bint arrays = n >= 2, in_arena = True, seen = False
     stacked = None
     # The contents go stacked exactly when the reference stacks them: at least two,
     # every one a numpy array of one dtype and of one shape with a dimension at least.
@@ -750,19 +752,19 @@ cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
         kind = kinds[i]
         if kind == K_ARRAY:
             memcpy(&tid, d + offs[i], 4)
-            if i == 0:
-                tid0 = tid
+            if not seen:
+                tid0, seen = tid, True
             elif tid != tid0 and types[tid] != types[tid0]:
                 arrays = False
         elif kind == K_OBJECT and type(<object>PyList_GET_ITEM(objs, offs[i])) is _ndarray:
-            same = False
+            in_arena = False
         elif kind == K_PACKED and packed_ndarray(<const unsigned char*>d + offs[i], lens[i]):
-            same = False
+            in_arena = False
         else:
             arrays = False
         if not arrays:
             break
-    if arrays and same:
+    if arrays and in_arena:
         dtype, shape = types[tid0]
         if len(shape) and dtype.isnative:
             form = 1

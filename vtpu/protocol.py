@@ -1108,65 +1108,60 @@ def scrolls_to_wire(scrolls: list) -> list:
 
 def _columns_msgpack(scrolls: Scrolls) -> bytes:
     """The msgpack bytes of ``scrolls_to_wire(list(scrolls))``, written from the result's
-    columns (:meth:`Scrolls.columns`) with no Scroll made: the keys blob as it is, each
-    content from its span (a bin or str header and the bytes, a packed value as it is
-    kept), and contents kept as objects (or arrays) packed one by one.
+    columns (:meth:`Scrolls.columns`), piece by piece, with no Scroll made: the keys
+    blob as it is, each content from where it is held (see :func:`_content_msgpack`),
+    then the version and time columns.
     """
     cols = scrolls.columns()
-    kinds, offs, lens = cols.kinds.tolist(), cols.offsets.tolist(), cols.lengths.tolist()
-    data = cols.data
-    n = len(kinds)
+    kinds = cols.kinds.tolist()
     dead = [k == KIND_DEAD for k in kinds]
     keys = bytearray(cols.keys)
     for i in np.flatnonzero(dead).tolist():
         keys[i * KEY_SIZE:(i + 1) * KEY_SIZE] = _ZERO_KEY  # no key where nothing is stored
-    contents = []
-    for k, a, m in zip(kinds, offs, lens):
-        if k == KIND_BYTES:
-            contents.append(packb(data[a:a + m]))
-        elif k == KIND_STR:
-            contents.append(_str_header(m) + data[a:a + m])
-        elif k == KIND_PACKED:
-            contents.append(data[a:a + m])  # one msgpack value, as the store keeps it
-        elif k == KIND_OBJECT:
-            contents.append(packb(cols.objects[a]))
-        elif k == KIND_ARRAY:
-            dtype, shape = cols.types[int.from_bytes(data[a:a + 4], "little")]
-            arr = np.frombuffer(data, dtype, (m - 4) // dtype.itemsize, a + 4) if m > 4 \
-                else np.empty(0, dtype)
-            contents.append(packb(arr.reshape(shape)))
-        else:
-            contents.append(packb(None))  # the content None, or nothing stored
-    stacked = _stack_if_uniform(_contents_of(scrolls, kinds))
+    stacked = _stack_if_uniform(_array_contents(scrolls, kinds))
     if type(stacked) is np.ndarray:
-        contents_msg = packb(stacked)
+        contents = packb(stacked)
     else:
-        contents_msg = _array_header(n) + b"".join(contents)
+        contents = _array_header(len(kinds)) + b"".join(
+            _content_msgpack(cols, k, a, m)
+            for k, a, m in zip(kinds, cols.offsets.tolist(), cols.lengths.tolist()))
     versions = [0 if x else v for x, v in zip(dead, cols.versions.tolist())]
     created = [None if x else t for x, t in zip(dead, cols.created.tolist())]
     updated = [None if x else t for x, t in zip(dead, cols.updated.tolist())]
-    return (b"\x95" + packb(bytes(keys)) + contents_msg + packb(versions) + packb(created)
+    return (b"\x95" + packb(bytes(keys)) + contents + packb(versions) + packb(created)
             + packb(updated))
+
+
+def _content_msgpack(cols: Any, kind: int, off: int, ln: int) -> bytes:
+    """The msgpack bytes of one content of a result's columns (see
+    :meth:`Scrolls.columns` for where each kind is held)."""
+    data = cols.data
+    if kind == KIND_BYTES:
+        return packb(data[off:off + ln])
+    if kind == KIND_STR:
+        return packb(data[off:off + ln].decode("utf-8"))
+    if kind == KIND_PACKED:
+        return data[off:off + ln]  # one msgpack value, as the store keeps it
+    if kind == KIND_OBJECT:
+        return packb(cols.objects[off])
+    if kind == KIND_ARRAY:
+        dtype, shape = cols.types[int.from_bytes(data[off:off + 4], "little")]
+        arr = np.frombuffer(data, dtype, (ln - 4) // dtype.itemsize, off + 4) if ln > 4 \
+            else np.empty(0, dtype)
+        return packb(arr.reshape(shape))
+    return packb(None)  # the content None, or nothing stored
 
 
 _ARRAYISH = (KIND_ARRAY, KIND_OBJECT, KIND_PACKED)
 
 
-def _contents_of(scrolls: Scrolls, kinds: Any) -> list:
-    """The contents a stacked form may hold (every item of an array kind), else []."""
+def _array_contents(scrolls: Scrolls, kinds: list) -> list:
+    """The contents, when every one may be a numpy array (the case a stacked form is
+    looked for); else []."""
     if len(kinds) < 2 or any(k not in _ARRAYISH for k in kinds):
         return []
     contents = scrolls.contents
     return contents if type(contents) is list else list(contents)
-
-
-def _str_header(n: int) -> bytes:
-    """The msgpack header of a str of n UTF-8 bytes."""
-    if n < 32:
-        return bytes([0xA0 | n])
-    if n < 0x100:
-        return bytes([0xD9, n])
-    return (b"\xda" + n.to_bytes(2, "big")) if n < 0x10000 else b"\xdb" + n.to_bytes(4, "big")
 
 
 def _array_header(n: int) -> bytes:
