@@ -741,6 +741,11 @@ def test_decoded_scroll_lists_behave_like_lists(codec):
     + b"\x91\xcb" + b"\0" * 8,                                                  # stored, bad utf-8
     b"\x95\xc4\x12" + b"k" * 18 + b"\x91\xd4\x05\x00\x91\x00\x91\xc0\x91\xc0",  # unknown ext
     b"\x95\xc4\x12" + b"k" * 18 + b"\x91",                                   # truncated
+    b"\x95" + P.packb(key(1) + key(2)) + P.packb(np.zeros(2)) + P.packb([1, 1])
+    + P.packb([1.0, 1.0]) * 2,                                               # stacked, 1-d
+    b"\x95" + P.packb(key(1) + key(2)) + P.packb(np.zeros((3, 2))) + P.packb([1, 1])
+    + P.packb([1.0, 1.0]) * 2,                                               # 3 rows, 2 keys
+    b"\x95" + P.packb(key(1)) + b"\xd4\x01\x00" + P.packb([1]) + P.packb([1.0]) * 2,  # bad ext
     b"\x94\xc4\x00\x90\x90\x90",
     b"\xc0",
     b"",

@@ -1160,9 +1160,10 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
     """The scroll list at ``data[pos:]`` as a :class:`vtpu.results.Scrolls`, or None when
     it is not in the canonical form read here (then the reference decodes it, or says
     why it is malformed). Bin and str contents stay spans over ``data``
-    (``Scrolls.from_spans``); only other contents are decoded into objects."""
+    (``Scrolls.from_spans``); only other contents are decoded into objects, and stacked
+    contents (one ndarray) are given to ``Scrolls.from_columns``."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t end = len(data), n, cnt, i, kl, q, e
+    cdef Py_ssize_t end = len(data), n, cnt, i, kl, q, e, n_items
     cdef int k
     cdef double dbl
     cdef uint64_t x
@@ -1174,9 +1175,26 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
         return None
     n = kl // KEY_SIZE
     keys = PyBytes_FromStringAndSize(<const char*>p + q, kl)
-    pos = read_arrhdr(p, q + kl, end, &cnt)
-    if pos < 0 or cnt != n:
-        return None  # stacked ndarray contents (an ext value), or malformed
+    pos = q + kl
+    stacked = None
+    if pos < end and (0xD4 <= p[pos] <= 0xD8 or 0xC7 <= p[pos] <= 0xC9):
+        # Stacked contents: one ndarray ext whose row i is content i.
+        e = skip(p, pos, end, 0)
+        if e < 0:
+            return None
+        try:
+            stacked = unpackb(memoryview(data)[pos:e])
+        except ProtocolError:
+            return None
+        if type(stacked) is not _ndarray or stacked.ndim < 2 or stacked.shape[0] != n:
+            return None
+        pos = e
+        n_items = 0   # no content to read one by one
+    else:
+        pos = read_arrhdr(p, pos, end, &cnt)
+        if pos < 0 or cnt != n:
+            return None
+        n_items = n
     kinds = np.empty(n, dtype=np.uint8)
     spans = np.empty((2, n), dtype=np.int64)
     ver = np.empty(n, dtype=np.int64)
@@ -1186,7 +1204,7 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
     cdef int64_t[::1] vv = ver
     cdef double[:, ::1] tt = times
     cdef list objects = []
-    for i in range(n):
+    for i in range(n_items):
         if pos >= end:
             return None
         c = p[pos]
@@ -1226,7 +1244,7 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
         if pos < 0 or x > <uint64_t>INT64_MAX:
             return None
         vv[i] = <int64_t>x
-        if x == 0:
+        if x == 0 and stacked is None:
             if kk[i] == K_STR and text_invalid(p + sp[0, i], sp[1, i]):
                 return None   # what the reference refuses, though nothing is stored
             kk[i] = K_DEAD
@@ -1246,6 +1264,8 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
                     return None
                 tt[k, i] = dbl
     end_out[0] = pos
+    if stacked is not None:
+        return _Scrolls.from_columns(keys, stacked, ver, times[0], times[1], None, names)
     try:
         return _Scrolls.from_spans(keys, ver, times[0], times[1], kinds, spans[0], spans[1],
                                    data, objects, None, names)
