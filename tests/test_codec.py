@@ -186,6 +186,10 @@ def test_scroll_vectors_encode_through_the_scroll_encoders(codec):
         scrolls = [None if row is None else Scroll(*row) for row in P.wire_to_rows(w)]
         assert codec.encode_response_scrolls(msgid, scrolls).hex() == vec["hex"]
         assert codec.encode_scrolls(scrolls) == P.packb(w)
+        # a Scrolls result is written from its columns: the same bytes
+        for sl in (Scrolls.from_scrolls(scrolls), P.wire_to_scrolls(w)):
+            assert codec.encode_response_scrolls(msgid, sl).hex() == vec["hex"]
+            assert codec.encode_scrolls(sl) == P.packb(w)
         r = codec.decode_response_scrolls(bytes.fromhex(vec["hex"])[4:])
         assert r.msgid == msgid and r.ok and same(list(r.value), scrolls)
     vec = by_name["range_response_scrolls"]
@@ -193,6 +197,8 @@ def test_scroll_vectors_encode_through_the_scroll_encoders(codec):
     scrolls = [Scroll(*row) for row in P.wire_to_rows(w)]
     assert codec.encode_response_scrolls(msgid, scrolls, page=True, after=after).hex() == \
         vec["hex"]
+    assert codec.encode_response_scrolls(msgid, P.wire_to_scrolls(w), page=True,
+                                         after=after).hex() == vec["hex"]
     r = codec.decode_response_scrolls(bytes.fromhex(vec["hex"])[4:], page=True)
     assert same(list(r.value[0]), scrolls) and r.value[1] == after
     vec = by_name["get_response_found"]
@@ -460,6 +466,146 @@ def test_scroll_lists_equal_the_generic_encoding(codec, case):
                 P.encode_response(msgid, [w, after])
 
 
+def _stored_scrolls(contents, packed=False, missing=()):
+    """A Scrolls read from a column store holding ``contents`` (kept encoded, as loaded
+    from disk, with ``packed``), asking also for the keys in ``missing``."""
+    store = _core.ColumnStore(Scroll)
+    for i, v in enumerate(contents):
+        if packed:
+            store.set(key(i), P.pack_value(v), i + 1, 1.5 + i, 2.5 + i, packed=True)
+        else:
+            store.set(key(i), v, i + 1, 1.5 + i, 2.5 + i)
+    order = [key(i) for i in range(len(contents))]
+    for j in missing:  # a key where nothing is stored, at position j
+        order.insert(j, key(900 + j))
+    return store.get_many(b"".join(order))
+
+
+SCROLLS_CASES = {
+    "mixed": lambda: _stored_scrolls(MIXED),
+    "mixed_packed": lambda: _stored_scrolls(MIXED, packed=True),
+    "none_items": lambda: _stored_scrolls(["a", None, b"b"], missing=(0, 2, 5)),
+    "only_missing": lambda: _stored_scrolls([], missing=(0, 1)),
+    "non_ascii": lambda: _stored_scrolls(["héllo wörld ✓", "日本語" * 20, "é" * 70000]),
+    "empty": lambda: _stored_scrolls([]),
+    "bytes": lambda: _stored_scrolls([bytes([i]) * (i * 37) for i in range(40)]),
+    "stacked": lambda: _stored_scrolls([np.full(4, i, np.float32) for i in range(5)]),
+    "stacked_packed": lambda: _stored_scrolls([np.full((2, 3), i, np.int16) for i in range(4)],
+                                              packed=True),
+    "stacked_big_endian": lambda: _stored_scrolls([np.arange(3, dtype=">f8") + i
+                                                   for i in range(3)]),
+    "stacked_empty_rows": lambda: _stored_scrolls([np.zeros((2, 0))] * 3),
+    "arrays_zero_d": lambda: _stored_scrolls([np.array(1.5), np.array(2.5)]),
+    "arrays_mixed_shapes": lambda: _stored_scrolls([np.zeros(3), np.zeros(4), np.zeros(3)]),
+    "arrays_and_missing": lambda: _stored_scrolls([np.zeros(3)] * 3, missing=(1,)),
+    "arrays_and_text": lambda: _stored_scrolls([np.zeros(3), "x"]),
+    "one_array": lambda: _stored_scrolls([np.zeros((2, 2))]),
+    "objects": lambda: Scrolls.from_scrolls(scrolls_of(MIXED) + [None]),
+    "object_arrays": lambda: Scrolls.from_scrolls(scrolls_of([np.zeros(3), np.ones(3)])),
+    "object_then_arena_arrays": lambda: Scrolls.concat([
+        Scrolls.from_scrolls(scrolls_of([np.zeros(3)])),
+        _stored_scrolls([np.ones(2), np.ones(3), np.full(3, 2.0)])[1:]]),
+    "slice": lambda: _stored_scrolls(MIXED, missing=(3,))[::-3],
+    "concat": lambda: Scrolls.concat([_stored_scrolls([np.zeros(2)] * 2),
+                                      _stored_scrolls([np.ones(2)] * 2, packed=True)]),
+}
+
+
+@pytest.mark.parametrize("case", list(SCROLLS_CASES))
+def test_scrolls_encode_as_the_list_of_their_scrolls(codec, case):
+    sl = SCROLLS_CASES[case]()
+    items = list(sl)
+    w = P.scrolls_to_wire(items)
+    assert codec.encode_scrolls(sl) == P.encode_scrolls(items) == P.packb(w)
+    for msgid in (3, 70000):
+        assert codec.encode_response_scrolls(msgid, sl) == P.encode_response(msgid, w)
+        for after in (None, key(9)):
+            assert codec.encode_response_scrolls(msgid, sl, page=True, after=after) == \
+                P.encode_response(msgid, [w, after])
+    # and decode back to equal items
+    got, end = codec.decode_scrolls(codec.encode_scrolls(sl))
+    want = [None if s is None else Scroll(s.key, P.unpackb(P.packb(s.content)), s.version,
+                                          s.created_at, s.updated_at) for s in items]
+    assert same(list(got), want)
+
+
+def test_scrolls_encoders_refuse_like_the_reference(codec):
+    with pytest.raises(E.InterfaceError):
+        codec.encode_scrolls(Scrolls.from_scrolls(scrolls_of(["ok", {1, 2}])))
+    with pytest.raises(E.LimitError):
+        codec.encode_response_scrolls(1, _stored_scrolls(["x" * 5000]), 4096)
+    assert len(codec.encode_response_scrolls(1, _stored_scrolls(["x" * 5000]), 5100)) > 5000
+
+
+def test_scrolls_columns_are_views_of_the_result():
+    sl = _stored_scrolls(["té", b"\x00b", None, np.arange(3, dtype=np.int32), {"k": 1}],
+                         missing=(1,))
+    cols = sl.columns()
+    assert cols.keys == sl.keys and len(cols.kinds) == len(sl) == 6
+    assert bytes(cols.kinds) == bytes([_core.KIND_STR, _core.KIND_DEAD, _core.KIND_BYTES,
+                                       _core.KIND_NONE, _core.KIND_ARRAY, _core.KIND_OBJECT])
+    assert (cols.versions.format, cols.created.format, cols.offsets.format) == ("q", "d", "q")
+    assert cols.versions.tolist() == sl.versions.tolist() == [1, 0, 2, 3, 4, 5]
+    assert cols.created.tolist() == sl.created_at.tolist()
+    assert cols.updated.tolist() == sl.updated_at.tolist()
+    assert np.frombuffer(cols.versions, np.int64).tolist() == [1, 0, 2, 3, 4, 5]
+    off, ln, data = cols.offsets, cols.lengths, cols.data
+    assert data[off[0]:off[0] + ln[0]] == "té".encode()
+    assert data[off[2]:off[2] + ln[2]] == b"\x00b"
+    dtype, shape = cols.types[int.from_bytes(data[off[4]:off[4] + 4], "little")]
+    assert (dtype, shape) == (np.dtype(np.int32), (3,))
+    assert np.frombuffer(data, dtype, 3, off[4] + 4).tolist() == [0, 1, 2]
+    assert cols.objects[off[5]] == {"k": 1}
+    assert cols.versions.readonly
+    with pytest.raises(TypeError):
+        cols.versions[0] = 7
+    del sl
+    assert cols.versions.tolist() == [1, 0, 2, 3, 4, 5]  # the views keep the result
+
+
+def test_scrolls_from_spans_inverts_columns():
+    names = NameTable()
+    for sl in (_stored_scrolls(MIXED, missing=(0, 4)), _stored_scrolls(MIXED, packed=True),
+               _stored_scrolls([]), Scrolls.from_scrolls(scrolls_of(MIXED) + [None])):
+        cols = sl.columns()
+        back = Scrolls.from_spans(*cols, names=sl.names)
+        assert type(back) is Scrolls and same(list(back), list(sl))
+        assert back.keys == sl.keys and back.found.tolist() == sl.found.tolist()
+        named = Scrolls.from_spans(*cols, names=names)
+        assert all(s is None or s.names is names for s in named)
+
+
+def test_scrolls_from_spans_refuses_bad_columns():
+    good = dict(keys=key(1) + key(2), versions=[1, 2], created=[1.0, 2.0],
+                updated=[1.0, 2.0], kinds=[_core.KIND_BYTES, _core.KIND_STR],
+                offsets=[0, 2], lengths=[2, 3], data=b"abxyz")
+    got = Scrolls.from_spans(**good)
+    assert [s.content for s in got] == [b"ab", "xyz"] and got.versions.tolist() == [1, 2]
+    for change in (dict(keys=key(1)[:17]), dict(versions=[1]), dict(kinds=[9, 2]),
+                   dict(offsets=[0, 3]), dict(lengths=[-1, 3]), dict(data=b"ab\xff\xfe\xfd"),
+                   dict(kinds=[_core.KIND_OBJECT, 2]), dict(kinds=[_core.KIND_ARRAY, 2]),
+                   dict(kinds=[_core.KIND_ARRAY, 2], data=b"\x00\x00\x00\x00\x00",
+                        lengths=[4, 1], types=[(np.dtype(np.int8), (2,))]),
+                   dict(objects=("not", "a list")), dict(created="x")):
+        with pytest.raises(E.InterfaceError):
+            Scrolls.from_spans(**{**good, **change})
+    # a dead item keeps no content, version or times
+    dead = Scrolls.from_spans(**{**good, "kinds": [_core.KIND_DEAD, _core.KIND_STR]})
+    assert dead[0] is None and dead.versions.tolist() == [0, 2]
+    assert dead.created_at.tolist() == [0.0, 2.0]
+
+
+def test_compiled_decoder_keeps_bin_and_str_contents_as_spans():
+    twin = _compiled()
+    raw = twin.encode_scrolls(_stored_scrolls([b"ab", "cé", None, 7], missing=(4,)))
+    got, end = twin.decode_scrolls(raw)
+    cols = got.columns()
+    assert end == len(raw) and cols.data is raw  # no copy of the contents
+    assert bytes(cols.kinds) == bytes([_core.KIND_BYTES, _core.KIND_STR, _core.KIND_NONE,
+                                       _core.KIND_OBJECT, _core.KIND_DEAD])
+    assert [None if s is None else s.content for s in got] == [b"ab", "cé", None, 7, None]
+
+
 def test_scroll_fields_are_read_as_getattr_reads_them(codec):
     class Plain:  # instance attributes, no descriptors
         def __init__(self, i):
@@ -581,8 +727,15 @@ def test_decoded_scroll_lists_behave_like_lists(codec):
     b"\x95\xc4\x12" + b"k" * 18 + b"\x91\xa1x\x91\x01\x91\x01\x91\x01",      # int times
     b"\x95\xc4\x12" + b"k" * 18 + b"\x91\xa1x\x91\xff\x91\xc0\x91\xc0",      # negative version
     b"\x95\xc4\x12" + b"k" * 18 + b"\x91\xa1\xff\x91\x00\x91\xc0\x91\xc0",   # bad utf-8
+    b"\x95\xc4\x12" + b"k" * 18 + b"\x91\xa2\xc3\x28\x91\x01\x91\xcb" + b"\0" * 8
+    + b"\x91\xcb" + b"\0" * 8,                                                  # stored, bad utf-8
     b"\x95\xc4\x12" + b"k" * 18 + b"\x91\xd4\x05\x00\x91\x00\x91\xc0\x91\xc0",  # unknown ext
     b"\x95\xc4\x12" + b"k" * 18 + b"\x91",                                   # truncated
+    b"\x95" + P.packb(key(1) + key(2)) + P.packb(np.zeros(2)) + P.packb([1, 1])
+    + P.packb([1.0, 1.0]) * 2,                                               # stacked, 1-d
+    b"\x95" + P.packb(key(1) + key(2)) + P.packb(np.zeros((3, 2))) + P.packb([1, 1])
+    + P.packb([1.0, 1.0]) * 2,                                               # 3 rows, 2 keys
+    b"\x95" + P.packb(key(1)) + b"\xd4\x01\x00" + P.packb([1]) + P.packb([1.0]) * 2,  # bad ext
     b"\x94\xc4\x00\x90\x90\x90",
     b"\xc0",
     b"",

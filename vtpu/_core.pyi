@@ -1,5 +1,5 @@
 # Type stub for the compiled extension vtpu._core (the docs are in its units, vtpu/core/*.pxi).
-from typing import Any, Iterator, Literal, Protocol, Sequence, overload
+from typing import Any, Iterator, Literal, NamedTuple, Protocol, Sequence, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -139,6 +139,26 @@ class CallMeter:
     def call(self, arg: Any) -> Any: ...
     def answered(self, value: Any = None) -> Any: ...
 
+KIND_DEAD: int
+KIND_NONE: int
+KIND_STR: int
+KIND_BYTES: int
+KIND_ARRAY: int
+KIND_OBJECT: int
+KIND_PACKED: int
+
+class ScrollColumns(NamedTuple):
+    keys: bytes
+    versions: memoryview
+    created: memoryview
+    updated: memoryview
+    kinds: memoryview
+    offsets: memoryview
+    lengths: memoryview
+    data: bytes
+    objects: list[Any]
+    types: list[tuple[np.dtype, tuple[int, ...]]]
+
 class Scrolls(Sequence[Any]):
     """A query's result as columns (see vtpu.results)."""
     @staticmethod
@@ -147,7 +167,13 @@ class Scrolls(Sequence[Any]):
     def from_columns(keys: bytes, contents: Any, versions: Any, created: Any, updated: Any,
                      found: Any = None, names: Any = None) -> Scrolls: ...
     @staticmethod
+    def from_spans(keys: bytes, versions: Any, created: Any, updated: Any, kinds: Any,
+                   offsets: Any, lengths: Any, data: bytes, objects: list[Any] | None = None,
+                   types: list[Any] | None = None, names: Any = None,
+                   unpackb: Any = None) -> Scrolls: ...
+    @staticmethod
     def concat(parts: Any) -> Scrolls: ...
+    def columns(self) -> ScrollColumns: ...
     def __len__(self) -> int: ...
     @overload
     def __getitem__(self, i: int) -> Any: ...

@@ -10,23 +10,27 @@ bool, None, non-negative int or a list of those; anything else (maps, numpy arra
 negative ints...) goes through the reference ``packb``, which writes exactly what
 msgpack-python writes inside a larger object. Decoders read the canonical encodings in
 place and hand every other encoding to the generic decoder, so both twins accept and
-refuse the same input. Scroll fields are read through their attributes and Scrolls are
-made by calling the class.
+refuse the same input. A :class:`vtpu.results.Scrolls` result is written from its
+columns (``Scrolls.columns()``), with no Scroll made; other Scroll fields are read
+through their attributes. A scroll list is decoded into ``Scrolls.from_spans`` (bin and
+str contents stay spans over the reply's bytes); a single Scroll is made by calling the
+class.
 """
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyBytes_Resize
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.stdint cimport int64_t, uint32_t, uint64_t, INT64_MAX
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t, INT64_MAX
 from libc.string cimport memcpy, memmove, memset
 
 import numpy as np
 
 from vtpu import protocol as _ref
+from vtpu import _core
 from vtpu._core import Scrolls as _Scrolls
 from vtpu.coords import Scroll
 from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
@@ -60,6 +64,7 @@ cdef struct Buf:
     Py_ssize_t n
     Py_ssize_t cap
     bint heap
+    PyObject* obj   # when not NULL: p is this bytes object's buffer (see buf_init_bytes)
     char local[LOCAL_BUF]
 
 cdef inline void buf_init(Buf* b) noexcept:
@@ -67,10 +72,26 @@ cdef inline void buf_init(Buf* b) noexcept:
     b.n = 0
     b.cap = LOCAL_BUF
     b.heap = False
+    b.obj = NULL
+
+cdef int buf_init_bytes(Buf* b, Py_ssize_t cap) except -1:
+    """A buffer written straight into a bytes object of ``cap`` bytes (grown as needed):
+    for a large output, buf_bytes then shrinks it and hands it out instead of copying
+    it into a new one."""
+    buf_init(b)
+    o = PyBytes_FromStringAndSize(NULL, max(cap, LOCAL_BUF))
+    Py_INCREF(o)
+    b.obj = <PyObject*>o
+    b.p = PyBytes_AS_STRING(o)
+    b.cap = len(<bytes>o)
+    return 0
 
 cdef inline void buf_free(Buf* b) noexcept:
     if b.heap:
         PyMem_Free(b.p)
+    if b.obj != NULL:
+        Py_XDECREF(b.obj)
+        b.obj = NULL
     b.p = b.local
     b.heap = False
 
@@ -79,6 +100,11 @@ cdef int buf_grow(Buf* b, Py_ssize_t extra) except -1:
     cdef char* q
     while cap < b.n + extra:
         cap *= 2
+    if b.obj != NULL:
+        _PyBytes_Resize(&b.obj, cap)   # MemoryError: the object is gone, b.obj NULL
+        b.p = PyBytes_AS_STRING(<object>b.obj)
+        b.cap = cap
+        return 0
     if b.heap:
         q = <char*>PyMem_Realloc(b.p, cap)
     else:
@@ -249,6 +275,12 @@ cdef int frame_close(Buf* b, Py_ssize_t start, Py_ssize_t max_frame_size) except
     return 0
 
 cdef inline bytes buf_bytes(Buf* b):
+    if b.obj != NULL:
+        if b.n != b.cap:
+            _PyBytes_Resize(&b.obj, b.n)
+            b.cap = b.n
+            b.p = PyBytes_AS_STRING(<object>b.obj)
+        return <bytes><object>b.obj   # a new reference; buf_free drops the buffer's own
     return PyBytes_FromStringAndSize(b.p, b.n)
 
 
@@ -591,20 +623,251 @@ cdef int put_scroll_list(Buf* b, list scrolls) except -1:
         buf_free(&upd)
 
 
+# -- a Scrolls result, straight from its columns ----------------------------------------
+
+cdef enum:
+    # The content kinds of Scrolls.columns(); checked against the core's at import.
+    K_DEAD = 0
+    K_NONE = 1
+    K_STR = 2
+    K_BYTES = 3
+    K_ARRAY = 4
+    K_OBJECT = 5
+    K_PACKED = 6
+    EXT_NDARRAY = 1
+
+if (_core.KIND_DEAD, _core.KIND_NONE, _core.KIND_STR, _core.KIND_BYTES, _core.KIND_ARRAY,
+        _core.KIND_OBJECT, _core.KIND_PACKED) != (K_DEAD, K_NONE, K_STR, K_BYTES, K_ARRAY,
+                                                  K_OBJECT, K_PACKED):
+    raise ImportError("vtpu._cprotocol was built against other content kinds than "
+                      "vtpu._core's")
+
+
+cdef inline bint packed_ndarray(const unsigned char* p, int64_t n) noexcept nogil:
+    """Whether the msgpack value p[0:n] starts as an ndarray ext (it may then decode to
+    an array that the reference stacks with the others)."""
+    if n >= 2 and 0xD4 <= p[0] <= 0xD8:
+        return p[1] == EXT_NDARRAY
+    if n >= 3 and p[0] == 0xC7:
+        return p[2] == EXT_NDARRAY
+    if n >= 4 and p[0] == 0xC8:
+        return p[3] == EXT_NDARRAY
+    if n >= 6 and p[0] == 0xC9:
+        return p[5] == EXT_NDARRAY
+    return False
+
+
+cdef int put_ndarray_ext(Buf* b, object dtype, object shape, Py_ssize_t rows,
+                         Py_ssize_t nbytes) except -1:
+    """Append the ext header and payload head of an array of ``dtype`` and ``shape``
+    (with a leading dimension of ``rows`` when rows >= 0) whose ``nbytes`` of raw data
+    the caller appends next: the bytes ``packb`` writes for such an array."""
+    cdef Buf head
+    cdef Py_ssize_t total
+    buf_init(&head)
+    try:
+        put1(&head, 0x93)
+        put_value(&head, dtype.str, 1)
+        dims = list(shape)
+        if rows >= 0:
+            dims.insert(0, rows)
+        put_value(&head, dims, 1)
+        put_binhdr(&head, nbytes)
+        total = head.n + nbytes
+        reserve(b, 6)
+        if total == 1 or total == 2 or total == 4 or total == 8 or total == 16:
+            put1(b, 0xD4 if total == 1 else 0xD5 if total == 2 else 0xD6 if total == 4
+                 else 0xD7 if total == 8 else 0xD8)
+        elif total < 0x100:
+            put1(b, 0xC7)
+            put1(b, <unsigned char>total)
+        elif total < 0x10000:
+            put1(b, 0xC8)
+            be16(b.p + b.n, <uint32_t>total)
+            b.n += 2
+        else:
+            put1(b, 0xC9)
+            be32(b.p + b.n, <uint32_t>total)
+            b.n += 4
+        put1(b, EXT_NDARRAY)
+        put(b, head.p, head.n)
+    finally:
+        buf_free(&head)
+    return 0
+
+
+cdef inline int put_int(Buf* b, int64_t v) except -1:
+    # msgpack-python's shortest form of a signed integer.
+    reserve(b, 9)
+    if v >= 0:
+        return put_uint(b, <uint64_t>v)
+    cdef char* o = b.p + b.n
+    if v >= -32:
+        o[0] = <char>v; b.n += 1
+    elif v >= -128:
+        o[0] = <char>0xD0; o[1] = <char>v; b.n += 2
+    elif v >= -32768:
+        o[0] = <char>0xD1; be16(o + 1, <uint32_t>(<uint16_t>v)); b.n += 3
+    elif v >= -2147483648LL:
+        o[0] = <char>0xD2; be32(o + 1, <uint32_t>v); b.n += 5
+    else:
+        o[0] = <char>0xD3; be64(o + 1, <uint64_t>v); b.n += 9
+    return 0
+
+
+cdef inline Py_ssize_t columns_size_hint(object cols):
+    # About the encoded size of a Scrolls (exact or over for contents held as bytes).
+    return len(cols.kinds) * (KEY_SIZE + 32) + len(cols.data) + 64
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
+    """Append the column-wise scroll list of a Scrolls from its columns ``cols``
+    (``Scrolls.columns()``): the bytes of ``scrolls_to_wire(list(scrolls))``, with no
+    Python object per item but for contents kept as objects."""
+    cdef bytes keys = cols.keys
+    cdef bytes data = cols.data
+    cdef list objs = cols.objects
+    cdef list types = cols.types
+    cdef const int64_t[::1] ver = cols.versions
+    cdef const double[::1] cre = cols.created
+    cdef const double[::1] upd = cols.updated
+    cdef const unsigned char[::1] kinds = cols.kinds
+    cdef const int64_t[::1] offs = cols.offsets
+    cdef const int64_t[::1] lens = cols.lengths
+    cdef Py_ssize_t n = kinds.shape[0], i, keys_at, rowbytes = 0
+    cdef const char* d = PyBytes_AS_STRING(data)
+    cdef const char* kp = PyBytes_AS_STRING(keys)
+    cdef unsigned char kind
+    cdef uint32_t tid, tid0 = 0
+    cdef int form = 0   # contents: 0 one per item, 1 stacked from the spans, 2 packb'd
+    # arrays: every content may be a numpy array; in_arena: every one is held in the
+    # arena (kind K_ARRAY), all of the type of the first, tid0.
+    cdef bint arrays = n >= 2, in_arena = True, seen = False
+    stacked = None
+    # The contents go stacked exactly when the reference stacks them: at least two,
+    # every one a numpy array of one dtype and of one shape with a dimension at least.
+    for i in range(n):
+        kind = kinds[i]
+        if kind == K_ARRAY:
+            memcpy(&tid, d + offs[i], 4)
+            if not seen:
+                tid0, seen = tid, True
+            elif tid != tid0 and types[tid] != types[tid0]:
+                arrays = False
+        elif kind == K_OBJECT and type(<object>PyList_GET_ITEM(objs, offs[i])) is _ndarray:
+            in_arena = False
+        elif kind == K_PACKED and packed_ndarray(<const unsigned char*>d + offs[i], lens[i]):
+            in_arena = False
+        else:
+            arrays = False
+        if not arrays:
+            break
+    if arrays and in_arena:
+        dtype, shape = types[tid0]
+        if len(shape) and dtype.isnative:
+            form = 1
+            rowbytes = lens[0] - 4
+    if arrays and form == 0:
+        # Arrays held otherwise too, or in another byte order (stacking makes it
+        # native): the reference's own test, on the contents.
+        contents = scrolls.contents
+        stacked = _ref._stack_if_uniform(contents if type(contents) is list
+                                         else list(contents))
+        if type(stacked) is _ndarray:
+            form = 2
+    reserve(b, columns_size_hint(cols))
+    put1(b, 0x95)
+    put_binhdr(b, n * KEY_SIZE)
+    reserve(b, n * KEY_SIZE)
+    keys_at = b.n
+    memcpy(b.p + keys_at, kp, n * KEY_SIZE)
+    b.n += n * KEY_SIZE
+    for i in range(n):
+        if kinds[i] == K_DEAD:
+            memset(b.p + keys_at + KEY_SIZE * i, 0, KEY_SIZE)  # no key where nothing is
+    if form == 1:
+        put_ndarray_ext(b, dtype, shape, n, n * rowbytes)
+        reserve(b, n * rowbytes)
+        for i in range(n):
+            memcpy(b.p + b.n, d + offs[i] + 4, rowbytes)
+            b.n += rowbytes
+    elif form == 2:
+        put_packed(b, stacked)
+    else:
+        put_arrhdr(b, n)
+        for i in range(n):
+            kind = kinds[i]
+            if kind == K_BYTES:
+                put_binhdr(b, lens[i])
+                put(b, d + offs[i], lens[i])
+            elif kind == K_STR:
+                put_str(b, d + offs[i], lens[i])
+            elif kind == K_PACKED:
+                put(b, d + offs[i], lens[i])
+            elif kind == K_OBJECT:
+                put_value(b, <object>PyList_GET_ITEM(objs, offs[i]), 1)
+            elif kind == K_ARRAY:
+                memcpy(&tid, d + offs[i], 4)
+                dtype, shape = types[tid]
+                put_ndarray_ext(b, dtype, shape, -1, lens[i] - 4)
+                put(b, d + offs[i] + 4, lens[i] - 4)
+            else:
+                put1(b, 0xC0)   # the content None, or nothing stored
+    put_arrhdr(b, n)
+    reserve(b, 9 * n)
+    for i in range(n):
+        if kinds[i] == K_DEAD:
+            b.p[b.n] = 0x00
+            b.n += 1
+        else:
+            put_int(b, ver[i])
+    put_times(b, kinds, cre)
+    put_times(b, kinds, upd)
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int put_times(Buf* b, const unsigned char[::1] kinds, const double[::1] t) except -1:
+    """Append one time column: nil where nothing is stored, else a float64."""
+    cdef Py_ssize_t n = kinds.shape[0], i
+    cdef uint64_t u
+    put_arrhdr(b, n)
+    reserve(b, 9 * n)
+    for i in range(n):
+        if kinds[i] == K_DEAD:
+            b.p[b.n] = <char>0xC0
+            b.n += 1
+        else:
+            memcpy(&u, &t[i], 8)
+            b.p[b.n] = <char>0xCB
+            be64(b.p + b.n + 1, u)
+            b.n += 9
+    return 0
+
+
 def encode_scrolls(scrolls):
     """Encode a list of Scrolls (``None`` allowed) as the msgpack bytes of the
     column-wise scroll list (see ``scrolls_to_wire``).
 
-    :param scrolls: Scroll objects (anything with the five attributes) or ``None``.
+    :param scrolls: a :class:`vtpu.results.Scrolls` (written from its columns), or
+        Scroll objects (anything with the five attributes) or ``None``.
     :returns: the msgpack bytes of one value.
     :raises InterfaceError: if a content cannot be encoded.
     """
-    if not PyList_CheckExact(scrolls):
+    cdef bint columns = type(scrolls) is _Scrolls
+    if not columns and not PyList_CheckExact(scrolls):
         scrolls = list(scrolls)
     cdef Buf b
     buf_init(&b)
     try:
-        if put_scroll_list(&b, scrolls):
+        if columns:
+            cols = scrolls.columns()
+            buf_init_bytes(&b, columns_size_hint(cols))
+            put_scroll_columns(&b, scrolls, cols)
+        elif put_scroll_list(&b, scrolls):
             return _ref.encode_scrolls(scrolls)
         return buf_bytes(&b)
     finally:
@@ -619,7 +882,8 @@ def encode_response_scrolls(msgid, scrolls,
     (``[msgid, 0, [columns, after]]``).
 
     :param msgid: the request id.
-    :param scrolls: Scroll objects or ``None``.
+    :param scrolls: a :class:`vtpu.results.Scrolls` (written from its columns), or
+        Scroll objects or ``None``.
     :param max_frame_size: the largest body allowed.
     :param page: wrap the list as a RANGE page.
     :param after: with ``page``: the key to continue after, or ``None`` on the last page.
@@ -627,18 +891,24 @@ def encode_response_scrolls(msgid, scrolls,
     :raises LimitError: if the frame is too large.
     :raises InterfaceError: if a content cannot be encoded.
     """
-    if not PyList_CheckExact(scrolls):
+    cdef bint columns = type(scrolls) is _Scrolls
+    if not columns and not PyList_CheckExact(scrolls):
         scrolls = list(scrolls)
     cdef Buf b
     buf_init(&b)
     try:
+        if columns:
+            cols = scrolls.columns()
+            buf_init_bytes(&b, 32 + columns_size_hint(cols))
         frame_open(&b)
         put1(&b, 0x93)
         put_value(&b, msgid, INLINE_DEPTH)
         put1(&b, 0x00)
         if page:
             put1(&b, 0x92)
-        if put_scroll_list(&b, scrolls):
+        if columns:
+            put_scroll_columns(&b, scrolls, cols)
+        elif put_scroll_list(&b, scrolls):
             return _ref.encode_response_scrolls(msgid, scrolls, max_frame_size, page, after)
         if page:
             put_value(&b, after, 1)
@@ -889,12 +1159,15 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
                               Py_ssize_t* end_out):
     """The scroll list at ``data[pos:]`` as a :class:`vtpu.results.Scrolls`, or None when
     it is not in the canonical form read here (then the reference decodes it, or says
-    why it is malformed)."""
+    why it is malformed). Bin and str contents stay spans over ``data``
+    (``Scrolls.from_spans``); only other contents are decoded into objects, and stacked
+    contents (one ndarray) are given to ``Scrolls.from_columns``."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t end = len(data), n, cnt, i, kl, q
+    cdef Py_ssize_t end = len(data), n, cnt, i, kl, q, e, n_items
     cdef int k
-    cdef double d
+    cdef double dbl
     cdef uint64_t x
+    cdef unsigned char c
     if pos < 0 or pos >= end or p[pos] != 0x95:
         return None
     q = read_binhdr(p, pos + 1, end, &kl)
@@ -902,31 +1175,79 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
         return None
     n = kl // KEY_SIZE
     keys = PyBytes_FromStringAndSize(<const char*>p + q, kl)
-    pos = read_arrhdr(p, q + kl, end, &cnt)
-    if pos < 0 or cnt != n:
-        return None  # stacked ndarray contents (an ext value), or malformed
-    contents = PyList_New(n)
-    for i in range(n):
-        Py_INCREF(None)
-        PyList_SET_ITEM(contents, i, None)
-    for i in range(n):
-        v = read_content(p, &pos, end)
-        if pos < 0:
+    pos = q + kl
+    stacked = None
+    if pos < end and (0xD4 <= p[pos] <= 0xD8 or 0xC7 <= p[pos] <= 0xC9):
+        # Stacked contents: one ndarray ext whose row i is content i.
+        e = skip(p, pos, end, 0)
+        if e < 0:
             return None
-        if v is not None:
-            contents[i] = v
+        try:
+            stacked = unpackb(memoryview(data)[pos:e])
+        except ProtocolError:
+            return None
+        if type(stacked) is not _ndarray or stacked.ndim < 2 or stacked.shape[0] != n:
+            return None
+        pos = e
+        n_items = 0   # no content to read one by one
+    else:
+        pos = read_arrhdr(p, pos, end, &cnt)
+        if pos < 0 or cnt != n:
+            return None
+        n_items = n
+    kinds = np.empty(n, dtype=np.uint8)
+    spans = np.empty((2, n), dtype=np.int64)
+    ver = np.empty(n, dtype=np.int64)
+    times = np.empty((2, n), dtype=np.float64)
+    cdef unsigned char[::1] kk = kinds
+    cdef int64_t[:, ::1] sp = spans
+    cdef int64_t[::1] vv = ver
+    cdef double[:, ::1] tt = times
+    cdef list objects = []
+    for i in range(n_items):
+        if pos >= end:
+            return None
+        c = p[pos]
+        sp[0, i] = sp[1, i] = 0
+        if c == 0xC0:
+            kk[i] = K_NONE
+            pos += 1
+            continue
+        e = read_binhdr(p, pos, end, &kl)
+        if e >= 0:
+            kk[i] = K_BYTES
+        else:
+            e = read_strhdr(p, pos, end, &kl)
+            if e >= 0:
+                kk[i] = K_STR   # checked as UTF-8 by from_spans (or below, if dead)
+        if e >= 0:
+            sp[0, i] = e
+            sp[1, i] = kl
+            pos = e + kl
+            continue
+        e = skip(p, pos, end, 0)
+        if e < 0:
+            return None
+        try:
+            v = unpackb(PyBytes_FromStringAndSize(<const char*>p + pos, e - pos))
+        except ProtocolError:
+            return None
+        kk[i] = K_OBJECT
+        sp[0, i] = len(objects)
+        objects.append(v)
+        pos = e
     pos = read_arrhdr(p, pos, end, &cnt)
     if pos < 0 or cnt != n:
         return None
-    ver = np.empty(n, dtype=np.int64)
-    times = np.empty((2, n), dtype=np.float64)
-    cdef int64_t[::1] vv = ver
-    cdef double[:, ::1] tt = times
     for i in range(n):
         pos = read_uint(p, pos, end, &x)
         if pos < 0 or x > <uint64_t>INT64_MAX:
             return None
         vv[i] = <int64_t>x
+        if x == 0 and stacked is None:
+            if kk[i] == K_STR and text_invalid(p + sp[0, i], sp[1, i]):
+                return None   # what the reference refuses, though nothing is stored
+            kk[i] = K_DEAD
     for k in range(2):
         pos = read_arrhdr(p, pos, end, &cnt)
         if pos < 0 or cnt != n:
@@ -938,12 +1259,31 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
                 if pos < 0:
                     return None
             else:
-                pos = read_double(p, pos, end, &d)
+                pos = read_double(p, pos, end, &dbl)
                 if pos < 0:
                     return None
-                tt[k, i] = d
+                tt[k, i] = dbl
     end_out[0] = pos
-    return _Scrolls.from_columns(keys, contents, ver, times[0], times[1], None, names)
+    if stacked is not None:
+        return _Scrolls.from_columns(keys, stacked, ver, times[0], times[1], None, names)
+    try:
+        return _Scrolls.from_spans(keys, ver, times[0], times[1], kinds, spans[0], spans[1],
+                                   data, objects, None, names)
+    except InterfaceError:
+        return None   # text that is not UTF-8: the reference says so
+
+
+cdef bint text_invalid(const unsigned char* s, Py_ssize_t n):
+    """Whether the n bytes at s are not UTF-8 text."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if s[i] >= 0x80:
+            try:
+                PyUnicode_DecodeUTF8(<const char*>s, n, "strict")
+            except UnicodeDecodeError:
+                return True
+            return False
+    return False
 
 
 def decode_scrolls(data, Py_ssize_t offset=0, names=None):

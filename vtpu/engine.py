@@ -406,35 +406,50 @@ def _content_size(v: Any) -> int:
     return 9
 
 
-def estimate_wire_size(scrolls: list, stop: int | None = None,
+def estimate_wire_size(scrolls: Any, stop: int | None = None,
                        per_scroll: int = _SCROLL_WIRE) -> tuple[int, int]:
     """About how many bytes these scrolls take in a reply, without encoding them: each
     content's size plus a fixed amount per scroll.
 
-    :param scrolls: Scrolls, or None for absent entries.
+    :param scrolls: a :class:`~vtpu.results.Scrolls` (sized from its columns, no Scroll
+        made), or a list of Scrolls, None for absent entries.
     :param stop: a size of interest: when the total passes it, say where.
     :param per_scroll: bytes added per scroll besides its content.
     :returns: ``(bytes, n)``: the estimate for all the scrolls and ``n = len(scrolls)``,
         or, when it passes ``stop``, the estimate up to and including the ``n``-th
         scroll, the first at which the running total passes ``stop``.
     """
-    contents = [s.content for s in scrolls if s is not None]
-    if set(map(type, contents)) <= _FLAT:  # the common case, at C speed
-        sizes = list(map(len, contents))
-        head = per_scroll + 5
+    if type(scrolls) is _core.Scrolls:
+        each = _column_sizes(scrolls.columns(), per_scroll)
     else:
-        sizes = list(map(_content_size, contents))
-        head = per_scroll
-    total = sum(sizes) + head * len(contents) + 4 * (len(scrolls) - len(contents))
+        contents = [s.content for s in scrolls if s is not None]
+        flat = set(map(type, contents)) <= _FLAT  # the common case, at C speed
+        sizes = iter(list(map(len, contents)) if flat else list(map(_content_size, contents)))
+        head = per_scroll + 5 if flat else per_scroll
+        each = np.array([4 if s is None else head + next(sizes) for s in scrolls],
+                        dtype=np.int64)
+    total = int(each.sum())
     if stop is None or total <= stop:
         return total, len(scrolls)
-    run = 0
-    it = iter(sizes)
-    for n, s in enumerate(scrolls, 1):
-        run += 4 if s is None else head + next(it)
-        if run > stop:
-            return run, n
-    return total, len(scrolls)  # (not reached: the total passed stop)
+    upto = np.cumsum(each)
+    n = int(np.searchsorted(upto, stop, side="right"))  # the first scroll past stop
+    return int(upto[n]), n + 1
+
+
+def _column_sizes(cols: Any, per_scroll: int) -> np.ndarray:
+    """Each entry's size for :func:`estimate_wire_size`, from a result's columns: a
+    content held as bytes counts its bytes and header, an array its data."""
+    kinds = np.frombuffer(cols.kinds, np.uint8)
+    each = np.frombuffer(cols.lengths, np.int64) + (per_scroll + 5)  # bin or str
+    each[kinds == _core.KIND_ARRAY] += 32 - 4 - 5   # the ext head, not the type id
+    each[kinds == _core.KIND_PACKED] -= 5           # already msgpack
+    each[kinds == _core.KIND_NONE] = per_scroll + 1
+    objs = np.flatnonzero(kinds == _core.KIND_OBJECT)
+    if objs.size:
+        offs = np.frombuffer(cols.offsets, np.int64)[objs].tolist()
+        each[objs] = [per_scroll + _content_size(cols.objects[o]) for o in offs]
+    each[kinds == _core.KIND_DEAD] = 4
+    return each
 
 
 class Engine:
@@ -1392,8 +1407,8 @@ class Engine:
             nxt.sort()
             frontier = nxt[:max_frontier]
         yield
-        return list(self._stored(_core.unpack_many(b"".join(frontier)) if frontier else
-                                 _EMPTY_COORDS))
+        return self._stored(_core.unpack_many(b"".join(frontier)) if frontier else
+                            _EMPTY_COORDS)
 
     # -- names, import/export, health -----------------------------------------------------
 

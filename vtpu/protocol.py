@@ -33,7 +33,8 @@ import numpy as np
 
 from .coords import Scroll
 from ._core import KEY_BYTES as KEY_SIZE
-from ._core import Scrolls
+from ._core import (KIND_ARRAY, KIND_BYTES, KIND_DEAD, KIND_OBJECT, KIND_PACKED,
+                    KIND_STR, Scrolls)
 from .errors import (
     FrameTooLarge,
     InterfaceError,
@@ -341,7 +342,11 @@ def encode_frame(obj: Any, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> byte
         the connection stays usable).
     :raises InterfaceError: if the message holds a value msgpack cannot encode.
     """
-    body = packb(obj)
+    return _frame(packb(obj), max_frame_size)
+
+
+def _frame(body: bytes, max_frame_size: int) -> bytes:
+    """The frame of an encoded body; LimitError if the body is too large."""
     n = len(body)
     if n > max_frame_size:
         raise LimitError(
@@ -518,14 +523,18 @@ def encode_get_replies(msgids: list, scrolls: list,
     return b"".join(out), len(out)
 
 
-def encode_scrolls(scrolls: list) -> bytes:
+def encode_scrolls(scrolls: Any) -> bytes:
     """Encode a list of Scrolls (``None`` allowed) as the msgpack bytes of the
     column-wise scroll list (see :func:`scrolls_to_wire`).
 
-    :param scrolls: Scroll objects (anything with the five attributes) or ``None``.
+    :param scrolls: a :class:`vtpu.results.Scrolls` (written from its columns, see
+        :func:`_columns_msgpack`), or Scroll objects (anything with the five
+        attributes) or ``None``.
     :returns: the msgpack bytes of one value.
     :raises InterfaceError: if a content cannot be encoded.
     """
+    if type(scrolls) is Scrolls:
+        return _columns_msgpack(scrolls)
     return packb(scrolls_to_wire(scrolls))
 
 
@@ -540,7 +549,8 @@ def encode_response_scrolls(msgid: int, scrolls: list,
     ``encode_response(msgid, [scrolls_to_wire(scrolls), after])`` with ``page``.
 
     :param msgid: the request id.
-    :param scrolls: Scroll objects or ``None``.
+    :param scrolls: a :class:`vtpu.results.Scrolls` (written from its columns), or
+        Scroll objects or ``None``.
     :param max_frame_size: the largest body allowed.
     :param page: wrap the list as a RANGE page.
     :param after: with ``page``: the key to continue after, or ``None`` on the last page.
@@ -548,6 +558,12 @@ def encode_response_scrolls(msgid: int, scrolls: list,
     :raises LimitError: if the frame is too large.
     :raises InterfaceError: if a content cannot be encoded.
     """
+    if type(scrolls) is Scrolls:
+        # msgpack is written piece by piece: [msgid, 0, list] or [msgid, 0, [list, after]]
+        body = _columns_msgpack(scrolls)
+        if page:
+            body = b"\x92" + body + packb(after)
+        return _frame(b"\x93" + packb(msgid) + b"\x00" + body, max_frame_size)
     result: Any = scrolls_to_wire(scrolls)
     if page:
         result = [result, after]
@@ -1129,6 +1145,71 @@ def scrolls_to_wire(scrolls: list) -> list:
             created.append(s.created_at)
             updated.append(s.updated_at)
     return [b"".join(keys), _stack_if_uniform(contents), versions, created, updated]
+
+
+def _columns_msgpack(scrolls: Scrolls) -> bytes:
+    """The msgpack bytes of ``scrolls_to_wire(list(scrolls))``, written from the result's
+    columns (:meth:`Scrolls.columns`), piece by piece, with no Scroll made: the keys
+    blob as it is, each content from where it is held (see :func:`_content_msgpack`),
+    then the version and time columns.
+    """
+    cols = scrolls.columns()
+    kinds = cols.kinds.tolist()
+    dead = [k == KIND_DEAD for k in kinds]
+    keys = bytearray(cols.keys)
+    for i in np.flatnonzero(dead).tolist():
+        keys[i * KEY_SIZE:(i + 1) * KEY_SIZE] = _ZERO_KEY  # no key where nothing is stored
+    stacked = _stack_if_uniform(_array_contents(scrolls, kinds))
+    if type(stacked) is np.ndarray:
+        contents = packb(stacked)
+    else:
+        contents = _array_header(len(kinds)) + b"".join(
+            _content_msgpack(cols, k, a, m)
+            for k, a, m in zip(kinds, cols.offsets.tolist(), cols.lengths.tolist()))
+    versions = [0 if x else v for x, v in zip(dead, cols.versions.tolist())]
+    created = [None if x else t for x, t in zip(dead, cols.created.tolist())]
+    updated = [None if x else t for x, t in zip(dead, cols.updated.tolist())]
+    return (b"\x95" + packb(bytes(keys)) + contents + packb(versions) + packb(created)
+            + packb(updated))
+
+
+def _content_msgpack(cols: Any, kind: int, off: int, ln: int) -> bytes:
+    """The msgpack bytes of one content of a result's columns (see
+    :meth:`Scrolls.columns` for where each kind is held)."""
+    data = cols.data
+    if kind == KIND_BYTES:
+        return packb(data[off:off + ln])
+    if kind == KIND_STR:
+        return packb(data[off:off + ln].decode("utf-8"))
+    if kind == KIND_PACKED:
+        return data[off:off + ln]  # one msgpack value, as the store keeps it
+    if kind == KIND_OBJECT:
+        return packb(cols.objects[off])
+    if kind == KIND_ARRAY:
+        dtype, shape = cols.types[int.from_bytes(data[off:off + 4], "little")]
+        arr = np.frombuffer(data, dtype, (ln - 4) // dtype.itemsize, off + 4) if ln > 4 \
+            else np.empty(0, dtype)
+        return packb(arr.reshape(shape))
+    return packb(None)  # the content None, or nothing stored
+
+
+_ARRAYISH = (KIND_ARRAY, KIND_OBJECT, KIND_PACKED)
+
+
+def _array_contents(scrolls: Scrolls, kinds: list) -> list:
+    """The contents, when every one may be a numpy array (the case a stacked form is
+    looked for); else []."""
+    if len(kinds) < 2 or any(k not in _ARRAYISH for k in kinds):
+        return []
+    contents = scrolls.contents
+    return contents if type(contents) is list else list(contents)
+
+
+def _array_header(n: int) -> bytes:
+    """The msgpack header of an array of n items."""
+    if n < 16:
+        return bytes([0x90 | n])
+    return (b"\xdc" + n.to_bytes(2, "big")) if n < 0x10000 else b"\xdd" + n.to_bytes(4, "big")
 
 
 def _stack_if_uniform(contents: list) -> Any:

@@ -10,9 +10,70 @@ from libc.stdint cimport uint8_t, uint32_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.buffer cimport PyBUF_WRITABLE, PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 import numpy as np
+from collections import namedtuple
 from vtpu.errors import InterfaceError
+
+#: The content kinds of :meth:`Scrolls.columns` (one uint8 per item): where and how
+#: item i's content is held.
+KIND_DEAD = CK_DEAD        # nothing stored at the key: no content, version 0
+KIND_NONE = CK_NONE        # the content None
+KIND_STR = CK_STR          # str: data[off:off+len] is its UTF-8 text
+KIND_BYTES = CK_BYTES      # bytes: data[off:off+len]
+KIND_ARRAY = CK_ARRAY      # numpy array: data[off:off+4] its type id (little-endian
+                           # uint32, an index into types), then its raw C-order data
+KIND_OBJECT = CK_OBJECT    # any other value: objects[off]
+KIND_PACKED = CK_PACKED    # one msgpack-encoded value: data[off:off+len]
+
+ScrollColumns = namedtuple("ScrollColumns", "keys versions created updated kinds offsets "
+                                            "lengths data objects types")
+ScrollColumns.__doc__ = """The columns a :class:`Scrolls` is held in (see
+:meth:`Scrolls.columns`)."""
+
+
+cdef class _ColumnBuffer:
+    """A read-only one-dimensional buffer over one column of a Scrolls (memoryview()
+    of it is the column, with no copy); it keeps the Scrolls alive."""
+    cdef object owner
+    cdef void* ptr
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+    cdef Py_ssize_t itemsize
+    cdef bytes fmt
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a Scrolls column is read-only")
+        view.buf = self.ptr
+        view.obj = self
+        view.len = self.shape[0] * self.itemsize
+        view.readonly = 1
+        view.itemsize = self.itemsize
+        view.format = PyBytes_AS_STRING(self.fmt) if flags & PyBUF_FORMAT else NULL
+        view.ndim = 1
+        view.shape = self.shape if flags & PyBUF_ND else NULL
+        view.strides = self.strides if flags & PyBUF_STRIDES else NULL
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+
+cdef object _column(object owner, void* ptr, Py_ssize_t n, Py_ssize_t itemsize,
+                    bytes fmt):
+    """A read-only memoryview of n items of ``fmt`` at ``ptr``, kept valid by owner."""
+    cdef _ColumnBuffer b = _ColumnBuffer.__new__(_ColumnBuffer)
+    b.owner = owner
+    b.ptr = ptr
+    b.shape[0] = n
+    b.strides[0] = itemsize
+    b.itemsize = itemsize
+    b.fmt = fmt
+    return memoryview(b)
 
 
 cdef Scrolls _new_scrolls(Py_ssize_t n, object names, list types, object unpackb):
@@ -48,7 +109,9 @@ cdef class Scrolls:
     Whole columns, each in one call: :attr:`keys` (the N*18-byte packed keys),
     :attr:`coords` ((N, 9) uint16), :attr:`coordinates` (N strings),
     :attr:`contents`, :attr:`versions`, :attr:`created_at`, :attr:`updated_at` and
-    :attr:`found`. A result is a snapshot: later writes to the store do not change it.
+    :attr:`found`; :meth:`columns` gives the columns as they are held (no copy) and
+    :meth:`from_spans` makes a Scrolls from them. A result is a snapshot: later writes
+    to the store do not change it.
     """
     cdef Py_ssize_t n
     cdef void* block
@@ -71,7 +134,7 @@ cdef class Scrolls:
 
     def __init__(self):
         raise TypeError("Scrolls are made by the store (or Scrolls.from_scrolls, "
-                        "from_columns, concat)")
+                        "from_columns, from_spans, concat)")
 
     def __dealloc__(self):
         free(self.block)
@@ -393,6 +456,161 @@ cdef class Scrolls:
 
     # -- whole columns -----------------------------------------------------------------
 
+    def columns(self):
+        """The columns the result is held in, with no copy: for code that writes a whole
+        result at once (the wire codec) without a Python object per item.
+
+        :returns: a :class:`ScrollColumns` ``(keys, versions, created, updated, kinds,
+            offsets, lengths, data, objects, types)``: ``keys`` the N*18-byte packed
+            keys (as :attr:`keys`); ``versions`` N int64, ``created`` and ``updated`` N
+            float64 (0 where nothing is stored), ``kinds`` N uint8 (a ``KIND_*``
+            constant each), ``offsets`` and ``lengths`` N int64, each a read-only
+            memoryview over the result; ``data`` (bytes) and ``objects`` (a list) hold
+            the contents and ``types`` is the ``(dtype, shape)`` of each array type id.
+            Item i's content, by kind: ``data[off:off+len]`` for ``KIND_STR`` (UTF-8),
+            ``KIND_BYTES``, ``KIND_PACKED`` (one msgpack value) and ``KIND_ARRAY`` (a
+            4-byte little-endian type id, then the raw C-order array);
+            ``objects[off]`` for ``KIND_OBJECT``; none for ``KIND_NONE`` (the content
+            None) and ``KIND_DEAD`` (nothing stored). ``objects`` and ``types`` are the
+            result's own lists: read them, do not change them.
+        """
+        cdef Py_ssize_t n = self.n
+        return ScrollColumns(self._keys,
+                             _column(self, self.ver, n, 8, b"q"),
+                             _column(self, self.ctime, n, 8, b"d"),
+                             _column(self, self.utime, n, 8, b"d"),
+                             _column(self, self.kinds, n, 1, b"B"),
+                             _column(self, self.offs, n, 8, b"q"),
+                             _column(self, self.lens, n, 8, b"q"),
+                             self._data, self._objs, self._types)
+
+    @staticmethod
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def from_spans(keys, versions, created, updated, kinds, offsets, lengths, data,
+                   objects=None, types=None, names=None, unpackb=None):
+        """A Scrolls made from the columns of :meth:`columns` (a wire reply whose
+        contents stay spans over the reply's bytes, say): the inverse of
+        :meth:`columns`, copying the fixed-width columns and keeping ``data``,
+        ``objects`` and ``types`` as they are.
+
+        :param keys: the N*18 packed keys (bytes-like).
+        :param versions: N versions (int64; set to 0 where the kind is ``KIND_DEAD``).
+        :param created: N creation times (float64; 0 where nothing is stored).
+        :param updated: N update times (float64; 0 where nothing is stored).
+        :param kinds: N content kinds (uint8, ``KIND_*``).
+        :param offsets: N int64: where each content starts in ``data``, or its index in
+            ``objects`` (see :meth:`columns`).
+        :param lengths: N int64: how many bytes of ``data`` each content spans.
+        :param data: bytes holding the spans (a bytes-like object is copied once).
+        :param objects: the contents kept as Python objects (default: none).
+        :param types: ``(dtype, shape)`` per array type id (default: none).
+        :param names: the name table of the scrolls.
+        :param unpackb: decoder of ``KIND_PACKED`` contents, called when one is read
+            (default: :func:`vtpu.protocol.unpack_value`).
+        :returns: a Scrolls whose item i is a Scroll, or None where the kind is
+            ``KIND_DEAD``.
+        :raises InterfaceError: columns of the wrong type or of different lengths, an
+            unknown kind, a span outside ``data``, text that is not UTF-8, an object
+            index outside ``objects``, or an array span that does not hold its type.
+        """
+        if type(keys) is not bytes:
+            keys = bytes(keys)
+        if type(data) is not bytes:
+            data = bytes(data)
+        objects = [] if objects is None else objects
+        types = [] if types is None else types
+        if type(objects) is not list or type(types) is not list:
+            raise InterfaceError("objects and types are lists")
+        cdef Py_ssize_t kl = len(<bytes>keys), n, i, dl = len(<bytes>data)
+        cdef Py_ssize_t no = len(<list>objects), nt = len(<list>types), j
+        if kl % KEY_BYTES:
+            raise InterfaceError(f"keys: {kl} bytes is not a multiple of {KEY_BYTES}")
+        n = kl // KEY_BYTES
+        try:
+            ver = np.ascontiguousarray(versions, dtype=np.int64)
+            cre = np.ascontiguousarray(created, dtype=np.float64)
+            upd = np.ascontiguousarray(updated, dtype=np.float64)
+            knd = np.ascontiguousarray(kinds, dtype=np.uint8)
+            off = np.ascontiguousarray(offsets, dtype=np.int64)
+            lns = np.ascontiguousarray(lengths, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InterfaceError(f"columns: {exc}") from None
+        for what, col in (("versions", ver), ("created", cre), ("updated", upd),
+                          ("kinds", knd), ("offsets", off), ("lengths", lns)):
+            if col.shape != (n,):
+                raise InterfaceError(f"{what}: shape {col.shape}, expected ({n},) for "
+                                     f"{n} keys")
+        # The data bytes of each array type, to check that a span holds its type.
+        cdef int64_t[::1] tbytes = np.zeros(max(nt, 1), dtype=np.int64)
+        for j in range(nt):
+            try:
+                dt, shape = types[j]
+                tbytes[j] = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+            except (TypeError, ValueError) as exc:
+                raise InterfaceError(f"types[{j}] is not (dtype, shape): {exc}") from None
+        if unpackb is None:
+            from vtpu.protocol import unpack_value as unpackb
+        cdef Scrolls out = _new_scrolls(n, names, types, unpackb)
+        out._keys = keys
+        out._data = data
+        out._objs = objects
+        if n == 0:
+            return out
+        cdef const int64_t[::1] v = ver
+        cdef const double[::1] c = cre
+        cdef const double[::1] u = upd
+        cdef const uint8_t[::1] k = knd
+        cdef const int64_t[::1] o = off
+        cdef const int64_t[::1] ln = lns
+        cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef uint8_t kind
+        cdef uint32_t tid
+        cdef int64_t a, m
+        for i in range(n):
+            kind, a, m = k[i], o[i], ln[i]
+            if kind > CK_PACKED:
+                raise InterfaceError(f"item {i}: unknown content kind {kind}")
+            if kind == CK_DEAD:
+                out.ver[i] = 0
+                out.ctime[i] = out.utime[i] = 0.0
+                out.offs[i] = out.lens[i] = 0
+                out.kinds[i] = kind
+                continue
+            if kind == CK_OBJECT:
+                if a < 0 or a >= no:
+                    raise InterfaceError(f"item {i}: object {a} is not in objects "
+                                         f"({no})")
+                m = 0
+            elif _in_arena(kind):
+                if a < 0 or m < 0 or a > dl - m:
+                    raise InterfaceError(f"item {i}: span {a}+{m} is outside the "
+                                         f"{dl} data bytes")
+                if kind == CK_STR and not _ascii(d + a, m):
+                    try:
+                        PyUnicode_DecodeUTF8(<const char*>d + a, m, NULL)
+                    except UnicodeDecodeError as exc:
+                        raise InterfaceError(f"item {i}: text is not UTF-8: "
+                                             f"{exc}") from None
+                elif kind == CK_ARRAY:
+                    if m < 4:
+                        raise InterfaceError(f"item {i}: an array span needs its "
+                                             "4-byte type id")
+                    memcpy(&tid, d + a, 4)
+                    if tid >= nt or m - 4 != tbytes[tid]:
+                        raise InterfaceError(f"item {i}: the array span does not hold "
+                                             f"array type {tid}")
+            else:
+                a = m = 0    # CK_NONE
+            out.kinds[i] = kind
+            out.offs[i] = a
+            out.lens[i] = m
+            out.ver[i] = v[i]
+            out.ctime[i] = c[i]
+            out.utime[i] = u[i]
+        return out
+
+
     @property
     def keys(self):
         """The packed keys, one N*18-byte blob (for a key where nothing is stored, the
@@ -525,6 +743,15 @@ cdef class Scrolls:
 def _scrolls_from_list(items, names):
     """Unpickle a Scrolls (pickled as its items)."""
     return Scrolls.from_scrolls(items, names)
+
+
+cdef inline bint _ascii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Whether the n bytes at p are all ASCII (then they are UTF-8 text)."""
+    cdef Py_ssize_t i
+    cdef unsigned char acc = 0
+    for i in range(n):
+        acc |= p[i]
+    return acc < 0x80
 
 
 cdef inline void* _array_ptr(object arr):
