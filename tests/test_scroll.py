@@ -151,3 +151,16 @@ def test_client_statistics_count_cget():
     st = m.get_stats()
     assert st["by_op"]["cget"] == 3 and st["by_op"]["cput"] == 1
     assert st["total_calls"] == 4 and st["errors"] == 0 and st["total_time_s"] > 0
+
+
+def test_scrolls_iterators_are_independent_and_hint_their_length():
+    items = [Scroll(_core.pack(np.full(9, i + 1, np.uint16)), f"c{i}", i + 1, 1.0, 2.0)
+             for i in range(5)] + [None]
+    res = _core.Scrolls.from_scrolls(items)
+    a, b = iter(res), iter(res)
+    assert iter(a) is a and a.__length_hint__() == 6
+    first = next(a)
+    assert first == items[0] and a.__length_hint__() == 5
+    assert list(b) == items and list(a) == items[1:]
+    assert a.__length_hint__() == 0 and next(a, "end") == "end" and next(a, "end") == "end"
+    assert list(reversed(res)) == items[::-1]

@@ -414,9 +414,12 @@ cdef class Scrolls:
         return self._item(i)
 
     def __iter__(self):
-        cdef Py_ssize_t i
-        for i in range(self.n):
-            yield self._item(i)
+        # An iterator type rather than a generator: its __next__ is the C slot, a
+        # fraction of a generator's resume per item.
+        cdef _ScrollsIter it = _ScrollsIter.__new__(_ScrollsIter)
+        it.src = self
+        it.i = 0
+        return it
 
     def __reversed__(self):
         cdef Py_ssize_t i
@@ -758,3 +761,24 @@ cdef inline void* _array_ptr(object arr):
     """The data pointer of a C-contiguous numpy array with at least one element."""
     cdef unsigned char[::1] v = arr.view(np.uint8)
     return <void*>&v[0]
+
+
+@cython.final
+cdef class _ScrollsIter:
+    """Iterator over a Scrolls: each item made as it is reached."""
+    cdef Scrolls src
+    cdef Py_ssize_t i
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef Scrolls s = self.src
+        if s is None or self.i >= s.n:
+            self.src = None
+            raise StopIteration
+        self.i += 1
+        return s._item(self.i - 1)
+
+    def __length_hint__(self):
+        return 0 if self.src is None else self.src.n - self.i
