@@ -234,3 +234,24 @@ def test_facade_over_a_server_thread(server):
         assert c.cget_many(coords_of(2), content_only=True) == ["p", "q"]
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("content_only", [False, True])
+def test_engine_get_many_budget_refuses_before_copying(content_only):
+    # max_bytes: a read whose reply would pass the budget is refused (LimitError), one
+    # that fits is the same as without a budget; contents kept as Python objects (a
+    # ~50 KB list here) count too, not only the arena's bytes.
+    from vtpu.errors import LimitError
+
+    e = Engine()
+    cs = _core.pack_many(_core.parse_coords(coords_of(len(MIXED) + 1)))
+    e.put_many(cs[:-18], MIXED)   # the last key stays empty
+    e.put(cs[:18], [b"o" * 1000] * 50)
+    want = e.get_many(cs, content_only)
+    reply = len(P.packb(want) if content_only else P.encode_scrolls(want))
+    got = e.get_many(cs, content_only, max_bytes=2 * reply)
+    assert len(got) == len(want) and all(map(same, list(got), list(want)))
+    for budget in (reply // 2, reply - 51000, 0):   # the last two: without the object
+        with pytest.raises(LimitError):
+            e.get_many(cs, content_only, max_bytes=budget)
+    assert len(e.get_many(cs[18:], content_only, max_bytes=reply - 45000)) == len(MIXED)

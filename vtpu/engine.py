@@ -436,6 +436,13 @@ def estimate_wire_size(scrolls: Any, stop: int | None = None,
     return int(upto[n]), n + 1
 
 
+def _refuse_over(size: int, limit: int) -> None:
+    """Refuse a read whose reply would be about ``size`` bytes, over ``limit``."""
+    if size > limit:
+        raise LimitError(f"the reply would take more than {limit} bytes (the client's frame "
+                         "limit)", "LIMIT")
+
+
 def _column_sizes(cols: Any, per_scroll: int) -> np.ndarray:
     """Each entry's size for :func:`estimate_wire_size`, from a result's columns: a
     content held as bytes counts its bytes and header, an array its data."""
@@ -598,20 +605,34 @@ class Engine:
             key = check_key(key)
         return self._map.get(key)
 
-    def get_many(self, blob: bytes, content_only: bool = False):
+    def get_many(self, blob: bytes, content_only: bool = False,
+                 max_bytes: int | None = None):
         """Batched CGET over an N*18-byte blob, in one core call.
 
         :param blob: N*18 bytes of packed keys.
         :param content_only: return the contents only, not scrolls.
+        :param max_bytes: refuse, before anything is copied, a result whose reply would
+            pass this many bytes (about: see :func:`estimate_wire_size`).
         :returns: a :class:`~vtpu.results.Scrolls` of N items, None where nothing is
             stored; with ``content_only`` a list of N contents, None where nothing is
             stored.
         :raises InterfaceError: the blob is not a multiple of 18 bytes.
+        :raises LimitError: the reply would pass ``max_bytes``.
         """
         blob = check_blob(blob)
         if content_only:
+            if max_bytes is not None:
+                _refuse_over(self._contents_size(blob, max_bytes), max_bytes)
             return self._map.contents(blob)
-        return self._map.get_many(blob)
+        if max_bytes is None:
+            return self._map.get_many(blob)
+        # One lookup per key: the store checks its arena bytes against the budget
+        # before it copies anything; contents kept as objects are sized after.
+        res = self._map.get_many(blob, max_bytes, _SCROLL_WIRE + 5)
+        if res is None:
+            _refuse_over(max_bytes + 1, max_bytes)
+        _refuse_over(estimate_wire_size(res, max_bytes)[0], max_bytes)
+        return res
 
     def content_lengths(self, blob: bytes) -> np.ndarray:
         """How many bytes each stored content at these keys holds, without reading any
@@ -623,27 +644,17 @@ class Engine:
         """
         return self._map.content_lengths(check_blob(blob))
 
-    def estimate_size(self, blob: bytes, stop: int | None = None,
-                      content_only: bool = False) -> int:
-        """About how many bytes the scrolls at these keys take in a reply (see
-        :func:`estimate_wire_size`), for refusing a read before building its reply.
-
-        :param blob: N*18 bytes of packed keys.
-        :param stop: stop counting once the total passes this many bytes.
-        :param content_only: count the contents only (a values-only read).
-        :returns: the estimate (at most one content past ``stop``).
-        """
-        # Sized from the store's own lengths: nothing is read or copied (a reply of the
-        # same big value a thousand times must be refused before it costs memory).
+    def _contents_size(self, blob: bytes, stop: int) -> int:
+        """About how many bytes the contents at these keys take in a values-only reply,
+        from the store's own lengths: nothing is read or copied (a reply of the same big
+        value a thousand times must be refused before it costs memory). Counting stops
+        once the total passes ``stop``."""
         lengths = self.content_lengths(blob)
-        per_scroll = 5 + (0 if content_only else _SCROLL_WIRE)
         found = lengths >= 0
-        total = int(lengths[found].sum()) + per_scroll * int(found.sum()) \
-            + 4 * int((~found).sum())
-        objects = np.flatnonzero(lengths == -2)
-        for i in objects.tolist():  # the rare contents kept as Python objects
+        total = int(lengths[found].sum()) + 5 * int(found.sum()) + int((~found).sum())
+        for i in np.flatnonzero(lengths == -2).tolist():  # the rare Python-object contents
             total += _content_size(self._map.content(blob[18 * i:18 * i + 18])) - 5
-            if stop is not None and total > stop:
+            if total > stop:
                 break
         return total
 

@@ -276,15 +276,13 @@ class _Dispatcher:
     def get_many(self, a: list) -> Any:
         _nargs(a, 1, 2)
         blob = P.check_blob(a[0])
-        limit = self.caller.out_limit
         # Refused from the stored sizes before anything is built: a few keys of large
         # values would otherwise make (and hold) a reply far over the limit.
+        limit = self.caller.out_limit
         if _bool(_opt(a, 1), "content_only"):
-            _fits(self.engine.estimate_size(blob, limit, content_only=True), limit)
             # Values only: one array of N contents (nil where nothing is stored).
-            return list(self.engine.get_many(blob, content_only=True))
-        _fits(self.engine.estimate_size(blob, limit), limit)
-        return ScrollResult(self.engine.get_many(blob))
+            return list(self.engine.get_many(blob, content_only=True, max_bytes=limit))
+        return ScrollResult(self.engine.get_many(blob, max_bytes=limit))
 
     def put_many(self, a: list) -> list:
         _nargs(a, 2, 2)
@@ -469,13 +467,6 @@ class _Dispatcher:
         # No reply can be larger than the server's frame limit: stop as soon as it is.
         return self.engine.export_phext_steps(pat, _bool(_opt(a, 1), "skip_invalid"),
                                               max_chars=self.max_frame_size)
-
-
-def _fits(size: int, limit: int) -> None:
-    """Refuse a read whose reply would be about ``size`` bytes, over ``limit``."""
-    if size > limit:
-        raise LimitError(f"the reply would take more than {limit} bytes (the client's frame "
-                         "limit)", "LIMIT")
 
 
 class ScrollResult(NamedTuple):

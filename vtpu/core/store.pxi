@@ -1059,11 +1059,16 @@ cdef class ColumnStore:
                     o[i] = <int64_t>self.meta[row].len
         return out
 
-    def get_many(self, object blob):
+    def get_many(self, object blob, int64_t max_bytes=-1, int64_t per_row=0):
         """The scrolls at N packed keys, as one column result.
 
+        :param max_bytes: when >= 0, a budget: if the arena bytes of the found contents
+            plus ``per_row`` per found key pass it, nothing is copied and None is
+            returned (one key lookup each for the check and the read; contents kept as
+            Python objects count 0 here, the caller sizes those few).
+        :param per_row: see ``max_bytes``.
         :returns: a :class:`Scrolls` of N items, None where a key is not stored (its key
-            in ``.keys`` is still the one asked for).
+            in ``.keys`` is still the one asked for); or None over ``max_bytes``.
         :raises InterfaceError: the blob is not a multiple of 18 bytes.
         """
         cdef Py_ssize_t n = _blob_rows(blob)
@@ -1072,7 +1077,7 @@ cdef class ColumnStore:
             raise MemoryError()
         try:
             self._find_rows(<const unsigned char*>PyBytes_AS_STRING(blob), n, rows)
-            return self._take(rows, n, blob)
+            return self._take(rows, n, blob, max_bytes, per_row)
         finally:
             free(rows)
 
@@ -1120,18 +1125,24 @@ cdef class ColumnStore:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef Scrolls _take(self, const int64_t* rows, Py_ssize_t n, object keys):
+    cdef Scrolls _take(self, const int64_t* rows, Py_ssize_t n, object keys,
+                       int64_t limit=-1, int64_t per_row=0):
         """Gather rows into a new Scrolls; ``keys``: the result's key blob, or None to
-        pack the rows' keys (rows < 0 then get a zero key)."""
-        cdef Py_ssize_t i, row, total = 0
+        pack the rows' keys (rows < 0 then get a zero key). With ``limit`` >= 0: None
+        when the arena bytes plus ``per_row`` per found row pass it (see get_many)."""
+        cdef Py_ssize_t i, row, total = 0, found = 0
         cdef uint8_t kind
         cdef Row* r
         for i in range(n):
             row = rows[i]
             if row >= self.n or row < -1:
                 raise IndexError(f"row {row} is not in the store ({self.n} rows)")
-            if row >= 0 and _in_arena(self.meta[row].kind):
-                total += self.meta[row].len
+            if row >= 0 and self.meta[row].kind != CK_DEAD:
+                found += 1
+                if _in_arena(self.meta[row].kind):
+                    total += self.meta[row].len
+        if limit >= 0 and total + per_row * found > limit:
+            return None
         cdef Scrolls out = _new_scrolls(n, self.names, self.array_types,
                                         self.unpackb)
         data = PyBytes_FromStringAndSize(NULL, total)
