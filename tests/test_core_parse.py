@@ -423,3 +423,13 @@ def test_apply_delta_errors_name_row_and_component():
     out = _core.apply_delta(named, _core.parse_delta("+0.y.0/0.0.0/0.0.*", names=names))
     assert rows(out) == [(0xF000, 0xF001, 1, 1, 1, 1, 1, 1, 1)]
     assert _core.apply_delta(np.empty((0, 9), np.uint16), _core.parse_delta("1.1.1/1.1.1/1.1.1")).shape == (0, 9)
+
+
+def test_all_text_is_isinstance_str_for_every_item():
+    class Text(str):
+        pass
+
+    for items in ([], ["1.1.1/1.1.1/1.1.1"], ["a", Text("b")], ["a", b"b"], [None], ["a"] * 3 + [1]):
+        assert _core.all_text(items) is all(isinstance(x, str) for x in items)
+    with pytest.raises(TypeError):
+        _core.all_text(("a", "b"))   # a list only: callers make one first

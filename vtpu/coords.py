@@ -398,7 +398,7 @@ def to_coords(cs: Any, names: NameTable | None = None, intern: bool = True) -> n
             from None
     if not cs:
         return np.empty((0, 9), dtype=np.uint16)
-    if all(isinstance(c, str) for c in cs):
+    if _core.all_text(cs):
         return _core.parse_coords(cs, names, intern)
     return _core.unpack_many(b"".join(to_key(c, names, intern) for c in cs))
 
