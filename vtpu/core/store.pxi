@@ -31,6 +31,8 @@ import numpy as np
 from vtpu.errors import InterfaceError
 
 cdef object _NDARRAY = np.ndarray
+cdef object _NO_KEYS = np.zeros((1, NDIM), np.uint16)   # stands in for an empty key array
+_NO_KEYS.flags.writeable = False
 cdef object _frombuffer = np.frombuffer
 
 
@@ -1119,9 +1121,9 @@ cdef class ColumnStore:
             return out
         cdef const int64_t[::1] ps = p
         cdef int64_t[::1] o = out
-        # Empty arrays cannot be viewed through a pointer: pad them with one dummy row.
-        cdef const uint16_t[:, ::1] ra = run if m else np.zeros((1, NDIM), np.uint16)
-        cdef const uint16_t[:, ::1] ea = extra if k else np.zeros((1, NDIM), np.uint16)
+        # Empty arrays cannot be viewed through a pointer: a dummy row stands in.
+        cdef const uint16_t[:, ::1] ra = run if m else _NO_KEYS
+        cdef const uint16_t[:, ::1] ea = extra if k else _NO_KEYS
         # Identity: a run is never written in place, and holding it keeps its pages.
         cdef bint same = run is self._run
         cdef int64_t bad = 0
