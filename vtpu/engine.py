@@ -834,13 +834,16 @@ class Engine:
         left out). A long result is for ``mem://``: the server pages RANGE."""
         pattern = _core.check_pattern(pattern)
         limit = check_count(limit, "limit")
-        coords = yield from self._index.query_steps(
+        hits = yield from self._index.hits_steps(
             pattern, None if after is None else _core.unpack(check_key(after, "after")), limit)
         if keys_only:
-            return coords
-        if len(coords) > GATHER:
+            return hits.coords()
+        if len(hits.pos) > GATHER:
             yield
-        return self._stored(coords)
+        # A hit in the store's sorted run is at the row of its position there: the rows
+        # are gathered in one pass, with no key hashed but those found elsewhere.
+        m = self._map
+        return m.take(m.rows_at(hits.main, hits.pos, hits.extra))
 
     def _stored(self, coords: np.ndarray):
         """The scrolls at (M, 9) coordinates (a :class:`~vtpu.results.Scrolls`), without

@@ -35,9 +35,10 @@ import numpy as np
 from vtpu import _core
 from vtpu.steps import run
 
-__all__ = ["CoordIndex", "WINDOW"]
+__all__ = ["CoordIndex", "Hits", "WINDOW"]
 
 _EMPTY = np.empty((0, 9), dtype=np.uint16)
+_NO_POS = np.empty(0, dtype=np.int64)
 _FULL_LO = 0
 _FULL_HI = 0xFFFF
 
@@ -85,6 +86,25 @@ def _z_index(main: np.ndarray) -> tuple:
 
 def _postings_of(main: np.ndarray, j: int) -> "_Postings":
     return _Postings(np.ascontiguousarray(main[:, j]))
+
+
+class Hits(NamedTuple):
+    """Where the matches of a query are, in coordinate order."""
+
+    main: np.ndarray    # the main array the query read
+    pos: np.ndarray     # (M,) int64: p >= 0 is row p of main, p < 0 row -1 - p of extra
+    extra: np.ndarray   # (K, 9) uint16: the matches from the delta, sorted
+
+    def coords(self) -> np.ndarray:
+        """The (M, 9) uint16 coordinates of the matches."""
+        pos = self.pos
+        if not len(self.extra):
+            return np.ascontiguousarray(self.main[pos]) if len(pos) else _EMPTY
+        out = np.empty((len(pos), 9), dtype=np.uint16)
+        in_main = pos >= 0
+        out[in_main] = self.main[pos[in_main]]
+        out[~in_main] = self.extra[-1 - pos[~in_main]]
+        return out
 
 
 class _Snap(NamedTuple):
@@ -486,8 +506,18 @@ class CoordIndex:
     def query_steps(self, p: np.ndarray, after: np.ndarray | None = None,
                     limit: int | None = None):
         """Steps of :meth:`query`: the keys indexed when it started (a snapshot)."""
+        hits = yield from self.hits_steps(p, after, limit)
+        return hits.coords()
+
+    def hits_steps(self, p: np.ndarray, after: np.ndarray | None = None,
+                   limit: int | None = None):
+        """Steps: where the coordinates :meth:`query` answers are, as :class:`Hits`.
+
+        With a source, a hit's position in main is its row in the store for as long as
+        main is the store's run (:meth:`vtpu._core.ColumnStore.rows_at`).
+        """
         if (p[0] > p[1]).any() or limit == 0:
-            return _EMPTY
+            return Hits(self.main, _NO_POS, _EMPTY)
         snap = self._snapshot()
         main = snap.main
         start = _upper(main, after) if after is not None else 0
@@ -499,24 +529,26 @@ class CoordIndex:
             if len(rows):
                 if limit is not None and got + len(rows) > limit:
                     rows = rows[:limit - got]
-                parts.append(main[rows])
+                parts.append(rows)
                 got += len(rows)
             return limit is not None and got >= limit
 
         yield from self._scan_steps(snap, p, start, limit, sink)
-        found = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else _EMPTY
+        pos = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else _NO_POS
         delta = snap.delta
+        dm = _EMPTY
         if len(delta):
             dm = delta[_core.match(delta, p)]
             if after is not None and len(dm):
                 dm = dm[_upper(dm, after):]
             if len(dm):
-                # Both sorted and disjoint (a key is in main or in the delta): one merge.
-                found = _core.merge_sorted(np.ascontiguousarray(found), None, dm) \
-                    if len(found) else dm
-        if limit is not None and len(found) > limit:
-            found = found[:limit]
-        return np.ascontiguousarray(found)
+                # Both sorted and disjoint (an alive key is in main or in the delta): each
+                # delta hit goes before the main hits at or past its place in main.
+                at = np.searchsorted(pos, _core.lower_bounds(main, dm))
+                pos = np.insert(pos, at, -1 - np.arange(len(dm), dtype=np.int64))
+        if limit is not None and len(pos) > limit:
+            pos = pos[:limit]
+        return Hits(main, np.ascontiguousarray(pos, dtype=np.int64), dm)
 
     def count(self, p: np.ndarray) -> int:
         """Number of indexed coordinates matching the pattern."""

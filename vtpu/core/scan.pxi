@@ -201,6 +201,38 @@ def z_scan(zkeys, zcoords, pattern, Py_ssize_t limit=-1):
                       _lower_bound(&zk[0, 0], 0, n, zmin), limit)
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def lower_bounds(sorted_arr, keys):
+    """:func:`lower_bound` of many keys: where each would go in a sorted array.
+
+    :param sorted_arr: C-contiguous (N, 9) uint16, sorted.
+    :param keys: C-contiguous (K, 9) uint16, sorted (each search gallops on from the
+        previous one's answer).
+    :returns: (K,) int64 indices in 0..N, ascending.
+    """
+    _coords_arg(sorted_arr, "sorted_arr")
+    _coords_arg(keys, "keys")
+    cdef Py_ssize_t n = sorted_arr.shape[0], k = keys.shape[0], i, at = 0
+    out = np.zeros(k, dtype=np.int64)
+    if n == 0 or k == 0:
+        return out
+    cdef const uint16_t[:, ::1] a = sorted_arr
+    cdef const uint16_t[:, ::1] b = keys
+    cdef int64_t[::1] o = out
+    cdef Py_ssize_t bad = -1
+    with nogil:
+        for i in range(k):
+            if i and lex_cmp(&b[i, 0], &b[i - 1, 0]) < 0:
+                bad = i
+                break
+            at = _gallop(&a[0, 0], at, n, &b[i, 0])
+            o[i] = at
+    if bad >= 0:
+        raise InterfaceError(f"keys must be sorted: row {bad} is below row {bad - 1}")
+    return out
+
+
 def lex_sort_order(arr):
     """Permutation that sorts an (N, 9) uint16 array lexicographically (stable).
 

@@ -31,6 +31,8 @@ import numpy as np
 from vtpu.errors import InterfaceError
 
 cdef object _NDARRAY = np.ndarray
+cdef object _NO_KEYS = np.zeros((1, NDIM), np.uint16)   # stands in for an empty key array
+_NO_KEYS.flags.writeable = False
 cdef object _frombuffer = np.frombuffer
 
 
@@ -1094,6 +1096,64 @@ cdef class ColumnStore:
             return self._take(NULL, 0, None)
         cdef const int64_t[::1] r = a
         return self._take(&r[0], n, None)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def rows_at(self, run, pos, extra):
+        """The rows now holding the keys a coordinate-index query found, in its order,
+        the keys no longer stored left out.
+
+        A key found in a sorted run that is still this store's run is at the row of its
+        position there, which only needs to be live; any other key (one found outside
+        the run, in a run a compaction has replaced since, or at a row deleted since) is
+        looked up in the hash.
+
+        :param run: the (m, 9) sorted run the query read (this store's :attr:`run` when
+            it started).
+        :param pos: (M,) int64: ``p >= 0`` is the key at row p of ``run``, ``p < 0`` the
+            key at row ``-1 - p`` of ``extra``.
+        :param extra: (K, 9) uint16 coordinates: the keys found outside ``run``.
+        :returns: (M',) int64 row ids, M' <= M.
+        :raises InterfaceError: a position outside ``run`` or ``extra``.
+        """
+        _coords_arg(run, "run")
+        _coords_arg(extra, "extra")
+        p = _rows_arg(pos)
+        cdef Py_ssize_t n = p.shape[0], m = run.shape[0], k = extra.shape[0], i, w = 0
+        cdef Py_ssize_t row
+        out = np.empty(n, dtype=np.int64)
+        if n == 0:
+            return out
+        cdef const int64_t[::1] ps = p
+        cdef int64_t[::1] o = out
+        # Empty arrays cannot be viewed through a pointer: a dummy row stands in.
+        cdef const uint16_t[:, ::1] ra = run if m else _NO_KEYS
+        cdef const uint16_t[:, ::1] ea = extra if k else _NO_KEYS
+        # Identity: a run is never written in place, and holding it keeps its pages.
+        cdef bint same = run is self._run
+        cdef int64_t bad = 0
+        cdef bint out_of_range = False
+        with nogil:
+            for i in range(n):
+                row = ps[i]
+                if row >= 0:
+                    if row >= m:
+                        out_of_range, bad = True, row
+                        break
+                    if not (same and self.meta[row].kind != CK_DEAD):
+                        row = kh_find(&self.ht, &self.kc, &ra[row, 0])
+                else:
+                    if -1 - row >= k:
+                        out_of_range, bad = True, row
+                        break
+                    row = kh_find(&self.ht, &self.kc, &ea[-1 - row, 0])
+                if row >= 0:
+                    o[w] = row
+                    w += 1
+        if out_of_range:
+            raise InterfaceError(f"position {bad} is outside the run ({m} rows) and the "
+                                 f"extra keys ({k})")
+        return out[:w]
 
     def keys_of(self, rows):
         """The packed keys of the given rows, as one N*18-byte blob.
