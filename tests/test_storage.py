@@ -314,12 +314,18 @@ def test_committed_survives_kill9_uncommitted_does_not(tmp_path, fsync):
 
 
 def _make_store(path, n=2000):
+    """A closed store of n scrolls folded into its checkpoint, with no free pages (so
+    every page of the file holds something)."""
     with Storage(path, fsync="never") as s:
         s.put_many([(key(1, 1, 1, 1, 1, 1, 1, 1 + i // 500, 1 + i % 500), os.urandom(200), 1,
                      1.0, 1.0) for i in range(n)])
         s.commit()
         s.checkpoint()
-    return os.path.join(path, DB_FILENAME)
+    db = os.path.join(path, DB_FILENAME)
+    con = sqlite3.connect(db)
+    con.execute("VACUUM")
+    con.close()
+    return db
 
 
 def test_not_a_database(tmp_path):
@@ -797,11 +803,13 @@ def test_format_1_store_is_migrated(tmp_path):
         assert s.commit_seq == 1
         assert len(rows_of(s)) == 101
     con = sqlite3.connect(tmp_path / DB_FILENAME)
-    assert con.execute("SELECT value FROM meta WHERE key='format_version'").fetchone() == ("2",)
+    assert con.execute("SELECT value FROM meta WHERE key='format_version'").fetchone() == \
+        (str(FORMAT_VERSION),)
     assert con.execute("SELECT value FROM meta WHERE key='created_at'").fetchone() == \
         ("1700000000.5",)
     assert sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master "
-                                            "WHERE type='table'")) == ["meta", "names", "scrolls"]
+                                            "WHERE type='table'")) == \
+        ["chunks", "deleted", "meta", "names", "scrolls"]
     con.close()
     _flip_bit_in(tmp_path / DB_FILENAME, b"old 42")  # migrated rows are checked too
     with pytest.raises(StorageError, match="fails its checksum"):
