@@ -679,9 +679,9 @@ class Storage:
             try:
                 names = self._read_names()
                 chunks = self._read_chunks()
-                rows = self._read_rows()
-                if rows or self._tombstones:
-                    chunks = self._merge(chunks, rows, self._tombstones)
+                delta = self._read_delta()
+                if delta or self._tombstones:
+                    chunks = self._merge(chunks, delta, self._tombstones)
             except (sqlite3.Error, ValueError) as exc:
                 raise self._db_error("reading the store", exc) from exc
         return names, chunks
@@ -737,12 +737,24 @@ class Storage:
             cur.close()
         return chunks
 
-    def _read_rows(self) -> list[tuple]:
-        """The rows since the checkpoint in key order, verified (one core call per batch)."""
-        out: list[tuple] = []
+    def _read_delta(self, lo: bytes | None = None,
+                    hi: bytes | None = None) -> list[tuple[int, bytes]]:
+        """The rows since the checkpoint with ``lo <= key < hi`` (None: unbounded), in
+        key order, verified (one core call per batch) and packed into chunks as read (a
+        packed record takes less memory than a row of Python objects)."""
+        where, args = [], []
+        if lo is not None:
+            where.append("key >= ?")
+            args.append(lo)
+        if hi is not None:
+            where.append("key < ?")
+            args.append(hi)
+        sql = _SELECT_SQL if not where else _SELECT_SQL.replace(
+            " ORDER BY", " WHERE " + " AND ".join(where) + " ORDER BY")
+        out: list[tuple[int, bytes]] = []
         cur = self._conn.cursor()  # own cursor: independent of the write path
         try:
-            cur.execute(_SELECT_SQL)
+            cur.execute(sql, args)
             while True:
                 batch = cur.fetchmany(LOAD_BATCH)
                 if not batch:
@@ -750,15 +762,16 @@ class Storage:
                 bad = _core.verify_records(batch)
                 if bad >= 0:
                     raise self._damaged_record(batch[bad][0] if batch[bad] else None)
-                out.extend(batch)
+                out.extend(_core.pack_rows(batch, CHUNK_RECORDS, CHUNK_BYTES))
         finally:
             cur.close()
 
     @staticmethod
-    def _merge(chunks: list, rows: list, tombstones) -> list[tuple[int, bytes]]:
-        """The chunks with ``rows`` (sealed, key order) written over them and the keys
-        in ``tombstones`` removed."""
-        delta = _core.pack_rows(rows, CHUNK_RECORDS, CHUNK_BYTES)
+    def _merge(chunks: list, delta: list, tombstones) -> list[tuple[int, bytes]]:
+        """The chunks with the ``delta`` chunks written over them and the keys in
+        ``tombstones`` removed."""
+        if not chunks and not tombstones:
+            return delta
         return _core.merge_chunks(chunks, delta, b"".join(sorted(tombstones)),
                                   CHUNK_RECORDS, CHUNK_BYTES)
 
@@ -1013,28 +1026,31 @@ class Storage:
             self.commit()
             conn = self._conn
             try:
-                rows = self._read_rows()
                 tombs = sorted(self._tombstones) if self._chunked else []
-                if not rows and not tombs:
+                if not tombs and conn.execute("SELECT 1 FROM scrolls LIMIT 1").fetchone() \
+                        is None:
                     return 0
                 firsts = [r[0] for r in conn.execute("SELECT first FROM chunks ORDER BY first")]
-                keys = [r[0] for r in rows]
                 seq = self.commit_seq + 1
+                folded = len(tombs)
                 conn.execute("BEGIN IMMEDIATE")
                 # Chunk i covers [firsts[i], firsts[i + 1]); the first also what is below.
+                # One range at a time: memory holds one chunk and the rows over it.
                 for i in range(max(len(firsts), 1)):
+                    lo = firsts[i] if i else None
                     hi = firsts[i + 1] if i + 1 < len(firsts) else None
-                    r0 = bisect.bisect_left(keys, firsts[i]) if i else 0
-                    r1 = len(keys) if hi is None else bisect.bisect_left(keys, hi)
-                    t0 = bisect.bisect_left(tombs, firsts[i]) if i else 0
+                    t0 = 0 if lo is None else bisect.bisect_left(tombs, lo)
                     t1 = len(tombs) if hi is None else bisect.bisect_left(tombs, hi)
-                    if r0 == r1 and t0 == t1:
+                    delta = self._read_delta(lo, hi)
+                    if not delta and t0 == t1:
                         continue
+                    folded += sum(n for n, _ in delta)
                     base = []
                     if firsts:
                         base = [self._read_chunk(firsts[i])]
                         conn.execute("DELETE FROM chunks WHERE first = ?", (firsts[i],))
-                    new = self._merge(base, rows[r0:r1], tombs[t0:t1])
+                    new = self._merge(base, delta, tombs[t0:t1])
+                    del delta, base
                     conn.executemany(_CHUNK_SQL, [(_core.chunk_key(body, n, 0), n, body)
                                                   for n, body in new])
                 conn.execute("DELETE FROM scrolls")
@@ -1053,7 +1069,7 @@ class Storage:
             self._tombstones = set()
             self._chunked = chunked
             self._committed(seq)
-            return len(rows) + len(tombs)
+            return folded
 
     def _read_chunk(self, first: bytes) -> tuple[int, bytes]:
         """One chunk by its first key, verified."""
