@@ -742,19 +742,11 @@ class Storage:
         """The rows since the checkpoint with ``lo <= key < hi`` (None: unbounded), in
         key order, verified (one core call per batch) and packed into chunks as read (a
         packed record takes less memory than a row of Python objects)."""
-        where, args = [], []
-        if lo is not None:
-            where.append("key >= ?")
-            args.append(lo)
-        if hi is not None:
-            where.append("key < ?")
-            args.append(hi)
-        sql = _SELECT_SQL if not where else _SELECT_SQL.replace(
-            " ORDER BY", " WHERE " + " AND ".join(where) + " ORDER BY")
+        where, args = _key_range(lo, hi)
         out: list[tuple[int, bytes]] = []
         cur = self._conn.cursor()  # own cursor: independent of the write path
         try:
-            cur.execute(sql, args)
+            cur.execute(_SELECT_SQL.replace(" ORDER BY", where + " ORDER BY"), args)
             while True:
                 batch = cur.fetchmany(LOAD_BATCH)
                 if not batch:
@@ -1045,6 +1037,10 @@ class Storage:
                     if not delta and t0 == t1:
                         continue
                     folded += sum(n for n, _ in delta)
+                    # Free the pages of what is rewritten before writing it again: the
+                    # new chunks reuse them, so the file need not grow by the range.
+                    where, args = _key_range(lo, hi)
+                    conn.execute("DELETE FROM scrolls" + where, args)
                     base = []
                     if firsts:
                         base = [self._read_chunk(firsts[i])]
@@ -1053,7 +1049,6 @@ class Storage:
                     del delta, base
                     conn.executemany(_CHUNK_SQL, [(_core.chunk_key(body, n, 0), n, body)
                                                   for n, body in new])
-                conn.execute("DELETE FROM scrolls")
                 conn.execute("DELETE FROM deleted")
                 chunked = conn.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()[0]
                 self._set_commit(seq)
@@ -1260,6 +1255,18 @@ class Storage:
                 "from a backup or move it away to start empty"
             )
         return StorageError(f"database {self.db_path!r} failed while {doing}: {exc}")
+
+
+def _key_range(lo: bytes | None, hi: bytes | None) -> tuple[str, list]:
+    """A SQL ``WHERE`` clause (or "") and its arguments for ``lo <= key < hi``."""
+    where, args = [], []
+    if lo is not None:
+        where.append("key >= ?")
+        args.append(lo)
+    if hi is not None:
+        where.append("key < ?")
+        args.append(hi)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
 def _row_key(row: Sequence) -> bytes:
