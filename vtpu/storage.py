@@ -684,6 +684,9 @@ class Storage:
                     chunks = self._merge(chunks, delta, self._tombstones)
             except (sqlite3.Error, ValueError) as exc:
                 raise self._db_error("reading the store", exc) from exc
+            except InterfaceError as exc:   # verified records that do not fit together
+                raise StorageError(f"database {self.db_path!r} is damaged: {exc}; restore "
+                                   "the directory from a backup") from exc
         return names, chunks
 
     def load(self) -> tuple[list[str], Iterator[tuple]]:
