@@ -464,9 +464,10 @@ class Engine:
         self._names_mark = len(self.names)
         # The records come in key order, packed in chunks: the store takes them as its
         # sorted run in one pass (it checks the order), and the index's main array is
-        # that run.
-        self._map.load_chunks(chunks)
-        del chunks
+        # that run. Each chunk is dropped once read, so they and the store are not both
+        # held whole.
+        chunks.reverse()
+        self._map.load_chunks(chunks.pop() for _ in range(len(chunks)))
         self._index.clear()
         if len(self.names) >= MAX_NAMES and not self.names.free:
             # A full table (a flood of names, say) would refuse every new name for good:

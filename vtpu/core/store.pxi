@@ -727,10 +727,11 @@ cdef class ColumnStore:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def load_chunks(self, list chunks):
+    def load_chunks(self, chunks):
         """Fill an empty store from a storage's chunks, as :meth:`load` does from rows.
 
-        :param chunks: ``(n, body)`` chunks of records in ascending key order, as
+        :param chunks: an iterable of ``(n, body)`` chunks of records in ascending key
+            order (each is read once, in turn, so a generator may free it after), as
             :func:`pack_rows` and :func:`merge_chunks` make them (verified by the
             storage; their checksums are not read here).
         :returns: the number of records read.
