@@ -469,7 +469,7 @@ def test_scroll_lists_equal_the_generic_encoding(codec, case):
 def _stored_scrolls(contents, packed=False, missing=()):
     """A Scrolls read from a column store holding ``contents`` (kept encoded, as loaded
     from disk, with ``packed``), asking also for the keys in ``missing``."""
-    store = _core.ColumnStore(Scroll)
+    store = _core.ColumnStore()
     for i, v in enumerate(contents):
         if packed:
             store.set(key(i), P.pack_value(v), i + 1, 1.5 + i, 2.5 + i, packed=True)

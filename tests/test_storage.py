@@ -309,12 +309,18 @@ def test_committed_survives_kill9_uncommitted_does_not(tmp_path, fsync):
 
 
 def _make_store(path, n=2000):
+    """A closed store of n scrolls folded into its checkpoint, with no free pages (so
+    every page of the file holds something)."""
     with Storage(path, fsync="never") as s:
         s.put_many([(key(1, 1, 1, 1, 1, 1, 1, 1 + i // 500, 1 + i % 500), os.urandom(200), 1,
                      1.0, 1.0) for i in range(n)])
         s.commit()
         s.checkpoint()
-    return os.path.join(path, DB_FILENAME)
+    db = os.path.join(path, DB_FILENAME)
+    con = sqlite3.connect(db)
+    con.execute("VACUUM")
+    con.close()
+    return db
 
 
 def test_not_a_database(tmp_path):
@@ -654,12 +660,19 @@ def _same_scroll(a, b) -> bool:
     return type(x) is type(y) and x == y
 
 
-def _flip_trials(tmp_path, trials: int, seed: int) -> dict:
-    """Flip one random bit of the database per trial; count how each open ended."""
+def _flip_trials(tmp_path, trials: int, seed: int, folded: bool = False) -> dict:
+    """Flip one random bit of the database per trial; count how each open ended.
+    ``folded``: the scrolls are in the checkpoint's chunks (compacted: no free pages)."""
     from vtpu.engine import Engine
 
     src = tmp_path / "src"
     want = _engine_store(src)
+    if folded:
+        with Storage(src) as s:
+            assert s.fold() == len(want)
+        con = sqlite3.connect(src / DB_FILENAME)
+        con.execute("VACUUM")
+        con.close()
     names = [f"name{j}" for j in range(12)]
     db_size = os.path.getsize(src / DB_FILENAME)
     rng = random.Random(seed)
@@ -701,6 +714,12 @@ def test_single_bit_flips_never_give_a_wrong_value(tmp_path):
     assert res["error"] > 0
 
 
+def test_single_bit_flips_in_checkpoint_chunks_never_give_a_wrong_value(tmp_path):
+    res = _flip_trials(tmp_path, trials=30, seed=13, folded=True)
+    assert res["silent"] == []
+    assert res["error"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("VTPU_SLOW"), reason="set VTPU_SLOW=1 for 400 trials")
 def test_single_bit_flips_never_give_a_wrong_value_many(tmp_path):
@@ -728,6 +747,272 @@ def test_flipped_content_bit_names_the_coordinate(tmp_path):
     msg = str(ei.value)
     assert "record at 1.2.3/name11.6.1/1.3.16 fails its checksum" in msg, msg
     assert "backup" in msg
+
+
+def test_flipped_bit_in_a_chunk_names_the_coordinate(tmp_path):
+    from vtpu.engine import Engine
+
+    _engine_store(tmp_path)
+    with Storage(tmp_path) as s:
+        s.fold()
+    _flip_bit_in(tmp_path / DB_FILENAME, b"text value 215 ")
+    with pytest.raises(StorageError) as ei:
+        Engine(Storage(tmp_path))
+    msg = str(ei.value)
+    assert "record at 1.2.3/name11.6.1/1.3.16 fails its checksum" in msg, msg
+
+
+def _chunk_row(path) -> tuple:
+    con = sqlite3.connect(os.path.join(path, DB_FILENAME))
+    row = con.execute("SELECT first, n, body FROM chunks").fetchone()
+    con.close()
+    return row
+
+
+def _set_chunk(path, first, n, body) -> None:
+    con = sqlite3.connect(os.path.join(path, DB_FILENAME))
+    con.execute("UPDATE chunks SET first = ?, n = ?, body = ?", (first, n, body))
+    con.commit()
+    con.close()
+
+
+def test_damaged_chunk_columns_and_row_are_errors(tmp_path):
+    """Each column of a chunk, and its row's first key and count: a flipped bit is an
+    error naming a record or the chunk, never a wrong value."""
+    rows = [(key(1, i), b"v%d" % i, i, 1.0 + i, 2.0 + i) for i in range(1, 11)]
+    with Storage(tmp_path) as s:
+        s.put_many(rows)
+        s.commit()
+        assert s.fold() == 10
+    first, n, body = _chunk_row(tmp_path)
+    assert (first, n) == (key(1, 1), 10)
+    fixed = 18 + 40
+    # key, version, created, updated, checksum, content end, content of record 3
+    for off in (3 * 18, 10 * 18 + 3 * 8, 10 * 26 + 3 * 8, 10 * 34 + 3 * 8, 10 * 42 + 3 * 8,
+                10 * 50 + 3 * 8, 10 * fixed + 7):
+        bad = bytearray(body)
+        bad[off] ^= 4
+        _set_chunk(tmp_path, first, n, bytes(bad))
+        with Storage(tmp_path) as s:
+            with pytest.raises(StorageError, match="fails its checksum|does not add up"):
+                rows_of(s)
+    for f, c, b in ((key(1, 2), n, body), (first, n - 1, body), (first, n + 1, body),
+                    (first, n, body[:-1]), (first, 10.5, body), (first, 0, b"")):
+        _set_chunk(tmp_path, f, c, b)
+        with Storage(tmp_path) as s:
+            with pytest.raises(StorageError, match="chunk starting at .* does not add up"):
+                rows_of(s)
+    _set_chunk(tmp_path, first, n, body)
+    with Storage(tmp_path) as s:
+        assert rows_of(s) == rows
+
+
+def test_writes_after_the_checkpoint_amend_it(tmp_path, policy):
+    """Puts, overwrites, deletes and puts after deletes since a fold read back exactly,
+    before and after the next fold, through the storage and an engine."""
+    from vtpu.engine import Engine
+
+    from vtpu.protocol import pack_value
+
+    def row(i, tag="", v=1):
+        return (key(2, 1 + i // 100, 1 + i % 100), pack_value(f"c{i}{tag}"), v, 1.5 + i,
+                2.5 + i)
+
+    want = {r[0]: r for r in (row(i) for i in range(0, 3000, 2))}
+    with Storage(tmp_path, fsync=policy) as s:
+        s.put_many(list(want.values()))
+        s.commit()
+        assert s.fold() == 1500
+        assert s.fold() == 0
+        new = [row(i, "new") for i in range(1, 3000, 7)]   # new keys between
+        over = [row(i, "over", 2) for i in range(0, 3000, 10)]   # overwrites
+        s.put_many(new + over)
+        gone = [row(i)[0] for i in range(2, 3000, 6)]
+        s.delete(gone)
+        s.delete([key(7, 7)])   # never stored
+        back = [row(i, "back", 3) for i in range(2, 3000, 30)]   # deleted, then again
+        s.put_many(back)
+        s.commit()
+        for r in new + over:
+            want[r[0]] = r
+        for k in gone:
+            want.pop(k, None)
+        for r in back:
+            want[r[0]] = r
+        expect = [want[k] for k in sorted(want)]
+        assert rows_of(s) == expect
+        assert s.count() == len(expect)
+    with Storage(tmp_path, fsync=policy) as s:
+        assert rows_of(s) == expect
+        seq = s.commit_seq
+        assert s.fold() > 0
+        assert s.commit_seq == seq + 1
+        assert rows_of(s) == expect
+        con = sqlite3.connect(tmp_path / DB_FILENAME)
+        assert con.execute("SELECT count(*) FROM scrolls").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM deleted").fetchone() == (0,)
+        con.close()
+    e = Engine(Storage(tmp_path))
+    assert len(e._map) == len(expect)
+    assert all(e._map[r[0]].version == r[2] for r in expect)
+    assert e._map[row(10)[0]].content == "c10over"
+    assert e._map[row(32)[0]].content == "c32back"
+    assert row(8)[0] not in e._map
+    e.close()
+
+
+def test_fold_splits_chunks_and_rewrites_only_what_changed(tmp_path, monkeypatch):
+    import vtpu.storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "CHUNK_RECORDS", 100)
+    rows = [(key(3, 1 + i // 100, 1 + i % 100), b"x" * (i % 50), 1, 1.0, 1.0)
+            for i in range(1000)]
+    with Storage(tmp_path) as s:
+        s.put_many(rows)
+        s.commit()
+        s.fold()
+    con = sqlite3.connect(tmp_path / DB_FILENAME)
+    before = dict(con.execute("SELECT first, body FROM chunks"))
+    assert len(before) == 10
+    with Storage(tmp_path) as s:
+        s.put(rows[550][0], b"changed", 2, 1.0, 3.0)
+        s.delete([rows[990][0]])
+        s.fold()
+        got = rows_of(s)
+    after = dict(con.execute("SELECT first, body FROM chunks"))
+    con.close()
+    assert [k for k in before if before[k] != after.get(k)] == [rows[500][0], rows[900][0]]
+    assert len(got) == 999 and got[550] == (rows[550][0], b"changed", 2, 1.0, 3.0)
+
+
+def test_close_folds_once_enough_was_written(tmp_path, monkeypatch):
+    import vtpu.storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "FOLD_MIN_ROWS", 50)
+    with Storage(tmp_path) as s:
+        s.put_many([(key(4, i), b"a", 1, 1.0, 1.0) for i in range(1, 50)])
+    con = sqlite3.connect(tmp_path / DB_FILENAME)
+    assert con.execute("SELECT count(*) FROM chunks").fetchone() == (0,)
+    with Storage(tmp_path) as s:
+        s.put(key(4, 50), b"a", 1, 1.0, 1.0)
+    assert con.execute("SELECT count(*), sum(n) FROM chunks").fetchone() == (1, 50)
+    assert con.execute("SELECT count(*) FROM scrolls").fetchone() == (0,)
+    con.close()
+
+
+def test_deletion_after_the_checkpoint_survives_kill(tmp_path):
+    with Storage(tmp_path) as s:
+        s.put_many([(key(5, i), b"v", 1, 1.0, 1.0) for i in range(1, 21)])
+        s.commit()
+        s.fold()
+    r = run_py(f"""
+        import os, sys
+        sys.path.insert(0, {ROOT!r})
+        from vtpu.storage import Storage
+        s = Storage({str(tmp_path)!r}, fsync="everysec")
+        s.delete([bytes.fromhex({key(5, 3).hex()!r}), bytes.fromhex({key(5, 9).hex()!r})])
+        s.commit()
+        s.put(bytes.fromhex({key(5, 9).hex()!r}), b"again", 2, 1.0, 2.0)
+        s.commit()
+        os.kill(os.getpid(), 9)
+    """)
+    assert r.returncode == -9, r.stderr
+    with Storage(tmp_path) as s:
+        got = rows_of(s)
+    assert [g[0] for g in got] == [key(5, i) for i in range(1, 21) if i != 3]
+    assert got[7] == (key(5, 9), b"again", 2, 1.0, 2.0)
+
+
+def test_flipped_deletion_record_is_an_error(tmp_path):
+    with Storage(tmp_path) as s:
+        s.put_many([(key(6, i), b"v", 1, 1.0, 1.0) for i in range(1, 5)])
+        s.commit()
+        s.fold()
+        s.delete([key(6, 2)])
+        s.commit()
+    con = sqlite3.connect(tmp_path / DB_FILENAME)
+    con.execute("UPDATE deleted SET key = ?", (key(6, 3),))
+    con.commit()
+    con.close()
+    with pytest.raises(StorageError, match=r"deletion record of 6\.3\.1/.* fails its checksum"):
+        Storage(tmp_path)
+
+
+def test_format_2_store_opens_and_folds(tmp_path):
+    """A store written by format 2 (checksummed rows, no checkpoint) opens as it is, and
+    a fold then moves its rows into chunks."""
+    from vtpu.engine import Engine
+    from vtpu.protocol import pack_value
+
+    rows = _core.seal_records([(key(1, 2, 3, 0xF000, 1, 1, 1, 1, 1 + i), pack_value(f"v2 {i}"),
+                                1 + i, 1700000000.0 + i, 1700000001.0 + i) for i in range(100)])
+    meta = {"format_version": "2", "created_at": "1700000000.5", "commit": "4"}
+    con = sqlite3.connect(tmp_path / DB_FILENAME)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, crc INTEGER NOT NULL);
+        CREATE TABLE scrolls (key BLOB PRIMARY KEY NOT NULL, content BLOB NOT NULL,
+            version INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+            crc INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL, crc INTEGER NOT NULL);
+    """)
+    con.executemany("INSERT INTO meta VALUES (?, ?, ?)",
+                    [(k, v, storage_crc_meta(k, v)) for k, v in meta.items()])
+    con.execute("INSERT INTO names VALUES (0, 'query', ?)", (storage_crc_name(0, "query"),))
+    con.executemany("INSERT INTO scrolls VALUES (?, ?, ?, ?, ?, ?)", rows)
+    con.commit()
+    con.close()
+    e = Engine(Storage(tmp_path))
+    assert e.storage.commit_seq == 4
+    assert [e.get(r[0]).content for r in rows] == [f"v2 {i}" for i in range(100)]
+    e.close()
+    with Storage(tmp_path) as s:
+        assert s.fold() == 100
+        assert [r[:5] for r in rows_of(s)] == [r[:5] for r in rows]
+    e = Engine(Storage(tmp_path))
+    assert [e.get(r[0]).content for r in rows] == [f"v2 {i}" for i in range(100)]
+    assert e.get(rows[7][0]).version == 8
+    e.close()
+    con = sqlite3.connect(tmp_path / DB_FILENAME)
+    assert con.execute("SELECT value FROM meta WHERE key='format_version'").fetchone() == \
+        (str(FORMAT_VERSION),)
+    con.close()
+
+
+def storage_crc_meta(k: str, v: str) -> int:
+    h = _core.xxh64(v.encode(), _core.xxh64(k.encode()))
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def storage_crc_name(i: int, name: str) -> int:
+    h = _core.xxh64(name.encode(), i)
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def test_disk_full_during_a_fold_changes_nothing(tmp_path):
+    with SmallFS(tmp_path) as fs:
+        if fs.kind != "tmpfs":
+            # A file size cap at the database's size never stops the fold's WAL.
+            pytest.skip("needs a tmpfs (root)")
+        d = os.path.join(fs.path, "data")
+        # 4 MB: the fold's WAL outgrows its 3 MB preallocation, and fits once freed.
+        rows = [(key(8, 1 + i // 100, 1 + i % 100), os.urandom(4000), 1, 1.0, 1.0)
+                for i in range(1000)]
+        with Storage(d, fsync="never") as s:   # closed unfolded: the WAL is removed
+            s.put_many(rows)
+            s.commit()
+        with Storage(d, fsync="always") as s:
+            seq = s.commit_seq
+            fs.fill()
+            with pytest.raises(StorageError):
+                s.fold()
+            assert s.commit_seq == seq
+            assert rows_of(s) == rows
+            fs.free()
+            assert s.fold() == 1000
+            assert rows_of(s) == rows
+        with Storage(d) as s:
+            assert rows_of(s) == rows
 
 
 def test_flipped_name_bit_is_an_error(tmp_path):
@@ -792,11 +1077,13 @@ def test_format_1_store_is_migrated(tmp_path):
         assert s.commit_seq == 1
         assert len(rows_of(s)) == 101
     con = sqlite3.connect(tmp_path / DB_FILENAME)
-    assert con.execute("SELECT value FROM meta WHERE key='format_version'").fetchone() == ("2",)
+    assert con.execute("SELECT value FROM meta WHERE key='format_version'").fetchone() == \
+        (str(FORMAT_VERSION),)
     assert con.execute("SELECT value FROM meta WHERE key='created_at'").fetchone() == \
         ("1700000000.5",)
     assert sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master "
-                                            "WHERE type='table'")) == ["meta", "names", "scrolls"]
+                                            "WHERE type='table'")) == \
+        ["chunks", "deleted", "meta", "names", "scrolls"]
     con.close()
     _flip_bit_in(tmp_path / DB_FILENAME, b"old 42")  # migrated rows are checked too
     with pytest.raises(StorageError, match="fails its checksum"):
@@ -1106,3 +1393,49 @@ def test_engine_phext_import_export_survives_restart(tmp_path):
         assert parse_phext(e2.export_phext()) == sorted(parse_phext(text))
     finally:
         e2.close()
+
+
+# ---------------------------------------------------------------------------- checkpoint
+
+
+def test_kill_during_a_fold_keeps_every_row(tmp_path):
+    """A fold is one transaction: killed wherever it is, the store opens with every
+    committed row, folded or not."""
+    r = run_py(f"""
+        import os, sys, threading, time
+        sys.path.insert(0, {ROOT!r})
+        from vtpu.storage import Storage
+        s = Storage({str(tmp_path)!r}, fsync="everysec")
+        s.put_many([(bytes([3] * 14) + i.to_bytes(4, "big"), b"r%d" % i, 1, 1.0, 1.0)
+                    for i in range(30000)])
+        s.commit()
+        threading.Thread(target=s.fold, daemon=True).start()
+        time.sleep(0.05)
+        os.kill(os.getpid(), 9)
+    """)
+    assert r.returncode == -9, r.stderr
+    with Storage(tmp_path) as s:
+        got = rows_of(s)
+        assert s.fold() in (0, 30000)
+        assert rows_of(s) == got
+    assert got == [(bytes([3] * 14) + i.to_bytes(4, "big"), b"r%d" % i, 1, 1.0, 1.0)
+                   for i in range(30000)]
+
+
+def test_column_store_loads_chunks_out_of_order(tmp_path):
+    """Chunks a sound storage never gives (out of key order) still load every record
+    once, sorted, later ones winning."""
+    from vtpu.coords import NameTable, Scroll
+    from vtpu.protocol import pack_value
+
+    def chunk(ks, tag):
+        return _core.pack_rows(_core.seal_records(
+            [(key(9, k), pack_value(f"{tag}{k}"), k, 1.0, 2.0) for k in ks]), 100, 1 << 20)
+
+    m = _core.ColumnStore(NameTable())
+    assert m.load_chunks(chunk(range(10, 20), "a") + chunk(range(1, 12), "b")) == 21
+    assert len(m) == 19
+    assert [m[key(9, k)].content for k in range(1, 20)] == \
+        [f"b{k}" for k in range(1, 12)] + [f"a{k}" for k in range(12, 20)]
+    with pytest.raises(InterfaceError, match="empty store"):
+        m.load_chunks(chunk([1], "c"))

@@ -497,12 +497,15 @@ class Engine:
 
     def _load(self) -> None:
         t0 = time.perf_counter()
-        names, rows = self.storage.load()
+        names, chunks = self.storage.load_chunks()
         self.names.extend(list(names))
         self._names_mark = len(self.names)
-        # The rows come in key order: the store takes them as its sorted run in one
-        # pass (it checks the order), and the index's main array is that run.
-        self._map.load(rows)
+        # The records come in key order, packed in chunks: the store takes them as its
+        # sorted run in one pass (it checks the order), and the index's main array is
+        # that run. Each chunk is dropped once read, so they and the store are not both
+        # held whole.
+        chunks.reverse()
+        self._map.load_chunks(chunks.pop() for _ in range(len(chunks)))
         self._index.clear()
         if len(self.names) >= MAX_NAMES and not self.names.free:
             # A full table (a flood of names, say) would refuse every new name for good:

@@ -11,22 +11,46 @@ Layout of a data directory::
     DIR/COMMIT            the commit counter: how many commits the store has made
     DIR/vtpu.sqlite3      the database (plus -wal / -shm files while open)
 
-Tables (format version 2): ``scrolls(key BLOB PRIMARY KEY, content BLOB, version,
-created_at, updated_at, crc)`` (``WITHOUT ROWID``, so the B-tree is clustered on the
-key), ``names(id, name, crc)`` where ``id`` is the index into the name table (name id =
-0xF000 + index), and ``meta(key, value, crc)`` holding ``format_version``,
-``created_at`` and ``commit`` (the number of the last commit). A store of format
-version 1 (no checksums, no commit number) is migrated on open.
+Tables (format version 3):
+
+* ``chunks(first BLOB PRIMARY KEY, n, body)``: the checkpoint. Each row packs ``n``
+  records (up to :data:`CHUNK_RECORDS`, or :data:`CHUNK_BYTES` of contents) in key
+  order as columns (layout in ``vtpu/core/records.pxi``); ``first`` is its first key,
+  and chunks do not overlap. Start-up reads a few hundred wide rows instead of one row
+  per scroll, and verifies and loads them in compiled loops.
+* ``scrolls(key BLOB PRIMARY KEY, content BLOB, version, created_at, updated_at, crc)``
+  (``WITHOUT ROWID``, so the B-tree is clustered on the key): every scroll written
+  since the checkpoint; it replaces a checkpoint record of the same key.
+* ``deleted(key BLOB PRIMARY KEY, crc)``: keys deleted since the checkpoint (while
+  there is one); writing a key again removes it from here.
+* ``names(id, name, crc)`` where ``id`` is the index into the name table (name id =
+  0xF000 + index), and ``meta(key, value, crc)`` holding ``format_version``,
+  ``created_at`` and ``commit`` (the number of the last commit).
+
+A store of format version 2 (no checkpoint tables) gains them on open; one of version 1
+(no checksums, no commit number) is migrated on open.
+
+The checkpoint
+--------------
+:meth:`Storage.checkpoint` folds ``scrolls`` and ``deleted`` into the chunks, in one
+transaction (a commit like any other), rewriting only the chunks whose key range they
+touch. :meth:`Storage.close` does the same once the rows since the checkpoint reach
+1/16 of the checkpoint (at least :data:`FOLD_MIN_ROWS`), so a store closed cleanly
+starts fast; after a ``kill -9`` the rows since the last fold are read one by one, as
+they always were, until the next fold.
 
 Checksums
 ---------
-Every row carries a checksum of all its fields: for scrolls
+Every record carries a checksum of all its fields: for scrolls
 ``xxh64(content, seed=xxh64(key ‖ le64(version) ‖ le64(created_at bits) ‖
-le64(updated_at bits)))``, for names ``xxh64(utf8(name), seed=id)``, for meta
-``xxh64(utf8(value), seed=xxh64(utf8(key)))``, each kept as a signed 64-bit integer.
-They are verified on every load (in the compiled core, one call per batch of rows), so
-a flipped bit anywhere in a record is a :class:`~vtpu.errors.StorageError` naming the
-record, never a wrong value.
+le64(updated_at bits)))`` (sealed once, when the scroll is queued, and kept with the
+record when a checkpoint packs it into a chunk), for deletions ``xxh64(key)``, for
+names ``xxh64(utf8(name), seed=id)``, for meta ``xxh64(utf8(value),
+seed=xxh64(utf8(key)))``, each kept as a signed 64-bit integer. They are verified on
+every load (in the compiled core, one call per chunk or batch of rows), so a flipped bit
+anywhere in a record, in a chunk's columns or its row is a
+:class:`~vtpu.errors.StorageError` naming the record (or the chunk, when its columns do
+not add up), never a wrong value.
 
 Group commit
 ------------
@@ -105,6 +129,7 @@ Failure reporting
 """
 from __future__ import annotations
 
+import bisect
 import errno
 import fcntl
 import logging
@@ -121,19 +146,26 @@ from .errors import CoordinateError, InterfaceError, StorageError
 
 __all__ = [
     "Storage", "FORMAT_VERSION", "DB_FILENAME", "LOCK_FILENAME", "COUNTER_FILENAME",
-    "FSYNC_POLICIES",
+    "FSYNC_POLICIES", "CHUNK_RECORDS", "CHUNK_BYTES", "FOLD_MIN_ROWS",
 ]
 
 log = logging.getLogger("vtpu.storage")
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 DB_FILENAME = "vtpu.sqlite3"
 LOCK_FILENAME = "LOCK"
 COUNTER_FILENAME = "COMMIT"
 FSYNC_POLICIES = ("always", "everysec", "never")
 
-# Rows per fetchmany() in load(): large batches keep the per-row cost in C.
+# Rows per fetchmany() when reading rows: large batches keep the per-row cost in C.
 LOAD_BATCH = 65536
+# A checkpoint chunk holds up to this many records, and this many content bytes (a
+# larger record gets a chunk of its own): a few hundred KB, well under SQLite's 1 GB.
+CHUNK_RECORDS = 4096
+CHUNK_BYTES = 4 << 20
+# close() folds the rows since the checkpoint into it once they are this many, and 1/16
+# of the checkpoint's records (the fold rewrites the chunks they touch).
+FOLD_MIN_ROWS = 16384
 # A put segment this large is sorted by key before insertion: inserting into the clustered
 # B-tree in key order touches each page once instead of randomly (bulk imports).
 SORT_THRESHOLD = 4096
@@ -142,6 +174,12 @@ WAL_PREALLOC = 3 << 20
 
 _SYNCHRONOUS = {"always": "FULL", "everysec": "NORMAL", "never": "OFF"}
 
+# Tables added by format 3 (a format-2 store gains them on open).
+_SCHEMA_3 = (
+    "CREATE TABLE chunks (first BLOB PRIMARY KEY NOT NULL, n INTEGER NOT NULL,"
+    " body BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE deleted (key BLOB PRIMARY KEY NOT NULL, crc INTEGER NOT NULL) WITHOUT ROWID",
+)
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, crc INTEGER NOT NULL)",
     "CREATE TABLE scrolls ("
@@ -153,13 +191,16 @@ _SCHEMA = (
     " crc INTEGER NOT NULL"
     ") WITHOUT ROWID",
     "CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL, crc INTEGER NOT NULL)",
-)
+) + _SCHEMA_3
 
 _PUT_SQL = (
     "INSERT OR REPLACE INTO scrolls (key, content, version, created_at, updated_at, crc)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _DEL_SQL = "DELETE FROM scrolls WHERE key = ?"
+_TOMB_SQL = "INSERT OR REPLACE INTO deleted (key, crc) VALUES (?, ?)"
+_UNTOMB_SQL = "DELETE FROM deleted WHERE key = ?"
+_CHUNK_SQL = "INSERT INTO chunks (first, n, body) VALUES (?, ?, ?)"
 _NAME_SQL = "INSERT OR REPLACE INTO names (id, name, crc) VALUES (?, ?, ?)"
 _META_SQL = "INSERT OR REPLACE INTO meta (key, value, crc) VALUES (?, ?, ?)"
 _SELECT_SQL = (
@@ -185,6 +226,10 @@ def _signed(h: int) -> int:
 def _meta_crc(key: str, value: str) -> int:
     return _signed(_core.xxh64(value.encode(), _core.xxh64(key.encode())))
 
+
+
+def _tomb_crc(key: bytes) -> int:
+    return _signed(_core.xxh64(key))
 
 
 def _name_crc(ident: int, name: str) -> int:
@@ -249,6 +294,10 @@ class Storage:
         self._stop = threading.Event()
         self._sync_error: BaseException | None = None
         self._names: list[str] = []
+        # Keys deleted since the checkpoint (the ``deleted`` table), and how many
+        # records the checkpoint holds: with none, deletions need no record.
+        self._tombstones: set[bytes] = set()
+        self._chunked = 0
         # The commit counter: its file, the next record slot, and what it says.
         self._boot = _boot_id()
         self._counter_fd: int | None = None
@@ -355,12 +404,16 @@ class Storage:
                 version = None if row is None else row[0]
                 if version == "1":
                     self._migrate_v1()
+                elif version == "2":
+                    self._migrate_v2()
                 elif version != str(FORMAT_VERSION):
                     raise StorageError(
                         f"database {self.db_path!r} has format version {version}, this "
-                        f"vtpu reads version {FORMAT_VERSION} (and migrates version 1)"
+                        f"vtpu reads version {FORMAT_VERSION} (and migrates versions 1 "
+                        "and 2)"
                     )
             self.commit_seq = int(self._read_meta()["commit"])
+            self._read_checkpoint_state()
         except StorageError:
             self._rollback_quietly()
             raise
@@ -420,6 +473,35 @@ class Storage:
         conn.execute("COMMIT")
         log.warning("migrated %s from format 1 to %d (%d scrolls, %.1f s)",
                     self.db_path, FORMAT_VERSION, n, time.perf_counter() - t0)
+
+    def _migrate_v2(self) -> None:
+        """Give a format-2 store the checkpoint tables (its rows stay as they are: rows
+        since an empty checkpoint). One transaction, so an interruption changes nothing."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        for stmt in _SCHEMA_3:
+            conn.execute(stmt)
+        self._write_meta({"format_version": str(FORMAT_VERSION)})
+        conn.execute("COMMIT")
+        log.info("%s: format 2 store upgraded to %d", self.db_path, FORMAT_VERSION)
+
+    def _read_checkpoint_state(self) -> None:
+        """Read the deletions since the checkpoint (verified) and its record count.
+
+        :raises StorageError: a deletion record fails its checksum.
+        """
+        tombs = set()
+        for key, crc in self._conn.execute("SELECT key, crc FROM deleted"):
+            if type(key) is not bytes or len(key) != KEY_SIZE or crc != _tomb_crc(key):
+                raise StorageError(
+                    f"database {self.db_path!r} is damaged: the deletion record of "
+                    f"{self._where(key)} fails its checksum; restore the directory from "
+                    "a backup"
+                )
+            tombs.add(key)
+        self._tombstones = tombs
+        self._chunked = self._conn.execute(
+            "SELECT coalesce(sum(n), 0) FROM chunks").fetchone()[0]
 
     def _write_meta(self, items: dict) -> None:
         self._conn.executemany(_META_SQL, [(k, v, _meta_crc(k, v)) for k, v in items.items()])
@@ -579,68 +661,135 @@ class Storage:
 
     # ------------------------------------------------------------------ reading
 
-    def load(self) -> tuple[list[str], Iterator[tuple]]:
+    def load_chunks(self) -> tuple[list[str], list[tuple[int, bytes]]]:
         """Read the whole store back (engine start-up), verifying every checksum.
 
-        :returns: ``(names, rows)``: ``names[i]`` is the name with id ``0xF000 + i``;
-            ``rows`` is an iterator of ``(key, content, version, created_at, updated_at,
-            checksum)`` tuples in key (coordinate) order, read lazily in large batches.
-            Exhaust it before the next write to this Storage.
+        The checkpoint's chunks are read as they are; the rows and deletions since it
+        are merged into them (in the compiled core) when there are any.
+
+        :returns: ``(names, chunks)``: ``names[i]`` is the name with id ``0xF000 + i``;
+            ``chunks`` is a list of ``(n, body)`` holding every stored scroll once, in
+            key (coordinate) order (read them with ``ColumnStore.load_chunks`` or
+            ``_core.chunk_rows``).
         :raises StorageError: the store is closed, the database is unreadable/corrupt or
-            a record fails its checksum (also raised from the iterator, naming the
-            record, when found mid-scan).
+            a record, a chunk or a name fails its checksum (naming it).
         """
         with self._mutex:
             self._check_open()
             try:
                 names = self._read_names()
+                chunks = self._read_chunks()
+                delta = self._read_delta()
+                if delta or self._tombstones:
+                    chunks = self._merge(chunks, delta, self._tombstones)
             except (sqlite3.Error, ValueError) as exc:
-                raise self._db_error("reading the name table", exc) from exc
-        return names, self._iter_rows()
+                raise self._db_error("reading the store", exc) from exc
+            except InterfaceError as exc:   # verified records that do not fit together
+                raise StorageError(f"database {self.db_path!r} is damaged: {exc}; restore "
+                                   "the directory from a backup") from exc
+        return names, chunks
+
+    def load(self) -> tuple[list[str], Iterator[tuple]]:
+        """Read the whole store back as rows (tools, tests), verifying every checksum.
+
+        :returns: ``(names, rows)``: as :meth:`load_chunks`, with ``rows`` an iterator of
+            ``(key, content, version, created_at, updated_at, checksum)`` tuples in key
+            (coordinate) order.
+        :raises StorageError: as :meth:`load_chunks` (everything is verified before the
+            first row is returned).
+        """
+        names, chunks = self.load_chunks()
+        return names, (row for n, body in chunks for row in _core.chunk_rows(body, n))
 
     def iter_batches(self, size: int = LOAD_BATCH) -> Iterator[list[tuple]]:
-        """Yield all rows in key order as lists of up to ``size`` tuples, each batch
-        verified against its checksums.
+        """Yield all rows in key order as lists of ``size`` tuples (the last may be
+        shorter), every one verified against its checksum.
 
         Same rows as :meth:`load`; handy for building arrays a batch at a time.
 
         :param size: rows per batch (default 65536).
         :raises StorageError: closed store, unreadable database or a damaged record.
         """
-        self._check_open()
+        batch: list[tuple] = []
+        for n, body in self.load_chunks()[1]:
+            batch.extend(_core.chunk_rows(body, n))
+            while len(batch) >= size:
+                yield batch[:size]
+                del batch[:size]
+        if batch:
+            yield batch
+
+    def _read_chunks(self) -> list[tuple[int, bytes]]:
+        """The checkpoint's chunks in key order, each verified record by record."""
+        chunks = []
+        last = None
+        cur = self._conn.cursor()
+        try:
+            cur.execute("SELECT first, n, body FROM chunks ORDER BY first")
+            for first, n, body in cur:
+                self._check_chunk(first, n, body)
+                if last is not None and first <= last:
+                    raise StorageError(
+                        f"database {self.db_path!r} is damaged: the checkpoint chunk "
+                        f"starting at {self._where(first)} overlaps the one before it; "
+                        "restore the directory from a backup"
+                    )
+                last = _core.chunk_key(body, n, n - 1)
+                chunks.append((n, body))
+        finally:
+            cur.close()
+        return chunks
+
+    def _read_delta(self, lo: bytes | None = None,
+                    hi: bytes | None = None) -> list[tuple[int, bytes]]:
+        """The rows since the checkpoint with ``lo <= key < hi`` (None: unbounded), in
+        key order, verified (one core call per batch) and packed into chunks as read (a
+        packed record takes less memory than a row of Python objects)."""
+        where, args = _key_range(lo, hi)
+        out: list[tuple[int, bytes]] = []
         cur = self._conn.cursor()  # own cursor: independent of the write path
         try:
-            cur.execute(_SELECT_SQL)
+            cur.execute(_SELECT_SQL.replace(" ORDER BY", where + " ORDER BY"), args)
             while True:
-                batch = cur.fetchmany(size)
+                batch = cur.fetchmany(LOAD_BATCH)
                 if not batch:
-                    return
+                    return out
                 bad = _core.verify_records(batch)
                 if bad >= 0:
-                    raise self._damaged_record(batch[bad])
-                yield batch
-        except (sqlite3.Error, ValueError) as exc:
-            raise self._db_error("reading scrolls", exc) from exc
+                    raise self._damaged_record(batch[bad][0] if batch[bad] else None)
+                out.extend(_core.pack_rows(batch, CHUNK_RECORDS, CHUNK_BYTES))
         finally:
             cur.close()
 
-    def _iter_rows(self) -> Iterator[tuple]:
-        for batch in self.iter_batches():
-            yield from batch
+    @staticmethod
+    def _merge(chunks: list, delta: list, tombstones) -> list[tuple[int, bytes]]:
+        """The chunks with the ``delta`` chunks written over them and the keys in
+        ``tombstones`` removed."""
+        if not chunks and not tombstones:
+            return delta
+        return _core.merge_chunks(chunks, delta, b"".join(sorted(tombstones)),
+                                  CHUNK_RECORDS, CHUNK_BYTES)
 
-    def _damaged_record(self, row: tuple) -> StorageError:
-        key = row[0] if row else None
-        where = repr(key)
-        if type(key) is bytes and len(key) == KEY_SIZE:
-            from .coords import NameTable
+    def _where(self, key) -> str:
+        """A key as a coordinate (with the stored names), else as hex."""
+        if type(key) is not bytes or len(key) != KEY_SIZE:
+            return repr(key)
+        from .coords import NameTable
 
+        if not self._names:
             try:
-                where = _core.format_coord(key, NameTable(self._names))
-            except CoordinateError:
-                where = f"key {key.hex()}"
+                self._read_names()
+            except (StorageError, sqlite3.Error, ValueError):
+                pass
+        try:
+            return _core.format_coord(key, NameTable(self._names))
+        except CoordinateError:
+            return f"key {key.hex()}"
+
+    def _damaged_record(self, key) -> StorageError:
         return StorageError(
-            f"database {self.db_path!r} is damaged: the record at {where} fails its "
-            "checksum; restore the directory from a backup"
+            f"database {self.db_path!r} is damaged: the record at {self._where(key)} fails "
+            "its checksum; restore the directory from a backup"
         )
 
     def _read_names(self) -> list[str]:
@@ -665,14 +814,18 @@ class Storage:
     def count(self) -> int:
         """Number of committed scrolls (pending writes not included).
 
+        Reads the whole store when it has a checkpoint and writes since (tools, tests).
+
         :raises StorageError: closed store or unreadable database.
         """
         with self._mutex:
             self._check_open()
             try:
-                return self._conn.execute("SELECT count(*) FROM scrolls").fetchone()[0]
+                if not self._chunked:
+                    return self._conn.execute("SELECT count(*) FROM scrolls").fetchone()[0]
             except sqlite3.Error as exc:
                 raise self._db_error("counting scrolls", exc) from exc
+        return sum(n for n, _ in self.load_chunks()[1])
 
     # ------------------------------------------------------------------ queueing
 
@@ -785,6 +938,8 @@ class Storage:
             conn = self._conn
             seq = self.commit_seq + 1
             n = 0
+            tombs = self._tombstones
+            undo: list[tuple[bytes, bool]] = []  # (key, was a tombstone) in change order
             try:
                 conn.execute("BEGIN")
                 for kind, payload in segs:
@@ -794,31 +949,155 @@ class Storage:
                             # Stable sort: a key written twice keeps its last row last.
                             payload = sorted(payload, key=_row_key)
                         conn.executemany(_PUT_SQL, payload)
+                        if tombs:
+                            # Written again after a deletion: the row alone now rules.
+                            back = [(r[0],) for r in payload if r[0] in tombs]
+                            if back:
+                                conn.executemany(_UNTOMB_SQL, back)
+                                for (k,) in back:
+                                    if k in tombs:
+                                        tombs.discard(k)
+                                        undo.append((k, True))
                     elif kind == _DEL:
                         conn.executemany(_DEL_SQL, payload)
+                        if self._chunked:
+                            # The checkpoint may hold the key: record the deletion.
+                            gone = [k for (k,) in payload if len(k) == KEY_SIZE]
+                            conn.executemany(_TOMB_SQL, [(k, _tomb_crc(k)) for k in gone])
+                            for k in gone:
+                                if k not in tombs:
+                                    tombs.add(k)
+                                    undo.append((k, False))
                     else:
                         conn.executemany(_NAME_SQL, payload)
-                value = str(seq)
-                conn.execute(_META_SQL, ("commit", value, _meta_crc("commit", value)))
+                self._set_commit(seq)
                 conn.execute("COMMIT")
             except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
                 self._rollback_quietly()
+                for k, was in reversed(undo):
+                    if was:
+                        tombs.add(k)
+                    else:
+                        tombs.discard(k)
                 if isinstance(exc, sqlite3.Error):
                     raise self._db_error("committing a batch", exc) from exc
                 raise StorageError(
                     f"cannot store a queued row in {self.db_path!r}: {exc}"
                 ) from exc
-            self.commit_seq = seq
-            if self.fsync == "always":
-                self.synced_seq = seq
-            self._dirty = True
-            self.commits += 1
-            try:
-                self._write_counter()
-            except OSError as exc:
-                # The batch is stored: report the counter failure with the next commit.
-                self._counter_error = exc
+            self._committed(seq)
             return n
+
+    def _set_commit(self, seq: int) -> None:
+        """Store the commit number ``seq`` (inside the transaction making that commit)."""
+        value = str(seq)
+        self._conn.execute(_META_SQL, ("commit", value, _meta_crc("commit", value)))
+
+    def _committed(self, seq: int) -> None:
+        """Account for commit ``seq`` after SQLite's COMMIT returned: the counter."""
+        self.commit_seq = seq
+        if self.fsync == "always":
+            self.synced_seq = seq
+        self._dirty = True
+        self.commits += 1
+        try:
+            self._write_counter()
+        except OSError as exc:
+            # The batch is stored: report the counter failure with the next commit.
+            self._counter_error = exc
+
+    def fold(self) -> int:
+        """Fold the rows and deletions since the checkpoint into its chunks.
+
+        Commits what is queued first. Only the chunks whose key range holds a row or a
+        deletion since the checkpoint are rewritten; everything happens in one
+        transaction, which is a commit (the commit counter advances), so a failure
+        (disk full ...) changes nothing and the store stays as it was.
+
+        :returns: the number of rows and deletions folded (0: nothing to do).
+        :raises StorageError: on a database failure, a damaged record or chunk, or a
+            closed store.
+        """
+        with self._mutex:
+            self.commit()
+            conn = self._conn
+            try:
+                tombs = sorted(self._tombstones) if self._chunked else []
+                if not tombs and conn.execute("SELECT 1 FROM scrolls LIMIT 1").fetchone() \
+                        is None:
+                    return 0
+                firsts = [r[0] for r in conn.execute("SELECT first FROM chunks ORDER BY first")]
+                seq = self.commit_seq + 1
+                folded = len(tombs)
+                conn.execute("BEGIN IMMEDIATE")
+                # Chunk i covers [firsts[i], firsts[i + 1]); the first also what is below.
+                # One range at a time: memory holds one chunk and the rows over it.
+                for i in range(max(len(firsts), 1)):
+                    lo = firsts[i] if i else None
+                    hi = firsts[i + 1] if i + 1 < len(firsts) else None
+                    t0 = 0 if lo is None else bisect.bisect_left(tombs, lo)
+                    t1 = len(tombs) if hi is None else bisect.bisect_left(tombs, hi)
+                    delta = self._read_delta(lo, hi)
+                    if not delta and t0 == t1:
+                        continue
+                    folded += sum(n for n, _ in delta)
+                    # Free the pages of what is rewritten before writing it again: the
+                    # new chunks reuse them, so the file need not grow by the range.
+                    where, args = _key_range(lo, hi)
+                    conn.execute("DELETE FROM scrolls" + where, args)
+                    base = []
+                    if firsts:
+                        base = [self._read_chunk(firsts[i])]
+                        conn.execute("DELETE FROM chunks WHERE first = ?", (firsts[i],))
+                    new = self._merge(base, delta, tombs[t0:t1])
+                    del delta, base
+                    conn.executemany(_CHUNK_SQL, [(_core.chunk_key(body, n, 0), n, body)
+                                                  for n, body in new])
+                conn.execute("DELETE FROM deleted")
+                chunked = conn.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()[0]
+                self._set_commit(seq)
+                conn.execute("COMMIT")
+            except (sqlite3.Error, ValueError, InterfaceError) as exc:
+                self._rollback_quietly()
+                if isinstance(exc, InterfaceError):
+                    raise StorageError(f"cannot fold {self.db_path!r}: {exc}") from exc
+                raise self._db_error("folding into the checkpoint", exc) from exc
+            except BaseException:
+                self._rollback_quietly()
+                raise
+            self._tombstones = set()
+            self._chunked = chunked
+            self._committed(seq)
+            return folded
+
+    def _read_chunk(self, first: bytes) -> tuple[int, bytes]:
+        """One chunk by its first key, verified."""
+        n, body = self._conn.execute("SELECT n, body FROM chunks WHERE first = ?",
+                                     (first,)).fetchone()
+        self._check_chunk(first, n, body)
+        return n, body
+
+    def _check_chunk(self, first, n, body) -> None:
+        """Verify one chunk row: every record's checksum and order, and that its columns
+        and its row (first key, count) agree.
+
+        :raises StorageError: naming the first damaged record, or the chunk.
+        """
+        ok = type(n) is int and type(body) is bytes and n > 0
+        bad = _core.verify_chunk(body, n) if ok else -2
+        if bad >= 0:
+            raise self._damaged_record(_core.chunk_key(body, n, bad))
+        if bad == -2 or _core.chunk_key(body, n, 0) != first:
+            raise StorageError(
+                f"database {self.db_path!r} is damaged: the checkpoint chunk starting at "
+                f"{self._where(first)} does not add up (its columns or its row are "
+                "damaged); restore the directory from a backup"
+            )
+
+    def _fold_due(self) -> bool:
+        """Whether the rows since the checkpoint are enough to fold (see close())."""
+        since = self._conn.execute("SELECT count(*) FROM scrolls").fetchone()[0] \
+            + len(self._tombstones)
+        return since >= max(FOLD_MIN_ROWS, self._chunked // 16)
 
     def sync(self) -> None:
         """Commit what is queued and force it to stable storage now (any policy).
@@ -834,12 +1113,14 @@ class Storage:
                 raise StorageError(f"cannot sync {self.counter_path!r}: {exc}") from exc
 
     def checkpoint(self) -> None:
-        """Fold the WAL into the database file and truncate it (e.g. after a bulk load).
+        """Fold the rows since the checkpoint into it (:meth:`fold`), then the WAL into
+        the database file, and truncate the WAL (e.g. after a bulk load).
 
         :raises StorageError: on a database failure.
         """
         with self._mutex:
             self._check_open()
+            self.fold()
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error as exc:
@@ -904,6 +1185,7 @@ class Storage:
             try:
                 if self._conn is not None:
                     self.commit()
+                    self._fold_on_close()
                     # The closing checkpoint copies the WAL into the database and deletes
                     # it: let SQLite fsync the database first, whatever the policy.
                     if self.fsync == "never":
@@ -919,6 +1201,16 @@ class Storage:
                 raise self._db_error("closing", exc) from exc
             finally:
                 self._release()
+
+    def _fold_on_close(self) -> None:
+        """Fold when due, so the next start-up reads chunks; a failed fold loses nothing
+        (the rows stay where they are), so it is only logged."""
+        try:
+            if self._fold_due():
+                self.fold()
+        except (StorageError, sqlite3.Error) as exc:
+            log.warning("%s: not folded into the checkpoint on close (%s); the next "
+                        "start-up reads the rows since it one by one", self.path, exc)
 
     def _release(self) -> None:
         self._closed = True
@@ -966,6 +1258,18 @@ class Storage:
                 "from a backup or move it away to start empty"
             )
         return StorageError(f"database {self.db_path!r} failed while {doing}: {exc}")
+
+
+def _key_range(lo: bytes | None, hi: bytes | None) -> tuple[str, list]:
+    """A SQL ``WHERE`` clause (or "") and its arguments for ``lo <= key < hi``."""
+    where, args = [], []
+    if lo is not None:
+        where.append("key >= ?")
+        args.append(lo)
+    if hi is not None:
+        where.append("key < ?")
+        args.append(hi)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
 def _row_key(row: Sequence) -> bytes:

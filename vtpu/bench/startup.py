@@ -2,9 +2,11 @@
 scrolls of 20-byte text (``--scrolls``, default 1M; with ``--big`` also 10M): the time
 from ``vtpu.connect("file://DIR")`` to the first answered ``cget``.
 
-The store is written by one child process and opened by fresh child processes (so the
-timed process has an empty heap and nothing of the store cached in Python; the file is
-in the OS page cache, as after any recent use). Start-up is the median of three opens.
+The store is written by one child process (its close folds the rows into the storage's
+checkpoint chunks, as any clean shutdown after a bulk load does) and opened by fresh
+child processes (so the timed process has an empty heap and nothing of the store cached
+in Python; the file is in the OS page cache, as after any recent use). Start-up is the
+median of three opens.
 """
 
 from __future__ import annotations

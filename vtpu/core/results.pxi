@@ -14,7 +14,7 @@ from cpython.buffer cimport PyBUF_WRITABLE, PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 import numpy as np
-from collections import namedtuple
+from collections import namedtuple as _namedtuple
 from vtpu.errors import InterfaceError
 
 #: The content kinds of :meth:`Scrolls.columns` (one uint8 per item): where and how
@@ -28,7 +28,7 @@ KIND_ARRAY = CK_ARRAY      # numpy array: data[off:off+4] its type id (little-en
 KIND_OBJECT = CK_OBJECT    # any other value: objects[off]
 KIND_PACKED = CK_PACKED    # one msgpack-encoded value: data[off:off+len]
 
-ScrollColumns = namedtuple("ScrollColumns", "keys versions created updated kinds offsets "
+ScrollColumns = _namedtuple("ScrollColumns", "keys versions created updated kinds offsets "
                                             "lengths data objects types")
 ScrollColumns.__doc__ = """The columns a :class:`Scrolls` is held in (see
 :meth:`Scrolls.columns`)."""

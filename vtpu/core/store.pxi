@@ -244,6 +244,12 @@ cdef inline int _key_arg(object key, uint16_t* out) except -1:
     return 0
 
 
+cdef struct _LoadState:
+    uint16_t prev[NDIM]   # the last key appended
+    bint ascending        # every key so far above the one before
+    Py_ssize_t count      # rows read
+
+
 cdef class _Pages:
     """A read-only buffer of pages (vtpu_pages_resize), freed with the object: what the
     sorted run's numpy array is a view of."""
@@ -681,8 +687,6 @@ cdef class ColumnStore:
         r.updated = updated
         return False
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     def load(self, rows):
         """Fill an empty store from a storage's rows, built straight into the layout.
 
@@ -701,57 +705,105 @@ cdef class ColumnStore:
         """
         if self.n:
             raise InterfaceError("load fills an empty store")
-        cdef uint16_t k[NDIM]
-        cdef uint16_t prev[NDIM]
-        cdef bint ascending = True
-        cdef Py_ssize_t count = 0, row, hl, ln
-        cdef const unsigned char* b
-        cdef Row* r
-        cdef uint8_t kind
+        cdef _LoadState st
+        st.ascending = True
+        st.count = 0
         for rec in rows:
             key, blob, version, created, updated = rec[0], rec[1], rec[2], rec[3], rec[4]
-            _key_arg(key, k)
+            if type(key) is not bytes or len(<bytes>key) != KEY_BYTES:
+                raise InterfaceError("a packed coordinate is 18 bytes")
             if type(blob) is not bytes:
-                raise InterfaceError(f"row {count}: a packed content is bytes")
-            if ascending and count and lex_cmp(prev, k) >= 0:
-                ascending = False
-                kh_rebuild(&self.ht, &self.kc, self.meta, self.n, self.live)
-            count += 1
-            if not ascending:
-                self.set(key, blob, version, created, updated, True)
-                continue
-            memcpy(prev, k, KEY_BYTES)
-            b = <const unsigned char*>PyBytes_AS_STRING(blob)
-            ln = len(<bytes>blob)
-            kind, hl = _plain_payload(b, ln)
-            if ln - hl > ROW_MAX_LEN:
-                kind = CK_PACKED   # _set_content keeps it decoded, as an object
-            row = self.n
-            self._reserve_rows(row + 1)
-            r = &self.meta[row]
-            if kind == CK_PACKED:
-                self._set_content(r, blob, True, True)
-            else:
-                r.kind = kind
-                r.len = ln - hl
-                r.off = 0
-                if r.len:
-                    self._reserve_arena(r.len)
-                    r.off = self.arena_n
-                    memcpy(self.arena + self.arena_n, b + hl, r.len)
-                    self.arena_n += r.len
-            memcpy(self.kc.tail + (row - self.kc.m) * NDIM, k, KEY_BYTES)
-            r.version = version
-            r.created = created
-            r.updated = updated
-            self.n += 1
-            self.live += 1
-        if not ascending:
-            self.compact(arena=False)
-            return count
-        if count == 0:
+                raise InterfaceError(f"row {st.count}: a packed content is bytes")
+            self._load_row(&st, <const unsigned char*>PyBytes_AS_STRING(key),
+                           <const unsigned char*>PyBytes_AS_STRING(blob), len(<bytes>blob),
+                           version, created, updated, key, blob)
+        return self._load_end(&st)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def load_chunks(self, chunks):
+        """Fill an empty store from a storage's chunks, as :meth:`load` does from rows.
+
+        :param chunks: an iterable of ``(n, body)`` chunks of records in ascending key
+            order (each is read once, in turn, so a generator may free it after), as
+            :func:`pack_rows` and :func:`merge_chunks` make them (verified by the
+            storage; their checksums are not read here).
+        :returns: the number of records read.
+        :raises InterfaceError: the store is not empty or a chunk does not add up.
+        """
+        if self.n:
+            raise InterfaceError("load fills an empty store")
+        cdef _LoadState st
+        st.ascending = True
+        st.count = 0
+        cdef ChunkView v
+        cdef Py_ssize_t i
+        for n, body in chunks:
+            _view_or_raise(body, n, &v)
+            for i in range(v.n):
+                self._load_row(&st, v.keys + i * KEY_BYTES, v.data + chunk_start(&v, i),
+                               chunk_len(&v, i), <int64_t>_get_le64(v.versions + 8 * i),
+                               _get_f64(v.created + 8 * i), _get_f64(v.updated + 8 * i),
+                               None, None)
+        return self._load_end(&st)
+
+    cdef int _load_row(self, _LoadState* st, const unsigned char* key,
+                       const unsigned char* b, Py_ssize_t ln, int64_t version,
+                       double created, double updated, object pykey,
+                       object blob) except -1:
+        """One row of a load: appended in place while keys ascend, else :meth:`set`.
+        ``pykey``/``blob`` are the key and content as bytes, or None (made if needed)."""
+        cdef uint16_t k[NDIM]
+        cdef Py_ssize_t row, hl
+        cdef uint8_t kind
+        cdef Row* r
+        _unpack_row(key, k)
+        if st.ascending and st.count and lex_cmp(st.prev, k) >= 0:
+            st.ascending = False
+            kh_rebuild(&self.ht, &self.kc, self.meta, self.n, self.live)
+        st.count += 1
+        if blob is None and not st.ascending:
+            pykey = PyBytes_FromStringAndSize(<const char*>key, KEY_BYTES)
+            blob = PyBytes_FromStringAndSize(<const char*>b, ln)
+        if not st.ascending:
+            self.set(pykey, blob, version, created, updated, True)
             return 0
-        # The tail holds every row in key order: it becomes the run as it is.
+        memcpy(st.prev, k, KEY_BYTES)
+        kind, hl = _plain_payload(b, ln)
+        if kind == CK_PACKED:
+            hl = 0   # kept encoded, whole
+        row = self.n
+        self._reserve_rows(row + 1)
+        r = &self.meta[row]
+        if ln - hl > ROW_MAX_LEN:
+            # Too large for the arena: _set_content keeps it decoded, as an object.
+            if blob is None:
+                blob = PyBytes_FromStringAndSize(<const char*>b, ln)
+            self._set_content(r, blob, True, True)
+        else:
+            r.kind = kind
+            r.len = ln - hl
+            r.off = 0
+            if r.len:
+                self._reserve_arena(r.len)
+                r.off = self.arena_n
+                memcpy(self.arena + self.arena_n, b + hl, r.len)
+                self.arena_n += r.len
+        memcpy(self.kc.tail + (row - self.kc.m) * NDIM, k, KEY_BYTES)
+        r.version = version
+        r.created = created
+        r.updated = updated
+        self.n += 1
+        self.live += 1
+        return 0
+
+    cdef Py_ssize_t _load_end(self, _LoadState* st) except -1:
+        """Finish a load: sort what came out of order, else the tail becomes the run."""
+        if not st.ascending:
+            self.compact(arena=False)
+            return st.count
+        if st.count == 0:
+            return 0
         cdef _Pages pages = _Pages()
         pages.p = self.kc.tail
         pages.n = self.n * KEY_BYTES
@@ -761,7 +813,7 @@ cdef class ColumnStore:
         self.tail_cap = 0
         self._set_run(pages, self.n)
         kh_rebuild(&self.ht, &self.kc, self.meta, self.n, self.live)
-        return count
+        return st.count
 
     cdef int _kill(self, Py_ssize_t row) except -1:
         cdef Row* r = &self.meta[row]
