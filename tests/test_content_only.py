@@ -249,9 +249,10 @@ def test_engine_get_many_budget_refuses_before_copying(content_only):
     e.put(cs[:18], [b"o" * 1000] * 50)
     want = e.get_many(cs, content_only)
     reply = len(P.packb(want) if content_only else P.encode_scrolls(want))
-    got = e.get_many(cs, content_only, max_bytes=2 * reply)
+    got = e.get_many_within(cs, content_only=content_only, max_bytes=2 * reply)
     assert len(got) == len(want) and all(map(same, list(got), list(want)))
     for budget in (reply // 2, reply - 51000, 0):   # the last two: without the object
         with pytest.raises(LimitError):
-            e.get_many(cs, content_only, max_bytes=budget)
-    assert len(e.get_many(cs[18:], content_only, max_bytes=reply - 45000)) == len(MIXED)
+            e.get_many_within(cs, content_only=content_only, max_bytes=budget)
+    small = e.get_many_within(cs[18:], content_only=content_only, max_bytes=reply - 45000)
+    assert len(small) == len(MIXED)

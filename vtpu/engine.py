@@ -608,17 +608,28 @@ class Engine:
             key = check_key(key)
         return self._map.get(key)
 
-    def get_many(self, blob: bytes, content_only: bool = False,
-                 max_bytes: int | None = None):
+    def get_many(self, blob: bytes, content_only: bool = False):
         """Batched CGET over an N*18-byte blob, in one core call.
 
         :param blob: N*18 bytes of packed keys.
         :param content_only: return the contents only, not scrolls.
-        :param max_bytes: refuse, before anything is copied, a result whose reply would
-            pass this many bytes (about: see :func:`estimate_wire_size`).
         :returns: a :class:`~vtpu.results.Scrolls` of N items, None where nothing is
             stored; with ``content_only`` a list of N contents, None where nothing is
             stored.
+        :raises InterfaceError: the blob is not a multiple of 18 bytes.
+        """
+        return self.get_many_within(blob, None, content_only)
+
+    def get_many_within(self, blob: bytes, max_bytes: int | None,
+                        content_only: bool = False):
+        """:meth:`get_many` with a reply budget (the server's GET_MANY): a result whose
+        reply would pass ``max_bytes`` is refused before anything is copied.
+
+        :param blob: N*18 bytes of packed keys.
+        :param max_bytes: the budget in reply bytes (about: see
+            :func:`estimate_wire_size`), or None for none.
+        :param content_only: as :meth:`get_many`.
+        :returns: as :meth:`get_many`.
         :raises InterfaceError: the blob is not a multiple of 18 bytes.
         :raises LimitError: the reply would pass ``max_bytes``.
         """

@@ -281,8 +281,8 @@ class _Dispatcher:
         limit = self.caller.out_limit
         if _bool(_opt(a, 1), "content_only"):
             # Values only: one array of N contents (nil where nothing is stored).
-            return list(self.engine.get_many(blob, content_only=True, max_bytes=limit))
-        return ScrollResult(self.engine.get_many(blob, max_bytes=limit))
+            return list(self.engine.get_many_within(blob, limit, content_only=True))
+        return ScrollResult(self.engine.get_many_within(blob, limit))
 
     def put_many(self, a: list) -> list:
         _nargs(a, 2, 2)
