@@ -563,7 +563,9 @@ class _Connection(asyncio.Protocol):
         self.names_at = self.opened
         self.peer = None
         self.job: _Job | None = None  # a request in steps running for this connection
-        self.slice_end = 0.0  # until when this read may run a request's first slice
+        # Until when this read may run a request's first slice (0: no request in steps
+        # has started in this read yet).
+        self.slice_end = 0.0
         self.request_timeout: float | None = None  # HELLO's timeout_ms, in seconds
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -638,8 +640,7 @@ class _Connection(asyncio.Protocol):
         wrote = False
         used = 0  # SLICE_UNITS spent
         more = False  # stopped at a limit, not for want of complete frames
-        # Requests in steps run their first slice at once only within this much time.
-        self.slice_end = time.perf_counter() + SLICE_SECONDS
+        self.slice_end = 0.0  # a request in steps of this read starts the clock (_Job)
         try:
             if self.backlog is not None:
                 msgids, keys = self.backlog
@@ -1027,7 +1028,8 @@ class _Server:
         :returns: ``(reply frames, rest)``: the frames of the first requests, and
             ``(msgids, keys)`` of those not answered yet, or ``None``.
         """
-        budget = max(1, budget)
+        if budget < 1:
+            budget = 1
         if conn.authed:
             try:
                 if len(msgids) > 1:
@@ -1043,6 +1045,8 @@ class _Server:
                         return frames, (more[0] + msgids[n:], more[1] + keys[cut:])
                 scrolls = [self._get(keys)] if len(msgids) == 1 else self._get_many(keys)
                 frames, n = P.encode_get_replies(msgids, scrolls, conn.out_limit, budget)
+                if n == len(msgids):
+                    return frames, None
                 return frames, _rest(msgids, keys, n)
             except Exception:
                 pass  # answered one by one below, each with its own error
@@ -1382,7 +1386,12 @@ class _Job:
         else ``(None, wrote)``: the job goes on from the loop and answers, then resumes
         the connection, by itself."""
         conn = self.conn
-        if time.perf_counter() < conn.slice_end:
+        now = time.perf_counter()
+        if not conn.slice_end:
+            # The first request in steps of this read: the requests in steps of one read
+            # share SLICE_SECONDS from now for their first slices.
+            conn.slice_end = now + SLICE_SECONDS
+        if now < conn.slice_end:
             done = self._slice()
             if done is not None:
                 return done
