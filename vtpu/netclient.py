@@ -418,20 +418,14 @@ class RemoteEngine(ClientOps):
             sock.settimeout(seconds)
         self._sock_timeout = seconds
 
-    def _sendall(self, data: bytes, deadline: float | None) -> None:
-        """Send all of ``data`` (the socket's timeout already set for ``deadline``)."""
-        sock = self._sock
-        if not self._kernel_timeouts:
-            sock.sendall(data)  # the socket's timeout bounds the whole sendall
-            return
-        # A kernel timeout bounds one send() call, and a send that made progress starts
-        # the next with a fresh timeout: between partial sends the deadline is applied.
-        n = sock.send(data)
-        if n < len(data):
-            view = memoryview(data)
-            while n < len(view):
-                self._set_timeout(deadline)
-                n += sock.send(view[n:])
+    def _send_rest(self, data: bytes, sent: int, deadline: float | None) -> None:
+        """Send ``data[sent:]``, after a ``send()`` that took only the first ``sent``
+        bytes. A socket timeout bounds one ``send()``, and one that made progress starts
+        the next with a fresh timeout: the deadline is applied between them."""
+        view = memoryview(data)
+        while sent < len(view):
+            self._set_timeout(deadline)
+            sent += self._sock.send(view[sent:])
 
     def _fill(self, deadline: float | None) -> None:
         """Receive at least one more byte into the session's buffer."""
@@ -453,7 +447,9 @@ class RemoteEngine(ClientOps):
             out = s.data_to_send()
             if out:
                 self._set_timeout(deadline)
-                self._sendall(out, deadline)
+                n = self._sock.send(out)
+                if n < len(out):
+                    self._send_rest(out, n, deadline)
             self._fill(deadline)
 
     # -- calls ---------------------------------------------------------------------------------
@@ -494,7 +490,9 @@ class RemoteEngine(ClientOps):
             m, frame = encode(arg)
             try:
                 self._set_timeout(deadline, now)
-                self._sendall(frame, deadline)
+                n = sock.send(frame)
+                if n < len(frame):
+                    self._send_rest(frame, n, deadline)
                 n = sock.recv_into(s.get_buffer())
                 while True:
                     if not n:
