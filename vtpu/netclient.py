@@ -604,7 +604,7 @@ class Pipeline(ClientOps):
             self._timeout = timeout if self._timeout is None else max(self._timeout, timeout)
         if op != "GET":
             self._gets_only = False
-            if not idempotent(op):
+            if self._idempotent and not idempotent(op):
                 self._idempotent = False
         self._queue.append((op, args, decode))
         return self

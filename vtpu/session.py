@@ -529,7 +529,7 @@ class Session:
                 inflight.popleft()
             else:
                 inflight.remove(ex)
-        self._check_done(ex, done)
+            self._check_done(ex, done)  # (not done while a reply is still to be read)
 
     def _check_done(self, ex: Exchange, done: list) -> None:
         if ex.remaining == 0 and ex.next == ex.nwire and not ex.done:
@@ -765,6 +765,8 @@ def as_key(key: Any, what: str = "key") -> bytes:
 
     :raises InterfaceError: anything else.
     """
+    if type(key) is bytes and len(key) == KEY_SIZE:
+        return key  # already one (the common case of a pipeline queued by the thousand)
     return check_key(key, what)
 
 
