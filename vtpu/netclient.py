@@ -14,10 +14,10 @@ Connection contract
     * Every call has a deadline on :func:`time.monotonic` (``timeout``, or the per-call
       ``timeout=``); a call made of several round trips (a paged RANGE) shares one budget.
       A plaintext TCP socket stays in blocking mode and the kernel enforces the deadline
-      (``SO_RCVTIMEO``/``SO_SNDTIMEO``): CPython polls before every ``recv`` and ``send``
-      on a socket that has a timeout, two system calls per round trip this way saves.
-      A TLS socket keeps ``settimeout()`` (OpenSSL retries a read that timed out in the
-      kernel on a blocking socket instead of failing it).
+      (``SO_RCVTIMEO``/``SO_SNDTIMEO``): CPython calls ``poll()`` before every ``recv``
+      and ``send`` on a socket that has a timeout, and a blocking socket saves those two
+      system calls per round trip. A TLS socket keeps ``settimeout()`` (OpenSSL retries
+      a read that timed out in the kernel on a blocking socket instead of failing it).
     * Socket errors are translated in one helper
       (:func:`vtpu.errors.translate_socket_error`): a timeout becomes
       :class:`vtpu.errors.TimeoutError`, any other ``OSError``
