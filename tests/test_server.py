@@ -390,6 +390,29 @@ def test_call_timeout_closes_and_reconnects():
         r.close()
 
 
+def test_send_timeout_when_the_server_reads_nothing():
+    # The server's loop is stuck, so it reads nothing: a PUT larger than the socket
+    # buffers cannot be sent, and its deadline ends it (the send is bounded, not only
+    # the wait for the reply); the connection is dropped and the next call reconnects.
+    eng = SlowEngine()
+    eng.gate = threading.Event()
+    with ServerThread(eng) as st:
+        r = RemoteEngine(port=st.port, timeout=20)
+        blocker = RemoteEngine(port=st.port, timeout=20)
+        k = key("1.1.1/1.1.1/1.1.1")
+        r.put(k, "v")
+        with pytest.raises(E.TimeoutError):
+            blocker.get(SlowEngine.SLOW, timeout=0.2)   # the loop now waits for the gate
+        big = np.zeros(16 << 20, dtype=np.uint8)
+        with pytest.raises(E.TimeoutError):
+            r.put(k, big, timeout=0.5)
+        assert not r.connected
+        eng.gate.set()
+        assert r.get(k).content == "v"
+        r.close()
+        blocker.close()
+
+
 def test_reconnect_after_server_restart():
     eng = Engine()
     st = ServerThread(eng).start()

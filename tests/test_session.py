@@ -16,7 +16,7 @@ from vtpu import errors as E
 from vtpu import protocol as P
 from vtpu.coords import NameTable, Scroll
 from vtpu.retry import ConstantBackoff, ExponentialWithJitterBackoff, NoBackoff, Retry
-from vtpu.session import ClientOps, Session, finish
+from vtpu.session import ClientOps, Session, finish, reply_value
 
 KEYS = [bytes([0, 7, 0, 0, 0, i]) + bytes(12) for i in range(1, 41)]
 ALL = np.array([[0] * 9, [0xFFFF] * 9], np.uint16)
@@ -63,9 +63,9 @@ def test_get_roundtrip_fed_a_byte_at_a_time():
     data = reply(m, scroll_wire(KEYS[0], "hello", 3))
     for b in data[:-1]:
         s.feed(bytes([b]))
-        assert s.read_reply(m) is None
+        assert s.read_get_reply(m) is None
     s.feed(data[-1:])
-    got = s.scroll_reply(s.read_reply(m))
+    got = reply_value(s.read_get_reply(m))
     assert isinstance(got, Scroll) and (got.key, got.content, got.version) == (KEYS[0], "hello", 3)
     assert s.buffered() == 0
 
@@ -74,13 +74,38 @@ def test_error_reply_and_missing_scroll():
     s = Session()
     m, _ = s.encode_get(KEYS[0])
     s.feed(reply(m, None))
-    assert s.scroll_reply(s.read_reply(m)) is None
+    assert s.read_get_reply(m) == (True, None)
     m, _ = s.encode_put([KEYS[0], "x", 4])
     s.feed(P.encode_error(m, "CONFLICT", "PUT: version conflict"))
     ok, value = s.read_reply(m)
     assert not ok and value == ("CONFLICT", "PUT: version conflict")
     with pytest.raises(E.VersionConflict):
-        s.scroll_reply((ok, value))
+        reply_value((ok, value))
+    # A GET's error reply, and a scroll in another valid encoding (a msgpack array16
+    # header), which the generic reader decodes.
+    m, _ = s.encode_get(KEYS[0])
+    s.feed(P.encode_error(m, "ARG", "GET: bad key"))
+    assert s.read_get_reply(m) == (False, ("ARG", "GET: bad key"))
+    m, _ = s.encode_get(KEYS[0])
+    body = bytes([0x93, m, 0x00, 0xDC, 0, 5]) + P.packb(KEYS[0]) + P.packb("y") \
+        + P.packb(7) + P.packb(1.5) + P.packb(2.5)
+    s.feed(len(body).to_bytes(4, "big") + body)
+    got = reply_value(s.read_get_reply(m))
+    assert (got.key, got.content, got.version, got.updated_at) == (KEYS[0], "y", 7, 2.5)
+    assert s.buffered() == 0
+
+
+def test_get_reply_after_a_push_and_with_a_wrong_msgid():
+    pushes = []
+    s = Session(on_push=lambda kind, payload: pushes.append((kind, payload)))
+    m, _ = s.encode_get(KEYS[0])
+    s.feed(P.encode_push("invalidate", KEYS[1]) + reply(m, scroll_wire(KEYS[0], "z", 2)))
+    got = reply_value(s.read_get_reply(m))
+    assert pushes == [("invalidate", KEYS[1])] and (got.content, got.version) == ("z", 2)
+    m, _ = s.encode_get(KEYS[0])
+    s.feed(reply(m + 5, None))
+    with pytest.raises(E.ProtocolError):
+        s.read_get_reply(m)
 
 
 def test_msgids_wrap_to_one_and_never_wrap_inside_a_write():
@@ -214,9 +239,9 @@ def test_a_reply_larger_than_the_receive_buffer():
     m, _ = s.encode_get(KEYS[0])
     data = reply(m, scroll_wire(KEYS[0], big))
     for i in range(0, len(data), 65536):
-        assert s.read_reply(m) is None
+        assert s.read_get_reply(m) is None
         s.feed(data[i:i + 65536])
-    assert s.scroll_reply(s.read_reply(m)).content == big
+    assert reply_value(s.read_get_reply(m)).content == big
 
 
 def test_many_replies_fed_at_once_and_in_odd_pieces():

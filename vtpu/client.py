@@ -1024,7 +1024,7 @@ class ClientPipeline:
                 raw = self._pipe.execute()
         else:
             raw = self._pipe.execute()
-        if all(slot is None for slot in slots):
+        if slots.count(None) == len(slots):
             results = raw  # cget/cput only: the backend's results are the results
         else:
             results = []

@@ -226,7 +226,9 @@ def translate_socket_error(exc: BaseException, where: str) -> VTPUError:
     if isinstance(exc, VTPUError):
         return exc
     aio = sys.modules.get("asyncio")
-    if isinstance(exc, (builtins.TimeoutError, socket.timeout)) or (
+    # BlockingIOError (EAGAIN) from a blocking socket: its kernel timeout (SO_RCVTIMEO /
+    # SO_SNDTIMEO, as the sync client sets them) expired.
+    if isinstance(exc, (builtins.TimeoutError, socket.timeout, BlockingIOError)) or (
         aio is not None and isinstance(exc, aio.TimeoutError)
     ):
         return TimeoutError(f"{where} timed out")

@@ -13,6 +13,11 @@ Connection contract
       NAMES in one write and waits for both answers, all within ``connect_timeout``.
     * Every call has a deadline on :func:`time.monotonic` (``timeout``, or the per-call
       ``timeout=``); a call made of several round trips (a paged RANGE) shares one budget.
+      A plaintext TCP socket stays in blocking mode and the kernel enforces the deadline
+      (``SO_RCVTIMEO``/``SO_SNDTIMEO``): CPython calls ``poll()`` before every ``recv``
+      and ``send`` on a socket that has a timeout, and a blocking socket saves those two
+      system calls per round trip. A TLS socket keeps ``settimeout()`` (OpenSSL retries
+      a read that timed out in the kernel on a blocking socket instead of failing it).
     * Socket errors are translated in one helper
       (:func:`vtpu.errors.translate_socket_error`): a timeout becomes
       :class:`vtpu.errors.TimeoutError`, any other ``OSError``
@@ -36,6 +41,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -65,6 +71,21 @@ DEFAULT_TIMEOUT = 30.0
 IDLE_CHECK_SECONDS = 1.0
 
 _monotonic = time.monotonic
+
+# Deadlines enforced by the kernel (see the module docstring) where SO_RCVTIMEO takes a
+# struct timeval; Windows takes milliseconds in a DWORD and keeps settimeout().
+_KERNEL_TIMEOUTS = sys.platform != "win32" and hasattr(socket, "SO_RCVTIMEO")
+_TIMEVAL = struct.Struct("@ll")
+
+
+def _timeval(seconds: float | None) -> bytes:
+    """``seconds`` as a struct timeval for SO_RCVTIMEO/SO_SNDTIMEO (None: no timeout; a
+    positive time never rounds down to 0, which would mean none)."""
+    if seconds is None:
+        return _TIMEVAL.pack(0, 0)
+    sec = int(seconds)
+    usec = int((seconds - sec) * 1e6)
+    return _TIMEVAL.pack(sec, usec if sec or usec else 1)
 
 # Fork detection without a system call per request (os.getpid() is not cached by
 # glibc): the child bumps a generation counter, connections remember theirs.
@@ -204,7 +225,10 @@ class RemoteEngine(ClientOps):
         self._pid = os.getpid()
         self._gen = _fork_gen[0]
         self._sock: Any = None
-        self._sock_timeout: float | None = -1.0  # what settimeout() was last given
+        # The per-operation timeout in force on the socket (-1: not set yet, 0: left
+        # non-blocking by the idle check), and whether the kernel enforces it.
+        self._sock_timeout: float | None = -1.0
+        self._kernel_timeouts = False
         self._last_io = 0.0
 
     @property
@@ -282,14 +306,16 @@ class RemoteEngine(ClientOps):
                 sock = socket.create_connection(addr, timeout=t)
         except OSError as exc:
             raise E.translate_socket_error(exc, self._where("connect to")) from exc
+        tcp = True
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
-            pass  # not TCP (a test double or a unix socket): nothing to tune
+            tcp = False  # not TCP (a test double or a unix socket): nothing to tune
         if self.ssl_context is not None:
             sock = self._tls_handshake(sock, deadline)
         self._sock = sock
         self._sock_timeout = -1.0
+        self._kernel_timeouts = tcp and _KERNEL_TIMEOUTS and self.ssl_context is None
         s = self.session
         s.reset()
         try:
@@ -360,8 +386,8 @@ class RemoteEngine(ClientOps):
             return True
 
     # -- raw I/O --------------------------------------------------------------------------------
-    def _set_timeout(self, deadline: float | None) -> None:
-        # settimeout() is a system call, so the common case must not need one: the
+    def _set_timeout(self, deadline: float | None, now: float | None = None) -> None:
+        # Setting a timeout is a system call, so the common case must not need one: the
         # socket keeps its current timeout while that still fits the remaining budget
         # with some slack, and is lowered to the remaining time only near the deadline.
         # (Each blocking operation is thereby bounded by the deadline plus at most a
@@ -369,15 +395,37 @@ class RemoteEngine(ClientOps):
         cur = self._sock_timeout
         if deadline is None:
             if cur is not None:
-                self._sock.settimeout(None)
-                self._sock_timeout = None
+                self._apply_timeout(None)
             return
-        left = deadline - _monotonic()
+        left = deadline - (_monotonic() if now is None else now)
         if left <= 0:
             raise E.TimeoutError(f"call to {self.host}:{self.port} timed out")
         if cur is None or cur <= 0 or left < cur * 0.75 or left > cur * 4:
-            self._sock.settimeout(left)
-            self._sock_timeout = left
+            self._apply_timeout(left)
+
+    def _apply_timeout(self, seconds: float | None) -> None:
+        """Bound each blocking socket operation by ``seconds`` (None: wait forever)."""
+        sock = self._sock
+        if self._kernel_timeouts:
+            # Blocking mode (the idle check may have left the socket non-blocking); a
+            # timed-out operation then fails with EAGAIN, which the socket error
+            # translation reports as a timeout.
+            sock.settimeout(None)
+            tv = _timeval(seconds)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        else:
+            sock.settimeout(seconds)
+        self._sock_timeout = seconds
+
+    def _send_rest(self, data: bytes, sent: int, deadline: float | None) -> None:
+        """Send ``data[sent:]``, after a ``send()`` that took only the first ``sent``
+        bytes. A socket timeout bounds one ``send()``, and one that made progress starts
+        the next with a fresh timeout: the deadline is applied between them."""
+        view = memoryview(data)
+        while sent < len(view):
+            self._set_timeout(deadline)
+            sent += self._sock.send(view[sent:])
 
     def _fill(self, deadline: float | None) -> None:
         """Receive at least one more byte into the session's buffer."""
@@ -392,7 +440,6 @@ class RemoteEngine(ClientOps):
         """Send what the session queued and read until ``ex`` is done (continuation
         requests the session queues meanwhile are sent as they appear)."""
         s = self.session
-        sock = self._sock
         while True:
             s.receive()
             if ex.done:
@@ -400,7 +447,9 @@ class RemoteEngine(ClientOps):
             out = s.data_to_send()
             if out:
                 self._set_timeout(deadline)
-                sock.sendall(out)
+                n = self._sock.send(out)
+                if n < len(out):
+                    self._send_rest(out, n, deadline)
             self._fill(deadline)
 
     # -- calls ---------------------------------------------------------------------------------
@@ -424,35 +473,44 @@ class RemoteEngine(ClientOps):
             except E.VTPUError as again:
                 exc = again
 
-    def _roundtrip(self, encode: Callable[[Any], tuple], arg: Any,
-                   deadline: float | None) -> tuple[bool, Any]:
+    def _roundtrip(self, encode: Callable[[Any], tuple], read: Callable[[int], Any],
+                   arg: Any, deadline: float | None) -> tuple[bool, Any]:
         """One request outside any exchange (the hot GET/PUT): encode under the lock,
-        send, read its reply. Closes the socket on any failure."""
+        send, read its reply with ``read(msgid)`` (a session reader returning None until
+        the reply is in). Closes the socket on any failure."""
         with self._lock:
+            # One clock read serves the idle check, the timeout and the idle mark (the
+            # call's start: a long call only makes the next idle check come sooner).
+            now = _monotonic()
             sock = self._sock
             if (sock is None or self._gen != _fork_gen[0]
-                    or _monotonic() - self._last_io > IDLE_CHECK_SECONDS):
+                    or now - self._last_io > IDLE_CHECK_SECONDS):
                 sock = self._ensure()
             s = self.session
             m, frame = encode(arg)
             try:
-                self._set_timeout(deadline)
-                sock.sendall(frame)
-                r = s.read_reply(m)
-                while r is None:
-                    n = sock.recv_into(s.get_buffer())
+                self._set_timeout(deadline, now)
+                n = sock.send(frame)
+                if n < len(frame):
+                    self._send_rest(frame, n, deadline)
+                n = sock.recv_into(s.get_buffer())
+                while True:
                     if not n:
                         raise E.ConnectionError(
                             f"server {self.host}:{self.port} closed the connection")
                     s.buffer_updated(n)
-                    r = s.read_reply(m)
+                    r = read(m)
+                    if r is not None:
+                        break
+                    self._set_timeout(deadline)
+                    n = sock.recv_into(s.get_buffer())
             except BaseException as exc:
                 # Whatever happened, the stream may hold half a reply: never reuse it.
                 self._drop()
                 if isinstance(exc, OSError) and not isinstance(exc, E.VTPUError):
                     raise E.translate_socket_error(exc, self._where("call to")) from exc
                 raise
-            self._last_io = _monotonic()
+            self._last_io = now
             return r
 
     def _exchange(self, entries: list, batch: bool, gets_only: bool | None,
@@ -491,10 +549,11 @@ class RemoteEngine(ClientOps):
         deadline = None if t is None else _monotonic() + t
         s = self.session
         try:
-            r = self._roundtrip(s.encode_get, key, deadline)
+            r = self._roundtrip(s.encode_get, s.read_get_reply, key, deadline)
         except E.VTPUError as exc:
-            r = self._retry(exc, self._roundtrip, (s.encode_get, key), True, deadline)
-        return s.scroll_reply(r)
+            r = self._retry(exc, self._roundtrip, (s.encode_get, s.read_get_reply, key), True,
+                            deadline)
+        return reply_value(r)
 
     def put(self, key: bytes, content: Any, if_version: int | None = None, *,
             timeout: float | None = None) -> int:
@@ -504,7 +563,8 @@ class RemoteEngine(ClientOps):
         args = [key, content] if if_version is None else [key, content, if_version]
         t = self.timeout if timeout is None else timeout
         # A PUT is never retried: it may have been applied before the connection broke.
-        return reply_value(self._roundtrip(self.session.encode_put, args,
+        s = self.session
+        return reply_value(self._roundtrip(s.encode_put, s.read_reply, args,
                                            None if t is None else _monotonic() + t))
 
     # -- pipelines --------------------------------------------------------------------------------
@@ -544,7 +604,7 @@ class Pipeline(ClientOps):
             self._timeout = timeout if self._timeout is None else max(self._timeout, timeout)
         if op != "GET":
             self._gets_only = False
-            if not idempotent(op):
+            if self._idempotent and not idempotent(op):
                 self._idempotent = False
         self._queue.append((op, args, decode))
         return self

@@ -76,9 +76,13 @@ DEFAULT_PAGE_SIZE = 1024
 # Operations per BATCH frame. A BATCH is decoded in one go before its first operation
 # runs (its operations then run in steps): this bounds that to a few tens of ms.
 DEFAULT_MAX_BATCH = 10_000
-# Frames handled per read before yielding to the loop, so one client pipelining
-# thousands of requests cannot starve the others.
-FRAMES_PER_SLICE = 128
+# Work done per read before yielding to the loop, so one client pipelining thousands of
+# requests cannot starve the others: at most SLICE_UNITS, where a request handled on its
+# own costs REQUEST_UNITS and each request of a run of plain GETs or PUTs costs one (a
+# run is one engine call and one encoder call, about an eighth of the cost per request).
+# So a slice is 128 requests of any kind, or a run of up to 1024 GETs or PUTs.
+SLICE_UNITS = 1024
+REQUEST_UNITS = 8
 SWEEP_SECONDS = 1.0  # how often connections are checked against the time limits
 CLOSE_GRACE_SECONDS = 5.0  # a connection closed for a limit is aborted if still open then
 MiB = 1024 * 1024
@@ -559,7 +563,9 @@ class _Connection(asyncio.Protocol):
         self.names_at = self.opened
         self.peer = None
         self.job: _Job | None = None  # a request in steps running for this connection
-        self.slice_end = 0.0  # until when this read may run a request's first slice
+        # Until when this read may run a request's first slice (0: no request in steps
+        # has started in this read yet).
+        self.slice_end = 0.0
         self.request_timeout: float | None = None  # HELLO's timeout_ms, in seconds
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -623,7 +629,7 @@ class _Connection(asyncio.Protocol):
         self._process()
 
     def _process(self) -> None:
-        """Answer buffered requests: at most FRAMES_PER_SLICE of them and about
+        """Answer buffered requests: at most SLICE_UNITS of work and about
         ``slice_bytes`` of replies, then let the loop's other callbacks run first."""
         server = self.server
         dec = self.decoder
@@ -632,26 +638,25 @@ class _Connection(asyncio.Protocol):
         out: list[bytes] = []
         size = 0
         wrote = False
-        handled = 0
+        used = 0  # SLICE_UNITS spent
         more = False  # stopped at a limit, not for want of complete frames
-        # Requests in steps run their first slice at once only within this much time.
-        self.slice_end = time.perf_counter() + SLICE_SECONDS
+        self.slice_end = 0.0  # a request in steps of this read starts the clock (_Job)
         try:
             if self.backlog is not None:
                 msgids, keys = self.backlog
-                handled = len(msgids)
+                used = len(msgids)
                 frame, self.backlog = server.get_run(self, msgids, keys, budget)
                 out.append(frame)
                 size = len(frame)
             while self.backlog is None:
-                if handled >= FRAMES_PER_SLICE or size >= budget:
+                if used >= SLICE_UNITS or size >= budget:
                     more = True
                     break
                 try:
-                    item = take(FRAMES_PER_SLICE - handled)
+                    item = take(SLICE_UNITS - used)
                 except P.RequestError as exc:
                     # The frame boundary is intact: a bad request, the connection survives.
-                    handled += 1
+                    used += REQUEST_UNITS
                     out.append(P.encode_error(exc.msgid, exc.code, str(exc), self.out_limit))
                     continue
                 if item is None:
@@ -659,7 +664,7 @@ class _Connection(asyncio.Protocol):
                 if len(item) == 4:
                     # A run of plain GETs or PUTs: one engine call, one encoder call.
                     op, msgids, keys, contents = item
-                    handled += len(msgids)
+                    used += len(msgids)
                     if contents is None:
                         frame, self.backlog = server.get_run(self, msgids, keys, budget - size)
                         out.append(frame)
@@ -667,7 +672,7 @@ class _Connection(asyncio.Protocol):
                         continue
                     frame, w = server.put_run(self, msgids, keys, contents)
                 else:
-                    handled += 1
+                    used += REQUEST_UNITS
                     frame, w = server.handle(self, item[0], item[1], item[2])
                     if frame is None:
                         # A request in steps goes on from the loop: it answers, then
@@ -700,7 +705,7 @@ class _Connection(asyncio.Protocol):
             self._yield()
         elif not dec.buffered():
             self.partial_since = 0.0
-        elif handled or not self.partial_since:
+        elif used or not self.partial_since:
             self.partial_since = self.last_rx  # a frame has begun; the rest must follow
 
     def _yield(self) -> None:
@@ -1023,7 +1028,8 @@ class _Server:
         :returns: ``(reply frames, rest)``: the frames of the first requests, and
             ``(msgids, keys)`` of those not answered yet, or ``None``.
         """
-        budget = max(1, budget)
+        if budget < 1:
+            budget = 1
         if conn.authed:
             try:
                 if len(msgids) > 1:
@@ -1039,6 +1045,8 @@ class _Server:
                         return frames, (more[0] + msgids[n:], more[1] + keys[cut:])
                 scrolls = [self._get(keys)] if len(msgids) == 1 else self._get_many(keys)
                 frames, n = P.encode_get_replies(msgids, scrolls, conn.out_limit, budget)
+                if n == len(msgids):
+                    return frames, None
                 return frames, _rest(msgids, keys, n)
             except Exception:
                 pass  # answered one by one below, each with its own error
@@ -1378,7 +1386,12 @@ class _Job:
         else ``(None, wrote)``: the job goes on from the loop and answers, then resumes
         the connection, by itself."""
         conn = self.conn
-        if time.perf_counter() < conn.slice_end:
+        now = time.perf_counter()
+        if not conn.slice_end:
+            # The first request in steps of this read: the requests in steps of one read
+            # share SLICE_SECONDS from now for their first slices.
+            conn.slice_end = now + SLICE_SECONDS
+        if now < conn.slice_end:
             done = self._slice()
             if done is not None:
                 return done
