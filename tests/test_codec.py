@@ -522,6 +522,14 @@ def test_scrolls_encode_as_the_list_of_their_scrolls(codec, case):
         for after in (None, key(9)):
             assert codec.encode_response_scrolls(msgid, sl, page=True, after=after) == \
                 P.encode_response(msgid, [w, after])
+    # a run of GET replies, one per item, written from the columns as from the items
+    ids = [1 + 7919 * i for i in range(len(items))]
+    want_run = b"".join(P.encode_response(m, P.scroll_to_wire(s)) for m, s in zip(ids, items))
+    assert codec.encode_get_replies(ids, sl) == (want_run, len(items))
+    if items:
+        cut = codec.encode_get_replies(ids, sl, max_bytes=len(want_run) // 2)
+        assert cut == codec.encode_get_replies(ids, items, max_bytes=len(want_run) // 2)
+        assert cut[1] <= len(items) and want_run.startswith(cut[0])
     # and decode back to equal items
     got, end = codec.decode_scrolls(codec.encode_scrolls(sl))
     want = [None if s is None else Scroll(s.key, P.unpackb(P.packb(s.content)), s.version,

@@ -540,10 +540,12 @@ def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_M
     """
     if not PyList_CheckExact(msgids):
         msgids = list(msgids)
+    cdef Py_ssize_t stop = -1 if max_bytes is None else max_bytes
+    if type(scrolls) is _Scrolls:
+        return get_replies_from_columns(msgids, scrolls, max_frame_size, stop)
     if not PyList_CheckExact(scrolls):
         scrolls = list(scrolls)
     cdef Py_ssize_t n = len(<list>msgids), i, start
-    cdef Py_ssize_t stop = -1 if max_bytes is None else max_bytes
     if n != len(<list>scrolls):
         raise InterfaceError(f"{n} msgids for {len(<list>scrolls)} scrolls")
     cdef Buf b
@@ -558,6 +560,64 @@ def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_M
             put_value(&b, <object>PyList_GET_ITEM(msgids, i), INLINE_DEPTH)
             put1(&b, 0x00)
             put_scroll(&b, <object>PyList_GET_ITEM(scrolls, i))
+            frame_close(&b, start, max_frame_size)
+            if stop >= 0 and b.n >= stop:
+                return buf_bytes(&b), i + 1
+        return buf_bytes(&b), n
+    finally:
+        buf_free(&b)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef object get_replies_from_columns(list msgids, object scrolls, Py_ssize_t max_frame_size,
+                                     Py_ssize_t stop):
+    """:func:`encode_get_replies` of a Scrolls, written from its columns (no Scroll made):
+    one ``[msgid, 0, [key, content, version, created_at, updated_at]]`` (or nil) each."""
+    cols = scrolls.columns()
+    cdef bytes keys = cols.keys
+    cdef bytes data = cols.data
+    cdef list objs = cols.objects
+    cdef list types = cols.types
+    cdef const int64_t[::1] ver = cols.versions
+    cdef const double[::1] cre = cols.created
+    cdef const double[::1] upd = cols.updated
+    cdef const unsigned char[::1] kinds = cols.kinds
+    cdef const int64_t[::1] offs = cols.offsets
+    cdef const int64_t[::1] lens = cols.lengths
+    cdef Py_ssize_t n = len(msgids), i, start
+    if n != kinds.shape[0]:
+        raise InterfaceError(f"{n} msgids for {kinds.shape[0]} scrolls")
+    cdef const char* d = PyBytes_AS_STRING(data)
+    cdef const char* kp = PyBytes_AS_STRING(keys)
+    cdef uint64_t u
+    cdef Buf b
+    buf_init(&b)
+    try:
+        reserve(&b, n * (KEY_SIZE + 48) + len(data))
+        for i in range(n):
+            start = b.n
+            reserve(&b, 8)
+            frame_open(&b)
+            put1(&b, 0x93)
+            put_value(&b, <object>PyList_GET_ITEM(msgids, i), INLINE_DEPTH)
+            put1(&b, 0x00)
+            if kinds[i] == K_DEAD:
+                put1(&b, 0xC0)
+            else:
+                put1(&b, 0x95)
+                put_binhdr(&b, KEY_SIZE)
+                put(&b, kp + i * KEY_SIZE, KEY_SIZE)
+                put_span(&b, kinds[i], d, offs[i], lens[i], objs, types)
+                put_int(&b, ver[i])
+                reserve(&b, 18)
+                memcpy(&u, &cre[i], 8)
+                b.p[b.n] = <char>0xCB
+                be64(b.p + b.n + 1, u)
+                memcpy(&u, &upd[i], 8)
+                b.p[b.n + 9] = <char>0xCB
+                be64(b.p + b.n + 10, u)
+                b.n += 18
             frame_close(&b, start, max_frame_size)
             if stop >= 0 and b.n >= stop:
                 return buf_bytes(&b), i + 1
@@ -720,6 +780,30 @@ cdef inline Py_ssize_t columns_size_hint(object cols):
     return len(cols.kinds) * (KEY_SIZE + 32) + len(cols.data) + 64
 
 
+cdef inline int put_span(Buf* b, unsigned char kind, const char* d, int64_t off,
+                         int64_t ln, list objs, list types) except -1:
+    """Append one content of a Scrolls from its span in the result's data (or its
+    object): the bytes ``put_value`` writes for the content itself."""
+    cdef uint32_t tid
+    if kind == K_BYTES:
+        put_binhdr(b, ln)
+        put(b, d + off, ln)
+    elif kind == K_STR:
+        put_str(b, d + off, ln)
+    elif kind == K_PACKED:
+        put(b, d + off, ln)
+    elif kind == K_OBJECT:
+        put_value(b, <object>PyList_GET_ITEM(objs, off), 1)
+    elif kind == K_ARRAY:
+        memcpy(&tid, d + off, 4)
+        dtype, shape = types[tid]
+        put_ndarray_ext(b, dtype, shape, -1, ln - 4)
+        put(b, d + off + 4, ln - 4)
+    else:
+        put1(b, 0xC0)   # the content None, or nothing stored
+    return 0
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
@@ -798,23 +882,7 @@ cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
     else:
         put_arrhdr(b, n)
         for i in range(n):
-            kind = kinds[i]
-            if kind == K_BYTES:
-                put_binhdr(b, lens[i])
-                put(b, d + offs[i], lens[i])
-            elif kind == K_STR:
-                put_str(b, d + offs[i], lens[i])
-            elif kind == K_PACKED:
-                put(b, d + offs[i], lens[i])
-            elif kind == K_OBJECT:
-                put_value(b, <object>PyList_GET_ITEM(objs, offs[i]), 1)
-            elif kind == K_ARRAY:
-                memcpy(&tid, d + offs[i], 4)
-                dtype, shape = types[tid]
-                put_ndarray_ext(b, dtype, shape, -1, lens[i] - 4)
-                put(b, d + offs[i] + 4, lens[i] - 4)
-            else:
-                put1(b, 0xC0)   # the content None, or nothing stored
+            put_span(b, kinds[i], d, offs[i], lens[i], objs, types)
     put_arrhdr(b, n)
     reserve(b, 9 * n)
     for i in range(n):
