@@ -55,7 +55,7 @@ _EMPTY_COORDS = np.empty((0, 9), dtype=np.uint16)
 
 # Work per step of the instructions in steps (vtpu.steps), each well under a millisecond.
 GATHER = 1024        # scrolls read (and scored, checked) per step
-DELETE_STEP = 128    # scrolls deleted per step (store, index and storage queue)
+DELETE_STEP = 512    # scrolls deleted per step (store, index and storage queue)
 PUT_STEP = 1024      # scrolls of an import written per step
 EDGE_STEP = 512      # KG edges followed per step
 PHEXT_STEP = 128     # scrolls formatted per step of an export

@@ -248,9 +248,34 @@ class CoordIndex:
 
     def remove_many(self, keys: list[bytes]) -> None:
         """Drop stored keys from the index, merging (if due) once all are dropped: with a
-        source, which already lost every one of them, a merge half way would not match."""
-        for key in keys:
-            self._drop(key)
+        source, which already lost every one of them, a merge half way would not match.
+
+        The keys' rows in main are found in one sorted search (a CDEL of a pattern drops
+        a million keys: no Python work per key but for the few new since the last merge,
+        which live in the delta)."""
+        if not keys:
+            return
+        main = self.main
+        rest = keys
+        if len(main):
+            arr = _core.unpack_many(b"".join(keys))
+            order = _core.lex_sort_order(arr)
+            arr = arr[order]
+            rows = _core.lower_bounds(main, arr)
+            inside = np.flatnonzero(rows < len(main))
+            hit = np.zeros(len(arr), dtype=np.bool_)
+            hit[inside] = (main[rows[inside]] == arr[inside]).all(axis=1)
+            hit &= self.alive[np.minimum(rows, len(main) - 1)]   # a live main row
+            if hit.any():
+                dead = rows[hit]
+                self._alive_w()[dead] = False
+                self._dead.update(zip(map(keys.__getitem__, order[hit].tolist()),
+                                      dead.tolist()))
+                rest = list(map(keys.__getitem__, order[~hit].tolist()))
+        for key in rest:   # not live in main: new since the last merge (the delta)
+            if key in self._delta:
+                del self._delta[key]
+                self._delta_arr = None
         if len(self._dead) > self._merge_limit():
             self.merge()
 
