@@ -779,19 +779,21 @@ class Engine:
         """
         return self._delete_many(blob, True)
 
-    def _delete_many(self, blob: bytes, commit: bool) -> int:
-        """:meth:`delete_many`; ``commit``: as :meth:`_queued`."""
+    def _delete_many(self, blob: bytes, commit: bool, compact: bool = True) -> int:
+        """:meth:`delete_many`; ``commit``: as :meth:`_queued`; ``compact``: compact the
+        store now if due (a long delete compacts once, at its end)."""
         blob = check_blob(blob)
         m = self._map
         st = self.storage
         olds = m.get_many(blob) if st is not None else None   # kept for the undo log
         gone = m.delete_many(blob)
-        self._index.remove_many(gone)
+        self._index.remove_many(gone, merge=compact)
         if gone and st is not None:
             mark = len(self._undo)
             self._undo.append((blob, olds))
             self._queued(mark, st.delete, gone, commit=commit)
-        self._maybe_compact()
+        if compact:
+            self._maybe_compact()
         return len(gone)
 
     def delete_range(self, pattern: np.ndarray) -> int:
@@ -819,12 +821,18 @@ class Engine:
             for a in range(0, total, DELETE_STEP):
                 if a:
                     yield
-                n += self._delete_many(_core.pack_many(coords[a:a + DELETE_STEP]), False)
+                n += self._delete_many(_core.pack_many(coords[a:a + DELETE_STEP]), False,
+                                       compact=False)
         except RequestTimeout as exc:
             done = "none was deleted" if total is None else \
                 f"{n} of the {total} matching scrolls were deleted, the others are still stored"
             raise RequestTimeout(f"{exc.message}; {done}") from None
         finally:
+            if n:
+                # Compacted once now, not every sixteenth of the store on the way: each
+                # compaction is one pause for every other request.
+                self._index.merge_if_due()
+                self._maybe_compact()
             if n and self.storage is not None and self.autocommit:
                 self.commit()
         return n

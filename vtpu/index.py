@@ -179,7 +179,11 @@ class CoordIndex:
         self.main = _EMPTY if source is None else source.run
         self.alive = np.ones(len(self.main), dtype=np.bool_)
         self._alive_shared = False              # a running query holds self.alive
-        self._dead: dict[bytes, int] = {}       # key -> row of a deleted main entry
+        # Deleted main entries: how many, and (without a source, to revive a key added
+        # again) key -> row. With a source a re-added key is a new row of the store, so
+        # only the count is kept: a CDEL of a million keys holds no dict of them.
+        self._n_dead = 0
+        self._dead: dict[bytes, int] = {}
         self._delta: dict[bytes, None] = {}     # insertion-ordered set of new keys
         self._delta_arr: np.ndarray | None = _EMPTY
         self._z: tuple | None = None
@@ -191,7 +195,7 @@ class CoordIndex:
     # -- maintenance --------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.main) - len(self._dead) + len(self._delta)
+        return len(self.main) - self._n_dead + len(self._delta)
 
     def _merge_limit(self) -> int:
         return max(self._min_merge, min(len(self.main) // 16, 65536))
@@ -203,6 +207,7 @@ class CoordIndex:
         row = self._dead.pop(key, None) if self._source is None else None
         if row is not None:
             self._alive_w()[row] = True
+            self._n_dead -= 1
             return
         self._delta[key] = None
         self._delta_arr = None
@@ -211,7 +216,7 @@ class CoordIndex:
 
     def add_many(self, keys: list[bytes]) -> None:
         """Index many keys new to the store (a large batch is merged in one pass)."""
-        if not self._dead or self._source is not None:
+        if not self._n_dead or self._source is not None:
             # nothing to revive: the whole batch joins the delta at C speed
             self._delta.update(dict.fromkeys(keys))
             keys = ()
@@ -219,6 +224,7 @@ class CoordIndex:
             row = self._dead.pop(key, None)
             if row is not None:
                 self._alive_w()[row] = True
+                self._n_dead -= 1
             else:
                 self._delta[key] = None
         self._delta_arr = None
@@ -243,12 +249,20 @@ class CoordIndex:
     def remove(self, key: bytes) -> None:
         """Drop a stored key from the index."""
         self._drop(key)
-        if len(self._dead) > self._merge_limit():
+        self.merge_if_due()
+
+    def merge_if_due(self) -> None:
+        """Merge when the deleted main rows pass the limit (after deletes made with
+        ``remove_many(..., merge=False)``)."""
+        if self._n_dead > self._merge_limit():
             self.merge()
 
-    def remove_many(self, keys: list[bytes]) -> None:
-        """Drop stored keys from the index, merging (if due) once all are dropped: with a
-        source, which already lost every one of them, a merge half way would not match.
+    def remove_many(self, keys: list[bytes], merge: bool = True) -> None:
+        """Drop stored keys from the index, merging (if due, and ``merge``) once all are
+        dropped: with a source, which already lost every one of them, a merge half way
+        would not match. A long delete passes ``merge=False`` and calls
+        :meth:`merge_if_due` at its end: one merge (a compaction of the store) instead
+        of one per sixteenth of it, each a pause for every other request.
 
         The keys' rows in main are found in one sorted search (a CDEL of a pattern drops
         a million keys: no Python work per key but for the few new since the last merge,
@@ -269,15 +283,17 @@ class CoordIndex:
             if hit.any():
                 dead = rows[hit]
                 self._alive_w()[dead] = False
-                self._dead.update(zip(map(keys.__getitem__, order[hit].tolist()),
-                                      dead.tolist()))
+                self._n_dead += len(dead)
+                if self._source is None:
+                    self._dead.update(zip(map(keys.__getitem__, order[hit].tolist()),
+                                          dead.tolist()))
                 rest = list(map(keys.__getitem__, order[~hit].tolist()))
         for key in rest:   # not live in main: new since the last merge (the delta)
             if key in self._delta:
                 del self._delta[key]
                 self._delta_arr = None
-        if len(self._dead) > self._merge_limit():
-            self.merge()
+        if merge:
+            self.merge_if_due()
 
     def _drop(self, key: bytes) -> None:
         if key in self._delta:
@@ -287,7 +303,9 @@ class CoordIndex:
         c = _core.unpack(key)
         row = _core.lower_bound(self.main, c)
         self._alive_w()[row] = False
-        self._dead[key] = row
+        self._n_dead += 1
+        if self._source is None:
+            self._dead[key] = row
 
     def merge(self) -> None:
         """Fold the delta into main and drop deleted rows (one linear merge)."""
@@ -296,7 +314,7 @@ class CoordIndex:
             self.main = self._source.run
         else:
             delta = self._delta_sorted()
-            keep = self.alive if self._dead else None
+            keep = self.alive if self._n_dead else None
             if len(self.main) == 0:
                 self.main = delta
             else:
@@ -304,6 +322,7 @@ class CoordIndex:
         self.alive = np.ones(len(self.main), dtype=np.bool_)
         self._alive_shared = False
         self._dead.clear()
+        self._n_dead = 0
         self._delta.clear()
         self._delta_arr = _EMPTY
         self._z = None
@@ -352,7 +371,7 @@ class CoordIndex:
         z = self._z
         return {
             "main": int(len(self.main)),
-            "deleted_in_main": len(self._dead),
+            "deleted_in_main": self._n_dead,
             "delta": len(self._delta),
             "z_index": 0 if z is None else int(len(z[0])),
             "postings_built": [j for j in range(9) if self._post[j] is not None],
@@ -373,7 +392,7 @@ class CoordIndex:
     # started, however long it runs.
 
     def _snapshot(self) -> _Snap:
-        return _Snap(self.main, self.alive if self._dead else None, self._delta_sorted())
+        return _Snap(self.main, self.alive if self._n_dead else None, self._delta_sorted())
 
     def _hold(self, snap: _Snap) -> None:
         """Call before a query over ``snap`` yields: its alive mask must stay as it is."""
