@@ -1,6 +1,8 @@
 """The column store (ColumnStore: key hash, columns, arena, compaction) and its result
 type (Scrolls), each against a plain-Python reference: a dict of key -> row fields."""
+import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,9 @@ from vtpu import _core
 from vtpu.coords import NameTable, Scroll
 from vtpu.errors import InterfaceError
 from vtpu.results import Scrolls
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # importlib mode
+from _strategies import small_patterns  # noqa: E402
 
 
 def key(i: int) -> bytes:
@@ -409,20 +414,8 @@ small = st.integers(0, 3)
 coord9 = st.tuples(*[small] * 9)
 
 
-@st.composite
-def patterns(draw):
-    lo, hi = [], []
-    for _ in range(9):
-        kind = draw(st.sampled_from(["any", "any", "eq", "range"]))
-        if kind == "any":
-            a, b = 0, 0xFFFF
-        elif kind == "eq":
-            a = b = draw(small)
-        else:
-            a = draw(small)
-            b = draw(st.integers(a, 4))
-        lo.append(a), hi.append(b)
-    return np.array([lo, hi], dtype=np.uint16)
+def patterns():
+    return small_patterns(small, 2)
 
 
 engine_ops = st.lists(st.one_of(

@@ -1,6 +1,9 @@
 """CRANGE reads its scrolls by store row (the index's hit positions in the store's sorted
 run): the result matches a plain reference under writes, deletes and compactions made
 before the query and between its steps, on every access path."""
+import os
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,24 +14,15 @@ from vtpu.engine import Engine
 from vtpu.errors import InterfaceError
 from vtpu.index import CoordIndex
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # importlib mode
+from _strategies import small_patterns  # noqa: E402
+
 small = st.integers(0, 3)
 coord = st.tuples(*[small] * 9)
 
 
-@st.composite
-def pattern(draw):
-    lo, hi = [], []
-    for _ in range(9):
-        kind = draw(st.sampled_from(["any", "any", "any", "eq", "range"]))
-        if kind == "any":
-            a, b = 0, 0xFFFF
-        elif kind == "eq":
-            a = b = draw(small)
-        else:
-            a = draw(small)
-            b = draw(st.integers(a, 4))
-        lo.append(a), hi.append(b)
-    return np.array([lo, hi], dtype=np.uint16)
+def pattern():
+    return small_patterns(small, 3)
 
 
 write = st.one_of(

@@ -574,27 +574,17 @@ cdef object get_replies_from_columns(list msgids, object scrolls, Py_ssize_t max
                                      Py_ssize_t stop):
     """:func:`encode_get_replies` of a Scrolls, written from its columns (no Scroll made):
     one ``[msgid, 0, [key, content, version, created_at, updated_at]]`` (or nil) each."""
-    cols = scrolls.columns()
-    cdef bytes keys = cols.keys
-    cdef bytes data = cols.data
-    cdef list objs = cols.objects
-    cdef list types = cols.types
-    cdef const int64_t[::1] ver = cols.versions
-    cdef const double[::1] cre = cols.created
-    cdef const double[::1] upd = cols.updated
-    cdef const unsigned char[::1] kinds = cols.kinds
-    cdef const int64_t[::1] offs = cols.offsets
-    cdef const int64_t[::1] lens = cols.lengths
+    cdef _Cols c = _Cols.of(scrolls.columns())
     cdef Py_ssize_t n = len(msgids), i, start
-    if n != kinds.shape[0]:
-        raise InterfaceError(f"{n} msgids for {kinds.shape[0]} scrolls")
-    cdef const char* d = PyBytes_AS_STRING(data)
-    cdef const char* kp = PyBytes_AS_STRING(keys)
+    if n != c.kinds.shape[0]:
+        raise InterfaceError(f"{n} msgids for {c.kinds.shape[0]} scrolls")
+    cdef const char* d = PyBytes_AS_STRING(c.data)
+    cdef const char* kp = PyBytes_AS_STRING(c.keys)
     cdef uint64_t u
     cdef Buf b
     buf_init(&b)
     try:
-        reserve(&b, n * (KEY_SIZE + 48) + len(data))
+        reserve(&b, n * (KEY_SIZE + 48) + len(c.data))
         for i in range(n):
             start = b.n
             reserve(&b, 8)
@@ -602,19 +592,19 @@ cdef object get_replies_from_columns(list msgids, object scrolls, Py_ssize_t max
             put1(&b, 0x93)
             put_value(&b, <object>PyList_GET_ITEM(msgids, i), INLINE_DEPTH)
             put1(&b, 0x00)
-            if kinds[i] == K_DEAD:
+            if c.kinds[i] == K_DEAD:
                 put1(&b, 0xC0)
             else:
                 put1(&b, 0x95)
                 put_binhdr(&b, KEY_SIZE)
                 put(&b, kp + i * KEY_SIZE, KEY_SIZE)
-                put_span(&b, kinds[i], d, offs[i], lens[i], objs, types)
-                put_int(&b, ver[i])
+                put_span(&b, c.kinds[i], d, c.offs[i], c.lens[i], c.objs, c.types)
+                put_int(&b, c.ver[i])
                 reserve(&b, 18)
-                memcpy(&u, &cre[i], 8)
+                memcpy(&u, &c.cre[i], 8)
                 b.p[b.n] = <char>0xCB
                 be64(b.p + b.n + 1, u)
-                memcpy(&u, &upd[i], 8)
+                memcpy(&u, &c.upd[i], 8)
                 b.p[b.n + 9] = <char>0xCB
                 be64(b.p + b.n + 10, u)
                 b.n += 18
@@ -780,6 +770,37 @@ cdef inline Py_ssize_t columns_size_hint(object cols):
     return len(cols.kinds) * (KEY_SIZE + 32) + len(cols.data) + 64
 
 
+@cython.final
+cdef class _Cols:
+    """The columns of a Scrolls (``Scrolls.columns()``) as typed views, for the
+    encoders that write a result straight from them."""
+    cdef bytes keys
+    cdef bytes data
+    cdef list objs
+    cdef list types
+    cdef const int64_t[::1] ver
+    cdef const double[::1] cre
+    cdef const double[::1] upd
+    cdef const unsigned char[::1] kinds
+    cdef const int64_t[::1] offs
+    cdef const int64_t[::1] lens
+
+    @staticmethod
+    cdef _Cols of(object cols):
+        cdef _Cols c = _Cols.__new__(_Cols)
+        c.keys = cols.keys
+        c.data = cols.data
+        c.objs = cols.objects
+        c.types = cols.types
+        c.ver = cols.versions
+        c.cre = cols.created
+        c.upd = cols.updated
+        c.kinds = cols.kinds
+        c.offs = cols.offsets
+        c.lens = cols.lengths
+        return c
+
+
 cdef inline int put_span(Buf* b, unsigned char kind, const char* d, int64_t off,
                          int64_t ln, list objs, list types) except -1:
     """Append one content of a Scrolls from its span in the result's data (or its
@@ -810,19 +831,10 @@ cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
     """Append the column-wise scroll list of a Scrolls from its columns ``cols``
     (``Scrolls.columns()``): the bytes of ``scrolls_to_wire(list(scrolls))``, with no
     Python object per item but for contents kept as objects."""
-    cdef bytes keys = cols.keys
-    cdef bytes data = cols.data
-    cdef list objs = cols.objects
-    cdef list types = cols.types
-    cdef const int64_t[::1] ver = cols.versions
-    cdef const double[::1] cre = cols.created
-    cdef const double[::1] upd = cols.updated
-    cdef const unsigned char[::1] kinds = cols.kinds
-    cdef const int64_t[::1] offs = cols.offsets
-    cdef const int64_t[::1] lens = cols.lengths
-    cdef Py_ssize_t n = kinds.shape[0], i, keys_at, rowbytes = 0
-    cdef const char* d = PyBytes_AS_STRING(data)
-    cdef const char* kp = PyBytes_AS_STRING(keys)
+    cdef _Cols c = _Cols.of(cols)
+    cdef Py_ssize_t n = c.kinds.shape[0], i, keys_at, rowbytes = 0
+    cdef const char* d = PyBytes_AS_STRING(c.data)
+    cdef const char* kp = PyBytes_AS_STRING(c.keys)
     cdef unsigned char kind
     cdef uint32_t tid, tid0 = 0
     cdef int form = 0   # contents: 0 one per item, 1 stacked from the spans, 2 packb'd
@@ -833,26 +845,26 @@ cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
     # The contents go stacked exactly when the reference stacks them: at least two,
     # every one a numpy array of one dtype and of one shape with a dimension at least.
     for i in range(n):
-        kind = kinds[i]
+        kind = c.kinds[i]
         if kind == K_ARRAY:
-            memcpy(&tid, d + offs[i], 4)
+            memcpy(&tid, d + c.offs[i], 4)
             if not seen:
                 tid0, seen = tid, True
-            elif tid != tid0 and types[tid] != types[tid0]:
+            elif tid != tid0 and c.types[tid] != c.types[tid0]:
                 arrays = False
-        elif kind == K_OBJECT and type(<object>PyList_GET_ITEM(objs, offs[i])) is _ndarray:
+        elif kind == K_OBJECT and type(<object>PyList_GET_ITEM(c.objs, c.offs[i])) is _ndarray:
             in_arena = False
-        elif kind == K_PACKED and packed_ndarray(<const unsigned char*>d + offs[i], lens[i]):
+        elif kind == K_PACKED and packed_ndarray(<const unsigned char*>d + c.offs[i], c.lens[i]):
             in_arena = False
         else:
             arrays = False
         if not arrays:
             break
     if arrays and in_arena:
-        dtype, shape = types[tid0]
+        dtype, shape = c.types[tid0]
         if len(shape) and dtype.isnative:
             form = 1
-            rowbytes = lens[0] - 4
+            rowbytes = c.lens[0] - 4
     if arrays and form == 0:
         # Arrays held otherwise too, or in another byte order (stacking makes it
         # native): the reference's own test, on the contents.
@@ -869,30 +881,30 @@ cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
     memcpy(b.p + keys_at, kp, n * KEY_SIZE)
     b.n += n * KEY_SIZE
     for i in range(n):
-        if kinds[i] == K_DEAD:
+        if c.kinds[i] == K_DEAD:
             memset(b.p + keys_at + KEY_SIZE * i, 0, KEY_SIZE)  # no key where nothing is
     if form == 1:
         put_ndarray_ext(b, dtype, shape, n, n * rowbytes)
         reserve(b, n * rowbytes)
         for i in range(n):
-            memcpy(b.p + b.n, d + offs[i] + 4, rowbytes)
+            memcpy(b.p + b.n, d + c.offs[i] + 4, rowbytes)
             b.n += rowbytes
     elif form == 2:
         put_packed(b, stacked)
     else:
         put_arrhdr(b, n)
         for i in range(n):
-            put_span(b, kinds[i], d, offs[i], lens[i], objs, types)
+            put_span(b, c.kinds[i], d, c.offs[i], c.lens[i], c.objs, c.types)
     put_arrhdr(b, n)
     reserve(b, 9 * n)
     for i in range(n):
-        if kinds[i] == K_DEAD:
+        if c.kinds[i] == K_DEAD:
             b.p[b.n] = 0x00
             b.n += 1
         else:
-            put_int(b, ver[i])
-    put_times(b, kinds, cre)
-    put_times(b, kinds, upd)
+            put_int(b, c.ver[i])
+    put_times(b, c.kinds, c.cre)
+    put_times(b, c.kinds, c.upd)
     return 0
 
 
