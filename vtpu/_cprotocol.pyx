@@ -403,12 +403,7 @@ def encode_responses(msgids, results, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX
     try:
         reserve(&b, 16 * n)
         for i in range(n):
-            start = b.n
-            reserve(&b, 8)
-            frame_open(&b)
-            put1(&b, 0x93)
-            put_value(&b, <object>PyList_GET_ITEM(msgids, i), INLINE_DEPTH)
-            put1(&b, 0x00)
+            start = reply_open(&b, <object>PyList_GET_ITEM(msgids, i))
             put_value(&b, <object>PyList_GET_ITEM(results, i), 1)
             frame_close(&b, start, max_frame_size)
         return buf_bytes(&b)
@@ -553,12 +548,7 @@ def encode_get_replies(msgids, scrolls, Py_ssize_t max_frame_size=_ref.DEFAULT_M
     try:
         reserve(&b, 96 * n)  # a reply with a small content; larger ones grow the buffer
         for i in range(n):
-            start = b.n
-            reserve(&b, 8)
-            frame_open(&b)
-            put1(&b, 0x93)
-            put_value(&b, <object>PyList_GET_ITEM(msgids, i), INLINE_DEPTH)
-            put1(&b, 0x00)
+            start = reply_open(&b, <object>PyList_GET_ITEM(msgids, i))
             put_scroll(&b, <object>PyList_GET_ITEM(scrolls, i))
             frame_close(&b, start, max_frame_size)
             if stop >= 0 and b.n >= stop:
@@ -586,12 +576,7 @@ cdef object get_replies_from_columns(list msgids, object scrolls, Py_ssize_t max
     try:
         reserve(&b, n * (KEY_SIZE + 48) + len(c.data))
         for i in range(n):
-            start = b.n
-            reserve(&b, 8)
-            frame_open(&b)
-            put1(&b, 0x93)
-            put_value(&b, <object>PyList_GET_ITEM(msgids, i), INLINE_DEPTH)
-            put1(&b, 0x00)
+            start = reply_open(&b, <object>PyList_GET_ITEM(msgids, i))
             if c.kinds[i] == K_DEAD:
                 put1(&b, 0xC0)
             else:
@@ -768,6 +753,18 @@ cdef inline int put_int(Buf* b, int64_t v) except -1:
 cdef inline Py_ssize_t columns_size_hint(object cols):
     # About the encoded size of a Scrolls (exact or over for contents held as bytes).
     return len(cols.kinds) * (KEY_SIZE + 32) + len(cols.data) + 64
+
+
+cdef inline Py_ssize_t reply_open(Buf* b, object msgid) except -1:
+    """Open one success reply frame ``[msgid, 0, ...`` (its result follows); returns
+    where the frame starts, for ``frame_close``."""
+    cdef Py_ssize_t start = b.n
+    reserve(b, 8)
+    frame_open(b)
+    put1(b, 0x93)
+    put_value(b, msgid, INLINE_DEPTH)
+    put1(b, 0x00)
+    return start
 
 
 @cython.final
