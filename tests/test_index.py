@@ -1,7 +1,7 @@
 """The engine's indexes always agree with a brute-force scan, under writes and deletes."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vtpu import _core
@@ -53,14 +53,20 @@ def _replay(ops, merge):
     return ix, ref
 
 
+# Few distinct coordinates, so that keys are deleted, written again and deleted again,
+# and batches long enough (over 16) for remove_many's sorted search.
+POOL = [tuple((i * 7 + j * 3) % 5 for j in range(9)) + () for i in range(5)] + \
+    [tuple(int(b) for b in format(i, "09b")) for i in range(60)]
 batched_ops = st.lists(st.tuples(st.sampled_from(["put", "put", "del_many", "del"]),
-                                  st.lists(coord, min_size=1, max_size=12)),
-                        min_size=1, max_size=60)
+                                  st.lists(st.sampled_from(POOL), min_size=1, max_size=40)),
+                        min_size=1, max_size=40)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=batched_ops, pats=st.lists(pattern(), min_size=1, max_size=4),
        merge=st.sampled_from([2, 16, 4096]))
+@example(ops=[("put", POOL[5:30]), ("del_many", POOL[5:30])],
+         pats=[np.array([[0] * 9, [0xFFFF] * 9], np.uint16)], merge=4096)
 def test_remove_many_equals_one_by_one(ops, pats, merge):
     # remove_many (one sorted search over main) drops exactly what remove does key by
     # key: keys of main, of the delta, re-added after a delete, in any order.

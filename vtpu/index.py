@@ -271,7 +271,12 @@ class CoordIndex:
             return
         main = self.main
         rest = keys
-        if len(main):
+        if len(keys) <= 16:
+            # A few keys: one search each costs less than the batched search's set-up.
+            for key in keys:
+                self._drop(key)
+            rest = ()
+        elif len(main):
             arr = _core.unpack_many(b"".join(keys))
             order = _core.lex_sort_order(arr)
             arr = arr[order]
