@@ -816,13 +816,15 @@ class Engine:
         n = 0
         total = None
         try:
-            coords = yield from self._index.query_steps(pattern)
-            total = len(coords)
+            # Where the matches are, not their coordinates: each step gathers its own
+            # (one gather of a million coordinates would be one long step).
+            hits = yield from self._index.hits_steps(pattern)
+            total = len(hits)
             for a in range(0, total, DELETE_STEP):
                 if a:
                     yield
-                n += self._delete_many(_core.pack_many(coords[a:a + DELETE_STEP]), False,
-                                       compact=False)
+                n += self._delete_many(_core.pack_many(hits.coords(a, a + DELETE_STEP)),
+                                       False, compact=False)
         except RequestTimeout as exc:
             done = "none was deleted" if total is None else \
                 f"{n} of the {total} matching scrolls were deleted, the others are still stored"

@@ -95,9 +95,14 @@ class Hits(NamedTuple):
     pos: np.ndarray     # (M,) int64: p >= 0 is row p of main, p < 0 row -1 - p of extra
     extra: np.ndarray   # (K, 9) uint16: the matches from the delta, sorted
 
-    def coords(self) -> np.ndarray:
-        """The (M, 9) uint16 coordinates of the matches."""
-        pos = self.pos
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def coords(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The (M, 9) uint16 coordinates of the matches (of matches ``start:stop``: a
+        long delete gathers a step's worth at a time, from the arrays the query read,
+        which stay as they were)."""
+        pos = self.pos[start:stop]
         if not len(self.extra):
             return np.ascontiguousarray(self.main[pos]) if len(pos) else _EMPTY
         out = np.empty((len(pos), 9), dtype=np.uint16)
