@@ -32,6 +32,7 @@ __all__ = [
     "to_delta",
     "is_pattern_text",
     "NOTHING",
+    "EVERYTHING",
     "read_key",
     "read_keys",
     "read_pattern",
@@ -447,6 +448,10 @@ def to_delta(d: Any, names: NameTable | None = None, intern: bool = True) -> np.
 #: A pattern that matches nothing (lo > hi in the first component).
 NOTHING = np.array([[0xFFFF] + [0] * 8, [0] + [0xFFFF] * 8], dtype=np.uint16)
 NOTHING.flags.writeable = False
+
+#: The pattern of every coordinate (names included).
+EVERYTHING = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
+EVERYTHING.flags.writeable = False
 
 
 def _reader(names: NameTable | None):

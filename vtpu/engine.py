@@ -38,8 +38,8 @@ import numpy as np
 
 from vtpu import _core, phext
 from vtpu._version import __version__
-from vtpu.coords import (MAX_NAMES, NAME_BASE, NameTable, Scroll, UnknownName, apply_delta_any,
-                         delta_in_range)
+from vtpu.coords import (EVERYTHING, MAX_NAMES, NAME_BASE, NameTable, Scroll, UnknownName,
+                         apply_delta_any, delta_in_range)
 from vtpu.errors import (CoordinateError, InterfaceError, LimitError, NotFoundError,
                          RequestTimeout, VersionConflict)
 from vtpu.index import CoordIndex
@@ -50,7 +50,6 @@ __all__ = ["Engine", "check_content", "check_count", "check_key", "check_blob", 
            "check_metric", "check_direction", "check_patterns", "check_values", "check_deltas",
            "check_name_list", "check_text", "estimate_wire_size"]
 
-_FULL = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
 _EMPTY_COORDS = np.empty((0, 9), dtype=np.uint16)
 
 # Work per step of the instructions in steps (vtpu.steps), each well under a millisecond.
@@ -643,9 +642,9 @@ class Engine:
         # One lookup per key: the store checks its arena bytes against the budget
         # before it copies anything; contents kept as objects are sized after.
         res = self._map.get_many(blob, max_bytes, _SCROLL_WIRE + 5)
-        if res is None:
-            _refuse_over(max_bytes + 1, max_bytes)
-        _refuse_over(estimate_wire_size(res, max_bytes)[0], max_bytes)
+        # None: the arena bytes alone pass the budget (nothing was copied).
+        _refuse_over(max_bytes + 1 if res is None else estimate_wire_size(res, max_bytes)[0],
+                     max_bytes)
         return res
 
     def content_lengths(self, blob: bytes) -> np.ndarray:
@@ -819,7 +818,7 @@ class Engine:
             # Where the matches are, not their coordinates: each step gathers its own
             # (one gather of a million coordinates would be one long step).
             hits = yield from self._index.hits_steps(pattern)
-            total = len(hits)
+            total = len(hits.pos)
             for a in range(0, total, DELETE_STEP):
                 if a:
                     yield
@@ -1543,7 +1542,7 @@ class Engine:
         :param max_chars: refuse with :class:`LimitError` as soon as the document grows
             past this many characters (a reply that could not be sent anyway).
         """
-        pattern = _FULL if pattern is None else _core.check_pattern(pattern)
+        pattern = EVERYTHING if pattern is None else _core.check_pattern(pattern)
         coords = yield from self._index.query_steps(pattern)
         # Pieces are joined 64 at a time as they come, so the last step joins a few
         # large strings (one copy of the document) rather than thousands of small ones.

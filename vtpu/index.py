@@ -33,6 +33,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from vtpu import _core
+from vtpu.coords import EVERYTHING
 from vtpu.steps import run
 
 __all__ = ["CoordIndex", "Hits", "WINDOW"]
@@ -94,9 +95,6 @@ class Hits(NamedTuple):
     main: np.ndarray    # the main array the query read
     pos: np.ndarray     # (M,) int64: p >= 0 is row p of main, p < 0 row -1 - p of extra
     extra: np.ndarray   # (K, 9) uint16: the matches from the delta, sorted
-
-    def __len__(self) -> int:
-        return len(self.pos)
 
     def coords(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The (M, 9) uint16 coordinates of the matches (of matches ``start:stop``: a
@@ -627,7 +625,7 @@ class CoordIndex:
 
     def all_coords(self) -> np.ndarray:
         """Every indexed coordinate, in coordinate order."""
-        return self.query(np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16))
+        return self.query(EVERYTHING)
 
     def nearest(self, c: np.ndarray, k: int, metric: str = "l1",
                 within: np.ndarray | None = None):

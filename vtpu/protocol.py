@@ -398,12 +398,11 @@ def encode_response_items(msgid: int, items: list,
     :raises LimitError: if the frame is too large.
     :raises InterfaceError: if a value cannot be encoded.
     """
-    head = packb([msgid, STATUS_OK])[1:]  # the two items, without the 2-array header
-    n = len(items)
-    parts = [b"", b"\x93", head,
-             bytes([0x90 | n]) if n < 16 else
-             b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")]
-    size = 1 + len(head) + len(parts[3])
+    pk = msgpack.Packer(**_packer_kw)
+    head = pk.pack_array_header(3) + pk.pack(msgid) + pk.pack(STATUS_OK) + \
+        pk.pack_array_header(len(items))
+    parts = [b"", head]
+    size = len(head)
     for item in items:
         b = item if type(item) is Encoded else packb(item)
         size += len(b)
