@@ -980,6 +980,11 @@ class FacadeContract(_Contract):
                                         page_size=page_size) == len(coords)
         with pytest.raises(E.InterfaceError):
             client.export_phext_file(other, page_size=0)
+        assert sorted(tmp_path.iterdir()) == sorted([path, other])
+        with pytest.raises(E.InterfaceError):
+            next(client.crange_iter("*.*.*/*.*.*/*.*.*", page_size=0))
+        assert [s.coordinate for s in client.crange_iter("*.*.*/*.*.*/*.*.*", page_size)] \
+            == client.crange("*.*.*/*.*.*/*.*.*", keys_only=True)
 
     def test_intern_refuses_a_bare_string(self, client):
         with pytest.raises(E.InterfaceError):

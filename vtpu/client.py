@@ -26,6 +26,7 @@ import numpy as np
 
 from vtpu import _core
 from vtpu.coords import (
+    EVERYTHING,
     NameTable,
     Scroll,
     apply_delta_any,
@@ -107,9 +108,6 @@ class _Call(NamedTuple):
 
 
 _NO_KW: dict = {}
-#: The pattern of every coordinate (names included).
-_EVERYTHING = np.array([[0] * 9, [0xFFFF] * 9], dtype=np.uint16)
-_EVERYTHING.flags.writeable = False
 
 
 class Client:
@@ -391,15 +389,31 @@ class Client:
         return self._now(self._plan_crange_keys(pattern, limit, after))
 
     def crange_iter(self, pattern, page_size: int = 10000) -> Iterator[Scroll]:
-        """Stream every scroll matching a pattern, fetched in pages of ``page_size``."""
-        p = read_pattern(pattern, self.names)
-        after = None
-        while True:
-            page = self._run("crange", self._b.range, p, page_size, after, False)
+        """Stream every scroll matching a pattern, fetched in pages of ``page_size``.
+
+        :raises InterfaceError: ``page_size`` is not an integer of 1 or more.
+        """
+        for page in self._pages(read_pattern(pattern, self.names), page_size):
             yield from page
-            if len(page) < page_size:
-                return
-            after = page[-1].key
+
+    def _pages(self, p: np.ndarray, page_size: int) -> Iterator[Any]:
+        """The scrolls matching the (2, 9) pattern ``p``, one CRANGE of ``page_size``
+        after the last key of the page before at a time, as column results.
+
+        :raises InterfaceError: at once, ``page_size`` is not an integer of 1 or more.
+        """
+        page_size = check_count(page_size, "page_size", 1)
+
+        def pages():
+            after = None
+            while True:
+                page = self._run("crange", self._b.range, p, page_size, after, False)
+                yield page
+                if len(page) < page_size:
+                    return
+                after = page.keys[-18:]
+
+        return pages()
 
     def _plan_ccount(self, pattern) -> _Call:
         return _Call("ccount", "count", (read_pattern(pattern, self.names),), _NO_KW, None)
@@ -782,16 +796,15 @@ class Client:
         """
         from vtpu.phext import PhextWriter, PhextError
 
-        p = _EVERYTHING if pattern is None else read_pattern(pattern, self.names)
-        page_size = check_count(page_size, "page_size", 1)
+        pages = self._pages(EVERYTHING if pattern is None else read_pattern(pattern, self.names),
+                            page_size)
         writer = PhextWriter(skip_invalid=skip_invalid, names=self.names, keep_skipped=False)
         path = os.fspath(path)
         tmp = f"{path}.tmp{os.getpid()}"
-        written, after = 0, None
+        written = 0
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as f:
-                while True:
-                    page = self._run("crange", self._b.range, p, page_size, after, False)
+                for page in pages:
                     skipped = writer.n_skipped
                     try:
                         f.write(writer.write(zip(map(tuple, page.coords.tolist()),
@@ -802,9 +815,6 @@ class Client:
                     written += len(page) - (writer.n_skipped - skipped)
                     if progress is not None:
                         progress(written)
-                    if len(page) < page_size:
-                        break
-                    after = page.keys[-18:]
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
