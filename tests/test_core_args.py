@@ -2,6 +2,7 @@
 never a crash or a silently wrong answer."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from vtpu import _core
 from vtpu.errors import InterfaceError
@@ -131,3 +132,34 @@ def test_fortran_pattern_is_accepted():
 def test_bad_deltas(bad):
     with pytest.raises(InterfaceError):
         _core.apply_delta(ARR, bad)
+
+
+# -- batched content checks ---------------------------------------------------------------
+
+_CONTENT = st.one_of(
+    st.none(), st.booleans(), st.floats(allow_nan=False), st.binary(max_size=8),
+    st.text(max_size=8), st.integers(min_value=-(1 << 70), max_value=1 << 70),
+    st.lists(st.integers(), max_size=3), st.sampled_from(["\ud800", object(), {1, 2}]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_CONTENT, max_size=20))
+def test_check_contents_agrees_with_check_content(contents):
+    """The batched check passes, converts or refuses each content as the per-content
+    reference does: at the first content the reference refuses, with its error."""
+    from vtpu.engine import check_content
+    want, err = [], None
+    for c in contents:
+        try:
+            want.append(check_content(c))
+        except InterfaceError as e:
+            err = str(e)
+            break
+    got = list(contents)
+    if err is None:
+        _core.check_contents(got, check_content)
+        assert got == want and [type(g) for g in got] == [type(w) for w in want]
+    else:
+        with pytest.raises(InterfaceError) as info:
+            _core.check_contents(got, check_content)
+        assert str(info.value) == err

@@ -43,15 +43,17 @@ cdef enum:
 def check_contents(list contents, object check):
     """Validate N contents in place, before a batched write changes anything.
 
-    bytes, float, bool, None and ASCII str pass as they are; every other value (other
-    str included: it may hold a lone surrogate) is replaced by ``check(value)``, which
-    returns the value to store or raises.
+    bytes, float, bool, None, ASCII str and an int of 64 bits or fewer (signed) pass as
+    they are; every other value (other str included: it may hold a lone surrogate, an
+    int past int64, which ``check`` may still accept as a uint64) is replaced by
+    ``check(value)``, which returns the value to store or raises.
 
     :param contents: the contents (updated in place).
     :param check: the validator (``vtpu.engine.check_content``).
     :raises: whatever ``check`` raises, at the first bad content.
     """
     cdef Py_ssize_t i, n = len(contents)
+    cdef int overflow
     for i in range(n):
         c = contents[i]
         t = type(c)
@@ -59,6 +61,11 @@ def check_contents(list contents, object check):
             continue
         if t is str and PyUnicode_IS_ASCII(c):
             continue
+        if t is int:
+            # No Python call per int: one that fits int64 is storable as it is.
+            PyLong_AsLongLongAndOverflow(c, &overflow)
+            if overflow == 0:
+                continue
         contents[i] = check(c)
 
 
