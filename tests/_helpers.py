@@ -211,3 +211,15 @@ def run_threads(work: Callable[[int], None], n: int, timeout: float = 60.0) -> l
         t.join(max(0.0, deadline - time.monotonic()))
     errors += [TimeoutError(f"{t.name} still running") for t in ts if t.is_alive()]
     return errors
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = IO_TIMEOUT, what: str = "") -> None:
+    """Poll ``cond`` every 10 ms until it holds.
+
+    :raises AssertionError: it still does not hold after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout:g} s: {what or cond}")
+        time.sleep(0.01)

@@ -299,6 +299,25 @@ def test_truncated_stream_keeps_waiting(codec):
     assert d.next_body() == frame[4:]
 
 
+def test_head_size_announces_the_frame_still_arriving(codec):
+    a = codec.encode_request(1, "PUT", [bytes(18), "x" * 1000])
+    b = codec.encode_request(2, "GET", [bytes(18)])
+    d = codec.FrameDecoder()
+    assert d.head_size() == 0
+    d.feed(a[:3])
+    assert d.head_size() == 0   # fewer than 4 bytes: nothing announced yet
+    d.feed(a[3:10])
+    assert d.head_size() == len(a)   # from the header alone
+    d.feed(a[10:] + b[:2])
+    assert d.head_size() == len(a)   # complete, not consumed
+    assert d.next() is not None and d.head_size() == 0
+    d.feed(b[2:])
+    assert d.head_size() == len(b)
+    d.feed(struct.pack(">I", 2 ** 32 - 1))
+    assert d.next() is not None
+    assert d.head_size() == 2 ** 32 + 3   # announced, though no decoder would take it
+
+
 def test_large_frames_and_buffer_reuse(codec):
     big = np.arange(300_000, dtype="<f8")
     frames = b"".join(codec.encode_response(i, big) for i in range(1, 4))

@@ -25,7 +25,7 @@ from vtpu.server import Limits
 from vtpu.testing import ServerThread
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pytest uses importlib mode
-from _helpers import IO_TIMEOUT, Raw  # noqa: E402
+from _helpers import IO_TIMEOUT, Raw, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -323,6 +323,31 @@ def test_a_frame_that_keeps_arriving_is_not_dropped():
             time.sleep(0.3)
         assert r.recv() == [2, 0, 1]
         r.close()
+
+
+def test_unfinished_large_frames_share_one_input_limit():
+    """Frames that take their time arriving cannot add up past ``input_total``: a frame
+    that does not fit is not read until one that does completes, then it goes through;
+    small requests are never held up."""
+    big = P.encode_request(2, "PUT", [K1, b"\xcd" * (3 << 20)])   # ~3 MiB frames
+    with ServerThread(Engine(), limits=Limits(input_total=7 << 20)) as st:
+        held = [Raw(st.port) for _ in range(4)]
+        for r in held:
+            r.send(big[:-1])   # all but the last byte
+        # Two frames fit the limit; the other two are not read past what had arrived.
+        wait_for(lambda: _server_side(st, lambda cs: sum(c.input_wait for c in cs)) == 2)
+        buffered = _server_side(st, lambda cs: sum(c.decoder.buffered() for c in cs))
+        assert buffered < 2 * len(big) + 2 * (1 << 20)
+        assert _server_side(st, lambda cs: st.handle._server.input_reserved) == 2 * len(big)
+        assert served(st.port)   # a small request is not held up
+        # Completing frames lets the waiting ones in, first come first served.
+        for r in held:
+            r.send(big[-1:])
+        for r in held:
+            assert r.recv() in ([2, 0, 1], [2, 0, 2], [2, 0, 3], [2, 0, 4])
+            r.close()
+        wait_for(lambda: _server_side(st, lambda cs: st.handle._server.input_reserved) == 0)
+        assert RemoteEngine(port=st.port).get(K1).version == 4
 
 
 def test_a_connection_without_hello_is_closed_after_the_hello_timeout():

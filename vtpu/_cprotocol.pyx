@@ -1527,6 +1527,14 @@ cdef class FrameDecoder:
         after :meth:`next` returned ``None``)."""
         return self.end - self.start
 
+    def head_size(self):
+        """Return the size, its 4-byte header included, of the frame at the read position
+        as its header announces it (complete or not), or 0 before 4 bytes of it arrived.
+        A server uses it to budget the memory a frame still arriving will take."""
+        if self.end - self.start < 4:
+            return 0
+        return 4 + <Py_ssize_t>rd32(<const unsigned char*>self.buf + self.start)
+
     cdef Py_ssize_t _frame_end(self) except -2:
         # Offset just after the complete frame at start, or -1.
         if self.end - self.start < 4:

@@ -676,6 +676,14 @@ class FrameDecoder:
         after :meth:`next` returned ``None``)."""
         return len(self._buf) - self._pos
 
+    def head_size(self) -> int:
+        """Return the size, its 4-byte header included, of the frame at the read position
+        as its header announces it (complete or not), or 0 before 4 bytes of it arrived.
+        A server uses it to budget the memory a frame still arriving will take."""
+        if len(self._buf) - self._pos < 4:
+            return 0
+        return 4 + _LEN.unpack_from(self._buf, self._pos)[0]
+
     # -- frames --------------------------------------------------------------------------
     def _frame_end(self) -> int:
         """Offset just after the complete frame at the read position, or -1."""

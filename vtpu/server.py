@@ -86,6 +86,9 @@ REQUEST_UNITS = 8
 SWEEP_SECONDS = 1.0  # how often connections are checked against the time limits
 CLOSE_GRACE_SECONDS = 5.0  # a connection closed for a limit is aborted if still open then
 MiB = 1024 * 1024
+# A frame at least this large is budgeted against Limits.input_total while it arrives;
+# smaller ones (every HELLO, nearly every request) never wait for the budget.
+LARGE_FRAME = 1 * MiB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +115,11 @@ class Limits:
         also the socket buffer above which the server stops reading its requests.
     :param names_per_second: new names one connection may intern per second (a burst of
         as many is allowed).
+    :param input_total: bytes the server buffers at once for large frames (over
+        ``LARGE_FRAME``) over all connections. A frame is reserved its announced size
+        when its header arrives; a connection whose frame does not fit is not read until
+        others complete theirs (one large frame is always admitted), so many unfinished
+        frames cannot add up to the server's memory.
     """
 
     max_clients: int | None = None
@@ -125,6 +133,7 @@ class Limits:
     output_soft_seconds: float = 60.0
     slice_bytes: int = 4 * MiB
     names_per_second: int = 256
+    input_total: int = 256 * MiB
 
     def client_limit(self) -> int:
         """The connection limit in force now (see ``max_clients``)."""
@@ -548,6 +557,8 @@ class _Connection(asyncio.Protocol):
         self.pending: list[bytes] = []  # replies waiting for the group commit
         self.closing = False
         self.read_paused = False  # by us, to let other connections run or for a job
+        self.input_wait = False  # not read until its large frame fits Limits.input_total
+        self.reserved = 0  # bytes of Limits.input_total held for the frame arriving
         self.write_paused = False  # by the transport's flow control
         # A run of GETs taken from the decoder but not answered yet (the slice's reply
         # budget ran out): (msgids, keys), answered first when the connection resumes.
@@ -589,6 +600,7 @@ class _Connection(asyncio.Protocol):
             self.server.trackers -= 1
         self.server.conns.discard(self)
         self.server.prehello.pop(self, None)
+        self.server.reserve_input(self, 0)
         self.pending.clear()
         self.backlog = None
 
@@ -612,7 +624,7 @@ class _Connection(asyncio.Protocol):
         t = self.transport
         if t is None or t.is_closing():
             return
-        if self.write_paused or self.read_paused:
+        if self.write_paused or self.read_paused or self.input_wait:
             t.pause_reading()
         else:
             t.resume_reading()
@@ -698,7 +710,11 @@ class _Connection(asyncio.Protocol):
             out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
             self.closing = True
         self._send(out, wrote)
-        if self.closing or self.job is not None:
+        if self.closing:
+            return
+        head = dec.head_size()
+        self.server.reserve_input(self, head if head >= LARGE_FRAME else 0)
+        if self.job is not None:
             return
         if self.backlog is not None or (more and dec.buffered()):
             self.partial_since = 0.0  # complete requests wait: not the client's doing
@@ -831,6 +847,7 @@ class _Connection(asyncio.Protocol):
         self.decoder = P.FrameDecoder(1)
         self.server.conns.discard(self)
         self.server.prehello.pop(self, None)
+        self.server.reserve_input(self, 0)
 
     def _close_after_flush(self) -> None:
         t = self.transport
@@ -870,6 +887,10 @@ class _Server:
         self.conns: set[_Connection] = set()
         # Connections without a successful HELLO yet, oldest first.
         self.prehello: dict[_Connection, None] = {}
+        # Limits.input_total: bytes reserved for large frames arriving, and the
+        # connections waiting for room (with what they need), first come first served.
+        self.input_reserved = 0
+        self.input_waiters: dict[_Connection, int] = {}
         self.loop = asyncio.get_running_loop()
         self._dirty: list[_Connection] = []
         self._flush_scheduled = False
@@ -896,7 +917,8 @@ class _Server:
                 continue
             if not c.authed and now - c.opened > lim.hello_timeout:
                 c.expire("PROTOCOL", f"no HELLO within {lim.hello_timeout:g} s")
-            elif c.partial_since and not (c.write_paused or c.read_paused or c.backlog) and (
+            elif c.partial_since and not (c.write_paused or c.read_paused or c.backlog
+                                          or c.input_wait) and (
                     now - c.last_rx > lim.frame_timeout
                     or now - c.partial_since > 6 * lim.frame_timeout):
                 c.expire("PROTOCOL", f"a frame was not completed in time (no byte for "
@@ -931,6 +953,59 @@ class _Server:
             0, "LIMIT", f"the server is at its client limit ({limit}); try again later"))
         conn.transport.close()
         return False
+
+    # -- input budget ----------------------------------------------------------------------
+    def reserve_input(self, conn: _Connection, need: int) -> None:
+        """Hold ``need`` bytes of ``Limits.input_total`` for the large frame ``conn`` is
+        receiving (0: none), in place of what it held. When it does not fit the
+        connection stops being read until :meth:`_admit_waiters` finds room; room freed
+        goes to the waiters in arrival order."""
+        if conn.input_wait:
+            if need == self.input_waiters.get(conn):
+                return   # still waiting for the same frame: keep its place
+        elif need == conn.reserved:
+            return
+        freed = conn.reserved
+        self.input_reserved -= freed
+        conn.reserved = 0
+        was_waiting = self.input_waiters.pop(conn, None) is not None
+        conn.input_wait = False
+        if need and not conn.closing:
+            if self.input_reserved and self.input_reserved + need > self.limits.input_total:
+                if not was_waiting:
+                    self.ratelog.warning(
+                        "input", "%d bytes of large frames are arriving (input limit %d): "
+                        "a frame of %d bytes from %s waits", self.input_reserved,
+                        self.limits.input_total, need, _peer(conn))
+                self.input_waiters[conn] = need
+                conn.input_wait = True
+                conn._update_reading()
+            else:
+                conn.reserved = need
+                self.input_reserved += need
+                if was_waiting:
+                    conn._update_reading()
+        if freed:
+            self._admit_waiters()
+
+    def _admit_waiters(self) -> None:
+        now = self.loop.time()
+        limit = self.limits.input_total
+        for c, need in list(self.input_waiters.items()):
+            if c.closing:
+                del self.input_waiters[c]
+                continue
+            if self.input_reserved and self.input_reserved + need > limit:
+                break
+            del self.input_waiters[c]
+            c.input_wait = False
+            c.reserved = need
+            self.input_reserved += need
+            # Its frame's clocks start again now: the wait was the server's doing.
+            c.last_rx = now
+            if c.partial_since:
+                c.partial_since = now
+            c._update_reading()
 
     def stop_sweeping(self) -> None:
         if self._sweeper is not None:
@@ -1961,6 +2036,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--names-per-second", type=int, default=d.names_per_second, metavar="N",
                     help="new names one connection may intern per second (default "
                          f"{d.names_per_second})")
+    ap.add_argument("--input-limit", type=_size, default=d.input_total, metavar="SIZE",
+                    help="bytes of large frames (1m and over) buffered at once over all "
+                         "connections; a connection whose frame does not fit waits "
+                         f"(default {d.input_total >> 20}m)")
     ap.add_argument("--max-request-time", type=float, default=DEFAULT_MAX_REQUEST_TIME,
                     metavar="SECONDS",
                     help="stop a request with TIMEOUT after this long (0: never; "
@@ -1982,7 +2061,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     limits = dataclasses.replace(
         Limits(), max_clients=ns.max_clients, idle_timeout=ns.timeout, hello_timeout=ns.hello_timeout,
-        frame_timeout=ns.frame_timeout, names_per_second=ns.names_per_second)
+        frame_timeout=ns.frame_timeout, names_per_second=ns.names_per_second,
+        input_total=ns.input_limit)
     if ns.output_limit is not None:
         try:
             hard, soft = _size(ns.output_limit[0]), _size(ns.output_limit[1])
