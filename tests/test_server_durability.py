@@ -263,6 +263,9 @@ def test_disk_full_is_answered_with_storage_errors_and_recovers(tmp_path, failur
         return f"2.1.1/1.1.1/1.{1 + i // 100}.{1 + i % 100}"
 
     big = "x" * 65536
+    # Larger than the whole filesystem: a write of it fails even if a checkpoint of the
+    # WAL (in the background) has just made room for writes of the ordinary size.
+    huge = "x" * (17 << 20)
     with SmallFS(tmp_path) as fs:
         data = os.path.join(fs.path, "data")
         engine = Engine(Storage(data, fsync="always"))
@@ -288,7 +291,9 @@ def test_disk_full_is_answered_with_storage_errors_and_recovers(tmp_path, failur
             assert reader.crange("*.*.*/*.*.*/*.*.*", count=True) == 2 + len(acked)
             # One group commit of every kind of write, and a read behind them.
             p = w.backend.pipeline(raise_on_error=False)
-            p.put(key("1.1.1/1.1.1/1.1.1"), "overwritten")
+            # The first request is larger than any room a checkpoint may have made; the
+            # small ones arrive with its last bytes, so all are one group commit.
+            p.put(key("1.1.1/1.1.1/1.1.1"), "overwritten" + huge)
             p.delete(key("1.1.1/1.1.1/1.1.2"))
             p.intern(["fresh"])
             p.put_many(key(coord(900)) + key(coord(900)) + key(coord(901)), ["a", "b", big])
@@ -316,7 +321,7 @@ def test_disk_full_is_answered_with_storage_errors_and_recovers(tmp_path, failur
 
             target = "1.1.1/1.1.1/1.1.1"
             threads = [threading.Thread(target=srv.call, args=(time.sleep, 0.6)),
-                       threading.Thread(target=run, args=("w", lambda: w.cput(target, big))),
+                       threading.Thread(target=run, args=("w", lambda: w.cput(target, huge))),
                        threading.Thread(target=run, args=("r", lambda: reader.cget(target)))]
             for t, pause in zip(threads, (0.1, 0.2, 0)):
                 t.start()

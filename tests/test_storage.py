@@ -861,6 +861,62 @@ def test_writes_after_the_checkpoint_amend_it(tmp_path, policy):
     e.close()
 
 
+def test_the_wal_is_checkpointed_in_the_background(tmp_path, policy):
+    """SQLite's autocheckpoint is off (it would pause a commit on the caller's thread):
+    the sync thread checkpoints instead, so the WAL stays near its working size however
+    much is written, under every policy."""
+    from vtpu.protocol import pack_value
+    from vtpu.storage import CHECKPOINT_SECONDS
+
+    blob = pack_value(b"\x5a" * (1 << 20))
+    with Storage(tmp_path, fsync=policy) as s:
+        wal = s.db_path + "-wal"
+        for i in range(16):   # 16 MiB in all, 1 MiB per commit
+            s.put_many([(key(4, 1 + i), blob, 1, 1.0, 1.0)])
+            s.commit()
+            if i % 4 == 3:
+                time.sleep(CHECKPOINT_SECONDS * 1.5)
+        assert os.path.getsize(wal) < 10 << 20
+        assert len(rows_of(s)) == 16
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(folded=st.sets(st.integers(0, 2999), max_size=400),
+       since=st.sets(st.integers(0, 2999), max_size=1500),
+       gone=st.sets(st.integers(0, 2999), min_size=60, max_size=300))
+def test_a_batch_of_deletions_removes_exactly_its_keys(tmp_path_factory, folded, since, gone):
+    """A batch of deletions over keys in the checkpoint, in rows since it, in both or in
+    neither (its DELETE finds the rows since the checkpoint by a scan of the batch's key
+    range, or probes every key when that range holds many more rows): read back, and
+    after reopening, exactly what a dict holds."""
+    from vtpu.protocol import pack_value
+
+    def row(i, tag):
+        return (key(3, 1 + i // 100, 1 + i % 100), pack_value(f"{tag}{i}"), 1, 1.5, 2.5)
+
+    path = tmp_path_factory.mktemp("dels")
+    want = {}
+    with Storage(path, fsync="never") as s:
+        s.put_many([row(i, "f") for i in sorted(folded)])
+        s.commit()
+        s.fold()
+        s.put_many([row(i, "s") for i in sorted(since)])
+        s.commit()
+        for r in [row(i, "f") for i in folded] + [row(i, "s") for i in since]:
+            want[r[0]] = r
+        keys = [row(i, "")[0] for i in gone]
+        random.Random(len(keys)).shuffle(keys)
+        s.delete(keys)
+        s.commit()
+        for k in keys:
+            want.pop(k, None)
+        expect = [want[k] for k in sorted(want)]
+        assert rows_of(s) == expect
+    with Storage(path, fsync="never") as s:
+        assert rows_of(s) == expect
+
+
 def test_fold_splits_chunks_and_rewrites_only_what_changed(tmp_path, monkeypatch):
     import vtpu.storage as storage_mod
 

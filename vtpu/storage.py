@@ -169,8 +169,13 @@ FOLD_MIN_ROWS = 16384
 # A put segment this large is sorted by key before insertion: inserting into the clustered
 # B-tree in key order touches each page once instead of randomly (bulk imports).
 SORT_THRESHOLD = 4096
-# Size the WAL is grown to at open (just under the 1000-page autocheckpoint, 4 KiB pages).
+# Size the WAL is grown to at open (about what it holds between two checkpoints).
 WAL_PREALLOC = 3 << 20
+# How often the background thread checkpoints the WAL into the database (when anything
+# was committed since): SQLite's own autocheckpoint is off, as it runs inside whichever
+# COMMIT crosses 1000 pages, copying pages and fsyncing the database file on the
+# server's loop thread (a 10 ms pause in the middle of a stream of small commits).
+CHECKPOINT_SECONDS = 0.25
 
 _SYNCHRONOUS = {"always": "FULL", "everysec": "NORMAL", "never": "OFF"}
 
@@ -199,6 +204,7 @@ _PUT_SQL = (
 )
 _DEL_SQL = "DELETE FROM scrolls WHERE key = ?"
 _TOMB_SQL = "INSERT OR REPLACE INTO deleted (key, crc) VALUES (?, ?)"
+_RANGE_KEYS_SQL = "SELECT key FROM scrolls WHERE key BETWEEN ? AND ? LIMIT ?"
 _UNTOMB_SQL = "DELETE FROM deleted WHERE key = ?"
 _CHUNK_SQL = "INSERT INTO chunks (first, n, body) VALUES (?, ?, ?)"
 _NAME_SQL = "INSERT OR REPLACE INTO names (id, name, crc) VALUES (?, ?, ?)"
@@ -293,6 +299,8 @@ class Storage:
         self._syncer: threading.Thread | None = None
         self._stop = threading.Event()
         self._sync_error: BaseException | None = None
+        self._checkpointed_seq = -1  # commit_seq at the last background checkpoint
+        self._checkpoint_failing = False  # logged once per run of failures
         self._names: list[str] = []
         # Keys deleted since the checkpoint (the ``deleted`` table), and how many
         # records the checkpoint holds: with none, deletions need no record.
@@ -324,11 +332,10 @@ class Storage:
         except BaseException:
             self._release()
             raise
-        if fsync != "never":
-            self._syncer = threading.Thread(
-                target=self._sync_loop, name=f"vtpu-fsync:{self.path}", daemon=True
-            )
-            self._syncer.start()
+        self._syncer = threading.Thread(
+            target=self._sync_loop, name=f"vtpu-sync:{self.path}", daemon=True
+        )
+        self._syncer.start()
 
     # ------------------------------------------------------------------ opening
 
@@ -382,6 +389,8 @@ class Storage:
             if str(mode).lower() != "wal":
                 raise StorageError(f"cannot put {self.db_path!r} in WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.fsync]}")
+            # The background thread checkpoints instead (CHECKPOINT_SECONDS).
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             # Larger page cache and mmap: bulk loads and the start-up scan stay in memory.
             conn.execute("PRAGMA cache_size=-65536")
             conn.execute("PRAGMA mmap_size=268435456")
@@ -959,11 +968,11 @@ class Storage:
                                         tombs.discard(k)
                                         undo.append((k, True))
                     elif kind == _DEL:
-                        conn.executemany(_DEL_SQL, payload)
+                        conn.executemany(_DEL_SQL, self._rows_of(payload))
                         if self._chunked:
                             # The checkpoint may hold the key: record the deletion.
                             gone = [k for (k,) in payload if len(k) == KEY_SIZE]
-                            conn.executemany(_TOMB_SQL, [(k, _tomb_crc(k)) for k in gone])
+                            conn.executemany(_TOMB_SQL, _core.seal_tombstones(gone))
                             for k in gone:
                                 if k not in tombs:
                                     tombs.add(k)
@@ -986,6 +995,29 @@ class Storage:
                 ) from exc
             self._committed(seq)
             return n
+
+    def _rows_of(self, params: list) -> list:
+        """The ``(key,)`` of ``params`` that have a row in ``scrolls`` (inside the open
+        transaction). Deleted keys mostly live in the checkpoint alone, and a DELETE
+        probing for an absent row costs as much as one removing it: one scan of the
+        batch's key range finds the rows instead. A range holding many more rows than
+        the batch (deletions scattered over a large table) is not scanned: every key is
+        then returned, which is always correct."""
+        if len(params) < 64:
+            return params
+        keys = [p[0] for p in params]
+        try:
+            lo, hi = min(keys), max(keys)
+        except TypeError:
+            return params
+        if type(lo) is not bytes or type(hi) is not bytes:
+            return params
+        cap = 4 * len(keys) + 64
+        rows = self._conn.execute(_RANGE_KEYS_SQL, (lo, hi, cap)).fetchall()
+        if len(rows) >= cap:
+            return params
+        want = set(keys)
+        return [r for r in rows if r[0] in want]
 
     def _set_commit(self, seq: int) -> None:
         """Store the commit number ``seq`` (inside the transaction making that commit)."""
@@ -1147,28 +1179,74 @@ class Storage:
             os.fsync(self._counter_fd)
 
     def _sync_loop(self) -> None:
-        # At most one round per second, and none while idle. everysec: fsync the WAL,
-        # then advance the counter's "synced"; always (SQLite fsynced every commit):
-        # only the counter file needs flushing.
-        while not self._stop.wait(1.0):
-            try:
-                synced = self.synced_seq
-                if self.fsync == "everysec" and self._dirty:
-                    self._dirty = False  # a commit after this point re-arms the next round
-                    target = self.commit_seq  # every commit up to here is in the WAL
-                    try:
-                        _fsync_path(self._wal_path)
-                        synced = target
-                    except FileNotFoundError:
-                        synced = target
-                    except OSError as exc:
-                        self._sync_error = exc
-                        continue
+        # Every CHECKPOINT_SECONDS: checkpoint the WAL if anything was committed since
+        # the last time. At most once a second, and not while idle: everysec fsyncs the
+        # WAL, then advances the counter's "synced"; always (SQLite fsynced every commit)
+        # only flushes the counter file; never does neither.
+        ckpt: sqlite3.Connection | None = None
+        next_sync = time.monotonic() + 1.0
+        try:
+            while not self._stop.wait(CHECKPOINT_SECONDS):
+                if self.fsync != "never" and time.monotonic() >= next_sync:
+                    next_sync = time.monotonic() + 1.0
+                    self._sync_round()
                 if self._stop.is_set():
                     return
-                self._sync_counter(synced)
-            except OSError as exc:
-                self._counter_error = exc
+                ckpt = self._checkpoint_wal(ckpt)
+        finally:
+            if ckpt is not None:
+                ckpt.close()
+
+    def _sync_round(self) -> None:
+        try:
+            synced = self.synced_seq
+            if self.fsync == "everysec" and self._dirty:
+                self._dirty = False  # a commit after this point re-arms the next round
+                target = self.commit_seq  # every commit up to here is in the WAL
+                try:
+                    _fsync_path(self._wal_path)
+                    synced = target
+                except FileNotFoundError:
+                    synced = target
+                except OSError as exc:
+                    self._sync_error = exc
+                    return
+            if self._stop.is_set():
+                return
+            self._sync_counter(synced)
+        except OSError as exc:
+            self._counter_error = exc
+
+    def _checkpoint_wal(self, ckpt: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """Copy the committed WAL frames into the database (PASSIVE: waits for no reader
+        or writer; the next writer then starts the WAL over). Runs on the sync thread,
+        on a connection of its own, with the policy's fsyncs; a failure (a full disk)
+        loses nothing, as the frames stay in the WAL, and is retried next round.
+
+        :returns: the connection to use next round (None after a failure)."""
+        seq = self.commit_seq
+        if seq == self._checkpointed_seq:
+            return ckpt
+        try:
+            if ckpt is None:
+                ckpt = sqlite3.connect(self.db_path, isolation_level=None,
+                                       check_same_thread=True, timeout=0)
+                ckpt.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.fsync]}")
+            busy = ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            if not self._checkpoint_failing:
+                self._checkpoint_failing = True
+                log.warning("%s: checkpointing the WAL failed (%s); it keeps the writes "
+                            "and grows until a checkpoint succeeds", self.path, exc)
+            if ckpt is not None:
+                ckpt.close()
+            return None
+        if not busy:
+            self._checkpointed_seq = seq
+        if self._checkpoint_failing:
+            self._checkpoint_failing = False
+            log.warning("%s: checkpointing the WAL succeeds again", self.path)
+        return ckpt
 
     # ------------------------------------------------------------------ closing
 

@@ -189,6 +189,25 @@ def seal_records(list rows):
     return out
 
 
+def seal_tombstones(list keys):
+    """The storage rows of deletions: ``(key, checksum)`` for every key, the checksum
+    being ``xxh64(key)`` as a signed 64-bit integer.
+
+    :param keys: bytes keys (18 bytes each in a store; any length is hashed as given).
+    :returns: a new list of ``(key, checksum)`` tuples.
+    :raises InterfaceError: a key is not bytes.
+    """
+    cdef Py_ssize_t i, n = len(keys)
+    out = []
+    for i in range(n):
+        k = keys[i]
+        if type(k) is not bytes:
+            raise InterfaceError(f"deletion {i}: a key must be bytes, got {type(k).__name__}")
+        out.append((k, <int64_t>_xxh64(<const unsigned char*>PyBytes_AS_STRING(k),
+                                       PyBytes_GET_SIZE(k), 0)))
+    return out
+
+
 def verify_records(list rows):
     """Find the first storage row whose checksum does not match.
 
