@@ -267,3 +267,56 @@ def test_error_shows_names_when_given():
         format_phext([((1, 1, 1, 0xF000, 1, 1, 1, 1, 1), "x")], names=_Names())
     with pytest.raises(PhextError, match=r"1\.1\.1/61441\.1\.1/1\.1\.1"):
         format_phext([((1, 1, 1, 0xF001, 1, 1, 1, 1, 1), "x")], names=_Names())
+
+
+# -- the column writer ---------------------------------------------------------------------
+
+_COMPONENT = st.sampled_from([1, 1, 1, 2, 3, 998, 999, 0, 1000, 0xF000])
+_TEXT = st.one_of(st.sampled_from(["a", "bc", "line\nbreak", "x" * 5]),
+                  st.sampled_from(["", "a\x17b", "\x01", b"bytes", None, 7]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.tuples(*[_COMPONENT] * 9), _TEXT), max_size=40,
+                unique_by=lambda it: it[0]),
+       st.lists(st.integers(1, 10), max_size=4), st.booleans())
+def test_write_columns_writes_what_write_writes(items, cuts, skip):
+    """Scrolls given as an (M, 9) array and their contents, in chunks: the same text, the
+    same skips and the same error as the pair writer given them one by one."""
+    from vtpu.phext import PhextWriter
+
+    items.sort(key=lambda it: it[0])
+    chunks, a = [], 0
+    for c in cuts + [len(items)]:
+        chunks.append(items[a:a + c])
+        a += c
+    pairs, cols = PhextWriter(skip_invalid=skip), PhextWriter(skip_invalid=skip)
+    want = got = ""
+    want_err = got_err = None
+    try:
+        for ch in chunks:
+            want += pairs.write(ch)
+    except PhextError as e:
+        want_err = str(e)
+    try:
+        for ch in chunks:
+            arr = np.array([c for c, _ in ch], dtype=np.uint16).reshape(-1, 9)
+            got += cols.write_columns(arr, [t for _, t in ch])
+    except PhextError as e:
+        got_err = str(e)
+    assert got_err == want_err
+    if want_err is None:
+        assert got == want
+        assert cols.n_skipped == pairs.n_skipped and cols.skipped == pairs.skipped
+
+
+def test_write_columns_refuses_coordinates_out_of_order():
+    from vtpu.phext import PhextWriter
+
+    w = PhextWriter()
+    w.write_columns(np.array([[1] * 8 + [3]], dtype=np.uint16), ["a"])
+    for bad in ([[1] * 8 + [3]], [[1] * 8 + [2]], [[1] * 8 + [4], [1] * 8 + [4]]):
+        with pytest.raises(PhextError, match="ascending"):
+            w.write_columns(np.array(bad, dtype=np.uint16), ["b"] * len(bad))
+    with pytest.raises(PhextError, match="array"):
+        w.write_columns(np.zeros((2, 8), dtype=np.uint16), ["b", "c"])

@@ -807,8 +807,7 @@ class Client:
                 for page in pages:
                     skipped = writer.n_skipped
                     try:
-                        f.write(writer.write(zip(map(tuple, page.coords.tolist()),
-                                                 page.contents)))
+                        f.write(writer.write_columns(page.coords, page.contents))
                     except UnicodeEncodeError as exc:
                         raise PhextError(
                             f"scroll text is not encodable as UTF-8 ({exc.reason})") from None

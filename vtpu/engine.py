@@ -1566,7 +1566,7 @@ class Engine:
         PHEXT_STEP scrolls (their concatenation is the document)."""
         w = phext.PhextWriter(skip_invalid=skip_invalid, names=self.names, keep_skipped=False)
         for part, pc in self._chunks(coords, PHEXT_STEP):
-            yield w.write([(tuple(c), s.content) for c, s in zip(pc.tolist(), part)])
+            yield w.write_columns(pc, part.contents)
 
     def pipeline(self, raise_on_error: bool = True):
         """Queue engine calls and run them in order with ``execute()`` (the in-process

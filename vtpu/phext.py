@@ -47,6 +47,8 @@ import os
 import re
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from ._core import NAME_BASE as NAME_ID_MIN
 from .errors import PhextError
 from .steps import run
@@ -299,6 +301,17 @@ def format_phext(items: Iterable, *, skip_invalid: bool = False, return_skipped:
     return (doc, w.skipped) if return_skipped else doc
 
 
+def _bad_texts(texts: list) -> set:
+    """Indexes of the texts the fast pass flags (not str, empty, holding a break): one
+    C-level pass and one regex search when none is."""
+    if all(type(t) is str for t in texts) and all(texts):
+        if _BREAK_RE.search("".join(texts)) is None:
+            return set()
+        return {i for i, t in enumerate(texts) if _BREAK_RE.search(t)}
+    return ({i for i, t in enumerate(texts) if type(t) is not str or not t}
+            | {i for i, t in enumerate(texts) if type(t) is str and _BREAK_RE.search(t)})
+
+
 class PhextWriter:
     """Writes one phext document a chunk of scrolls at a time (an export streamed to a
     file or built in steps): each :meth:`write` returns the text of its scrolls, which
@@ -342,6 +355,73 @@ class PhextWriter:
                              "order, each coordinate once (format_phext sorts)")
         return self._format(coords, texts)
 
+    def write_columns(self, coords, contents: Sequence) -> str:
+        """:meth:`write` for scrolls given as columns, as a query result holds them: no
+        tuple of Python ints per coordinate, and the checks and the breaks between
+        scrolls worked out for all rows at once.
+
+        :param coords: an (M, 9) integer array, ascending, after every coordinate
+            written before.
+        :param contents: the M contents.
+        :returns: their text (``""`` when every one was skipped).
+        :raises PhextError: as :meth:`write`; also a shape that is not (M, 9) with M
+            contents.
+        """
+        arr = np.asarray(coords)
+        texts = list(contents)
+        if arr.ndim != 2 or arr.shape[1] != 9 or arr.dtype.kind not in "iu" \
+                or len(arr) != len(texts):
+            raise PhextError(f"write_columns needs an (M, 9) integer array and M contents, "
+                             f"got {arr.dtype} {arr.shape} and {len(texts)}")
+        arr = arr.astype(np.int64)
+        bad = set(np.flatnonzero(((arr < 1) | (arr > MAX_COMPONENT)).any(axis=1)).tolist())
+        bad |= _bad_texts(texts)
+        if bad:
+            drop = self._drop(sorted(bad), lambda i: tuple(arr[i].tolist()), texts)
+            if drop:
+                keep = np.ones(len(texts), dtype=np.bool_)
+                keep[sorted(drop)] = False
+                arr = arr[keep]
+                texts = [t for i, t in enumerate(texts) if i not in drop]
+        if not len(arr):
+            return ""
+        here = np.asarray(self._here, dtype=np.int64)
+        prev = np.vstack([here[None, :], arr[:-1]])
+        neq = arr != prev
+        moved = neq.any(axis=1)
+        d = neq.argmax(axis=1)
+        rows = np.arange(len(arr))
+        step = arr[rows, d] - prev[rows, d]
+        # Row i against row i - 1 (the first against the last one written, if any: the
+        # start position is that one then): ascending where the first differing
+        # component grew (equal rows differ nowhere: a step of 0).
+        if not (step[1 if self._last is None else 0:] > 0).all():
+            raise PhextError("PhextWriter.write needs scrolls in ascending coordinate "
+                             "order, each coordinate once (format_phext sorts)")
+        out: list = [""] * (2 * len(texts))
+        out[1::2] = texts
+        cache = self._cache
+        # A break at dimension d moves on n there and starts every later dimension at 1;
+        # a coordinate past 1 in a later dimension needs breaks there too (its tail).
+        tailed = ((arr > 1) & (np.arange(9) > d[:, None])).any(axis=1)
+        for i, di, n, mv, tl in zip(rows.tolist(), d.tolist(), step.tolist(),
+                                    moved.tolist(), tailed.tolist()):
+            if not mv:
+                continue   # at the start position: no break before it
+            if not tl:
+                out[2 * i] = BREAKS[di] * n
+                continue
+            tail = tuple(arr[i, di + 1:].tolist())
+            key = (di, n, tail)
+            sep = cache.get(key)
+            if sep is None:
+                sep = BREAKS[di] * n + "".join(BREAKS[j] * (tail[j - di - 1] - 1)
+                                               for j in range(di + 1, 9))
+                cache[key] = sep
+            out[2 * i] = sep
+        self._here = self._last = tuple(arr[-1].tolist())
+        return "".join(out)
+
     def _valid(self, items: Iterable) -> tuple[list, list]:
         """The items' coordinates and texts, without those a phext file cannot hold
         (recorded in ``skipped``, or raised)."""
@@ -355,33 +435,38 @@ class PhextWriter:
         for i, c in enumerate(coords):
             if min(c) < 1 or max(c) > MAX_COMPONENT:
                 bad.add(i)
-        if all(type(t) is str for t in texts) and all(texts):
-            if _BREAK_RE.search("".join(texts)) is not None:
-                bad.update(i for i, t in enumerate(texts) if _BREAK_RE.search(t))
-        else:
-            bad.update(i for i, t in enumerate(texts) if type(t) is not str or not t)
-            bad.update(
-                i for i, t in enumerate(texts) if type(t) is str and _BREAK_RE.search(t)
-            )
+        bad |= _bad_texts(texts)
         if bad:
-            drop = set()
-            for i in sorted(bad):
-                reason = check_item(coords[i], texts[i])
-                if reason is None:  # flagged by the fast pass but fine (a str subclass)
-                    continue
-                if not self.skip_invalid:
-                    raise PhextError(
-                        f"scroll {_fmt(coords[i], self.names)} cannot be written to phext: "
-                        f"{reason}"
-                    )
-                if self.keep_skipped:
-                    self.skipped.append((coords[i], texts[i], reason))
-                self.n_skipped += 1
-                drop.add(i)
+            drop = self._drop(sorted(bad), coords.__getitem__, texts)
             if drop:
                 coords = [c for i, c in enumerate(coords) if i not in drop]
                 texts = [t for i, t in enumerate(texts) if i not in drop]
         return coords, texts
+
+    def _drop(self, suspects: list, coord_of, texts: list) -> set:
+        """Of the rows the fast checks flagged, those a phext file cannot hold: raised,
+        or recorded in ``skipped`` and returned (with ``skip_invalid``)."""
+        drop = set()
+        quiet = self.skip_invalid and not self.keep_skipped
+        for i in suspects:
+            if quiet and not isinstance(texts[i], str):
+                # Only text goes in a phext file, and nothing is kept to say why.
+                self.n_skipped += 1
+                drop.add(i)
+                continue
+            c = coord_of(i)
+            reason = check_item(c, texts[i])
+            if reason is None:  # flagged by the fast pass but fine (a str subclass)
+                continue
+            if not self.skip_invalid:
+                raise PhextError(
+                    f"scroll {_fmt(c, self.names)} cannot be written to phext: {reason}"
+                )
+            if self.keep_skipped:
+                self.skipped.append((c, texts[i], reason))
+            self.n_skipped += 1
+            drop.add(i)
+        return drop
 
     def _format(self, coords: list, texts: list) -> str:
         """The text of valid scrolls in ascending order, after ``_here``."""
