@@ -40,7 +40,7 @@ def pattern(draw):
     return np.array([[c[0] for c in comps], [c[1] for c in comps]], dtype=np.uint16)
 
 
-TINY = {"WINDOW": 3}
+TINY = {"WINDOW": 3, "GATHER_STEP": 2}
 TINY_ENGINE = {"GATHER": 2, "DELETE_STEP": 2, "PUT_STEP": 3, "EDGE_STEP": 2, "PHEXT_STEP": 2,
                "SCORES_PER_STEP": 4}
 

@@ -889,6 +889,16 @@ class Engine:
                 keep = np.flatnonzero(found)
                 yield res.take(keep), part[keep]
 
+    def _hit_chunks(self, hits: Any, size: int) -> Iterator[Any]:
+        """The scrolls of a query's hits (:class:`vtpu.index.Hits`), ``size`` at a time
+        in their order, without those no longer stored: a step generator reads one per
+        step. Nothing is gathered for all hits at once (a query of a million hits is
+        read a chunk per step), and a hit in the store's sorted run is read by its row,
+        no key hashed."""
+        m = self._map
+        for a in range(0, len(hits.pos), size):
+            yield m.take(m.rows_at(hits.main, hits.pos[a:a + size], hits.extra))
+
     def count(self, pattern: np.ndarray) -> int:
         """CRANGE count: how many scrolls match the pattern.
 
@@ -1543,13 +1553,13 @@ class Engine:
             past this many characters (a reply that could not be sent anyway).
         """
         pattern = EVERYTHING if pattern is None else _core.check_pattern(pattern)
-        coords = yield from self._index.query_steps(pattern)
+        hits = yield from self._index.hits_steps(pattern)
         # Pieces are joined 64 at a time as they come, so the last step joins a few
         # large strings (one copy of the document) rather than thousands of small ones.
         joined: list = []
         parts: list = []
         size = 0
-        for text in self._phext_pieces(coords, skip_invalid):
+        for text in self._phext_pieces(hits, skip_invalid):
             size += len(text)
             if max_chars is not None and size > max_chars:
                 raise LimitError(f"the export is over {max_chars} characters: export "
@@ -1561,12 +1571,12 @@ class Engine:
             yield
         return "".join(joined + parts)
 
-    def _phext_pieces(self, coords: np.ndarray, skip_invalid: bool) -> Iterator[str]:
-        """The phext document of the scrolls at sorted coordinates, one piece per
-        PHEXT_STEP scrolls (their concatenation is the document)."""
+    def _phext_pieces(self, hits: Any, skip_invalid: bool) -> Iterator[str]:
+        """The phext document of the scrolls a query found, one piece per PHEXT_STEP
+        scrolls (their concatenation is the document)."""
         w = phext.PhextWriter(skip_invalid=skip_invalid, names=self.names, keep_skipped=False)
-        for part, pc in self._chunks(coords, PHEXT_STEP):
-            yield w.write_columns(pc, part.contents)
+        for part in self._hit_chunks(hits, PHEXT_STEP):
+            yield w.write_columns(part.coords, part.contents)
 
     def pipeline(self, raise_on_error: bool = True):
         """Queue engine calls and run them in order with ``execute()`` (the in-process

@@ -46,6 +46,8 @@ _FULL_HI = 0xFFFF
 #: Rows of main (or candidates of a posting list, keys of the Z index) a query examines
 #: per step: well under a millisecond.
 WINDOW = 16384
+#: Coordinates of a query's answer gathered per step (about a millisecond).
+GATHER_STEP = 65536
 #: Lazy structures of main arrays at least this long are built on the builder thread.
 BUILD_ON_THREAD = 65536
 
@@ -557,9 +559,17 @@ class CoordIndex:
 
     def query_steps(self, p: np.ndarray, after: np.ndarray | None = None,
                     limit: int | None = None):
-        """Steps of :meth:`query`: the keys indexed when it started (a snapshot)."""
+        """Steps of :meth:`query`: the keys indexed when it started (a snapshot). A
+        long answer is gathered GATHER_STEP coordinates per step."""
         hits = yield from self.hits_steps(p, after, limit)
-        return hits.coords()
+        n = len(hits.pos)
+        if n <= GATHER_STEP:
+            return hits.coords()
+        out = np.empty((n, 9), dtype=np.uint16)
+        for a in range(0, n, GATHER_STEP):
+            yield
+            out[a:a + GATHER_STEP] = hits.coords(a, a + GATHER_STEP)
+        return out
 
     def hits_steps(self, p: np.ndarray, after: np.ndarray | None = None,
                    limit: int | None = None):
