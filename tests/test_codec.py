@@ -20,6 +20,7 @@ import types
 import msgpack
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vtpu import _core
 from vtpu import errors as E
@@ -713,6 +714,33 @@ def test_decode_scrolls_inverts_the_encoder(codec, contents):
         assert same(got.contents, [None if s is None else s.content for s in scrolls])
     got2, end2 = codec.decode_scrolls(bytearray(blob), 2, names)
     assert end2 == end and same(list(got2), scrolls)
+
+
+_NUMBERS = st.one_of(
+    st.integers(-(1 << 63), (1 << 64) - 1), st.integers(-40, 300), st.booleans(),
+    st.floats(allow_nan=False), st.floats(width=32, allow_nan=False),
+    st.sampled_from([0, -1, 127, 128, -32, -33, 255, 256, 65535, 65536, -(1 << 31),
+                     (1 << 32) - 1, (1 << 63) - 1, -(1 << 63), float("inf")]))
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_NUMBERS, max_size=12), st.booleans())
+def test_numbers_decode_as_msgpack_decodes_them(codec, values, single):
+    """Contents that are one msgpack number or bool (in every width the format has, as
+    any client may send them: float32 too) read back as msgpack's unpackb reads them,
+    through the column result's contents and through each Scroll."""
+    n = len(values)
+    if single:   # as float32: what fits one
+        values = [1.5 if type(v) is float and 3.4e38 < abs(v) < float("inf") else v
+                  for v in values]
+    body = msgpack.packb([bytes(18) * n, values, [1] * n, [1.0] * n, [1.0] * n],
+                         use_single_float=single)
+    want = msgpack.unpackb(body)[1]
+    got, _ = codec.decode_scrolls(body)
+    contents = got.contents
+    assert contents == want and [type(x) for x in contents] == [type(x) for x in want]
+    assert [s.content for s in got] == want
 
 
 def test_decoded_scroll_lists_behave_like_lists(codec):

@@ -27,6 +27,8 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t, INT64_MAX
 from libc.string cimport memcpy, memmove, memset
 
+include "core/scalar.pxi"
+
 import numpy as np
 
 from vtpu import protocol as _ref
@@ -1215,11 +1217,13 @@ cdef object read_content(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t end
     if e < 0:
         pos[0] = -1
         return None
-    try:
-        v = unpackb(PyBytes_FromStringAndSize(<const char*>p + q, e - q))
-    except ProtocolError:
-        pos[0] = -1
-        return None
+    v = _packed_scalar(p + q, e - q)
+    if v is _NOT_SCALAR:
+        try:
+            v = unpackb(PyBytes_FromStringAndSize(<const char*>p + q, e - q))
+        except ProtocolError:
+            pos[0] = -1
+            return None
     pos[0] = e
     return v
 
@@ -1305,10 +1309,12 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
         e = skip(p, pos, end, 0)
         if e < 0:
             return None
-        try:
-            v = unpackb(PyBytes_FromStringAndSize(<const char*>p + pos, e - pos))
-        except ProtocolError:
-            return None
+        v = _packed_scalar(p + pos, e - pos)
+        if v is _NOT_SCALAR:
+            try:
+                v = unpackb(PyBytes_FromStringAndSize(<const char*>p + pos, e - pos))
+            except ProtocolError:
+                return None
         kk[i] = K_OBJECT
         sp[0, i] = len(objects)
         objects.append(v)

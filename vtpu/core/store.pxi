@@ -191,6 +191,9 @@ cdef object _content_from(uint8_t kind, const char* base, int64_t off, int64_t l
     if kind == CK_ARRAY:
         return _array_from(base, off, ln, owner, types)
     if kind == CK_PACKED:
+        v = _packed_scalar(<const unsigned char*>base + off, ln)
+        if v is not _NOT_SCALAR:
+            return v
         return unpackb(PyBytes_FromStringAndSize(base + off, ln))
     return None   # CK_NONE, CK_DEAD
 
