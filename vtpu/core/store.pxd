@@ -105,6 +105,22 @@ cdef struct KeyCols:
     uint16_t* tail
 
 
+# A gather reads rows scattered over the store: asking for a row's lines a few rows
+# ahead hides most of each cache miss behind the work on the rows before it.
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define vtpu_prefetch(p) __builtin_prefetch((const void*)(p))
+    #else
+    #define vtpu_prefetch(p) ((void)0)
+    #endif
+    """
+    void prefetch "vtpu_prefetch"(const void* p) noexcept nogil
+
+cdef enum:
+    PREFETCH_AHEAD = 8   # rows ahead a gather asks for
+
+
 cdef inline const uint16_t* kc_at(const KeyCols* kc, size_t r) noexcept nogil:
     if r < <size_t>kc.m:
         return kc.run + r * 9

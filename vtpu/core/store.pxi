@@ -1245,13 +1245,18 @@ cdef class ColumnStore:
         """Gather rows into a new Scrolls; ``keys``: the result's key blob, or None to
         pack the rows' keys (rows < 0 then get a zero key). With ``limit`` >= 0: None
         when the arena bytes plus ``per_row`` per found row pass it (see get_many)."""
-        cdef Py_ssize_t i, row, total = 0, found = 0
+        cdef Py_ssize_t i, row, total = 0, found = 0, ahead
         cdef uint8_t kind
         cdef Row* r
         for i in range(n):
             row = rows[i]
             if row >= self.n or row < -1:
                 raise IndexError(f"row {row} is not in the store ({self.n} rows)")
+            if i + PREFETCH_AHEAD < n:
+                ahead = rows[i + PREFETCH_AHEAD]
+                if 0 <= ahead < self.n:
+                    prefetch(&self.meta[ahead])
+                    prefetch(kc_at(&self.kc, ahead))
             if row >= 0 and self.meta[row].kind != CK_DEAD:
                 found += 1
                 if _in_arena(self.meta[row].kind):
@@ -1276,6 +1281,10 @@ cdef class ColumnStore:
         cdef Py_ssize_t pos = 0, ln
         for i in range(n):
             row = rows[i]
+            if i + PREFETCH_AHEAD < n:
+                ahead = rows[i + PREFETCH_AHEAD]
+                if ahead >= 0 and _in_arena(self.meta[ahead].kind):
+                    prefetch(self.arena + self.meta[ahead].off)
             kind = self.meta[row].kind if row >= 0 else CK_DEAD
             out.kinds[i] = kind
             if kind == CK_DEAD:
