@@ -573,6 +573,7 @@ cdef object get_replies_from_columns(list msgids, object scrolls, Py_ssize_t max
     cdef const char* d = PyBytes_AS_STRING(c.data)
     cdef const char* kp = PyBytes_AS_STRING(c.keys)
     cdef uint64_t u
+    cdef dict heads = {}
     cdef Buf b
     buf_init(&b)
     try:
@@ -585,7 +586,7 @@ cdef object get_replies_from_columns(list msgids, object scrolls, Py_ssize_t max
                 put1(&b, 0x95)
                 put_binhdr(&b, KEY_SIZE)
                 put(&b, kp + i * KEY_SIZE, KEY_SIZE)
-                put_span(&b, c.kinds[i], d, c.offs[i], c.lens[i], c.objs, c.types)
+                put_span(&b, c.kinds[i], d, c.offs[i], c.lens[i], c.objs, c.types, heads)
                 put_int(&b, c.ver[i])
                 reserve(&b, 18)
                 memcpy(&u, &c.cre[i], 8)
@@ -801,11 +802,28 @@ cdef class _Cols:
 
 
 cdef inline int put_span(Buf* b, unsigned char kind, const char* d, int64_t off,
-                         int64_t ln, list objs, list types) except -1:
+                         int64_t ln, list objs, list types, dict heads) except -1:
     """Append one content of a Scrolls from its span in the result's data (or its
-    object): the bytes ``put_value`` writes for the content itself."""
+    object): the bytes ``put_value`` writes for the content itself. ``heads`` keeps the
+    ext header of each array type met so far (made once per type, not per array)."""
     cdef uint32_t tid
-    if kind == K_BYTES:
+    cdef Buf hb
+    if kind == K_ARRAY:
+        memcpy(&tid, d + off, 4)
+        head = heads.get(tid)
+        if head is None:
+            # Every array of a type has the same size: its header is the same bytes.
+            dtype, shape = types[tid]
+            buf_init(&hb)
+            try:
+                put_ndarray_ext(&hb, dtype, shape, -1, ln - 4)
+                head = PyBytes_FromStringAndSize(hb.p, hb.n)
+            finally:
+                buf_free(&hb)
+            heads[tid] = head
+        put(b, PyBytes_AS_STRING(head), len(<bytes>head))
+        put(b, d + off + 4, ln - 4)
+    elif kind == K_BYTES:
         put_binhdr(b, ln)
         put(b, d + off, ln)
     elif kind == K_STR:
@@ -814,11 +832,6 @@ cdef inline int put_span(Buf* b, unsigned char kind, const char* d, int64_t off,
         put(b, d + off, ln)
     elif kind == K_OBJECT:
         put_value(b, <object>PyList_GET_ITEM(objs, off), 1)
-    elif kind == K_ARRAY:
-        memcpy(&tid, d + off, 4)
-        dtype, shape = types[tid]
-        put_ndarray_ext(b, dtype, shape, -1, ln - 4)
-        put(b, d + off + 4, ln - 4)
     else:
         put1(b, 0xC0)   # the content None, or nothing stored
     return 0
@@ -840,6 +853,7 @@ cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
     # arrays: every content may be a numpy array; in_arena: every one is held in the
     # arena (kind K_ARRAY), all of the type of the first, tid0.
     cdef bint arrays = n >= 2, in_arena = True, seen = False
+    cdef dict heads
     stacked = None
     # The contents go stacked exactly when the reference stacks them: at least two,
     # every one a numpy array of one dtype and of one shape with a dimension at least.
@@ -891,9 +905,10 @@ cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
     elif form == 2:
         put_packed(b, stacked)
     else:
+        heads = {}
         put_arrhdr(b, n)
         for i in range(n):
-            put_span(b, c.kinds[i], d, c.offs[i], c.lens[i], c.objs, c.types)
+            put_span(b, c.kinds[i], d, c.offs[i], c.lens[i], c.objs, c.types, heads)
     put_arrhdr(b, n)
     reserve(b, 9 * n)
     for i in range(n):
@@ -927,12 +942,16 @@ cdef int put_times(Buf* b, const unsigned char[::1] kinds, const double[::1] t) 
     return 0
 
 
-def encode_scrolls(scrolls):
+def encode_scrolls(scrolls, *, status=None, bint page=False, after=None):
     """Encode a list of Scrolls (``None`` allowed) as the msgpack bytes of the
-    column-wise scroll list (see ``scrolls_to_wire``).
+    column-wise scroll list (see ``scrolls_to_wire``), in one buffer with what a BATCH
+    item wraps it in.
 
     :param scrolls: a :class:`vtpu.results.Scrolls` (written from its columns), or
         Scroll objects (anything with the five attributes) or ``None``.
+    :param status: given: the bytes of the BATCH item ``[status, value]``.
+    :param page: the value is a RANGE page ``[scroll list, after]``.
+    :param after: with ``page``: the key to continue after, or ``None``.
     :returns: the msgpack bytes of one value.
     :raises InterfaceError: if a content cannot be encoded.
     """
@@ -944,10 +963,18 @@ def encode_scrolls(scrolls):
     try:
         if columns:
             cols = scrolls.columns()
-            buf_init_bytes(&b, columns_size_hint(cols))
+            buf_init_bytes(&b, 16 + columns_size_hint(cols))
+        if status is not None:
+            put1(&b, 0x92)
+            put_value(&b, status, 1)
+        if page:
+            put1(&b, 0x92)
+        if columns:
             put_scroll_columns(&b, scrolls, cols)
         elif put_scroll_list(&b, scrolls):
-            return _ref.encode_scrolls(scrolls)
+            return _ref.encode_scrolls(scrolls, status=status, page=page, after=after)
+        if page:
+            put_value(&b, after, 1)
         return buf_bytes(&b)
     finally:
         buf_free(&b)

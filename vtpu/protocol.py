@@ -377,11 +377,24 @@ def encode_response(msgid: int, result: Any, max_frame_size: int = DEFAULT_MAX_F
     return encode_frame([msgid, STATUS_OK, result], max_frame_size)
 
 
-class Encoded(bytes):
+class Encoded:
     """The msgpack bytes of one value, to be written as they are (see
-    :func:`encode_response_items`)."""
+    :func:`encode_response_items`). It holds the bytes it is given (a marker around
+    them, not a copy: a BATCH holds megabytes of them).
 
-    __slots__ = ()
+    :ivar data: the bytes.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        return f"Encoded({len(self.data)} bytes)"
 
 
 def encode_response_items(msgid: int, items: list,
@@ -404,7 +417,7 @@ def encode_response_items(msgid: int, items: list,
     parts = [b"", head]
     size = len(head)
     for item in items:
-        b = item if type(item) is Encoded else packb(item)
+        b = item.data if type(item) is Encoded else packb(item)
         size += len(b)
         if size > max_frame_size:
             raise LimitError(
@@ -522,19 +535,28 @@ def encode_get_replies(msgids: list, scrolls: list,
     return b"".join(out), len(out)
 
 
-def encode_scrolls(scrolls: Any) -> bytes:
+def encode_scrolls(scrolls: Any, *, status: int | None = None, page: bool = False,
+                   after: bytes | None = None) -> bytes:
     """Encode a list of Scrolls (``None`` allowed) as the msgpack bytes of the
-    column-wise scroll list (see :func:`scrolls_to_wire`).
+    column-wise scroll list (see :func:`scrolls_to_wire`), in one buffer with what a
+    BATCH item wraps it in.
 
     :param scrolls: a :class:`vtpu.results.Scrolls` (written from its columns, see
         :func:`_columns_msgpack`), or Scroll objects (anything with the five
         attributes) or ``None``.
+    :param status: given: the bytes of the BATCH item ``[status, value]``.
+    :param page: the value is a RANGE page ``[scroll list, after]``.
+    :param after: with ``page``: the key to continue after, or ``None``.
     :returns: the msgpack bytes of one value.
     :raises InterfaceError: if a content cannot be encoded.
     """
-    if type(scrolls) is Scrolls:
-        return _columns_msgpack(scrolls)
-    return packb(scrolls_to_wire(scrolls))
+    w = _columns_msgpack(scrolls) if type(scrolls) is Scrolls else \
+        packb(scrolls_to_wire(scrolls))
+    if page:
+        w = b"\x92" + w + packb(after)
+    if status is not None:
+        w = b"\x92" + packb(status) + w
+    return w
 
 
 def encode_response_scrolls(msgid: int, scrolls: list,

@@ -184,6 +184,7 @@ MAX_KG_FRONTIER = 100_000
 MAX_WEIGHTS = 1_000_000  # weights one ATTEND_MANY returns in all (LIMIT above)
 MAX_VISITED = 250_000  # coordinates one KG walk may reach (LIMIT above)
 PACK_STEP = 65536  # keys packed per step of a keys-only RANGE page
+PAGE_STEP = 1024  # scrolls in a page above which its gathering is a step of its own
 
 
 # ---------------------------------------------------------------------------------------
@@ -364,6 +365,8 @@ class _Dispatcher:
                 yield
                 parts.append(P.pack_coords(arr[i:i + PACK_STEP]))
             return [b"".join(parts), nxt]
+        if len(res) > PAGE_STEP:
+            yield   # the page was gathered in this step; measuring it starts the next
         size, n = estimate_wire_size(res, page_bytes)
         if size > page_bytes and n > 1:
             res = res[:n - 1]  # up to the scroll that passes page_bytes
@@ -491,10 +494,10 @@ class ScrollResult(NamedTuple):
     page: bool = False
     after: bytes | None = None
 
-    def encoded(self) -> bytes:
-        """The msgpack bytes of the result value (an item of a BATCH reply)."""
-        w = P.encode_scrolls(self.scrolls)
-        return b"\x92" + w + P.packb(self.after) if self.page else w
+    def encoded(self, status: int) -> bytes:
+        """The msgpack bytes of the BATCH reply item ``[status, result value]``."""
+        return P.encode_scrolls(self.scrolls, status=status, page=self.page,
+                                after=self.after)
 
 
 class BatchReply(NamedTuple):
@@ -510,7 +513,7 @@ def _batch_entry(status: int, value: Any) -> tuple[Any, int]:
     third of its scrolls as Python objects); anything else is held as it is (often
     shared objects, as NAMES's) and measured."""
     if type(value) is ScrollResult:
-        b = P.Encoded(bytes((0x92, status)) + value.encoded())
+        b = P.Encoded(value.encoded(status))
         return b, len(b)
     item = [status, value]
     if value is None or type(value) in (int, float, bool):
@@ -1303,6 +1306,8 @@ class _Server:
                 r = yield from r
             if spec.writes:
                 self.note_write(op, a, conn)
+            if type(r) is ScrollResult:
+                yield   # its encoding is a step of its own (a page takes a few ms)
             return _batch_entry(P.STATUS_OK, r)
         except RequestTimeout:
             if spec.writes:
