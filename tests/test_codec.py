@@ -1125,3 +1125,27 @@ def test_refuse_big_batch_reads_every_array_width(n):
     else:
         P.refuse_big_batch(head, 10)
     P.refuse_big_batch(head, max(n, 1))
+
+
+@pytest.mark.parametrize("page", [False, True])
+@pytest.mark.parametrize("contents", [MIXED, [np.full(3, i, np.float32) for i in range(5)]],
+                         ids=["mixed", "arrays"])
+def test_encode_scrolls_as_a_batch_item(contents, page):
+    """``status`` (and ``page``/``after``) wrap the scroll list as a BATCH item, in one
+    buffer, byte for byte as packing the wrapped value does, in both twins."""
+    twin = _compiled()
+    names = NameTable()
+    listed = scrolls_of(contents, names)
+    e = Engine()
+    e.put_many(b"".join(s.key for s in listed), [s.content for s in listed])
+    columns = e.get_many(b"".join(s.key for s in listed))   # written from its columns
+    after = bytes(range(18)) if page else None
+    for scrolls in (listed, columns):
+        plain = P.encode_scrolls(scrolls)
+        value = [P.unpackb(plain), after] if page else P.unpackb(plain)
+        want = b"\x92" + P.packb(P.STATUS_OK) + (
+            b"\x92" + plain + P.packb(after) if page else plain)
+        for codec in (P, twin):
+            got = codec.encode_scrolls(scrolls, status=P.STATUS_OK, page=page, after=after)
+            assert got == want
+            assert same(P.unpackb(got), [P.STATUS_OK, value])
