@@ -61,6 +61,13 @@ was queued, together with the new commit number. The server calls ``commit()`` o
 event-loop batch, before it sends the acknowledgements of that batch, so one fsync
 covers many writes.
 
+SQLite's automatic WAL checkpoint is off: it runs inside whichever ``COMMIT`` crosses
+1,000 pages, copying them into the database and fsyncing it on the committing thread.
+The storage's sync thread checkpoints instead (PASSIVE, on a connection of its own,
+every :data:`CHECKPOINT_SECONDS` after a commit, with the policy's fsyncs), so a commit
+only writes its own frames. A checkpoint that fails (a full disk) loses nothing: the
+frames stay in the WAL, which grows until one succeeds.
+
 The commit counter
 ------------------
 SQLite keeps recent commits in the WAL file only; a WAL that is deleted, truncated or
