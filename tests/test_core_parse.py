@@ -433,3 +433,39 @@ def test_all_text_is_isinstance_str_for_every_item():
         assert _core.all_text(items) is all(isinstance(x, str) for x in items)
     with pytest.raises(TypeError):
         _core.all_text(("a", "b"))   # a list only: callers make one first
+
+
+class _Text(str):
+    """A str subclass: the batch parser's fast path takes exact str only."""
+
+
+_ITEM = st.one_of(
+    st.builds(lambda c: "{}.{}.{}/{}.{}.{}/{}.{}.{}".format(*c),
+              st.lists(st.integers(0, 70000), min_size=9, max_size=9)),
+    st.sampled_from(["1.2.3 / 4.5.6 ; 7.8.9", " 1.1.1/1.1.1/1.1.1", "x.1.1/1.1.1/1.1.1",
+                     "1.1.1/1.1.1/1.1", "1.1.1/1.1.1/1.1.é", "", "1..1/1.1.1/1.1.1"]),
+    st.builds(_Text, st.just("3.3.3/3.3.3/3.3.3")),
+    st.text(alphabet="0123456789./; xé", max_size=24))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ITEM, max_size=8))
+def test_parse_coords_agrees_with_parse_coord_item_by_item(items):
+    """The batch parser gives each row as parse_coord gives it, and at the first item
+    parse_coord refuses, that error with the item's index."""
+    names = NameTable()
+    want, err = [], None
+    for i, s in enumerate(items):
+        try:
+            want.append(_core.parse_coord(s, names=names, intern=False))
+        except CoordinateError as e:
+            err = f"item {i}: {e}"
+            break
+    if err is None:
+        got = _core.parse_coords(items, names=names, intern=False)
+        assert got.shape == (len(items), 9)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    else:
+        with pytest.raises(CoordinateError) as info:
+            _core.parse_coords(items, names=names, intern=False)
+        assert str(info.value) == err

@@ -10,6 +10,12 @@ from libc.stdint cimport uint16_t, int32_t, int64_t
 import numpy as np
 from vtpu.errors import CoordinateError, InterfaceError
 
+cdef extern from "Python.h":
+    bint PyUnicode_CheckExact(object o)
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    const char* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+
 
 cdef inline bint _is_digit(char ch) noexcept nogil:
     return b'0' <= ch <= b'9'
@@ -303,15 +309,35 @@ def parse_coords(seq, names=None, bint intern=True):
     """
     if isinstance(seq, str):
         raise InterfaceError("parse_coords takes a sequence of strings, not one string")
-    seq = list(seq)
-    cdef Py_ssize_t i, n = len(seq)
+    if type(seq) is not list:
+        seq = list(seq)
+    cdef list items = <list>seq
+    cdef Py_ssize_t i, n = len(items), ln, errpos
+    cdef int j, errcomp
+    cdef Tok toks[NDIM]
+    cdef bint plain
     out = np.empty((n, NDIM), dtype=np.uint16)
     if n == 0:
         return out
     cdef uint16_t[:, ::1] o = out
     for i in range(n):
+        s = items[i]
+        # The common item: an ASCII str of nine numbers, read straight from its bytes.
+        # Anything else (names, other text, an error to report) takes the full path.
+        if PyUnicode_CheckExact(s) and PyUnicode_IS_COMPACT_ASCII(s):
+            ln = PyUnicode_GET_LENGTH(s)
+            if _tokenize(PyUnicode_DATA(s), ln, M_COORD, toks, &errpos, &errcomp) == E_OK:
+                plain = True
+                for j in range(NDIM):
+                    if toks[j].kind != TK_NUM:
+                        plain = False
+                        break
+                if plain:
+                    for j in range(NDIM):
+                        o[i, j] = <uint16_t>toks[j].a
+                    continue
         try:
-            _parse_coord_into(seq[i], &o[i, 0], names, intern)
+            _parse_coord_into(s, &o[i, 0], names, intern)
         except CoordinateError as e:
             raise CoordinateError(f"item {i}: {e}") from None
     return out
