@@ -1149,3 +1149,28 @@ def test_encode_scrolls_as_a_batch_item(contents, page):
             got = codec.encode_scrolls(scrolls, status=P.STATUS_OK, page=page, after=after)
             assert got == want
             assert same(P.unpackb(got), [P.STATUS_OK, value])
+
+
+@pytest.mark.parametrize("contents", [MIXED, [np.full(3, i, np.float32) for i in range(5)],
+                                      ["a", None, b"b"], []],
+                         ids=["mixed", "arrays", "with-none", "empty"])
+def test_encode_response_contents_writes_each_content(contents):
+    """A values-only GET_MANY reply: item i's content (nil where nothing is stored, an
+    array per item, never stacked), from a column result or from Scroll objects, the
+    same bytes in both twins as encode_response of the list of contents."""
+    twin = _compiled()
+    listed = scrolls_of(contents)
+    e = Engine()
+    keys = b"".join(s.key for s in listed)
+    if listed:
+        e.put_many(keys, [s.content for s in listed])
+    absent = bytes(range(18))
+    columns = e.get_many(keys + absent)   # the last key holds nothing
+    want_values = [s.content for s in listed] + [None]
+    want = P.encode_response(9, want_values)
+    for codec in (P, twin):
+        assert codec.encode_response_contents(9, columns) == want
+        assert codec.encode_response_contents(9, list(columns)) == want
+        with pytest.raises(E.LimitError):
+            codec.encode_response_contents(9, columns, len(want) - 5)
+    assert len(P.unpackb(want[4:])[2]) == len(want_values)

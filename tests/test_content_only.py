@@ -250,7 +250,10 @@ def test_engine_get_many_budget_refuses_before_copying(content_only):
     want = e.get_many(cs, content_only)
     reply = len(P.packb(want) if content_only else P.encode_scrolls(want))
     got = e.get_many_within(cs, content_only=content_only, max_bytes=2 * reply)
-    assert len(got) == len(want) and all(map(same, list(got), list(want)))
+    # Values only, the result is still the column result (the server writes its
+    # contents from the columns): its items' contents are the values.
+    items = [None if s is None else s.content for s in got] if content_only else list(got)
+    assert len(got) == len(want) and all(map(same, items, list(want)))
     for budget in (reply // 2, reply - 51000, 0):   # the last two: without the object
         with pytest.raises(LimitError):
             e.get_many_within(cs, content_only=content_only, max_bytes=budget)

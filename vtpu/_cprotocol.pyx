@@ -980,6 +980,43 @@ def encode_scrolls(scrolls, *, status=None, bint page=False, after=None):
         buf_free(&b)
 
 
+def encode_response_contents(msgid, scrolls,
+                             Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE):
+    """Encode the success reply of a values-only GET_MANY, ``[msgid, 0, [content, ...]]``:
+    item i's content, nil where nothing is stored (a stored ``None`` reads the same).
+
+    :param msgid: the request id.
+    :param scrolls: a :class:`vtpu.results.Scrolls` (written from its columns: one
+        array per content, never stacked), or Scroll objects or ``None``.
+    :param max_frame_size: the largest body allowed.
+    :returns: the frame bytes.
+    :raises LimitError: if the frame is too large.
+    :raises InterfaceError: if a content cannot be encoded.
+    """
+    if type(scrolls) is not _Scrolls:
+        return _ref.encode_response_contents(msgid, scrolls, max_frame_size)
+    cols = scrolls.columns()
+    cdef _Cols c = _Cols.of(cols)
+    cdef Py_ssize_t n = c.kinds.shape[0], i
+    cdef const char* d = PyBytes_AS_STRING(c.data)
+    cdef dict heads = {}
+    cdef Buf b
+    buf_init(&b)
+    try:
+        buf_init_bytes(&b, 32 + 6 * n + len(c.data))
+        frame_open(&b)
+        put1(&b, 0x93)
+        put_value(&b, msgid, INLINE_DEPTH)
+        put1(&b, 0x00)
+        put_arrhdr(&b, n)
+        for i in range(n):
+            put_span(&b, c.kinds[i], d, c.offs[i], c.lens[i], c.objs, c.types, heads)
+        frame_close(&b, 0, max_frame_size)
+        return buf_bytes(&b)
+    finally:
+        buf_free(&b)
+
+
 def encode_response_scrolls(msgid, scrolls,
                             Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE,
                             bint page=False, after=None):

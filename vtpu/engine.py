@@ -617,7 +617,9 @@ class Engine:
             stored.
         :raises InterfaceError: the blob is not a multiple of 18 bytes.
         """
-        return self.get_many_within(blob, None, content_only)
+        if content_only:
+            return self._map.contents(check_blob(blob))
+        return self._map.get_many(check_blob(blob))
 
     def get_many_within(self, blob: bytes, max_bytes: int | None,
                         content_only: bool = False):
@@ -627,24 +629,24 @@ class Engine:
         :param blob: N*18 bytes of packed keys.
         :param max_bytes: the budget in reply bytes (about: see
             :func:`estimate_wire_size`), or None for none.
-        :param content_only: as :meth:`get_many`.
-        :returns: as :meth:`get_many`.
+        :param content_only: the reply will carry the contents only: the budget counts
+            those. The result is the same column result (a server writes its contents
+            from the columns, with no object per content).
+        :returns: a :class:`~vtpu.results.Scrolls` of N items, None where nothing is
+            stored.
         :raises InterfaceError: the blob is not a multiple of 18 bytes.
         :raises LimitError: the reply would pass ``max_bytes``.
         """
         blob = check_blob(blob)
-        if content_only:
-            if max_bytes is not None:
-                _refuse_over(self._contents_size(blob, max_bytes), max_bytes)
-            return self._map.contents(blob)
         if max_bytes is None:
             return self._map.get_many(blob)
         # One lookup per key: the store checks its arena bytes against the budget
         # before it copies anything; contents kept as objects are sized after.
-        res = self._map.get_many(blob, max_bytes, _SCROLL_WIRE + 5)
+        per = 0 if content_only else _SCROLL_WIRE
+        res = self._map.get_many(blob, max_bytes, per + 5)
         # None: the arena bytes alone pass the budget (nothing was copied).
-        _refuse_over(max_bytes + 1 if res is None else estimate_wire_size(res, max_bytes)[0],
-                     max_bytes)
+        _refuse_over(max_bytes + 1 if res is None else
+                     estimate_wire_size(res, max_bytes, per)[0], max_bytes)
         return res
 
     def content_lengths(self, blob: bytes) -> np.ndarray:
@@ -656,20 +658,6 @@ class Engine:
         :raises InterfaceError: a malformed blob.
         """
         return self._map.content_lengths(check_blob(blob))
-
-    def _contents_size(self, blob: bytes, stop: int) -> int:
-        """About how many bytes the contents at these keys take in a values-only reply,
-        from the store's own lengths: nothing is read or copied (a reply of the same big
-        value a thousand times must be refused before it costs memory). Counting stops
-        once the total passes ``stop``."""
-        lengths = self.content_lengths(blob)
-        found = lengths >= 0
-        total = int(lengths[found].sum()) + 5 * int(found.sum()) + int((~found).sum())
-        for i in np.flatnonzero(lengths == -2).tolist():  # the rare Python-object contents
-            total += _content_size(self._map.content(blob[18 * i:18 * i + 18])) - 5
-            if total > stop:
-                break
-        return total
 
     def put(self, key: bytes, content: Any, if_version: int | None = None) -> int:
         """CPUT: write a scroll; returns its new version.

@@ -71,6 +71,7 @@ __all__ = [
     "encode_get_replies",
     "encode_scrolls",
     "encode_response_scrolls",
+    "encode_response_contents",
     "decode_scrolls",
     "decode_response_scrolls",
     "decode_get_replies",
@@ -112,6 +113,7 @@ CODEC_NAMES = (
     "encode_get_replies",
     "encode_scrolls",
     "encode_response_scrolls",
+    "encode_response_contents",
     "decode_scrolls",
     "decode_response_scrolls",
     "decode_get_replies",
@@ -557,6 +559,26 @@ def encode_scrolls(scrolls: Any, *, status: int | None = None, page: bool = Fals
     if status is not None:
         w = b"\x92" + packb(status) + w
     return w
+
+
+def encode_response_contents(msgid: int, scrolls: Any,
+                             max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode the success reply of a values-only GET_MANY, ``[msgid, 0, [content, ...]]``:
+    item i's content, nil where nothing is stored (a stored ``None`` reads the same).
+
+    The bytes equal ``encode_response(msgid, [None if s is None else s.content for s in
+    scrolls])``; a :class:`vtpu.results.Scrolls` is written from its columns (one array
+    per content, never stacked).
+
+    :param msgid: the request id.
+    :param scrolls: a :class:`vtpu.results.Scrolls`, or Scroll objects or ``None``.
+    :param max_frame_size: the largest body allowed.
+    :returns: the frame bytes.
+    :raises LimitError: if the frame is too large.
+    :raises InterfaceError: if a content cannot be encoded.
+    """
+    return encode_response(msgid, [None if s is None else s.content for s in scrolls],
+                           max_frame_size)
 
 
 def encode_response_scrolls(msgid: int, scrolls: list,

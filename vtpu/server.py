@@ -295,8 +295,10 @@ class _Dispatcher:
         # values would otherwise make (and hold) a reply far over the limit.
         limit = self.caller.out_limit
         if _bool(_opt(a, 1), "content_only"):
-            # Values only: one array of N contents (nil where nothing is stored).
-            return list(self.engine.get_many_within(blob, limit, content_only=True))
+            # Values only: one array of N contents (nil where nothing is stored),
+            # written from the result's columns.
+            return ScrollResult(self.engine.get_many_within(blob, limit, content_only=True),
+                                values=True)
         return ScrollResult(self.engine.get_many_within(blob, limit))
 
     def put_many(self, a: list) -> list:
@@ -493,9 +495,12 @@ class ScrollResult(NamedTuple):
     scrolls: list
     page: bool = False
     after: bytes | None = None
+    values: bool = False   # a values-only GET_MANY: the contents alone, one array
 
     def encoded(self, status: int) -> bytes:
         """The msgpack bytes of the BATCH reply item ``[status, result value]``."""
+        if self.values:
+            return P.packb([status, [None if s is None else s.content for s in self.scrolls]])
         return P.encode_scrolls(self.scrolls, status=status, page=self.page,
                                 after=self.after)
 
@@ -1210,6 +1215,8 @@ class _Server:
     def reply_frame(msgid: int, result: Any, limit: int) -> bytes:
         """The success reply carrying a handler's result."""
         if type(result) is ScrollResult:
+            if result.values:
+                return P.encode_response_contents(msgid, result.scrolls, limit)
             return P.encode_response_scrolls(msgid, result.scrolls, limit, result.page,
                                              result.after)
         if type(result) is BatchReply:

@@ -139,6 +139,7 @@ encode_responses = _impl.encode_responses
 encode_get_replies = _impl.encode_get_replies
 encode_scrolls = _impl.encode_scrolls
 encode_response_scrolls = _impl.encode_response_scrolls
+encode_response_contents = _impl.encode_response_contents
 decode_scrolls = _impl.decode_scrolls
 decode_response_scrolls = _impl.decode_response_scrolls
 decode_get_replies = _impl.decode_get_replies
