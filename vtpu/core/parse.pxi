@@ -43,6 +43,41 @@ cdef inline Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n,
     return i
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline bint _plain_coord(const char* s, Py_ssize_t n, uint16_t* out) noexcept nogil:
+    """Read ``a.b.c/d.e.f/g.h.i`` of nine decimal numbers and nothing else (no spaces,
+    no ``;``, no names), each at most MAX_NUMERIC, into ``out``: True if it is exactly
+    that. Anything else is left to the tokenizer, which also explains errors."""
+    cdef Py_ssize_t i = 0
+    cdef int comp = 0, digits = 0
+    cdef int64_t v = 0
+    cdef char ch, sep
+    while i < n:
+        ch = s[i]
+        if b'0' <= ch <= b'9':
+            v = v * 10 + (ch - 48)
+            digits += 1
+            if digits > 5:
+                return False
+        else:
+            # a separator: '.' inside a group of three, '/' between groups
+            sep = b'/' if comp % 3 == 2 else b'.'
+            if digits == 0 or comp >= 8 or ch != sep:
+                return False
+            if v > MAX_NUMERIC:
+                return False
+            out[comp] = <uint16_t>v
+            comp += 1
+            v = 0
+            digits = 0
+        i += 1
+    if comp != 8 or digits == 0 or v > MAX_NUMERIC:
+        return False
+    out[8] = <uint16_t>v
+    return True
+
+
 cdef int _tokenize(const char* s, Py_ssize_t n, int mode, Tok* toks,
                    Py_ssize_t* errpos, int* errcomp) noexcept nogil:
     cdef Py_ssize_t i = 0, start, j0
@@ -326,6 +361,8 @@ def parse_coords(seq, names=None, bint intern=True):
         # Anything else (names, other text, an error to report) takes the full path.
         if PyUnicode_CheckExact(s) and PyUnicode_IS_COMPACT_ASCII(s):
             ln = PyUnicode_GET_LENGTH(s)
+            if _plain_coord(PyUnicode_DATA(s), ln, &o[i, 0]):
+                continue
             if _tokenize(PyUnicode_DATA(s), ln, M_COORD, toks, &errpos, &errcomp) == E_OK:
                 plain = True
                 for j in range(NDIM):
