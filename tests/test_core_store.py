@@ -231,6 +231,35 @@ def test_packed_contents_decode_when_read():
         store.set(key(3), "not bytes", 1, 1.0, 1.0, packed=True)
 
 
+_NUMBER = st.one_of(st.integers(-(1 << 63), (1 << 64) - 1), st.booleans(),
+                    st.floats(allow_nan=False), st.sampled_from([0, -1, -32, -33, 127, 128,
+                                                                 255, 256, 65535, 65536,
+                                                                 -129, -32769, 1.0, -0.0]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_NUMBER, min_size=1, max_size=30))
+def test_numbers_are_kept_as_their_msgpack_bytes(values):
+    """A number content is its msgpack bytes in the arena (no Python object held): it
+    reads back equal and of its type, through get, the column result and its wire form
+    (the bytes msgpack's packb makes), before and after a compaction."""
+    import msgpack
+
+    from vtpu import protocol as P
+
+    store = _core.ColumnStore()
+    blob = b"".join(key(i) for i in range(len(values)))
+    store.put_many(blob, list(values), 1.0)
+    for round_ in range(2):
+        got = [store.get(key(i)).content for i in range(len(values))]
+        assert got == values and [type(g) for g in got] == [type(v) for v in values]
+        res = store.get_many(blob)
+        assert list(res.contents) == values
+        assert P.unpackb(P.encode_scrolls(res))[1] == msgpack.unpackb(msgpack.packb(values))
+        assert P.encode_scrolls(res) == P.encode_scrolls(list(res))   # the packb bytes
+        store.compact()
+
+
 def test_bad_arguments():
     store = _core.ColumnStore()
     for bad in (b"short", "x" * 18, None):

@@ -54,8 +54,16 @@ cdef int kh_alloc(KeyHash* h, Py_ssize_t cap) except -1:
 cdef inline Py_ssize_t kh_find(const KeyHash* h, const KeyCols* kc,
                                const uint16_t* key) noexcept nogil:
     """The row holding ``key`` (9 native uint16), or -1."""
+    return kh_find_hashed(h, kc, key, key_hash(<const unsigned char*>key))
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline Py_ssize_t kh_find_hashed(const KeyHash* h, const KeyCols* kc,
+                                      const uint16_t* key, uint64_t hv) noexcept nogil:
+    """:func:`kh_find` for a key whose ``key_hash`` is ``hv``."""
     cdef size_t mask = <size_t>h.cap - 1
-    cdef size_t i = <size_t>key_hash(<const unsigned char*>key) & mask
+    cdef size_t i = <size_t>hv & mask
     cdef uint32_t s
     while True:
         s = h.slots[i]
@@ -499,6 +507,7 @@ cdef class ColumnStore:
         cdef uint8_t kind, old
         cdef Py_buffer view
         cdef bint have_view = False
+        cdef unsigned char num[9]
         if packed and len(<bytes>content) > ROW_MAX_LEN:
             content = self.unpackb(content)   # too large for the arena: kept decoded
             packed = False
@@ -519,6 +528,15 @@ cdef class ColumnStore:
             kind = CK_BYTES
             src = PyBytes_AS_STRING(content)
             ln = len(<bytes>content)
+        elif t is int or t is float or t is bool:
+            # A number is its few msgpack bytes in the arena, not a Python object.
+            ln = _pack_scalar(content, num)
+            if ln > 0:
+                kind = CK_PACKED
+                src = <const char*>num
+            else:
+                kind = CK_OBJECT
+                ln = 0
         elif t is _NDARRAY:
             kind = CK_OBJECT
             t_id = self._type_id(content)
@@ -1017,13 +1035,41 @@ cdef class ColumnStore:
         self._find_rows(<const unsigned char*>PyBytes_AS_STRING(blob), n, &o[0])
         return out
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef void _find_rows(self, const unsigned char* p, Py_ssize_t n,
                          int64_t* out) noexcept nogil:
-        cdef Py_ssize_t i
+        # Many keys: each lookup is two dependent reads far apart in memory (its hash
+        # slot, then its row's key). The keys' hashes are made first, so that the slot
+        # of a key two gathers ahead and the key column row of the one a gather ahead
+        # are asked for while the current key is compared.
+        cdef Py_ssize_t i, ahead
         cdef uint16_t k[NDIM]
+        cdef uint32_t s
+        cdef size_t mask = <size_t>self.ht.cap - 1
+        cdef uint64_t* hv = NULL
+        if n > PREFETCH_AHEAD:
+            hv = <uint64_t*>malloc(n * sizeof(uint64_t))
+        if hv == NULL:
+            for i in range(n):
+                _unpack_row(p + i * KEY_BYTES, k)
+                out[i] = kh_find(&self.ht, &self.kc, k)
+            return
         for i in range(n):
             _unpack_row(p + i * KEY_BYTES, k)
-            out[i] = kh_find(&self.ht, &self.kc, k)
+            hv[i] = key_hash(<const unsigned char*>k)
+        for i in range(n):
+            ahead = i + 2 * PREFETCH_AHEAD
+            if ahead < n:
+                prefetch(&self.ht.slots[hv[ahead] & mask])
+            ahead = i + PREFETCH_AHEAD
+            if ahead < n:
+                s = self.ht.slots[hv[ahead] & mask]
+                if s != SLOT_EMPTY and s != SLOT_DELETED:
+                    prefetch(kc_at(&self.kc, s - 1))
+            _unpack_row(p + i * KEY_BYTES, k)
+            out[i] = kh_find_hashed(&self.ht, &self.kc, k, hv[i])
+        free(hv)
 
     def __getitem__(self, key):
         """The scroll at a key; raises KeyError when none is stored (mapping access)."""
