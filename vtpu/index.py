@@ -450,7 +450,8 @@ class CoordIndex:
         if s < best[1]:
             best = ("post", s)
         dense = [j for j in constrained if p[0, j] == p[1, j]
-                 and int(p[0, j]) in posts[j].bitmaps]
+                 and int(p[0, j]) in posts[j].bitmaps
+                 and posts[j].size(int(p[0, j]), int(p[0, j])) < n]
         if len(dense) >= 2:
             cost = len(dense) * n / 256.0 + s / 64.0
             if cost < best[1]:
@@ -519,8 +520,10 @@ class CoordIndex:
                 cand = posts[best].rows(int(p[0, best]), int(p[1, best]))
                 in_order = p[0, best] == p[1, best]   # one value: ascending rows
             else:   # bitmap
+                # A value every row holds selects nothing: its bitmap is not read.
                 maps = [posts[j].bitmaps[int(p[0, j])] for j in posts
-                        if p[0, j] == p[1, j] and int(p[0, j]) in posts[j].bitmaps]
+                        if p[0, j] == p[1, j] and int(p[0, j]) in posts[j].bitmaps
+                        and posts[j].size(int(p[0, j]), int(p[0, j])) < n]
                 cand = _core.bitmap_and_rows(maps, n) if maps else \
                     np.arange(n, dtype=np.int64)
                 in_order = True

@@ -6,6 +6,7 @@
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t
 from libc.string cimport memcpy
+from libc.stdlib cimport malloc, free
 
 import numpy as np
 from vtpu.errors import InterfaceError
@@ -361,34 +362,49 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
     :param nbits: number of valid rows (bits past it are ignored).
     :returns: int64 ascending row indices.
     """
-    cdef Py_ssize_t nb = len(bitmaps), w, nw, k, cnt = 0, cap = 256
+    cdef Py_ssize_t nb = len(bitmaps), w, nw = -1, k, cnt = 0, cap = 256, i
     if nb == 0:
         raise InterfaceError("bitmap_and_rows needs at least one bitmap")
-    mats = np.ascontiguousarray(np.stack(bitmaps), dtype=np.uint64) if nb > 1 else \
-        np.ascontiguousarray(bitmaps[0], dtype=np.uint64).reshape(1, -1)
-    nw = mats.shape[1]
-    cdef const uint64_t[:, ::1] mv = mats
+    # Read in place through one pointer each (stacking them copied every bitmap, a
+    # few hundred KB, per query).
+    held = [np.ascontiguousarray(b, dtype=np.uint64) for b in bitmaps]
+    for a in held:
+        if a.ndim != 1 or (nw >= 0 and a.shape[0] != nw):
+            raise InterfaceError("bitmap_and_rows needs equally long 1-d bitmaps")
+        nw = a.shape[0]
+    cdef const uint64_t** maps = <const uint64_t**>malloc(nb * sizeof(uint64_t*))
+    if maps == NULL:
+        raise MemoryError()
+    cdef const uint64_t[::1] v
     out = np.empty(cap, dtype=np.int64)
     cdef int64_t[::1] o = out
     cdef uint64_t word
     cdef int64_t row
-    for w in range(nw):
-        word = mv[0, w]
-        k = 1
-        while word and k < nb:
-            word &= mv[k, w]
-            k += 1
-        while word:
-            row = 64 * w + __builtin_ctzll(word)
-            word &= word - 1
-            if row >= nbits:
-                break
-            if cnt == cap:
-                cap *= 2
-                out = np.resize(out, cap)
-                o = out
-            o[cnt] = row
-            cnt += 1
+    try:
+        if nw == 0:
+            return np.empty(0, dtype=np.int64)
+        for i in range(nb):
+            v = held[i]
+            maps[i] = &v[0]
+        for w in range(nw):
+            word = maps[0][w]
+            k = 1
+            while word and k < nb:
+                word &= maps[k][w]
+                k += 1
+            while word:
+                row = 64 * w + __builtin_ctzll(word)
+                word &= word - 1
+                if row >= nbits:
+                    break
+                if cnt == cap:
+                    cap *= 2
+                    out = np.resize(out, cap)
+                    o = out
+                o[cnt] = row
+                cnt += 1
+    finally:
+        free(maps)
     return out[:cnt].copy()
 
 
