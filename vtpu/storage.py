@@ -1161,7 +1161,11 @@ class Storage:
             self._check_open()
             self.fold()
             try:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                # The sync thread may be checkpointing at this moment (busy): a few tries.
+                for _ in range(50):
+                    if not self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                        break
+                    time.sleep(0.01)
             except sqlite3.Error as exc:
                 raise self._db_error("checkpointing", exc) from exc
 
