@@ -190,7 +190,7 @@ def test_match_rows_equals_brute_force(arr, p, data):
     assert got.tolist() == [i for i in picked if pyref.in_box(row(arr[i]), lo_hi)]
 
 
-@given(st.integers(1, 300), st.data())
+@given(st.integers(1, 2000), st.data())   # past 256 rows: the answer's buffer grows
 def test_bitmap_and_rows_equals_brute_force(nbits, data):
     nw = (nbits + 63) // 64
     nmaps = data.draw(st.integers(1, 4))

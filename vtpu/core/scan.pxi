@@ -6,7 +6,7 @@
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t
 from libc.string cimport memcpy
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, realloc, free
 
 import numpy as np
 from vtpu.errors import InterfaceError
@@ -376,17 +376,21 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
     if maps == NULL:
         raise MemoryError()
     cdef const uint64_t[::1] v
-    out = np.empty(cap, dtype=np.int64)
-    cdef int64_t[::1] o = out
+    # The rows are collected in a C buffer that doubles as needed (growing a numpy
+    # array instead cost more than the AND itself on a small answer).
+    cdef int64_t* buf = <int64_t*>malloc(cap * sizeof(int64_t))
+    cdef int64_t* grown
     cdef uint64_t word
     cdef int64_t row
+    cdef int64_t[::1] o
     try:
-        if nw == 0:
-            return np.empty(0, dtype=np.int64)
-        for i in range(nb):
-            v = held[i]
-            maps[i] = &v[0]
-        for w in range(nw):
+        if buf == NULL:
+            raise MemoryError()
+        if nw > 0:
+            for i in range(nb):
+                v = held[i]
+                maps[i] = &v[0]
+        for w in range(max(nw, 0)):
             word = maps[0][w]
             k = 1
             while word and k < nb:
@@ -398,14 +402,21 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
                 if row >= nbits:
                     break
                 if cnt == cap:
+                    grown = <int64_t*>realloc(buf, 2 * cap * sizeof(int64_t))
+                    if grown == NULL:
+                        raise MemoryError()
+                    buf = grown
                     cap *= 2
-                    out = np.resize(out, cap)
-                    o = out
-                o[cnt] = row
+                buf[cnt] = row
                 cnt += 1
+        out = np.empty(cnt, dtype=np.int64)
+        if cnt:
+            o = out
+            memcpy(&o[0], buf, cnt * sizeof(int64_t))
+        return out
     finally:
         free(maps)
-    return out[:cnt].copy()
+        free(buf)
 
 
 @cython.boundscheck(False)
