@@ -4,8 +4,12 @@
 
 cimport cython
 from libc.stdint cimport uint16_t, uint32_t
+from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_DecodeASCII
+
+cdef extern from "Python.h":
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
 from cpython.bytes cimport PyBytes_GET_SIZE, PyBytes_AS_STRING
 
 from vtpu.errors import CoordinateError, InterfaceError
@@ -51,7 +55,10 @@ cdef str _format_row(const uint16_t* c, object names):
             buf[pos] = b'/' if (j == 2 or j == 5) else b'.'
             pos += 1
     if not has_name:
-        return PyUnicode_DecodeASCII(buf, pos, NULL)
+        # Digits and separators only: an ASCII str filled in place (no decoding pass).
+        out = PyUnicode_New(pos, 127)
+        memcpy(<char*>PyUnicode_DATA(out), buf, pos)   # (declared in parse.pxi)
+        return out
     parts = []
     for j in range(NDIM):
         parts.append(_name_text(names, c[j], j) if c[j] > MAX_NUMERIC else str(c[j]))
