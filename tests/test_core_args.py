@@ -163,3 +163,26 @@ def test_check_contents_agrees_with_check_content(contents):
         with pytest.raises(InterfaceError) as info:
             _core.check_contents(got, check_content)
         assert str(info.value) == err
+
+
+@settings(max_examples=200, deadline=None)
+@given(_CONTENT)
+def test_check_content_one_agrees_with_check_content(content):
+    """One content: passed as it is, converted or refused exactly as check_content does."""
+    from vtpu.engine import check_content
+    try:
+        want = check_content(content)
+    except InterfaceError as e:
+        with pytest.raises(InterfaceError) as info:
+            _core.check_content_one(content, check_content)
+        assert str(info.value) == str(e)
+        return
+    got = _core.check_content_one(content, check_content)
+    assert got == want and type(got) is type(want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 0xFFFF), min_size=9, max_size=9), max_size=6))
+def test_has_name_ids_finds_any_component_from_0xF000(rows):
+    blob = _core.pack_many(np.array(rows, dtype=np.uint16).reshape(-1, 9))
+    assert _core.has_name_ids(blob) == any(v >= 0xF000 for r in rows for v in r)

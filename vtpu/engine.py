@@ -589,12 +589,8 @@ class Engine:
         :raises CoordinateError: naming the row and the id.
         """
         # Name ids are 0xF000 and up, so only a high byte >= 0xF0 needs the table.
-        if len(blob) == 18:
-            if max(blob[0::2]) < 0xF0:
-                return
-        elif not blob or np.frombuffer(blob, np.uint8)[0::2].max() < 0xF0:
-            return
-        self.names.check_ids(_core.unpack_many(blob))
+        if blob and _core.has_name_ids(blob):
+            self.names.check_ids(_core.unpack_many(blob))
 
     # -- point operations -----------------------------------------------------------------
 
@@ -669,9 +665,10 @@ class Engine:
         """
         if type(key) is not bytes or len(key) != 18:
             key = check_key(key)
-        if_version = check_count(if_version, "if_version")
+        if if_version is not None:
+            if_version = check_count(if_version, "if_version")
         self._check_names(key)
-        content = check_content(content)
+        content = _core.check_content_one(content, check_content)
         m = self._map
         st = self.storage
         old = m.get(key) if st is not None else None   # kept for the undo log

@@ -53,20 +53,45 @@ def check_contents(list contents, object check):
     :raises: whatever ``check`` raises, at the first bad content.
     """
     cdef Py_ssize_t i, n = len(contents)
-    cdef int overflow
     for i in range(n):
         c = contents[i]
-        t = type(c)
-        if t is bytes or t is float or t is bool or c is None:
-            continue
-        if t is str and PyUnicode_IS_ASCII(c):
-            continue
-        if t is int:
-            # No Python call per int: one that fits int64 is storable as it is.
-            PyLong_AsLongLongAndOverflow(c, &overflow)
-            if overflow == 0:
-                continue
-        contents[i] = check(c)
+        if not _storable_as_is(c):
+            contents[i] = check(c)
+
+
+cdef inline bint _storable_as_is(object c) except -1:
+    # bytes, float, bool, None, ASCII str, an int that fits int64: no Python call.
+    cdef int overflow = 0
+    t = type(c)
+    if t is bytes or t is float or t is bool or c is None:
+        return True
+    if t is str:
+        return PyUnicode_IS_ASCII(c)
+    if t is int:
+        PyLong_AsLongLongAndOverflow(c, &overflow)
+        return overflow == 0
+    return False
+
+
+def check_content_one(object content, object check):
+    """:func:`check_contents` for one content: it as it is when it passes as it is,
+    else ``check(content)`` (which returns the value to store or raises)."""
+    return content if _storable_as_is(content) else check(content)
+
+
+def has_name_ids(object blob):
+    """Whether any component of N packed keys is a name id (0xF000 and up: a high byte
+    of 0xF0 or more), in one C pass over the bytes.
+
+    :param blob: N*18 bytes (any bytes-like object).
+    :returns: bool.
+    """
+    cdef const unsigned char[::1] v = blob
+    cdef Py_ssize_t i, n = v.shape[0]
+    for i in range(0, n, 2):
+        if v[i] >= 0xF0:
+            return True
+    return False
 
 
 def get_scrolls(dict m, bytes blob):
