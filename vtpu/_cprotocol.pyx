@@ -137,40 +137,20 @@ cdef inline int put1(Buf* b, unsigned char c) except -1:
     b.n += 1
     return 0
 
-cdef inline void be16(char* o, uint32_t v) noexcept nogil:
-    o[0] = <char>(v >> 8); o[1] = <char>v
-
-cdef inline void be32(char* o, uint32_t v) noexcept nogil:
-    o[0] = <char>(v >> 24); o[1] = <char>(v >> 16); o[2] = <char>(v >> 8); o[3] = <char>v
-
-cdef inline void be64(char* o, uint64_t v) noexcept nogil:
-    be32(o, <uint32_t>(v >> 32)); be32(o + 4, <uint32_t>v)
-
-cdef inline uint32_t rd16(const unsigned char* p) noexcept nogil:
-    return (<uint32_t>p[0] << 8) | p[1]
-
-cdef inline uint32_t rd32(const unsigned char* p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-cdef inline uint64_t rd64(const unsigned char* p) noexcept nogil:
-    return (<uint64_t>rd32(p) << 32) | rd32(p + 4)
+# be16/be32/be64 and rd16/rd32/rd64 come with core/scalar.pxi (included above).
 
 
 # -- writing msgpack (msgpack-python's shortest forms) -------------------------------------
 
 cdef int put_uint(Buf* b, uint64_t v) except -1:
     reserve(b, 9)
-    cdef char* o = b.p + b.n
-    if v < 0x80:
-        o[0] = <char>v; b.n += 1
-    elif v < 0x100:
-        o[0] = <char>0xCC; o[1] = <char>v; b.n += 2
-    elif v < 0x10000:
-        o[0] = <char>0xCD; be16(o + 1, <uint32_t>v); b.n += 3
-    elif v < 0x100000000ULL:
-        o[0] = <char>0xCE; be32(o + 1, <uint32_t>v); b.n += 5
-    else:
-        o[0] = <char>0xCF; be64(o + 1, v); b.n += 9
+    b.n += write_uint(b.p + b.n, v)
+    return 0
+
+cdef inline int put_int(Buf* b, int64_t v) except -1:
+    # msgpack-python's shortest form of a signed integer.
+    reserve(b, 9)
+    b.n += write_int(b.p + b.n, v)
     return 0
 
 cdef int put_arrhdr(Buf* b, Py_ssize_t n) except -1:
@@ -212,11 +192,7 @@ cdef int put_str(Buf* b, const char* s, Py_ssize_t n) except -1:
 
 cdef int put_double(Buf* b, double d) except -1:
     reserve(b, 9)
-    cdef uint64_t u
-    memcpy(&u, &d, 8)
-    b.p[b.n] = <char>0xCB
-    be64(b.p + b.n + 1, u)
-    b.n += 9
+    b.n += write_double(b.p + b.n, d)
     return 0
 
 cdef int put_packed(Buf* b, object v) except -1:
@@ -250,8 +226,8 @@ cdef int put_value(Buf* b, object v, int depth) except -1:
         put_double(b, PyFloat_AS_DOUBLE(v))
     elif PyLong_CheckExact(v):
         x = PyLong_AsLongLongAndOverflow(v, &overflow)
-        if overflow == 0 and x >= 0:
-            put_uint(b, <uint64_t>x)
+        if overflow == 0:
+            put_int(b, x)
         else:
             put_packed(b, v)
     elif PyList_CheckExact(v) and depth < INLINE_DEPTH:
@@ -731,25 +707,6 @@ cdef int put_ndarray_ext(Buf* b, object dtype, object shape, Py_ssize_t rows,
         put(b, head.p, head.n)
     finally:
         buf_free(&head)
-    return 0
-
-
-cdef inline int put_int(Buf* b, int64_t v) except -1:
-    # msgpack-python's shortest form of a signed integer.
-    reserve(b, 9)
-    if v >= 0:
-        return put_uint(b, <uint64_t>v)
-    cdef char* o = b.p + b.n
-    if v >= -32:
-        o[0] = <char>v; b.n += 1
-    elif v >= -128:
-        o[0] = <char>0xD0; o[1] = <char>v; b.n += 2
-    elif v >= -32768:
-        o[0] = <char>0xD1; be16(o + 1, <uint32_t>(<uint16_t>v)); b.n += 3
-    elif v >= -2147483648LL:
-        o[0] = <char>0xD2; be32(o + 1, <uint32_t>v); b.n += 5
-    else:
-        o[0] = <char>0xD3; be64(o + 1, <uint64_t>v); b.n += 9
     return 0
 
 
