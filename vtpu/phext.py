@@ -297,7 +297,7 @@ def format_phext(items: Iterable, *, skip_invalid: bool = False, return_skipped:
             w.n_skipped += len(dups)
             coords = [c for i, c in enumerate(coords) if i not in drop]
             texts = [t for i, t in enumerate(texts) if i not in drop]
-    doc = w._format(coords, texts)
+    doc = w._write_valid(np.array(coords, dtype=np.int64).reshape(-1, 9), texts)
     return (doc, w.skipped) if return_skipped else doc
 
 
@@ -348,12 +348,7 @@ class PhextWriter:
             the coordinates are not ascending.
         """
         coords, texts = self._valid(items)
-        n = len(coords)
-        if n and ((self._last is not None and coords[0] <= self._last)
-                  or any(coords[i] >= coords[i + 1] for i in range(n - 1))):
-            raise PhextError("PhextWriter.write needs scrolls in ascending coordinate "
-                             "order, each coordinate once (format_phext sorts)")
-        return self._format(coords, texts)
+        return self._write_valid(np.array(coords, dtype=np.int64).reshape(-1, 9), texts)
 
     def write_columns(self, coords, contents: Sequence) -> str:
         """:meth:`write` for scrolls given as columns, as a query result holds them: no
@@ -383,6 +378,12 @@ class PhextWriter:
                 keep[sorted(drop)] = False
                 arr = arr[keep]
                 texts = [t for i, t in enumerate(texts) if i not in drop]
+        return self._write_valid(arr, texts)
+
+    def _write_valid(self, arr: np.ndarray, texts: list) -> str:
+        """The text of scrolls a phext file can hold (an (M, 9) int64 array and their M
+        texts), after every one written before: the order checked and the breaks
+        between scrolls worked out for all rows at once."""
         if not len(arr):
             return ""
         here = np.asarray(self._here, dtype=np.int64)
@@ -467,31 +468,6 @@ class PhextWriter:
             self.n_skipped += 1
             drop.add(i)
         return drop
-
-    def _format(self, coords: list, texts: list) -> str:
-        """The text of valid scrolls in ascending order, after ``_here``."""
-        out: list[str] = []
-        cache = self._cache
-        here = self._here
-        for c, t in zip(coords, texts):
-            if c != here:
-                d = 0
-                while c[d] == here[d]:
-                    d += 1
-                key = (d, c[d] - here[d], c[d + 1:])
-                sep = cache.get(key)
-                if sep is None:
-                    sep = BREAKS[d] * key[1] + "".join(
-                        BREAKS[j] * (c[j] - 1) for j in range(d + 1, 9)
-                    )
-                    cache[key] = sep
-                out.append(sep)
-                here = c
-            out.append(t)
-        self._here = here
-        if coords:
-            self._last = coords[-1]
-        return "".join(out)
 
 
 def read_phext(path: str | os.PathLike, *, strict: bool = False):
