@@ -112,6 +112,18 @@ class Hits(NamedTuple):
         return out
 
 
+def _selective_bitmaps(posts: dict, p: np.ndarray, n: int) -> list:
+    """The bitmaps the bitmap path ANDs: one for each component the pattern fixes to a
+    value dense enough to have one, but not held by every row (that one selects
+    nothing and is not read)."""
+    out = []
+    for j, post in posts.items():
+        v = int(p[0, j])
+        if p[1, j] == v and v in post.bitmaps and post.size(v, v) < n:
+            out.append(post.bitmaps[v])
+    return out
+
+
 class _Snap(NamedTuple):
     """What a query reads, as it was when the query started."""
 
@@ -449,9 +461,7 @@ class CoordIndex:
         s, j = min(sizes)
         if s < best[1]:
             best = ("post", s)
-        dense = [j for j in constrained if p[0, j] == p[1, j]
-                 and int(p[0, j]) in posts[j].bitmaps
-                 and posts[j].size(int(p[0, j]), int(p[0, j])) < n]
+        dense = _selective_bitmaps(posts, p, n)
         if len(dense) >= 2:
             cost = len(dense) * n / 256.0 + s / 64.0
             if cost < best[1]:
@@ -520,10 +530,7 @@ class CoordIndex:
                 cand = posts[best].rows(int(p[0, best]), int(p[1, best]))
                 in_order = p[0, best] == p[1, best]   # one value: ascending rows
             else:   # bitmap
-                # A value every row holds selects nothing: its bitmap is not read.
-                maps = [posts[j].bitmaps[int(p[0, j])] for j in posts
-                        if p[0, j] == p[1, j] and int(p[0, j]) in posts[j].bitmaps
-                        and posts[j].size(int(p[0, j]), int(p[0, j])) < n]
+                maps = _selective_bitmaps(posts, p, n)
                 cand = _core.bitmap_and_rows(maps, n) if maps else \
                     np.arange(n, dtype=np.int64)
                 in_order = True
