@@ -722,7 +722,9 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             return
         head = dec.head_size()
-        self.server.reserve_input(self, head if head >= LARGE_FRAME else 0)
+        if head >= LARGE_FRAME or self.reserved or self.input_wait:
+            # (Nothing to change otherwise: no Python call on a read of small frames.)
+            self.server.reserve_input(self, head if head >= LARGE_FRAME else 0)
         if self.job is not None:
             return
         if self.backlog is not None or (more and dec.buffered()):
