@@ -242,7 +242,8 @@ def _meta_crc(key: str, value: str) -> int:
 
 
 def _tomb_crc(key: bytes) -> int:
-    return _signed(_core.xxh64(key))
+    # The core's, as the commit seals each deletion record (one definition of it).
+    return _core.seal_tombstones([key])[0][1]
 
 
 def _name_crc(ident: int, name: str) -> int:
