@@ -603,9 +603,7 @@ def encode_response_scrolls(msgid: int, scrolls: list,
     """
     if type(scrolls) is Scrolls:
         # msgpack is written piece by piece: [msgid, 0, list] or [msgid, 0, [list, after]]
-        body = _columns_msgpack(scrolls)
-        if page:
-            body = b"\x92" + body + packb(after)
+        body = encode_scrolls(scrolls, page=page, after=after)
         return _frame(b"\x93" + packb(msgid) + b"\x00" + body, max_frame_size)
     result: Any = scrolls_to_wire(scrolls)
     if page:
