@@ -347,10 +347,7 @@ def parse_coords(seq, names=None, bint intern=True):
     if type(seq) is not list:
         seq = list(seq)
     cdef list items = <list>seq
-    cdef Py_ssize_t i, n = len(items), ln, errpos
-    cdef int j, errcomp
-    cdef Tok toks[NDIM]
-    cdef bint plain
+    cdef Py_ssize_t i, n = len(items)
     out = np.empty((n, NDIM), dtype=np.uint16)
     if n == 0:
         return out
@@ -358,21 +355,10 @@ def parse_coords(seq, names=None, bint intern=True):
     for i in range(n):
         s = items[i]
         # The common item: an ASCII str of nine numbers, read straight from its bytes.
-        # Anything else (names, other text, an error to report) takes the full path.
-        if PyUnicode_CheckExact(s) and PyUnicode_IS_COMPACT_ASCII(s):
-            ln = PyUnicode_GET_LENGTH(s)
-            if _plain_coord(PyUnicode_DATA(s), ln, &o[i, 0]):
-                continue
-            if _tokenize(PyUnicode_DATA(s), ln, M_COORD, toks, &errpos, &errcomp) == E_OK:
-                plain = True
-                for j in range(NDIM):
-                    if toks[j].kind != TK_NUM:
-                        plain = False
-                        break
-                if plain:
-                    for j in range(NDIM):
-                        o[i, j] = <uint16_t>toks[j].a
-                    continue
+        # Anything else (spaces, names, an error to report) takes the full path.
+        if PyUnicode_CheckExact(s) and PyUnicode_IS_COMPACT_ASCII(s) and \
+                _plain_coord(PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s), &o[i, 0]):
+            continue
         try:
             _parse_coord_into(s, &o[i, 0], names, intern)
         except CoordinateError as e:
