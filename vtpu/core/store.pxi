@@ -255,6 +255,27 @@ cdef inline int _key_arg(object key, uint16_t* out) except -1:
     return 0
 
 
+def check_key(object key, str what="key"):
+    """An 18-byte packed coordinate (bytes, bytearray or byte memoryview) as bytes.
+
+    :param key: the key.
+    :param what: what the key is, for the error message.
+    :returns: the key as bytes (the object itself when it is bytes).
+    :raises InterfaceError: anything else (a ``(9,)`` array too: pack it first).
+    """
+    if type(key) is bytes and len(<bytes>key) == KEY_BYTES:
+        return key
+    b = None
+    if type(key) is bytes:
+        b = key
+    elif isinstance(key, bytearray) or (isinstance(key, memoryview) and key.itemsize == 1):
+        b = bytes(key)
+    if b is None or len(<bytes>b) != KEY_BYTES:
+        got = f"{len(<bytes>b)} bytes" if b is not None else type(key).__name__
+        raise InterfaceError(f"{what} must be a packed coordinate of 18 bytes, got {got}")
+    return b
+
+
 cdef struct _LoadState:
     uint16_t prev[NDIM]   # the last key appended
     bint ascending        # every key so far above the one before
@@ -1088,11 +1109,20 @@ cdef class ColumnStore:
     cpdef object get(self, object key):
         """The scroll at a key (built now, with its content decoded), or None.
 
-        :raises InterfaceError: a key that is not 18 bytes.
+        :param key: the 18-byte packed key (bytes, bytearray or byte memoryview).
+        :raises InterfaceError: anything else (see :func:`check_key`).
         """
         cdef uint16_t k[NDIM]
-        _key_arg(key, k)
-        cdef Py_ssize_t row = kh_find(&self.ht, &self.kc, k)
+        if type(key) is not bytes or len(<bytes>key) != KEY_BYTES:
+            key = check_key(key)
+        _unpack_row(<const unsigned char*>PyBytes_AS_STRING(key), k)
+        cdef uint64_t hv = key_hash(<const unsigned char*>k)
+        # The slot's row names both the key to compare and the record to read: ask for
+        # the record while the key is compared (two cache misses at once, not in turn).
+        cdef uint32_t s = self.ht.slots[<size_t>hv & <size_t>(self.ht.cap - 1)]
+        if s != SLOT_EMPTY and s != SLOT_DELETED:
+            prefetch(&self.meta[s - 1])
+        cdef Py_ssize_t row = kh_find_hashed(&self.ht, &self.kc, k, hv)
         if row < 0:
             return None
         return self._scroll(row, key)
