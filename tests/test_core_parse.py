@@ -445,7 +445,12 @@ _ITEM = st.one_of(
     st.sampled_from(["1.2.3 / 4.5.6 ; 7.8.9", " 1.1.1/1.1.1/1.1.1", "x.1.1/1.1.1/1.1.1",
                      "1.1.1/1.1.1/1.1", "1.1.1/1.1.1/1.1.é", "", "1..1/1.1.1/1.1.1"]),
     st.builds(_Text, st.just("3.3.3/3.3.3/3.3.3")),
-    st.text(alphabet="0123456789./; xé", max_size=24))
+    st.text(alphabet="0123456789./; xé", max_size=24),
+    # Near the plain form: 8 to 10 numbers of 0 to 6 digits (leading zeros too), each
+    # followed by any separator, so every check of the branch-free reader is reached.
+    st.builds(lambda parts, seps: "".join(p + q for p, q in zip(parts, seps))[:-1],
+              st.lists(st.text(alphabet="0123456789", max_size=6), min_size=8, max_size=10),
+              st.lists(st.sampled_from("././/./;:"), min_size=10, max_size=10)))
 
 
 @settings(max_examples=300, deadline=None)
@@ -465,7 +470,11 @@ def test_parse_coords_agrees_with_parse_coord_item_by_item(items):
         got = _core.parse_coords(items, names=names, intern=False)
         assert got.shape == (len(items), 9)
         assert all(np.array_equal(g, w) for g, w in zip(got, want))
+        # parse_keys: the same rows, packed
+        assert _core.parse_keys(items, names=names, intern=False) == b"".join(
+            _core.pack(w) for w in want)
     else:
-        with pytest.raises(CoordinateError) as info:
-            _core.parse_coords(items, names=names, intern=False)
-        assert str(info.value) == err
+        for parse in (_core.parse_coords, _core.parse_keys):
+            with pytest.raises(CoordinateError) as info:
+                parse(items, names=names, intern=False)
+            assert str(info.value) == err

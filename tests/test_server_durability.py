@@ -144,9 +144,13 @@ def test_signal_shuts_down_gracefully(tmp_path, sig):
 
 
 def _acked_writes_then_kill9(tmp_path, n: int, fsync: str = "everysec") -> str:
-    """``n`` acknowledged single PUTs to a real ``vtpu serve``, then kill -9."""
+    """``n`` acknowledged single PUTs to a real ``vtpu serve``, then kill -9. No
+    background checkpoint runs meanwhile: the WAL holds commits the database lacks (a
+    checkpoint between the last write and the kill would make losing the WAL lose
+    nothing)."""
     data = str(tmp_path / "data")
-    proc, port, log = _start_subprocess(["--data", data, "--fsync", fsync], tmp_path)
+    proc, port, log = _start_subprocess(["--data", data, "--fsync", fsync,
+                                         "--checkpoint-interval", "3600"], tmp_path)
     try:
         c = RemoteEngine(port=port)
         for i in range(n):

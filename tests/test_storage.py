@@ -880,6 +880,26 @@ def test_the_wal_is_checkpointed_in_the_background(tmp_path, policy):
         assert len(rows_of(s)) == 16
 
 
+def test_the_checkpoint_interval_spaces_the_background_checkpoints(tmp_path):
+    """With a long checkpoint_interval the WAL keeps every commit (nothing is copied
+    into the database meanwhile); a bad interval is refused."""
+    from vtpu.protocol import pack_value
+    from vtpu.storage import CHECKPOINT_SECONDS
+
+    blob = pack_value(b"\x5a" * (1 << 20))
+    with Storage(tmp_path, fsync="never", checkpoint_interval=3600) as s:
+        wal = s.db_path + "-wal"
+        for i in range(8):
+            s.put_many([(key(4, 1 + i), blob, 1, 1.0, 1.0)])
+            s.commit()
+            if i % 4 == 3:
+                time.sleep(CHECKPOINT_SECONDS * 1.5)
+        assert os.path.getsize(wal) > 8 << 20   # all eight commits still in the WAL
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(InterfaceError):
+            Storage(tmp_path / "bad", checkpoint_interval=bad)
+
+
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(folded=st.sets(st.integers(0, 2999), max_size=400),

@@ -469,8 +469,10 @@ class Engine:
         # key -> scroll: the rows of the column store (mapping access: get, [], in, len)
         self._map = _core.ColumnStore(self.names)
         # The hottest call, bound straight to the store's C method: a Python frame
-        # around it was a tenth of an embedded CGET (see Engine.get).
-        self.get = self._map.get
+        # around it was a tenth of an embedded CGET (see Engine.get). A subclass that
+        # overrides get keeps its own.
+        if type(self).get is Engine.get:
+            self.get = self._map.get
         # The index's main array is the store's sorted run: keys are held once.
         self._index = CoordIndex(source=self._map)
         self._started = time.time()

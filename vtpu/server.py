@@ -1849,6 +1849,7 @@ def serve(
     limits: Limits | None = None,
     max_request_time: float = DEFAULT_MAX_REQUEST_TIME,
     max_batch: int = DEFAULT_MAX_BATCH,
+    checkpoint_interval: float | None = None,
 ) -> None:
     """Run a server until SIGINT/SIGTERM (blocking).
 
@@ -1860,6 +1861,8 @@ def serve(
     :param port: TCP port (0 = any free port; printed on stderr).
     :param data: directory for durable storage; ``None`` keeps everything in memory.
     :param fsync: ``"always"``, ``"everysec"`` or ``"never"`` (with ``data``).
+    :param checkpoint_interval: seconds between background copies of the WAL into the
+        database (with ``data``; default: the storage's).
     :param token: if set, clients must present it in HELLO.
     :param max_frame_size: largest frame body accepted and sent.
     :param ready: called with the handle once listening (tests, CLI banners).
@@ -1882,7 +1885,8 @@ def serve(
         from .storage import Storage
 
         os.makedirs(data, exist_ok=True)
-        storage = Storage(data, fsync=fsync)
+        storage = Storage(data, fsync=fsync, **(
+            {} if checkpoint_interval is None else {"checkpoint_interval": checkpoint_interval}))
     engine = Engine(storage=storage, autocommit=False) if storage is not None else Engine()
     _one_blas_thread()
     loop = _new_loop()
@@ -2015,6 +2019,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory for durable storage (default: in memory only)")
     ap.add_argument("--fsync", default="everysec", choices=["always", "everysec", "never"],
                     help="when writes reach the disk, with --data (default everysec)")
+    ap.add_argument("--checkpoint-interval", type=float, default=None, metavar="SECONDS",
+                    help="seconds between background copies of the WAL into the database, "
+                         "with --data (default 0.25)")
     tok = ap.add_mutually_exclusive_group()
     tok.add_argument("--token-file", metavar="PATH",
                      help="read the token clients must send from PATH (default: $VTPU_TOKEN)")
@@ -2102,7 +2109,8 @@ def main(argv: list[str] | None = None) -> int:
             ctx = server_context(ns.tls_cert, ns.tls_key, ns.tls_ca)
         serve(ns.host, ns.port, data=ns.data, fsync=ns.fsync, token=token,
               max_frame_size=ns.max_frame_size, ssl=ctx, unprotected=ns.unprotected,
-              limits=limits, max_request_time=ns.max_request_time, max_batch=ns.max_batch)
+              limits=limits, max_request_time=ns.max_request_time, max_batch=ns.max_batch,
+              checkpoint_interval=ns.checkpoint_interval)
     except InterfaceError as exc:
         print(f"vtpu serve: error: {exc}", file=sys.stderr)
         return 2

@@ -274,6 +274,9 @@ class Storage:
     :param path: the data directory; created (with parents) if missing.
     :param fsync: ``"always"``, ``"everysec"`` (default) or ``"never"``; see the module
         docstring for exactly what each guarantees.
+    :param checkpoint_interval: seconds between background copies of the WAL into the
+        database (default :data:`CHECKPOINT_SECONDS`; only after commits). A longer one
+        lets the WAL grow for longer between copies.
     :param check: run ``PRAGMA quick_check`` on open (default ``True``). It reads every
         page, so a corrupt database is reported at start-up rather than half-way through
         serving; turn it off only for very large stores whose start-up time matters more.
@@ -288,11 +291,16 @@ class Storage:
     Usable as a context manager (``close()`` on exit).
     """
 
-    def __init__(self, path: str | os.PathLike, fsync: str = "everysec", check: bool = True):
+    def __init__(self, path: str | os.PathLike, fsync: str = "everysec", check: bool = True,
+                 checkpoint_interval: float = CHECKPOINT_SECONDS):
         if fsync not in _SYNCHRONOUS:
             raise InterfaceError(
                 f"fsync policy must be one of {', '.join(FSYNC_POLICIES)}; got {fsync!r}"
             )
+        if not checkpoint_interval > 0:
+            raise InterfaceError(f"checkpoint_interval must be > 0 seconds; got "
+                                 f"{checkpoint_interval!r}")
+        self.checkpoint_interval = float(checkpoint_interval)
         self.path = os.path.abspath(os.fspath(path))
         self.fsync = fsync
         self.db_path = os.path.join(self.path, DB_FILENAME)
@@ -1191,20 +1199,24 @@ class Storage:
             os.fsync(self._counter_fd)
 
     def _sync_loop(self) -> None:
-        # Every CHECKPOINT_SECONDS: checkpoint the WAL if anything was committed since
+        # Every checkpoint_interval: checkpoint the WAL if anything was committed since
         # the last time. At most once a second, and not while idle: everysec fsyncs the
         # WAL, then advances the counter's "synced"; always (SQLite fsynced every commit)
         # only flushes the counter file; never does neither.
         ckpt: sqlite3.Connection | None = None
         next_sync = time.monotonic() + 1.0
+        next_ckpt = time.monotonic() + self.checkpoint_interval
         try:
-            while not self._stop.wait(CHECKPOINT_SECONDS):
-                if self.fsync != "never" and time.monotonic() >= next_sync:
-                    next_sync = time.monotonic() + 1.0
+            while not self._stop.wait(min(CHECKPOINT_SECONDS, self.checkpoint_interval)):
+                now = time.monotonic()
+                if self.fsync != "never" and now >= next_sync:
+                    next_sync = now + 1.0
                     self._sync_round()
                 if self._stop.is_set():
                     return
-                ckpt = self._checkpoint_wal(ckpt)
+                if now >= next_ckpt:
+                    next_ckpt = now + self.checkpoint_interval
+                    ckpt = self._checkpoint_wal(ckpt)
         finally:
             if ckpt is not None:
                 ckpt.close()

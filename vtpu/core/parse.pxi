@@ -5,7 +5,8 @@
 # ---------------------------------------------------------------------------------------
 
 cimport cython
-from libc.stdint cimport uint16_t, int32_t, int64_t
+from libc.stdint cimport uint16_t, uint32_t, int32_t, int64_t
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 import numpy as np
 from vtpu.errors import CoordinateError, InterfaceError
@@ -43,38 +44,44 @@ cdef inline Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n,
     return i
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
+# The separator expected after component j of a plain coordinate ('.' inside a group
+# of three, '/' between groups); 0 past the eighth, which no character matches.
+cdef char _PLAIN_SEP[16]
+_PLAIN_SEP[:] = [b'.', b'.', b'/', b'.', b'.', b'/', b'.', b'.', 0, 0, 0, 0, 0, 0, 0, 0]
+
+
 cdef inline bint _plain_coord(const char* s, Py_ssize_t n, uint16_t* out) noexcept nogil:
     """Read ``a.b.c/d.e.f/g.h.i`` of nine decimal numbers and nothing else (no spaces,
     no ``;``, no names), each at most MAX_NUMERIC, into ``out``: True if it is exactly
-    that. Anything else is left to the tokenizer, which also explains errors."""
-    cdef Py_ssize_t i = 0
-    cdef int comp = 0, digits = 0
-    cdef int64_t v = 0
-    cdef char ch, sep
-    while i < n:
-        ch = s[i]
-        if b'0' <= ch <= b'9':
-            v = v * 10 + (ch - 48)
-            digits += 1
-            if digits > 5:
-                return False
-        else:
-            # a separator: '.' inside a group of three, '/' between groups
-            sep = b'/' if comp % 3 == 2 else b'.'
-            if digits == 0 or comp >= 8 or ch != sep:
-                return False
-            if v > MAX_NUMERIC:
-                return False
-            out[comp] = <uint16_t>v
-            comp += 1
-            v = 0
-            digits = 0
-        i += 1
-    if comp != 8 or digits == 0 or v > MAX_NUMERIC:
+    that. Anything else is left to the tokenizer, which also explains errors.
+
+    Branch-free per character (a digit or not is data the predictor cannot learn):
+    the value, the component and the verdict are updated with selects, and checked once
+    at the end."""
+    cdef uint32_t tmp[16]
+    cdef uint32_t v = 0, d, isd, prev = 0, bad = 0
+    cdef uint32_t comp = 0
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if n < 17 or n > 9 * 5 + 8:
         return False
-    out[8] = <uint16_t>v
+    for i in range(n):
+        c = <unsigned char>s[i]
+        d = <uint32_t>c - 48
+        isd = d < 10
+        tmp[comp & 15] = v
+        # a separator: right for this component, after a digit
+        bad |= (isd ^ 1) & ((c != <unsigned char>_PLAIN_SEP[comp & 15]) | (prev ^ 1))
+        v = (v * 10 + d) if isd else 0
+        bad |= v > MAX_NUMERIC     # also caps v: it stays below 10 * 65536 + 10
+        v &= 0xFFFFF
+        comp += isd ^ 1
+        prev = isd
+    tmp[comp & 15] = v
+    if bad or comp != 8 or not prev:
+        return False
+    for i in range(NDIM):
+        out[i] = <uint16_t>tmp[i]
     return True
 
 
@@ -331,8 +338,38 @@ def all_text(list items):
     return True
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
+cdef int _parse_many(list items, uint16_t* rows, unsigned char* keys, object names,
+                     bint intern) except -1:
+    """Parse every string of ``items`` into ``rows`` (N*9 native uint16) or, when
+    ``keys`` is given, into ``keys`` (N*18 bytes, packed big-endian)."""
+    cdef Py_ssize_t i, n = len(items)
+    cdef uint16_t tmp[NDIM]
+    cdef uint16_t* o
+    for i in range(n):
+        s = items[i]
+        if keys != NULL:
+            o = &tmp[0]
+        else:
+            o = rows + i * NDIM
+        # The common item: an ASCII str of nine numbers, read straight from its bytes.
+        # Anything else (spaces, names, an error to report) takes the full path.
+        if not (PyUnicode_CheckExact(s) and PyUnicode_IS_COMPACT_ASCII(s) and
+                _plain_coord(PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s), o)):
+            try:
+                _parse_coord_into(s, o, names, intern)
+            except CoordinateError as e:
+                raise CoordinateError(f"item {i}: {e}") from None
+        if keys != NULL:
+            _pack_row(tmp, keys + i * KEY_BYTES)
+    return 0
+
+
+cdef list _string_list(seq):
+    if isinstance(seq, str):
+        raise InterfaceError("parse_coords takes a sequence of strings, not one string")
+    return seq if type(seq) is list else list(seq)
+
+
 def parse_coords(seq, names=None, bint intern=True):
     """Parse many coordinate strings into an (N, 9) uint16 array.
 
@@ -342,27 +379,29 @@ def parse_coords(seq, names=None, bint intern=True):
     :returns: C-contiguous (N, 9) uint16 array.
     :raises CoordinateError: for the first bad string, quoting it and its index.
     """
-    if isinstance(seq, str):
-        raise InterfaceError("parse_coords takes a sequence of strings, not one string")
-    if type(seq) is not list:
-        seq = list(seq)
-    cdef list items = <list>seq
-    cdef Py_ssize_t i, n = len(items)
-    out = np.empty((n, NDIM), dtype=np.uint16)
-    if n == 0:
+    cdef list items = _string_list(seq)
+    out = np.empty((len(items), NDIM), dtype=np.uint16)
+    if len(items) == 0:
         return out
     cdef uint16_t[:, ::1] o = out
-    for i in range(n):
-        s = items[i]
-        # The common item: an ASCII str of nine numbers, read straight from its bytes.
-        # Anything else (spaces, names, an error to report) takes the full path.
-        if PyUnicode_CheckExact(s) and PyUnicode_IS_COMPACT_ASCII(s) and \
-                _plain_coord(PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s), &o[i, 0]):
-            continue
-        try:
-            _parse_coord_into(s, &o[i, 0], names, intern)
-        except CoordinateError as e:
-            raise CoordinateError(f"item {i}: {e}") from None
+    _parse_many(items, &o[0, 0], NULL, names, intern)
+    return out
+
+
+def parse_keys(seq, names=None, bint intern=True):
+    """Parse many coordinate strings into one N*18-byte blob of packed keys: what
+    ``pack_many(parse_coords(seq))`` gives, without the array between.
+
+    :param seq: a sequence (list/tuple) of coordinate strings.
+    :param names: name table for name components (see :func:`parse_coord`).
+    :param intern: intern unknown names (True) or report them (False).
+    :returns: bytes.
+    :raises CoordinateError: for the first bad string, quoting it and its index.
+    """
+    cdef list items = _string_list(seq)
+    out = PyBytes_FromStringAndSize(NULL, len(items) * KEY_BYTES)
+    if len(items):
+        _parse_many(items, NULL, <unsigned char*>PyBytes_AS_STRING(out), names, intern)
     return out
 
 
