@@ -85,14 +85,14 @@ def single_ops(ctx: Ctx, op: str) -> None:
     rep.row(op, "p50 latency", v["p50"], "us", projection="50-100 us", prototype=proto,
             peer="echo floor" if "echo" in st else None,
             peer_value=st.get("echo", {}).get("p50"), ratio_kind="of_floor",
-            target="<=1.3x floor" if "echo" in st else None,
-            target_ok=(v["p50"] <= 1.3 * st["echo"]["p50"]) if "echo" in st else None,
+            target="<=1.2x floor" if "echo" in st else None,
+            target_ok=(v["p50"] <= 1.2 * st["echo"]["p50"]) if "echo" in st else None,
             note=f"p95 {v['p95']:.1f} us, p99 {v['p99']:.1f} us"
                  + ("" if pin.ok else " (not pinned)"))
     if "redis" in st:
         rep.row(op, f"p50 vs Redis {what}", v["p50"], "us", peer="redis-py+hiredis",
-                peer_value=st["redis"]["p50"], target=">=1.4x faster",
-                target_ok=st["redis"]["p50"] >= 1.4 * v["p50"])
+                peer_value=st["redis"]["p50"], target=">=1.5x faster",
+                target_ok=st["redis"]["p50"] >= 1.5 * v["p50"])
         rep.row(op, f"p99 vs Redis {what}", v["p99"], "us", peer="redis-py+hiredis",
                 peer_value=st["redis"]["p99"])
     if "memcached" in st:
@@ -246,10 +246,12 @@ def pipelined(ctx: Ctx, op: str) -> None:
         ec.close()
     thr = {k: n / t for k, t in out.items()}
     rep.tests.setdefault(op, {})["pipelined"] = {"n": n, "seconds": out, "ops_per_s": thr}
+    # Issue 9: 1000 pipelined GETs >= 6x a redis-py pipeline (PUTs: >= 2x).
+    want = 6 if op == "cget" else 2
     rep.row(op, f"{n} pipelined", thr["vtpu"], "ops/s", better="higher",
             peer="redis-py pipeline" if "redis" in thr else None, peer_value=thr.get("redis"),
-            target=">=2x Redis" if "redis" in thr else None,
-            target_ok=(thr["vtpu"] >= 2 * thr["redis"]) if "redis" in thr else None)
+            target=f">={want}x Redis" if "redis" in thr else None,
+            target_ok=(thr["vtpu"] >= want * thr["redis"]) if "redis" in thr else None)
     if "echo" in thr:
         rep.row(op, f"{n} pipelined vs echo", thr["vtpu"], "ops/s", better="higher",
                 peer="echo pipelined", peer_value=thr["echo"])
