@@ -140,6 +140,52 @@ def test_call_meter_counts_times_and_passes_errors_through():
     assert (m.calls, m.errors) == (4, 1) and m.seconds > 0.0
 
 
+def test_call_meter_read_converts_a_coordinate_as_cget_does():
+    seen = []
+
+    def fn(key):
+        seen.append(key)
+        if key == b"\xff" * 18:
+            raise KeyError("boom")
+        return len(key)
+
+    def resolve(c):
+        if c == "bad":
+            raise CoordinateError("bad coordinate")
+        return None if c == "nothing" else _core.pack(np.array(c, np.uint16))
+
+    m = _core.CallMeter(fn, resolve)
+    row = np.arange(1, 10, dtype=np.uint16)
+    assert m.read(KEY) == 18 and seen[-1] is KEY               # a key as it is
+    assert m.read(row) == 18 and seen[-1] == _core.pack(row)    # a (9,) row packed in C
+    assert m.read(row[::-1].copy()[::-1]) == 18                 # any strides
+    assert m.read(list(range(1, 10))) == 18 and seen[-1] == _core.pack(row)  # resolved
+    assert m.read("nothing") is None and len(seen) == 4         # counted, fn not called
+    with pytest.raises(CoordinateError):
+        m.read("bad")                                           # not counted
+    with pytest.raises(KeyError):
+        m.read(b"\xff" * 18)                                    # counted as an error
+    assert (m.calls, m.errors) == (5, 1) and m.seconds > 0.0
+    with pytest.raises(InterfaceError):
+        _core.CallMeter(fn).read("1.1.1/1.1.1/1.1.1")           # no resolver: keys only
+
+
+def test_a_client_subclass_keeps_its_own_cget():
+    class Counting(vtpu.client.Client):
+        n = 0
+
+        def cget(self, coord):
+            Counting.n += 1
+            return super().cget(coord)
+
+    plain = vtpu.connect("mem://")
+    c = Counting(plain.backend)
+    c.cput("1.1.1/1.1.1/1.1.1", "a")
+    assert c.cget("1.1.1/1.1.1/1.1.1").content == "a" and Counting.n == 1
+    assert plain.cget.__self__ is not None and "cget" in vars(plain)   # bound to the meter
+    assert "cget" not in vars(c)
+
+
 def test_client_statistics_count_cget():
     m = vtpu.connect("mem://")
     m.cput("1.1.1/1.1.1/1.1.1", "a")

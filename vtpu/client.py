@@ -155,7 +155,12 @@ class Client:
         self._ops: dict[str, int] = {}
         # cget, counted and timed in C around the backend's get (apart from _ops, to keep
         # the hottest call lean); cput counted apart from _ops too.
-        self._reads = _core.CallMeter(backend.get)
+        self._reads = _core.CallMeter(backend.get, lambda c, b=backend: read_key(c, b.names))
+        # The hottest call as one C call (the meter does what cget does; a subclass that
+        # overrides cget keeps its own). The resolver holds the backend, not the client,
+        # so no reference cycle keeps a dropped client (and its socket) alive.
+        if type(self).cget is Client.cget:
+            self.cget = self._reads.read
         self._writes = 0
         self._write_time = 0.0
 
@@ -234,15 +239,11 @@ class Client:
         :raises CoordinateError: malformed coordinate.
         """
         # The hottest call: no lock (a point read is one lookup in the store, atomic
-        # under the GIL, or a remote call whose connection has its own lock), and the
-        # accounting done in C by the meter around the backend's get.
-        if type(coord) is bytes and len(coord) == 18:
-            return self._reads.call(coord)
-        # A (9,) uint16 row is packed in C; anything else (text...) by read_key.
-        key = _core.key_of(coord) or self._read_key(coord)
-        if key is None:   # names a name the store never interned: nothing there
-            return self._reads.answered(None)
-        return self._reads.call(key)
+        # under the GIL, or a remote call whose connection has its own lock). An
+        # instance's cget is bound to the meter's read (see __init__), which does this
+        # in C: an 18-byte key as it is, a (9,) uint16 row packed, anything else by
+        # read_key (None: it names a name the store never interned, nothing there).
+        return self._reads.read(coord)
 
     def _plan_cget_many(self, coords, content_only: bool) -> _Call:
         blob, known = read_keys(coords, self.names)

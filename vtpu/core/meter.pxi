@@ -37,14 +37,19 @@ cdef class CallMeter:
     and the seconds spent in them.
 
     :param fn: the function (a backend's ``get``, say).
+    :param resolve: for :meth:`read`: the key of a coordinate that is neither an 18-byte
+        key nor a ``(9,)`` uint16 row (text, a list of ints...), or None when it names
+        something that cannot be stored; it raises for a malformed one.
     """
     cdef object fn
+    cdef object resolve
     cdef readonly Py_ssize_t calls    # calls that returned
     cdef readonly Py_ssize_t errors   # calls that raised
     cdef readonly double seconds      # time spent in the calls that returned
 
-    def __init__(self, fn):
+    def __init__(self, fn, resolve=None):
         self.fn = fn
+        self.resolve = resolve
 
     # A method rather than __call__: called with vectorcall, no argument tuple made.
     def call(self, arg):
@@ -56,6 +61,37 @@ cdef class CallMeter:
         cdef double t0 = vtpu_clock()
         try:
             r = self.fn(arg)
+        except BaseException:
+            self.errors += 1
+            raise
+        self.seconds += vtpu_clock() - t0
+        self.calls += 1
+        return r
+
+    def read(self, coord):
+        """``fn(key)`` of a coordinate, counted and timed: what ``Client.cget`` does, as
+        one C call. An 18-byte key is passed as it is, a ``(9,)`` uint16 row packed here,
+        anything else converted by ``resolve`` (not counted when it raises).
+
+        :returns: what ``fn`` returns, or None (counted) when ``resolve`` says the
+            coordinate cannot be stored.
+        :raises: what ``resolve`` or ``fn`` raises.
+        """
+        if type(coord) is bytes and PyBytes_GET_SIZE(coord) == KEY_BYTES:
+            key = coord
+        else:
+            key = _key_of(coord)
+            if key is None:
+                if self.resolve is None:
+                    raise InterfaceError("this meter converts no coordinates: give "
+                                         "an 18-byte key")
+                key = self.resolve(coord)
+                if key is None:
+                    self.calls += 1
+                    return None
+        cdef double t0 = vtpu_clock()
+        try:
+            r = self.fn(key)
         except BaseException:
             self.errors += 1
             raise

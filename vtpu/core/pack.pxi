@@ -108,6 +108,11 @@ def key_of(c):
     :param c: any object.
     :returns: 18 bytes, or None.
     """
+    return _key_of(c)
+
+
+cdef object _key_of(object c):
+    # key_of, for the core's own callers (CallMeter.read) without a Python call.
     cdef cnp.ndarray a
     cdef const char* base
     cdef Py_ssize_t st
