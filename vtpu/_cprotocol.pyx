@@ -35,6 +35,9 @@ from vtpu import protocol as _ref
 from vtpu import _core
 from vtpu._core import Scrolls as _Scrolls
 from vtpu.coords import Scroll
+# The core's Scroll type and its builder: a decoded reply's Scroll is made in C (no
+# __init__ argument parsing, no Python int/float for its version and times).
+from vtpu._core cimport Scroll as _CScroll, _new_scroll
 from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
 from vtpu.protocol import Reply, packb, parse_request, refuse_big_batch, unpackb
 
@@ -484,6 +487,16 @@ cdef int put_scroll(Buf* b, object s) except -1:
         put1(b, 0xC0)
         return 0
     put1(b, 0x95)
+    cdef _CScroll c
+    if type(s) is _CScroll:
+        # The core's own Scroll: its fields read in C (no Python int or float made).
+        c = <_CScroll>s
+        put_value(b, c.key, 1)
+        put_value(b, c.content, 1)
+        put_int(b, c.version)
+        put_double(b, c.created_at)
+        put_double(b, c.updated_at)
+        return 0
     FIELDS.check(s)
     put_value(b, FIELDS.read(s, F_KEY), 1)
     put_value(b, FIELDS.read(s, F_CONTENT), 1)
@@ -1796,8 +1809,9 @@ def decode_get_replies(data, Py_ssize_t pos, Py_ssize_t end, msgid, Py_ssize_t c
                             q = read_double(b, q, size, &created)
                         if q > 0:
                             q = read_double(b, q, size, &updated)
-                        if q == size and ver >= 1:
-                            out.append(Scroll(key, content, ver, created, updated, names))
+                        if q == size and 1 <= ver <= <uint64_t>INT64_MAX:
+                            out.append(_new_scroll(key, content, <int64_t>ver, created,
+                                                   updated, names))
                             pos += 4 + size
                             done += 1
                             continue
