@@ -307,6 +307,25 @@ def test_a_malformed_result_fails_only_its_call():
     assert ex.results[2] == "PONG"
 
 
+@pytest.mark.parametrize("bad", [
+    scroll_wire(KEYS[0], version=2 ** 63), scroll_wire(KEYS[0], version=2 ** 64 - 1),
+    [KEYS[0], "v", "1", 1.5, 2.5], [KEYS[0], "v", 1, "t", 2.5], [b"short", "v", 1, 1.5, 2.5]])
+def test_a_scroll_out_of_range_is_a_protocol_error(bad):
+    """A GET reply whose scroll has a field of the wrong type or out of its range (a
+    version above int64) is a ProtocolError, in a single call and in a pipeline, and the
+    stream goes on: nothing else (OverflowError, TypeError) reaches the caller."""
+    s = Session()
+    m, _ = s.encode_get(KEYS[0])
+    s.feed(reply(m, bad))
+    with pytest.raises(E.ProtocolError, match="malformed scroll"):
+        reply_value(s.read_get_reply(m))
+    ex = s.exchange(entries(lambda q: (q.get(KEYS[0]), q.ping())))
+    (m1, _, _), (m2, _, _) = requests(s)
+    s.feed(reply(m1, bad) + reply(m2, "PONG"))
+    assert s.receive() == [ex]
+    assert isinstance(ex.results[0], E.ProtocolError) and ex.results[1] == "PONG"
+
+
 def test_batch_exchange():
     s = Session()
     ex = s.exchange(entries(lambda q: (q.put(KEYS[0], "x"), q.get(KEYS[0]),

@@ -1491,7 +1491,7 @@ cdef inline object scroll_row_or_none(object v, object names):
     if type(v) is list and len(<list>v) == 5:
         key, content, version, created, updated = v
         if (PyBytes_CheckExact(key) and len(<bytes>key) == KEY_SIZE
-                and PyLong_CheckExact(version) and version >= 1
+                and PyLong_CheckExact(version) and 1 <= version <= INT64_MAX
                 and PyFloat_CheckExact(created) and PyFloat_CheckExact(updated)):
             return Scroll(key, content, version, created, updated, names)
     return _UNSET

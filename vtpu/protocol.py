@@ -933,13 +933,17 @@ def _plain_op(msg: Any) -> str | None:
     return None
 
 
+_INT64_MAX = (1 << 63) - 1   # a version is an int64
+
+
 def _scroll_row(v: Any) -> tuple | None:
     """``(key, content, version, created, updated)`` of a scroll's wire form, or None
     if ``v`` is not exactly that shape."""
     if type(v) is list and len(v) == 5:
         key, content, version, created, updated = v
         if (type(key) is bytes and len(key) == KEY_SIZE and type(version) is int
-                and version >= 1 and type(created) is float and type(updated) is float):
+                and 1 <= version <= _INT64_MAX and type(created) is float
+                and type(updated) is float):
             return key, content, version, created, updated
     return None
 

@@ -658,9 +658,13 @@ def decode_scroll(s: Session, args: Any, r: Any) -> Any:
         return None
     try:
         key, content, version, created, updated = r
-    except (TypeError, ValueError):
-        raise E.ProtocolError("malformed scroll in reply") from None
-    return Scroll(key, content, version, created, updated, s.names)
+        if type(key) is not bytes or len(key) != codec.KEY_SIZE:
+            got = f"{len(key)} bytes" if type(key) is bytes else type(key).__name__
+            raise ValueError(f"its key is {got}, not 18 bytes")
+        return Scroll(key, content, version, created, updated, s.names)
+    except (TypeError, ValueError, OverflowError) as exc:
+        # (a field of the wrong type, or a version or time out of its C range)
+        raise E.ProtocolError(f"malformed scroll in reply: {exc}") from None
 
 
 def _stored(scrolls: Scrolls) -> Scrolls:
