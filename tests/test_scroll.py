@@ -125,6 +125,26 @@ def test_subclasses_build_and_read_as_scrolls():
     assert type(pickle.loads(pickle.dumps(t))) is Tagged
 
 
+def test_the_key_is_held_in_the_scroll_and_made_once():
+    """A Scroll keeps its 18-byte key in itself: one made from a result's columns makes
+    the bytes object when ``key`` is first read and keeps it; one made with a key object
+    gives that object back; a key of another length is kept as given."""
+    given = Scroll(KEY, "c", 2, 1.0, 2.0)
+    assert given.key is KEY
+    res = _core.Scrolls.from_scrolls([given, None])
+    s = res[0]
+    assert s.key == KEY and s.key is s.key and s == given and given == s
+    assert s.coordinate == given.coordinate == _core.format_key(KEY)
+    assert s != Scroll(KEY[:-1] + b"\x0a", "c", 2, 1.0, 2.0)
+    short = Scroll(b"short", "c", 2, 1.0, 2.0)
+    assert short.key == b"short" and short != given and "73686f7274" in repr(short)
+    assert pickle.loads(pickle.dumps(s)) == s and copy.copy(s) == s
+    m = vtpu.connect("mem://")
+    m.cput(KEY, "x")
+    k = bytes(bytearray(KEY))
+    assert m.cget(k).key is k            # a point read keeps the caller's key object
+
+
 def test_call_meter_counts_times_and_passes_errors_through():
     def fn(x):
         if x is None:

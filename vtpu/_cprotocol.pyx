@@ -37,7 +37,7 @@ from vtpu._core import Scrolls as _Scrolls
 from vtpu.coords import Scroll
 # The core's Scroll type and its builder: a decoded reply's Scroll is made in C (no
 # __init__ argument parsing, no Python int/float for its version and times).
-from vtpu._core cimport Scroll as _CScroll, _new_scroll
+from vtpu._core cimport Scroll as _CScroll, _new_scroll_at
 from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
 from vtpu.protocol import Reply, packb, parse_request, refuse_big_batch, unpackb
 
@@ -491,7 +491,11 @@ cdef int put_scroll(Buf* b, object s) except -1:
     if type(s) is _CScroll:
         # The core's own Scroll: its fields read in C (no Python int or float made).
         c = <_CScroll>s
-        put_value(b, c.key, 1)
+        if c._inline:
+            put_binhdr(b, KEY_SIZE)
+            put(b, <const char*>c._k, KEY_SIZE)
+        else:
+            put_value(b, c.key, 1)
         put_value(b, c.content, 1)
         put_int(b, c.version)
         put_double(b, c.created_at)
@@ -1765,6 +1769,7 @@ def decode_get_replies(data, Py_ssize_t pos, Py_ssize_t end, msgid, Py_ssize_t c
     cdef Py_ssize_t size, body, q, done = 0
     cdef const unsigned char* p
     cdef const unsigned char* b
+    cdef const unsigned char* kp
     cdef uint64_t mid, ver = 0, want = 0
     cdef double created, updated
     cdef bint fast = PyLong_CheckExact(msgid) and 0 <= msgid <= 0xFFFFFFFF
@@ -1800,7 +1805,7 @@ def decode_get_replies(data, Py_ssize_t pos, Py_ssize_t end, msgid, Py_ssize_t c
                         continue
                     if (b[q] == 0x95 and q + 3 + KEY_SIZE <= size and b[q + 1] == 0xC4
                             and b[q + 2] == KEY_SIZE):
-                        key = PyBytes_FromStringAndSize(<const char*>b + q + 3, KEY_SIZE)
+                        kp = b + q + 3
                         q += 3 + KEY_SIZE
                         content = read_content(b, &q, size)
                         if q > 0:
@@ -1810,8 +1815,8 @@ def decode_get_replies(data, Py_ssize_t pos, Py_ssize_t end, msgid, Py_ssize_t c
                         if q > 0:
                             q = read_double(b, q, size, &updated)
                         if q == size and 1 <= ver <= <uint64_t>INT64_MAX:
-                            out.append(_new_scroll(key, content, <int64_t>ver, created,
-                                                   updated, names))
+                            out.append(_new_scroll_at(kp, content, <int64_t>ver, created,
+                                                      updated, names))
                             pos += 4 + size
                             done += 1
                             continue

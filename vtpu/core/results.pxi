@@ -354,13 +354,12 @@ cdef class Scrolls:
         cdef uint8_t kind = self.kinds[i]
         if kind == CK_DEAD:
             return None
-        key = PyBytes_FromStringAndSize(PyBytes_AS_STRING(self._keys) + i * KEY_BYTES,
-                                        KEY_BYTES)
         content = _content_from(kind, PyBytes_AS_STRING(self._data), self.offs[i],
                                 self.lens[i], self._data, self._objs, self._types,
                                 self._unpackb)
-        return _new_scroll(key, content, self.ver[i], self.ctime[i], self.utime[i],
-                           self._names)
+        return _new_scroll_at(<const unsigned char*>PyBytes_AS_STRING(self._keys)
+                              + i * KEY_BYTES, content, self.ver[i], self.ctime[i],
+                              self.utime[i], self._names)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)

@@ -1,11 +1,16 @@
-# The Scroll type (scroll.pxi): one stored scroll as a C struct of six fields, built by
-# the store and the results through _new_scroll (no interpreter round) and read by the
-# wire codec through its attributes.
+# The Scroll type (scroll.pxi): one stored scroll as a C struct, built by the store, the
+# results and the wire codec through _new_scroll / _new_scroll_at (no interpreter round).
+# An 18-byte key is held in the struct itself (no bytes object per scroll); ``key`` makes
+# the bytes object when it is first read.
 from libc.stdint cimport int64_t
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 
 cdef class Scroll:
-    cdef readonly bytes key             # 18-byte packed coordinate
+    cdef unsigned char _k[18]           # the 18-byte packed coordinate, when _kobj says so
+    cdef object _kobj                   # the key as bytes once made (or one not 18 bytes)
+    cdef bint _inline                   # _k holds the key
     cdef readonly object content
     cdef readonly int64_t version
     cdef readonly double created_at     # unix seconds
@@ -13,11 +18,30 @@ cdef class Scroll:
     cdef readonly object names          # the NameTable its name ids refer to, or None
 
 
+cdef inline Scroll _new_scroll_at(const unsigned char* key, object content, int64_t version,
+                                  double created, double updated, object names):
+    """A Scroll whose key is the 18 bytes at ``key``: what ``Scroll(...)`` makes, without
+    calling __init__ or making a bytes object."""
+    cdef Scroll s = Scroll.__new__(Scroll)
+    memcpy(s._k, key, 18)
+    s._inline = True
+    s.content = content
+    s.version = version
+    s.created_at = created
+    s.updated_at = updated
+    s.names = names
+    return s
+
+
 cdef inline Scroll _new_scroll(bytes key, object content, int64_t version, double created,
                                double updated, object names):
-    """A Scroll with these fields: what ``Scroll(...)`` makes, without calling __init__."""
+    """A Scroll with these fields: what ``Scroll(...)`` makes, without calling __init__
+    (the key object is kept: reading ``key`` gives it back)."""
     cdef Scroll s = Scroll.__new__(Scroll)
-    s.key = key
+    if PyBytes_GET_SIZE(key) == 18:
+        memcpy(s._k, PyBytes_AS_STRING(key), 18)
+        s._inline = True
+    s._kobj = key
     s.content = content
     s.version = version
     s.created_at = created

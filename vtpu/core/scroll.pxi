@@ -5,6 +5,9 @@
 # ---------------------------------------------------------------------------------------
 
 cimport cython
+from libc.stdint cimport uint16_t
+from libc.string cimport memcmp, memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 import numpy as np
 
@@ -45,7 +48,12 @@ cdef class Scroll:
 
     def __init__(self, bytes key, content, int64_t version, double created_at,
                  double updated_at, names=None):
-        self.key = key
+        if PyBytes_GET_SIZE(key) == 18:
+            memcpy(self._k, PyBytes_AS_STRING(key), 18)
+            self._inline = True
+        else:
+            self._inline = False
+        self._kobj = key
         self.content = content
         self.version = version
         self.created_at = created_at
@@ -53,9 +61,20 @@ cdef class Scroll:
         self.names = names
 
     @property
+    def key(self):
+        """The 18-byte packed coordinate (bytes; made when first read, then kept)."""
+        if self._kobj is None and self._inline:
+            self._kobj = PyBytes_FromStringAndSize(<const char*>self._k, 18)
+        return self._kobj
+
+    @property
     def coordinate(self):
         """The coordinate as text (names resolved through the table), formatted from the
         18 bytes in one core call."""
+        cdef uint16_t c[NDIM]
+        if self._inline:
+            _unpack_row(self._k, c)
+            return _format_row(c, self.names)
         return _format_key(self.key, self.names)
 
     @property
@@ -93,7 +112,9 @@ cdef class Scroll:
         if not isinstance(other, Scroll):
             return NotImplemented
         cdef Scroll o = <Scroll>other
-        return (self.key == o.key and self.version == o.version
+        cdef bint same_key = (memcmp(self._k, o._k, 18) == 0 if self._inline and o._inline
+                              else self.key == o.key)
+        return (same_key and self.version == o.version
                 and self.created_at == o.created_at and self.updated_at == o.updated_at
                 and _content_equal(self.content, o.content))
 
@@ -111,8 +132,8 @@ cdef class Scroll:
             text = text[:57] + "..."
         try:
             coord = self.coordinate
-        except CoordinateError:
-            coord = self.key.hex()
+        except (CoordinateError, InterfaceError):   # a name id without its table, a bad key
+            coord = self.key.hex() if self.key is not None else "?"
         return f"Scroll({coord}, version={self.version}, content={text})"
 
     def __reduce__(self):
