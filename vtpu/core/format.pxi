@@ -15,21 +15,37 @@ from cpython.bytes cimport PyBytes_GET_SIZE, PyBytes_AS_STRING
 from vtpu.errors import CoordinateError, InterfaceError
 
 
+# "00" .. "99": two digits a lookup, not two divisions.
+cdef char _DIGITS2[200]
+for _i in range(100):
+    _DIGITS2[2 * _i] = 48 + _i // 10
+    _DIGITS2[2 * _i + 1] = 48 + _i % 10
+
+
 cdef inline Py_ssize_t _put_uint(char* buf, Py_ssize_t pos, uint32_t v) noexcept nogil:
-    cdef char tmp[8]
-    cdef int k = 0
-    if v == 0:
-        buf[pos] = b'0'
+    """Write v (below 100,000: a numeric component) in decimal at buf[pos]; return the
+    position after it."""
+    cdef uint32_t hi
+    if v < 10:
+        buf[pos] = <char>(48 + v)
         return pos + 1
-    while v:
-        tmp[k] = <char>(48 + v % 10)
-        v //= 10
-        k += 1
-    while k:
-        k -= 1
-        buf[pos] = tmp[k]
-        pos += 1
-    return pos
+    if v < 100:
+        memcpy(buf + pos, &_DIGITS2[2 * v], 2)
+        return pos + 2
+    if v < 1000:
+        buf[pos] = <char>(48 + v // 100)
+        memcpy(buf + pos + 1, &_DIGITS2[2 * (v % 100)], 2)
+        return pos + 3
+    if v < 10000:
+        memcpy(buf + pos, &_DIGITS2[2 * (v // 100)], 2)
+        memcpy(buf + pos + 2, &_DIGITS2[2 * (v % 100)], 2)
+        return pos + 4
+    hi = v // 10000
+    buf[pos] = <char>(48 + hi % 10)
+    v -= hi * 10000
+    memcpy(buf + pos + 1, &_DIGITS2[2 * (v // 100)], 2)
+    memcpy(buf + pos + 3, &_DIGITS2[2 * (v % 100)], 2)
+    return pos + 5
 
 
 cdef str _name_text(object names, uint16_t v, int comp):
