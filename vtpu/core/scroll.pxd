@@ -18,13 +18,10 @@ cdef class Scroll:
     cdef readonly object names          # the NameTable its name ids refer to, or None
 
 
-cdef inline Scroll _new_scroll_at(const unsigned char* key, object content, int64_t version,
-                                  double created, double updated, object names):
-    """A Scroll whose key is the 18 bytes at ``key``: what ``Scroll(...)`` makes, without
-    calling __init__ or making a bytes object."""
+cdef inline Scroll _keyless_scroll(object content, int64_t version, double created,
+                                   double updated, object names):
+    """A Scroll with every field but its key set (the builders below add it)."""
     cdef Scroll s = Scroll.__new__(Scroll)
-    memcpy(s._k, key, 18)
-    s._inline = True
     s.content = content
     s.version = version
     s.created_at = created
@@ -33,18 +30,23 @@ cdef inline Scroll _new_scroll_at(const unsigned char* key, object content, int6
     return s
 
 
+cdef inline Scroll _new_scroll_at(const unsigned char* key, object content, int64_t version,
+                                  double created, double updated, object names):
+    """A Scroll whose key is the 18 bytes at ``key``: what ``Scroll(...)`` makes, without
+    calling __init__ or making a bytes object."""
+    cdef Scroll s = _keyless_scroll(content, version, created, updated, names)
+    memcpy(s._k, key, 18)
+    s._inline = True
+    return s
+
+
 cdef inline Scroll _new_scroll(bytes key, object content, int64_t version, double created,
                                double updated, object names):
     """A Scroll with these fields: what ``Scroll(...)`` makes, without calling __init__
     (the key object is kept: reading ``key`` gives it back)."""
-    cdef Scroll s = Scroll.__new__(Scroll)
+    cdef Scroll s = _keyless_scroll(content, version, created, updated, names)
     if PyBytes_GET_SIZE(key) == 18:
         memcpy(s._k, PyBytes_AS_STRING(key), 18)
         s._inline = True
     s._kobj = key
-    s.content = content
-    s.version = version
-    s.created_at = created
-    s.updated_at = updated
-    s.names = names
     return s
