@@ -175,6 +175,26 @@ def interleaved(samplers: Dict[str, Callable[[int], Any]], n: int, rounds: int =
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def median_times(fns: Dict[str, Callable[[], Any]], reps: int = 9) -> Dict[str, float]:
+    """Time several calls in alternating rounds (each once per round, after one untimed
+    call each), so that a slow spell of a shared machine hits them all alike; the
+    median wall time of each.
+
+    :param fns: name -> the work.
+    :param reps: rounds (>= 1).
+    :returns: name -> seconds.
+    """
+    for fn in fns.values():
+        fn()
+    ts: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(max(1, reps)):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in ts.items()}
+
+
 def best_of(fn: Callable[[], Any], reps: int = 3) -> float:
     """Run ``fn`` ``reps`` times; return the fastest wall time in seconds.
 

@@ -11,7 +11,7 @@ import numpy as np
 from vtpu import _core
 
 from . import peers as _peers
-from .common import PROTO, R_LATENCY, VALUE, Progress, interleaved, median_time, stats_us
+from .common import PROTO, R_LATENCY, VALUE, Progress, interleaved, median_times, stats_us
 from .harness import Ctx, memcached_client, redis_client
 from .report import thin
 
@@ -109,52 +109,53 @@ def single_ops(ctx: Ctx, op: str) -> None:
 
 
 def batched(ctx: Ctx, op: str) -> None:
-    """10k CGET/CPUT in one call vs Redis MGET/MSET (and memcached get_many/set_many)."""
+    """10k CGET/CPUT in one call vs Redis MGET/MSET (and memcached get_many/set_many),
+    timed in alternating rounds."""
     rep, c, sz = ctx.report, ctx.client, ctx.sizes
     n = sz["batch"]
-    reps = 5
+    reps = 9
     arr = kv_coords(n)
     contents = [VALUE] * n
     c.cput_many(arr, contents)
     rk, mk = keys_for_peers(arr)
-    out: Dict[str, float] = {}
+    fns: Dict[str, Callable[[], Any]] = {}
     if op == "cget":
         # As a caller (and redis-py's MGET) gets them: a list of coordinate strings.
         text = _core.format_coords(arr)
         got = c.cget_many(text)
         if len(got) != n or got[0] is None or got[n - 1].coordinate != text[n - 1]:
             raise RuntimeError("cget_many returned a wrong result")
-        # A client may hand back scrolls lazily (built on first access), while redis-py
-        # returns every value built: the compared time reads every scroll's content.
-        out["vtpu"] = median_time(lambda: [s.content for s in c.cget_many(text)], reps)
-        call_only = median_time(lambda: c.cget_many(text), reps)
-        # The MGET equivalent: values only, one list of contents (None where absent).
         vals = c.cget_many(text, content_only=True)
         if len(vals) != n or vals[0] != VALUE:
             raise RuntimeError("cget_many(content_only=True) returned a wrong result")
-        values_only = median_time(lambda: c.cget_many(text, content_only=True), reps)
+        # A client may hand back scrolls lazily (built on first access), while redis-py
+        # returns every value built: the compared time reads every scroll's content.
+        fns["vtpu"] = lambda: [s.content for s in c.cget_many(text)]
+        fns["call_only"] = lambda: c.cget_many(text)
+        # The MGET equivalent: values only, one list of contents (None where absent).
+        fns["values_only"] = lambda: c.cget_many(text, content_only=True)
     else:
-        out["vtpu"] = median_time(lambda: c.cput_many(arr, contents), reps)
+        fns["vtpu"] = lambda: c.cput_many(arr, contents)
     red = ctx.peers.get("redis")
     rc = redis_client(red, rep) if red else None
     if rc is not None:
         mapping = dict(zip(rk, contents))
         rc.mset(mapping)
-        if op == "cget":
-            out["redis"] = median_time(lambda: rc.mget(rk), reps)
-        else:
-            out["redis"] = median_time(lambda: rc.mset(mapping), reps)
-        rc.close()
+        fns["redis"] = (lambda: rc.mget(rk)) if op == "cget" else (lambda: rc.mset(mapping))
     mem = ctx.peers.get("memcached")
     mc = memcached_client(mem, rep) if mem else None
     if mc is not None:
         mm = dict(zip(mk, contents))
         mc.set_many(mm, noreply=False)
-        if op == "cget":
-            out["memcached"] = median_time(lambda: mc.get_many(mk), reps)
-        else:
-            out["memcached"] = median_time(lambda: mc.set_many(mm, noreply=False), reps)
-        mc.close()
+        fns["memcached"] = ((lambda: mc.get_many(mk)) if op == "cget"
+                            else (lambda: mc.set_many(mm, noreply=False)))
+    out = median_times(fns, reps)
+    for cl in (rc, mc):
+        if cl is not None:
+            cl.close()
+    if op == "cget":
+        call_only = out.pop("call_only")
+        values_only = out.pop("values_only")
     thr = {k: n / t for k, t in out.items()}
     rep.tests.setdefault(op, {})["batched"] = {"n": n, "seconds": out, "ops_per_s": thr}
     name = "CGET" if op == "cget" else "CPUT"
@@ -209,19 +210,19 @@ def vtpu_pipeline(client, op: str, rows: List[np.ndarray]) -> list:
 
 
 def pipelined(ctx: Ctx, op: str) -> None:
-    """1000 pipelined independent requests vs a redis-py pipeline and the echo floor."""
+    """1000 pipelined independent requests vs a redis-py pipeline and the echo floor,
+    timed in alternating rounds."""
     rep, c, sz = ctx.report, ctx.client, ctx.sizes
     n = sz["pipeline"]
-    reps = 5
+    reps = 9
     arr = kv_coords(n)
     c.cput_many(arr, [VALUE] * n)
     rows = [arr[i] for i in range(n)]
     rk, _ = keys_for_peers(arr)
-    out: Dict[str, float] = {}
     res = vtpu_pipeline(c, op, rows)
     if len(res) != n:
         raise RuntimeError(f"pipeline returned {len(res)} replies for {n}")
-    out["vtpu"] = median_time(lambda: vtpu_pipeline(c, op, rows), reps)
+    fns: Dict[str, Callable[[], Any]] = {"vtpu": lambda: vtpu_pipeline(c, op, rows)}
     red = ctx.peers.get("redis")
     rc = redis_client(red, rep) if red else None
     if rc is not None:
@@ -236,14 +237,17 @@ def pipelined(ctx: Ctx, op: str) -> None:
                     p.set(k, VALUE)
             return p.execute()
 
-        out["redis"] = median_time(rpipe, reps)
-        rc.close()
+        fns["redis"] = rpipe
     echo = ctx.peers.get("echo")
+    ec = None
     if echo:
         ec = _peers.EchoClient(echo.host, echo.port)
         payloads = [b"e" * 32] * n
-        out["echo"] = median_time(lambda: ec.send_many(payloads), reps)
-        ec.close()
+        fns["echo"] = lambda: ec.send_many(payloads)
+    out = median_times(fns, reps)
+    for cl in (rc, ec):
+        if cl is not None:
+            cl.close()
     thr = {k: n / t for k, t in out.items()}
     rep.tests.setdefault(op, {})["pipelined"] = {"n": n, "seconds": out, "ops_per_s": thr}
     # Issue 9: 1000 pipelined GETs >= 6x a redis-py pipeline (PUTs: >= 2x).
