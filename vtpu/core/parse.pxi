@@ -44,44 +44,36 @@ cdef inline Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n,
     return i
 
 
-# The separator expected after component j of a plain coordinate ('.' inside a group
-# of three, '/' between groups); 0 past the eighth, which no character matches.
-cdef char _PLAIN_SEP[16]
-_PLAIN_SEP[:] = [b'.', b'.', b'/', b'.', b'.', b'/', b'.', b'.', 0, 0, 0, 0, 0, 0, 0, 0]
-
-
 cdef inline bint _plain_coord(const char* s, Py_ssize_t n, uint16_t* out) noexcept nogil:
     """Read ``a.b.c/d.e.f/g.h.i`` of nine decimal numbers and nothing else (no spaces,
     no ``;``, no names), each at most MAX_NUMERIC, into ``out``: True if it is exactly
-    that. Anything else is left to the tokenizer, which also explains errors.
-
-    Branch-free per character (a digit or not is data the predictor cannot learn):
-    the value, the component and the verdict are updated with selects, and checked once
-    at the end."""
-    cdef uint32_t tmp[16]
-    cdef uint32_t v = 0, d, isd, prev = 0, bad = 0
-    cdef uint32_t comp = 0
-    cdef Py_ssize_t i
-    cdef unsigned char c
-    if n < 17 or n > 9 * 5 + 8:
+    that. Anything else is left to the tokenizer, which also explains errors."""
+    cdef Py_ssize_t i = 0
+    cdef int comp = 0, digits = 0
+    cdef int64_t v = 0
+    cdef char ch, sep
+    while i < n:
+        ch = s[i]
+        if b'0' <= ch <= b'9':
+            v = v * 10 + (ch - 48)
+            digits += 1
+            if digits > 5:
+                return False
+        else:
+            # a separator: '.' inside a group of three, '/' between groups
+            sep = b'/' if comp % 3 == 2 else b'.'
+            if digits == 0 or comp >= 8 or ch != sep:
+                return False
+            if v > MAX_NUMERIC:
+                return False
+            out[comp] = <uint16_t>v
+            comp += 1
+            v = 0
+            digits = 0
+        i += 1
+    if comp != 8 or digits == 0 or v > MAX_NUMERIC:
         return False
-    for i in range(n):
-        c = <unsigned char>s[i]
-        d = <uint32_t>c - 48
-        isd = d < 10
-        tmp[comp & 15] = v
-        # a separator: right for this component, after a digit
-        bad |= (isd ^ 1) & ((c != <unsigned char>_PLAIN_SEP[comp & 15]) | (prev ^ 1))
-        v = (v * 10 + d) if isd else 0
-        bad |= v > MAX_NUMERIC     # also caps v: it stays below 10 * 65536 + 10
-        v &= 0xFFFFF
-        comp += isd ^ 1
-        prev = isd
-    tmp[comp & 15] = v
-    if bad or comp != 8 or not prev:
-        return False
-    for i in range(NDIM):
-        out[i] = <uint16_t>tmp[i]
+    out[8] = <uint16_t>v
     return True
 
 
