@@ -1882,11 +1882,11 @@ def serve(
 
     storage = None
     if data is not None:
-        from .storage import Storage
+        from .storage import CHECKPOINT_SECONDS, Storage
 
         os.makedirs(data, exist_ok=True)
-        storage = Storage(data, fsync=fsync, **(
-            {} if checkpoint_interval is None else {"checkpoint_interval": checkpoint_interval}))
+        storage = Storage(data, fsync=fsync, checkpoint_interval=(
+            CHECKPOINT_SECONDS if checkpoint_interval is None else checkpoint_interval))
     engine = Engine(storage=storage, autocommit=False) if storage is not None else Engine()
     _one_blas_thread()
     loop = _new_loop()

@@ -51,13 +51,8 @@ cdef class CallMeter:
         self.fn = fn
         self.resolve = resolve
 
-    # A method rather than __call__: called with vectorcall, no argument tuple made.
-    def call(self, arg):
-        """``fn(arg)``, counted and timed.
-
-        :returns: what ``fn`` returns.
-        :raises: what ``fn`` raises (counted as an error).
-        """
+    cdef object _timed(self, arg):
+        # fn(arg), counted and timed: the one body of call() and read().
         cdef double t0 = vtpu_clock()
         try:
             r = self.fn(arg)
@@ -68,41 +63,33 @@ cdef class CallMeter:
         self.calls += 1
         return r
 
+    # Methods rather than __call__: called with vectorcall, no argument tuple made.
+    def call(self, arg):
+        """``fn(arg)``, counted and timed.
+
+        :returns: what ``fn`` returns.
+        :raises: what ``fn`` raises (counted as an error).
+        """
+        return self._timed(arg)
+
     def read(self, coord):
         """``fn(key)`` of a coordinate, counted and timed: what ``Client.cget`` does, as
         one C call. An 18-byte key is passed as it is, a ``(9,)`` uint16 row packed here,
         anything else converted by ``resolve`` (not counted when it raises).
 
-        :returns: what ``fn`` returns, or None (counted) when ``resolve`` says the
-            coordinate cannot be stored.
+        :returns: what ``fn`` returns, or None (counted, ``fn`` not called) when
+            ``resolve`` says the coordinate cannot be stored.
         :raises: what ``resolve`` or ``fn`` raises.
         """
         if type(coord) is bytes and PyBytes_GET_SIZE(coord) == KEY_BYTES:
-            key = coord
-        else:
-            key = _key_of(coord)
+            return self._timed(coord)
+        key = _key_of(coord)
+        if key is None:
+            if self.resolve is None:
+                raise InterfaceError("this meter converts no coordinates: give "
+                                     "an 18-byte key")
+            key = self.resolve(coord)
             if key is None:
-                if self.resolve is None:
-                    raise InterfaceError("this meter converts no coordinates: give "
-                                         "an 18-byte key")
-                key = self.resolve(coord)
-                if key is None:
-                    self.calls += 1
-                    return None
-        cdef double t0 = vtpu_clock()
-        try:
-            r = self.fn(key)
-        except BaseException:
-            self.errors += 1
-            raise
-        self.seconds += vtpu_clock() - t0
-        self.calls += 1
-        return r
-
-    def answered(self, value=None):
-        """Count a call answered without calling ``fn`` (it had nothing to look up).
-
-        :returns: ``value``.
-        """
-        self.calls += 1
-        return value
+                self.calls += 1
+                return None
+        return self._timed(key)

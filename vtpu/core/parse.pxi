@@ -5,7 +5,7 @@
 # ---------------------------------------------------------------------------------------
 
 cimport cython
-from libc.stdint cimport uint16_t, uint32_t, int32_t, int64_t
+from libc.stdint cimport uint16_t, int32_t, int64_t
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 import numpy as np
@@ -44,6 +44,8 @@ cdef inline Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n,
     return i
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef inline bint _plain_coord(const char* s, Py_ssize_t n, uint16_t* out) noexcept nogil:
     """Read ``a.b.c/d.e.f/g.h.i`` of nine decimal numbers and nothing else (no spaces,
     no ``;``, no names), each at most MAX_NUMERIC, into ``out``: True if it is exactly
@@ -330,6 +332,8 @@ def all_text(list items):
     return True
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef int _parse_many(list items, uint16_t* rows, unsigned char* keys, object names,
                      bint intern) except -1:
     """Parse every string of ``items`` into ``rows`` (N*9 native uint16) or, when

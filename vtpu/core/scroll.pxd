@@ -8,7 +8,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 
 cdef class Scroll:
-    cdef unsigned char _k[18]           # the 18-byte packed coordinate, when _kobj says so
+    cdef unsigned char _k[18]           # the 18-byte packed coordinate, when _inline
     cdef object _kobj                   # the key as bytes once made (or one not 18 bytes)
     cdef bint _inline                   # _k holds the key
     cdef readonly object content
@@ -16,6 +16,15 @@ cdef class Scroll:
     cdef readonly double created_at     # unix seconds
     cdef readonly double updated_at
     cdef readonly object names          # the NameTable its name ids refer to, or None
+
+
+cdef inline void _set_key(Scroll s, bytes key) noexcept:
+    """Give ``s`` the key object ``key``, held in the struct too when it is 18 bytes
+    (``None`` is kept as it is, as ``Scroll(None, ...)`` always has)."""
+    if key is not None and PyBytes_GET_SIZE(key) == 18:
+        memcpy(s._k, PyBytes_AS_STRING(key), 18)
+        s._inline = True
+    s._kobj = key
 
 
 cdef inline Scroll _keyless_scroll(object content, int64_t version, double created,
@@ -45,8 +54,5 @@ cdef inline Scroll _new_scroll(bytes key, object content, int64_t version, doubl
     """A Scroll with these fields: what ``Scroll(...)`` makes, without calling __init__
     (the key object is kept: reading ``key`` gives it back)."""
     cdef Scroll s = _keyless_scroll(content, version, created, updated, names)
-    if PyBytes_GET_SIZE(key) == 18:
-        memcpy(s._k, PyBytes_AS_STRING(key), 18)
-        s._inline = True
-    s._kobj = key
+    _set_key(s, key)
     return s

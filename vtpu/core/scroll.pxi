@@ -6,8 +6,8 @@
 
 cimport cython
 from libc.stdint cimport uint16_t
-from libc.string cimport memcmp, memcpy
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcmp
+from cpython.bytes cimport PyBytes_FromStringAndSize
 
 import numpy as np
 
@@ -48,12 +48,8 @@ cdef class Scroll:
 
     def __init__(self, bytes key, content, int64_t version, double created_at,
                  double updated_at, names=None):
-        if PyBytes_GET_SIZE(key) == 18:
-            memcpy(self._k, PyBytes_AS_STRING(key), 18)
-            self._inline = True
-        else:
-            self._inline = False
-        self._kobj = key
+        self._inline = False   # (until _set_key says otherwise: __init__ may run again)
+        _set_key(self, key)
         self.content = content
         self.version = version
         self.created_at = created_at
