@@ -1088,6 +1088,130 @@ def test_twins_agree_on_get_replies_in_random_buffers(filled):
         assert same(list(a), list(b))
 
 
+# -- the client's receive buffer ----------------------------------------------------------
+
+
+def _bodies(rx):
+    out = []
+    while True:
+        b = rx.next_body()
+        if b is None:
+            return out
+        out.append(bytes(b))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reply_buffer_frames_any_split_like_the_frame_decoder(codec, seed):
+    """Bytes written into its free space in random pieces (from 1 byte to more than the
+    buffer holds, frames up to 200 KB) come out as the same bodies FrameDecoder reads."""
+    rng = random.Random(seed)
+    bodies = [rng.randbytes(rng.choice([1, 7, 300, 5000, 70000, 200000])) for _ in range(12)]
+    data = b"".join(struct.pack(">I", len(b)) + b for b in bodies)
+    rx = codec.ReplyBuffer(1 << 20, size=rng.choice([16, 1024, 65536]))
+    got, pos = [], 0
+    while pos < len(data):
+        if rng.random() < 0.3:
+            n = rng.randint(1, 3 * 65536)
+            rx.feed(data[pos:pos + n])
+        else:
+            space = rx.get_buffer()
+            assert len(space) > 0
+            n = min(len(space), rng.randint(1, 3 * 65536), len(data) - pos)
+            space[:n] = data[pos:pos + n]
+            rx.buffer_updated(n)
+        pos += min(n, len(data) - pos)
+        got.extend(_bodies(rx))
+        assert rx.buffered() == pos - sum(4 + len(x) for x in got)
+    assert got == bodies and rx.buffered() == 0
+
+
+def test_reply_buffer_refuses_bad_lengths_and_overfills(codec):
+    rx = codec.ReplyBuffer(100)
+    rx.feed(struct.pack(">I", 101) + b"x")
+    with pytest.raises(E.ProtocolError, match="101 bytes"):
+        rx.next_body()
+    rx.clear()
+    assert rx.buffered() == 0 and rx.next_body() is None
+    rx.feed(b"\x00\x00\x00\x00")
+    with pytest.raises(E.ProtocolError):
+        rx.next_body()
+    rx.clear()
+    space = rx.get_buffer()
+    with pytest.raises(ValueError):
+        rx.buffer_updated(len(space) + 1)
+    with pytest.raises(ValueError):
+        rx.buffer_updated(-1)
+    assert rx.buffered() == 0
+
+
+def test_reply_buffer_bodies_stay_valid_while_it_grows(codec):
+    """A body handed out keeps its bytes after later reads grow or compact the buffer."""
+    rx = codec.ReplyBuffer(1 << 22, size=64)
+    small = struct.pack(">I", 3) + b"abc"
+    big = b"y" * 100000
+    rx.feed(small + struct.pack(">I", len(big)) + big[:10])
+    first = rx.next_body()
+    assert rx.next_body() is None  # the big frame's start: the buffer grows for it
+    rx.feed(big[10:])
+    assert bytes(first) == b"abc" and bytes(rx.next_body()) == big
+
+
+def test_reply_buffer_takes_get_replies_like_decode_get_replies(codec, filled):
+    _, scrolls = filled
+    frames = codec.encode_get_replies(list(range(7, 7 + len(scrolls))), scrolls)[0]
+    err = P.encode_error(7 + len(scrolls), "CONFLICT", "no")
+    names = NameTable()
+    rx = codec.ReplyBuffer()
+    rx.feed(frames[:-3])
+    got = rx.take_get_replies(7, 100, names)
+    assert len(got) == len(scrolls) - 1 and got[0].names is names
+    assert rx.take_get_replies(7 + len(got), 1) == []      # incomplete: nothing taken
+    rx.feed(frames[-3:] + err)
+    (last,) = rx.take_get_replies(7 + len(got), 5)
+    assert last is None and scrolls[-1] is None
+    assert rx.take_get_replies(7 + len(scrolls), 1) == []  # an error: left for the caller
+    assert P.unpackb(rx.next_body())[1] == P.STATUS_ERROR and rx.buffered() == 0
+
+
+@pytest.mark.parametrize("use_fd", [False, True], ids=["socket", "fd"])
+def test_reply_buffer_send_recv_round_trips_on_a_socket(codec, use_fd):
+    """send_recv sends the whole frame and reads once, through the socket object or
+    (the compiled twin) the descriptor; a kernel timeout is EAGAIN, a close reads 0."""
+    import socket
+    a, b = socket.socketpair()
+    try:
+        rx = codec.ReplyBuffer()
+        fd = a.fileno() if use_fd else -1
+        frame = struct.pack(">I", 5) + b"hello"
+        reply = struct.pack(">I", 2) + b"ok"
+        b.sendall(reply)
+        assert rx.send_recv(a, fd, frame) == len(reply)
+        assert b.recv(100) == frame and bytes(rx.next_body()) == b"ok"
+        big = b"z" * 300000  # more than one send() takes at once
+        got = bytearray()
+        import threading
+        t = threading.Thread(target=lambda: [got.extend(b.recv(1 << 20))
+                                             for _ in iter(lambda: len(got) < len(big), False)]
+                             and b.sendall(reply))
+        t.start()
+        assert rx.send_recv(a, fd, big) == len(reply)
+        t.join(10)
+        assert bytes(got) == big and bytes(rx.next_body()) == b"ok"
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 20000))
+        with pytest.raises(BlockingIOError):
+            rx.send_recv(a, fd, frame)
+        assert b.recv(100) == frame  # sent before the read timed out
+        b.shutdown(socket.SHUT_WR)  # the peer is done sending: the read gets 0 bytes
+        assert rx.send_recv(a, fd, frame) == 0 and b.recv(100) == frame
+        assert rx.buffered() == 0
+        b.close()
+        with pytest.raises(OSError):   # EPIPE, from the socket or the system call
+            rx.send_recv(a, fd, frame)
+    finally:
+        a.close()
+        b.close()
+
+
 # -- a BATCH over max_batch, refused from its first bytes ----------------------------------
 
 

@@ -17,7 +17,9 @@ str contents stay spans over the reply's bytes); a single Scroll is made by call
 class.
 """
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyBytes_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE, _PyBytes_Resize
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -1840,3 +1842,193 @@ def decode_get_replies(data, Py_ssize_t pos, Py_ssize_t end, msgid, Py_ssize_t c
         return out, pos, need_more
     finally:
         PyBuffer_Release(&view)
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+
+cdef extern from "<errno.h>":
+    int errno
+    int EINTR
+
+
+cdef int _os_error_or_retry() except -1:
+    # After a failed send/recv: EINTR runs the signal handlers (their exception
+    # propagates) and asks for a retry, as the socket module does (PEP 475); any other
+    # errno is raised as the OSError subclass it maps to.
+    if errno == EINTR:
+        if PyErr_CheckSignals() < 0:
+            return -1
+        return 0
+    PyErr_SetFromErrno(OSError)
+    return -1
+
+
+cdef class ReplyBuffer:
+    """A client connection's receive buffer: socket reads land in its free space, and
+    whole reply frames are taken from its front.
+
+    The compiled twin of ``vtpu.protocol.ReplyBuffer`` (same methods, same results): a
+    single call's read and reply take no Python frame.
+
+    :param max_frame_size: the largest reply body accepted.
+    :param size: the starting capacity in bytes (it grows to hold the largest frame).
+    """
+    cdef public Py_ssize_t max_frame_size
+    cdef bytearray buf
+    cdef object view  # memoryview of buf
+    cdef Py_ssize_t start, end
+
+    def __cinit__(self, Py_ssize_t max_frame_size=_ref.DEFAULT_MAX_FRAME_SIZE,
+                  Py_ssize_t size=65536):
+        self.max_frame_size = max_frame_size
+        self.buf = bytearray(max(size, 16))
+        self.view = memoryview(self.buf)
+        self.start = self.end = 0
+
+    cdef int _replace(self, Py_ssize_t size) except -1:
+        # A new buffer of ``size`` holding the unread bytes at its front (a new object,
+        # not a resize: views handed out earlier keep the bytes they showed).
+        cdef Py_ssize_t n = self.end - self.start
+        cdef bytearray nb = bytearray(size)
+        memcpy(PyByteArray_AS_STRING(nb), PyByteArray_AS_STRING(self.buf) + self.start, n)
+        self.buf = nb
+        self.view = memoryview(nb)
+        self.start, self.end = 0, n
+        return 0
+
+    cdef object _free_space(self):
+        cdef Py_ssize_t cap = PyByteArray_GET_SIZE(self.buf)
+        if self.start == self.end:
+            self.start = self.end = 0
+            return self.view
+        if cap - self.end < 4096:
+            self._replace(cap if self.start else 2 * cap)
+        return self.view[self.end:]
+
+    def get_buffer(self, Py_ssize_t sizehint=-1):
+        """The writable free space after the received bytes (never empty), for
+        ``recv_into``; report what was written with :meth:`buffer_updated`."""
+        return self._free_space()
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        """Record that ``nbytes`` were written at the start of :meth:`get_buffer`'s space.
+
+        :raises ValueError: more bytes than that space holds.
+        """
+        if nbytes < 0 or self.end + nbytes > PyByteArray_GET_SIZE(self.buf):
+            raise ValueError(f"{nbytes} bytes do not fit the free space "
+                             f"({PyByteArray_GET_SIZE(self.buf) - self.end})")
+        self.end += nbytes
+
+    def recv(self, sock):
+        """Read once from ``sock`` (``sock.recv_into``) into the free space.
+
+        :returns: the number of bytes read; 0 when the peer closed the connection.
+        :raises OSError: what the socket raises (a timeout, a reset...).
+        """
+        cdef Py_ssize_t n = sock.recv_into(self._free_space())
+        self.end += n
+        return n
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def send_recv(self, sock, int fd, bytes frame not None):
+        """A single call's round trip on a blocking socket: send all of ``frame``, then
+        read once into the free space.
+
+        :param fd: the socket's descriptor when it is a plain blocking TCP socket whose
+            timeouts the kernel enforces: the two system calls are made here, with the
+            GIL released (a signal is handled as the socket module handles it, then the
+            call goes on); -1 for any other socket (through its methods).
+        :returns: the number of bytes read; 0 when the peer closed the connection.
+        :raises OSError: what the system call failed with (EAGAIN when a kernel timeout
+            expired).
+        """
+        cdef const char* p = PyBytes_AS_STRING(frame)
+        cdef Py_ssize_t left = PyBytes_GET_SIZE(frame), r
+        cdef bytearray buf
+        cdef char* dst
+        cdef size_t room
+        if fd < 0:
+            sock.sendall(frame)
+            return self.recv(sock)
+        while left > 0:
+            with nogil:
+                r = send(fd, p, left, MSG_NOSIGNAL)
+            if r < 0:
+                _os_error_or_retry()
+                continue
+            p += r
+            left -= r
+        self._free_space()
+        buf = self.buf  # held while the GIL is released
+        dst = PyByteArray_AS_STRING(buf) + self.end
+        room = PyByteArray_GET_SIZE(buf) - self.end
+        while True:
+            with nogil:
+                r = recv(fd, dst, room, 0)
+            if r >= 0:
+                break
+            _os_error_or_retry()
+        self.end += r
+        return r
+
+    def feed(self, data):
+        """Copy received bytes in (for transports that hand out bytes)."""
+        cdef Py_buffer v
+        cdef Py_ssize_t need, size
+        PyObject_GetBuffer(data, &v, PyBUF_SIMPLE)
+        try:
+            if PyByteArray_GET_SIZE(self.buf) - self.end < v.len:
+                need = self.end - self.start + v.len
+                size = PyByteArray_GET_SIZE(self.buf)
+                while size < need:
+                    size *= 2
+                self._replace(size)
+            memcpy(PyByteArray_AS_STRING(self.buf) + self.end, v.buf, v.len)
+            self.end += v.len
+        finally:
+            PyBuffer_Release(&v)
+
+    def buffered(self):
+        """How many received bytes are not taken yet."""
+        return self.end - self.start
+
+    def clear(self):
+        """Drop every buffered byte (the connection was replaced)."""
+        self.start = self.end = 0
+
+    def next_body(self):
+        """Take the next complete frame and return its body, or None while it has not
+        fully arrived (the buffer then grows, once, to hold a frame larger than it).
+
+        :raises ProtocolError: a length of 0 or above ``max_frame_size``.
+        """
+        cdef Py_ssize_t s = self.start, avail = self.end - self.start, n
+        if avail < 4:
+            return None
+        n = rd32(<const unsigned char*>PyByteArray_AS_STRING(self.buf) + s)
+        if n > self.max_frame_size or n == 0:
+            raise ProtocolError(
+                f"reply frame of {n} bytes (max_frame_size {self.max_frame_size})")
+        if avail < 4 + n:
+            if 4 + n > PyByteArray_GET_SIZE(self.buf):
+                self._replace(4 + n)
+            return None
+        self.start = s + 4 + n
+        return self.view[s + 4:s + 4 + n]
+
+    def take_get_replies(self, msgid, Py_ssize_t count, names=None):
+        """Take the run of GET success replies at the front, as
+        :func:`decode_get_replies` reads them (at most ``count``, ids from ``msgid``).
+
+        :returns: the list of Scroll or None read (empty: the next frame is incomplete
+            or of another kind).
+        """
+        got, pos, _more = decode_get_replies(self.buf, self.start, self.end, msgid, count,
+                                             names, self.max_frame_size)
+        self.start = pos
+        return got

@@ -81,13 +81,13 @@ class _Proto(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if not self.active:
             return memoryview(bytearray(4096))  # a closed connection's last bytes: dropped
-        return self.session.get_buffer(sizehint)
+        return self.session.rx.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         if not self.active:
             return
         s = self.session
-        s.buffer_updated(nbytes)
+        s.rx.buffer_updated(nbytes)
         try:
             done = s.receive()
         except E.VTPUError as exc:

@@ -69,6 +69,9 @@ DEFAULT_TIMEOUT = 30.0
 # A connection idle for longer than this is checked for a peer close before it is used,
 # so a server restart costs a reconnect rather than a failed non-idempotent write.
 IDLE_CHECK_SECONDS = 1.0
+# A single call's request up to this size is sent whole by one system call (the socket's
+# send buffer takes it), so one timeout bounds it.
+SMALL_FRAME = 16 * 1024
 
 _monotonic = time.monotonic
 
@@ -228,7 +231,14 @@ class RemoteEngine(ClientOps):
         # The per-operation timeout in force on the socket (-1: not set yet, 0: left
         # non-blocking by the idle check), and whether the kernel enforces it.
         self._sock_timeout: float | None = -1.0
+        # The time left in a call for which the socket's timeout is kept as it is (see
+        # _set_timeout); an empty range until one is set.
+        self._keep_lo = float("inf")
+        self._keep_hi = 0.0
         self._kernel_timeouts = False
+        # The socket's descriptor for the codec's single-call round trip when the kernel
+        # enforces its timeouts (a plain TCP socket in blocking mode), else -1.
+        self._fd = -1
         self._last_io = 0.0
 
     @property
@@ -277,6 +287,7 @@ class RemoteEngine(ClientOps):
 
     def _drop(self) -> None:
         s, self._sock = self._sock, None
+        self._fd = -1
         self.session.reset()
         if s is not None and self._pid == os.getpid():
             try:
@@ -292,6 +303,7 @@ class RemoteEngine(ClientOps):
             self._pid = pid
             self._gen = _fork_gen[0]
             self._sock = None
+            self._fd = -1
             self.session.reset()
             self._lock = threading.Lock()
 
@@ -315,7 +327,9 @@ class RemoteEngine(ClientOps):
             sock = self._tls_handshake(sock, deadline)
         self._sock = sock
         self._sock_timeout = -1.0
+        self._keep_lo, self._keep_hi = float("inf"), 0.0
         self._kernel_timeouts = tcp and _KERNEL_TIMEOUTS and self.ssl_context is None
+        self._fd = sock.fileno() if self._kernel_timeouts else -1
         s = self.session
         s.reset()
         try:
@@ -369,18 +383,17 @@ class RemoteEngine(ClientOps):
                 return False
             sock.settimeout(0)
             self._sock_timeout = 0
+            self._keep_lo, self._keep_hi = float("inf"), 0.0
             # Read what is there into the session's buffer (a push, say; it is handled
             # with the next reply). TLS sockets cannot peek, so neither socket does.
-            s = self.session
             try:
-                n = sock.recv_into(s.get_buffer())
+                n = self.session.rx.recv(sock)
             except BlockingIOError:
                 return False
             except OSError as exc:
                 ssl = sys.modules.get("ssl")
                 # Only TLS records without application data (a session ticket): alive.
                 return not (ssl is not None and isinstance(exc, ssl.SSLWantReadError))
-            s.buffer_updated(n)
             return not n
         except (OSError, ValueError, TypeError, AttributeError):
             return True
@@ -391,16 +404,16 @@ class RemoteEngine(ClientOps):
         # socket keeps its current timeout while that still fits the remaining budget
         # with some slack, and is lowered to the remaining time only near the deadline.
         # (Each blocking operation is thereby bounded by the deadline plus at most a
-        # quarter of the previous setting.)
-        cur = self._sock_timeout
+        # quarter of the previous setting.) The kept range is _keep_lo.._keep_hi, which
+        # a single call checks inline before calling this.
         if deadline is None:
-            if cur is not None:
+            if self._sock_timeout is not None:
                 self._apply_timeout(None)
             return
         left = deadline - (_monotonic() if now is None else now)
         if left <= 0:
             raise E.TimeoutError(f"call to {self.host}:{self.port} timed out")
-        if cur is None or cur <= 0 or left < cur * 0.75 or left > cur * 4:
+        if not self._keep_lo <= left <= self._keep_hi:
             self._apply_timeout(left)
 
     def _apply_timeout(self, seconds: float | None) -> None:
@@ -417,6 +430,10 @@ class RemoteEngine(ClientOps):
         else:
             sock.settimeout(seconds)
         self._sock_timeout = seconds
+        if seconds is None or seconds <= 0:
+            self._keep_lo, self._keep_hi = float("inf"), 0.0
+        else:
+            self._keep_lo, self._keep_hi = seconds * 0.75, seconds * 4
 
     def _send_rest(self, data: bytes, sent: int, deadline: float | None) -> None:
         """Send ``data[sent:]``, after a ``send()`` that took only the first ``sent``
@@ -430,11 +447,8 @@ class RemoteEngine(ClientOps):
     def _fill(self, deadline: float | None) -> None:
         """Receive at least one more byte into the session's buffer."""
         self._set_timeout(deadline)
-        s = self.session
-        n = self._sock.recv_into(s.get_buffer())
-        if not n:
+        if not self.session.rx.recv(self._sock):
             raise E.ConnectionError(f"server {self.host}:{self.port} closed the connection")
-        s.buffer_updated(n)
 
     def _pump(self, ex: Exchange, deadline: float | None) -> None:
         """Send what the session queued and read until ``ex`` is done (continuation
@@ -486,24 +500,29 @@ class RemoteEngine(ClientOps):
             if (sock is None or self._gen != _fork_gen[0]
                     or now - self._last_io > IDLE_CHECK_SECONDS):
                 sock = self._ensure()
-            s = self.session
             m, frame = encode(arg)
             try:
-                self._set_timeout(deadline, now)
-                n = sock.send(frame)
-                if n < len(frame):
-                    self._send_rest(frame, n, deadline)
-                n = sock.recv_into(s.get_buffer())
+                if deadline is None or not self._keep_lo <= deadline - now <= self._keep_hi:
+                    self._set_timeout(deadline, now)
+                rx = self.session.rx
+                if len(frame) <= SMALL_FRAME:
+                    # (Sent whole at once by the kernel: no deadline to apply between
+                    # partial sends.)
+                    n = rx.send_recv(sock, self._fd, frame)
+                else:
+                    n = sock.send(frame)
+                    if n < len(frame):
+                        self._send_rest(frame, n, deadline)
+                    n = rx.recv(sock)
                 while True:
                     if not n:
                         raise E.ConnectionError(
                             f"server {self.host}:{self.port} closed the connection")
-                    s.buffer_updated(n)
                     r = read(m)
                     if r is not None:
                         break
                     self._set_timeout(deadline)
-                    n = sock.recv_into(s.get_buffer())
+                    n = rx.recv(sock)
             except BaseException as exc:
                 # Whatever happened, the stream may hold half a reply: never reuse it.
                 self._drop()
@@ -553,7 +572,7 @@ class RemoteEngine(ClientOps):
         except E.VTPUError as exc:
             r = self._retry(exc, self._roundtrip, (s.encode_get, s.read_get_reply, key), True,
                             deadline)
-        return reply_value(r)
+        return r[1] if r[0] else reply_value(r)
 
     def put(self, key: bytes, content: Any, if_version: int | None = None, *,
             timeout: float | None = None) -> int:
@@ -564,8 +583,9 @@ class RemoteEngine(ClientOps):
         t = self.timeout if timeout is None else timeout
         # A PUT is never retried: it may have been applied before the connection broke.
         s = self.session
-        return reply_value(self._roundtrip(s.encode_put, s.read_reply, args,
-                                           None if t is None else _monotonic() + t))
+        r = self._roundtrip(s.encode_put, s.read_reply, args,
+                            None if t is None else _monotonic() + t)
+        return r[1] if r[0] else reply_value(r)
 
     # -- pipelines --------------------------------------------------------------------------------
     def pipeline(self, raise_on_error: bool = True, *, batch: bool = False) -> "Pipeline":

@@ -76,6 +76,7 @@ __all__ = [
     "decode_response_scrolls",
     "decode_get_replies",
     "FrameDecoder",
+    "ReplyBuffer",
     "RequestError",
     "refuse_big_batch",
     "CODEC_NAMES",
@@ -118,6 +119,7 @@ CODEC_NAMES = (
     "decode_response_scrolls",
     "decode_get_replies",
     "FrameDecoder",
+    "ReplyBuffer",
 )
 
 PROTOCOL_VERSION = 1
@@ -917,6 +919,145 @@ def decode_get_replies(data: bytes | bytearray | memoryview, pos: int, end: int,
             out.append(Scroll(*row, names))
         pos += 4 + n
     return out, pos, False
+
+
+class ReplyBuffer:
+    """A client connection's receive buffer: socket reads land in its free space, and
+    whole reply frames are taken from its front (the client side's framing, as
+    :class:`FrameDecoder` is the server's).
+
+    It never reads by itself except in :meth:`recv`, one ``recv_into`` of the socket it
+    is given. The free space it hands out for reads (:meth:`get_buffer`, the pair an
+    :class:`asyncio.BufferedProtocol` uses) stays valid until :meth:`buffer_updated`;
+    a body returned by :meth:`next_body` stays valid until the next read into the
+    buffer.
+
+    :param max_frame_size: the largest reply body accepted.
+    :param size: the starting capacity in bytes (it grows to hold the largest frame).
+    """
+
+    __slots__ = ("max_frame_size", "_buf", "_view", "_start", "_end")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, size: int = 65536):
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray(max(size, 16))
+        self._view = memoryview(self._buf)
+        self._start = 0  # the first unread byte
+        self._end = 0    # one after the last received byte
+
+    def _replace(self, size: int) -> None:
+        # A new buffer of ``size`` holding the unread bytes at its front. (A new object,
+        # not a resize: views handed out earlier keep the bytes they showed.)
+        n = self._end - self._start
+        nb = bytearray(size)
+        nb[:n] = self._view[self._start:self._end]
+        self._buf = nb
+        self._view = memoryview(nb)
+        self._start, self._end = 0, n
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """The writable free space after the received bytes (never empty), for
+        ``recv_into``; report what was written with :meth:`buffer_updated`.
+
+        :param sizehint: ignored (asyncio's hint; the space is at least 4 KiB or what
+            the frame being received still needs).
+        """
+        if self._start == self._end:
+            self._start = self._end = 0
+            return self._view
+        if len(self._buf) - self._end < 4096:
+            self._replace(len(self._buf) if self._start else 2 * len(self._buf))
+        return self._view[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Record that ``nbytes`` were written at the start of :meth:`get_buffer`'s space.
+
+        :raises ValueError: more bytes than that space holds.
+        """
+        if nbytes < 0 or self._end + nbytes > len(self._buf):
+            raise ValueError(f"{nbytes} bytes do not fit the free space "
+                             f"({len(self._buf) - self._end})")
+        self._end += nbytes
+
+    def recv(self, sock: Any) -> int:
+        """Read once from ``sock`` (``sock.recv_into``) into the free space.
+
+        :returns: the number of bytes read; 0 when the peer closed the connection.
+        :raises OSError: what the socket raises (a timeout, a reset...).
+        """
+        n = sock.recv_into(self.get_buffer())
+        self._end += n
+        return n
+
+    def send_recv(self, sock: Any, fd: int, frame: bytes) -> int:
+        """A single call's round trip on a blocking socket: send all of ``frame``, then
+        read once into the free space (as :meth:`recv`).
+
+        :param sock: the socket.
+        :param fd: its descriptor when the caller knows it is a plain blocking TCP socket
+            whose timeouts the kernel enforces: the compiled twin then makes the two
+            system calls itself (the result is the same); -1 for any other socket.
+        :param frame: the request bytes.
+        :returns: the number of bytes read; 0 when the peer closed the connection.
+        :raises OSError: what the socket raises (EAGAIN when a kernel timeout expired).
+        """
+        sock.sendall(frame)
+        return self.recv(sock)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy received bytes in (for transports that hand out bytes)."""
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if len(self._buf) - self._end < n:
+            need = self._end - self._start + n
+            size = len(self._buf)
+            while size < need:
+                size *= 2
+            self._replace(size)
+        self._buf[self._end:self._end + n] = view
+        self._end += n
+
+    def buffered(self) -> int:
+        """How many received bytes are not taken yet."""
+        return self._end - self._start
+
+    def clear(self) -> None:
+        """Drop every buffered byte (the connection was replaced)."""
+        self._start = self._end = 0
+
+    def next_body(self) -> memoryview | None:
+        """Take the next complete frame and return its body, or None while it has not
+        fully arrived (the buffer then grows, once, to hold a frame larger than it).
+
+        :raises ProtocolError: a length of 0 or above ``max_frame_size`` (the stream is
+            unusable).
+        """
+        start = self._start
+        avail = self._end - start
+        if avail < 4:
+            return None
+        (n,) = _LEN.unpack_from(self._buf, start)
+        if n > self.max_frame_size or n == 0:
+            raise ProtocolError(
+                f"reply frame of {n} bytes (max_frame_size {self.max_frame_size})")
+        if avail < 4 + n:
+            if 4 + n > len(self._buf):
+                self._replace(4 + n)
+            return None
+        self._start = start + 4 + n
+        return self._view[start + 4:start + 4 + n]
+
+    def take_get_replies(self, msgid: int, count: int, names: Any = None) -> list:
+        """Take the run of GET success replies at the front, as
+        :func:`decode_get_replies` reads them (at most ``count``, ids from ``msgid``).
+
+        :returns: the list of Scroll or None read (empty: the next frame is incomplete
+            or of another kind).
+        """
+        got, pos, _more = decode_get_replies(self._buf, self._start, self._end, msgid,
+                                             count, names, self.max_frame_size)
+        self._start = pos
+        return got
 
 
 def _plain_op(msg: Any) -> str | None:

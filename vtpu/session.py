@@ -33,7 +33,6 @@ asyncio client returns a coroutine.
 from __future__ import annotations
 
 import logging
-import struct
 from collections import deque
 from typing import Any, Callable
 
@@ -61,10 +60,8 @@ __all__ = ["Session", "Exchange", "ClientOps", "finish", "value_of", "reply_valu
 
 log = logging.getLogger("vtpu.client")
 
-_LEN = struct.Struct(">I")
 _MAX_ID = 0xFFFFFFFF
 _UNSET = object()    # a result slot whose reply has not been read
-_NEED = object()     # the receive buffer holds no complete frame
 KEY_SIZE = codec.KEY_SIZE
 
 
@@ -179,10 +176,9 @@ class Session:
         self.msgid = 0
         self._inflight: deque[Exchange] = deque()
         self._out: list[bytes] = []
-        self._rbuf = bytearray(65536)
-        self._rview = memoryview(self._rbuf)
-        self._rstart = 0
-        self._rend = 0
+        #: the receive buffer (the codec's :class:`~vtpu.protocol.ReplyBuffer`): a
+        #: transport reads into ``rx.get_buffer()`` / ``rx.recv(sock)`` directly
+        self.rx = codec.ReplyBuffer(max_frame_size)
 
     # -- message ids ------------------------------------------------------------------------
 
@@ -298,43 +294,20 @@ class Session:
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Writable free space of the receive buffer, for ``recv_into`` (or an asyncio
         :class:`~asyncio.BufferedProtocol`); report what was written with
-        :meth:`buffer_updated`."""
-        if self._rstart == self._rend:
-            self._rstart = self._rend = 0
-            return self._rview
-        if self._rend == len(self._rbuf):
-            n = self._rend - self._rstart
-            if self._rstart:
-                # Move the unread bytes to the front (through a copy: the two ranges
-                # may overlap).
-                self._rbuf[:n] = bytes(self._rview[self._rstart:self._rend])
-            else:
-                # Full of unread bytes (fed faster than read): make room.
-                nb = bytearray(2 * len(self._rbuf))
-                nb[:n] = self._rview[:n]
-                self._rview.release()
-                self._rbuf = nb
-                self._rview = memoryview(nb)
-            self._rstart, self._rend = 0, n
-        return self._rview[self._rend:]
+        :meth:`buffer_updated`. (``rx.get_buffer``, for callers holding the session.)"""
+        return self.rx.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         """Record that ``nbytes`` were written into :meth:`get_buffer`'s space."""
-        self._rend += nbytes
+        self.rx.buffer_updated(nbytes)
 
     def feed(self, data: bytes) -> None:
         """Copy received bytes into the buffer (for transports that hand out bytes)."""
-        view = memoryview(data)
-        while view:
-            buf = self.get_buffer()
-            n = min(len(buf), len(view))
-            buf[:n] = view[:n]
-            self._rend += n
-            view = view[n:]
+        self.rx.feed(data)
 
     def buffered(self) -> int:
         """How many received bytes are not consumed yet."""
-        return self._rend - self._rstart
+        return self.rx.buffered()
 
     def reset(self) -> list[Exchange]:
         """Forget the connection: drop buffered bytes, queued requests, and fail pending
@@ -342,32 +315,9 @@ class Session:
 
         :returns: the exchanges that were pending (now done, with ``error`` set).
         """
-        self._rstart = self._rend = 0
+        self.rx.clear()
         self._out = []
         return self.fail(E.ConnectionError("the connection was reset"))
-
-    def _body(self) -> Any:
-        """The next complete frame body as a memoryview, or ``_NEED``."""
-        start = self._rstart
-        avail = self._rend - start
-        if avail < 4:
-            return _NEED
-        n = _LEN.unpack_from(self._rbuf, start)[0]
-        if n > self.max_frame_size or n == 0:
-            raise E.ProtocolError(
-                f"reply frame of {n} bytes (max_frame_size {self.max_frame_size})")
-        if avail < 4 + n:
-            if 4 + n > len(self._rbuf):
-                # A big reply: grow the buffer once to hold it whole.
-                nb = bytearray(4 + n)
-                nb[:avail] = self._rview[start:self._rend]
-                self._rview.release()
-                self._rbuf = nb
-                self._rview = memoryview(nb)
-                self._rstart, self._rend = 0, avail
-            return _NEED
-        self._rstart = start + 4 + n
-        return self._rview[start + 4:start + 4 + n]
 
     # -- replies: one call outside any exchange -----------------------------------------------
 
@@ -381,11 +331,10 @@ class Session:
         :raises ProtocolError: a malformed frame, or a reply no request waits for.
         :raises ServerError: a connection-level error (msgid 0).
         """
+        rx = self.rx
         while True:
-            if self._rend - self._rstart < 4:
-                return None
-            body = self._body()
-            if body is _NEED:
+            body = rx.next_body()
+            if body is None:
                 return None
             msg = codec.unpackb(body)
             if type(msg) is list and len(msg) == 3 and msg[0] == msgid:
@@ -404,13 +353,9 @@ class Session:
             for.
         :raises ServerError: a connection-level error (msgid 0).
         """
-        start = self._rstart
-        if self._rend - start >= 4:
-            got, pos, _more = codec.decode_get_replies(self._rbuf, start, self._rend, msgid,
-                                                       1, self.names, self.max_frame_size)
-            if got:
-                self._rstart = pos
-                return True, got[0]
+        got = self.rx.take_get_replies(msgid, 1, self.names)
+        if got:
+            return True, got[0]
         r = self.read_reply(msgid)
         if r is None or not r[0]:
             return r
@@ -428,7 +373,8 @@ class Session:
         """
         done: list[Exchange] = []
         inflight = self._inflight
-        while self._rend - self._rstart >= 4:
+        rx = self.rx
+        while rx.buffered() >= 4:
             ex = inflight[0] if inflight else None
             if ex is not None and not ex.batch and ex.entries[ex.next][0] == "GET":
                 # The compiled reader takes the run of GET replies it expects next.
@@ -440,13 +386,10 @@ class Session:
                     entries = ex.entries
                     while j < ex.nwire and entries[j][0] == "GET":
                         j += 1
-                got, pos, _more = codec.decode_get_replies(
-                    self._rbuf, self._rstart, self._rend, ex.first + i, j - i, self.names,
-                    self.max_frame_size)
+                got = rx.take_get_replies(ex.first + i, j - i, self.names)
                 k = len(got)
                 if k:
                     ex.results[i:i + k] = got
-                    self._rstart = pos
                     ex.remaining -= k
                     i += k
                     results = ex.results
@@ -458,8 +401,8 @@ class Session:
                     self._check_done(ex, done)
                     continue
             raw = ex is not None and not ex.batch and _reads_raw(ex.entries[ex.next])
-            body = self._body()
-            if body is _NEED:
+            body = rx.next_body()
+            if body is None:
                 break
             if raw:
                 m = ex.first + ex.next

@@ -132,6 +132,7 @@ IMPLEMENTATION = "python" if _impl.__name__ == "vtpu.protocol" else "cython"
 
 # The names of protocol.CODEC_NAMES, from the implementation picked above.
 FrameDecoder = _impl.FrameDecoder
+ReplyBuffer = _impl.ReplyBuffer
 encode_request = _impl.encode_request
 encode_get_requests = _impl.encode_get_requests
 encode_response = _impl.encode_response
