@@ -23,8 +23,9 @@ DEBUG = bool(os.environ.get("VTPU_DEBUG"))
 EXTENSIONS = [
     ("vtpu._core", "vtpu/_core.pyx"),
     ("vtpu._cprotocol", "vtpu/_cprotocol.pyx"),
+    ("vtpu._cserver", "vtpu/_cserver.pyx"),
 ]
-REQUIRED = {"vtpu._core"}
+REQUIRED = {"vtpu._core", "vtpu._cserver"}
 
 COMPILE_ARGS = ["-O0", "-g"] if DEBUG else ["-O3", "-g0"]
 LINK_ARGS = [] if DEBUG else ["-Wl,-S"]

@@ -52,6 +52,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from . import wire as P
+from ._cserver import ConnectionLoop
 from ._version import __version__
 from .engine import (MAX_HOPS, check_count, check_direction, check_metric, check_mode,
                      estimate_wire_size)
@@ -540,7 +541,7 @@ def _attend_out(r: dict) -> dict:
 # Connections
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(ConnectionLoop, asyncio.Protocol):
     """One client connection: frames in, replies out, in request order.
 
     Memory per connection is bounded: before HELLO only small frames are accepted; one
@@ -553,6 +554,16 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, server: "_Server"):
         self.server = server
+        self.clock = server.loop.time
+        self.engine_get = server._get
+        self.engine_put = server._put
+        self.engine_get_many = server._get_many
+        self.content_lengths = server.engine.content_lengths
+        lim = server.limits
+        self.slice_bytes = lim.slice_bytes
+        self.slice_units = SLICE_UNITS
+        self.request_units = REQUEST_UNITS
+        self.large_frame = LARGE_FRAME
         self.transport: asyncio.Transport | None = None
         # Until a good HELLO only small frames: a stranger cannot make the server
         # buffer (or decode) a large one. The decoder checks each length on arrival.
@@ -638,102 +649,17 @@ class _Connection(asyncio.Protocol):
         else:
             t.resume_reading()
 
-    def data_received(self, data: bytes | memoryview) -> None:
-        """Feed what arrived to the decoder, then answer the complete requests buffered
-        (see :meth:`_process`)."""
-        if self.closing:
-            return
-        self.last_rx = self.server.loop.time()
-        self.decoder.feed(data)
-        if self.read_paused or self.write_paused:
-            return  # _continue / resume_writing answers it
-        self._process()
-
-    def _process(self) -> None:
-        """Answer buffered requests: at most SLICE_UNITS of work and about
-        ``slice_bytes`` of replies, then let the loop's other callbacks run first."""
-        server = self.server
-        dec = self.decoder
-        take = dec.next_requests
-        budget = server.limits.slice_bytes
-        out: list[bytes] = []
-        size = 0
-        wrote = False
-        used = 0  # SLICE_UNITS spent
-        more = False  # stopped at a limit, not for want of complete frames
-        self.slice_end = 0.0  # a request in steps of this read starts the clock (_Job)
-        try:
-            if self.backlog is not None:
-                msgids, keys = self.backlog
-                used = len(msgids)
-                frame, self.backlog = server.get_run(self, msgids, keys, budget)
-                out.append(frame)
-                size = len(frame)
-            while self.backlog is None:
-                if used >= SLICE_UNITS or size >= budget:
-                    more = True
-                    break
-                try:
-                    item = take(SLICE_UNITS - used)
-                except P.RequestError as exc:
-                    # The frame boundary is intact: a bad request, the connection survives.
-                    used += REQUEST_UNITS
-                    out.append(P.encode_error(exc.msgid, exc.code, str(exc), self.out_limit))
-                    continue
-                if item is None:
-                    break
-                if len(item) == 4:
-                    # A run of plain GETs or PUTs: one engine call, one encoder call.
-                    op, msgids, keys, contents = item
-                    used += len(msgids)
-                    if contents is None:
-                        frame, self.backlog = server.get_run(self, msgids, keys, budget - size)
-                        out.append(frame)
-                        size += len(frame)
-                        continue
-                    frame, w = server.put_run(self, msgids, keys, contents)
-                else:
-                    used += REQUEST_UNITS
-                    frame, w = server.handle(self, item[0], item[1], item[2])
-                    if frame is None:
-                        # A request in steps goes on from the loop: it answers, then
-                        # resumes this connection (_Job).
-                        wrote = wrote or w
-                        break
-                out.append(frame)
-                size += len(frame)
-                wrote = wrote or w
-                if self.closing:
-                    break
-        except ProtocolError as exc:
-            # The byte stream can no longer be trusted: say why once, then close.
-            out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
-            self.closing = True
-        except Exception as exc:
-            # Outside any one request's handling (a frame the decoder could not read, or
-            # a bug): the connection cannot know where it stands, so it closes after
-            # saying so; the server keeps serving.
-            if is_internal(exc):
-                server.ratelog.warning("internal", "internal error on a connection from "
-                                       "%s: %r", _peer(self), exc)
-            out.append(P.encode_error(0, *P.error_pair(exc), self.out_limit))
-            self.closing = True
-        self._send(out, wrote)
-        if self.closing:
-            return
-        head = dec.head_size()
-        if head >= LARGE_FRAME or self.reserved or self.input_wait:
-            # (Nothing to change otherwise: no Python call on a read of small frames.)
-            self.server.reserve_input(self, head if head >= LARGE_FRAME else 0)
-        if self.job is not None:
-            return
-        if self.backlog is not None or (more and dec.buffered()):
-            self.partial_since = 0.0  # complete requests wait: not the client's doing
-            self._yield()
-        elif not dec.buffered():
-            self.partial_since = 0.0
-        elif used or not self.partial_since:
-            self.partial_since = self.last_rx  # a frame has begun; the rest must follow
+    def _stream_failed(self, exc: Exception) -> bytes:
+        """The error reply for a failure outside any one request's handling (a stream
+        that can no longer be trusted, or a bug); the connection closes after it.
+        Called by :meth:`ConnectionLoop._process`."""
+        self.closing = True
+        if not isinstance(exc, ProtocolError) and is_internal(exc):
+            # A frame the decoder could not read, or a bug: the connection cannot know
+            # where it stands, so it closes after saying so; the server keeps serving.
+            self.server.ratelog.warning("internal", "internal error on a connection from "
+                                        "%s: %r", _peer(self), exc)
+        return P.encode_error(0, *P.error_pair(exc), self.out_limit)
 
     def _yield(self) -> None:
         """Stop reading and answer the rest on a later loop iteration (other connections
@@ -753,24 +679,6 @@ class _Connection(asyncio.Protocol):
         self._update_reading()
         if not self.write_paused:  # else resume_writing continues
             self._process()
-
-    def _send(self, out: list[bytes], wrote: bool) -> None:
-        if not out:
-            if self.closing:
-                self._close_after_flush()
-            return
-        server = self.server
-        if self.pending or (server.storage is not None and (wrote or server._dirty)):
-            # Hold the replies until the group commit at the end of this loop iteration
-            # (reads too, once a write is uncommitted: they may show it).
-            self.pending.extend(out)
-            server.schedule_flush(self)
-        else:
-            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
-            if self.write_paused:
-                self.check_output()
-            if self.closing:
-                self._close_after_flush()
 
     def flush_pending(self) -> None:
         if self.pending and self.transport is not None and not self.transport.is_closing():
@@ -865,13 +773,6 @@ class _Connection(asyncio.Protocol):
         if t is not None and not t.is_closing():
             # close() flushes what is buffered, then closes.
             t.close()
-
-
-def _rest(msgids: list, keys: bytes, done: int) -> tuple | None:
-    """The requests of a GET run after the first ``done``, or ``None``."""
-    if done >= len(msgids):
-        return None
-    return msgids[done:], keys[done * P.KEY_SIZE:]
 
 
 class _Server:
@@ -1102,78 +1003,6 @@ class _Server:
             c.push(frame)
 
     # -- runs of plain GETs ---------------------------------------------------------------
-    def get_run(self, conn: _Connection, msgids: list, keys: bytes,
-                budget: int) -> tuple[bytes, tuple | None]:
-        """Answer a run of plain GET requests: ``keys`` holds their N 18-byte keys.
-
-        One engine call (``get`` for one key, ``get_many`` for more) and one encoder call
-        that stops once about ``budget`` bytes of replies are made; a reply that does not
-        fit the client's frame limit is answered alone, with a LIMIT error, and the
-        others as usual.
-
-        :returns: ``(reply frames, rest)``: the frames of the first requests, and
-            ``(msgids, keys)`` of those not answered yet, or ``None``.
-        """
-        if budget < 1:
-            budget = 1
-        if conn.authed:
-            try:
-                if len(msgids) > 1:
-                    # Read only as many scrolls as this slice may answer: the rest of
-                    # the run waits in the connection's buffer, not in memory here.
-                    sizes = np.maximum(self.engine.content_lengths(keys), 64) + 64
-                    n = max(1, int(np.searchsorted(np.cumsum(sizes), budget, "right")))
-                    if n < len(msgids):
-                        cut = n * P.KEY_SIZE
-                        frames, more = self.get_run(conn, msgids[:n], keys[:cut], budget)
-                        if more is None:
-                            return frames, (msgids[n:], keys[cut:])
-                        return frames, (more[0] + msgids[n:], more[1] + keys[cut:])
-                scrolls = [self._get(keys)] if len(msgids) == 1 else self._get_many(keys)
-                frames, n = P.encode_get_replies(msgids, scrolls, conn.out_limit, budget)
-                if n == len(msgids):
-                    return frames, None
-                return frames, _rest(msgids, keys, n)
-            except Exception:
-                pass  # answered one by one below, each with its own error
-        out = []
-        size = 0
-        k = P.KEY_SIZE
-        for i, m in enumerate(msgids):
-            frame = self.handle(conn, m, "GET", [keys[i * k:(i + 1) * k]])[0]
-            out.append(frame)
-            size += len(frame)
-            if size >= budget:
-                return b"".join(out), _rest(msgids, keys, i + 1)
-        return b"".join(out), None
-
-    def put_run(self, conn: _Connection, msgids: list, keys: bytes,
-                contents: list) -> tuple[bytes, bool]:
-        """Answer a run of plain PUT requests (``[key, content]``, no ``if_version``).
-
-        One engine call (``put`` for one key, ``put_many`` for more: the same versions
-        as one ``put`` after the other) and one encoder call. If the batch is refused
-        for an argument (a content the engine cannot store, an unknown name id),
-        nothing was written and each PUT is executed on its own, so each request gets
-        its own answer.
-
-        :returns: ``(the N reply frames, whether anything may have been written)``.
-        """
-        if not conn.authed:
-            return self._each_put(conn, msgids, keys, contents), False
-        try:
-            if len(msgids) == 1:
-                versions = [self._put(keys, contents[0])]
-            else:
-                versions = self.dispatch.put_many([keys, contents])
-        except (InterfaceError, CoordinateError):
-            return self._each_put(conn, msgids, keys, contents), True
-        except Exception as exc:
-            return self._errors(conn, "PUT", msgids, exc), True
-        if self.trackers:
-            self.note_write("PUT_MANY", [keys], conn)
-        return P.encode_responses(msgids, versions, conn.out_limit), True
-
     def _each_put(self, conn: _Connection, msgids: list, keys: bytes,
                   contents: list) -> bytes:
         """Answer a run of PUTs one request at a time (the path for runs that failed
