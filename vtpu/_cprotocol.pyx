@@ -1767,9 +1767,28 @@ def decode_get_replies(data, Py_ssize_t pos, Py_ssize_t end, msgid, Py_ssize_t c
         after them, and whether the run stopped at an incomplete frame.
     """
     cdef Py_buffer view
+    cdef bint need_more = False
+    cdef list out
+    if pos < 0:
+        raise ValueError(f"pos must be >= 0, got {pos}")
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        out = _decode_gets(<const unsigned char*>view.buf, &pos,
+                           end if end < view.len else view.len, msgid, count, names,
+                           max_frame_size, &need_more)
+        return out, pos, need_more
+    finally:
+        PyBuffer_Release(&view)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef list _decode_gets(const unsigned char* p, Py_ssize_t* at, Py_ssize_t end, msgid,
+                       Py_ssize_t count, names, Py_ssize_t max_frame_size,
+                       bint* need_more_out):
+    # decode_get_replies over p[*at:end]: the list read; *at moves past it.
     cdef list out = []
-    cdef Py_ssize_t size, body, q, done = 0
-    cdef const unsigned char* p
+    cdef Py_ssize_t size, q, done = 0, pos = at[0]
     cdef const unsigned char* b
     cdef const unsigned char* kp
     cdef uint64_t mid, ver = 0, want = 0
@@ -1778,13 +1797,7 @@ def decode_get_replies(data, Py_ssize_t pos, Py_ssize_t end, msgid, Py_ssize_t c
     cdef bint need_more = False
     if fast:
         want = msgid
-    if pos < 0:
-        raise ValueError(f"pos must be >= 0, got {pos}")
-    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
-        p = <const unsigned char*>view.buf
-        if end > view.len:
-            end = view.len
         while done < count:
             if end - pos < 4:
                 need_more = True
@@ -1839,9 +1852,10 @@ def decode_get_replies(data, Py_ssize_t pos, Py_ssize_t end, msgid, Py_ssize_t c
             out.append(v)
             pos += 4 + size
             done += 1
-        return out, pos, need_more
+        return out
     finally:
-        PyBuffer_Release(&view)
+        at[0] = pos
+        need_more_out[0] = need_more
 
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -2028,7 +2042,8 @@ cdef class ReplyBuffer:
         :returns: the list of Scroll or None read (empty: the next frame is incomplete
             or of another kind).
         """
-        got, pos, _more = decode_get_replies(self.buf, self.start, self.end, msgid, count,
-                                             names, self.max_frame_size)
-        self.start = pos
-        return got
+        cdef bint more = False
+        # (The buffer is only read here: no Python code runs that could replace it.)
+        return _decode_gets(<const unsigned char*>PyByteArray_AS_STRING(self.buf),
+                            &self.start, self.end, msgid, count, names,
+                            self.max_frame_size, &more)
