@@ -24,8 +24,9 @@ EXTENSIONS = [
     ("vtpu._core", "vtpu/_core.pyx"),
     ("vtpu._cprotocol", "vtpu/_cprotocol.pyx"),
     ("vtpu._cserver", "vtpu/_cserver.pyx"),
+    ("vtpu._cclient", "vtpu/_cclient.pyx"),
 ]
-REQUIRED = {"vtpu._core", "vtpu._cserver"}
+REQUIRED = {"vtpu._core", "vtpu._cserver", "vtpu._cclient"}
 
 COMPILE_ARGS = ["-O0", "-g"] if DEBUG else ["-O3", "-g0"]
 LINK_ARGS = [] if DEBUG else ["-Wl,-S"]

@@ -48,6 +48,7 @@ import time
 from typing import Any, Callable
 
 from . import errors as E
+from ._cclient import IDLE_CHECK_SECONDS, SingleCalls
 from .coords import NameTable
 from .retry import ExponentialWithJitterBackoff, Retry
 from .session import (
@@ -59,19 +60,12 @@ from .session import (
     decode_scroll,
     finish,
     idempotent,
-    reply_value,
 )
 
 __all__ = ["RemoteEngine", "Pipeline", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT"]
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 30.0
-# A connection idle for longer than this is checked for a peer close before it is used,
-# so a server restart costs a reconnect rather than a failed non-idempotent write.
-IDLE_CHECK_SECONDS = 1.0
-# A single call's request up to this size is sent whole by one system call (the socket's
-# send buffer takes it), so one timeout bounds it.
-SMALL_FRAME = 16 * 1024
 
 _monotonic = time.monotonic
 
@@ -110,7 +104,7 @@ class _Resolver:
         return self.engine._submit("NAMES", [], None, None)
 
 
-class RemoteEngine(ClientOps):
+class RemoteEngine(SingleCalls, ClientOps):
     """Engine methods over a TCP connection to a vtpu server.
 
     :param host: server address (loopback by default).
@@ -226,6 +220,7 @@ class RemoteEngine(ClientOps):
         self.session = Session(NameTable(resolver=_Resolver(self)), max_frame_size)
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._fork_gen = _fork_gen
         self._gen = _fork_gen[0]
         self._sock: Any = None
         # The per-operation timeout in force on the socket (-1: not set yet, 0: left
@@ -487,51 +482,6 @@ class RemoteEngine(ClientOps):
             except E.VTPUError as again:
                 exc = again
 
-    def _roundtrip(self, encode: Callable[[Any], tuple], read: Callable[[int], Any],
-                   arg: Any, deadline: float | None) -> tuple[bool, Any]:
-        """One request outside any exchange (the hot GET/PUT): encode under the lock,
-        send, read its reply with ``read(msgid)`` (a session reader returning None until
-        the reply is in). Closes the socket on any failure."""
-        with self._lock:
-            # One clock read serves the idle check, the timeout and the idle mark (the
-            # call's start: a long call only makes the next idle check come sooner).
-            now = _monotonic()
-            sock = self._sock
-            if (sock is None or self._gen != _fork_gen[0]
-                    or now - self._last_io > IDLE_CHECK_SECONDS):
-                sock = self._ensure()
-            m, frame = encode(arg)
-            try:
-                if deadline is None or not self._keep_lo <= deadline - now <= self._keep_hi:
-                    self._set_timeout(deadline, now)
-                rx = self.session.rx
-                if len(frame) <= SMALL_FRAME:
-                    # (Sent whole at once by the kernel: no deadline to apply between
-                    # partial sends.)
-                    n = rx.send_recv(sock, self._fd, frame)
-                else:
-                    n = sock.send(frame)
-                    if n < len(frame):
-                        self._send_rest(frame, n, deadline)
-                    n = rx.recv(sock)
-                while True:
-                    if not n:
-                        raise E.ConnectionError(
-                            f"server {self.host}:{self.port} closed the connection")
-                    r = read(m)
-                    if r is not None:
-                        break
-                    self._set_timeout(deadline)
-                    n = rx.recv(sock)
-            except BaseException as exc:
-                # Whatever happened, the stream may hold half a reply: never reuse it.
-                self._drop()
-                if isinstance(exc, OSError) and not isinstance(exc, E.VTPUError):
-                    raise E.translate_socket_error(exc, self._where("call to")) from exc
-                raise
-            self._last_io = now
-            return r
-
     def _exchange(self, entries: list, batch: bool, gets_only: bool | None,
                   deadline: float | None) -> Exchange:
         """Run calls as one exchange (one write, every reply read). Closes the socket
@@ -558,34 +508,6 @@ class RemoteEngine(ClientOps):
             ex = self._retry(exc, self._exchange, (entries, False, False), idempotent(op),
                              deadline)
         return ex.value()
-
-    # -- the hot calls: one codec call each way, no exchange object --------------------------------
-    def get(self, key: bytes, *, timeout: float | None = None) -> Any:
-        """Read one scroll (see :meth:`vtpu.session.ClientOps.get`)."""
-        if type(key) is not bytes or len(key) != 18:
-            key = as_key(key)
-        t = self.timeout if timeout is None else timeout
-        deadline = None if t is None else _monotonic() + t
-        s = self.session
-        try:
-            r = self._roundtrip(s.encode_get, s.read_get_reply, key, deadline)
-        except E.VTPUError as exc:
-            r = self._retry(exc, self._roundtrip, (s.encode_get, s.read_get_reply, key), True,
-                            deadline)
-        return r[1] if r[0] else reply_value(r)
-
-    def put(self, key: bytes, content: Any, if_version: int | None = None, *,
-            timeout: float | None = None) -> int:
-        """Write one scroll (see :meth:`vtpu.session.ClientOps.put`)."""
-        if type(key) is not bytes or len(key) != 18:
-            key = as_key(key)
-        args = [key, content] if if_version is None else [key, content, if_version]
-        t = self.timeout if timeout is None else timeout
-        # A PUT is never retried: it may have been applied before the connection broke.
-        s = self.session
-        r = self._roundtrip(s.encode_put, s.read_reply, args,
-                            None if t is None else _monotonic() + t)
-        return r[1] if r[0] else reply_value(r)
 
     # -- pipelines --------------------------------------------------------------------------------
     def pipeline(self, raise_on_error: bool = True, *, batch: bool = False) -> "Pipeline":

@@ -57,7 +57,6 @@ from ._version import __version__
 from .engine import (MAX_HOPS, check_count, check_direction, check_metric, check_mode,
                      estimate_wire_size)
 from .errors import (
-    CoordinateError,
     InterfaceError,
     LimitError,
     ProtocolError,
