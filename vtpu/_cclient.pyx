@@ -1,6 +1,8 @@
 # cython: language_level=3
-"""The sync client's single call, compiled: one request, one reply, on a blocking socket.
+"""The client's single call, compiled: one request, one reply.
 
+:class:`SessionCore` is the base class of :class:`vtpu.session.Session`: the message
+ids, and encoding one request and reading its reply from the receive buffer.
 :class:`SingleCalls` is the base class of :class:`vtpu.netclient.RemoteEngine`. It holds
 the connection state every call reads (the lock, the socket and its descriptor, the
 fork generation, the last I/O time, the range in which the socket's timeout is kept) as
@@ -16,7 +18,19 @@ Like the server's loop it has no pure-Python twin: it is the netclient's own cod
 cimport cython
 
 from vtpu import errors as E
-from vtpu.session import as_key, reply_value
+from vtpu import wire as codec
+
+cdef object _session = None
+
+
+cdef object _session_module():
+    # vtpu.session imports this module for its base class: the names this module needs
+    # from it (conversions and decoders on the cold paths) are looked up after import.
+    global _session
+    if _session is None:
+        import vtpu.session
+        _session = vtpu.session
+    return _session
 
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t
@@ -47,6 +61,114 @@ cdef inline double _now() noexcept nogil:
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
+cdef unsigned long long _MAX_ID = 0xFFFFFFFF
+
+
+cdef class SessionCore:
+    """The single-call part of :class:`vtpu.session.Session` (its base class): the
+    message-id counter, and encoding one request and reading its reply from the
+    session's receive buffer. Everything else of the session (exchanges, pipelines,
+    pushes, RANGE pages) is Python in the subclass; :meth:`read_reply` hands a frame
+    that is not the reply it waits for to the subclass's ``_other``.
+
+    Every field is public: the subclass sets and reads them as attributes.
+    """
+    cdef public object names             # the client's NameTable cache
+    cdef public object rx                # the codec's ReplyBuffer
+    cdef public Py_ssize_t max_frame_size
+    cdef public unsigned long long msgid  # the last id taken
+
+    # -- message ids ------------------------------------------------------------------------
+
+    def next_id(self):
+        """Take the next message id (1 .. 2**32-1, then 1 again)."""
+        cdef unsigned long long m = self.msgid + 1
+        if m > _MAX_ID:
+            m = 1
+        self.msgid = m
+        return m
+
+    def _take_ids(self, unsigned long long n):
+        # n consecutive ids; restart at 1 rather than wrap inside one write, so a reply's
+        # place in its exchange is always msgid - first.
+        cdef unsigned long long first = self.msgid + 1
+        if first + n - 1 > _MAX_ID:
+            first = 1
+        self.msgid = first + n - 1
+        return first
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def encode(self, op, args):
+        """Encode one request outside any exchange (the caller reads its reply with
+        :meth:`read_reply`).
+
+        :returns: ``(msgid, frame)``.
+        :raises LimitError: the frame would exceed ``max_frame_size`` (nothing is sent).
+        :raises InterfaceError: an argument msgpack cannot encode.
+        """
+        m = self.next_id()
+        return m, codec.encode_request(m, op, args, self.max_frame_size)
+
+    def encode_put(self, args):
+        """Encode one PUT of ``[key, content(, if_version)]``: ``(msgid, frame)``.
+
+        :raises LimitError: the frame would exceed ``max_frame_size``.
+        """
+        m = self.next_id()
+        return m, codec.encode_request(m, "PUT", args, self.max_frame_size)
+
+    def encode_get(self, key):
+        """Encode one GET of an 18-byte key: ``(msgid, frame)``."""
+        cdef unsigned long long m = self.msgid + 1
+        if m > _MAX_ID:
+            m = 1
+        self.msgid = m
+        return m, codec.encode_get_requests(m, key, self.max_frame_size)
+
+    # -- replies: one call outside any exchange -----------------------------------------------
+
+    def read_reply(self, msgid):
+        """The reply to a request made with :meth:`encode`/:meth:`encode_put`, from the
+        buffered bytes: ``(True, value)``, ``(False, (code, message))``, or None when it
+        has not fully arrived. Pushes before it are delivered. For a client with one
+        request in flight (the sync client's single calls); with exchanges pending, use
+        ``receive``.
+
+        :raises ProtocolError: a malformed frame, or a reply no request waits for.
+        :raises ServerError: a connection-level error (msgid 0).
+        """
+        rx = self.rx
+        while True:
+            body = rx.next_body()
+            if body is None:
+                return None
+            msg = codec.unpackb(body)
+            if type(msg) is list and len(<list>msg) == 3 and msg[0] == msgid:
+                if msg[1] == 0:
+                    return True, msg[2]
+                return False, codec.parse_reply(msg).value
+            self._other(msg)
+
+    def read_get_reply(self, msgid):
+        """The reply to a GET made with :meth:`encode_get`: ``(True, Scroll or None)``,
+        ``(False, (code, message))``, or None when it has not fully arrived. The reply is
+        read by the compiled GET-reply reader a pipeline's GETs use; anything else (a
+        push before it, an error, another encoding) as :meth:`read_reply` reads it.
+
+        :raises ProtocolError: a malformed frame or scroll, or a reply no request waits
+            for.
+        :raises ServerError: a connection-level error (msgid 0).
+        """
+        got = self.rx.take_get_replies(msgid, 1, self.names)
+        if got:
+            return True, got[0]
+        r = self.read_reply(msgid)
+        if r is None or not r[0]:
+            return r
+        return True, _session_module().decode_scroll(self, None, r[1])
+
+
 cdef class SingleCalls:
     """The fields and the single-call methods of a sync network client.
 
@@ -72,7 +194,7 @@ cdef class SingleCalls:
     def get(self, key, *, timeout=None):
         """Read one scroll (see :meth:`vtpu.session.ClientOps.get`)."""
         if type(key) is not bytes or len(<bytes>key) != 18:
-            key = as_key(key)
+            key = _session_module().as_key(key)
         t = self.timeout if timeout is None else timeout
         deadline = None if t is None else _now() + t
         s = self.session
@@ -81,18 +203,18 @@ cdef class SingleCalls:
         except _VTPUError as exc:
             r = self._retry(exc, self._roundtrip, (s.encode_get, s.read_get_reply, key), True,
                             deadline)
-        return r[1] if r[0] else reply_value(r)
+        return r[1] if r[0] else _session_module().reply_value(r)
 
     def put(self, key, content, if_version=None, *, timeout=None):
         """Write one scroll (see :meth:`vtpu.session.ClientOps.put`)."""
         if type(key) is not bytes or len(<bytes>key) != 18:
-            key = as_key(key)
+            key = _session_module().as_key(key)
         args = [key, content] if if_version is None else [key, content, if_version]
         t = self.timeout if timeout is None else timeout
         # A PUT is never retried: it may have been applied before the connection broke.
         s = self.session
         r = self._call(s.encode_put, s.read_reply, args, None if t is None else _now() + t)
-        return r[1] if r[0] else reply_value(r)
+        return r[1] if r[0] else _session_module().reply_value(r)
 
     def _roundtrip(self, encode, read, arg, deadline):
         """One request outside any exchange (the hot GET/PUT): encode under the lock,

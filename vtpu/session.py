@@ -53,6 +53,7 @@ from vtpu.results import Scrolls
 # Every byte a client sends or reads is encoded or decoded through vtpu.wire, and nowhere
 # else: the compiled codec when it is built, else its pure-Python reference.
 from vtpu import wire as codec  # noqa: E402
+from vtpu._cclient import SessionCore  # noqa: E402
 # ------------------------------------------------------------------------------------------
 
 __all__ = ["Session", "Exchange", "ClientOps", "finish", "value_of", "reply_value",
@@ -60,7 +61,6 @@ __all__ = ["Session", "Exchange", "ClientOps", "finish", "value_of", "reply_valu
 
 log = logging.getLogger("vtpu.client")
 
-_MAX_ID = 0xFFFFFFFF
 _UNSET = object()    # a result slot whose reply has not been read
 KEY_SIZE = codec.KEY_SIZE
 
@@ -156,7 +156,7 @@ class _Pages:
         return Scrolls.concat(pages)
 
 
-class Session:
+class Session(SessionCore):
     """The sans-IO state of one client: ids, buffers, pending exchanges, names.
 
     One Session per client object; :meth:`reset` when its connection is replaced (the
@@ -179,54 +179,6 @@ class Session:
         #: the receive buffer (the codec's :class:`~vtpu.protocol.ReplyBuffer`): a
         #: transport reads into ``rx.get_buffer()`` / ``rx.recv(sock)`` directly
         self.rx = codec.ReplyBuffer(max_frame_size)
-
-    # -- message ids ------------------------------------------------------------------------
-
-    def next_id(self) -> int:
-        """Take the next message id (1 .. 2**32-1, then 1 again)."""
-        m = self.msgid + 1
-        if m > _MAX_ID:
-            m = 1
-        self.msgid = m
-        return m
-
-    def _take_ids(self, n: int) -> int:
-        # n consecutive ids; restart at 1 rather than wrap inside one write, so a reply's
-        # place in its exchange is always msgid - first.
-        first = self.msgid + 1
-        if first + n - 1 > _MAX_ID:
-            first = 1
-        self.msgid = first + n - 1
-        return first
-
-    # -- requests ---------------------------------------------------------------------------
-
-    def encode(self, op: str, args: list) -> tuple[int, bytes]:
-        """Encode one request outside any exchange (the caller reads its reply with
-        :meth:`read_reply`).
-
-        :returns: ``(msgid, frame)``.
-        :raises LimitError: the frame would exceed ``max_frame_size`` (nothing is sent).
-        :raises InterfaceError: an argument msgpack cannot encode.
-        """
-        m = self.next_id()
-        return m, codec.encode_request(m, op, args, self.max_frame_size)
-
-    def encode_put(self, args: list) -> tuple[int, bytes]:
-        """Encode one PUT of ``[key, content(, if_version)]``: ``(msgid, frame)``.
-
-        :raises LimitError: the frame would exceed ``max_frame_size``.
-        """
-        m = self.next_id()
-        return m, codec.encode_request(m, "PUT", args, self.max_frame_size)
-
-    def encode_get(self, key: bytes) -> tuple[int, bytes]:
-        """Encode one GET of an 18-byte key: ``(msgid, frame)``."""
-        m = self.msgid + 1
-        if m > _MAX_ID:
-            m = 1
-        self.msgid = m
-        return m, codec.encode_get_requests(m, key, self.max_frame_size)
 
     def exchange(self, entries: list, batch: bool = False,
                  gets_only: bool | None = None) -> Exchange:
@@ -318,48 +270,6 @@ class Session:
         self.rx.clear()
         self._out = []
         return self.fail(E.ConnectionError("the connection was reset"))
-
-    # -- replies: one call outside any exchange -----------------------------------------------
-
-    def read_reply(self, msgid: int) -> tuple[bool, Any] | None:
-        """The reply to a request made with :meth:`encode`/:meth:`encode_put`, from the
-        buffered bytes: ``(True, value)``, ``(False, (code, message))``, or None when it
-        has not fully arrived. Pushes before it are delivered. For a client with one
-        request in flight (the sync client's single calls); with exchanges pending, use
-        :meth:`receive`.
-
-        :raises ProtocolError: a malformed frame, or a reply no request waits for.
-        :raises ServerError: a connection-level error (msgid 0).
-        """
-        rx = self.rx
-        while True:
-            body = rx.next_body()
-            if body is None:
-                return None
-            msg = codec.unpackb(body)
-            if type(msg) is list and len(msg) == 3 and msg[0] == msgid:
-                if msg[1] == 0:
-                    return True, msg[2]
-                return False, codec.parse_reply(msg).value
-            self._other(msg)
-
-    def read_get_reply(self, msgid: int) -> tuple[bool, Any] | None:
-        """The reply to a GET made with :meth:`encode_get`: ``(True, Scroll or None)``,
-        ``(False, (code, message))``, or None when it has not fully arrived. The reply is
-        read by the compiled GET-reply reader a pipeline's GETs use; anything else (a
-        push before it, an error, another encoding) as :meth:`read_reply` reads it.
-
-        :raises ProtocolError: a malformed frame or scroll, or a reply no request waits
-            for.
-        :raises ServerError: a connection-level error (msgid 0).
-        """
-        got = self.rx.take_get_replies(msgid, 1, self.names)
-        if got:
-            return True, got[0]
-        r = self.read_reply(msgid)
-        if r is None or not r[0]:
-            return r
-        return True, decode_scroll(self, None, r[1])
 
     # -- replies: exchanges -------------------------------------------------------------------
 
