@@ -132,6 +132,24 @@ def test_the_pipeline_wraps_the_client_and_returns_what_it_returns(client):
 
 
 @pytest.mark.integration  # the client fixture includes a loopback server
+def test_pipeline_cgets_keep_their_place_among_other_calls(client):
+    """CGETs are handed to the backend in bulk, yet each result keeps its call's place:
+    a read queued before a write sees the old value, one after it the new."""
+    c = "3.3.3/3.3.3/3.3.3"
+    p = client.pipeline()
+    p.cget(c).cput(c, "a").cget(c).cget(c).croute(c, 8).cget("4.4.4/4.4.4/4.4.4")
+    p.cput(c, "b").cget(c)
+    got = p.execute()
+    assert got[0] is None and got[1] == 1
+    assert [got[i].content for i in (2, 3)] == ["a", "a"] and got[4] == client.croute(c, 8)
+    assert got[5] is None and got[6] == 2
+    assert (got[7].content, got[7].version, got[7].coordinate) == ("b", 2, c)
+    assert len(got) == 8 == len(p.results)
+    with pytest.raises(CoordinateError):
+        client.pipeline().cget("1.1.1/1.1.1/1.1.1/1.1.1")   # refused when queued
+
+
+@pytest.mark.integration  # the client fixture includes a loopback server
 def test_pipeline_errors_come_after_every_call_ran(client):
     p = client.pipeline(raise_on_error=False)
     p.cput("1.1.1/1.1.1/1.1.1", "a")

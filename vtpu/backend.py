@@ -17,6 +17,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from vtpu._core import check_key
 from vtpu.coords import NameTable, Scroll
 from vtpu.session import finish
 
@@ -127,11 +128,17 @@ class BackendPipeline(Protocol):
 
     results: list | None
 
+    def get_each(self, keys: list) -> "BackendPipeline":
+        """Queue one ``get`` per 18-byte key, in order (a facade pipeline's CGETs)."""
+
     def execute(self) -> list:
         """Run every queued call; then raise the first error (or return them as values).
 
         :returns: one result per queued call.
         """
+
+
+_NO_KW: dict = {}  # the keywords of a queued get (never changed)
 
 
 class EnginePipeline:
@@ -166,6 +173,16 @@ class EnginePipeline:
 
         queue.__doc__ = f"Queue :meth:`Engine.{name}`; its result comes from execute()."
         return queue
+
+    def get_each(self, keys: list) -> "EnginePipeline":
+        """Queue one :meth:`Engine.get` per key, in order.
+
+        :raises InterfaceError: a key that is not 18 bytes (nothing is queued).
+        """
+        get = self._engine.get
+        keys = [check_key(k) for k in keys]
+        self._queue.extend([(get, (k,), _NO_KW) for k in keys])
+        return self
 
     def execute(self) -> list:
         """Run every queued call in order; raise the first error after all ran.

@@ -861,6 +861,9 @@ class ClientPipeline:
         self._client = client
         self._pipe = client.backend.pipeline(raise_on_error=False)
         self._slots: list = []   # per call: None, a post-processing function, or a _Const
+        # CGET keys not handed to the backend pipeline yet: queued there with one
+        # get_each() before the next backend call, so the calls keep their order.
+        self._gets: list = []
         self.raise_on_error = raise_on_error
         self.results: list | None = None
 
@@ -887,9 +890,15 @@ class ClientPipeline:
                     value = exc
             self._slots.append(_Const(value))
         else:
+            if self._gets:
+                self._flush_gets()
             getattr(self._pipe, call.method)(*call.args, **call.kw)
             self._slots.append(call.post)
         return self
+
+    def _flush_gets(self) -> None:
+        gets, self._gets = self._gets, []
+        self._pipe.get_each(gets)
 
     def _pure(self, value) -> "ClientPipeline":
         self._slots.append(_Const(value))
@@ -906,7 +915,7 @@ class ClientPipeline:
             key = _core.key_of(coord) or self._client._read_key(coord)
             if key is None:   # names a name the store never interned: nothing there
                 return self._pure(None)
-        self._pipe.get(key)
+        self._gets.append(key)
         self._slots.append(None)
         return self
 
@@ -916,6 +925,8 @@ class ClientPipeline:
             key = coord
         else:
             key = _core.key_of(coord) or self._client._key(coord)
+        if self._gets:
+            self._flush_gets()
         self._pipe.put(key, content, if_version)
         self._slots.append(None)
         return self
@@ -1027,6 +1038,8 @@ class ClientPipeline:
         :raises Exception: the first failed call's error, after every reply was read
             (unless ``raise_on_error`` is false).
         """
+        if self._gets:
+            self._flush_gets()
         slots, self._slots = self._slots, []
         client = self._client
         if client._lock_writes:

@@ -563,6 +563,16 @@ class Pipeline(ClientOps):
         self._queue.append(("GET", [key], decode_scroll))
         return self
 
+    def get_each(self, keys: list) -> "Pipeline":
+        """Queue one GET per 18-byte key (as :meth:`get` for each, in order).
+
+        :raises InterfaceError: a key that is not 18 bytes (nothing is queued).
+        """
+        if not all(type(k) is bytes and len(k) == 18 for k in keys):
+            keys = [as_key(k) for k in keys]
+        self._queue.extend([("GET", [k], decode_scroll) for k in keys])
+        return self
+
     def __enter__(self) -> "Pipeline":
         return self
 
