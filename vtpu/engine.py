@@ -665,7 +665,8 @@ class Engine:
             key = check_key(key)
         if if_version is not None:
             if_version = check_count(if_version, "if_version")
-        self._check_names(key)
+        if _core.has_name_ids(key):   # (_check_names, without its frame on every write)
+            self.names.check_ids(_core.unpack_many(key))
         content = _core.check_content_one(content, check_content)
         m = self._map
         st = self.storage

@@ -22,7 +22,8 @@ from libc.stdint cimport uint64_t, int64_t
 cimport cython
 from libc.string cimport memcpy, memcmp
 from libc.stdlib cimport malloc, realloc, free
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
+                           PyBytes_GET_SIZE)
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.dict cimport PyDict_GetItem
@@ -86,10 +87,22 @@ def has_name_ids(object blob):
     :param blob: N*18 bytes (any bytes-like object).
     :returns: bool.
     """
-    cdef const unsigned char[::1] v = blob
-    cdef Py_ssize_t i, n = v.shape[0]
+    cdef const unsigned char* p
+    cdef const unsigned char[::1] v
+    cdef Py_ssize_t i, n
+    if PyBytes_CheckExact(blob):
+        # (The common case, a key or a request's blob: no buffer view to set up, which
+        # would cost more than the scan of one key.)
+        p = <const unsigned char*>PyBytes_AS_STRING(blob)
+        n = PyBytes_GET_SIZE(blob)
+    else:
+        v = blob
+        n = v.shape[0]
+        if n == 0:
+            return False
+        p = &v[0]
     for i in range(0, n, 2):
-        if v[i] >= 0xF0:
+        if p[i] >= 0xF0:
             return True
     return False
 
