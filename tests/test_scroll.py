@@ -11,6 +11,7 @@ import vtpu
 from vtpu import _core
 from vtpu.coords import NameTable, Scroll
 from vtpu.errors import CoordinateError, InterfaceError
+from vtpu.testing import running_server
 
 KEY = _core.pack(_core.parse_coord("1.2.3/4.5.6/7.8.9"))
 
@@ -187,6 +188,51 @@ def test_call_meter_read_converts_a_coordinate_as_cget_does():
     assert (m.calls, m.errors) == (5, 1) and m.seconds > 0.0
     with pytest.raises(InterfaceError):
         _core.CallMeter(fn).read("1.1.1/1.1.1/1.1.1")           # no resolver: keys only
+
+
+def test_call_meter_write_converts_a_coordinate_as_cput_does():
+    seen = []
+
+    def put(key, content, if_version):
+        seen.append((key, content, if_version))
+        if content == "boom":
+            raise KeyError("boom")
+        return 7
+
+    def resolve(c):
+        if c == "bad":
+            raise CoordinateError("bad coordinate")
+        return _core.pack(np.array(c, np.uint16))
+
+    m = _core.CallMeter(put, resolve)
+    row = np.arange(1, 10, dtype=np.uint16)
+    assert m.write(KEY, "a") == 7 and seen[-1] == (KEY, "a", None) and seen[-1][0] is KEY
+    assert m.write(row, "b", 3) == 7 and seen[-1] == (_core.pack(row), "b", 3)
+    assert m.write(list(range(1, 10)), "c", if_version=0) == 7 and seen[-1][2] == 0
+    with pytest.raises(CoordinateError):
+        m.write("bad", "x")                     # refused converting: not counted
+    with pytest.raises(KeyError):
+        m.write(KEY, "boom")                    # counted as an error
+    assert (m.calls, m.errors, len(seen)) == (3, 1, 4) and m.seconds > 0.0
+
+
+@pytest.mark.integration  # a loopback server
+def test_cput_is_the_write_meter_on_a_remote_client_and_locked_embedded():
+    with running_server() as (host, port):
+        _cput_forms(vtpu.connect(f"vtpu://{host}:{port}"))
+
+
+def _cput_forms(remote):
+    assert "cput" in vars(remote) and remote.cput.__self__ is remote._puts
+    assert remote.cput("1.1.1/1.1.1/1.1.1", "a") == 1 and remote.cput(KEY, "b") == 1
+    emb = vtpu.connect("mem://")      # not thread-safe: the facade's method and lock
+    assert "cput" not in vars(emb) and emb.cput("1.1.1/1.1.1/1.1.1", "a") == 1
+    for c in (remote, emb):
+        with pytest.raises(vtpu.errors.VersionConflict):
+            c.cput("1.1.1/1.1.1/1.1.1", "z", if_version=5)
+        st = c.get_stats()
+        assert st["by_op"]["cput"] == (2 if c is remote else 1) and st["errors"] == 1
+    remote.close()
 
 
 def test_a_client_subclass_keeps_its_own_cget():

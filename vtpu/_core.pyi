@@ -132,7 +132,7 @@ class Scroll:
     __hash__: None  # type: ignore[assignment]
 
 class CallMeter:
-    """Calls one function of one argument, counting and timing the calls (meter.pxi)."""
+    """Calls one function, counting and timing the calls (meter.pxi)."""
     @property
     def calls(self) -> int: ...
     @property
@@ -142,6 +142,7 @@ class CallMeter:
     def __init__(self, fn: Any, resolve: Any = None) -> None: ...
     def call(self, arg: Any) -> Any: ...
     def read(self, coord: Any) -> Any: ...
+    def write(self, coord: Any, content: Any, if_version: int | None = None) -> Any: ...
 
 KIND_DEAD: int
 KIND_NONE: int

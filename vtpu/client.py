@@ -161,8 +161,11 @@ class Client:
         # so no reference cycle keeps a dropped client (and its socket) alive.
         if type(self).cget is Client.cget:
             self.cget = self._reads.read
-        self._writes = 0
-        self._write_time = 0.0
+        # cput likewise: one C call when the backend serialises its own calls (a remote
+        # one); the in-process engine's writes take the facade's lock around it.
+        self._puts = _core.CallMeter(backend.put, lambda c, b=backend: to_key(c, b.names))
+        if type(self).cput is Client.cput and not self._lock_writes:
+            self.cput = self._puts.write
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -274,25 +277,12 @@ class Client:
             (0: only if nothing is stored).
         :raises VersionConflict: the compare-and-set failed (nothing written).
         """
-        # Hot like cget: the embedded engine is locked (its indexes change), a remote
-        # backend serialises on its own connection lock.
-        t0 = _perf()
-        if type(coord) is bytes and len(coord) == 18:
-            key = coord
-        else:
-            key = _core.key_of(coord) or self._key(coord)
-        try:
-            if self._lock_writes:
-                with self._lock:
-                    v = self._b.put(key, content, if_version)
-            else:
-                v = self._b.put(key, content, if_version)
-        except BaseException:
-            self._errors += 1
-            raise
-        self._writes += 1
-        self._write_time += _perf() - t0
-        return v
+        # Hot like cget: counted and timed by the write meter. This method runs for a
+        # backend that does not serialise its own calls (the embedded engine: its
+        # indexes change), under the facade's lock; a remote client's cput is the
+        # meter's write itself (bound in __init__).
+        with self._lock:
+            return self._puts.write(coord, content, if_version)
 
     def _plan_cput_many(self, coords, contents) -> _Call:
         return _Call("cput_many", "put_many", (to_keys_blob(coords, self.names), contents),
@@ -731,14 +721,14 @@ class Client:
 
     def get_stats(self) -> dict:
         """Client-side statistics, as the prototype's ``get_stats()``."""
-        reads = self._reads
-        calls = self._calls + reads.calls + self._writes
-        total = self._time + reads.seconds + self._write_time
+        reads, puts = self._reads, self._puts
+        calls = self._calls + reads.calls + puts.calls
+        total = self._time + reads.seconds + puts.seconds
         by_op = dict(self._ops)
-        for op, n in (("cget", reads.calls), ("cput", self._writes)):
+        for op, n in (("cget", reads.calls), ("cput", puts.calls)):
             if n:
                 by_op[op] = by_op.get(op, 0) + n
-        return {"total_calls": calls, "errors": self._errors + reads.errors,
+        return {"total_calls": calls, "errors": self._errors + reads.errors + puts.errors,
                 "total_time_s": total,
                 "avg_latency_ms": (total / calls * 1e3) if calls else 0.0,
                 "by_op": by_op}

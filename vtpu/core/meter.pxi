@@ -33,10 +33,10 @@ cdef extern from *:
 
 
 cdef class CallMeter:
-    """Calls one function of one argument, counting the calls, the calls that raised
-    and the seconds spent in them.
+    """Calls one function, counting the calls, the calls that raised and the seconds
+    spent in them.
 
-    :param fn: the function (a backend's ``get``, say).
+    :param fn: the function (a backend's ``get``, say; its ``put`` for :meth:`write`).
     :param resolve: for :meth:`read`: the key of a coordinate that is neither an 18-byte
         key nor a ``(9,)`` uint16 row (text, a list of ints...), or None when it names
         something that cannot be stored; it raises for a malformed one.
@@ -71,6 +71,34 @@ cdef class CallMeter:
         :raises: what ``fn`` raises (counted as an error).
         """
         return self._timed(arg)
+
+    def write(self, coord, content, if_version=None):
+        """``fn(key, content, if_version)`` of a coordinate, counted and timed: what
+        ``Client.cput`` does, as one C call. The coordinate is converted as :meth:`read`
+        converts it (``resolve`` gives the key of any other form, or raises).
+
+        :returns: what ``fn`` returns.
+        :raises: what ``resolve`` or ``fn`` raises (only ``fn``'s are counted as errors).
+        """
+        cdef double t0
+        if type(coord) is bytes and PyBytes_GET_SIZE(coord) == KEY_BYTES:
+            key = coord
+        else:
+            key = _key_of(coord)
+            if key is None:
+                if self.resolve is None:
+                    raise InterfaceError("this meter converts no coordinates: give "
+                                         "an 18-byte key")
+                key = self.resolve(coord)
+        t0 = vtpu_clock()
+        try:
+            r = self.fn(key, content, if_version)
+        except BaseException:
+            self.errors += 1
+            raise
+        self.seconds += vtpu_clock() - t0
+        self.calls += 1
+        return r
 
     def read(self, coord):
         """``fn(key)`` of a coordinate, counted and timed: what ``Client.cget`` does, as
