@@ -49,6 +49,12 @@ cdef double _IDLE = IDLE_CHECK_SECONDS
 SMALL_FRAME = 16 * 1024
 cdef Py_ssize_t _SMALL = SMALL_FRAME
 
+# The codec's functions, as vtpu.wire picked them at import (no module lookup per call).
+cdef object _encode_request = codec.encode_request
+cdef object _encode_get_requests = codec.encode_get_requests
+cdef object _unpackb = codec.unpackb
+cdef object _parse_reply = codec.parse_reply
+
 cdef object _VTPUError = E.VTPUError
 cdef object _ConnectionError = E.ConnectionError
 cdef object _translate = E.translate_socket_error
@@ -99,7 +105,7 @@ cdef class SessionCore:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def encode(self, op, args):
+    cpdef encode(self, op, args):
         """Encode one request outside any exchange (the caller reads its reply with
         :meth:`read_reply`).
 
@@ -108,27 +114,27 @@ cdef class SessionCore:
         :raises InterfaceError: an argument msgpack cannot encode.
         """
         m = self.next_id()
-        return m, codec.encode_request(m, op, args, self.max_frame_size)
+        return m, _encode_request(m, op, args, self.max_frame_size)
 
-    def encode_put(self, args):
+    cpdef tuple encode_put(self, args):
         """Encode one PUT of ``[key, content(, if_version)]``: ``(msgid, frame)``.
 
         :raises LimitError: the frame would exceed ``max_frame_size``.
         """
         m = self.next_id()
-        return m, codec.encode_request(m, "PUT", args, self.max_frame_size)
+        return m, _encode_request(m, "PUT", args, self.max_frame_size)
 
-    def encode_get(self, key):
+    cpdef tuple encode_get(self, key):
         """Encode one GET of an 18-byte key: ``(msgid, frame)``."""
         cdef unsigned long long m = self.msgid + 1
         if m > _MAX_ID:
             m = 1
         self.msgid = m
-        return m, codec.encode_get_requests(m, key, self.max_frame_size)
+        return m, _encode_get_requests(m, key, self.max_frame_size)
 
     # -- replies: one call outside any exchange -----------------------------------------------
 
-    def read_reply(self, msgid):
+    cpdef read_reply(self, msgid):
         """The reply to a request made with :meth:`encode`/:meth:`encode_put`, from the
         buffered bytes: ``(True, value)``, ``(False, (code, message))``, or None when it
         has not fully arrived. Pushes before it are delivered. For a client with one
@@ -143,14 +149,14 @@ cdef class SessionCore:
             body = rx.next_body()
             if body is None:
                 return None
-            msg = codec.unpackb(body)
+            msg = _unpackb(body)
             if type(msg) is list and len(<list>msg) == 3 and msg[0] == msgid:
                 if msg[1] == 0:
                     return True, msg[2]
-                return False, codec.parse_reply(msg).value
+                return False, _parse_reply(msg).value
             self._other(msg)
 
-    def read_get_reply(self, msgid):
+    cpdef read_get_reply(self, msgid):
         """The reply to a GET made with :meth:`encode_get`: ``(True, Scroll or None)``,
         ``(False, (code, message))``, or None when it has not fully arrived. The reply is
         read by the compiled GET-reply reader a pipeline's GETs use; anything else (a
@@ -183,7 +189,7 @@ cdef class SingleCalls:
     # The time left in a call for which the socket's timeout is kept as it is (see
     # RemoteEngine._set_timeout); an empty range until one is set.
     cdef public double _keep_lo, _keep_hi
-    cdef public object session    # the vtpu.session.Session
+    cdef public SessionCore session  # the vtpu.session.Session
     cdef public object timeout    # the default per-call timeout in seconds, or None
 
     def __cinit__(self):
@@ -197,12 +203,10 @@ cdef class SingleCalls:
             key = _session_module().as_key(key)
         t = self.timeout if timeout is None else timeout
         deadline = None if t is None else _now() + t
-        s = self.session
         try:
-            r = self._call(s.encode_get, s.read_get_reply, key, deadline)
+            r = self._call(True, key, deadline)
         except _VTPUError as exc:
-            r = self._retry(exc, self._roundtrip, (s.encode_get, s.read_get_reply, key), True,
-                            deadline)
+            r = self._retry(exc, self._roundtrip, (True, key), True, deadline)
         return r[1] if r[0] else _session_module().reply_value(r)
 
     def put(self, key, content, if_version=None, *, timeout=None):
@@ -212,22 +216,23 @@ cdef class SingleCalls:
         args = [key, content] if if_version is None else [key, content, if_version]
         t = self.timeout if timeout is None else timeout
         # A PUT is never retried: it may have been applied before the connection broke.
-        s = self.session
-        r = self._call(s.encode_put, s.read_reply, args, None if t is None else _now() + t)
+        r = self._call(False, args, None if t is None else _now() + t)
         return r[1] if r[0] else _session_module().reply_value(r)
 
-    def _roundtrip(self, encode, read, arg, deadline):
-        """One request outside any exchange (the hot GET/PUT): encode under the lock,
-        send, read its reply with ``read(msgid)`` (a session reader returning None until
-        the reply is in). Closes the socket on any failure.
+    def _roundtrip(self, bint get, arg, deadline):
+        """One request outside any exchange (the hot GET/PUT): encode under the lock
+        (the session's ``encode_get(key)`` if ``get``, else ``encode_put(args)``), send,
+        read its reply (``read_get_reply`` or ``read_reply``: None until it is in).
+        Closes the socket on any failure.
 
         :returns: ``(True, value)`` or ``(False, (code, message))``.
         """
-        return self._call(encode, read, arg, deadline)
+        return self._call(get, arg, deadline)
 
-    cdef tuple _call(self, encode, read, arg, deadline):
+    cdef tuple _call(self, bint get, arg, deadline):
         cdef double now
         cdef Py_ssize_t n
+        cdef SessionCore s = self.session
         lock = self._lock
         lock.acquire()
         try:
@@ -238,11 +243,11 @@ cdef class SingleCalls:
             if (sock is None or self._gen != self._fork_gen[0]
                     or now - self._last_io > _IDLE):
                 sock = self._ensure()
-            m, frame = encode(arg)
+            m, frame = s.encode_get(arg) if get else s.encode_put(arg)
             try:
                 if deadline is None or not self._keep_lo <= deadline - now <= self._keep_hi:
                     self._set_timeout(deadline, now)
-                rx = self.session.rx
+                rx = s.rx
                 if len(<bytes>frame) <= _SMALL:
                     # (Sent whole at once by the kernel: no deadline to apply between
                     # partial sends.)
@@ -256,7 +261,7 @@ cdef class SingleCalls:
                     if not n:
                         raise _ConnectionError(
                             f"server {self.host}:{self.port} closed the connection")
-                    r = read(m)
+                    r = s.read_get_reply(m) if get else s.read_reply(m)
                     if r is not None:
                         break
                     self._set_timeout(deadline)
