@@ -14,6 +14,7 @@ class ConnectionLoop:
     pending: list
     closing: bool
     authed: bool
+    durable: bool
     read_paused: bool
     write_paused: bool
     input_wait: bool

@@ -41,6 +41,7 @@ cdef class ConnectionLoop:
     cdef public object engine_get, engine_get_many, engine_put, content_lengths
     cdef public list pending        # replies held for the group commit
     cdef public bint closing, authed
+    cdef public bint durable        # the server's engine has storage (group commits)
     cdef public bint read_paused, write_paused, input_wait
     cdef public Py_ssize_t out_limit, reserved
     cdef public Py_ssize_t slice_bytes, slice_units, request_units, large_frame
@@ -220,7 +221,7 @@ cdef class ConnectionLoop:
             if self.closing:
                 self._close_after_flush()
             return
-        if self.pending or (server.storage is not None and (wrote or server._dirty)):
+        if self.pending or (self.durable and (wrote or server._dirty)):
             self.pending.extend(out)
             server.schedule_flush(self)
         else:

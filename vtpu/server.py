@@ -555,6 +555,7 @@ class _Connection(ConnectionLoop, asyncio.Protocol):
         self.server = server
         self.clock = server.loop.time
         self.engine_get = server._get
+        self.durable = server.storage is not None
         self.engine_put = server._put
         self.engine_get_many = server._get_many
         self.content_lengths = server.engine.content_lengths
