@@ -48,35 +48,35 @@ cdef inline Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n,
 @cython.wraparound(False)
 cdef inline bint _plain_coord(const char* s, Py_ssize_t n, uint16_t* out) noexcept nogil:
     """Read ``a.b.c/d.e.f/g.h.i`` of nine decimal numbers and nothing else (no spaces,
-    no ``;``, no names), each at most MAX_NUMERIC, into ``out``: True if it is exactly
-    that. Anything else is left to the tokenizer, which also explains errors."""
-    cdef Py_ssize_t i = 0
-    cdef int comp = 0, digits = 0
-    cdef int64_t v = 0
-    cdef char ch, sep
-    while i < n:
-        ch = s[i]
-        if b'0' <= ch <= b'9':
-            v = v * 10 + (ch - 48)
-            digits += 1
-            if digits > 5:
+    no ``;``, no names), each of one to five digits and at most MAX_NUMERIC, into
+    ``out``: True if it is exactly that. Anything else is left to the tokenizer, which
+    also explains errors."""
+    cdef const unsigned char* p = <const unsigned char*>s
+    cdef const unsigned char* end = p + n
+    cdef const unsigned char* start
+    cdef unsigned int d, v
+    cdef int comp
+    # One number after the other, with the separator each one expects after it: a
+    # digit loop per number rather than a test of every character for every role.
+    for comp in range(NDIM):
+        start = p
+        v = 0
+        while p < end:
+            d = p[0] - 48u
+            if d > 9u:
+                break
+            v = v * 10u + d
+            p += 1
+            if p - start > 5:
                 return False
-        else:
-            # a separator: '.' inside a group of three, '/' between groups
-            sep = b'/' if comp % 3 == 2 else b'.'
-            if digits == 0 or comp >= 8 or ch != sep:
+        if p == start or v > MAX_NUMERIC:
+            return False
+        out[comp] = <uint16_t>v
+        if comp < NDIM - 1:
+            if p == end or p[0] != (47 if comp == 2 or comp == 5 else 46):  # '/' or '.'
                 return False
-            if v > MAX_NUMERIC:
-                return False
-            out[comp] = <uint16_t>v
-            comp += 1
-            v = 0
-            digits = 0
-        i += 1
-    if comp != 8 or digits == 0 or v > MAX_NUMERIC:
-        return False
-    out[8] = <uint16_t>v
-    return True
+            p += 1
+    return p == end
 
 
 cdef int _tokenize(const char* s, Py_ssize_t n, int mode, Tok* toks,
