@@ -17,6 +17,8 @@ Like the server's loop it has no pure-Python twin: it is the netclient's own cod
 """
 cimport cython
 
+import time
+
 from vtpu import errors as E
 from vtpu import wire as codec
 
@@ -31,14 +33,6 @@ cdef object _session_module():
         import vtpu.session
         _session = vtpu.session
     return _session
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    cdef struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec* ts)
-    int CLOCK_MONOTONIC
 
 # A connection idle for longer than this is checked for a peer close before it is used,
 # so a server restart costs a reconnect rather than a failed non-idempotent write.
@@ -60,11 +54,9 @@ cdef object _ConnectionError = E.ConnectionError
 cdef object _translate = E.translate_socket_error
 
 
-cdef inline double _now() noexcept nogil:
-    # time.monotonic(), read in C (the same clock).
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+# The clock of every deadline and idle mark, the Python side's too (time.monotonic: the
+# same clock on every platform, which no C call is).
+cdef object _now = time.monotonic
 
 
 cdef unsigned long long _MAX_ID = 0xFFFFFFFF

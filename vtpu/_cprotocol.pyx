@@ -1858,10 +1858,29 @@ cdef list _decode_gets(const unsigned char* p, Py_ssize_t* at, Py_ssize_t end, m
         need_more_out[0] = need_more
 
 
-cdef extern from "<sys/socket.h>" nogil:
-    ssize_t send(int fd, const void* buf, size_t n, int flags)
-    ssize_t recv(int fd, void* buf, size_t n, int flags)
-    int MSG_NOSIGNAL
+cdef extern from *:
+    """
+    /* One send() and one recv() on a descriptor, for ReplyBuffer.send_recv. Where the
+       client never passes one (Windows: no kernel timeouts, fd is -1) they only fail;
+       where MSG_NOSIGNAL is missing (macOS) Python already ignores SIGPIPE. */
+    #include <errno.h>
+    #if defined(_WIN32)
+    static Py_ssize_t vtpu_send(int fd, const void* b, size_t n) { errno = ENOSYS; return -1; }
+    static Py_ssize_t vtpu_recv(int fd, void* b, size_t n) { errno = ENOSYS; return -1; }
+    #else
+    #include <sys/types.h>
+    #include <sys/socket.h>
+    #ifndef MSG_NOSIGNAL
+    #define MSG_NOSIGNAL 0
+    #endif
+    static Py_ssize_t vtpu_send(int fd, const void* b, size_t n) {
+        return send(fd, b, n, MSG_NOSIGNAL);
+    }
+    static Py_ssize_t vtpu_recv(int fd, void* b, size_t n) { return recv(fd, b, n, 0); }
+    #endif
+    """
+    Py_ssize_t vtpu_send(int fd, const void* b, size_t n) nogil
+    Py_ssize_t vtpu_recv(int fd, void* b, size_t n) nogil
 
 cdef extern from "<errno.h>":
     int errno
@@ -1971,7 +1990,7 @@ cdef class ReplyBuffer:
             return self.recv(sock)
         while left > 0:
             with nogil:
-                r = send(fd, p, left, MSG_NOSIGNAL)
+                r = vtpu_send(fd, p, left)
             if r < 0:
                 _os_error_or_retry()
                 continue
@@ -1983,7 +2002,7 @@ cdef class ReplyBuffer:
         room = PyByteArray_GET_SIZE(buf) - self.end
         while True:
             with nogil:
-                r = recv(fd, dst, room, 0)
+                r = vtpu_recv(fd, dst, room)
             if r >= 0:
                 break
             _os_error_or_retry()
