@@ -1,5 +1,9 @@
 from typing import Any
 
+SLICE_UNITS: int
+REQUEST_UNITS: int
+LARGE_FRAME: int
+
 class ConnectionLoop:
     server: Any
     transport: Any
@@ -21,9 +25,6 @@ class ConnectionLoop:
     out_limit: int
     reserved: int
     slice_bytes: int
-    slice_units: int
-    request_units: int
-    large_frame: int
     last_rx: float
     partial_since: float
     slice_end: float

@@ -23,6 +23,19 @@ from vtpu.errors import CoordinateError, InterfaceError, ProtocolError
 from vtpu.wire import (KEY_SIZE, RequestError, encode_error, encode_get_replies,
                        encode_responses)
 
+# Work done per read before yielding to the loop, so one client pipelining thousands of
+# requests cannot starve the others: at most SLICE_UNITS, where a request handled on its
+# own costs REQUEST_UNITS and each request of a run of plain GETs or PUTs costs one (a
+# run is one engine call and one encoder call, about an eighth of the cost per request).
+# So a slice is 128 requests of any kind, or a run of up to 1024 GETs or PUTs.
+SLICE_UNITS = 1024
+REQUEST_UNITS = 8
+# A frame at least this large is budgeted against Limits.input_total while it arrives;
+# smaller ones (every HELLO, nearly every request) never wait for the budget.
+LARGE_FRAME = 1024 * 1024
+cdef Py_ssize_t _SLICE_UNITS = SLICE_UNITS, _REQUEST_UNITS = REQUEST_UNITS
+cdef Py_ssize_t _LARGE_FRAME = LARGE_FRAME
+
 
 cdef class ConnectionLoop:
     """The fields and the per-read methods of one server connection.
@@ -44,7 +57,7 @@ cdef class ConnectionLoop:
     cdef public bint durable        # the server's engine has storage (group commits)
     cdef public bint read_paused, write_paused, input_wait
     cdef public Py_ssize_t out_limit, reserved
-    cdef public Py_ssize_t slice_bytes, slice_units, request_units, large_frame
+    cdef public Py_ssize_t slice_bytes   # the server's Limits.slice_bytes
     cdef public double last_rx, partial_since, slice_end
 
     def data_received(self, data):
@@ -61,13 +74,13 @@ cdef class ConnectionLoop:
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cpdef _process(self):
-        """Answer buffered requests: at most ``slice_units`` of work and about
+        """Answer buffered requests: at most ``SLICE_UNITS`` of work and about
         ``slice_bytes`` of replies, then let the loop's other callbacks run first."""
         cdef object server = self.server
         cdef object dec = self.decoder
         cdef object take = dec.next_requests
         cdef Py_ssize_t budget = self.slice_bytes
-        cdef Py_ssize_t units = self.slice_units
+        cdef Py_ssize_t units = _SLICE_UNITS
         cdef Py_ssize_t size = 0, used = 0, left
         cdef list out = []
         cdef bint wrote = False, more = False
@@ -88,7 +101,7 @@ cdef class ConnectionLoop:
                     item = take(units - used)
                 except RequestError as exc:
                     # The frame boundary is intact: a bad request, the connection survives.
-                    used += self.request_units
+                    used += _REQUEST_UNITS
                     out.append(encode_error(exc.msgid, exc.code, str(exc), self.out_limit))
                     continue
                 if item is None:
@@ -104,7 +117,7 @@ cdef class ConnectionLoop:
                         continue
                     frame, w = self._put_run(msgids, keys, contents)
                 else:
-                    used += self.request_units
+                    used += _REQUEST_UNITS
                     frame, w = server.handle(self, (<tuple>item)[0], (<tuple>item)[1],
                                              (<tuple>item)[2])
                     if frame is None:
@@ -127,9 +140,9 @@ cdef class ConnectionLoop:
         left = dec.buffered()
         if left or self.reserved or self.input_wait:
             head = dec.head_size()
-            if head >= self.large_frame or self.reserved or self.input_wait:
+            if head >= _LARGE_FRAME or self.reserved or self.input_wait:
                 # (Nothing to change otherwise: no call on a read of small frames.)
-                server.reserve_input(self, head if head >= self.large_frame else 0)
+                server.reserve_input(self, head if head >= _LARGE_FRAME else 0)
         if self.job is not None:
             return
         if self.backlog is not None or (more and left):

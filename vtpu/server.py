@@ -52,7 +52,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from . import wire as P
-from ._cserver import ConnectionLoop
+from ._cserver import ConnectionLoop  # (with the per-read budgets: SLICE_UNITS...)
 from ._version import __version__
 from .engine import (MAX_HOPS, check_count, check_direction, check_metric, check_mode,
                      estimate_wire_size)
@@ -77,19 +77,9 @@ DEFAULT_PAGE_SIZE = 16384
 # Operations per BATCH frame. A BATCH is decoded in one go before its first operation
 # runs (its operations then run in steps): this bounds that to a few tens of ms.
 DEFAULT_MAX_BATCH = 10_000
-# Work done per read before yielding to the loop, so one client pipelining thousands of
-# requests cannot starve the others: at most SLICE_UNITS, where a request handled on its
-# own costs REQUEST_UNITS and each request of a run of plain GETs or PUTs costs one (a
-# run is one engine call and one encoder call, about an eighth of the cost per request).
-# So a slice is 128 requests of any kind, or a run of up to 1024 GETs or PUTs.
-SLICE_UNITS = 1024
-REQUEST_UNITS = 8
 SWEEP_SECONDS = 1.0  # how often connections are checked against the time limits
 CLOSE_GRACE_SECONDS = 5.0  # a connection closed for a limit is aborted if still open then
 MiB = 1024 * 1024
-# A frame at least this large is budgeted against Limits.input_total while it arrives;
-# smaller ones (every HELLO, nearly every request) never wait for the budget.
-LARGE_FRAME = 1 * MiB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,10 +107,10 @@ class Limits:
     :param names_per_second: new names one connection may intern per second (a burst of
         as many is allowed).
     :param input_total: bytes the server buffers at once for large frames (over
-        ``LARGE_FRAME``) over all connections. A frame is reserved its announced size
-        when its header arrives; a connection whose frame does not fit is not read until
-        others complete theirs (one large frame is always admitted), so many unfinished
-        frames cannot add up to the server's memory.
+        ``vtpu._cserver.LARGE_FRAME``) over all connections. A frame is reserved its
+        announced size when its header arrives; a connection whose frame does not fit is
+        not read until others complete theirs (one large frame is always admitted), so
+        many unfinished frames cannot add up to the server's memory.
     """
 
     max_clients: int | None = None
@@ -561,9 +551,6 @@ class _Connection(ConnectionLoop, asyncio.Protocol):
         self.content_lengths = server.engine.content_lengths
         lim = server.limits
         self.slice_bytes = lim.slice_bytes
-        self.slice_units = SLICE_UNITS
-        self.request_units = REQUEST_UNITS
-        self.large_frame = LARGE_FRAME
         self.transport: asyncio.Transport | None = None
         # Until a good HELLO only small frames: a stranger cannot make the server
         # buffer (or decode) a large one. The decoder checks each length on arrival.
@@ -1002,7 +989,7 @@ class _Server:
                 frame = frames[sig] = P.encode_push("invalidate", payload)
             c.push(frame)
 
-    # -- runs of plain GETs ---------------------------------------------------------------
+    # -- a run the loop could not answer whole (vtpu/_cserver.pyx) -----------------------
     def _each_put(self, conn: _Connection, msgids: list, keys: bytes,
                   contents: list) -> bytes:
         """Answer a run of PUTs one request at a time (the path for runs that failed
