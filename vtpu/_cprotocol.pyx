@@ -26,7 +26,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
-from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t, INT64_MAX
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, INT64_MAX
 from libc.string cimport memcpy, memmove, memset
 
 include "core/scalar.pxi"
@@ -39,7 +39,8 @@ from vtpu._core import Scrolls as _Scrolls
 from vtpu.coords import Scroll
 # The core's Scroll type and its builder: a decoded reply's Scroll is made in C (no
 # __init__ argument parsing, no Python int/float for its version and times).
-from vtpu._core cimport Scroll as _CScroll, _new_scroll_at
+from vtpu._core cimport (Scroll as _CScroll, _new_scroll_at, Scrolls as _CScrolls,
+                         _new_scrolls, short_copy)
 from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
 from vtpu.protocol import Reply, packb, parse_request, refuse_big_batch, unpackb
 
@@ -158,7 +159,7 @@ cdef inline int put_int(Buf* b, int64_t v) except -1:
     b.n += write_int(b.p + b.n, v)
     return 0
 
-cdef int put_arrhdr(Buf* b, Py_ssize_t n) except -1:
+cdef inline int put_arrhdr(Buf* b, Py_ssize_t n) except -1:
     reserve(b, 5)
     cdef char* o = b.p + b.n
     if n < 16:
@@ -169,30 +170,48 @@ cdef int put_arrhdr(Buf* b, Py_ssize_t n) except -1:
         o[0] = <char>0xDD; be32(o + 1, <uint32_t>n); b.n += 5
     return 0
 
-cdef int put_binhdr(Buf* b, Py_ssize_t n) except -1:
-    reserve(b, 5)
-    cdef char* o = b.p + b.n
+cdef inline Py_ssize_t write_binhdr(char* o, Py_ssize_t n) noexcept nogil:
+    """Write the header of an n-byte bin at o; returns its length (room: 5 bytes)."""
     if n < 0x100:
-        o[0] = <char>0xC4; o[1] = <char>n; b.n += 2
+        o[0] = <char>0xC4; o[1] = <char>n
+        return 2
     elif n < 0x10000:
-        o[0] = <char>0xC5; be16(o + 1, <uint32_t>n); b.n += 3
-    else:
-        o[0] = <char>0xC6; be32(o + 1, <uint32_t>n); b.n += 5
+        o[0] = <char>0xC5; be16(o + 1, <uint32_t>n)
+        return 3
+    o[0] = <char>0xC6; be32(o + 1, <uint32_t>n)
+    return 5
+
+cdef inline Py_ssize_t write_strhdr(char* o, Py_ssize_t n) noexcept nogil:
+    """Write the header of an n-byte str at o; returns its length (room: 5 bytes)."""
+    if n < 32:
+        o[0] = <char>(0xA0 | n)
+        return 1
+    elif n < 0x100:
+        o[0] = <char>0xD9; o[1] = <char>n
+        return 2
+    elif n < 0x10000:
+        o[0] = <char>0xDA; be16(o + 1, <uint32_t>n)
+        return 3
+    o[0] = <char>0xDB; be32(o + 1, <uint32_t>n)
+    return 5
+
+cdef inline int put_binhdr(Buf* b, Py_ssize_t n) except -1:
+    reserve(b, 5)
+    b.n += write_binhdr(b.p + b.n, n)
     return 0
 
-cdef int put_str(Buf* b, const char* s, Py_ssize_t n) except -1:
+cdef inline int put_str(Buf* b, const char* s, Py_ssize_t n) except -1:
     reserve(b, n + 5)
-    cdef char* o = b.p + b.n
-    if n < 32:
-        o[0] = <char>(0xA0 | n); b.n += 1
-    elif n < 0x100:
-        o[0] = <char>0xD9; o[1] = <char>n; b.n += 2
-    elif n < 0x10000:
-        o[0] = <char>0xDA; be16(o + 1, <uint32_t>n); b.n += 3
-    else:
-        o[0] = <char>0xDB; be32(o + 1, <uint32_t>n); b.n += 5
-    memcpy(b.p + b.n, s, n)
-    b.n += n
+    cdef Py_ssize_t h = write_strhdr(b.p + b.n, n)
+    short_copy(b.p + b.n + h, s, n)
+    b.n += h + n
+    return 0
+
+cdef inline int put_bin(Buf* b, const char* s, Py_ssize_t n) except -1:
+    reserve(b, n + 5)
+    cdef Py_ssize_t h = write_binhdr(b.p + b.n, n)
+    short_copy(b.p + b.n + h, s, n)
+    b.n += h + n
     return 0
 
 cdef int put_double(Buf* b, double d) except -1:
@@ -212,9 +231,7 @@ cdef int put_value(Buf* b, object v, int depth) except -1:
     cdef int overflow = 0
     cdef long long x
     if PyBytes_CheckExact(v):
-        n = len(<bytes>v)
-        put_binhdr(b, n)
-        put(b, PyBytes_AS_STRING(v), n)
+        put_bin(b, PyBytes_AS_STRING(v), len(<bytes>v))
     elif PyUnicode_CheckExact(v):
         try:
             s = PyUnicode_AsUTF8AndSize(v, &n)
@@ -800,8 +817,7 @@ cdef inline int put_span(Buf* b, unsigned char kind, const char* d, int64_t off,
         put(b, PyBytes_AS_STRING(head), len(<bytes>head))
         put(b, d + off + 4, ln - 4)
     elif kind == K_BYTES:
-        put_binhdr(b, ln)
-        put(b, d + off, ln)
+        put_bin(b, d + off, ln)
     elif kind == K_STR:
         put_str(b, d + off, ln)
     elif kind == K_PACKED:
@@ -892,7 +908,7 @@ cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
             b.p[b.n] = 0x00
             b.n += 1
         else:
-            put_int(b, c.ver[i])
+            b.n += write_int(b.p + b.n, c.ver[i])   # (room reserved above)
     put_times(b, c.kinds, c.cre)
     put_times(b, c.kinds, c.upd)
     return 0
@@ -1280,15 +1296,17 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
                               Py_ssize_t* end_out):
     """The scroll list at ``data[pos:]`` as a :class:`vtpu.results.Scrolls`, or None when
     it is not in the canonical form read here (then the reference decodes it, or says
-    why it is malformed). Bin and str contents stay spans over ``data``
-    (``Scrolls.from_spans``); only other contents are decoded into objects, and stacked
-    contents (one ndarray) are given to ``Scrolls.from_columns``."""
+    why it is malformed). The result's columns are written as the bytes are read, in
+    one pass: bin and str contents stay spans over ``data`` (text checked as UTF-8),
+    other contents are decoded into objects, and stacked contents (one ndarray) are
+    given to ``Scrolls.from_columns``."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t end = len(data), n, cnt, i, kl, q, e, n_items
     cdef int k
     cdef double dbl
     cdef uint64_t x
     cdef unsigned char c
+    cdef bint bad_text = False
     if pos < 0 or pos >= end or p[pos] != 0x95:
         return None
     q = read_binhdr(p, pos + 1, end, &kl)
@@ -1316,34 +1334,35 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
         if pos < 0 or cnt != n:
             return None
         n_items = n
-    kinds = np.empty(n, dtype=np.uint8)
-    spans = np.empty((2, n), dtype=np.int64)
-    ver = np.empty(n, dtype=np.int64)
-    times = np.empty((2, n), dtype=np.float64)
-    cdef unsigned char[::1] kk = kinds
-    cdef int64_t[:, ::1] sp = spans
-    cdef int64_t[::1] vv = ver
-    cdef double[:, ::1] tt = times
     cdef list objects = []
+    cdef _CScrolls out = _new_scrolls(n, names, [], _ref.unpack_value)
+    cdef uint8_t* kinds = out.kinds
+    cdef int64_t* offs = out.offs
+    cdef int64_t* lens = out.lens
+    cdef int64_t* ver = out.ver
+    cdef double* times[2]
+    times[0], times[1] = out.ctime, out.utime
     for i in range(n_items):
         if pos >= end:
             return None
         c = p[pos]
-        sp[0, i] = sp[1, i] = 0
+        offs[i] = lens[i] = 0
         if c == 0xC0:
-            kk[i] = K_NONE
+            kinds[i] = K_NONE
             pos += 1
             continue
         e = read_binhdr(p, pos, end, &kl)
         if e >= 0:
-            kk[i] = K_BYTES
+            kinds[i] = K_BYTES
         else:
             e = read_strhdr(p, pos, end, &kl)
             if e >= 0:
-                kk[i] = K_STR   # checked as UTF-8 by from_spans (or below, if dead)
+                kinds[i] = K_STR
+                # (read_strhdr has checked the span is in the data)
+                bad_text = bad_text or not text_ascii(p + e, kl)
         if e >= 0:
-            sp[0, i] = e
-            sp[1, i] = kl
+            offs[i] = e
+            lens[i] = kl
             pos = e + kl
             continue
         e = skip(p, pos, end, 0)
@@ -1355,10 +1374,16 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
                 v = unpackb(PyBytes_FromStringAndSize(<const char*>p + pos, e - pos))
             except ProtocolError:
                 return None
-        kk[i] = K_OBJECT
-        sp[0, i] = len(objects)
+        kinds[i] = K_OBJECT
+        offs[i] = len(objects)
         objects.append(v)
         pos = e
+    if bad_text:
+        # Some text is not ASCII: each such span must be UTF-8 (what the reference
+        # refuses otherwise, even where nothing is stored).
+        for i in range(n_items):
+            if kinds[i] == K_STR and text_invalid(p + offs[i], lens[i]):
+                return None
     pos = read_arrhdr(p, pos, end, &cnt)
     if pos < 0 or cnt != n:
         return None
@@ -1366,18 +1391,17 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
         pos = read_uint(p, pos, end, &x)
         if pos < 0 or x > <uint64_t>INT64_MAX:
             return None
-        vv[i] = <int64_t>x
-        if x == 0 and stacked is None:
-            if kk[i] == K_STR and text_invalid(p + sp[0, i], sp[1, i]):
-                return None   # what the reference refuses, though nothing is stored
-            kk[i] = K_DEAD
+        ver[i] = <int64_t>x
+        if x == 0:
+            kinds[i] = K_DEAD
+            offs[i] = lens[i] = 0
     for k in range(2):
         pos = read_arrhdr(p, pos, end, &cnt)
         if pos < 0 or cnt != n:
             return None
         for i in range(n):
-            if vv[i] == 0:
-                tt[k, i] = 0.0
+            if ver[i] == 0:
+                times[k][i] = 0.0
                 pos = skip(p, pos, end, 0)  # an absent entry's time is not looked at
                 if pos < 0:
                     return None
@@ -1385,27 +1409,58 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
                 pos = read_double(p, pos, end, &dbl)
                 if pos < 0:
                     return None
-                tt[k, i] = dbl
+                times[k][i] = dbl
     end_out[0] = pos
     if stacked is not None:
-        return _Scrolls.from_columns(keys, stacked, ver, times[0], times[1], None, names)
-    try:
-        return _Scrolls.from_spans(keys, ver, times[0], times[1], kinds, spans[0], spans[1],
-                                   data, objects, None, names)
-    except InterfaceError:
-        return None   # text that is not UTF-8: the reference says so
+        return _Scrolls.from_columns(keys, stacked, _column_copy(ver, n),
+                                     _times_copy(out.ctime, n), _times_copy(out.utime, n),
+                                     None, names)
+    out._keys = keys
+    out._data = data
+    out._objs = objects
+    return out
+
+
+cdef object _column_copy(const int64_t* v, Py_ssize_t n):
+    """An int64 array copy of n values."""
+    a = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] w = a
+    if n:
+        memcpy(&w[0], v, n * sizeof(int64_t))
+    return a
+
+
+cdef object _times_copy(const double* t, Py_ssize_t n):
+    """A float64 array copy of n values."""
+    a = np.empty(n, dtype=np.float64)
+    cdef double[::1] w = a
+    if n:
+        memcpy(&w[0], t, n * sizeof(double))
+    return a
+
+
+cdef inline bint text_ascii(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Whether the n bytes at s are all ASCII (so UTF-8 text), eight at a time."""
+    cdef uint64_t acc = 0, w
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&w, s + i, 8)
+        acc |= w
+        i += 8
+    while i < n:
+        acc |= s[i]
+        i += 1
+    return (acc & 0x8080808080808080ULL) == 0
 
 
 cdef bint text_invalid(const unsigned char* s, Py_ssize_t n):
     """Whether the n bytes at s are not UTF-8 text."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        if s[i] >= 0x80:
-            try:
-                PyUnicode_DecodeUTF8(<const char*>s, n, "strict")
-            except UnicodeDecodeError:
-                return True
-            return False
+    if text_ascii(s, n):
+        return False
+    try:
+        PyUnicode_DecodeUTF8(<const char*>s, n, "strict")
+    except UnicodeDecodeError:
+        return True
     return False
 
 

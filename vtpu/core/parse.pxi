@@ -50,9 +50,11 @@ cdef inline bint _plain_coord(const char* s, Py_ssize_t n, uint16_t* out) noexce
     """Read ``a.b.c/d.e.f/g.h.i`` of nine decimal numbers and nothing else (no spaces,
     no ``;``, no names), each of one to five digits and at most MAX_NUMERIC, into
     ``out``: True if it is exactly that. Anything else is left to the tokenizer, which
-    also explains errors."""
+    also explains errors.
+
+    ``s[n]`` must be readable and neither a digit nor a separator: a str's data ends
+    with its NUL terminator. The reads stop there, so no step compares with the end."""
     cdef const unsigned char* p = <const unsigned char*>s
-    cdef const unsigned char* end = p + n
     cdef const unsigned char* start
     cdef unsigned int d, v
     cdef int comp
@@ -61,22 +63,20 @@ cdef inline bint _plain_coord(const char* s, Py_ssize_t n, uint16_t* out) noexce
     for comp in range(NDIM):
         start = p
         v = 0
-        while p < end:
-            d = p[0] - 48u
-            if d > 9u:
-                break
+        d = p[0] - 48u
+        while d <= 9u:
+            # A run of more than five digits may wrap v: the length test refuses it.
             v = v * 10u + d
             p += 1
-            if p - start > 5:
-                return False
-        if p == start or v > MAX_NUMERIC:
+            d = p[0] - 48u
+        if p == start or p - start > 5 or v > MAX_NUMERIC:
             return False
         out[comp] = <uint16_t>v
         if comp < NDIM - 1:
-            if p == end or p[0] != (47 if comp == 2 or comp == 5 else 46):  # '/' or '.'
+            if p[0] != (47 if comp == 2 or comp == 5 else 46):  # '/' or '.'
                 return False
             p += 1
-    return p == end
+    return p == <const unsigned char*>s + n
 
 
 cdef int _tokenize(const char* s, Py_ssize_t n, int mode, Tok* toks,
@@ -348,7 +348,8 @@ cdef int _parse_many(list items, uint16_t* rows, unsigned char* keys, object nam
         else:
             o = rows + i * NDIM
         # The common item: an ASCII str of nine numbers, read straight from its bytes.
-        # Anything else (spaces, names, an error to report) takes the full path.
+        # Anything else (spaces, names, an error to report) takes the full path. (A
+        # compact str's data ends with a NUL, the stop _plain_coord reads to.)
         if not (PyUnicode_CheckExact(s) and PyUnicode_IS_COMPACT_ASCII(s) and
                 _plain_coord(PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s), o)):
             try:

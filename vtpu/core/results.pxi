@@ -113,20 +113,7 @@ cdef class Scrolls:
     :meth:`from_spans` makes a Scrolls from them. A result is a snapshot: later writes
     to the store do not change it.
     """
-    cdef Py_ssize_t n
-    cdef void* block
-    cdef int64_t* ver
-    cdef double* ctime
-    cdef double* utime
-    cdef int64_t* offs
-    cdef int64_t* lens
-    cdef uint8_t* kinds
-    cdef bytes _keys
-    cdef bytes _data
-    cdef list _objs
-    cdef list _types
-    cdef object _unpackb
-    cdef object _names
+    # (Its fields are declared in core/results.pxd.)
 
     def __cinit__(self):
         self.block = NULL

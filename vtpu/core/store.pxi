@@ -1321,69 +1321,84 @@ cdef class ColumnStore:
         """Gather rows into a new Scrolls; ``keys``: the result's key blob, or None to
         pack the rows' keys (rows < 0 then get a zero key). With ``limit`` >= 0: None
         when the arena bytes plus ``per_row`` per found row pass it (see get_many)."""
-        cdef Py_ssize_t i, row, total = 0, found = 0, ahead
+        cdef Py_ssize_t i, row, total = 0, found = 0, ahead, nrows = self.n
         cdef uint8_t kind
-        cdef Row* r
+        # The store's columns through locals: the writes into the result below cannot
+        # alias them, which the compiler cannot know of fields reached through self.
+        cdef const Row* meta = self.meta
+        cdef const Row* r
+        cdef const char* arena = self.arena
         for i in range(n):
             row = rows[i]
-            if row >= self.n or row < -1:
-                raise IndexError(f"row {row} is not in the store ({self.n} rows)")
-            if i + PREFETCH_AHEAD < n:
-                ahead = rows[i + PREFETCH_AHEAD]
-                if 0 <= ahead < self.n:
-                    prefetch(&self.meta[ahead])
-                    prefetch(kc_at(&self.kc, ahead))
-            if row >= 0 and self.meta[row].kind != CK_DEAD:
-                found += 1
-                if _in_arena(self.meta[row].kind):
-                    total += self.meta[row].len
+            if row >= nrows or row < -1:
+                raise IndexError(f"row {row} is not in the store ({nrows} rows)")
+        with nogil:
+            for i in range(n):
+                if i + PREFETCH_AHEAD < n:
+                    ahead = rows[i + PREFETCH_AHEAD]
+                    if ahead >= 0:
+                        prefetch(&meta[ahead])
+                row = rows[i]
+                if row >= 0 and meta[row].kind != CK_DEAD:
+                    found += 1
+                    if _in_arena(meta[row].kind):
+                        total += meta[row].len
         if limit >= 0 and total + per_row * found > limit:
             return None
         cdef Scrolls out = _new_scrolls(n, self.names, self.array_types,
                                         self.unpackb)
         data = PyBytes_FromStringAndSize(NULL, total)
         cdef char* d = PyBytes_AS_STRING(data)
-        cdef unsigned char* kp
+        cdef unsigned char* kp = NULL
         if keys is None:
             keys = PyBytes_FromStringAndSize(NULL, n * KEY_BYTES)
             kp = <unsigned char*>PyBytes_AS_STRING(keys)
+        cdef list objs = []
+        cdef Py_ssize_t pos = 0, ln, nobj = 0
+        cdef int64_t* ver = out.ver
+        cdef double* ctime = out.ctime
+        cdef double* utime = out.utime
+        cdef int64_t* offs = out.offs
+        cdef int64_t* lens = out.lens
+        cdef uint8_t* kinds = out.kinds
+        with nogil:
             for i in range(n):
                 row = rows[i]
-                if row >= 0:
-                    _pack_row(kc_at(&self.kc, row), kp + i * KEY_BYTES)
+                if i + PREFETCH_AHEAD < n:
+                    ahead = rows[i + PREFETCH_AHEAD]
+                    if ahead >= 0 and _in_arena(meta[ahead].kind):
+                        prefetch(arena + meta[ahead].off)
+                if kp != NULL:
+                    if row >= 0:
+                        _pack_row(kc_at(&self.kc, row), kp + i * KEY_BYTES)
+                    else:
+                        memset(kp + i * KEY_BYTES, 0, KEY_BYTES)
+                kind = meta[row].kind if row >= 0 else CK_DEAD
+                kinds[i] = kind
+                if kind == CK_DEAD:
+                    ver[i] = 0
+                    ctime[i] = utime[i] = 0.0
+                    offs[i] = lens[i] = 0
+                    continue
+                r = &meta[row]
+                ver[i] = r.version
+                ctime[i] = r.created
+                utime[i] = r.updated
+                if _in_arena(kind):
+                    ln = r.len
+                    short_copy(d + pos, arena + r.off, ln)
+                    offs[i] = pos
+                    lens[i] = ln
+                    pos += ln
                 else:
-                    memset(kp + i * KEY_BYTES, 0, KEY_BYTES)
-        cdef list objs = []
-        cdef Py_ssize_t pos = 0, ln
-        for i in range(n):
-            row = rows[i]
-            if i + PREFETCH_AHEAD < n:
-                ahead = rows[i + PREFETCH_AHEAD]
-                if ahead >= 0 and _in_arena(self.meta[ahead].kind):
-                    prefetch(self.arena + self.meta[ahead].off)
-            kind = self.meta[row].kind if row >= 0 else CK_DEAD
-            out.kinds[i] = kind
-            if kind == CK_DEAD:
-                out.ver[i] = 0
-                out.ctime[i] = out.utime[i] = 0.0
-                out.offs[i] = out.lens[i] = 0
-                continue
-            r = &self.meta[row]
-            out.ver[i] = r.version
-            out.ctime[i] = r.created
-            out.utime[i] = r.updated
-            if _in_arena(kind):
-                ln = r.len
-                memcpy(d + pos, self.arena + r.off, ln)
-                out.offs[i] = pos
-                out.lens[i] = ln
-                pos += ln
-            elif kind == CK_OBJECT:
-                out.offs[i] = len(objs)
-                out.lens[i] = 0
-                objs.append(self.objs[r.off])
-            else:
-                out.offs[i] = out.lens[i] = 0
+                    # An object (its slot in objs, added below with the GIL) or None.
+                    offs[i] = nobj if kind == CK_OBJECT else 0
+                    nobj += kind == CK_OBJECT
+                    lens[i] = 0
+        if nobj:
+            for i in range(n):
+                if kinds[i] == CK_OBJECT:
+                    objs.append(self.objs[meta[rows[i]].off])
         out._keys = keys
         out._data = data
         out._objs = objs

@@ -1,0 +1,27 @@
+# The column result type (results.pxi): declared here so that the wire codec builds a
+# Scrolls straight from a reply's bytes, with no Python call per item.
+from libc.stdint cimport uint8_t, int64_t
+
+
+cdef class Scrolls:
+    cdef Py_ssize_t n
+    cdef void* block                    # one malloc'd block holding the six columns below
+    cdef int64_t* ver
+    cdef double* ctime
+    cdef double* utime
+    cdef int64_t* offs                  # a content's start in _data, or its index in _objs
+    cdef int64_t* lens                  # its bytes in _data
+    cdef uint8_t* kinds                 # CK_* per item
+    cdef bytes _keys                    # n*18 packed keys
+    cdef bytes _data                    # the bytes the spans point into
+    cdef list _objs                     # contents kept as Python objects
+    cdef list _types                    # (dtype, shape) per array type id
+    cdef object _unpackb                # decoder of CK_PACKED contents
+    cdef object _names                  # the name table of the keys
+
+    cdef object _item(self, Py_ssize_t i)
+    cdef Scrolls _subset(self, const int64_t* idx, Py_ssize_t m)
+    cdef _copy_rows(self, unsigned char[::1] flat, Py_ssize_t ln)
+
+
+cdef Scrolls _new_scrolls(Py_ssize_t n, object names, list types, object unpackb)
