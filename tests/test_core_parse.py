@@ -443,14 +443,19 @@ _ITEM = st.one_of(
     st.builds(lambda c: "{}.{}.{}/{}.{}.{}/{}.{}.{}".format(*c),
               st.lists(st.integers(0, 70000), min_size=9, max_size=9)),
     st.sampled_from(["1.2.3 / 4.5.6 ; 7.8.9", " 1.1.1/1.1.1/1.1.1", "x.1.1/1.1.1/1.1.1",
-                     "1.1.1/1.1.1/1.1", "1.1.1/1.1.1/1.1.é", "", "1..1/1.1.1/1.1.1"]),
+                     "1.1.1/1.1.1/1.1", "1.1.1/1.1.1/1.1.é", "", "1..1/1.1.1/1.1.1",
+                     # a NUL inside the text or after it (the reader stops at the str's
+                     # own NUL terminator), and the numeric limit from both sides
+                     "1.1.1/1.1.1/1.1.1\x00", "1.1.1/1\x00.1.1/1.1.1", "1.1.1/1.1.1/1.1.\x00",
+                     "61439.0.0/0.0.0/0.0.61439", "61440.0.0/0.0.0/0.0.0",
+                     "0.0.0/0.0.0/0.0.99999", "00001.0.0/0.0.0/0.0.000001"]),
     st.builds(_Text, st.just("3.3.3/3.3.3/3.3.3")),
     st.text(alphabet="0123456789./; xé", max_size=24),
     # Near the plain form: 8 to 10 numbers of 0 to 6 digits (leading zeros too), each
     # followed by any separator, so every check of the branch-free reader is reached.
     st.builds(lambda parts, seps: "".join(p + q for p, q in zip(parts, seps))[:-1],
               st.lists(st.text(alphabet="0123456789", max_size=6), min_size=8, max_size=10),
-              st.lists(st.sampled_from("././/./;:"), min_size=10, max_size=10)))
+              st.lists(st.sampled_from("././/./;:\x00"), min_size=10, max_size=10)))
 
 
 @settings(max_examples=300, deadline=None)

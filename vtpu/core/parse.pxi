@@ -44,39 +44,78 @@ cdef inline Py_ssize_t _number(const char* s, Py_ssize_t i, Py_ssize_t n,
     return i
 
 
+# The separator after each of the nine numbers of a plain coordinate; the last is the
+# str's NUL terminator.
+cdef const unsigned char* _SEPARATORS = <const unsigned char*>b"../../..\0"
+
+
+cdef inline const unsigned char* _plain_number(const unsigned char* p, unsigned char sep,
+                                                unsigned int* out) noexcept nogil:
+    """Read one to five digits at p, at most MAX_NUMERIC, followed by ``sep``: returns
+    the byte after ``sep`` (``out`` set), or NULL. Unrolled digit by digit: a coordinate's
+    numbers are short, and each step is one test with no loop to close."""
+    cdef unsigned int v = p[0] - 48u, d
+    if v > 9u:
+        return NULL
+    d = p[1] - 48u
+    if d > 9u:
+        p += 1
+    else:
+        v = v * 10u + d
+        d = p[2] - 48u
+        if d > 9u:
+            p += 2
+        else:
+            v = v * 10u + d
+            d = p[3] - 48u
+            if d > 9u:
+                p += 3
+            else:
+                v = v * 10u + d
+                d = p[4] - 48u
+                if d > 9u:
+                    p += 4
+                else:
+                    v = v * 10u + d
+                    if v > MAX_NUMERIC or p[5] - 48u <= 9u:
+                        return NULL     # over the limit, or a sixth digit
+                    p += 5
+    if p[0] != sep:
+        return NULL
+    out[0] = v
+    return p + 1
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef inline bint _plain_coord(const char* s, Py_ssize_t n, uint16_t* out) noexcept nogil:
+cdef inline bint _plain_coord(const char* s, Py_ssize_t n, uint16_t* out,
+                              unsigned char* key) noexcept nogil:
     """Read ``a.b.c/d.e.f/g.h.i`` of nine decimal numbers and nothing else (no spaces,
     no ``;``, no names), each of one to five digits and at most MAX_NUMERIC, into
-    ``out``: True if it is exactly that. Anything else is left to the tokenizer, which
-    also explains errors.
+    ``out`` (native uint16) and, when ``key`` is given, as the 18 packed bytes there
+    too: True if it is exactly that. Anything else is left to the tokenizer, which also
+    explains errors.
 
     ``s[n]`` must be readable and neither a digit nor a separator: a str's data ends
-    with its NUL terminator. The reads stop there, so no step compares with the end."""
+    with its NUL terminator. The reads stop there, so no step compares with the end
+    (the last number's separator is that NUL)."""
     cdef const unsigned char* p = <const unsigned char*>s
-    cdef const unsigned char* start
-    cdef unsigned int d, v
-    cdef int comp
-    # One number after the other, with the separator each one expects after it: a
-    # digit loop per number rather than a test of every character for every role.
-    for comp in range(NDIM):
-        start = p
-        v = 0
-        d = p[0] - 48u
-        while d <= 9u:
-            # A run of more than five digits may wrap v: the length test refuses it.
-            v = v * 10u + d
-            p += 1
-            d = p[0] - 48u
-        if p == start or p - start > 5 or v > MAX_NUMERIC:
+    cdef unsigned int v[NDIM]
+    cdef int j
+    # One number after the other, each with the separator it expects after it (one
+    # loop around one copy of the reader, which compilers inline whole).
+    for j in range(NDIM):
+        p = _plain_number(p, _SEPARATORS[j], &v[j])
+        if p == NULL:
             return False
-        out[comp] = <uint16_t>v
-        if comp < NDIM - 1:
-            if p[0] != (47 if comp == 2 or comp == 5 else 46):  # '/' or '.'
-                return False
-            p += 1
-    return p == <const unsigned char*>s + n
+    # The NUL read as the last separator must be the end, not a NUL inside the text.
+    if p != <const unsigned char*>s + n + 1:
+        return False
+    for j in range(NDIM):
+        out[j] = <uint16_t>v[j]
+    if key != NULL:
+        _pack_row(out, key)
+    return True
 
 
 cdef int _tokenize(const char* s, Py_ssize_t n, int mode, Tok* toks,
@@ -350,12 +389,14 @@ cdef int _parse_many(list items, uint16_t* rows, unsigned char* keys, object nam
         # The common item: an ASCII str of nine numbers, read straight from its bytes.
         # Anything else (spaces, names, an error to report) takes the full path. (A
         # compact str's data ends with a NUL, the stop _plain_coord reads to.)
-        if not (PyUnicode_CheckExact(s) and PyUnicode_IS_COMPACT_ASCII(s) and
-                _plain_coord(PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s), o)):
-            try:
-                _parse_coord_into(s, o, names, intern)
-            except CoordinateError as e:
-                raise CoordinateError(f"item {i}: {e}") from None
+        if PyUnicode_CheckExact(s) and PyUnicode_IS_COMPACT_ASCII(s) and \
+                _plain_coord(PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s), o,
+                             NULL if keys == NULL else keys + i * KEY_BYTES):
+            continue
+        try:
+            _parse_coord_into(s, o, names, intern)
+        except CoordinateError as e:
+            raise CoordinateError(f"item {i}: {e}") from None
         if keys != NULL:
             _pack_row(tmp, keys + i * KEY_BYTES)
     return 0
