@@ -73,8 +73,15 @@ cdef str _format_row(const uint16_t* c, object names):
     if not has_name:
         # Digits and separators only: an ASCII str filled in place (no decoding pass).
         out = PyUnicode_New(pos, 127)
-        memcpy(<char*>PyUnicode_DATA(out), buf, pos)   # (declared in parse.pxi)
+        short_copy(<char*>PyUnicode_DATA(out), buf, pos)   # (declared in parse.pxi)
         return out
+    return _format_named(c, names)
+
+
+cdef str _format_named(const uint16_t* c, object names):
+    # A coordinate with names: apart from _format_row, whose every call would otherwise
+    # make (and free) the scope of the generator below.
+    cdef int j
     parts = []
     for j in range(NDIM):
         parts.append(_name_text(names, c[j], j) if c[j] > MAX_NUMERIC else str(c[j]))
