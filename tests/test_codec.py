@@ -83,7 +83,7 @@ def test_wire_exports_every_codec_name_from_one_implementation():
 
 
 def test_wire_reexports_the_shared_names():
-    for name in ("OPS", "KEY_SIZE", "packb", "unpackb", "encode_error", "encode_push",
+    for name in ("OPS", "KEY_SIZE", "packb", "encode_error", "encode_push",
                  "parse_request", "parse_reply", "pack_coords", "check_key", "RequestError"):
         assert getattr(wire, name) is getattr(P, name)
 
@@ -676,6 +676,58 @@ def test_scroll_list_encoders_refuse_like_the_reference(codec):
     # a key that is not 18 bytes is encoded as given (the reference joins the keys)
     odd = [Scroll(b"short", "x", 1, 1.0, 1.0)]
     assert codec.encode_scrolls(odd) == P.packb(P.scrolls_to_wire(odd))
+
+
+# -- one msgpack value -----------------------------------------------------------------
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1)
+    | st.floats(allow_nan=False) | st.text(max_size=40) | st.binary(max_size=300)
+    | st.builds(lambda n: np.arange(n, dtype=np.int16), st.integers(0, 4)),
+    lambda inner: st.lists(inner, max_size=20)
+    | st.dictionaries(st.text(max_size=8) | st.integers(-5, 300), inner, max_size=6),
+    max_leaves=40)
+
+
+def _decoded(codec, data):
+    """What ``codec.unpackb`` gives for ``data``: ("ok", re-encoded value) or ("error",
+    message), comparable across the twins (arrays and NaNs included)."""
+    try:
+        return "ok", P.packb(codec.unpackb(data))
+    except E.ProtocolError as exc:
+        return "error", str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_VALUES)
+def test_unpackb_twins_agree_on_values(value):
+    raw = P.packb(value)
+    assert _decoded(_compiled(), raw) == _decoded(P, raw) == ("ok", raw)
+    for form in (bytearray(raw), memoryview(raw)):
+        assert _decoded(_compiled(), form) == ("ok", raw)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_VALUES, st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)),
+                         max_size=4), st.integers(-3, 3))
+def test_unpackb_twins_agree_on_damaged_bytes(value, flips, cut):
+    """Bytes changed, cut short or followed by more: the same value or the same error."""
+    raw = bytearray(P.packb(value))
+    for at, b in flips:
+        raw[at % len(raw)] = b
+    raw = bytes(raw[:len(raw) + cut] if cut < 0 else raw + b"\xc0" * cut)
+    assert _decoded(_compiled(), raw) == _decoded(P, raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"\xc1", b"\x92\x01", b"\x91" * 1100 + b"\xc0", b"\xa2\xc3\x28", b"\x81\x91\x01\x02",
+    b"\xdd\xff\xff\xff\xff", b"\xdf\x00\x01\x00\x00\x01", b"\xd4\x05\x00", b"\x01\x02",
+], ids=["empty", "reserved", "cut-array", "deep", "bad-utf8", "list-key", "huge-array",
+        "huge-map", "unknown-ext", "trailing"])
+def test_unpackb_twins_refuse_alike(raw):
+    got = _decoded(_compiled(), raw)
+    assert got[0] == "error" and got == _decoded(P, raw)
 
 
 # -- decoders --------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from vtpu.coords import Scroll
 from vtpu._core cimport (Scroll as _CScroll, _new_scroll_at, Scrolls as _CScrolls,
                          _new_scrolls, short_copy)
 from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
-from vtpu.protocol import Reply, packb, parse_request, refuse_big_batch, unpackb
+from vtpu.protocol import Reply, packb, parse_request, refuse_big_batch
 
 cdef extern from "Python.h":
     bint PyBytes_CheckExact(object o)
@@ -1241,6 +1241,135 @@ cdef inline Py_ssize_t read_double(const unsigned char* p, Py_ssize_t pos, Py_ss
         out[0] = f
         return pos + 5
     return -1
+
+
+# -- one msgpack value ------------------------------------------------------------------
+
+# What read_value cannot read: the reference then decodes the whole input (or says why
+# it is malformed), so both twins give the same values and the same errors.
+cdef object _ELSEWHERE = object()
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef object read_value(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t end, int depth):
+    """The msgpack value at ``pos[0]`` as the reference's ``unpackb`` decodes it (nil,
+    bools, numbers, str, bin, arrays as lists, maps as dicts), moving ``pos[0]`` past it;
+    ``_ELSEWHERE`` for anything else: an ext (arrays), a truncated or malformed value,
+    text that is not UTF-8, an unhashable map key, nesting deeper than 32."""
+    cdef Py_ssize_t q = pos[0], e, n, i, ln
+    cdef unsigned char c
+    if q >= end or depth > 32:
+        return _ELSEWHERE
+    c = p[q]
+    if c <= 0x7F:
+        pos[0] = q + 1
+        return <long>c
+    if c >= 0xE0:
+        pos[0] = q + 1
+        return <long>(<signed char>c)
+    if c == 0xC0:
+        pos[0] = q + 1
+        return None
+    if c == 0xC2 or c == 0xC3:
+        pos[0] = q + 1
+        return c == 0xC3
+    if 0xA0 <= c <= 0xBF or 0xD9 <= c <= 0xDB:
+        e = read_strhdr(p, q, end, &ln)
+        if e < 0:
+            return _ELSEWHERE
+        try:
+            v = PyUnicode_DecodeUTF8(<const char*>p + e, ln, "strict")
+        except UnicodeDecodeError:
+            return _ELSEWHERE
+        pos[0] = e + ln
+        return v
+    if 0xC4 <= c <= 0xC6:
+        e = read_binhdr(p, q, end, &ln)
+        if e < 0:
+            return _ELSEWHERE
+        pos[0] = e + ln
+        return PyBytes_FromStringAndSize(<const char*>p + e, ln)
+    if 0xCA <= c <= 0xD3:
+        # float32/64, uint8-64, int8-64: one byte of type, then 4, 8, 1, 2, 4, 8, ...
+        ln = 1 + (4, 8, 1, 2, 4, 8, 1, 2, 4, 8)[c - 0xCA]
+        if q + ln > end:
+            return _ELSEWHERE
+        v = _packed_scalar(p + q, ln)
+        if v is _NOT_SCALAR:
+            return _ELSEWHERE
+        pos[0] = q + ln
+        return v
+    if 0x90 <= c <= 0x9F or c == 0xDC or c == 0xDD:
+        e = read_arrhdr(p, q, end, &n)
+        if e < 0 or n > end - e:   # (each item takes a byte at least)
+            return _ELSEWHERE
+        pos[0] = e
+        out = PyList_New(n)
+        for i in range(n):
+            v = read_value(p, pos, end, depth + 1)
+            if v is _ELSEWHERE:
+                for i in range(i, n):
+                    Py_INCREF(None)
+                    PyList_SET_ITEM(out, i, None)
+                return _ELSEWHERE
+            Py_INCREF(v)
+            PyList_SET_ITEM(out, i, v)
+        return out
+    if 0x80 <= c <= 0x8F or c == 0xDE or c == 0xDF:
+        if c <= 0x8F:
+            n, e = c & 0x0F, q + 1
+        elif c == 0xDE and q + 3 <= end:
+            n, e = rd16(p + q + 1), q + 3
+        elif c == 0xDF and q + 5 <= end:
+            n, e = rd32(p + q + 1), q + 5
+        else:
+            return _ELSEWHERE
+        if n > (end - e) // 2:
+            return _ELSEWHERE
+        pos[0] = e
+        d = {}
+        for i in range(n):
+            k = read_value(p, pos, end, depth + 1)
+            if k is _ELSEWHERE:
+                return _ELSEWHERE
+            v = read_value(p, pos, end, depth + 1)
+            if v is _ELSEWHERE:
+                return _ELSEWHERE
+            try:
+                d[k] = v
+            except TypeError:   # an unhashable key: the reference says so
+                return _ELSEWHERE
+        return d
+    return _ELSEWHERE   # an ext, or the unused byte 0xC1
+
+
+def unpackb(data):
+    """Decode exactly one msgpack object with the vtpu extensions.
+
+    :param data: the encoded bytes (must hold exactly one object).
+    :returns: the decoded value (arrays as lists, str as str, bin as bytes).
+    :raises ProtocolError: on malformed input, trailing bytes or an unknown ext type.
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t pos = 0
+    if PyBytes_CheckExact(data):
+        v = read_value(<const unsigned char*>PyBytes_AS_STRING(data), &pos,
+                       PyBytes_GET_SIZE(data), 0)
+        if v is not _ELSEWHERE and pos == PyBytes_GET_SIZE(data):
+            return v
+        return _ref.unpackb(data)
+    try:
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    except TypeError:
+        return _ref.unpackb(data)   # not bytes-like: the reference's own error
+    try:
+        v = read_value(<const unsigned char*>view.buf, &pos, view.len, 0)
+        if v is not _ELSEWHERE and pos == view.len:
+            return v
+    finally:
+        PyBuffer_Release(&view)
+    return _ref.unpackb(data)
 
 
 cdef object read_content(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t end):

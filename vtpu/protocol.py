@@ -107,6 +107,7 @@ __all__ = [
 #: The codec functions that :mod:`vtpu._cprotocol` implements again, compiled, with the
 #: same semantics; :mod:`vtpu.wire` takes these from one or the other.
 CODEC_NAMES = (
+    "unpackb",
     "encode_request",
     "encode_get_requests",
     "encode_response",

@@ -62,7 +62,6 @@ from .protocol import (  # re-exported: see __all__
     unpack_pattern,
     unpack_patterns,
     unpack_value,
-    unpackb,
     wire_to_rows,
     wire_to_scrolls,
 )
@@ -114,7 +113,6 @@ __all__ = [
     "unpack_pattern",
     "unpack_patterns",
     "unpack_value",
-    "unpackb",
     "wire_to_rows",
     "wire_to_scrolls",
 ]
@@ -133,6 +131,7 @@ IMPLEMENTATION = "python" if _impl.__name__ == "vtpu.protocol" else "cython"
 # The names of protocol.CODEC_NAMES, from the implementation picked above.
 FrameDecoder = _impl.FrameDecoder
 ReplyBuffer = _impl.ReplyBuffer
+unpackb = _impl.unpackb
 encode_request = _impl.encode_request
 encode_get_requests = _impl.encode_get_requests
 encode_response = _impl.encode_response
