@@ -46,6 +46,11 @@ from vtpu.index import CoordIndex
 from vtpu.protocol import pack_value
 from vtpu.steps import Best, Steps, run
 
+# Bound once: the write path calls them on every CPUT.
+_time = time.time
+_has_name_ids = _core.has_name_ids
+_check_content_one = _core.check_content_one
+
 __all__ = ["Engine", "check_content", "check_count", "check_key", "check_blob", "check_contents",
            "check_metric", "check_direction", "check_patterns", "check_values", "check_deltas",
            "check_name_list", "check_text", "estimate_wire_size"]
@@ -665,28 +670,33 @@ class Engine:
             key = check_key(key)
         if if_version is not None:
             if_version = check_count(if_version, "if_version")
-        if _core.has_name_ids(key):   # (_check_names, without its frame on every write)
+        if _has_name_ids(key):   # (_check_names, without its frame on every write)
             self.names.check_ids(_core.unpack_many(key))
-        content = _core.check_content_one(content, check_content)
+        content = _check_content_one(content, check_content)
         m = self._map
-        st = self.storage
-        old = m.get(key) if st is not None else None   # kept for the undo log
         if if_version is not None:
             have = m.version(key)
             if have != if_version:
                 raise VersionConflict(
                     f"version conflict at {self._fmt(key)}: expected {if_version}, found {have}")
-        now = time.time()
-        if st is not None:
-            # Encoded and queued before memory changes: a refusal leaves nothing behind.
-            # (The store's write gives the same version and times.)
-            version, created = (1, now) if old is None else (old.version + 1, old.created_at)
-            st.put(key, pack_value(content), version, created, now)
-            self._undo.append((key, [old]))
+        st = self.storage
+        if st is None:
+            # In memory only: the store write, and the index for a new key.
+            version = m.put(key, content, _time())
+            if version == 1:
+                self._index.add(key)
+            return version
+        old = m.get(key)   # kept for the undo log
+        now = _time()
+        # Encoded and queued before memory changes: a refusal leaves nothing behind.
+        # (The store's write gives the same version and times.)
+        version, created = (1, now) if old is None else (old.version + 1, old.created_at)
+        st.put(key, pack_value(content), version, created, now)
+        self._undo.append((key, [old]))
         version = m.put(key, content, now)
         if version == 1:   # the key was not stored
             self._index.add(key)
-        if st is not None and self.autocommit:
+        if self.autocommit:
             self.commit()
         return version
 
