@@ -200,19 +200,20 @@ cdef inline int put_binhdr(Buf* b, Py_ssize_t n) except -1:
     b.n += write_binhdr(b.p + b.n, n)
     return 0
 
-cdef inline int put_str(Buf* b, const char* s, Py_ssize_t n) except -1:
+cdef inline int put_span_of(Buf* b, const char* s, Py_ssize_t n, bint text) except -1:
+    """Append the n bytes at s as a str (``text``) or a bin: header and bytes under one
+    reserve."""
     reserve(b, n + 5)
-    cdef Py_ssize_t h = write_strhdr(b.p + b.n, n)
+    cdef Py_ssize_t h = write_strhdr(b.p + b.n, n) if text else write_binhdr(b.p + b.n, n)
     short_copy(b.p + b.n + h, s, n)
     b.n += h + n
     return 0
 
+cdef inline int put_str(Buf* b, const char* s, Py_ssize_t n) except -1:
+    return put_span_of(b, s, n, True)
+
 cdef inline int put_bin(Buf* b, const char* s, Py_ssize_t n) except -1:
-    reserve(b, n + 5)
-    cdef Py_ssize_t h = write_binhdr(b.p + b.n, n)
-    short_copy(b.p + b.n + h, s, n)
-    b.n += h + n
-    return 0
+    return put_span_of(b, s, n, False)
 
 cdef int put_double(Buf* b, double d) except -1:
     reserve(b, 9)
@@ -1541,30 +1542,21 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
                 times[k][i] = dbl
     end_out[0] = pos
     if stacked is not None:
-        return _Scrolls.from_columns(keys, stacked, _column_copy(ver, n),
-                                     _times_copy(out.ctime, n), _times_copy(out.utime, n),
-                                     None, names)
+        return _Scrolls.from_columns(keys, stacked, _array_copy(ver, n, np.int64),
+                                     _array_copy(out.ctime, n, np.float64),
+                                     _array_copy(out.utime, n, np.float64), None, names)
     out._keys = keys
     out._data = data
     out._objs = objects
     return out
 
 
-cdef object _column_copy(const int64_t* v, Py_ssize_t n):
-    """An int64 array copy of n values."""
-    a = np.empty(n, dtype=np.int64)
-    cdef int64_t[::1] w = a
+cdef object _array_copy(const void* src, Py_ssize_t n, object dtype):
+    """A numpy array of n items of ``dtype`` (an 8-byte type), copied from ``src``."""
+    a = np.empty(n, dtype=dtype)
+    cdef unsigned char[::1] w = a.view(np.uint8)
     if n:
-        memcpy(&w[0], v, n * sizeof(int64_t))
-    return a
-
-
-cdef object _times_copy(const double* t, Py_ssize_t n):
-    """A float64 array copy of n values."""
-    a = np.empty(n, dtype=np.float64)
-    cdef double[::1] w = a
-    if n:
-        memcpy(&w[0], t, n * sizeof(double))
+        memcpy(&w[0], src, n * 8)
     return a
 
 
