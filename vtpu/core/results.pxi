@@ -6,6 +6,7 @@
 # ---------------------------------------------------------------------------------------
 
 cimport cython
+from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint32_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
@@ -342,8 +343,8 @@ cdef class Scrolls:
         if kind == CK_DEAD:
             return None
         content = _content_from(kind, PyBytes_AS_STRING(self._data), self.offs[i],
-                                self.lens[i], self._data, self._objs, self._types,
-                                self._unpackb)
+                                self.lens[i], <PyObject*>self._data, <PyObject*>self._objs,
+                                <PyObject*>self._types, <PyObject*>self._unpackb)
         return _new_scroll_at(<const unsigned char*>PyBytes_AS_STRING(self._keys)
                               + i * KEY_BYTES, content, self.ver[i], self.ctime[i],
                               self.utime[i], self._names)
@@ -651,8 +652,10 @@ cdef class Scrolls:
                 flat = out.reshape(-1).view(np.uint8)
                 self._copy_rows(flat, ln)
             return out
-        return [_content_from(self.kinds[i], base, self.offs[i], self.lens[i], self._data,
-                              self._objs, self._types, self._unpackb) for i in range(n)]
+        return [_content_from(self.kinds[i], base, self.offs[i], self.lens[i],
+                              <PyObject*>self._data, <PyObject*>self._objs,
+                              <PyObject*>self._types, <PyObject*>self._unpackb)
+                for i in range(n)]
 
     @cython.boundscheck(False)
     @cython.wraparound(False)

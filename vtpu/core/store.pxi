@@ -19,6 +19,7 @@
 # ---------------------------------------------------------------------------------------
 
 cimport cython
+from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp, memset
@@ -188,21 +189,27 @@ cdef object _array_from(const char* base, int64_t off, int64_t ln, object owner,
 
 
 cdef object _content_from(uint8_t kind, const char* base, int64_t off, int64_t ln,
-                          object owner, list objs, list types, object unpackb):
-    """Materialise one content held as (kind, off, ln) over ``base``/``objs``."""
+                          PyObject* owner, PyObject* objs, PyObject* types,
+                          PyObject* unpackb):
+    """Materialise one content held as (kind, off, ln) over ``base``/``objs``.
+
+    The objects come borrowed (the caller's result or store holds them, and nothing
+    here can replace them): a read of one content takes no reference it must give
+    back. ``owner`` is NULL when ``base`` is no bytes object's buffer."""
     if kind == CK_STR:
         return PyUnicode_DecodeUTF8(base + off, ln, NULL)
     if kind == CK_BYTES:
         return PyBytes_FromStringAndSize(base + off, ln)
     if kind == CK_OBJECT:
-        return objs[off]
+        return (<list>objs)[off]
     if kind == CK_ARRAY:
-        return _array_from(base, off, ln, owner, types)
+        return _array_from(base, off, ln, None if owner == NULL else <object>owner,
+                           <list>types)
     if kind == CK_PACKED:
         v = _packed_scalar(<const unsigned char*>base + off, ln)
         if v is not _NOT_SCALAR:
             return v
-        return unpackb(PyBytes_FromStringAndSize(base + off, ln))
+        return (<object>unpackb)(PyBytes_FromStringAndSize(base + off, ln))
     return None   # CK_NONE, CK_DEAD
 
 
@@ -615,8 +622,8 @@ cdef class ColumnStore:
 
     cdef inline object _content(self, Py_ssize_t row):
         cdef Row* r = &self.meta[row]
-        return _content_from(r.kind, self.arena, r.off, r.len, None, self.objs,
-                             self.array_types, self.unpackb)
+        return _content_from(r.kind, self.arena, r.off, r.len, NULL, <PyObject*>self.objs,
+                             <PyObject*>self.array_types, <PyObject*>self.unpackb)
 
     cdef Scroll _scroll(self, Py_ssize_t row, bytes key):
         content = self._content(row)
