@@ -25,8 +25,9 @@ EXTENSIONS = [
     ("vtpu._cprotocol", "vtpu/_cprotocol.pyx"),
     ("vtpu._cserver", "vtpu/_cserver.pyx"),
     ("vtpu._cclient", "vtpu/_cclient.pyx"),
+    ("vtpu._cengine", "vtpu/_cengine.pyx"),
 ]
-REQUIRED = {"vtpu._core", "vtpu._cserver", "vtpu._cclient"}
+REQUIRED = {"vtpu._core", "vtpu._cserver", "vtpu._cclient", "vtpu._cengine"}
 
 COMPILE_ARGS = ["-O0", "-g"] if DEBUG else ["-O3", "-g0"]
 LINK_ARGS = [] if DEBUG else ["-Wl,-S"]

@@ -37,6 +37,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from vtpu import _core, phext
+from vtpu._cengine import EngineCore
 from vtpu._version import __version__
 from vtpu.coords import (EVERYTHING, MAX_NAMES, NAME_BASE, NameTable, Scroll, UnknownName,
                          apply_delta_any, delta_in_range)
@@ -45,11 +46,6 @@ from vtpu.errors import (CoordinateError, InterfaceError, LimitError, NotFoundEr
 from vtpu.index import CoordIndex
 from vtpu.protocol import pack_value
 from vtpu.steps import Best, Steps, run
-
-# Bound once: the write path calls them on every CPUT.
-_time = time.time
-_has_name_ids = _core.has_name_ids
-_check_content_one = _core.check_content_one
 
 __all__ = ["Engine", "check_content", "check_count", "check_key", "check_blob", "check_contents",
            "check_metric", "check_direction", "check_patterns", "check_values", "check_deltas",
@@ -455,8 +451,11 @@ def _column_sizes(cols: Any, per_scroll: int) -> np.ndarray:
     return each
 
 
-class Engine:
+class Engine(EngineCore):
     """An in-memory, indexed coordinate store with optional durable storage.
+
+    Its write of one scroll, :meth:`put`, is compiled: the base class
+    :class:`vtpu._cengine.EngineCore` holds the fields it touches.
 
     :param storage: a :class:`vtpu.storage.Storage` (or None for memory only). Its rows
         and names are loaded at start-up and the indexes rebuilt from them.
@@ -657,48 +656,6 @@ class Engine:
         :raises InterfaceError: a malformed blob.
         """
         return self._map.content_lengths(check_blob(blob))
-
-    def put(self, key: bytes, content: Any, if_version: int | None = None) -> int:
-        """CPUT: write a scroll; returns its new version.
-
-        :param if_version: compare-and-set: write only if the stored version equals this
-            (0 means "only if absent").
-        :raises VersionConflict: the stored version differs from ``if_version``.
-        :raises InterfaceError: unstorable content or a malformed key.
-        """
-        if type(key) is not bytes or len(key) != 18:
-            key = check_key(key)
-        if if_version is not None:
-            if_version = check_count(if_version, "if_version")
-        if _has_name_ids(key):   # (_check_names, without its frame on every write)
-            self.names.check_ids(_core.unpack_many(key))
-        content = _check_content_one(content, check_content)
-        m = self._map
-        if if_version is not None:
-            have = m.version(key)
-            if have != if_version:
-                raise VersionConflict(
-                    f"version conflict at {self._fmt(key)}: expected {if_version}, found {have}")
-        st = self.storage
-        if st is None:
-            # In memory only: the store write, and the index for a new key.
-            version = m.put(key, content, _time())
-            if version == 1:
-                self._index.add(key)
-            return version
-        old = m.get(key)   # kept for the undo log
-        now = _time()
-        # Encoded and queued before memory changes: a refusal leaves nothing behind.
-        # (The store's write gives the same version and times.)
-        version, created = (1, now) if old is None else (old.version + 1, old.created_at)
-        st.put(key, pack_value(content), version, created, now)
-        self._undo.append((key, [old]))
-        version = m.put(key, content, now)
-        if version == 1:   # the key was not stored
-            self._index.add(key)
-        if self.autocommit:
-            self.commit()
-        return version
 
     def put_many(self, blob: bytes, contents: Any) -> list[int]:
         """Batched CPUT: ``contents[i]`` goes to the i-th key of the blob.
