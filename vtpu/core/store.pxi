@@ -318,14 +318,6 @@ cdef object _run_array(_Pages pages, Py_ssize_t m):
 
 # -- the store ---------------------------------------------------------------------------
 
-cdef object _find_scroll(object m, object key):
-    """The scroll at a key of an engine's key -> scroll map (a dict or a ColumnStore), or
-    None: what the wire fast paths look keys up in."""
-    if type(m) is ColumnStore:
-        return (<ColumnStore>m).get(key)
-    return (<dict>m).get(key)
-
-
 cdef class ColumnStore:
     """Scrolls as rows of C columns, found by packed key through an open-addressing hash.
 
