@@ -832,6 +832,25 @@ cdef inline int put_span(Buf* b, unsigned char kind, const char* d, int64_t off,
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+cdef int put_contents(Buf* b, _Cols c, dict heads) except -1:
+    """Append every content of ``c`` one after the other (what ``put_span`` writes for
+    each), the columns read through locals: no reference taken per item."""
+    cdef Py_ssize_t n = c.kinds.shape[0], i
+    if n == 0:
+        return 0
+    cdef const char* d = PyBytes_AS_STRING(c.data)
+    cdef const unsigned char* kinds = &c.kinds[0]
+    cdef const int64_t* offs = &c.offs[0]
+    cdef const int64_t* lens = &c.lens[0]
+    cdef list objs = c.objs
+    cdef list types = c.types
+    for i in range(n):
+        put_span(b, kinds[i], d, offs[i], lens[i], objs, types, heads)
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
     """Append the column-wise scroll list of a Scrolls from its columns ``cols``
     (``Scrolls.columns()``): the bytes of ``scrolls_to_wire(list(scrolls))``, with no
@@ -846,7 +865,6 @@ cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
     # arrays: every content may be a numpy array; in_arena: every one is held in the
     # arena (kind K_ARRAY), all of the type of the first, tid0.
     cdef bint arrays = n >= 2, in_arena = True, seen = False
-    cdef dict heads
     stacked = None
     # The contents go stacked exactly when the reference stacks them: at least two,
     # every one a numpy array of one dtype and of one shape with a dimension at least.
@@ -898,10 +916,8 @@ cdef int put_scroll_columns(Buf* b, object scrolls, object cols) except -1:
     elif form == 2:
         put_packed(b, stacked)
     else:
-        heads = {}
         put_arrhdr(b, n)
-        for i in range(n):
-            put_span(b, c.kinds[i], d, c.offs[i], c.lens[i], c.objs, c.types, heads)
+        put_contents(b, c, {})
     put_arrhdr(b, n)
     reserve(b, 9 * n)
     for i in range(n):
@@ -990,9 +1006,7 @@ def encode_response_contents(msgid, scrolls,
         return _ref.encode_response_contents(msgid, scrolls, max_frame_size)
     cols = scrolls.columns()
     cdef _Cols c = _Cols.of(cols)
-    cdef Py_ssize_t n = c.kinds.shape[0], i
-    cdef const char* d = PyBytes_AS_STRING(c.data)
-    cdef dict heads = {}
+    cdef Py_ssize_t n = c.kinds.shape[0]
     cdef Buf b
     buf_init(&b)
     try:
@@ -1002,8 +1016,7 @@ def encode_response_contents(msgid, scrolls,
         put_value(&b, msgid, INLINE_DEPTH)
         put1(&b, 0x00)
         put_arrhdr(&b, n)
-        for i in range(n):
-            put_span(&b, c.kinds[i], d, c.offs[i], c.lens[i], c.objs, c.types, heads)
+        put_contents(&b, c, {})
         frame_close(&b, 0, max_frame_size)
         return buf_bytes(&b)
     finally:
