@@ -40,7 +40,7 @@ from vtpu.coords import Scroll
 # The core's Scroll type and its builder: a decoded reply's Scroll is made in C (no
 # __init__ argument parsing, no Python int/float for its version and times).
 from vtpu._core cimport (Scroll as _CScroll, _new_scroll_at, Scrolls as _CScrolls,
-                         _new_scrolls, short_copy)
+                         _new_scrolls, _ascii, short_copy)
 from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
 from vtpu.protocol import Reply, packb, parse_request, refuse_big_batch
 
@@ -1387,42 +1387,22 @@ def unpackb(data):
 
 
 cdef object read_content(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t end):
-    """Decode the content at ``pos[0]`` (nil, bin and str in place, anything else with
-    ``unpackb``) and move ``pos[0]`` past it; ``pos[0]`` is -1 if it cannot be read
-    here (the caller then decodes the whole thing generically)."""
-    cdef Py_ssize_t q = pos[0], kl, e
-    cdef unsigned char c
-    if q >= end:
-        pos[0] = -1
-        return None
-    c = p[q]
-    if c == 0xC0:
-        pos[0] = q + 1
-        return None
-    e = read_binhdr(p, q, end, &kl)
-    if e >= 0:
-        pos[0] = e + kl
-        return PyBytes_FromStringAndSize(<const char*>p + e, kl)
-    e = read_strhdr(p, q, end, &kl)
-    if e >= 0:
-        try:
-            v = PyUnicode_DecodeUTF8(<const char*>p + e, kl, "strict")
-        except UnicodeDecodeError:
-            pos[0] = -1
-            return None
-        pos[0] = e + kl
+    """Decode the content at ``pos[0]`` (what :func:`read_value` reads in place, an array
+    content with ``unpackb``) and move ``pos[0]`` past it; ``pos[0]`` is -1 if it cannot
+    be read here (the caller then decodes the whole thing generically)."""
+    cdef Py_ssize_t q = pos[0], e
+    v = read_value(p, pos, end, 0)
+    if v is not _ELSEWHERE:
         return v
     e = skip(p, q, end, 0)
     if e < 0:
         pos[0] = -1
         return None
-    v = _packed_scalar(p + q, e - q)
-    if v is _NOT_SCALAR:
-        try:
-            v = unpackb(PyBytes_FromStringAndSize(<const char*>p + q, e - q))
-        except ProtocolError:
-            pos[0] = -1
-            return None
+    try:
+        v = unpackb(PyBytes_FromStringAndSize(<const char*>p + q, e - q))
+    except ProtocolError:
+        pos[0] = -1
+        return None
     pos[0] = e
     return v
 
@@ -1502,25 +1482,18 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
             if e >= 0:
                 kinds[i] = K_STR
                 # (read_strhdr has checked the span is in the data)
-                bad_text = bad_text or not text_ascii(p + e, kl)
+                bad_text = bad_text or not _ascii(p + e, kl)
         if e >= 0:
             offs[i] = e
             lens[i] = kl
             pos = e + kl
             continue
-        e = skip(p, pos, end, 0)
-        if e < 0:
+        v = read_content(p, &pos, end)
+        if pos < 0:
             return None
-        v = _packed_scalar(p + pos, e - pos)
-        if v is _NOT_SCALAR:
-            try:
-                v = unpackb(PyBytes_FromStringAndSize(<const char*>p + pos, e - pos))
-            except ProtocolError:
-                return None
         kinds[i] = K_OBJECT
         offs[i] = len(objects)
         objects.append(v)
-        pos = e
     if bad_text:
         # Some text is not ASCII: each such span must be UTF-8 (what the reference
         # refuses otherwise, even where nothing is stored).
@@ -1573,23 +1546,9 @@ cdef object _array_copy(const void* src, Py_ssize_t n, object dtype):
     return a
 
 
-cdef inline bint text_ascii(const unsigned char* s, Py_ssize_t n) noexcept nogil:
-    """Whether the n bytes at s are all ASCII (so UTF-8 text), eight at a time."""
-    cdef uint64_t acc = 0, w
-    cdef Py_ssize_t i = 0
-    while i + 8 <= n:
-        memcpy(&w, s + i, 8)
-        acc |= w
-        i += 8
-    while i < n:
-        acc |= s[i]
-        i += 1
-    return (acc & 0x8080808080808080ULL) == 0
-
-
 cdef bint text_invalid(const unsigned char* s, Py_ssize_t n):
     """Whether the n bytes at s are not UTF-8 text."""
-    if text_ascii(s, n):
+    if _ascii(s, n):
         return False
     try:
         PyUnicode_DecodeUTF8(<const char*>s, n, "strict")

@@ -1,6 +1,7 @@
 # The column result type (results.pxi): declared here so that the wire codec builds a
 # Scrolls straight from a reply's bytes, with no Python call per item.
-from libc.stdint cimport uint8_t, int64_t
+from libc.stdint cimport uint8_t, int64_t, uint64_t
+from libc.string cimport memcpy
 
 
 cdef class Scrolls:
@@ -25,3 +26,18 @@ cdef class Scrolls:
 
 
 cdef Scrolls _new_scrolls(Py_ssize_t n, object names, list types, object unpackb)
+
+
+cdef inline bint _ascii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Whether the n bytes at p are all ASCII (then they are UTF-8 text), eight at a
+    time: for the result's own checks and for the wire codec reading a reply's text."""
+    cdef uint64_t acc = 0, w
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        acc |= w
+        i += 8
+    while i < n:
+        acc |= p[i]
+        i += 1
+    return (acc & 0x8080808080808080ULL) == 0

@@ -737,15 +737,6 @@ def _scrolls_from_list(items, names):
     return Scrolls.from_scrolls(items, names)
 
 
-cdef inline bint _ascii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    """Whether the n bytes at p are all ASCII (then they are UTF-8 text)."""
-    cdef Py_ssize_t i
-    cdef unsigned char acc = 0
-    for i in range(n):
-        acc |= p[i]
-    return acc < 0x80
-
-
 cdef inline void* _array_ptr(object arr):
     """The data pointer of a C-contiguous numpy array with at least one element."""
     cdef unsigned char[::1] v = arr.view(np.uint8)
