@@ -78,13 +78,16 @@ cdef class SessionCore:
 
     # -- message ids ------------------------------------------------------------------------
 
-    def next_id(self):
-        """Take the next message id (1 .. 2**32-1, then 1 again)."""
+    cdef inline unsigned long long _next(self):
         cdef unsigned long long m = self.msgid + 1
         if m > _MAX_ID:
             m = 1
         self.msgid = m
         return m
+
+    def next_id(self):
+        """Take the next message id (1 .. 2**32-1, then 1 again)."""
+        return self._next()
 
     def _take_ids(self, unsigned long long n):
         # n consecutive ids; restart at 1 rather than wrap inside one write, so a reply's
@@ -105,7 +108,7 @@ cdef class SessionCore:
         :raises LimitError: the frame would exceed ``max_frame_size`` (nothing is sent).
         :raises InterfaceError: an argument msgpack cannot encode.
         """
-        m = self.next_id()
+        m = self._next()
         return m, _encode_request(m, op, args, self.max_frame_size)
 
     cpdef tuple encode_put(self, args):
@@ -113,15 +116,12 @@ cdef class SessionCore:
 
         :raises LimitError: the frame would exceed ``max_frame_size``.
         """
-        m = self.next_id()
+        m = self._next()
         return m, _encode_request(m, "PUT", args, self.max_frame_size)
 
     cpdef tuple encode_get(self, key):
         """Encode one GET of an 18-byte key: ``(msgid, frame)``."""
-        cdef unsigned long long m = self.msgid + 1
-        if m > _MAX_ID:
-            m = 1
-        self.msgid = m
+        m = self._next()
         return m, _encode_get_requests(m, key, self.max_frame_size)
 
     # -- replies: one call outside any exchange -----------------------------------------------
