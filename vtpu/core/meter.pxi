@@ -51,17 +51,32 @@ cdef class CallMeter:
         self.fn = fn
         self.resolve = resolve
 
-    cdef object _timed(self, arg):
-        # fn(arg), counted and timed: the one body of call() and read().
+    cdef object _timed(self, arg, bint write, content, if_version):
+        # fn(arg) (or, to write, fn(arg, content, if_version)), counted and timed: the
+        # one body of call(), read() and write().
         cdef double t0 = vtpu_clock()
         try:
-            r = self.fn(arg)
+            r = self.fn(arg, content, if_version) if write else self.fn(arg)
         except BaseException:
             self.errors += 1
             raise
         self.seconds += vtpu_clock() - t0
         self.calls += 1
         return r
+
+    cdef inline object _key(self, coord):
+        # The key fn is given for a coordinate (read's and write's one conversion): an
+        # 18-byte key as it is, a (9,) uint16 row packed, anything else by resolve (None
+        # when it names something that cannot be stored).
+        if type(coord) is bytes and PyBytes_GET_SIZE(coord) == KEY_BYTES:
+            return coord
+        key = _key_of(coord)
+        if key is None:
+            if self.resolve is None:
+                raise InterfaceError("this meter converts no coordinates: give "
+                                     "an 18-byte key")
+            key = self.resolve(coord)
+        return key
 
     # Methods rather than __call__: called with vectorcall, no argument tuple made.
     def call(self, arg):
@@ -70,7 +85,7 @@ cdef class CallMeter:
         :returns: what ``fn`` returns.
         :raises: what ``fn`` raises (counted as an error).
         """
-        return self._timed(arg)
+        return self._timed(arg, False, None, None)
 
     def write(self, coord, content, if_version=None):
         """``fn(key, content, if_version)`` of a coordinate, counted and timed: what
@@ -80,25 +95,7 @@ cdef class CallMeter:
         :returns: what ``fn`` returns.
         :raises: what ``resolve`` or ``fn`` raises (only ``fn``'s are counted as errors).
         """
-        cdef double t0
-        if type(coord) is bytes and PyBytes_GET_SIZE(coord) == KEY_BYTES:
-            key = coord
-        else:
-            key = _key_of(coord)
-            if key is None:
-                if self.resolve is None:
-                    raise InterfaceError("this meter converts no coordinates: give "
-                                         "an 18-byte key")
-                key = self.resolve(coord)
-        t0 = vtpu_clock()
-        try:
-            r = self.fn(key, content, if_version)
-        except BaseException:
-            self.errors += 1
-            raise
-        self.seconds += vtpu_clock() - t0
-        self.calls += 1
-        return r
+        return self._timed(self._key(coord), True, content, if_version)
 
     def read(self, coord):
         """``fn(key)`` of a coordinate, counted and timed: what ``Client.cget`` does, as
@@ -109,15 +106,8 @@ cdef class CallMeter:
             ``resolve`` says the coordinate cannot be stored.
         :raises: what ``resolve`` or ``fn`` raises.
         """
-        if type(coord) is bytes and PyBytes_GET_SIZE(coord) == KEY_BYTES:
-            return self._timed(coord)
-        key = _key_of(coord)
+        key = self._key(coord)
         if key is None:
-            if self.resolve is None:
-                raise InterfaceError("this meter converts no coordinates: give "
-                                     "an 18-byte key")
-            key = self.resolve(coord)
-            if key is None:
-                self.calls += 1
-                return None
-        return self._timed(key)
+            self.calls += 1
+            return None
+        return self._timed(key, False, None, None)
