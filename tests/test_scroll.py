@@ -126,6 +126,31 @@ def test_subclasses_build_and_read_as_scrolls():
     assert type(pickle.loads(pickle.dumps(t))) is Tagged
 
 
+def test_fields_read_the_same_by_any_name_object_and_subclasses_keep_theirs():
+    """Reads of content, coordinate and version answer alike whether the attribute name
+    is the interned one (``s.content``) or a str built at run time (``getattr``), and a
+    subclass that redefines one of them is read through its own definition."""
+    s = Scroll(KEY, ["a", 1], 3, 1.0, 2.0)
+    for field in ("content", "coordinate", "version", "created_at", "key"):
+        built = "".join(list(field))            # equal, but not the interned object
+        assert built is not field and getattr(s, built) == getattr(s, field)
+    assert [s[f] for f in s.keys()] == [s.coordinate, s.content, 3, 1.0, 2.0]
+    assert s.content == ["a", 1] and s.version == 3
+    assert s.coordinate == "1.2.3/4.5.6/7.8.9"
+
+    class Redefined(Scroll):
+        content = property(lambda self: "own content")
+        coordinate = property(lambda self: "own coordinate")
+        version = property(lambda self: -1)
+
+    r = Redefined(KEY, "stored", 3, 1.0, 2.0)
+    assert (r.content, r.coordinate, r.version) == ("own content", "own coordinate", -1)
+    with pytest.raises(AttributeError):
+        s.no_such_field
+    with pytest.raises(AttributeError):
+        s.content = "other"                     # still read-only
+
+
 def test_the_key_is_held_in_the_scroll_and_made_once():
     """A Scroll keeps its 18-byte key in itself: one made from a result's columns makes
     the bytes object when ``key`` is first read and keeps it; one made with a key object

@@ -40,7 +40,7 @@ from vtpu.coords import Scroll
 # The core's Scroll type and its builder: a decoded reply's Scroll is made in C (no
 # __init__ argument parsing, no Python int/float for its version and times).
 from vtpu._core cimport (Scroll as _CScroll, _new_scroll_at, Scrolls as _CScrolls,
-                         _new_scrolls, _ascii, short_copy)
+                         _new_scrolls, _ascii, _utf8_text, short_copy)
 from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
 from vtpu.protocol import Reply, packb, parse_request, refuse_big_batch
 
@@ -1293,7 +1293,7 @@ cdef object read_value(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t end, 
         if e < 0:
             return _ELSEWHERE
         try:
-            v = PyUnicode_DecodeUTF8(<const char*>p + e, ln, "strict")
+            v = _utf8_text(<const char*>p + e, ln)
         except UnicodeDecodeError:
             return _ELSEWHERE
         pos[0] = e + ln

@@ -2,6 +2,11 @@
 # Scrolls straight from a reply's bytes, with no Python call per item.
 from libc.stdint cimport uint8_t, int64_t, uint64_t
 from libc.string cimport memcpy
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+cdef extern from "Python.h":
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void* PyUnicode_1BYTE_DATA(object o)
 
 
 cdef class Scrolls:
@@ -41,3 +46,14 @@ cdef inline bint _ascii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
         acc |= p[i]
         i += 1
     return (acc & 0x8080808080808080ULL) == 0
+
+
+cdef inline object _utf8_text(const char* p, Py_ssize_t n):
+    """The str of the n UTF-8 bytes at p. ASCII (most stored text) is copied into a new
+    compact str, which skips the decoder's own scan and its second pass; anything else is
+    decoded (and refused with UnicodeDecodeError when it is not UTF-8)."""
+    if _ascii(<const unsigned char*>p, n):
+        out = PyUnicode_New(n, 127)
+        memcpy(PyUnicode_1BYTE_DATA(out), p, n)
+        return out
+    return PyUnicode_DecodeUTF8(p, n, NULL)

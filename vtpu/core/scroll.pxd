@@ -17,6 +17,8 @@ cdef class Scroll:
     cdef readonly double updated_at
     cdef readonly object names          # the NameTable its name ids refer to, or None
 
+    cdef str _coordinate(self)
+
 
 cdef inline void _set_key(Scroll s, bytes key) noexcept:
     """Give ``s`` the key object ``key``, held in the struct too when it is 18 bytes

@@ -8,11 +8,18 @@ cimport cython
 from libc.stdint cimport uint16_t
 from libc.string cimport memcmp
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.object cimport PyObject_GenericGetAttr
 
 import numpy as np
 
 # The mapping view's keys, in order (``dict(s)``, ``s['content']``).
 cdef tuple _SCROLL_FIELDS = ("coordinate", "content", "version", "created_at", "updated_at")
+
+# The interned names a caller's ``s.content`` / ``s.coordinate`` / ``s.version`` pass to
+# __getattribute__ (Cython interns these literals, as the compiler does a code's names).
+cdef str _A_CONTENT = "content"
+cdef str _A_COORDINATE = "coordinate"
+cdef str _A_VERSION = "version"
 
 
 cdef bint _content_equal(object a, object b) except -1:
@@ -56,6 +63,22 @@ cdef class Scroll:
         self.updated_at = updated_at
         self.names = names
 
+    def __getattribute__(self, name):
+        # A result is read field by field, one Scroll at a time, so these reads are the
+        # per-result cost. The interpreter cannot specialise reading a C type's getset
+        # descriptor (each costs a type lookup and two calls), so the three fields a
+        # reader reads are answered by the identity of the interned name; every other
+        # name, any name not interned, and every subclass (which may redefine a field)
+        # take the generic lookup.
+        if type(self) is Scroll:
+            if name is _A_CONTENT:
+                return self.content
+            if name is _A_COORDINATE:
+                return self._coordinate()
+            if name is _A_VERSION:
+                return self.version
+        return PyObject_GenericGetAttr(self, name)
+
     @property
     def key(self):
         """The 18-byte packed coordinate (bytes; made when first read, then kept)."""
@@ -67,6 +90,9 @@ cdef class Scroll:
     def coordinate(self):
         """The coordinate as text (names resolved through the table), formatted from the
         18 bytes in one core call."""
+        return self._coordinate()
+
+    cdef str _coordinate(self):
         cdef uint16_t c[NDIM]
         if self._inline:
             _unpack_row(self._k, c)

@@ -197,7 +197,7 @@ cdef object _content_from(uint8_t kind, const char* base, int64_t off, int64_t l
     here can replace them): a read of one content takes no reference it must give
     back. ``owner`` is NULL when ``base`` is no bytes object's buffer."""
     if kind == CK_STR:
-        return PyUnicode_DecodeUTF8(base + off, ln, NULL)
+        return _utf8_text(base + off, ln)
     if kind == CK_BYTES:
         return PyBytes_FromStringAndSize(base + off, ln)
     if kind == CK_OBJECT:
