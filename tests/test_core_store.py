@@ -564,3 +564,55 @@ def test_load_from_storage_rows(items, ordered):
     if rows:
         with pytest.raises(InterfaceError, match="empty"):
             loaded.load([])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(1700, 9000), st.booleans()), min_size=2, max_size=8))
+def test_large_results_made_and_freed_in_any_order_keep_their_own_columns(steps):
+    """A freed large result's column block is kept for the next one of about its size:
+    results of varying sizes, some kept and some dropped, each still reads exactly its
+    own rows while later ones are made."""
+    store = _core.ColumnStore()
+    n = 9000
+    keys = _core.pack_many(np.array([[1, 1, 1, 1, 1, 1, i // 1000 + 1, i % 1000, 1]
+                                     for i in range(n)], np.uint16))
+    store.put_many(keys, [f"c{i}" for i in range(n)], 1000.0)
+    kept = []
+    for m, keep in steps:
+        res = store.get_many(keys[:m * 18])
+        kept.append((m, res))
+        if not keep:
+            kept.pop()
+            del res
+        for km, r in kept:
+            assert len(r) == km and r.versions.tolist() == [1] * km
+            assert r.contents == [f"c{i}" for i in range(km)]
+
+
+def test_keep_heap_lets_a_process_reuse_freed_large_blocks():
+    """After keep_heap(), a process that makes and frees a few hundred KB again and
+    again has its pages kept (no page faults per round); without it glibc gives them
+    back and each round faults them in again."""
+    if not sys.platform.startswith("linux") or not os.path.exists("/proc/self/maps"):
+        pytest.skip("glibc's allocator on Linux")
+    import subprocess
+    code = (
+        "import resource, sys\n"
+        "from vtpu import _core\n"
+        "ok = _core.keep_heap() if sys.argv[1] == '1' else True\n"
+        "def churn():\n"   # a result's few large buffers: made together, freed together
+        "    bufs = [bytearray(size) for size in (700 << 10, 400 << 10, 300 << 10)]\n"
+        "    for b in bufs:\n"
+        "        b[::4096] = b'x' * len(b[::4096])\n"
+        "for _ in range(3): churn()\n"
+        "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(20): churn()\n"
+        "print(ok, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 20)\n")
+    got = {}
+    for arg in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", code, arg], capture_output=True,
+                             text=True, timeout=60, check=True).stdout.split()
+        got[arg] = (out[0] == "True", float(out[1]))
+    if not got["1"][0]:
+        pytest.skip("not glibc: keep_heap is a no-op")
+    assert got["1"][1] < 5 < got["0"][1]

@@ -51,6 +51,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from . import _core
 from . import wire as P
 from ._cserver import ConnectionLoop  # (with the per-read budgets: SLICE_UNITS...)
 from ._version import __version__
@@ -1705,6 +1706,7 @@ def serve(
             CHECKPOINT_SECONDS if checkpoint_interval is None else checkpoint_interval))
     engine = Engine(storage=storage, autocommit=False) if storage is not None else Engine()
     _one_blas_thread()
+    _core.keep_heap()   # this process is the server's: large requests reuse their pages
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()

@@ -12,6 +12,7 @@ cdef extern from "Python.h":
 cdef class Scrolls:
     cdef Py_ssize_t n
     cdef void* block                    # one malloc'd block holding the six columns below
+    cdef size_t block_size
     cdef int64_t* ver
     cdef double* ctime
     cdef double* utime

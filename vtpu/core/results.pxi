@@ -77,14 +77,52 @@ cdef object _column(object owner, void* ptr, Py_ssize_t n, Py_ssize_t itemsize,
     return memoryview(b)
 
 
+# The column block of the last large result freed, kept for the next of about its size.
+# A caller reading results of thousands of rows in a loop frees one and makes the next:
+# handed back to malloc, a block that large is given back to the system (or leaves the
+# heap's top big enough to be trimmed), and the next result faults every page of its
+# block in again, which costs more than filling it. One block, of at most
+# _SPARE_MAX bytes, is what this holds.
+cdef void* _spare = NULL
+cdef size_t _spare_size = 0
+cdef size_t _SPARE_MIN = 64 << 10
+cdef size_t _SPARE_MAX = 16 << 20
+
+
+cdef void* _take_block(size_t* size) noexcept:
+    """A block of at least ``size[0]`` bytes (size[0] becomes its capacity), or NULL."""
+    global _spare
+    cdef void* p
+    if _spare != NULL and size[0] <= _spare_size <= 2 * size[0]:
+        p = _spare
+        _spare = NULL
+        size[0] = _spare_size
+        return p
+    return malloc(size[0])
+
+
+cdef void _give_block(void* p, size_t size) noexcept:
+    """Free a block from _take_block, or keep it as the spare (the larger one is kept)."""
+    global _spare, _spare_size
+    if p == NULL:
+        return
+    if _SPARE_MIN <= size <= _SPARE_MAX and (_spare == NULL or size > _spare_size):
+        free(_spare)
+        _spare, _spare_size = p, size
+    else:
+        free(p)
+
+
 cdef Scrolls _new_scrolls(Py_ssize_t n, object names, list types, object unpackb):
     """An empty Scrolls with room for n rows (keys, data and objects still to be set)."""
     cdef Scrolls out = Scrolls.__new__(Scrolls)
     cdef Py_ssize_t m = n if n else 1
-    cdef char* block = <char*>malloc(m * (5 * sizeof(int64_t) + 1))
+    cdef size_t size = m * (5 * sizeof(int64_t) + 1)
+    cdef char* block = <char*>_take_block(&size)
     if block == NULL:
         raise MemoryError()
     out.block = block
+    out.block_size = size
     out.ver = <int64_t*>block
     out.ctime = <double*>(block + m * 8)
     out.utime = <double*>(block + m * 16)
@@ -125,7 +163,7 @@ cdef class Scrolls:
                         "from_columns, from_spans, concat)")
 
     def __dealloc__(self):
-        free(self.block)
+        _give_block(self.block, self.block_size)
 
     @staticmethod
     def from_scrolls(items, names=None):
