@@ -1225,6 +1225,66 @@ def test_reply_buffer_takes_get_replies_like_decode_get_replies(codec, filled):
     assert P.unpackb(rx.next_body())[1] == P.STATUS_ERROR and rx.buffered() == 0
 
 
+def _frame(body):
+    return struct.pack(">I", len(body)) + body
+
+
+_REPLY_FRAMES = st.one_of(
+    # A success reply (the id sometimes another), in the canonical form or not.
+    st.builds(lambda m, v: ("ok", m, _frame(P.packb([m, 0, v]))),
+              st.sampled_from([7, 8, 300, 70000]), _VALUES),
+    st.builds(lambda v: ("ok", 7, _frame(b"\x93\xcc\x07\xcc\x00" + P.packb(v))), _VALUES),
+    st.builds(lambda v: ("ok", 7, _frame(b"\x93\xd0\x07\x00" + P.packb(v))), _VALUES),
+    # An error, a push, a wrong shape, trailing or damaged bytes, a bad length.
+    st.just(("other", 7, P.encode_error(7, "CONFLICT", "no"))),
+    st.just(("other", 7, _frame(P.packb([0, "INVALIDATE", [b"k" * 18]])))),
+    st.builds(lambda v: ("other", 7, _frame(P.packb([7, 0, v]) + b"\x00")), _VALUES),
+    st.builds(lambda v: ("other", 7, _frame(P.packb([7, 0, v])[:-1])), _VALUES),
+    st.builds(lambda v: ("other", 7, _frame(P.packb([7, 1, v]))), _VALUES),
+    st.just(("other", 7, _frame(b"\x93\x07\x00\xc1"))),
+    st.just(("other", 7, b"\x00\x00\x00\x00")),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_REPLY_FRAMES, st.integers(0, 12))
+def test_reply_buffer_take_reply_agrees_across_twins(case, cut):
+    """take_reply gives what decoding the frame gives for the success reply to its id,
+    in either twin, for any encoding; any other frame (and an incomplete one) stays for
+    next_body, which then reads it as it would have."""
+    _kind, msgid, frame = case
+    for twin in (P, _compiled()):
+        rx = twin.ReplyBuffer(1 << 20)
+        rx.feed(frame[:max(0, len(frame) - cut)] if cut else frame)
+        got = rx.take_reply(msgid)
+        if cut:
+            assert got is None and rx.buffered() == len(frame) - min(cut, len(frame))
+            continue
+        try:
+            msg = P.unpackb(frame[4:]) if len(frame) > 4 else None
+        except E.ProtocolError:
+            msg = None
+        want_ok = (type(msg) is list and len(msg) == 3 and type(msg[0]) is int
+                   and msg[0] == msgid and type(msg[1]) is int and msg[1] == 0)
+        if want_ok:
+            assert got is not None and got[0] is True and rx.buffered() == 0
+            assert P.packb(got[1]) == P.packb(msg[2])
+        else:
+            assert got is None and rx.buffered() == len(frame)
+
+
+def test_reply_buffer_take_reply_leaves_other_replies_for_next_body(codec):
+    rx = codec.ReplyBuffer()
+    push = _frame(P.packb([0, "INVALIDATE", [b"k" * 18]]))
+    rx.feed(push + _frame(P.packb([9, 0, 5])) + P.encode_error(10, "CONFLICT", "no"))
+    assert rx.take_reply(9) is None                        # the push comes first
+    assert P.unpackb(rx.next_body())[1] == "INVALIDATE"
+    assert rx.take_reply(8) is None                        # not the reply to 8
+    assert rx.take_reply(9) == (True, 5)
+    assert rx.take_reply(10) is None and P.unpackb(rx.next_body())[1] == P.STATUS_ERROR
+    assert rx.buffered() == 0 and rx.take_reply(11) is None
+
+
 @pytest.mark.parametrize("use_fd", [False, True], ids=["socket", "fd"])
 def test_reply_buffer_send_recv_round_trips_on_a_socket(codec, use_fd):
     """send_recv sends the whole frame and reads once, through the socket object or

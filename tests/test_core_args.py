@@ -167,18 +167,26 @@ def test_check_contents_agrees_with_check_content(contents):
 
 @settings(max_examples=200, deadline=None)
 @given(_CONTENT)
-def test_check_content_one_agrees_with_check_content(content):
-    """One content: passed as it is, converted or refused exactly as check_content does."""
-    from vtpu.engine import check_content
+def test_a_single_put_stores_or_refuses_as_check_content_does(content):
+    """The engine's compiled put checks one content as the batch does: it stores what
+    check_content returns (same value, same type) or refuses it with the same error,
+    and a refused put stores nothing."""
+    from vtpu.engine import Engine, check_content
+    eng = Engine()
+    key = _core.pack(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9], np.uint16))
     try:
         want = check_content(content)
     except InterfaceError as e:
         with pytest.raises(InterfaceError) as info:
-            _core.check_content_one(content, check_content)
-        assert str(info.value) == str(e)
+            eng.put(key, content)
+        assert str(info.value) == str(e) and eng.get(key) is None
         return
-    got = _core.check_content_one(content, check_content)
-    assert got == want and type(got) is type(want)
+    assert eng.put(key, content) == 1
+    got = eng.get(key).content
+    if isinstance(want, np.ndarray):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    else:
+        assert got == want and type(got) is type(want)
 
 
 @settings(max_examples=200, deadline=None)

@@ -13,8 +13,16 @@ Like the server's loop and the client's single call it has no pure-Python twin: 
 the engine's own code, moved.
 """
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING
+from vtpu._core cimport _has_names, _storable_as_is
 
-import time
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    int CLOCK_REALTIME
 
 from vtpu import _core
 from vtpu.errors import VersionConflict
@@ -32,11 +40,15 @@ cdef object _engine_module():
     return _engine
 
 
-# Bound once: put calls them on every CPUT.
-cdef object _time = time.time
-cdef object _has_name_ids = _core.has_name_ids
+# Bound once: put calls it for a key with name ids.
 cdef object _unpack_many = _core.unpack_many
-cdef object _check_content_one = _core.check_content_one
+
+
+cdef inline double _now() noexcept nogil:
+    """Unix seconds, from the clock time.time() reads (without the Python call)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef class EngineCore:
@@ -65,9 +77,10 @@ cdef class EngineCore:
             key = e.check_key(key)
         if if_version is not None:
             if_version = e.check_count(if_version, "if_version")
-        if _has_name_ids(key):
+        if _has_names(<const unsigned char*>PyBytes_AS_STRING(key), 18):
             self.names.check_ids(_unpack_many(key))
-        content = _check_content_one(content, e.check_content)
+        if not _storable_as_is(content):
+            content = e.check_content(content)
         m = self._map
         if if_version is not None:
             have = m.version(key)
@@ -78,12 +91,12 @@ cdef class EngineCore:
         st = self.storage
         if st is None:
             # In memory only: the store write, and the index for a new key.
-            version = m.put(key, content, _time())
+            version = m.put(key, content, _now())
             if version == 1:
                 self._index.add(key)
             return version
         old = m.get(key)   # kept for the undo log
-        now = _time()
+        now = _now()
         # Encoded and queued before memory changes: a refusal leaves nothing behind.
         # (The store's write gives the same version and times.)
         if old is None:

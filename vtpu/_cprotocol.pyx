@@ -2202,6 +2202,44 @@ cdef class ReplyBuffer:
         self.start = s + 4 + n
         return self.view[s + 4:s + 4 + n]
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def take_reply(self, msgid):
+        """Take the next frame if it is the success reply to ``msgid`` (``[msgid, 0,
+        value]``, the whole body one msgpack object): ``(True, value)``. Anything else
+        (an error, a push, another reply, a frame not fully arrived, a malformed one) is
+        left where it is, for :meth:`next_body`, and None returned.
+        """
+        cdef Py_ssize_t s = self.start, avail = self.end - self.start, n, pos
+        cdef uint64_t mid = 0
+        cdef const unsigned char* p
+        if avail < 4:
+            return None
+        p = <const unsigned char*>PyByteArray_AS_STRING(self.buf) + s
+        n = rd32(p)
+        if n > self.max_frame_size or n == 0 or avail < 4 + n:
+            return None
+        # The canonical form every reply is written in: fixarray 3, the id as a uint,
+        # status 0, the value read by the compiled reader to the frame's end.
+        pos = read_uint(p, 5, 4 + n, &mid) if p[4] == 0x93 else -1
+        if pos > 0 and pos < 4 + n and p[pos] == 0 and type(msgid) is int \
+                and 0 <= msgid <= 0xFFFFFFFF and mid == <uint64_t>msgid:
+            pos += 1
+            v = read_value(p, &pos, 4 + n, 0)
+            if v is not _ELSEWHERE and pos == 4 + n:
+                self.start = s + 4 + n
+                return True, v
+        # Any other form: decoded whole and checked as the reference does.
+        try:
+            msg = unpackb(PyBytes_FromStringAndSize(<const char*>p + 4, n))
+        except ProtocolError:
+            return None
+        if (type(msg) is not list or len(msg) != 3 or type(msg[0]) is not int
+                or msg[0] != msgid or type(msg[1]) is not int or msg[1] != 0):
+            return None
+        self.start = s + 4 + n
+        return True, msg[2]
+
     def take_get_replies(self, msgid, Py_ssize_t count, names=None):
         """Take the run of GET success replies at the front, as
         :func:`decode_get_replies` reads them (at most ``count``, ids from ``msgid``).

@@ -1048,6 +1048,29 @@ class ReplyBuffer:
         self._start = start + 4 + n
         return self._view[start + 4:start + 4 + n]
 
+    def take_reply(self, msgid: int) -> tuple | None:
+        """Take the next frame if it is the success reply to ``msgid`` (``[msgid, 0,
+        value]``, the whole body one msgpack object): ``(True, value)``. Anything else
+        (an error, a push, another reply, a frame not fully arrived, a malformed one) is
+        left where it is, for :meth:`next_body`, and None returned.
+        """
+        start = self._start
+        avail = self._end - start
+        if avail < 4:
+            return None
+        (n,) = _LEN.unpack_from(self._buf, start)
+        if n > self.max_frame_size or n == 0 or avail < 4 + n:
+            return None
+        try:
+            msg = unpackb(bytes(self._view[start + 4:start + 4 + n]))
+        except ProtocolError:
+            return None
+        if (type(msg) is not list or len(msg) != 3 or type(msg[0]) is not int
+                or msg[0] != msgid or type(msg[1]) is not int or msg[1] != 0):
+            return None
+        self._start = start + 4 + n
+        return True, msg[2]
+
     def take_get_replies(self, msgid: int, count: int, names: Any = None) -> list:
         """Take the run of GET success replies at the front, as
         :func:`decode_get_replies` reads them (at most ``count``, ids from ``msgid``).

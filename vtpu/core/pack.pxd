@@ -42,3 +42,13 @@ cdef inline void _unpack_row(const unsigned char* b, uint16_t* c) noexcept nogil
     cdef int j
     for j in range(NDIM):
         c[j] = <uint16_t>((b[2 * j] << 8) | b[2 * j + 1])
+
+
+cdef inline bint _has_names(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Whether any component of the n bytes of packed keys at p is a name id (0xF000
+    and up: a high byte of 0xF0 or more)."""
+    cdef Py_ssize_t i
+    for i in range(0, n, 2):
+        if p[i] >= 0xF0:
+            return True
+    return False

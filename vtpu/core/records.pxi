@@ -32,9 +32,7 @@ from cpython.list cimport PyList_New, PyList_SET_ITEM
 from vtpu.errors import InterfaceError
 
 cdef extern from "Python.h":
-    bint PyUnicode_IS_ASCII(object o)
     Py_ssize_t PyBytes_GET_SIZE(object o)
-    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
 
 cdef enum:
     RECORD_HEAD = KEY_BYTES + 24
@@ -60,26 +58,6 @@ def check_contents(list contents, object check):
             contents[i] = check(c)
 
 
-cdef inline bint _storable_as_is(object c) except -1:
-    # bytes, float, bool, None, ASCII str, an int that fits int64: no Python call.
-    cdef int overflow = 0
-    t = type(c)
-    if t is bytes or t is float or t is bool or c is None:
-        return True
-    if t is str:
-        return PyUnicode_IS_ASCII(c)
-    if t is int:
-        PyLong_AsLongLongAndOverflow(c, &overflow)
-        return overflow == 0
-    return False
-
-
-def check_content_one(object content, object check):
-    """:func:`check_contents` for one content: it as it is when it passes as it is,
-    else ``check(content)`` (which returns the value to store or raises)."""
-    return content if _storable_as_is(content) else check(content)
-
-
 def has_name_ids(object blob):
     """Whether any component of N packed keys is a name id (0xF000 and up: a high byte
     of 0xF0 or more), in one C pass over the bytes.
@@ -89,7 +67,7 @@ def has_name_ids(object blob):
     """
     cdef const unsigned char* p
     cdef const unsigned char[::1] v
-    cdef Py_ssize_t i, n
+    cdef Py_ssize_t n
     if PyBytes_CheckExact(blob):
         # (The common case, a key or a request's blob: no buffer view to set up, which
         # would cost more than the scan of one key.)
@@ -101,10 +79,7 @@ def has_name_ids(object blob):
         if n == 0:
             return False
         p = &v[0]
-    for i in range(0, n, 2):
-        if p[i] >= 0xF0:
-            return True
-    return False
+    return _has_names(p, n)
 
 
 def get_scrolls(dict m, bytes blob):
