@@ -300,3 +300,33 @@ def test_scrolls_iterators_are_independent_and_hint_their_length():
     assert list(b) == items and list(a) == items[1:]
     assert a.__length_hint__() == 0 and next(a, "end") == "end" and next(a, "end") == "end"
     assert list(reversed(res)) == items[::-1]
+
+
+def test_scrolls_with_plain_contents_are_not_tracked_by_the_collector():
+    """A Scroll the store or the codec makes is off the cycle collector's lists when its
+    content holds no references (it cannot be in a cycle, like a tuple of such values);
+    one holding a list or an array stays tracked, so a cycle through it is collected."""
+    import gc
+
+    m = vtpu.connect("mem://")
+    plain = ["text", b"bytes", 7, 2.5, True, None]
+    keys = [_core.pack(np.array([1, 1, 1, 1, 1, 1, 1, 1, i + 1], np.uint16))
+            for i in range(len(plain) + 2)]
+    for k, c in zip(keys, plain):
+        m.cput(k, c)
+    m.cput(keys[-2], [1, [2, 3]])
+    m.cput(keys[-1], np.arange(3, dtype=np.int16))
+    got = m.cget_many(b"".join(keys))
+    assert [s.content for s in got[:len(plain)]] == plain
+    assert not any(gc.is_tracked(s) for s in got[:len(plain)])
+    assert gc.is_tracked(got[len(plain)]) and gc.is_tracked(got[len(plain) + 1])
+    assert not gc.is_tracked(m.cget(keys[0])) and gc.is_tracked(m.cget(keys[-2]))
+
+    from vtpu import wire
+    res, _ = wire.decode_scrolls(wire.encode_scrolls([m.cget(keys[-2])]))
+    s = res[0]
+    assert gc.is_tracked(s)
+    gc.collect()
+    s.content.append(s)          # a cycle through the content: still collected
+    del res, s
+    assert gc.collect() >= 2     # the scroll and its list

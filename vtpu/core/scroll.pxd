@@ -29,15 +29,28 @@ cdef inline void _set_key(Scroll s, bytes key) noexcept:
     s._kobj = key
 
 
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void* op)
+
+
 cdef inline Scroll _keyless_scroll(object content, int64_t version, double created,
                                    double updated, object names):
-    """A Scroll with every field but its key set (the builders below add it)."""
+    """A Scroll with every field but its key set (the builders below add it).
+
+    A Scroll is immutable, and one whose content holds no references (str, bytes, int,
+    float, bool, None) can be in no reference cycle: its key is bytes and its name table
+    refers to no scroll. Like a tuple of such values, it is taken off the collector's
+    lists, which thousands of scrolls of a result would otherwise lengthen at every
+    collection."""
     cdef Scroll s = Scroll.__new__(Scroll)
     s.content = content
     s.version = version
     s.created_at = created
     s.updated_at = updated
     s.names = names
+    t = type(content)
+    if t is str or t is bytes or t is int or t is float or t is bool or content is None:
+        PyObject_GC_UnTrack(<void*>s)
     return s
 
 
