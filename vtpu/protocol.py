@@ -1061,15 +1061,10 @@ class ReplyBuffer:
         (n,) = _LEN.unpack_from(self._buf, start)
         if n > self.max_frame_size or n == 0 or avail < 4 + n:
             return None
-        try:
-            msg = unpackb(bytes(self._view[start + 4:start + 4 + n]))
-        except ProtocolError:
-            return None
-        if (type(msg) is not list or len(msg) != 3 or type(msg[0]) is not int
-                or msg[0] != msgid or type(msg[1]) is not int or msg[1] != 0):
-            return None
-        self._start = start + 4 + n
-        return True, msg[2]
+        got = success_reply(bytes(self._view[start + 4:start + 4 + n]), msgid)
+        if got is not None:
+            self._start = start + 4 + n
+        return got
 
     def take_get_replies(self, msgid: int, count: int, names: Any = None) -> list:
         """Take the run of GET success replies at the front, as
@@ -1082,6 +1077,20 @@ class ReplyBuffer:
                                              count, names, self.max_frame_size)
         self._start = pos
         return got
+
+
+def success_reply(body: bytes, msgid: int) -> tuple | None:
+    """``(True, value)`` when ``body`` is the success reply to ``msgid`` (``[msgid, 0,
+    value]``, the whole body one msgpack object in any valid encoding), else None (an
+    error, a push, another reply, malformed bytes)."""
+    try:
+        msg = unpackb(body)
+    except ProtocolError:
+        return None
+    if (type(msg) is not list or len(msg) != 3 or type(msg[0]) is not int
+            or msg[0] != msgid or type(msg[1]) is not int or msg[1] != 0):
+        return None
+    return True, msg[2]
 
 
 def _plain_op(msg: Any) -> str | None:
