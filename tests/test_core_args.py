@@ -194,3 +194,13 @@ def test_a_single_put_stores_or_refuses_as_check_content_does(content):
 def test_has_name_ids_finds_any_component_from_0xF000(rows):
     blob = _core.pack_many(np.array(rows, dtype=np.uint16).reshape(-1, 9))
     assert _core.has_name_ids(blob) == any(v >= 0xF000 for r in rows for v in r)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.binary(min_size=17, max_size=19), st.text(max_size=18),
+                          st.builds(bytearray, st.binary(min_size=18, max_size=18)),
+                          st.none()), max_size=6))
+def test_all_keys_agrees_with_the_python_test(items):
+    """all_keys is the C form of "every item is a bytes object of 18 bytes"."""
+    want = all(type(k) is bytes and len(k) == 18 for k in items)
+    assert _core.all_keys(items) is want

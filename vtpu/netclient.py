@@ -47,6 +47,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from . import _core
 from . import errors as E
 from ._cclient import IDLE_CHECK_SECONDS, SingleCalls
 from .coords import NameTable
@@ -568,7 +569,9 @@ class Pipeline(ClientOps):
 
         :raises InterfaceError: a key that is not 18 bytes (nothing is queued).
         """
-        if not all(type(k) is bytes and len(k) == 18 for k in keys):
+        if type(keys) is not list:
+            keys = list(keys)
+        if not _core.all_keys(keys):
             keys = [as_key(k) for k in keys]
         self._queue.extend([("GET", [k], decode_scroll) for k in keys])
         return self
