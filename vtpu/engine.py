@@ -42,7 +42,7 @@ from vtpu._version import __version__
 from vtpu.coords import (EVERYTHING, MAX_NAMES, NAME_BASE, NameTable, Scroll, UnknownName,
                          apply_delta_any, delta_in_range)
 from vtpu.errors import (CoordinateError, InterfaceError, LimitError, NotFoundError,
-                         RequestTimeout, VersionConflict)
+                         RequestTimeout)
 from vtpu.index import CoordIndex
 from vtpu.protocol import pack_value
 from vtpu.steps import Best, Steps, run
