@@ -1242,6 +1242,10 @@ _REPLY_FRAMES = st.one_of(
     st.builds(lambda v: ("other", 7, _frame(P.packb([7, 0, v])[:-1])), _VALUES),
     st.builds(lambda v: ("other", 7, _frame(P.packb([7, 1, v]))), _VALUES),
     st.just(("other", 7, _frame(b"\x93\x07\x00\xc1"))),
+    # Another id or an error status, then damaged bytes: None, without decoding.
+    st.builds(lambda v: ("other", 7, _frame(P.packb([8, 0, v])[:-1])), _VALUES),
+    st.just(("other", 7, _frame(b"\x93\x07\x01\xc1"))),
+    st.just(("other", 7, _frame(b"\x93\x00\xaaINVALIDATE\xc1"))),
     st.just(("other", 7, b"\x00\x00\x00\x00")),
 )
 

@@ -2220,15 +2220,20 @@ cdef class ReplyBuffer:
         if n > self.max_frame_size or n == 0 or avail < 4 + n:
             return None
         # The canonical form every reply is written in: fixarray 3, the id as a uint,
-        # status 0, the value read by the compiled reader to the frame's end.
+        # status 0, then the value. A frame that starts as another reply or a push
+        # (another id) or an error (another positive fixint status) is left for
+        # next_body to decode once, whatever follows: the reference says None for it
+        # too, malformed or not.
         pos = read_uint(p, 5, 4 + n, &mid) if p[4] == 0x93 else -1
-        if pos > 0 and pos < 4 + n and p[pos] == 0 and type(msgid) is int \
-                and 0 <= msgid <= 0xFFFFFFFF and mid == <uint64_t>msgid:
-            pos += 1
-            v = read_value(p, &pos, 4 + n, 0)
-            if v is not _ELSEWHERE and pos == 4 + n:
-                self.start = s + 4 + n
-                return True, v
+        if pos > 0 and pos < 4 + n and type(msgid) is int and 0 <= msgid <= 0xFFFFFFFF:
+            if mid != <uint64_t>msgid or 0 < p[pos] <= 0x7F:
+                return None
+            if p[pos] == 0:
+                pos += 1
+                v = read_value(p, &pos, 4 + n, 0)
+                if v is not _ELSEWHERE and pos == 4 + n:
+                    self.start = s + 4 + n
+                    return True, v
         # Any other form: decoded whole and checked by the reference's own test.
         got = _ref.success_reply(PyBytes_FromStringAndSize(<const char*>p + 4, n), msgid)
         if got is not None:
