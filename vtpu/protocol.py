@@ -1080,17 +1080,17 @@ class ReplyBuffer:
 
 
 def success_reply(body: bytes, msgid: int) -> tuple | None:
-    """``(True, value)`` when ``body`` is the success reply to ``msgid`` (``[msgid, 0,
-    value]``, the whole body one msgpack object in any valid encoding), else None (an
-    error, a push, another reply, malformed bytes)."""
+    """``(True, value)`` when ``body`` is the success reply to ``msgid`` as
+    :func:`parse_reply` reads one (``[msgid, 0, value]``, the whole body one msgpack
+    object in any valid encoding), else None (an error, a push, another reply, malformed
+    bytes)."""
     try:
-        msg = unpackb(body)
+        r = parse_reply(unpackb(body))
     except ProtocolError:
         return None
-    if (type(msg) is not list or len(msg) != 3 or type(msg[0]) is not int
-            or msg[0] != msgid or type(msg[1]) is not int or msg[1] != 0):
+    if type(r) is not Reply or not r.ok or r.msgid != msgid:
         return None
-    return True, msg[2]
+    return True, r.value
 
 
 def _plain_op(msg: Any) -> str | None:
