@@ -623,15 +623,26 @@ def test_scrolls_from_spans_refuses_bad_columns():
     assert dead.created_at.tolist() == [0.0, 2.0]
 
 
-def test_compiled_decoder_keeps_bin_and_str_contents_as_spans():
+def test_compiled_decoder_keeps_bin_str_and_number_contents_as_spans():
     twin = _compiled()
-    raw = twin.encode_scrolls(_stored_scrolls([b"ab", "cé", None, 7], missing=(4,)))
+    numbers = [7, -3, 200, -200, 70_000, -70_000, 2**40, -2**40, 2**64 - 1, -2**63,
+               True, False, 1.5, -0.25]
+    contents = [b"ab", "cé", None] + numbers + [[1, 2]]
+    raw = twin.encode_scrolls(_stored_scrolls(contents, missing=(len(contents),)))
     got, end = twin.decode_scrolls(raw)
     cols = got.columns()
     assert end == len(raw) and cols.data is raw  # no copy of the contents
-    assert bytes(cols.kinds) == bytes([_core.KIND_BYTES, _core.KIND_STR, _core.KIND_NONE,
-                                       _core.KIND_OBJECT, _core.KIND_DEAD])
-    assert [None if s is None else s.content for s in got] == [b"ab", "cé", None, 7, None]
+    assert bytes(cols.kinds) == bytes([_core.KIND_BYTES, _core.KIND_STR, _core.KIND_NONE]
+                                      + [_core.KIND_PACKED] * len(numbers)
+                                      + [_core.KIND_OBJECT, _core.KIND_DEAD])
+    # each number's span is its own msgpack encoding, read back as msgpack reads it
+    for i, v in enumerate(numbers, start=3):
+        span = raw[cols.offsets[i]:cols.offsets[i] + cols.lengths[i]]
+        assert msgpack.unpackb(span) == v and type(msgpack.unpackb(span)) is type(v)
+    read = [None if s is None else s.content for s in got]
+    assert read == contents + [None]
+    assert [type(v) for v in read[3:-2]] == [type(v) for v in numbers]
+    assert got.contents == contents + [None]
 
 
 def test_scroll_fields_are_read_as_getattr_reads_them(codec):

@@ -1420,8 +1420,8 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
     """The scroll list at ``data[pos:]`` as a :class:`vtpu.results.Scrolls`, or None when
     it is not in the canonical form read here (then the reference decodes it, or says
     why it is malformed). The result's columns are written as the bytes are read, in
-    one pass: bin and str contents stay spans over ``data`` (text checked as UTF-8),
-    other contents are decoded into objects, and stacked contents (one ndarray) are
+    one pass: bin, str, number and bool contents stay spans over ``data`` (text
+    checked as UTF-8), other contents are decoded into objects, and stacked contents (one ndarray) are
     given to ``Scrolls.from_columns``."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t end = len(data), n, cnt, i, kl, q, e, n_items
@@ -1487,6 +1487,14 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
             offs[i] = e
             lens[i] = kl
             pos = e + kl
+            continue
+        e = _scalar_end(p, pos, end)
+        if e > 0:
+            # A number or bool stays a span too: made when it is read, as the store's.
+            kinds[i] = K_PACKED
+            offs[i] = pos
+            lens[i] = e - pos
+            pos = e
             continue
         v = read_content(p, &pos, end)
         if pos < 0:

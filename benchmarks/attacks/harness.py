@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from vtpu import protocol as P
+from vtpu.bench.common import steal_seconds
 
 LOOPBACK = "127.0.0.1"
 MiB = 1 << 20
@@ -84,19 +85,6 @@ def proc_status(pid: int) -> Dict[str, int]:
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return {}
     return out
-
-
-def steal_seconds() -> Optional[float]:
-    """CPU time the hypervisor took from this machine's CPUs so far, all CPUs together
-    (``/proc/stat`` steal; None where there is none to read). On a virtual machine a
-    burst of it stalls every process at once, the probe included: the report shows it
-    beside the probe's numbers so such a stall is not read as the server's."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-        return int(fields[8]) / _CLK_TCK if fields[0] == "cpu" and len(fields) > 8 else None
-    except (OSError, ValueError):
-        return None
 
 
 def proc_cpu(pid: int) -> Optional[float]:

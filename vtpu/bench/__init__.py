@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from . import cget, cput, crange, kg, memory, moe, nearest, sparse, startup, sync
 from . import peers as _peers
-from .common import DEFAULTS, log, vtpu_connect
+from .common import DEFAULTS, log, steal_seconds, vtpu_connect
 from .harness import Ctx, LocalServer, Peers
 from .report import Report, jsonable, machine_info, plot
 
@@ -101,6 +101,7 @@ def run(tests: Sequence[str] = TESTS, trials: Optional[int] = None,
         for name in tests:
             log(f"== {name}")
             t0 = time.monotonic()
+            steal0 = steal_seconds()
             try:
                 RUNNERS[name](ctx)
             except KeyboardInterrupt:
@@ -109,6 +110,14 @@ def run(tests: Sequence[str] = TESTS, trials: Optional[int] = None,
                 report.errors[name] = f"{type(exc).__name__}: {exc}"
                 log(f"  {name} FAILED: {type(exc).__name__}: {exc}")
             report.tests.setdefault(name, {})["wall_s"] = round(time.monotonic() - t0, 3)
+            steal = steal_seconds()
+            if steal is not None and steal0 is not None:
+                # A virtual machine's host may take CPU time from every process at once;
+                # shown per test so that a slow spell is not read as a result.
+                report.tests[name]["host_steal_s"] = round(steal - steal0, 3)
+                if steal - steal0 >= 0.05:
+                    report.skip(f"note {name}: the host took {steal - steal0:.2f} s of CPU "
+                                f"(steal) during this test; its rows may be slowed by it")
     finally:
         try:
             if ctx is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -297,6 +298,23 @@ def read_each(res) -> int:
         _ = (s.coordinate, s.content)
         n += 1
     return n
+
+
+def steal_seconds() -> Optional[float]:
+    """CPU time the hypervisor took from this machine's CPUs so far, all CPUs together
+    (``/proc/stat`` steal; None where there is none to read). On a virtual machine a
+    burst of it stalls every process at once, timed calls and peers alike: the report
+    shows it per test, so that such a stall is not read as a result.
+
+    :returns: seconds, or None.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[8]) / tick if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
 
 
 def rss_bytes(pid: int) -> Optional[int]:

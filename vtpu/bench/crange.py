@@ -13,7 +13,7 @@ from typing import Dict, List
 import numpy as np
 
 from .common import (PROTO, Progress, best_of, fmt_coords, in_batches, load_scrolls, log,
-                     median_time, read_columns, read_each)
+                     median_time, median_times, read_columns, read_each)
 from .harness import Ctx
 
 # Patterns over the data set (components 0-5 = the six decimal digits of the index,
@@ -302,7 +302,7 @@ def _read_rows(ctx: Ctx, arr: np.ndarray) -> None:
             count = len(ref_coords)
             np_s = best_of(lambda: numpy_read(arr, contents, pat), 3)
             scan_s = best_of(lambda: numpy_read(arr, contents, pat, fmt=False), 3)
-            reps = 10 if count <= 1000 else 5
+            reps = 21 if count <= 1000 else 7
             pd = {"shape": shape, "designed": want, "count": count, "numpy_read_s": np_s,
                   "numpy_scan_gather_s": scan_s, "backends": {}}
             log(f"  crange read {shape}: {pat} -> {count:,} results")
@@ -319,14 +319,17 @@ def _read_rows(ctx: Ctx, arr: np.ndarray) -> None:
                         f"numpy's {count}")
                 del res, got_coords, got_contents
                 # count: the query alone; list: the result made, only its len read
-                # (what the count rows above time); then every result read. Pinned, as
-                # every latency row: on two vCPUs a round trip between a client and a
-                # server on different CPUs waits ~0.1 ms for the idle one to wake.
+                # (what the count rows above time); then every result read. In
+                # alternating rounds, so that the differences (the per-result cost) are
+                # not a slow spell that hit one of them. Pinned, as every latency row:
+                # on two vCPUs a round trip between a client and a server on different
+                # CPUs waits ~0.1 ms for the idle one to wake.
                 with ctx.pinned() as pin:
-                    t_count = median_time(lambda: b.ccount(pat), reps)
-                    t_list = median_time(lambda: len(b.crange(pat)), reps)
-                    t_each = median_time(lambda: read_each(b.crange(pat)), reps)
-                    t_cols = median_time(lambda: read_columns(b.crange(pat)), reps)
+                    t = median_times({"count": lambda: b.ccount(pat),
+                                      "list": lambda: len(b.crange(pat)),
+                                      "each": lambda: read_each(b.crange(pat)),
+                                      "cols": lambda: read_columns(b.crange(pat))}, reps)
+                t_count, t_list, t_each, t_cols = t["count"], t["list"], t["each"], t["cols"]
                 pd["backends"][bname] = {"path": path, "correct": ok, "count_s": t_count,
                                          "list_s": t_list, "scroll_by_scroll_s": t_each,
                                          "columns_s": t_cols}

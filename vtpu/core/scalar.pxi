@@ -116,6 +116,28 @@ cdef Py_ssize_t _pack_scalar(object v, unsigned char* out) except -2:
 cdef object _NOT_SCALAR = object()
 
 
+cdef inline Py_ssize_t _scalar_end(const unsigned char* p, Py_ssize_t pos,
+                                   Py_ssize_t end) noexcept nogil:
+    """The end of the msgpack int, float or bool at ``p[pos]`` (one that
+    :func:`_packed_scalar` reads), or -1 for anything else or one cut short by ``end``:
+    a decoder can keep such a span as it is and make its number when it is read."""
+    cdef unsigned char c = p[pos]
+    cdef Py_ssize_t n
+    if c <= 0x7F or c >= 0xE0 or c == 0xC2 or c == 0xC3:
+        n = 1
+    elif c == 0xCC or c == 0xD0:
+        n = 2
+    elif c == 0xCD or c == 0xD1:
+        n = 3
+    elif c == 0xCE or c == 0xD2 or c == 0xCA:
+        n = 5
+    elif c == 0xCF or c == 0xD3 or c == 0xCB:
+        n = 9
+    else:
+        return -1
+    return pos + n if pos + n <= end else -1
+
+
 cdef object _packed_scalar(const unsigned char* b, Py_ssize_t n):
     """The value of a msgpack encoding that is exactly one int, float or bool, as
     msgpack's unpackb gives it (no Python call per number: a column of numbers reads
