@@ -194,7 +194,11 @@ def test_match_rows_equals_brute_force(arr, p, data):
 def test_bitmap_and_rows_equals_brute_force(nbits, data):
     nw = (nbits + 63) // 64
     nmaps = data.draw(st.integers(1, 4))
-    maps = [np.array(data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=nw, max_size=nw)),
+    # zero words too: whole blocks of four that one bitmap already empties, as a sparse
+    # answer's do, and single bits at either end of a word
+    words = st.one_of(st.just(0), st.integers(0, 2**64 - 1),
+                      st.sampled_from([1, 1 << 63, 2**64 - 1]))
+    maps = [np.array(data.draw(st.lists(words, min_size=nw, max_size=nw)),
                      dtype=np.uint64) for _ in range(nmaps)]
     got = _core.bitmap_and_rows(maps, nbits)
     want = [i for i in range(nbits)
