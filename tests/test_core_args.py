@@ -204,3 +204,18 @@ def test_all_keys_agrees_with_the_python_test(items):
     """all_keys is the C form of "every item is a bytes object of 18 bytes"."""
     want = all(type(k) is bytes and len(k) == 18 for k in items)
     assert _core.all_keys(items) is want
+
+
+class _Failure(ValueError):
+    """A subclass of an exception: its instances are failed calls' results too."""
+
+
+@given(st.lists(st.one_of(st.integers(), st.none(), st.text(max_size=3),
+                          st.sampled_from([ValueError, KeyboardInterrupt, BaseException]),
+                          st.builds(ValueError, st.text(max_size=3)),
+                          st.builds(_Failure), st.builds(KeyboardInterrupt)), max_size=8))
+def test_first_error_agrees_with_the_python_scan(items):
+    """first_error is the C form of "the first item that is an exception object"; an
+    exception class is a value like any other."""
+    want = next((i for i, r in enumerate(items) if isinstance(r, BaseException)), -1)
+    assert _core.first_error(items) == want

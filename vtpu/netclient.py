@@ -55,6 +55,7 @@ from .retry import ExponentialWithJitterBackoff, Retry
 from .session import (
     ClientOps,
     Exchange,
+    GetRun,
     Session,
     as_key,
     codec,
@@ -534,15 +535,22 @@ class Pipeline(ClientOps):
         self.batch = batch
         self.raise_on_error = raise_on_error
         self._queue: list[tuple[str, list, Any]] = []
+        # The keys of the GETs queued while nothing else is (then ``_queue`` is empty):
+        # sent as one GetRun, no entry made per call.
+        self._keys: list = []
         self._gets_only = True
         self._idempotent = True
         self.results: list | None = None
         self._timeout: float | None = None
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._keys)
 
     def _submit(self, op: str, args: list, decode: Any, timeout: float | None) -> "Pipeline":
+        if self._keys:
+            # The GETs queued so far come first, as entries like this call's.
+            self._queue.extend(GetRun(self._keys))
+            self._keys = []
         if timeout is not None:
             self._timeout = timeout if self._timeout is None else max(self._timeout, timeout)
         if op != "GET":
@@ -561,7 +569,10 @@ class Pipeline(ClientOps):
             key = as_key(key)
         if timeout is not None:
             self._timeout = timeout if self._timeout is None else max(self._timeout, timeout)
-        self._queue.append(("GET", [key], decode_scroll))
+        if self._queue:
+            self._queue.append(("GET", [key], decode_scroll))
+        else:
+            self._keys.append(key)
         return self
 
     def get_each(self, keys: list) -> "Pipeline":
@@ -573,7 +584,10 @@ class Pipeline(ClientOps):
             keys = list(keys)
         if not _core.all_keys(keys):
             keys = [as_key(k) for k in keys]
-        self._queue.extend([("GET", [k], decode_scroll) for k in keys])
+        if self._queue:
+            self._queue.extend(GetRun(keys))
+        else:
+            self._keys.extend(keys)
         return self
 
     def __enter__(self) -> "Pipeline":
@@ -593,6 +607,8 @@ class Pipeline(ClientOps):
             pipeline is retried automatically).
         """
         queue, self._queue = self._queue, []
+        if self._keys:   # (then nothing else is queued)
+            queue, self._keys = GetRun(self._keys), []
         gets_only, self._gets_only = self._gets_only, True
         is_idem, self._idempotent = self._idempotent, True
         if not queue:

@@ -800,3 +800,24 @@ cdef class _ScrollsIter:
 
     def __length_hint__(self):
         return 0 if self.src is None else self.src.n - self.i
+
+
+# -- call results ----------------------------------------------------------------------
+
+cdef extern from "Python.h":
+    bint PyExceptionInstance_Check(object o)
+
+
+def first_error(list results):
+    """The position of the first exception object in a list of call results (a
+    pipeline's, where a failed call's slot holds its exception), or -1: one C pass, a
+    type flag test per item.
+
+    :param results: a list.
+    :returns: int.
+    """
+    cdef Py_ssize_t i
+    for i in range(len(results)):
+        if PyExceptionInstance_Check(results[i]):
+            return i
+    return -1

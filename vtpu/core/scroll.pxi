@@ -33,7 +33,7 @@ cdef bint _content_equal(object a, object b) except -1:
 
 # The signature in the docstring's clinic form, so that inspect.signature(Scroll) and
 # help() show the constructor's parameters (a C type has no Python __init__ signature).
-@cython.freelist(64)
+@cython.freelist(1024)
 @cython.embedsignature(False)
 cdef class Scroll:
     """Scroll(key, content, version, created_at, updated_at, names=None)
