@@ -216,7 +216,7 @@ def pipelined(ctx: Ctx, op: str) -> None:
     timed in alternating rounds."""
     rep, c, sz = ctx.report, ctx.client, ctx.sizes
     n = sz["pipeline"]
-    reps = 9
+    reps = 25   # (a round takes a few ms: see batched)
     arr = kv_coords(n)
     c.cput_many(arr, [VALUE] * n)
     rows = [arr[i] for i in range(n)]

@@ -58,24 +58,36 @@ cdef str _name_text(object names, uint16_t v, int comp):
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef str _format_row(const uint16_t* c, object names):
-    cdef char buf[128]
-    cdef Py_ssize_t pos = 0
-    cdef int j
-    cdef bint has_name = False
-    for j in range(NDIM):
-        if c[j] > MAX_NUMERIC:
-            has_name = True
-            break
-        pos = _put_uint(buf, pos, c[j])
-        if j < NDIM - 1:
-            buf[pos] = b'/' if (j == 2 or j == 5) else b'.'
-            pos += 1
-    if not has_name:
-        # Digits and separators only: an ASCII str filled in place (no decoding pass).
-        out = PyUnicode_New(pos, 127)
-        short_copy(<char*>PyUnicode_DATA(out), buf, pos)   # (declared in parse.pxi)
-        return out
-    return _format_named(c, names)
+    cdef char buf[64]
+    cdef Py_ssize_t pos
+    # A name id is above MAX_NUMERIC: adding k carries it, and only it, past 0xFFFF
+    # into bit 16, so one test covers the nine components.
+    cdef uint32_t k = 0xFFFF - MAX_NUMERIC
+    if ((c[0] + k) | (c[1] + k) | (c[2] + k) | (c[3] + k) | (c[4] + k) | (c[5] + k)
+            | (c[6] + k) | (c[7] + k) | (c[8] + k)) & 0x10000:
+        return _format_named(c, names)
+    # Digits and separators, written straight (no loop nor separator choice per part).
+    pos = _put_uint(buf, 0, c[0])
+    buf[pos] = b'.'
+    pos = _put_uint(buf, pos + 1, c[1])
+    buf[pos] = b'.'
+    pos = _put_uint(buf, pos + 1, c[2])
+    buf[pos] = b'/'
+    pos = _put_uint(buf, pos + 1, c[3])
+    buf[pos] = b'.'
+    pos = _put_uint(buf, pos + 1, c[4])
+    buf[pos] = b'.'
+    pos = _put_uint(buf, pos + 1, c[5])
+    buf[pos] = b'/'
+    pos = _put_uint(buf, pos + 1, c[6])
+    buf[pos] = b'.'
+    pos = _put_uint(buf, pos + 1, c[7])
+    buf[pos] = b'.'
+    pos = _put_uint(buf, pos + 1, c[8])
+    # An ASCII str filled in place (no decoding pass).
+    out = PyUnicode_New(pos, 127)
+    short_copy(<char*>PyUnicode_DATA(out), buf, pos)   # (declared in parse.pxi)
+    return out
 
 
 cdef str _format_named(const uint16_t* c, object names):
