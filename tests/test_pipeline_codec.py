@@ -237,3 +237,46 @@ def test_facade_pipeline_cget_forms(server):
     finally:
         c.close()
         m.close()
+
+
+@pytest.mark.integration
+def test_get_runs_keep_their_place_among_other_calls(remote):
+    """GETs queued before any other call travel as one run of keys; the ones after a
+    PUT as entries: either way each result is in its call's place."""
+    ks = keys_of(6)
+    remote.put_many(b"".join(ks[:3]), ["a", "b", "c"])
+    p = remote.pipeline()
+    p.get_each(ks[:2])
+    p.get(ks[2])
+    assert len(p) == 3
+    p.put(ks[3], "d")
+    p.get_each([ks[3], ks[4]])
+    p.get(ks[0])
+    assert len(p) == 7
+    res = p.execute()
+    assert [r.content if isinstance(r, vtpu.Scroll) else r for r in res] == \
+        ["a", "b", "c", 1, "d", None, "a"]
+    assert len(p) == 0
+    # the pipeline is empty again: a second run alone
+    p.get_each(ks[:3])
+    assert [r.content for r in p.execute()] == ["a", "b", "c"]
+
+
+@pytest.mark.integration
+def test_a_run_of_gets_is_retried_on_a_restarted_server():
+    eng = Engine()
+    st = ServerThread(eng).start()
+    port = st.port
+    r = RemoteEngine(port=port, retry_backoff=0.01, timeout=20)
+    ks = keys_of(50)
+    r.put_many(b"".join(ks), [f"v{i}" for i in range(50)])
+    st.stop()
+    st = ServerThread(eng, port=port).start()
+    try:
+        p = r.pipeline()
+        p.get_each(ks)
+        # the stale socket fails the first attempt; GETs alone are idempotent: re-sent
+        assert [s.content for s in p.execute()] == [f"v{i}" for i in range(50)]
+    finally:
+        r.close()
+        st.stop()
