@@ -112,16 +112,23 @@ class Hits(NamedTuple):
         return out
 
 
-def _selective_bitmaps(posts: dict, p: np.ndarray, n: int) -> list:
-    """The bitmaps the bitmap path ANDs: one for each component the pattern fixes to a
-    value dense enough to have one, but not held by every row (that one selects
-    nothing and is not read)."""
+def _selective_bitmaps(posts: dict, lo: list, hi: list, n: int) -> list:
+    """The bitmaps the bitmap path ANDs: one for each component the pattern (bounds
+    ``lo``/``hi``, nine ints each) fixes to a value dense enough to have one, but not
+    held by every row (that one selects nothing and is not read)."""
     out = []
     for j, post in posts.items():
-        v = int(p[0, j])
-        if p[1, j] == v and v in post.bitmaps and post.size(v, v) < n:
+        v = lo[j]
+        if hi[j] == v and v in post.bitmaps and post.size(v, v) < n:
             out.append(post.bitmaps[v])
     return out
+
+
+def _bounds(p: np.ndarray) -> tuple:
+    """A (2, 9) pattern's bounds as two lists of Python ints: the planner compares and
+    looks them up many times per query, which on numpy scalars cost more than the
+    scan of a small answer."""
+    return p[0].tolist(), p[1].tolist()
 
 
 class _Snap(NamedTuple):
@@ -169,7 +176,8 @@ class _Postings:
 
     def size(self, lo: int, hi: int) -> int:
         """Number of rows whose value lies in [lo, hi]."""
-        return int(self.cum[hi + 1] - self.cum[lo])
+        cum = self.cum
+        return cum.item(hi + 1) - cum.item(lo)
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
         """Row ids whose value lies in [lo, hi], grouped by value, ascending within one."""
@@ -448,7 +456,8 @@ class CoordIndex:
         n_lex = _upper(main, p[1]) - lo_i
         if n_lex <= 2048:
             return "lex", n_lex
-        constrained = [j for j in range(9) if p[0, j] != _FULL_LO or p[1, j] != _FULL_HI]
+        lo, hi = _bounds(p)
+        constrained = [j for j in range(9) if lo[j] != _FULL_LO or hi[j] != _FULL_HI]
         if not constrained:
             return "lex", n_lex   # every row matches: nothing beats reading them in order
         best = ("lex", n_lex / 4.0)   # skipping usually touches far fewer rows
@@ -457,11 +466,11 @@ class CoordIndex:
         posts = {}
         for j in constrained:
             post = posts[j] = yield from self._postings_steps(j, main)
-            sizes.append((post.size(int(p[0, j]), int(p[1, j])), j))
+            sizes.append((post.size(lo[j], hi[j]), j))
         s, j = min(sizes)
         if s < best[1]:
             best = ("post", s)
-        dense = _selective_bitmaps(posts, p, n)
+        dense = _selective_bitmaps(posts, lo, hi, n)
         if len(dense) >= 2:
             cost = len(dense) * n / 256.0 + s / 64.0
             if cost < best[1]:
@@ -521,16 +530,17 @@ class CoordIndex:
                       for a, b in _windows(r, hi, WINDOW))
             in_order = False
         else:
-            constrained = [j for j in range(9) if p[0, j] != _FULL_LO or p[1, j] != _FULL_HI]
+            lo, hi = _bounds(p)
+            constrained = [j for j in range(9) if lo[j] != _FULL_LO or hi[j] != _FULL_HI]
             posts = {}
             for j in constrained or [0]:
                 posts[j] = yield from self._postings_steps(j, main)
             if path == "post":
-                best = min(posts, key=lambda j: posts[j].size(int(p[0, j]), int(p[1, j])))
-                cand = posts[best].rows(int(p[0, best]), int(p[1, best]))
-                in_order = p[0, best] == p[1, best]   # one value: ascending rows
+                best = min(posts, key=lambda j: posts[j].size(lo[j], hi[j]))
+                cand = posts[best].rows(lo[best], hi[best])
+                in_order = lo[best] == hi[best]   # one value: ascending rows
             else:   # bitmap
-                maps = _selective_bitmaps(posts, p, n)
+                maps = _selective_bitmaps(posts, lo, hi, n)
                 cand = _core.bitmap_and_rows(maps, n) if maps else \
                     np.arange(n, dtype=np.int64)
                 in_order = True

@@ -381,6 +381,9 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
     cdef int64_t* buf = <int64_t*>malloc(cap * sizeof(int64_t))
     cdef int64_t* grown
     cdef uint64_t word
+    cdef const uint64_t* m0
+    cdef const uint64_t* m1
+    cdef const uint64_t* m2
     cdef int64_t row
     cdef int64_t[::1] o
     try:
@@ -390,10 +393,21 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
             for i in range(nb):
                 v = held[i]
                 maps[i] = &v[0]
+        m0 = maps[0]
+        m1 = maps[1] if nb > 1 else NULL
+        m2 = maps[2] if nb > 2 else NULL
         for w in range(max(nw, 0)):
-            word = maps[0][w]
-            k = 1
-            while word and k < nb:
+            # Every bitmap ANDed, without stopping at a zero word: a test per bitmap
+            # went each way about as often (mispredicted, on an answer of a few rows
+            # in a thousand), where this runs straight. The tests of nb are the same
+            # for every word.
+            word = m0[w]
+            if nb > 1:
+                word &= m1[w]
+            if nb > 2:
+                word &= m2[w]
+            k = 3
+            while k < nb:
                 word &= maps[k][w]
                 k += 1
             while word:
