@@ -503,3 +503,33 @@ NAME_BASE_ID = 0xF000
 
 def key_with_name(name_id: int, i: int = 0) -> bytes:
     return _core.pack(np.array([name_id, 1, 1, 1, 1, 1, 1, 1, i], dtype=np.uint16))
+
+
+def test_wire_sizes_are_the_column_formula():
+    """Scrolls.wire_sizes (one C pass) against the sizing written out on the columns."""
+    from vtpu.engine import _SCROLL_WIRE, _content_size
+
+    e = Engine()
+    contents = ["text", b"\x00" * 5000, np.arange(300, dtype=np.float32), {"a": [1, "bb"]},
+                [b"x" * 100] * 3, 7, -70000, 2.5, True, None, "é" * 10, b""]
+    e.put_many(b"".join(key(i) for i in range(len(contents))), contents)
+    scrolls = e.get_many(b"".join(key(i) for i in range(len(contents))) + key(999))
+    cols = scrolls.columns()
+    want = []
+    for i, kind in enumerate(cols.kinds):
+        ln = cols.lengths[i]
+        if kind in (_core.KIND_STR, _core.KIND_BYTES):
+            want.append(ln + _SCROLL_WIRE + 5)
+        elif kind == _core.KIND_PACKED:
+            want.append(ln + _SCROLL_WIRE)
+        elif kind == _core.KIND_ARRAY:
+            want.append(ln - 4 + _SCROLL_WIRE + 32)
+        elif kind == _core.KIND_NONE:
+            want.append(_SCROLL_WIRE + 1)
+        elif kind == _core.KIND_OBJECT:
+            want.append(_SCROLL_WIRE + _content_size(cols.objects[cols.offsets[i]]))
+        else:
+            want.append(4)
+    assert scrolls.wire_sizes(_SCROLL_WIRE, _content_size).tolist() == want
+    assert {_core.KIND_DEAD, _core.KIND_ARRAY, _core.KIND_NONE} <= set(cols.kinds)
+    assert len(e.get_many(b"").wire_sizes(_SCROLL_WIRE, _content_size)) == 0

@@ -412,7 +412,7 @@ def estimate_wire_size(scrolls: Any, stop: int | None = None,
         scroll, the first at which the running total passes ``stop``.
     """
     if type(scrolls) is _core.Scrolls:
-        each = _column_sizes(scrolls.columns(), per_scroll)
+        each = scrolls.wire_sizes(per_scroll, _content_size)
     else:
         contents = [s.content for s in scrolls if s is not None]
         flat = set(map(type, contents)) <= _FLAT  # the common case, at C speed
@@ -433,22 +433,6 @@ def _refuse_over(size: int, limit: int) -> None:
     if size > limit:
         raise LimitError(f"the reply would take more than {limit} bytes (the client's frame "
                          "limit)", "LIMIT")
-
-
-def _column_sizes(cols: Any, per_scroll: int) -> np.ndarray:
-    """Each entry's size for :func:`estimate_wire_size`, from a result's columns: a
-    content held as bytes counts its bytes and header, an array its data."""
-    kinds = np.frombuffer(cols.kinds, np.uint8)
-    each = np.frombuffer(cols.lengths, np.int64) + (per_scroll + 5)  # bin or str
-    each[kinds == _core.KIND_ARRAY] += 32 - 4 - 5   # the ext head, not the type id
-    each[kinds == _core.KIND_PACKED] -= 5           # already msgpack
-    each[kinds == _core.KIND_NONE] = per_scroll + 1
-    objs = np.flatnonzero(kinds == _core.KIND_OBJECT)
-    if objs.size:
-        offs = np.frombuffer(cols.offsets, np.int64)[objs].tolist()
-        each[objs] = [per_scroll + _content_size(cols.objects[o]) for o in offs]
-    each[kinds == _core.KIND_DEAD] = 4
-    return each
 
 
 class Engine(EngineCore):
