@@ -599,6 +599,14 @@ def lower_bound(sorted_arr, key):
     return len(sorted_arr)
 
 
+def upper_bound(sorted_arr, key):
+    key = row(key)
+    for i, r in enumerate(sorted_arr):
+        if row(r) > key:
+            return i
+    return len(sorted_arr)
+
+
 def lex_scan(sorted_arr, pattern, start=0, limit=-1):
     """Matching row indices from ``start`` on, in row order, at most ``limit``."""
     p = (row(pattern[0]), row(pattern[1]))

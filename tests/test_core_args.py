@@ -41,6 +41,7 @@ ARRAY_CALLS = [
     ("route", lambda a: _core.route(a, 4)),
     ("moe", lambda a: _core.moe(a, 4)),
     ("lower_bound", lambda a: _core.lower_bound(a, C)),
+    ("upper_bound", lambda a: _core.upper_bound(a, C)),
     ("lex_scan", lambda a: _core.lex_scan(a, P)),
     ("z_scan keys", lambda a: _core.z_scan(a, ARR, P)),
     ("z_scan coords", lambda a: _core.z_scan(ARR, a, P)),
@@ -77,6 +78,7 @@ SINGLE_CALLS = [
     ("hamming", lambda c: _core.hamming(c, ARR)),
     ("topk", lambda c: _core.topk(c, ARR, 2)),
     ("lower_bound", lambda c: _core.lower_bound(ARR, c)),
+    ("upper_bound", lambda c: _core.upper_bound(ARR, c)),
 ]
 
 

@@ -65,6 +65,15 @@ def test_lower_bound_matches_reference(arr, key):
     assert _core.lower_bound(s, key) == pyref.lower_bound(rows(s), key)
 
 
+@given(data_arrays, coord, st.booleans())
+def test_upper_bound_matches_reference(arr, key, stored):
+    s = lex_sorted(arr)
+    if stored and len(s):
+        key = list(s[len(s) // 2])   # a key the array holds (maybe more than once)
+    key = np.array(key, np.uint16)
+    assert _core.upper_bound(s, key) == pyref.upper_bound(rows(s), key)
+
+
 @settings(max_examples=300)
 @given(data_arrays, patterns(), st.integers(-1, 160), st.integers(-1, 40))
 def test_lex_scan_equals_brute_force(arr, p, start, limit):

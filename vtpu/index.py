@@ -139,14 +139,6 @@ class _Snap(NamedTuple):
     delta: np.ndarray          # the delta, sorted
 
 
-def _upper(arr: np.ndarray, c: np.ndarray) -> int:
-    """Number of rows of a sorted array that are <= c."""
-    i = _core.lower_bound(arr, c)
-    if i < len(arr) and (arr[i] == c).all():
-        i += 1
-    return i
-
-
 def _sorted(arr: np.ndarray) -> np.ndarray:
     if len(arr) <= 1:
         return np.ascontiguousarray(arr)
@@ -438,7 +430,7 @@ class CoordIndex:
 
     def _upper_row(self, c: np.ndarray) -> int:
         """Number of main rows <= c."""
-        return _upper(self.main, c)
+        return _core.upper_bound(self.main, c)
 
     def plan(self, p: np.ndarray) -> tuple[str, float]:
         """Pick the access path for a pattern over main.
@@ -453,7 +445,7 @@ class CoordIndex:
         main = snap.main
         n = len(main)
         lo_i = _core.lower_bound(main, p[0])
-        n_lex = _upper(main, p[1]) - lo_i
+        n_lex = _core.upper_bound(main, p[1]) - lo_i
         if n_lex <= 2048:
             return "lex", n_lex
         lo, hi = _bounds(p)
@@ -502,7 +494,7 @@ class CoordIndex:
         alive = snap.alive
         if path == "lex":
             r = max(start, _core.lower_bound(main, p[0]))
-            hi = _upper(main, p[1])
+            hi = _core.upper_bound(main, p[1])
             left = -1 if limit is None else limit
             while r < hi:
                 e = min(r + WINDOW, hi)
@@ -525,7 +517,7 @@ class CoordIndex:
         if path == "z":
             zk, zc, zrows = yield from self._zindex_steps(main)
             r = _core.lower_bound(zk, _core.morton_encode(p[0:1].copy())[0])
-            hi = _upper(zk, _core.morton_encode(p[1:2].copy())[0])
+            hi = _core.upper_bound(zk, _core.morton_encode(p[1:2].copy())[0])
             chunks = ((zrows[_core.z_scan(zk[a:b], zc[a:b], p)[0] + a])
                       for a, b in _windows(r, hi, WINDOW))
             in_order = False
@@ -602,7 +594,7 @@ class CoordIndex:
             return Hits(self.main, _NO_POS, _EMPTY)
         snap = self._snapshot()
         main = snap.main
-        start = _upper(main, after) if after is not None else 0
+        start = _core.upper_bound(main, after) if after is not None else 0
         parts: list = []
         got = 0
 
@@ -622,7 +614,7 @@ class CoordIndex:
         if len(delta):
             dm = delta[_core.match(delta, p)]
             if after is not None and len(dm):
-                dm = dm[_upper(dm, after):]
+                dm = dm[_core.upper_bound(dm, after):]
             if len(dm):
                 # Both sorted and disjoint (an alive key is in main or in the delta): each
                 # delta hit goes before the main hits at or past its place in main.
@@ -693,7 +685,7 @@ class CoordIndex:
             if i < len(self.main):
                 best = self.main[i]
             delta = self._delta_sorted()
-            j = _upper(delta, c) if len(delta) else 0
+            j = _core.upper_bound(delta, c) if len(delta) else 0
             if j < len(delta) and (best is None or _core.pack(delta[j]) < _core.pack(best)):
                 best = delta[j]
         else:

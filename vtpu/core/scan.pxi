@@ -61,6 +61,31 @@ def lower_bound(sorted_arr, key):
     return _lower_bound(&a[0, 0], 0, n, &k[0])
 
 
+def upper_bound(sorted_arr, key):
+    """First row index of a lexicographically sorted (N, 9) array that is > key: the
+    number of rows <= key.
+
+    :param sorted_arr: C-contiguous (N, 9) uint16, sorted.
+    :param key: (9,) uint16.
+    :returns: int in 0..N.
+    """
+    _coords_arg(sorted_arr, "sorted_arr")
+    key = _coord_arg(key, "key")
+    cdef Py_ssize_t n = sorted_arr.shape[0], lo = 0, hi, mid
+    if n == 0:
+        return 0
+    cdef const uint16_t[:, ::1] a = sorted_arr
+    cdef const uint16_t[::1] k = key
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if lex_cmp(&a[mid, 0], &k[0]) <= 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 cdef bint _lex_next(const uint16_t* c, const uint16_t* lo, const uint16_t* hi,
                     uint16_t* out) noexcept nogil:
     """Smallest coordinate >= c (lexicographic) inside the box; False if none."""
@@ -102,8 +127,13 @@ cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
     cdef uint16_t knxt[NDIM]
     cdef Py_ssize_t cap = 64, cnt = 0, seeks = 0
     cdef int misses = 0
-    out = np.empty(cap, dtype=np.int64)
-    cdef int64_t[::1] o = out
+    # The rows go into a C buffer that doubles as needed, copied out once at the end
+    # (np.resize, the Python function, cost more than a small answer's scan).
+    cdef int64_t* buf = <int64_t*>malloc(cap * sizeof(int64_t))
+    cdef int64_t* grown
+    cdef int64_t[::1] o
+    if buf == NULL:
+        raise MemoryError()
     if zorder:
         _morton_row(hi, kmax)
     else:
@@ -113,10 +143,13 @@ cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
             break
         if in_box(cb + NDIM * i, lo, hi):
             if cnt == cap:
+                grown = <int64_t*>realloc(buf, 2 * cap * sizeof(int64_t))
+                if grown == NULL:
+                    free(buf)
+                    raise MemoryError()
+                buf = grown
                 cap *= 2
-                out = np.resize(out, cap)
-                o = out
-            o[cnt] = i
+            buf[cnt] = i
             cnt += 1
             if cnt == limit:
                 break
@@ -140,7 +173,14 @@ cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
         i = _gallop(kb, i + 1, n, knxt)
         seeks += 1
         misses = 0
-    return out[:cnt].copy(), seeks
+    try:
+        out = np.empty(cnt, dtype=np.int64)
+        if cnt:
+            o = out
+            memcpy(&o[0], buf, cnt * sizeof(int64_t))
+    finally:
+        free(buf)
+    return out, seeks
 
 
 @cython.boundscheck(False)
