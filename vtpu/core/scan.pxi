@@ -25,6 +25,40 @@ cdef inline Py_ssize_t _lower_bound(const uint16_t* base, Py_ssize_t lo, Py_ssiz
     return lo
 
 
+cdef inline Py_ssize_t _upper_bound(const uint16_t* base, Py_ssize_t lo, Py_ssize_t hi,
+                                    const uint16_t* key) noexcept nogil:
+    """First index in [lo, hi) whose row is > key."""
+    cdef Py_ssize_t mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if lex_cmp(base + NDIM * mid, key) <= 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef int64_t* _grown_rows(int64_t* buf, Py_ssize_t* cap) noexcept nogil:
+    """A row buffer of cap[0] rows reallocated to twice as many (cap[0] doubled), or
+    NULL (then buf is still valid, and still the caller's to free). The scans collect
+    their rows in such a buffer, copied out once (:func:`_rows_array`): growing a numpy
+    array instead cost more than the scan of a small answer."""
+    cdef int64_t* grown = <int64_t*>realloc(buf, 2 * cap[0] * sizeof(int64_t))
+    if grown != NULL:
+        cap[0] *= 2
+    return grown
+
+
+cdef object _rows_array(const int64_t* buf, Py_ssize_t cnt):
+    """The first cnt rows of a row buffer as a new int64 array."""
+    out = np.empty(cnt, dtype=np.int64)
+    cdef int64_t[::1] o
+    if cnt:
+        o = out
+        memcpy(&o[0], buf, cnt * sizeof(int64_t))
+    return out
+
+
 cdef inline Py_ssize_t _gallop(const uint16_t* base, Py_ssize_t start, Py_ssize_t n,
                                const uint16_t* key) noexcept nogil:
     """First index >= start whose row is >= key, searching outwards from start.
@@ -71,19 +105,12 @@ def upper_bound(sorted_arr, key):
     """
     _coords_arg(sorted_arr, "sorted_arr")
     key = _coord_arg(key, "key")
-    cdef Py_ssize_t n = sorted_arr.shape[0], lo = 0, hi, mid
+    cdef Py_ssize_t n = sorted_arr.shape[0]
     if n == 0:
         return 0
     cdef const uint16_t[:, ::1] a = sorted_arr
     cdef const uint16_t[::1] k = key
-    hi = n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if lex_cmp(&a[mid, 0], &k[0]) <= 0:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    return _upper_bound(&a[0, 0], 0, n, &k[0])
 
 
 cdef bint _lex_next(const uint16_t* c, const uint16_t* lo, const uint16_t* hi,
@@ -127,11 +154,8 @@ cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
     cdef uint16_t knxt[NDIM]
     cdef Py_ssize_t cap = 64, cnt = 0, seeks = 0
     cdef int misses = 0
-    # The rows go into a C buffer that doubles as needed, copied out once at the end
-    # (np.resize, the Python function, cost more than a small answer's scan).
-    cdef int64_t* buf = <int64_t*>malloc(cap * sizeof(int64_t))
+    cdef int64_t* buf = <int64_t*>malloc(cap * sizeof(int64_t))   # (see _grown_rows)
     cdef int64_t* grown
-    cdef int64_t[::1] o
     if buf == NULL:
         raise MemoryError()
     if zorder:
@@ -143,12 +167,11 @@ cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
             break
         if in_box(cb + NDIM * i, lo, hi):
             if cnt == cap:
-                grown = <int64_t*>realloc(buf, 2 * cap * sizeof(int64_t))
+                grown = _grown_rows(buf, &cap)
                 if grown == NULL:
                     free(buf)
                     raise MemoryError()
                 buf = grown
-                cap *= 2
             buf[cnt] = i
             cnt += 1
             if cnt == limit:
@@ -174,13 +197,9 @@ cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
         seeks += 1
         misses = 0
     try:
-        out = np.empty(cnt, dtype=np.int64)
-        if cnt:
-            o = out
-            memcpy(&o[0], buf, cnt * sizeof(int64_t))
+        return _rows_array(buf, cnt), seeks
     finally:
         free(buf)
-    return out, seeks
 
 
 @cython.boundscheck(False)
@@ -416,27 +435,25 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
     if maps == NULL:
         raise MemoryError()
     cdef const uint64_t[::1] v
-    # The rows are collected in a C buffer that doubles as needed (growing a numpy
-    # array instead cost more than the AND itself on a small answer).
-    cdef int64_t* buf = <int64_t*>malloc(cap * sizeof(int64_t))
+    cdef int64_t* buf = <int64_t*>malloc(cap * sizeof(int64_t))   # (see _grown_rows)
     cdef int64_t* grown
     cdef uint64_t word
     cdef const uint64_t* m0
     cdef const uint64_t* m1
     cdef const uint64_t* m2
     cdef int64_t row
-    cdef int64_t[::1] o
     try:
         if buf == NULL:
             raise MemoryError()
-        if nw > 0:
-            for i in range(nb):
-                v = held[i]
-                maps[i] = &v[0]
+        if nw <= 0:
+            return _rows_array(buf, 0)
+        for i in range(nb):
+            v = held[i]
+            maps[i] = &v[0]
         m0 = maps[0]
         m1 = maps[1] if nb > 1 else NULL
         m2 = maps[2] if nb > 2 else NULL
-        for w in range(max(nw, 0)):
+        for w in range(nw):
             # Every bitmap ANDed, without stopping at a zero word: a test per bitmap
             # went each way about as often (mispredicted, on an answer of a few rows
             # in a thousand), where this runs straight. The tests of nb are the same
@@ -456,18 +473,13 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
                 if row >= nbits:
                     break
                 if cnt == cap:
-                    grown = <int64_t*>realloc(buf, 2 * cap * sizeof(int64_t))
+                    grown = _grown_rows(buf, &cap)
                     if grown == NULL:
                         raise MemoryError()
                     buf = grown
-                    cap *= 2
                 buf[cnt] = row
                 cnt += 1
-        out = np.empty(cnt, dtype=np.int64)
-        if cnt:
-            o = out
-            memcpy(&o[0], buf, cnt * sizeof(int64_t))
-        return out
+        return _rows_array(buf, cnt)
     finally:
         free(maps)
         free(buf)
