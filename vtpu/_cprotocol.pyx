@@ -1421,8 +1421,8 @@ cdef object parse_scroll_list(bytes data, Py_ssize_t pos, object names,
     it is not in the canonical form read here (then the reference decodes it, or says
     why it is malformed). The result's columns are written as the bytes are read, in
     one pass: bin, str, number and bool contents stay spans over ``data`` (text
-    checked as UTF-8), other contents are decoded into objects, and stacked contents (one ndarray) are
-    given to ``Scrolls.from_columns``."""
+    checked as UTF-8), other contents are decoded into objects, and stacked contents
+    (one ndarray) are given to ``Scrolls.from_columns``."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t end = len(data), n, cnt, i, kl, q, e, n_items
     cdef int k

@@ -59,7 +59,6 @@ from .session import (
     Session,
     as_key,
     codec,
-    decode_scroll,
     finish,
     idempotent,
 )
@@ -535,8 +534,9 @@ class Pipeline(ClientOps):
         self.batch = batch
         self.raise_on_error = raise_on_error
         self._queue: list[tuple[str, list, Any]] = []
-        # The keys of the GETs queued while nothing else is (then ``_queue`` is empty):
-        # sent as one GetRun, no entry made per call.
+        # The keys of the GETs queued since the last other call: entries are made of
+        # them only when another call follows (a pipeline of GETs only is sent as one
+        # GetRun, with no entry per call).
         self._keys: list = []
         self._gets_only = True
         self._idempotent = True
@@ -546,11 +546,13 @@ class Pipeline(ClientOps):
     def __len__(self) -> int:
         return len(self._queue) + len(self._keys)
 
-    def _submit(self, op: str, args: list, decode: Any, timeout: float | None) -> "Pipeline":
+    def _flush_keys(self) -> None:
         if self._keys:
-            # The GETs queued so far come first, as entries like this call's.
             self._queue.extend(GetRun(self._keys))
             self._keys = []
+
+    def _submit(self, op: str, args: list, decode: Any, timeout: float | None) -> "Pipeline":
+        self._flush_keys()   # the GETs queued before this call go first
         if timeout is not None:
             self._timeout = timeout if self._timeout is None else max(self._timeout, timeout)
         if op != "GET":
@@ -569,10 +571,7 @@ class Pipeline(ClientOps):
             key = as_key(key)
         if timeout is not None:
             self._timeout = timeout if self._timeout is None else max(self._timeout, timeout)
-        if self._queue:
-            self._queue.append(("GET", [key], decode_scroll))
-        else:
-            self._keys.append(key)
+        self._keys.append(key)
         return self
 
     def get_each(self, keys: list) -> "Pipeline":
@@ -584,10 +583,7 @@ class Pipeline(ClientOps):
             keys = list(keys)
         if not _core.all_keys(keys):
             keys = [as_key(k) for k in keys]
-        if self._queue:
-            self._queue.extend(GetRun(keys))
-        else:
-            self._keys.extend(keys)
+        self._keys.extend(keys)
         return self
 
     def __enter__(self) -> "Pipeline":
@@ -606,9 +602,12 @@ class Pipeline(ClientOps):
         :raises ConnectionError, TimeoutError: transport failures (an all-idempotent
             pipeline is retried automatically).
         """
-        queue, self._queue = self._queue, []
-        if self._keys:   # (then nothing else is queued)
-            queue, self._keys = GetRun(self._keys), []
+        if self._queue:
+            self._flush_keys()
+            queue = self._queue
+        else:
+            queue = GetRun(self._keys)
+        self._queue, self._keys = [], []
         gets_only, self._gets_only = self._gets_only, True
         is_idem, self._idempotent = self._idempotent, True
         if not queue:

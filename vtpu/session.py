@@ -145,9 +145,7 @@ class GetRun:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, i: Any) -> Any:
-        if type(i) is slice:
-            return [("GET", [k], decode_scroll) for k in self.keys[i]]
+    def __getitem__(self, i: int) -> tuple:
         return ("GET", [self.keys[i]], decode_scroll)
 
     def __iter__(self):
