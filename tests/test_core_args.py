@@ -17,6 +17,7 @@ BAD_ARRAYS = {
     "int32": ARR.astype(np.int32),
     "uint8": ARR.astype(np.uint8),
     "float": ARR.astype(np.float64),
+    "byte-swapped": ARR.astype(">u2"),
     "shape (5, 8)": np.ascontiguousarray(ARR[:, :8]),
     "shape (45,)": ARR.ravel(),
     "shape (5, 9, 1)": ARR.reshape(5, 9, 1),
@@ -63,6 +64,7 @@ def test_bad_coordinate_arrays(name, call, bad):
 BAD_SINGLE = {
     "list": C.tolist(),
     "int32": C.astype(np.int32),
+    "byte-swapped": C.astype(">u2"),
     "shape (8,)": C[:8].copy(),
     "shape (1, 9)": C.reshape(1, 9),
     "bytes": b"x" * 9,
@@ -100,6 +102,7 @@ def test_strided_single_coordinate_is_accepted():
 BAD_PATTERNS = {
     "list": P.tolist(),
     "int32": P.astype(np.int32),
+    "byte-swapped": P.astype(">u2"),
     "shape (9,)": P[0].copy(),
     "shape (3, 9)": np.zeros((3, 9), np.uint16),
     "shape (2, 8)": np.ascontiguousarray(P[:, :8]),
@@ -114,6 +117,8 @@ PATTERN_CALLS = [
     ("moe_pattern", lambda p: _core.moe_pattern(p, 4)),
     ("lex_scan", lambda p: _core.lex_scan(ARR, p)),
     ("z_scan", lambda p: _core.z_scan(ARR, ARR, p)),
+    ("match_rows", lambda p: _core.match_rows(ARR, np.arange(5), p)),
+    ("pattern_is_empty", lambda p: _core.pattern_is_empty(p)),
 ]
 
 
@@ -129,7 +134,7 @@ def test_fortran_pattern_is_accepted():
     assert _core.match(ARR, pf).tolist() == _core.match(ARR, np.ascontiguousarray(pf)).tolist()
 
 
-@pytest.mark.parametrize("bad", [D.tolist(), D.astype(np.int64), D.astype(np.uint16),
+@pytest.mark.parametrize("bad", [D.tolist(), D.astype(np.int64), D.astype(np.uint16), D.astype(">i4"),
                                  np.zeros((3, 9), np.int32), None])
 def test_bad_deltas(bad):
     with pytest.raises(InterfaceError):

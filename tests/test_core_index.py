@@ -84,6 +84,32 @@ def test_lex_scan_equals_brute_force(arr, p, start, limit):
     assert idx.tolist() == pyref.lex_scan(rows(s), p, start, limit)
 
 
+@st.composite
+def prefix_patterns(draw):
+    """Patterns that fix a prefix, bound the next component and leave the rest whole:
+    their matches are the span between the corners (lex_scan reads no row of it)."""
+    k = draw(st.integers(0, 9))
+    lo = [draw(small) for _ in range(k)]
+    hi = list(lo)
+    if k < 9:
+        a, b = sorted([draw(alphabet_word), draw(alphabet_word)])
+        if draw(st.booleans()):
+            a, b = 0, 0xFFFF
+        lo.append(a), hi.append(b)
+        lo += [0] * (8 - k)
+        hi += [0xFFFF] * (8 - k)
+    return np.array([lo, hi], dtype=np.uint16)
+
+
+@settings(max_examples=300)
+@given(data_arrays, prefix_patterns(), st.integers(-1, 160), st.integers(-1, 40))
+def test_lex_scan_of_prefix_patterns_equals_brute_force(arr, p, start, limit):
+    s = lex_sorted(arr)
+    start = max(start, 0)
+    idx, _ = _core.lex_scan(s, p, start, limit)
+    assert idx.tolist() == pyref.lex_scan(rows(s), p, start, limit)
+
+
 @settings(max_examples=300)
 @given(data_arrays, patterns(), st.integers(-1, 40))
 def test_z_scan_equals_brute_force(arr, p, limit):
@@ -197,6 +223,20 @@ def test_match_rows_equals_brute_force(arr, p, data):
     got = _core.match_rows(arr, np.array(picked, dtype=np.int64), p)
     lo_hi = (row(p[0]), row(p[1]))
     assert got.tolist() == [i for i in picked if pyref.in_box(row(arr[i]), lo_hi)]
+
+
+def test_match_rows_refuses_rows_outside_the_array():
+    arr = as_arr([[1] * 9, [2] * 9])
+    every = np.array([[0] * 9, [0xFFFF] * 9], np.uint16)
+    for bad in ([0, 2], [-1], [1, 0, 5]):
+        with pytest.raises(InterfaceError, match="out of range"):
+            _core.match_rows(arr, np.array(bad, dtype=np.int64), every)
+    assert _core.match_rows(arr, np.array([1, 0], dtype=np.int64), every).tolist() == [1, 0]
+
+
+@given(patterns())
+def test_pattern_is_empty_matches_reference(p):
+    assert _core.pattern_is_empty(p) == pyref._box_empty(p)
 
 
 @given(st.integers(1, 2000), st.data())   # past 256 rows: the answer's buffer grows

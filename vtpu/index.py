@@ -590,7 +590,7 @@ class CoordIndex:
         With a source, a hit's position in main is its row in the store for as long as
         main is the store's run (:meth:`vtpu._core.ColumnStore.rows_at`).
         """
-        if (p[0] > p[1]).any() or limit == 0:
+        if limit == 0 or _core.pattern_is_empty(p):
             return Hits(self.main, _NO_POS, _EMPTY)
         snap = self._snapshot()
         main = snap.main
@@ -630,7 +630,7 @@ class CoordIndex:
 
     def count_steps(self, p: np.ndarray):
         """Steps of :meth:`count` (over the keys indexed when it started)."""
-        if (p[0] > p[1]).any():
+        if _core.pattern_is_empty(p):
             return 0
         snap = self._snapshot()
         n = 0

@@ -199,7 +199,7 @@ def bigmin(z, pattern):
     out = np.empty(NDIM, dtype=np.uint16)
     cdef uint16_t[::1] o = out
     # An empty box (lo > hi somewhere) has no points; the bit walk assumes lo <= hi.
-    if (pattern[0] > pattern[1]).any():
+    if _box_empty(&p[0, 0], &p[1, 0]):
         return None
     if not _bigmin(&zv[0], &p[0, 0], &p[1, 0], &o[0]):
         return None
@@ -217,7 +217,7 @@ def litmax(z, pattern):
     cdef const uint16_t[:, ::1] p = pattern
     out = np.empty(NDIM, dtype=np.uint16)
     cdef uint16_t[::1] o = out
-    if (pattern[0] > pattern[1]).any():
+    if _box_empty(&p[0, 0], &p[1, 0]):
         return None
     if not _litmax(&zv[0], &p[0, 0], &p[1, 0], &o[0]):
         return None

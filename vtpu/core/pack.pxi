@@ -93,8 +93,6 @@ def unpack_many(b):
 # -- one coordinate array row -> its key, for the facade's hot calls -----------------------
 
 from libc.string cimport memcpy
-cimport numpy as cnp
-cnp.import_array()
 
 
 def all_keys(list items):

@@ -497,10 +497,8 @@ cdef class Scrolls:
         :param content_size: the size of a content kept as a Python object.
         :returns: an (N,) int64 array.
         """
-        out = np.empty(self.n, dtype=np.int64)
-        if self.n == 0:
-            return out
-        cdef int64_t[::1] o = out
+        out = _new_int64(self.n)
+        cdef int64_t* o = <int64_t*>_i64(out)
         cdef Py_ssize_t i
         cdef uint8_t kind
         for i in range(self.n):

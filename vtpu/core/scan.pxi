@@ -51,11 +51,9 @@ cdef int64_t* _grown_rows(int64_t* buf, Py_ssize_t* cap) noexcept nogil:
 
 cdef object _rows_array(const int64_t* buf, Py_ssize_t cnt):
     """The first cnt rows of a row buffer as a new int64 array."""
-    out = np.empty(cnt, dtype=np.int64)
-    cdef int64_t[::1] o
+    out = _new_int64(cnt)
     if cnt:
-        o = out
-        memcpy(&o[0], buf, cnt * sizeof(int64_t))
+        memcpy(<int64_t*>_i64(out), buf, cnt * sizeof(int64_t))
     return out
 
 
@@ -87,12 +85,8 @@ def lower_bound(sorted_arr, key):
     """
     _coords_arg(sorted_arr, "sorted_arr")
     key = _coord_arg(key, "key")
-    cdef Py_ssize_t n = sorted_arr.shape[0]
-    if n == 0:
-        return 0
-    cdef const uint16_t[:, ::1] a = sorted_arr
-    cdef const uint16_t[::1] k = key
-    return _lower_bound(&a[0, 0], 0, n, &k[0])
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>sorted_arr)[0]
+    return _lower_bound(_u16(sorted_arr), 0, n, _u16(key)) if n else 0
 
 
 def upper_bound(sorted_arr, key):
@@ -105,12 +99,8 @@ def upper_bound(sorted_arr, key):
     """
     _coords_arg(sorted_arr, "sorted_arr")
     key = _coord_arg(key, "key")
-    cdef Py_ssize_t n = sorted_arr.shape[0]
-    if n == 0:
-        return 0
-    cdef const uint16_t[:, ::1] a = sorted_arr
-    cdef const uint16_t[::1] k = key
-    return _upper_bound(&a[0, 0], 0, n, &k[0])
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>sorted_arr)[0]
+    return _upper_bound(_u16(sorted_arr), 0, n, _u16(key)) if n else 0
 
 
 cdef bint _lex_next(const uint16_t* c, const uint16_t* lo, const uint16_t* hi,
@@ -135,6 +125,32 @@ cdef bint _lex_next(const uint16_t* c, const uint16_t* lo, const uint16_t* hi,
             return True
     memcpy(out, c, sizeof(uint16_t) * NDIM)
     return True
+
+
+cdef bint _lex_exact(const uint16_t* lo, const uint16_t* hi) noexcept nogil:
+    """Whether every coordinate lexicographically between a box's corners is inside it:
+    the box fixes a prefix of components, bounds the next one and leaves the rest
+    whole (a prefix pattern such as ``3.7.*/*.*.*/*.*.*`` or ``3.7.4/[0:5].*.*/...``).
+    Its matches in a sorted array are then the span between the corners."""
+    cdef int j = 0
+    while j < NDIM and lo[j] == hi[j]:
+        j += 1
+    j += 1   # the bounded component, if any
+    while j < NDIM:
+        if lo[j] != 0 or hi[j] != 0xFFFF:
+            return False
+        j += 1
+    return True
+
+
+cdef object _span_rows(Py_ssize_t a, Py_ssize_t b):
+    """Rows a..b-1 as a new int64 array."""
+    out = _new_int64(b - a if b > a else 0)
+    cdef int64_t* o = <int64_t*>_i64(out)
+    cdef Py_ssize_t i
+    for i in range(a, b):
+        o[i - a] = i
+    return out
 
 
 cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
@@ -219,14 +235,20 @@ def lex_scan(sorted_arr, pattern, Py_ssize_t start=0, Py_ssize_t limit=-1):
     """
     _coords_arg(sorted_arr, "sorted_arr")
     pattern = _pattern_arg(pattern)
-    cdef Py_ssize_t n = sorted_arr.shape[0], i
-    if n == 0 or limit == 0 or (pattern[0] > pattern[1]).any():
-        return np.empty(0, dtype=np.int64), 0
-    cdef const uint16_t[:, ::1] a = sorted_arr
-    cdef const uint16_t[:, ::1] p = pattern
-    cdef const uint16_t* base = &a[0, 0]
-    i = _gallop(base, start, n, &p[0, 0]) if start > 0 else _lower_bound(base, 0, n, &p[0, 0])
-    return _skip_scan(base, base, n, &p[0, 0], &p[1, 0], False, i, limit)
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>sorted_arr)[0], i
+    cdef const uint16_t* p = _u16(pattern)
+    if n == 0 or limit == 0 or _box_empty(p, p + NDIM):
+        return _new_int64(0), 0
+    cdef const uint16_t* base = _u16(sorted_arr)
+    i = _gallop(base, start, n, p) if start > 0 else _lower_bound(base, 0, n, p)
+    cdef Py_ssize_t e
+    if _lex_exact(p, p + NDIM):
+        # Every row up to the high corner matches: no row need be compared.
+        e = _upper_bound(base, i, n, p + NDIM)
+        if limit > 0 and e - i > limit:
+            e = i + limit
+        return _span_rows(i, e), 0
+    return _skip_scan(base, base, n, p, p + NDIM, False, i, limit)
 
 
 @cython.boundscheck(False)
@@ -247,18 +269,17 @@ def z_scan(zkeys, zcoords, pattern, Py_ssize_t limit=-1):
     _coords_arg(zkeys, "zkeys")
     _coords_arg(zcoords, "zcoords")
     pattern = _pattern_arg(pattern)
-    cdef Py_ssize_t n = zkeys.shape[0]
-    if zcoords.shape[0] != n:
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>zkeys)[0]
+    if cnp.PyArray_DIMS(<cnp.ndarray>zcoords)[0] != n:
         raise InterfaceError("zkeys and zcoords must have the same length")
-    if n == 0 or limit == 0 or (pattern[0] > pattern[1]).any():
-        return np.empty(0, dtype=np.int64), 0
-    cdef const uint16_t[:, ::1] zk = zkeys
-    cdef const uint16_t[:, ::1] zc = zcoords
-    cdef const uint16_t[:, ::1] p = pattern
+    cdef const uint16_t* p = _u16(pattern)
+    if n == 0 or limit == 0 or _box_empty(p, p + NDIM):
+        return _new_int64(0), 0
+    cdef const uint16_t* zk = _u16(zkeys)
     cdef uint16_t zmin[NDIM]
-    _morton_row(&p[0, 0], zmin)
-    return _skip_scan(&zk[0, 0], &zc[0, 0], n, &p[0, 0], &p[1, 0], True,
-                      _lower_bound(&zk[0, 0], 0, n, zmin), limit)
+    _morton_row(p, zmin)
+    return _skip_scan(zk, _u16(zcoords), n, p, p + NDIM, True,
+                      _lower_bound(zk, 0, n, zmin), limit)
 
 
 @cython.boundscheck(False)
@@ -394,21 +415,26 @@ def match_rows(arr, rows, pattern):
     if not isinstance(rows, np.ndarray) or rows.ndim != 1:
         raise InterfaceError("rows must be a 1-d integer array")
     rows = np.ascontiguousarray(rows, dtype=np.int64)
-    cdef Py_ssize_t n = arr.shape[0], m = rows.shape[0], i, cnt = 0
-    out = np.empty(m, dtype=np.int64)
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>arr)[0]
+    cdef Py_ssize_t m = cnp.PyArray_DIMS(<cnp.ndarray>rows)[0], i, cnt = 0
+    out = _new_int64(m)
     if m == 0 or n == 0:
         return out[:0]
-    if rows.min() < 0 or rows.max() >= n:
-        raise InterfaceError("row index out of range")
-    cdef const uint16_t[:, ::1] a = arr
-    cdef const uint16_t[:, ::1] p = pattern
-    cdef const int64_t[::1] r = rows
-    cdef int64_t[::1] o = out
+    cdef const int64_t* r = _i64(rows)
+    cdef const uint16_t* a = _u16(arr)
+    cdef const uint16_t* p = _u16(pattern)
+    cdef int64_t* o = <int64_t*>_i64(out)
+    cdef bint bad = False
     with nogil:
         for i in range(m):
-            if in_box(&a[r[i], 0], &p[0, 0], &p[1, 0]):
+            if r[i] < 0 or r[i] >= n:
+                bad = True
+                break
+            if in_box(a + NDIM * r[i], p, p + NDIM):
                 o[cnt] = r[i]
                 cnt += 1
+    if bad:
+        raise InterfaceError("row index out of range")
     return out[:cnt]
 
 

@@ -32,8 +32,6 @@ import numpy as np
 from vtpu.errors import InterfaceError
 
 cdef object _NDARRAY = np.ndarray
-cdef object _NO_KEYS = np.zeros((1, NDIM), np.uint16)   # stands in for an empty key array
-_NO_KEYS.flags.writeable = False
 cdef object _frombuffer = np.frombuffer
 
 
@@ -237,10 +235,15 @@ cdef inline (uint8_t, Py_ssize_t) _plain_payload(const unsigned char* b, Py_ssiz
     return kind, hl
 
 
-def _rows_arg(rows):
-    """Row ids as a C-contiguous int64 array."""
-    a = np.ascontiguousarray(rows, dtype=np.int64)
-    if a.ndim != 1:
+cdef object _rows_arg(object rows):
+    """Row ids as a C-contiguous int64 array (``rows`` itself when it is one)."""
+    if (cnp.PyArray_Check(rows) and cnp.PyArray_TYPE(<cnp.ndarray>rows) == cnp.NPY_INT64
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>rows)
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>rows)):
+        a = rows
+    else:
+        a = np.ascontiguousarray(rows, dtype=np.int64)
+    if cnp.PyArray_NDIM(<cnp.ndarray>a) != 1:
         raise InterfaceError(f"rows must be a 1-d array of row ids, got shape {a.shape}")
     return a
 
@@ -1221,11 +1224,8 @@ cdef class ColumnStore:
         :raises IndexError: a row id outside the store.
         """
         a = _rows_arg(rows)
-        cdef Py_ssize_t n = a.shape[0]
-        if n == 0:
-            return self._take(NULL, 0, None)
-        cdef const int64_t[::1] r = a
-        return self._take(&r[0], n, None)
+        cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>a)[0]
+        return self._take(_i64(a) if n else NULL, n, None)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -1249,16 +1249,18 @@ cdef class ColumnStore:
         _coords_arg(run, "run")
         _coords_arg(extra, "extra")
         p = _rows_arg(pos)
-        cdef Py_ssize_t n = p.shape[0], m = run.shape[0], k = extra.shape[0], i, w = 0
+        cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>p)[0], i, w = 0
+        cdef Py_ssize_t m = cnp.PyArray_DIMS(<cnp.ndarray>run)[0]
+        cdef Py_ssize_t k = cnp.PyArray_DIMS(<cnp.ndarray>extra)[0]
         cdef Py_ssize_t row
-        out = np.empty(n, dtype=np.int64)
+        out = _new_int64(n)
         if n == 0:
             return out
-        cdef const int64_t[::1] ps = p
-        cdef int64_t[::1] o = out
-        # Empty arrays cannot be viewed through a pointer: a dummy row stands in.
-        cdef const uint16_t[:, ::1] ra = run if m else _NO_KEYS
-        cdef const uint16_t[:, ::1] ea = extra if k else _NO_KEYS
+        cdef const int64_t* ps = _i64(p)
+        cdef int64_t* o = <int64_t*>_i64(out)
+        # (Rows are read only at positions checked against m and k.)
+        cdef const uint16_t* ra = _u16(run)
+        cdef const uint16_t* ea = _u16(extra)
         # Identity: a run is never written in place, and holding it keeps its pages.
         cdef bint same = run is self._run
         cdef int64_t bad = 0
@@ -1271,12 +1273,12 @@ cdef class ColumnStore:
                         out_of_range, bad = True, row
                         break
                     if not (same and self.meta[row].kind != CK_DEAD):
-                        row = kh_find(&self.ht, &self.kc, &ra[row, 0])
+                        row = kh_find(&self.ht, &self.kc, ra + NDIM * row)
                 else:
                     if -1 - row >= k:
                         out_of_range, bad = True, row
                         break
-                    row = kh_find(&self.ht, &self.kc, &ea[-1 - row, 0])
+                    row = kh_find(&self.ht, &self.kc, ea + NDIM * (-1 - row))
                 if row >= 0:
                     o[w] = row
                     w += 1
