@@ -438,8 +438,66 @@ def match_rows(arr, rows, pattern):
     return out[:cnt]
 
 
+cdef enum:
+    AND_BLOCK = 8   # words a bitmap AND reads before it tests whether any bit is set
+
+
+cdef inline uint64_t _and_word(const uint64_t** maps, Py_ssize_t nb,
+                               Py_ssize_t w) noexcept nogil:
+    """Word w of every bitmap ANDed."""
+    cdef uint64_t word = maps[0][w]
+    cdef Py_ssize_t k
+    for k in range(1, nb):
+        word &= maps[k][w]
+    return word
+
+
+cdef inline uint64_t _and_block(const uint64_t* m0, const uint64_t* m1, const uint64_t* m2,
+                                const uint64_t* m3, Py_ssize_t w) noexcept nogil:
+    """Whether any row of words w..w+AND_BLOCK-1 is set in all four bitmaps (nonzero),
+    in a loop the compiler runs a vector at a time."""
+    cdef uint64_t acc = 0
+    cdef int t
+    for t in range(AND_BLOCK):
+        acc |= m0[w + t] & m1[w + t] & m2[w + t] & m3[w + t]
+    return acc
+
+
+cdef inline int _emit_bits(uint64_t word, int64_t base, int64_t nbits, int64_t** buf,
+                           Py_ssize_t* cnt, Py_ssize_t* cap) noexcept nogil:
+    """Append the rows of a word's set bits (row base + bit, below nbits) to a row
+    buffer (see _grown_rows); -1 when it cannot grow (buf[0] is then still valid)."""
+    cdef int64_t row
+    cdef int64_t* grown
+    while word:
+        row = base + __builtin_ctzll(word)
+        word &= word - 1
+        if row >= nbits:
+            return 0
+        if cnt[0] == cap[0]:
+            grown = _grown_rows(buf[0], cap)
+            if grown == NULL:
+                return -1
+            buf[0] = grown
+        buf[0][cnt[0]] = row
+        cnt[0] += 1
+    return 0
+
+
+cdef object _u64_arg(object b):
+    """A bitmap as a C-contiguous 1-d uint64 array (``b`` itself when it is one)."""
+    if not (cnp.PyArray_Check(b) and cnp.PyArray_TYPE(<cnp.ndarray>b) == cnp.NPY_UINT64
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>b)
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>b)):
+        b = np.ascontiguousarray(b, dtype=np.uint64)
+    if cnp.PyArray_NDIM(<cnp.ndarray>b) != 1:
+        raise InterfaceError("bitmap_and_rows needs equally long 1-d bitmaps")
+    return b
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
+@cython.cdivision(True)
 def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
     """AND several bitmaps (uint64 arrays, bit i of word w = row 64*w + i) and list the set rows.
 
@@ -447,64 +505,57 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
     :param nbits: number of valid rows (bits past it are ignored).
     :returns: int64 ascending row indices.
     """
-    cdef Py_ssize_t nb = len(bitmaps), w, nw = -1, k, cnt = 0, cap = 256, i
+    cdef Py_ssize_t nb = len(bitmaps), w, t, nw = -1, cnt = 0, cap = 256, i
     if nb == 0:
         raise InterfaceError("bitmap_and_rows needs at least one bitmap")
     # Read in place through one pointer each (stacking them copied every bitmap, a
     # few hundred KB, per query).
-    held = [np.ascontiguousarray(b, dtype=np.uint64) for b in bitmaps]
+    held = [_u64_arg(b) for b in bitmaps]
     for a in held:
-        if a.ndim != 1 or (nw >= 0 and a.shape[0] != nw):
+        if nw >= 0 and cnp.PyArray_DIMS(<cnp.ndarray>a)[0] != nw:
             raise InterfaceError("bitmap_and_rows needs equally long 1-d bitmaps")
-        nw = a.shape[0]
+        nw = cnp.PyArray_DIMS(<cnp.ndarray>a)[0]
     cdef const uint64_t** maps = <const uint64_t**>malloc(nb * sizeof(uint64_t*))
     if maps == NULL:
         raise MemoryError()
-    cdef const uint64_t[::1] v
     cdef int64_t* buf = <int64_t*>malloc(cap * sizeof(int64_t))   # (see _grown_rows)
-    cdef int64_t* grown
     cdef uint64_t word
     cdef const uint64_t* m0
     cdef const uint64_t* m1
     cdef const uint64_t* m2
-    cdef int64_t row
+    cdef const uint64_t* m3
     try:
         if buf == NULL:
             raise MemoryError()
         if nw <= 0:
             return _rows_array(buf, 0)
         for i in range(nb):
-            v = held[i]
-            maps[i] = &v[0]
+            maps[i] = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>held[i])
+        # Up to four bitmaps (the usual case) are read through four pointers; with
+        # fewer, a pointer repeats one (ANDing a word with itself changes nothing).
         m0 = maps[0]
-        m1 = maps[1] if nb > 1 else NULL
-        m2 = maps[2] if nb > 2 else NULL
-        for w in range(nw):
-            # Every bitmap ANDed, without stopping at a zero word: a test per bitmap
-            # went each way about as often (mispredicted, on an answer of a few rows
-            # in a thousand), where this runs straight. The tests of nb are the same
-            # for every word.
-            word = m0[w]
-            if nb > 1:
-                word &= m1[w]
-            if nb > 2:
-                word &= m2[w]
-            k = 3
-            while k < nb:
-                word &= maps[k][w]
-                k += 1
-            while word:
-                row = 64 * w + __builtin_ctzll(word)
-                word &= word - 1
-                if row >= nbits:
-                    break
-                if cnt == cap:
-                    grown = _grown_rows(buf, &cap)
-                    if grown == NULL:
-                        raise MemoryError()
-                    buf = grown
-                buf[cnt] = row
-                cnt += 1
+        m1 = maps[1 if nb > 1 else 0]
+        m2 = maps[2 if nb > 2 else nb - 1]
+        m3 = maps[3 if nb > 3 else nb - 1]
+        w = 0
+        if nb <= 4:
+            # A block of words ANDed, then one test of them all: on an answer of a few
+            # rows in a thousand most blocks are zero, and the block's loop runs
+            # straight, a vector at a time, where a test per word went each way about
+            # as often.
+            while w + AND_BLOCK <= nw:
+                if _and_block(m0, m1, m2, m3, w):
+                    for t in range(AND_BLOCK):
+                        word = m0[w + t] & m1[w + t] & m2[w + t] & m3[w + t]
+                        if word and _emit_bits(word, 64 * (w + t), nbits, &buf, &cnt,
+                                               &cap) < 0:
+                            raise MemoryError()
+                w += AND_BLOCK
+        while w < nw:
+            word = _and_word(maps, nb, w)
+            if word and _emit_bits(word, 64 * w, nbits, &buf, &cnt, &cap) < 0:
+                raise MemoryError()
+            w += 1
         return _rows_array(buf, cnt)
     finally:
         free(maps)
