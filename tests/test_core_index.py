@@ -111,6 +111,33 @@ def test_lex_scan_of_prefix_patterns_equals_brute_force(arr, p, start, limit):
 
 
 @settings(max_examples=300)
+@given(data_arrays, st.one_of(patterns(), prefix_patterns()), st.integers(0, 160),
+       st.integers(-1, 40), st.integers(1, 12))
+def test_lex_scan_from_in_steps_equals_brute_force(arr, p, start, limit, budget):
+    # Resumed step by step (each examining about `budget` rows), the scan finds what one
+    # whole scan finds; every step moves on.
+    s = lex_sorted(arr)
+    got, at, steps = [], start, 0
+    while at >= 0:
+        left = -1 if limit < 0 else limit - len(got)
+        idx, nxt = _core.lex_scan_from(s, p, at, left, budget)
+        assert idx.dtype == np.int64
+        got += idx.tolist()
+        assert nxt < 0 or nxt > at
+        at, steps = nxt, steps + 1
+        assert steps <= len(s) + 1
+    assert got == pyref.lex_scan(rows(s), p, start, limit)
+
+
+def test_lex_scan_from_refuses_a_budget_below_one():
+    s = as_arr([[1] * 9])
+    every = np.array([[0] * 9, [0xFFFF] * 9], np.uint16)
+    for bad in (0, -1):
+        with pytest.raises(InterfaceError, match="budget"):
+            _core.lex_scan_from(s, every, 0, -1, bad)
+
+
+@settings(max_examples=300)
 @given(data_arrays, patterns(), st.integers(-1, 40))
 def test_z_scan_equals_brute_force(arr, p, limit):
     z = _core.morton_encode(arr)

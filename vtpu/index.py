@@ -15,8 +15,8 @@ Layout, all over packed (N, 9) uint16 arrays:
   few components in the middle of free ones (smallest list first, or an AND of bitmaps).
 
 :meth:`CoordIndex.plan` estimates each access path's cost from exact counts it gets in
-O(log N) (range sizes, posting sizes) and runs the cheapest, so no selective pattern
-scans the store. Results always come back in coordinate order.
+O(log N) (range sizes, posting sizes) and from a first stretch of the skip scan (how far
+its jumps carry it), and runs the cheapest, so no selective pattern scans the store. Results always come back in coordinate order.
 
 Queries come in steps (:mod:`vtpu.steps`: ``query_steps``, ``count_steps``,
 ``nearest_steps``; the plain methods run them): a window of WINDOW rows per step, over a
@@ -46,6 +46,15 @@ _FULL_HI = 0xFFFF
 #: Rows of main (or candidates of a posting list, keys of the Z index) a query examines
 #: per step: well under a millisecond.
 WINDOW = 16384
+#: What the planner takes each path's work to cost, in nanoseconds (measured on 1M
+#: rows, the bench's patterns): a row the skip scan examines (a jump counts as
+#: several, see lex_scan_from), a candidate row read at random (a posting list's, or a
+#: bitmap AND's, checked against the pattern), one word of one bitmap ANDed.
+NS_LEX_ROW = 10.0
+NS_RANDOM_ROW = 20.0
+NS_BITMAP_WORD = 0.3
+#: Rows the planner lets the skip scan examine to learn how far a pattern's scan goes.
+PROBE_ROWS = 512
 #: Coordinates of a query's answer gathered per step (about a millisecond).
 GATHER_STEP = 65536
 #: Lazy structures of main arrays at least this long are built on the builder thread.
@@ -112,15 +121,15 @@ class Hits(NamedTuple):
         return out
 
 
-def _selective_bitmaps(posts: dict, lo: list, hi: list, n: int) -> list:
-    """The bitmaps the bitmap path ANDs: one for each component the pattern (bounds
-    ``lo``/``hi``, nine ints each) fixes to a value dense enough to have one, but not
-    held by every row (that one selects nothing and is not read)."""
+def _bitmap_components(posts: dict, lo: list, hi: list, n: int) -> list:
+    """The components whose bitmaps the bitmap path ANDs: each one the pattern (bounds
+    ``lo``/``hi``, nine ints each) fixes to a value dense enough to have a bitmap, but
+    not held by every row (that one selects nothing and is not read)."""
     out = []
     for j, post in posts.items():
         v = lo[j]
         if hi[j] == v and v in post.bitmaps and post.size(v, v) < n:
-            out.append(post.bitmaps[v])
+            out.append(j)
     return out
 
 
@@ -435,7 +444,8 @@ class CoordIndex:
     def plan(self, p: np.ndarray) -> tuple[str, float]:
         """Pick the access path for a pattern over main.
 
-        :returns: (path, estimated rows touched); path is "lex", "post", "bitmap" or "z".
+        :returns: (path, its estimated cost in nanoseconds); path is "lex", "post",
+            "bitmap" or "z".
         """
         return run(self._plan_steps(self._snapshot(), p))
 
@@ -447,33 +457,50 @@ class CoordIndex:
         lo_i = _core.lower_bound(main, p[0])
         n_lex = _core.upper_bound(main, p[1]) - lo_i
         if n_lex <= 2048:
-            return "lex", n_lex
+            return "lex", n_lex * NS_LEX_ROW
         lo, hi = _bounds(p)
         constrained = [j for j in range(9) if lo[j] != _FULL_LO or hi[j] != _FULL_HI]
         if not constrained:
-            return "lex", n_lex   # every row matches: nothing beats reading them in order
-        best = ("lex", n_lex / 4.0)   # skipping usually touches far fewer rows
-        # Posting sizes are exact; a sparse one bounds the work by its length.
+            return "lex", n_lex * NS_LEX_ROW   # every row matches: read them in order
+        # The skip scan's cost is how far its jumps carry it. A first stretch of it
+        # says: the share of the span between the corners it got through, and the
+        # rows it examined per match (times the matches the postings predict, the
+        # components taken as independent).
+        found, r = _core.lex_scan_from(main, p, lo_i, -1, PROBE_ROWS)
+        if r < 0:
+            return "lex", PROBE_ROWS * NS_LEX_ROW   # it ended within the stretch
         sizes = []
         posts = {}
+        matches = float(n)
         for j in constrained:
             post = posts[j] = yield from self._postings_steps(j, main)
             sizes.append((post.size(lo[j], hi[j]), j))
+            matches *= sizes[-1][0] / n
+        rows = min(PROBE_ROWS * n_lex / max(1, r - lo_i),
+                   matches * PROBE_ROWS / max(1, len(found)))
+        best = ("lex", rows * NS_LEX_ROW)
+        # Posting sizes are exact; a sparse one bounds the work by its length (each
+        # of its rows read at random).
         s, j = min(sizes)
-        if s < best[1]:
-            best = ("post", s)
-        dense = _selective_bitmaps(posts, lo, hi, n)
+        if s * NS_RANDOM_ROW < best[1]:
+            best = ("post", s * NS_RANDOM_ROW)
+        dense = _bitmap_components(posts, lo, hi, n)
         if len(dense) >= 2:
-            cost = len(dense) * n / 256.0 + s / 64.0
+            # The AND reads every word of each bitmap; its candidates (as many as the
+            # values' shares of the rows make, taken as independent) are then checked.
+            cand = float(n)
+            for j in dense:
+                cand *= posts[j].size(lo[j], lo[j]) / n
+            cost = len(dense) * (n / 64) * NS_BITMAP_WORD + cand * NS_RANDOM_ROW
             if cost < best[1]:
                 best = ("bitmap", cost)
-        if best[1] > n / 32:
+        if best[1] > n / 32 * NS_RANDOM_ROW:
             zk, _, _ = yield from self._zindex_steps(main)
             zlo = _core.morton_encode(p[0:1].copy())[0]
             zhi = _core.morton_encode(p[1:2].copy())[0]
             n_z = _core.lower_bound(zk, zhi) - _core.lower_bound(zk, zlo)
-            if n_z / 4.0 < best[1]:
-                best = ("z", n_z / 4.0)
+            if n_z / 4.0 * NS_LEX_ROW < best[1]:
+                best = ("z", n_z / 4.0 * NS_LEX_ROW)
         return best
 
     def _scan_steps(self, snap: _Snap, p: np.ndarray, start: int, limit: int | None,
@@ -493,13 +520,12 @@ class CoordIndex:
         self.last_plan = path
         alive = snap.alive
         if path == "lex":
-            r = max(start, _core.lower_bound(main, p[0]))
-            hi = _core.upper_bound(main, p[1])
+            # A step examines WINDOW rows at most, however many the skips pass over.
+            r = start
             left = -1 if limit is None else limit
-            while r < hi:
-                e = min(r + WINDOW, hi)
-                idx, _ = _core.lex_scan(main[r:e], p, 0, left if alive is None else -1)
-                rows = idx + r
+            while r >= 0:
+                rows, r = _core.lex_scan_from(main, p, r, left if alive is None else -1,
+                                              WINDOW)
                 if alive is not None and len(rows):
                     rows = rows[alive[rows]]
                 if sink(rows):
@@ -508,8 +534,7 @@ class CoordIndex:
                     left -= len(rows)
                     if left <= 0:
                         return
-                r = e
-                if r < hi:
+                if r >= 0:
                     self._hold(snap)
                     yield
             return
@@ -532,7 +557,7 @@ class CoordIndex:
                 cand = posts[best].rows(lo[best], hi[best])
                 in_order = lo[best] == hi[best]   # one value: ascending rows
             else:   # bitmap
-                maps = _selective_bitmaps(posts, lo, hi, n)
+                maps = [posts[j].bitmaps[lo[j]] for j in _bitmap_components(posts, lo, hi, n)]
                 cand = _core.bitmap_and_rows(maps, n) if maps else \
                     np.arange(n, dtype=np.int64)
                 in_order = True

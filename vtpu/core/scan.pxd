@@ -4,6 +4,7 @@ from libc.stdint cimport uint16_t
 
 cdef enum:
     STEP_BEFORE_SKIP = 4   # rows stepped linearly before a skip is computed
+    JUMP_ROWS = 8          # what a jump (a galloping search) counts in a scan's budget
 
 cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil

@@ -155,7 +155,8 @@ cdef object _span_rows(Py_ssize_t a, Py_ssize_t b):
 
 cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
                       const uint16_t* lo, const uint16_t* hi, bint zorder,
-                      Py_ssize_t i, Py_ssize_t limit):
+                      Py_ssize_t i, Py_ssize_t limit, Py_ssize_t budget=-1,
+                      Py_ssize_t* resume=NULL):
     """The scan loop shared by :func:`lex_scan` and :func:`z_scan`.
 
     ``kb`` holds the sorted keys (coordinates themselves, or Morton keys), ``cb`` the
@@ -164,12 +165,17 @@ cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
     misses, then jump (galloping search) to the next key that can be inside: the
     lexicographic successor in the box, or BIGMIN in Z order.
 
+    With ``budget`` >= 0 it stops once it has examined that many rows (a jump counts
+    JUMP_ROWS: its search reads about as many) and sets ``resume`` to the row to go on
+    from; ``resume`` is -1 when the scan ended.
+
     Returns (int64 indices, number of jumps)."""
     cdef uint16_t kmax[NDIM]
     cdef uint16_t nxt[NDIM]
     cdef uint16_t knxt[NDIM]
     cdef Py_ssize_t cap = 64, cnt = 0, seeks = 0
     cdef int misses = 0
+    cdef Py_ssize_t visits = 0
     cdef int64_t* buf = <int64_t*>malloc(cap * sizeof(int64_t))   # (see _grown_rows)
     cdef int64_t* grown
     if buf == NULL:
@@ -178,7 +184,13 @@ cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
         _morton_row(hi, kmax)
     else:
         memcpy(kmax, hi, sizeof(uint16_t) * NDIM)
+    if resume != NULL:
+        resume[0] = -1
     while i < n:
+        if budget >= 0 and visits >= budget:
+            resume[0] = i
+            break
+        visits += 1
         if lex_cmp(kb + NDIM * i, kmax) > 0:
             break
         if in_box(cb + NDIM * i, lo, hi):
@@ -211,6 +223,7 @@ cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
                 continue
         i = _gallop(kb, i + 1, n, knxt)
         seeks += 1
+        visits += JUMP_ROWS
         misses = 0
     try:
         return _rows_array(buf, cnt), seeks
@@ -249,6 +262,44 @@ def lex_scan(sorted_arr, pattern, Py_ssize_t start=0, Py_ssize_t limit=-1):
             e = i + limit
         return _span_rows(i, e), 0
     return _skip_scan(base, base, n, p, p + NDIM, False, i, limit)
+
+
+def lex_scan_from(sorted_arr, pattern, Py_ssize_t start, Py_ssize_t limit, Py_ssize_t budget):
+    """:func:`lex_scan` from row ``start`` that examines about ``budget`` rows at most (a
+    jump counts as several) and says where to go on: a scan in bounded steps, each as
+    long as its work, not as the rows it skips.
+
+    :param sorted_arr: C-contiguous (N, 9) uint16, sorted lexicographically.
+    :param pattern: (2, 9) uint16 inclusive bounds.
+    :param start: first row index to consider.
+    :param limit: stop after this many matches (-1: no limit).
+    :param budget: rows to examine at most (>= 1).
+    :returns: ``(idx, resume)``: int64 matching row indices (ascending), and the row to
+        call again from, or -1 when the scan is over (past the box, the limit reached,
+        or the end of the array).
+    """
+    _coords_arg(sorted_arr, "sorted_arr")
+    pattern = _pattern_arg(pattern)
+    if budget < 1:
+        raise InterfaceError(f"budget must be >= 1, got {budget}")
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>sorted_arr)[0], i, e
+    cdef Py_ssize_t resume = -1
+    cdef const uint16_t* p = _u16(pattern)
+    if start < 0:
+        start = 0
+    if start >= n or limit == 0 or _box_empty(p, p + NDIM):
+        return _new_int64(0), -1
+    cdef const uint16_t* base = _u16(sorted_arr)
+    i = _gallop(base, start, n, p)
+    if _lex_exact(p, p + NDIM):
+        e = _upper_bound(base, i, n, p + NDIM)
+        if limit > 0 and e - i > limit:
+            e = i + limit
+        if e - i > budget:
+            e = resume = i + budget
+        return _span_rows(i, e), resume
+    idx, _ = _skip_scan(base, base, n, p, p + NDIM, False, i, limit, budget, &resume)
+    return idx, resume
 
 
 @cython.boundscheck(False)
