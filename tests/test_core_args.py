@@ -121,6 +121,7 @@ PATTERN_CALLS = [
     ("z_scan", lambda p: _core.z_scan(ARR, ARR, p)),
     ("match_rows", lambda p: _core.match_rows(ARR, np.arange(5), p)),
     ("pattern_is_empty", lambda p: _core.pattern_is_empty(p)),
+    ("is_prefix_pattern", lambda p: _core.is_prefix_pattern(p)),
 ]
 
 

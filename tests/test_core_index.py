@@ -101,6 +101,18 @@ def prefix_patterns(draw):
     return np.array([lo, hi], dtype=np.uint16)
 
 
+@given(st.one_of(patterns(), prefix_patterns()), st.lists(coord, max_size=20))
+def test_is_prefix_pattern_means_the_span_between_the_corners_matches(p, extra):
+    lo, hi = list(row(p[0])), list(row(p[1]))
+    j = next((j for j in range(9) if lo[j] != hi[j]), 9)
+    want = all(lo[k] == 0 and hi[k] == 0xFFFF for k in range(j + 1, 9))
+    assert _core.is_prefix_pattern(p) == want
+    if want:
+        # every coordinate that sorts between the corners is inside the box
+        between = [list(c) for c in extra + [lo, hi] if lo <= list(c) <= hi]
+        assert all(pyref.in_box(c, (lo, hi)) for c in between)
+
+
 @settings(max_examples=300)
 @given(data_arrays, prefix_patterns(), st.integers(-1, 160), st.integers(-1, 40))
 def test_lex_scan_of_prefix_patterns_equals_brute_force(arr, p, start, limit):

@@ -54,7 +54,7 @@ NS_LEX_ROW = 10.0
 NS_RANDOM_ROW = 20.0
 NS_BITMAP_WORD = 0.3
 #: Rows the planner lets the skip scan examine to learn how far a pattern's scan goes.
-PROBE_ROWS = 512
+PROBE_ROWS = 256
 #: Coordinates of a query's answer gathered per step (about a millisecond).
 GATHER_STEP = 65536
 #: Lazy structures of main arrays at least this long are built on the builder thread.
@@ -456,8 +456,8 @@ class CoordIndex:
         n = len(main)
         lo_i = _core.lower_bound(main, p[0])
         n_lex = _core.upper_bound(main, p[1]) - lo_i
-        if n_lex <= 2048:
-            return "lex", n_lex * NS_LEX_ROW
+        if n_lex <= 2048 or _core.is_prefix_pattern(p):
+            return "lex", n_lex * NS_LEX_ROW   # (a prefix's matches are the span)
         lo, hi = _bounds(p)
         constrained = [j for j in range(9) if lo[j] != _FULL_LO or hi[j] != _FULL_HI]
         if not constrained:

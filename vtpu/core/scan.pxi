@@ -143,6 +143,19 @@ cdef bint _lex_exact(const uint16_t* lo, const uint16_t* hi) noexcept nogil:
     return True
 
 
+def is_prefix_pattern(pattern):
+    """Whether a pattern fixes a prefix of components, bounds the next one and leaves
+    the rest whole: then every coordinate between its corners matches it, and its
+    matches in a sorted array are the span between them.
+
+    :param pattern: (2, 9) uint16 inclusive bounds.
+    :returns: bool.
+    :raises InterfaceError: not a (2, 9) uint16 array.
+    """
+    pattern = _pattern_arg(pattern)
+    return _lex_exact(_u16(pattern), _u16(pattern) + NDIM)
+
+
 cdef object _span_rows(Py_ssize_t a, Py_ssize_t b):
     """Rows a..b-1 as a new int64 array."""
     out = _new_int64(b - a if b > a else 0)
@@ -481,6 +494,10 @@ def match_rows(arr, rows, pattern):
             if r[i] < 0 or r[i] >= n:
                 bad = True
                 break
+            # The rows are scattered over the array: asking for a row a few ahead
+            # overlaps its cache miss with the checks before it.
+            if i + PREFETCH_AHEAD < m and 0 <= r[i + PREFETCH_AHEAD] < n:
+                prefetch(a + NDIM * r[i + PREFETCH_AHEAD])
             if in_box(a + NDIM * r[i], p, p + NDIM):
                 o[cnt] = r[i]
                 cnt += 1
