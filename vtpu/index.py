@@ -447,28 +447,30 @@ class CoordIndex:
         :returns: (path, its estimated cost in nanoseconds); path is "lex", "post",
             "bitmap" or "z".
         """
-        return run(self._plan_steps(self._snapshot(), p))
+        path, cost, _ = run(self._plan_steps(self._snapshot(), p))
+        return path, cost
 
     def _plan_steps(self, snap: _Snap, p: np.ndarray):
         """Steps of :meth:`plan` over a snapshot (building a posting list or the Z index
-        it needs may take a few)."""
+        it needs may take a few): ``(path, cost, postings)``, the postings it read by
+        component (the scan reads them again)."""
         main = snap.main
         n = len(main)
         lo_i = _core.lower_bound(main, p[0])
         n_lex = _core.upper_bound(main, p[1]) - lo_i
         if n_lex <= 2048 or _core.is_prefix_pattern(p):
-            return "lex", n_lex * NS_LEX_ROW   # (a prefix's matches are the span)
+            return "lex", n_lex * NS_LEX_ROW, {}   # (a prefix's matches are the span)
         lo, hi = _bounds(p)
         constrained = [j for j in range(9) if lo[j] != _FULL_LO or hi[j] != _FULL_HI]
         if not constrained:
-            return "lex", n_lex * NS_LEX_ROW   # every row matches: read them in order
+            return "lex", n_lex * NS_LEX_ROW, {}   # every row matches: read them in order
         # The skip scan's cost is how far its jumps carry it. A first stretch of it
         # says: the share of the span between the corners it got through, and the
         # rows it examined per match (times the matches the postings predict, the
         # components taken as independent).
         found, r = _core.lex_scan_from(main, p, lo_i, -1, PROBE_ROWS)
         if r < 0:
-            return "lex", PROBE_ROWS * NS_LEX_ROW   # it ended within the stretch
+            return "lex", PROBE_ROWS * NS_LEX_ROW, {}   # it ended within the stretch
         sizes = []
         posts = {}
         matches = float(n)
@@ -501,7 +503,7 @@ class CoordIndex:
             n_z = _core.lower_bound(zk, zhi) - _core.lower_bound(zk, zlo)
             if n_z / 4.0 * NS_LEX_ROW < best[1]:
                 best = ("z", n_z / 4.0 * NS_LEX_ROW)
-        return best
+        return best + (posts,)
 
     def _scan_steps(self, snap: _Snap, p: np.ndarray, start: int, limit: int | None,
                     sink: Callable[[np.ndarray], bool], ordered: bool = True):
@@ -516,7 +518,10 @@ class CoordIndex:
         n = len(main)
         if n == 0:
             return
-        path = self.force_path or (yield from self._plan_steps(snap, p))[0]
+        if self.force_path:
+            path, posts = self.force_path, {}
+        else:
+            path, _, posts = yield from self._plan_steps(snap, p)
         self.last_plan = path
         alive = snap.alive
         if path == "lex":
@@ -549,9 +554,9 @@ class CoordIndex:
         else:
             lo, hi = _bounds(p)
             constrained = [j for j in range(9) if lo[j] != _FULL_LO or hi[j] != _FULL_HI]
-            posts = {}
             for j in constrained or [0]:
-                posts[j] = yield from self._postings_steps(j, main)
+                if j not in posts:   # (the plan read most already)
+                    posts[j] = yield from self._postings_steps(j, main)
             if path == "post":
                 best = min(posts, key=lambda j: posts[j].size(lo[j], hi[j]))
                 cand = posts[best].rows(lo[best], hi[best])

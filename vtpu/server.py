@@ -205,11 +205,11 @@ def _bool(v: Any, what: str) -> bool:
 def _pattern(v: Any, what: str = "pattern") -> np.ndarray:
     if type(v) is not bytes or len(v) != P.PATTERN_SIZE:
         raise InterfaceError(f"{what} must be a packed pattern (bin of 36 bytes)")
-    return P.unpack_pattern(v)
+    return _core.unpack_many(v)   # (2, 9): its two rows
 
 
 def _coord(v: Any, what: str = "coordinate") -> np.ndarray:
-    return P.unpack_coord(P.check_key(v, what))
+    return _core.unpack(P.check_key(v, what))
 
 
 class _Dispatcher:

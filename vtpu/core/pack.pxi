@@ -29,6 +29,13 @@ def unpack(b):
     :raises InterfaceError: not bytes-like or not 18 bytes long.
     """
     cdef const unsigned char[::1] v
+    cdef cnp.npy_intp dim = NDIM
+    out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_UINT16, 0)
+    if type(b) is bytes and PyBytes_GET_SIZE(b) == KEY_BYTES:
+        # (the usual argument: read in place, no buffer view set up)
+        _unpack_row(<const unsigned char*>PyBytes_AS_STRING(b),
+                    <uint16_t*>cnp.PyArray_DATA(<cnp.ndarray>out))
+        return out
     try:
         if b is None:  # a typed memoryview would accept None as empty
             raise TypeError
@@ -37,9 +44,7 @@ def unpack(b):
         raise InterfaceError(f"a packed coordinate must be bytes, got {type(b).__name__}") from None
     if v.shape[0] != KEY_BYTES:
         raise InterfaceError(f"a packed coordinate is 18 bytes, got {v.shape[0]}")
-    out = np.empty(NDIM, dtype=np.uint16)
-    cdef uint16_t[::1] o = out
-    _unpack_row(&v[0], &o[0])
+    _unpack_row(&v[0], <uint16_t*>cnp.PyArray_DATA(<cnp.ndarray>out))
     return out
 
 
@@ -51,15 +56,13 @@ def pack_many(arr):
     :raises InterfaceError: wrong dtype, shape or layout.
     """
     _coords_arg(arr)
-    cdef Py_ssize_t i, n = arr.shape[0]
+    cdef Py_ssize_t i, n = cnp.PyArray_DIMS(<cnp.ndarray>arr)[0]
     out = PyBytes_FromStringAndSize(NULL, n * KEY_BYTES)
-    if n == 0:
-        return out
-    cdef const uint16_t[:, ::1] a = arr
+    cdef const uint16_t* a = _u16(arr)
     cdef unsigned char* o = <unsigned char*>PyBytes_AS_STRING(out)
     with nogil:
         for i in range(n):
-            _pack_row(&a[i, 0], o + i * KEY_BYTES)
+            _pack_row(a + i * NDIM, o + i * KEY_BYTES)
     return out
 
 
@@ -71,22 +74,31 @@ def unpack_many(b):
     :raises InterfaceError: not bytes-like or its length is not a multiple of 18.
     """
     cdef const unsigned char[::1] v
-    try:
-        if b is None:
-            raise TypeError
-        v = b
-    except (TypeError, ValueError):
-        raise InterfaceError(f"packed coordinates must be bytes, got {type(b).__name__}") from None
-    cdef Py_ssize_t i, n = v.shape[0] // KEY_BYTES
-    if v.shape[0] % KEY_BYTES:
-        raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {v.shape[0]}")
-    out = np.empty((n, NDIM), dtype=np.uint16)
-    if n == 0:
-        return out
-    cdef uint16_t[:, ::1] o = out
+    cdef const unsigned char* src
+    cdef Py_ssize_t i, nb
+    if type(b) is bytes:
+        # (the usual argument: read in place, no buffer view set up)
+        src = <const unsigned char*>PyBytes_AS_STRING(b)
+        nb = PyBytes_GET_SIZE(b)
+    else:
+        try:
+            if b is None:
+                raise TypeError
+            v = b
+        except (TypeError, ValueError):
+            raise InterfaceError(f"packed coordinates must be bytes, got {type(b).__name__}") from None
+        nb = v.shape[0]
+        src = &v[0] if nb else NULL
+    if nb % KEY_BYTES:
+        raise InterfaceError(f"packed coordinates need a multiple of 18 bytes, got {nb}")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = nb // KEY_BYTES
+    dims[1] = NDIM
+    out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_UINT16, 0)
+    cdef uint16_t* o = <uint16_t*>cnp.PyArray_DATA(<cnp.ndarray>out)
     with nogil:
-        for i in range(n):
-            _unpack_row(&v[i * KEY_BYTES], &o[i, 0])
+        for i in range(dims[0]):
+            _unpack_row(src + i * KEY_BYTES, o + i * NDIM)
     return out
 
 
