@@ -280,15 +280,20 @@ def test_pattern_is_empty_matches_reference(p):
 
 @given(st.integers(1, 2000), st.data())   # past 256 rows: the answer's buffer grows
 def test_bitmap_and_rows_equals_brute_force(nbits, data):
-    nw = (nbits + 63) // 64
-    nmaps = data.draw(st.integers(1, 4))
+    # up to six bitmaps: four are read through their own pointers, more word by word;
+    # words past nbits, and rows from `first` only
+    nw = (nbits + 63) // 64 + data.draw(st.integers(0, 2))
+    nmaps = data.draw(st.integers(1, 6))
+    first = data.draw(st.integers(-1, nbits + 70))
     # zero words too: whole blocks of four that one bitmap already empties, as a sparse
     # answer's do, and single bits at either end of a word
     words = st.one_of(st.just(0), st.integers(0, 2**64 - 1),
                       st.sampled_from([1, 1 << 63, 2**64 - 1]))
     maps = [np.array(data.draw(st.lists(words, min_size=nw, max_size=nw)),
                      dtype=np.uint64) for _ in range(nmaps)]
-    got = _core.bitmap_and_rows(maps, nbits)
-    want = [i for i in range(nbits)
+    got = _core.bitmap_and_rows(maps, nbits, first)
+    want = [i for i in range(max(0, first), nbits)
             if all((int(m[i // 64]) >> (i % 64)) & 1 for m in maps)]
     assert got.tolist() == want
+    if first <= 0:
+        assert _core.bitmap_and_rows(maps, nbits).tolist() == want

@@ -488,12 +488,13 @@ class CoordIndex:
             best = ("post", s * NS_RANDOM_ROW)
         dense = _bitmap_components(posts, lo, hi, n)
         if len(dense) >= 2:
-            # The AND reads every word of each bitmap; its candidates (as many as the
-            # values' shares of the rows make, taken as independent) are then checked.
-            cand = float(n)
+            # The AND reads the words of each bitmap between the corners; its candidates
+            # (as many as the values' shares of the rows make, taken as independent)
+            # are then checked.
+            cand = float(n_lex)
             for j in dense:
                 cand *= posts[j].size(lo[j], lo[j]) / n
-            cost = len(dense) * (n / 64) * NS_BITMAP_WORD + cand * NS_RANDOM_ROW
+            cost = len(dense) * (n_lex / 64) * NS_BITMAP_WORD + cand * NS_RANDOM_ROW
             if cost < best[1]:
                 best = ("bitmap", cost)
         if best[1] > n / 32 * NS_RANDOM_ROW:
@@ -563,8 +564,11 @@ class CoordIndex:
                 in_order = lo[best] == hi[best]   # one value: ascending rows
             else:   # bitmap
                 maps = [posts[j].bitmaps[lo[j]] for j in _bitmap_components(posts, lo, hi, n)]
-                cand = _core.bitmap_and_rows(maps, n) if maps else \
-                    np.arange(n, dtype=np.int64)
+                # Only the words of rows between the corners (and past `start`).
+                r0 = max(start, _core.lower_bound(main, p[0]))
+                r1 = _core.upper_bound(main, p[1])
+                cand = _core.bitmap_and_rows(maps, r1, r0) if maps else \
+                    np.arange(r0, max(r0, r1), dtype=np.int64)
                 in_order = True
             chunks = (_core.match_rows(main, cand[a:b], p)
                       for a, b in _windows(0, len(cand), WINDOW))

@@ -566,14 +566,16 @@ cdef object _u64_arg(object b):
 @cython.boundscheck(False)
 @cython.wraparound(False)
 @cython.cdivision(True)
-def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
-    """AND several bitmaps (uint64 arrays, bit i of word w = row 64*w + i) and list the set rows.
+def bitmap_and_rows(bitmaps, Py_ssize_t nbits, Py_ssize_t first=0):
+    """AND several bitmaps (uint64 arrays, bit i of word w = row 64*w + i) and list the
+    set rows from ``first`` up to ``nbits``: only the words holding those rows are read.
 
     :param bitmaps: non-empty list of equally long 1-d uint64 arrays.
-    :param nbits: number of valid rows (bits past it are ignored).
+    :param nbits: rows below this (bits past it are ignored).
+    :param first: rows from this one (bits before it are ignored).
     :returns: int64 ascending row indices.
     """
-    cdef Py_ssize_t nb = len(bitmaps), w, t, nw = -1, cnt = 0, cap = 256, i
+    cdef Py_ssize_t nb = len(bitmaps), w, t, nw = -1, cnt = 0, cap = 256, i, w_end
     if nb == 0:
         raise InterfaceError("bitmap_and_rows needs at least one bitmap")
     # Read in place through one pointer each (stacking them copied every bitmap, a
@@ -605,13 +607,24 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
         m1 = maps[1 if nb > 1 else 0]
         m2 = maps[2 if nb > 2 else nb - 1]
         m3 = maps[3 if nb > 3 else nb - 1]
-        w = 0
+        if first < 0:
+            first = 0
+        w = first // 64
+        w_end = (nbits + 63) // 64 if nbits > 0 else 0
+        if w_end > nw:
+            w_end = nw
+        if w < w_end and first % 64:
+            # The first word's rows below `first` are left out.
+            word = _and_word(maps, nb, w) & (<uint64_t>0xFFFFFFFFFFFFFFFF << (first % 64))
+            if word and _emit_bits(word, 64 * w, nbits, &buf, &cnt, &cap) < 0:
+                raise MemoryError()
+            w += 1
         if nb <= 4:
             # A block of words ANDed, then one test of them all: on an answer of a few
             # rows in a thousand most blocks are zero, and the block's loop runs
             # straight, a vector at a time, where a test per word went each way about
             # as often.
-            while w + AND_BLOCK <= nw:
+            while w + AND_BLOCK <= w_end:
                 if _and_block(m0, m1, m2, m3, w):
                     for t in range(AND_BLOCK):
                         word = m0[w + t] & m1[w + t] & m2[w + t] & m3[w + t]
@@ -619,7 +632,7 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits):
                                                &cap) < 0:
                             raise MemoryError()
                 w += AND_BLOCK
-        while w < nw:
+        while w < w_end:
             word = _and_word(maps, nb, w)
             if word and _emit_bits(word, 64 * w, nbits, &buf, &cnt, &cap) < 0:
                 raise MemoryError()
