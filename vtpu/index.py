@@ -46,11 +46,12 @@ _FULL_HI = 0xFFFF
 #: Rows of main (or candidates of a posting list, keys of the Z index) a query examines
 #: per step: well under a millisecond.
 WINDOW = 16384
-#: What the planner takes each path's work to cost, in nanoseconds (measured on 1M
-#: rows, the bench's patterns): a row the skip scan examines (a jump counts as
-#: several, see lex_scan_from), a candidate row read at random (a posting list's, or a
-#: bitmap AND's, checked against the pattern), one word of one bitmap ANDed.
-NS_LEX_ROW = 10.0
+#: What the planner takes each path's work to cost, in nanoseconds (fitted on 1M rows
+#: to the bench's eight read patterns and the attack harness's dense one, so that each
+#: gets its fastest path): a row the skip scan examines (a jump counts as several, see
+#: lex_scan_from), a candidate row read at random (a posting list's, or a bitmap
+#: AND's, checked against the pattern), one word of one bitmap ANDed.
+NS_LEX_ROW = 15.0
 NS_RANDOM_ROW = 20.0
 NS_BITMAP_WORD = 0.3
 #: Rows the planner lets the skip scan examine to learn how far a pattern's scan goes.
@@ -497,13 +498,18 @@ class CoordIndex:
             cost = len(dense) * (n_lex / 64) * NS_BITMAP_WORD + cand * NS_RANDOM_ROW
             if cost < best[1]:
                 best = ("bitmap", cost)
-        if best[1] > n / 32 * NS_RANDOM_ROW:
+        # The Z index (built for this, ~44 bytes a row) is worth asking only when every
+        # path so far is slow and the matches are few: a pattern matching a good share
+        # of the rows is no faster to gather in Z order.
+        if best[1] > n / 32 * NS_RANDOM_ROW and matches < n / 32:
             zk, _, _ = yield from self._zindex_steps(main)
             zlo = _core.morton_encode(p[0:1].copy())[0]
             zhi = _core.morton_encode(p[1:2].copy())[0]
             n_z = _core.lower_bound(zk, zhi) - _core.lower_bound(zk, zlo)
-            if n_z / 4.0 * NS_LEX_ROW < best[1]:
-                best = ("z", n_z / 4.0 * NS_LEX_ROW)
+            # Its matches come in Z order: each is then read at random and sorted.
+            cost = n_z / 4.0 * NS_LEX_ROW + matches * NS_RANDOM_ROW
+            if cost < best[1]:
+                best = ("z", cost)
         return best + (posts,)
 
     def _scan_steps(self, snap: _Snap, p: np.ndarray, start: int, limit: int | None,
