@@ -289,3 +289,6 @@ def test_bitmap_and_rows_equals_brute_force(nbits, data):
     assert got.tolist() == want
     if first <= 0:
         assert _core.bitmap_and_rows(maps, nbits).tolist() == want
+    # past the last word: every bit of every word (no overflow on a huge count)
+    every = _core.bitmap_and_rows(maps, 64 * nw, first).tolist()
+    assert _core.bitmap_and_rows(maps, sys.maxsize, first).tolist() == every

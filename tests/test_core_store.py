@@ -274,6 +274,10 @@ def test_bad_arguments():
     assert len(store) == 0
     with pytest.raises(IndexError):
         store.take([5])
+    # row ids in any integer form numpy makes one array of: a 0-d one is one row
+    store.put(key(1), "a", 1.0)
+    for rows in ([0], (0,), np.array(0), np.array([0], dtype=np.int32)):
+        assert [s.content for s in store.take(rows)] == ["a"]
 
 
 # -- the result type -------------------------------------------------------------------

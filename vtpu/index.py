@@ -479,13 +479,15 @@ class CoordIndex:
             post = posts[j] = yield from self._postings_steps(j, main)
             sizes.append((post.size(lo[j], hi[j]), j))
             matches *= sizes[-1][0] / n
-        rows = min(PROBE_ROWS * n_lex / max(1, r - lo_i),
-                   matches * PROBE_ROWS / max(1, len(found)))
+        rows = PROBE_ROWS * n_lex / max(1, r - lo_i)
+        if len(found):
+            # (with no match in the stretch, rows per match is unknown, only bounded)
+            rows = min(rows, matches * PROBE_ROWS / len(found))
         best = ("lex", rows * NS_LEX_ROW)
         # Posting sizes are exact; a sparse one bounds the work by its length (each
-        # of its rows read at random).
+        # of its rows read at random). It wins a tie: an empty one reads nothing.
         s, j = min(sizes)
-        if s * NS_RANDOM_ROW < best[1]:
+        if s * NS_RANDOM_ROW <= best[1]:
             best = ("post", s * NS_RANDOM_ROW)
         dense = _bitmap_components(posts, lo, hi, n)
         if len(dense) >= 2:

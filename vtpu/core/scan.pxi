@@ -555,7 +555,7 @@ cdef inline int _emit_bits(uint64_t word, int64_t base, int64_t nbits, int64_t**
 cdef object _u64_arg(object b):
     """A bitmap as a C-contiguous 1-d uint64 array (``b`` itself when it is one)."""
     if not (cnp.PyArray_Check(b) and cnp.PyArray_TYPE(<cnp.ndarray>b) == cnp.NPY_UINT64
-            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>b)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>b) and cnp.PyArray_NDIM(<cnp.ndarray>b) == 1
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>b)):
         b = np.ascontiguousarray(b, dtype=np.uint64)
     if cnp.PyArray_NDIM(<cnp.ndarray>b) != 1:
@@ -609,10 +609,10 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits, Py_ssize_t first=0):
         m3 = maps[3 if nb > 3 else nb - 1]
         if first < 0:
             first = 0
+        if nbits > 64 * nw:
+            nbits = 64 * nw   # (every bit of every word; no overflow below)
         w = first // 64
         w_end = (nbits + 63) // 64 if nbits > 0 else 0
-        if w_end > nw:
-            w_end = nw
         if w < w_end and first % 64:
             # The first word's rows below `first` are left out.
             word = _and_word(maps, nb, w) & (<uint64_t>0xFFFFFFFFFFFFFFFF << (first % 64))
