@@ -16,7 +16,8 @@ Layout, all over packed (N, 9) uint16 arrays:
 
 :meth:`CoordIndex.plan` estimates each access path's cost from exact counts it gets in
 O(log N) (range sizes, posting sizes) and from a first stretch of the skip scan (how far
-its jumps carry it), and runs the cheapest, so no selective pattern scans the store. Results always come back in coordinate order.
+its jumps carry it), and runs the cheapest, so no selective pattern scans the store.
+Results always come back in coordinate order.
 
 Queries come in steps (:mod:`vtpu.steps`: ``query_steps``, ``count_steps``,
 ``nearest_steps``; the plain methods run them): a window of WINDOW rows per step, over a

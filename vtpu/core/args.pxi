@@ -27,8 +27,20 @@ cdef inline const uint16_t* _u16(object arr) noexcept:
 
 
 cdef inline const int64_t* _i64(object arr) noexcept:
-    """The first entry of an array that passed :func:`_int64_arg`."""
+    """The first entry of a C-contiguous int64 array (one :func:`_vector_arg` gave, or
+    one :func:`_new_int64` made)."""
     return <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>arr)
+
+
+cdef object _vector_arg(object v, int type_num, object dtype):
+    """``v`` as a C-contiguous array of numpy type ``type_num`` (``dtype``): ``v``
+    itself when it is a native 1-d one, else numpy's conversion (which callers check
+    for the shape they need)."""
+    if (cnp.PyArray_Check(v) and cnp.PyArray_TYPE(<cnp.ndarray>v) == type_num
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>v) and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>v)):
+        return v
+    return np.ascontiguousarray(v, dtype=dtype)
 
 
 cdef object _coords_arg(object arr, str what="coords"):

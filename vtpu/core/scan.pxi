@@ -244,6 +244,25 @@ cdef tuple _skip_scan(const uint16_t* kb, const uint16_t* cb, Py_ssize_t n,
         free(buf)
 
 
+cdef tuple _lex_rows(const uint16_t* base, Py_ssize_t n, const uint16_t* p,
+                     Py_ssize_t i, Py_ssize_t limit, Py_ssize_t budget,
+                     Py_ssize_t* resume):
+    """The matches of a lexicographic scan from row i (at or past the low corner), as
+    :func:`_skip_scan` (``budget``, ``resume``, the returned pair); a prefix pattern's
+    are the span up to the high corner, taken without comparing a row."""
+    cdef Py_ssize_t e
+    if not _lex_exact(p, p + NDIM):
+        return _skip_scan(base, base, n, p, p + NDIM, False, i, limit, budget, resume)
+    e = _upper_bound(base, i, n, p + NDIM)
+    if limit > 0 and e - i > limit:
+        e = i + limit
+    if resume != NULL:
+        resume[0] = -1
+        if budget >= 0 and e - i > budget:
+            e = resume[0] = i + budget
+    return _span_rows(i, e), 0
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def lex_scan(sorted_arr, pattern, Py_ssize_t start=0, Py_ssize_t limit=-1):
@@ -267,14 +286,7 @@ def lex_scan(sorted_arr, pattern, Py_ssize_t start=0, Py_ssize_t limit=-1):
         return _new_int64(0), 0
     cdef const uint16_t* base = _u16(sorted_arr)
     i = _gallop(base, start, n, p) if start > 0 else _lower_bound(base, 0, n, p)
-    cdef Py_ssize_t e
-    if _lex_exact(p, p + NDIM):
-        # Every row up to the high corner matches: no row need be compared.
-        e = _upper_bound(base, i, n, p + NDIM)
-        if limit > 0 and e - i > limit:
-            e = i + limit
-        return _span_rows(i, e), 0
-    return _skip_scan(base, base, n, p, p + NDIM, False, i, limit)
+    return _lex_rows(base, n, p, i, limit, -1, NULL)
 
 
 def lex_scan_from(sorted_arr, pattern, Py_ssize_t start, Py_ssize_t limit, Py_ssize_t budget):
@@ -295,23 +307,15 @@ def lex_scan_from(sorted_arr, pattern, Py_ssize_t start, Py_ssize_t limit, Py_ss
     pattern = _pattern_arg(pattern)
     if budget < 1:
         raise InterfaceError(f"budget must be >= 1, got {budget}")
-    cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>sorted_arr)[0], i, e
+    cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>sorted_arr)[0]
     cdef Py_ssize_t resume = -1
     cdef const uint16_t* p = _u16(pattern)
     if start < 0:
         start = 0
     if start >= n or limit == 0 or _box_empty(p, p + NDIM):
         return _new_int64(0), -1
-    cdef const uint16_t* base = _u16(sorted_arr)
-    i = _gallop(base, start, n, p)
-    if _lex_exact(p, p + NDIM):
-        e = _upper_bound(base, i, n, p + NDIM)
-        if limit > 0 and e - i > limit:
-            e = i + limit
-        if e - i > budget:
-            e = resume = i + budget
-        return _span_rows(i, e), resume
-    idx, _ = _skip_scan(base, base, n, p, p + NDIM, False, i, limit, budget, &resume)
+    idx, _ = _lex_rows(_u16(sorted_arr), n, p, _gallop(_u16(sorted_arr), start, n, p),
+                       limit, budget, &resume)
     return idx, resume
 
 
@@ -478,7 +482,7 @@ def match_rows(arr, rows, pattern):
     pattern = _pattern_arg(pattern)
     if not isinstance(rows, np.ndarray) or rows.ndim != 1:
         raise InterfaceError("rows must be a 1-d integer array")
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    rows = _vector_arg(rows, cnp.NPY_INT64, np.int64)
     cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>arr)[0]
     cdef Py_ssize_t m = cnp.PyArray_DIMS(<cnp.ndarray>rows)[0], i, cnt = 0
     out = _new_int64(m)
@@ -554,10 +558,7 @@ cdef inline int _emit_bits(uint64_t word, int64_t base, int64_t nbits, int64_t**
 
 cdef object _u64_arg(object b):
     """A bitmap as a C-contiguous 1-d uint64 array (``b`` itself when it is one)."""
-    if not (cnp.PyArray_Check(b) and cnp.PyArray_TYPE(<cnp.ndarray>b) == cnp.NPY_UINT64
-            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>b) and cnp.PyArray_NDIM(<cnp.ndarray>b) == 1
-            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>b)):
-        b = np.ascontiguousarray(b, dtype=np.uint64)
+    b = _vector_arg(b, cnp.NPY_UINT64, np.uint64)
     if cnp.PyArray_NDIM(<cnp.ndarray>b) != 1:
         raise InterfaceError("bitmap_and_rows needs equally long 1-d bitmaps")
     return b

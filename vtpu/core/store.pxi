@@ -237,12 +237,7 @@ cdef inline (uint8_t, Py_ssize_t) _plain_payload(const unsigned char* b, Py_ssiz
 
 cdef object _rows_arg(object rows):
     """Row ids as a C-contiguous int64 array (``rows`` itself when it is one)."""
-    if (cnp.PyArray_Check(rows) and cnp.PyArray_TYPE(<cnp.ndarray>rows) == cnp.NPY_INT64
-            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>rows) and cnp.PyArray_NDIM(<cnp.ndarray>rows) == 1
-            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>rows)):
-        a = rows
-    else:
-        a = np.ascontiguousarray(rows, dtype=np.int64)
+    a = _vector_arg(rows, cnp.NPY_INT64, np.int64)
     if cnp.PyArray_NDIM(<cnp.ndarray>a) != 1:
         raise InterfaceError(f"rows must be a 1-d array of row ids, got shape {a.shape}")
     return a
