@@ -1,5 +1,6 @@
 """Parsing and formatting of coordinates, patterns and deltas: vtpu._core against pyref."""
 import os
+import re
 import sys
 
 import numpy as np
@@ -475,11 +476,38 @@ def test_parse_coords_agrees_with_parse_coord_item_by_item(items):
         got = _core.parse_coords(items, names=names, intern=False)
         assert got.shape == (len(items), 9)
         assert all(np.array_equal(g, w) for g, w in zip(got, want))
-        # parse_keys: the same rows, packed
+        # parse_keys and text_keys: the same rows, packed
         assert _core.parse_keys(items, names=names, intern=False) == b"".join(
             _core.pack(w) for w in want)
+        assert _core.text_keys(items, names=names, intern=False) == b"".join(
+            _core.pack(w) for w in want)
     else:
-        for parse in (_core.parse_coords, _core.parse_keys):
+        for parse in (_core.parse_coords, _core.parse_keys, _core.text_keys):
             with pytest.raises(CoordinateError) as info:
                 parse(items, names=names, intern=False)
             assert str(info.value) == err
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(_ITEM, st.sampled_from([b"1.1.1/1.1.1/1.1.1", None, 7, (1,) * 9])),
+                max_size=8))
+def test_text_keys_is_none_at_the_first_item_that_is_no_str(items):
+    """text_keys reads strings as parse_keys does, up to the first item that is not a
+    str: then None (the caller's other path), unless a string before it is refused."""
+    first_other = next((i for i, x in enumerate(items) if not isinstance(x, str)), None)
+    if first_other is None:
+        try:
+            want = _core.parse_keys(items, intern=False)
+        except CoordinateError as e:
+            with pytest.raises(CoordinateError, match=re.escape(str(e))):
+                _core.text_keys(items, intern=False)
+        else:
+            assert _core.text_keys(items, intern=False) == want
+        return
+    try:
+        _core.parse_keys(items[:first_other], intern=False)
+    except CoordinateError as e:
+        with pytest.raises(CoordinateError, match=re.escape(str(e))):
+            _core.text_keys(items, intern=False)
+    else:
+        assert _core.text_keys(items, intern=False) is None

@@ -1292,12 +1292,16 @@ cdef object read_value(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t end, 
         e = read_strhdr(p, q, end, &ln)
         if e < 0:
             return _ELSEWHERE
-        try:
-            v = _utf8_text(<const char*>p + e, ln)
-        except UnicodeDecodeError:
-            return _ELSEWHERE
         pos[0] = e + ln
-        return v
+        if _ascii(p + e, ln):
+            # (Outside the try: entering one saves the thread's exception state, a
+            # tenth of a short value's read.)
+            return _utf8_text(<const char*>p + e, ln)
+        try:
+            return _utf8_text(<const char*>p + e, ln)
+        except UnicodeDecodeError:
+            pos[0] = q
+            return _ELSEWHERE
     if 0xC4 <= c <= 0xC6:
         e = read_binhdr(p, q, end, &ln)
         if e < 0:

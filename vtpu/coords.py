@@ -408,8 +408,10 @@ def to_keys_blob(cs: Any, names: NameTable | None = None, intern: bool = True) -
     """Many coordinates -> one N*18-byte blob (see :func:`to_coords`)."""
     if isinstance(cs, (bytes, bytearray)) and len(cs) % 18 == 0:
         return bytes(cs)
-    if type(cs) is list and cs and _core.all_text(cs):
-        return _core.parse_keys(cs, names, intern)   # strings straight to packed keys
+    if type(cs) is list and cs:
+        blob = _core.text_keys(cs, names, intern)   # strings straight to packed keys
+        if blob is not None:
+            return blob
     return _core.pack_many(to_coords(cs, names, intern))
 
 

@@ -179,7 +179,9 @@ def interleaved(samplers: Dict[str, Callable[[int], Any]], n: int, rounds: int =
 def median_times(fns: Dict[str, Callable[[], Any]], reps: int = 9) -> Dict[str, float]:
     """Time several calls in alternating rounds (each once per round, after one untimed
     call each), so that a slow spell of a shared machine hits them all alike; the
-    median wall time of each.
+    median wall time of each. Each round starts one call further along (round r runs
+    them from the r-th on): the call after a long one finds the caches and the
+    allocator in that one's state, and in a fixed order the same call would always be it.
 
     :param fns: name -> the work.
     :param reps: rounds (>= 1).
@@ -188,8 +190,11 @@ def median_times(fns: Dict[str, Callable[[], Any]], reps: int = 9) -> Dict[str, 
     for fn in fns.values():
         fn()
     ts: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(max(1, reps)):
-        for k, fn in fns.items():
+    names = list(fns)
+    for r in range(max(1, reps)):
+        j = r % len(names)
+        for k in names[j:] + names[:j]:
+            fn = fns[k]
             t0 = time.perf_counter()
             fn()
             ts[k].append(time.perf_counter() - t0)

@@ -374,9 +374,11 @@ def all_text(list items):
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef int _parse_many(list items, uint16_t* rows, unsigned char* keys, object names,
-                     bint intern) except -1:
+                     bint intern, bint texts_only=False) except -1:
     """Parse every string of ``items`` into ``rows`` (N*9 native uint16) or, when
-    ``keys`` is given, into ``keys`` (N*18 bytes, packed big-endian)."""
+    ``keys`` is given, into ``keys`` (N*18 bytes, packed big-endian). With
+    ``texts_only``, an item that is not a str stops the parse and 1 is returned (the
+    caller takes another path), in the same pass as the parse."""
     cdef Py_ssize_t i, n = len(items)
     cdef uint16_t tmp[NDIM]
     cdef uint16_t* o
@@ -393,6 +395,8 @@ cdef int _parse_many(list items, uint16_t* rows, unsigned char* keys, object nam
                 _plain_coord(PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s), o,
                              NULL if keys == NULL else keys + i * KEY_BYTES):
             continue
+        if texts_only and not isinstance(s, str):
+            return 1
         try:
             _parse_coord_into(s, o, names, intern)
         except CoordinateError as e:
@@ -440,6 +444,24 @@ def parse_keys(seq, names=None, bint intern=True):
     out = PyBytes_FromStringAndSize(NULL, len(items) * KEY_BYTES)
     if len(items):
         _parse_many(items, NULL, <unsigned char*>PyBytes_AS_STRING(out), names, intern)
+    return out
+
+
+def text_keys(list items, names=None, bint intern=True):
+    """The packed keys of a list of coordinate strings (as :func:`parse_keys`), or None
+    when an item is not a str: the test of :func:`all_text` made in the parse's own
+    pass over the list.
+
+    :param items: a list.
+    :param names: name table for name components (see :func:`parse_coord`).
+    :param intern: intern unknown names (True) or report them (False).
+    :returns: bytes, or None.
+    :raises CoordinateError: for the first bad string, quoting it and its index.
+    """
+    out = PyBytes_FromStringAndSize(NULL, len(items) * KEY_BYTES)
+    if len(items) and _parse_many(items, NULL, <unsigned char*>PyBytes_AS_STRING(out), names,
+                                  intern, True):
+        return None
     return out
 
 
