@@ -330,6 +330,11 @@ def test_scrolls_from_columns():
     assert r == [Scroll(ks[0], "a", 3, 1.0, 1.5, names), None,
                  Scroll(ks[2], b"c", 1, 2.0, 2.5, names), Scroll(ks[3], {"d": 1}, 7, 3.0, 3.5, names)]
     assert r.found.tolist() == [True, False, True, True] and r.names is names
+    # stored(): the items where a scroll is, itself when that is every one
+    kept = r.stored()
+    assert kept == [x for x in r if x is not None] and kept.keys == ks[0] + ks[2] + ks[3]
+    assert kept.stored() is kept and kept.names is names
+    assert len(Scrolls.from_columns(ks[1], [None], [0], [0.0], [0.0]).stored()) == 0
     assert r.versions.tolist() == [3, 0, 1, 7] and r.updated_at.tolist() == [1.5, 0.0, 2.5, 3.5]
     assert r.contents == ["a", None, b"c", {"d": 1}] and r.keys == b"".join(ks)
     # an explicit mask wins over the versions; a stacked array becomes read-only rows

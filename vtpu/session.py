@@ -550,8 +550,7 @@ def decode_scroll(s: Session, args: Any, r: Any) -> Any:
 
 def _stored(scrolls: Scrolls) -> Scrolls:
     """The items of a result where a scroll is stored (a RANGE page has no others)."""
-    found = scrolls.found
-    return scrolls if found.all() else scrolls.take(np.flatnonzero(found))
+    return scrolls.stored()
 
 
 def _dec_scrolls(s: Session, args: Any, r: Any) -> Scrolls:
@@ -666,8 +665,8 @@ def as_blob(blob: Any, what: str = "keys") -> bytes:
 
 def _as_pattern(p: Any, what: str = "pattern") -> bytes:
     # Exactly a (2, 9) uint16 array, as the engine takes it: another dtype is refused,
-    # never cast.
-    return codec.pack_pattern(_core.check_pattern(p, what))
+    # never cast. Its two rows packed are the wire's 36 bytes (codec.pack_pattern).
+    return _core.pack_many(_core.check_pattern(p, what))
 
 
 def _as_values(v: Any) -> Any:

@@ -773,6 +773,26 @@ cdef class Scrolls:
                 o[i] = self.kinds[i] != CK_DEAD
         return out
 
+    def stored(self):
+        """The items where a scroll is stored, in order: this result itself when that is
+        every item (a result is read-only), else a new Scrolls without the None items.
+
+        :returns: a Scrolls.
+        """
+        cdef Py_ssize_t i, m = 0
+        for i in range(self.n):
+            m += self.kinds[i] != CK_DEAD
+        if m == self.n:
+            return self
+        idx = np.empty(m, dtype=np.int64)
+        cdef int64_t[::1] w = idx
+        m = 0
+        for i in range(self.n):
+            if self.kinds[i] != CK_DEAD:
+                w[m] = i
+                m += 1
+        return self._subset(&w[0] if m else NULL, m)
+
     # -- list behaviour ----------------------------------------------------------------
 
     def __eq__(self, other):
