@@ -123,14 +123,17 @@ class Hits(NamedTuple):
         return out
 
 
-def _bitmap_components(posts: dict, lo: list, hi: list, n: int) -> list:
+def _bitmap_components(posts: dict, lo: list, hi: list, n: int,
+                       sizes: dict | None = None) -> list:
     """The components whose bitmaps the bitmap path ANDs: each one the pattern (bounds
     ``lo``/``hi``, nine ints each) fixes to a value dense enough to have a bitmap, but
-    not held by every row (that one selects nothing and is not read)."""
+    not held by every row (that one selects nothing and is not read). ``sizes``: the
+    posting sizes of the pattern's ranges by component, when the caller has them."""
     out = []
     for j, post in posts.items():
         v = lo[j]
-        if hi[j] == v and v in post.bitmaps and post.size(v, v) < n:
+        if hi[j] == v and v in post.bitmaps and (
+                sizes[j] if sizes is not None else post.size(v, v)) < n:
             out.append(j)
     return out
 
@@ -449,30 +452,31 @@ class CoordIndex:
         :returns: (path, its estimated cost in nanoseconds); path is "lex", "post",
             "bitmap" or "z".
         """
-        path, cost, _ = run(self._plan_steps(self._snapshot(), p))
+        path, cost, _, _ = run(self._plan_steps(self._snapshot(), p))
         return path, cost
 
     def _plan_steps(self, snap: _Snap, p: np.ndarray):
         """Steps of :meth:`plan` over a snapshot (building a posting list or the Z index
-        it needs may take a few): ``(path, cost, postings)``, the postings it read by
-        component (the scan reads them again)."""
+        it needs may take a few): ``(path, cost, postings, dense)``, the postings it read
+        by component and the components the bitmap path would AND (None when the plan
+        did not get that far): the scan reads them again."""
         main = snap.main
         n = len(main)
         lo_i = _core.lower_bound(main, p[0])
         n_lex = _core.upper_bound(main, p[1]) - lo_i
         if n_lex <= 2048 or _core.is_prefix_pattern(p):
-            return "lex", n_lex * NS_LEX_ROW, {}   # (a prefix's matches are the span)
+            return "lex", n_lex * NS_LEX_ROW, {}, None   # (a prefix's matches: the span)
         lo, hi = _bounds(p)
         constrained = [j for j in range(9) if lo[j] != _FULL_LO or hi[j] != _FULL_HI]
         if not constrained:
-            return "lex", n_lex * NS_LEX_ROW, {}   # every row matches: read them in order
+            return "lex", n_lex * NS_LEX_ROW, {}, None   # every row matches: in order
         # The skip scan's cost is how far its jumps carry it. A first stretch of it
         # says: the share of the span between the corners it got through, and the
         # rows it examined per match (times the matches the postings predict, the
         # components taken as independent).
         found, r = _core.lex_scan_from(main, p, lo_i, -1, PROBE_ROWS)
         if r < 0:
-            return "lex", PROBE_ROWS * NS_LEX_ROW, {}   # it ended within the stretch
+            return "lex", PROBE_ROWS * NS_LEX_ROW, {}, None   # it ended in the stretch
         sizes = []
         posts = {}
         matches = float(n)
@@ -480,6 +484,7 @@ class CoordIndex:
             post = posts[j] = yield from self._postings_steps(j, main)
             sizes.append((post.size(lo[j], hi[j]), j))
             matches *= sizes[-1][0] / n
+        size_of = {j: sz for sz, j in sizes}
         rows = PROBE_ROWS * n_lex / max(1, r - lo_i)
         if len(found):
             # (with no match in the stretch, rows per match is unknown, only bounded)
@@ -490,14 +495,14 @@ class CoordIndex:
         s, j = min(sizes)
         if s * NS_RANDOM_ROW <= best[1]:
             best = ("post", s * NS_RANDOM_ROW)
-        dense = _bitmap_components(posts, lo, hi, n)
+        dense = _bitmap_components(posts, lo, hi, n, size_of)
         if len(dense) >= 2:
             # The AND reads the words of each bitmap between the corners; its candidates
             # (as many as the values' shares of the rows make, taken as independent)
             # are then checked.
             cand = float(n_lex)
             for j in dense:
-                cand *= posts[j].size(lo[j], lo[j]) / n
+                cand *= size_of[j] / n
             cost = len(dense) * (n_lex / 64) * NS_BITMAP_WORD + cand * NS_RANDOM_ROW
             if cost < best[1]:
                 best = ("bitmap", cost)
@@ -513,7 +518,7 @@ class CoordIndex:
             cost = n_z / 4.0 * NS_LEX_ROW + matches * NS_RANDOM_ROW
             if cost < best[1]:
                 best = ("z", cost)
-        return best + (posts,)
+        return best + (posts, dense)
 
     def _scan_steps(self, snap: _Snap, p: np.ndarray, start: int, limit: int | None,
                     sink: Callable[[np.ndarray], bool], ordered: bool = True):
@@ -529,9 +534,9 @@ class CoordIndex:
         if n == 0:
             return
         if self.force_path:
-            path, posts = self.force_path, {}
+            path, posts, dense = self.force_path, {}, None
         else:
-            path, _, posts = yield from self._plan_steps(snap, p)
+            path, _, posts, dense = yield from self._plan_steps(snap, p)
         self.last_plan = path
         alive = snap.alive
         if path == "lex":
@@ -572,7 +577,9 @@ class CoordIndex:
                 cand = posts[best].rows(lo[best], hi[best])
                 in_order = lo[best] == hi[best]   # one value: ascending rows
             else:   # bitmap
-                maps = [posts[j].bitmaps[lo[j]] for j in _bitmap_components(posts, lo, hi, n)]
+                if dense is None:
+                    dense = _bitmap_components(posts, lo, hi, n)
+                maps = [posts[j].bitmaps[lo[j]] for j in dense]
                 # Only the words of rows between the corners (and past `start`).
                 r0 = max(start, _core.lower_bound(main, p[0]))
                 r1 = _core.upper_bound(main, p[1])
