@@ -3,9 +3,11 @@
 #
 # A row is a key in the key column (9 native uint16, the form the coordinate index sorts
 # and CNEAREST scans) and a fixed-size record (Row: version int64, created/updated
-# float64, and the content reference: kind byte, offset, length). str and bytes contents
-# and numpy arrays live in one byte arena; other values (lists, dicts, numbers) stay
-# Python objects in one list. Nothing at rest is a Python object per scroll.
+# float64, and the content reference: kind byte, offset, length). str and bytes contents,
+# numpy arrays and numbers (their msgpack bytes) live in one byte arena, except a number
+# of at most ROW_INLINE bytes (an int of 32 bits, a bool), which the row holds in its
+# offset field, as Redis holds small integers in the object itself; other values (lists,
+# dicts) stay Python objects in one list. Nothing at rest is a Python object per scroll.
 #
 # The key column has two runs: the sorted run (rows [0, m): a read-only numpy array,
 # shared with the coordinate index as its main array, so keys are held once) and the
@@ -162,7 +164,47 @@ cdef void* _grow_pages(void* p, size_t old, size_t n) except NULL:
 
 
 cdef inline bint _in_arena(uint8_t kind) noexcept nogil:
+    """Whether a content of this kind is bytes (a span of the arena, or of a result's
+    data)."""
     return kind == CK_STR or kind == CK_BYTES or kind == CK_ARRAY or kind == CK_PACKED
+
+
+cdef enum:
+    # A packed number this short is held in its row's offset field (40 bits), not in the
+    # arena: a point read of it takes no cache miss after the row's.
+    ROW_INLINE = 5
+
+
+cdef inline bint _row_inline(const Row* r) noexcept nogil:
+    return r.kind == CK_PACKED and r.len <= ROW_INLINE
+
+
+cdef inline bint _row_in_arena(const Row* r) noexcept nogil:
+    """Whether the row's content takes arena bytes (r.len of them, at r.off)."""
+    return _in_arena(<uint8_t>r.kind) and not _row_inline(r)
+
+
+cdef inline uint64_t _inline_word(const char* src, Py_ssize_t ln) noexcept nogil:
+    """The ln <= ROW_INLINE bytes at src as the row's offset field holds them (byte i in
+    bits 8i..8i+7, whatever the host's byte order)."""
+    cdef uint64_t w = 0
+    cdef Py_ssize_t i
+    for i in range(ln):
+        w |= (<uint64_t>(<const unsigned char*>src)[i]) << (8 * i)
+    return w
+
+
+cdef inline const char* _row_data(const Row* r, const char* arena, char* tmp) noexcept nogil:
+    """Where the bytes of a row's content are (an arena kind): in the arena, or, held in
+    the row, copied out into ``tmp`` (ROW_INLINE bytes)."""
+    cdef uint64_t w
+    cdef Py_ssize_t i
+    if _row_inline(r):
+        w = r.off
+        for i in range(<Py_ssize_t>r.len):
+            tmp[i] = <char>((w >> (8 * i)) & 0xFF)
+        return tmp
+    return arena + r.off
 
 
 cdef object _array_from(const char* base, int64_t off, int64_t ln, object owner,
@@ -524,7 +566,7 @@ cdef class ColumnStore:
         cdef Py_ssize_t t_id
         cdef uint8_t kind, old
         cdef Py_buffer view
-        cdef bint have_view = False
+        cdef bint have_view = False, old_arena
         cdef unsigned char num[9]
         if packed and len(<bytes>content) > ROW_MAX_LEN:
             content = self.unpackb(content)   # too large for the arena: kept decoded
@@ -575,11 +617,18 @@ cdef class ColumnStore:
             if total > ROW_MAX_LEN:
                 kind = CK_OBJECT   # large contents stay the objects they are
             old = CK_DEAD if fresh else r.kind
-            oldlen = r.len if _in_arena(old) else 0
+            old_arena = not fresh and _row_in_arena(r)
+            oldlen = r.len if old_arena else 0
             if old == CK_OBJECT:
                 self._reserve_free()
-            if _in_arena(kind):
-                if _in_arena(old) and total <= oldlen:
+            if kind == CK_PACKED and total <= ROW_INLINE:
+                if old == CK_OBJECT:
+                    self._free_obj(r.off)
+                self.garbage += oldlen
+                r.off = _inline_word(src, total)
+                r.len = total
+            elif _in_arena(kind):
+                if old_arena and total <= oldlen:
                     off = r.off   # fits where the old content was
                 else:
                     self._reserve_arena(total)
@@ -612,6 +661,11 @@ cdef class ColumnStore:
 
     cdef inline object _content(self, Py_ssize_t row):
         cdef Row* r = &self.meta[row]
+        cdef char tmp[8]
+        if _row_inline(r):
+            return _content_from(CK_PACKED, _row_data(r, self.arena, tmp), 0, r.len, NULL,
+                                 <PyObject*>self.objs, <PyObject*>self.array_types,
+                                 <PyObject*>self.unpackb)
         return _content_from(r.kind, self.arena, r.off, r.len, NULL, <PyObject*>self.objs,
                              <PyObject*>self.array_types, <PyObject*>self.unpackb)
 
@@ -823,7 +877,9 @@ cdef class ColumnStore:
             r.kind = kind
             r.len = ln - hl
             r.off = 0
-            if r.len:
+            if _row_inline(r):
+                r.off = _inline_word(<const char*>b + hl, r.len)
+            elif r.len:
                 self._reserve_arena(r.len)
                 r.off = self.arena_n
                 memcpy(self.arena + self.arena_n, b + hl, r.len)
@@ -859,7 +915,7 @@ cdef class ColumnStore:
         if r.kind == CK_OBJECT:
             self._reserve_free()
             self._free_obj(r.off)
-        elif _in_arena(r.kind):
+        elif _row_in_arena(r):
             self.garbage += r.len
         r.kind = CK_DEAD
         self.live -= 1
@@ -1004,7 +1060,7 @@ cdef class ColumnStore:
             if meta[w].kind == CK_OBJECT:
                 meta[w].off = len(objs)
                 objs.append(old_objs[self.meta[old].off])
-            elif arena and _in_arena(meta[w].kind):
+            elif arena and _row_in_arena(&meta[w]):
                 ln = meta[w].len
                 memcpy(new_arena + pos, self.arena + meta[w].off, ln)
                 meta[w].off = pos
@@ -1324,6 +1380,7 @@ cdef class ColumnStore:
         cdef const Row* meta = self.meta
         cdef const Row* r
         cdef const char* arena = self.arena
+        cdef char tmp[8]
         for i in range(n):
             row = rows[i]
             if row >= nrows or row < -1:
@@ -1362,7 +1419,7 @@ cdef class ColumnStore:
                 row = rows[i]
                 if i + PREFETCH_AHEAD < n:
                     ahead = rows[i + PREFETCH_AHEAD]
-                    if ahead >= 0 and _in_arena(meta[ahead].kind):
+                    if ahead >= 0 and _row_in_arena(&meta[ahead]):
                         prefetch(arena + meta[ahead].off)
                 if kp != NULL:
                     if row >= 0:
@@ -1382,7 +1439,7 @@ cdef class ColumnStore:
                 utime[i] = r.updated
                 if _in_arena(kind):
                     ln = r.len
-                    short_copy(d + pos, arena + r.off, ln)
+                    short_copy(d + pos, _row_data(r, arena, tmp), ln)
                     offs[i] = pos
                     lens[i] = ln
                     pos += ln
