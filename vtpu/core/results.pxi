@@ -15,6 +15,11 @@ from cpython.buffer cimport PyBUF_WRITABLE, PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 import numpy as np
+cdef extern from "Python.h":
+    # PyBytes_AS_STRING on a borrowed pointer: a column's bytes read with no reference
+    # taken (Cython holds one on an attribute it passes to a function).
+    const char* _bytes_at "PyBytes_AS_STRING" (PyObject* o) noexcept nogil
+
 from collections import namedtuple as _namedtuple
 from vtpu.errors import InterfaceError
 
@@ -377,15 +382,25 @@ cdef class Scrolls:
         return self.n
 
     cdef object _item(self, Py_ssize_t i):
+        # One item per read of a result, so its cost is the per-result cost: the
+        # columns are read through borrowed pointers (the result holds them; no
+        # reference is counted but the new objects'), and the two kinds most contents
+        # are (bytes, text) are made here rather than through _content_from.
         cdef uint8_t kind = self.kinds[i]
         if kind == CK_DEAD:
             return None
-        content = _content_from(kind, PyBytes_AS_STRING(self._data), self.offs[i],
-                                self.lens[i], <PyObject*>self._data, <PyObject*>self._objs,
-                                <PyObject*>self._types, <PyObject*>self._unpackb)
-        return _new_scroll_at(<const unsigned char*>PyBytes_AS_STRING(self._keys)
+        cdef const char* data = _bytes_at(<PyObject*>self._data)
+        if kind == CK_BYTES:
+            content = PyBytes_FromStringAndSize(data + self.offs[i], self.lens[i])
+        elif kind == CK_STR:
+            content = _utf8_text(data + self.offs[i], self.lens[i])
+        else:
+            content = _content_from(kind, data, self.offs[i], self.lens[i],
+                                    <PyObject*>self._data, <PyObject*>self._objs,
+                                    <PyObject*>self._types, <PyObject*>self._unpackb)
+        return _new_scroll_at(<const unsigned char*>_bytes_at(<PyObject*>self._keys)
                               + i * KEY_BYTES, content, self.ver[i], self.ctime[i],
-                              self.utime[i], self._names)
+                              self.utime[i], <object>(<PyObject*>self._names))
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
