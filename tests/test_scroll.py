@@ -185,6 +185,24 @@ def test_call_meter_counts_times_and_passes_errors_through():
     assert (m.calls, m.errors) == (2, 1) and m.seconds > 0.0
 
 
+def test_call_meter_over_a_column_stores_get_reads_and_counts_as_any_function():
+    """A meter whose function is a column store's own get (what an embedded client's
+    cget is) answers, counts and refuses exactly as a meter over any function does."""
+    store = _core.ColumnStore()
+    k = _core.pack(np.array([1] * 9, np.uint16))
+    store.put(k, "v", 1.0)
+    fast = _core.CallMeter(store.get)
+    slow = _core.CallMeter(lambda key: store.get(key))
+    for m in (fast, slow):
+        assert m.read(k) == store.get(k) and m.call(k).content == "v"
+        assert m.read(b"\0" * 18) is None
+        with pytest.raises(InterfaceError):
+            m.call(b"short")
+        assert (m.calls, m.errors) == (3, 1)
+    other = _core.ColumnStore()
+    assert _core.CallMeter(other.get).read(k) is None   # (the store it was given)
+
+
 def test_call_meter_read_converts_a_coordinate_as_cget_does():
     seen = []
 
