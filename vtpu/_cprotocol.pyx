@@ -844,8 +844,22 @@ cdef int put_contents(Buf* b, _Cols c, dict heads) except -1:
     cdef const int64_t* lens = &c.lens[0]
     cdef list objs = c.objs
     cdef list types = c.types
+    cdef unsigned char kind
+    cdef Py_ssize_t ln, h
     for i in range(n):
-        put_span(b, kinds[i], d, offs[i], lens[i], objs, types, heads)
+        # The kinds most contents are, written here (what put_span writes for them,
+        # without a call per item); the others through put_span.
+        kind = kinds[i]
+        if kind == K_BYTES or kind == K_STR:
+            ln = lens[i]
+            reserve(b, ln + 5)
+            h = write_strhdr(b.p + b.n, ln) if kind == K_STR else write_binhdr(b.p + b.n, ln)
+            short_copy(b.p + b.n + h, d + offs[i], ln)
+            b.n += h + ln
+        elif kind == K_DEAD or kind == K_NONE:
+            put1(b, 0xC0)
+        else:
+            put_span(b, kind, d, offs[i], lens[i], objs, types, heads)
     return 0
 
 
