@@ -40,7 +40,7 @@ from vtpu.coords import Scroll
 # The core's Scroll type and its builder: a decoded reply's Scroll is made in C (no
 # __init__ argument parsing, no Python int/float for its version and times).
 from vtpu._core cimport (Scroll as _CScroll, _new_scroll_at, Scrolls as _CScrolls,
-                         _new_scrolls, _ascii, _utf8_text, short_copy)
+                         _new_scrolls, _ascii, _ascii_text, _utf8_text, short_copy)
 from vtpu.errors import FrameTooLarge, InterfaceError, LimitError, ProtocolError
 from vtpu.protocol import Reply, packb, parse_request, refuse_big_batch
 
@@ -799,7 +799,20 @@ cdef inline int put_span(Buf* b, unsigned char kind, const char* d, int64_t off,
                          int64_t ln, list objs, list types, dict heads) except -1:
     """Append one content of a Scrolls from its span in the result's data (or its
     object): the bytes ``put_value`` writes for the content itself. ``heads`` keeps the
-    ext header of each array type met so far (made once per type, not per array)."""
+    ext header of each array type met so far (made once per type, not per array).
+
+    The kinds most contents are (bytes, text, nil) are written here, inline in the
+    callers' loops; the others by :func:`put_span_other`."""
+    if kind == K_BYTES or kind == K_STR:
+        return put_span_of(b, d + off, ln, kind == K_STR)
+    if kind == K_DEAD or kind == K_NONE:
+        return put1(b, 0xC0)   # the content None, or nothing stored
+    return put_span_other(b, kind, d, off, ln, objs, types, heads)
+
+
+cdef int put_span_other(Buf* b, unsigned char kind, const char* d, int64_t off,
+                        int64_t ln, list objs, list types, dict heads) except -1:
+    """:func:`put_span` of an array, a packed number or an object content."""
     cdef uint32_t tid
     cdef Buf hb
     if kind == K_ARRAY:
@@ -817,16 +830,12 @@ cdef inline int put_span(Buf* b, unsigned char kind, const char* d, int64_t off,
             heads[tid] = head
         put(b, PyBytes_AS_STRING(head), len(<bytes>head))
         put(b, d + off + 4, ln - 4)
-    elif kind == K_BYTES:
-        put_bin(b, d + off, ln)
-    elif kind == K_STR:
-        put_str(b, d + off, ln)
     elif kind == K_PACKED:
         put(b, d + off, ln)
     elif kind == K_OBJECT:
         put_value(b, <object>PyList_GET_ITEM(objs, off), 1)
     else:
-        put1(b, 0xC0)   # the content None, or nothing stored
+        put1(b, 0xC0)
     return 0
 
 
@@ -844,22 +853,8 @@ cdef int put_contents(Buf* b, _Cols c, dict heads) except -1:
     cdef const int64_t* lens = &c.lens[0]
     cdef list objs = c.objs
     cdef list types = c.types
-    cdef unsigned char kind
-    cdef Py_ssize_t ln, h
     for i in range(n):
-        # The kinds most contents are, written here (what put_span writes for them,
-        # without a call per item); the others through put_span.
-        kind = kinds[i]
-        if kind == K_BYTES or kind == K_STR:
-            ln = lens[i]
-            reserve(b, ln + 5)
-            h = write_strhdr(b.p + b.n, ln) if kind == K_STR else write_binhdr(b.p + b.n, ln)
-            short_copy(b.p + b.n + h, d + offs[i], ln)
-            b.n += h + ln
-        elif kind == K_DEAD or kind == K_NONE:
-            put1(b, 0xC0)
-        else:
-            put_span(b, kind, d, offs[i], lens[i], objs, types, heads)
+        put_span(b, kinds[i], d, offs[i], lens[i], objs, types, heads)
     return 0
 
 
@@ -1310,9 +1305,9 @@ cdef object read_value(const unsigned char* p, Py_ssize_t* pos, Py_ssize_t end, 
         if _ascii(p + e, ln):
             # (Outside the try: entering one saves the thread's exception state, a
             # tenth of a short value's read.)
-            return _utf8_text(<const char*>p + e, ln)
+            return _ascii_text(<const char*>p + e, ln)
         try:
-            return _utf8_text(<const char*>p + e, ln)
+            return PyUnicode_DecodeUTF8(<const char*>p + e, ln, NULL)
         except UnicodeDecodeError:
             pos[0] = q
             return _ELSEWHERE

@@ -49,12 +49,17 @@ cdef inline bint _ascii(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     return (acc & 0x8080808080808080ULL) == 0
 
 
+cdef inline object _ascii_text(const char* p, Py_ssize_t n):
+    """The str of the n bytes at p, known to be ASCII: copied into a new compact str."""
+    out = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_1BYTE_DATA(out), p, n)
+    return out
+
+
 cdef inline object _utf8_text(const char* p, Py_ssize_t n):
     """The str of the n UTF-8 bytes at p. ASCII (most stored text) is copied into a new
     compact str, which skips the decoder's own scan and its second pass; anything else is
     decoded (and refused with UnicodeDecodeError when it is not UTF-8)."""
     if _ascii(<const unsigned char*>p, n):
-        out = PyUnicode_New(n, 127)
-        memcpy(PyUnicode_1BYTE_DATA(out), p, n)
-        return out
+        return _ascii_text(p, n)
     return PyUnicode_DecodeUTF8(p, n, NULL)

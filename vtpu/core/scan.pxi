@@ -314,8 +314,8 @@ def lex_scan_from(sorted_arr, pattern, Py_ssize_t start, Py_ssize_t limit, Py_ss
         start = 0
     if start >= n or limit == 0 or _box_empty(p, p + NDIM):
         return _new_int64(0), -1
-    idx, _ = _lex_rows(_u16(sorted_arr), n, p, _gallop(_u16(sorted_arr), start, n, p),
-                       limit, budget, &resume)
+    cdef const uint16_t* base = _u16(sorted_arr)
+    idx, _ = _lex_rows(base, n, p, _gallop(base, start, n, p), limit, budget, &resume)
     return idx, resume
 
 

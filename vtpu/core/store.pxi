@@ -662,11 +662,11 @@ cdef class ColumnStore:
     cdef inline object _content(self, Py_ssize_t row):
         cdef Row* r = &self.meta[row]
         cdef char tmp[8]
+        cdef const char* base = self.arena
+        cdef int64_t off = r.off
         if _row_inline(r):
-            return _content_from(CK_PACKED, _row_data(r, self.arena, tmp), 0, r.len, NULL,
-                                 <PyObject*>self.objs, <PyObject*>self.array_types,
-                                 <PyObject*>self.unpackb)
-        return _content_from(r.kind, self.arena, r.off, r.len, NULL, <PyObject*>self.objs,
+            base, off = _row_data(r, self.arena, tmp), 0
+        return _content_from(r.kind, base, off, r.len, NULL, <PyObject*>self.objs,
                              <PyObject*>self.array_types, <PyObject*>self.unpackb)
 
     cdef Scroll _scroll(self, Py_ssize_t row, bytes key):
