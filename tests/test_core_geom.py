@@ -241,6 +241,61 @@ def test_match_edges():
     assert _core.match(np.empty((0, 9), np.uint16), star).shape == (0,)
 
 
+dense_word = st.sampled_from([0, 1, 2, 3, 0xFFFF])
+dense_arrays = st.lists(st.lists(dense_word, min_size=9, max_size=9), max_size=40).map(as_arr)
+
+
+@st.composite
+def window_patterns(draw):
+    """Boxes over few values, so that spans hold rows inside and outside them: windows
+    (fixed components, one interval, then wildcards: all of the span is in the box) and
+    boxes with later components constrained too (some of it is not)."""
+    j = draw(st.integers(0, 8))
+    lo = [draw(dense_word) for _ in range(j)]
+    hi = list(lo)
+    for _ in range(9 - j):
+        kind = draw(st.sampled_from(["star", "star", "interval", "fixed"]))
+        a, b = sorted([draw(dense_word), draw(dense_word)])
+        a, b = {"star": (0, 0xFFFF), "interval": (a, b), "fixed": (a, a)}[kind]
+        lo.append(a), hi.append(b)
+    return np.array([lo, hi], dtype=np.uint16)
+
+
+@given(dense_arrays, st.lists(window_patterns(), max_size=4))
+def test_window_spans_against_brute_force(arr, pats):
+    srt = np.unique(arr, axis=0) if len(arr) else arr
+    keys = [tuple(int(v) for v in r) for r in srt]
+    p = np.array(pats, dtype=np.uint16).reshape(-1, 2, 9)
+    starts, ends, exact = _core.window_spans(np.ascontiguousarray(srt), p)
+    for i, pat in enumerate(p):
+        lo, hi = tuple(int(v) for v in pat[0]), tuple(int(v) for v in pat[1])
+        s = sum(k < lo for k in keys)
+        e = max(s, sum(k <= hi for k in keys))
+        assert (starts[i], ends[i]) == (s, e)
+        assert exact[i] == all(pyref.match(keys[s:e], pat))
+
+
+def test_band_fill_against_numpy():
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        sc = rng.standard_normal((6, 7)).astype(dtype)
+        lo = np.array([-3, 0, 2, 5, 9, 4], dtype=np.int64)
+        hi = np.array([2, 7, 2, 20, 12, 1], dtype=np.int64)
+        want = sc.copy()
+        cols = np.arange(7)
+        for r in range(6):
+            want[r, (cols < lo[r]) | (cols >= hi[r])] = -np.inf
+        kept = _core.band_fill(sc, lo, hi, -np.inf)
+        np.testing.assert_array_equal(sc, want)
+        assert kept.tolist() == [int(np.isfinite(want[r]).sum()) for r in range(6)]
+    with pytest.raises(InterfaceError, match="C-contiguous"):
+        _core.band_fill(np.zeros((3, 4), np.float32)[:, ::2], np.zeros(3), np.zeros(3), 0.0)
+    with pytest.raises(InterfaceError, match="float32 or float64"):
+        _core.band_fill(np.zeros((3, 4), np.int32), np.zeros(3), np.zeros(3), 0.0)
+    with pytest.raises(InterfaceError, match=r"one bound per row \(3\)"):
+        _core.band_fill(np.zeros((3, 4)), np.zeros(2), np.zeros(3), 0.0)
+
+
 @given(coord, coord_arrays)
 def test_l1_hamming_match_reference(c, arr):
     c = np.array(c, np.uint16)

@@ -60,6 +60,7 @@ PUT_STEP = 1024      # scrolls of an import written per step
 EDGE_STEP = 512      # KG edges followed per step
 PHEXT_STEP = 128     # scrolls formatted per step of an export
 SCORES_PER_STEP = 1 << 15   # ATTEND_MANY attention scores computed per step
+ATTEND_BLOCK = 64           # ATTEND_MANY queries scored together (one matmul per block)
 #: Bounds of CNEAREST's k and CKG's hops / max_frontier in every backend. A server caps
 #: k and max_frontier lower per request (vtpu.server.MAX_NEAREST_K, MAX_KG_FRONTIER).
 MAX_K = 1 << 31
@@ -433,6 +434,39 @@ def _refuse_over(size: int, limit: int) -> None:
     if size > limit:
         raise LimitError(f"the reply would take more than {limit} bytes (the client's frame "
                          "limit)", "LIMIT")
+
+
+class _VectorRows:
+    """Vectors gathered chunk by chunk into one ``(n, d)`` array, made at the first chunk
+    (a dtype met later promotes it), rather than a list of parts joined at the end: that
+    join copies every vector once more into memory the process has not touched yet,
+    whose page faults cost a large window more than its gathers."""
+
+    def __init__(self, n: int):
+        """:param n: how many vectors are expected (more are taken, the array grown)."""
+        self.n = n
+        self.out: np.ndarray | None = None
+        self.got = 0
+
+    def add(self, vecs: np.ndarray) -> None:
+        """Append the (m, d) ``vecs`` (every chunk has the same d)."""
+        if not len(vecs):
+            return
+        if self.out is None:
+            self.out = np.empty((self.n, vecs.shape[1]), dtype=vecs.dtype)
+        elif vecs.dtype != self.out.dtype:
+            self.out = self.out.astype(np.result_type(self.out, vecs))
+        if self.got + len(vecs) > len(self.out):
+            grown = np.empty((max(2 * len(self.out), self.got + len(vecs)),
+                              self.out.shape[1]), dtype=self.out.dtype)
+            grown[:self.got] = self.out[:self.got]
+            self.out = grown
+        self.out[self.got:self.got + len(vecs)] = vecs
+        self.got += len(vecs)
+
+    def result(self, d: int) -> np.ndarray:
+        """The vectors added, ``(got, d)`` (float64 and empty when none were)."""
+        return np.empty((0, d)) if self.out is None else self.out[:self.got]
 
 
 class Engine(EngineCore):
@@ -937,7 +971,7 @@ class Engine(EngineCore):
     def _value_vectors_steps(self, keys: np.ndarray, values, cast: bool = True) -> Steps:
         """Steps: the value vectors of attention keys, stacked (one row per key), GATHER
         scrolls per step."""
-        parts: list = []
+        rows = _VectorRows(len(keys))
         size = against = None
         got = 0
 
@@ -947,7 +981,7 @@ class Engine(EngineCore):
             if size is None and len(vecs):
                 size = vecs.shape[1]
                 against = f"the value scroll at {self._fmt(scrolls[0].key)}"
-            parts.append(vecs)
+            rows.add(vecs)
             got += len(scrolls)
 
         if values.dtype == np.int32:           # a delta applied to every key
@@ -969,9 +1003,7 @@ class Engine(EngineCore):
                 take(part)
         if got != len(keys):
             raise InterfaceError(f"values give {got} scrolls for {len(keys)} keys")
-        if not parts:
-            return np.empty((0, 0))
-        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        out = rows.result(0)
         return out.astype(np.float64) if cast else out
 
     def attend(self, q, key_pattern: np.ndarray, top_k: int | None = None, values=None,
@@ -1183,18 +1215,17 @@ class Engine(EngineCore):
         if not inside.all():
             ucoords = np.ascontiguousarray(ucoords[inside])
             starts, ends, exact = yield from self._spans_steps(ucoords, kp)
-        kparts: list = []
+        krows = _VectorRows(len(ucoords))
         cparts: list = []
         for part, pc in self._chunks(ucoords):
             yield
-            kparts.append(self._vectors(part, d, "key", "each query vector"))
+            krows.add(self._vectors(part, d, "key", "each query vector"))
             cparts.append(pc)
-        if sum(len(c) for c in cparts) != len(ucoords):
+        if krows.got != len(ucoords):
             # A key was deleted since the windows were laid out: lay them out again.
             ucoords = np.concatenate(cparts) if cparts else _EMPTY_COORDS
             starts, ends, exact = yield from self._spans_steps(ucoords, kp)
-        K = (np.concatenate(kparts) if len(kparts) > 1 else kparts[0]) if kparts else \
-            np.empty((0, d))
+        K = krows.result(d)
         V = K if values is None else \
             (yield from self._value_vectors_steps(ucoords, values, cast=False))
         # float32 throughout when everything stored is float32 (as models keep it),
@@ -1214,52 +1245,64 @@ class Engine(EngineCore):
         weights_out: list | None = [None] * nq if return_weights else None
         scale = ft(1.0 / math.sqrt(d))
 
-        def scores(qi: np.ndarray, Qb: np.ndarray, inexact: list, c0: int, c1: int):
-            # (valid mask, scores with -inf where invalid) of a block of queries over
-            # the keys [c0, c1).
-            pos = np.arange(c0, c1)
-            valid = (pos >= starts[qi, None]) & (pos < ends[qi, None])
+        def scores(qi: np.ndarray, lo: np.ndarray, hi: np.ndarray, inexact: list,
+                   c0: int, c1: int):
+            # Scores of a block of queries over the keys [c0, c1), -inf outside each
+            # query's window; how many keys of each query are inside; and, for a query
+            # whose span is not all inside its box, which keys of [max(lo, c0),
+            # min(hi, c1)) are (row -> bool mask).
+            qb = Q[qi]
+            qb *= scale       # the 1/sqrt(d) of the scores, on the block's own copy
+            sc = qb @ K[c0:c1].T
+            inside = _core.band_fill(sc, lo - c0, hi - c0, -np.inf)
+            masks = {}
             for r, i in inexact:
-                a, b = max(int(starts[i]), c0), min(int(ends[i]), c1)
+                a, b = max(int(lo[r]), c0), min(int(hi[r]), c1)
                 if a < b:
-                    valid[r, a - c0:b - c0] = _core.match(ucoords[a:b], kp[i])
-            sc = (Qb @ K[c0:c1].T) * scale
-            sc[~valid] = -np.inf
-            return valid, sc
+                    hit = _core.match(ucoords[a:b], kp[i])
+                    sc[r, a - c0:b - c0][~hit] = -np.inf
+                    inside[r] = np.count_nonzero(hit)
+                    masks[r] = hit
+            return sc, inside, masks
 
-        # Queries in window order, in blocks: one dense (block x span) matmul per block
-        # with a mask, so neighbouring windows share their keys instead of gathering a
-        # (Q, W, d) copy. Rows inside a window's lexicographic span that miss its box
-        # (possible when a later component is constrained) are masked out too. A long
-        # span is taken in chunks, the softmax accumulated online (running max, sum and
-        # weighted sum, rescaled when the max grows); the weights, when asked for, are a
-        # second pass over the chunks once the max and the sum are known.
+        # Queries in window order, in blocks: one dense (block x span) matmul per block,
+        # the cells outside each query's window masked, so neighbouring windows share
+        # their keys instead of gathering a (Q, W, d) copy. Rows inside a window's
+        # lexicographic span that miss its box (possible when a later component is
+        # constrained) are masked out too. A long span is taken in chunks, the softmax
+        # accumulated online (running max, sum and weighted sum, rescaled when the max
+        # grows); the weights, when asked for, are a second pass over the chunks once
+        # the max and the sum are known.
         order = np.argsort(starts, kind="stable")
-        block = 128
-        for b0 in range(0, nq, block):
-            qi = order[b0:b0 + block]
-            s0, e0 = int(starts[qi].min()), int(ends[qi].max())
+        any_inexact = not exact.all()
+        for b0 in range(0, nq, ATTEND_BLOCK):
+            qi = order[b0:b0 + ATTEND_BLOCK]
+            lo, hi = starts[qi], ends[qi]
+            s0, e0 = int(lo.min()), int(hi.max())
             if e0 <= s0:
                 continue
             nb = len(qi)
             step = max(1, SCORES_PER_STEP // nb)
-            Qb = Q[qi]
-            inexact = [(r, qi[r]) for r in np.flatnonzero(~exact[qi])]
-            top = np.full(nb, -np.inf, dtype=ft)
-            tot = np.zeros(nb, dtype=ft)
-            acc = np.zeros((nb, dv), dtype=ft)
+            inexact = [(r, qi[r]) for r in np.flatnonzero(~exact[qi])] if any_inexact else []
             for c0 in range(s0, e0, step):
                 yield
                 c1 = min(c0 + step, e0)
-                valid, sc = scores(qi, Qb, inexact, c0, c1)
-                new = np.maximum(top, sc.max(axis=1))
+                sc, inside, _ = scores(qi, lo, hi, inexact, c0, c1)
+                new = sc.max(axis=1)
+                if c0 != s0:
+                    np.maximum(top, new, out=new)
                 ref = np.where(np.isfinite(new), new, 0).astype(ft, copy=False)
-                w = np.exp(sc - ref[:, None])
-                grow = np.exp(np.where(np.isfinite(top), top - ref, -np.inf)).astype(
-                    ft, copy=False)
-                tot = tot * grow + w.sum(axis=1)
-                acc = acc * grow[:, None] + w @ V[c0:c1]
-                counts[qi] += valid.sum(axis=1)
+                sc -= ref[:, None]
+                w = np.exp(sc, out=sc)
+                if c0 == s0:
+                    tot, acc = w.sum(axis=1), w @ V[c0:c1]
+                    counts[qi] = inside
+                else:
+                    grow = np.exp(np.where(np.isfinite(top), top - ref, -np.inf)).astype(
+                        ft, copy=False)
+                    tot = tot * grow + w.sum(axis=1)
+                    acc = acc * grow[:, None] + w @ V[c0:c1]
+                    counts[qi] += inside
                 top = new
             outputs[qi] = np.divide(acc, tot[:, None], out=np.zeros_like(acc),
                                     where=tot[:, None] > 0)
@@ -1272,13 +1315,17 @@ class Engine(EngineCore):
             for c0 in range(s0, e0, step):
                 yield
                 c1 = min(c0 + step, e0)
-                valid, sc = scores(qi, Qb, inexact, c0, c1)
+                sc, _, masks = scores(qi, lo, hi, inexact, c0, c1)
                 w = np.exp(sc - ref[:, None]) / norm[:, None]
                 for r in range(nb):
-                    wr = w[r, valid[r]]
-                    if len(wr):
-                        wq[r][fill[r]:fill[r] + len(wr)] = wr
-                        fill[r] += len(wr)
+                    a, b = max(int(lo[r]), c0), min(int(hi[r]), c1)
+                    if a >= b:
+                        continue
+                    wr = w[r, a - c0:b - c0]
+                    if r in masks:
+                        wr = wr[masks[r]]
+                    wq[r][fill[r]:fill[r] + len(wr)] = wr
+                    fill[r] += len(wr)
             for r, i in enumerate(qi):
                 if r % 16 == 0:
                     yield

@@ -127,9 +127,9 @@ def _sparse_at(ctx: Ctx, seq: int) -> None:
             projection=f"{PROTO['sparse_projection_x']:g}x vs dense",
             prototype=f"{PROTO['sparse_theoretical_x']:g}x (theoretical)",
             peer="dense numpy f32", peer_value=t_dense * 1e3,
-            # DESIGN §8 asks for beating dense attention at seq 4096; shorter sequences
+            # DESIGN §8 asks for >= 5x dense attention at seq 4096; shorter sequences
             # are reported with their ratio but only the numerical check as a target.
-            target="== numpy (1e-5), < dense" if seq >= 4096 else "== numpy (1e-5)",
-            target_ok=err <= 1e-5 and (t_v < t_dense or seq < 4096),
+            target="== numpy (1e-5), >=5x dense" if seq >= 4096 else "== numpy (1e-5)",
+            target_ok=err <= 1e-5 and (5 * t_v <= t_dense or seq < 4096),
             note=f"max err {err:.2g}; dense f64 {t_dense64 * 1e3:.1f} ms; numpy window loop "
                  f"{t_win * 1e3:.0f} ms; FLOP ratio {theo:.1f}x")

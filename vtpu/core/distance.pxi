@@ -510,3 +510,62 @@ def topk(c, arr, Py_ssize_t k, str metric="l1", mask=None):
     nn.scan(arr, 0, n, mask)
     _, dist, idx = nn.result()
     return idx, dist
+
+
+ctypedef fused _real:
+    float
+    double
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _band_fill(_real[:, ::1] s, const int64_t[::1] lo, const int64_t[::1] hi,
+                     _real value, int64_t[::1] kept) noexcept nogil:
+    cdef Py_ssize_t r, c, a, b, n = s.shape[1]
+    for r in range(s.shape[0]):
+        a = min(max(lo[r], 0), n)
+        b = min(max(hi[r], a), n)
+        for c in range(a):
+            s[r, c] = value
+        for c in range(b, n):
+            s[r, c] = value
+        kept[r] = b - a
+
+
+def band_fill(scores, lo, hi, double value):
+    """Set every cell of each row outside that row's column span to ``value``, in place:
+    row ``r`` keeps columns ``[lo[r], hi[r])`` (clipped to the row). A band of attention
+    windows over a block of keys is masked so, in one pass over the cells outside it.
+
+    :param scores: C-contiguous (R, C) float32 or float64 array, written in place.
+    :param lo: (R,) int64 first kept column of each row.
+    :param hi: (R,) int64 end (exclusive) of each row's kept columns.
+    :param value: what the other cells become (e.g. ``-inf`` before a softmax).
+    :returns: (R,) int64: how many cells of each row were kept.
+    :raises InterfaceError: wrong dtypes or shapes.
+    """
+    if not isinstance(scores, np.ndarray) or scores.ndim != 2 or \
+            scores.dtype not in (np.float32, np.float64) or not scores.flags.c_contiguous \
+            or not scores.flags.writeable:
+        raise InterfaceError("scores must be a writable C-contiguous (R, C) float32 or "
+                             "float64 array")
+    lo = np.ascontiguousarray(lo, dtype=np.int64)
+    hi = np.ascontiguousarray(hi, dtype=np.int64)
+    if lo.shape != (scores.shape[0],) or hi.shape != (scores.shape[0],):
+        raise InterfaceError(f"lo and hi need one bound per row ({scores.shape[0]}), got "
+                             f"{lo.shape} and {hi.shape}")
+    cdef float[:, ::1] s32
+    cdef double[:, ::1] s64
+    cdef const int64_t[::1] l = lo
+    cdef const int64_t[::1] h = hi
+    kept = np.empty(scores.shape[0], dtype=np.int64)
+    cdef int64_t[::1] k = kept
+    if scores.dtype == np.float32:
+        s32 = scores
+        with nogil:
+            _band_fill(s32, l, h, <float>value, k)
+    else:
+        s64 = scores
+        with nogil:
+            _band_fill(s64, l, h, value, k)
+    return kept
