@@ -255,7 +255,11 @@ def pipelined(ctx: Ctx, op: str) -> None:
         ec = _peers.EchoClient(echo.host, echo.port)
         payloads = [b"e" * 32] * n
         fns["echo"] = lambda: ec.send_many(payloads)
-    out = median_times(fns, reps)
+    # Pinned like the single ops (DESIGN §8): a pipeline is one long round trip, and
+    # unpinned the scheduler's choice of one CPU or two for client and server moved
+    # its time about 1.7x from run to run (for every system alike).
+    with ctx.pinned() as pin:
+        out = median_times(fns, reps)
     for cl in (rc, ec):
         if cl is not None:
             cl.close()
@@ -266,7 +270,8 @@ def pipelined(ctx: Ctx, op: str) -> None:
     rep.row(op, f"{n} pipelined", thr["vtpu"], "ops/s", better="higher",
             peer="redis-py pipeline" if "redis" in thr else None, peer_value=thr.get("redis"),
             target=f">={want}x Redis" if "redis" in thr else None,
-            target_ok=(thr["vtpu"] >= want * thr["redis"]) if "redis" in thr else None)
+            target_ok=(thr["vtpu"] >= want * thr["redis"]) if "redis" in thr else None,
+            note="" if pin.ok else "not pinned")
     if "echo" in thr:
         rep.row(op, f"{n} pipelined vs echo", thr["vtpu"], "ops/s", better="higher",
                 peer="echo pipelined", peer_value=thr["echo"])
