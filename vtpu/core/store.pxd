@@ -56,12 +56,13 @@ cdef extern from *:
     #if defined(__GLIBC__)
     #include <malloc.h>
     static void vtpu_trim_heap(void) { malloc_trim(0); }
-    static int vtpu_keep_heap(int below, int pad) {
-        return mallopt(M_MMAP_THRESHOLD, below) && mallopt(M_TOP_PAD, pad);
+    static int vtpu_keep_heap(int below, int pad, int keep) {
+        return mallopt(M_MMAP_THRESHOLD, below) && mallopt(M_TOP_PAD, pad)
+            && mallopt(M_TRIM_THRESHOLD, keep);
     }
     #else
     static void vtpu_trim_heap(void) { }
-    static int vtpu_keep_heap(int below, int pad) { return 0; }
+    static int vtpu_keep_heap(int below, int pad, int keep) { return 0; }
     #endif
     """
     # Resize a page buffer (p NULL: a new one), new bytes zero; NULL when out of memory.
@@ -69,9 +70,9 @@ cdef extern from *:
     void vtpu_pages_free(void* p, size_t n) nogil
     # Give the free pages of the malloc heap back to the system (glibc; else nothing).
     void vtpu_trim_heap() nogil
-    # Take blocks below ``below`` bytes from the heap and keep ``pad`` bytes of it free
-    # (glibc: whether both were set; else 0).
-    int vtpu_keep_heap(int below, int pad) nogil
+    # Take blocks below ``below`` bytes from the heap, grow it ``pad`` bytes at a time and
+    # give its free top back only past ``keep`` bytes (glibc: whether all were set; else 0).
+    int vtpu_keep_heap(int below, int pad, int keep) nogil
 
 
 # The fixed-size fields of one row, together in 32 bytes: a point read touches one cache

@@ -1469,22 +1469,27 @@ def trim_heap():
         vtpu_trim_heap()
 
 
-def keep_heap(int below=4 << 20, int pad=2 << 20):
+def keep_heap(int below=4 << 20, int pad=2 << 20, int keep=64 << 20):
     """Let a server process's malloc heap keep what a large request frees, for the next.
 
     glibc maps every block above its (adaptive) threshold on its own and gives the heap's
     free top back after each large free, so a request that builds and frees a few
     hundred KB (a GET_MANY of 10,000 keys: its result columns and its reply) has every
     page faulted in again by the next one; on a virtual machine that costs as much as
-    the request's own work. With this, blocks below ``below`` come from the heap and up
-    to ``pad`` bytes of its free top stay resident. What the process holds for this is
-    bounded by ``pad``; :func:`trim_heap` still gives everything back. For a server's
-    own process (it changes the process's allocator), not for a library's caller.
+    the request's own work, and a first touch of memory the machine never used costs
+    several times more (a BATCH holding 60 MB of encoded RANGE pages stalled the server
+    for 5-6 ms a page). With this, blocks below ``below`` come from the heap, which grows
+    ``pad`` bytes beyond a request at a time and gives its free top back only when more
+    than ``keep`` bytes are free (glibc's own adaptive bound is 64 MiB too). What the
+    process holds for this is bounded by ``keep``; :func:`trim_heap` still gives
+    everything back. For a server's own process (it changes the process's allocator),
+    not for a library's caller.
 
     :param below: blocks smaller than this come from the heap (larger ones are mapped
         and given back when freed).
-    :param pad: bytes of free heap kept after a large free.
-    :returns: whether the allocator took both settings (False off glibc).
+    :param pad: bytes the heap grows by beyond what a request needs.
+    :param keep: bytes of free heap top kept resident after a large free.
+    :returns: whether the allocator took every setting (False off glibc).
     """
-    return vtpu_keep_heap(below, pad) != 0
+    return vtpu_keep_heap(below, pad, keep) != 0
 
