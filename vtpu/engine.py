@@ -443,7 +443,7 @@ class _VectorRows:
     whose page faults cost a large window more than its gathers."""
 
     def __init__(self, n: int):
-        """:param n: how many vectors are expected (more are taken, the array grown)."""
+        """:param n: at most how many vectors will be added."""
         self.n = n
         self.out: np.ndarray | None = None
         self.got = 0
@@ -454,13 +454,8 @@ class _VectorRows:
             return
         if self.out is None:
             self.out = np.empty((self.n, vecs.shape[1]), dtype=vecs.dtype)
-        elif vecs.dtype != self.out.dtype:
-            self.out = self.out.astype(np.result_type(self.out, vecs))
-        if self.got + len(vecs) > len(self.out):
-            grown = np.empty((max(2 * len(self.out), self.got + len(vecs)),
-                              self.out.shape[1]), dtype=self.out.dtype)
-            grown[:self.got] = self.out[:self.got]
-            self.out = grown
+        else:
+            self.out = self.out.astype(np.result_type(self.out, vecs), copy=False)
         self.out[self.got:self.got + len(vecs)] = vecs
         self.got += len(vecs)
 
@@ -981,7 +976,8 @@ class Engine(EngineCore):
             if size is None and len(vecs):
                 size = vecs.shape[1]
                 against = f"the value scroll at {self._fmt(scrolls[0].key)}"
-            rows.add(vecs)
+            if got + len(scrolls) <= len(keys):   # (more is refused below)
+                rows.add(vecs)
             got += len(scrolls)
 
         if values.dtype == np.int32:           # a delta applied to every key

@@ -644,21 +644,6 @@ def bitmap_and_rows(bitmaps, Py_ssize_t nbits, Py_ssize_t first=0):
         free(buf)
 
 
-cdef inline bint _span_is_box(const uint16_t* lo, const uint16_t* hi) noexcept nogil:
-    """True when every coordinate lexicographically between ``lo`` and ``hi`` lies in
-    their box: the corners agree up to one component and leave every later one whole
-    (0..65535), as a window over one component does. Then a span needs no per-row check."""
-    cdef int j = 0
-    while j < NDIM and lo[j] == hi[j]:
-        j += 1
-    j += 1
-    while j < NDIM:
-        if lo[j] != 0 or hi[j] != 0xFFFF:
-            return False
-        j += 1
-    return True
-
-
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def window_spans(sorted_arr, patterns):
@@ -698,7 +683,7 @@ def window_spans(sorted_arr, patterns):
                 e += 1
             st[i] = s
             en[i] = e
-            if _span_is_box(&p[i, 0, 0], &p[i, 1, 0]):
+            if _lex_exact(&p[i, 0, 0], &p[i, 1, 0]):   # a window over one component
                 continue
             for r in range(s, e):
                 if not in_box(base + NDIM * r, &p[i, 0, 0], &p[i, 1, 0]):
