@@ -646,7 +646,11 @@ def test_keep_heap_lets_a_process_reuse_freed_large_blocks():
     code = (
         "import resource, sys\n"
         "from vtpu import _core\n"
-        "ok = _core.keep_heap() if sys.argv[1] == '1' else True\n"
+        # The baseline: glibc's default thresholds (128 KiB, no pad), fixed rather than
+        # adaptive, since its adaptive ones may or may not trim these patterns
+        # depending on what ran before.
+        "ok = _core.keep_heap() if sys.argv[1] == '1' else "
+        "_core.keep_heap(128 << 10, 0, 128 << 10)\n"
         "def churn():\n"   # a result's few large buffers: made together, freed together
         "    bufs = [bytearray(size) for size in (700 << 10, 400 << 10, 300 << 10)]\n"
         "    for b in bufs:\n"
@@ -664,12 +668,8 @@ def test_keep_heap_lets_a_process_reuse_freed_large_blocks():
         "print(*out)\n")
     got = {}
     for arg in ("0", "1"):
-        # Without keep_heap: glibc's default thresholds (128 KiB), pinned, since its
-        # adaptive ones may or may not trim this pattern depending on what ran before.
-        env = dict(os.environ, **({"MALLOC_TRIM_THRESHOLD_": "131072",
-                                    "MALLOC_MMAP_THRESHOLD_": "131072"} if arg == "0" else {}))
         out = subprocess.run([sys.executable, "-c", code, arg], capture_output=True,
-                             text=True, timeout=60, check=True, env=env).stdout.split()
+                             text=True, timeout=60, check=True).stdout.split()
         got[arg] = (out[0] == "True", float(out[1]), float(out[2]))
     if not got["1"][0]:
         pytest.skip("not glibc: keep_heap is a no-op")
