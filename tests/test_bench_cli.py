@@ -217,3 +217,29 @@ def test_startup_coords_are_distinct_beyond_the_data_set():
     assert arr.shape == (1_200_000, 9) and (arr[:, 7:] == 1).all()
     index = arr[:, :7].astype(np.int64) @ (10 ** np.arange(6, -1, -1))
     assert np.array_equal(np.sort(index), np.arange(1_200_000))
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_round_orders_let_each_call_follow_every_other_equally_often(n):
+    orders = common.round_orders(n)
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    follows = {}
+    for o in orders:
+        for a, b in zip(o, o[1:]):
+            follows[a, b] = follows.get((a, b), 0) + 1
+    pairs = {(a, b) for a in range(n) for b in range(n) if a != b}
+    assert set(follows) == pairs
+    assert len(set(follows.values())) <= 1   # the same count for every pair
+
+
+def test_median_times_runs_each_call_once_a_round_after_every_other():
+    seen = []
+    fns = {k: (lambda k=k: seen.append(k)) for k in "abcd"}
+    out = common.median_times(fns, reps=8)
+    assert set(out) == set("abcd") and all(v >= 0 for v in out.values())
+    timed = seen[4:]                      # after one untimed call each
+    assert len(timed) == 32
+    rounds = [timed[i:i + 4] for i in range(0, 32, 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds)
+    after = {(r[i], r[i + 1]) for r in rounds for i in range(3)}
+    assert len(after) == 12               # every call has followed every other

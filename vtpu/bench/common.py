@@ -176,12 +176,38 @@ def interleaved(samplers: Dict[str, Callable[[int], Any]], n: int, rounds: int =
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def round_orders(n: int) -> List[List[int]]:
+    """Orders for rounds of ``n`` calls in which each call follows every other equally
+    often (a Williams design, the crossover trials' answer to carry-over): within the
+    returned rounds every ordered pair of different calls is adjacent the same number
+    of times (once for even ``n``, twice for odd). A call finds the caches and the
+    allocator in the state the one before it left, so no call should always follow the
+    same one; rotating one order does not do that (its cyclic successor never changes).
+
+    :param n: number of calls (>= 1).
+    :returns: ``n`` orders (``2n`` for odd ``n`` > 1), each a permutation of ``range(n)``.
+    """
+    if n <= 1:
+        return [[0] * n]
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        if len(first) % 2:
+            first.append(lo)
+            lo += 1
+        else:
+            first.append(hi)
+            hi -= 1
+    rows = [[(x + r) % n for x in first] for r in range(n)]
+    if n % 2:
+        rows += [row[::-1] for row in rows]
+    return rows
+
+
 def median_times(fns: Dict[str, Callable[[], Any]], reps: int = 9) -> Dict[str, float]:
     """Time several calls in alternating rounds (each once per round, after one untimed
     call each), so that a slow spell of a shared machine hits them all alike; the
-    median wall time of each. Each round starts one call further along (round r runs
-    them from the r-th on): the call after a long one finds the caches and the
-    allocator in that one's state, and in a fixed order the same call would always be it.
+    median wall time of each. The rounds' orders come from :func:`round_orders`: each
+    call follows each other one equally often.
 
     :param fns: name -> the work.
     :param reps: rounds (>= 1).
@@ -191,9 +217,10 @@ def median_times(fns: Dict[str, Callable[[], Any]], reps: int = 9) -> Dict[str, 
         fn()
     ts: Dict[str, List[float]] = {k: [] for k in fns}
     names = list(fns)
+    orders = round_orders(len(names))
     for r in range(max(1, reps)):
-        j = r % len(names)
-        for k in names[j:] + names[:j]:
+        for j in orders[r % len(orders)]:
+            k = names[j]
             fn = fns[k]
             t0 = time.perf_counter()
             fn()

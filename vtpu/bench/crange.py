@@ -302,7 +302,9 @@ def _read_rows(ctx: Ctx, arr: np.ndarray) -> None:
             count = len(ref_coords)
             np_s = best_of(lambda: numpy_read(arr, contents, pat), 3)
             scan_s = best_of(lambda: numpy_read(arr, contents, pat, fmt=False), 3)
-            reps = 21 if count <= 1000 else 7
+            # A round of a small read takes ~0.4 ms: 101 of them span more than a slow
+            # spell of a shared machine, which 21 of them (8 ms) did not.
+            reps = 101 if count <= 1000 else 7
             pd = {"shape": shape, "designed": want, "count": count, "numpy_read_s": np_s,
                   "numpy_scan_gather_s": scan_s, "backends": {}}
             log(f"  crange read {shape}: {pat} -> {count:,} results")
