@@ -549,8 +549,8 @@ def band_fill(scores, lo, hi, double value):
             or not scores.flags.writeable:
         raise InterfaceError("scores must be a writable C-contiguous (R, C) float32 or "
                              "float64 array")
-    lo = np.ascontiguousarray(lo, dtype=np.int64)
-    hi = np.ascontiguousarray(hi, dtype=np.int64)
+    lo = _vector_arg(lo, cnp.NPY_INT64, np.int64)
+    hi = _vector_arg(hi, cnp.NPY_INT64, np.int64)
     if lo.shape != (scores.shape[0],) or hi.shape != (scores.shape[0],):
         raise InterfaceError(f"lo and hi need one bound per row ({scores.shape[0]}), got "
                              f"{lo.shape} and {hi.shape}")
@@ -558,7 +558,7 @@ def band_fill(scores, lo, hi, double value):
     cdef double[:, ::1] s64
     cdef const int64_t[::1] l = lo
     cdef const int64_t[::1] h = hi
-    kept = np.empty(scores.shape[0], dtype=np.int64)
+    kept = _new_int64(scores.shape[0])
     cdef int64_t[::1] k = kept
     if scores.dtype == np.float32:
         s32 = scores

@@ -690,4 +690,3 @@ def window_spans(sorted_arr, patterns):
                     ex[i] = 0
                     break
     return starts, ends, exact
-
