@@ -150,7 +150,9 @@ def sample_latency(fn: Callable[[int], Any], n: int, warmup: int = 50) -> np.nda
 
 def interleaved(samplers: Dict[str, Callable[[int], Any]], n: int, rounds: int = 5,
                 warmup: int = 50, progress: Optional[Progress] = None) -> Dict[str, np.ndarray]:
-    """Time several operations in alternating rounds so drift hits them all alike.
+    """Time several operations in alternating rounds so drift hits them all alike, the
+    rounds in :func:`round_orders`'s order (each operation's first call of a round
+    follows every other operation equally often).
 
     :param samplers: name -> fn(i).
     :param n: timed calls per name in total.
@@ -166,8 +168,11 @@ def interleaved(samplers: Dict[str, Callable[[int], Any]], n: int, rounds: int =
         for i in range(min(warmup, n)):
             fn(i)
     step = 0
+    names = list(samplers)
+    orders = round_orders(len(names))
     for r in range(rounds):
-        for k, fn in samplers.items():
+        for j in orders[r % len(orders)]:
+            k, fn = names[j], samplers[names[j]]
             base = sum(per[:r])
             out[k].append(sample_latency(lambda i, fn=fn, base=base: fn(base + i), per[r], 0))
             step += 1
